@@ -1,0 +1,118 @@
+//! Channel adapters: how a rendered message leaves herald.
+//!
+//! Every adapter implements [`Channel`]: one `send` that answers with a
+//! [`ProviderReceipt`] or a [`DeliveryError`] decided from the provider's own
+//! codes. The retry policy (in the engine) reads only that taxonomy. Adapters:
+//! [`smtp`] (lettre over herald's own TCP_NODELAY connections) and [`outbox`]
+//! (records instead of sending). Rate limiting lives in [`rate`].
+
+pub mod outbox;
+pub mod rate;
+pub mod smtp;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_domain::types::Channel as ChannelKind;
+
+/// A message ready to leave: rendered, addressed, with its headers decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedMessage {
+    /// The message row's id (stable across retries).
+    pub message_id: i64,
+    /// Which channel this is for.
+    pub channel: ChannelKind,
+    /// Email address, E.164 phone number or push token.
+    pub to: String,
+    /// Email subject or push title.
+    pub subject: Option<String>,
+    /// Email HTML body, or the plain text of an SMS or push.
+    pub body: String,
+    /// Email plain-text alternative.
+    pub text: Option<String>,
+    /// `List-Unsubscribe` target (https URL) for email.
+    pub unsubscribe_url: Option<String>,
+    /// VERP return path (`bounce+TOKEN@domain`) for email.
+    pub return_path: Option<String>,
+    /// Provider status-callback URL (Twilio `StatusCallback`).
+    pub status_callback: Option<String>,
+}
+
+/// What a provider said when it accepted a message.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProviderReceipt {
+    /// The provider's id for the message (SMTP queue id, Twilio SID, FCM name).
+    pub provider_id: Option<String>,
+    /// Whether acceptance counts as delivered (SMTP, FCM, outbox) or a receipt will follow (Twilio).
+    pub delivered_on_accept: bool,
+    /// The provider's own words, for the attempt log.
+    pub detail: String,
+}
+
+/// Why a send did not succeed, decided once per adapter from the provider's answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Try again later (connection refused, 4xx SMTP, HTTP 5xx).
+    #[error("temporary failure ({code}): {detail}")]
+    Transient {
+        /// Provider code (SMTP reply code, HTTP status, ...).
+        code: String,
+        /// Provider text.
+        detail: String,
+        /// How long the provider asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// The provider throttled us; wait `retry_after` (or a default) and retry.
+    #[error("rate limited ({code}): {detail}")]
+    RateLimited {
+        /// Provider code.
+        code: String,
+        /// Provider text.
+        detail: String,
+        /// How long the provider asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// Never retry this message; `suppress_address` when the address itself is dead.
+    #[error("permanent failure ({code}): {detail}")]
+    Permanent {
+        /// Provider code.
+        code: String,
+        /// Provider text.
+        detail: String,
+        /// The address should be suppressed (unsubscribed number, unregistered token, hard bounce).
+        suppress_address: bool,
+    },
+    /// The request may have reached the provider but no answer came: never resend.
+    #[error("no answer after the request was written: {detail}")]
+    Ambiguous {
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl DeliveryError {
+    /// Whether the retry policy may try this message again.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            DeliveryError::Transient { .. } | DeliveryError::RateLimited { .. }
+        )
+    }
+
+    /// The provider's code, for the attempt log.
+    pub fn code(&self) -> &str {
+        match self {
+            DeliveryError::Transient { code, .. }
+            | DeliveryError::RateLimited { code, .. }
+            | DeliveryError::Permanent { code, .. } => code,
+            DeliveryError::Ambiguous { .. } => "no_answer",
+        }
+    }
+}
+
+/// A way out of herald. One required method, like lettre's `send_raw`.
+#[async_trait]
+pub trait Channel: Send + Sync {
+    /// Hands one message to the provider.
+    async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError>;
+}

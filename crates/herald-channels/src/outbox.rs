@@ -1,0 +1,1 @@
+//! Outbox adapter (todo)

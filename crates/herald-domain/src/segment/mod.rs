@@ -1,0 +1,1 @@
+//! The segment filter language (todo)
