@@ -1,1 +1,17 @@
-//! placeholder
+//! herald's schema as sea-orm migrations, one file a change, the same on
+//! SQLite and PostgreSQL. Every instant is a BIGINT of milliseconds since the
+//! Unix epoch (UTC): one arithmetic for both databases in segment and report SQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_initial;
+
+/// Applies herald's migrations in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_initial::Migration)]
+    }
+}

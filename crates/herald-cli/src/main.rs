@@ -1,1 +1,120 @@
-fn main() {}
+//! The `herald` command line: clap commands over the library crates, with
+//! progress bars and tables. The only crate that uses `anyhow`. Exit codes:
+//! 0 ok, 1 runtime failure or rejected input rows, 2 bad usage or invalid config.
+
+mod app;
+mod bench;
+mod check;
+mod datagen;
+mod demo;
+mod import;
+mod send;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a runtime failure or rejected input rows.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for bad usage or invalid config.
+pub const EXIT_INVALID: u8 = 2;
+
+/// A failure that carries its exit code.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// herald: multichannel outreach campaigns from config files.
+#[derive(Parser, Debug)]
+#[command(name = "herald", version, about)]
+pub struct Cli {
+    /// The config directory (herald.toml, segments/, campaigns/).
+    #[arg(long, global = true, env = "HERALD_CONFIG", default_value = "config")]
+    pub config: PathBuf,
+    /// The templates directory.
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_TEMPLATES",
+        default_value = "templates"
+    )]
+    pub templates: PathBuf,
+    /// Overrides [database].url of herald.toml.
+    #[arg(long, global = true, env = "HERALD_DATABASE_URL")]
+    pub database: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The whole loop on this machine: generated contacts, real SMTP to a built-in server, the summary.
+    Demo(demo::DemoArgs),
+    /// Applies the schema.
+    Migrate,
+    /// Imports contacts or events from CSV or NDJSON.
+    Import {
+        #[command(subcommand)]
+        what: import::ImportWhat,
+    },
+    /// Validates every config file, segment and template.
+    Check,
+    /// Starts a run of a campaign now.
+    Send(send::SendArgs),
+    /// Measures import and send throughput and memory.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Demo(args) => demo::run(&cli, args).await,
+        Command::Migrate => {
+            let config = app::load_config(&cli)?;
+            let db = app::connect(&cli, &config).await?;
+            println!("schema is up to date ({:?})", db.backend());
+            Ok(())
+        }
+        Command::Import { what } => import::run(&cli, what).await,
+        Command::Check => check::run(&cli).await,
+        Command::Send(args) => send::run(&cli, args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

@@ -108,10 +108,7 @@ mod tests {
         assert_eq!(d.line_col(), (2, 10));
         let shown = d.to_string();
         assert!(shown.contains("--> seg.toml:2:10"), "{shown}");
-        assert!(
-            shown.contains("2 | where = 'attr.region == 1'"),
-            "{shown}"
-        );
+        assert!(shown.contains("2 | where = 'attr.region == 1'"), "{shown}");
         assert!(
             shown.contains("  |          ^^^^^^^^^^^ did you mean `attrs.region`?"),
             "{shown}"

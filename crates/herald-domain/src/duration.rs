@@ -18,7 +18,9 @@ impl Span {
     }
     /// A span of `days` days.
     pub const fn from_days(days: i64) -> Self {
-        Self { secs: days * 86_400 }
+        Self {
+            secs: days * 86_400,
+        }
     }
     /// Length in seconds.
     pub const fn secs(self) -> i64 {
@@ -32,7 +34,9 @@ impl Span {
 
 /// Why a duration did not parse.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("`{0}` is not a duration; write a whole number and a unit, like \"90d\", \"12h\", \"30m\", \"45s\" or \"2w\"")]
+#[error(
+    "`{0}` is not a duration; write a whole number and a unit, like \"90d\", \"12h\", \"30m\", \"45s\" or \"2w\""
+)]
 pub struct SpanError(pub String);
 
 impl FromStr for Span {

@@ -150,7 +150,10 @@ mod tests {
         assert_eq!(s.verify(&t), Some(claims));
         let u = s.sign_message(TokenKind::Unsubscribe, 7);
         assert_eq!(s.verify(&u).unwrap().message_id, 7);
-        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
     }
 
     #[test]

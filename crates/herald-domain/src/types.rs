@@ -45,7 +45,9 @@ impl FromStr for Channel {
             "email" => Ok(Channel::Email),
             "sms" => Ok(Channel::Sms),
             "push" => Ok(Channel::Push),
-            _ => Err(format!("unknown channel `{s}`; expected one of: email, sms, push")),
+            _ => Err(format!(
+                "unknown channel `{s}`; expected one of: email, sms, push"
+            )),
         }
     }
 }

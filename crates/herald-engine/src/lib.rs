@@ -1,1 +1,17 @@
-//! placeholder
+//! herald's engine: plans a run (audience snapshot, arm and channel per
+//! contact) and dispatches its messages through the channel adapters.
+//!
+//! The engine owns the interfaces it needs from the outside: [`store::Store`]
+//! (implemented by `herald-storage`) and [`clock::Clock`]. Start reading at
+//! [`run::Engine`]; the per-contact decisions are pure, in [`plan`].
+
+pub mod clock;
+pub mod dispatch;
+pub mod plan;
+pub mod render;
+pub mod run;
+pub mod store;
+
+pub use clock::{Clock, FixedClock, SystemClock};
+pub use run::Engine;
+pub use store::{Store, StoreError};

@@ -1,1 +1,15 @@
-//! placeholder
+//! herald's database layer, the same behaviour on SQLite and PostgreSQL.
+//!
+//! [`Db`] connects and migrates; [`import`] streams contacts and events in;
+//! [`segment_sql`] compiles a segment filter into one parameterised query;
+//! [`store`] implements the engine's `Store` (planning, claiming, outcomes).
+//! Instants are BIGINT milliseconds since the epoch, so SQL time arithmetic
+//! is one dialect.
+
+pub mod db;
+pub mod import;
+pub mod segment_sql;
+pub mod sql;
+pub mod store;
+
+pub use db::{Backend, Db};

@@ -1,0 +1,127 @@
+//! `herald bench`: measured, not asserted. `herald bench import` generates N
+//! contacts as CSV, then imports them into a fresh SQLite file and (with
+//! `--postgres`) a PostgreSQL database, each in a child process so its peak
+//! memory is its own; it prints rows/s, peak RSS, and the rate of parsing the
+//! CSV alone, so the figure means something on another machine.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use herald_storage::Db;
+use herald_storage::import::import_contacts;
+
+use crate::datagen;
+
+/// Arguments of `herald bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchWhat {
+    /// Contact import throughput and peak memory.
+    Import {
+        /// Contacts to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        contacts: usize,
+        /// Also import into this PostgreSQL database (its contacts table is emptied first).
+        #[arg(long)]
+        postgres: Option<String>,
+    },
+    /// One import in this process (used by `bench import`); prints one JSON line.
+    #[command(hide = true)]
+    ImportOne {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        database: String,
+    },
+}
+
+/// Peak resident memory of this process in bytes (Linux), if known.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn parse_only_rate(file: &PathBuf) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let mut rdr = csv::Reader::from_path(file)?;
+    let mut rec = csv::StringRecord::new();
+    let mut n = 0u64;
+    while rdr.read_record(&mut rec)? {
+        n += 1;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Runs the bench command.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    match &args.what {
+        BenchWhat::ImportOne { file, database } => {
+            let db = Db::connect(database).await?;
+            db.truncate_all().await?;
+            let t = Instant::now();
+            let r = import_contacts(&db, file, &|_| {}).await?;
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({"rows": r.accepted, "rejected": r.rejected, "seconds": secs, "rows_per_s": r.accepted as f64 / secs, "peak_rss": peak_rss()})
+            );
+            Ok(())
+        }
+        BenchWhat::Import { contacts, postgres } => {
+            let dir = tempfile::tempdir()?;
+            let file = dir.path().join("contacts.csv");
+            let t = Instant::now();
+            datagen::contacts_csv(&file, *contacts, 7)?;
+            let size = std::fs::metadata(&file)?.len();
+            println!(
+                "generated {contacts} contacts ({:.1} MB CSV) in {:.1}s",
+                size as f64 / 1e6,
+                t.elapsed().as_secs_f64()
+            );
+            let parse = parse_only_rate(&file)?;
+            println!("baseline: parsing the CSV alone: {parse:.0} rows/s");
+            let sqlite = format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("bench.db").display()
+            );
+            let mut targets = vec![("SQLite", sqlite)];
+            if let Some(pg) = postgres {
+                targets.push(("PostgreSQL", pg.clone()));
+            }
+            let exe = std::env::current_exe()?;
+            for (name, url) in targets {
+                let out = Command::new(&exe)
+                    .args(["bench", "import-one", "--file"])
+                    .arg(&file)
+                    .args(["--database", &url])
+                    .output()?;
+                if !out.status.success() {
+                    anyhow::bail!(
+                        "{name} import failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                let rate = v["rows_per_s"].as_f64().unwrap_or(0.0);
+                println!(
+                    "{name:<10} imported {} contacts in {:.2}s: {:.0} rows/s ({:.0}% of parse-only), peak RSS {:.1} MB",
+                    v["rows"],
+                    v["seconds"].as_f64().unwrap_or(0.0),
+                    rate,
+                    100.0 * rate / parse,
+                    v["peak_rss"].as_f64().unwrap_or(0.0) / 1e6
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! `herald check`: validates every config file, segment and template. Each
+//! campaign's templates are rendered against sample contacts of its audience
+//! (or a built-in sample when the database has none), so a missing variable
+//! is found here and not as a hole in a sent message. Exit 2 on any problem.
+
+use herald_domain::config::{Campaign, ConfigSet};
+use herald_domain::token::TokenSigner;
+use herald_domain::types::{CampaignKind, Channel};
+use herald_engine::render::{CampaignRenderer, MessageRenderer};
+use herald_engine::store::{ClaimedMessage, ContactView, Store};
+use herald_storage::store::SqlStore;
+use herald_templates::{TemplateSet, sms_segments};
+use serde_json::json;
+
+use crate::{Cli, EXIT_INVALID, Exit, app};
+
+/// Audience members each campaign's templates are rendered for.
+pub const SAMPLE_CONTACTS: u32 = 20;
+
+/// A contact with the fields every template may print, for configs without data yet.
+pub fn builtin_sample() -> ContactView {
+    ContactView {
+        id: 0,
+        external_id: "sample-1".into(),
+        email: Some("sample@example.com".into()),
+        phone: Some("+8613800138000".into()),
+        timezone: Some("Asia/Shanghai".into()),
+        locale: Some("en".into()),
+        attrs: json!({}),
+        tags: vec![],
+    }
+}
+
+/// Renders every variant of `campaign` on every channel for each of `contacts`; returns the problems.
+pub fn render_problems(
+    config: &ConfigSet,
+    templates: std::sync::Arc<TemplateSet>,
+    campaign: &Campaign,
+    contacts: &[ContactView],
+) -> Vec<String> {
+    let renderer = CampaignRenderer::new(
+        templates,
+        campaign.clone(),
+        &config.herald,
+        TokenSigner::new(b"herald-check-only-secret"),
+    );
+    let mut problems = Vec::new();
+    for v in &campaign.variants {
+        for &channel in &campaign.channels {
+            for contact in contacts {
+                let msg = ClaimedMessage {
+                    id: 0,
+                    run_id: 0,
+                    contact_id: contact.id,
+                    arm: v.name.get_ref().to_string(),
+                    channel,
+                    address: "sample".into(),
+                    attempts: 0,
+                    send_at: 0,
+                };
+                match renderer.render(&msg, contact) {
+                    Err(e) => {
+                        problems.push(format!(
+                            "{}: variant `{}`, {channel}, contact `{}`: {e}",
+                            campaign.file,
+                            v.name.get_ref(),
+                            contact.external_id
+                        ));
+                        break;
+                    }
+                    Ok(out) if channel == Channel::Sms => {
+                        let max = config.herald.channels.sms.max_segments;
+                        let count = sms_segments(&out.message.body);
+                        if count.segments > max {
+                            problems.push(format!(
+                                "{}: variant `{}`: the SMS is {} segments ({:?}, {} units) with the opt-out line{}, over max_segments = {max}; shorten the template",
+                                campaign.file,
+                                v.name.get_ref(),
+                                count.segments,
+                                count.encoding,
+                                count.units,
+                                if campaign.kind == CampaignKind::Marketing { "" } else { " (none: transactional)" }
+                            ));
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Sample audience members of `campaign` from the database.
+pub async fn sample_contacts(
+    store: &SqlStore,
+    config: &ConfigSet,
+    campaign: &Campaign,
+) -> anyhow::Result<Vec<ContactView>> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let members = store
+        .audience_page(
+            config.audience_of(campaign),
+            now,
+            campaign.topic.as_deref(),
+            0,
+            SAMPLE_CONTACTS,
+        )
+        .await?;
+    let ids: Vec<i64> = members.iter().map(|m| m.contact_id).collect();
+    Ok(store.contacts(&ids).await?)
+}
+
+/// Runs the check command.
+pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let config = app::load_config(cli)?;
+    let templates = std::sync::Arc::new(app::load_templates(cli, &config)?);
+    let mut problems = Vec::new();
+    for c in config.campaigns.values() {
+        for v in &c.variants {
+            for (ch, t) in [
+                (Channel::Email, v.email.as_ref().map(|e| &e.template)),
+                (Channel::Sms, v.sms.as_ref().map(|s| &s.template)),
+                (Channel::Push, v.push.as_ref().map(|p| &p.template)),
+            ] {
+                if let Some(t) = t
+                    && !templates.contains(t)
+                {
+                    problems.push(format!(
+                        "{}: variant `{}`, {ch}: template `{t}` is not in {}",
+                        c.file,
+                        v.name.get_ref(),
+                        cli.templates.display()
+                    ));
+                }
+            }
+        }
+    }
+    // Segments must compile to SQL for both databases.
+    for (name, expr) in config
+        .segments
+        .values()
+        .map(|s| (s.file.clone(), &s.filter))
+        .chain(config.campaigns.values().filter_map(|c| match &c.audience {
+            herald_domain::config::Audience::Inline(e) => Some((c.file.clone(), e)),
+            _ => None,
+        }))
+    {
+        for b in [sea_orm::DbBackend::Sqlite, sea_orm::DbBackend::Postgres] {
+            let mut q = herald_storage::sql::Sql::new();
+            if let Err(e) = herald_storage::segment_sql::compile(expr, b, 0, &mut q) {
+                problems.push(format!("{name}: {e}"));
+                break;
+            }
+        }
+    }
+    let store = match app::connect(cli, &config).await {
+        Ok(db) => Some(SqlStore::new(db)),
+        Err(e) => {
+            eprintln!(
+                "warning: {e:#}; templates are checked against a built-in sample contact only"
+            );
+            None
+        }
+    };
+    if problems.is_empty() {
+        for c in config.campaigns.values() {
+            let mut contacts = match &store {
+                Some(s) => sample_contacts(s, &config, c).await?,
+                None => vec![],
+            };
+            if contacts.is_empty() {
+                contacts.push(builtin_sample());
+            }
+            problems.extend(render_problems(&config, templates.clone(), c, &contacts));
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        eprintln!("{} problem(s)", problems.len());
+        return Err(Exit(EXIT_INVALID).into());
+    }
+    println!(
+        "ok: herald.toml, {} segment(s), {} campaign(s), {} template(s)",
+        config.segments.len(),
+        config.campaigns.len(),
+        templates.names().count()
+    );
+    Ok(())
+}

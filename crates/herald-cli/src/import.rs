@@ -1,0 +1,99 @@
+//! `herald import contacts|events FILE`: streams the file into the database,
+//! prints each rejected row with its line number, a summary on stdout, and
+//! exits 1 when any row was rejected.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Subcommand;
+use herald_storage::import::{ImportReport, import_contacts, import_events};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{Cli, EXIT_FAILURE, Exit, app};
+
+/// What to import.
+#[derive(Subcommand, Debug)]
+pub enum ImportWhat {
+    /// Contacts, upserted by external_id.
+    Contacts {
+        /// A .csv, .ndjson or .jsonl file.
+        file: PathBuf,
+    },
+    /// Events; unknown external ids create bare contacts.
+    Events {
+        /// A .csv, .ndjson or .jsonl file.
+        file: PathBuf,
+    },
+}
+
+fn progress_bar(file: &std::path::Path) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    Some(pb)
+}
+
+/// Prints the report; an error when rows were rejected.
+pub fn print_report(
+    what: &str,
+    file: &std::path::Path,
+    report: &ImportReport,
+    started: Instant,
+) -> anyhow::Result<()> {
+    for e in &report.errors {
+        eprintln!("{}:{}: {}", file.display(), e.line, e.message);
+    }
+    if report.rejected > report.errors.len() as u64 {
+        eprintln!(
+            "... and {} more rejected rows",
+            report.rejected - report.errors.len() as u64
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "imported {} {what} from {} in {secs:.2}s ({:.0} rows/s); rejected {}",
+        report.accepted,
+        file.display(),
+        report.accepted as f64 / secs.max(1e-9),
+        report.rejected
+    );
+    if report.rejected > 0 {
+        return Err(Exit(EXIT_FAILURE).into());
+    }
+    Ok(())
+}
+
+/// Runs the import command.
+pub async fn run(cli: &Cli, what: &ImportWhat) -> anyhow::Result<()> {
+    let config = app::load_config(cli)?;
+    let db = app::connect(cli, &config).await?;
+    let (file, noun) = match what {
+        ImportWhat::Contacts { file } => (file, "contacts"),
+        ImportWhat::Events { file } => (file, "events"),
+    };
+    let pb = progress_bar(file);
+    let progress = |bytes: u64| {
+        if let Some(pb) = &pb {
+            pb.set_position(bytes);
+        }
+    };
+    let started = Instant::now();
+    let report = match what {
+        ImportWhat::Contacts { .. } => import_contacts(&db, file, &progress).await?,
+        ImportWhat::Events { .. } => import_events(&db, file, &progress).await?,
+    };
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    print_report(noun, file, &report, started)
+}

@@ -1,0 +1,245 @@
+//! `herald send CAMPAIGN`: checks the campaign's templates against sample
+//! audience members (refusing to start on any render error), starts a run
+//! now, snapshots the audience, dispatches and prints the per-arm summary.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use herald_domain::config::{Campaign, ConfigSet};
+use herald_engine::dispatch::{DispatchStats, Dispatcher};
+use herald_engine::plan::decide;
+use herald_engine::render::CampaignRenderer;
+use herald_engine::run::PlanStats;
+use herald_engine::store::{RunCounts, RunRecord, Store};
+use herald_engine::{Clock, Engine, SystemClock};
+use herald_storage::store::SqlStore;
+use herald_templates::TemplateSet;
+
+use crate::{Cli, EXIT_INVALID, Exit, app, check};
+
+/// Arguments of `herald send`.
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// The campaign's name.
+    pub campaign: String,
+    /// Plan and render, send nothing, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What a send did.
+pub struct SendSummary {
+    /// The run.
+    pub run: RunRecord,
+    /// Planning figures.
+    pub plan: PlanStats,
+    /// Dispatch figures.
+    pub dispatch: DispatchStats,
+    /// Counts by arm and status.
+    pub counts: RunCounts,
+}
+
+/// Refuses to go on when any template fails for sample audience members.
+pub async fn preflight(
+    config: &ConfigSet,
+    templates: Arc<TemplateSet>,
+    store: &SqlStore,
+    campaign: &Campaign,
+) -> anyhow::Result<()> {
+    let mut contacts = check::sample_contacts(store, config, campaign).await?;
+    if contacts.is_empty() {
+        contacts.push(check::builtin_sample());
+    }
+    let problems = check::render_problems(config, templates, campaign, &contacts);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        eprintln!("nothing was sent: fix the template(s) and run `herald check`");
+        return Err(Exit(EXIT_INVALID).into());
+    }
+    Ok(())
+}
+
+/// Plans and dispatches a run of `campaign` now; the whole send, for `send` and `demo`.
+pub async fn send_campaign(
+    config: Arc<ConfigSet>,
+    templates: Arc<TemplateSet>,
+    store: Arc<SqlStore>,
+    campaign: &Campaign,
+    signer: herald_domain::token::TokenSigner,
+) -> anyhow::Result<SendSummary> {
+    preflight(&config, templates.clone(), &store, campaign).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let engine = Engine::new(store.clone(), clock.clone(), config.clone());
+    let (run, plan) = engine.start_run(campaign, clock.now_ms(), "manual").await?;
+    let routes = app::routes(&config, &store)?;
+    let owner = format!("herald-send-{}", std::process::id());
+    let dispatcher = Dispatcher::new(store.clone(), clock, routes, owner);
+    let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
+    let dispatch = dispatcher.drain_run(run.id, &renderer).await?;
+    let counts = store.run_counts(run.id).await?;
+    Ok(SendSummary {
+        run,
+        plan,
+        dispatch,
+        counts,
+    })
+}
+
+/// Per-arm table of a run's counts.
+pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
+    let mut arms: Vec<String> = campaign
+        .variant_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    arms.push(herald_engine::plan::HOLDOUT_ARM.to_string());
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "arm",
+        "assigned",
+        "delivered",
+        "sent",
+        "failed",
+        "unknown",
+        "suppressed",
+        "held out",
+    ]);
+    for arm in arms {
+        let assigned: i64 = counts.rows.iter().filter(|r| r.0 == arm).map(|r| r.3).sum();
+        if assigned == 0 && arm == herald_engine::plan::HOLDOUT_ARM {
+            continue;
+        }
+        let c = |s| counts.count(Some(&arm), s).to_string();
+        t.add_row(vec![
+            arm.clone(),
+            assigned.to_string(),
+            c("delivered"),
+            c("sent"),
+            c("failed"),
+            c("unknown"),
+            c("suppressed"),
+            c("held_out"),
+        ]);
+    }
+    t
+}
+
+/// Suppression reasons over the whole run.
+pub fn reasons(counts: &RunCounts) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for (_, status, reason, n) in &counts.rows {
+        if status == "suppressed" || status == "failed" {
+            *out.entry(format!("{status} ({})", reason.as_deref().unwrap_or("-")))
+                .or_insert(0) += n;
+        }
+    }
+    out
+}
+
+/// Prints the summary of a send.
+pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
+    let assigned: i64 = s.counts.rows.iter().map(|r| r.3).sum();
+    println!(
+        "run {} of `{}`: audience {assigned}{}",
+        s.run.id,
+        campaign.name,
+        if s.run.created {
+            String::new()
+        } else {
+            " (an existing run, resumed)".into()
+        }
+    );
+    println!("{}", arm_table(campaign, &s.counts));
+    for (reason, n) in reasons(&s.counts) {
+        println!("  {reason}: {n}");
+    }
+    println!(
+        "dispatched {} message(s) in {:.2}s: {:.0} messages/s; {} failed, {} unknown, {} retried",
+        s.dispatch.accepted,
+        s.dispatch.elapsed.as_secs_f64(),
+        s.dispatch.rate(),
+        s.dispatch.failed,
+        s.dispatch.unknown,
+        s.dispatch.retried
+    );
+}
+
+async fn dry_run(config: &ConfigSet, store: &SqlStore, campaign: &Campaign) -> anyhow::Result<()> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut after = 0;
+    let mut counts: BTreeMap<(String, String, Option<String>), i64> = BTreeMap::new();
+    loop {
+        let page = store
+            .audience_page(
+                config.audience_of(campaign),
+                now,
+                campaign.topic.as_deref(),
+                after,
+                herald_engine::run::PLAN_PAGE,
+            )
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.contact_id;
+        for m in &page {
+            let p = decide(
+                campaign,
+                config.herald.defaults.global_holdout.get(),
+                m,
+                now,
+            );
+            *counts
+                .entry((p.arm, p.status.as_str().to_string(), p.reason))
+                .or_insert(0) += 1;
+        }
+    }
+    let counts = RunCounts {
+        rows: counts
+            .into_iter()
+            .map(|((a, s, r), n)| (a, s, r, n))
+            .collect(),
+    };
+    let total: i64 = counts.rows.iter().map(|r| r.3).sum();
+    println!(
+        "dry run of `{}`: audience {total}; nothing was written or sent",
+        campaign.name
+    );
+    println!("{}", arm_table(campaign, &counts));
+    for (reason, n) in reasons(&counts) {
+        println!("  {reason}: {n}");
+    }
+    Ok(())
+}
+
+/// Runs the send command.
+pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
+    let config = Arc::new(app::load_config(cli)?);
+    let campaign = config
+        .campaigns
+        .get(&args.campaign)
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<&str> = config.campaigns.keys().map(String::as_str).collect();
+            eprintln!(
+                "error: no campaign named `{}` in {}/campaigns (known: {})",
+                args.campaign,
+                cli.config.display(),
+                known.join(", ")
+            );
+            Exit(EXIT_INVALID)
+        })?;
+    let templates = Arc::new(app::load_templates(cli, &config)?);
+    let store = Arc::new(SqlStore::new(app::connect(cli, &config).await?));
+    if args.dry_run {
+        preflight(&config, templates, &store, &campaign).await?;
+        return dry_run(&config, &store, &campaign).await;
+    }
+    let signer = app::signer(&config)?;
+    let summary = send_campaign(config, templates, store, &campaign, signer).await?;
+    print_summary(&campaign, &summary);
+    Ok(())
+}

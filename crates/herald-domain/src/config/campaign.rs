@@ -1,0 +1,673 @@
+//! `config/campaigns/NAME.toml`: audience, schedule or trigger, channel order,
+//! goal, variants, holdout and policies (SPEC section 2).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::herald::HeraldConfig;
+use super::segment::{Segment, parse_filter};
+use super::values::{Fraction, FrequencyCap, Name, QuietHours, Timezone};
+use crate::assign::Arms;
+use crate::diagnostic::Diagnostic;
+use crate::duration::Span;
+use crate::segment::Expr;
+use crate::types::{CampaignKind, Channel};
+
+/// When a campaign fires.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Only by `herald send`.
+    Manual,
+    /// Once, at this instant.
+    At(DateTime<FixedOffset>),
+    /// On a cron schedule (seconds first) in a time zone.
+    Cron {
+        /// The expression as written.
+        text: String,
+        /// The parsed schedule.
+        schedule: Box<cron::Schedule>,
+        /// Zone the expression is read in.
+        timezone: chrono_tz::Tz,
+    },
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Table(RawTable),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawTable {
+            cron: Option<String>,
+            timezone: Option<Timezone>,
+            at: Option<String>,
+        }
+        use serde::de::Error;
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "manual" => Ok(Schedule::Manual),
+            Raw::Word(w) => Err(D::Error::custom(format!(
+                "unknown schedule `{w}`; write \"manual\", {{ cron = \"0 0 10 * * Tue\", timezone = \"Asia/Shanghai\" }} or {{ at = \"2026-12-01T10:00:00+08:00\" }}"
+            ))),
+            Raw::Table(RawTable { cron: Some(text), timezone, at: None }) => {
+                let schedule = cron::Schedule::from_str(&text).map_err(|e| {
+                    D::Error::custom(format!(
+                        "`{text}` is not a cron expression ({e}); herald's cron has seconds first and 6 or 7 fields, like \"0 0 10 * * Tue\" (10:00 every Tuesday); use day names, not numbers"
+                    ))
+                })?;
+                Ok(Schedule::Cron {
+                    text,
+                    schedule: Box::new(schedule),
+                    timezone: timezone.map_or(chrono_tz::Tz::UTC, |t| t.0),
+                })
+            }
+            Raw::Table(RawTable { cron: None, timezone: None, at: Some(at) }) => {
+                DateTime::parse_from_rfc3339(&at).map(Schedule::At).map_err(|_| {
+                    D::Error::custom(format!(
+                        "`{at}` is not an RFC 3339 instant; write it like \"2026-12-01T10:00:00+08:00\""
+                    ))
+                })
+            }
+            Raw::Table(_) => Err(D::Error::custom(
+                "a schedule has either `cron` (with an optional `timezone`) or `at`, not both",
+            )),
+        }
+    }
+}
+
+/// How the send time of a message is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendTime {
+    /// At the run's instant.
+    #[default]
+    Immediate,
+    /// The contact's most active local hour, within 24 hours.
+    BestHour,
+}
+
+/// A variant's own send hour, for A/B tests of timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSendTime {
+    /// The contact's local hour, 0..23.
+    pub hour: u8,
+}
+
+/// The goal that counts as a conversion.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Goal {
+    /// Event name.
+    pub event: String,
+    /// Window after the planned send time.
+    pub within: Span,
+}
+
+/// Email content of a variant.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailContent {
+    /// Subject line (a handlebars string).
+    pub subject: String,
+    /// HTML body template, a path below `templates/`.
+    pub template: String,
+}
+
+/// SMS content of a variant.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsContent {
+    /// Body template, a path below `templates/`.
+    pub template: String,
+}
+
+/// Push content of a variant.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushContent {
+    /// Title (a handlebars string).
+    pub title: String,
+    /// Body template, a path below `templates/`.
+    pub template: String,
+}
+
+/// One arm of an A/B test.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// Its name in reports.
+    pub name: Spanned<Name>,
+    /// Relative share of the non-held-out audience.
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Its own send hour, if it tests timing.
+    pub send_time: Option<VariantSendTime>,
+    /// Email content.
+    pub email: Option<EmailContent>,
+    /// SMS content.
+    pub sms: Option<SmsContent>,
+    /// Push content.
+    pub push: Option<PushContent>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Variant {
+    /// Whether this variant has content for `channel`.
+    pub fn has(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Email => self.email.is_some(),
+            Channel::Sms => self.sms.is_some(),
+            Channel::Push => self.push.is_some(),
+        }
+    }
+}
+
+/// Which outcome a rollout decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutMetric {
+    /// Goal conversions per assigned contact.
+    Conversion,
+    /// Clicks per delivered message.
+    Click,
+    /// Opens per delivered message.
+    Open,
+}
+
+/// `[rollout]`: test on a fraction, then send the winner to the rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// Share of the non-held-out audience in the test.
+    pub test_fraction: Fraction,
+    /// When to pick the winner.
+    pub decide_after: Span,
+    /// What the winner is best at.
+    pub metric: RolloutMetric,
+}
+
+/// A campaign that reacts instead of waiting for a schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrigger {
+    event: Option<String>,
+    delay: Option<Span>,
+    #[serde(rename = "where")]
+    filter: Option<Spanned<String>>,
+    enters: Option<String>,
+    every: Option<Span>,
+}
+
+/// A trigger, checked.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// When the contact does `event`, after `delay`, if they match `filter`.
+    Event {
+        /// Event name.
+        event: String,
+        /// Wait before sending.
+        delay: Span,
+        /// Extra condition at trigger time.
+        filter: Option<Expr>,
+    },
+    /// When the contact enters `segment` (checked every `every`).
+    Enters {
+        /// Segment name.
+        segment: String,
+        /// How often membership is checked.
+        every: Span,
+    },
+}
+
+/// What cancels pending messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exit {
+    /// The event that ends the series for a contact.
+    pub event: String,
+}
+
+/// One step of a series, after the previous one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Wait after the previous step.
+    pub delay: Span,
+    /// Channel order for this step (default: the campaign's).
+    pub channels: Option<Vec<Channel>>,
+    /// Content for this step's email.
+    pub email: Option<EmailContent>,
+    /// Content for this step's SMS.
+    pub sms: Option<SmsContent>,
+    /// Content for this step's push.
+    pub push: Option<PushContent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CampaignFile {
+    name: Name,
+    #[serde(default)]
+    kind: CampaignKind,
+    topic: Option<String>,
+    segment: Option<Spanned<String>>,
+    #[serde(rename = "where")]
+    filter: Option<Spanned<String>>,
+    schedule: Option<Schedule>,
+    catch_up: Option<Span>,
+    reentry: Option<Span>,
+    spread: Option<Span>,
+    channels: Spanned<Vec<Channel>>,
+    #[serde(default)]
+    send_time: SendTime,
+    goal: Option<Goal>,
+    #[serde(default)]
+    secondary_goals: Vec<String>,
+    #[serde(default)]
+    holdout: Fraction,
+    quiet_hours: Option<QuietHours>,
+    frequency_caps: Option<Vec<FrequencyCap>>,
+    variants: Spanned<Vec<Variant>>,
+    rollout: Option<Rollout>,
+    trigger: Option<Spanned<RawTrigger>>,
+    exit: Option<Exit>,
+    #[serde(default)]
+    steps: Vec<Step>,
+}
+
+/// Who a campaign targets.
+#[derive(Debug, Clone)]
+pub enum Audience {
+    /// A segment by name.
+    Segment(String),
+    /// An inline filter.
+    Inline(Expr),
+}
+
+/// A campaign, parsed and checked on its own (see [`Campaign::check_references`]).
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    /// Its name (arm assignment hashes it).
+    pub name: String,
+    /// The file it came from.
+    pub file: String,
+    /// Marketing or transactional.
+    pub kind: CampaignKind,
+    /// Unsubscribing from a topic stops only that topic.
+    pub topic: Option<String>,
+    /// Who it targets.
+    pub audience: Audience,
+    segment_span: Range<usize>,
+    /// When it fires.
+    pub schedule: Schedule,
+    /// A fire missed while down runs if at most this late.
+    pub catch_up: Option<Span>,
+    /// Skip contacts who got it within this window.
+    pub reentry: Option<Span>,
+    /// Spread send times over this long.
+    pub spread: Option<Span>,
+    /// Channel order: each contact gets the first they can receive.
+    pub channels: Vec<Channel>,
+    /// How send times are chosen.
+    pub send_time: SendTime,
+    /// The conversion goal.
+    pub goal: Option<Goal>,
+    /// Other events counted per arm.
+    pub secondary_goals: Vec<String>,
+    /// Control-group fraction.
+    pub holdout: Fraction,
+    /// Overrides `[defaults].quiet_hours`.
+    pub quiet_hours: Option<QuietHours>,
+    /// Overrides `[defaults].frequency_caps`.
+    pub frequency_caps: Option<Vec<FrequencyCap>>,
+    /// The arms, in file order.
+    pub variants: Vec<Variant>,
+    /// Assignment over holdout and variant weights.
+    pub arms: Arms,
+    /// Test-then-roll-out settings.
+    pub rollout: Option<Rollout>,
+    /// Reactive start.
+    pub trigger: Option<Trigger>,
+    /// What cancels pending messages.
+    pub exit: Option<Exit>,
+    /// Later steps of a series.
+    pub steps: Vec<Step>,
+}
+
+fn diag(file: &str, source: &str, span: Range<usize>, msg: impl Into<String>) -> Diagnostic {
+    Diagnostic::new(file, source, span, msg)
+}
+
+impl Campaign {
+    /// Parses the text of a campaign file.
+    pub fn parse(file: &str, source: &str) -> Result<Self, Diagnostic> {
+        let raw: CampaignFile = super::parse_toml(file, source)?;
+        let (audience, segment_span) = match (&raw.segment, &raw.filter) {
+            (Some(seg), None) => (Audience::Segment(seg.get_ref().clone()), seg.span()),
+            (None, Some(w)) => (Audience::Inline(parse_filter(file, source, w)?), w.span()),
+            _ => {
+                let at = raw.segment.as_ref().map_or(0..0, |s| s.span());
+                return Err(diag(
+                    file,
+                    source,
+                    at,
+                    "a campaign needs exactly one of `segment = \"NAME\"` or `where = '''...'''`",
+                ));
+            }
+        };
+        let trigger = match raw.trigger {
+            None => None,
+            Some(t) => {
+                let span = t.span();
+                let t = t.into_inner();
+                Some(match (t.event, t.enters) {
+                    (Some(event), None) => Trigger::Event {
+                        event,
+                        delay: t.delay.unwrap_or(Span::from_secs(0)),
+                        filter: t
+                            .filter
+                            .as_ref()
+                            .map(|w| parse_filter(file, source, w))
+                            .transpose()?,
+                    },
+                    (None, Some(segment)) => Trigger::Enters {
+                        segment,
+                        every: t.every.unwrap_or(Span::from_secs(3600)),
+                    },
+                    _ => {
+                        return Err(diag(file, source, span, "a trigger has either `event = \"...\"` or `enters = \"SEGMENT\"`")
+                            .with_help("trigger = { event = \"app_open\", delay = \"10m\" } or trigger = { enters = \"churn_risk\", every = \"1h\" }"));
+                    }
+                })
+            }
+        };
+        let schedule = match (raw.schedule, &trigger) {
+            (Some(s), _) => s,
+            (None, Some(_)) => Schedule::Manual,
+            (None, None) => Schedule::Manual,
+        };
+        if raw.channels.get_ref().is_empty() {
+            return Err(diag(
+                file,
+                source,
+                raw.channels.span(),
+                "`channels` is empty; list at least one of \"email\", \"sms\", \"push\"",
+            ));
+        }
+        let variants_span = raw.variants.span();
+        let variants = raw.variants.into_inner();
+        if variants.is_empty() {
+            return Err(diag(
+                file,
+                source,
+                variants_span,
+                "a campaign needs at least one [[variants]]",
+            ));
+        }
+        let mut seen = BTreeMap::new();
+        for v in &variants {
+            if let Some(prev) = seen.insert(v.name.get_ref().as_str().to_string(), v.name.span()) {
+                let _ = prev;
+                return Err(diag(
+                    file,
+                    source,
+                    v.name.span(),
+                    format!("variant `{}` is named twice", v.name.get_ref()),
+                ));
+            }
+            if !(v.weight.is_finite() && v.weight > 0.0) {
+                return Err(diag(
+                    file,
+                    source,
+                    v.name.span(),
+                    format!("variant `{}` needs a positive weight", v.name.get_ref()),
+                ));
+            }
+            for ch in raw.channels.get_ref() {
+                if !v.has(*ch) {
+                    return Err(diag(
+                        file,
+                        source,
+                        v.name.span(),
+                        format!(
+                            "variant `{}` has no {ch} content, but the campaign sends on {ch}",
+                            v.name.get_ref()
+                        ),
+                    )
+                    .with_help(match ch {
+                        Channel::Email => {
+                            "add email = { subject = \"...\", template = \"path.email.hbs\" }"
+                        }
+                        Channel::Sms => "add sms = { template = \"path.sms.hbs\" }",
+                        Channel::Push => {
+                            "add push = { title = \"...\", template = \"path.push.hbs\" }"
+                        }
+                    }));
+                }
+            }
+            if let Some(st) = v.send_time
+                && st.hour > 23
+            {
+                return Err(diag(
+                    file,
+                    source,
+                    v.name.span(),
+                    format!(
+                        "variant `{}`: send_time hour must be 0..23",
+                        v.name.get_ref()
+                    ),
+                ));
+            }
+        }
+        let weights: Vec<f64> = variants.iter().map(|v| v.weight).collect();
+        let arms = Arms::new(raw.holdout.get(), &weights)
+            .map_err(|e| diag(file, source, variants_span.clone(), e))?;
+        Ok(Campaign {
+            name: raw.name.as_str().to_string(),
+            file: file.to_string(),
+            kind: raw.kind,
+            topic: raw.topic,
+            audience,
+            segment_span,
+            schedule,
+            catch_up: raw.catch_up,
+            reentry: raw.reentry,
+            spread: raw.spread,
+            channels: raw.channels.into_inner(),
+            send_time: raw.send_time,
+            goal: raw.goal,
+            secondary_goals: raw.secondary_goals,
+            holdout: raw.holdout,
+            quiet_hours: raw.quiet_hours,
+            frequency_caps: raw.frequency_caps,
+            variants,
+            arms,
+            rollout: raw.rollout,
+            trigger,
+            exit: raw.exit,
+            steps: raw.steps,
+        })
+    }
+
+    /// Checks what the campaign names in other files. Errors carry a span in this file.
+    #[allow(clippy::type_complexity)]
+    pub fn check_references(
+        &self,
+        segments: &BTreeMap<String, Segment>,
+        _herald: &HeraldConfig,
+    ) -> Result<(), (Range<usize>, String, Option<String>)> {
+        if let Audience::Segment(name) = &self.audience
+            && !segments.contains_key(name)
+        {
+            let hint = super::did_you_mean(name, segments.keys().map(String::as_str))
+                .map(|m| format!("did you mean `{m}`?"))
+                .or_else(|| {
+                    (!segments.is_empty()).then(|| {
+                        format!(
+                            "known segments: {}",
+                            segments
+                                .keys()
+                                .map(String::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })
+                });
+            return Err((
+                self.segment_span.clone(),
+                format!("unknown segment `{name}`: no config/segments/*.toml has this name"),
+                hint,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The variant names, in file order.
+    pub fn variant_names(&self) -> Vec<&str> {
+        self.variants
+            .iter()
+            .map(|v| v.name.get_ref().as_str())
+            .collect()
+    }
+
+    /// A fingerprint of what decides arms (name, holdout, weights): a change reshuffles arms.
+    pub fn assignment_fingerprint(&self) -> String {
+        let weights: Vec<String> = self
+            .variants
+            .iter()
+            .map(|v| format!("{}={}", v.name.get_ref(), v.weight))
+            .collect();
+        format!(
+            "{};holdout={};{}",
+            self.name,
+            self.holdout.get(),
+            weights.join(",")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINBACK: &str = r#"
+name = "winback-q4"
+kind = "marketing"
+topic = "promotions"
+segment = "lapsed_buyers"
+schedule = { cron = "0 0 10 * * Tue", timezone = "Asia/Shanghai" }
+catch_up = "1h"
+reentry = "30d"
+spread = "2h"
+channels = ["push", "sms", "email"]
+send_time = "best_hour"
+goal = { event = "order_placed", within = "3d" }
+secondary_goals = ["app_open"]
+holdout = 0.10
+
+[[variants]]
+name = "discount"
+weight = 1
+email = { subject = "{{contact.attrs.first_name}}, 15% off", template = "winback/discount.email.hbs" }
+sms   = { template = "winback/discount.sms.hbs" }
+push  = { title = "15% off for you", template = "winback/discount.push.hbs" }
+
+[[variants]]
+name = "reminder"
+weight = 1
+email = { subject = "We kept your favourites", template = "winback/reminder.email.hbs" }
+sms   = { template = "winback/reminder.sms.hbs" }
+push  = { title = "Still there?", template = "winback/reminder.push.hbs" }
+
+[rollout]
+test_fraction = 0.2
+decide_after = "24h"
+metric = "conversion"
+"#;
+
+    #[test]
+    fn the_spec_example_parses() {
+        let c = Campaign::parse("winback.toml", WINBACK).unwrap();
+        assert_eq!(c.name, "winback-q4");
+        assert_eq!(
+            c.channels,
+            vec![Channel::Push, Channel::Sms, Channel::Email]
+        );
+        assert_eq!(c.variant_names(), vec!["discount", "reminder"]);
+        assert!(matches!(
+            c.schedule,
+            Schedule::Cron {
+                timezone: chrono_tz::Tz::Asia__Shanghai,
+                ..
+            }
+        ));
+        assert_eq!(c.goal.as_ref().unwrap().within, Span::from_days(3));
+        assert!((c.holdout.get() - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_variant_without_content_for_a_channel_is_refused_at_its_name() {
+        let src = WINBACK.replace("sms   = { template = \"winback/reminder.sms.hbs\" }\n", "");
+        let e = Campaign::parse("winback.toml", &src).unwrap_err();
+        assert!(
+            e.message.contains("variant `reminder` has no sms content"),
+            "{e}"
+        );
+        assert_eq!(
+            e.line_col().0,
+            src.lines()
+                .position(|l| l.contains("\"reminder\""))
+                .unwrap()
+                + 1
+        );
+    }
+
+    #[test]
+    fn a_bad_cron_says_how_to_write_one() {
+        let src = WINBACK.replace("0 0 10 * * Tue", "0 10 * * 2");
+        let e = Campaign::parse("winback.toml", &src).unwrap_err();
+        assert!(e.message.contains("seconds first"), "{e}");
+        assert_eq!(e.line_col().0, 6);
+    }
+
+    #[test]
+    fn holdout_must_be_a_fraction() {
+        let src = WINBACK.replace("holdout = 0.10", "holdout = 10");
+        let e = Campaign::parse("winback.toml", &src).unwrap_err();
+        assert!(e.message.contains("not a fraction"), "{e}");
+    }
+
+    #[test]
+    fn unknown_segment_suggests_the_close_one() {
+        let c = Campaign::parse(
+            "winback.toml",
+            &WINBACK.replace("lapsed_buyers", "lapsed_buyer"),
+        )
+        .unwrap();
+        let seg = Segment::parse(
+            "s.toml",
+            "name = \"lapsed_buyers\"\nwhere = 'attrs.x == 1'\n",
+        );
+        let mut segs = BTreeMap::new();
+        if let Ok(seg) = seg {
+            segs.insert(seg.name.clone(), seg);
+        }
+        let (_, msg, help) = c
+            .check_references(&segs, &HeraldConfig::default())
+            .unwrap_err();
+        assert!(msg.contains("unknown segment `lapsed_buyer`"));
+        assert_eq!(help.as_deref(), Some("did you mean `lapsed_buyers`?"));
+    }
+}

@@ -1,0 +1,437 @@
+//! `config/herald.toml`: database, channels and providers, tracking, defaults,
+//! RFM and lifecycle settings. Every section is optional; the defaults are
+//! the embedded ones (SQLite, outbox channels) so a fresh checkout just runs.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::values::{Fraction, FrequencyCap, QuietHours, RateSpec, Timezone};
+use crate::diagnostic::Diagnostic;
+use crate::duration::Span;
+
+/// The default database: a SQLite file next to where herald runs.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://herald.db?mode=rwc";
+
+/// The whole of `herald.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeraldConfig {
+    /// Where state lives.
+    pub database: DatabaseConfig,
+    /// The tracking server and its secrets.
+    pub tracking: TrackingConfig,
+    /// Providers per channel.
+    pub channels: ChannelsConfig,
+    /// Policies every campaign inherits.
+    pub defaults: Defaults,
+    /// RFM scoring.
+    pub rfm: RfmConfig,
+    /// Lifecycle stages.
+    pub lifecycle: LifecycleConfig,
+}
+
+impl HeraldConfig {
+    /// Parses the text of `herald.toml`.
+    pub fn parse(file: &str, source: &str) -> Result<Self, Diagnostic> {
+        super::parse_toml(file, source)
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://...` or `postgres://...`.
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_DATABASE_URL.to_string(),
+        }
+    }
+}
+
+/// `[tracking]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// Address the tracking server binds.
+    pub listen: String,
+    /// What links in messages point to.
+    pub public_url: String,
+    /// Environment variable holding the signing secret.
+    pub secret_env: String,
+    /// Environment variable holding the bearer token for `POST /events`.
+    pub events_token_env: String,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: "http://localhost:8080".into(),
+            secret_env: "HERALD_SECRET".into(),
+            events_token_env: "HERALD_EVENTS_TOKEN".into(),
+        }
+    }
+}
+
+/// `[channels.*]`: every channel defaults to the outbox.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// `[channels.email]`.
+    pub email: EmailChannelConfig,
+    /// `[channels.sms]`.
+    pub sms: SmsChannelConfig,
+    /// `[channels.push]`.
+    pub push: PushChannelConfig,
+}
+
+/// How an email leaves: a real SMTP server, or the database outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailProvider {
+    /// SMTP via lettre.
+    Smtp,
+    /// Rendered, rate limited and recorded, but kept in the database.
+    #[default]
+    Outbox,
+}
+
+/// SMTP transport security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain text (local relays only).
+    #[default]
+    None,
+    /// Upgrade with STARTTLS (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// `[channels.email]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailChannelConfig {
+    /// `smtp` or `outbox`.
+    pub provider: EmailProvider,
+    /// SMTP host.
+    pub host: String,
+    /// SMTP port.
+    pub port: u16,
+    /// Transport security.
+    pub tls: TlsMode,
+    /// Environment variable holding the SMTP user name.
+    pub username_env: Option<String>,
+    /// Environment variable holding the SMTP password.
+    pub password_env: Option<String>,
+    /// The From header, `Name <address>`.
+    pub from: String,
+    /// VERP return path domain: `bounce+TOKEN@bounce_domain`.
+    pub bounce_domain: Option<String>,
+    /// Send rate; none means unlimited.
+    pub rate: Option<RateSpec>,
+    /// Messages in flight at once (SMTP connections).
+    pub concurrency: usize,
+}
+
+impl Default for EmailChannelConfig {
+    fn default() -> Self {
+        Self {
+            provider: EmailProvider::Outbox,
+            host: "localhost".into(),
+            port: 25,
+            tls: TlsMode::None,
+            username_env: None,
+            password_env: None,
+            from: "herald <herald@example.com>".into(),
+            bounce_domain: None,
+            rate: None,
+            concurrency: 8,
+        }
+    }
+}
+
+/// How an SMS leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsProvider {
+    /// A Twilio-compatible HTTP API.
+    Twilio,
+    /// Kept in the database.
+    #[default]
+    Outbox,
+}
+
+/// `[channels.sms]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsChannelConfig {
+    /// `twilio` or `outbox`.
+    pub provider: SmsProvider,
+    /// API base URL.
+    pub base_url: String,
+    /// Environment variable holding the account SID.
+    pub account_sid_env: Option<String>,
+    /// Environment variable holding the auth token.
+    pub auth_token_env: Option<String>,
+    /// Sender number (E.164) or messaging service.
+    pub from: String,
+    /// Appended to every marketing SMS.
+    pub opt_out_line: Option<String>,
+    /// `herald check` refuses templates that can exceed this many segments.
+    pub max_segments: usize,
+    /// Send rate.
+    pub rate: Option<RateSpec>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for SmsChannelConfig {
+    fn default() -> Self {
+        Self {
+            provider: SmsProvider::Outbox,
+            base_url: "https://api.twilio.com".into(),
+            account_sid_env: None,
+            auth_token_env: None,
+            from: "+15005550006".into(),
+            opt_out_line: Some("Reply STOP to opt out".into()),
+            max_segments: 3,
+            rate: None,
+            concurrency: 8,
+        }
+    }
+}
+
+/// How a push leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushProvider {
+    /// An FCM HTTP v1-compatible API.
+    Fcm,
+    /// Kept in the database.
+    #[default]
+    Outbox,
+}
+
+/// `[channels.push]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushChannelConfig {
+    /// `fcm` or `outbox`.
+    pub provider: PushProvider,
+    /// API base URL.
+    pub base_url: String,
+    /// FCM project.
+    pub project_id: String,
+    /// Environment variable holding the service-account key (JSON).
+    pub credentials_env: Option<String>,
+    /// Send rate.
+    pub rate: Option<RateSpec>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for PushChannelConfig {
+    fn default() -> Self {
+        Self {
+            provider: PushProvider::Outbox,
+            base_url: "https://fcm.googleapis.com".into(),
+            project_id: "demo".into(),
+            credentials_env: None,
+            rate: None,
+            concurrency: 8,
+        }
+    }
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// For contacts without a time zone.
+    pub timezone: Timezone,
+    /// Recipient-local hours when marketing waits.
+    pub quiet_hours: Option<QuietHours>,
+    /// Caps across all marketing campaigns.
+    pub frequency_caps: Vec<FrequencyCap>,
+    /// Inbound SMS words that opt out, besides the standard English ones.
+    pub opt_out_keywords: Vec<String>,
+    /// A fraction of all contacts no marketing campaign reaches.
+    pub global_holdout: Fraction,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            timezone: Timezone(chrono_tz::Tz::UTC),
+            quiet_hours: None,
+            frequency_caps: Vec::new(),
+            opt_out_keywords: Vec::new(),
+            global_holdout: Fraction::default(),
+        }
+    }
+}
+
+/// `[rfm]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RfmConfig {
+    /// The event that is a purchase.
+    pub purchase_event: String,
+    /// F and M count purchases in this window; R uses all history.
+    pub window: Span,
+    /// Recency bin edges in days (inclusive upper bounds), score 5 .. 1.
+    pub recency_days: [u32; 4],
+    /// Frequency edges, score 1 .. 5.
+    pub frequency: [f64; 4],
+    /// Monetary edges on spend in the window, score 1 .. 5.
+    pub monetary: [f64; 4],
+    /// Optional weighted composite for M: measure -> weight.
+    pub monetary_weights: Option<BTreeMap<String, f64>>,
+    /// Edges for the composite (percentile points).
+    pub monetary_composite: Option<[f64; 4]>,
+}
+
+impl Default for RfmConfig {
+    fn default() -> Self {
+        Self {
+            purchase_event: "order_placed".into(),
+            window: Span::from_days(365),
+            recency_days: [30, 90, 150, 270],
+            frequency: [1.0, 2.0, 4.0, 8.0],
+            monetary: [100.0, 500.0, 1000.0, 5000.0],
+            monetary_weights: None,
+            monetary_composite: None,
+        }
+    }
+}
+
+/// `[lifecycle]`: day thresholds, half-open ranges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Events that count as activity.
+    pub activity_events: Vec<String>,
+    /// First seen less than this many days ago: new.
+    pub new: u32,
+    /// Last activity in [0, active): active.
+    pub active: u32,
+    /// [active, silent): silent.
+    pub silent: u32,
+    /// [silent, dormant): dormant; beyond, churned.
+    pub dormant: u32,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            activity_events: vec!["app_open".into(), "login".into(), "order_placed".into()],
+            new: 7,
+            active: 7,
+            silent: 30,
+            dormant: 90,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_embedded_defaults() {
+        let c = HeraldConfig::parse("herald.toml", "").unwrap();
+        assert_eq!(c.database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.channels.email.provider, EmailProvider::Outbox);
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let src = r#"
+[database]
+url = "sqlite://herald.db?mode=rwc"
+[tracking]
+listen = "127.0.0.1:8080"
+public_url = "http://localhost:8080"
+secret_env = "HERALD_SECRET"
+events_token_env = "HERALD_EVENTS_TOKEN"
+[channels.email]
+provider = "smtp"
+host = "localhost"
+port = 25
+tls = "none"
+username_env = "SMTP_USER"
+password_env = "SMTP_PASSWORD"
+from = "Shop <news@example.com>"
+bounce_domain = "bounces.example.com"
+rate = { per_second = 50, burst = 10 }
+concurrency = 8
+[channels.sms]
+provider = "twilio"
+base_url = "https://api.twilio.com"
+account_sid_env = "TWILIO_ACCOUNT_SID"
+auth_token_env = "TWILIO_AUTH_TOKEN"
+from = "+15005550006"
+opt_out_line = "Reply STOP to opt out"
+max_segments = 3
+rate = { per_second = 10 }
+[channels.push]
+provider = "fcm"
+base_url = "https://fcm.googleapis.com"
+project_id = "demo"
+credentials_env = "FCM_CREDENTIALS"
+rate = { per_second = 500 }
+[defaults]
+timezone = "Asia/Shanghai"
+quiet_hours = { start = "21:00", end = "08:00" }
+frequency_caps = [ { channel = "sms", max = 1, per = "3d" }, { channel = "any", max = 3, per = "7d" } ]
+opt_out_keywords = ["TD", "T", "退订"]
+global_holdout = 0.0
+[rfm]
+purchase_event = "order_placed"
+window = "365d"
+recency_days = [30, 90, 150, 270]
+frequency = [1, 2, 4, 8]
+monetary = [100, 500, 1000, 5000]
+[lifecycle]
+activity_events = ["app_open", "login", "order_placed"]
+new = 7
+active = 7
+silent = 30
+dormant = 90
+"#;
+        let c = HeraldConfig::parse("herald.toml", src).unwrap();
+        assert_eq!(c.channels.email.provider, EmailProvider::Smtp);
+        assert_eq!(c.channels.email.rate.unwrap().per_second.get(), 50);
+        assert_eq!(c.defaults.timezone.0, chrono_tz::Asia::Shanghai);
+        assert_eq!(c.defaults.frequency_caps.len(), 2);
+        assert_eq!(c.rfm.recency_days, [30, 90, 150, 270]);
+    }
+
+    #[test]
+    fn a_typo_points_at_its_line_and_column() {
+        let src = "[channels.email]\nprovider = \"smtp\"\nprot = 25\n";
+        let e = HeraldConfig::parse("config/herald.toml", src).unwrap_err();
+        assert_eq!(e.line_col(), (3, 1));
+        assert!(e.message.contains("unknown field `prot`"), "{}", e.message);
+        assert!(e.help.as_deref().unwrap_or("").contains("`port`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_time_zone_is_named() {
+        let src = "[defaults]\ntimezone = \"Asia/Shanghi\"\n";
+        let e = HeraldConfig::parse("herald.toml", src).unwrap_err();
+        assert_eq!(e.line_col(), (2, 12));
+        assert!(
+            e.message.contains("unknown time zone `Asia/Shanghi`"),
+            "{e}"
+        );
+    }
+}

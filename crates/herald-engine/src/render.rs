@@ -1,0 +1,232 @@
+//! Turning a claimed message and its contact into a [`RenderedMessage`]:
+//! the interface the dispatcher renders through, and its handlebars
+//! implementation over the campaign's variants.
+
+use herald_channels::RenderedMessage;
+use herald_domain::config::{Campaign, HeraldConfig, Variant};
+use herald_domain::token::{TokenKind, TokenSigner};
+use herald_domain::types::{CampaignKind, Channel};
+use herald_templates::{
+    LinkContext, Rendered, TemplateError, TemplateSet, compose_sms, html_to_text,
+};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use crate::store::{ClaimedMessage, ContactView, LinkRecord};
+
+/// A rendered message and the tracked links it contains.
+#[derive(Debug, Clone)]
+pub struct RenderOutput {
+    /// Ready to hand to a channel.
+    pub message: RenderedMessage,
+    /// Links to store before sending.
+    pub links: Vec<LinkRecord>,
+}
+
+/// Renders messages of one campaign.
+pub trait MessageRenderer: Send + Sync {
+    /// Renders `msg` for `contact`, or says why it cannot be rendered.
+    fn render(&self, msg: &ClaimedMessage, contact: &ContactView) -> Result<RenderOutput, String>;
+}
+
+/// The name under which a variant's inline subject or title is registered.
+pub fn inline_name(campaign: &str, variant: &str, channel: Channel) -> String {
+    format!("campaigns/{campaign}/{variant}/{channel}.title")
+}
+
+/// Registers every campaign's inline subjects and titles into `set`.
+pub fn register_inline<'a>(
+    set: &mut TemplateSet,
+    campaigns: impl IntoIterator<Item = &'a Campaign>,
+) -> Result<(), TemplateError> {
+    for c in campaigns {
+        for v in &c.variants {
+            let name = v.name.get_ref().as_str();
+            if let Some(e) = &v.email {
+                set.register_inline(&inline_name(&c.name, name, Channel::Email), &e.subject)?;
+            }
+            if let Some(p) = &v.push {
+                set.register_inline(&inline_name(&c.name, name, Channel::Push), &p.title)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What templates see of a contact, campaign and variant (SPEC section 2).
+pub fn template_data(
+    contact: &ContactView,
+    campaign: &Campaign,
+    variant: &str,
+    unsubscribe_url: &str,
+) -> Value {
+    json!({
+        "contact": {
+            "external_id": contact.external_id,
+            "email": contact.email,
+            "phone": contact.phone,
+            "timezone": contact.timezone,
+            "locale": contact.locale,
+            "attrs": contact.attrs,
+            "tags": contact.tags,
+        },
+        "campaign": { "name": campaign.name, "kind": campaign.kind.as_str(), "topic": campaign.topic },
+        "variant": { "name": variant },
+        "unsubscribe_url": unsubscribe_url,
+    })
+}
+
+/// Renders one campaign's messages with its compiled templates.
+pub struct CampaignRenderer {
+    templates: Arc<TemplateSet>,
+    campaign: Campaign,
+    signer: TokenSigner,
+    public_url: String,
+    bounce_domain: Option<String>,
+    sms_opt_out_line: Option<String>,
+    callback_url: Option<String>,
+}
+
+impl CampaignRenderer {
+    /// A renderer of `campaign` with the tracking settings of `herald`.
+    pub fn new(
+        templates: Arc<TemplateSet>,
+        campaign: Campaign,
+        herald: &HeraldConfig,
+        signer: TokenSigner,
+    ) -> Self {
+        let public_url = herald.tracking.public_url.trim_end_matches('/').to_string();
+        Self {
+            templates,
+            signer,
+            bounce_domain: herald.channels.email.bounce_domain.clone(),
+            sms_opt_out_line: herald.channels.sms.opt_out_line.clone(),
+            callback_url: Some(format!("{public_url}/webhooks/twilio/status")),
+            public_url,
+            campaign,
+        }
+    }
+
+    fn variant(&self, name: &str) -> Option<&Variant> {
+        self.campaign
+            .variants
+            .iter()
+            .find(|v| v.name.get_ref().as_str() == name)
+    }
+}
+
+fn links_of(r: &Rendered) -> Vec<LinkRecord> {
+    r.links
+        .iter()
+        .map(|l| LinkRecord {
+            idx: i32::from(l.index),
+            url: l.url.clone(),
+            short_code: l.short_code.clone(),
+        })
+        .collect()
+}
+
+impl MessageRenderer for CampaignRenderer {
+    fn render(&self, msg: &ClaimedMessage, contact: &ContactView) -> Result<RenderOutput, String> {
+        let variant = self
+            .variant(&msg.arm)
+            .ok_or_else(|| format!("variant `{}` is no longer in the campaign", msg.arm))?;
+        let unsubscribe_url = format!(
+            "{}/u/{}",
+            self.public_url,
+            self.signer.sign_message(TokenKind::Unsubscribe, msg.id)
+        );
+        let data = template_data(contact, &self.campaign, &msg.arm, &unsubscribe_url);
+        let locale = contact.locale.as_deref();
+        let ctx = |short_links| LinkContext {
+            message_id: msg.id,
+            public_url: self.public_url.clone(),
+            signer: self.signer.clone(),
+            short_links,
+        };
+        let marketing = self.campaign.kind == CampaignKind::Marketing;
+        let mut message = RenderedMessage {
+            message_id: msg.id,
+            channel: msg.channel,
+            to: msg.address.clone(),
+            subject: None,
+            body: String::new(),
+            text: None,
+            unsubscribe_url: None,
+            return_path: None,
+            status_callback: None,
+        };
+        let links;
+        let title = |ch| {
+            self.templates
+                .render_inline(
+                    &inline_name(&self.campaign.name, &msg.arm, ch),
+                    &data,
+                    Some(&ctx(false)),
+                )
+                .map_err(|e| e.to_string())
+        };
+        match msg.channel {
+            Channel::Email => {
+                let content = variant
+                    .email
+                    .as_ref()
+                    .ok_or("the variant has no email content")?;
+                let subject = title(Channel::Email)?;
+                let body = self
+                    .templates
+                    .render(&content.template, locale, &data, Some(&ctx(false)))
+                    .map_err(|e| e.to_string())?;
+                message.subject = Some(subject.text);
+                message.text = Some(html_to_text(&body.text));
+                message.body = body.text.clone();
+                message.unsubscribe_url = Some(unsubscribe_url.clone());
+                message.return_path = self.bounce_domain.as_ref().map(|d| {
+                    format!(
+                        "bounce+{}@{d}",
+                        self.signer.sign_message(TokenKind::Callback, msg.id)
+                    )
+                });
+                links = links_of(&body);
+            }
+            Channel::Sms => {
+                let content = variant
+                    .sms
+                    .as_ref()
+                    .ok_or("the variant has no sms content")?;
+                let body = self
+                    .templates
+                    .render(&content.template, locale, &data, Some(&ctx(true)))
+                    .map_err(|e| e.to_string())?;
+                let opt_out = if marketing {
+                    self.sms_opt_out_line.as_deref()
+                } else {
+                    None
+                };
+                message.body = compose_sms(&body.text, opt_out);
+                message.status_callback = self.callback_url.as_ref().map(|u| {
+                    format!(
+                        "{u}?m={}",
+                        self.signer.sign_message(TokenKind::Callback, msg.id)
+                    )
+                });
+                links = links_of(&body);
+            }
+            Channel::Push => {
+                let content = variant
+                    .push
+                    .as_ref()
+                    .ok_or("the variant has no push content")?;
+                let t = title(Channel::Push)?;
+                let body = self
+                    .templates
+                    .render(&content.template, locale, &data, Some(&ctx(false)))
+                    .map_err(|e| e.to_string())?;
+                message.subject = Some(t.text);
+                message.body = body.text.clone();
+                links = links_of(&body);
+            }
+        }
+        Ok(RenderOutput { message, links })
+    }
+}

@@ -1,0 +1,573 @@
+//! The engine's `Store` on SQLite and PostgreSQL: campaigns and runs, the
+//! audience snapshot in keyset pages, the message queue (claimed with one
+//! `UPDATE ... RETURNING` under a lease; `FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL), outcomes written in one transaction per batch, and the outbox.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use herald_channels::RenderedMessage;
+use herald_channels::outbox::OutboxSink;
+use herald_domain::segment::Expr;
+use herald_domain::types::{Channel, MessageStatus};
+use herald_engine::store::*;
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait, Value};
+use serde_json::Value as Json;
+
+use crate::db::Db;
+use crate::segment_sql::compile;
+use crate::sql::{Sql, stmt};
+
+/// The engine's store over a [`Db`].
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    db: Db,
+}
+
+impl SqlStore {
+    /// A store over `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn b(&self) -> DbBackend {
+        self.db.backend()
+    }
+
+    async fn exec(&self, q: Sql) -> StoreResult<u64> {
+        Ok(self
+            .db
+            .conn
+            .execute_raw(q.build(self.b()))
+            .await
+            .map_err(err)?
+            .rows_affected())
+    }
+
+    async fn all(&self, q: Sql) -> StoreResult<Vec<QueryResult>> {
+        self.db
+            .conn
+            .query_all_raw(q.build(self.b()))
+            .await
+            .map_err(err)
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> StoreResult<T> {
+    row.try_get_by_index(i).map_err(err)
+}
+
+fn in_list(q: &mut Sql, ids: &[i64]) {
+    q.push("(");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            q.push(",");
+        }
+        q.bind(*id);
+    }
+    q.push(")");
+}
+
+/// Messages per multi-row INSERT when planning (13 values each).
+const INSERT_CHUNK: usize = 1000;
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn upsert_campaign(&self, c: &CampaignRecord, now: i64) -> StoreResult<i64> {
+        let mut q = Sql::new();
+        q.push("INSERT INTO campaigns (name, kind, topic, fingerprint, created_at, updated_at) VALUES (")
+            .bind(c.name.clone())
+            .push(",")
+            .bind(c.kind.clone())
+            .push(",")
+            .bind(c.topic.clone())
+            .push(",")
+            .bind(c.fingerprint.clone())
+            .push(",")
+            .bind(now)
+            .push(",")
+            .bind(now)
+            .push(") ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, topic = excluded.topic, fingerprint = excluded.fingerprint, updated_at = excluded.updated_at RETURNING id");
+        let rows = self.all(q).await?;
+        rows.first()
+            .map(|r| get(r, 0))
+            .ok_or_else(|| err("campaign upsert returned nothing"))?
+    }
+
+    async fn create_run(
+        &self,
+        campaign_id: i64,
+        scheduled_at: i64,
+        now_at: i64,
+        origin: &str,
+        fingerprint: &str,
+    ) -> StoreResult<RunRecord> {
+        let mut q = Sql::new();
+        q.push("INSERT INTO runs (campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) VALUES (")
+            .bind(campaign_id)
+            .push(",")
+            .bind(scheduled_at)
+            .push(",")
+            .bind(now_at)
+            .push(", 'planning', ")
+            .bind(origin.to_string())
+            .push(",")
+            .bind(fingerprint.to_string())
+            .push(",")
+            .bind(now_at)
+            .push(") ON CONFLICT (campaign_id, scheduled_at) DO NOTHING RETURNING id, now_at, state");
+        let created = self.all(q).await?;
+        let (row, was_created) = match created.into_iter().next() {
+            Some(r) => (r, true),
+            None => {
+                let mut q = Sql::new();
+                q.push("SELECT id, now_at, state FROM runs WHERE campaign_id = ")
+                    .bind(campaign_id)
+                    .push(" AND scheduled_at = ")
+                    .bind(scheduled_at);
+                let r = self
+                    .all(q)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| err("run vanished"))?;
+                (r, false)
+            }
+        };
+        Ok(RunRecord {
+            id: get(&row, 0)?,
+            campaign_id,
+            now_at: get(&row, 1)?,
+            state: get(&row, 2)?,
+            created: was_created,
+        })
+    }
+
+    async fn audience_page(
+        &self,
+        filter: &Expr,
+        now: i64,
+        topic: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<AudienceMember>> {
+        let mut q = Sql::new();
+        let sup = |ch: &str, addr: &str| {
+            format!(
+                "EXISTS (SELECT 1 FROM suppressions s WHERE s.topic IS NULL AND s.channel IN ('{ch}', 'any') AND (s.contact_id = c.id{addr}))"
+            )
+        };
+        q.push("SELECT c.id, c.external_id, c.email, c.phone, c.consent_email, c.consent_sms, c.consent_push, ");
+        q.push("(SELECT MIN(p.token) FROM push_tokens p WHERE p.contact_id = c.id AND p.invalid_at IS NULL), ");
+        q.push(&sup("email", " OR s.address = c.email")).push(", ");
+        q.push(&sup("sms", " OR s.address = c.phone")).push(", ");
+        q.push(&sup("push", "")).push(", ");
+        match topic {
+            Some(t) => {
+                q.push("(EXISTS (SELECT 1 FROM topic_subscriptions ts WHERE ts.contact_id = c.id AND ts.subscribed = FALSE AND ts.topic = ")
+                    .bind(t.to_string())
+                    .push(") OR EXISTS (SELECT 1 FROM suppressions s WHERE s.contact_id = c.id AND s.topic = ")
+                    .bind(t.to_string())
+                    .push("))");
+            }
+            None => {
+                q.push("FALSE");
+            }
+        }
+        q.push(" FROM contacts c WHERE c.forgotten_at IS NULL AND c.id > ")
+            .bind(after)
+            .push(" AND ");
+        compile(filter, self.b(), now, &mut q).map_err(err)?;
+        q.push(" ORDER BY c.id LIMIT ").bind(i64::from(limit));
+        let rows = self.all(q).await?;
+        rows.iter()
+            .map(|r| {
+                let mut suppressed = Vec::new();
+                for (i, ch) in [(8, Channel::Email), (9, Channel::Sms), (10, Channel::Push)] {
+                    if get::<bool>(r, i)? {
+                        suppressed.push(ch);
+                    }
+                }
+                Ok(AudienceMember {
+                    contact_id: get(r, 0)?,
+                    external_id: get(r, 1)?,
+                    email: get(r, 2)?,
+                    phone: get(r, 3)?,
+                    consent_email: get(r, 4)?,
+                    consent_sms: get(r, 5)?,
+                    consent_push: get(r, 6)?,
+                    push_token: get(r, 7)?,
+                    suppressed,
+                    topic_opt_out: get(r, 11)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_planned_contact(&self, run_id: i64) -> StoreResult<i64> {
+        let mut q = Sql::new();
+        q.push("SELECT COALESCE(MAX(contact_id), 0) FROM messages WHERE run_id = ")
+            .bind(run_id);
+        let rows = self.all(q).await?;
+        rows.first().map_or(Ok(0), |r| get(r, 0))
+    }
+
+    async fn insert_planned(
+        &self,
+        run_id: i64,
+        campaign_id: i64,
+        rows: &[PlannedMessage],
+        now: i64,
+    ) -> StoreResult<()> {
+        let b = self.b();
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut q = Sql::new();
+            q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) VALUES ");
+            for (i, m) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(",");
+                }
+                q.push("(")
+                    .bind(run_id)
+                    .push(",")
+                    .bind(campaign_id)
+                    .push(",")
+                    .bind(m.contact_id)
+                    .push(",");
+                q.bind(m.step).push(",").bind(m.arm.clone()).push(",");
+                q.bind_as(b, m.channel.map(|c| c.as_str().to_string()), "text")
+                    .push(",");
+                q.bind_as(b, m.address.clone(), "text")
+                    .push(",")
+                    .bind(m.send_at)
+                    .push(",");
+                q.bind(m.status.as_str().to_string()).push(",").bind_as(
+                    b,
+                    m.reason.clone(),
+                    "text",
+                );
+                q.push(",0,0,0,0,").bind(now).push(",").bind(now).push(")");
+            }
+            q.push(" ON CONFLICT (run_id, contact_id, step) DO NOTHING");
+            self.exec(q).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_planning(&self, run_id: i64, now: i64) -> StoreResult<()> {
+        // One message per address in a run: the first planned keeps it.
+        let mut q = Sql::new();
+        q.push("UPDATE messages SET status = 'suppressed', reason = 'duplicate_address', updated_at = ")
+            .bind(now)
+            .push(" WHERE run_id = ")
+            .bind(run_id)
+            .push(" AND status = 'planned' AND address IS NOT NULL AND EXISTS (SELECT 1 FROM messages d WHERE d.run_id = messages.run_id AND d.channel = messages.channel AND d.address = messages.address AND d.status = 'planned' AND d.id < messages.id)");
+        self.exec(q).await?;
+        let mut q = Sql::new();
+        q.push("UPDATE runs SET state = 'running' WHERE state = 'planning' AND id = ")
+            .bind(run_id);
+        self.exec(q).await?;
+        Ok(())
+    }
+
+    async fn expire_leases(&self, now: i64) -> StoreResult<(u64, u64)> {
+        // A claim that expired before its request was written simply becomes claimable
+        // again (see claim_due); one that expired while `sending` may have reached the
+        // provider, which cannot deduplicate: it ends `unknown`, never resent.
+        let mut q = Sql::new();
+        q.push("UPDATE messages SET status = 'unknown', reason = 'the worker stopped while sending; not resent, to avoid a duplicate', lease_owner = NULL, lease_until = NULL, updated_at = ")
+            .bind(now)
+            .push(" WHERE status = 'sending' AND lease_until < ")
+            .bind(now);
+        let unknown = self.exec(q).await?;
+        Ok((0, unknown))
+    }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        let mut q = Sql::new();
+        q.push("UPDATE messages SET lease_owner = ")
+            .bind(owner.to_string())
+            .push(", lease_until = ")
+            .bind(lease_until)
+            .push(" WHERE id IN (SELECT m.id FROM messages m JOIN runs r ON r.id = m.run_id WHERE m.status = 'planned' AND r.state = 'running' AND m.send_at <= ")
+            .bind(now)
+            .push(" AND (m.not_before IS NULL OR m.not_before <= ")
+            .bind(now)
+            .push(") AND (m.lease_until IS NULL OR m.lease_until < ")
+            .bind(now)
+            .push(")");
+        if let Some(r) = run_id {
+            q.push(" AND m.run_id = ").bind(r);
+        }
+        q.push(" ORDER BY m.send_at, m.id LIMIT ")
+            .bind(i64::from(limit));
+        if self.b() == DbBackend::Postgres {
+            q.push(" FOR UPDATE OF m SKIP LOCKED");
+        }
+        q.push(") RETURNING id, run_id, contact_id, arm, channel, address, attempts, send_at");
+        let rows = self.all(q).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let channel: String = get(r, 4)?;
+            out.push(ClaimedMessage {
+                id: get(r, 0)?,
+                run_id: get(r, 1)?,
+                contact_id: get(r, 2)?,
+                arm: get(r, 3)?,
+                channel: channel.parse().map_err(err)?,
+                address: get(r, 5)?,
+                attempts: get(r, 6)?,
+                send_at: get(r, 7)?,
+            });
+        }
+        out.sort_by_key(|m| (m.send_at, m.id));
+        Ok(out)
+    }
+
+    async fn mark_sending(&self, ids: &[i64], now: i64) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q = Sql::new();
+        q.push("UPDATE messages SET status = 'sending', updated_at = ")
+            .bind(now)
+            .push(" WHERE status = 'planned' AND id IN ");
+        in_list(&mut q, ids);
+        self.exec(q).await?;
+        Ok(())
+    }
+
+    async fn contacts(&self, ids: &[i64]) -> StoreResult<Vec<ContactView>> {
+        let ids: Vec<i64> = ids
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut q = Sql::new();
+        q.push("SELECT id, external_id, email, phone, timezone, locale, attrs, tags FROM contacts WHERE id IN ");
+        in_list(&mut q, &ids);
+        let rows = self.all(q).await?;
+        rows.iter()
+            .map(|r| {
+                let tags: Option<Json> = get(r, 7)?;
+                Ok(ContactView {
+                    id: get(r, 0)?,
+                    external_id: get(r, 1)?,
+                    email: get(r, 2)?,
+                    phone: get(r, 3)?,
+                    timezone: get(r, 4)?,
+                    locale: get(r, 5)?,
+                    attrs: get(r, 6)?,
+                    tags: tags
+                        .and_then(|t| serde_json::from_value(t).ok())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn record_outcomes(&self, outcomes: &[Outcome], now: i64) -> StoreResult<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let b = self.b();
+        let txn = self.db.conn.begin().await.map_err(err)?;
+        for chunk in outcomes.chunks(INSERT_CHUNK) {
+            let mut q = Sql::new();
+            q.push("UPDATE messages SET status = x.column2, reason = x.column3, provider_id = COALESCE(x.column4, messages.provider_id), attempts = messages.attempts + x.column5, not_before = x.column6, sent_at = COALESCE(messages.sent_at, x.column7), delivered_at = COALESCE(messages.delivered_at, x.column8), lease_owner = NULL, lease_until = NULL, updated_at = ")
+                .bind(now)
+                .push(" FROM (VALUES ");
+            for (i, o) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(",");
+                }
+                let accepted = matches!(o.status, MessageStatus::Sent | MessageStatus::Delivered);
+                q.push("(").bind_as(b, o.message_id, "int8").push(",");
+                q.bind_as(b, o.status.as_str().to_string(), "text")
+                    .push(",");
+                q.bind_as(b, o.reason.clone(), "text").push(",");
+                q.bind_as(b, o.provider_id.clone(), "text").push(",");
+                q.bind_as(
+                    b,
+                    i32::from(
+                        o.attempt
+                            .as_ref()
+                            .is_some_and(|a| a.result != "render_error"),
+                    ),
+                    "int4",
+                )
+                .push(",");
+                q.bind_as(b, o.retry_at, "int8").push(",");
+                q.bind_as(b, accepted.then_some(now), "int8").push(",");
+                q.bind_as(
+                    b,
+                    (o.status == MessageStatus::Delivered).then_some(now),
+                    "int8",
+                )
+                .push(")");
+            }
+            q.push(") AS x WHERE messages.id = x.column1");
+            txn.execute_raw(q.build(b)).await.map_err(err)?;
+
+            let attempts: Vec<(i64, &AttemptRecord)> = chunk
+                .iter()
+                .filter_map(|o| o.attempt.as_ref().map(|a| (o.message_id, a)))
+                .collect();
+            if !attempts.is_empty() {
+                let mut q = Sql::new();
+                q.push("INSERT INTO attempts (message_id, at, result, provider_code, detail, duration_ms) VALUES ");
+                for (i, (id, a)) in attempts.iter().enumerate() {
+                    if i > 0 {
+                        q.push(",");
+                    }
+                    q.push("(")
+                        .bind(*id)
+                        .push(",")
+                        .bind(a.at)
+                        .push(",")
+                        .bind(a.result.clone())
+                        .push(",");
+                    q.bind_as(b, a.code.clone(), "text")
+                        .push(",")
+                        .bind_as(b, a.detail.clone(), "text")
+                        .push(",");
+                    q.bind(a.duration_ms).push(")");
+                }
+                txn.execute_raw(q.build(b)).await.map_err(err)?;
+            }
+
+            let links: Vec<(i64, &LinkRecord)> = chunk
+                .iter()
+                .flat_map(|o| o.links.iter().map(move |l| (o.message_id, l)))
+                .collect();
+            if !links.is_empty() {
+                let mut q = Sql::new();
+                q.push("INSERT INTO links (message_id, idx, url, short_code) VALUES ");
+                for (i, (id, l)) in links.iter().enumerate() {
+                    if i > 0 {
+                        q.push(",");
+                    }
+                    q.push("(")
+                        .bind(*id)
+                        .push(",")
+                        .bind(l.idx)
+                        .push(",")
+                        .bind(l.url.clone())
+                        .push(",");
+                    q.bind_as(b, l.short_code.clone(), "text").push(")");
+                }
+                q.push(" ON CONFLICT (message_id, idx) DO NOTHING");
+                txn.execute_raw(q.build(b)).await.map_err(err)?;
+            }
+
+            for o in chunk {
+                if let Some((channel, address)) = &o.suppress_address {
+                    let mut q = Sql::new();
+                    q.push("INSERT INTO suppressions (channel, address, contact_id, reason, source, created_at) SELECT ")
+                        .bind(channel.as_str().to_string())
+                        .push(", ")
+                        .bind(address.clone())
+                        .push(", contact_id, ")
+                        .bind(o.reason.clone().unwrap_or_else(|| "provider refused the address".into()))
+                        .push(", 'provider', ")
+                        .bind(now)
+                        .push(" FROM messages WHERE id = ")
+                        .bind(o.message_id);
+                    txn.execute_raw(q.build(b)).await.map_err(err)?;
+                }
+            }
+        }
+        txn.commit().await.map_err(err)
+    }
+
+    async fn finish_run_if_drained(&self, run_id: i64, now: i64) -> StoreResult<bool> {
+        let mut q = Sql::new();
+        q.push("SELECT state, (SELECT COUNT(*) FROM messages WHERE run_id = runs.id AND status IN ('planned', 'sending')) FROM runs WHERE id = ")
+            .bind(run_id);
+        let rows = self.all(q).await?;
+        let Some(r) = rows.first() else {
+            return Ok(true);
+        };
+        let state: String = get(r, 0)?;
+        let pending: i64 = get(r, 1)?;
+        if state != "running" {
+            return Ok(true);
+        }
+        if pending > 0 {
+            return Ok(false);
+        }
+        let mut q = Sql::new();
+        q.push("UPDATE runs SET state = 'done', finished_at = ")
+            .bind(now)
+            .push(" WHERE state = 'running' AND id = ")
+            .bind(run_id);
+        self.exec(q).await?;
+        Ok(true)
+    }
+
+    async fn run_counts(&self, run_id: i64) -> StoreResult<RunCounts> {
+        let mut q = Sql::new();
+        q.push("SELECT arm, status, reason, COUNT(*) FROM messages WHERE run_id = ")
+            .bind(run_id)
+            .push(" GROUP BY arm, status, reason ORDER BY arm, status, reason");
+        let rows = self.all(q).await?;
+        Ok(RunCounts {
+            rows: rows
+                .iter()
+                .map(|r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?, get(r, 3)?)))
+                .collect::<StoreResult<_>>()?,
+        })
+    }
+}
+
+#[async_trait]
+impl OutboxSink for SqlStore {
+    async fn put(&self, m: &RenderedMessage) -> Result<(), String> {
+        let b = self.b();
+        let headers = m
+            .unsubscribe_url
+            .as_ref()
+            .map(|u| Json::from(serde_json::json!({ "List-Unsubscribe": format!("<{u}>") })));
+        let now = chrono::Utc::now().timestamp_millis();
+        let st = stmt(
+            b,
+            "INSERT INTO outbox (message_id, channel, address, subject, body, body_text, headers, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (message_id) DO NOTHING",
+            vec![
+                m.message_id.into(),
+                m.channel.as_str().into(),
+                m.to.clone().into(),
+                m.subject.clone().into(),
+                m.body.clone().into(),
+                m.text.clone().into(),
+                Value::Json(headers.map(Box::new)),
+                now.into(),
+            ],
+        );
+        self.db
+            .conn
+            .execute_raw(st)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
