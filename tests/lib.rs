@@ -1,1 +1,206 @@
-//! test support
+//! Support for herald's end-to-end tests: a database per test (SQLite file or
+//! a fresh PostgreSQL database), the `herald` binary run as a child process,
+//! and project directories written from strings.
+//!
+//! PostgreSQL: `HERALD_TEST_DATABASE_URL` (default: postgres on 127.0.0.1,
+//! database `test`). When it cannot be reached, tests fail if
+//! `HERALD_REQUIRE_POSTGRES=1` (CI) and otherwise skip with a loud message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sea_orm::{ConnectionTrait, Database};
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("HERALD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into())
+}
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the test's directory.
+    Sqlite,
+    /// A fresh PostgreSQL database.
+    Postgres,
+}
+
+/// A database made for one test; a PostgreSQL one is dropped at the end.
+pub struct TestDb {
+    /// Its URL, for `--database`.
+    pub url: String,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    /// A new database of `backend`, or `None` (after a loud message) when PostgreSQL is
+    /// unreachable and not required.
+    pub async fn new(backend: Backend, dir: &Path) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => Some(TestDb {
+                url: format!("sqlite://{}?mode=rwc", dir.join("herald.db").display()),
+                pg_name: None,
+            }),
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let conn = match Database::connect(&admin).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let required =
+                            std::env::var("HERALD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+                        assert!(
+                            !required,
+                            "PostgreSQL is required (HERALD_REQUIRE_POSTGRES=1) but {admin} is unreachable: {e}"
+                        );
+                        eprintln!(
+                            "\n!!! SKIPPING the PostgreSQL half of this test: {admin} is unreachable ({e}).\n!!! Set HERALD_TEST_DATABASE_URL or start PostgreSQL to run it.\n"
+                        );
+                        return None;
+                    }
+                };
+                let name = format!("herald_t_{}_{}", std::process::id(), rand_suffix());
+                conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create a test database");
+                let url = replace_db_name(&admin, &name);
+                Some(TestDb {
+                    url,
+                    pg_name: Some(name),
+                })
+            }
+        }
+    }
+
+    /// Drops a PostgreSQL test database (best effort).
+    pub async fn drop_db(self) {
+        if let Some(name) = self.pg_name
+            && let Ok(conn) = Database::connect(&postgres_admin_url()).await
+        {
+            let _ = conn
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}_{nanos}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn replace_db_name(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let cut = base.rfind('/').map_or(base.len(), |i| i + 1);
+    let mut out = format!("{}{name}", &base[..cut]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// The `herald` binary cargo built next to this test.
+pub fn herald_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/e2e-HASH -> target/debug/herald
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join(format!("herald{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so cargo builds the herald binary",
+        bin.display()
+    );
+    bin
+}
+
+/// A project directory (config/, templates/) for one test.
+pub struct Project {
+    /// Its root; removed at the end of the test.
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// An empty project.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The root path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `text` at `rel` below the root.
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    /// Runs `herald ARGS` in the project against `db`, with a tracking secret set.
+    pub fn herald(&self, db: &TestDb, args: &[&str]) -> Run {
+        let mut cmd = Command::new(herald_bin());
+        cmd.current_dir(self.path())
+            .env("HERALD_DATABASE_URL", &db.url)
+            .env("HERALD_SECRET", "e2e-secret-0123456789abcdef")
+            .env_remove("HERALD_CONFIG")
+            .env_remove("HERALD_TEMPLATES")
+            .args(args);
+        // The test's own servers run on the runtime's other threads meanwhile.
+        let out = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| cmd.output()),
+            Err(_) => cmd.output(),
+        };
+        Run(out.expect("run herald"))
+    }
+}
+
+impl Default for Project {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The result of one `herald` invocation.
+pub struct Run(pub Output);
+
+impl Run {
+    /// Exit code.
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    /// Standard output.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    /// Standard error.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Asserts exit code `code`, showing both streams otherwise.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+}

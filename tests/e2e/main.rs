@@ -1,1 +1,33 @@
+//! herald's end-to-end suite: one test binary, a module per area. Each test
+//! runs on SQLite and on PostgreSQL (see `herald_tests` for how PostgreSQL is
+//! found, required in CI, and skipped loudly elsewhere).
 
+use herald_tests::{Backend, Project, TestDb};
+
+/// Declares `NAME::sqlite` and `NAME::postgres` tests that run `async fn NAME(Backend)`.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(herald_tests::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(herald_tests::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+mod check;
+mod demo;
+mod import;
+mod send;
+
+/// A project plus its database, or `None` when PostgreSQL is skipped.
+pub async fn setup(backend: Backend) -> Option<(Project, TestDb)> {
+    let project = Project::new();
+    let db = TestDb::new(backend, project.path()).await?;
+    Some((project, db))
+}

@@ -148,10 +148,13 @@ pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
         "run {} of `{}`: audience {assigned}{}",
         s.run.id,
         campaign.name,
-        if s.run.created {
+        if s.run.created && s.plan.members as i64 == assigned {
             String::new()
         } else {
-            " (an existing run, resumed)".into()
+            format!(
+                " (an existing run, resumed; {} planned now)",
+                s.plan.members
+            )
         }
     );
     println!("{}", arm_table(campaign, &s.counts));

@@ -547,7 +547,7 @@ impl OutboxSink for SqlStore {
         let headers = m
             .unsubscribe_url
             .as_ref()
-            .map(|u| Json::from(serde_json::json!({ "List-Unsubscribe": format!("<{u}>") })));
+            .map(|u| serde_json::json!({ "List-Unsubscribe": format!("<{u}>") }));
         let now = chrono::Utc::now().timestamp_millis();
         let st = stmt(
             b,

@@ -166,10 +166,9 @@ pub fn string_content_offset(source: &str, span: &std::ops::Range<usize>) -> usi
     let raw = &source[span.start.min(source.len())..span.end.min(source.len())];
     let mut offset = span.start;
     for delim in ["'''", "\"\"\"", "'", "\""] {
-        if raw.starts_with(delim) {
+        if let Some(rest) = raw.strip_prefix(delim) {
             offset += delim.len();
             if delim.len() == 3 {
-                let rest = &raw[delim.len()..];
                 if rest.starts_with("\r\n") {
                     offset += 2;
                 } else if rest.starts_with('\n') {

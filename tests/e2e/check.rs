@@ -1,0 +1,83 @@
+//! `herald check`: a typo points at file, line and column (exit 2); a template
+//! with a missing variable fails the check, and `send` then sends nothing.
+
+use herald_tests::{Backend, Project};
+
+use crate::send::{shop_project, start_sink};
+use crate::setup;
+
+fn typo_project(p: &Project) {
+    p.write(
+        "config/herald.toml",
+        "[channels.email]\nprovider = \"outbox\"\nprot = 25\n",
+    );
+    p.write(
+        "config/segments/all.toml",
+        "name = \"all\"\nwhere = '''\n  attr.region == \"guangdong\"\n'''\n",
+    );
+}
+
+async fn typo_points_at_line_and_column(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    typo_project(&p);
+    let run = p.herald(&db, &["check"]);
+    run.expect_code(2);
+    let err = run.stderr();
+    assert!(err.contains("unknown field `prot`"), "{err}");
+    assert!(err.contains("--> config/herald.toml:3:1"), "{err}");
+    assert!(
+        err.contains("`port`"),
+        "the hint names the valid key: {err}"
+    );
+    // The segment's mistake is reported too, at its place inside the TOML string.
+    assert!(err.contains("--> config/segments/all.toml:3:3"), "{err}");
+    assert!(err.contains("attrs.region"), "{err}");
+    assert!(
+        err.contains("^^^^^^^^^^^"),
+        "a caret under the mistake: {err}"
+    );
+    db.drop_db().await;
+}
+
+async fn missing_variable_fails_check_and_sends_nothing(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = start_sink().await;
+    shop_project(&p, sink.addr().port());
+    p.write(
+        "templates/shop/hello.email.hbs",
+        "<p>Hi {{contact.attrs.nickname}}</p><a href=\"{{unsubscribe_url}}\">unsubscribe</a>",
+    );
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let run = p.herald(&db, &["check"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr()
+            .contains("variable `contact.attrs.nickname` is missing"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stderr().contains("shop/hello.email.hbs"),
+        "{}",
+        run.stderr()
+    );
+    let run = p.herald(&db, &["send", "hello"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr().contains("nothing was sent"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(sink.count(), 0);
+    db.drop_db().await;
+}
+
+on_both_databases!(
+    typo_points_at_line_and_column,
+    missing_variable_fails_check_and_sends_nothing
+);

@@ -1,0 +1,39 @@
+//! `herald demo` runs the whole loop and runs again without cleanup.
+
+use herald_tests::{Project, TestDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_twice_and_prints_the_summary() {
+    let p = Project::new();
+    // The demo makes its own SQLite database; this URL is ignored by it.
+    let db = TestDb::new(herald_tests::Backend::Sqlite, p.path())
+        .await
+        .expect("sqlite");
+    for _ in 0..2 {
+        let run = p.herald(&db, &["demo", "--contacts", "600", "--dir", "demo"]);
+        run.expect_code(0);
+        let out = run.stdout();
+        assert!(out.contains("imported 600 contacts"), "{out}");
+        assert!(
+            out.contains("discount") && out.contains("reminder") && out.contains("holdout"),
+            "{out}"
+        );
+        let received: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("the built-in SMTP server received "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("the SMTP count line");
+        let dispatched: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("dispatched "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("the dispatch line");
+        assert!(received > 0);
+        assert_eq!(
+            received, dispatched,
+            "every accepted message reached the server: {out}"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! `herald send`: emails arrive at a real SMTP server on loopback; the test
+//! reads the MIME back (subject, HTML escaping, the plain-text part,
+//! List-Unsubscribe and List-Unsubscribe-Post) and the recorded statuses.
+
+use herald_sinks::{SmtpSink, SmtpSinkConfig};
+use herald_storage::Db;
+use herald_tests::{Backend, Project};
+use sea_orm::{ConnectionTrait, Statement};
+
+use crate::setup;
+
+/// A real SMTP server on loopback that keeps what it receives.
+pub async fn start_sink() -> SmtpSink {
+    SmtpSink::start(SmtpSinkConfig::default())
+        .await
+        .expect("smtp sink")
+}
+
+/// A small shop: SMTP to `port`, one segment, the `hello` campaign, three contacts.
+pub fn shop_project(p: &Project, port: u16) {
+    p.write(
+        "config/herald.toml",
+        &format!(
+            "[tracking]\npublic_url = \"https://t.example.com\"\n\n[channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\nfrom = \"Shop <news@example.com>\"\nbounce_domain = \"bounces.example.com\"\nconcurrency = 2\n"
+        ),
+    );
+    p.write(
+        "config/segments/guangdong.toml",
+        "name = \"guangdong\"\nwhere = 'attrs.region == \"guangdong\"'\n",
+    );
+    p.write(
+        "config/campaigns/hello.toml",
+        "name = \"hello\"\nsegment = \"guangdong\"\nchannels = [\"email\"]\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Hi {{contact.attrs.first_name}} & welcome\", template = \"shop/hello.email.hbs\" }\n",
+    );
+    p.write(
+        "templates/shop/hello.email.hbs",
+        "<p>Hello {{contact.attrs.first_name}},</p>\n<p>See <a href=\"{{track \"https://shop.example.com/new\"}}\">what is new</a>.</p>\n<p><a href=\"{{unsubscribe_url}}\">Unsubscribe</a></p>\n",
+    );
+    p.write(
+        "contacts.csv",
+        "external_id,email,first_name,region\n\
+         c1,ann@example.com,<b>Ann</b> & \"Co\",guangdong\n\
+         c2,bo@example.com,Bo,guangdong\n\
+         c3,cy@example.com,Cy,beijing\n\
+         c4,ann@example.com,Ann again,guangdong\n",
+    );
+}
+
+async fn emails_arrive_with_headers_and_both_parts(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = start_sink().await;
+    shop_project(&p, sink.addr().port());
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    p.herald(&db, &["check"]).expect_code(0);
+    let run = p.herald(&db, &["send", "hello"]);
+    run.expect_code(0);
+    assert!(run.stdout().contains("audience 3"), "{}", run.stdout());
+    assert!(
+        run.stdout().contains("suppressed (duplicate_address): 1"),
+        "{}",
+        run.stdout()
+    );
+
+    let mails = sink.received();
+    assert_eq!(
+        mails.len(),
+        2,
+        "c1 and c2; c3 is not in the segment; c4 shares c1's address"
+    );
+    let ann = mails
+        .iter()
+        .find(|m| m.rcpt_to == ["ann@example.com"])
+        .expect("mail to ann");
+    assert_eq!(
+        ann.header("Subject").as_deref(),
+        Some("Hi <b>Ann</b> & \"Co\" & welcome"),
+        "subjects are plain text"
+    );
+    assert_eq!(
+        ann.header("From").as_deref(),
+        Some("Shop <news@example.com>")
+    );
+    assert!(
+        ann.mail_from.starts_with("bounce+") && ann.mail_from.ends_with("@bounces.example.com"),
+        "VERP: {}",
+        ann.mail_from
+    );
+    let unsub = ann.header("List-Unsubscribe").expect("List-Unsubscribe");
+    assert!(
+        unsub.starts_with("<https://t.example.com/u/") && unsub.ends_with('>'),
+        "{unsub}"
+    );
+    assert_eq!(
+        ann.header("List-Unsubscribe-Post").as_deref(),
+        Some("List-Unsubscribe=One-Click")
+    );
+    let html = ann.part("text/html").expect("html part");
+    assert!(
+        html.contains("Hello &lt;b&gt;Ann&lt;/b&gt; &amp; &quot;Co&quot;,"),
+        "HTML escapes contact data: {html}"
+    );
+    assert!(
+        html.contains("https://t.example.com/c/"),
+        "links are tracked: {html}"
+    );
+    assert!(
+        !html.contains("shop.example.com/new"),
+        "the destination is behind the signed link: {html}"
+    );
+    let text = ann.part("text/plain").expect("plain-text part");
+    assert!(
+        text.contains("Hello <b>Ann</b> & \"Co\","),
+        "the text part is unescaped: {text}"
+    );
+    assert!(
+        text.contains("what is new (https://t.example.com/c/"),
+        "{text}"
+    );
+
+    // Every message ends in a recorded status, with its attempt and link.
+    let store = Db::connect(&db.url).await.expect("connect");
+    let q = |sql: &str| Statement::from_string(store.backend(), sql.to_string());
+    let rows = store
+        .conn
+        .query_all_raw(q(
+            "SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY status",
+        ))
+        .await
+        .expect("q");
+    let counts: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.try_get_by_index(0).unwrap(),
+                r.try_get_by_index(1).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        vec![("delivered".to_string(), 2), ("suppressed".to_string(), 1)]
+    );
+    let rows = store
+        .conn
+        .query_all_raw(q("SELECT COUNT(*) FROM attempts WHERE result = 'accepted'"))
+        .await
+        .expect("q");
+    assert_eq!(rows[0].try_get_by_index::<i64>(0).unwrap(), 2);
+    let rows = store
+        .conn
+        .query_all_raw(q("SELECT DISTINCT url FROM links"))
+        .await
+        .expect("q");
+    assert_eq!(
+        rows[0].try_get_by_index::<String>(0).unwrap(),
+        "https://shop.example.com/new"
+    );
+
+    // Sending again starts a new run; Message-IDs are per message, so they differ.
+    let ids: Vec<String> = mails
+        .iter()
+        .filter_map(|m| m.header("Message-ID"))
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1]);
+    db.drop_db().await;
+}
+
+async fn a_refused_recipient_fails_and_is_suppressed(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = SmtpSink::start(SmtpSinkConfig {
+        reject_rcpt: vec![("bo@".into(), 550, "5.1.1 no such user".into())],
+        ..Default::default()
+    })
+    .await
+    .expect("sink");
+    shop_project(&p, sink.addr().port());
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let run = p.herald(&db, &["send", "hello"]);
+    run.expect_code(0);
+    assert!(run.stdout().contains("1 failed"), "{}", run.stdout());
+    assert_eq!(sink.count(), 1);
+    let store = Db::connect(&db.url).await.expect("connect");
+    let rows = store
+        .conn
+        .query_all_raw(Statement::from_string(
+            store.backend(),
+            "SELECT channel, address, source FROM suppressions".to_string(),
+        ))
+        .await
+        .expect("q");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].try_get_by_index::<String>(1).unwrap(),
+        "bo@example.com"
+    );
+    db.drop_db().await;
+}
+
+on_both_databases!(
+    emails_arrive_with_headers_and_both_parts,
+    a_refused_recipient_fails_and_is_suppressed
+);
