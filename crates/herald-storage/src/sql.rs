@@ -50,21 +50,44 @@ impl Sql {
     }
 }
 
-/// Rewrites `$n` to `?n` for SQLite; PostgreSQL keeps `$n`.
+/// Rewrites `$n` placeholders for SQLite; PostgreSQL keeps `$n`.
+///
+/// When the placeholders appear in order `$1, $2, ...` (always so for [`Sql`])
+/// they become anonymous `?`: SQLite looks up the name of a numbered
+/// parameter by walking a list, so binding 10,000 `?NNN` costs O(n²) and made
+/// a 1,000-row upsert 30 times slower. Otherwise they become `?n`.
 pub fn placeholders(backend: DbBackend, text: &str) -> String {
     if backend != DbBackend::Sqlite {
         return text.to_string();
     }
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-            out.push('?');
-        } else {
-            out.push(c);
+    let numbered = |anonymous: bool| {
+        let mut out = String::with_capacity(text.len());
+        let mut expected = 1usize;
+        let mut in_order = true;
+        let mut chars = text.char_indices().peekable();
+        while let Some((_, c)) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(|(_, d)| d.is_ascii_digit()) {
+                let mut n = 0usize;
+                while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+                    n = n * 10 + (d as usize - '0' as usize);
+                    chars.next();
+                }
+                in_order &= n == expected;
+                expected += 1;
+                out.push('?');
+                if !anonymous {
+                    out.push_str(&n.to_string());
+                }
+            } else {
+                out.push(c);
+            }
         }
+        (out, in_order)
+    };
+    match numbered(true) {
+        (out, true) => out,
+        _ => numbered(false).0,
     }
-    out
 }
 
 /// Builds a statement from fixed SQL text and values.
@@ -81,9 +104,10 @@ mod tests {
         let mut q = Sql::new();
         q.push("a = ").bind(1i64).push(" and b = ").bind("x");
         assert_eq!(q.text, "a = $1 and b = $2");
+        assert_eq!(placeholders(DbBackend::Sqlite, &q.text), "a = ? and b = ?");
         assert_eq!(
-            placeholders(DbBackend::Sqlite, &q.text),
-            "a = ?1 and b = ?2"
+            placeholders(DbBackend::Sqlite, "a = $2 and b = $1 or c = $12"),
+            "a = ?2 and b = ?1 or c = ?12"
         );
         assert_eq!(placeholders(DbBackend::Postgres, &q.text), q.text);
     }
