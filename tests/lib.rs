@@ -108,34 +108,19 @@ pub fn replace_db_name(url: &str, name: &str) -> String {
     out
 }
 
-/// The `herald` binary cargo built next to this test.
-pub fn herald_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/e2e-HASH -> target/debug/herald
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let bin = dir.join(format!("herald{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so cargo builds the herald binary",
-        bin.display()
-    );
-    bin
-}
-
 /// A project directory (config/, templates/) for one test.
 pub struct Project {
     /// Its root; removed at the end of the test.
     pub dir: tempfile::TempDir,
+    bin: PathBuf,
 }
 
 impl Project {
-    /// An empty project.
-    pub fn new() -> Self {
+    /// An empty project run with the `herald` binary at `bin` (`env!("CARGO_BIN_EXE_herald")`).
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
+            bin: bin.into(),
         }
     }
 
@@ -154,7 +139,7 @@ impl Project {
 
     /// Runs `herald ARGS` in the project against `db`, with a tracking secret set.
     pub fn herald(&self, db: &TestDb, args: &[&str]) -> Run {
-        let mut cmd = Command::new(herald_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.current_dir(self.path())
             .env("HERALD_DATABASE_URL", &db.url)
             .env("HERALD_SECRET", "e2e-secret-0123456789abcdef")
@@ -167,12 +152,6 @@ impl Project {
             Err(_) => cmd.output(),
         };
         Run(out.expect("run herald"))
-    }
-}
-
-impl Default for Project {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -1,10 +1,10 @@
 //! `herald demo` runs the whole loop and runs again without cleanup.
 
-use herald_tests::{Project, TestDb};
+use herald_tests::TestDb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_twice_and_prints_the_summary() {
-    let p = Project::new();
+    let p = crate::project();
     // The demo makes its own SQLite database; this URL is ignored by it.
     let db = TestDb::new(herald_tests::Backend::Sqlite, p.path())
         .await

@@ -1,4 +1,6 @@
-//! herald's end-to-end suite: one test binary, a module per area. Each test
+//! herald's end-to-end suite: one test binary, a module per area. It is the
+//! `e2e` test of herald-cli (`cargo test -p herald-cli --test e2e`), so cargo
+//! builds the `herald` binary first; support code is the herald-tests crate. Each test
 //! runs on SQLite and on PostgreSQL (see `herald_tests` for how PostgreSQL is
 //! found, required in CI, and skipped loudly elsewhere).
 
@@ -23,11 +25,17 @@ macro_rules! on_both_databases {
 mod check;
 mod demo;
 mod import;
+mod segments;
 mod send;
+
+/// An empty project run with the binary cargo built for this test.
+pub fn project() -> Project {
+    Project::new(env!("CARGO_BIN_EXE_herald"))
+}
 
 /// A project plus its database, or `None` when PostgreSQL is skipped.
 pub async fn setup(backend: Backend) -> Option<(Project, TestDb)> {
-    let project = Project::new();
+    let project = project();
     let db = TestDb::new(backend, project.path()).await?;
     Some((project, db))
 }

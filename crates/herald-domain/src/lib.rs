@@ -11,5 +11,6 @@ pub mod config;
 pub mod diagnostic;
 pub mod duration;
 pub mod segment;
+pub mod stats;
 pub mod token;
 pub mod types;

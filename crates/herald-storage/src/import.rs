@@ -313,9 +313,12 @@ fn event_from_parts(
 
 /// Reads rows of `path` and hands them to `sink` in batches; returns the report.
 /// `progress` is told how many bytes were read so far.
+#[allow(clippy::too_many_arguments)]
 async fn stream_rows<T, F, S, Fut>(
     path: &Path,
     batch: usize,
+    lanes: usize,
+    key: fn(&T) -> &str,
     parse_csv: F,
     parse_json: fn(Map<String, Json>) -> Result<T, String>,
     db: &Db,
@@ -333,8 +336,7 @@ where
     };
     let file = File::open(path).map_err(io_err)?;
     let mut report = ImportReport::default();
-    let mut rows: Vec<T> = Vec::with_capacity(batch);
-    let mut pipeline = Pipeline::default();
+    let mut rows = Lanes::new(lanes, batch, key, sink, db.clone());
     match Format::from_path(path) {
         Format::Csv => {
             let mut rdr = csv::ReaderBuilder::new()
@@ -376,7 +378,7 @@ where
                             continue;
                         }
                         match parse_csv(&headers, &record) {
-                            Ok(r) => rows.push(r),
+                            Ok(r) => rows.push(r).await?,
                             Err(m) => report.reject(line, m),
                         }
                     }
@@ -391,10 +393,8 @@ where
                         }
                     }
                 }
-                if rows.len() >= batch {
-                    report.accepted += pipeline
-                        .push(sink(db.clone(), std::mem::take(&mut rows)))
-                        .await?;
+                if rows.flushed > 0 {
+                    report.accepted += std::mem::take(&mut rows.flushed);
                     progress(rdr.position().byte());
                 }
             }
@@ -424,25 +424,20 @@ where
                 }
                 match serde_json::from_str::<Json>(text) {
                     Ok(Json::Object(map)) => match parse_json(map) {
-                        Ok(r) => rows.push(r),
+                        Ok(r) => rows.push(r).await?,
                         Err(m) => report.reject(line_no, m),
                     },
                     Ok(_) => report.reject(line_no, "a line must be one JSON object".into()),
                     Err(e) => report.reject(line_no, format!("invalid JSON: {e}")),
                 }
-                if rows.len() >= batch {
-                    report.accepted += pipeline
-                        .push(sink(db.clone(), std::mem::take(&mut rows)))
-                        .await?;
+                if rows.flushed > 0 {
+                    report.accepted += std::mem::take(&mut rows.flushed);
                     progress(bytes);
                 }
             }
         }
     }
-    if !rows.is_empty() {
-        report.accepted += pipeline.push(sink(db.clone(), rows)).await?;
-    }
-    report.accepted += pipeline.drain().await?;
+    report.accepted += rows.finish().await?;
     Ok(report)
 }
 
@@ -473,6 +468,72 @@ impl Pipeline {
                 ImportError::Db(sea_orm::DbErr::Custom(format!("import task failed: {e}")))
             })?,
         }
+    }
+}
+
+/// Rows split into lanes by a key (the external id), each lane batching into
+/// its own [`Pipeline`]: on PostgreSQL two lanes keep two backends busy, and
+/// since a key always takes the same lane, rows of one contact still land in
+/// file order and concurrent statements never touch the same contact.
+struct Lanes<T, S> {
+    lanes: Vec<(Vec<T>, Pipeline)>,
+    batch: usize,
+    key: fn(&T) -> &str,
+    sink: S,
+    db: Db,
+    /// Rows stored since the caller last took this count.
+    flushed: u64,
+}
+
+impl<T, S, Fut> Lanes<T, S>
+where
+    S: Fn(Db, Vec<T>) -> Fut,
+    Fut: Future<Output = Result<u64, ImportError>> + Send + 'static,
+{
+    fn new(lanes: usize, batch: usize, key: fn(&T) -> &str, sink: S, db: Db) -> Self {
+        Self {
+            lanes: (0..lanes.max(1))
+                .map(|_| (Vec::with_capacity(batch), Pipeline::default()))
+                .collect(),
+            batch,
+            key,
+            sink,
+            db,
+            flushed: 0,
+        }
+    }
+
+    async fn push(&mut self, row: T) -> Result<(), ImportError> {
+        let i = if self.lanes.len() == 1 {
+            0
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            (self.key)(&row).hash(&mut h);
+            (h.finish() % self.lanes.len() as u64) as usize
+        };
+        let (buf, pipe) = &mut self.lanes[i];
+        buf.push(row);
+        if buf.len() >= self.batch {
+            let rows = std::mem::replace(buf, Vec::with_capacity(self.batch));
+            self.flushed += pipe.push((self.sink)(self.db.clone(), rows)).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<u64, ImportError> {
+        let mut done = self.flushed;
+        for (buf, pipe) in &mut self.lanes {
+            if !buf.is_empty() {
+                done += pipe
+                    .push((self.sink)(self.db.clone(), std::mem::take(buf)))
+                    .await?;
+            }
+        }
+        for (_, pipe) in &mut self.lanes {
+            done += pipe.drain().await?;
+        }
+        Ok(done)
     }
 }
 
@@ -659,7 +720,7 @@ pub async fn upsert_contacts(db: &Db, rows: Vec<ContactRow>) -> Result<(), Impor
     }
     let b = db.backend();
     let now = now_ms();
-    let tokens: Vec<(String, String, Option<String>)> = rows
+    let mut tokens: Vec<(String, String, Option<String>)> = rows
         .iter()
         .filter_map(|r| {
             r.push_token
@@ -667,6 +728,8 @@ pub async fn upsert_contacts(db: &Db, rows: Vec<ContactRow>) -> Result<(), Impor
                 .map(|t| (r.external_id.clone(), t, r.push_platform.clone()))
         })
         .collect();
+    // Two lanes may write at once; taking shared tokens in one order means they wait, never deadlock.
+    tokens.sort_by(|a, b| a.1.cmp(&b.1));
     if b == DbBackend::Postgres {
         upsert_contacts_pg(db, rows, now).await?;
     } else {
@@ -868,6 +931,12 @@ pub async fn import_contacts(
         } else {
             CONTACT_BATCH
         },
+        if db.backend() == DbBackend::Postgres {
+            2
+        } else {
+            1
+        },
+        |r: &ContactRow| r.external_id.as_str(),
         contact_from_csv,
         contact_from_json,
         db,
@@ -886,6 +955,8 @@ pub async fn import_events(
     stream_rows(
         path,
         EVENT_BATCH,
+        1,
+        |r: &EventRow| r.external_id.as_str(),
         event_from_csv,
         event_from_json,
         db,

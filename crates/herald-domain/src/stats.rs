@@ -1,0 +1,1 @@
+//! A/B statistics: the binomial comparison of SPEC section 5 (in progress).

@@ -1,0 +1,1 @@
+//! Segment filters on both databases (in progress).
