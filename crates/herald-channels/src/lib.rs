@@ -3,12 +3,17 @@
 //! Every adapter implements [`Channel`]: one `send` that answers with a
 //! [`ProviderReceipt`] or a [`DeliveryError`] decided from the provider's own
 //! codes. The retry policy (in the engine) reads only that taxonomy. Adapters:
-//! [`smtp`] (lettre over herald's own TCP_NODELAY connections) and [`outbox`]
-//! (records instead of sending). Rate limiting lives in [`rate`].
+//! [`smtp`] (lettre over herald's own TCP_NODELAY connections), [`twilio`] and [`fcm`]
+//! (reqwest; their shared HTTP rules in `http.rs`) and [`outbox`] (records instead of
+//! sending). Rate limiting lives in [`rate`]; [`pacer`] slows a route down on 429s.
 
+pub mod fcm;
+mod http;
 pub mod outbox;
+pub mod pacer;
 pub mod rate;
 pub mod smtp;
+pub mod twilio;
 
 use std::time::Duration;
 

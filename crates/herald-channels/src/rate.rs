@@ -2,9 +2,12 @@
 //!
 //! Every send, retries included, awaits [`Limiter::acquire`] first. Without an explicit
 //! burst the limiter allows a tenth of a second's worth ([`RateLimit::effective_burst`]):
-//! burst 1 undershoots, because each wait overshoots a little and never wins it back.
+//! burst 1 undershoots, because each wait overshoots a little and never wins it back. The
+//! burst is not spent at the start, and a few ms worth of it is kept back for arrival jitter
+//! ([`RateLimit::governed_burst`]): the provider counts arrivals, not permits.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -17,6 +20,8 @@ use serde::Deserialize;
 pub const DEFAULT_BURST_DIVISOR: u32 = 10;
 /// The default burst never exceeds this (10 ms of slack at 10,000/s is plenty for timers).
 pub const MAX_DEFAULT_BURST: u32 = 100;
+/// Arrival jitter at the provider that the limiter absorbs (see [`RateLimit::governed_burst`]).
+pub const JITTER_ALLOWANCE: Duration = Duration::from_millis(5);
 
 /// A channel's send rate, as written in `herald.toml`: `{ per_second = 50, burst = 10 }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -71,9 +76,26 @@ impl RateLimit {
         })
     }
 
+    /// The burst governor is given: the effective burst less [`JITTER_ALLOWANCE`] worth of
+    /// the rate (at least 1, at least half the burst).
+    ///
+    /// The provider counts arrivals, not permits: when the first requests of a window reach it
+    /// late (a new connection) and later ones early (a warm one), a second at the provider
+    /// holds more than a second of permits. Keeping this much back keeps it within
+    /// `per_second + burst` as the provider counts it.
+    pub fn governed_burst(&self) -> u32 {
+        let burst = self.effective_burst();
+        let held_back =
+            (u128::from(self.per_second) * JITTER_ALLOWANCE.as_micros() / 1_000_000) as u32;
+        burst
+            .saturating_sub(held_back)
+            .max(burst.div_ceil(2))
+            .max(1)
+    }
+
     fn quota(&self) -> Quota {
         let rate = NonZeroU32::new(self.per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(self.effective_burst()).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(self.governed_burst()).unwrap_or(NonZeroU32::MIN);
         Quota::per_second(rate).allow_burst(burst)
     }
 }
@@ -85,6 +107,8 @@ type Inner<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clo
 pub struct Limiter<C: Clock = DefaultClock> {
     inner: Option<Inner<C>>,
     clock: C,
+    /// No permit taken yet: the first one spends the rest of the burst.
+    fresh: AtomicBool,
 }
 
 impl Limiter {
@@ -98,17 +122,30 @@ impl<C: Clock + Clone> Limiter<C> {
     /// A limiter on the given clock (tests pass `governor::clock::FakeRelativeClock`).
     pub fn with_clock(limit: Option<RateLimit>, clock: C) -> Self {
         let inner = limit.map(|l| RateLimiter::direct_with_clock(l.quota(), clock.clone()));
-        Limiter { inner, clock }
+        Limiter {
+            inner,
+            clock,
+            fresh: AtomicBool::new(true),
+        }
     }
 
     /// Takes a permit if one is free now, else says how long until one is.
+    ///
+    /// The first permit goes at once and spends the rest of the burst: the burst is for
+    /// after a pause, not for the start, when the first requests open new connections and
+    /// arrive late while the next ones, on warm connections, arrive early and crowd the
+    /// provider's first second.
     pub fn try_acquire(&self) -> Result<(), Duration> {
-        match &self.inner {
-            None => Ok(()),
-            Some(limiter) => limiter
-                .check()
-                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+        let Some(limiter) = &self.inner else {
+            return Ok(());
+        };
+        limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))?;
+        if self.fresh.swap(false, Ordering::Relaxed) {
+            while limiter.check().is_ok() {}
         }
+        Ok(())
     }
 
     /// Waits until a permit is free and takes it.
@@ -150,9 +187,13 @@ mod tests {
     }
 
     #[test]
-    fn burst_then_steady_rate() {
+    fn starts_empty_then_burst_after_a_pause_then_steady_rate() {
         let clock = FakeRelativeClock::default();
         let limiter = Limiter::with_clock(limit(50, Some(10)), clock.clone());
+        // The first permit at once; the burst is not spent at the start.
+        assert_eq!(limiter.try_acquire(), Ok(()));
+        assert_eq!(limiter.try_acquire(), Err(Duration::from_millis(20)));
+        clock.advance(Duration::from_secs(1));
         for _ in 0..10 {
             assert_eq!(limiter.try_acquire(), Ok(()));
         }
@@ -172,17 +213,34 @@ mod tests {
     }
 
     #[test]
-    fn one_window_allows_rate_plus_burst_minus_one_after_a_pause() {
+    fn one_window_allows_rate_plus_burst_less_the_jitter_allowance() {
         let clock = FakeRelativeClock::default();
         let limiter = Limiter::with_clock(limit(1000, None), clock.clone());
-        // Window [0, 1s): the burst at once, then one a millisecond.
+        assert_eq!(limiter.try_acquire(), Ok(()));
+        clock.advance(Duration::from_secs(1));
+        // Window [pause, pause + 1s): the burst less 5 ms worth at once, then one a millisecond.
         let n = permits_over(
             &limiter,
             &clock,
             Duration::from_millis(999),
             Duration::from_millis(1),
         );
-        assert_eq!(n, 100 + 999);
+        assert_eq!(n, 95 + 999);
+        // So 5 ms of jitter later, a whole second at the provider still holds at most
+        // per_second + burst.
+        assert!(n + 5 <= 1000 + 100);
+    }
+
+    #[test]
+    fn the_jitter_allowance_only_matters_at_high_rates() {
+        let governed = |per_second, burst| RateLimit { per_second, burst }.governed_burst();
+        assert_eq!(governed(50, Some(10)), 10);
+        assert_eq!(governed(1000, None), 95);
+        assert_eq!(governed(2000, Some(100)), 90);
+        assert_eq!(governed(5, None), 1);
+        // Never below half the configured burst, nor below 1.
+        assert_eq!(governed(10_000, Some(20)), 10);
+        assert_eq!(governed(100_000, Some(1)), 1);
     }
 
     #[test]

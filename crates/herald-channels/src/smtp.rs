@@ -136,7 +136,8 @@ pub enum SmtpConfigError {
 /// The SMTP channel: a bounded pool of reused lettre connections.
 ///
 /// Error taxonomy: connect refused, connect or handshake timeout, TLS failure and any
-/// 4xx reply → `Transient`; 5xx to `RCPT` → `Permanent { suppress_address: true }`
+/// 4xx reply → `Transient`, except a 4xx that says the sender is too fast (`451 4.7.0 rate
+/// limit exceeded`, SES `454 Throttling failure`) → `RateLimited` (SMTP has no Retry-After); 5xx to `RCPT` → `Permanent { suppress_address: true }`
 /// unless its enhanced status says policy, system or protocol (`5.7.x`, `5.3.x`,
 /// `5.5.x`), which, like every other 5xx, is `Permanent { suppress_address: false }`;
 /// an IO error or timeout once the content started → `Ambiguous` (never resent).
@@ -543,6 +544,15 @@ impl Failure {
     fn into_error(self) -> DeliveryError {
         let stage = self.stage;
         match self.kind {
+            FailureKind::Reply { code, text }
+                if (400..500).contains(&code) && is_throttling(&text) =>
+            {
+                DeliveryError::RateLimited {
+                    code: code.to_string(),
+                    detail: text,
+                    retry_after: None,
+                }
+            }
             FailureKind::Reply { code, text } if (400..500).contains(&code) => {
                 DeliveryError::Transient {
                     code: code.to_string(),
@@ -572,6 +582,24 @@ impl Failure {
             FailureKind::Timeout => transient("timeout", format!("no answer to {stage:?} in time")),
         }
     }
+}
+
+/// Phrases with which servers say "you send too fast" in a 4xx reply (SES `454 Throttling
+/// failure`, Gmail `421 4.7.28 ... rate limited`, Postfix `450 4.7.1 ... rate limit exceeded`).
+const THROTTLING_PHRASES: &[&str] = &[
+    "throttl",
+    "rate limit",
+    "sending rate",
+    "rate exceeded",
+    "too many messages",
+    "slow down",
+];
+
+/// Whether a 4xx reply says the sender is too fast (then the pacer slows the route), rather
+/// than some other temporary trouble (greylisting, a full disk).
+fn is_throttling(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    THROTTLING_PHRASES.iter().any(|p| text.contains(p))
 }
 
 /// Whether a 5xx `RCPT` reply blames the mailbox (a bounce to suppress) rather than policy,
@@ -690,5 +718,34 @@ impl tokio::io::AsyncWrite for TokioStream {
 impl AsyncTokioStream for TokioStream {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.0.peer_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_replies_are_told_apart_from_other_4xx() {
+        for text in [
+            "Throttling failure: Maximum sending rate exceeded.",
+            "4.7.28 Our system has detected an unusual rate of mail. Rate limited.",
+            "4.7.0 Rate limit exceeded, slow down",
+            "4.7.1 Too many messages from this sender",
+        ] {
+            assert!(is_throttling(text), "{text}");
+        }
+        for text in [
+            "4.7.1 Greylisted, please try again later",
+            "4.3.0 Try again later",
+            "4.5.3 Too many recipients",
+        ] {
+            assert!(!is_throttling(text), "{text}");
+        }
+        let throttled = Failure::reply(Stage::Content, 451, "4.7.0 rate limit exceeded".into());
+        assert!(matches!(
+            throttled.into_error(),
+            DeliveryError::RateLimited { ref code, retry_after: None, .. } if code == "451"
+        ));
     }
 }

@@ -56,6 +56,8 @@ pub enum DataReply {
     HangUp,
     /// Record the message, then never answer (until the client goes away).
     Stall,
+    /// Record the message, then send this line as it is (a reply that is not SMTP, say).
+    Raw(String),
 }
 
 /// How an [`SmtpSink`] listens and answers.
@@ -481,6 +483,11 @@ impl Session<'_> {
             DataReply::HangUp => {
                 self.record(mail);
                 Ok(Next::Close)
+            }
+            DataReply::Raw(line) => {
+                self.record(mail);
+                self.reply(line).await?;
+                Ok(Next::Continue)
             }
             DataReply::Stall => {
                 self.record(mail);
