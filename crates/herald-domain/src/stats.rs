@@ -1,1 +1,0 @@
-//! A/B statistics: the binomial comparison of SPEC section 5 (in progress).
