@@ -5,6 +5,8 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_initial;
+mod m20261124_000001_segment_index;
+mod m20261125_000001_messages_fillfactor;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -12,6 +14,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_initial::Migration)]
+        vec![
+            Box::new(m20261123_000001_initial::Migration),
+            Box::new(m20261124_000001_segment_index::Migration),
+            Box::new(m20261125_000001_messages_fillfactor::Migration),
+        ]
     }
 }

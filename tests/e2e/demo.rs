@@ -18,12 +18,22 @@ async fn demo_runs_twice_and_prints_the_summary() {
             out.contains("discount") && out.contains("reminder") && out.contains("holdout"),
             "{out}"
         );
-        let received: usize = out
+        // "the built-in servers received E email(s) over C SMTP connection(s), S SMS and P push notification(s)"
+        let line = out
             .lines()
-            .find_map(|l| l.strip_prefix("the built-in SMTP server received "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .expect("the SMTP count line");
+            .find_map(|l| l.strip_prefix("the built-in servers received "))
+            .expect("the servers' count line");
+        let numbers: Vec<usize> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        assert_eq!(numbers.len(), 4, "{line}");
+        let (emails, sms, push) = (numbers[0], numbers[2], numbers[3]);
+        assert!(
+            emails > 0 && sms > 0 && push > 0,
+            "all three channels are used: {line}"
+        );
+        let received = emails + sms + push;
         let dispatched: usize = out
             .lines()
             .find_map(|l| l.strip_prefix("dispatched "))

@@ -25,6 +25,7 @@ macro_rules! on_both_databases {
 mod check;
 mod demo;
 mod import;
+mod preview;
 mod segments;
 mod send;
 

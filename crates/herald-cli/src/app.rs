@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use herald_channels::fcm::{FcmChannel, FcmSettings, ServiceAccountKey};
 use herald_channels::outbox::OutboxChannel;
-use herald_channels::rate::{Limiter, RateLimit};
+use herald_channels::pacer::Pacer;
+use herald_channels::rate::RateLimit;
 use herald_channels::smtp::{SmtpChannel, SmtpSettings, TlsMode};
-use herald_domain::config::{self, ConfigSet, EmailProvider, RateSpec};
+use herald_channels::twilio::{TwilioChannel, TwilioSender, TwilioSettings};
+use herald_domain::config::{self, ConfigSet, EmailProvider, PushProvider, RateSpec, SmsProvider};
 use herald_domain::token::TokenSigner;
 use herald_domain::types::Channel;
 use herald_engine::dispatch::Route;
@@ -46,6 +49,16 @@ pub async fn connect(cli: &Cli, config: &ConfigSet) -> anyhow::Result<Db> {
         .with_context(|| format!("cannot open the database {url}"))
 }
 
+/// Connects and returns the store, with the `[rfm]` and `[lifecycle]` settings segments need.
+pub async fn store(cli: &Cli, config: &ConfigSet) -> anyhow::Result<SqlStore> {
+    let db = connect(cli, config).await?;
+    Ok(SqlStore::with_segment_config(
+        db,
+        config.herald.rfm.clone(),
+        config.herald.lifecycle.clone(),
+    ))
+}
+
 /// Loads the templates and registers every campaign's subjects and titles.
 pub fn load_templates(cli: &Cli, config: &ConfigSet) -> anyhow::Result<TemplateSet> {
     let mut set = if cli.templates.exists() {
@@ -77,34 +90,61 @@ pub fn signer(config: &ConfigSet) -> anyhow::Result<TokenSigner> {
     Ok(TokenSigner::new(secret.as_bytes()))
 }
 
-fn secret_from_env(var: &Option<String>, what: &str) -> anyhow::Result<Option<String>> {
+/// Looks up the value of a secret by the name of its environment variable.
+pub type Secrets<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Secrets from the process environment.
+pub fn env_secrets(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+fn secret_from_env(
+    secrets: Secrets,
+    var: &Option<String>,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
     match var {
         None => Ok(None),
-        Some(v) => std::env::var(v)
+        Some(v) => secrets(v)
             .map(Some)
-            .map_err(|_| anyhow::anyhow!("set the environment variable {v} to the {what}")),
+            .ok_or_else(|| anyhow::anyhow!("set the environment variable {v} to the {what}")),
     }
 }
 
-fn limiter(rate: Option<RateSpec>) -> Arc<Limiter> {
-    Arc::new(Limiter::new(rate.map(|r| RateLimit {
+fn pacer(rate: Option<RateSpec>) -> Arc<Pacer> {
+    Arc::new(Pacer::new(rate.map(|r| RateLimit {
         per_second: r.per_second.get(),
         burst: r.burst.map(|b| b.get()),
     })))
+}
+
+fn required_env(
+    secrets: Secrets,
+    var: &Option<String>,
+    key: &str,
+    what: &str,
+) -> anyhow::Result<String> {
+    let var = var.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "set `{key}` in herald.toml to the environment variable that holds the {what}"
+        )
+    })?;
+    secrets(var).ok_or_else(|| anyhow::anyhow!("set the environment variable {var} to the {what}"))
 }
 
 /// The adapters, rate limits and concurrency of every channel.
 pub fn routes(
     config: &ConfigSet,
     store: &Arc<SqlStore>,
+    secrets: Secrets,
 ) -> anyhow::Result<HashMap<Channel, Route>> {
     let ch = &config.herald.channels;
     let outbox: Arc<dyn herald_channels::Channel> = Arc::new(OutboxChannel::new(store.clone()));
     let email: Arc<dyn herald_channels::Channel> = match ch.email.provider {
         EmailProvider::Outbox => outbox.clone(),
         EmailProvider::Smtp => {
-            let user = secret_from_env(&ch.email.username_env, "SMTP user name")?;
-            let password = secret_from_env(&ch.email.password_env, "SMTP password")?;
+            let user = secret_from_env(secrets, &ch.email.username_env, "SMTP user name")?;
+            let password = secret_from_env(secrets, &ch.email.password_env, "SMTP password")?;
             let mut s =
                 SmtpSettings::new(ch.email.host.clone(), ch.email.port, ch.email.from.clone());
             s.tls = match ch.email.tls {
@@ -125,18 +165,52 @@ pub fn routes(
                 c,
                 Route {
                     adapter,
-                    limiter: limiter(rate),
+                    pacer: pacer(rate),
                     concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
                 },
             );
         };
     add(Channel::Email, email, ch.email.rate, ch.email.concurrency);
-    add(
-        Channel::Sms,
-        outbox.clone(),
-        ch.sms.rate,
-        ch.sms.concurrency,
-    );
-    add(Channel::Push, outbox, ch.push.rate, ch.push.concurrency);
+    let sms: Arc<dyn herald_channels::Channel> = match ch.sms.provider {
+        SmsProvider::Outbox => outbox.clone(),
+        SmsProvider::Twilio => {
+            let sid = required_env(
+                secrets,
+                &ch.sms.account_sid_env,
+                "[channels.sms] account_sid_env",
+                "Twilio account SID",
+            )?;
+            let token = required_env(
+                secrets,
+                &ch.sms.auth_token_env,
+                "[channels.sms] auth_token_env",
+                "Twilio auth token",
+            )?;
+            let from = TwilioSender::parse(&ch.sms.from).context("[channels.sms] from")?;
+            let mut s = TwilioSettings::new(sid, token, from);
+            s.base_url = ch.sms.base_url.clone();
+            s.max_idle_connections = ch.sms.concurrency.max(1);
+            Arc::new(TwilioChannel::new(s).context("the [channels.sms] settings are unusable")?)
+        }
+    };
+    let push: Arc<dyn herald_channels::Channel> = match ch.push.provider {
+        PushProvider::Outbox => outbox,
+        PushProvider::Fcm => {
+            let raw = required_env(
+                secrets,
+                &ch.push.credentials_env,
+                "[channels.push] credentials_env",
+                "FCM service-account key (JSON, or a path to it)",
+            )?;
+            let key =
+                ServiceAccountKey::from_env_value(&raw).context("the FCM service-account key")?;
+            let mut s = FcmSettings::new(ch.push.project_id.clone(), key);
+            s.base_url = ch.push.base_url.clone();
+            s.max_idle_connections = ch.push.concurrency.max(1);
+            Arc::new(FcmChannel::new(s).context("the [channels.push] settings are unusable")?)
+        }
+    };
+    add(Channel::Sms, sms, ch.sms.rate, ch.sms.concurrency);
+    add(Channel::Push, push, ch.push.rate, ch.push.concurrency);
     Ok(routes)
 }

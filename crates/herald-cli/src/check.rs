@@ -112,6 +112,48 @@ pub async fn sample_contacts(
     Ok(store.contacts(&ids).await?)
 }
 
+/// Campaigns whose arms would reshuffle: their name, holdout or weights changed since a recorded run.
+pub async fn reshuffle_warnings(
+    store: &SqlStore,
+    config: &ConfigSet,
+) -> anyhow::Result<Vec<String>> {
+    use sea_orm::ConnectionTrait;
+    let db = store.db();
+    let rows = db
+        .conn
+        .query_all_raw(herald_storage::sql::stmt(
+            db.backend(),
+            "SELECT c.name, c.fingerprint, COUNT(r.id) FROM campaigns c JOIN runs r ON r.campaign_id = c.id GROUP BY c.name, c.fingerprint",
+            vec![],
+        ))
+        .await?;
+    let mut warnings = Vec::new();
+    for r in rows {
+        let (name, fingerprint, runs): (String, String, i64) = (
+            r.try_get_by_index(0)?,
+            r.try_get_by_index(1)?,
+            r.try_get_by_index(2)?,
+        );
+        match config.campaigns.get(&name) {
+            Some(c) if c.assignment_fingerprint() != fingerprint => warnings.push(format!(
+                "{}: campaign `{name}` has {runs} run(s), and its holdout or variant weights changed since: contacts will be reassigned to other arms, and reports across these runs mix assignments",
+                c.file
+            )),
+            None => {
+                let renamed = config.campaigns.values().find(|c| c.assignment_fingerprint().split_once(';').map(|x| x.1) == fingerprint.split_once(';').map(|x| x.1));
+                if let Some(c) = renamed {
+                    warnings.push(format!(
+                        "{}: campaign `{}` looks like `{name}` renamed ({runs} run(s)); arm assignment hashes the name, so every contact is reshuffled",
+                        c.file, c.name
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(warnings)
+}
+
 /// Runs the check command.
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = app::load_config(cli)?;
@@ -148,15 +190,20 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         }))
     {
         for b in [sea_orm::DbBackend::Sqlite, sea_orm::DbBackend::Postgres] {
-            let mut q = herald_storage::sql::Sql::new();
-            if let Err(e) = herald_storage::segment_sql::compile(expr, b, 0, &mut q) {
+            let ctx = herald_storage::segment_sql::SegmentContext::new(
+                b,
+                0,
+                &config.herald.rfm,
+                &config.herald.lifecycle,
+            );
+            if let Err(e) = herald_storage::segment_sql::compile(expr, &ctx) {
                 problems.push(format!("{name}: {e}"));
                 break;
             }
         }
     }
-    let store = match app::connect(cli, &config).await {
-        Ok(db) => Some(SqlStore::new(db)),
+    let store = match app::store(cli, &config).await {
+        Ok(store) => Some(store),
         Err(e) => {
             eprintln!(
                 "warning: {e:#}; templates are checked against a built-in sample contact only"
@@ -164,6 +211,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             None
         }
     };
+    if let Some(s) = &store {
+        for w in reshuffle_warnings(s, &config).await? {
+            eprintln!("warning: {w}");
+        }
+    }
     if problems.is_empty() {
         for c in config.campaigns.values() {
             let mut contacts = match &store {

@@ -34,7 +34,7 @@ pub fn contacts_csv(path: &Path, n: usize, seed: u64) -> std::io::Result<()> {
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     writeln!(
         w,
-        "external_id,email,phone,timezone,locale,tags,consent_sms,first_name,region,vip_level"
+        "external_id,email,phone,timezone,locale,tags,consent_sms,push_token,push_platform,first_name,region,vip_level"
     )?;
     for i in 0..n {
         let tags = if rng.random_bool(0.03) {
@@ -51,12 +51,23 @@ pub fn contacts_csv(path: &Path, n: usize, seed: u64) -> std::io::Result<()> {
         } else {
             format!("user{i}@example.com")
         };
+        // About a third installed the app and allowed notifications.
+        let (token, platform) = if rng.random_bool(0.35) {
+            let os = if rng.random_bool(0.5) {
+                "android"
+            } else {
+                "ios"
+            };
+            (format!("fcm-token-{i:07}-{:08x}", rng.random::<u32>()), os)
+        } else {
+            (String::new(), "")
+        };
         writeln!(
             w,
-            "u{i:07},{email},+86138{:08},{},{locale},{tags},{},{},{},{}",
+            "u{i:07},{email},+86138{:08},{},{locale},{tags},{},{token},{platform},{},{},{}",
             i % 100_000_000,
             ZONES[rng.random_range(0..ZONES.len())],
-            rng.random_bool(0.5),
+            rng.random_bool(0.3),
             FIRST_NAMES[rng.random_range(0..FIRST_NAMES.len())],
             REGIONS[rng.random_range(0..REGIONS.len())],
             rng.random_range(0..4),

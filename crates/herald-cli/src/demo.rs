@@ -9,15 +9,18 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use herald_domain::config::{self, EmailProvider};
+use herald_domain::config::{self, EmailProvider, PushProvider, SmsProvider};
 use herald_domain::token::TokenSigner;
-use herald_sinks::{SmtpSink, SmtpSinkConfig};
+use herald_sinks::{
+    DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, FcmSink, FcmSinkConfig, SmtpSink, SmtpSinkConfig,
+    TwilioSink, TwilioSinkConfig,
+};
 use herald_storage::Db;
 use herald_storage::import::{import_contacts, import_events};
 use herald_storage::store::SqlStore;
 use rand::RngCore;
 
-use crate::{Cli, app, datagen, send};
+use crate::{Cli, datagen, send};
 
 /// Arguments of `herald demo`.
 #[derive(Args, Debug)]
@@ -34,7 +37,7 @@ pub struct DemoArgs {
 }
 
 /// The example files, embedded so the demo runs from anywhere.
-const FILES: [(&str, &str); 7] = [
+const FILES: [(&str, &str); 12] = [
     (
         "config/herald.toml",
         include_str!("../../../config/herald.toml"),
@@ -60,10 +63,35 @@ const FILES: [(&str, &str); 7] = [
         include_str!("../../../templates/winback/reminder.email.hbs"),
     ),
     (
+        "templates/winback/discount.sms.hbs",
+        include_str!("../../../templates/winback/discount.sms.hbs"),
+    ),
+    (
+        "templates/winback/discount.sms.zh-CN.hbs",
+        include_str!("../../../templates/winback/discount.sms.zh-CN.hbs"),
+    ),
+    (
+        "templates/winback/reminder.sms.hbs",
+        include_str!("../../../templates/winback/reminder.sms.hbs"),
+    ),
+    (
+        "templates/winback/discount.push.hbs",
+        include_str!("../../../templates/winback/discount.push.hbs"),
+    ),
+    (
+        "templates/winback/reminder.push.hbs",
+        include_str!("../../../templates/winback/reminder.push.hbs"),
+    ),
+    (
         "README",
         "Written by `herald demo`; deleted and recreated on every run.\n",
     ),
 ];
+
+/// Names of the demo's secret variables; their values come from the local servers, not the environment.
+const TWILIO_SID_VAR: &str = "HERALD_DEMO_TWILIO_SID";
+const TWILIO_TOKEN_VAR: &str = "HERALD_DEMO_TWILIO_TOKEN";
+const FCM_KEY_VAR: &str = "HERALD_DEMO_FCM_KEY";
 
 /// Runs the demo.
 pub async fn run(_cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
@@ -80,28 +108,62 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(dir.join("data"))?;
 
+    // Real servers on loopback that speak SMTP, Twilio's API and FCM v1; they only count.
     let sink = SmtpSink::start(SmtpSinkConfig {
         keep_messages: false,
         ..Default::default()
     })
     .await
     .context("cannot start the built-in SMTP server")?;
+    let twilio = TwilioSink::start(TwilioSinkConfig {
+        keep_messages: false,
+        ..Default::default()
+    })
+    .await
+    .context("cannot start the built-in Twilio-compatible server")?;
+    let fcm = FcmSink::start(FcmSinkConfig {
+        keep_messages: false,
+        ..Default::default()
+    })
+    .await
+    .context("cannot start the built-in FCM-compatible server")?;
     let mut cfg = config::load(&dir.join("config"))
         .map_err(|e| anyhow::anyhow!("the embedded demo config is invalid: {}", e[0]))?;
     let db_path = dir.join("herald.db");
     cfg.herald.database.url = format!("sqlite://{}?mode=rwc", db_path.display());
+    // The built-in servers are local: no provider rate to respect.
     let email = &mut cfg.herald.channels.email;
     email.provider = EmailProvider::Smtp;
     email.host = sink.addr().ip().to_string();
     email.port = sink.addr().port();
-    // The built-in server is local: no provider rate to respect.
     email.rate = None;
+    let sms = &mut cfg.herald.channels.sms;
+    sms.provider = SmsProvider::Twilio;
+    sms.base_url = twilio.base_url();
+    sms.account_sid_env = Some(TWILIO_SID_VAR.into());
+    sms.auth_token_env = Some(TWILIO_TOKEN_VAR.into());
+    sms.rate = None;
+    let push = &mut cfg.herald.channels.push;
+    push.provider = PushProvider::Fcm;
+    push.base_url = fcm.base_url();
+    push.project_id = fcm.project_id().to_string();
+    push.credentials_env = Some(FCM_KEY_VAR.into());
+    push.rate = None;
     println!(
-        "herald demo in {}: SQLite {}, SMTP server on {}",
+        "herald demo in {}: SQLite {}; SMTP on {}, Twilio-compatible API on {}, FCM-compatible API on {}",
         dir.display(),
         db_path.display(),
-        sink.addr()
+        sink.addr(),
+        twilio.addr(),
+        fcm.addr()
     );
+    let fcm_key = fcm.credentials_json();
+    let secrets = move |var: &str| match var {
+        TWILIO_SID_VAR => Some(DEMO_ACCOUNT_SID.to_string()),
+        TWILIO_TOKEN_VAR => Some(DEMO_AUTH_TOKEN.to_string()),
+        FCM_KEY_VAR => Some(fcm_key.clone()),
+        _ => None,
+    };
 
     let db = Db::connect(&cfg.herald.database.url).await?;
     let now = chrono::Utc::now().timestamp_millis();
@@ -112,6 +174,13 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let rc = import_contacts(&db, &contacts, &|_| {}).await?;
     let re = import_events(&db, &events, &|_| {}).await?;
+    if let Some(e) = rc.errors.first().or(re.errors.first()) {
+        anyhow::bail!(
+            "the generated demo data was rejected (line {}: {}): a bug in the demo",
+            e.line,
+            e.message
+        );
+    }
     println!(
         "imported {} contacts and {} of {n_events} events in {:.2}s",
         rc.accepted,
@@ -126,7 +195,11 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     let mut templates = herald_templates::TemplateSet::load(&cli_like)?;
     herald_engine::render::register_inline(&mut templates, cfg.campaigns.values())?;
     let cfg = Arc::new(cfg);
-    let store = Arc::new(SqlStore::new(db));
+    let store = Arc::new(SqlStore::with_segment_config(
+        db,
+        cfg.herald.rfm.clone(),
+        cfg.herald.lifecycle.clone(),
+    ));
     let campaign = cfg
         .campaigns
         .get("winback")
@@ -136,15 +209,25 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         "segment `lapsed_buyers`: {}",
         cfg.segments["lapsed_buyers"].description
     );
-    let summary =
-        send::send_campaign(cfg.clone(), Arc::new(templates), store, &campaign, signer).await?;
+    let summary = send::send_campaign(
+        cfg.clone(),
+        Arc::new(templates),
+        store,
+        &campaign,
+        signer,
+        &secrets,
+    )
+    .await?;
     send::print_summary(&campaign, &summary);
     println!(
-        "the built-in SMTP server received {} email(s) over {} connection(s)",
+        "the built-in servers received {} email(s) over {} SMTP connection(s), {} SMS and {} push notification(s)",
         sink.count(),
-        sink.connections()
+        sink.connections(),
+        twilio.count(),
+        fcm.count()
     );
-    let _ = app::database_url;
     sink.shutdown().await;
+    twilio.shutdown().await;
+    fcm.shutdown().await;
     Ok(())
 }

@@ -8,7 +8,9 @@ mod check;
 mod datagen;
 mod demo;
 mod import;
+mod segment;
 mod send;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,8 +69,15 @@ enum Command {
     },
     /// Validates every config file, segment and template.
     Check,
+    /// Segments: preview who is in one.
+    Segment {
+        #[command(subcommand)]
+        cmd: segment::SegmentCmd,
+    },
     /// Starts a run of a campaign now.
     Send(send::SendArgs),
+    /// The tracking server alone: opens, clicks, unsubscribes, webhooks, POST /events.
+    Serve,
     /// Measures import and send throughput and memory.
     Bench(bench::BenchArgs),
 }
@@ -114,7 +123,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { what } => import::run(&cli, what).await,
         Command::Check => check::run(&cli).await,
+        Command::Segment { cmd } => segment::run(&cli, cmd).await,
         Command::Send(args) => send::run(&cli, args).await,
+        Command::Serve => serve::run(&cli).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

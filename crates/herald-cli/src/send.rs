@@ -70,12 +70,13 @@ pub async fn send_campaign(
     store: Arc<SqlStore>,
     campaign: &Campaign,
     signer: herald_domain::token::TokenSigner,
+    secrets: app::Secrets<'_>,
 ) -> anyhow::Result<SendSummary> {
     preflight(&config, templates.clone(), &store, campaign).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let engine = Engine::new(store.clone(), clock.clone(), config.clone());
     let (run, plan) = engine.start_run(campaign, clock.now_ms(), "manual").await?;
-    let routes = app::routes(&config, &store)?;
+    let routes = app::routes(&config, &store, secrets)?;
     let owner = format!("herald-send-{}", std::process::id());
     let dispatcher = Dispatcher::new(store.clone(), clock, routes, owner);
     let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
@@ -236,13 +237,21 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
             Exit(EXIT_INVALID)
         })?;
     let templates = Arc::new(app::load_templates(cli, &config)?);
-    let store = Arc::new(SqlStore::new(app::connect(cli, &config).await?));
+    let store = Arc::new(app::store(cli, &config).await?);
     if args.dry_run {
         preflight(&config, templates, &store, &campaign).await?;
         return dry_run(&config, &store, &campaign).await;
     }
     let signer = app::signer(&config)?;
-    let summary = send_campaign(config, templates, store, &campaign, signer).await?;
+    let summary = send_campaign(
+        config,
+        templates,
+        store,
+        &campaign,
+        signer,
+        &app::env_secrets,
+    )
+    .await?;
     print_summary(&campaign, &summary);
     Ok(())
 }

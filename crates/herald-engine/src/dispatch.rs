@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use herald_channels::rate::Limiter;
+use herald_channels::pacer::Pacer;
 use herald_channels::{Channel as ChannelAdapter, DeliveryError};
 use herald_domain::types::{Channel, MessageStatus};
 use tokio::sync::Semaphore;
@@ -22,8 +22,8 @@ use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Store, StoreResult};
 pub struct Route {
     /// The adapter.
     pub adapter: Arc<dyn ChannelAdapter>,
-    /// The provider's rate.
-    pub limiter: Arc<Limiter>,
+    /// The provider's rate, slowed after a 429 and recovering gradually.
+    pub pacer: Arc<Pacer>,
     /// At most this many requests in flight.
     pub concurrency: Arc<Semaphore>,
 }
@@ -37,6 +37,11 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// Longest wait.
     pub max_wait: Duration,
+    /// A message not accepted this long after its planned send time ends `failed`.
+    pub max_age: Duration,
+    /// Each wait is spread by up to this fraction either way, so a throttled
+    /// batch does not come back as one burst.
+    pub jitter: f64,
 }
 
 impl Default for RetryPolicy {
@@ -45,11 +50,33 @@ impl Default for RetryPolicy {
             max_attempts: 5,
             base: Duration::from_secs(1),
             max_wait: Duration::from_secs(300),
+            max_age: Duration::from_secs(24 * 3600),
+            jitter: 0.2,
         }
     }
 }
 
 impl RetryPolicy {
+    /// The wait before attempt `attempts + 1` of message `message_id`: the
+    /// exponential wait spread by a jitter derived from the message and the
+    /// attempt (reproducible), never shorter than the provider's `retry_after`.
+    pub fn wait_jittered(
+        &self,
+        message_id: i64,
+        attempts: i32,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        let base = self.wait(attempts, None);
+        // splitmix64 of (id, attempt): a uniform number in [-1, 1) without a random source.
+        let mut z = (message_id as u64) ^ ((attempts as u64) << 48) ^ 0x9e37_79b9_7f4a_7c15;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let unit = (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        let spread = base.mul_f64((1.0 + self.jitter * unit).max(0.0));
+        spread.max(retry_after.unwrap_or_default())
+    }
+
     /// The wait before attempt number `attempts + 1`, honouring the provider's `retry_after`.
     pub fn wait(&self, attempts: i32, retry_after: Option<Duration>) -> Duration {
         let exp = self
@@ -237,10 +264,11 @@ impl Dispatcher {
         };
         let _permit = route.concurrency.acquire().await;
         // Throttle inside retry: every attempt takes a fresh permit.
-        route.limiter.acquire().await;
+        route.pacer.acquire().await;
         let at = self.clock.now_ms();
         let t0 = Instant::now();
         let result = route.adapter.send(&out.message).await;
+        route.pacer.on_result(&result);
         let duration_ms = t0.elapsed().as_millis() as i64;
         let attempts = msg.attempts + 1;
         let (result_name, code, detail) = match &result {
@@ -276,12 +304,19 @@ impl Dispatcher {
                 DeliveryError::Transient { retry_after, .. }
                 | DeliveryError::RateLimited { retry_after, .. },
             ) => {
+                let now = self.clock.now_ms();
+                let wait = self.retry.wait_jittered(msg.id, attempts, retry_after);
+                let retry_at = now + wait.as_millis() as i64;
                 if attempts >= self.retry.max_attempts {
                     outcome.reason = Some(format!("attempts exhausted after {attempts}: {detail}"));
+                } else if retry_at - msg.send_at > self.retry.max_age.as_millis() as i64 {
+                    outcome.reason = Some(format!(
+                        "expired: not accepted within {}h of its send time after {attempts} attempt(s): {detail}",
+                        self.retry.max_age.as_secs() / 3600
+                    ));
                 } else {
                     outcome.status = MessageStatus::Planned;
-                    let wait = self.retry.wait(attempts, retry_after);
-                    outcome.retry_at = Some(self.clock.now_ms() + wait.as_millis() as i64);
+                    outcome.retry_at = Some(retry_at);
                 }
             }
             Err(DeliveryError::Permanent {
@@ -321,5 +356,21 @@ mod tests {
             p.wait(1, Some(Duration::from_secs(900))),
             Duration::from_secs(900)
         );
+    }
+
+    #[test]
+    fn jitter_spreads_waits_within_bounds_and_keeps_retry_after() {
+        let p = RetryPolicy::default();
+        let waits: Vec<Duration> = (0..1000).map(|id| p.wait_jittered(id, 3, None)).collect();
+        let (lo, hi) = (Duration::from_millis(3200), Duration::from_millis(4800));
+        assert!(waits.iter().all(|w| *w >= lo && *w <= hi), "4s +/- 20%");
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 900, "spread, not one burst");
+        assert_eq!(
+            p.wait_jittered(7, 3, None),
+            p.wait_jittered(7, 3, None),
+            "reproducible"
+        );
+        assert!(p.wait_jittered(7, 1, Some(Duration::from_secs(60))) >= Duration::from_secs(60));
     }
 }

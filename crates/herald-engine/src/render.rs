@@ -115,6 +115,16 @@ impl CampaignRenderer {
     }
 }
 
+/// The HTML with a 1x1 open pixel before `</body>` (or at the end).
+pub fn with_open_pixel(html: &str, pixel_url: &str) -> String {
+    let img =
+        format!(r#"<img src="{pixel_url}" width="1" height="1" alt="" style="display:none">"#);
+    match html.rfind("</body>") {
+        Some(i) => format!("{}{img}{}", &html[..i], &html[i..]),
+        None => format!("{html}{img}"),
+    }
+}
+
 fn links_of(r: &Rendered) -> Vec<LinkRecord> {
     r.links
         .iter()
@@ -179,7 +189,12 @@ impl MessageRenderer for CampaignRenderer {
                     .map_err(|e| e.to_string())?;
                 message.subject = Some(subject.text);
                 message.text = Some(html_to_text(&body.text));
-                message.body = body.text.clone();
+                let pixel = format!(
+                    "{}/o/{}",
+                    self.public_url,
+                    self.signer.sign_message(TokenKind::Open, msg.id)
+                );
+                message.body = with_open_pixel(&body.text, &pixel);
                 message.unsubscribe_url = Some(unsubscribe_url.clone());
                 message.return_path = self.bounce_domain.as_ref().map(|d| {
                     format!(
@@ -228,5 +243,22 @@ impl MessageRenderer for CampaignRenderer {
             }
         }
         Ok(RenderOutput { message, links })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_pixel_goes_before_the_body_end() {
+        assert_eq!(
+            with_open_pixel("<html><body><p>x</p></body></html>", "https://t/o/T"),
+            r#"<html><body><p>x</p><img src="https://t/o/T" width="1" height="1" alt="" style="display:none"></body></html>"#
+        );
+        assert!(
+            with_open_pixel("<p>x</p>", "u")
+                .ends_with(r#"<img src="u" width="1" height="1" alt="" style="display:none">"#)
+        );
     }
 }

@@ -1,1 +1,276 @@
-//! placeholder
+//! herald's tracking server (SPEC section 4): opens, clicks, unsubscribes,
+//! Twilio and email-provider webhooks, app events with conversion
+//! attribution, `/healthz` and `/metrics`, plus an SMTP bounce receiver.
+//!
+//! Start at [`run`] (or [`serve`] with listeners you bound) and [`AppState`];
+//! [`router`] is the axum app. Opens and clicks go through the batched
+//! writer in `writer`; everything else is written before it is answered.
+
+mod dsn;
+mod email;
+mod events;
+mod metrics;
+mod sms;
+mod smtp;
+mod state;
+mod track;
+mod twilio;
+mod writer;
+
+use std::future::Future;
+use std::io;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use herald_domain::config::Campaign;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use dsn::{MailReport, read_report};
+pub use email::{TOKEN_FIELD, TOKEN_HEADER, token_from_verp};
+pub use events::{MAX_BODY, MAX_EVENTS, event_row};
+pub use herald_storage::tracking::GoalSpec;
+pub use sms::{Intent, intent, normalise};
+pub use state::{
+    AppState, DEFAULT_HELP_REPLY, DEFAULT_MACHINE_OPEN_WINDOW, ExtraMetrics, HELP_KEYWORDS,
+    OPT_IN_KEYWORDS, ReportError, ReportSource, STANDARD_OPT_OUT_KEYWORDS, ServerConfig,
+    SmtpSettings,
+};
+pub use track::{PIXEL_GIF, machine_agent, open_pixel_tag, open_pixel_url};
+pub use twilio::{SIGNATURE_HEADER, twilio_signature, verify_twilio_signature};
+pub use writer::{WriterClosed, WriterSettings};
+
+use metrics::Kind;
+
+/// The current instant in milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A plain-text response.
+pub(crate) fn plain(status: StatusCode, text: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text.to_string(),
+    )
+        .into_response()
+}
+
+/// The answer to anything unknown, forged or gone: the same for all, so it tells nothing.
+pub(crate) fn not_found() -> Response {
+    plain(StatusCode::NOT_FOUND, "not found")
+}
+
+/// A 500 that logs the cause and shows none of it.
+pub(crate) fn internal_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "request failed");
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+/// The goals of `campaigns` for attribution: each goal, and each secondary
+/// goal over the goal's window (a campaign without a goal has no window, so
+/// its secondary goals are not counted).
+pub fn goal_specs<'a>(campaigns: impl IntoIterator<Item = &'a Campaign>) -> Vec<GoalSpec> {
+    let mut out = Vec::new();
+    for c in campaigns {
+        let Some(goal) = &c.goal else { continue };
+        out.push(GoalSpec {
+            campaign_name: c.name.clone(),
+            event: goal.event.clone(),
+            within_ms: goal.within.millis(),
+            secondary: false,
+        });
+        for s in &c.secondary_goals {
+            out.push(GoalSpec {
+                campaign_name: c.name.clone(),
+                event: s.clone(),
+                within_ms: goal.within.millis(),
+                secondary: true,
+            });
+        }
+    }
+    out
+}
+
+fn kind_of(path: &str, method: &axum::http::Method) -> Kind {
+    match path {
+        "/o/{token}" => Kind::Open,
+        "/c/{token}" => Kind::Click,
+        "/s/{code}" => Kind::ShortLink,
+        "/u/{token}" if method == axum::http::Method::POST => Kind::Unsubscribe,
+        "/u/{token}" => Kind::UnsubscribePage,
+        "/webhooks/twilio/status" => Kind::TwilioStatus,
+        "/webhooks/twilio/inbound" => Kind::TwilioInbound,
+        "/webhooks/email/{provider}" => Kind::EmailWebhook,
+        "/events" => Kind::Events,
+        "/api/campaigns/{name}/report" => Kind::Report,
+        "/healthz" => Kind::Health,
+        "/metrics" => Kind::Metrics,
+        _ => Kind::Other,
+    }
+}
+
+/// Counts every request by kind and answered status.
+async fn count_requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let kind = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(Kind::Other, |p| kind_of(p.as_str(), req.method()));
+    let resp = next.run(req).await;
+    st.inner.metrics.count(kind, resp.status().as_u16());
+    resp
+}
+
+async fn healthz() -> Response {
+    plain(StatusCode::OK, "ok")
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    let m = &st.inner.metrics;
+    let ttl = st.inner.config.gauge_ttl;
+    let gauges = match m.cached_gauges(ttl).await {
+        Some(g) => Some(g),
+        None => match herald_storage::tracking::message_gauges(&st.inner.db, now_ms()).await {
+            Ok(g) => {
+                m.store_gauges(g.clone()).await;
+                Some(g)
+            }
+            Err(e) => {
+                // Counters still help when the database does not answer.
+                tracing::warn!(error = %e, "counting messages for /metrics failed");
+                None
+            }
+        },
+    };
+    let mut text = m.render(gauges.as_ref());
+    if let Some(extra) = &st.inner.extra_metrics {
+        text.push_str(&extra());
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn campaign_report(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Some(source) = &st.inner.report else {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            axum::Json(serde_json::json!({
+                "error": "the report API is not built into this server yet; use `herald report CAMPAIGN --format json`"
+            })),
+        )
+            .into_response();
+    };
+    let query: Vec<(String, String)> = query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    match source.report(&name, &query).await {
+        Ok(Some(v)) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": format!("no campaign named `{name}`") })),
+        )
+            .into_response(),
+        Err(ReportError::BadRequest(m)) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": m })),
+        )
+            .into_response(),
+        Err(ReportError::Failed(m)) => internal_error(m),
+    }
+}
+
+/// The tracking server's axum app over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/o/{token}", get(track::open))
+        .route("/c/{token}", get(track::click))
+        .route("/s/{code}", get(track::short))
+        .route(
+            "/u/{token}",
+            get(track::unsubscribe_page).post(track::unsubscribe),
+        )
+        .route("/webhooks/twilio/status", post(twilio::status))
+        .route("/webhooks/twilio/inbound", post(twilio::inbound))
+        .route("/webhooks/email/{provider}", post(email::webhook))
+        .route("/events", post(events::post))
+        .route("/api/campaigns/{name}/report", get(campaign_report))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { not_found() })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// Serves HTTP on `http` (and SMTP bounces on `smtp`, if given) until
+/// `shutdown` completes; then drains requests in flight and writes every
+/// open and click that was answered before returning.
+pub async fn serve(
+    http: TcpListener,
+    smtp: Option<TcpListener>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        // Nobody may be listening any more; that is fine.
+        let _ = stop_tx.send(true);
+    });
+    let smtp_task = smtp.map(|l| tokio::spawn(smtp::serve_smtp(l, state.clone(), stop_rx.clone())));
+    let mut http_stop = stop_rx.clone();
+    let listener = http.tap_io(|tcp| {
+        // Small responses should leave at once, not wait for a delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    let served = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Some(t) = smtp_task {
+        match t.await {
+            Ok(r) => r?,
+            Err(e) => tracing::error!(error = %e, "the SMTP receiver panicked"),
+        }
+    }
+    if let Err(e) = state.flush().await {
+        tracing::error!(error = %e, "opens and clicks may be unwritten at shutdown");
+    }
+    served
+}
+
+/// Serves HTTP on `listener` until `shutdown` completes, and the SMTP bounce
+/// receiver on `state`'s configured address if it has one.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let smtp = match &state.config().smtp {
+        Some(s) => Some(TcpListener::bind(s.listen).await?),
+        None => None,
+    };
+    serve(listener, smtp, state, shutdown).await
+}

@@ -6,10 +6,13 @@
 //! Instants are BIGINT milliseconds since the epoch, so SQL time arithmetic
 //! is one dialect.
 
+pub mod audience;
 pub mod db;
 pub mod import;
+pub mod segment_bench;
 pub mod segment_sql;
 pub mod sql;
 pub mod store;
+pub mod tracking;
 
 pub use db::{Backend, Db};

@@ -4,30 +4,48 @@
 //! PostgreSQL), outcomes written in one transaction per batch, and the outbox.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_channels::RenderedMessage;
 use herald_channels::outbox::OutboxSink;
+use herald_domain::config::{LifecycleConfig, RfmConfig};
 use herald_domain::segment::Expr;
 use herald_domain::types::{Channel, MessageStatus};
 use herald_engine::store::*;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait, Value};
 use serde_json::Value as Json;
 
+use crate::audience::{AudiencePager, PagerStep};
 use crate::db::Db;
-use crate::segment_sql::compile;
+use crate::segment_sql::SegmentContext;
 use crate::sql::{Sql, stmt};
 
 /// The engine's store over a [`Db`].
 #[derive(Clone, Debug)]
 pub struct SqlStore {
     db: Db,
+    /// `[rfm]` and `[lifecycle]`, which segment queries need.
+    segments: Arc<(RfmConfig, LifecycleConfig)>,
 }
 
 impl SqlStore {
-    /// A store over `db`.
+    /// A store over `db` with the default `[rfm]` and `[lifecycle]` settings.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self::with_segment_config(db, RfmConfig::default(), LifecycleConfig::default())
+    }
+
+    /// A store over `db` whose segment queries use these `[rfm]` and `[lifecycle]` settings.
+    pub fn with_segment_config(db: Db, rfm: RfmConfig, lifecycle: LifecycleConfig) -> Self {
+        Self {
+            db,
+            segments: Arc::new((rfm, lifecycle)),
+        }
+    }
+
+    /// The segment compiler's context for this database at `now`.
+    pub fn segment_context(&self, now: i64) -> SegmentContext<'_> {
+        SegmentContext::new(self.b(), now, &self.segments.0, &self.segments.1)
     }
 
     /// The database.
@@ -160,44 +178,28 @@ impl Store for SqlStore {
         after: i64,
         limit: u32,
     ) -> StoreResult<Vec<AudienceMember>> {
-        let mut q = Sql::new();
-        let sup = |ch: &str, addr: &str| {
-            format!(
-                "EXISTS (SELECT 1 FROM suppressions s WHERE s.topic IS NULL AND s.channel IN ('{ch}', 'any') AND (s.contact_id = c.id{addr}))"
-            )
-        };
-        q.push("SELECT c.id, c.external_id, c.email, c.phone, c.consent_email, c.consent_sms, c.consent_push, ");
-        q.push("(SELECT MIN(p.token) FROM push_tokens p WHERE p.contact_id = c.id AND p.invalid_at IS NULL), ");
-        q.push(&sup("email", " OR s.address = c.email")).push(", ");
-        q.push(&sup("sms", " OR s.address = c.phone")).push(", ");
-        q.push(&sup("push", "")).push(", ");
-        match topic {
-            Some(t) => {
-                q.push("(EXISTS (SELECT 1 FROM topic_subscriptions ts WHERE ts.contact_id = c.id AND ts.subscribed = FALSE AND ts.topic = ")
-                    .bind(t.to_string())
-                    .push(") OR EXISTS (SELECT 1 FROM suppressions s WHERE s.contact_id = c.id AND s.topic = ")
-                    .bind(t.to_string())
-                    .push("))");
-            }
-            None => {
-                q.push("FALSE");
-            }
-        }
-        q.push(" FROM contacts c WHERE c.forgotten_at IS NULL AND c.id > ")
-            .bind(after)
-            .push(" AND ");
-        compile(filter, self.b(), now, &mut q).map_err(err)?;
-        q.push(" ORDER BY c.id LIMIT ").bind(i64::from(limit));
-        let rows = self.all(q).await?;
-        rows.iter()
-            .map(|r| {
+        let ctx = self.segment_context(now);
+        let mut pager = AudiencePager::new(filter, &ctx, topic, after, limit).map_err(err)?;
+        let mut members = Vec::new();
+        while let Some(q) = pager.next_query(members.len()) {
+            let q = match q {
+                PagerStep::MaxId(q) => {
+                    let rows = self.all(q).await?;
+                    pager.set_max_id(rows.first().map_or(Ok(0), |r| get(r, 0))?);
+                    continue;
+                }
+                PagerStep::Page(q) => q,
+            };
+            let rows = self.all(q).await?;
+            let found = rows.len();
+            for r in &rows {
                 let mut suppressed = Vec::new();
                 for (i, ch) in [(8, Channel::Email), (9, Channel::Sms), (10, Channel::Push)] {
                     if get::<bool>(r, i)? {
                         suppressed.push(ch);
                     }
                 }
-                Ok(AudienceMember {
+                members.push(AudienceMember {
                     contact_id: get(r, 0)?,
                     external_id: get(r, 1)?,
                     email: get(r, 2)?,
@@ -208,9 +210,11 @@ impl Store for SqlStore {
                     push_token: get(r, 7)?,
                     suppressed,
                     topic_opt_out: get(r, 11)?,
-                })
-            })
-            .collect()
+                });
+            }
+            pager.done(found);
+        }
+        Ok(members)
     }
 
     async fn last_planned_contact(&self, run_id: i64) -> StoreResult<i64> {
@@ -270,7 +274,7 @@ impl Store for SqlStore {
             .bind(now)
             .push(" WHERE run_id = ")
             .bind(run_id)
-            .push(" AND status = 'planned' AND address IS NOT NULL AND EXISTS (SELECT 1 FROM messages d WHERE d.run_id = messages.run_id AND d.channel = messages.channel AND d.address = messages.address AND d.status = 'planned' AND d.id < messages.id)");
+            .push(" AND status = 'planned' AND address IS NOT NULL AND EXISTS (SELECT 1 FROM messages d WHERE d.run_id = messages.run_id AND d.channel = messages.channel AND d.address = messages.address AND d.status = 'planned' AND d.contact_id < messages.contact_id)");
         self.exec(q).await?;
         let mut q = Sql::new();
         q.push("UPDATE runs SET state = 'running' WHERE state = 'planning' AND id = ")
@@ -392,9 +396,11 @@ impl Store for SqlStore {
         }
         let b = self.b();
         let txn = self.db.conn.begin().await.map_err(err)?;
+        // A provider receipt (Twilio's status callback) can outrun this write:
+        // `sent` never overwrites the later `delivered`, `bounced` or `failed`.
         for chunk in outcomes.chunks(INSERT_CHUNK) {
             let mut q = Sql::new();
-            q.push("UPDATE messages SET status = x.column2, reason = x.column3, provider_id = COALESCE(x.column4, messages.provider_id), attempts = messages.attempts + x.column5, not_before = x.column6, sent_at = COALESCE(messages.sent_at, x.column7), delivered_at = COALESCE(messages.delivered_at, x.column8), lease_owner = NULL, lease_until = NULL, updated_at = ")
+            q.push("UPDATE messages SET status = CASE WHEN x.column2 = 'sent' AND messages.status IN ('delivered', 'bounced', 'failed') THEN messages.status ELSE x.column2 END, reason = x.column3, provider_id = COALESCE(x.column4, messages.provider_id), attempts = messages.attempts + x.column5, not_before = x.column6, sent_at = COALESCE(messages.sent_at, x.column7), delivered_at = COALESCE(messages.delivered_at, x.column8), lease_owner = NULL, lease_until = NULL, updated_at = ")
                 .bind(now)
                 .push(" FROM (VALUES ");
             for (i, o) in chunk.iter().enumerate() {

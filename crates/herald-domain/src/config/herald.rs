@@ -66,6 +66,8 @@ pub struct TrackingConfig {
     pub secret_env: String,
     /// Environment variable holding the bearer token for `POST /events`.
     pub events_token_env: String,
+    /// Where `herald serve` accepts DSN bounces and ARF complaints by SMTP (none: not at all).
+    pub smtp_listen: Option<String>,
 }
 
 impl Default for TrackingConfig {
@@ -75,6 +77,7 @@ impl Default for TrackingConfig {
             public_url: "http://localhost:8080".into(),
             secret_env: "HERALD_SECRET".into(),
             events_token_env: "HERALD_EVENTS_TOKEN".into(),
+            smtp_listen: None,
         }
     }
 }
@@ -273,7 +276,7 @@ impl Default for Defaults {
             timezone: Timezone(chrono_tz::Tz::UTC),
             quiet_hours: None,
             frequency_caps: Vec::new(),
-            opt_out_keywords: Vec::new(),
+            opt_out_keywords: ["TD", "T", "退订"].map(String::from).to_vec(),
             global_holdout: Fraction::default(),
         }
     }

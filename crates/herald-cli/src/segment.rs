@@ -1,0 +1,193 @@
+//! `herald segment preview NAME`: who is in a segment right now: the member
+//! count, the R x F grid of members, the lifecycle breakdown and a sample,
+//! as a table or as JSON.
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand, ValueEnum};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use herald_domain::segment::{Expr, Lifecycle};
+use herald_engine::store::Store;
+use herald_storage::segment_sql::{SegmentContext, append, compile, count_sql, rfm_scores_sql};
+use herald_storage::sql::Sql;
+use herald_storage::store::SqlStore;
+use sea_orm::ConnectionTrait;
+use serde_json::json;
+
+use crate::{Cli, EXIT_INVALID, Exit, app};
+
+/// `herald segment ...`.
+#[derive(Subcommand, Debug)]
+pub enum SegmentCmd {
+    /// Member count, R x F grid, lifecycle breakdown and a sample.
+    Preview(PreviewArgs),
+}
+
+/// Output formats.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable tables.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// Arguments of `herald segment preview`.
+#[derive(Args, Debug)]
+pub struct PreviewArgs {
+    /// The segment's name.
+    pub name: String,
+    /// Sample size.
+    #[arg(long, default_value_t = 10)]
+    pub limit: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+async fn scalar(store: &SqlStore, q: Sql) -> anyhow::Result<i64> {
+    let db = store.db();
+    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
+    Ok(rows
+        .first()
+        .map(|r| r.try_get_by_index::<i64>(0))
+        .transpose()?
+        .unwrap_or(0))
+}
+
+/// A score column: INT4 on PostgreSQL, INTEGER on SQLite.
+fn score(r: &sea_orm::QueryResult, i: usize) -> anyhow::Result<Option<i64>> {
+    if let Ok(v) = r.try_get_by_index::<Option<i32>>(i) {
+        return Ok(v.map(i64::from));
+    }
+    Ok(r.try_get_by_index::<Option<i64>>(i)?)
+}
+
+/// (r, f) -> members with those scores.
+async fn rf_grid(
+    store: &SqlStore,
+    expr: &Expr,
+    ctx: &SegmentContext<'_>,
+) -> anyhow::Result<BTreeMap<(i64, i64), i64>> {
+    let members = compile(expr, ctx)?;
+    let mut q = Sql::new();
+    q.push("SELECT s.r, s.f, COUNT(*) FROM (");
+    append(&mut q, rfm_scores_sql(ctx)?);
+    q.push(") s JOIN (SELECT c.id FROM contacts c");
+    append(&mut q, members.joins);
+    q.push(" WHERE c.forgotten_at IS NULL AND ");
+    append(&mut q, members.cond);
+    q.push(") m ON m.id = s.id GROUP BY s.r, s.f");
+    let db = store.db();
+    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
+    let mut grid = BTreeMap::new();
+    for r in rows {
+        let (rs, fs, n) = (score(&r, 0)?, score(&r, 1)?, r.try_get_by_index::<i64>(2)?);
+        if let (Some(rs), Some(fs)) = (rs, fs) {
+            *grid.entry((rs, fs)).or_insert(0) += n;
+        }
+    }
+    Ok(grid)
+}
+
+/// Runs `herald segment preview`.
+pub async fn run(cli: &Cli, cmd: &SegmentCmd) -> anyhow::Result<()> {
+    let SegmentCmd::Preview(args) = cmd;
+    let config = app::load_config(cli)?;
+    let Some(segment) = config.segments.get(&args.name) else {
+        let known: Vec<&str> = config.segments.keys().map(String::as_str).collect();
+        eprintln!(
+            "error: no segment named `{}` (known: {})",
+            args.name,
+            known.join(", ")
+        );
+        return Err(Exit(EXIT_INVALID).into());
+    };
+    let store = app::store(cli, &config).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let ctx = store.segment_context(now);
+    let total = scalar(&store, count_sql(&segment.filter, &ctx)?).await?;
+    let mut stages = Vec::new();
+    for stage in Lifecycle::ALL {
+        let text = format!(
+            "({}) and lifecycle == \"{}\"",
+            segment.source,
+            stage.as_str()
+        );
+        let expr =
+            herald_domain::segment::parse(&text).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        stages.push((
+            stage.as_str(),
+            scalar(&store, count_sql(&expr, &ctx)?).await?,
+        ));
+    }
+    let grid = rf_grid(&store, &segment.filter, &ctx).await?;
+    let no_rfm = total - grid.values().sum::<i64>();
+    let members = store
+        .audience_page(&segment.filter, now, None, 0, args.limit)
+        .await?;
+    let ids: Vec<i64> = members.iter().map(|m| m.contact_id).collect();
+    let sample = store.contacts(&ids).await?;
+
+    if args.format == Format::Json {
+        let doc = json!({
+            "segment": segment.name,
+            "description": segment.description,
+            "now": now,
+            "members": total,
+            "rf_grid": grid.iter().map(|((r, f), n)| json!({"r": r, "f": f, "members": n})).collect::<Vec<_>>(),
+            "without_rfm": no_rfm,
+            "lifecycle": stages.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "sample": sample.iter().map(|c| json!({
+                "external_id": c.external_id, "email": c.email, "phone": c.phone,
+                "timezone": c.timezone, "locale": c.locale, "attrs": c.attrs, "tags": c.tags,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("segment `{}`: {} member(s)", segment.name, total);
+    if !segment.description.is_empty() {
+        println!("  {}", segment.description);
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["R \\ F", "1", "2", "3", "4", "5"]);
+    for r in (1..=5).rev() {
+        let mut row = vec![r.to_string()];
+        row.extend((1..=5).map(|f| grid.get(&(r, f)).copied().unwrap_or(0).to_string()));
+        t.add_row(row);
+    }
+    println!(
+        "R x F grid of members (R 5 = bought most recently, F 5 = most often); {no_rfm} without a purchase:\n{t}"
+    );
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(
+        stages
+            .iter()
+            .map(|(s, _)| s.to_string())
+            .collect::<Vec<_>>(),
+    );
+    t.add_row(
+        stages
+            .iter()
+            .map(|(_, n)| n.to_string())
+            .collect::<Vec<_>>(),
+    );
+    println!("lifecycle:\n{t}");
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["external_id", "email", "phone", "locale", "attrs"]);
+    for c in &sample {
+        t.add_row(vec![
+            c.external_id.clone(),
+            c.email.clone().unwrap_or_default(),
+            c.phone.clone().unwrap_or_default(),
+            c.locale.clone().unwrap_or_default(),
+            c.attrs.to_string(),
+        ]);
+    }
+    println!("sample:\n{t}");
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! `POST /events`: app events from a backend, one object, an array or
+//! `{"events": [...]}`; at most [`MAX_EVENTS`] and [`MAX_BODY`] bytes. Rows
+//! are checked like `herald import events` rows, stored through the same
+//! insert (idempotent by `event_id`), then attributed to campaign goals.
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, NaiveDate};
+use herald_storage::import::{EventRow, insert_events};
+use herald_storage::tracking::attribute_events;
+use serde_json::{Map, Value, json};
+use std::sync::atomic::Ordering;
+
+use crate::state::AppState;
+use crate::{internal_error, now_ms};
+
+/// Events in one request at most.
+pub const MAX_EVENTS: usize = 1000;
+/// Bytes of one request body at most (1 MiB).
+pub const MAX_BODY: usize = 1 << 20;
+
+const KEYS: &str = "external_id, name, at, value, event_id, properties";
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+fn text_field(map: &mut Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(format!("`{key}` must be a string, not {other}")),
+    }
+}
+
+fn parse_at(s: &str) -> Result<i64, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        && let Some(t) = d.and_hms_opt(0, 0, 0)
+    {
+        return Ok(t.and_utc().timestamp_millis());
+    }
+    Err(format!(
+        "`at`: `{s}` is not an RFC 3339 instant (like 2026-11-23T10:00:00Z) or a date (2026-11-23)"
+    ))
+}
+
+/// One event checked as `herald import events` checks an NDJSON line, except
+/// that a missing `at` means the moment it was received.
+pub fn event_row(v: Value, received_at: i64) -> Result<EventRow, String> {
+    let Value::Object(mut map) = v else {
+        return Err("an event must be a JSON object".into());
+    };
+    let properties = match map.remove("properties") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(o)) => o.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        Some(other) => return Err(format!("`properties` must be an object, not {other}")),
+    };
+    let external_id = text_field(&mut map, "external_id")?.ok_or("`external_id` is missing")?;
+    let name = text_field(&mut map, "name")?.ok_or("`name` is missing")?;
+    let at = match text_field(&mut map, "at")? {
+        Some(s) => parse_at(&s)?,
+        None => received_at,
+    };
+    let value = match map.remove("value") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| format!("`value`: `{s}` is not a number"))?,
+        ),
+        Some(other) => return Err(format!("`value`: {other} is not a number")),
+    };
+    let event_id = text_field(&mut map, "event_id")?;
+    if let Some(k) = map.keys().next() {
+        return Err(format!("unknown key `{k}`; event keys are {KEYS}"));
+    }
+    Ok(EventRow {
+        external_id,
+        name,
+        at,
+        value,
+        event_id,
+        properties,
+    })
+}
+
+/// Compares the bearer token in constant time (its length may leak; its bytes do not).
+fn authorised(headers: &HeaderMap, expected: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /events`.
+pub(crate) async fn post(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let Some(expected) = st.inner.config.events_token.as_deref() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "POST /events is disabled: set the events token ([tracking].events_token_env)",
+        );
+    };
+    if !authorised(&headers, expected) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "a valid `Authorization: Bearer TOKEN` is required",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the body is larger than {MAX_BODY} bytes; send at most {MAX_EVENTS} events a request"
+            ),
+        );
+    };
+    let parsed: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+    };
+    let items = match parsed {
+        Value::Array(a) => a,
+        Value::Object(mut o) if o.len() == 1 && o.get("events").is_some_and(Value::is_array) => {
+            match o.remove("events") {
+                Some(Value::Array(a)) => a,
+                _ => Vec::new(),
+            }
+        }
+        o @ Value::Object(_) => vec![o],
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "send one event object, an array of them, or {\"events\": [...]}",
+            );
+        }
+    };
+    if items.len() > MAX_EVENTS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "{} events in one request; at most {MAX_EVENTS}",
+                items.len()
+            ),
+        );
+    }
+    let now = now_ms();
+    let mut rows = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match event_row(item, now) {
+            Ok(r) => rows.push(r),
+            Err(error) => rejected.push(json!({ "index": index, "error": error })),
+        }
+    }
+    let m = &st.inner.metrics;
+    m.events_rejected
+        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    if rows.is_empty() {
+        let mut body = json!({ "accepted": 0, "rejected": rejected });
+        if rejected.is_empty() {
+            body["error"] = json!("no events in the request");
+        }
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    if let Err(e) = insert_events(&st.inner.db, &rows).await {
+        return internal_error(e);
+    }
+    m.events_accepted
+        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+    if let Err(e) = attribute_events(&st.inner.db, &st.inner.config.goals, &rows).await {
+        // The events are stored: a retry without event ids would duplicate
+        // them, so the answer stays 200; the next event of the same contacts
+        // recomputes their conversions.
+        m.attribution_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "attributing events to campaign goals failed");
+    }
+    (
+        StatusCode::OK,
+        Json(json!({ "accepted": rows.len(), "rejected": rejected })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_checked_like_import_rows() {
+        let r = event_row(
+            json!({"external_id": 42, "name": "order_placed", "at": "2026-01-02", "value": "19.5", "event_id": "e1", "properties": {"sku": "A", "x": null}}),
+            0,
+        )
+        .unwrap();
+        assert_eq!(r.external_id, "42");
+        assert_eq!(r.at, 1_767_312_000_000);
+        assert_eq!(r.value, Some(19.5));
+        assert_eq!(r.properties.len(), 1);
+        assert_eq!(
+            event_row(json!({"external_id": "a", "name": "x"}), 7)
+                .unwrap()
+                .at,
+            7
+        );
+        assert!(
+            event_row(json!({"name": "x"}), 0)
+                .unwrap_err()
+                .contains("external_id")
+        );
+        assert!(
+            event_row(
+                json!({"external_id": "a", "name": "x", "at": "yesterday"}),
+                0
+            )
+            .unwrap_err()
+            .contains("RFC 3339")
+        );
+        assert!(
+            event_row(json!({"external_id": "a", "name": "x", "value": "ten"}), 0)
+                .unwrap_err()
+                .contains("value")
+        );
+        assert!(
+            event_row(json!({"external_id": "a", "name": "x", "nmae": 1}), 0)
+                .unwrap_err()
+                .contains("unknown key `nmae`")
+        );
+        assert!(event_row(json!([1]), 0).is_err());
+    }
+
+    #[test]
+    fn the_bearer_token_must_match_exactly() {
+        let mut h = HeaderMap::new();
+        assert!(!authorised(&h, "s3cret"));
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(authorised(&h, "s3cret"));
+        assert!(!authorised(&h, "s3cre"));
+        h.insert(header::AUTHORIZATION, "Basic s3cret".parse().unwrap());
+        assert!(!authorised(&h, "s3cret"));
+    }
+}

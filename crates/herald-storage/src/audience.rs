@@ -1,0 +1,153 @@
+//! The queries behind `Store::audience_page`: keyset pages of a segment's
+//! members in contact id order. A filter over event measures is evaluated in
+//! windows of contact ids, so each query aggregates only the events of the
+//! contacts it looks at and a full scan reads every event once, however many
+//! pages it takes; memory stays one page.
+
+use herald_domain::segment::Expr;
+
+use crate::segment_sql::{IdRange, SegmentContext, Unsupported, append, compile_range};
+use crate::sql::Sql;
+
+/// The first window, in contact ids, is this many times the page size.
+const FIRST_SPAN_PER_ROW: i64 = 1;
+/// Windows grow (doubling) up to this many contact ids while they come back short.
+const MAX_SPAN: i64 = 1 << 20;
+
+/// The next query an [`AudiencePager`] wants run.
+#[derive(Debug)]
+pub enum PagerStep {
+    /// `SELECT` the highest contact id (one row, one BIGINT); pass it to [`AudiencePager::set_max_id`].
+    MaxId(Sql),
+    /// A page query: rows as `audience_page` reads them; pass their number to [`AudiencePager::done`].
+    Page(Sql),
+}
+
+/// Plans the queries of one audience page.
+#[derive(Debug)]
+pub struct AudiencePager<'a> {
+    filter: &'a Expr,
+    ctx: &'a SegmentContext<'a>,
+    topic: Option<&'a str>,
+    /// The last contact id covered so far.
+    after: i64,
+    limit: usize,
+    /// Whether the filter reads event measures (and so runs in id windows).
+    windowed: bool,
+    max_id: Option<i64>,
+    span: i64,
+    /// The upper end of the window in flight and how many rows it was asked for.
+    in_flight: Option<(i64, usize)>,
+    finished: bool,
+}
+
+impl<'a> AudiencePager<'a> {
+    /// A pager for members above `after`, at most `limit` of them.
+    pub fn new(
+        filter: &'a Expr,
+        ctx: &'a SegmentContext<'a>,
+        topic: Option<&'a str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Self, Unsupported> {
+        let windowed = !compile_range(filter, ctx, None)?.joins.text.is_empty();
+        Ok(Self {
+            filter,
+            ctx,
+            topic,
+            after,
+            limit: limit as usize,
+            windowed,
+            max_id: None,
+            span: (i64::from(limit) * FIRST_SPAN_PER_ROW).max(1),
+            in_flight: None,
+            finished: limit == 0,
+        })
+    }
+
+    /// The next query to run, given `have` members collected; `None` when the page is complete.
+    pub fn next_query(&mut self, have: usize) -> Option<PagerStep> {
+        if self.finished || have >= self.limit {
+            return None;
+        }
+        let want = self.limit - have;
+        if !self.windowed {
+            self.finished = true;
+            return self.page(None, want).ok().map(PagerStep::Page);
+        }
+        let Some(max_id) = self.max_id else {
+            let mut q = Sql::new();
+            q.push("SELECT COALESCE(MAX(id), 0) FROM contacts");
+            return Some(PagerStep::MaxId(q));
+        };
+        if self.after >= max_id {
+            return None;
+        }
+        let up_to = self.after.saturating_add(self.span).min(max_id);
+        self.in_flight = Some((up_to, want));
+        match self.page(Some(up_to), want) {
+            Ok(q) => Some(PagerStep::Page(q)),
+            Err(_) => None,
+        }
+    }
+
+    /// Records the highest contact id.
+    pub fn set_max_id(&mut self, id: i64) {
+        self.max_id = Some(id);
+    }
+
+    /// Records that the last page query returned `found` rows.
+    pub fn done(&mut self, found: usize) {
+        match self.in_flight.take() {
+            Some((up_to, want)) if found < want => {
+                // The window is exhausted; a sparse audience earns a wider next window.
+                self.after = up_to;
+                self.span = (self.span * 2).min(MAX_SPAN);
+            }
+            _ => self.finished = true,
+        }
+    }
+
+    /// One page query over `(after, up_to]` (or above `after`), at most `limit` rows.
+    fn page(&self, up_to: Option<i64>, limit: usize) -> Result<Sql, Unsupported> {
+        let ids = up_to.map(|up_to| IdRange {
+            after: self.after,
+            up_to,
+        });
+        let compiled = compile_range(self.filter, self.ctx, ids)?;
+        let mut q = Sql::new();
+        let sup = |ch: &str, addr: &str| {
+            format!(
+                "EXISTS (SELECT 1 FROM suppressions s WHERE s.topic IS NULL AND s.channel IN ('{ch}', 'any') AND (s.contact_id = c.id{addr}))"
+            )
+        };
+        q.push("SELECT c.id, c.external_id, c.email, c.phone, c.consent_email, c.consent_sms, c.consent_push, ");
+        q.push("(SELECT MIN(p.token) FROM push_tokens p WHERE p.contact_id = c.id AND p.invalid_at IS NULL), ");
+        q.push(&sup("email", " OR s.address = c.email")).push(", ");
+        q.push(&sup("sms", " OR s.address = c.phone")).push(", ");
+        q.push(&sup("push", "")).push(", ");
+        match self.topic {
+            Some(t) => {
+                q.push("(EXISTS (SELECT 1 FROM topic_subscriptions ts WHERE ts.contact_id = c.id AND ts.subscribed = FALSE AND ts.topic = ")
+                    .bind(t.to_string())
+                    .push(") OR EXISTS (SELECT 1 FROM suppressions s WHERE s.contact_id = c.id AND s.topic = ")
+                    .bind(t.to_string())
+                    .push("))");
+            }
+            None => {
+                q.push("FALSE");
+            }
+        }
+        q.push(" FROM contacts c");
+        append(&mut q, compiled.joins);
+        q.push(" WHERE c.forgotten_at IS NULL AND c.id > ")
+            .bind(self.after);
+        if let Some(up_to) = up_to {
+            q.push(" AND c.id <= ").bind(up_to);
+        }
+        q.push(" AND ");
+        append(&mut q, compiled.cond);
+        q.push(" ORDER BY c.id LIMIT ").bind(limit as i64);
+        Ok(q)
+    }
+}
