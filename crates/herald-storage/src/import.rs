@@ -756,19 +756,43 @@ pub async fn upsert_contacts(db: &Db, rows: Vec<ContactRow>) -> Result<(), Impor
         q.push(&contact_conflict_clause(b));
         db.conn.execute_raw(q.build(b)).await?;
     }
-    if !tokens.is_empty() {
-        let mut q = Sql::new();
-        q.push("INSERT INTO push_tokens (contact_id, token, platform, created_at) SELECT c.id, x.column2, x.column3, x.column4 FROM (VALUES ");
-        for (i, (eid, token, platform)) in tokens.into_iter().enumerate() {
-            if i > 0 {
-                q.push(",");
-            }
-            q.push("(").bind(eid).push(",").bind(token).push(",");
-            q.bind_as(b, platform, "text").push(",").bind(now).push(")");
-        }
-        q.push(") AS x JOIN contacts c ON c.external_id = x.column1 WHERE true ON CONFLICT (token) DO UPDATE SET contact_id = excluded.contact_id, platform = COALESCE(excluded.platform, push_tokens.platform), invalid_at = NULL");
-        db.conn.execute_raw(q.build(b)).await?;
+    if tokens.is_empty() {
+        return Ok(());
     }
+    const TOKEN_CONFLICT: &str = " ON CONFLICT (token) DO UPDATE SET contact_id = excluded.contact_id, platform = COALESCE(excluded.platform, push_tokens.platform), invalid_at = NULL";
+    if b == DbBackend::Postgres {
+        let (mut eids, mut toks, mut platforms) = (Vec::new(), Vec::new(), Vec::new());
+        for (e, t, p) in tokens {
+            eids.push(e);
+            toks.push(t);
+            platforms.push(p);
+        }
+        let sql = format!(
+            "INSERT INTO push_tokens (contact_id, token, platform, created_at) SELECT c.id, u.token, u.platform, $4 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(eid, token, platform) JOIN contacts c ON c.external_id = u.eid{TOKEN_CONFLICT}"
+        );
+        sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(sql))
+            .bind(eids)
+            .bind(toks)
+            .bind(platforms)
+            .bind(now)
+            .execute(db.conn.get_postgres_connection_pool())
+            .await
+            .map_err(|e| ImportError::Db(sea_orm::DbErr::Custom(e.to_string())))?;
+        return Ok(());
+    }
+    let mut q = Sql::new();
+    q.push("INSERT INTO push_tokens (contact_id, token, platform, created_at) SELECT c.id, x.column2, x.column3, x.column4 FROM (VALUES ");
+    for (i, (eid, token, platform)) in tokens.into_iter().enumerate() {
+        if i > 0 {
+            q.push(",");
+        }
+        q.push("(").bind(eid).push(",").bind(token).push(",");
+        q.bind_as(b, platform, "text").push(",").bind(now).push(")");
+    }
+    q.push(") AS x JOIN contacts c ON c.external_id = x.column1 WHERE true");
+    q.push(TOKEN_CONFLICT);
+    db.conn.execute_raw(q.build(b)).await?;
     Ok(())
 }
 
