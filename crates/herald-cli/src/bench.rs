@@ -32,6 +32,21 @@ enum BenchWhat {
         #[arg(long)]
         postgres: Option<String>,
     },
+    /// Segment counts and RFM scoring on generated data, next to hand-written SQL.
+    Segments {
+        /// Contacts to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        contacts: usize,
+        /// Events to generate.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// A scratch database: EMPTIED first (default: a temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// One import in this process (used by `bench import`); prints one JSON line.
     #[command(hide = true)]
     ImportOne {
@@ -64,6 +79,32 @@ fn parse_only_rate(file: &PathBuf) -> anyhow::Result<f64> {
 /// Runs the bench command.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.what {
+        BenchWhat::Segments {
+            contacts,
+            events,
+            seed,
+            database,
+        } => {
+            let dir = tempfile::tempdir()?;
+            let url = database.clone().unwrap_or_else(|| {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("segments.db").display()
+                )
+            });
+            let db = Db::connect(&url).await?;
+            let options = herald_storage::segment_bench::BenchOptions {
+                contacts: *contacts,
+                events: *events,
+                seed: *seed,
+            };
+            let report = herald_storage::segment_bench::bench_segments(&db, options, &|line| {
+                eprintln!("{line}")
+            })
+            .await?;
+            println!("{report}");
+            Ok(())
+        }
         BenchWhat::ImportOne { file, database } => {
             let db = Db::connect(database).await?;
             db.truncate_all().await?;

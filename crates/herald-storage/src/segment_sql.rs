@@ -824,7 +824,11 @@ impl<'a> Compiler<'a> {
             append(q, self.column(col, single));
             q.push(&format!(" AS a{i}"));
         }
-        q.push(&format!(" FROM events e WHERE e.at <= {now} AND "));
+        // On SQLite a unary `+` keeps `at` from choosing the index: a range on the
+        // (name, at) index costs a table lookup per event (5 times slower for 90 days of
+        // activity), while the covering (name, contact_id, at, value) one reads no table.
+        let at = if self.pg() { "e.at" } else { "+e.at" };
+        q.push(&format!(" FROM events e WHERE {at} <= {now} AND "));
         if single {
             q.push("e.name = ").bind(names[0].clone());
         } else {
@@ -838,7 +842,7 @@ impl<'a> Compiler<'a> {
             q.push(")");
         }
         if let Some(b) = skip_before {
-            q.push(&format!(" AND e.at > {b}"));
+            q.push(&format!(" AND {at} > {b}"));
         }
         range(ids, "e.contact_id", q);
         q.push(" GROUP BY e.contact_id");
