@@ -8,10 +8,9 @@ use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, NaiveDate};
-use herald_storage::import::{EventRow, insert_events};
+use herald_storage::import::{EventRow, event_from_json, insert_events};
 use herald_storage::tracking::attribute_events;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 
 use crate::state::AppState;
@@ -22,77 +21,17 @@ pub const MAX_EVENTS: usize = 1000;
 /// Bytes of one request body at most (1 MiB).
 pub const MAX_BODY: usize = 1 << 20;
 
-const KEYS: &str = "external_id, name, at, value, event_id, properties";
-
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
-}
-
-fn text_field(map: &mut Map<String, Value>, key: &str) -> Result<Option<String>, String> {
-    match map.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(format!("`{key}` must be a string, not {other}")),
-    }
-}
-
-fn parse_at(s: &str) -> Result<i64, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.timestamp_millis());
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        && let Some(t) = d.and_hms_opt(0, 0, 0)
-    {
-        return Ok(t.and_utc().timestamp_millis());
-    }
-    Err(format!(
-        "`at`: `{s}` is not an RFC 3339 instant (like 2026-11-23T10:00:00Z) or a date (2026-11-23)"
-    ))
 }
 
 /// One event checked as `herald import events` checks an NDJSON line, except
 /// that a missing `at` means the moment it was received.
 pub fn event_row(v: Value, received_at: i64) -> Result<EventRow, String> {
-    let Value::Object(mut map) = v else {
-        return Err("an event must be a JSON object".into());
-    };
-    let properties = match map.remove("properties") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(o)) => o.into_iter().filter(|(_, v)| !v.is_null()).collect(),
-        Some(other) => return Err(format!("`properties` must be an object, not {other}")),
-    };
-    let external_id = text_field(&mut map, "external_id")?.ok_or("`external_id` is missing")?;
-    let name = text_field(&mut map, "name")?.ok_or("`name` is missing")?;
-    let at = match text_field(&mut map, "at")? {
-        Some(s) => parse_at(&s)?,
-        None => received_at,
-    };
-    let value = match map.remove("value") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) if s.trim().is_empty() => None,
-        Some(Value::String(s)) => Some(
-            s.trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .ok_or_else(|| format!("`value`: `{s}` is not a number"))?,
-        ),
-        Some(other) => return Err(format!("`value`: {other} is not a number")),
-    };
-    let event_id = text_field(&mut map, "event_id")?;
-    if let Some(k) = map.keys().next() {
-        return Err(format!("unknown key `{k}`; event keys are {KEYS}"));
+    match v {
+        Value::Object(map) => event_from_json(map, Some(received_at)),
+        _ => Err("an event must be a JSON object".into()),
     }
-    Ok(EventRow {
-        external_id,
-        name,
-        at,
-        value,
-        event_id,
-        properties,
-    })
 }
 
 /// Compares the bearer token in constant time (its length may leak; its bytes do not).

@@ -284,10 +284,15 @@ fn event_from_parts(
     value: Option<Json>,
     event_id: Option<String>,
     properties: Map<String, Json>,
+    received_at: Option<i64>,
 ) -> Result<EventRow, String> {
     let external_id = non_empty(external_id.as_deref()).ok_or("`external_id` is missing")?;
     let name = non_empty(name.as_deref()).ok_or("`name` is missing")?;
-    let at = parse_at(&non_empty(at.as_deref()).ok_or("`at` is missing")?)?;
+    let at = match (non_empty(at.as_deref()), received_at) {
+        (Some(at), _) => parse_at(&at)?,
+        (None, Some(received)) => received,
+        (None, None) => return Err("`at` is missing".into()),
+    };
     let value = match value {
         None | Some(Json::Null) => None,
         Some(Json::Number(n)) => n.as_f64(),
@@ -666,10 +671,15 @@ fn event_from_csv(
             _ => {}
         }
     }
-    event_from_parts(eid, name, at, value, event_id, props)
+    event_from_parts(eid, name, at, value, event_id, props, None)
 }
 
-fn event_from_json(mut map: Map<String, Json>) -> Result<EventRow, String> {
+/// One event from a JSON object, checked as `herald import events` checks an
+/// NDJSON line; `received_at` (for `POST /events`) stands in for a missing `at`.
+pub fn event_from_json(
+    mut map: Map<String, Json>,
+    received_at: Option<i64>,
+) -> Result<EventRow, String> {
     let props = match map.remove("properties") {
         None | Some(Json::Null) => Map::new(),
         Some(Json::Object(o)) => o,
@@ -685,7 +695,7 @@ fn event_from_json(mut map: Map<String, Json>) -> Result<EventRow, String> {
             "unknown key `{k}`; event keys are external_id, name, at, value, event_id, properties"
         ));
     }
-    event_from_parts(eid, name, at, value, event_id, props)
+    event_from_parts(eid, name, at, value, event_id, props, received_at)
 }
 
 fn now_ms() -> i64 {
@@ -983,7 +993,7 @@ pub async fn import_events(
         1,
         |r: &EventRow| r.external_id.as_str(),
         event_from_csv,
-        event_from_json,
+        |map| event_from_json(map, None),
         db,
         flush_events,
         progress,
