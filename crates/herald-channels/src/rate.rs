@@ -68,6 +68,15 @@ impl TryFrom<RawRateLimit> for RateLimit {
     }
 }
 
+impl From<herald_domain::config::RateSpec> for RateLimit {
+    fn from(r: herald_domain::config::RateSpec) -> Self {
+        RateLimit {
+            per_second: r.per_second.get(),
+            burst: r.burst.map(|b| b.get()),
+        }
+    }
+}
+
 impl RateLimit {
     /// The burst in effect: the configured one, else `per_second / 10` within `1..=100`.
     pub fn effective_burst(&self) -> u32 {

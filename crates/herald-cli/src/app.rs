@@ -112,10 +112,7 @@ fn secret_from_env(
 }
 
 fn pacer(rate: Option<RateSpec>) -> Arc<Pacer> {
-    Arc::new(Pacer::new(rate.map(|r| RateLimit {
-        per_second: r.per_second.get(),
-        burst: r.burst.map(|b| b.get()),
-    })))
+    Arc::new(Pacer::new(rate.map(RateLimit::from)))
 }
 
 fn required_env(

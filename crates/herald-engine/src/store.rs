@@ -231,8 +231,9 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<()>;
     /// Ends planning: one message per address in the run (`duplicate_address`), state `running`.
     async fn finish_planning(&self, run_id: i64, now: i64) -> StoreResult<()>;
-    /// Returns expired leases: claimed-but-unsent go back to `planned`, `sending` become `unknown`.
-    async fn expire_leases(&self, now: i64) -> StoreResult<(u64, u64)>;
+    /// Ends messages whose lease expired while `sending` as `unknown`; returns how many.
+    /// (A claim that expires before `sending` needs nothing: it is claimable again.)
+    async fn expire_leases(&self, now: i64) -> StoreResult<u64>;
     /// Claims up to `limit` due messages of running runs (optionally one run) under a lease.
     async fn claim_due(
         &self,

@@ -283,7 +283,7 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn expire_leases(&self, now: i64) -> StoreResult<(u64, u64)> {
+    async fn expire_leases(&self, now: i64) -> StoreResult<u64> {
         // A claim that expired before its request was written simply becomes claimable
         // again (see claim_due); one that expired while `sending` may have reached the
         // provider, which cannot deduplicate: it ends `unknown`, never resent.
@@ -292,8 +292,7 @@ impl Store for SqlStore {
             .bind(now)
             .push(" WHERE status = 'sending' AND lease_until < ")
             .bind(now);
-        let unknown = self.exec(q).await?;
-        Ok((0, unknown))
+        self.exec(q).await
     }
 
     async fn claim_due(
