@@ -81,3 +81,46 @@ on_both_databases!(
     typo_points_at_line_and_column,
     missing_variable_fails_check_and_sends_nothing
 );
+
+async fn changed_weights_or_name_after_a_run_are_warned(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = start_sink().await;
+    shop_project(&p, sink.addr().port());
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    p.herald(&db, &["send", "hello"]).expect_code(0);
+    let quiet = p.herald(&db, &["check"]);
+    quiet.expect_code(0);
+    assert!(!quiet.stderr().contains("warning"), "{}", quiet.stderr());
+    let campaign =
+        std::fs::read_to_string(p.path().join("config/campaigns/hello.toml")).expect("read");
+    p.write(
+        "config/campaigns/hello.toml",
+        &campaign.replace("name = \"a\"", "name = \"a\"\nweight = 3"),
+    );
+    let run = p.herald(&db, &["check"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr()
+            .contains("campaign `hello` has 1 run(s), and its holdout or variant weights changed"),
+        "{}",
+        run.stderr()
+    );
+    p.write(
+        "config/campaigns/hello.toml",
+        &campaign.replace("name = \"hello\"", "name = \"hello-2\""),
+    );
+    let run = p.herald(&db, &["check"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr()
+            .contains("campaign `hello-2` looks like `hello` renamed"),
+        "{}",
+        run.stderr()
+    );
+    db.drop_db().await;
+}
+
+on_both_databases!(changed_weights_or_name_after_a_run_are_warned);

@@ -140,7 +140,11 @@ pub async fn reshuffle_warnings(
                 c.file
             )),
             None => {
-                let renamed = config.campaigns.values().find(|c| c.assignment_fingerprint().split_once(';').map(|x| x.1) == fingerprint.split_once(';').map(|x| x.1));
+                let stored_arms = fingerprint.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix(';'));
+                let renamed = config
+                    .campaigns
+                    .values()
+                    .find(|c| Some(c.arms_fingerprint().as_str()) == stored_arms);
                 if let Some(c) = renamed {
                     warnings.push(format!(
                         "{}: campaign `{}` looks like `{name}` renamed ({runs} run(s)); arm assignment hashes the name, so every contact is reshuffled",

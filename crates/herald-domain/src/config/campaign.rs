@@ -544,17 +544,17 @@ impl Campaign {
 
     /// A fingerprint of what decides arms (name, holdout, weights): a change reshuffles arms.
     pub fn assignment_fingerprint(&self) -> String {
+        format!("{};{}", self.name, self.arms_fingerprint())
+    }
+
+    /// The holdout and the variant weights, without the name: equal for a renamed campaign.
+    pub fn arms_fingerprint(&self) -> String {
         let weights: Vec<String> = self
             .variants
             .iter()
             .map(|v| format!("{}={}", v.name.get_ref(), v.weight))
             .collect();
-        format!(
-            "{};holdout={};{}",
-            self.name,
-            self.holdout.get(),
-            weights.join(",")
-        )
+        format!("holdout={};{}", self.holdout.get(), weights.join(","))
     }
 }
 
@@ -640,6 +640,22 @@ metric = "conversion"
         let e = Campaign::parse("winback.toml", &src).unwrap_err();
         assert!(e.message.contains("seconds first"), "{e}");
         assert_eq!(e.line_col().0, 6);
+    }
+
+    #[test]
+    fn fingerprints_change_with_weights_and_name() {
+        let c = Campaign::parse("winback.toml", WINBACK).unwrap();
+        assert_eq!(
+            c.assignment_fingerprint(),
+            "winback-q4;holdout=0.1;discount=1,reminder=1"
+        );
+        let heavier =
+            Campaign::parse("w.toml", &WINBACK.replacen("weight = 1", "weight = 3", 1)).unwrap();
+        assert_ne!(heavier.arms_fingerprint(), c.arms_fingerprint());
+        let renamed =
+            Campaign::parse("w.toml", &WINBACK.replace("winback-q4", "winback-q1")).unwrap();
+        assert_eq!(renamed.arms_fingerprint(), c.arms_fingerprint());
+        assert_ne!(renamed.assignment_fingerprint(), c.assignment_fingerprint());
     }
 
     #[test]
