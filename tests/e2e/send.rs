@@ -55,6 +55,15 @@ async fn emails_arrive_with_headers_and_both_parts(backend: Backend) {
     p.herald(&db, &["import", "contacts", "contacts.csv"])
         .expect_code(0);
     p.herald(&db, &["check"]).expect_code(0);
+    let dry = p.herald(&db, &["send", "hello", "--dry-run"]);
+    dry.expect_code(0);
+    assert!(
+        dry.stdout()
+            .contains("dry run of `hello`: audience 3; nothing was written or sent"),
+        "{}",
+        dry.stdout()
+    );
+    assert_eq!(sink.count(), 0, "a dry run sends nothing");
     let run = p.herald(&db, &["send", "hello"]);
     run.expect_code(0);
     assert!(run.stdout().contains("audience 3"), "{}", run.stdout());

@@ -9,7 +9,6 @@ use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use herald_domain::config::{Campaign, ConfigSet};
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
-use herald_engine::plan::decide;
 use herald_engine::render::CampaignRenderer;
 use herald_engine::run::PlanStats;
 use herald_engine::store::{RunCounts, RunRecord, Store};
@@ -173,40 +172,16 @@ pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
     );
 }
 
-async fn dry_run(config: &ConfigSet, store: &SqlStore, campaign: &Campaign) -> anyhow::Result<()> {
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut after = 0;
-    let mut counts: BTreeMap<(String, String, Option<String>), i64> = BTreeMap::new();
-    loop {
-        let page = store
-            .audience_page(
-                config.audience_of(campaign),
-                now,
-                campaign.topic.as_deref(),
-                after,
-                herald_engine::run::PLAN_PAGE,
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.contact_id;
-        for m in &page {
-            let p = decide(
-                campaign,
-                config.herald.defaults.global_holdout.get(),
-                m,
-                now,
-            );
-            *counts
-                .entry((p.arm, p.status.as_str().to_string(), p.reason))
-                .or_insert(0) += 1;
-        }
-    }
-    let counts = RunCounts {
-        rows: counts
-            .into_iter()
-            .map(|((a, s, r), n)| (a, s, r, n))
-            .collect(),
-    };
+async fn dry_run(
+    config: Arc<ConfigSet>,
+    store: Arc<SqlStore>,
+    campaign: &Campaign,
+) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let now = clock.now_ms();
+    let counts = Engine::new(store, clock, config)
+        .dry_run(campaign, now)
+        .await?;
     let total: i64 = counts.rows.iter().map(|r| r.3).sum();
     println!(
         "dry run of `{}`: audience {total}; nothing was written or sent",
@@ -240,7 +215,7 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
     let store = Arc::new(app::store(cli, &config).await?);
     if args.dry_run {
         preflight(&config, templates, &store, &campaign).await?;
-        return dry_run(&config, &store, &campaign).await;
+        return dry_run(config, store, &campaign).await;
     }
     let signer = app::signer(&config)?;
     let summary = send_campaign(

@@ -2,13 +2,14 @@
 //! scheduled instant), snapshot its audience page by page into message rows
 //! (resuming where a crash left off), then hand it to the dispatcher.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use herald_domain::config::{Campaign, ConfigSet};
 
 use crate::clock::Clock;
 use crate::plan::decide;
-use crate::store::{CampaignRecord, RunRecord, Store, StoreError};
+use crate::store::{CampaignRecord, PlannedMessage, RunCounts, RunRecord, Store, StoreError};
 
 /// Audience members read and planned per page.
 pub const PLAN_PAGE: u32 = 2000;
@@ -89,27 +90,10 @@ impl Engine {
         campaign: &Campaign,
         run: &RunRecord,
     ) -> Result<PlanStats, EngineError> {
-        let filter = self.config.audience_of(campaign);
-        let global_holdout = self.config.herald.defaults.global_holdout.get();
         let mut after = self.store.last_planned_contact(run.id).await?;
         let mut stats = PlanStats::default();
-        loop {
-            let page = self
-                .store
-                .audience_page(
-                    filter,
-                    run.now_at,
-                    campaign.topic.as_deref(),
-                    after,
-                    PLAN_PAGE,
-                )
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = last.contact_id;
-            let rows: Vec<_> = page
-                .iter()
-                .map(|m| decide(campaign, global_holdout, m, run.now_at))
-                .collect();
+        while let Some((last, rows)) = self.decide_page(campaign, run.now_at, after).await? {
+            after = last;
             self.store
                 .insert_planned(run.id, run.campaign_id, &rows, self.clock.now_ms())
                 .await?;
@@ -119,5 +103,54 @@ impl Engine {
             .finish_planning(run.id, self.clock.now_ms())
             .await?;
         Ok(stats)
+    }
+
+    /// What a run of `campaign` at `now` (ms) would plan, counted by arm, status
+    /// and reason, without writing anything (`herald send --dry-run`).
+    pub async fn dry_run(&self, campaign: &Campaign, now: i64) -> Result<RunCounts, EngineError> {
+        let mut counts: BTreeMap<(String, String, Option<String>), i64> = BTreeMap::new();
+        let mut after = 0;
+        while let Some((last, rows)) = self.decide_page(campaign, now, after).await? {
+            after = last;
+            for p in rows {
+                *counts
+                    .entry((p.arm, p.status.as_str().to_string(), p.reason))
+                    .or_insert(0) += 1;
+            }
+        }
+        Ok(RunCounts {
+            rows: counts
+                .into_iter()
+                .map(|((a, s, r), n)| (a, s, r, n))
+                .collect(),
+        })
+    }
+
+    /// One keyset page of the audience after contact `after`, decided; `None` past the end.
+    async fn decide_page(
+        &self,
+        campaign: &Campaign,
+        now: i64,
+        after: i64,
+    ) -> Result<Option<(i64, Vec<PlannedMessage>)>, EngineError> {
+        let page = self
+            .store
+            .audience_page(
+                self.config.audience_of(campaign),
+                now,
+                campaign.topic.as_deref(),
+                after,
+                PLAN_PAGE,
+            )
+            .await?;
+        let Some(last) = page.last().map(|m| m.contact_id) else {
+            return Ok(None);
+        };
+        let global_holdout = self.config.herald.defaults.global_holdout.get();
+        let rows = page
+            .iter()
+            .map(|m| decide(campaign, global_holdout, m, now))
+            .collect();
+        Ok(Some((last, rows)))
     }
 }
