@@ -22,10 +22,13 @@ macro_rules! on_both_databases {
     )*};
 }
 
+mod campaign_preview;
 mod check;
+mod contacts;
 mod demo;
 mod import;
 mod preview;
+mod report;
 mod segments;
 mod send;
 

@@ -5,12 +5,18 @@
 mod app;
 mod bench;
 mod check;
+mod contacts;
+mod daemon;
 mod datagen;
 mod demo;
 mod import;
+mod preview;
+mod report;
+mod runs;
 mod segment;
 mod send;
 mod serve;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,8 +80,26 @@ enum Command {
         #[command(subcommand)]
         cmd: segment::SegmentCmd,
     },
+    /// The rendered messages of a campaign for one contact.
+    Preview(preview::PreviewArgs),
     /// Starts a run of a campaign now.
     Send(send::SendArgs),
+    /// Pauses, resumes or cancels a run.
+    Runs {
+        #[command(subcommand)]
+        cmd: runs::RunsCmd,
+    },
+    /// The daemon: scheduler, dispatch workers and the tracking server.
+    Run(daemon::RunArgs),
+    /// Runs, queue depth per channel, achieved send rates, failures.
+    Status,
+    /// The A/B result of a campaign.
+    Report(report::ReportArgs),
+    /// A contact's data: export it, or forget it.
+    Contacts {
+        #[command(subcommand)]
+        cmd: contacts::ContactsCmd,
+    },
     /// The tracking server alone: opens, clicks, unsubscribes, webhooks, POST /events.
     Serve,
     /// Measures import and send throughput and memory.
@@ -124,7 +148,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import { what } => import::run(&cli, what).await,
         Command::Check => check::run(&cli).await,
         Command::Segment { cmd } => segment::run(&cli, cmd).await,
+        Command::Preview(args) => preview::run(&cli, args).await,
         Command::Send(args) => send::run(&cli, args).await,
+        Command::Runs { cmd } => runs::run(&cli, cmd).await,
+        Command::Run(args) => daemon::run(&cli, args).await,
+        Command::Status => status::run(&cli).await,
+        Command::Report(args) => report::run(&cli, args).await,
+        Command::Contacts { cmd } => contacts::run(&cli, cmd).await,
         Command::Serve => serve::run(&cli).await,
         Command::Bench(args) => bench::run(args).await,
     }

@@ -7,8 +7,11 @@
 //! is one dialect.
 
 pub mod audience;
+pub mod contacts;
 pub mod db;
 pub mod import;
+pub mod personalise;
+pub mod report;
 pub mod segment_bench;
 pub mod segment_sql;
 pub mod sql;
