@@ -1,26 +1,39 @@
 //! `herald check`: validates every config file, segment and template. Each
-//! campaign's templates are rendered against sample contacts of its audience
-//! (or a built-in sample when the database has none), so a missing variable
-//! is found here and not as a hole in a sent message. Exit 2 on any problem.
+//! campaign's templates are rendered against sample contacts of its audience,
+//! with their real personalisation (`rfm`, `lifecycle`, `best_hour`, `top`), or
+//! against a built-in sample when the database has none, so a missing variable
+//! (a `top.order_placed.sku` for someone who never ordered) is found here and
+//! not as a hole in a sent message. Exit 2 on any problem.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use herald_domain::config::{Campaign, ConfigSet};
+use herald_domain::segment::{Lifecycle, Rfm};
 use herald_domain::token::TokenSigner;
 use herald_domain::types::{CampaignKind, Channel};
-use herald_engine::render::{CampaignRenderer, MessageRenderer};
-use herald_engine::store::{ClaimedMessage, ContactView, Store};
+use herald_engine::render::{CampaignRenderer, MessageRenderer, top_keys};
+use herald_engine::store::{
+    ClaimedMessage, ContactView, Personalisation, PersonalisationRequest, Store, TopKey,
+};
 use herald_storage::store::SqlStore;
 use herald_templates::{TemplateSet, sms_segments};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{Cli, EXIT_INVALID, Exit, app};
 
 /// Audience members each campaign's templates are rendered for.
 pub const SAMPLE_CONTACTS: u32 = 20;
 
-/// A contact with the fields every template may print, for configs without data yet.
+/// The id of [`builtin_sample`]: no stored contact has it (ids start at 1).
+pub const BUILTIN_SAMPLE_ID: i64 = 0;
+
+/// A contact with the fields every template may print, for configs without data yet:
+/// a lapsed repeat buyer who opens the app in the evening. [`render_problems`] gives it
+/// a value for every `top.EVENT.PROPERTY` the templates read.
 pub fn builtin_sample() -> ContactView {
     ContactView {
-        id: 0,
+        id: BUILTIN_SAMPLE_ID,
         external_id: "sample-1".into(),
         email: Some("sample@example.com".into()),
         phone: Some("+8613800138000".into()),
@@ -28,7 +41,37 @@ pub fn builtin_sample() -> ContactView {
         locale: Some("en".into()),
         attrs: json!({}),
         tags: vec![],
+        personal: Personalisation {
+            rfm: Some(Rfm {
+                r: 3,
+                f: 3,
+                m: 3,
+                r_days: 120,
+                f_count: 3,
+                m_value: 320.0,
+            }),
+            lifecycle: Some(Lifecycle::Silent),
+            best_hour: Some(20),
+            top: BTreeMap::new(),
+        },
     }
+}
+
+/// A plausible value for each of `keys`, for the built-in sample: `sample-sku` for `sku`.
+pub fn sample_top(keys: &[TopKey]) -> BTreeMap<TopKey, Value> {
+    keys.iter()
+        .map(|k| (k.clone(), json!(format!("sample-{}", k.property))))
+        .collect()
+}
+
+/// `contact`, or for the built-in sample a copy with a value for each of `keys`.
+pub fn with_sample_top<'a>(contact: &'a ContactView, keys: &[TopKey]) -> Cow<'a, ContactView> {
+    if contact.id != BUILTIN_SAMPLE_ID {
+        return Cow::Borrowed(contact);
+    }
+    let mut c = contact.clone();
+    c.personal.top.extend(sample_top(keys));
+    Cow::Owned(c)
 }
 
 /// Renders every variant of `campaign` on every channel for each of `contacts`; returns the problems.
@@ -44,10 +87,13 @@ pub fn render_problems(
         &config.herald,
         TokenSigner::new(b"herald-check-only-secret"),
     );
+    let keys = renderer.personalisation(0).top;
+    let contacts: Vec<Cow<'_, ContactView>> =
+        contacts.iter().map(|c| with_sample_top(c, &keys)).collect();
     let mut problems = Vec::new();
     for v in &campaign.variants {
         for &channel in &campaign.channels {
-            for contact in contacts {
+            for contact in &contacts {
                 let msg = ClaimedMessage {
                     id: 0,
                     run_id: 0,
@@ -60,8 +106,17 @@ pub fn render_problems(
                 };
                 match renderer.render(&msg, contact) {
                     Err(e) => {
+                        // The contact has no such value in the window: say how to allow that.
+                        let hint = if e.contains("variable `top.") {
+                            format!(
+                                " (no such value among the contact's events of the last {}; use {{{{default top.EVENT.PROPERTY \"...\"}}}} where a contact may have none)",
+                                config.herald.personalisation.window
+                            )
+                        } else {
+                            String::new()
+                        };
                         problems.push(format!(
-                            "{}: variant `{}`, {channel}, contact `{}`: {e}",
+                            "{}: variant `{}`, {channel}, contact `{}`: {e}{hint}",
                             campaign.file,
                             v.name.get_ref(),
                             contact.external_id
@@ -92,10 +147,12 @@ pub fn render_problems(
     problems
 }
 
-/// Sample audience members of `campaign` from the database.
+/// Sample audience members of `campaign` from the database, with the personalisation
+/// its templates read.
 pub async fn sample_contacts(
     store: &SqlStore,
     config: &ConfigSet,
+    templates: &TemplateSet,
     campaign: &Campaign,
 ) -> anyhow::Result<Vec<ContactView>> {
     let now = chrono::Utc::now().timestamp_millis();
@@ -106,10 +163,12 @@ pub async fn sample_contacts(
             campaign.topic.as_deref(),
             0,
             SAMPLE_CONTACTS,
+            None,
         )
         .await?;
     let ids: Vec<i64> = members.iter().map(|m| m.contact_id).collect();
-    Ok(store.contacts(&ids).await?)
+    let want = PersonalisationRequest::new(now, &config.herald, top_keys(templates, campaign));
+    Ok(store.contacts(&ids, &want).await?)
 }
 
 /// Campaigns whose arms would reshuffle: their name, holdout or weights changed since a recorded run.
@@ -223,7 +282,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     if problems.is_empty() {
         for c in config.campaigns.values() {
             let mut contacts = match &store {
-                Some(s) => sample_contacts(s, &config, c).await?,
+                Some(s) => sample_contacts(s, &config, &templates, c).await?,
                 None => vec![],
             };
             if contacts.is_empty() {

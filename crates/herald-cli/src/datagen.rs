@@ -1,6 +1,7 @@
 //! Deterministic generated data for the demo and the benchmarks: contacts
-//! with addresses, locales and attributes, and a purchase and app-open
-//! history, written as CSV so they go through the real import path.
+//! with addresses, locales and attributes, and a purchase history (each
+//! order a `sku`, mostly the contact's favourite one) and app opens, written
+//! as CSV so they go through the real import path.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -27,6 +28,9 @@ const SKUS: [&str; 6] = [
     "gift-box",
 ];
 const DAY_MS: i64 = 86_400_000;
+/// How often an order is of the contact's favourite product, so that
+/// `top.order_placed.sku` has a clear winner for most repeat buyers.
+const FAVOURITE_SHARE: f64 = 0.6;
 
 /// Writes `n` contacts to `path` as CSV.
 pub fn contacts_csv(path: &Path, n: usize, seed: u64) -> std::io::Result<()> {
@@ -87,9 +91,14 @@ pub fn events_csv(path: &Path, n: usize, now_ms: i64, seed: u64) -> std::io::Res
         // Each contact has their own rhythm; some stopped buying a while ago.
         let gap_days = rng.random_range(7..60);
         let last = rng.random_range(0..200);
+        let favourite = SKUS[rng.random_range(0..SKUS.len())];
         for k in 0..orders {
             let at = now_ms - (last + k * gap_days) as i64 * DAY_MS - rng.random_range(0..DAY_MS);
-            let sku = SKUS[rng.random_range(0..SKUS.len())];
+            let sku = if rng.random_bool(FAVOURITE_SHARE) {
+                favourite
+            } else {
+                SKUS[rng.random_range(0..SKUS.len())]
+            };
             let value = rng.random_range(20..400);
             writeln!(
                 w,

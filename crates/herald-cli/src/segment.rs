@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use herald_domain::segment::{Expr, Lifecycle};
-use herald_engine::store::Store;
+use herald_engine::store::{PersonalisationRequest, Store};
 use herald_storage::segment_sql::{SegmentContext, append, compile, count_sql, rfm_scores_sql};
 use herald_storage::sql::Sql;
 use herald_storage::store::SqlStore;
@@ -124,10 +124,15 @@ pub async fn run(cli: &Cli, cmd: &SegmentCmd) -> anyhow::Result<()> {
     let grid = rf_grid(&store, &segment.filter, &ctx).await?;
     let no_rfm = total - grid.values().sum::<i64>();
     let members = store
-        .audience_page(&segment.filter, now, None, 0, args.limit)
+        .audience_page(&segment.filter, now, None, 0, args.limit, None)
         .await?;
     let ids: Vec<i64> = members.iter().map(|m| m.contact_id).collect();
-    let sample = store.contacts(&ids).await?;
+    let sample = store
+        .contacts(
+            &ids,
+            &PersonalisationRequest::new(now, &config.herald, Vec::new()),
+        )
+        .await?;
 
     if args.format == Format::Json {
         let doc = json!({

@@ -2,6 +2,8 @@
 //! the interface the dispatcher renders through, and its handlebars
 //! implementation over the campaign's variants.
 
+use std::collections::BTreeSet;
+
 use herald_channels::RenderedMessage;
 use herald_domain::config::{Campaign, HeraldConfig, Variant};
 use herald_domain::token::{TokenKind, TokenSigner};
@@ -9,10 +11,12 @@ use herald_domain::types::{CampaignKind, Channel};
 use herald_templates::{
     LinkContext, Rendered, TemplateError, TemplateSet, compose_sms, html_to_text,
 };
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
-use crate::store::{ClaimedMessage, ContactView, LinkRecord};
+use crate::store::{
+    ClaimedMessage, ContactView, LinkRecord, Personalisation, PersonalisationRequest, TopKey,
+};
 
 /// A rendered message and the tracked links it contains.
 #[derive(Debug, Clone)]
@@ -27,6 +31,8 @@ pub struct RenderOutput {
 pub trait MessageRenderer: Send + Sync {
     /// Renders `msg` for `contact`, or says why it cannot be rendered.
     fn render(&self, msg: &ClaimedMessage, contact: &ContactView) -> Result<RenderOutput, String>;
+    /// The personalisation the templates need, computed at `now` (ms).
+    fn personalisation(&self, now: i64) -> PersonalisationRequest;
 }
 
 /// The name under which a variant's inline subject or title is registered.
@@ -53,6 +59,46 @@ pub fn register_inline<'a>(
     Ok(())
 }
 
+/// A JSON number for `v`: a whole number prints as one (`250`, not `250.0`).
+fn number(v: f64) -> Value {
+    // Within 2^53 a whole f64 converts to i64 exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if v.fract() == 0.0 && v.abs() <= EXACT {
+        json!(v as i64)
+    } else {
+        json!(v)
+    }
+}
+
+/// `rfm`, `lifecycle`, `best_hour` and `top` as templates see them; a missing value is
+/// null, which strict rendering reports like an absent one.
+fn personal_data(p: &Personalisation) -> Map<String, Value> {
+    let rfm = p.rfm.map(|r| {
+        json!({
+            "r": r.r, "f": r.f, "m": r.m,
+            "r_days": r.r_days, "f_count": r.f_count, "m_value": number(r.m_value),
+        })
+    });
+    let mut top = Map::new();
+    for (key, value) in &p.top {
+        let event = top
+            .entry(key.event.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(props) = event {
+            props.insert(key.property.clone(), value.clone());
+        }
+    }
+    Map::from_iter([
+        ("rfm".to_string(), rfm.unwrap_or(Value::Null)),
+        (
+            "lifecycle".to_string(),
+            p.lifecycle.map_or(Value::Null, |l| json!(l.as_str())),
+        ),
+        ("best_hour".to_string(), json!(p.best_hour)),
+        ("top".to_string(), Value::Object(top)),
+    ])
+}
+
 /// What templates see of a contact, campaign and variant (SPEC section 2).
 pub fn template_data(
     contact: &ContactView,
@@ -60,7 +106,7 @@ pub fn template_data(
     variant: &str,
     unsubscribe_url: &str,
 ) -> Value {
-    json!({
+    let mut data = json!({
         "contact": {
             "external_id": contact.external_id,
             "email": contact.email,
@@ -73,7 +119,35 @@ pub fn template_data(
         "campaign": { "name": campaign.name, "kind": campaign.kind.as_str(), "topic": campaign.topic },
         "variant": { "name": variant },
         "unsubscribe_url": unsubscribe_url,
-    })
+    });
+    if let Value::Object(m) = &mut data {
+        m.extend(personal_data(&contact.personal));
+    }
+    data
+}
+
+/// Every `top.EVENT.PROPERTY` the variants of `campaign` read, in their files (and
+/// locale variants) and inline subjects and titles.
+pub fn top_keys(templates: &TemplateSet, campaign: &Campaign) -> Vec<TopKey> {
+    let mut pairs = BTreeSet::new();
+    for v in &campaign.variants {
+        let name = v.name.get_ref().as_str();
+        let files = [
+            v.email.as_ref().map(|e| &e.template),
+            v.sms.as_ref().map(|s| &s.template),
+            v.push.as_ref().map(|p| &p.template),
+        ];
+        for t in files.into_iter().flatten() {
+            pairs.extend(templates.top_paths(t));
+        }
+        for ch in [Channel::Email, Channel::Push] {
+            pairs.extend(templates.inline_top_paths(&inline_name(&campaign.name, name, ch)));
+        }
+    }
+    pairs
+        .into_iter()
+        .map(|(event, property)| TopKey { event, property })
+        .collect()
 }
 
 /// Renders one campaign's messages with its compiled templates.
@@ -85,6 +159,8 @@ pub struct CampaignRenderer {
     bounce_domain: Option<String>,
     sms_opt_out_line: Option<String>,
     callback_url: Option<String>,
+    /// The personalisation the campaign's templates read (its `top.*` pairs found once).
+    personalisation: PersonalisationRequest,
 }
 
 impl CampaignRenderer {
@@ -97,6 +173,11 @@ impl CampaignRenderer {
     ) -> Self {
         let public_url = herald.tracking.public_url.trim_end_matches('/').to_string();
         Self {
+            personalisation: PersonalisationRequest::new(
+                0,
+                herald,
+                top_keys(&templates, &campaign),
+            ),
             templates,
             signer,
             bounce_domain: herald.channels.email.bounce_domain.clone(),
@@ -137,6 +218,13 @@ fn links_of(r: &Rendered) -> Vec<LinkRecord> {
 }
 
 impl MessageRenderer for CampaignRenderer {
+    fn personalisation(&self, now: i64) -> PersonalisationRequest {
+        PersonalisationRequest {
+            now,
+            ..self.personalisation.clone()
+        }
+    }
+
     fn render(&self, msg: &ClaimedMessage, contact: &ContactView) -> Result<RenderOutput, String> {
         let variant = self
             .variant(&msg.arm)
@@ -249,6 +337,113 @@ impl MessageRenderer for CampaignRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_domain::segment::{Lifecycle, Rfm};
+    use std::collections::BTreeMap;
+
+    fn campaign() -> Campaign {
+        Campaign::parse(
+            "c.toml",
+            r#"
+name = "c"
+where = 'attrs.x == 1'
+channels = ["sms", "email"]
+[[variants]]
+name = "a"
+email = { subject = "{{default top.order_placed.colour \"\"}}", template = "t.email.hbs" }
+sms = { template = "t.sms.hbs" }
+"#,
+        )
+        .unwrap()
+    }
+
+    fn contact(personal: Personalisation) -> ContactView {
+        ContactView {
+            id: 1,
+            external_id: "c1".into(),
+            email: Some("a@example.com".into()),
+            phone: None,
+            timezone: None,
+            locale: Some("zh-CN".into()),
+            attrs: json!({}),
+            tags: vec![],
+            personal,
+        }
+    }
+
+    fn key(event: &str, property: &str) -> TopKey {
+        TopKey {
+            event: event.into(),
+            property: property.into(),
+        }
+    }
+
+    #[test]
+    fn templates_see_rfm_lifecycle_best_hour_and_top() {
+        let personal = Personalisation {
+            rfm: Some(Rfm {
+                r: 4,
+                f: 2,
+                m: 3,
+                r_days: 31,
+                f_count: 2,
+                m_value: 550.0,
+            }),
+            lifecycle: Some(Lifecycle::Dormant),
+            best_hour: Some(19),
+            top: BTreeMap::from([
+                (key("order_placed", "sku"), json!("tea")),
+                (key("order_placed", "qty"), json!(2)),
+            ]),
+        };
+        let data = template_data(&contact(personal), &campaign(), "a", "u");
+        assert_eq!(
+            data["rfm"],
+            json!({"r": 4, "f": 2, "m": 3, "r_days": 31, "f_count": 2, "m_value": 550})
+        );
+        assert_eq!(data["lifecycle"], "dormant");
+        assert_eq!(data["best_hour"], 19);
+        assert_eq!(
+            data["top"],
+            json!({"order_placed": {"sku": "tea", "qty": 2}})
+        );
+        assert_eq!(data["contact"]["external_id"], "c1");
+    }
+
+    #[test]
+    fn a_missing_top_value_is_a_missing_variable_unless_defaulted() {
+        let set = TemplateSet::from_strings(&[
+            ("t.sms.hbs", "{{top.order_placed.sku}} {{rfm.r}}"),
+            ("d.sms.hbs", "{{default top.order_placed.sku \"tea\"}}"),
+        ])
+        .unwrap();
+        let data = template_data(&contact(Personalisation::default()), &campaign(), "a", "u");
+        let e = set.render("t.sms.hbs", None, &data, None).unwrap_err();
+        assert!(e.to_string().contains("top.order_placed.sku"), "{e}");
+        assert_eq!(
+            set.render("d.sms.hbs", None, &data, None).unwrap().text,
+            "tea"
+        );
+    }
+
+    #[test]
+    fn top_keys_come_from_bodies_locale_variants_and_subjects() {
+        let mut set = TemplateSet::from_strings(&[
+            ("t.sms.hbs", "{{top.order_placed.sku}}"),
+            ("t.sms.zh-CN.hbs", "{{top.app_open.screen}}"),
+            ("t.email.hbs", "<p>{{contact.email}}</p>"),
+        ])
+        .unwrap();
+        let c = campaign();
+        register_inline(&mut set, [&c]).unwrap();
+        assert_eq!(
+            top_keys(&set, &c),
+            [
+                key("app_open", "screen"),
+                key("order_placed", "colour"),
+                key("order_placed", "sku")
+            ]
+        );
+    }
 
     #[test]
     fn the_open_pixel_goes_before_the_body_end() {

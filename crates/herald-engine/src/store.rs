@@ -2,8 +2,12 @@
 //! implements it on SQLite and PostgreSQL. Bulk operations take and return
 //! pages, so an audience of millions flows through bounded memory.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
-use herald_domain::segment::Expr;
+use herald_domain::config::{HeraldConfig, Timezone};
+use herald_domain::duration::Span;
+use herald_domain::segment::{Expr, Lifecycle, Rfm};
 use herald_domain::types::{Channel, MessageStatus};
 use serde_json::Value;
 
@@ -66,6 +70,30 @@ pub struct AudienceMember {
     pub suppressed: Vec<Channel>,
     /// Unsubscribed from the campaign's topic.
     pub topic_opt_out: bool,
+    /// The contact's IANA time zone, if known.
+    pub timezone: Option<String>,
+    /// The contact's most active local hour, when the campaign sends at it.
+    pub best_hour: Option<u8>,
+    /// Messages the contact already has (any campaign), newest first, for
+    /// `reentry` and frequency caps; empty unless asked for.
+    pub history: Vec<PastMessage>,
+}
+
+/// A message a contact already has: what `reentry` and frequency caps count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastMessage {
+    /// Its campaign's name.
+    pub campaign: String,
+    /// Its run's id.
+    pub run_id: i64,
+    /// Its channel (none for held-out and suppressed messages).
+    pub channel: Option<Channel>,
+    /// Its planned send time (ms).
+    pub send_at: i64,
+    /// Its status.
+    pub status: MessageStatus,
+    /// Whether its campaign is marketing (transactional messages count toward no cap).
+    pub marketing: bool,
 }
 
 /// A message row to insert when planning.
@@ -129,6 +157,56 @@ pub struct ContactView {
     pub attrs: Value,
     /// Tags.
     pub tags: Vec<String>,
+    /// What templates see beyond the contact's own fields.
+    pub personal: Personalisation,
+}
+
+/// A `top.EVENT.PROPERTY` a template reads: the contact's most frequent value of
+/// `PROPERTY` among their `EVENT` events.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopKey {
+    /// The event's name.
+    pub event: String,
+    /// The property of its `properties`.
+    pub property: String,
+}
+
+/// What [`Store::contacts`] computes for templates (SPEC section 2, "Templates see").
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonalisationRequest {
+    /// The instant it is computed at (ms); later events are ignored.
+    pub now: i64,
+    /// `top.*` and `best_hour` count events in `(now - window, now]` (`[personalisation] window`).
+    pub window: Span,
+    /// For contacts without a (valid) time zone: `[defaults] timezone`.
+    pub default_timezone: Timezone,
+    /// The `top.EVENT.PROPERTY` pairs the templates read; no other is fetched.
+    pub top: Vec<TopKey>,
+}
+
+impl PersonalisationRequest {
+    /// A request at `now` with the window and default time zone of `herald.toml`.
+    pub fn new(now: i64, herald: &HeraldConfig, top: Vec<TopKey>) -> Self {
+        Self {
+            now,
+            window: herald.personalisation.window,
+            default_timezone: herald.defaults.timezone,
+            top,
+        }
+    }
+}
+
+/// One contact's personalisation data.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Personalisation {
+    /// RFM scores and measures, as segments see them; `None` without a purchase.
+    pub rfm: Option<Rfm>,
+    /// Lifecycle stage (`None` only for a view made without a store).
+    pub lifecycle: Option<Lifecycle>,
+    /// The local hour (0..23) of most of the contact's events in the window; `None` without events.
+    pub best_hour: Option<u8>,
+    /// `top.EVENT.PROPERTY` values the contact has (a requested pair without a value is absent).
+    pub top: BTreeMap<TopKey, Value>,
 }
 
 /// A link made while rendering, stored so the tracking server redirects only to it.
@@ -211,6 +289,8 @@ pub trait Store: Send + Sync {
         fingerprint: &str,
     ) -> StoreResult<RunRecord>;
     /// One keyset page of the audience: members with contact id above `after`, in id order.
+    /// With `history_since`, each member's messages planned to be sent after it
+    /// (statuses that count: planned, sending, sent, delivered, bounced, unknown, held_out).
     async fn audience_page(
         &self,
         filter: &Expr,
@@ -218,7 +298,22 @@ pub trait Store: Send + Sync {
         topic: Option<&str>,
         after: i64,
         limit: u32,
+        history_since: Option<i64>,
     ) -> StoreResult<Vec<AudienceMember>>;
+    /// Takes (or renews) the right to plan `run_id` until `until`; false when another owner holds it.
+    async fn claim_planning(
+        &self,
+        run_id: i64,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// The latest scheduled instant of any run of the campaign named `campaign`.
+    async fn last_scheduled(&self, campaign: &str) -> StoreResult<Option<i64>>;
+    /// The name of the campaign of run `run_id`.
+    async fn run_campaign(&self, run_id: i64) -> StoreResult<Option<String>>;
+    /// Runs of the campaign named `campaign` still in `planning` (a planner died).
+    async fn unfinished_plans(&self, campaign: &str) -> StoreResult<Vec<RunRecord>>;
     /// The highest contact id already planned in this run (to resume planning after a crash).
     async fn last_planned_contact(&self, run_id: i64) -> StoreResult<i64>;
     /// Inserts planned messages; a (run, contact, step) already there is left alone.
@@ -243,14 +338,24 @@ pub trait Store: Send + Sync {
         lease_until: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>>;
-    /// Marks claimed messages `sending`, just before their requests are written.
-    async fn mark_sending(&self, ids: &[i64], now: i64) -> StoreResult<()>;
-    /// The contacts, for rendering.
-    async fn contacts(&self, ids: &[i64]) -> StoreResult<Vec<ContactView>>;
+    /// Marks claimed messages `sending`, just before their requests are written;
+    /// returns the ids marked: only those `owner` still holds a live lease on.
+    async fn mark_sending(&self, owner: &str, ids: &[i64], now: i64) -> StoreResult<Vec<i64>>;
+    /// The contacts, for rendering, with the personalisation `want` asks for, computed
+    /// for the whole list in a fixed number of queries (never one per contact).
+    async fn contacts(
+        &self,
+        ids: &[i64],
+        want: &PersonalisationRequest,
+    ) -> StoreResult<Vec<ContactView>>;
     /// Records outcomes, attempts and links in one transaction.
     async fn record_outcomes(&self, outcomes: &[Outcome], now: i64) -> StoreResult<()>;
     /// Marks a run done when nothing of it is planned or sending.
     async fn finish_run_if_drained(&self, run_id: i64, now: i64) -> StoreResult<bool>;
+    /// A run's planned messages: (due now or being sent or retried, planned for later than `now`).
+    async fn run_pending(&self, run_id: i64, now: i64) -> StoreResult<(i64, i64)>;
+    /// Marks every running run done whose messages are all settled; returns their ids.
+    async fn finish_drained_runs(&self, now: i64) -> StoreResult<Vec<i64>>;
     /// Counts of the run's messages by arm, status and reason.
     async fn run_counts(&self, run_id: i64) -> StoreResult<RunCounts>;
 }

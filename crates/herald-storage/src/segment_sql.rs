@@ -101,7 +101,7 @@ pub fn compile_range(
     let mut cond = Sql::new();
     c.expr(expr, &mut cond)?;
     let skip_before = c.prune_bound(expr);
-    let joins = c.joins(ids, skip_before)?;
+    let joins = c.joins(ids.map(Only::Range), skip_before)?;
     Ok(Compiled { joins, cond })
 }
 
@@ -133,22 +133,36 @@ pub fn rfm_grid_sql(ctx: &SegmentContext<'_>) -> Result<Sql, Unsupported> {
     Ok(q)
 }
 
+/// RFM and lifecycle of the contacts `ids`, as `(id, r, f, m, r_days, f_count, m_value,
+/// lifecycle)` rows (any order); the RFM columns are NULL for a contact without a purchase.
+/// The expressions are the filters' own, so templates and segments agree to the digit. The
+/// event aggregates read only these contacts' events; the composite M still ranks each of
+/// them against the whole base (percentile ranks need every buyer).
+pub fn personal_sql(ctx: &SegmentContext<'_>, ids: &[i64]) -> Result<Sql, Unsupported> {
+    let c = Compiler::new(ctx)?;
+    let mut q = Sql::new();
+    q.push("SELECT c.id AS id");
+    c.rfm_columns(&mut q)?;
+    q.push(", ");
+    c.lifecycle(&mut q);
+    q.push(" AS lifecycle FROM contacts c");
+    append(&mut q, c.joins(Some(Only::Ids(ids)), None)?);
+    q.push(" WHERE c.id IN (");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.bind(*id);
+    }
+    q.push(if ids.is_empty() { "NULL)" } else { ")" });
+    Ok(q)
+}
+
 fn rfm_select(ctx: &SegmentContext<'_>) -> Result<Sql, Unsupported> {
     let c = Compiler::new(ctx)?;
     let mut q = Sql::new();
     q.push("SELECT c.id AS id");
-    for (f, name) in [
-        (Field::RfmR, "r"),
-        (Field::RfmF, "f"),
-        (Field::RfmM, "m"),
-        (Field::RfmRDays, "r_days"),
-        (Field::RfmFCount, "f_count"),
-        (Field::RfmMValue, "m_value"),
-    ] {
-        q.push(", ");
-        c.num(&f, &mut q)?;
-        q.push(&format!(" AS {name}"));
-    }
+    c.rfm_columns(&mut q)?;
     let r = c.agg(AggCol::Rfm(RfmCol::R));
     q.push(" FROM contacts c");
     append(&mut q, c.joins(None, None)?);
@@ -278,6 +292,23 @@ impl<'a> Compiler<'a> {
 
     fn pg(&self) -> bool {
         self.ctx.pg()
+    }
+
+    /// `, r, f, m, r_days, f_count, m_value`: the RFM select list.
+    fn rfm_columns(&self, q: &mut Sql) -> Result<(), Unsupported> {
+        for (f, name) in [
+            (Field::RfmR, "r"),
+            (Field::RfmF, "f"),
+            (Field::RfmM, "m"),
+            (Field::RfmRDays, "r_days"),
+            (Field::RfmFCount, "f_count"),
+            (Field::RfmMValue, "m_value"),
+        ] {
+            q.push(", ");
+            self.num(&f, q)?;
+            q.push(&format!(" AS {name}"));
+        }
+        Ok(())
     }
 
     /// The `ag` column for `col`, added on first use.
@@ -754,7 +785,7 @@ impl<'a> Compiler<'a> {
 
     /// The joins the condition compiled so far needs; `ag` reads only events after
     /// `skip_before` when given (see [`Compiler::prune_bound`]).
-    fn joins(&self, ids: Option<IdRange>, skip_before: Option<i64>) -> Result<Sql, Unsupported> {
+    fn joins(&self, ids: Option<Only<'_>>, skip_before: Option<i64>) -> Result<Sql, Unsupported> {
         let mut q = Sql::new();
         // The composite score ranks against the whole base, so it is built first (it may add
         // nothing to `ag`, which is per contact and may be restricted to `ids`).
@@ -798,7 +829,7 @@ impl<'a> Compiler<'a> {
     fn aggregate(
         &self,
         cols: &[AggCol],
-        ids: Option<IdRange>,
+        ids: Option<Only<'_>>,
         skip_before: Option<i64>,
         q: &mut Sql,
     ) {
@@ -955,7 +986,7 @@ impl<'a> Compiler<'a> {
     /// contact's gaps (whole milliseconds, so exact) are then sorted into an array (a JSON
     /// one on SQLite, which needs 3.44 for an ordered aggregate) and the middle read by
     /// position. Both databases divide the same doubles in the same order as the evaluator.
-    fn overdue(&self, event: &str, ids: Option<IdRange>, q: &mut Sql) {
+    fn overdue(&self, event: &str, ids: Option<Only<'_>>, q: &mut Sql) {
         let now = self.ctx.now;
         let (sorted, middle) = if self.pg() {
             (
@@ -1060,13 +1091,36 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// `AND col > after AND col <= up_to` for a restricted query.
-fn range(ids: Option<IdRange>, col: &str, q: &mut Sql) {
-    if let Some(r) = ids {
-        q.push(&format!(" AND {col} > "))
-            .bind(r.after)
-            .push(&format!(" AND {col} <= "))
-            .bind(r.up_to);
+/// The contacts whose events a restricted query aggregates.
+#[derive(Debug, Clone, Copy)]
+enum Only<'a> {
+    /// A window of ids (audience pages).
+    Range(IdRange),
+    /// A list of ids (personalisation of a page of recipients).
+    Ids(&'a [i64]),
+}
+
+/// `AND col > after AND col <= up_to` or `AND col IN (..)` for a restricted query.
+fn range(ids: Option<Only<'_>>, col: &str, q: &mut Sql) {
+    match ids {
+        None => {}
+        Some(Only::Range(r)) => {
+            q.push(&format!(" AND {col} > "))
+                .bind(r.after)
+                .push(&format!(" AND {col} <= "))
+                .bind(r.up_to);
+        }
+        Some(Only::Ids(ids)) => {
+            q.push(&format!(" AND {col} IN ("));
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.bind(*id);
+            }
+            // An empty list matches nothing (and `IN ()` is not SQL).
+            q.push(if ids.is_empty() { "NULL)" } else { ")" });
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use serde_json::Value as Json;
 
 use crate::audience::{AudiencePager, PagerStep};
 use crate::db::Db;
+use crate::personalise::{Subject, personalise};
 use crate::segment_sql::SegmentContext;
 use crate::sql::{Sql, stmt};
 
@@ -73,6 +74,47 @@ impl SqlStore {
             .query_all_raw(q.build(self.b()))
             .await
             .map_err(err)
+    }
+
+    /// Fills each member's `history`: their messages planned after `since`
+    /// in statuses that `reentry` and frequency caps count, in one query.
+    async fn attach_history(&self, members: &mut [AudienceMember], since: i64) -> StoreResult<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let (lo, hi) = (members[0].contact_id, members[members.len() - 1].contact_id);
+        // The page is an id range: one range scan instead of thousands of bound ids.
+        let mut q = Sql::new();
+        q.push("SELECT m.contact_id, c.name, m.run_id, m.channel, m.send_at, m.status, c.kind FROM messages m JOIN campaigns c ON c.id = m.campaign_id WHERE m.contact_id BETWEEN ")
+            .bind(lo)
+            .push(" AND ")
+            .bind(hi)
+            .push(" AND m.send_at > ")
+            .bind(since)
+            .push(" AND m.status IN ('planned', 'sending', 'sent', 'delivered', 'bounced', 'unknown', 'held_out') ORDER BY m.contact_id, m.send_at DESC");
+        let rows = self.all(q).await?;
+        let index: std::collections::HashMap<i64, usize> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.contact_id, i))
+            .collect();
+        for r in &rows {
+            let Some(&i) = index.get(&get::<i64>(r, 0)?) else {
+                continue;
+            };
+            let channel: Option<String> = get(r, 3)?;
+            let status: String = get(r, 5)?;
+            let kind: String = get(r, 6)?;
+            members[i].history.push(PastMessage {
+                campaign: get(r, 1)?,
+                run_id: get(r, 2)?,
+                channel: channel.map(|c| c.parse()).transpose().map_err(err)?,
+                send_at: get(r, 4)?,
+                status: status.parse().map_err(err)?,
+                marketing: kind == "marketing",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -177,6 +219,7 @@ impl Store for SqlStore {
         topic: Option<&str>,
         after: i64,
         limit: u32,
+        history_since: Option<i64>,
     ) -> StoreResult<Vec<AudienceMember>> {
         let ctx = self.segment_context(now);
         let mut pager = AudiencePager::new(filter, &ctx, topic, after, limit).map_err(err)?;
@@ -210,11 +253,79 @@ impl Store for SqlStore {
                     push_token: get(r, 7)?,
                     suppressed,
                     topic_opt_out: get(r, 11)?,
+                    timezone: get(r, 12)?,
+                    best_hour: None,
+                    history: Vec::new(),
                 });
             }
             pager.done(found);
         }
+        if let Some(since) = history_since {
+            self.attach_history(&mut members, since).await?;
+        }
         Ok(members)
+    }
+
+    async fn claim_planning(
+        &self,
+        run_id: i64,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let mut q = Sql::new();
+        q.push("UPDATE runs SET planner = ")
+            .bind(owner.to_string())
+            .push(", planner_until = ")
+            .bind(until)
+            .push(" WHERE id = ")
+            .bind(run_id)
+            .push(" AND state = 'planning' AND (planner IS NULL OR planner = ")
+            .bind(owner.to_string())
+            .push(" OR planner_until < ")
+            .bind(now)
+            .push(")");
+        Ok(self.exec(q).await? == 1)
+    }
+
+    async fn last_scheduled(&self, campaign: &str) -> StoreResult<Option<i64>> {
+        let mut q = Sql::new();
+        q.push("SELECT MAX(r.scheduled_at) FROM runs r JOIN campaigns c ON c.id = r.campaign_id WHERE c.name = ")
+            .bind(campaign.to_string())
+            .push(" AND r.origin = 'schedule'");
+        let rows = self.all(q).await?;
+        match rows.first() {
+            Some(r) => get(r, 0),
+            None => Ok(None),
+        }
+    }
+
+    async fn run_campaign(&self, run_id: i64) -> StoreResult<Option<String>> {
+        let mut q = Sql::new();
+        q.push("SELECT c.name FROM runs r JOIN campaigns c ON c.id = r.campaign_id WHERE r.id = ")
+            .bind(run_id);
+        let rows = self.all(q).await?;
+        rows.first().map(|r| get(r, 0)).transpose()
+    }
+
+    async fn unfinished_plans(&self, campaign: &str) -> StoreResult<Vec<RunRecord>> {
+        let mut q = Sql::new();
+        q.push("SELECT r.id, r.campaign_id, r.now_at, r.state FROM runs r JOIN campaigns c ON c.id = r.campaign_id WHERE r.state = 'planning' AND c.name = ")
+            .bind(campaign.to_string())
+            .push(" ORDER BY r.id");
+        self.all(q)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(RunRecord {
+                    id: get(r, 0)?,
+                    campaign_id: get(r, 1)?,
+                    now_at: get(r, 2)?,
+                    state: get(r, 3)?,
+                    created: false,
+                })
+            })
+            .collect()
     }
 
     async fn last_planned_contact(&self, run_id: i64) -> StoreResult<i64> {
@@ -268,13 +379,16 @@ impl Store for SqlStore {
     }
 
     async fn finish_planning(&self, run_id: i64, now: i64) -> StoreResult<()> {
-        // One message per address in a run: the first planned keeps it.
+        // One message per address in a run: the first planned keeps it. A window
+        // function, not a correlated EXISTS: one sort whatever plan the statistics suggest.
         let mut q = Sql::new();
         q.push("UPDATE messages SET status = 'suppressed', reason = 'duplicate_address', updated_at = ")
             .bind(now)
             .push(" WHERE run_id = ")
             .bind(run_id)
-            .push(" AND status = 'planned' AND address IS NOT NULL AND EXISTS (SELECT 1 FROM messages d WHERE d.run_id = messages.run_id AND d.channel = messages.channel AND d.address = messages.address AND d.status = 'planned' AND d.contact_id < messages.contact_id)");
+            .push(" AND id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY channel, address ORDER BY contact_id) AS rn FROM messages WHERE run_id = ")
+            .bind(run_id)
+            .push(" AND status = 'planned' AND address IS NOT NULL) ranked WHERE rn > 1)");
         self.exec(q).await?;
         let mut q = Sql::new();
         q.push("UPDATE runs SET state = 'running' WHERE state = 'planning' AND id = ")
@@ -343,20 +457,30 @@ impl Store for SqlStore {
         Ok(out)
     }
 
-    async fn mark_sending(&self, ids: &[i64], now: i64) -> StoreResult<()> {
+    async fn mark_sending(&self, owner: &str, ids: &[i64], now: i64) -> StoreResult<Vec<i64>> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        // Only under this owner's live lease: a claim that expired may already
+        // belong to another worker, and sending it here too would be a duplicate.
         let mut q = Sql::new();
         q.push("UPDATE messages SET status = 'sending', updated_at = ")
             .bind(now)
-            .push(" WHERE status = 'planned' AND id IN ");
+            .push(" WHERE status = 'planned' AND lease_owner = ")
+            .bind(owner.to_string())
+            .push(" AND lease_until >= ")
+            .bind(now)
+            .push(" AND id IN ");
         in_list(&mut q, ids);
-        self.exec(q).await?;
-        Ok(())
+        q.push(" RETURNING id");
+        self.all(q).await?.iter().map(|r| get(r, 0)).collect()
     }
 
-    async fn contacts(&self, ids: &[i64]) -> StoreResult<Vec<ContactView>> {
+    async fn contacts(
+        &self,
+        ids: &[i64],
+        want: &PersonalisationRequest,
+    ) -> StoreResult<Vec<ContactView>> {
         let ids: Vec<i64> = ids
             .iter()
             .copied()
@@ -370,7 +494,8 @@ impl Store for SqlStore {
         q.push("SELECT id, external_id, email, phone, timezone, locale, attrs, tags FROM contacts WHERE id IN ");
         in_list(&mut q, &ids);
         let rows = self.all(q).await?;
-        rows.iter()
+        let mut contacts = rows
+            .iter()
             .map(|r| {
                 let tags: Option<Json> = get(r, 7)?;
                 Ok(ContactView {
@@ -384,9 +509,27 @@ impl Store for SqlStore {
                     tags: tags
                         .and_then(|t| serde_json::from_value(t).ok())
                         .unwrap_or_default(),
+                    personal: Personalisation::default(),
                 })
             })
-            .collect()
+            .collect::<StoreResult<Vec<ContactView>>>()?;
+        let subjects: Vec<Subject<'_>> = contacts
+            .iter()
+            .map(|c| Subject {
+                id: c.id,
+                timezone: c.timezone.as_deref(),
+            })
+            .collect();
+        let (rfm, lifecycle) = &*self.segments;
+        let mut personal = personalise(&self.db, rfm, lifecycle, &subjects, want)
+            .await
+            .map_err(err)?;
+        for c in &mut contacts {
+            if let Some(p) = personal.remove(&c.id) {
+                c.personal = p;
+            }
+        }
+        Ok(contacts)
     }
 
     async fn record_outcomes(&self, outcomes: &[Outcome], now: i64) -> StoreResult<()> {
@@ -528,6 +671,30 @@ impl Store for SqlStore {
             .bind(run_id);
         self.exec(q).await?;
         Ok(true)
+    }
+
+    async fn run_pending(&self, run_id: i64, now: i64) -> StoreResult<(i64, i64)> {
+        let mut q = Sql::new();
+        q.push("SELECT COALESCE(SUM(CASE WHEN status = 'sending' OR send_at <= ")
+            .bind(now)
+            .push(
+                " THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN status = 'planned' AND send_at > ",
+            )
+            .bind(now)
+            .push(" THEN 1 ELSE 0 END), 0) FROM messages WHERE run_id = ")
+            .bind(run_id)
+            .push(" AND status IN ('planned', 'sending')");
+        let rows = self.all(q).await?;
+        let r = rows.first().ok_or_else(|| err("no row"))?;
+        Ok((get(r, 0)?, get(r, 1)?))
+    }
+
+    async fn finish_drained_runs(&self, now: i64) -> StoreResult<Vec<i64>> {
+        let mut q = Sql::new();
+        q.push("UPDATE runs SET state = 'done', finished_at = ")
+            .bind(now)
+            .push(" WHERE state = 'running' AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.run_id = runs.id AND m.status IN ('planned', 'sending')) RETURNING id");
+        self.all(q).await?.iter().map(|r| get(r, 0)).collect()
     }
 
     async fn run_counts(&self, run_id: i64) -> StoreResult<RunCounts> {

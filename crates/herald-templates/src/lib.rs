@@ -14,6 +14,7 @@ mod error;
 pub mod helpers;
 mod html_text;
 mod locale;
+mod paths;
 mod set;
 pub mod sms;
 

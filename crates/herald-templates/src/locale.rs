@@ -69,6 +69,15 @@ impl Variants {
         Ok(())
     }
 
+    /// The registered names of every locale variant of `base`.
+    pub(crate) fn of(&self, base: &str) -> impl Iterator<Item = &str> {
+        self.by_base
+            .get(base)
+            .into_iter()
+            .flatten()
+            .map(|(_, name)| name.as_str())
+    }
+
     /// The variant of `base` for `locale`, most specific first, if one exists.
     pub(crate) fn pick(&self, base: &str, locale: &str) -> Option<&str> {
         let list = self.by_base.get(base)?;

@@ -3,6 +3,7 @@
 //! push and inline subjects/titles), with locale fallback and a render call
 //! that returns the text and the tracked links it made.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -168,6 +169,31 @@ impl TemplateSet {
         locale
             .and_then(|l| self.variants.pick(name, l))
             .unwrap_or(name)
+    }
+
+    /// The `(EVENT, PROPERTY)` of every `top.EVENT.PROPERTY` that file template `name`
+    /// or one of its locale variants reads (nothing for an unknown name).
+    pub fn top_paths(&self, name: &str) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        let registry = if is_html_template(name) {
+            &self.html
+        } else {
+            &self.plain
+        };
+        let names = std::iter::once(name).chain(self.variants.of(name));
+        for t in names.filter_map(|n| registry.get_template(n)) {
+            crate::paths::top_paths(t, &mut out);
+        }
+        out
+    }
+
+    /// The same as [`TemplateSet::top_paths`] for an inline template.
+    pub fn inline_top_paths(&self, name: &str) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        if let Some(t) = self.inline.get_template(name) {
+            crate::paths::top_paths(t, &mut out);
+        }
+        out
     }
 
     /// Renders file template `name` (or its variant for `locale`) with `data`.
@@ -802,6 +828,34 @@ mod tests {
             TemplateSet::load(&root.join("nope")),
             Err(TemplateError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn top_paths_cover_locale_variants_and_inline_templates() {
+        let mut s = set(&[
+            ("w/d.sms.hbs", "{{top.order_placed.sku}}"),
+            ("w/d.sms.zh-CN.hbs", "{{default top.app_open.screen \"\"}}"),
+            ("w/d.email.hbs", "<p>{{top.order_placed.colour}}</p>"),
+        ]);
+        s.register_inline("subject", "{{top.login.device}}")
+            .unwrap();
+        let pair = |e: &str, p: &str| (e.to_string(), p.to_string());
+        assert_eq!(
+            s.top_paths("w/d.sms.hbs").into_iter().collect::<Vec<_>>(),
+            [pair("app_open", "screen"), pair("order_placed", "sku")]
+        );
+        assert_eq!(
+            s.top_paths("w/d.email.hbs").into_iter().collect::<Vec<_>>(),
+            [pair("order_placed", "colour")]
+        );
+        assert_eq!(
+            s.inline_top_paths("subject")
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [pair("login", "device")]
+        );
+        assert!(s.top_paths("nope.sms.hbs").is_empty());
+        assert!(s.inline_top_paths("w/d.sms.hbs").is_empty());
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct HeraldConfig {
     pub rfm: RfmConfig,
     /// Lifecycle stages.
     pub lifecycle: LifecycleConfig,
+    /// What templates see beyond the contact's own fields.
+    pub personalisation: PersonalisationConfig,
+    /// How the daemon's workers claim and send.
+    pub dispatch: DispatchConfig,
 }
 
 impl HeraldConfig {
@@ -344,6 +348,49 @@ impl Default for LifecycleConfig {
     }
 }
 
+/// `[dispatch]`: how `herald run` and `herald send` claim and send messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Messages a worker claims at once. Also the in-flight window: the most
+    /// messages one worker's crash can leave `unknown`.
+    pub batch: u32,
+    /// How long a claim holds; a crashed worker's `sending` messages end
+    /// `unknown` after it, its other claims return to the queue.
+    pub lease: Span,
+    /// Workers per daemon.
+    pub workers: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            lease: Span::from_secs(120),
+            workers: 2,
+        }
+    }
+}
+
+/// The window `[personalisation]` reads by default: a year, like `[rfm] window`.
+pub const DEFAULT_PERSONALISATION_WINDOW: Span = Span::from_days(365);
+
+/// `[personalisation]`: the data templates see as `top.EVENT.PROPERTY` and `best_hour`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersonalisationConfig {
+    /// `top.*` and `best_hour` count the contact's events in `(now - window, now]`.
+    pub window: Span,
+}
+
+impl Default for PersonalisationConfig {
+    fn default() -> Self {
+        Self {
+            window: DEFAULT_PERSONALISATION_WINDOW,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +400,17 @@ mod tests {
         let c = HeraldConfig::parse("herald.toml", "").unwrap();
         assert_eq!(c.database.url, DEFAULT_DATABASE_URL);
         assert_eq!(c.channels.email.provider, EmailProvider::Outbox);
+        assert_eq!(c.personalisation.window, DEFAULT_PERSONALISATION_WINDOW);
+    }
+
+    #[test]
+    fn the_personalisation_window_is_a_duration() {
+        let c =
+            HeraldConfig::parse("herald.toml", "[personalisation]\nwindow = \"90d\"\n").unwrap();
+        assert_eq!(c.personalisation.window, Span::from_days(90));
+        let e = HeraldConfig::parse("herald.toml", "[personalisation]\nwindow = \"soon\"\n")
+            .unwrap_err();
+        assert_eq!(e.line_col().0, 2, "{e}");
     }
 
     #[test]
