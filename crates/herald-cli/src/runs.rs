@@ -1,8 +1,9 @@
 //! `herald runs pause|resume|cancel RUN`.
 
 use clap::Subcommand;
+use herald_storage::runs::{self, RunsError};
 
-use crate::Cli;
+use crate::{Cli, EXIT_INVALID, Exit, app};
 
 /// `herald runs` subcommands.
 #[derive(Subcommand, Debug)]
@@ -25,6 +26,30 @@ pub enum RunsCmd {
 }
 
 /// Runs `herald runs`.
-pub async fn run(_cli: &Cli, _cmd: &RunsCmd) -> anyhow::Result<()> {
-    anyhow::bail!("herald runs is being built")
+pub async fn run(cli: &Cli, cmd: &RunsCmd) -> anyhow::Result<()> {
+    let config = app::load_config(cli)?;
+    let db = app::connect(cli, &config).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let result = match cmd {
+        RunsCmd::Pause { run } => runs::pause(&db, *run).await.map(|()| {
+            format!("run {run} paused: no new messages are claimed; those in flight finish")
+        }),
+        RunsCmd::Resume { run } => runs::resume(&db, *run)
+            .await
+            .map(|()| format!("run {run} resumed")),
+        RunsCmd::Cancel { run } => runs::cancel(&db, *run, now)
+            .await
+            .map(|n| format!("run {run} cancelled: {n} planned message(s) will not be sent")),
+    };
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            Ok(())
+        }
+        Err(e @ (RunsError::NoSuchRun(_) | RunsError::WrongState { .. })) => {
+            eprintln!("error: {e}");
+            Err(Exit(EXIT_INVALID).into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }

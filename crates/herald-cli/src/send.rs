@@ -47,7 +47,7 @@ pub async fn preflight(
     store: &SqlStore,
     campaign: &Campaign,
 ) -> anyhow::Result<()> {
-    let mut contacts = check::sample_contacts(store, config, campaign).await?;
+    let mut contacts = check::sample_contacts(store, config, &templates, campaign).await?;
     if contacts.is_empty() {
         contacts.push(check::builtin_sample());
     }
@@ -170,6 +170,12 @@ pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
         s.dispatch.unknown,
         s.dispatch.retried
     );
+    if s.dispatch.later > 0 {
+        println!(
+            "{} message(s) are planned for later (quiet hours, best hour, spread): `herald run` sends them on time",
+            s.dispatch.later
+        );
+    }
 }
 
 async fn dry_run(

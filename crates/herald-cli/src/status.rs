@@ -1,8 +1,90 @@
-//! `herald status`: runs, queue depth per channel, achieved send rates, failures.
+//! `herald status`: recent runs with their messages by status, queue depth
+//! and achieved send rate per channel, live daemons, and the most frequent
+//! failures of the last day.
 
-use crate::Cli;
+use chrono::{DateTime, Utc};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use herald_storage::runs;
+
+use crate::{Cli, app};
+
+/// Runs shown.
+const RUNS: u32 = 20;
+
+fn when(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
 
 /// Runs `herald status`.
-pub async fn run(_cli: &Cli) -> anyhow::Result<()> {
-    anyhow::bail!("herald status is being built")
+pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let config = app::load_config(cli)?;
+    let db = app::connect(cli, &config).await?;
+    let now = Utc::now().timestamp_millis();
+    let s = runs::status(&db, now, RUNS).await?;
+
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["run", "campaign", "scheduled", "state", "messages"]);
+    for r in &s.runs {
+        let counts: Vec<String> = r.counts.iter().map(|(st, n)| format!("{st} {n}")).collect();
+        t.add_row(vec![
+            r.id.to_string(),
+            r.campaign.clone(),
+            when(r.scheduled_at),
+            r.state.clone(),
+            counts.join(", "),
+        ]);
+    }
+    if s.runs.is_empty() {
+        println!("no runs yet");
+    } else {
+        println!("{t}");
+    }
+
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "channel",
+        "due now",
+        "planned later",
+        "sending",
+        "sent last minute (/s)",
+        "failed attempts last hour",
+    ]);
+    for c in &s.channels {
+        t.add_row(vec![
+            c.channel.clone(),
+            c.due.to_string(),
+            c.later.to_string(),
+            c.sending.to_string(),
+            format!(
+                "{} ({:.1}/s)",
+                c.sent_last_minute,
+                c.sent_last_minute as f64 / 60.0
+            ),
+            c.failed_last_hour.to_string(),
+        ]);
+    }
+    println!("{t}");
+
+    if s.daemons.is_empty() {
+        println!("daemons: none running (start one with `herald run`)");
+    } else {
+        for (owner, started, beat) in &s.daemons {
+            println!(
+                "daemon {owner}: up since {}, last heartbeat {:.0}s ago",
+                when(*started),
+                (now - beat) as f64 / 1000.0
+            );
+        }
+    }
+    if !s.failures.is_empty() {
+        println!("failures of the last day:");
+        for (reason, n) in &s.failures {
+            println!("  {n:>8}  {reason}");
+        }
+    }
+    Ok(())
 }

@@ -98,14 +98,73 @@ pub struct DispatchStats {
     pub unknown: u64,
     /// Transient failures scheduled for a retry.
     pub retried: u64,
+    /// Messages left planned for later (quiet hours, best hour, spread) when a drain ended.
+    pub later: u64,
     /// Wall time of the drain.
     pub elapsed: Duration,
+    /// Where the time went.
+    pub stages: StageTimes,
+}
+
+/// Time spent in each stage of dispatch, summed over batches.
+#[derive(Debug, Clone, Default)]
+pub struct StageTimes {
+    /// Claiming due messages (and expiring leases).
+    pub claim: Duration,
+    /// Reading contacts and personalisation data.
+    pub contacts: Duration,
+    /// Rendering templates.
+    pub render: Duration,
+    /// Marking messages `sending`.
+    pub mark: Duration,
+    /// Waiting on the channel adapters.
+    pub send: Duration,
+    /// Recording outcomes, attempts and links.
+    pub record: Duration,
+}
+
+impl StageTimes {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &StageTimes) {
+        self.claim += other.claim;
+        self.contacts += other.contacts;
+        self.render += other.render;
+        self.mark += other.mark;
+        self.send += other.send;
+        self.record += other.record;
+    }
 }
 
 impl DispatchStats {
     /// Accepted messages per second.
     pub fn rate(&self) -> f64 {
         self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Finds the renderer of a campaign by name (the daemon's compiled campaigns).
+pub trait RendererSource: Send + Sync {
+    /// The renderer of `campaign`, if it is configured.
+    fn renderer(&self, campaign: &str) -> Option<Arc<dyn MessageRenderer>>;
+}
+
+impl RendererSource for HashMap<String, Arc<dyn MessageRenderer>> {
+    fn renderer(&self, campaign: &str) -> Option<Arc<dyn MessageRenderer>> {
+        self.get(campaign).cloned()
+    }
+}
+
+/// A failed outcome with no attempt at a provider.
+fn failed(message_id: i64, reason: String) -> Outcome {
+    Outcome {
+        message_id,
+        status: MessageStatus::Failed,
+        reason: Some(reason),
+        retry_at: None,
+        provider_id: None,
+        attempt: None,
+        links: vec![],
+        suppress_address: None,
     }
 }
 
@@ -123,6 +182,8 @@ pub struct Dispatcher {
     pub retry: RetryPolicy,
     /// How often to look for due messages when none are.
     pub poll: Duration,
+    /// Where attempts are counted for `/metrics`, if anywhere.
+    pub metrics: Option<Arc<crate::metrics::DispatchMetrics>>,
 }
 
 impl Dispatcher {
@@ -142,10 +203,12 @@ impl Dispatcher {
             lease: Duration::from_secs(120),
             retry: RetryPolicy::default(),
             poll: Duration::from_millis(200),
+            metrics: None,
         }
     }
 
-    /// Sends every message of `run_id` until none is left planned or sending.
+    /// Sends every message of `run_id` that is due, until none is left due or
+    /// sending; messages planned for later stay for the daemon (`stats.later`).
     pub async fn drain_run(
         &self,
         run_id: i64,
@@ -154,6 +217,7 @@ impl Dispatcher {
         let started = Instant::now();
         let mut stats = DispatchStats::default();
         loop {
+            let t = Instant::now();
             let now = self.clock.now_ms();
             self.store.expire_leases(now).await?;
             let lease_until = now + self.lease.as_millis() as i64;
@@ -161,8 +225,16 @@ impl Dispatcher {
                 .store
                 .claim_due(&self.owner, Some(run_id), now, lease_until, self.batch)
                 .await?;
+            stats.stages.claim += t.elapsed();
             if claimed.is_empty() {
                 if self.store.finish_run_if_drained(run_id, now).await? {
+                    break;
+                }
+                // What policies moved to later (quiet hours, best hour, spread) is
+                // the daemon's to send; a retry waiting for its time is still ours.
+                let (due, later) = self.store.run_pending(run_id, now).await?;
+                if due == 0 {
+                    stats.later = later as u64;
                     break;
                 }
                 tokio::time::sleep(self.poll).await;
@@ -174,20 +246,92 @@ impl Dispatcher {
         Ok(stats)
     }
 
+    /// The daemon's loop: claims due messages of every running run, renders
+    /// each with its campaign's renderer, sends and records, until `stop` turns
+    /// true; the batch in hand is finished first (drained), so every claimed
+    /// message ends recorded. Marks runs done as they drain.
+    pub async fn work(
+        &self,
+        renderers: &dyn RendererSource,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> StoreResult<DispatchStats> {
+        let started = Instant::now();
+        let mut stats = DispatchStats::default();
+        let mut campaigns: HashMap<i64, Option<String>> = HashMap::new();
+        while !*stop.borrow() {
+            let t = Instant::now();
+            let now = self.clock.now_ms();
+            self.store.expire_leases(now).await?;
+            let lease_until = now + self.lease.as_millis() as i64;
+            let claimed = self
+                .store
+                .claim_due(&self.owner, None, now, lease_until, self.batch)
+                .await?;
+            stats.stages.claim += t.elapsed();
+            if claimed.is_empty() {
+                self.store.finish_drained_runs(now).await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(self.poll) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            let mut by_run: HashMap<i64, Vec<ClaimedMessage>> = HashMap::new();
+            for m in claimed {
+                by_run.entry(m.run_id).or_default().push(m);
+            }
+            for (run_id, batch) in by_run {
+                if !campaigns.contains_key(&run_id) {
+                    let name = self.store.run_campaign(run_id).await?;
+                    campaigns.insert(run_id, name);
+                }
+                let renderer = campaigns[&run_id]
+                    .as_deref()
+                    .and_then(|c| renderers.renderer(c));
+                match renderer {
+                    Some(r) => self.send_batch(batch, r.as_ref(), &mut stats).await?,
+                    None => {
+                        let name = campaigns[&run_id].clone().unwrap_or_default();
+                        let outcomes: Vec<Outcome> = batch
+                            .iter()
+                            .map(|m| {
+                                failed(
+                                    m.id,
+                                    format!(
+                                        "the campaign `{name}` is no longer in config/campaigns"
+                                    ),
+                                )
+                            })
+                            .collect();
+                        stats.failed += outcomes.len() as u64;
+                        self.store
+                            .record_outcomes(&outcomes, self.clock.now_ms())
+                            .await?;
+                    }
+                }
+            }
+        }
+        stats.elapsed = started.elapsed();
+        Ok(stats)
+    }
+
     async fn send_batch(
         &self,
         claimed: Vec<ClaimedMessage>,
         renderer: &dyn MessageRenderer,
         stats: &mut DispatchStats,
     ) -> StoreResult<()> {
+        let t = Instant::now();
         let ids: Vec<i64> = claimed.iter().map(|m| m.contact_id).collect();
         let contacts: HashMap<i64, _> = self
             .store
-            .contacts(&ids)
+            .contacts(&ids, &renderer.personalisation(self.clock.now_ms()))
             .await?
             .into_iter()
             .map(|c| (c.id, c))
             .collect();
+        stats.stages.contacts += t.elapsed();
+        let t = Instant::now();
         let now = self.clock.now_ms();
         let mut outcomes = Vec::with_capacity(claimed.len());
         let mut ready = Vec::with_capacity(claimed.len());
@@ -219,8 +363,19 @@ impl Dispatcher {
                 }
             }
         }
-        let sending: Vec<i64> = ready.iter().map(|(m, _)| m.id).collect();
-        self.store.mark_sending(&sending, now).await?;
+        stats.stages.render += t.elapsed();
+        let t = Instant::now();
+        let ids: Vec<i64> = ready.iter().map(|(m, _)| m.id).collect();
+        let marked: std::collections::HashSet<i64> = self
+            .store
+            .mark_sending(&self.owner, &ids, now)
+            .await?
+            .into_iter()
+            .collect();
+        // A message whose lease lapsed may belong to another worker now: not ours to send.
+        ready.retain(|(m, _)| marked.contains(&m.id));
+        stats.stages.mark += t.elapsed();
+        let t = Instant::now();
         let width = self
             .routes
             .values()
@@ -241,10 +396,14 @@ impl Dispatcher {
                 _ => {}
             }
         }
+        stats.stages.send += t.elapsed();
+        let t = Instant::now();
         outcomes.extend(results);
         self.store
             .record_outcomes(&outcomes, self.clock.now_ms())
-            .await
+            .await?;
+        stats.stages.record += t.elapsed();
+        Ok(())
     }
 
     async fn send_one(&self, msg: ClaimedMessage, out: RenderOutput) -> Outcome {
@@ -264,7 +423,11 @@ impl Dispatcher {
         };
         let _permit = route.concurrency.acquire().await;
         // Throttle inside retry: every attempt takes a fresh permit.
+        let waited = Instant::now();
         route.pacer.acquire().await;
+        if let Some(m) = &self.metrics {
+            m.limiter_wait(msg.channel, waited.elapsed());
+        }
         let at = self.clock.now_ms();
         let t0 = Instant::now();
         let result = route.adapter.send(&out.message).await;
@@ -284,6 +447,9 @@ impl Dispatcher {
                 e.to_string(),
             ),
         };
+        if let Some(m) = &self.metrics {
+            m.attempt(msg.channel, result_name, t0.elapsed());
+        }
         outcome.attempt = Some(AttemptRecord {
             at,
             result: result_name.into(),

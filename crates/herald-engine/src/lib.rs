@@ -7,9 +7,13 @@
 
 pub mod clock;
 pub mod dispatch;
+pub mod metrics;
 pub mod plan;
+pub mod policy;
 pub mod render;
 pub mod run;
+pub mod schedule;
+pub mod scheduler;
 pub mod store;
 
 pub use clock::{Clock, FixedClock, SystemClock};

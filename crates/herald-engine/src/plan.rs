@@ -2,11 +2,13 @@
 //! arm, which channel and address, and whether (and why not) to send. No IO,
 //! so every rule is a unit test.
 
+use chrono_tz::Tz;
 use herald_domain::address::{E164Phone, EmailAddress};
 use herald_domain::assign::{Arm, in_global_holdout};
-use herald_domain::config::Campaign;
+use herald_domain::config::{Campaign, FrequencyCap, HeraldConfig, QuietHours};
 use herald_domain::types::{CampaignKind, Channel, MessageStatus, SuppressReason};
 
+use crate::policy;
 use crate::store::{AudienceMember, PlannedMessage};
 
 /// The arm name of the control group.
@@ -64,17 +66,104 @@ fn reachable(member: &AudienceMember, channel: Channel) -> Result<String, Blocke
     Ok(address)
 }
 
-/// Decides the message of `member` in a run of `campaign` at `now` (ms).
-pub fn decide(
-    campaign: &Campaign,
-    global_holdout: f64,
-    member: &AudienceMember,
-    now: i64,
-) -> PlannedMessage {
+/// What planning a run needs besides the member: the campaign, the run and
+/// the house rules (`[defaults]` unless the campaign overrides them).
+#[derive(Debug, Clone)]
+pub struct PlanContext<'a> {
+    /// The campaign.
+    pub campaign: &'a Campaign,
+    /// `[defaults].global_holdout`.
+    pub global_holdout: f64,
+    /// The run being planned (its own messages never count for `reentry`); 0 in a dry run.
+    pub run_id: i64,
+    /// The run's instant (ms).
+    pub now: i64,
+    /// For contacts without a (valid) time zone.
+    pub default_tz: Tz,
+    /// Quiet hours, marketing only.
+    pub quiet_hours: Option<&'a QuietHours>,
+    /// Frequency caps, marketing only.
+    pub caps: &'a [FrequencyCap],
+}
+
+impl<'a> PlanContext<'a> {
+    /// The context of a run of `campaign` at `now` under `herald.toml`'s defaults.
+    pub fn new(campaign: &'a Campaign, herald: &'a HeraldConfig, run_id: i64, now: i64) -> Self {
+        let d = &herald.defaults;
+        Self {
+            campaign,
+            global_holdout: d.global_holdout.get(),
+            run_id,
+            now,
+            default_tz: d.timezone.0,
+            quiet_hours: campaign.quiet_hours.as_ref().or(d.quiet_hours.as_ref()),
+            caps: campaign
+                .frequency_caps
+                .as_deref()
+                .unwrap_or(&d.frequency_caps),
+        }
+    }
+
+    fn marketing(&self) -> bool {
+        self.campaign.kind == CampaignKind::Marketing
+    }
+
+    /// How far back a member's messages matter (`reentry`, caps); `None`: not at all.
+    pub fn history_since(&self) -> Option<i64> {
+        let mut window = self.campaign.reentry.map_or(0, |r| r.millis());
+        if self.marketing() {
+            for cap in self.caps {
+                window = window.max(cap.per.millis());
+            }
+        }
+        (window > 0).then(|| self.now - window)
+    }
+
+    fn tz(&self, member: &AudienceMember) -> Tz {
+        member
+            .timezone
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(self.default_tz)
+    }
+}
+
+/// Statuses of an earlier message that mean the contact "got" the campaign,
+/// for `reentry`: held-out counts too, so the control group is treated alike.
+fn got(status: MessageStatus) -> bool {
+    !matches!(
+        status,
+        MessageStatus::Suppressed | MessageStatus::Cancelled | MessageStatus::Failed
+    )
+}
+
+/// Statuses of an earlier message that count toward a frequency cap: it was, or will be, sent.
+fn counts_for_cap(status: MessageStatus) -> bool {
+    !matches!(
+        status,
+        MessageStatus::Suppressed
+            | MessageStatus::Cancelled
+            | MessageStatus::Failed
+            | MessageStatus::HeldOut
+    )
+}
+
+/// Decides the message of `member` in the run of `ctx`, applying SPEC
+/// section 2's policies in order: global holdout and arm, kind and topic
+/// consent, channel (address, consent, suppression), `reentry`, frequency
+/// caps, then the send time, quiet hours and `spread`.
+pub fn decide(ctx: &PlanContext<'_>, member: &AudienceMember) -> PlannedMessage {
+    let campaign = ctx.campaign;
     let arm = campaign.arms.assign(&campaign.name, &member.external_id);
-    let arm_name = match arm {
-        Arm::Holdout => HOLDOUT_ARM.to_string(),
-        Arm::Variant(i) => campaign.variants[i].name.get_ref().as_str().to_string(),
+    let (arm_name, variant_hour) = match arm {
+        Arm::Holdout => (HOLDOUT_ARM.to_string(), None),
+        Arm::Variant(i) => {
+            let v = &campaign.variants[i];
+            (
+                v.name.get_ref().as_str().to_string(),
+                v.send_time.map(|t| t.hour),
+            )
+        }
     };
     let mut planned = PlannedMessage {
         contact_id: member.contact_id,
@@ -82,7 +171,7 @@ pub fn decide(
         arm: arm_name,
         channel: None,
         address: None,
-        send_at: now,
+        send_at: ctx.now,
         status: MessageStatus::Planned,
         reason: None,
     };
@@ -91,34 +180,114 @@ pub fn decide(
         p.reason = Some(why.as_str().to_string());
         p
     };
-    let marketing = campaign.kind == CampaignKind::Marketing;
-    if marketing && in_global_holdout(global_holdout, &member.external_id) {
+    let marketing = ctx.marketing();
+    if marketing && in_global_holdout(ctx.global_holdout, &member.external_id) {
         return suppress(planned, SuppressReason::GlobalHoldout);
     }
-    if arm == Arm::Holdout {
+    let held_out = arm == Arm::Holdout;
+    if !held_out {
+        if marketing && member.topic_opt_out {
+            return suppress(planned, SuppressReason::OptOut);
+        }
+        match choose_channel(campaign, member) {
+            Ok((channel, address)) => {
+                planned.channel = Some(channel);
+                planned.address = Some(address);
+            }
+            Err(blocked) => return suppress(planned, blocked.reason()),
+        }
+    }
+    if let Some(window) = campaign.reentry {
+        let since = ctx.now - window.millis();
+        let again = member.history.iter().any(|h| {
+            h.campaign == campaign.name
+                && h.run_id != ctx.run_id
+                && h.send_at > since
+                && got(h.status)
+        });
+        if again {
+            return suppress(planned, SuppressReason::Reentry);
+        }
+    }
+    if marketing && !ctx.caps.is_empty() {
+        if let Some(channel) = planned.channel {
+            // Messages planned for later count too: any window holding this one is capped.
+            let recent: Vec<(Channel, i64)> = member
+                .history
+                .iter()
+                .filter(|h| h.marketing && h.run_id != ctx.run_id && counts_for_cap(h.status))
+                .filter_map(|h| h.channel.map(|c| (c, h.send_at)))
+                .collect();
+            if policy::capped(ctx.caps, channel, ctx.now, &recent) {
+                return suppress(planned, SuppressReason::Cap);
+            }
+        }
+    }
+    let tz = ctx.tz(member);
+    let mut moved = Vec::new();
+    let (at, why) = policy::send_time(
+        ctx.now,
+        tz,
+        variant_hour,
+        campaign.send_time,
+        member.best_hour,
+    );
+    planned.send_at = at;
+    moved.extend(why);
+    if marketing {
+        if let Some(quiet) = ctx.quiet_hours {
+            if let Some(later) = policy::quiet_hours(planned.send_at, tz, quiet) {
+                planned.send_at = later;
+                moved.push("deferred (quiet hours)");
+            }
+        }
+    }
+    if let Some(spread) = campaign.spread {
+        let key = format!("{}\0{}", campaign.name, member.external_id);
+        planned.send_at += policy::spread_offset(&key, spread);
+        moved.push("spread");
+    }
+    if held_out {
         planned.status = MessageStatus::HeldOut;
-        return planned;
     }
-    if marketing && member.topic_opt_out {
-        return suppress(planned, SuppressReason::OptOut);
+    if !moved.is_empty() {
+        planned.reason = Some(moved.join(", "));
     }
+    planned
+}
+
+/// The first channel of the campaign's order that `member` can receive, or the most specific reason none.
+fn choose_channel(
+    campaign: &Campaign,
+    member: &AudienceMember,
+) -> Result<(Channel, String), Blocked> {
     let mut worst = Blocked::NoAddress;
     for &channel in &campaign.channels {
         match reachable(member, channel) {
-            Ok(address) => {
-                planned.channel = Some(channel);
-                planned.address = Some(address);
-                return planned;
-            }
+            Ok(address) => return Ok((channel, address)),
             Err(b) => worst = worst.max(b),
         }
     }
-    suppress(planned, worst.reason())
+    Err(worst)
+}
+
+/// The next channel after `failed` in the campaign's order that `member` can
+/// receive: the fallback after a permanent failure (an unregistered push token).
+pub fn fallback_channel(
+    campaign: &Campaign,
+    member: &AudienceMember,
+    failed: Channel,
+) -> Option<(Channel, String)> {
+    let pos = campaign.channels.iter().position(|&c| c == failed)?;
+    campaign.channels[pos + 1..]
+        .iter()
+        .find_map(|&c| reachable(member, c).ok().map(|a| (c, a)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::PastMessage;
 
     fn campaign(extra: &str) -> Campaign {
         let src = format!(
@@ -149,13 +318,35 @@ push = {{ title = "t", template = "t.push.hbs" }}
             consent_push: None,
             suppressed: vec![],
             topic_opt_out: false,
+            timezone: None,
+            best_hour: None,
+            history: vec![],
         }
+    }
+
+    /// `decide` for run 1 of `c` at `now` with this global holdout and no caps or quiet hours.
+    fn decide_at(
+        c: &Campaign,
+        global_holdout: f64,
+        m: &AudienceMember,
+        now: i64,
+    ) -> PlannedMessage {
+        let ctx = PlanContext {
+            campaign: c,
+            global_holdout,
+            run_id: 1,
+            now,
+            default_tz: Tz::UTC,
+            quiet_hours: None,
+            caps: &[],
+        };
+        decide(&ctx, m)
     }
 
     #[test]
     fn first_receivable_channel_wins_and_sms_needs_explicit_consent() {
         let c = campaign("");
-        let p = decide(&c, 0.0, &member(), 5);
+        let p = decide_at(&c, 0.0, &member(), 5);
         // No push token; SMS consent not given; email consent defaults to yes.
         assert_eq!(p.channel, Some(Channel::Email));
         assert_eq!(p.address.as_deref(), Some("ann@example.com"));
@@ -165,7 +356,7 @@ push = {{ title = "t", template = "t.push.hbs" }}
             consent_sms: Some(true),
             ..member()
         };
-        assert_eq!(decide(&c, 0.0, &m, 5).channel, Some(Channel::Sms));
+        assert_eq!(decide_at(&c, 0.0, &m, 5).channel, Some(Channel::Sms));
     }
 
     #[test]
@@ -177,7 +368,7 @@ push = {{ title = "t", template = "t.push.hbs" }}
             ..member()
         };
         assert_eq!(
-            decide(&c, 0.0, &none, 0).reason.as_deref(),
+            decide_at(&c, 0.0, &none, 0).reason.as_deref(),
             Some("no_address")
         );
         let bad = AudienceMember {
@@ -186,7 +377,7 @@ push = {{ title = "t", template = "t.push.hbs" }}
             ..member()
         };
         assert_eq!(
-            decide(&c, 0.0, &bad, 0).reason.as_deref(),
+            decide_at(&c, 0.0, &bad, 0).reason.as_deref(),
             Some("invalid_address")
         );
         let no_consent = AudienceMember {
@@ -194,14 +385,14 @@ push = {{ title = "t", template = "t.push.hbs" }}
             ..member()
         };
         assert_eq!(
-            decide(&c, 0.0, &no_consent, 0).reason.as_deref(),
+            decide_at(&c, 0.0, &no_consent, 0).reason.as_deref(),
             Some("no_consent")
         );
         let opted_out = AudienceMember {
             suppressed: vec![Channel::Email],
             ..member()
         };
-        let p = decide(&c, 0.0, &opted_out, 0);
+        let p = decide_at(&c, 0.0, &opted_out, 0);
         assert_eq!(
             (p.status, p.reason.as_deref()),
             (MessageStatus::Suppressed, Some("opt_out"))
@@ -215,11 +406,11 @@ push = {{ title = "t", template = "t.push.hbs" }}
             ..member()
         };
         assert_eq!(
-            decide(&campaign(""), 0.0, &m, 0).reason.as_deref(),
+            decide_at(&campaign(""), 0.0, &m, 0).reason.as_deref(),
             Some("opt_out")
         );
         let t = campaign("kind = \"transactional\"");
-        assert_eq!(decide(&t, 0.0, &m, 0).status, MessageStatus::Planned);
+        assert_eq!(decide_at(&t, 0.0, &m, 0).status, MessageStatus::Planned);
     }
 
     #[test]
@@ -231,7 +422,7 @@ push = {{ title = "t", template = "t.push.hbs" }}
                 external_id: format!("u{i}"),
                 ..member()
             };
-            let p = decide(&c, 0.0, &m, 0);
+            let p = decide_at(&c, 0.0, &m, 0);
             let expect_holdout =
                 herald_domain::assign::unit_hash("plan-test", &m.external_id) < 0.5;
             assert_eq!(p.status == MessageStatus::HeldOut, expect_holdout);
@@ -247,12 +438,224 @@ push = {{ title = "t", template = "t.push.hbs" }}
         let t = campaign("kind = \"transactional\"");
         let m = member();
         let g = herald_domain::assign::unit_hash("__global__", "u1");
-        let p = decide(&c, (g + 0.01).min(0.99), &m, 0);
+        let p = decide_at(&c, (g + 0.01).min(0.99), &m, 0);
         assert_eq!(p.reason.as_deref(), Some("global_holdout"));
         assert_eq!(
-            decide(&t, (g + 0.01).min(0.99), &m, 0).status,
+            decide_at(&t, (g + 0.01).min(0.99), &m, 0).status,
             MessageStatus::Planned
         );
-        assert_eq!(decide(&c, g / 2.0, &m, 0).status, MessageStatus::Planned);
+        assert_eq!(decide_at(&c, g / 2.0, &m, 0).status, MessageStatus::Planned);
+    }
+
+    fn past(
+        campaign: &str,
+        run_id: i64,
+        channel: Channel,
+        send_at: i64,
+        status: MessageStatus,
+    ) -> PastMessage {
+        PastMessage {
+            campaign: campaign.into(),
+            run_id,
+            channel: Some(channel),
+            send_at,
+            status,
+            marketing: true,
+        }
+    }
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn reentry_skips_contacts_who_got_the_campaign_within_the_window() {
+        let c = campaign("reentry = \"7d\"");
+        let now = 100 * DAY;
+        let within = AudienceMember {
+            history: vec![past(
+                "plan-test",
+                9,
+                Channel::Email,
+                now - 6 * DAY,
+                MessageStatus::Delivered,
+            )],
+            ..member()
+        };
+        assert_eq!(
+            decide_at(&c, 0.0, &within, now).reason.as_deref(),
+            Some("reentry")
+        );
+        // Older than the window, another campaign, a suppressed earlier message, this run itself: no reentry.
+        for h in [
+            past(
+                "plan-test",
+                9,
+                Channel::Email,
+                now - 8 * DAY,
+                MessageStatus::Delivered,
+            ),
+            past(
+                "other",
+                9,
+                Channel::Email,
+                now - DAY,
+                MessageStatus::Delivered,
+            ),
+            past(
+                "plan-test",
+                9,
+                Channel::Email,
+                now - DAY,
+                MessageStatus::Suppressed,
+            ),
+            past("plan-test", 1, Channel::Email, now, MessageStatus::Planned),
+        ] {
+            let m = AudienceMember {
+                history: vec![h.clone()],
+                ..member()
+            };
+            assert_eq!(
+                decide_at(&c, 0.0, &m, now).status,
+                MessageStatus::Planned,
+                "{h:?}"
+            );
+        }
+        // Held out last time counts as having got it, so arms stay alike.
+        let held = AudienceMember {
+            history: vec![past(
+                "plan-test",
+                9,
+                Channel::Email,
+                now - DAY,
+                MessageStatus::HeldOut,
+            )],
+            ..member()
+        };
+        assert_eq!(
+            decide_at(&c, 0.0, &held, now).reason.as_deref(),
+            Some("reentry")
+        );
+    }
+
+    fn ctx_with<'a>(
+        c: &'a Campaign,
+        caps: &'a [FrequencyCap],
+        quiet: Option<&'a QuietHours>,
+        now: i64,
+    ) -> PlanContext<'a> {
+        PlanContext {
+            campaign: c,
+            global_holdout: 0.0,
+            run_id: 1,
+            now,
+            default_tz: Tz::Asia__Shanghai,
+            quiet_hours: quiet,
+            caps,
+        }
+    }
+
+    #[test]
+    fn frequency_caps_count_marketing_sends_across_campaigns() {
+        let c = campaign("");
+        let now = 100 * DAY;
+        let caps = [FrequencyCap {
+            channel: herald_domain::config::CapChannel::One(Channel::Email),
+            max: 2,
+            per: herald_domain::duration::Span::from_days(7),
+        }];
+        let two = AudienceMember {
+            history: vec![
+                past("a", 7, Channel::Email, now - DAY, MessageStatus::Delivered),
+                past("b", 8, Channel::Email, now + DAY, MessageStatus::Planned),
+            ],
+            ..member()
+        };
+        let ctx = ctx_with(&c, &caps, None, now);
+        assert_eq!(decide(&ctx, &two).reason.as_deref(), Some("cap"));
+        assert_eq!(ctx.history_since(), Some(now - 7 * DAY));
+        // Transactional sends, SMS, and failed sends do not count.
+        let mut other = two.clone();
+        other.history[1].marketing = false;
+        assert_eq!(decide(&ctx, &other).status, MessageStatus::Planned);
+        other.history[1] = past("b", 8, Channel::Sms, now, MessageStatus::Sent);
+        assert_eq!(decide(&ctx, &other).status, MessageStatus::Planned);
+        other.history[1] = past("b", 8, Channel::Email, now, MessageStatus::Failed);
+        assert_eq!(decide(&ctx, &other).status, MessageStatus::Planned);
+        // A transactional campaign skips caps.
+        let t = campaign("kind = \"transactional\"");
+        assert_eq!(
+            decide(&ctx_with(&t, &caps, None, now), &two).status,
+            MessageStatus::Planned
+        );
+    }
+
+    #[test]
+    fn quiet_hours_defer_marketing_to_the_recipients_morning_and_say_so() {
+        let c = campaign("");
+        // 2026-11-23 14:00 UTC = 22:00 in Shanghai.
+        let now = 1_795_442_400_000;
+        let hm =
+            |h| herald_domain::config::LocalTime(chrono::NaiveTime::from_hms_opt(h, 0, 0).unwrap());
+        let quiet = QuietHours {
+            start: hm(21),
+            end: hm(8),
+        };
+        let p = decide(&ctx_with(&c, &[], Some(&quiet), now), &member());
+        assert_eq!(p.status, MessageStatus::Planned);
+        assert_eq!(
+            p.send_at,
+            now + 10 * 3_600_000,
+            "08:00 the next morning in Shanghai"
+        );
+        assert_eq!(p.reason.as_deref(), Some("deferred (quiet hours)"));
+        // A contact in New York (09:00 local) is not in quiet hours.
+        let ny = AudienceMember {
+            timezone: Some("America/New_York".into()),
+            ..member()
+        };
+        assert_eq!(
+            decide(&ctx_with(&c, &[], Some(&quiet), now), &ny).send_at,
+            now
+        );
+        // Transactional ignores quiet hours.
+        let t = campaign("kind = \"transactional\"");
+        assert_eq!(
+            decide(&ctx_with(&t, &[], Some(&quiet), now), &member()).send_at,
+            now
+        );
+    }
+
+    #[test]
+    fn variant_hour_then_spread_move_the_send_time() {
+        let c = campaign("spread = \"2h\"");
+        let now = 1_795_442_400_000;
+        let p = decide(&ctx_with(&c, &[], None, now), &member());
+        assert!(p.send_at >= now && p.send_at < now + 7_200_000);
+        assert_eq!(p.reason.as_deref(), Some("spread"));
+        let held = campaign("holdout = 0.999999");
+        let h = decide(&ctx_with(&held, &[], None, now), &member());
+        assert_eq!(
+            (h.status, h.send_at),
+            (MessageStatus::HeldOut, now),
+            "held out, measured at its send time"
+        );
+    }
+
+    #[test]
+    fn fallback_is_the_next_receivable_channel_after_the_failed_one() {
+        let c = campaign("");
+        let m = AudienceMember {
+            push_token: Some("tok".into()),
+            consent_sms: Some(true),
+            ..member()
+        };
+        assert_eq!(
+            fallback_channel(&c, &m, Channel::Push).map(|x| x.0),
+            Some(Channel::Sms)
+        );
+        assert_eq!(
+            fallback_channel(&c, &m, Channel::Sms).map(|x| x.0),
+            Some(Channel::Email)
+        );
+        assert_eq!(fallback_channel(&c, &m, Channel::Email), None);
     }
 }

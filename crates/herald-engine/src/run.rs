@@ -2,17 +2,22 @@
 //! scheduled instant), snapshot its audience page by page into message rows
 //! (resuming where a crash left off), then hand it to the dispatcher.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use herald_domain::config::{Campaign, ConfigSet};
+use herald_domain::config::{Campaign, ConfigSet, SendTime};
 
 use crate::clock::Clock;
-use crate::plan::decide;
-use crate::store::{CampaignRecord, PlannedMessage, RunCounts, RunRecord, Store, StoreError};
+use crate::plan::{PlanContext, decide};
+use crate::store::{
+    CampaignRecord, PersonalisationRequest, PlannedMessage, RunCounts, RunRecord, Store, StoreError,
+};
 
 /// Audience members read and planned per page.
 pub const PLAN_PAGE: u32 = 2000;
+
+/// How long a planning lease holds without renewal (renewed every page).
+pub const PLAN_LEASE_MS: i64 = 60_000;
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +35,8 @@ pub enum EngineError {
 pub struct PlanStats {
     /// Audience members planned by this pass (a resumed plan counts only the rest).
     pub members: u64,
+    /// Whether this pass finished the plan (false: another planner holds or took it).
+    pub finished: bool,
 }
 
 /// Plans runs of the configured campaigns.
@@ -37,16 +44,42 @@ pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: Arc<ConfigSet>,
+    owner: String,
+    /// How long a planning lease holds without renewal (it is renewed every page).
+    pub plan_lease_ms: i64,
 }
 
 impl Engine {
-    /// An engine over `store`, reading time from `clock`.
+    /// An engine over `store`, reading time from `clock`; its planning leases are
+    /// named after this process.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Arc<ConfigSet>) -> Self {
+        Self::with_owner(
+            store,
+            clock,
+            config,
+            format!("herald-{}", std::process::id()),
+        )
+    }
+
+    /// An engine whose leases are named `owner` (one name per daemon).
+    pub fn with_owner(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: Arc<ConfigSet>,
+        owner: String,
+    ) -> Self {
         Self {
             store,
             clock,
             config,
+            owner,
+            plan_lease_ms: PLAN_LEASE_MS,
         }
+    }
+
+    /// The configuration this engine plans with.
+    pub fn config(&self) -> &ConfigSet {
+        &self.config
     }
 
     /// The campaign named `name`.
@@ -84,16 +117,37 @@ impl Engine {
         Ok((run, stats))
     }
 
-    /// Snapshots the audience of `run` into message rows, from where planning last stopped.
+    /// Snapshots the audience of `run` into message rows, from where planning
+    /// last stopped. Holds the run's planning lease, renewed every page, so two
+    /// daemons never plan one run at once; returns `None` when another holds it.
     pub async fn plan(
         &self,
         campaign: &Campaign,
         run: &RunRecord,
     ) -> Result<PlanStats, EngineError> {
+        let lease = || self.clock.now_ms() + self.plan_lease_ms;
+        if !self
+            .store
+            .claim_planning(run.id, &self.owner, lease(), self.clock.now_ms())
+            .await?
+        {
+            return Ok(PlanStats::default());
+        }
         let mut after = self.store.last_planned_contact(run.id).await?;
         let mut stats = PlanStats::default();
-        while let Some((last, rows)) = self.decide_page(campaign, run.now_at, after).await? {
+        while let Some((last, rows)) = self
+            .decide_page(campaign, run.id, run.now_at, after)
+            .await?
+        {
             after = last;
+            if !self
+                .store
+                .claim_planning(run.id, &self.owner, lease(), self.clock.now_ms())
+                .await?
+            {
+                // Our lease lapsed and another daemon took over: it finishes the plan.
+                return Ok(stats);
+            }
             self.store
                 .insert_planned(run.id, run.campaign_id, &rows, self.clock.now_ms())
                 .await?;
@@ -102,6 +156,7 @@ impl Engine {
         self.store
             .finish_planning(run.id, self.clock.now_ms())
             .await?;
+        stats.finished = true;
         Ok(stats)
     }
 
@@ -110,7 +165,7 @@ impl Engine {
     pub async fn dry_run(&self, campaign: &Campaign, now: i64) -> Result<RunCounts, EngineError> {
         let mut counts: BTreeMap<(String, String, Option<String>), i64> = BTreeMap::new();
         let mut after = 0;
-        while let Some((last, rows)) = self.decide_page(campaign, now, after).await? {
+        while let Some((last, rows)) = self.decide_page(campaign, 0, now, after).await? {
             after = last;
             for p in rows {
                 *counts
@@ -130,9 +185,11 @@ impl Engine {
     async fn decide_page(
         &self,
         campaign: &Campaign,
+        run_id: i64,
         now: i64,
         after: i64,
     ) -> Result<Option<(i64, Vec<PlannedMessage>)>, EngineError> {
+        let ctx = PlanContext::new(campaign, &self.config.herald, run_id, now);
         let page = self
             .store
             .audience_page(
@@ -141,16 +198,29 @@ impl Engine {
                 campaign.topic.as_deref(),
                 after,
                 PLAN_PAGE,
+                ctx.history_since(),
             )
             .await?;
         let Some(last) = page.last().map(|m| m.contact_id) else {
             return Ok(None);
         };
-        let global_holdout = self.config.herald.defaults.global_holdout.get();
-        let rows = page
-            .iter()
-            .map(|m| decide(campaign, global_holdout, m, now))
-            .collect();
+        let mut page = page;
+        if campaign.send_time == SendTime::BestHour {
+            // Each member's most active local hour, in one batch for the page.
+            let ids: Vec<i64> = page.iter().map(|m| m.contact_id).collect();
+            let request = PersonalisationRequest::new(now, &self.config.herald, Vec::new());
+            let hours: HashMap<i64, Option<u8>> = self
+                .store
+                .contacts(&ids, &request)
+                .await?
+                .into_iter()
+                .map(|c| (c.id, c.personal.best_hour))
+                .collect();
+            for m in &mut page {
+                m.best_hour = hours.get(&m.contact_id).copied().flatten();
+            }
+        }
+        let rows = page.iter().map(|m| decide(&ctx, m)).collect();
         Ok(Some((last, rows)))
     }
 }

@@ -99,6 +99,8 @@ pub struct SmtpSink {
 struct Shared {
     config: SmtpSinkConfig,
     mails: Mutex<Vec<ReceivedMail>>,
+    /// Messages per recipient, kept even when the messages are not: duplicates show here.
+    per_recipient: Mutex<std::collections::HashMap<String, u32>>,
     count: AtomicUsize,
     connections: AtomicUsize,
 }
@@ -116,6 +118,7 @@ impl SmtpSink {
         let shared = Arc::new(Shared {
             config,
             mails: Mutex::new(Vec::new()),
+            per_recipient: Mutex::new(std::collections::HashMap::new()),
             count: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
         });
@@ -136,6 +139,15 @@ impl SmtpSink {
     pub fn received(&self) -> Vec<ReceivedMail> {
         self.shared
             .mails
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many messages each recipient received so far (kept even when messages are not).
+    pub fn per_recipient(&self) -> std::collections::HashMap<String, u32> {
+        self.shared
+            .per_recipient
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -535,6 +547,16 @@ impl Session<'_> {
     /// Records an accepted message and returns its queue id.
     fn record(&self, mail: ReceivedMail) -> String {
         let n = self.shared.count.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut per = self
+                .shared
+                .per_recipient
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for r in &mail.rcpt_to {
+                *per.entry(r.clone()).or_insert(0) += 1;
+            }
+        }
         if self.shared.config.keep_messages {
             self.shared
                 .mails

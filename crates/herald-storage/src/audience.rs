@@ -138,7 +138,7 @@ impl<'a> AudiencePager<'a> {
                 q.push("FALSE");
             }
         }
-        q.push(" FROM contacts c");
+        q.push(", c.timezone FROM contacts c");
         append(&mut q, compiled.joins);
         q.push(" WHERE c.forgotten_at IS NULL AND c.id > ")
             .bind(self.after);

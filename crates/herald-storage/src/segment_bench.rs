@@ -756,7 +756,7 @@ pub async fn scan(db: &Db, src: &str) -> Result<ScanReport, BenchError> {
     let (mut after, mut members, mut pages) = (0, 0u64, 0u64);
     loop {
         let page = store
-            .audience_page(&expr, BENCH_NOW, None, after, SCAN_PAGE)
+            .audience_page(&expr, BENCH_NOW, None, after, SCAN_PAGE, None)
             .await
             .map_err(db_err)?;
         pages += 1;

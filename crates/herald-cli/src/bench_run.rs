@@ -1,0 +1,234 @@
+//! `herald bench run`: a whole run, end to end, to an unlimited outbox:
+//! plan (audience snapshot and policies), then claim, read contacts, render,
+//! mark, send (the batched outbox) and record, with each stage's share of the
+//! time. Each size runs in a child process so its peak memory is its own;
+//! the parent prints messages/s and how peak memory grows with the audience.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_domain::token::TokenSigner;
+use herald_engine::dispatch::{DispatchStats, Dispatcher};
+use herald_engine::render::{CampaignRenderer, MessageRenderer, register_inline};
+use herald_engine::{Clock, Engine, Store, SystemClock};
+use herald_storage::Db;
+use herald_storage::store::SqlStore;
+use herald_templates::TemplateSet;
+
+use crate::app;
+use crate::bench::peak_rss;
+
+/// Writes the bench project: outbox channels without a rate limit, one campaign to everyone with an email.
+fn write_project(dir: &Path, url: &str, batch: u32, workers: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("config/campaigns"))?;
+    std::fs::create_dir_all(dir.join("templates/bench"))?;
+    std::fs::write(
+        dir.join("config/herald.toml"),
+        format!(
+            "[database]\nurl = \"{url}\"\n\n[tracking]\npublic_url = \"https://t.example.com\"\n\n[channels.email]\nprovider = \"outbox\"\nconcurrency = {}\n\n[dispatch]\nbatch = {batch}\nworkers = {workers}\n",
+            batch as usize * 2
+        ),
+    )?;
+    std::fs::write(
+        dir.join("config/campaigns/everyone.toml"),
+        "name = \"everyone\"\nwhere = 'email contains \"@\"'\nchannels = [\"email\"]\nholdout = 0.1\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Hello {{contact.external_id}}\", template = \"bench/hello.email.hbs\" }\n\n[[variants]]\nname = \"b\"\nemail = { subject = \"Hi {{contact.external_id}}\", template = \"bench/hello.email.hbs\" }\n",
+    )?;
+    std::fs::write(
+        dir.join("templates/bench/hello.email.hbs"),
+        "<p>Hello {{contact.external_id}},</p>\n<p>See <a href=\"{{track \"https://shop.example.com/new\"}}\">what is new</a>.</p>\n<p><a href=\"{{unsubscribe_url}}\">Unsubscribe</a></p>\n",
+    )?;
+    Ok(())
+}
+
+/// One measured run in this process; prints one JSON line.
+pub async fn run_one(
+    recipients: usize,
+    database: &str,
+    batch: u32,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let db = Db::connect(database).await?;
+    let t = Instant::now();
+    let options = herald_storage::segment_bench::BenchOptions {
+        contacts: recipients,
+        events: 0,
+        seed: 3,
+    };
+    herald_storage::segment_bench::load(&db, &options).await?;
+    herald_storage::segment_bench::analyze(&db).await?;
+    let load_s = t.elapsed().as_secs_f64();
+    let dir = tempfile::tempdir()?;
+    write_project(dir.path(), database, batch, workers)?;
+    let config = Arc::new(
+        herald_domain::config::load(&dir.path().join("config"))
+            .map_err(|e| anyhow::anyhow!("bench config: {e:?}"))?,
+    );
+    let mut templates = TemplateSet::load(&dir.path().join("templates"))?;
+    register_inline(&mut templates, config.campaigns.values())?;
+    let templates = Arc::new(templates);
+    let store = Arc::new(SqlStore::with_segment_config(
+        db.clone(),
+        config.herald.rfm.clone(),
+        config.herald.lifecycle.clone(),
+    ));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let campaign = config.campaigns["everyone"].clone();
+    let signer = TokenSigner::new(b"bench-secret-0123456789abcdef");
+    let routes = app::routes(&config, &store, &|_| None)?;
+    let renderer: Arc<dyn MessageRenderer> = Arc::new(CampaignRenderer::new(
+        templates,
+        campaign.clone(),
+        &config.herald,
+        signer,
+    ));
+
+    let started = Instant::now();
+    let engine = Engine::new(store.clone(), clock.clone(), config.clone());
+    let (run, plan) = engine.start_run(&campaign, clock.now_ms(), "bench").await?;
+    let plan_s = started.elapsed();
+    let mut handles = Vec::new();
+    for i in 0..workers {
+        let mut d = Dispatcher::new(
+            store.clone() as Arc<dyn Store>,
+            clock.clone(),
+            routes.clone(),
+            format!("bench/{i}"),
+        );
+        d.batch = batch;
+        d.poll = Duration::from_millis(20);
+        let renderer = renderer.clone();
+        handles.push(tokio::spawn(async move {
+            d.drain_run(run.id, renderer.as_ref()).await
+        }));
+    }
+    let mut total = DispatchStats::default();
+    for h in handles {
+        let s = h.await??;
+        total.accepted += s.accepted;
+        total.failed += s.failed;
+        total.stages.add(&s.stages);
+    }
+    let elapsed = started.elapsed();
+    let counts = store.run_counts(run.id).await?;
+    let st = &total.stages;
+    let secs = |d: Duration| d.as_secs_f64();
+    let line = serde_json::json!({
+        "recipients": recipients,
+        "audience": plan.members,
+        "accepted": total.accepted,
+        "failed": total.failed,
+        "held_out": counts.count(None, "held_out"),
+        "load_s": load_s,
+        "seconds": elapsed.as_secs_f64(),
+        "plan_s": plan_s.as_secs_f64(),
+        // Worker stages are summed over workers (they overlap in time).
+        "claim_s": secs(st.claim),
+        "contacts_s": secs(st.contacts),
+        "render_s": secs(st.render),
+        "mark_s": secs(st.mark),
+        "send_s": secs(st.send),
+        "record_s": secs(st.record),
+        "peak_rss": peak_rss(),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Runs `bench run-one` for each size and database in child processes and prints the figures.
+pub fn run(
+    sizes: &[usize],
+    postgres: Option<&str>,
+    batch: u32,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut targets: Vec<(&str, String)> = vec![("SQLite", String::new())];
+    if let Some(pg) = postgres {
+        targets.push(("PostgreSQL", pg.to_string()));
+    }
+    let exe = std::env::current_exe()?;
+    for (name, url) in &targets {
+        let mut peaks = Vec::new();
+        for &n in sizes {
+            let url = if url.is_empty() {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join(format!("run-{n}.db")).display()
+                )
+            } else {
+                url.clone()
+            };
+            let out = Command::new(&exe)
+                .args([
+                    "bench",
+                    "run-one",
+                    "--recipients",
+                    &n.to_string(),
+                    "--database",
+                    &url,
+                ])
+                .args([
+                    "--batch",
+                    &batch.to_string(),
+                    "--workers",
+                    &workers.to_string(),
+                ])
+                .output()?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "{name} run failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+            let sent = f("accepted");
+            let total = f("seconds");
+            let work: f64 = [
+                "claim_s",
+                "contacts_s",
+                "render_s",
+                "mark_s",
+                "send_s",
+                "record_s",
+            ]
+            .iter()
+            .map(|k| f(k))
+            .sum();
+            let share = |k: &str| 100.0 * f(k) / work.max(1e-9) * (total - f("plan_s")) / total;
+            println!(
+                "{name:<10} {n:>9} contacts: {:.0} messages planned ({:.0} held out), {:.0} sent in {total:.2}s = {:.0} sent/s end to end; peak RSS {:.1} MB (data load {:.1}s, not counted)",
+                f("audience"),
+                f("held_out"),
+                f("accepted"),
+                sent / total,
+                f("peak_rss") / 1e6,
+                f("load_s"),
+            );
+            println!(
+                "           time: plan {:.0}%, claim {:.0}%, contacts {:.0}%, render {:.0}%, mark {:.0}%, send {:.0}%, record {:.0}%",
+                100.0 * f("plan_s") / total,
+                share("claim_s"),
+                share("contacts_s"),
+                share("render_s"),
+                share("mark_s"),
+                share("send_s"),
+                share("record_s"),
+            );
+            peaks.push((n, f("peak_rss")));
+        }
+        if let (Some(first), Some(last)) = (peaks.first(), peaks.last()) {
+            if peaks.len() > 1 {
+                println!(
+                    "{name:<10} peak memory at {} vs {} contacts: {:.2}x",
+                    last.0,
+                    first.0,
+                    last.1 / first.1.max(1.0)
+                );
+            }
+        }
+    }
+    Ok(())
+}

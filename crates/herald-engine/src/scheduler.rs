@@ -1,0 +1,95 @@
+//! The daemon's scheduler: on every tick, for each scheduled campaign, asks
+//! [`crate::schedule::due`] which fires to run, and starts them. A run is
+//! keyed by (campaign, scheduled instant) in the database, so a second
+//! daemon, a restart or a repeated tick finds the run instead of firing it
+//! again; a plan left half done by a dead daemon is resumed once its
+//! planning lease lapses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_domain::config::Schedule;
+
+use crate::clock::Clock;
+use crate::run::{Engine, EngineError};
+use crate::schedule::due;
+use crate::store::Store;
+
+/// How far back a scheduler that has never seen a campaign looks for fires
+/// it missed (they are reported, and run if within `catch_up`).
+pub const LOOKBACK_MS: i64 = 7 * 86_400_000;
+
+/// What one tick did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TickReport {
+    /// (campaign, scheduled instant, run id, whether this tick created it).
+    pub started: Vec<(String, i64, i64, bool)>,
+    /// (campaign, scheduled instant) fires too late for `catch_up`.
+    pub missed: Vec<(String, i64)>,
+    /// Runs whose interrupted planning this tick finished.
+    pub resumed: Vec<i64>,
+}
+
+/// Fires scheduled campaigns.
+pub struct Scheduler {
+    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// Per campaign, the instant up to which fires were handled.
+    seen: HashMap<String, i64>,
+}
+
+impl Scheduler {
+    /// A scheduler over `engine`'s campaigns.
+    pub fn new(engine: Arc<Engine>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            engine,
+            store,
+            clock,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Starts every fire due now; resumes plans whose planner died.
+    pub async fn tick(&mut self) -> Result<TickReport, EngineError> {
+        let mut report = TickReport::default();
+        let config = self.engine.config();
+        for campaign in config.campaigns.values() {
+            if campaign.trigger.is_some() || matches!(campaign.schedule, Schedule::Manual) {
+                continue;
+            }
+            let now = self.clock.now_ms();
+            let last_seen = match self.seen.get(&campaign.name) {
+                Some(&t) => t,
+                None => {
+                    let last = self.store.last_scheduled(&campaign.name).await?;
+                    last.unwrap_or(i64::MIN).max(now - LOOKBACK_MS)
+                }
+            };
+            let fires = due(&campaign.schedule, last_seen, now, campaign.catch_up);
+            for at in fires.missed {
+                tracing::warn!(
+                    campaign = %campaign.name,
+                    fire = at,
+                    "a scheduled fire was missed (herald was not running, and it is more than catch_up late)"
+                );
+                report.missed.push((campaign.name.clone(), at));
+            }
+            for at in fires.run {
+                let (run, stats) = self.engine.start_run(campaign, at, "schedule").await?;
+                tracing::info!(campaign = %campaign.name, run = run.id, members = stats.members, "run started");
+                report
+                    .started
+                    .push((campaign.name.clone(), at, run.id, run.created));
+            }
+            self.seen.insert(campaign.name.clone(), now);
+            for run in self.store.unfinished_plans(&campaign.name).await? {
+                let stats = self.engine.plan(campaign, &run).await?;
+                if stats.finished {
+                    report.resumed.push(run.id);
+                }
+            }
+        }
+        Ok(report)
+    }
+}

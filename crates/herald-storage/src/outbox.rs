@@ -1,0 +1,92 @@
+//! The outbox with group commit: concurrent `put`s are gathered by one
+//! writer task into multi-row INSERTs, so a burst of outbox sends costs a few
+//! statements instead of one transaction a message. A `put` returns only once
+//! its row is written, exactly as the one-row version did.
+
+use async_trait::async_trait;
+use herald_channels::RenderedMessage;
+use herald_channels::outbox::OutboxSink;
+use sea_orm::{ConnectionTrait, DbBackend};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::Db;
+use crate::sql::Sql;
+
+/// Rows per INSERT at most (8 values each).
+const MAX_ROWS: usize = 500;
+
+type Job = (RenderedMessage, oneshot::Sender<Result<(), String>>);
+
+/// An [`OutboxSink`] that batches writes; clone-free, share it in an `Arc`.
+pub struct BatchedOutbox {
+    tx: mpsc::Sender<Job>,
+}
+
+impl BatchedOutbox {
+    /// Starts the writer task on the current runtime.
+    pub fn start(db: Db) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>(MAX_ROWS * 4);
+        tokio::spawn(writer(db, rx));
+        Self { tx }
+    }
+}
+
+#[async_trait]
+impl OutboxSink for BatchedOutbox {
+    async fn put(&self, message: &RenderedMessage) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((message.clone(), done))
+            .await
+            .map_err(|_| "the outbox writer stopped".to_string())?;
+        wait.await
+            .map_err(|_| "the outbox writer stopped".to_string())?
+    }
+}
+
+async fn writer(db: Db, mut rx: mpsc::Receiver<Job>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_ROWS);
+    while rx.recv_many(&mut jobs, MAX_ROWS).await > 0 {
+        let result = insert(&db, &jobs).await;
+        for (_, done) in jobs.drain(..) {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+async fn insert(db: &Db, jobs: &[Job]) -> Result<(), String> {
+    let b = db.backend();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut q = Sql::new();
+    q.push("INSERT INTO outbox (message_id, channel, address, subject, body, body_text, headers, created_at) VALUES ");
+    for (i, (m, _)) in jobs.iter().enumerate() {
+        if i > 0 {
+            q.push(",");
+        }
+        let headers = m
+            .unsubscribe_url
+            .as_ref()
+            .map(|u| serde_json::json!({ "List-Unsubscribe": format!("<{u}>") }).to_string());
+        q.push("(")
+            .bind(m.message_id)
+            .push(",")
+            .bind(m.channel.as_str().to_string())
+            .push(",")
+            .bind(m.to.clone())
+            .push(",");
+        q.bind_as(b, m.subject.clone(), "text").push(",");
+        q.bind(m.body.clone()).push(",");
+        q.bind_as(b, m.text.clone(), "text").push(",");
+        q.bind_as(b, headers, "text");
+        if b == DbBackend::Postgres {
+            q.push("::jsonb");
+        }
+        q.push(",").bind(now).push(")");
+    }
+    q.push(" ON CONFLICT (message_id) DO NOTHING");
+    db.conn
+        .execute_raw(q.build(b))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

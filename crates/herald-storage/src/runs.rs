@@ -1,0 +1,298 @@
+//! Operating runs and daemons: `herald runs pause|resume|cancel`, the
+//! figures of `herald status`, and the heartbeats by which daemons on one
+//! database count each other to split every channel's rate limit.
+
+use sea_orm::{ConnectionTrait, QueryResult};
+
+use crate::db::Db;
+use crate::sql::Sql;
+
+/// A daemon whose heartbeat is older than this is gone.
+pub const HEARTBEAT_STALE_MS: i64 = 10_000;
+
+/// Why a run operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(String),
+    /// No run has that id.
+    #[error("there is no run {0}; `herald status` lists them")]
+    NoSuchRun(i64),
+    /// The run is in a state the operation does not apply to.
+    #[error("run {id} is {state}: {what}")]
+    WrongState {
+        /// The run.
+        id: i64,
+        /// Its state.
+        state: String,
+        /// What could not be done.
+        what: &'static str,
+    },
+}
+
+fn db_err(e: impl std::fmt::Display) -> RunsError {
+    RunsError::Db(e.to_string())
+}
+
+fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> Result<T, RunsError> {
+    row.try_get_by_index(i).map_err(db_err)
+}
+
+async fn all(db: &Db, q: Sql) -> Result<Vec<QueryResult>, RunsError> {
+    db.conn
+        .query_all_raw(q.build(db.backend()))
+        .await
+        .map_err(db_err)
+}
+
+async fn exec(db: &Db, q: Sql) -> Result<u64, RunsError> {
+    Ok(db
+        .conn
+        .execute_raw(q.build(db.backend()))
+        .await
+        .map_err(db_err)?
+        .rows_affected())
+}
+
+async fn state_of(db: &Db, run: i64) -> Result<String, RunsError> {
+    let mut q = Sql::new();
+    q.push("SELECT state FROM runs WHERE id = ").bind(run);
+    let rows = all(db, q).await?;
+    rows.first()
+        .map(|r| get(r, 0))
+        .transpose()?
+        .ok_or(RunsError::NoSuchRun(run))
+}
+
+/// Stops claiming a running (or still planning) run's messages; what is in flight finishes.
+pub async fn pause(db: &Db, run: i64) -> Result<(), RunsError> {
+    let state = state_of(db, run).await?;
+    if state != "running" {
+        return Err(RunsError::WrongState {
+            id: run,
+            state,
+            what: "only a running run can be paused",
+        });
+    }
+    let mut q = Sql::new();
+    q.push("UPDATE runs SET state = 'paused' WHERE state = 'running' AND id = ")
+        .bind(run);
+    exec(db, q).await?;
+    Ok(())
+}
+
+/// Goes on with a paused run.
+pub async fn resume(db: &Db, run: i64) -> Result<(), RunsError> {
+    let state = state_of(db, run).await?;
+    if state != "paused" {
+        return Err(RunsError::WrongState {
+            id: run,
+            state,
+            what: "only a paused run can be resumed",
+        });
+    }
+    let mut q = Sql::new();
+    q.push("UPDATE runs SET state = 'running' WHERE state = 'paused' AND id = ")
+        .bind(run);
+    exec(db, q).await?;
+    Ok(())
+}
+
+/// Cancels what is still planned (`cancelled (run_cancelled)`); returns how many.
+/// Messages already `sending` finish and are recorded as they end.
+pub async fn cancel(db: &Db, run: i64, now: i64) -> Result<u64, RunsError> {
+    let state = state_of(db, run).await?;
+    if matches!(state.as_str(), "done" | "cancelled") {
+        return Err(RunsError::WrongState {
+            id: run,
+            state,
+            what: "there is nothing left to cancel",
+        });
+    }
+    let txn = {
+        use sea_orm::TransactionTrait;
+        db.conn.begin().await.map_err(db_err)?
+    };
+    let b = db.backend();
+    let mut q = Sql::new();
+    q.push("UPDATE runs SET state = 'cancelled', finished_at = ")
+        .bind(now)
+        .push(" WHERE id = ")
+        .bind(run);
+    txn.execute_raw(q.build(b)).await.map_err(db_err)?;
+    let mut q = Sql::new();
+    q.push("UPDATE messages SET status = 'cancelled', reason = 'run_cancelled', lease_owner = NULL, lease_until = NULL, updated_at = ")
+        .bind(now)
+        .push(" WHERE status = 'planned' AND run_id = ")
+        .bind(run);
+    let n = txn
+        .execute_raw(q.build(b))
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    txn.commit().await.map_err(db_err)?;
+    Ok(n)
+}
+
+/// Records that daemon `owner` is alive at `now`; returns how many daemons are alive.
+pub async fn heartbeat(db: &Db, owner: &str, now: i64) -> Result<u64, RunsError> {
+    let mut q = Sql::new();
+    q.push("INSERT INTO daemons (owner, started_at, heartbeat_at) VALUES (")
+        .bind(owner.to_string())
+        .push(", ")
+        .bind(now)
+        .push(", ")
+        .bind(now)
+        .push(") ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at");
+    exec(db, q).await?;
+    let mut q = Sql::new();
+    q.push("SELECT COUNT(*) FROM daemons WHERE heartbeat_at > ")
+        .bind(now - HEARTBEAT_STALE_MS);
+    let rows = all(db, q).await?;
+    let n: i64 = rows.first().map(|r| get(r, 0)).transpose()?.unwrap_or(1);
+    Ok(n.max(1) as u64)
+}
+
+/// Removes daemon `owner` (a clean exit), and every stale one.
+pub async fn leave(db: &Db, owner: &str, now: i64) -> Result<(), RunsError> {
+    let mut q = Sql::new();
+    q.push("DELETE FROM daemons WHERE owner = ")
+        .bind(owner.to_string())
+        .push(" OR heartbeat_at < ")
+        .bind(now - HEARTBEAT_STALE_MS);
+    exec(db, q).await?;
+    Ok(())
+}
+
+/// One run, as `herald status` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStatus {
+    /// Run id.
+    pub id: i64,
+    /// Campaign name.
+    pub campaign: String,
+    /// Run state.
+    pub state: String,
+    /// Scheduled instant (ms).
+    pub scheduled_at: i64,
+    /// (status, count) of its messages.
+    pub counts: Vec<(String, i64)>,
+}
+
+/// Queue depth and pace of one channel.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChannelStatus {
+    /// The channel.
+    pub channel: String,
+    /// Planned and due now (in running runs).
+    pub due: i64,
+    /// Planned for later.
+    pub later: i64,
+    /// Being sent.
+    pub sending: i64,
+    /// Accepted by the provider in the last minute.
+    pub sent_last_minute: i64,
+    /// Failed attempts in the last hour.
+    pub failed_last_hour: i64,
+}
+
+/// What `herald status` shows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Status {
+    /// The most recent runs, newest first.
+    pub runs: Vec<RunStatus>,
+    /// Per channel.
+    pub channels: Vec<ChannelStatus>,
+    /// Live daemons: (owner, started_at, heartbeat_at).
+    pub daemons: Vec<(String, i64, i64)>,
+    /// The most frequent failure reasons of the last day: (reason, count).
+    pub failures: Vec<(String, i64)>,
+}
+
+/// The figures of `herald status` at `now`, over the `limit` most recent runs.
+pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> {
+    let mut out = Status::default();
+    let mut q = Sql::new();
+    q.push("SELECT r.id, c.name, r.state, r.scheduled_at FROM runs r JOIN campaigns c ON c.id = r.campaign_id ORDER BY r.id DESC LIMIT ")
+        .bind(i64::from(limit));
+    for r in all(db, q).await? {
+        out.runs.push(RunStatus {
+            id: get(&r, 0)?,
+            campaign: get(&r, 1)?,
+            state: get(&r, 2)?,
+            scheduled_at: get(&r, 3)?,
+            counts: Vec::new(),
+        });
+    }
+    if let (Some(lo), Some(hi)) = (
+        out.runs.last().map(|r| r.id),
+        out.runs.first().map(|r| r.id),
+    ) {
+        let mut q = Sql::new();
+        q.push("SELECT run_id, status, COUNT(*) FROM messages WHERE run_id BETWEEN ")
+            .bind(lo)
+            .push(" AND ")
+            .bind(hi)
+            .push(" GROUP BY run_id, status ORDER BY run_id, status");
+        for r in all(db, q).await? {
+            let id: i64 = get(&r, 0)?;
+            if let Some(run) = out.runs.iter_mut().find(|x| x.id == id) {
+                run.counts.push((get(&r, 1)?, get(&r, 2)?));
+            }
+        }
+    }
+    let mut q = Sql::new();
+    q.push("SELECT m.channel, SUM(CASE WHEN m.status = 'planned' AND m.send_at <= ")
+        .bind(now)
+        .push(" THEN 1 ELSE 0 END), SUM(CASE WHEN m.status = 'planned' AND m.send_at > ")
+        .bind(now)
+        .push(" THEN 1 ELSE 0 END), SUM(CASE WHEN m.status = 'sending' THEN 1 ELSE 0 END) FROM messages m JOIN runs r ON r.id = m.run_id WHERE r.state IN ('planning', 'running', 'paused') AND m.channel IS NOT NULL AND m.status IN ('planned', 'sending') GROUP BY m.channel ORDER BY m.channel");
+    for r in all(db, q).await? {
+        out.channels.push(ChannelStatus {
+            channel: get(&r, 0)?,
+            due: get::<Option<i64>>(&r, 1)?.unwrap_or(0),
+            later: get::<Option<i64>>(&r, 2)?.unwrap_or(0),
+            sending: get::<Option<i64>>(&r, 3)?.unwrap_or(0),
+            ..ChannelStatus::default()
+        });
+    }
+    let mut q = Sql::new();
+    q.push("SELECT m.channel, SUM(CASE WHEN a.result = 'accepted' AND a.at > ")
+        .bind(now - 60_000)
+        .push(" THEN 1 ELSE 0 END), SUM(CASE WHEN a.result <> 'accepted' THEN 1 ELSE 0 END) FROM attempts a JOIN messages m ON m.id = a.message_id WHERE a.at > ")
+        .bind(now - 3_600_000)
+        .push(" GROUP BY m.channel");
+    for r in all(db, q).await? {
+        let channel: Option<String> = get(&r, 0)?;
+        let Some(channel) = channel else { continue };
+        let idx = match out.channels.iter().position(|c| c.channel == channel) {
+            Some(i) => i,
+            None => {
+                out.channels.push(ChannelStatus {
+                    channel: channel.clone(),
+                    ..ChannelStatus::default()
+                });
+                out.channels.len() - 1
+            }
+        };
+        out.channels[idx].sent_last_minute = get::<Option<i64>>(&r, 1)?.unwrap_or(0);
+        out.channels[idx].failed_last_hour = get::<Option<i64>>(&r, 2)?.unwrap_or(0);
+    }
+    out.channels.sort_by(|a, b| a.channel.cmp(&b.channel));
+    let mut q = Sql::new();
+    q.push("SELECT owner, started_at, heartbeat_at FROM daemons WHERE heartbeat_at > ")
+        .bind(now - HEARTBEAT_STALE_MS)
+        .push(" ORDER BY owner");
+    for r in all(db, q).await? {
+        out.daemons.push((get(&r, 0)?, get(&r, 1)?, get(&r, 2)?));
+    }
+    let mut q = Sql::new();
+    q.push("SELECT COALESCE(reason, status), COUNT(*) FROM messages WHERE status IN ('failed', 'unknown') AND updated_at > ")
+        .bind(now - 86_400_000)
+        .push(" GROUP BY COALESCE(reason, status) ORDER BY COUNT(*) DESC LIMIT 10");
+    for r in all(db, q).await? {
+        out.failures.push((get(&r, 0)?, get(&r, 1)?));
+    }
+    Ok(out)
+}
