@@ -219,15 +219,13 @@ pub fn run(
             );
             peaks.push((n, f("peak_rss")));
         }
-        if let (Some(first), Some(last)) = (peaks.first(), peaks.last()) {
-            if peaks.len() > 1 {
-                println!(
-                    "{name:<10} peak memory at {} vs {} contacts: {:.2}x",
-                    last.0,
-                    first.0,
-                    last.1 / first.1.max(1.0)
-                );
-            }
+        if let [first, .., last] = peaks.as_slice() {
+            println!(
+                "{name:<10} peak memory at {} vs {} contacts: {:.2}x",
+                last.0,
+                first.0,
+                last.1 / first.1.max(1.0)
+            );
         }
     }
     Ok(())

@@ -281,9 +281,8 @@ impl Dispatcher {
                 by_run.entry(m.run_id).or_default().push(m);
             }
             for (run_id, batch) in by_run {
-                if !campaigns.contains_key(&run_id) {
-                    let name = self.store.run_campaign(run_id).await?;
-                    campaigns.insert(run_id, name);
+                if let std::collections::hash_map::Entry::Vacant(e) = campaigns.entry(run_id) {
+                    e.insert(self.store.run_campaign(run_id).await?);
                 }
                 let renderer = campaigns[&run_id]
                     .as_deref()

@@ -209,18 +209,19 @@ pub fn decide(ctx: &PlanContext<'_>, member: &AudienceMember) -> PlannedMessage 
             return suppress(planned, SuppressReason::Reentry);
         }
     }
-    if marketing && !ctx.caps.is_empty() {
-        if let Some(channel) = planned.channel {
-            // Messages planned for later count too: any window holding this one is capped.
-            let recent: Vec<(Channel, i64)> = member
-                .history
-                .iter()
-                .filter(|h| h.marketing && h.run_id != ctx.run_id && counts_for_cap(h.status))
-                .filter_map(|h| h.channel.map(|c| (c, h.send_at)))
-                .collect();
-            if policy::capped(ctx.caps, channel, ctx.now, &recent) {
-                return suppress(planned, SuppressReason::Cap);
-            }
+    if let Some(channel) = planned
+        .channel
+        .filter(|_| marketing && !ctx.caps.is_empty())
+    {
+        // Messages planned for later count too: any window holding this one is capped.
+        let recent: Vec<(Channel, i64)> = member
+            .history
+            .iter()
+            .filter(|h| h.marketing && h.run_id != ctx.run_id && counts_for_cap(h.status))
+            .filter_map(|h| h.channel.map(|c| (c, h.send_at)))
+            .collect();
+        if policy::capped(ctx.caps, channel, ctx.now, &recent) {
+            return suppress(planned, SuppressReason::Cap);
         }
     }
     let tz = ctx.tz(member);
@@ -234,13 +235,10 @@ pub fn decide(ctx: &PlanContext<'_>, member: &AudienceMember) -> PlannedMessage 
     );
     planned.send_at = at;
     moved.extend(why);
-    if marketing {
-        if let Some(quiet) = ctx.quiet_hours {
-            if let Some(later) = policy::quiet_hours(planned.send_at, tz, quiet) {
-                planned.send_at = later;
-                moved.push("deferred (quiet hours)");
-            }
-        }
+    let quiet = ctx.quiet_hours.filter(|_| marketing);
+    if let Some(later) = quiet.and_then(|q| policy::quiet_hours(planned.send_at, tz, q)) {
+        planned.send_at = later;
+        moved.push("deferred (quiet hours)");
     }
     if let Some(spread) = campaign.spread {
         let key = format!("{}\0{}", campaign.name, member.external_id);
