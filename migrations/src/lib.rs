@@ -7,6 +7,8 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_initial;
 mod m20261124_000001_segment_index;
 mod m20261125_000001_messages_fillfactor;
+mod m20261126_000001_rollout;
+mod m20261126_000002_daemon;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -18,6 +20,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261124_000001_segment_index::Migration),
             Box::new(m20261125_000001_messages_fillfactor::Migration),
+            Box::new(m20261126_000001_rollout::Migration),
+            Box::new(m20261126_000002_daemon::Migration),
         ]
     }
 }

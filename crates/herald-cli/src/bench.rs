@@ -14,6 +14,10 @@ use herald_storage::import::import_contacts;
 
 use crate::datagen;
 
+// `herald bench report` lives in its own file beside this one.
+#[path = "bench_report.rs"]
+mod report;
+
 /// Arguments of `herald bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -47,6 +51,48 @@ enum BenchWhat {
         #[arg(long)]
         database: Option<String>,
     },
+    /// A whole run end to end to an unlimited outbox: plan, policies, render, record.
+    Run {
+        /// Audience sizes to measure (contacts generated per size).
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        recipients: Vec<usize>,
+        /// Also measure on this PostgreSQL database: EMPTIED first.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Messages a worker claims at once.
+        #[arg(long, default_value_t = 1000)]
+        batch: u32,
+        /// Dispatch workers.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// One run in this process (used by `bench run`); prints one JSON line.
+    #[command(hide = true)]
+    RunOne {
+        #[arg(long)]
+        recipients: usize,
+        #[arg(long)]
+        database: String,
+        #[arg(long)]
+        batch: u32,
+        #[arg(long)]
+        workers: usize,
+    },
+    /// The A/B report over generated messages, half of them with outcomes.
+    Report {
+        /// Messages to generate.
+        #[arg(long, default_value_t = 10_000_000)]
+        messages: u64,
+        /// Runs they are spread over.
+        #[arg(long, default_value_t = 10)]
+        runs: u64,
+        /// A scratch database: EMPTIED first (default: a temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+        /// Time the report on the data a previous run left in `--database`.
+        #[arg(long, requires = "database")]
+        keep: bool,
+    },
     /// One import in this process (used by `bench import`); prints one JSON line.
     #[command(hide = true)]
     ImportOne {
@@ -79,6 +125,18 @@ fn parse_only_rate(file: &PathBuf) -> anyhow::Result<f64> {
 /// Runs the bench command.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.what {
+        BenchWhat::Run {
+            recipients,
+            postgres,
+            batch,
+            workers,
+        } => crate::bench_run::run(recipients, postgres.as_deref(), *batch, *workers),
+        BenchWhat::RunOne {
+            recipients,
+            database,
+            batch,
+            workers,
+        } => crate::bench_run::run_one(*recipients, database, *batch, *workers).await,
         BenchWhat::Segments {
             contacts,
             events,
@@ -104,6 +162,25 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .await?;
             println!("{report}");
             Ok(())
+        }
+        BenchWhat::Report {
+            messages,
+            runs,
+            database,
+            keep,
+        } => {
+            let dir = tempfile::tempdir()?;
+            let url = database.clone().unwrap_or_else(|| {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("report.db").display()
+                )
+            });
+            let options = report::Options {
+                messages: *messages,
+                runs: *runs,
+            };
+            report::run(&url, options, *keep).await
         }
         BenchWhat::ImportOne { file, database } => {
             let db = Db::connect(database).await?;

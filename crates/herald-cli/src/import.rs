@@ -1,13 +1,15 @@
 //! `herald import contacts|events FILE`: streams the file into the database,
 //! prints each rejected row with its line number, a summary on stdout, and
-//! exits 1 when any row was rejected.
+//! exits 1 when any row was rejected. Events count towards the goals of the
+//! campaigns in the config directory, like those `POST /events` receives.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Subcommand;
-use herald_storage::import::{ImportReport, import_contacts, import_events};
+use herald_server::goal_specs;
+use herald_storage::import::{ImportReport, import_contacts, import_events_with_goals};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{Cli, EXIT_FAILURE, Exit, app};
@@ -90,7 +92,10 @@ pub async fn run(cli: &Cli, what: &ImportWhat) -> anyhow::Result<()> {
     let started = Instant::now();
     let report = match what {
         ImportWhat::Contacts { .. } => import_contacts(&db, file, &progress).await?,
-        ImportWhat::Events { .. } => import_events(&db, file, &progress).await?,
+        ImportWhat::Events { .. } => {
+            let goals = goal_specs(config.campaigns.values());
+            import_events_with_goals(&db, file, &goals, &progress).await?
+        }
     };
     if let Some(pb) = pb {
         pb.finish_and_clear();

@@ -1,17 +1,718 @@
-//! `herald report CAMPAIGN`: the A/B result of SPEC section 5.
+//! `herald report CAMPAIGN`: the A/B result of SPEC section 5, as tables with
+//! the verdicts in words under them, as JSON (the stable shape the README
+//! documents, also served at `GET /api/campaigns/{name}/report` through
+//! [`report_source`]), or as CSV, one row per (scope, arm).
 
-use clap::Args;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::Cli;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use herald_domain::config::ConfigSet;
+use herald_domain::stats::Comparison;
+use herald_server::{ReportError as ServerReportError, ReportSource};
+use herald_storage::Db;
+use herald_storage::report::{
+    ArmReport, Bound, Report, ReportFilter, Scope, campaign_names, campaign_report, parse_instant,
+};
+
+use crate::{Cli, EXIT_INVALID, Exit, app};
 
 /// Arguments of `herald report`.
 #[derive(Args, Debug)]
 pub struct ReportArgs {
     /// The campaign's name.
     pub campaign: String,
+    /// Only this run.
+    #[arg(long)]
+    pub run: Option<i64>,
+    /// Runs that started at or after T (RFC 3339, or a date: 00:00 UTC).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Runs that started before T (RFC 3339, or a date: through the end of that day, UTC).
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// How the report is printed.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Tables and sentences, for people.
+    Table,
+    /// The stable JSON shape (see README).
+    Json,
+    /// One row per (scope, arm).
+    Csv,
+}
+
+/// The filter of `--run`, `--since` and `--until`.
+pub fn filter(
+    run: Option<i64>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<ReportFilter, String> {
+    let instant = |t: Option<&str>, bound| {
+        t.map(|t| parse_instant(t, bound))
+            .transpose()
+            .map_err(|e| e.to_string())
+    };
+    let filter = ReportFilter {
+        run,
+        since: instant(since, Bound::Since)?,
+        until: instant(until, Bound::Until)?,
+    };
+    if let (Some(s), Some(u)) = (filter.since, filter.until)
+        && s >= u
+    {
+        return Err("--since must be before --until".to_string());
+    }
+    Ok(filter)
+}
+
+/// The report of `name` now, from `config` (its campaign, if configured, and the global holdout).
+async fn make(
+    db: &Db,
+    config: &ConfigSet,
+    name: &str,
+    filter: &ReportFilter,
+) -> anyhow::Result<Option<Report>> {
+    let now = chrono::Utc::now().timestamp_millis();
+    Ok(campaign_report(
+        db,
+        name,
+        config.campaigns.get(name),
+        config.herald.defaults.global_holdout.get(),
+        filter,
+        now,
+    )
+    .await?)
 }
 
 /// Runs `herald report`.
-pub async fn run(_cli: &Cli, _args: &ReportArgs) -> anyhow::Result<()> {
-    anyhow::bail!("herald report is being built")
+pub async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
+    let config = app::load_config(cli)?;
+    let filter = filter(args.run, args.since.as_deref(), args.until.as_deref()).map_err(|e| {
+        eprintln!("error: {e}");
+        Exit(EXIT_INVALID)
+    })?;
+    let db = app::connect(cli, &config).await?;
+    let Some(report) = make(&db, &config, &args.campaign, &filter).await? else {
+        let mut known: Vec<String> = config.campaigns.keys().cloned().collect();
+        known.extend(campaign_names(&db).await?);
+        known.sort();
+        known.dedup();
+        eprintln!(
+            "error: no campaign named `{}` in {}/campaigns or in the database (known: {})",
+            args.campaign,
+            cli.config.display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        return Err(Exit(EXIT_INVALID).into());
+    };
+    let out = match args.format {
+        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Format::Csv => csv(&report)?,
+        Format::Table => table(&report),
+    };
+    print!("{out}");
+    Ok(())
+}
+
+/// A rate as a percentage with two decimals; empty where there is none.
+fn rate(r: Option<f64>) -> String {
+    r.map(|r| format!("{:.2}%", r * 100.0)).unwrap_or_default()
+}
+
+fn money(x: f64) -> String {
+    format!("{x:.2}")
+}
+
+fn new_table(header: Vec<String>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(header);
+    t
+}
+
+/// Counts per arm: who was assigned and what happened to the messages.
+fn delivery_table(scope: &Scope) -> Table {
+    let mut t = new_table(
+        [
+            "arm",
+            "assigned",
+            "sent",
+            "delivered",
+            "bounced",
+            "failed",
+            "unknown",
+            "pending",
+            "held out",
+            "suppressed",
+            "cancelled",
+            "global holdout",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for a in &scope.arms {
+        t.add_row(vec![
+            a.arm.clone(),
+            a.assigned.to_string(),
+            a.sent.to_string(),
+            a.delivered.to_string(),
+            a.bounced.to_string(),
+            a.failed.to_string(),
+            a.unknown.to_string(),
+            a.pending.to_string(),
+            a.held_out.to_string(),
+            a.suppressed.to_string(),
+            a.cancelled.to_string(),
+            a.global_holdout.to_string(),
+        ]);
+    }
+    t
+}
+
+/// Outcomes per arm, with SPEC's rates.
+fn outcome_table(scope: &Scope, goals: &[String]) -> Table {
+    let mut header: Vec<String> = [
+        "arm",
+        "delivery",
+        "opened",
+        "open rate",
+        "machine opened",
+        "clicked",
+        "click rate",
+        "unsubscribed",
+        "complained",
+        "converted",
+        "conversion",
+        "revenue",
+        "revenue/assigned",
+    ]
+    .map(String::from)
+    .to_vec();
+    for g in goals {
+        header.push(format!("{g} reached"));
+        header.push(format!("{g} rate"));
+    }
+    let mut t = new_table(header);
+    for a in &scope.arms {
+        let mut row = vec![
+            a.arm.clone(),
+            rate(a.rates.delivery),
+            a.opened.to_string(),
+            rate(a.rates.open),
+            a.machine_opened.to_string(),
+            a.clicked.to_string(),
+            rate(a.rates.click),
+            a.unsubscribed.to_string(),
+            a.complained.to_string(),
+            a.converted.to_string(),
+            rate(a.rates.conversion),
+            money(a.revenue),
+            a.revenue_per_assigned.map(money).unwrap_or_default(),
+        ];
+        for s in &a.secondary {
+            row.push(s.reached.to_string());
+            row.push(rate(s.rate));
+        }
+        t.add_row(row);
+    }
+    t
+}
+
+/// A p-value cell: four decimals, or scientific notation where that would show 0.
+fn p_cell(p: f64) -> String {
+    if p < 1e-4 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
+}
+
+/// A chance cell: one decimal, never rounded into a certainty.
+fn chance_cell(c: f64) -> String {
+    if c > 0.999 {
+        ">99.9%".to_string()
+    } else if c < 0.001 {
+        "<0.1%".to_string()
+    } else {
+        format!("{:.1}%", c * 100.0)
+    }
+}
+
+/// Each comparison's numbers, next to the sentences that say them in words.
+fn comparison_table(scope: &Scope) -> Table {
+    let mut t = new_table(
+        [
+            "variant",
+            "vs",
+            "conversion",
+            "control conversion",
+            "lift",
+            "95% CI",
+            "p-value",
+            "chance to beat",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for c in &scope.comparisons {
+        let mut row = vec![
+            c.variant.clone(),
+            c.control.clone(),
+            rate(c.variant_counts.rate()),
+            rate(c.control_counts.rate()),
+        ];
+        match &c.result {
+            Comparison::Estimate(e) => row.extend([
+                format!("{:+.2}%", e.rel_lift * 100.0),
+                format!(
+                    "{:+.2}% to {:+.2}%",
+                    e.rel_ci.lower * 100.0,
+                    e.rel_ci.upper * 100.0
+                ),
+                p_cell(e.p_value),
+                chance_cell(e.chance_to_beat),
+            ]),
+            Comparison::NotEnoughData { .. } => row.extend([
+                "not enough data".to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]),
+        }
+        t.add_row(row);
+    }
+    t
+}
+
+fn suppression_lines(arms: &[ArmReport]) -> Vec<String> {
+    arms.iter()
+        .filter(|a| !a.suppressed_by_reason.is_empty() || !a.cancelled_by_reason.is_empty())
+        .map(|a| {
+            let mut parts: Vec<String> = a
+                .suppressed_by_reason
+                .iter()
+                .map(|(r, n)| format!("suppressed ({r}) {n}"))
+                .collect();
+            parts.extend(
+                a.cancelled_by_reason
+                    .iter()
+                    .map(|(r, n)| format!("cancelled ({r}) {n}")),
+            );
+            format!("  {}: {}", a.arm, parts.join(", "))
+        })
+        .collect()
+}
+
+fn scope_text(out: &mut String, title: &str, scope: &Scope, goals: &[String]) {
+    out.push_str(&format!("{title}: {} messages\n", scope.messages));
+    out.push_str(&format!("{}\n", delivery_table(scope)));
+    for line in suppression_lines(&scope.arms) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&format!("{}\n", outcome_table(scope, goals)));
+    if !scope.comparisons.is_empty() {
+        out.push_str(&format!("{}\n", comparison_table(scope)));
+    }
+    for s in &scope.summary {
+        out.push_str(&format!("* {s}\n"));
+    }
+}
+
+/// The report for people: tables, and the verdicts in words under them.
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let goal = r
+        .goal
+        .as_ref()
+        .map(|g| format!("goal {} within {}", g.event, g.within))
+        .unwrap_or_else(|| "no goal".to_string());
+    let mut range = Vec::new();
+    if let Some(run) = r.filter.run {
+        range.push(format!("run {run}"));
+    }
+    if let Some(s) = &r.filter.since {
+        range.push(format!("started from {s}"));
+    }
+    if let Some(u) = &r.filter.until {
+        range.push(format!("started before {u}"));
+    }
+    out.push_str(&format!(
+        "report of `{}` ({}, {goal}): {} run(s){}; made {}\n",
+        r.campaign,
+        r.kind,
+        r.runs.len(),
+        if range.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", range.join(", "))
+        },
+        r.generated_at
+    ));
+    for n in &r.notes {
+        out.push_str(&format!("* {n}\n"));
+    }
+    if r.runs.is_empty() {
+        return out;
+    }
+    let ids: Vec<String> = r.runs.iter().map(|s| s.run.id.to_string()).collect();
+    scope_text(
+        &mut out,
+        &format!("\nall selected runs ({})", ids.join(", ")),
+        &r.total,
+        &r.secondary_goals,
+    );
+    if r.runs.len() > 1 {
+        let mut t = new_table(
+            [
+                "run",
+                "started",
+                "state",
+                "messages",
+                "assigned per arm",
+                "converted per arm",
+                "split check (p)",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        for s in &r.runs {
+            let per_arm = |f: &dyn Fn(&ArmReport) -> u64| {
+                s.scope
+                    .arms
+                    .iter()
+                    .map(|a| format!("{} {}", a.arm, f(a)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            t.add_row(vec![
+                s.run.id.to_string(),
+                s.run.started_at.clone(),
+                s.run.state.clone(),
+                s.scope.messages.to_string(),
+                per_arm(&|a| a.assigned),
+                per_arm(&|a| a.converted),
+                s.scope
+                    .srm
+                    .as_ref()
+                    .map(|m| {
+                        format!(
+                            "{:.4}{}",
+                            m.test.p_value,
+                            if m.test.mismatch { " MISMATCH" } else { "" }
+                        )
+                    })
+                    .unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&format!("\nper run (one run in full: --run ID)\n{t}\n"));
+        for s in &r.runs {
+            if let Some(m) = s.scope.srm.as_ref().filter(|m| m.test.mismatch) {
+                out.push_str(&format!("* run {}: {}\n", s.run.id, m.sentence));
+            }
+        }
+    }
+    if let Some(g) = &r.global_holdout {
+        let mut t = new_table(
+            [
+                "",
+                "messages",
+                "converted",
+                "conversion",
+                "revenue",
+                "revenue/message",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        for (name, side) in [
+            ("marketing", &g.marketing),
+            ("global holdout", &g.global_holdout),
+        ] {
+            t.add_row(vec![
+                name.to_string(),
+                side.messages.to_string(),
+                side.converted.to_string(),
+                rate(side.conversion_rate),
+                money(side.revenue),
+                side.revenue_per_message.map(money).unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&format!(
+            "\nglobal holdout ({} of all contacts get no marketing)\n{t}\n",
+            rate(Some(g.fraction))
+        ));
+        for s in &g.summary {
+            out.push_str(&format!("* {s}\n"));
+        }
+    }
+    if !r.rollouts.is_empty() {
+        out.push_str("\nrollouts\n");
+        for ro in &r.rollouts {
+            out.push_str(&format!("* {}\n", ro.sentence));
+        }
+    }
+    out
+}
+
+fn opt<T: ToString>(x: Option<T>) -> String {
+    x.map(|x| x.to_string()).unwrap_or_default()
+}
+
+/// One CSV row per (scope, arm): `total` first, then each run.
+pub fn csv(r: &Report) -> anyhow::Result<String> {
+    let mut header: Vec<String> = [
+        "scope",
+        "run_id",
+        "arm",
+        "holdout",
+        "expected_share",
+        "assigned",
+        "sent",
+        "delivered",
+        "bounced",
+        "failed",
+        "unknown",
+        "pending",
+        "held_out",
+        "suppressed",
+        "suppressed_by_reason",
+        "cancelled",
+        "global_holdout",
+        "opened",
+        "machine_opened",
+        "clicked",
+        "unsubscribed",
+        "complained",
+        "converted",
+        "revenue",
+        "revenue_per_assigned",
+        "delivery_rate",
+        "open_rate",
+        "click_rate",
+        "conversion_rate",
+    ]
+    .map(String::from)
+    .to_vec();
+    for g in &r.secondary_goals {
+        header.extend([
+            format!("{g}_reached"),
+            format!("{g}_rate"),
+            format!("{g}_revenue"),
+        ]);
+    }
+    for prefix in ["vs_control", "vs_first"] {
+        header.push(format!("{prefix}_arm"));
+        for f in [
+            "rel_lift",
+            "ci_lower",
+            "ci_upper",
+            "p_value",
+            "chance_to_beat",
+            "no_estimate",
+        ] {
+            header.push(format!("{prefix}_{f}"));
+        }
+    }
+    header.extend(["srm_p_value", "srm_mismatch"].map(String::from));
+
+    let mut w = ::csv::Writer::from_writer(Vec::new());
+    w.write_record(&header)?;
+    let scopes = std::iter::once(("total", None, &r.total))
+        .chain(r.runs.iter().map(|s| ("run", Some(s.run.id), &s.scope)));
+    for (kind, run, scope) in scopes {
+        let first_variant = scope
+            .arms
+            .iter()
+            .find(|a| !a.holdout)
+            .map(|a| a.arm.as_str());
+        for a in &scope.arms {
+            let mut row = vec![
+                kind.to_string(),
+                opt(run),
+                a.arm.clone(),
+                a.holdout.to_string(),
+                opt(a.expected_share),
+                a.assigned.to_string(),
+                a.sent.to_string(),
+                a.delivered.to_string(),
+                a.bounced.to_string(),
+                a.failed.to_string(),
+                a.unknown.to_string(),
+                a.pending.to_string(),
+                a.held_out.to_string(),
+                a.suppressed.to_string(),
+                a.suppressed_by_reason
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                a.cancelled.to_string(),
+                a.global_holdout.to_string(),
+                a.opened.to_string(),
+                a.machine_opened.to_string(),
+                a.clicked.to_string(),
+                a.unsubscribed.to_string(),
+                a.complained.to_string(),
+                a.converted.to_string(),
+                a.revenue.to_string(),
+                opt(a.revenue_per_assigned),
+                opt(a.rates.delivery),
+                opt(a.rates.open),
+                opt(a.rates.click),
+                opt(a.rates.conversion),
+            ];
+            for s in &a.secondary {
+                row.extend([s.reached.to_string(), opt(s.rate), s.revenue.to_string()]);
+            }
+            let versus = |control: Option<&str>| {
+                let found = control.and_then(|c| {
+                    scope
+                        .comparisons
+                        .iter()
+                        .find(|x| x.variant == a.arm && x.control == c)
+                });
+                let mut cells = vec![opt(found.map(|c| c.control.clone()))];
+                match found.map(|c| &c.result) {
+                    Some(Comparison::Estimate(e)) => cells.extend([
+                        e.rel_lift.to_string(),
+                        e.rel_ci.lower.to_string(),
+                        e.rel_ci.upper.to_string(),
+                        e.p_value.to_string(),
+                        e.chance_to_beat.to_string(),
+                        String::new(),
+                    ]),
+                    Some(Comparison::NotEnoughData { message, .. }) => {
+                        cells.extend(std::iter::repeat_n(String::new(), 5));
+                        cells.push((*message).to_string());
+                    }
+                    None => cells.extend(std::iter::repeat_n(String::new(), 6)),
+                }
+                cells
+            };
+            row.extend(versus(scope.control.as_deref()));
+            // Against the first variant only where the holdout is the control.
+            let first = first_variant.filter(|_| scope.control.as_deref() == Some("holdout"));
+            row.extend(versus(first));
+            row.extend([
+                opt(scope.srm.as_ref().map(|s| s.test.p_value)),
+                opt(scope.srm.as_ref().map(|s| s.test.mismatch)),
+            ]);
+            w.write_record(&row)?;
+        }
+    }
+    let bytes = w.into_inner().context("cannot finish the CSV")?;
+    Ok(String::from_utf8(bytes)?)
+}
+
+/// The report source of `GET /api/campaigns/{name}/report`, for `herald serve` and `herald run`.
+struct SqlReportSource {
+    db: Db,
+    config: Arc<ConfigSet>,
+}
+
+impl SqlReportSource {
+    async fn answer(
+        &self,
+        campaign: &str,
+        query: &[(String, String)],
+    ) -> Result<Option<serde_json::Value>, ServerReportError> {
+        let param = |key: &str| {
+            query
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if let Some((k, _)) = query
+            .iter()
+            .find(|(k, _)| !["run", "since", "until"].contains(&k.as_str()))
+        {
+            return Err(ServerReportError::BadRequest(format!(
+                "unknown parameter `{k}`: use run, since or until"
+            )));
+        }
+        let run = param("run")
+            .map(|r| {
+                r.parse::<i64>().map_err(|_| {
+                    ServerReportError::BadRequest(format!("run `{r}` is not a run id"))
+                })
+            })
+            .transpose()?;
+        let filter =
+            filter(run, param("since"), param("until")).map_err(ServerReportError::BadRequest)?;
+        let report = make(&self.db, &self.config, campaign, &filter)
+            .await
+            .map_err(|e| ServerReportError::Failed(format!("{e:#}")))?;
+        report
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| ServerReportError::Failed(e.to_string()))
+    }
+}
+
+type ReportFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<serde_json::Value>, ServerReportError>> + Send + 'a>>;
+
+// The trait is declared with `#[async_trait]`; this is that macro's expansion
+// written out, so this crate needs no dependency for one impl.
+impl ReportSource for SqlReportSource {
+    fn report<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        campaign: &'life1 str,
+        query: &'life2 [(String, String)],
+    ) -> ReportFuture<'async_trait>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.answer(campaign, query))
+    }
+}
+
+/// `GET /api/campaigns/{name}/report` over `db`, with the campaigns of `config`.
+pub fn report_source(db: Db, config: Arc<ConfigSet>) -> Arc<dyn ReportSource> {
+    Arc::new(SqlReportSource { db, config })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_keep_small_numbers_readable() {
+        assert_eq!(p_cell(0.0312), "0.0312");
+        assert_eq!(p_cell(2.7e-29), "2.7e-29");
+        assert_eq!(chance_cell(0.9997), ">99.9%");
+        assert_eq!(chance_cell(0.0), "<0.1%");
+        assert_eq!(chance_cell(0.935), "93.5%");
+    }
+
+    #[test]
+    fn the_range_must_not_be_empty() {
+        assert!(filter(None, Some("2026-11-02"), Some("2026-11-01")).is_err());
+        let f = filter(Some(3), Some("2026-11-01"), Some("2026-11-01")).unwrap();
+        assert_eq!(f.run, Some(3));
+        assert_eq!(f.until.unwrap() - f.since.unwrap(), 86_400_000);
+        assert!(
+            filter(None, Some("yesterday"), None)
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+    }
 }

@@ -31,11 +31,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs `herald serve`.
-pub async fn run(cli: &Cli) -> anyhow::Result<()> {
-    let config = app::load_config(cli)?;
-    let store = app::store(cli, &config).await?;
-    let signer = app::signer(&config)?;
+/// The tracking server's state for `config`: secrets from the environment,
+/// goal specs of every campaign, the SMTP bounce listener if configured.
+pub fn tracking_state(
+    config: &herald_domain::config::ConfigSet,
+    store: &herald_storage::store::SqlStore,
+    signer: herald_domain::token::TokenSigner,
+    extra_metrics: Option<herald_server::ExtraMetrics>,
+) -> anyhow::Result<AppState> {
     let t = &config.herald.tracking;
     let mut server = ServerConfig::new(t.public_url.clone());
     server.events_token = std::env::var(&t.events_token_env).ok();
@@ -64,14 +67,37 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             ..SmtpSettings::default()
         });
     }
-    let state = AppState::new(store.db().clone(), signer, server);
-    let listener = tokio::net::TcpListener::bind(&t.listen)
+    let report = crate::report::report_source(store.db().clone(), config.clone().into());
+    Ok(AppState::with_hooks(
+        store.db().clone(),
+        signer,
+        server,
+        Some(report),
+        extra_metrics,
+    ))
+}
+
+/// Binds `[tracking] listen`.
+pub async fn tracking_listener(
+    config: &herald_domain::config::ConfigSet,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let t = &config.herald.tracking;
+    tokio::net::TcpListener::bind(&t.listen)
         .await
-        .with_context(|| format!("cannot listen on [tracking] listen = {}", t.listen))?;
+        .with_context(|| format!("cannot listen on [tracking] listen = {}", t.listen))
+}
+
+/// Runs `herald serve`.
+pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let config = app::load_config(cli)?;
+    let store = app::store(cli, &config).await?;
+    let signer = app::signer(&config)?;
+    let state = tracking_state(&config, &store, signer, None)?;
+    let listener = tracking_listener(&config).await?;
     println!(
         "tracking server on http://{} (links point to {})",
         listener.local_addr()?,
-        t.public_url
+        config.herald.tracking.public_url
     );
     herald_server::run(listener, state, shutdown_signal()).await?;
     println!("stopped: every answered open and click is recorded");

@@ -1,1 +1,759 @@
-//! (being written)
+//! The A/B report of SPEC section 5. [`load`] reads a campaign's runs and one
+//! grouped scan of its messages (per run, arm, status and suppression
+//! reason: counts of every outcome flag, revenue, and each secondary goal),
+//! so the database does the aggregation and only groups come back; on SQLite
+//! the scan is two statements over covering indexes. [`build`] turns the
+//! groups into the [`Report`] with plain words, and [`campaign_report`] does
+//! both. Rollout decisions are kept in `rollouts` ([`record_rollout`]).
+//!
+//! A date range selects runs by the instant they started (their audience
+//! snapshot), never messages by send time: variants may send at different
+//! hours, and cutting a run by send time would cut its arms unevenly.
+
+mod build;
+mod words;
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, NaiveDate};
+use herald_domain::config::Campaign;
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait};
+use serde_json::Value as Json;
+
+pub use build::{
+    ArmReport, ComparisonReport, FilterEcho, GlobalHoldoutReport, GoalEcho, Group, HoldoutSide,
+    Rates, Report, ReportSettings, RolloutEcho, RunEcho, RunScope, Scope, SecondaryReport,
+    SrmReport, build,
+};
+
+use crate::db::Db;
+use crate::sql::Sql;
+
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    /// `--since` or `--until` is not an instant.
+    #[error("{0}")]
+    BadInstant(String),
+}
+
+/// Shorthand for report results.
+pub type ReportResult<T> = Result<T, ReportError>;
+
+/// Above this many selected runs the scan selects them with a subquery
+/// instead of a list of bound ids (SQLite allows 32,766 parameters).
+const MAX_LISTED_RUNS: usize = 5_000;
+
+/// Which runs a report covers; every bound optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportFilter {
+    /// Only this run.
+    pub run: Option<i64>,
+    /// Runs that started at or after this instant (ms).
+    pub since: Option<i64>,
+    /// Runs that started before this instant (ms).
+    pub until: Option<i64>,
+}
+
+/// Which end of a range an instant bounds: a date alone means the start of
+/// that day (UTC) for `since`, and the end of it for `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// `--since`: inclusive.
+    Since,
+    /// `--until`: exclusive.
+    Until,
+}
+
+/// Parses `--since`/`--until`: RFC 3339 (`2026-11-20T10:00:00+08:00`) or a
+/// date (`2026-11-20`, UTC), into milliseconds since the epoch.
+pub fn parse_instant(text: &str, bound: Bound) -> ReportResult<i64> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.timestamp_millis());
+    }
+    if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let day = match bound {
+            Bound::Since => Some(day),
+            Bound::Until => day.succ_opt(),
+        };
+        if let Some(midnight) = day.and_then(|d| d.and_hms_opt(0, 0, 0)) {
+            return Ok(midnight.and_utc().timestamp_millis());
+        }
+    }
+    Err(ReportError::BadInstant(format!(
+        "`{text}` is not an instant: use RFC 3339 (2026-11-20T10:00:00Z) or a date (2026-11-20)"
+    )))
+}
+
+/// A campaign as the database keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignRow {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// `marketing` or `transactional`.
+    pub kind: String,
+    /// What decides arms, as of its latest run.
+    pub fingerprint: String,
+}
+
+/// One run of the campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    /// Its id.
+    pub id: i64,
+    /// The instant it was scheduled for (ms).
+    pub scheduled_at: i64,
+    /// The instant it started: its audience snapshot (ms).
+    pub started_at: i64,
+    /// `planning`, `running`, `paused`, `done`, `cancelled`.
+    pub state: String,
+    /// What started it (`manual`, `schedule`, ...).
+    pub origin: String,
+    /// The campaign's assignment fingerprint when it ran: its arms' weights.
+    pub fingerprint: String,
+    /// When its last message was sent, if it is done (ms).
+    pub finished_at: Option<i64>,
+}
+
+/// A recorded rollout decision (SPEC section 5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRecord {
+    /// The run that tested and then rolled out.
+    pub run_id: i64,
+    /// When it decided (ms).
+    pub decided_at: i64,
+    /// `conversion`, `click` or `open`.
+    pub metric: String,
+    /// The variant sent to the rest of the audience.
+    pub chosen: String,
+    /// The variant with the best rate.
+    pub leader: String,
+    /// The leader won outright (otherwise the first variant went).
+    pub clear_winner: bool,
+    /// Decided before every tested message's goal window had closed.
+    pub window_cut_short: bool,
+    /// The decision in words.
+    pub reason: String,
+    /// The numbers it was made on.
+    pub detail: Json,
+}
+
+impl RolloutRecord {
+    /// The record of `decision`, made by [`herald_domain::stats::pick_winner`] over
+    /// `variants` (name and counts on `metric`, in file order).
+    pub fn from_decision(
+        run_id: i64,
+        decided_at: i64,
+        metric: &str,
+        variants: &[(&str, herald_domain::stats::ArmCounts)],
+        decision: &herald_domain::stats::Rollout,
+        window_cut_short: bool,
+    ) -> Self {
+        let name = |i: usize| variants.get(i).map_or("", |v| v.0).to_string();
+        let detail = serde_json::json!({
+            "arms": variants
+                .iter()
+                .map(|(arm, counts)| serde_json::json!({"arm": arm, "n": counts.n(), "k": counts.k()}))
+                .collect::<Vec<_>>(),
+            "rivals": decision
+                .rivals
+                .iter()
+                .map(|r| serde_json::json!({"arm": name(r.variant), "leader_chance_to_beat": r.chance_to_beat}))
+                .collect::<Vec<_>>(),
+        });
+        Self {
+            run_id,
+            decided_at,
+            metric: metric.to_string(),
+            chosen: name(decision.chosen),
+            leader: name(decision.leader),
+            clear_winner: decision.clear_winner,
+            window_cut_short,
+            reason: decision.reason.clone(),
+            detail,
+        }
+    }
+}
+
+/// Counts over the messages of one group (or a sum of groups).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    /// Messages.
+    pub messages: u64,
+    /// Accepted by a provider (`sent_at` recorded), whatever came after.
+    pub sent: u64,
+    /// Opened by a person.
+    pub opened: u64,
+    /// Fetched by a privacy proxy or scanner (a message may also be opened by a person).
+    pub machine_opened: u64,
+    /// Clicked.
+    pub clicked: u64,
+    /// Unsubscribed from.
+    pub unsubscribed: u64,
+    /// Marked as spam.
+    pub complained: u64,
+    /// Converted on the campaign's goal.
+    pub converted: u64,
+    /// Revenue of the goal events.
+    pub revenue: f64,
+    /// The latest planned send time (ms).
+    pub last_send_at: Option<i64>,
+    /// Per secondary goal, in the order asked for: (messages that reached it, its revenue).
+    pub secondary: Vec<(u64, f64)>,
+}
+
+impl Tally {
+    /// Adds `other` to this tally.
+    pub fn add(&mut self, other: &Tally) {
+        self.messages += other.messages;
+        self.sent += other.sent;
+        self.opened += other.opened;
+        self.machine_opened += other.machine_opened;
+        self.clicked += other.clicked;
+        self.unsubscribed += other.unsubscribed;
+        self.complained += other.complained;
+        self.converted += other.converted;
+        self.revenue += other.revenue;
+        self.last_send_at = self.last_send_at.max(other.last_send_at);
+        if self.secondary.len() < other.secondary.len() {
+            self.secondary.resize(other.secondary.len(), (0, 0.0));
+        }
+        for (mine, theirs) in self.secondary.iter_mut().zip(&other.secondary) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+    }
+}
+
+/// Everything the report is built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportData {
+    /// The campaign; `None` when it has never run.
+    pub campaign: Option<CampaignRow>,
+    /// The selected runs, oldest first.
+    pub runs: Vec<RunRow>,
+    /// The scan's groups.
+    pub groups: Vec<Group>,
+    /// Secondary goals counted, in the order of [`Tally::secondary`].
+    pub secondary_goals: Vec<String>,
+    /// Rollout decisions of the selected runs.
+    pub rollouts: Vec<RolloutRecord>,
+}
+
+fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> ReportResult<T> {
+    Ok(row.try_get_by_index(i)?)
+}
+
+fn count(row: &QueryResult, i: usize) -> ReportResult<u64> {
+    let n: i64 = get(row, i)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The names of every campaign that has run.
+pub async fn campaign_names(db: &Db) -> ReportResult<Vec<String>> {
+    let mut q = Sql::new();
+    q.push("SELECT name FROM campaigns ORDER BY name");
+    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
+    rows.iter().map(|r| get(r, 0)).collect()
+}
+
+async fn campaign_row(db: &Db, name: &str) -> ReportResult<Option<CampaignRow>> {
+    let mut q = Sql::new();
+    q.push("SELECT id, name, kind, fingerprint FROM campaigns WHERE name = ")
+        .bind(name.to_string());
+    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
+    rows.first()
+        .map(|r| {
+            Ok(CampaignRow {
+                id: get(r, 0)?,
+                name: get(r, 1)?,
+                kind: get(r, 2)?,
+                fingerprint: get(r, 3)?,
+            })
+        })
+        .transpose()
+}
+
+/// The campaign's runs that `filter` selects, oldest first.
+pub async fn runs(db: &Db, campaign_id: i64, filter: &ReportFilter) -> ReportResult<Vec<RunRow>> {
+    let mut q = Sql::new();
+    q.push("SELECT id, scheduled_at, now_at, state, origin, fingerprint, finished_at FROM runs");
+    run_conditions(&mut q, campaign_id, filter);
+    q.push(" ORDER BY now_at, id");
+    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(RunRow {
+                id: get(r, 0)?,
+                scheduled_at: get(r, 1)?,
+                started_at: get(r, 2)?,
+                state: get(r, 3)?,
+                origin: get(r, 4)?,
+                fingerprint: get(r, 5)?,
+                finished_at: get(r, 6)?,
+            })
+        })
+        .collect()
+}
+
+/// ` WHERE ...` selecting the campaign's runs by `filter`, over table `runs`.
+fn run_conditions(q: &mut Sql, campaign_id: i64, filter: &ReportFilter) {
+    q.push(" WHERE campaign_id = ").bind(campaign_id);
+    if let Some(run) = filter.run {
+        q.push(" AND id = ").bind(run);
+    }
+    if let Some(since) = filter.since {
+        q.push(" AND now_at >= ").bind(since);
+    }
+    if let Some(until) = filter.until {
+        q.push(" AND now_at < ").bind(until);
+    }
+}
+
+/// The outcome columns the scan counts, in [`Tally`] order.
+const FLAGS: [&str; 7] = [
+    "sent_at",
+    "opened_at",
+    "machine_opened_at",
+    "clicked_at",
+    "unsubscribed_at",
+    "complained_at",
+    "converted_at",
+];
+
+/// Which of the campaign's runs a scan statement reads.
+#[derive(Debug, Clone, Copy)]
+enum Runs<'a> {
+    /// Every run: no condition at all.
+    All,
+    /// These runs, as a list of at most [`MAX_LISTED_RUNS`] bound ids.
+    Listed(&'a [i64]),
+    /// The runs the filter selects, by a subquery.
+    Filtered(&'a ReportFilter),
+}
+
+impl<'a> Runs<'a> {
+    /// How to select `ids`, the runs `filter` selected.
+    fn of(filter: &'a ReportFilter, ids: &'a [i64]) -> Self {
+        if *filter == ReportFilter::default() {
+            Runs::All
+        } else if ids.len() <= MAX_LISTED_RUNS {
+            Runs::Listed(ids)
+        } else {
+            Runs::Filtered(filter)
+        }
+    }
+}
+
+/// Which groups a scan statement makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// (run, arm, status, reason of a suppression or cancellation): PostgreSQL
+    /// aggregates by hash, so one statement does it all.
+    Whole,
+    /// (run, arm, status): SQLite reads the covering index `messages_report`
+    /// in this order and never sorts.
+    ByStatus,
+    /// (run, arm, status, reason) of suppressed and cancelled messages only:
+    /// SQLite reads the partial covering index `messages_report_reasons`.
+    Reasons,
+}
+
+/// A grouped scan statement. Reasons are kept only where they name a kind of
+/// suppression or cancellation: a failure's reason is provider text, one
+/// group per distinct message. On SQLite each expression is written as the
+/// covering indexes of migration `m20261126_000001_rollout` have it, and a
+/// computed reason (a CASE) would defeat them: hence two statements there.
+fn scan_sql(
+    b: DbBackend,
+    campaign_id: i64,
+    runs: Runs<'_>,
+    secondary: &[String],
+    part: Part,
+) -> Sql {
+    let mut q = Sql::new();
+    q.push("SELECT m.run_id, m.arm, m.status, ");
+    q.push(match part {
+        // Most messages have no reason: that test is cheaper than two on the status.
+        Part::Whole => {
+            "CASE WHEN m.reason IS NULL THEN NULL \
+             WHEN m.status IN ('suppressed', 'cancelled') THEN m.reason END"
+        }
+        Part::ByStatus => "NULL",
+        Part::Reasons => "m.reason",
+    });
+    q.push(", COUNT(*)");
+    for flag in FLAGS {
+        match b {
+            DbBackend::Postgres => q.push(", COUNT(m.").push(flag).push(")"),
+            _ => q.push(", SUM(m.").push(flag).push(" IS NOT NULL)"),
+        };
+    }
+    q.push(", CAST(COALESCE(SUM(m.revenue), 0) AS DOUBLE PRECISION), MAX(m.send_at)");
+    // Secondary goals are read from the same rows: `secondary` holds
+    // {"EVENT": {"at", "count", "revenue"}} for each goal a message reached.
+    for goal in secondary {
+        match b {
+            // A key test and one path lookup: no intermediate jsonb is built.
+            DbBackend::Postgres => {
+                q.push(", COUNT(*) FILTER (WHERE jsonb_exists(m.secondary, ")
+                    .bind_as(b, goal.clone(), "text")
+                    .push(")), CAST(COALESCE(SUM(CAST(m.secondary #>> ARRAY[")
+                    .bind_as(b, goal.clone(), "text")
+                    .push(", 'revenue'] AS DOUBLE PRECISION)), 0) AS DOUBLE PRECISION)");
+            }
+            // SQLite's JSON paths have no escape for a double quote in a key.
+            _ if goal.contains('"') => {
+                q.push(", 0, 0.0");
+            }
+            _ => {
+                q.push(", COUNT(json_extract(m.secondary, ")
+                    .bind(sqlite_json_path(goal, None))
+                    .push(")), CAST(COALESCE(SUM(json_extract(m.secondary, ")
+                    .bind(sqlite_json_path(goal, Some("revenue")))
+                    .push(")), 0) AS DOUBLE PRECISION)");
+            }
+        }
+    }
+    q.push(" FROM messages m WHERE m.campaign_id = ")
+        .bind(campaign_id);
+    if part == Part::Reasons {
+        q.push(" AND m.status IN ('suppressed', 'cancelled')");
+    }
+    match runs {
+        Runs::All => {}
+        Runs::Listed(ids) => {
+            // A list, not a join: PostgreSQL then estimates the rows from the
+            // column's statistics and aggregates by hash, not by sorting 10M rows.
+            q.push(" AND m.run_id IN (");
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    q.push(",");
+                }
+                q.bind(*id);
+            }
+            q.push(")");
+        }
+        Runs::Filtered(filter) => {
+            q.push(" AND m.run_id IN (SELECT id FROM runs");
+            run_conditions(&mut q, campaign_id, filter);
+            q.push(")");
+        }
+    }
+    q.push(match part {
+        Part::ByStatus => " GROUP BY 1, 2, 3",
+        Part::Whole | Part::Reasons => " GROUP BY 1, 2, 3, 4",
+    });
+    q
+}
+
+/// A SQLite JSON path to key `key` (and then `field`), the key quoted so
+/// that dots or brackets in an event name stay part of the name.
+fn sqlite_json_path(key: &str, field: Option<&str>) -> String {
+    match field {
+        Some(f) => format!("$.\"{key}\".{f}"),
+        None => format!("$.\"{key}\""),
+    }
+}
+
+/// Statements of the grouped scan running at once on SQLite, at most: one
+/// statement runs on one core, and the pool holds four connections.
+const MAX_SQLITE_PARTS: usize = 4;
+
+async fn scan(
+    db: &Db,
+    campaign_id: i64,
+    filter: &ReportFilter,
+    run_ids: &[i64],
+    secondary: &[String],
+) -> ReportResult<Vec<Group>> {
+    let b = db.backend();
+    let rows: Vec<(Part, QueryResult)> = if b == DbBackend::Postgres {
+        // PostgreSQL spreads one statement over its parallel workers.
+        let q = scan_sql(
+            b,
+            campaign_id,
+            Runs::of(filter, run_ids),
+            secondary,
+            Part::Whole,
+        );
+        let rows = db.conn.query_all_raw(q.build(b)).await?;
+        rows.into_iter().map(|r| (Part::Whole, r)).collect()
+    } else {
+        // SQLite runs a statement on one core: the runs are split among a
+        // few connections, each reading its runs in one read transaction,
+        // so every run is counted from one snapshot.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parts = cores
+            .clamp(1, MAX_SQLITE_PARTS)
+            .max(run_ids.len().div_ceil(MAX_LISTED_RUNS))
+            .min(run_ids.len().max(1));
+        let mut chunks: Vec<Vec<i64>> = vec![Vec::new(); parts];
+        for (i, id) in run_ids.iter().enumerate() {
+            chunks[i % parts].push(*id);
+        }
+        let scans = chunks.iter().map(|ids| {
+            let runs = if parts == 1 {
+                Runs::of(filter, run_ids)
+            } else {
+                Runs::Listed(ids)
+            };
+            sqlite_scan(db, campaign_id, runs, secondary)
+        });
+        futures::future::try_join_all(scans)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect()
+    };
+    let wanted: BTreeSet<i64> = run_ids.iter().copied().collect();
+    let mut groups = Vec::with_capacity(rows.len());
+    for (part, r) in &rows {
+        let run_id: i64 = get(r, 0)?;
+        let status: String = get(r, 2)?;
+        // With no filter the scan reads the whole campaign, which may have
+        // gained a run since the run list was read.
+        if !wanted.contains(&run_id) {
+            continue;
+        }
+        // Suppressed and cancelled messages come again, by reason.
+        if *part == Part::ByStatus && matches!(status.as_str(), "suppressed" | "cancelled") {
+            continue;
+        }
+        let reason: Option<String> = get(r, 3)?;
+        let mut tally = Tally {
+            messages: count(r, 4)?,
+            sent: count(r, 5)?,
+            opened: count(r, 6)?,
+            machine_opened: count(r, 7)?,
+            clicked: count(r, 8)?,
+            unsubscribed: count(r, 9)?,
+            complained: count(r, 10)?,
+            converted: count(r, 11)?,
+            revenue: get(r, 12)?,
+            last_send_at: get(r, 13)?,
+            secondary: Vec::with_capacity(secondary.len()),
+        };
+        for i in 0..secondary.len() {
+            tally
+                .secondary
+                .push((count(r, 14 + 2 * i)?, get(r, 15 + 2 * i)?));
+        }
+        groups.push(Group {
+            run_id,
+            arm: get(r, 1)?,
+            status,
+            reason,
+            tally,
+        });
+    }
+    Ok(groups)
+}
+
+/// SQLite's two statements over `runs`, in one read transaction.
+async fn sqlite_scan(
+    db: &Db,
+    campaign_id: i64,
+    runs: Runs<'_>,
+    secondary: &[String],
+) -> ReportResult<Vec<(Part, QueryResult)>> {
+    let b = db.backend();
+    let txn = db.conn.begin().await?;
+    let mut rows = Vec::new();
+    for part in [Part::ByStatus, Part::Reasons] {
+        let q = scan_sql(b, campaign_id, runs, secondary, part);
+        rows.extend(
+            txn.query_all_raw(q.build(b))
+                .await?
+                .into_iter()
+                .map(|r| (part, r)),
+        );
+    }
+    txn.commit().await?;
+    Ok(rows)
+}
+
+/// Reads what the report of `campaign` over the runs `filter` selects is
+/// built from, counting `secondary` goals; `None` when it has never run.
+pub async fn load(
+    db: &Db,
+    campaign: &str,
+    filter: &ReportFilter,
+    secondary: &[String],
+) -> ReportResult<Option<ReportData>> {
+    let Some(row) = campaign_row(db, campaign).await? else {
+        return Ok(None);
+    };
+    let runs = runs(db, row.id, filter).await?;
+    let run_ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+    let groups = if runs.is_empty() {
+        Vec::new()
+    } else {
+        scan(db, row.id, filter, &run_ids, secondary).await?
+    };
+    let rollouts = rollouts(db, row.id)
+        .await?
+        .into_iter()
+        .filter(|r| run_ids.contains(&r.run_id))
+        .collect();
+    Ok(Some(ReportData {
+        campaign: Some(row),
+        runs,
+        groups,
+        secondary_goals: secondary.to_vec(),
+        rollouts,
+    }))
+}
+
+/// The report of `name`: its runs that `filter` selects, with the goal,
+/// secondary goals and current weights of `campaign` (its config, if it still
+/// has one) and the configured global holdout fraction. `None` when the
+/// campaign is neither configured nor has ever run.
+pub async fn campaign_report(
+    db: &Db,
+    name: &str,
+    campaign: Option<&Campaign>,
+    global_holdout: f64,
+    filter: &ReportFilter,
+    now: i64,
+) -> ReportResult<Option<Report>> {
+    // Secondary goals share the goal's window: without a goal none is attributed.
+    let secondary: Vec<String> = campaign
+        .filter(|c| c.goal.is_some())
+        .map(|c| c.secondary_goals.clone())
+        .unwrap_or_default();
+    let data = match load(db, name, filter, &secondary).await? {
+        Some(data) => data,
+        None if campaign.is_some() => ReportData {
+            campaign: None,
+            runs: Vec::new(),
+            groups: Vec::new(),
+            secondary_goals: secondary,
+            rollouts: Vec::new(),
+        },
+        None => return Ok(None),
+    };
+    let settings = ReportSettings::new(name, campaign, global_holdout, now);
+    Ok(Some(build(&data, &settings, filter)))
+}
+
+/// Records a rollout decision; `false` when the run had already decided
+/// (a decision is final, so a second one is refused, not merged).
+pub async fn record_rollout(db: &Db, r: &RolloutRecord) -> ReportResult<bool> {
+    let b = db.backend();
+    let mut q = Sql::new();
+    q.push("INSERT INTO rollouts (run_id, decided_at, metric, chosen, leader, clear_winner, window_cut_short, reason, detail) VALUES (")
+        .bind(r.run_id)
+        .push(",")
+        .bind(r.decided_at)
+        .push(",")
+        .bind(r.metric.clone())
+        .push(",")
+        .bind(r.chosen.clone())
+        .push(",")
+        .bind(r.leader.clone())
+        .push(",")
+        .bind(r.clear_winner)
+        .push(",")
+        .bind(r.window_cut_short)
+        .push(",")
+        .bind(r.reason.clone())
+        .push(",")
+        .bind(sea_orm::Value::Json(Some(Box::new(r.detail.clone()))))
+        .push(") ON CONFLICT (run_id) DO NOTHING");
+    let written = db.conn.execute_raw(q.build(b)).await?.rows_affected();
+    Ok(written == 1)
+}
+
+/// The rollout decisions of the campaign's runs.
+pub async fn rollouts(db: &Db, campaign_id: i64) -> ReportResult<Vec<RolloutRecord>> {
+    let mut q = Sql::new();
+    q.push("SELECT o.run_id, o.decided_at, o.metric, o.chosen, o.leader, o.clear_winner, o.window_cut_short, o.reason, o.detail FROM rollouts o JOIN runs r ON r.id = o.run_id WHERE r.campaign_id = ")
+        .bind(campaign_id)
+        .push(" ORDER BY o.run_id");
+    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
+    rows.iter()
+        .map(|r| {
+            let detail: Option<Json> = get(r, 8)?;
+            Ok(RolloutRecord {
+                run_id: get(r, 0)?,
+                decided_at: get(r, 1)?,
+                metric: get(r, 2)?,
+                chosen: get(r, 3)?,
+                leader: get(r, 4)?,
+                clear_winner: get(r, 5)?,
+                window_cut_short: get(r, 6)?,
+                reason: get(r, 7)?,
+                detail: detail.unwrap_or(Json::Null),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod db_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_are_rfc3339_or_dates() {
+        assert_eq!(
+            parse_instant("2026-11-20T10:00:00+08:00", Bound::Since).unwrap(),
+            parse_instant("2026-11-20T02:00:00Z", Bound::Until).unwrap()
+        );
+        let day = parse_instant("2026-11-20", Bound::Since).unwrap();
+        assert_eq!(
+            day,
+            parse_instant("2026-11-20T00:00:00Z", Bound::Since).unwrap()
+        );
+        // `--until 2026-11-20` includes that whole day.
+        assert_eq!(
+            parse_instant("2026-11-20", Bound::Until).unwrap(),
+            day + 86_400_000
+        );
+        let err = parse_instant("last tuesday", Bound::Since).unwrap_err();
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn secondary_goal_paths_quote_the_event_name() {
+        assert_eq!(sqlite_json_path("app_open", None), "$.\"app_open\"");
+        assert_eq!(
+            sqlite_json_path("a.b", Some("revenue")),
+            "$.\"a.b\".revenue"
+        );
+    }
+
+    #[test]
+    fn tallies_add_up() {
+        let mut a = Tally {
+            messages: 2,
+            converted: 1,
+            revenue: 10.0,
+            last_send_at: Some(5),
+            secondary: vec![(1, 2.0)],
+            ..Tally::default()
+        };
+        a.add(&Tally {
+            messages: 3,
+            sent: 3,
+            revenue: 2.5,
+            last_send_at: Some(9),
+            secondary: vec![(2, 1.0), (4, 0.0)],
+            ..Tally::default()
+        });
+        assert_eq!(
+            (a.messages, a.sent, a.converted, a.revenue, a.last_send_at),
+            (5, 3, 1, 12.5, Some(9))
+        );
+        assert_eq!(a.secondary, vec![(3, 3.0), (4, 0.0)]);
+    }
+}

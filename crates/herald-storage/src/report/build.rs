@@ -1,0 +1,1447 @@
+//! Builds the [`Report`] from the scan's groups, with no IO: per arm counts
+//! and SPEC's rates, each variant against its control, the sample-ratio check
+//! against the weights each run was planned with, the global holdout, the
+//! recorded rollouts, and the sentences that say it all in words.
+//!
+//! The unit is a message: one contact in one run. Messages of contacts in the
+//! global holdout (`suppressed (global_holdout)`) are outside the campaign's
+//! experiment: each arm counts them apart, and they are the control of the
+//! global holdout report.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, SecondsFormat};
+use herald_domain::config::Campaign;
+use herald_domain::stats::{self, ArmCounts, Comparison, Srm};
+use herald_domain::types::SuppressReason;
+use herald_engine::plan::HOLDOUT_ARM;
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::words;
+use super::{ReportData, ReportFilter, RolloutRecord, RunRow, Tally};
+
+/// The metric every comparison is on (SPEC section 5: converted / assigned).
+const METRIC: &str = "conversion";
+
+/// What the scan counted for one (run, arm, status, reason).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// The run.
+    pub run_id: i64,
+    /// Variant name or `holdout`.
+    pub arm: String,
+    /// The message status.
+    pub status: String,
+    /// The reason of a suppression or cancellation.
+    pub reason: Option<String>,
+    /// The counts.
+    pub tally: Tally,
+}
+
+impl Group {
+    fn in_global_holdout(&self) -> bool {
+        self.status == "suppressed"
+            && self.reason.as_deref() == Some(SuppressReason::GlobalHoldout.as_str())
+    }
+}
+
+/// What the report takes from the config and the clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSettings {
+    /// The campaign's name.
+    pub campaign: String,
+    /// `marketing` or `transactional`, from the config (the database's word wins).
+    pub kind: Option<String>,
+    /// The conversion goal; without one there is nothing to compare.
+    pub goal: Option<GoalEcho>,
+    /// Variant names in file order.
+    pub variants: Vec<String>,
+    /// Each arm's share of the audience under the current config (holdout included),
+    /// for runs whose own weights are unknown.
+    pub shares: Option<Vec<(String, f64)>>,
+    /// `[defaults].global_holdout`.
+    pub global_holdout: f64,
+    /// The report's instant (ms).
+    pub now: i64,
+}
+
+impl ReportSettings {
+    /// Settings for `name`, from its config if it has one.
+    pub fn new(name: &str, campaign: Option<&Campaign>, global_holdout: f64, now: i64) -> Self {
+        let shares = campaign.map(|c| {
+            let weights: Vec<(String, f64)> = c
+                .variants
+                .iter()
+                .map(|v| (v.name.get_ref().as_str().to_string(), v.weight))
+                .collect();
+            shares_of(c.holdout.get(), &weights)
+        });
+        Self {
+            campaign: name.to_string(),
+            kind: campaign.map(|c| {
+                match c.kind {
+                    herald_domain::types::CampaignKind::Marketing => "marketing",
+                    herald_domain::types::CampaignKind::Transactional => "transactional",
+                }
+                .to_string()
+            }),
+            goal: campaign.and_then(|c| c.goal.as_ref()).map(|g| GoalEcho {
+                event: g.event.clone(),
+                within: g.within.to_string(),
+                within_ms: g.within.millis(),
+            }),
+            variants: campaign
+                .map(|c| c.variant_names().into_iter().map(str::to_string).collect())
+                .unwrap_or_default(),
+            shares,
+            global_holdout,
+            now,
+        }
+    }
+}
+
+/// Shares of the audience: `holdout`, then the rest split by weight.
+fn shares_of(holdout: f64, weights: &[(String, f64)]) -> Vec<(String, f64)> {
+    let total: f64 = weights.iter().map(|(_, w)| w).sum();
+    let mut out: Vec<(String, f64)> = weights
+        .iter()
+        .map(|(name, w)| (name.clone(), (1.0 - holdout) * w / total))
+        .collect();
+    if holdout > 0.0 {
+        out.push((HOLDOUT_ARM.to_string(), holdout));
+    }
+    out
+}
+
+/// The shares a run was planned with, read back from its assignment
+/// fingerprint (`NAME;holdout=H;V1=W1,V2=W2`, see `Campaign::assignment_fingerprint`).
+pub fn shares_from_fingerprint(fingerprint: &str) -> Option<Vec<(String, f64)>> {
+    let mut parts = fingerprint.splitn(3, ';');
+    let (_name, holdout, weights) = (parts.next()?, parts.next()?, parts.next()?);
+    let holdout: f64 = holdout.strip_prefix("holdout=")?.parse().ok()?;
+    if !(0.0..1.0).contains(&holdout) {
+        return None;
+    }
+    let weights: Vec<(String, f64)> = weights
+        .split(',')
+        .map(|pair| {
+            let (name, weight) = pair.rsplit_once('=')?;
+            let weight: f64 = weight.parse().ok()?;
+            (weight.is_finite() && weight > 0.0 && !name.is_empty())
+                .then(|| (name.to_string(), weight))
+        })
+        .collect::<Option<_>>()?;
+    (!weights.is_empty()).then(|| shares_of(holdout, &weights))
+}
+
+/// The report; `--format json` prints it as is (README: "The report's JSON").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The campaign's name.
+    pub campaign: String,
+    /// `marketing` or `transactional`.
+    pub kind: String,
+    /// When the report was made (RFC 3339, UTC).
+    pub generated_at: String,
+    /// Which runs it covers.
+    pub filter: FilterEcho,
+    /// The conversion goal.
+    pub goal: Option<GoalEcho>,
+    /// Secondary goals counted per arm.
+    pub secondary_goals: Vec<String>,
+    /// Over every selected run.
+    pub total: Scope,
+    /// Each selected run, oldest first.
+    pub runs: Vec<RunScope>,
+    /// All of this campaign's marketing against the global holdout.
+    pub global_holdout: Option<GlobalHoldoutReport>,
+    /// Rollout decisions of the selected runs.
+    pub rollouts: Vec<RolloutEcho>,
+    /// Words about the whole report.
+    pub notes: Vec<String>,
+}
+
+/// The filter, as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FilterEcho {
+    /// `--run`.
+    pub run: Option<i64>,
+    /// `--since`, as the instant used (RFC 3339).
+    pub since: Option<String>,
+    /// `--until`, as the instant used (exclusive).
+    pub until: Option<String>,
+    /// What the range selects runs by: always `started_at`.
+    pub runs_by: &'static str,
+}
+
+/// The conversion goal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GoalEcho {
+    /// The event that counts.
+    pub event: String,
+    /// The window after the planned send time, as written (`3d`).
+    pub within: String,
+    /// The window in milliseconds.
+    pub within_ms: i64,
+}
+
+/// One run's part of the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunScope {
+    /// The run.
+    pub run: RunEcho,
+    /// Its numbers.
+    #[serde(flatten)]
+    pub scope: Scope,
+}
+
+/// A run, as the report names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunEcho {
+    /// Its id.
+    pub id: i64,
+    /// When it started: its audience snapshot (RFC 3339).
+    pub started_at: String,
+    /// The instant it was scheduled for.
+    pub scheduled_at: String,
+    /// `planning`, `running`, `paused`, `done`, `cancelled`.
+    pub state: String,
+    /// What started it.
+    pub origin: String,
+    /// When its last message was sent, once done.
+    pub finished_at: Option<String>,
+}
+
+/// The numbers of one scope: the total, or one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scope {
+    /// Messages in the scope, the global holdout's included.
+    pub messages: u64,
+    /// The arm every variant is compared with: `holdout`, or the first variant.
+    pub control: Option<String>,
+    /// Per arm: variants in file order, then the holdout.
+    pub arms: Vec<ArmReport>,
+    /// Each variant against the control, then (with a holdout and two or
+    /// more variants) each variant against the first.
+    pub comparisons: Vec<ComparisonReport>,
+    /// Do the arms' sizes fit the weights? `None` when there is nothing to test.
+    pub srm: Option<SrmReport>,
+    /// When the goal window of the latest message closes (RFC 3339).
+    pub goal_window_closes_at: Option<String>,
+    /// Conversions may still come in.
+    pub goal_window_open: bool,
+    /// The scope in words.
+    pub summary: Vec<String>,
+}
+
+/// One arm of a scope. Everything but `global_holdout` leaves out the
+/// global holdout's messages.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArmReport {
+    /// Variant name, or `holdout`.
+    pub arm: String,
+    /// The control group.
+    pub holdout: bool,
+    /// Its share of the audience under the weights (of the global holdout's rest).
+    pub expected_share: Option<f64>,
+    /// Messages: one per contact per run.
+    pub assigned: u64,
+    /// Accepted by a provider, whatever came after (`sent_at` recorded).
+    pub sent: u64,
+    /// Status `delivered`.
+    pub delivered: u64,
+    /// Status `bounced`.
+    pub bounced: u64,
+    /// Status `failed`.
+    pub failed: u64,
+    /// Status `unknown`: may have reached the provider; never resent.
+    pub unknown: u64,
+    /// Status `planned` or `sending`: not sent yet.
+    pub pending: u64,
+    /// Status `held_out`: the control group, measured and never sent.
+    pub held_out: u64,
+    /// Status `suppressed`.
+    pub suppressed: u64,
+    /// `suppressed` by reason.
+    pub suppressed_by_reason: BTreeMap<String, u64>,
+    /// Status `cancelled`.
+    pub cancelled: u64,
+    /// `cancelled` by reason.
+    pub cancelled_by_reason: BTreeMap<String, u64>,
+    /// Every status, as stored.
+    pub by_status: BTreeMap<String, u64>,
+    /// Messages of contacts in the global holdout: not in `assigned`.
+    pub global_holdout: u64,
+    /// Opened by a person.
+    pub opened: u64,
+    /// Fetched by a privacy proxy or scanner (a message may also be in `opened`).
+    pub machine_opened: u64,
+    /// Clicked.
+    pub clicked: u64,
+    /// Unsubscribed from.
+    pub unsubscribed: u64,
+    /// Marked as spam.
+    pub complained: u64,
+    /// Had a goal event within the window (whatever the status: intention to treat).
+    pub converted: u64,
+    /// Sum of the goal events' values.
+    pub revenue: f64,
+    /// `revenue / assigned`.
+    pub revenue_per_assigned: Option<f64>,
+    /// SPEC's rates.
+    pub rates: Rates,
+    /// Each secondary goal, in config order.
+    pub secondary: Vec<SecondaryReport>,
+}
+
+/// SPEC section 5's rates; `None` where the denominator is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Rates {
+    /// `delivered / sent`.
+    pub delivery: Option<f64>,
+    /// `opened / delivered`.
+    pub open: Option<f64>,
+    /// `clicked / delivered`.
+    pub click: Option<f64>,
+    /// `converted / assigned`.
+    pub conversion: Option<f64>,
+}
+
+/// One secondary goal of an arm, counted like the goal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecondaryReport {
+    /// The event.
+    pub event: String,
+    /// Messages whose window holds the event.
+    pub reached: u64,
+    /// `reached / assigned`.
+    pub rate: Option<f64>,
+    /// Sum of those events' values.
+    pub revenue: f64,
+}
+
+/// A variant against a control, on conversions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComparisonReport {
+    /// The variant.
+    pub variant: String,
+    /// The arm it is measured against.
+    pub control: String,
+    /// Always `conversion`: converted / assigned.
+    pub metric: &'static str,
+    /// The variant's (assigned, converted).
+    pub variant_counts: ArmCounts,
+    /// The control's (assigned, converted).
+    pub control_counts: ArmCounts,
+    /// The statistics (gbstats 0.8's), or why there are none.
+    pub result: Comparison,
+    /// `p_value` below 0.05.
+    pub significant: bool,
+    /// The verdict in words.
+    pub sentence: String,
+}
+
+/// The sample-ratio check of a scope.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SrmReport {
+    /// The chi-squared test.
+    #[serde(flatten)]
+    pub test: Srm,
+    /// Each arm's expected size under the weights.
+    pub expected: BTreeMap<String, f64>,
+    /// `run` (the weights each run was planned with) or `config` (today's).
+    pub weights_from: &'static str,
+    /// The verdict in words.
+    pub sentence: String,
+}
+
+/// This campaign's marketing against the global holdout: the contacts it
+/// reached or measured (its own holdout included: they still get other
+/// marketing) against those no marketing reaches.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GlobalHoldoutReport {
+    /// `[defaults].global_holdout` now.
+    pub fraction: f64,
+    /// Everyone outside the global holdout.
+    pub marketing: HoldoutSide,
+    /// The global holdout's messages.
+    pub global_holdout: HoldoutSide,
+    /// Marketing against the global holdout, on conversions.
+    pub comparison: Option<ComparisonReport>,
+    /// Does the global holdout's size fit its fraction?
+    pub srm: Option<SrmReport>,
+    /// In words.
+    pub summary: Vec<String>,
+}
+
+/// One side of the global holdout report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HoldoutSide {
+    /// Messages.
+    pub messages: u64,
+    /// Converted.
+    pub converted: u64,
+    /// Revenue.
+    pub revenue: f64,
+    /// `converted / messages`.
+    pub conversion_rate: Option<f64>,
+    /// `revenue / messages`.
+    pub revenue_per_message: Option<f64>,
+}
+
+/// A recorded rollout decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutEcho {
+    /// The run.
+    pub run_id: i64,
+    /// When it decided (RFC 3339).
+    pub decided_at: String,
+    /// `conversion`, `click` or `open`.
+    pub metric: String,
+    /// The variant sent to the rest.
+    pub chosen: String,
+    /// The variant with the best rate.
+    pub leader: String,
+    /// The leader won outright.
+    pub clear_winner: bool,
+    /// Decided before every tested message's goal window had closed.
+    pub window_cut_short: bool,
+    /// The decision's own words.
+    pub reason: String,
+    /// The numbers it was made on.
+    pub detail: Json,
+    /// In words.
+    pub sentence: String,
+}
+
+/// An instant as RFC 3339 (UTC, seconds).
+pub(crate) fn rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// (messages, converted) of a tally; a message converts at most once, so
+/// this is always `Some`.
+fn arm_counts(t: &Tally) -> Option<ArmCounts> {
+    ArmCounts::new(t.messages, t.converted).ok()
+}
+
+fn ratio(numerator: u64, denominator: u64) -> Option<f64> {
+    (denominator > 0).then(|| numerator as f64 / denominator as f64)
+}
+
+/// Everything counted for one arm of one scope.
+#[derive(Debug, Clone, Default)]
+struct ArmAcc {
+    /// Outside the global holdout.
+    tally: Tally,
+    by_status: BTreeMap<String, u64>,
+    suppressed_by_reason: BTreeMap<String, u64>,
+    cancelled_by_reason: BTreeMap<String, u64>,
+    /// The global holdout's messages.
+    global: Tally,
+}
+
+impl ArmAcc {
+    fn add(&mut self, g: &Group) {
+        if g.in_global_holdout() {
+            self.global.add(&g.tally);
+            return;
+        }
+        self.tally.add(&g.tally);
+        let n = g.tally.messages;
+        *self.by_status.entry(g.status.clone()).or_default() += n;
+        let reason = || g.reason.clone().unwrap_or_else(|| "unknown".to_string());
+        match g.status.as_str() {
+            "suppressed" => *self.suppressed_by_reason.entry(reason()).or_default() += n,
+            "cancelled" => *self.cancelled_by_reason.entry(reason()).or_default() += n,
+            _ => {}
+        }
+    }
+
+    fn merge(&mut self, other: &ArmAcc) {
+        self.tally.add(&other.tally);
+        self.global.add(&other.global);
+        for (mine, theirs) in [
+            (&mut self.by_status, &other.by_status),
+            (&mut self.suppressed_by_reason, &other.suppressed_by_reason),
+            (&mut self.cancelled_by_reason, &other.cancelled_by_reason),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
+        }
+    }
+
+    fn status(&self, s: &str) -> u64 {
+        self.by_status.get(s).copied().unwrap_or(0)
+    }
+
+    fn counts(&self) -> Option<ArmCounts> {
+        arm_counts(&self.tally)
+    }
+
+    fn report(&self, arm: &str, expected_share: Option<f64>, goals: &[String]) -> ArmReport {
+        let t = &self.tally;
+        let delivered = self.status("delivered");
+        ArmReport {
+            arm: arm.to_string(),
+            holdout: arm == HOLDOUT_ARM,
+            expected_share,
+            assigned: t.messages,
+            sent: t.sent,
+            delivered,
+            bounced: self.status("bounced"),
+            failed: self.status("failed"),
+            unknown: self.status("unknown"),
+            pending: self.status("planned") + self.status("sending"),
+            held_out: self.status("held_out"),
+            suppressed: self.status("suppressed"),
+            suppressed_by_reason: self.suppressed_by_reason.clone(),
+            cancelled: self.status("cancelled"),
+            cancelled_by_reason: self.cancelled_by_reason.clone(),
+            by_status: self.by_status.clone(),
+            global_holdout: self.global.messages,
+            opened: t.opened,
+            machine_opened: t.machine_opened,
+            clicked: t.clicked,
+            unsubscribed: t.unsubscribed,
+            complained: t.complained,
+            converted: t.converted,
+            revenue: t.revenue,
+            revenue_per_assigned: (t.messages > 0).then(|| t.revenue / t.messages as f64),
+            rates: Rates {
+                delivery: ratio(delivered, t.sent),
+                open: ratio(t.opened, delivered),
+                click: ratio(t.clicked, delivered),
+                conversion: ratio(t.converted, t.messages),
+            },
+            secondary: goals
+                .iter()
+                .enumerate()
+                .map(|(i, event)| {
+                    let (reached, revenue) = t.secondary.get(i).copied().unwrap_or((0, 0.0));
+                    SecondaryReport {
+                        event: event.clone(),
+                        reached,
+                        rate: ratio(reached, t.messages),
+                        revenue,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The arms of one scope, by name.
+type Arms = BTreeMap<String, ArmAcc>;
+
+/// A scope's arms and what their sizes should be.
+struct ScopeInput<'a> {
+    arms: &'a Arms,
+    /// Expected share of each arm (sums to 1), if known.
+    shares: Option<BTreeMap<String, f64>>,
+    /// Expected sizes for the sample-ratio check, if known.
+    expected: Option<BTreeMap<String, f64>>,
+    weights_from: &'static str,
+}
+
+fn comparison(
+    variant: &str,
+    control: &str,
+    variant_counts: ArmCounts,
+    control_counts: ArmCounts,
+) -> ComparisonReport {
+    let result = stats::compare(control_counts, variant_counts);
+    let significant = result
+        .estimate()
+        .is_some_and(|e| e.p_value < words::SIGNIFICANCE);
+    let sentence = words::comparison_sentence(
+        &words::arm_name(variant, variant == HOLDOUT_ARM),
+        &words::arm_name(control, control == HOLDOUT_ARM),
+        &result,
+    );
+    ComparisonReport {
+        variant: variant.to_string(),
+        control: control.to_string(),
+        metric: METRIC,
+        variant_counts,
+        control_counts,
+        result,
+        significant,
+        sentence,
+    }
+}
+
+fn srm_report(
+    observed: &[(String, u64)],
+    expected: &BTreeMap<String, f64>,
+    weights_from: &'static str,
+) -> Option<SrmReport> {
+    let arms: Vec<(u64, f64)> = observed
+        .iter()
+        .map(|(arm, n)| (*n, expected.get(arm).copied().unwrap_or(0.0)))
+        .collect();
+    if arms.len() < 2 || arms.iter().all(|(n, _)| *n == 0) {
+        return None;
+    }
+    let test = stats::srm(&arms);
+    Some(SrmReport {
+        sentence: words::srm_sentence(&test),
+        test,
+        expected: expected.clone(),
+        weights_from,
+    })
+}
+
+fn scope(
+    input: ScopeInput<'_>,
+    order: &[String],
+    settings: &ReportSettings,
+    goals: &[String],
+) -> Scope {
+    let empty = ArmAcc::default();
+    let shown: Vec<&String> = order
+        .iter()
+        .filter(|arm| {
+            let acc = input.arms.get(*arm).unwrap_or(&empty);
+            let expected = input
+                .shares
+                .as_ref()
+                .and_then(|s| s.get(*arm))
+                .is_some_and(|s| *s > 0.0);
+            acc.tally.messages > 0 || acc.global.messages > 0 || expected
+        })
+        .collect();
+    let acc = |arm: &str| input.arms.get(arm).unwrap_or(&empty);
+    let arms: Vec<ArmReport> = shown
+        .iter()
+        .map(|arm| {
+            let share = input.shares.as_ref().and_then(|s| s.get(*arm)).copied();
+            acc(arm).report(arm, share, goals)
+        })
+        .collect();
+    let messages = arms.iter().map(|a| a.assigned + a.global_holdout).sum();
+
+    let variants: Vec<&str> = shown
+        .iter()
+        .map(|a| a.as_str())
+        .filter(|a| *a != HOLDOUT_ARM)
+        .collect();
+    let has_holdout = shown.iter().any(|a| *a == HOLDOUT_ARM);
+    let control = if has_holdout {
+        Some(HOLDOUT_ARM.to_string())
+    } else {
+        variants.first().map(|v| v.to_string())
+    };
+    let mut comparisons = Vec::new();
+    if settings.goal.is_some() {
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        if has_holdout {
+            pairs.extend(variants.iter().map(|v| (*v, HOLDOUT_ARM)));
+        }
+        if let Some((first, rest)) = variants.split_first()
+            && (!has_holdout || !rest.is_empty())
+        {
+            pairs.extend(rest.iter().map(|v| (*v, *first)));
+        }
+        for (variant, control) in pairs {
+            if let (Some(v), Some(c)) = (acc(variant).counts(), acc(control).counts()) {
+                comparisons.push(comparison(variant, control, v, c));
+            }
+        }
+    }
+
+    let observed: Vec<(String, u64)> = shown
+        .iter()
+        .map(|arm| ((*arm).clone(), acc(arm).tally.messages))
+        .collect();
+    let srm = input
+        .expected
+        .as_ref()
+        .and_then(|expected| srm_report(&observed, expected, input.weights_from));
+
+    let last_send = shown
+        .iter()
+        .filter_map(|arm| {
+            let a = acc(arm);
+            a.tally.last_send_at.max(a.global.last_send_at)
+        })
+        .max();
+    let closes = settings
+        .goal
+        .as_ref()
+        .zip(last_send)
+        .map(|(g, last)| last.saturating_add(g.within_ms));
+    let goal_window_open = closes.is_some_and(|c| c > settings.now);
+
+    let mut summary = Vec::new();
+    if let Some(s) = &srm {
+        summary.push(s.sentence.clone());
+    }
+    summary.extend(comparisons.iter().map(|c| c.sentence.clone()));
+    if settings.goal.is_none() && messages > 0 {
+        summary.push(
+            "no goal is configured, so there are no conversions to compare (set goal = { event, within })"
+                .to_string(),
+        );
+    }
+    if let (true, Some(c), Some(g)) = (goal_window_open, closes, &settings.goal) {
+        summary.push(format!(
+            "conversions are still coming in: the {} goal window of the latest message closes at {}",
+            g.within,
+            rfc3339(c)
+        ));
+    }
+    let pending: u64 = arms.iter().map(|a| a.pending).sum();
+    if pending > 0 {
+        summary.push(format!("{pending} message(s) are not sent yet"));
+    }
+
+    Scope {
+        messages,
+        control,
+        arms,
+        comparisons,
+        srm,
+        goal_window_closes_at: closes.map(rfc3339),
+        goal_window_open,
+        summary,
+    }
+}
+
+/// The arms in the order the report shows them: the config's variants, then
+/// variants the runs were planned with, the holdout, and any other arm seen.
+fn arm_order(
+    data: &ReportData,
+    settings: &ReportSettings,
+    run_shares: &[Option<Vec<(String, f64)>>],
+) -> Vec<String> {
+    let mut order: Vec<String> = settings.variants.clone();
+    let push = |arm: &str, order: &mut Vec<String>| {
+        if arm != HOLDOUT_ARM && !order.iter().any(|a| a == arm) {
+            order.push(arm.to_string());
+        }
+    };
+    for shares in run_shares.iter().flatten() {
+        for (arm, _) in shares {
+            push(arm, &mut order);
+        }
+    }
+    let seen: BTreeSet<&str> = data.groups.iter().map(|g| g.arm.as_str()).collect();
+    let known: BTreeSet<&str> = order.iter().map(String::as_str).collect();
+    let extra: Vec<String> = seen
+        .iter()
+        .filter(|a| **a != HOLDOUT_ARM && !known.contains(*a))
+        .map(|a| a.to_string())
+        .collect();
+    order.push(HOLDOUT_ARM.to_string());
+    order.extend(extra);
+    order
+}
+
+fn side(t: &Tally) -> HoldoutSide {
+    HoldoutSide {
+        messages: t.messages,
+        converted: t.converted,
+        revenue: t.revenue,
+        conversion_rate: ratio(t.converted, t.messages),
+        revenue_per_message: (t.messages > 0).then(|| t.revenue / t.messages as f64),
+    }
+}
+
+fn global_holdout_report(total: &Arms, settings: &ReportSettings) -> GlobalHoldoutReport {
+    let mut reached = Tally::default();
+    let mut held = Tally::default();
+    for acc in total.values() {
+        reached.add(&acc.tally);
+        held.add(&acc.global);
+    }
+    let counts = arm_counts(&reached).zip(arm_counts(&held));
+    let comparison = settings.goal.as_ref().zip(counts).map(|(_, (r, h))| {
+        let mut c = comparison("marketing", "global holdout", r, h);
+        c.sentence = words::comparison_sentence(
+            "marketing (everyone outside the global holdout)",
+            "the global holdout",
+            &c.result,
+        );
+        c
+    });
+    let g = settings.global_holdout;
+    let srm = (g > 0.0)
+        .then(|| {
+            let total = (reached.messages + held.messages) as f64;
+            let expected = BTreeMap::from([
+                ("marketing".to_string(), total * (1.0 - g)),
+                ("global holdout".to_string(), total * g),
+            ]);
+            srm_report(
+                &[
+                    ("marketing".to_string(), reached.messages),
+                    ("global holdout".to_string(), held.messages),
+                ],
+                &expected,
+                "config",
+            )
+        })
+        .flatten();
+    let mut summary = Vec::new();
+    if let Some(s) = &srm {
+        summary.push(s.sentence.clone());
+    }
+    if g == 0.0 && held.messages > 0 {
+        summary.push(
+            "[defaults].global_holdout is 0 now, but these runs held contacts out: the fraction \
+             changed, so their number is not checked"
+                .to_string(),
+        );
+    }
+    if let Some(c) = &comparison {
+        summary.push(c.sentence.clone());
+    }
+    GlobalHoldoutReport {
+        fraction: g,
+        marketing: side(&reached),
+        global_holdout: side(&held),
+        comparison,
+        srm,
+        summary,
+    }
+}
+
+fn rollout_echo(r: &RolloutRecord) -> RolloutEcho {
+    let mut sentence = format!(
+        "run {}: {} went to the rest of the audience on {} ({}",
+        r.run_id, r.chosen, r.metric, r.reason
+    );
+    if r.window_cut_short {
+        sentence.push_str(
+            "; decided before every tested message's goal window had closed, on the outcomes so far",
+        );
+    }
+    sentence.push(')');
+    RolloutEcho {
+        run_id: r.run_id,
+        decided_at: rfc3339(r.decided_at),
+        metric: r.metric.clone(),
+        chosen: r.chosen.clone(),
+        leader: r.leader.clone(),
+        clear_winner: r.clear_winner,
+        window_cut_short: r.window_cut_short,
+        reason: r.reason.clone(),
+        detail: r.detail.clone(),
+        sentence,
+    }
+}
+
+fn run_echo(r: &RunRow) -> RunEcho {
+    RunEcho {
+        id: r.id,
+        started_at: rfc3339(r.started_at),
+        scheduled_at: rfc3339(r.scheduled_at),
+        state: r.state.clone(),
+        origin: r.origin.clone(),
+        finished_at: r.finished_at.map(rfc3339),
+    }
+}
+
+/// Builds the report of `data` (read with `filter`) under `settings`.
+pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter) -> Report {
+    let goals = &data.secondary_goals;
+    let run_shares: Vec<Option<Vec<(String, f64)>>> = data
+        .runs
+        .iter()
+        .map(|r| shares_from_fingerprint(&r.fingerprint))
+        .collect();
+    let order = arm_order(data, settings, &run_shares);
+
+    let mut per_run: BTreeMap<i64, Arms> = BTreeMap::new();
+    for g in &data.groups {
+        per_run
+            .entry(g.run_id)
+            .or_default()
+            .entry(g.arm.clone())
+            .or_default()
+            .add(g);
+    }
+    let empty = Arms::new();
+    let mut total = Arms::new();
+    let mut total_expected: Option<BTreeMap<String, f64>> = Some(BTreeMap::new());
+    let mut total_from_config = false;
+    let mut runs = Vec::with_capacity(data.runs.len());
+    let decided: BTreeSet<i64> = data.rollouts.iter().map(|r| r.run_id).collect();
+    for (run, own) in data.runs.iter().zip(&run_shares) {
+        let arms = per_run.get(&run.id).unwrap_or(&empty);
+        for (arm, acc) in arms {
+            total.entry(arm.clone()).or_default().merge(acc);
+        }
+        let (shares, weights_from) = match (own, &settings.shares) {
+            (Some(s), _) => (Some(s), "run"),
+            (None, Some(s)) => (Some(s), "config"),
+            (None, None) => (None, "config"),
+        };
+        let shares: Option<BTreeMap<String, f64>> = shares.map(|s| s.iter().cloned().collect());
+        let assigned: u64 = arms.values().map(|a| a.tally.messages).sum();
+        let expected: Option<BTreeMap<String, f64>> = shares.as_ref().map(|s| {
+            s.iter()
+                .map(|(arm, share)| (arm.clone(), share * assigned as f64))
+                .collect()
+        });
+        // A run that rolled out sent the winner to more than its weight's share.
+        let expected = expected.filter(|_| !decided.contains(&run.id));
+        match (&mut total_expected, &expected) {
+            (Some(t), Some(e)) => {
+                for (arm, n) in e {
+                    *t.entry(arm.clone()).or_default() += n;
+                }
+                total_from_config |= weights_from == "config";
+            }
+            _ => total_expected = None,
+        }
+        let numbers = scope(
+            ScopeInput {
+                arms,
+                shares,
+                expected,
+                weights_from,
+            },
+            &order,
+            settings,
+            goals,
+        );
+        runs.push(RunScope {
+            run: run_echo(run),
+            scope: numbers,
+        });
+    }
+    let total_assigned: f64 = total.values().map(|a| a.tally.messages as f64).sum();
+    let total_shares = total_expected
+        .as_ref()
+        .filter(|_| total_assigned > 0.0)
+        .map(|e| {
+            e.iter()
+                .map(|(arm, n)| (arm.clone(), n / total_assigned))
+                .collect()
+        });
+    let total_scope = scope(
+        ScopeInput {
+            arms: &total,
+            shares: total_shares.or_else(|| {
+                settings
+                    .shares
+                    .as_ref()
+                    .map(|s| s.iter().cloned().collect())
+            }),
+            expected: total_expected.filter(|_| !data.runs.is_empty()),
+            weights_from: if total_from_config { "config" } else { "run" },
+        },
+        &order,
+        settings,
+        goals,
+    );
+
+    let kind = data
+        .campaign
+        .as_ref()
+        .map(|c| c.kind.clone())
+        .or_else(|| settings.kind.clone())
+        .unwrap_or_else(|| "marketing".to_string());
+    let global_messages: u64 = total.values().map(|a| a.global.messages).sum();
+    let global_holdout = (kind == "marketing"
+        && !data.runs.is_empty()
+        && (settings.global_holdout > 0.0 || global_messages > 0))
+        .then(|| global_holdout_report(&total, settings));
+
+    let mut notes = Vec::new();
+    if data.runs.is_empty() {
+        notes.push(if data.campaign.is_none() {
+            format!("`{}` has not run yet", settings.campaign)
+        } else {
+            "no run of this campaign matches the filter".to_string()
+        });
+    }
+    if data.runs.iter().any(|r| decided.contains(&r.id)) {
+        notes.push(
+            "runs that rolled out a winner are not checked against their weights: after the test, \
+             the winner went to more than its share"
+                .to_string(),
+        );
+    }
+    if settings.shares.is_none() && run_shares.iter().any(Option::is_none) {
+        notes.push(
+            "some runs' weights are unknown (the campaign is no longer configured), so their split is not checked"
+                .to_string(),
+        );
+    }
+
+    Report {
+        campaign: settings.campaign.clone(),
+        kind,
+        generated_at: rfc3339(settings.now),
+        filter: FilterEcho {
+            run: filter.run,
+            since: filter.since.map(rfc3339),
+            until: filter.until.map(rfc3339),
+            runs_by: "started_at",
+        },
+        goal: settings.goal.clone(),
+        secondary_goals: goals.clone(),
+        total: total_scope,
+        runs,
+        global_holdout,
+        rollouts: data.rollouts.iter().map(rollout_echo).collect(),
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{CampaignRow, RolloutRecord};
+
+    const NOW: i64 = 1_800_000_000_000;
+    const DAY: i64 = 86_400_000;
+    const FP: &str = "winback;holdout=0.1;discount=1,reminder=1";
+
+    fn settings() -> ReportSettings {
+        ReportSettings {
+            campaign: "winback".into(),
+            kind: Some("marketing".into()),
+            goal: Some(GoalEcho {
+                event: "order_placed".into(),
+                within: "3d".into(),
+                within_ms: 3 * DAY,
+            }),
+            variants: vec!["discount".into(), "reminder".into()],
+            shares: Some(shares_of(
+                0.1,
+                &[("discount".into(), 1.0), ("reminder".into(), 1.0)],
+            )),
+            global_holdout: 0.0,
+            now: NOW,
+        }
+    }
+
+    fn run(id: i64, fingerprint: &str) -> RunRow {
+        RunRow {
+            id,
+            scheduled_at: NOW - 10 * DAY + id,
+            started_at: NOW - 10 * DAY + id,
+            state: "done".into(),
+            origin: "manual".into(),
+            fingerprint: fingerprint.into(),
+            finished_at: None,
+        }
+    }
+
+    /// `n` messages of `arm` in `status`, `converted` of them converted.
+    fn group(run_id: i64, arm: &str, status: &str, n: u64, converted: u64) -> Group {
+        Group {
+            run_id,
+            arm: arm.into(),
+            status: status.into(),
+            reason: None,
+            tally: Tally {
+                messages: n,
+                sent: if status == "delivered" { n } else { 0 },
+                converted,
+                revenue: converted as f64 * 10.0,
+                last_send_at: Some(NOW - 10 * DAY),
+                secondary: vec![],
+                ..Tally::default()
+            },
+        }
+    }
+
+    fn data(runs: Vec<RunRow>, groups: Vec<Group>) -> ReportData {
+        ReportData {
+            campaign: Some(CampaignRow {
+                id: 1,
+                name: "winback".into(),
+                kind: "marketing".into(),
+                fingerprint: FP.into(),
+            }),
+            runs,
+            groups,
+            secondary_goals: vec![],
+            rollouts: vec![],
+        }
+    }
+
+    fn one_run(holdout: (u64, u64), discount: (u64, u64), reminder: (u64, u64)) -> ReportData {
+        data(
+            vec![run(1, FP)],
+            vec![
+                group(1, "holdout", "held_out", holdout.0, holdout.1),
+                group(1, "discount", "delivered", discount.0, discount.1),
+                group(1, "reminder", "delivered", reminder.0, reminder.1),
+            ],
+        )
+    }
+
+    fn build_default(d: &ReportData) -> Report {
+        build(d, &settings(), &ReportFilter::default())
+    }
+
+    #[test]
+    fn shares_are_read_back_from_the_run_fingerprint() {
+        let shares = shares_from_fingerprint("winback;holdout=0.2;discount=1,reminder=3").unwrap();
+        assert_eq!(
+            shares,
+            [
+                ("discount".to_string(), 0.2),
+                ("reminder".to_string(), 0.6000000000000001),
+                ("holdout".to_string(), 0.2)
+            ]
+        );
+        let no_holdout = shares_from_fingerprint("w;holdout=0;a=2").unwrap();
+        assert_eq!(no_holdout, [("a".to_string(), 1.0)]);
+        for bad in [
+            "f",
+            "w;holdout=1.5;a=1",
+            "w;holdout=0.1;a=0",
+            "w;holdout=0.1;",
+            "w;weights;a=1",
+        ] {
+            assert_eq!(shares_from_fingerprint(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_variant_that_converts_better_is_named_with_its_numbers() {
+        let r = build_default(&one_run((1_000, 40), (4_500, 300), (4_500, 230)));
+        let s = &r.total;
+        assert_eq!(s.control.as_deref(), Some("holdout"));
+        assert_eq!(
+            s.arms.iter().map(|a| a.arm.as_str()).collect::<Vec<_>>(),
+            ["discount", "reminder", "holdout"]
+        );
+        let c = &s.comparisons[0];
+        assert_eq!(
+            (c.variant.as_str(), c.control.as_str()),
+            ("discount", "holdout")
+        );
+        let e = c.result.estimate().expect("an estimate");
+        // The same numbers as herald_domain::stats::compare, which matches gbstats.
+        let direct = stats::compare(
+            ArmCounts::new(1_000, 40).unwrap(),
+            ArmCounts::new(4_500, 300).unwrap(),
+        );
+        assert_eq!(Some(e), direct.estimate());
+        assert!(c.significant && e.p_value < 0.05 && e.rel_lift > 0.0);
+        assert!(
+            c.sentence
+                .starts_with("discount beat the holdout: +67% conversions (95% CI +"),
+            "{}",
+            c.sentence
+        );
+        assert_eq!(s.comparisons[2].variant, "reminder");
+        assert_eq!(s.comparisons[2].control, "discount");
+        assert!(
+            s.comparisons[2]
+                .sentence
+                .starts_with("reminder did worse than discount")
+        );
+        let srm = s.srm.as_ref().unwrap();
+        assert!(!srm.test.mismatch);
+        assert_eq!(srm.weights_from, "run");
+        assert_eq!(srm.expected["holdout"], 1_000.0);
+        // The split's verdict comes first, then each comparison.
+        assert_eq!(s.summary[0], srm.sentence);
+        assert_eq!(s.summary[1], c.sentence);
+        assert_eq!(s.summary.len(), 4);
+        assert!(!s.goal_window_open);
+        let d = &s.arms[0];
+        assert_eq!(d.rates.conversion, Some(300.0 / 4_500.0));
+        assert_eq!(d.revenue_per_assigned, Some(3_000.0 / 4_500.0));
+        assert_eq!(d.expected_share, Some(0.45));
+        assert_eq!(r.runs.len(), 1);
+        assert_eq!(r.runs[0].scope, r.total, "one run: the total is that run");
+    }
+
+    #[test]
+    fn a_skewed_split_fails_the_sample_ratio_check_first() {
+        let r = build_default(&one_run((1_000, 40), (4_800, 300), (4_200, 230)));
+        let srm = r.total.srm.as_ref().unwrap();
+        assert!(srm.test.mismatch, "{srm:?}");
+        assert!(
+            r.total.summary[0].starts_with("sample ratio mismatch (p < 0.0001, below 0.001)"),
+            "{:?}",
+            r.total.summary
+        );
+    }
+
+    #[test]
+    fn each_run_is_checked_against_its_own_weights() {
+        // Run 2 was planned 1:3 after the weights changed; today's config says 1:1.
+        let d = data(
+            vec![
+                run(1, FP),
+                run(2, "winback;holdout=0.1;discount=1,reminder=3"),
+            ],
+            vec![
+                group(1, "holdout", "held_out", 1_000, 40),
+                group(1, "discount", "delivered", 4_500, 270),
+                group(1, "reminder", "delivered", 4_500, 225),
+                group(2, "holdout", "held_out", 1_000, 40),
+                group(2, "discount", "delivered", 2_250, 135),
+                group(2, "reminder", "delivered", 6_750, 340),
+            ],
+        );
+        let r = build_default(&d);
+        for run in &r.runs {
+            assert!(!run.scope.srm.as_ref().unwrap().test.mismatch);
+        }
+        let total = r.total.srm.as_ref().unwrap();
+        assert!(!total.test.mismatch, "{total:?}");
+        assert_eq!(total.expected["reminder"], 4_500.0 + 6_750.0);
+        let reminder = r.total.arms.iter().find(|a| a.arm == "reminder").unwrap();
+        assert_eq!(reminder.expected_share, Some(11_250.0 / 20_000.0));
+        // Under today's weights alone the same counts would look broken.
+        let today = stats::srm(&[(2_000, 0.1), (6_750, 0.45), (11_250, 0.45)]);
+        assert!(today.mismatch);
+    }
+
+    #[test]
+    fn without_a_holdout_the_first_variant_is_the_control() {
+        let fp = "winback;holdout=0;discount=1,reminder=1,third=1";
+        let d = data(
+            vec![run(1, fp)],
+            vec![
+                group(1, "discount", "delivered", 3_000, 150),
+                group(1, "reminder", "delivered", 3_000, 180),
+                group(1, "third", "delivered", 3_000, 0),
+            ],
+        );
+        let r = build_default(&d);
+        assert_eq!(r.total.control.as_deref(), Some("discount"));
+        let pairs: Vec<(&str, &str)> = r
+            .total
+            .comparisons
+            .iter()
+            .map(|c| (c.variant.as_str(), c.control.as_str()))
+            .collect();
+        assert_eq!(pairs, [("reminder", "discount"), ("third", "discount")]);
+        assert_eq!(
+            r.total.comparisons[1].sentence,
+            "third vs discount: not enough conversions to compare: the variant has no conversions"
+        );
+        assert!(!r.total.comparisons[1].significant);
+        assert!(r.total.arms.iter().all(|a| !a.holdout));
+    }
+
+    #[test]
+    fn the_global_holdout_is_kept_apart_and_compared() {
+        let mut d = one_run((1_000, 40), (4_500, 300), (4_500, 230));
+        for (arm, n, k) in [
+            ("holdout", 60, 1),
+            ("discount", 270, 5),
+            ("reminder", 270, 6),
+        ] {
+            let mut g = group(1, arm, "suppressed", n, k);
+            g.reason = Some("global_holdout".into());
+            d.groups.push(g);
+        }
+        let mut s = settings();
+        s.global_holdout = 0.06;
+        let r = build(&d, &s, &ReportFilter::default());
+        let discount = &r.total.arms[0];
+        assert_eq!((discount.assigned, discount.global_holdout), (4_500, 270));
+        assert_eq!(
+            discount.suppressed, 0,
+            "the global holdout is not a suppression here"
+        );
+        assert_eq!(r.total.messages, 10_600);
+        let g = r.global_holdout.as_ref().unwrap();
+        assert_eq!((g.marketing.messages, g.marketing.converted), (10_000, 570));
+        assert_eq!(
+            (g.global_holdout.messages, g.global_holdout.converted),
+            (600, 12)
+        );
+        assert!(!g.srm.as_ref().unwrap().test.mismatch);
+        let c = g.comparison.as_ref().unwrap();
+        assert_eq!(c.variant_counts, ArmCounts::new(10_000, 570).unwrap());
+        assert!(
+            c.sentence.starts_with(
+                "marketing (everyone outside the global holdout) beat the global holdout: +185%"
+            ),
+            "{}",
+            c.sentence
+        );
+        // Transactional campaigns ignore the global holdout.
+        let mut t = d.clone();
+        if let Some(c) = t.campaign.as_mut() {
+            c.kind = "transactional".into();
+        }
+        assert!(
+            build(&t, &s, &ReportFilter::default())
+                .global_holdout
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn open_windows_pending_messages_and_missing_goals_are_said() {
+        let mut d = one_run((100, 4), (450, 30), (450, 23));
+        for g in &mut d.groups {
+            g.tally.last_send_at = Some(NOW - DAY);
+        }
+        d.groups.push(group(1, "reminder", "planned", 7, 0));
+        let r = build_default(&d);
+        assert!(r.total.goal_window_open);
+        assert_eq!(
+            r.total.goal_window_closes_at.as_deref(),
+            Some(rfc3339(NOW + 2 * DAY).as_str())
+        );
+        let tail = &r.total.summary[r.total.summary.len() - 2..];
+        assert!(tail[0].starts_with("conversions are still coming in: the 3d goal window"));
+        assert_eq!(tail[1], "7 message(s) are not sent yet");
+        assert_eq!(r.total.arms[1].pending, 7);
+
+        let mut s = settings();
+        s.goal = None;
+        let r = build(&d, &s, &ReportFilter::default());
+        assert!(r.total.comparisons.is_empty());
+        assert!(
+            r.total
+                .summary
+                .iter()
+                .any(|l| l.starts_with("no goal is configured"))
+        );
+    }
+
+    #[test]
+    fn a_rolled_out_run_is_not_held_to_its_weights() {
+        let mut d = one_run((1_000, 40), (8_000, 500), (1_000, 50));
+        d.rollouts.push(RolloutRecord {
+            run_id: 1,
+            decided_at: NOW - 9 * DAY,
+            metric: "conversion".into(),
+            chosen: "discount".into(),
+            leader: "discount".into(),
+            clear_winner: true,
+            window_cut_short: false,
+            reason: "discount converted best".into(),
+            detail: Json::Null,
+        });
+        let r = build_default(&d);
+        assert!(r.total.srm.is_none() && r.runs[0].scope.srm.is_none());
+        assert_eq!(
+            r.rollouts[0].sentence,
+            "run 1: discount went to the rest of the audience on conversion (discount converted best)"
+        );
+        assert!(r.notes[0].starts_with("runs that rolled out a winner"));
+    }
+
+    #[test]
+    fn the_json_shape_is_stable() {
+        let r = build_default(&one_run((1_000, 40), (4_500, 300), (4_500, 230)));
+        let json = serde_json::to_value(&r).unwrap();
+        let keys = |v: &Json| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(&json),
+            [
+                "campaign",
+                "filter",
+                "generated_at",
+                "global_holdout",
+                "goal",
+                "kind",
+                "notes",
+                "rollouts",
+                "runs",
+                "secondary_goals",
+                "total"
+            ]
+        );
+        assert_eq!(
+            keys(&json["total"]),
+            [
+                "arms",
+                "comparisons",
+                "control",
+                "goal_window_closes_at",
+                "goal_window_open",
+                "messages",
+                "srm",
+                "summary"
+            ]
+        );
+        let mut run_keys = keys(&json["total"]);
+        run_keys.push("run".into());
+        run_keys.sort();
+        assert_eq!(keys(&json["runs"][0]), run_keys);
+        assert_eq!(
+            keys(&json["total"]["arms"][0]),
+            [
+                "arm",
+                "assigned",
+                "bounced",
+                "by_status",
+                "cancelled",
+                "cancelled_by_reason",
+                "clicked",
+                "complained",
+                "converted",
+                "delivered",
+                "expected_share",
+                "failed",
+                "global_holdout",
+                "held_out",
+                "holdout",
+                "machine_opened",
+                "opened",
+                "pending",
+                "rates",
+                "revenue",
+                "revenue_per_assigned",
+                "secondary",
+                "sent",
+                "suppressed",
+                "suppressed_by_reason",
+                "unknown",
+                "unsubscribed"
+            ]
+        );
+        assert_eq!(
+            keys(&json["total"]["comparisons"][0]),
+            [
+                "control",
+                "control_counts",
+                "metric",
+                "result",
+                "sentence",
+                "significant",
+                "variant",
+                "variant_counts"
+            ]
+        );
+        assert_eq!(
+            json["total"]["comparisons"][0]["result"]["outcome"],
+            "estimate"
+        );
+        assert_eq!(
+            keys(&json["total"]["srm"]),
+            [
+                "chi2",
+                "df",
+                "expected",
+                "mismatch",
+                "p_value",
+                "sentence",
+                "weights_from"
+            ]
+        );
+        assert_eq!(
+            keys(&json["total"]["arms"][0]["rates"]),
+            ["click", "conversion", "delivery", "open"]
+        );
+        assert_eq!(json["filter"]["runs_by"], "started_at");
+    }
+}

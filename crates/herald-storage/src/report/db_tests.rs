@@ -1,0 +1,732 @@
+//! The report's scan on SQLite and PostgreSQL: every status, outcome flag,
+//! reason, secondary goal and filter counted from rows written by hand, the
+//! same on both databases; rollouts recorded once; and on SQLite the scan
+//! reads only the covering index.
+//!
+//! PostgreSQL comes from `HERALD_TEST_DATABASE_URL` (default: postgres on
+//! 127.0.0.1, database `test`); unreachable, it is skipped loudly unless
+//! `HERALD_REQUIRE_POSTGRES=1`.
+
+use std::collections::BTreeMap;
+
+use herald_domain::config::Campaign;
+use herald_domain::stats::{ArmCounts, pick_winner};
+use sea_orm::{ConnectionTrait, Database, DbBackend};
+
+use super::*;
+
+const DAY: i64 = 86_400_000;
+/// 2026-11-01T10:00:00Z: run 1 starts.
+const T0: i64 = 1_793_527_200_000;
+const FINGERPRINT: &str = "winback;holdout=0.1;discount=1,reminder=1";
+
+const CAMPAIGN: &str = r#"
+name = "winback"
+where = 'attrs.x == 1'
+channels = ["email"]
+goal = { event = "order_placed", within = "3d" }
+secondary_goals = ["app_open"]
+holdout = 0.10
+
+[[variants]]
+name = "discount"
+email = { subject = "s", template = "t.email.hbs" }
+
+[[variants]]
+name = "reminder"
+email = { subject = "s", template = "t.email.hbs" }
+"#;
+
+/// A database for one test.
+struct TestDatabase {
+    db: Db,
+    pg_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn admin_url() -> String {
+    std::env::var("HERALD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into())
+}
+
+impl TestDatabase {
+    async fn new(backend: DbBackend) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if backend == DbBackend::Sqlite {
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+            let db = Db::connect(&url).await.expect("sqlite");
+            return Some(Self {
+                db,
+                pg_name: None,
+                _dir: dir,
+            });
+        }
+        let admin = admin_url();
+        let conn = match Database::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) => {
+                let required = std::env::var("HERALD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+                assert!(
+                    !required,
+                    "PostgreSQL is required but {admin} is unreachable: {e}"
+                );
+                eprintln!("\n!!! SKIPPING the PostgreSQL half: {admin} is unreachable ({e})\n");
+                return None;
+            }
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!("herald_report_{}_{nanos}", std::process::id());
+        conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
+        let cut = base.rfind('/').map_or(base.len(), |i| i + 1);
+        let url = format!("{}{name}?{query}", &base[..cut]);
+        let db = Db::connect(&url).await.expect("postgres");
+        Some(Self {
+            db,
+            pg_name: Some(name),
+            _dir: dir,
+        })
+    }
+
+    async fn drop_db(self) {
+        let Some(name) = self.pg_name else { return };
+        drop(self.db);
+        if let Ok(conn) = Database::connect(&admin_url()).await {
+            let _ = conn
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+async fn exec(db: &Db, sql: &str) {
+    db.conn.execute_unprepared(sql).await.expect(sql);
+}
+
+/// One message row: (id, run, campaign, arm, status, reason, sent, delivered?,
+/// opened, machine opened, clicked, unsubscribed, complained, converted, revenue, secondary).
+#[allow(clippy::too_many_arguments)]
+fn message(
+    id: i64,
+    run: i64,
+    campaign: i64,
+    arm: &str,
+    status: &str,
+    reason: Option<&str>,
+    sent: bool,
+    outcomes: &[&str],
+    revenue: f64,
+    secondary: Option<&str>,
+) -> String {
+    let send_at = T0 + (run - 1) * 2 * DAY;
+    let at = |flag: &str| {
+        if outcomes.contains(&flag) {
+            (send_at + 3_600_000).to_string()
+        } else {
+            "NULL".to_string()
+        }
+    };
+    let text = |v: Option<&str>| v.map_or("NULL".to_string(), |v| format!("'{v}'"));
+    format!(
+        "({id}, {run}, {campaign}, {id}, 0, '{arm}', 'email', 'c{id}@example.com', {send_at}, '{status}', {}, 0, {}, {}, {}, {}, 0, {}, 0, {}, {}, {}, {revenue}, {}, {send_at}, {send_at})",
+        text(reason),
+        if sent {
+            (send_at + 1000).to_string()
+        } else {
+            "NULL".to_string()
+        },
+        if status == "delivered" {
+            (send_at + 2000).to_string()
+        } else {
+            "NULL".to_string()
+        },
+        at("complained"),
+        at("opened"),
+        at("machine"),
+        at("clicked"),
+        at("unsubscribed"),
+        at("converted"),
+        text(secondary),
+    )
+}
+
+/// Two runs of `winback` and one of another campaign (never counted).
+async fn fixture(db: &Db) {
+    exec(
+        db,
+        &format!(
+            "INSERT INTO campaigns (id, name, kind, topic, fingerprint, created_at, updated_at) VALUES \
+             (1, 'winback', 'marketing', NULL, '{FINGERPRINT}', {T0}, {T0}), \
+             (2, 'other', 'marketing', NULL, 'other;holdout=0;a=1', {T0}, {T0})"
+        ),
+    )
+    .await;
+    let run2 = T0 + 2 * DAY;
+    exec(
+        db,
+        &format!(
+            "INSERT INTO runs (id, campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) VALUES \
+             (1, 1, {T0}, {T0}, 'running', 'manual', '{FINGERPRINT}', {T0}), \
+             (2, 1, {run2}, {run2}, 'done', 'schedule', '{FINGERPRINT}', {run2}), \
+             (3, 2, {T0}, {T0}, 'done', 'manual', 'other;holdout=0;a=1', {T0})"
+        ),
+    )
+    .await;
+    let app_open = r#"{"app_open": {"at": 1, "count": 2, "revenue": 0}}"#;
+    let app_open_paid = r#"{"app_open": {"at": 1, "count": 1, "revenue": 4.5}, "login": {"at": 1, "count": 1, "revenue": 0}}"#;
+    let rows = [
+        // Run 1, discount.
+        message(
+            1,
+            1,
+            1,
+            "discount",
+            "delivered",
+            None,
+            true,
+            &["opened", "machine"],
+            0.0,
+            None,
+        ),
+        message(
+            2,
+            1,
+            1,
+            "discount",
+            "delivered",
+            None,
+            true,
+            &["opened", "clicked"],
+            0.0,
+            None,
+        ),
+        message(
+            3,
+            1,
+            1,
+            "discount",
+            "delivered",
+            None,
+            true,
+            &["converted"],
+            30.0,
+            Some(app_open),
+        ),
+        message(4, 1, 1, "discount", "bounced", None, true, &[], 0.0, None),
+        message(
+            5,
+            1,
+            1,
+            "discount",
+            "failed",
+            Some("smtp 550 no such user"),
+            false,
+            &[],
+            0.0,
+            None,
+        ),
+        message(
+            6,
+            1,
+            1,
+            "discount",
+            "unknown",
+            Some("timeout"),
+            false,
+            &[],
+            0.0,
+            None,
+        ),
+        message(
+            7,
+            1,
+            1,
+            "discount",
+            "suppressed",
+            Some("no_address"),
+            false,
+            &["converted"],
+            10.0,
+            None,
+        ),
+        message(
+            8,
+            1,
+            1,
+            "discount",
+            "suppressed",
+            Some("global_holdout"),
+            false,
+            &["converted"],
+            5.0,
+            None,
+        ),
+        // Run 1, reminder.
+        message(
+            9,
+            1,
+            1,
+            "reminder",
+            "delivered",
+            None,
+            true,
+            &["unsubscribed", "complained"],
+            0.0,
+            None,
+        ),
+        message(
+            10,
+            1,
+            1,
+            "reminder",
+            "delivered",
+            None,
+            true,
+            &[],
+            0.0,
+            None,
+        ),
+        message(11, 1, 1, "reminder", "sent", None, true, &[], 0.0, None),
+        message(
+            12,
+            1,
+            1,
+            "reminder",
+            "planned",
+            Some("deferred: quiet hours"),
+            false,
+            &[],
+            0.0,
+            None,
+        ),
+        message(
+            13,
+            1,
+            1,
+            "reminder",
+            "cancelled",
+            Some("exit"),
+            false,
+            &[],
+            0.0,
+            None,
+        ),
+        // Run 1, holdout.
+        message(
+            14,
+            1,
+            1,
+            "holdout",
+            "held_out",
+            None,
+            false,
+            &["converted"],
+            20.0,
+            Some(app_open_paid),
+        ),
+        message(15, 1, 1, "holdout", "held_out", None, false, &[], 0.0, None),
+        message(
+            16,
+            1,
+            1,
+            "holdout",
+            "suppressed",
+            Some("global_holdout"),
+            false,
+            &[],
+            0.0,
+            None,
+        ),
+        // Run 2.
+        message(
+            17,
+            2,
+            1,
+            "discount",
+            "delivered",
+            None,
+            true,
+            &["converted"],
+            7.0,
+            None,
+        ),
+        message(18, 2, 1, "holdout", "held_out", None, false, &[], 0.0, None),
+        // Another campaign.
+        message(
+            19,
+            3,
+            2,
+            "a",
+            "delivered",
+            None,
+            true,
+            &["converted", "opened"],
+            99.0,
+            None,
+        ),
+    ];
+    exec(
+        db,
+        &format!(
+            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, sent_at, delivered_at, complained_at, opened_at, open_count, machine_opened_at, click_count, clicked_at, unsubscribed_at, converted_at, revenue, secondary, created_at, updated_at) VALUES {}",
+            rows.join(", ")
+        ),
+    )
+    .await;
+}
+
+fn campaign() -> Campaign {
+    Campaign::parse("winback.toml", CAMPAIGN).expect("campaign")
+}
+
+async fn report(db: &Db, filter: ReportFilter) -> Report {
+    let c = campaign();
+    campaign_report(db, "winback", Some(&c), 0.1, &filter, T0 + 30 * DAY)
+        .await
+        .expect("report")
+        .expect("known campaign")
+}
+
+fn arm<'a>(scope: &'a Scope, name: &str) -> &'a ArmReport {
+    scope
+        .arms
+        .iter()
+        .find(|a| a.arm == name)
+        .unwrap_or_else(|| panic!("no arm {name} in {:?}", scope.arms))
+}
+
+async fn report_counts_every_status_and_outcome(backend: DbBackend) {
+    let Some(t) = TestDatabase::new(backend).await else {
+        return;
+    };
+    fixture(&t.db).await;
+    let r = report(&t.db, ReportFilter::default()).await;
+    assert_eq!(r.kind, "marketing");
+    assert_eq!(r.runs.len(), 2);
+    assert_eq!(
+        r.total.messages, 18,
+        "the other campaign's message is not counted"
+    );
+    let names: Vec<&str> = r.total.arms.iter().map(|a| a.arm.as_str()).collect();
+    assert_eq!(names, ["discount", "reminder", "holdout"]);
+
+    let d = arm(&r.total, "discount");
+    assert_eq!(
+        (
+            d.assigned,
+            d.sent,
+            d.delivered,
+            d.bounced,
+            d.failed,
+            d.unknown
+        ),
+        (8, 5, 4, 1, 1, 1),
+        "the global holdout's message is not assigned"
+    );
+    assert_eq!((d.suppressed, d.global_holdout), (1, 1));
+    assert_eq!(
+        d.suppressed_by_reason,
+        BTreeMap::from([("no_address".to_string(), 1)])
+    );
+    assert_eq!(
+        (d.opened, d.machine_opened, d.clicked),
+        (2, 1, 1),
+        "machine opens apart"
+    );
+    assert_eq!(
+        d.converted, 3,
+        "a suppressed message converts too (intention to treat)"
+    );
+    assert_eq!(d.revenue, 47.0);
+    assert_eq!(d.rates.delivery, Some(4.0 / 5.0));
+    assert_eq!(d.rates.open, Some(2.0 / 4.0));
+    assert_eq!(d.rates.click, Some(1.0 / 4.0));
+    assert_eq!(d.rates.conversion, Some(3.0 / 8.0));
+    assert_eq!(d.revenue_per_assigned, Some(47.0 / 8.0));
+    assert_eq!(d.secondary[0].event, "app_open");
+    assert_eq!((d.secondary[0].reached, d.secondary[0].revenue), (1, 0.0));
+
+    let m = arm(&r.total, "reminder");
+    assert_eq!(
+        (m.assigned, m.sent, m.delivered, m.pending, m.cancelled),
+        (5, 3, 2, 1, 1)
+    );
+    assert_eq!(m.by_status.get("sent"), Some(&1), "awaiting its receipt");
+    assert_eq!(
+        m.cancelled_by_reason,
+        BTreeMap::from([("exit".to_string(), 1)])
+    );
+    assert!(
+        m.suppressed_by_reason.is_empty(),
+        "a deferral is no suppression"
+    );
+    assert_eq!((m.unsubscribed, m.complained, m.converted), (1, 1, 0));
+
+    let h = arm(&r.total, "holdout");
+    assert!(h.holdout);
+    assert_eq!((h.assigned, h.held_out, h.global_holdout), (3, 3, 1));
+    assert_eq!((h.converted, h.revenue), (1, 20.0));
+    assert_eq!((h.secondary[0].reached, h.secondary[0].revenue), (1, 4.5));
+    assert_eq!(h.rates.delivery, None, "nothing sent, no rate");
+
+    assert_eq!(r.total.control.as_deref(), Some("holdout"));
+    let pairs: Vec<(&str, &str)> = r
+        .total
+        .comparisons
+        .iter()
+        .map(|c| (c.variant.as_str(), c.control.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("discount", "holdout"),
+            ("reminder", "holdout"),
+            ("reminder", "discount")
+        ]
+    );
+    assert_eq!(
+        r.total.comparisons[0].variant_counts,
+        ArmCounts::new(8, 3).unwrap()
+    );
+    assert_eq!(
+        r.total.comparisons[0].control_counts,
+        ArmCounts::new(3, 1).unwrap()
+    );
+    let srm = r.total.srm.as_ref().expect("split checked");
+    assert_eq!(srm.weights_from, "run");
+    // Run 1: 12 + 2 assigned, run 2: 2; 45/45/10.
+    assert!((srm.expected["discount"] - 0.45 * 16.0).abs() < 1e-9);
+    assert!((srm.expected["holdout"] - 0.1 * 16.0).abs() < 1e-9);
+
+    let g = r.global_holdout.as_ref().expect("global holdout report");
+    assert_eq!((g.marketing.messages, g.marketing.converted), (16, 4));
+    assert_eq!(
+        (
+            g.global_holdout.messages,
+            g.global_holdout.converted,
+            g.global_holdout.revenue
+        ),
+        (2, 1, 5.0)
+    );
+
+    // Per run, oldest first.
+    let run1 = &r.runs[0];
+    assert_eq!((run1.run.id, run1.run.state.as_str()), (1, "running"));
+    assert_eq!(arm(&run1.scope, "discount").assigned, 7);
+    let run2 = &r.runs[1];
+    assert_eq!(run2.run.started_at, "2026-11-03T10:00:00Z");
+    assert_eq!(
+        run2.scope
+            .arms
+            .iter()
+            .map(|a| (a.arm.as_str(), a.assigned))
+            .collect::<Vec<_>>(),
+        [("discount", 1), ("reminder", 0), ("holdout", 1)],
+        "an arm with weight but no one in it is shown"
+    );
+    t.drop_db().await;
+}
+
+async fn report_filters_select_whole_runs(backend: DbBackend) {
+    let Some(t) = TestDatabase::new(backend).await else {
+        return;
+    };
+    fixture(&t.db).await;
+    let only2 = report(
+        &t.db,
+        ReportFilter {
+            run: Some(2),
+            ..ReportFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(only2.runs.len(), 1);
+    assert_eq!(only2.total.messages, 2);
+    assert_eq!(arm(&only2.total, "discount").converted, 1);
+
+    let since = parse_instant("2026-11-02", Bound::Since).unwrap();
+    let late = report(
+        &t.db,
+        ReportFilter {
+            since: Some(since),
+            ..ReportFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(late.runs.iter().map(|r| r.run.id).collect::<Vec<_>>(), [2]);
+
+    // A date as `until` includes that whole day; an instant is exclusive.
+    let until = parse_instant("2026-11-01", Bound::Until).unwrap();
+    let early = report(
+        &t.db,
+        ReportFilter {
+            until: Some(until),
+            ..ReportFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(early.runs.iter().map(|r| r.run.id).collect::<Vec<_>>(), [1]);
+    assert_eq!(early.total.messages, 16);
+    let exact = report(
+        &t.db,
+        ReportFilter {
+            since: Some(T0),
+            until: Some(T0 + 2 * DAY),
+            ..ReportFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(exact.runs.iter().map(|r| r.run.id).collect::<Vec<_>>(), [1]);
+
+    let none = report(
+        &t.db,
+        ReportFilter {
+            run: Some(3),
+            ..ReportFilter::default()
+        },
+    )
+    .await;
+    assert!(none.runs.is_empty(), "run 3 belongs to another campaign");
+    assert_eq!(none.notes, ["no run of this campaign matches the filter"]);
+
+    // Configured but never run: a report that says so; unknown: none.
+    let c = campaign();
+    let fresh = campaign_report(&t.db, "fresh", Some(&c), 0.0, &ReportFilter::default(), T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh.notes, ["`fresh` has not run yet"]);
+    assert!(
+        campaign_report(&t.db, "nope", None, 0.0, &ReportFilter::default(), T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(campaign_names(&t.db).await.unwrap(), ["other", "winback"]);
+    t.drop_db().await;
+}
+
+async fn report_shows_each_rollout_once(backend: DbBackend) {
+    let Some(t) = TestDatabase::new(backend).await else {
+        return;
+    };
+    fixture(&t.db).await;
+    let variants = [
+        ("discount", ArmCounts::new(1_000, 80).unwrap()),
+        ("reminder", ArmCounts::new(1_000, 40).unwrap()),
+    ];
+    let decision = pick_winner(&variants).unwrap();
+    let record =
+        RolloutRecord::from_decision(2, T0 + 3 * DAY, "conversion", &variants, &decision, true);
+    assert_eq!(
+        (record.chosen.as_str(), record.leader.as_str()),
+        ("discount", "discount")
+    );
+    assert!(record_rollout(&t.db, &record).await.unwrap());
+    let mut second = record.clone();
+    second.chosen = "reminder".into();
+    assert!(
+        !record_rollout(&t.db, &second).await.unwrap(),
+        "a decision is final"
+    );
+    let r = report(&t.db, ReportFilter::default()).await;
+    assert_eq!(r.rollouts.len(), 1);
+    let ro = &r.rollouts[0];
+    assert_eq!((ro.run_id, ro.chosen.as_str()), (2, "discount"));
+    assert!(ro.clear_winner && ro.window_cut_short);
+    assert_eq!(ro.detail["arms"][1]["k"], 40);
+    assert!(
+        ro.sentence.starts_with("run 2: discount went to the rest"),
+        "{}",
+        ro.sentence
+    );
+    assert!(
+        ro.sentence.contains("on the outcomes so far"),
+        "{}",
+        ro.sentence
+    );
+    assert!(
+        r.runs[1].scope.srm.is_none(),
+        "a rolled-out run is not split by weight"
+    );
+    assert!(r.total.srm.is_none());
+    let only1 = report(
+        &t.db,
+        ReportFilter {
+            run: Some(1),
+            ..ReportFilter::default()
+        },
+    )
+    .await;
+    assert!(only1.rollouts.is_empty());
+    t.drop_db().await;
+}
+
+#[tokio::test]
+async fn report_counts_every_status_and_outcome_sqlite() {
+    report_counts_every_status_and_outcome(DbBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn report_counts_every_status_and_outcome_postgres() {
+    report_counts_every_status_and_outcome(DbBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn report_filters_select_whole_runs_sqlite() {
+    report_filters_select_whole_runs(DbBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn report_filters_select_whole_runs_postgres() {
+    report_filters_select_whole_runs(DbBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn report_shows_each_rollout_once_sqlite() {
+    report_shows_each_rollout_once(DbBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn report_shows_each_rollout_once_postgres() {
+    report_shows_each_rollout_once(DbBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn report_scan_reads_only_the_covering_indexes_on_sqlite() {
+    let t = TestDatabase::new(DbBackend::Sqlite).await.expect("sqlite");
+    fixture(&t.db).await;
+    let goals = ["app_open".to_string()];
+    let only2 = ReportFilter {
+        run: Some(2),
+        ..ReportFilter::default()
+    };
+    for (filter, ids) in [(ReportFilter::default(), vec![1, 2]), (only2, vec![2])] {
+        for (part, index) in [
+            (Part::ByStatus, "messages_report"),
+            (Part::Reasons, "messages_report_reasons"),
+        ] {
+            let mut q = scan_sql(DbBackend::Sqlite, 1, Runs::of(&filter, &ids), &goals, part);
+            q.text = format!("EXPLAIN QUERY PLAN {}", q.text);
+            let plan: Vec<String> =
+                t.db.conn
+                    .query_all_raw(q.build(DbBackend::Sqlite))
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.try_get_by_index::<String>(3).unwrap())
+                    .collect();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains(&format!("USING COVERING INDEX {index} "))
+                    && !plan.contains("TEMP B-TREE"),
+                "{part:?}: {plan}"
+            );
+        }
+    }
+}

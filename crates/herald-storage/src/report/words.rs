@@ -1,0 +1,193 @@
+//! The report in a marketer's words: percentages, chances and p-values
+//! formatted the same way everywhere, and the sentences under the tables
+//! ("discount beat the holdout: +12% conversions (95% CI +3.1% to +21%), 97%
+//! chance it is better").
+
+use herald_domain::stats::{CONFIDENCE_LEVEL, Comparison, Estimate, SRM_P_THRESHOLD, Srm};
+
+/// Below this p-value a difference is called a win or a loss.
+pub const SIGNIFICANCE: f64 = 1.0 - CONFIDENCE_LEVEL;
+
+/// A share as a percentage: one decimal below 10%, whole from there (decided
+/// on the rounded value, so 9.98% is "10%", not "10.0%").
+pub fn percent(share: f64) -> String {
+    let p = share * 100.0;
+    if (p * 10.0).round().abs() < 100.0 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.0}%")
+    }
+}
+
+/// A change as a signed percentage ("+12%", "-3.4%").
+pub fn signed_percent(change: f64) -> String {
+    let text = percent(change);
+    if text.starts_with('-') {
+        // "-0.0%" says nothing a "+0.0%" does not.
+        if text.trim_start_matches(['-', '0', '.']) == "%" {
+            return "+0.0%".to_string();
+        }
+        text
+    } else {
+        format!("+{text}")
+    }
+}
+
+/// A probability as a whole percentage, never rounded into a certainty (a
+/// chance computed as exactly 1 is a normal tail beyond f64's reach, not a
+/// sure thing).
+pub fn chance(p: f64) -> String {
+    if p > 0.99 {
+        ">99%".to_string()
+    } else if p < 0.01 {
+        "<1%".to_string()
+    } else {
+        format!("{:.0}%", p * 100.0)
+    }
+}
+
+/// A p-value with two significant digits ("p = 0.0031", "p < 0.0001").
+pub fn p_value(p: f64) -> String {
+    if p < 1e-4 {
+        "p < 0.0001".to_string()
+    } else if p >= 0.1 {
+        format!("p = {p:.2}")
+    } else {
+        let digits = (-p.log10()).floor() as usize + 2;
+        format!("p = {p:.digits$}")
+    }
+}
+
+/// How an arm is named in a sentence.
+pub fn arm_name(arm: &str, holdout: bool) -> String {
+    if holdout {
+        format!("the {arm}")
+    } else {
+        arm.to_string()
+    }
+}
+
+/// The verdict on a comparison: a win, a loss, or no clear difference.
+pub fn comparison_sentence(variant: &str, control: &str, result: &Comparison) -> String {
+    match result {
+        Comparison::NotEnoughData { message, .. } => format!("{variant} vs {control}: {message}"),
+        Comparison::Estimate(e) => {
+            let numbers = estimate_words(e);
+            if e.p_value < SIGNIFICANCE && e.rel_lift > 0.0 {
+                format!("{variant} beat {control}: {numbers}")
+            } else if e.p_value < SIGNIFICANCE {
+                format!("{variant} did worse than {control}: {numbers}")
+            } else {
+                format!("{variant} vs {control}: no clear difference yet: {numbers}")
+            }
+        }
+    }
+}
+
+fn estimate_words(e: &Estimate) -> String {
+    format!(
+        "{} conversions ({:.0}% CI {} to {}), {} chance it is better ({})",
+        signed_percent(e.rel_lift),
+        CONFIDENCE_LEVEL * 100.0,
+        signed_percent(e.rel_ci.lower),
+        signed_percent(e.rel_ci.upper),
+        chance(e.chance_to_beat),
+        p_value(e.p_value)
+    )
+}
+
+/// The verdict on the split.
+pub fn srm_sentence(srm: &Srm) -> String {
+    if srm.mismatch {
+        format!(
+            "sample ratio mismatch ({}, below {SRM_P_THRESHOLD}): the arms' sizes do not fit their \
+             weights, so something other than chance decided who landed where; do not trust the \
+             comparisons until you know why",
+            p_value(srm.p_value)
+        )
+    } else {
+        format!(
+            "the split fits the weights (sample ratio check {})",
+            p_value(srm.p_value)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_domain::stats::{ArmCounts, compare, srm};
+
+    use super::*;
+
+    fn arm(n: u64, k: u64) -> ArmCounts {
+        ArmCounts::new(n, k).unwrap()
+    }
+
+    #[test]
+    fn numbers_read_naturally() {
+        assert_eq!(percent(0.0652), "6.5%");
+        assert_eq!(percent(0.1249), "12%");
+        assert_eq!(percent(-0.0998), "-10%");
+        assert_eq!(percent(0.0994), "9.9%");
+        assert_eq!(signed_percent(0.12), "+12%");
+        assert_eq!(signed_percent(-0.034), "-3.4%");
+        assert_eq!(signed_percent(-0.0001), "+0.0%");
+        assert_eq!(chance(0.9712), "97%");
+        assert_eq!(chance(0.9999), ">99%");
+        assert_eq!(chance(0.00002), "<1%");
+        assert_eq!(chance(1.0), ">99%");
+        assert_eq!(chance(0.0), "<1%");
+        assert_eq!(chance(0.985), "98%");
+        assert_eq!(p_value(0.31), "p = 0.31");
+        assert_eq!(p_value(0.0412), "p = 0.041");
+        assert_eq!(p_value(0.00312), "p = 0.0031");
+        assert_eq!(p_value(0.00001), "p < 0.0001");
+    }
+
+    #[test]
+    fn a_win_a_loss_and_a_draw_are_told_apart() {
+        let win = compare(arm(10_000, 500), arm(10_000, 650));
+        let s = comparison_sentence("discount", "the holdout", &win);
+        assert!(
+            s.starts_with("discount beat the holdout: +30% conversions (95% CI +"),
+            "{s}"
+        );
+        assert!(s.contains(">99% chance it is better (p < 0.0001)"), "{s}");
+
+        let loss = compare(arm(10_000, 560), arm(10_000, 500));
+        let s = comparison_sentence("reminder", "discount", &loss);
+        assert!(
+            s.starts_with("reminder did worse than discount: -11% conversions"),
+            "{s}"
+        );
+        assert!(s.ends_with("2% chance it is better (p = 0.045)"), "{s}");
+
+        let draw = compare(arm(100, 10), arm(100, 15));
+        let s = comparison_sentence("reminder", "the holdout", &draw);
+        assert_eq!(
+            s,
+            "reminder vs the holdout: no clear difference yet: +50% conversions \
+             (95% CI -63% to +163%), 81% chance it is better (p = 0.39)"
+        );
+
+        let none = compare(arm(100, 0), arm(100, 5));
+        assert_eq!(
+            comparison_sentence("discount", "the holdout", &none),
+            "discount vs the holdout: not enough conversions to compare: the control has no conversions"
+        );
+    }
+
+    #[test]
+    fn the_split_is_judged_at_one_in_a_thousand() {
+        let bad = srm_sentence(&srm(&[(5_200, 0.5), (4_800, 0.5)]));
+        assert!(
+            bad.starts_with("sample ratio mismatch (p < 0.0001, below 0.001)"),
+            "{bad}"
+        );
+        let good = srm_sentence(&srm(&[(5_010, 0.5), (4_990, 0.5)]));
+        assert_eq!(
+            good,
+            "the split fits the weights (sample ratio check p = 0.84)"
+        );
+    }
+}
