@@ -4,8 +4,9 @@
 //! that hold everything the report's scan reads, in its GROUP BY order.
 //!
 //! SQLite aggregates by sorting: over 10M messages its sorter took 53 s,
-//! where reading these indexes in order takes a few. Their outcome columns
-//! are `IS NOT NULL` flags, which SQLite's record format stores in no bytes.
+//! where reading these indexes in order takes about 3. Their outcome columns
+//! are `IS NOT NULL` flags, which SQLite's record format stores in no bytes;
+//! the price is a third more time to record a first open or click.
 //! PostgreSQL aggregates by hash over a parallel scan and gets no such index:
 //! an indexed outcome column would turn every open and click, today a HOT
 //! update, into an entry in each of the table's indexes.
