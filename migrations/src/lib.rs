@@ -9,6 +9,7 @@ mod m20261124_000001_segment_index;
 mod m20261125_000001_messages_fillfactor;
 mod m20261126_000001_rollout;
 mod m20261126_000002_daemon;
+mod m20261127_000002_triggers;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_messages_fillfactor::Migration),
             Box::new(m20261126_000001_rollout::Migration),
             Box::new(m20261126_000002_daemon::Migration),
+            Box::new(m20261127_000002_triggers::Migration),
         ]
     }
 }

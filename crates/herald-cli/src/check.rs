@@ -102,6 +102,7 @@ pub fn render_problems(
                     channel,
                     address: "sample".into(),
                     attempts: 0,
+                    step: 0,
                     send_at: 0,
                 };
                 match renderer.render(&msg, contact) {

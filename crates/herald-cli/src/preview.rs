@@ -145,6 +145,7 @@ pub async fn run(cli: &Cli, args: &PreviewArgs) -> anyhow::Result<()> {
                 channel,
                 address: address.clone().unwrap_or_default(),
                 attempts: 0,
+                step: 0,
                 send_at: now,
             };
             let to = address.map(|a| format!(" to {a}")).unwrap_or_default();

@@ -96,6 +96,22 @@ pub struct PastMessage {
     pub marketing: bool,
 }
 
+/// Which contacts an audience page may hold, besides matching the filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scope {
+    /// The whole contact base (a scheduled run).
+    All,
+    /// Only these contacts (the contacts of a batch of triggering events).
+    Contacts(Vec<i64>),
+    /// Only the contacts who entered the campaign's segment at this run's pass.
+    Entrants {
+        /// The campaign's id.
+        campaign_id: i64,
+        /// The run of the segment-entry pass.
+        run_id: i64,
+    },
+}
+
 /// A message row to insert when planning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedMessage {
@@ -132,6 +148,8 @@ pub struct ClaimedMessage {
     pub channel: Channel,
     /// Address.
     pub address: String,
+    /// Series step (0: the campaign's own content; n: `[[steps]]` number n).
+    pub step: i32,
     /// Attempts so far.
     pub attempts: i32,
     /// Planned send time (ms).
@@ -296,6 +314,18 @@ pub trait Store: Send + Sync {
         filter: &Expr,
         now: i64,
         topic: Option<&str>,
+        after: i64,
+        limit: u32,
+        history_since: Option<i64>,
+    ) -> StoreResult<Vec<AudienceMember>>;
+    /// [`Store::audience_page`] restricted to `scope`.
+    #[allow(clippy::too_many_arguments)]
+    async fn audience_in(
+        &self,
+        filter: &Expr,
+        now: i64,
+        topic: Option<&str>,
+        scope: &Scope,
         after: i64,
         limit: u32,
         history_since: Option<i64>,

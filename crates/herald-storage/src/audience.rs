@@ -5,8 +5,11 @@
 //! pages it takes; memory stays one page.
 
 use herald_domain::segment::Expr;
+use herald_engine::store::Scope;
 
-use crate::segment_sql::{IdRange, SegmentContext, Unsupported, append, compile_range};
+use crate::segment_sql::{
+    IdRange, SegmentContext, Unsupported, append, compile_ids, compile_range,
+};
 use crate::sql::Sql;
 
 /// The first window, in contact ids, is this many times the page size.
@@ -29,6 +32,8 @@ pub struct AudiencePager<'a> {
     filter: &'a Expr,
     ctx: &'a SegmentContext<'a>,
     topic: Option<&'a str>,
+    /// Which contacts may be members at all.
+    scope: &'a Scope,
     /// The last contact id covered so far.
     after: i64,
     limit: usize,
@@ -47,14 +52,18 @@ impl<'a> AudiencePager<'a> {
         filter: &'a Expr,
         ctx: &'a SegmentContext<'a>,
         topic: Option<&'a str>,
+        scope: &'a Scope,
         after: i64,
         limit: u32,
     ) -> Result<Self, Unsupported> {
-        let windowed = !compile_range(filter, ctx, None)?.joins.text.is_empty();
+        // A list of contacts is small: one query, aggregating only their events.
+        let windowed = !matches!(scope, Scope::Contacts(_))
+            && !compile_range(filter, ctx, None)?.joins.text.is_empty();
         Ok(Self {
             filter,
             ctx,
             topic,
+            scope,
             after,
             limit: limit as usize,
             windowed,
@@ -114,7 +123,10 @@ impl<'a> AudiencePager<'a> {
             after: self.after,
             up_to,
         });
-        let compiled = compile_range(self.filter, self.ctx, ids)?;
+        let compiled = match self.scope {
+            Scope::Contacts(list) => compile_ids(self.filter, self.ctx, list)?,
+            _ => compile_range(self.filter, self.ctx, ids)?,
+        };
         let mut q = Sql::new();
         let sup = |ch: &str, addr: &str| {
             format!(
@@ -144,6 +156,29 @@ impl<'a> AudiencePager<'a> {
             .bind(self.after);
         if let Some(up_to) = up_to {
             q.push(" AND c.id <= ").bind(up_to);
+        }
+        match self.scope {
+            Scope::All => {}
+            Scope::Contacts(list) => {
+                q.push(" AND c.id IN (");
+                for (i, id) in list.iter().enumerate() {
+                    if i > 0 {
+                        q.push(",");
+                    }
+                    q.bind(*id);
+                }
+                q.push(if list.is_empty() { "NULL)" } else { ")" });
+            }
+            Scope::Entrants {
+                campaign_id,
+                run_id,
+            } => {
+                q.push(" AND c.id IN (SELECT em.contact_id FROM entry_members em WHERE em.campaign_id = ")
+                    .bind(*campaign_id)
+                    .push(" AND em.entered_run = ")
+                    .bind(*run_id)
+                    .push(")");
+            }
         }
         q.push(" AND ");
         append(&mut q, compiled.cond);

@@ -105,6 +105,21 @@ pub fn compile_range(
     Ok(Compiled { joins, cond })
 }
 
+/// Compiles `expr` for the contacts `ids` only: the derived tables aggregate only
+/// their events (the caller must restrict `c.id` to the same list).
+pub fn compile_ids(
+    expr: &Expr,
+    ctx: &SegmentContext<'_>,
+    ids: &[i64],
+) -> Result<Compiled, Unsupported> {
+    let c = Compiler::new(ctx)?;
+    let mut cond = Sql::new();
+    c.expr(expr, &mut cond)?;
+    let skip_before = c.prune_bound(expr);
+    let joins = c.joins(Some(Only::Ids(ids)), skip_before)?;
+    Ok(Compiled { joins, cond })
+}
+
 /// `SELECT COUNT(*)` of the contacts (not forgotten) that match `expr`.
 pub fn count_sql(expr: &Expr, ctx: &SegmentContext<'_>) -> Result<Sql, Unsupported> {
     let compiled = compile(expr, ctx)?;

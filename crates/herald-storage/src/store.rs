@@ -221,8 +221,23 @@ impl Store for SqlStore {
         limit: u32,
         history_since: Option<i64>,
     ) -> StoreResult<Vec<AudienceMember>> {
+        self.audience_in(filter, now, topic, &Scope::All, after, limit, history_since)
+            .await
+    }
+
+    async fn audience_in(
+        &self,
+        filter: &Expr,
+        now: i64,
+        topic: Option<&str>,
+        scope: &Scope,
+        after: i64,
+        limit: u32,
+        history_since: Option<i64>,
+    ) -> StoreResult<Vec<AudienceMember>> {
         let ctx = self.segment_context(now);
-        let mut pager = AudiencePager::new(filter, &ctx, topic, after, limit).map_err(err)?;
+        let mut pager =
+            AudiencePager::new(filter, &ctx, topic, scope, after, limit).map_err(err)?;
         let mut members = Vec::new();
         while let Some(q) = pager.next_query(members.len()) {
             let q = match q {
@@ -372,7 +387,7 @@ impl Store for SqlStore {
                 );
                 q.push(",0,0,0,0,").bind(now).push(",").bind(now).push(")");
             }
-            q.push(" ON CONFLICT (run_id, contact_id, step) DO NOTHING");
+            q.push(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
             self.exec(q).await?;
         }
         Ok(())
@@ -437,7 +452,9 @@ impl Store for SqlStore {
         if self.b() == DbBackend::Postgres {
             q.push(" FOR UPDATE OF m SKIP LOCKED");
         }
-        q.push(") RETURNING id, run_id, contact_id, arm, channel, address, attempts, send_at");
+        q.push(
+            ") RETURNING id, run_id, contact_id, arm, channel, address, attempts, send_at, step",
+        );
         let rows = self.all(q).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -451,6 +468,7 @@ impl Store for SqlStore {
                 address: get(r, 5)?,
                 attempts: get(r, 6)?,
                 send_at: get(r, 7)?,
+                step: get(r, 8)?,
             });
         }
         out.sort_by_key(|m| (m.send_at, m.id));
