@@ -32,6 +32,7 @@ mod preview;
 mod report;
 mod segments;
 mod send;
+mod triggers;
 
 /// An empty project run with the binary cargo built for this test.
 pub fn project() -> Project {

@@ -14,6 +14,7 @@ use herald_engine::dispatch::{Dispatcher, RendererSource};
 use herald_engine::metrics::DispatchMetrics;
 use herald_engine::render::{CampaignRenderer, MessageRenderer};
 use herald_engine::scheduler::Scheduler;
+use herald_engine::trigger::TriggerPlanner;
 use herald_engine::{Clock, Engine, Store, SystemClock};
 use herald_storage::runs;
 use tokio::sync::watch;
@@ -22,6 +23,8 @@ use crate::{Cli, EXIT_INVALID, Exit, app, check, serve};
 
 /// How often the scheduler looks for due fires.
 const TICK: Duration = Duration::from_secs(1);
+/// How often the trigger planner looks for new events (part of an event's time to its send).
+const TRIGGER_TICK: Duration = Duration::from_millis(100);
 /// How often a daemon says it is alive and recounts the others.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -168,6 +171,26 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         })
     };
 
+    // The trigger planner: events to messages, as they arrive.
+    let triggers = {
+        let mut planner = TriggerPlanner::new(store.clone(), clock.clone(), config.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if planner.is_empty() {
+                return;
+            }
+            loop {
+                if let Err(e) = planner.pass().await {
+                    tracing::error!("trigger planner: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(TRIGGER_TICK) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        })
+    };
+
     // The workers.
     let d = &config.herald.dispatch;
     let mut workers = Vec::new();
@@ -217,6 +240,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = scheduler.await;
+    let _ = triggers.await;
     let _ = heartbeat.await;
     if let Some(server) = server {
         server.await??;

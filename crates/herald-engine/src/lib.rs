@@ -14,7 +14,9 @@ pub mod render;
 pub mod run;
 pub mod schedule;
 pub mod scheduler;
+pub mod series;
 pub mod store;
+pub mod trigger;
 
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use run::Engine;

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 
 use herald_channels::RenderedMessage;
-use herald_domain::config::{Campaign, HeraldConfig, Variant};
+use herald_domain::config::{
+    Campaign, EmailContent, HeraldConfig, PushContent, SmsContent, Variant,
+};
 use herald_domain::token::{TokenKind, TokenSigner};
 use herald_domain::types::{CampaignKind, Channel};
 use herald_templates::{
@@ -40,19 +42,37 @@ pub fn inline_name(campaign: &str, variant: &str, channel: Channel) -> String {
     format!("campaigns/{campaign}/{variant}/{channel}.title")
 }
 
-/// Registers every campaign's inline subjects and titles into `set`.
+/// The name a series step's inline subjects and titles are registered under, in
+/// place of a variant's (steps have one content for every arm).
+pub fn step_key(step: i32) -> String {
+    format!("step-{step}")
+}
+
+/// Registers every campaign's inline subjects and titles (its variants' and
+/// its `[[steps]]`') into `set`.
 pub fn register_inline<'a>(
     set: &mut TemplateSet,
     campaigns: impl IntoIterator<Item = &'a Campaign>,
 ) -> Result<(), TemplateError> {
     for c in campaigns {
-        for v in &c.variants {
-            let name = v.name.get_ref().as_str();
-            if let Some(e) = &v.email {
-                set.register_inline(&inline_name(&c.name, name, Channel::Email), &e.subject)?;
+        let steps = c
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (step_key(i as i32 + 1), s.email.as_ref(), s.push.as_ref()));
+        let variants = c.variants.iter().map(|v| {
+            (
+                v.name.get_ref().to_string(),
+                v.email.as_ref(),
+                v.push.as_ref(),
+            )
+        });
+        for (name, email, push) in variants.chain(steps) {
+            if let Some(e) = email {
+                set.register_inline(&inline_name(&c.name, &name, Channel::Email), &e.subject)?;
             }
-            if let Some(p) = &v.push {
-                set.register_inline(&inline_name(&c.name, name, Channel::Push), &p.title)?;
+            if let Some(p) = push {
+                set.register_inline(&inline_name(&c.name, &name, Channel::Push), &p.title)?;
             }
         }
     }
@@ -144,6 +164,20 @@ pub fn top_keys(templates: &TemplateSet, campaign: &Campaign) -> Vec<TopKey> {
             pairs.extend(templates.inline_top_paths(&inline_name(&campaign.name, name, ch)));
         }
     }
+    for (i, step) in campaign.steps.iter().enumerate() {
+        let files = [
+            step.email.as_ref().map(|e| &e.template),
+            step.sms.as_ref().map(|s| &s.template),
+            step.push.as_ref().map(|p| &p.template),
+        ];
+        for t in files.into_iter().flatten() {
+            pairs.extend(templates.top_paths(t));
+        }
+        for ch in [Channel::Email, Channel::Push] {
+            let key = step_key(i as i32 + 1);
+            pairs.extend(templates.inline_top_paths(&inline_name(&campaign.name, &key, ch)));
+        }
+    }
     pairs
         .into_iter()
         .map(|(event, property)| TopKey { event, property })
@@ -188,12 +222,47 @@ impl CampaignRenderer {
         }
     }
 
+    /// The content `msg` is rendered from: its variant's, or its series step's, and
+    /// the name its inline subject or title is registered under.
+    fn content(&self, msg: &ClaimedMessage) -> Result<Content<'_>, String> {
+        if msg.step > 0 {
+            let step = usize::try_from(msg.step - 1)
+                .ok()
+                .and_then(|i| self.campaign.steps.get(i))
+                .ok_or_else(|| format!("step {} is no longer in the campaign", msg.step))?;
+            return Ok(Content {
+                key: step_key(msg.step),
+                email: step.email.as_ref(),
+                sms: step.sms.as_ref(),
+                push: step.push.as_ref(),
+            });
+        }
+        let variant = self
+            .variant(&msg.arm)
+            .ok_or_else(|| format!("variant `{}` is no longer in the campaign", msg.arm))?;
+        Ok(Content {
+            key: msg.arm.clone(),
+            email: variant.email.as_ref(),
+            sms: variant.sms.as_ref(),
+            push: variant.push.as_ref(),
+        })
+    }
+
     fn variant(&self, name: &str) -> Option<&Variant> {
         self.campaign
             .variants
             .iter()
             .find(|v| v.name.get_ref().as_str() == name)
     }
+}
+
+/// What one message is rendered from.
+struct Content<'a> {
+    /// Its inline subjects' and titles' registration key.
+    key: String,
+    email: Option<&'a EmailContent>,
+    sms: Option<&'a SmsContent>,
+    push: Option<&'a PushContent>,
 }
 
 /// The HTML with a 1x1 open pixel before `</body>` (or at the end).
@@ -226,9 +295,7 @@ impl MessageRenderer for CampaignRenderer {
     }
 
     fn render(&self, msg: &ClaimedMessage, contact: &ContactView) -> Result<RenderOutput, String> {
-        let variant = self
-            .variant(&msg.arm)
-            .ok_or_else(|| format!("variant `{}` is no longer in the campaign", msg.arm))?;
+        let content = self.content(msg)?;
         let unsubscribe_url = format!(
             "{}/u/{}",
             self.public_url,
@@ -258,7 +325,7 @@ impl MessageRenderer for CampaignRenderer {
         let title = |ch| {
             self.templates
                 .render_inline(
-                    &inline_name(&self.campaign.name, &msg.arm, ch),
+                    &inline_name(&self.campaign.name, &content.key, ch),
                     &data,
                     Some(&ctx(false)),
                 )
@@ -266,10 +333,7 @@ impl MessageRenderer for CampaignRenderer {
         };
         match msg.channel {
             Channel::Email => {
-                let content = variant
-                    .email
-                    .as_ref()
-                    .ok_or("the variant has no email content")?;
+                let content = content.email.ok_or("the variant has no email content")?;
                 let subject = title(Channel::Email)?;
                 let body = self
                     .templates
@@ -293,10 +357,7 @@ impl MessageRenderer for CampaignRenderer {
                 links = links_of(&body);
             }
             Channel::Sms => {
-                let content = variant
-                    .sms
-                    .as_ref()
-                    .ok_or("the variant has no sms content")?;
+                let content = content.sms.ok_or("the variant has no sms content")?;
                 let body = self
                     .templates
                     .render(&content.template, locale, &data, Some(&ctx(true)))
@@ -316,10 +377,7 @@ impl MessageRenderer for CampaignRenderer {
                 links = links_of(&body);
             }
             Channel::Push => {
-                let content = variant
-                    .push
-                    .as_ref()
-                    .ok_or("the variant has no push content")?;
+                let content = content.push.ok_or("the variant has no push content")?;
                 let t = title(Channel::Push)?;
                 let body = self
                     .templates

@@ -9,6 +9,7 @@ use herald_domain::config::{Campaign, ConfigSet, SendTime};
 
 use crate::clock::Clock;
 use crate::plan::{PlanContext, decide};
+use crate::series::Series;
 use crate::store::{
     CampaignRecord, PersonalisationRequest, PlannedMessage, RunCounts, RunRecord, Store, StoreError,
 };
@@ -220,7 +221,14 @@ impl Engine {
                 m.best_hour = hours.get(&m.contact_id).copied().flatten();
             }
         }
-        let rows = page.iter().map(|m| decide(&ctx, m)).collect();
+        let rows = if campaign.steps.is_empty() {
+            page.iter().map(|m| decide(&ctx, m)).collect()
+        } else {
+            let series = Series::of(campaign);
+            page.iter()
+                .flat_map(|m| series.decide(&self.config.herald, run_id, now, m))
+                .collect()
+        };
         Ok(Some((last, rows)))
     }
 }

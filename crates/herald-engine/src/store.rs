@@ -133,6 +133,32 @@ pub struct PlannedMessage {
     pub reason: Option<String>,
 }
 
+/// An event that may trigger a campaign (or end one: `exit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerEvent {
+    /// The event row's id: the trigger's identity in the message key.
+    pub id: i64,
+    /// Whose event.
+    pub contact_id: i64,
+    /// Its name.
+    pub name: String,
+    /// When it happened (ms).
+    pub at: i64,
+    /// When herald stored it (ms).
+    pub received_at: i64,
+}
+
+/// A message planned because of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggeredMessage {
+    /// The message.
+    pub message: PlannedMessage,
+    /// The triggering event's id.
+    pub trigger_id: i64,
+    /// The triggering event's instant (ms): an `exit` event after it cancels the message.
+    pub trigger_at: i64,
+}
+
 /// A message claimed for sending, with what rendering needs.
 #[derive(Debug, Clone)]
 pub struct ClaimedMessage {
@@ -388,4 +414,40 @@ pub trait Store: Send + Sync {
     async fn finish_drained_runs(&self, now: i64) -> StoreResult<Vec<i64>>;
     /// Counts of the run's messages by arm, status and reason.
     async fn run_counts(&self, run_id: i64) -> StoreResult<RunCounts>;
+
+    /// The one open-ended run a triggered campaign's messages belong to, created
+    /// `running` (its report is cut by date, `--since`/`--until`).
+    async fn trigger_run(
+        &self,
+        campaign_id: i64,
+        fingerprint: &str,
+        now: i64,
+    ) -> StoreResult<RunRecord>;
+    /// Events named one of `names` with an id above `after`, in id order, at most `limit`.
+    async fn events_after(
+        &self,
+        names: &[String],
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<TriggerEvent>>;
+    /// The event id up to which every event was planned for the campaign (0: none yet).
+    async fn trigger_cursor(&self, campaign_id: i64) -> StoreResult<i64>;
+    /// Inserts triggered messages (one already there for its (run, contact, step,
+    /// trigger) is left alone) and moves the campaign's cursor to `cursor`, in one
+    /// transaction; returns how many were new.
+    async fn insert_triggered(
+        &self,
+        run_id: i64,
+        campaign_id: i64,
+        rows: &[TriggeredMessage],
+        cursor: i64,
+        now: i64,
+    ) -> StoreResult<u64>;
+    /// Of `(contact, since)` pairs, those whose contact has an event named `event` after `since`.
+    async fn exited(&self, event: &str, pairs: &[(i64, i64)]) -> StoreResult<Vec<(i64, i64)>>;
+    /// Of the messages `ids`, those whose contact had an event named `event` after
+    /// the message's trigger (or, for a scheduled run, after the run's instant).
+    async fn exited_messages(&self, event: &str, ids: &[i64]) -> StoreResult<Vec<i64>>;
+    /// Of the contacts `ids`, those that match `filter` at `now`.
+    async fn matching(&self, filter: &Expr, ids: &[i64], now: i64) -> StoreResult<Vec<i64>>;
 }

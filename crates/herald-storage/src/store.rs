@@ -22,6 +22,8 @@ use crate::personalise::{Subject, personalise};
 use crate::segment_sql::SegmentContext;
 use crate::sql::{Sql, stmt};
 
+mod triggers;
+
 /// The engine's store over a [`Db`].
 #[derive(Clone, Debug)]
 pub struct SqlStore {
@@ -685,7 +687,7 @@ impl Store for SqlStore {
         let mut q = Sql::new();
         q.push("UPDATE runs SET state = 'done', finished_at = ")
             .bind(now)
-            .push(" WHERE state = 'running' AND id = ")
+            .push(" WHERE state = 'running' AND origin <> 'trigger' AND id = ")
             .bind(run_id);
         self.exec(q).await?;
         Ok(true)
@@ -711,7 +713,8 @@ impl Store for SqlStore {
         let mut q = Sql::new();
         q.push("UPDATE runs SET state = 'done', finished_at = ")
             .bind(now)
-            .push(" WHERE state = 'running' AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.run_id = runs.id AND m.status IN ('planned', 'sending')) RETURNING id");
+            // A triggered campaign's run never ends: its next event adds to it.
+            .push(" WHERE state = 'running' AND origin <> 'trigger' AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.run_id = runs.id AND m.status IN ('planned', 'sending')) RETURNING id");
         self.all(q).await?.iter().map(|r| get(r, 0)).collect()
     }
 
@@ -727,6 +730,52 @@ impl Store for SqlStore {
                 .map(|r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?, get(r, 3)?)))
                 .collect::<StoreResult<_>>()?,
         })
+    }
+
+    async fn trigger_run(
+        &self,
+        campaign_id: i64,
+        fingerprint: &str,
+        now: i64,
+    ) -> StoreResult<RunRecord> {
+        self.trigger_run_impl(campaign_id, fingerprint, now).await
+    }
+
+    async fn events_after(
+        &self,
+        names: &[String],
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<TriggerEvent>> {
+        self.events_after_impl(names, after, limit).await
+    }
+
+    async fn trigger_cursor(&self, campaign_id: i64) -> StoreResult<i64> {
+        self.trigger_cursor_impl(campaign_id).await
+    }
+
+    async fn insert_triggered(
+        &self,
+        run_id: i64,
+        campaign_id: i64,
+        rows: &[TriggeredMessage],
+        cursor: i64,
+        now: i64,
+    ) -> StoreResult<u64> {
+        self.insert_triggered_impl(run_id, campaign_id, rows, cursor, now)
+            .await
+    }
+
+    async fn exited(&self, event: &str, pairs: &[(i64, i64)]) -> StoreResult<Vec<(i64, i64)>> {
+        self.exited_impl(event, pairs).await
+    }
+
+    async fn exited_messages(&self, event: &str, ids: &[i64]) -> StoreResult<Vec<i64>> {
+        self.exited_messages_impl(event, ids).await
+    }
+
+    async fn matching(&self, filter: &Expr, ids: &[i64], now: i64) -> StoreResult<Vec<i64>> {
+        self.matching_impl(filter, ids, now).await
     }
 }
 

@@ -1,0 +1,148 @@
+//! Event-triggered campaigns and series through the real daemon and a real
+//! SMTP server: one message per (contact, triggering event, step) with every
+//! event imported twice and the daemon killed between the steps; the trigger's
+//! `where` decides who gets it; an `exit` event cancels the steps still pending,
+//! with its reason recorded.
+
+use std::time::{Duration, Instant};
+
+use herald_sinks::{SmtpSink, SmtpSinkConfig};
+use herald_tests::{Backend, Project, TestDb};
+use sea_orm::{ConnectionTrait, Database, Statement};
+
+use crate::setup;
+
+fn project(p: &Project, port: u16) {
+    p.write(
+        "config/herald.toml",
+        &format!(
+            "[tracking]\npublic_url = \"https://t.example.com\"\nlisten = \"127.0.0.1:0\"\n\n[channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\nfrom = \"Shop <news@example.com>\"\nconcurrency = 4\n\n[dispatch]\nbatch = 50\nlease = \"5s\"\n"
+        ),
+    );
+    // A welcome series: now, then 4 s later unless the contact activated.
+    p.write(
+        "config/campaigns/welcome.toml",
+        "name = \"welcome\"\nkind = \"transactional\"\nwhere = 'email contains \"@\"'\nchannels = [\"email\"]\ntrigger = { event = \"signup\", delay = \"0s\", where = 'attrs.plan == \"free\"' }\nexit = { event = \"activated\" }\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Welcome {{contact.external_id}}\", template = \"w/0.email.hbs\" }\n\n[[steps]]\ndelay = \"4s\"\nemail = { subject = \"Day two {{contact.external_id}}\", template = \"w/1.email.hbs\" }\n",
+    );
+    p.write("templates/w/0.email.hbs", "<p>Welcome</p>\n");
+    p.write("templates/w/1.email.hbs", "<p>Still there?</p>\n");
+    let mut csv = String::from("external_id,email,plan\n");
+    for i in 0..10 {
+        let plan = if i == 9 { "pro" } else { "free" };
+        csv.push_str(&format!("u{i},u{i}@example.com,{plan}\n"));
+    }
+    p.write("contacts.csv", &csv);
+}
+
+fn events(name: &str, who: &[usize], at: chrono::DateTime<chrono::Utc>) -> String {
+    let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    who.iter()
+        .map(|i| {
+            format!("{{\"external_id\":\"u{i}\",\"name\":\"{name}\",\"at\":\"{at}\",\"event_id\":\"{name}-u{i}\"}}\n")
+        })
+        .collect()
+}
+
+async fn scalar(db: &TestDb, sql: &str) -> i64 {
+    let conn = Database::connect(&db.url).await.expect("connect");
+    let row = conn
+        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await
+        .expect("query")
+        .expect("row");
+    row.try_get_by_index::<i64>(0).expect("i64")
+}
+
+async fn wait_for(db: &TestDb, sql: &str, want: i64, limit: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let got = scalar(db, sql).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "after {limit:?}: {sql} is {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn series_once_per_event_and_step_with_exit(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = SmtpSink::start(SmtpSinkConfig::default())
+        .await
+        .expect("sink");
+    project(&p, sink.addr().port());
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let mut daemon = p.spawn(&db, "daemon", &["run"]);
+    let signup = chrono::Utc::now();
+    let all: Vec<usize> = (0..10).collect();
+    p.write("signup.ndjson", &events("signup", &all, signup));
+    // Every event delivered twice: the second import adds no event, and no message.
+    p.herald(&db, &["import", "events", "signup.ndjson"])
+        .expect_code(0);
+    p.herald(&db, &["import", "events", "signup.ndjson"])
+        .expect_code(0);
+    // The first step reaches the nine free-plan contacts; the pro one matches no `where`.
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM messages WHERE step = 0 AND status = 'delivered'",
+        9,
+        Duration::from_secs(30),
+    )
+    .await;
+    // u1 activates before the second step: it is cancelled, with the reason.
+    p.write(
+        "activated.ndjson",
+        &events("activated", &[1], chrono::Utc::now()),
+    );
+    p.herald(&db, &["import", "events", "activated.ndjson"])
+        .expect_code(0);
+    // The daemon dies between the steps and comes back.
+    daemon.kill().expect("SIGKILL");
+    let _ = tokio::task::block_in_place(|| daemon.wait());
+    p.herald(&db, &["import", "events", "signup.ndjson"])
+        .expect_code(0);
+    let mut daemon = p.spawn(&db, "daemon2", &["run"]);
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM messages WHERE step = 1 AND status IN ('delivered', 'cancelled')",
+        9,
+        Duration::from_secs(40),
+    )
+    .await;
+    daemon.kill().expect("SIGKILL");
+    let _ = tokio::task::block_in_place(|| daemon.wait());
+
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM messages").await, 18);
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status = 'cancelled' AND reason = 'exit (activated)' AND step = 1"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM runs WHERE origin = 'trigger' AND state = 'running'"
+        )
+        .await,
+        1
+    );
+    // Counted at the receiving server: two emails each, one for u1, none for the pro contact.
+    let per = sink.per_recipient();
+    assert_eq!(per.len(), 9, "{per:?}");
+    for (to, n) in &per {
+        let want = if to.contains("u1@") { 1 } else { 2 };
+        assert_eq!(*n, want, "{to} received {n}");
+    }
+    assert!(!per.keys().any(|k| k.contains("u9@")));
+}
+
+on_both_databases!(series_once_per_event_and_step_with_exit);
