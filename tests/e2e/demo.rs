@@ -14,6 +14,18 @@ async fn demo_runs_twice_and_prints_the_summary() {
         run.expect_code(0);
         let out = run.stdout();
         assert!(out.contains("imported 600 contacts"), "{out}");
+        // The triggered campaign: lapsed buyers back in the app get their offer on the spot.
+        let comeback = out
+            .lines()
+            .find(|l| l.starts_with("campaign `comeback` (triggered by app_open)"))
+            .expect("the triggered campaign's line");
+        let sent: usize = comeback
+            .split(" sent (")
+            .next()
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .expect("a sent count");
+        assert!(sent > 0, "{comeback}");
         assert!(
             out.contains("discount") && out.contains("reminder") && out.contains("holdout"),
             "{out}"

@@ -28,7 +28,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use sea_orm::ConnectionTrait;
 
-use crate::{Cli, datagen, report, send};
+use herald_engine::clock::{Clock, SystemClock};
+use herald_engine::dispatch::Dispatcher;
+use herald_engine::render::CampaignRenderer;
+use herald_engine::store::Store;
+use herald_engine::trigger::TriggerPlanner;
+
+use crate::{Cli, app, datagen, report, send};
 
 /// Arguments of `herald demo`.
 #[derive(Args, Debug)]
@@ -45,7 +51,7 @@ pub struct DemoArgs {
 }
 
 /// The example files, embedded so the demo runs from anywhere.
-const FILES: [(&str, &str); 12] = [
+const FILES: [(&str, &str); 15] = [
     (
         "config/herald.toml",
         include_str!("../../../config/herald.toml"),
@@ -89,6 +95,18 @@ const FILES: [(&str, &str); 12] = [
     (
         "templates/winback/reminder.push.hbs",
         include_str!("../../../templates/winback/reminder.push.hbs"),
+    ),
+    (
+        "config/campaigns/comeback.toml",
+        include_str!("../../../config/campaigns/comeback.toml"),
+    ),
+    (
+        "templates/comeback/offer.email.hbs",
+        include_str!("../../../templates/comeback/offer.email.hbs"),
+    ),
+    (
+        "templates/comeback/offer.push.hbs",
+        include_str!("../../../templates/comeback/offer.push.hbs"),
     ),
     (
         "README",
@@ -201,8 +219,10 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
 
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
+    let signer_secret = secret;
     let signer = TokenSigner::new(&secret);
     let cli_like = dir.join("templates");
+    let templates_dir = cli_like.clone();
     let mut templates = herald_templates::TemplateSet::load(&cli_like)?;
     herald_engine::render::register_inline(&mut templates, cfg.campaigns.values())?;
     let cfg = Arc::new(cfg);
@@ -266,7 +286,137 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     .await?
     .context("the demo campaign has no report")?;
     print!("\n{}", report::table(&report));
+    comeback(
+        &cfg,
+        store,
+        templates_dir,
+        &signer_secret,
+        &summary,
+        args.seed,
+    )
+    .await
+}
+
+/// The triggered campaign: lapsed buyers who come back to the app get, on the
+/// spot, an offer on the product they buy most. Their `app_open` events go
+/// through the event import; the daemon's trigger planner plans the messages
+/// and a dispatcher sends them to fresh local servers.
+async fn comeback(
+    cfg: &Arc<config::ConfigSet>,
+    store: Arc<SqlStore>,
+    templates_dir: PathBuf,
+    signer_secret: &[u8; 32],
+    winback: &send::SendSummary,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let campaign = cfg
+        .campaigns
+        .get("comeback")
+        .cloned()
+        .context("the demo's triggered campaign is missing")?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut planner = TriggerPlanner::new(store.clone(), clock.clone(), cfg.clone());
+    // The first pass starts the campaign's cursor at the newest event: history triggers nothing.
+    planner.pass().await?;
+    let db = store.db();
+    let rows = db
+        .conn
+        .query_all_raw(sea_orm::Statement::from_sql_and_values(
+            db.backend(),
+            herald_storage::sql::placeholders(
+                db.backend(),
+                "SELECT c.external_id FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.run_id = $1 ORDER BY m.id",
+            ),
+            [winback.run.id.into()],
+        ))
+        .await?;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x00c0_3eba);
+    let now = chrono::Utc::now().timestamp_millis();
+    let visits = dir_file(&templates_dir, "data/comeback.csv");
+    let mut csv = String::from("external_id,name,at,event_id\n");
+    let mut n = 0;
+    for r in &rows {
+        let id: String = r.try_get_by_index(0)?;
+        if rng.random_bool(0.05) {
+            n += 1;
+            csv.push_str(&format!("{id},app_open,{},visit-{id}\n", iso(now)));
+        }
+    }
+    std::fs::write(&visits, csv)?;
+    let sink = SmtpSink::start(SmtpSinkConfig {
+        keep_messages: false,
+        ..Default::default()
+    })
+    .await?;
+    let fcm = FcmSink::start(FcmSinkConfig {
+        keep_messages: false,
+        ..Default::default()
+    })
+    .await?;
+    let mut cfg2 = (**cfg).clone();
+    cfg2.herald.channels.email.port = sink.addr().port();
+    cfg2.herald.channels.email.host = sink.addr().ip().to_string();
+    cfg2.herald.channels.push.base_url = fcm.base_url();
+    cfg2.herald.channels.push.project_id = fcm.project_id().to_string();
+    let fcm_key = fcm.credentials_json();
+    let secrets = move |var: &str| match var {
+        FCM_KEY_VAR => Some(fcm_key.clone()),
+        TWILIO_SID_VAR => Some(DEMO_ACCOUNT_SID.to_string()),
+        TWILIO_TOKEN_VAR => Some(DEMO_AUTH_TOKEN.to_string()),
+        _ => None,
+    };
+    let imported = import_events(db, &visits, &|_| {}).await?;
+    anyhow::ensure!(
+        imported.rejected == 0,
+        "the demo's app opens were rejected: a bug in the demo"
+    );
+    let t = Instant::now();
+    let planned = planner.pass().await?;
+    let run_id = planner
+        .run_of(&campaign.name)
+        .context("the trigger planner has no run for `comeback`")?;
+    let mut templates = herald_templates::TemplateSet::load(&templates_dir)?;
+    herald_engine::render::register_inline(&mut templates, cfg.campaigns.values())?;
+    let routes = app::routes(&cfg2, &store, &secrets)?;
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        clock,
+        routes,
+        format!("herald-demo-{}", std::process::id()),
+    );
+    let renderer = CampaignRenderer::new(
+        Arc::new(templates),
+        campaign.clone(),
+        &cfg.herald,
+        TokenSigner::new(signer_secret),
+    );
+    dispatcher.drain_run(run_id, &renderer).await?;
+    let elapsed = t.elapsed().as_secs_f64();
+    let counts = store.run_counts(run_id).await?;
+    println!(
+        "\ncampaign `comeback` (triggered by app_open): {n} win-back recipients came back to the app; \
+         for the {} still lapsed buyers away from the app for over 14 days, {} sent ({} push, {} email) within {elapsed:.2}s of their visit, \
+         {} held out, {} suppressed, {} cancelled (an order already came in)",
+        planned.planned,
+        counts.count(None, "delivered") + counts.count(None, "sent"),
+        fcm.count(),
+        sink.count(),
+        counts.count(None, "held_out"),
+        counts.count(None, "suppressed"),
+        counts.count(None, "cancelled"),
+    );
+    for (reason, k) in send::reasons(&counts) {
+        println!("  {reason}: {k}");
+    }
+    sink.shutdown().await;
+    fcm.shutdown().await;
     Ok(())
+}
+
+fn dir_file(templates_dir: &Path, rel: &str) -> PathBuf {
+    templates_dir
+        .parent()
+        .map_or_else(|| PathBuf::from(rel), |d| d.join(rel))
 }
 
 /// How likely each arm's contacts are to do something in the three days

@@ -430,8 +430,9 @@ pub trait Store: Send + Sync {
         after: i64,
         limit: u32,
     ) -> StoreResult<Vec<TriggerEvent>>;
-    /// The event id up to which every event was planned for the campaign (0: none yet).
-    async fn trigger_cursor(&self, campaign_id: i64) -> StoreResult<i64>;
+    /// The event id up to which every event was planned for the campaign; the first
+    /// time, the newest event's (a new trigger reacts from now on, not to the history).
+    async fn trigger_cursor(&self, campaign_id: i64, now: i64) -> StoreResult<i64>;
     /// Inserts triggered messages (one already there for its (run, contact, step,
     /// trigger) is left alone) and moves the campaign's cursor to `cursor`, in one
     /// transaction; returns how many were new.

@@ -120,6 +120,14 @@ impl TriggerPlanner {
         }
     }
 
+    /// The id of the run of the triggered campaign `name`, once a pass made it.
+    pub fn run_of(&self, name: &str) -> Option<i64> {
+        self.campaigns
+            .iter()
+            .find(|p| p.campaign.name == name)
+            .and_then(|p| p.run.as_ref().map(|r| r.id))
+    }
+
     /// Whether any campaign is event-triggered.
     pub fn is_empty(&self) -> bool {
         self.campaigns.is_empty()
@@ -164,7 +172,7 @@ impl TriggerPlanner {
         let settled = match p.settled {
             Some(s) => s,
             None => {
-                let s = self.store.trigger_cursor(run.campaign_id).await?;
+                let s = self.store.trigger_cursor(run.campaign_id, now).await?;
                 p.settled = Some(s);
                 p.newest = p.newest.max(s);
                 s
@@ -188,7 +196,7 @@ impl TriggerPlanner {
             }
         }
         // Now and then: re-read what the cursor trails, for events committed late, and move it.
-        if now - p.last_rescan >= RESCAN_MS {
+        if now.saturating_sub(p.last_rescan) >= RESCAN_MS {
             p.last_rescan = now;
             let mut after = settled;
             let mut new_settled = settled;

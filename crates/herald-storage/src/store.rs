@@ -750,8 +750,8 @@ impl Store for SqlStore {
         self.events_after_impl(names, after, limit).await
     }
 
-    async fn trigger_cursor(&self, campaign_id: i64) -> StoreResult<i64> {
-        self.trigger_cursor_impl(campaign_id).await
+    async fn trigger_cursor(&self, campaign_id: i64, now: i64) -> StoreResult<i64> {
+        self.trigger_cursor_impl(campaign_id, now).await
     }
 
     async fn insert_triggered(

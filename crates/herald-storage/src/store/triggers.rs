@@ -71,7 +71,16 @@ impl SqlStore {
             .collect()
     }
 
-    pub(super) async fn trigger_cursor_impl(&self, campaign_id: i64) -> StoreResult<i64> {
+    pub(super) async fn trigger_cursor_impl(&self, campaign_id: i64, now: i64) -> StoreResult<i64> {
+        // A campaign seen for the first time reacts to events from now on, not to the history.
+        let mut q = Sql::new();
+        q.push("INSERT INTO trigger_cursors (campaign_id, last_event_id, updated_at) SELECT ")
+            .bind(campaign_id)
+            .push(", COALESCE(MAX(id), 0), ")
+            .bind(now)
+            // `WHERE true`: SQLite reads `ON CONFLICT` after a bare SELECT as a join constraint.
+            .push(" FROM events WHERE true ON CONFLICT (campaign_id) DO NOTHING");
+        self.exec(q).await?;
         let mut q = Sql::new();
         q.push("SELECT last_event_id FROM trigger_cursors WHERE campaign_id = ")
             .bind(campaign_id);
