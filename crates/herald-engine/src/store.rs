@@ -318,6 +318,19 @@ impl RunCounts {
     }
 }
 
+/// Figures of one segment-entry pass ([`Store::entry_pass`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntryPass {
+    /// Contacts in the segment at this pass.
+    pub members: u64,
+    /// Members now who were not at the previous pass (none on a baseline pass).
+    pub entrants: u64,
+    /// Members at the previous pass who are not now.
+    pub leavers: u64,
+    /// The campaign's first pass: members are stored, nobody enters.
+    pub baseline: bool,
+}
+
 /// The database, as the engine needs it.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -451,4 +464,16 @@ pub trait Store: Send + Sync {
     async fn exited_messages(&self, event: &str, ids: &[i64]) -> StoreResult<Vec<i64>>;
     /// Of the contacts `ids`, those that match `filter` at `now`.
     async fn matching(&self, filter: &Expr, ids: &[i64], now: i64) -> StoreResult<Vec<i64>>;
+    /// A segment-entry pass of campaign `campaign_id` for run `run_id`: evaluates `filter`
+    /// at `now` over every contact not forgotten, diffs it against the membership stored at
+    /// the previous pass, stores the new one and marks the entrants with `run_id` (what
+    /// [`Scope::Entrants`] reads), in one transaction. The same `run_id` again changes
+    /// nothing and returns the recorded figures; a campaign's first pass is a baseline.
+    async fn entry_pass(
+        &self,
+        campaign_id: i64,
+        run_id: i64,
+        filter: &Expr,
+        now: i64,
+    ) -> StoreResult<EntryPass>;
 }

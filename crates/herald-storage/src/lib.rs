@@ -1,6 +1,7 @@
 //! herald's database layer, the same behaviour on SQLite and PostgreSQL.
 //!
 //! [`Db`] connects and migrates; [`import`] streams contacts and events in;
+//! [`entry`] runs segment-entry passes;
 //! [`segment_sql`] compiles a segment filter into one parameterised query;
 //! [`store`] implements the engine's `Store` (planning, claiming, outcomes).
 //! Instants are BIGINT milliseconds since the epoch, so SQL time arithmetic
@@ -9,6 +10,7 @@
 pub mod audience;
 pub mod contacts;
 pub mod db;
+pub mod entry;
 pub mod import;
 pub mod outbox;
 pub mod personalise;

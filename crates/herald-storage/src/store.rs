@@ -777,6 +777,19 @@ impl Store for SqlStore {
     async fn matching(&self, filter: &Expr, ids: &[i64], now: i64) -> StoreResult<Vec<i64>> {
         self.matching_impl(filter, ids, now).await
     }
+
+    async fn entry_pass(
+        &self,
+        campaign_id: i64,
+        run_id: i64,
+        filter: &Expr,
+        now: i64,
+    ) -> StoreResult<EntryPass> {
+        self.db
+            .entry_pass(campaign_id, run_id, filter, &self.segment_context(now))
+            .await
+            .map_err(err)
+    }
 }
 
 #[async_trait]
