@@ -217,16 +217,9 @@ impl Dispatcher {
         let started = Instant::now();
         let mut stats = DispatchStats::default();
         loop {
-            let t = Instant::now();
-            let now = self.clock.now_ms();
-            self.store.expire_leases(now).await?;
-            let lease_until = now + self.lease.as_millis() as i64;
-            let claimed = self
-                .store
-                .claim_due(&self.owner, Some(run_id), now, lease_until, self.batch)
-                .await?;
-            stats.stages.claim += t.elapsed();
+            let claimed = self.claim(Some(run_id), &mut stats).await?;
             if claimed.is_empty() {
+                let now = self.clock.now_ms();
                 if self.store.finish_run_if_drained(run_id, now).await? {
                     break;
                 }
@@ -259,17 +252,9 @@ impl Dispatcher {
         let mut stats = DispatchStats::default();
         let mut campaigns: HashMap<i64, Option<String>> = HashMap::new();
         while !*stop.borrow() {
-            let t = Instant::now();
-            let now = self.clock.now_ms();
-            self.store.expire_leases(now).await?;
-            let lease_until = now + self.lease.as_millis() as i64;
-            let claimed = self
-                .store
-                .claim_due(&self.owner, None, now, lease_until, self.batch)
-                .await?;
-            stats.stages.claim += t.elapsed();
+            let claimed = self.claim(None, &mut stats).await?;
             if claimed.is_empty() {
-                self.store.finish_drained_runs(now).await?;
+                self.store.finish_drained_runs(self.clock.now_ms()).await?;
                 tokio::select! {
                     _ = tokio::time::sleep(self.poll) => {}
                     _ = stop.changed() => {}
@@ -312,6 +297,25 @@ impl Dispatcher {
         }
         stats.elapsed = started.elapsed();
         Ok(stats)
+    }
+
+    /// Expires leases, then claims up to `batch` due messages (of `run`, or of
+    /// every running run) under a fresh lease; the time goes to `stats`' claim stage.
+    async fn claim(
+        &self,
+        run: Option<i64>,
+        stats: &mut DispatchStats,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        let t = Instant::now();
+        let now = self.clock.now_ms();
+        self.store.expire_leases(now).await?;
+        let lease_until = now + self.lease.as_millis() as i64;
+        let claimed = self
+            .store
+            .claim_due(&self.owner, run, now, lease_until, self.batch)
+            .await?;
+        stats.stages.claim += t.elapsed();
+        Ok(claimed)
     }
 
     async fn send_batch(

@@ -432,6 +432,19 @@ impl Store for SqlStore {
         lease_until: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
+        self.claim_due_after(owner, run_id, now, lease_until, limit, None)
+            .await
+    }
+
+    async fn claim_due_after(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        after: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
         let mut q = Sql::new();
         q.push("UPDATE messages SET lease_owner = ")
             .bind(owner.to_string())
@@ -446,6 +459,14 @@ impl Store for SqlStore {
             .push(")");
         if let Some(r) = run_id {
             q.push(" AND m.run_id = ").bind(r);
+        }
+        if let Some((send_at, id)) = after {
+            // A row value: both databases seek the (status, send_at, id) index to it.
+            q.push(" AND (m.send_at, m.id) > (")
+                .bind(send_at)
+                .push(", ")
+                .bind(id)
+                .push(")");
         }
         q.push(" ORDER BY m.send_at, m.id LIMIT ")
             .bind(i64::from(limit));
