@@ -326,7 +326,7 @@ impl Dispatcher {
 
     /// Expires leases, then claims up to `batch` due messages (of `run`, or of
     /// every running run) under a fresh lease; the time goes to `stats`' claim stage.
-    async fn claim(
+    pub async fn claim(
         &self,
         run: Option<i64>,
         stats: &mut DispatchStats,
