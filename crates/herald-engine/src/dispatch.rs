@@ -4,7 +4,8 @@
 //! outcome and attempt. Retries read only the adapters' error taxonomy.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,6 +17,13 @@ use tokio::sync::Semaphore;
 use crate::clock::Clock;
 use crate::render::{MessageRenderer, RenderOutput};
 use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Store, StoreResult};
+
+/// Decides, just before sending, which claimed messages must not go out (an exit condition, a contact who left the audience).
+#[async_trait::async_trait]
+pub trait Gate: Send + Sync {
+    /// (message id, reason) of the claimed messages to cancel instead of sending.
+    async fn check(&self, claimed: &[ClaimedMessage], now: i64) -> StoreResult<Vec<(i64, String)>>;
+}
 
 /// One channel's way out: the adapter, its rate limit and how many sends may be in flight.
 #[derive(Clone)]
@@ -96,6 +104,8 @@ pub struct DispatchStats {
     pub failed: u64,
     /// Messages that ended unknown.
     pub unknown: u64,
+    /// Messages a [`Gate`] cancelled before sending.
+    pub cancelled: u64,
     /// Transient failures scheduled for a retry.
     pub retried: u64,
     /// Messages left planned for later (quiet hours, best hour, spread) when a drain ended.
@@ -184,6 +194,12 @@ pub struct Dispatcher {
     pub poll: Duration,
     /// Where attempts are counted for `/metrics`, if anywhere.
     pub metrics: Option<Arc<crate::metrics::DispatchMetrics>>,
+    /// What may cancel claimed messages just before they are sent.
+    gate: Option<Arc<dyn Gate>>,
+    /// When leases were last expired (clock ms; `i64::MIN`: never).
+    last_expire: AtomicI64,
+    /// The (send_at, id) of the last message claimed in this pass over the queue.
+    cursor: Mutex<Option<(i64, i64)>>,
 }
 
 impl Dispatcher {
@@ -204,7 +220,16 @@ impl Dispatcher {
             retry: RetryPolicy::default(),
             poll: Duration::from_millis(200),
             metrics: None,
+            gate: None,
+            last_expire: AtomicI64::new(i64::MIN),
+            cursor: Mutex::new(None),
         }
+    }
+
+    /// Checks every claimed batch with `gate` before sending it.
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Sends every message of `run_id` that is due, until none is left due or
@@ -217,16 +242,9 @@ impl Dispatcher {
         let started = Instant::now();
         let mut stats = DispatchStats::default();
         loop {
-            let t = Instant::now();
-            let now = self.clock.now_ms();
-            self.store.expire_leases(now).await?;
-            let lease_until = now + self.lease.as_millis() as i64;
-            let claimed = self
-                .store
-                .claim_due(&self.owner, Some(run_id), now, lease_until, self.batch)
-                .await?;
-            stats.stages.claim += t.elapsed();
+            let claimed = self.claim(Some(run_id), &mut stats).await?;
             if claimed.is_empty() {
+                let now = self.clock.now_ms();
                 if self.store.finish_run_if_drained(run_id, now).await? {
                     break;
                 }
@@ -259,17 +277,9 @@ impl Dispatcher {
         let mut stats = DispatchStats::default();
         let mut campaigns: HashMap<i64, Option<String>> = HashMap::new();
         while !*stop.borrow() {
-            let t = Instant::now();
-            let now = self.clock.now_ms();
-            self.store.expire_leases(now).await?;
-            let lease_until = now + self.lease.as_millis() as i64;
-            let claimed = self
-                .store
-                .claim_due(&self.owner, None, now, lease_until, self.batch)
-                .await?;
-            stats.stages.claim += t.elapsed();
+            let claimed = self.claim(None, &mut stats).await?;
             if claimed.is_empty() {
-                self.store.finish_drained_runs(now).await?;
+                self.store.finish_drained_runs(self.clock.now_ms()).await?;
                 tokio::select! {
                     _ = tokio::time::sleep(self.poll) => {}
                     _ = stop.changed() => {}
@@ -314,12 +324,73 @@ impl Dispatcher {
         Ok(stats)
     }
 
+    /// Expires leases, then claims up to `batch` due messages (of `run`, or of
+    /// every running run) under a fresh lease; the time goes to `stats`' claim stage.
+    pub async fn claim(
+        &self,
+        run: Option<i64>,
+        stats: &mut DispatchStats,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        let t = Instant::now();
+        let now = self.clock.now_ms();
+        // A lease cannot lapse sooner than a lease after it was taken: expiring
+        // every half lease finds each one at most half a lease late, without an
+        // UPDATE before every claim.
+        let half = (self.lease.as_millis() as i64 / 2).max(1);
+        let last = self.last_expire.load(Ordering::Relaxed);
+        let expired = last == i64::MIN || now - last >= half || now < last;
+        if expired {
+            self.last_expire.store(now, Ordering::Relaxed);
+            self.store.expire_leases(now).await?;
+        }
+        let lease_until = now + self.lease.as_millis() as i64;
+        // Messages that come due behind the cursor (a retry's wait ended, a
+        // lapsed claim) are found when a pass ends or after an expiry.
+        let after = if expired {
+            None
+        } else {
+            *self.cursor.lock().expect("cursor lock")
+        };
+        let mut claimed = self
+            .store
+            .claim_due_after(&self.owner, run, now, lease_until, self.batch, after)
+            .await?;
+        if claimed.is_empty() && after.is_some() {
+            claimed = self
+                .store
+                .claim_due_after(&self.owner, run, now, lease_until, self.batch, None)
+                .await?;
+        }
+        *self.cursor.lock().expect("cursor lock") = claimed.last().map(|m| (m.send_at, m.id));
+        stats.stages.claim += t.elapsed();
+        Ok(claimed)
+    }
+
     async fn send_batch(
         &self,
         claimed: Vec<ClaimedMessage>,
         renderer: &dyn MessageRenderer,
         stats: &mut DispatchStats,
     ) -> StoreResult<()> {
+        let mut outcomes = Vec::with_capacity(claimed.len());
+        let mut claimed = claimed;
+        if let Some(gate) = &self.gate {
+            let t = Instant::now();
+            let cancel: HashMap<i64, String> = gate
+                .check(&claimed, self.clock.now_ms())
+                .await?
+                .into_iter()
+                .collect();
+            if !cancel.is_empty() {
+                claimed.retain(|m| !cancel.contains_key(&m.id));
+                outcomes.extend(cancel.into_iter().map(|(id, reason)| Outcome {
+                    status: MessageStatus::Cancelled,
+                    ..failed(id, reason)
+                }));
+                stats.cancelled += outcomes.len() as u64;
+            }
+            stats.stages.claim += t.elapsed();
+        }
         let t = Instant::now();
         let ids: Vec<i64> = claimed.iter().map(|m| m.contact_id).collect();
         let contacts: HashMap<i64, _> = self
@@ -332,7 +403,6 @@ impl Dispatcher {
         stats.stages.contacts += t.elapsed();
         let t = Instant::now();
         let now = self.clock.now_ms();
-        let mut outcomes = Vec::with_capacity(claimed.len());
         let mut ready = Vec::with_capacity(claimed.len());
         for msg in claimed {
             let rendered = match contacts.get(&msg.contact_id) {

@@ -407,6 +407,23 @@ pub trait Store: Send + Sync {
         lease_until: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>>;
+    /// [`Store::claim_due`] from a keyset cursor: only messages after `after`
+    /// in (send_at, id) order, so a worker never rescans what it already
+    /// passed (on PostgreSQL, the dead index entries of messages already
+    /// sent). `None` starts from the beginning. The default ignores the cursor.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_due_after(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        after: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        let _ = after;
+        self.claim_due(owner, run_id, now, lease_until, limit).await
+    }
     /// Marks claimed messages `sending`, just before their requests are written;
     /// returns the ids marked: only those `owner` still holds a live lease on.
     async fn mark_sending(&self, owner: &str, ids: &[i64], now: i64) -> StoreResult<Vec<i64>>;

@@ -434,6 +434,19 @@ impl Store for SqlStore {
         lease_until: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
+        self.claim_due_after(owner, run_id, now, lease_until, limit, None)
+            .await
+    }
+
+    async fn claim_due_after(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        after: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
         let mut q = Sql::new();
         q.push("UPDATE messages SET lease_owner = ")
             .bind(owner.to_string())
@@ -448,6 +461,14 @@ impl Store for SqlStore {
             .push(")");
         if let Some(r) = run_id {
             q.push(" AND m.run_id = ").bind(r);
+        }
+        if let Some((send_at, id)) = after {
+            // A row value: both databases seek the (status, send_at, id) index to it.
+            q.push(" AND (m.send_at, m.id) > (")
+                .bind(send_at)
+                .push(", ")
+                .bind(id)
+                .push(")");
         }
         q.push(" ORDER BY m.send_at, m.id LIMIT ")
             .bind(i64::from(limit));
@@ -822,4 +843,311 @@ impl OutboxSink for SqlStore {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The dispatch paths of the store driven by the real dispatcher, to the
+    //! outbox, on both databases.
+
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use herald_channels::outbox::OutboxChannel;
+    use herald_channels::pacer::Pacer;
+    use herald_engine::dispatch::{DispatchStats, Dispatcher, Gate, Route};
+    use herald_engine::render::{MessageRenderer, RenderOutput};
+    use herald_engine::{Clock, SystemClock};
+    use sea_orm::Database;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    struct TestDb {
+        db: Db,
+        _dir: tempfile::TempDir,
+        pg: Option<(String, String)>,
+    }
+
+    impl TestDb {
+        async fn new(backend: DbBackend) -> Option<TestDb> {
+            let dir = tempfile::tempdir().unwrap();
+            if backend == DbBackend::Sqlite {
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+                let db = Db::connect(&url).await.unwrap();
+                return Some(TestDb {
+                    db,
+                    _dir: dir,
+                    pg: None,
+                });
+            }
+            let admin = std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| {
+                "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into()
+            });
+            let conn = match Database::connect(&admin).await {
+                Ok(c) => c,
+                Err(e) => {
+                    assert!(
+                        std::env::var("HERALD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                        "PostgreSQL is required (HERALD_REQUIRE_POSTGRES=1) but {admin} is unreachable: {e}"
+                    );
+                    eprintln!("\n!!! SKIPPING the PostgreSQL half: {admin} is unreachable ({e})\n");
+                    return None;
+                }
+            };
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let name = format!(
+                "herald_store_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
+            let cut = base.rfind('/').map_or(base.len(), |i| i + 1);
+            let url = if query.is_empty() {
+                format!("{}{name}", &base[..cut])
+            } else {
+                format!("{}{name}?{query}", &base[..cut])
+            };
+            let db = Db::connect(&url).await.unwrap();
+            Some(TestDb {
+                db,
+                _dir: dir,
+                pg: Some((admin, name)),
+            })
+        }
+
+        async fn finish(self) {
+            if let Some((admin, name)) = self.pg {
+                drop(self.db);
+                if let Ok(conn) = Database::connect(&admin).await {
+                    let _ = conn
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            }
+        }
+    }
+
+    macro_rules! on_both_databases {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::both(sea_orm::DbBackend::Sqlite, |db| Box::pin(super::$name(db))).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::both(sea_orm::DbBackend::Postgres, |db| Box::pin(super::$name(db))).await
+                }
+            }
+        )*};
+    }
+
+    type TestFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+    async fn both(backend: DbBackend, test: impl for<'a> Fn(&'a Db) -> TestFuture<'a>) {
+        let Some(t) = TestDb::new(backend).await else {
+            return;
+        };
+        test(&t.db).await;
+        t.finish().await;
+    }
+
+    /// Renders every message as a one-line email.
+    struct Plain;
+
+    impl MessageRenderer for Plain {
+        fn render(&self, msg: &ClaimedMessage, c: &ContactView) -> Result<RenderOutput, String> {
+            Ok(RenderOutput {
+                message: RenderedMessage {
+                    message_id: msg.id,
+                    channel: msg.channel.into(),
+                    to: msg.address.clone(),
+                    subject: Some(format!("hello {}", c.external_id)),
+                    body: "hello".into(),
+                    text: None,
+                    unsubscribe_url: None,
+                    return_path: None,
+                    status_callback: None,
+                },
+                links: vec![],
+            })
+        }
+
+        fn personalisation(&self, now: i64) -> PersonalisationRequest {
+            PersonalisationRequest::new(now, &herald_domain::config::HeraldConfig::default(), vec![])
+        }
+    }
+
+    /// Cancels the messages of contacts with an odd id.
+    struct OddContactsLeft;
+
+    #[async_trait]
+    impl Gate for OddContactsLeft {
+        async fn check(
+            &self,
+            claimed: &[ClaimedMessage],
+            _now: i64,
+        ) -> StoreResult<Vec<(i64, String)>> {
+            Ok(claimed
+                .iter()
+                .filter(|m| m.contact_id % 2 == 1)
+                .map(|m| (m.id, "left the audience".to_string()))
+                .collect())
+        }
+    }
+
+    /// A running run of `n` contacts with one planned email each, due now.
+    async fn planned_run(store: &SqlStore, n: i64) -> i64 {
+        let now = SystemClock.now_ms();
+        let mut q = Sql::new();
+        q.push("INSERT INTO contacts (external_id, email, attrs, consent_email, created_at, updated_at) VALUES ");
+        for i in 1..=n {
+            if i > 1 {
+                q.push(",");
+            }
+            q.push("(")
+                .bind(format!("c{i}"))
+                .push(",")
+                .bind(format!("c{i}@example.com"))
+                .push(",'{}',")
+                .bind(true)
+                .push(",")
+                .bind(now)
+                .push(",")
+                .bind(now)
+                .push(")");
+        }
+        store.exec(q).await.unwrap();
+        let campaign = store
+            .upsert_campaign(
+                &CampaignRecord {
+                    name: "c".into(),
+                    kind: "marketing".into(),
+                    topic: None,
+                    fingerprint: "f".into(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let run = store
+            .create_run(campaign, now, now, "manual", "f")
+            .await
+            .unwrap();
+        let rows: Vec<PlannedMessage> = (1..=n)
+            .map(|i| PlannedMessage {
+                contact_id: i,
+                step: 0,
+                arm: "a".into(),
+                channel: Some(Channel::Email),
+                address: Some(format!("c{i}@example.com")),
+                send_at: now - 1000,
+                status: MessageStatus::Planned,
+                reason: None,
+            })
+            .collect();
+        store
+            .insert_planned(run.id, campaign, &rows, now)
+            .await
+            .unwrap();
+        store.finish_planning(run.id, now).await.unwrap();
+        run.id
+    }
+
+    fn dispatcher(store: &SqlStore, batch: u32) -> Dispatcher {
+        let route = Route {
+            adapter: Arc::new(OutboxChannel::new(Arc::new(store.clone()))),
+            pacer: Arc::new(Pacer::new(None)),
+            concurrency: Arc::new(Semaphore::new(8)),
+        };
+        let mut d = Dispatcher::new(
+            Arc::new(store.clone()),
+            Arc::new(SystemClock),
+            HashMap::from([(Channel::Email, route)]),
+            "test".into(),
+        );
+        d.batch = batch;
+        d.poll = Duration::from_millis(10);
+        d
+    }
+
+    async fn outbox_ids(store: &SqlStore) -> Vec<i64> {
+        let mut q = Sql::new();
+        q.push("SELECT message_id FROM outbox ORDER BY message_id");
+        store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| get(r, 0).unwrap())
+            .collect()
+    }
+
+    async fn gate_cancels_claimed_messages(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let run = planned_run(&store, 10).await;
+        let d = dispatcher(&store, 3).with_gate(Arc::new(OddContactsLeft));
+        let stats = d.drain_run(run, &Plain).await.unwrap();
+        assert_eq!((stats.accepted, stats.cancelled), (5, 5));
+        let counts = store.run_counts(run).await.unwrap();
+        assert_eq!(counts.count(None, "cancelled"), 5);
+        assert_eq!(counts.count(None, "delivered"), 5);
+        assert!(
+            counts
+                .rows
+                .iter()
+                .filter(|r| r.1 == "cancelled")
+                .all(|r| r.2.as_deref() == Some("left the audience"))
+        );
+        // Nothing cancelled reached the outbox: message ids follow contact ids here.
+        let mut q = Sql::new();
+        q.push("SELECT COUNT(*) FROM outbox o JOIN messages m ON m.id = o.message_id WHERE m.contact_id % 2 = 1");
+        let rows = store.all(q).await.unwrap();
+        assert_eq!(get::<i64>(&rows[0], 0).unwrap(), 0);
+        assert_eq!(outbox_ids(&store).await.len(), 5);
+    }
+
+    /// A message that comes due again behind a worker's cursor (a retry
+    /// whose wait ended) is still claimed and sent, exactly once.
+    async fn claims_find_messages_behind_the_cursor(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let run = planned_run(&store, 7).await;
+        let now = SystemClock.now_ms();
+        // Message 2 is a retry, not due until later; everything else is due.
+        let mut q = Sql::new();
+        q.push("UPDATE messages SET not_before = ")
+            .bind(now + 3_600_000)
+            .push(" WHERE contact_id = 2");
+        store.exec(q).await.unwrap();
+        let d = dispatcher(&store, 2);
+        let mut stats = DispatchStats::default();
+        let claimed = d.claim(Some(run), &mut stats).await.unwrap();
+        assert_eq!(claimed.len(), 2, "1 and 3");
+        let mut sent: Vec<i64> = claimed.iter().map(|m| m.contact_id).collect();
+        // Its wait is over now, behind the cursor.
+        let mut q = Sql::new();
+        q.push("UPDATE messages SET not_before = NULL WHERE contact_id = 2");
+        store.exec(q).await.unwrap();
+        loop {
+            let c = d.claim(Some(run), &mut stats).await.unwrap();
+            if c.is_empty() {
+                break;
+            }
+            sent.extend(c.iter().map(|m| m.contact_id));
+            let ids: Vec<i64> = c.iter().map(|m| m.id).collect();
+            store.mark_sending("test", &ids, now).await.unwrap();
+        }
+        sent.sort();
+        assert_eq!(sent, vec![1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    on_both_databases!(
+        gate_cancels_claimed_messages,
+        claims_find_messages_behind_the_cursor
+    );
 }
