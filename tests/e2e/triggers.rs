@@ -53,6 +53,30 @@ async fn scalar(db: &TestDb, sql: &str) -> i64 {
     row.try_get_by_index::<i64>(0).expect("i64")
 }
 
+/// Messages by step, status and reason, for failure messages.
+async fn statuses(db: &TestDb) -> String {
+    let conn = Database::connect(&db.url).await.expect("connect");
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT step, status, COALESCE(reason, ''), COUNT(*) FROM messages GROUP BY step, status, reason ORDER BY 1, 2",
+        ))
+        .await
+        .expect("query");
+    rows.iter()
+        .map(|r| {
+            format!(
+                "step {} {} ({}): {}",
+                r.try_get_by_index::<i32>(0).unwrap_or(-1),
+                r.try_get_by_index::<String>(1).unwrap_or_default(),
+                r.try_get_by_index::<String>(2).unwrap_or_default(),
+                r.try_get_by_index::<i64>(3).unwrap_or(-1)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 async fn wait_for(db: &TestDb, sql: &str, want: i64, limit: Duration) {
     let t0 = Instant::now();
     loop {
@@ -60,10 +84,12 @@ async fn wait_for(db: &TestDb, sql: &str, want: i64, limit: Duration) {
         if got == want {
             return;
         }
-        assert!(
-            t0.elapsed() < limit,
-            "after {limit:?}: {sql} is {got}, want {want}"
-        );
+        if t0.elapsed() >= limit {
+            panic!(
+                "after {limit:?}: {sql} is {got}, want {want}; messages: {}",
+                statuses(db).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -79,6 +105,14 @@ async fn series_once_per_event_and_step_with_exit(backend: Backend) {
     p.herald(&db, &["import", "contacts", "contacts.csv"])
         .expect_code(0);
     let mut daemon = p.spawn(&db, "daemon", &["run"]);
+    // A triggered campaign reacts to events that arrive once the daemon has seen it.
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM trigger_cursors",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
     let signup = chrono::Utc::now();
     let all: Vec<usize> = (0..10).collect();
     p.write("signup.ndjson", &events("signup", &all, signup));

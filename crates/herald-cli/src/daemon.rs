@@ -14,7 +14,7 @@ use herald_engine::dispatch::{Dispatcher, RendererSource};
 use herald_engine::metrics::DispatchMetrics;
 use herald_engine::render::{CampaignRenderer, MessageRenderer};
 use herald_engine::scheduler::Scheduler;
-use herald_engine::trigger::TriggerPlanner;
+use herald_engine::trigger::{CampaignGate, TriggerPlanner};
 use herald_engine::{Clock, Engine, Store, SystemClock};
 use herald_storage::runs;
 use tokio::sync::watch;
@@ -201,6 +201,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             routes.clone(),
             format!("{owner}/{i}"),
         );
+        if let Some(gate) = CampaignGate::for_config(store.clone(), config.clone()) {
+            dispatcher = dispatcher.with_gate(gate);
+        }
         dispatcher.batch = d.batch.max(1);
         dispatcher.metrics = Some(metrics.clone());
         dispatcher.lease = Duration::from_secs(d.lease.secs().max(1) as u64);

@@ -32,7 +32,7 @@ use herald_engine::clock::{Clock, SystemClock};
 use herald_engine::dispatch::Dispatcher;
 use herald_engine::render::CampaignRenderer;
 use herald_engine::store::Store;
-use herald_engine::trigger::TriggerPlanner;
+use herald_engine::trigger::{CampaignGate, TriggerPlanner};
 
 use crate::{Cli, app, datagen, report, send};
 
@@ -378,12 +378,15 @@ async fn comeback(
     let mut templates = herald_templates::TemplateSet::load(&templates_dir)?;
     herald_engine::render::register_inline(&mut templates, cfg.campaigns.values())?;
     let routes = app::routes(&cfg2, &store, &secrets)?;
+    let gate = CampaignGate::for_config(store.clone(), cfg.clone())
+        .context("the demo's campaigns need a gate")?;
     let dispatcher = Dispatcher::new(
         store.clone(),
         clock,
         routes,
         format!("herald-demo-{}", std::process::id()),
-    );
+    )
+    .with_gate(gate);
     let renderer = CampaignRenderer::new(
         Arc::new(templates),
         campaign.clone(),

@@ -12,6 +12,7 @@ use herald_engine::dispatch::{DispatchStats, Dispatcher};
 use herald_engine::render::CampaignRenderer;
 use herald_engine::run::PlanStats;
 use herald_engine::store::{RunCounts, RunRecord, Store};
+use herald_engine::trigger::CampaignGate;
 use herald_engine::{Clock, Engine, SystemClock};
 use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
@@ -77,7 +78,10 @@ pub async fn send_campaign(
     let (run, plan) = engine.start_run(campaign, clock.now_ms(), "manual").await?;
     let routes = app::routes(&config, &store, secrets)?;
     let owner = format!("herald-send-{}", std::process::id());
-    let dispatcher = Dispatcher::new(store.clone(), clock, routes, owner);
+    let mut dispatcher = Dispatcher::new(store.clone(), clock, routes, owner);
+    if let Some(gate) = CampaignGate::for_config(store.clone(), config.clone()) {
+        dispatcher = dispatcher.with_gate(gate);
+    }
     let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
     let dispatch = dispatcher.drain_run(run.id, &renderer).await?;
     let counts = store.run_counts(run.id).await?;

@@ -21,6 +21,7 @@ use herald_domain::segment::Expr;
 use herald_domain::types::MessageStatus;
 
 use crate::clock::Clock;
+use crate::dispatch::Gate;
 use crate::plan::PlanContext;
 use crate::run::EngineError;
 use crate::series::Series;
@@ -413,4 +414,29 @@ pub async fn gate(
         }
     }
     Ok(out)
+}
+
+/// The dispatcher's [`Gate`]: [`gate`] over the configured campaigns. Runs only
+/// for campaigns with an `exit` or a trigger; others pass untouched.
+pub struct CampaignGate {
+    store: Arc<dyn Store>,
+    config: Arc<ConfigSet>,
+}
+
+impl CampaignGate {
+    /// A gate over `config`'s campaigns; `None` when no campaign needs one.
+    pub fn for_config(store: Arc<dyn Store>, config: Arc<ConfigSet>) -> Option<Arc<dyn Gate>> {
+        let needed = config
+            .campaigns
+            .values()
+            .any(|c| c.exit.is_some() || c.trigger.is_some());
+        needed.then(|| Arc::new(Self { store, config }) as Arc<dyn Gate>)
+    }
+}
+
+#[async_trait::async_trait]
+impl Gate for CampaignGate {
+    async fn check(&self, claimed: &[ClaimedMessage], now: i64) -> StoreResult<Vec<(i64, String)>> {
+        gate(self.store.as_ref(), &self.config, claimed, now).await
+    }
 }

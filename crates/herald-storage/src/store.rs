@@ -979,7 +979,11 @@ mod tests {
         }
 
         fn personalisation(&self, now: i64) -> PersonalisationRequest {
-            PersonalisationRequest::new(now, &herald_domain::config::HeraldConfig::default(), vec![])
+            PersonalisationRequest::new(
+                now,
+                &herald_domain::config::HeraldConfig::default(),
+                vec![],
+            )
         }
     }
 
