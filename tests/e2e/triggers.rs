@@ -179,4 +179,68 @@ async fn series_once_per_event_and_step_with_exit(backend: Backend) {
     assert!(!per.keys().any(|k| k.contains("u9@")));
 }
 
-on_both_databases!(series_once_per_event_and_step_with_exit);
+/// `trigger = { enters = "vip", every = "2s" }`: the first pass is a baseline;
+/// a contact who becomes a member is sent the message at the next pass, once,
+/// however many passes follow.
+async fn segment_entry_sends_to_entrants_once(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = SmtpSink::start(SmtpSinkConfig::default())
+        .await
+        .expect("sink");
+    project(&p, sink.addr().port());
+    std::fs::remove_file(p.path().join("config/campaigns/welcome.toml")).expect("rm");
+    p.write(
+        "config/segments/vip.toml",
+        "name = \"vip\"\ndescription = \"pro plan\"\nwhere = 'attrs.plan == \"pro\"'\n",
+    );
+    p.write(
+        "config/campaigns/vip.toml",
+        "name = \"vip_welcome\"\nkind = \"transactional\"\nwhere = 'email contains \"@\"'\nchannels = [\"email\"]\ntrigger = { enters = \"vip\", every = \"2s\" }\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Welcome to pro\", template = \"w/0.email.hbs\" }\n",
+    );
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let mut daemon = p.spawn(&db, "daemon", &["run"]);
+    // The baseline pass: u9 is pro already, and is not "entering".
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM entry_passes",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    p.write(
+        "upgrade.csv",
+        "external_id,email,plan\nu3,u3@example.com,pro\n",
+    );
+    p.herald(&db, &["import", "contacts", "upgrade.csv"])
+        .expect_code(0);
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM messages WHERE status = 'delivered'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    // Two more passes: u3 stays a member and gets nothing more.
+    let passes = scalar(&db, "SELECT COUNT(*) FROM entry_passes").await;
+    wait_for(
+        &db,
+        &format!("SELECT COUNT(*) FROM entry_passes WHERE run_id > 0 AND (SELECT COUNT(*) FROM entry_passes) >= {}", passes + 2),
+        passes + 2,
+        Duration::from_secs(30),
+    )
+    .await;
+    daemon.kill().expect("SIGKILL");
+    let _ = tokio::task::block_in_place(|| daemon.wait());
+    let per = sink.per_recipient();
+    assert_eq!(per.len(), 1, "{per:?}");
+    assert_eq!(per.get("u3@example.com"), Some(&1), "{per:?}");
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM messages").await, 1);
+}
+
+on_both_databases!(
+    series_once_per_event_and_step_with_exit,
+    segment_entry_sends_to_entrants_once,
+);

@@ -5,13 +5,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use herald_domain::config::{Campaign, ConfigSet, SendTime};
+use herald_domain::config::{Campaign, ConfigSet, SendTime, Trigger};
 
 use crate::clock::Clock;
 use crate::plan::{PlanContext, decide};
 use crate::series::Series;
 use crate::store::{
-    CampaignRecord, PersonalisationRequest, PlannedMessage, RunCounts, RunRecord, Store, StoreError,
+    CampaignRecord, PersonalisationRequest, PlannedMessage, RunCounts, RunRecord, Scope, Store,
+    StoreError,
 };
 
 /// Audience members read and planned per page.
@@ -134,10 +135,36 @@ impl Engine {
         {
             return Ok(PlanStats::default());
         }
+        let scope = match &campaign.trigger {
+            Some(Trigger::Enters { segment, .. }) => {
+                // Who entered the segment since the previous pass (idempotent per run).
+                let filter = &self
+                    .config
+                    .segments
+                    .get(segment)
+                    .ok_or_else(|| {
+                        EngineError::UnknownCampaign(format!(
+                            "{} (segment `{segment}`)",
+                            campaign.name
+                        ))
+                    })?
+                    .filter;
+                let pass = self
+                    .store
+                    .entry_pass(run.campaign_id, run.id, filter, run.now_at)
+                    .await?;
+                tracing::info!(campaign = %campaign.name, run = run.id, members = pass.members, entrants = pass.entrants, leavers = pass.leavers, baseline = pass.baseline, "segment-entry pass");
+                Scope::Entrants {
+                    campaign_id: run.campaign_id,
+                    run_id: run.id,
+                }
+            }
+            _ => Scope::All,
+        };
         let mut after = self.store.last_planned_contact(run.id).await?;
         let mut stats = PlanStats::default();
         while let Some((last, rows)) = self
-            .decide_page(campaign, run.id, run.now_at, after)
+            .decide_page(campaign, &scope, run.id, run.now_at, after)
             .await?
         {
             after = last;
@@ -166,7 +193,10 @@ impl Engine {
     pub async fn dry_run(&self, campaign: &Campaign, now: i64) -> Result<RunCounts, EngineError> {
         let mut counts: BTreeMap<(String, String, Option<String>), i64> = BTreeMap::new();
         let mut after = 0;
-        while let Some((last, rows)) = self.decide_page(campaign, 0, now, after).await? {
+        while let Some((last, rows)) = self
+            .decide_page(campaign, &Scope::All, 0, now, after)
+            .await?
+        {
             after = last;
             for p in rows {
                 *counts
@@ -186,6 +216,7 @@ impl Engine {
     async fn decide_page(
         &self,
         campaign: &Campaign,
+        scope: &Scope,
         run_id: i64,
         now: i64,
         after: i64,
@@ -193,10 +224,11 @@ impl Engine {
         let ctx = PlanContext::new(campaign, &self.config.herald, run_id, now);
         let page = self
             .store
-            .audience_page(
+            .audience_in(
                 self.config.audience_of(campaign),
                 now,
                 campaign.topic.as_deref(),
+                scope,
                 after,
                 PLAN_PAGE,
                 ctx.history_since(),

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use herald_domain::config::Schedule;
+use herald_domain::config::{Schedule, Trigger};
 
 use crate::clock::Clock;
 use crate::run::{Engine, EngineError};
@@ -55,10 +55,29 @@ impl Scheduler {
         let mut report = TickReport::default();
         let config = self.engine.config();
         for campaign in config.campaigns.values() {
+            let now = self.clock.now_ms();
+            if let Some(Trigger::Enters { every, .. }) = &campaign.trigger {
+                // One segment-entry pass per `every`, at its multiples of the epoch.
+                let every = every.millis().max(1000);
+                let slot = now - now.rem_euclid(every);
+                let last = self.store.last_scheduled(&campaign.name).await?;
+                if last.is_none_or(|l| l < slot) {
+                    let (run, stats) = self.engine.start_run(campaign, slot, "schedule").await?;
+                    tracing::info!(campaign = %campaign.name, run = run.id, entrants = stats.members, "segment-entry pass planned");
+                    report
+                        .started
+                        .push((campaign.name.clone(), slot, run.id, run.created));
+                }
+                for run in self.store.unfinished_plans(&campaign.name).await? {
+                    if self.engine.plan(campaign, &run).await?.finished {
+                        report.resumed.push(run.id);
+                    }
+                }
+                continue;
+            }
             if campaign.trigger.is_some() || matches!(campaign.schedule, Schedule::Manual) {
                 continue;
             }
-            let now = self.clock.now_ms();
             let last_seen = match self.seen.get(&campaign.name) {
                 Some(&t) => t,
                 None => {

@@ -531,6 +531,19 @@ impl Campaign {
                 hint,
             ));
         }
+        if let Some(Trigger::Enters { segment, .. }) = &self.trigger
+            && !segments.contains_key(segment)
+        {
+            let hint = super::did_you_mean(segment, segments.keys().map(String::as_str))
+                .map(|m| format!("did you mean `{m}`?"));
+            return Err((
+                self.segment_span.clone(),
+                format!(
+                    "`trigger = {{ enters = \"{segment}\" }}` names an unknown segment: no config/segments/*.toml has this name"
+                ),
+                hint,
+            ));
+        }
         Ok(())
     }
 
