@@ -226,15 +226,17 @@ impl MessageRenderer for CampaignRenderer {
     }
 
     fn render(&self, msg: &ClaimedMessage, contact: &ContactView) -> Result<RenderOutput, String> {
+        // A message released by a rollout carries its winner's content.
+        let arm = crate::rollout::variant_of(&msg.arm);
         let variant = self
-            .variant(&msg.arm)
+            .variant(arm)
             .ok_or_else(|| format!("variant `{}` is no longer in the campaign", msg.arm))?;
         let unsubscribe_url = format!(
             "{}/u/{}",
             self.public_url,
             self.signer.sign_message(TokenKind::Unsubscribe, msg.id)
         );
-        let data = template_data(contact, &self.campaign, &msg.arm, &unsubscribe_url);
+        let data = template_data(contact, &self.campaign, arm, &unsubscribe_url);
         let locale = contact.locale.as_deref();
         let ctx = |short_links| LinkContext {
             message_id: msg.id,
@@ -258,7 +260,7 @@ impl MessageRenderer for CampaignRenderer {
         let title = |ch| {
             self.templates
                 .render_inline(
-                    &inline_name(&self.campaign.name, &msg.arm, ch),
+                    &inline_name(&self.campaign.name, arm, ch),
                     &data,
                     Some(&ctx(false)),
                 )
