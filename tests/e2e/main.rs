@@ -30,6 +30,7 @@ mod demo;
 mod import;
 mod preview;
 mod report;
+mod rollout;
 mod segments;
 mod send;
 
