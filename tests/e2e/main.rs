@@ -33,6 +33,7 @@ mod report;
 mod rollout;
 mod segments;
 mod send;
+mod test_to;
 
 /// An empty project run with the binary cargo built for this test.
 pub fn project() -> Project {

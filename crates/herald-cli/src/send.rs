@@ -26,8 +26,12 @@ pub struct SendArgs {
     /// The campaign's name.
     pub campaign: String,
     /// Plan and render, send nothing, write nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "test_to")]
     pub dry_run: bool,
+    /// Render each variant for a sample contact and send it only to these
+    /// addresses (email addresses get the email, E.164 numbers the SMS); records nothing.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRESS,...")]
+    pub test_to: Vec<String>,
 }
 
 /// What a send did.
@@ -247,6 +251,10 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
         return dry_run(config, store, &campaign).await;
     }
     let signer = app::signer(&config)?;
+    if !args.test_to.is_empty() {
+        return crate::test_to::run(config, templates, store, &campaign, signer, &args.test_to)
+            .await;
+    }
     let summary = send_campaign(
         config,
         templates,
