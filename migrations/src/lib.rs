@@ -10,6 +10,7 @@ mod m20261125_000001_messages_fillfactor;
 mod m20261126_000001_rollout;
 mod m20261126_000002_daemon;
 mod m20261127_000002_triggers;
+mod m20261127_000003_rollout_release;
 mod m20261127_000004_entry;
 
 /// Applies herald's migrations in order.
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_rollout::Migration),
             Box::new(m20261126_000002_daemon::Migration),
             Box::new(m20261127_000002_triggers::Migration),
+            Box::new(m20261127_000003_rollout_release::Migration),
             Box::new(m20261127_000004_entry::Migration),
         ]
     }

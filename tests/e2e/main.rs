@@ -30,8 +30,10 @@ mod demo;
 mod import;
 mod preview;
 mod report;
+mod rollout;
 mod segments;
 mod send;
+mod test_to;
 mod triggers;
 
 /// An empty project run with the binary cargo built for this test.

@@ -13,6 +13,7 @@ use clap::Args;
 use herald_engine::dispatch::{Dispatcher, RendererSource};
 use herald_engine::metrics::DispatchMetrics;
 use herald_engine::render::{CampaignRenderer, MessageRenderer};
+use herald_engine::rollout::Roller;
 use herald_engine::scheduler::Scheduler;
 use herald_engine::trigger::{CampaignGate, TriggerPlanner};
 use herald_engine::{Clock, Engine, Store, SystemClock};
@@ -157,11 +158,24 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let engine = Arc::new(engine);
     let scheduler = {
         let mut scheduler = Scheduler::new(engine, store.clone(), clock.clone());
+        // Rollouts decide on the scheduler's tick: after `decide_after`, the winner goes to the rest.
+        let roller = Roller::new(store.clone(), store.clone(), clock.clone(), config.clone());
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             loop {
                 if let Err(e) = scheduler.tick().await {
                     tracing::error!("scheduler: {e}");
+                }
+                match roller.tick().await {
+                    Ok(rolled) => {
+                        for r in rolled.iter().filter(|r| r.released > 0) {
+                            println!(
+                                "run {}: rollout released {} message(s) to `{}`",
+                                r.run_id, r.released, r.chosen
+                            );
+                        }
+                    }
+                    Err(e) => tracing::error!("rollout: {e}"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(TICK) => {}

@@ -18,6 +18,7 @@ mod segment;
 mod send;
 mod serve;
 mod status;
+mod test_to;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -165,7 +165,7 @@ fn delivery_table(scope: &Scope) -> Table {
     );
     for a in &scope.arms {
         t.add_row(vec![
-            a.arm.clone(),
+            arm_label(a),
             a.assigned.to_string(),
             a.sent.to_string(),
             a.delivered.to_string(),
@@ -208,7 +208,7 @@ fn outcome_table(scope: &Scope, goals: &[String]) -> Table {
     let mut t = new_table(header);
     for a in &scope.arms {
         let mut row = vec![
-            a.arm.clone(),
+            arm_label(a),
             rate(a.rates.delivery),
             a.opened.to_string(),
             rate(a.rates.open),
@@ -468,6 +468,15 @@ pub fn table(r: &Report) -> String {
     out
 }
 
+/// An arm's name in the tables; a rollout's rest says what it is.
+fn arm_label(a: &herald_storage::report::ArmReport) -> String {
+    match &a.rollout {
+        Some(r) if r.variant.is_none() => format!("{} (waiting for the decision)", a.arm),
+        Some(_) => format!("{} (the rest, after the test)", a.arm),
+        None => a.arm.clone(),
+    }
+}
+
 fn opt<T: ToString>(x: Option<T>) -> String {
     x.map(|x| x.to_string()).unwrap_or_default()
 }
@@ -527,7 +536,7 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
             header.push(format!("{prefix}_{f}"));
         }
     }
-    header.extend(["srm_p_value", "srm_mismatch"].map(String::from));
+    header.extend(["srm_p_value", "srm_mismatch", "rollout"].map(String::from));
 
     let mut w = ::csv::Writer::from_writer(Vec::new());
     w.write_record(&header)?;
@@ -610,6 +619,7 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
             row.extend([
                 opt(scope.srm.as_ref().map(|s| s.test.p_value)),
                 opt(scope.srm.as_ref().map(|s| s.test.mismatch)),
+                opt(a.rollout.as_ref().map(|r| r.state)),
             ]);
             w.write_record(&row)?;
         }

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use herald_domain::config::{Campaign, ConfigSet};
+use herald_domain::types::MessageStatus;
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
 use herald_engine::render::CampaignRenderer;
+use herald_engine::rollout;
 use herald_engine::run::PlanStats;
 use herald_engine::store::{RunCounts, RunRecord, Store};
 use herald_engine::trigger::CampaignGate;
@@ -25,8 +27,12 @@ pub struct SendArgs {
     /// The campaign's name.
     pub campaign: String,
     /// Plan and render, send nothing, write nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "test_to")]
     pub dry_run: bool,
+    /// Render each variant for a sample contact and send it only to these
+    /// addresses (email addresses get the email, E.164 numbers the SMS); records nothing.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRESS,...")]
+    pub test_to: Vec<String>,
 }
 
 /// What a send did.
@@ -101,6 +107,12 @@ pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
         .map(str::to_string)
         .collect();
     arms.push(herald_engine::plan::HOLDOUT_ARM.to_string());
+    // A rollout's waiting (or released) messages: in no tested variant.
+    for (arm, ..) in &counts.rows {
+        if rollout::is_rollout_arm(arm) && !arms.contains(arm) {
+            arms.push(arm.clone());
+        }
+    }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
@@ -174,10 +186,25 @@ pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
         s.dispatch.unknown,
         s.dispatch.retried
     );
-    if s.dispatch.later > 0 {
+    let waiting = s
+        .counts
+        .count(Some(rollout::WAITING_ARM), MessageStatus::Planned.as_str());
+    let later = s.dispatch.later.saturating_sub(waiting as u64);
+    if later > 0 {
         println!(
-            "{} message(s) are planned for later (quiet hours, best hour, spread): `herald run` sends them on time",
-            s.dispatch.later
+            "{later} message(s) are planned for later (quiet hours, best hour, spread): `herald run` sends them on time"
+        );
+    }
+    if let Some(r) = campaign.rollout.as_ref().filter(|_| waiting > 0) {
+        let at = s.run.now_at + r.decide_after.millis();
+        println!(
+            "rollout: this was the test ({:.0}% of the audience outside the holdout); {waiting} message(s) wait for the decision at {}: `herald run` picks the variant with the best {} rate then and sends it to them",
+            r.test_fraction.get() * 100.0,
+            chrono::DateTime::from_timestamp_millis(at).map_or_else(
+                || at.to_string(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            rollout::metric_name(r.metric),
         );
     }
 }
@@ -228,6 +255,10 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
         return dry_run(config, store, &campaign).await;
     }
     let signer = app::signer(&config)?;
+    if !args.test_to.is_empty() {
+        return crate::test_to::run(config, templates, store, &campaign, signer, &args.test_to)
+            .await;
+    }
     let summary = send_campaign(
         config,
         templates,

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod render;
+pub mod rollout;
 pub mod run;
 pub mod schedule;
 pub mod scheduler;

@@ -9,6 +9,7 @@ use herald_domain::config::{Campaign, FrequencyCap, HeraldConfig, QuietHours};
 use herald_domain::types::{CampaignKind, Channel, MessageStatus, SuppressReason};
 
 use crate::policy;
+use crate::rollout;
 use crate::store::{AudienceMember, PlannedMessage};
 
 /// The arm name of the control group.
@@ -120,11 +121,41 @@ impl<'a> PlanContext<'a> {
     }
 
     fn tz(&self, member: &AudienceMember) -> Tz {
-        member
-            .timezone
-            .as_deref()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(self.default_tz)
+        self.tz_of(member.timezone.as_deref())
+    }
+
+    /// The time zone named `tz`, or the default one when it is missing or not a zone.
+    pub fn tz_of(&self, tz: Option<&str>) -> Tz {
+        tz.and_then(|t| t.parse().ok()).unwrap_or(self.default_tz)
+    }
+
+    /// When a planned message of this contact goes out, with the policies
+    /// that moved it: the variant's own hour (or the campaign's send time),
+    /// quiet hours (marketing only), then `spread`. Planning uses it, and so
+    /// does a rollout releasing the rest of the audience to its winner.
+    pub fn send_at(
+        &self,
+        tz: Tz,
+        variant_hour: Option<u8>,
+        best_hour: Option<u8>,
+        external_id: &str,
+    ) -> (i64, Vec<&'static str>) {
+        let campaign = self.campaign;
+        let mut moved = Vec::new();
+        let (mut at, why) =
+            policy::send_time(self.now, tz, variant_hour, campaign.send_time, best_hour);
+        moved.extend(why);
+        let quiet = self.quiet_hours.filter(|_| self.marketing());
+        if let Some(later) = quiet.and_then(|q| policy::quiet_hours(at, tz, q)) {
+            at = later;
+            moved.push("deferred (quiet hours)");
+        }
+        if let Some(spread) = campaign.spread {
+            let key = format!("{}\0{}", campaign.name, external_id);
+            at += policy::spread_offset(&key, spread);
+            moved.push("spread");
+        }
+        (at, moved)
     }
 }
 
@@ -155,7 +186,15 @@ fn counts_for_cap(status: MessageStatus) -> bool {
 pub fn decide(ctx: &PlanContext<'_>, member: &AudienceMember) -> PlannedMessage {
     let campaign = ctx.campaign;
     let arm = campaign.arms.assign(&campaign.name, &member.external_id);
+    // With `[rollout]`, a variant's member outside the test fraction waits for
+    // the decision: in no variant until then (the holdout stays held out).
+    let waiting = matches!(arm, Arm::Variant(_))
+        && campaign
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !rollout::in_test(&campaign.name, &member.external_id, r));
     let (arm_name, variant_hour) = match arm {
+        _ if waiting => (rollout::WAITING_ARM.to_string(), None),
         Arm::Holdout => (HOLDOUT_ARM.to_string(), None),
         Arm::Variant(i) => {
             let v = &campaign.variants[i];
@@ -224,27 +263,19 @@ pub fn decide(ctx: &PlanContext<'_>, member: &AudienceMember) -> PlannedMessage 
             return suppress(planned, SuppressReason::Cap);
         }
     }
-    let tz = ctx.tz(member);
-    let mut moved = Vec::new();
-    let (at, why) = policy::send_time(
-        ctx.now,
-        tz,
+    if let Some(r) = campaign.rollout.as_ref().filter(|_| waiting) {
+        // Its send time is the winner's, worked out when it is released.
+        planned.send_at = ctx.now + r.decide_after.millis();
+        planned.reason = Some(rollout::WAITING_REASON.to_string());
+        return planned;
+    }
+    let (at, moved) = ctx.send_at(
+        ctx.tz(member),
         variant_hour,
-        campaign.send_time,
         member.best_hour,
+        &member.external_id,
     );
     planned.send_at = at;
-    moved.extend(why);
-    let quiet = ctx.quiet_hours.filter(|_| marketing);
-    if let Some(later) = quiet.and_then(|q| policy::quiet_hours(planned.send_at, tz, q)) {
-        planned.send_at = later;
-        moved.push("deferred (quiet hours)");
-    }
-    if let Some(spread) = campaign.spread {
-        let key = format!("{}\0{}", campaign.name, member.external_id);
-        planned.send_at += policy::spread_offset(&key, spread);
-        moved.push("spread");
-    }
     if held_out {
         planned.status = MessageStatus::HeldOut;
     }
@@ -635,6 +666,64 @@ push = {{ title = "t", template = "t.push.hbs" }}
             (h.status, h.send_at),
             (MessageStatus::HeldOut, now),
             "held out, measured at its send time"
+        );
+    }
+
+    #[test]
+    fn with_a_rollout_the_rest_waits_for_the_decision_and_the_holdout_stays_out() {
+        let c = campaign(
+            "holdout = 0.1\n[rollout]\ntest_fraction = 0.25\ndecide_after = \"1h\"\nmetric = \"click\"",
+        );
+        let r = c.rollout.clone().unwrap();
+        let now = 1_795_442_400_000;
+        let (mut tested, mut waiting, mut held) = (0, 0, 0);
+        for i in 0..2_000 {
+            let m = AudienceMember {
+                external_id: format!("u{i}"),
+                ..member()
+            };
+            let p = decide_at(&c, 0.0, &m, now);
+            let holdout = herald_domain::assign::unit_hash("plan-test", &m.external_id) < 0.1;
+            if holdout {
+                assert_eq!(
+                    (p.arm.as_str(), p.status),
+                    (HOLDOUT_ARM, MessageStatus::HeldOut)
+                );
+                held += 1;
+            } else if rollout::in_test("plan-test", &m.external_id, &r) {
+                assert_eq!((p.arm.as_str(), p.send_at), ("a", now));
+                tested += 1;
+            } else {
+                assert_eq!(p.arm, rollout::WAITING_ARM);
+                assert_eq!(p.status, MessageStatus::Planned);
+                assert_eq!(
+                    p.channel,
+                    Some(Channel::Email),
+                    "a channel is chosen as for any member"
+                );
+                assert_eq!(p.send_at, now + 3_600_000, "due at the decision");
+                assert_eq!(p.reason.as_deref(), Some(rollout::WAITING_REASON));
+                waiting += 1;
+            }
+        }
+        assert_eq!(tested + waiting + held, 2_000);
+        assert!((350..550).contains(&tested), "{tested}");
+        assert!(waiting > 2 * tested, "{waiting}");
+        assert!((140..260).contains(&held), "{held}");
+        // A waiting member who cannot be reached is suppressed like any other.
+        let unreachable = (0..100)
+            .map(|i| AudienceMember {
+                external_id: format!("u{i}"),
+                email: None,
+                phone: None,
+                ..member()
+            })
+            .map(|m| decide_at(&c, 0.0, &m, now))
+            .find(|p| p.arm == rollout::WAITING_ARM)
+            .unwrap();
+        assert_eq!(
+            (unreachable.status, unreachable.reason.as_deref()),
+            (MessageStatus::Suppressed, Some("no_address"))
         );
     }
 

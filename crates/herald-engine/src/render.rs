@@ -237,11 +237,13 @@ impl CampaignRenderer {
                 push: step.push.as_ref(),
             });
         }
+        // A message released by a rollout carries its winner's content.
+        let arm = crate::rollout::variant_of(&msg.arm);
         let variant = self
-            .variant(&msg.arm)
+            .variant(arm)
             .ok_or_else(|| format!("variant `{}` is no longer in the campaign", msg.arm))?;
         Ok(Content {
-            key: msg.arm.clone(),
+            key: arm.to_string(),
             email: variant.email.as_ref(),
             sms: variant.sms.as_ref(),
             push: variant.push.as_ref(),
@@ -296,12 +298,13 @@ impl MessageRenderer for CampaignRenderer {
 
     fn render(&self, msg: &ClaimedMessage, contact: &ContactView) -> Result<RenderOutput, String> {
         let content = self.content(msg)?;
+        let arm = crate::rollout::variant_of(&msg.arm);
         let unsubscribe_url = format!(
             "{}/u/{}",
             self.public_url,
             self.signer.sign_message(TokenKind::Unsubscribe, msg.id)
         );
-        let data = template_data(contact, &self.campaign, &msg.arm, &unsubscribe_url);
+        let data = template_data(contact, &self.campaign, arm, &unsubscribe_url);
         let locale = contact.locale.as_deref();
         let ctx = |short_links| LinkContext {
             message_id: msg.id,

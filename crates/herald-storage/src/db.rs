@@ -89,7 +89,8 @@ impl Db {
 
     /// Deletes every row of every herald table (tests, the demo and benchmarks start clean).
     pub async fn truncate_all(&self) -> Result<(), DbError> {
-        const TABLES: [&str; 12] = [
+        const TABLES: [&str; 13] = [
+            "rollouts",
             "message_events",
             "outbox",
             "links",

@@ -15,6 +15,7 @@ pub mod import;
 pub mod outbox;
 pub mod personalise;
 pub mod report;
+pub mod rollout;
 pub mod runs;
 pub mod segment_bench;
 pub mod segment_sql;

@@ -452,7 +452,7 @@ impl Store for SqlStore {
             .bind(owner.to_string())
             .push(", lease_until = ")
             .bind(lease_until)
-            .push(" WHERE id IN (SELECT m.id FROM messages m JOIN runs r ON r.id = m.run_id WHERE m.status = 'planned' AND r.state = 'running' AND m.send_at <= ")
+            .push(" WHERE id IN (SELECT m.id FROM messages m JOIN runs r ON r.id = m.run_id WHERE m.status = 'planned' AND m.arm <> 'rollout:*' AND r.state = 'running' AND m.send_at <= ")
             .bind(now)
             .push(" AND (m.not_before IS NULL OR m.not_before <= ")
             .bind(now)
@@ -716,13 +716,14 @@ impl Store for SqlStore {
 
     async fn run_pending(&self, run_id: i64, now: i64) -> StoreResult<(i64, i64)> {
         let mut q = Sql::new();
-        q.push("SELECT COALESCE(SUM(CASE WHEN status = 'sending' OR send_at <= ")
+        // Messages waiting for a rollout decision are the daemon's, due or not.
+        q.push("SELECT COALESCE(SUM(CASE WHEN status = 'sending' OR (send_at <= ")
             .bind(now)
             .push(
-                " THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN status = 'planned' AND send_at > ",
+                " AND arm <> 'rollout:*') THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN status = 'planned' AND (arm = 'rollout:*' OR send_at > ",
             )
             .bind(now)
-            .push(" THEN 1 ELSE 0 END), 0) FROM messages WHERE run_id = ")
+            .push(") THEN 1 ELSE 0 END), 0) FROM messages WHERE run_id = ")
             .bind(run_id)
             .push(" AND status IN ('planned', 'sending')");
         let rows = self.all(q).await?;

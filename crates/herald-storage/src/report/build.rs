@@ -15,6 +15,7 @@ use herald_domain::config::Campaign;
 use herald_domain::stats::{self, ArmCounts, Comparison, Srm};
 use herald_domain::types::SuppressReason;
 use herald_engine::plan::HOLDOUT_ARM;
+use herald_engine::rollout::{self, WAITING_ARM, is_rollout_arm};
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -293,6 +294,33 @@ pub struct ArmReport {
     pub rates: Rates,
     /// Each secondary goal, in config order.
     pub secondary: Vec<SecondaryReport>,
+    /// For a rollout's messages outside the test: waiting for the decision,
+    /// or released to the winner; `null` for a tested variant or the holdout.
+    pub rollout: Option<RolloutArm>,
+}
+
+/// A rollout's arm: the rest of the audience, in no tested variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutArm {
+    /// `waiting` (for the decision) or `released` (to the winner).
+    pub state: &'static str,
+    /// The winner they got, once released.
+    pub variant: Option<String>,
+}
+
+impl RolloutArm {
+    fn of(arm: &str) -> Option<Self> {
+        if arm == WAITING_ARM {
+            return Some(Self {
+                state: "waiting",
+                variant: None,
+            });
+        }
+        is_rollout_arm(arm).then(|| Self {
+            state: "released",
+            variant: Some(rollout::variant_of(arm).to_string()),
+        })
+    }
 }
 
 /// SPEC section 5's rates; `None` where the denominator is 0.
@@ -531,6 +559,7 @@ impl ArmAcc {
                     }
                 })
                 .collect(),
+            rollout: RolloutArm::of(arm),
         }
     }
 }
@@ -546,6 +575,9 @@ struct ScopeInput<'a> {
     /// Expected sizes for the sample-ratio check, if known.
     expected: Option<BTreeMap<String, f64>>,
     weights_from: &'static str,
+    /// A rollout's run: the sample-ratio check is over the tested variants
+    /// only (the holdout is whole, the variants a test fraction of the rest).
+    variants_only: bool,
 }
 
 fn comparison(
@@ -625,10 +657,12 @@ fn scope(
         .collect();
     let messages = arms.iter().map(|a| a.assigned + a.global_holdout).sum();
 
+    // A rollout's waiting and released messages were not randomised against
+    // the variants: they are shown, never compared.
     let variants: Vec<&str> = shown
         .iter()
         .map(|a| a.as_str())
-        .filter(|a| *a != HOLDOUT_ARM)
+        .filter(|a| *a != HOLDOUT_ARM && !is_rollout_arm(a))
         .collect();
     let has_holdout = shown.iter().any(|a| *a == HOLDOUT_ARM);
     let control = if has_holdout {
@@ -656,6 +690,7 @@ fn scope(
 
     let observed: Vec<(String, u64)> = shown
         .iter()
+        .filter(|arm| !is_rollout_arm(arm) && !(input.variants_only && **arm == HOLDOUT_ARM))
         .map(|arm| ((*arm).clone(), acc(arm).tally.messages))
         .collect();
     let srm = input
@@ -682,6 +717,22 @@ fn scope(
         summary.push(s.sentence.clone());
     }
     summary.extend(comparisons.iter().map(|c| c.sentence.clone()));
+    for a in arms.iter().filter(|a| a.assigned > 0) {
+        match &a.rollout {
+            Some(RolloutArm { variant: None, .. }) => summary.push(format!(
+                "{} message(s) wait for the rollout decision: in no variant until then",
+                a.assigned
+            )),
+            Some(RolloutArm {
+                variant: Some(v), ..
+            }) => summary.push(format!(
+                "the rest of the audience, {} message(s), got {v} after the test (arm `{}`): \
+                 shown apart and not compared, as only the test was randomised",
+                a.assigned, a.arm
+            )),
+            None => {}
+        }
+    }
     if settings.goal.is_none() && messages > 0 {
         summary.push(
             "no goal is configured, so there are no conversions to compare (set goal = { event, within })"
@@ -872,6 +923,12 @@ pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter
     let mut total_from_config = false;
     let mut runs = Vec::with_capacity(data.runs.len());
     let decided: BTreeSet<i64> = data.rollouts.iter().map(|r| r.run_id).collect();
+    let with_rollout: BTreeSet<i64> = data
+        .groups
+        .iter()
+        .filter(|g| is_rollout_arm(&g.arm))
+        .map(|g| g.run_id)
+        .collect();
     for (run, own) in data.runs.iter().zip(&run_shares) {
         let arms = per_run.get(&run.id).unwrap_or(&empty);
         for (arm, acc) in arms {
@@ -883,14 +940,31 @@ pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter
             (None, None) => (None, "config"),
         };
         let shares: Option<BTreeMap<String, f64>> = shares.map(|s| s.iter().cloned().collect());
-        let assigned: u64 = arms.values().map(|a| a.tally.messages).sum();
+        let variants_only = with_rollout.contains(&run.id);
         let expected: Option<BTreeMap<String, f64>> = shares.as_ref().map(|s| {
+            if variants_only {
+                // The test split by weight: sizes over the tested variants.
+                let tested: Vec<(&String, &f64)> =
+                    s.iter().filter(|(arm, _)| *arm != HOLDOUT_ARM).collect();
+                let share: f64 = tested.iter().map(|(_, w)| **w).sum();
+                let n: u64 = tested
+                    .iter()
+                    .filter_map(|(arm, _)| arms.get(*arm))
+                    .map(|a| a.tally.messages)
+                    .sum();
+                return tested
+                    .into_iter()
+                    .map(|(arm, w)| (arm.clone(), w / share * n as f64))
+                    .collect();
+            }
+            let assigned: u64 = arms.values().map(|a| a.tally.messages).sum();
             s.iter()
                 .map(|(arm, share)| (arm.clone(), share * assigned as f64))
                 .collect()
         });
-        // A run that rolled out sent the winner to more than its weight's share.
-        let expected = expected.filter(|_| !decided.contains(&run.id));
+        // A run that rolled out before the winner's messages were kept apart
+        // sent the winner to more than its weight's share.
+        let expected = expected.filter(|_| variants_only || !decided.contains(&run.id));
         match (&mut total_expected, &expected) {
             (Some(t), Some(e)) => {
                 for (arm, n) in e {
@@ -906,6 +980,7 @@ pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter
                 shares,
                 expected,
                 weights_from,
+                variants_only,
             },
             &order,
             settings,
@@ -936,6 +1011,7 @@ pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter
             }),
             expected: total_expected.filter(|_| !data.runs.is_empty()),
             weights_from: if total_from_config { "config" } else { "run" },
+            variants_only: !with_rollout.is_empty(),
         },
         &order,
         settings,
@@ -962,7 +1038,11 @@ pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter
             "no run of this campaign matches the filter".to_string()
         });
     }
-    if data.runs.iter().any(|r| decided.contains(&r.id)) {
+    if data
+        .runs
+        .iter()
+        .any(|r| decided.contains(&r.id) && !with_rollout.contains(&r.id))
+    {
         notes.push(
             "runs that rolled out a winner are not checked against their weights: after the test, \
              the winner went to more than its share"
@@ -1336,6 +1416,67 @@ mod tests {
     }
 
     #[test]
+    fn a_rollouts_rest_is_shown_apart_and_the_test_is_checked_by_weight() {
+        // Holdout 1,000 (10%); a 20% test: 900 per variant; the rest, 7,200, released to discount.
+        let mut d = one_run((1_000, 40), (900, 90), (900, 45));
+        d.groups
+            .push(group(1, "rollout:discount", "delivered", 7_200, 700));
+        let r = build_default(&d);
+        let arms: Vec<(&str, Option<&str>)> = r
+            .total
+            .arms
+            .iter()
+            .map(|a| (a.arm.as_str(), a.rollout.as_ref().map(|x| x.state)))
+            .collect();
+        assert_eq!(
+            arms,
+            [
+                ("discount", None),
+                ("reminder", None),
+                ("holdout", None),
+                ("rollout:discount", Some("released"))
+            ]
+        );
+        assert_eq!(
+            r.total.arms[3].rollout.as_ref().unwrap().variant.as_deref(),
+            Some("discount")
+        );
+        // Only the test's randomised messages are compared.
+        assert!(
+            r.total
+                .comparisons
+                .iter()
+                .all(|c| !c.variant.starts_with("rollout") && !c.control.starts_with("rollout"))
+        );
+        assert_eq!(r.total.comparisons.len(), 3);
+        // The test's split is checked over the variants (an even split here).
+        let srm = r.runs[0].scope.srm.as_ref().unwrap();
+        assert!(!srm.test.mismatch);
+        assert_eq!(srm.expected.len(), 2);
+        assert_eq!(srm.expected["discount"], 900.0);
+        assert!(!r.total.srm.as_ref().unwrap().test.mismatch);
+        assert!(
+            r.total
+                .summary
+                .iter()
+                .any(|l| l.starts_with("the rest of the audience, 7200 message(s), got discount")),
+            "{:?}",
+            r.total.summary
+        );
+        // A skewed test is still caught.
+        let skewed = {
+            let mut d = one_run((1_000, 40), (1_200, 90), (900, 45));
+            d.groups.push(group(1, WAITING_ARM, "planned", 7_200, 0));
+            d
+        };
+        let r = build_default(&skewed);
+        assert!(r.runs[0].scope.srm.as_ref().unwrap().test.mismatch);
+        assert!(r.total.summary.iter().any(
+            |l| l == "7200 message(s) wait for the rollout decision: in no variant until then"
+        ));
+    }
+
+    #[test]
     fn the_json_shape_is_stable() {
         let r = build_default(&one_run((1_000, 40), (4_500, 300), (4_500, 230)));
         let json = serde_json::to_value(&r).unwrap();
@@ -1401,6 +1542,7 @@ mod tests {
                 "rates",
                 "revenue",
                 "revenue_per_assigned",
+                "rollout",
                 "secondary",
                 "sent",
                 "suppressed",

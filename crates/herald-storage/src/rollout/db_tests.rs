@@ -1,0 +1,385 @@
+//! Rollout on SQLite and PostgreSQL, through the real planner: the test
+//! fraction is sent, the rest waits unclaimed under `rollout:*`, the daemon's
+//! roller decides after `decide_after` on the test's outcomes, records it
+//! once and releases the rest to the winner at the winner's own hour; a
+//! decision recorded before a crash is the one released, and a second
+//! release moves nothing.
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use herald_domain::config::{Campaign, ConfigSet, HeraldConfig};
+use herald_domain::stats::{ArmCounts, pick_winner};
+use herald_engine::plan::HOLDOUT_ARM;
+use herald_engine::rollout::{Decision, Release, Roller, RolloutStore, WAITING_ARM};
+use herald_engine::store::Store;
+use herald_engine::{Engine, FixedClock};
+use sea_orm::{ConnectionTrait, Database, DbBackend};
+
+use crate::Db;
+use crate::store::SqlStore;
+
+/// 2026-11-01T10:00:00Z.
+const T0: i64 = 1_793_527_200_000;
+const HOUR: i64 = 3_600_000;
+const CONTACTS: i64 = 600;
+
+const CAMPAIGN: &str = r#"
+name = "roll"
+where = 'attrs.x == 1'
+channels = ["email"]
+goal = { event = "order_placed", within = "1d" }
+holdout = 0.1
+
+[rollout]
+test_fraction = 0.3
+decide_after = "1h"
+metric = "conversion"
+
+[[variants]]
+name = "a"
+email = { subject = "s", template = "a.email.hbs" }
+
+[[variants]]
+name = "b"
+send_time = { hour = 20 }
+email = { subject = "s", template = "b.email.hbs" }
+"#;
+
+struct TestDb {
+    db: Db,
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    async fn new(backend: DbBackend) -> Option<TestDb> {
+        let dir = tempfile::tempdir().unwrap();
+        if backend == DbBackend::Sqlite {
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+            let db = Db::connect(&url).await.unwrap();
+            return Some(TestDb {
+                db,
+                _dir: dir,
+                pg: None,
+            });
+        }
+        let admin = std::env::var("HERALD_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into());
+        let conn = match Database::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    std::env::var("HERALD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                    "PostgreSQL is required (HERALD_REQUIRE_POSTGRES=1) but {admin} is unreachable: {e}"
+                );
+                eprintln!("\n!!! SKIPPING the PostgreSQL half: {admin} is unreachable ({e})\n");
+                return None;
+            }
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!("herald_rollout_{}_{nanos}", std::process::id());
+        conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
+        let cut = base.rfind('/').map_or(base.len(), |i| i + 1);
+        let url = format!("{}{name}?{query}", &base[..cut]);
+        let db = Db::connect(&url).await.unwrap();
+        Some(TestDb {
+            db,
+            _dir: dir,
+            pg: Some((admin, name)),
+        })
+    }
+
+    async fn finish(self) {
+        if let Some((admin, name)) = self.pg {
+            drop(self.db);
+            if let Ok(conn) = Database::connect(&admin).await {
+                let _ = conn
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn exec(db: &Db, sql: &str) {
+    db.conn.execute_unprepared(sql).await.expect(sql);
+}
+
+async fn scalar(db: &Db, sql: &str) -> i64 {
+    let row = db
+        .conn
+        .query_one_raw(sea_orm::Statement::from_string(db.backend(), sql))
+        .await
+        .expect(sql)
+        .expect("a row");
+    row.try_get_by_index(0).expect(sql)
+}
+
+fn at(ms: i64) -> chrono::DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).unwrap()
+}
+
+async fn contacts(db: &Db) {
+    let rows: Vec<String> = (1..=CONTACTS)
+        .map(|i| {
+            format!("({i}, 'u{i}', 'c{i}@example.com', 'UTC', '{{\"x\": 1}}', {T0}, {T0}, {T0})")
+        })
+        .collect();
+    exec(
+        db,
+        &format!(
+            "INSERT INTO contacts (id, external_id, email, timezone, attrs, first_seen_at, created_at, updated_at) VALUES {}",
+            rows.join(",")
+        ),
+    )
+    .await;
+}
+
+/// The test's outcomes: every tested message delivered; about 80% of `b`'s
+/// converted, 20% of `a`'s (a rate of 0 or 1 has no estimate to decide on).
+async fn outcomes(db: &Db, run: i64) {
+    exec(
+        db,
+        &format!(
+            "UPDATE messages SET status = 'delivered', sent_at = send_at, delivered_at = send_at \
+             WHERE run_id = {run} AND arm IN ('a', 'b') AND status = 'planned'"
+        ),
+    )
+    .await;
+    exec(
+        db,
+        &format!(
+            "UPDATE messages SET converted_at = send_at + 1000 WHERE run_id = {run} AND \
+             ((arm = 'b' AND id % 5 <> 0) OR (arm = 'a' AND id % 5 = 0))"
+        ),
+    )
+    .await;
+}
+
+async fn count(db: &Db, run: i64, cond: &str) -> i64 {
+    scalar(
+        db,
+        &format!("SELECT COUNT(*) FROM messages WHERE run_id = {run} AND {cond}"),
+    )
+    .await
+}
+
+async fn rollout_decides_once_and_releases_the_rest_to_the_winner(db: &Db) {
+    contacts(db).await;
+    let campaign = Campaign::parse("roll.toml", CAMPAIGN).unwrap();
+    let config = Arc::new(ConfigSet {
+        herald: HeraldConfig::parse("herald.toml", "").unwrap(),
+        segments: Default::default(),
+        campaigns: [("roll".to_string(), campaign.clone())].into(),
+    });
+    let sql = Arc::new(SqlStore::new(db.clone()));
+    let store: Arc<dyn Store> = sql.clone();
+    let clock = Arc::new(FixedClock::new(at(T0)));
+    let engine = Engine::new(store.clone(), clock.clone(), config.clone());
+    let (run, _) = engine.start_run(&campaign, T0, "manual").await.unwrap();
+    let r = run.id;
+
+    let tested = count(db, r, "arm IN ('a', 'b')").await;
+    let waiting = count(db, r, &format!("arm = '{WAITING_ARM}'")).await;
+    let held = count(
+        db,
+        r,
+        &format!("arm = '{HOLDOUT_ARM}' AND status = 'held_out'"),
+    )
+    .await;
+    assert_eq!(tested + waiting + held, CONTACTS);
+    assert!((100..230).contains(&tested), "{tested}");
+    assert!(waiting > 2 * tested, "{waiting}");
+    assert_eq!(
+        count(
+            db,
+            r,
+            &format!(
+                "arm = '{WAITING_ARM}' AND status = 'planned' AND send_at = {}",
+                T0 + HOUR
+            )
+        )
+        .await,
+        waiting,
+        "every waiting message is planned for the decision"
+    );
+
+    // Past the decision time (and b's hour), before it is made: no worker
+    // claims a waiting message.
+    let claimed = store
+        .claim_due("w", Some(r), T0 + 11 * HOUR, T0 + 12 * HOUR, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len() as i64, tested);
+    assert!(claimed.iter().all(|m| m.arm == "a" || m.arm == "b"));
+    exec(
+        db,
+        &format!("UPDATE messages SET lease_owner = NULL, lease_until = NULL WHERE run_id = {r}"),
+    )
+    .await;
+    outcomes(db, r).await;
+    // `herald send` stops draining: what waits is for later, never due now.
+    assert_eq!(
+        store.run_pending(r, T0 + 2 * HOUR).await.unwrap(),
+        (0, waiting)
+    );
+
+    let roller = Roller::new(store.clone(), sql.clone(), clock.clone(), config.clone());
+    clock.set(at(T0 + HOUR - 1));
+    assert!(
+        roller.tick().await.unwrap().is_empty(),
+        "not before decide_after"
+    );
+
+    clock.set(at(T0 + HOUR + 1000));
+    let rolled = roller.tick().await.unwrap();
+    assert_eq!(rolled.len(), 1);
+    assert_eq!(
+        (
+            rolled[0].run_id,
+            rolled[0].chosen.as_str(),
+            rolled[0].decided_here
+        ),
+        (r, "b", true)
+    );
+    assert_eq!(rolled[0].released as i64, waiting);
+    assert_eq!(count(db, r, &format!("arm = '{WAITING_ARM}'")).await, 0);
+    assert_eq!(count(db, r, "arm = 'rollout:b'").await, waiting);
+    // b sends at 20:00 in the contact's zone (UTC here): released at b's hour.
+    let b_hour = T0 + 10 * HOUR;
+    assert_eq!(
+        count(
+            db,
+            r,
+            &format!("arm = 'rollout:b' AND status = 'planned' AND send_at = {b_hour}")
+        )
+        .await,
+        waiting
+    );
+    assert_eq!(
+        count(db, r, "arm = 'rollout:b' AND reason LIKE 'rollout%'").await,
+        waiting
+    );
+    let chosen = scalar(
+        db,
+        &format!(
+            "SELECT COUNT(*) FROM rollouts WHERE run_id = {r} AND chosen = 'b' AND leader = 'b'"
+        ),
+    )
+    .await;
+    assert_eq!(chosen, 1);
+    // The holdout stayed held out.
+    assert_eq!(count(db, r, &format!("arm = '{HOLDOUT_ARM}'")).await, held);
+    // The released messages are claimable, as b's.
+    let claimed = store
+        .claim_due("w", Some(r), b_hour, b_hour + HOUR, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len() as i64, waiting);
+    assert!(claimed.iter().all(|m| m.arm == "rollout:b"));
+
+    // Another daemon's tick finds nothing left to decide.
+    let other = Roller::new(store.clone(), sql.clone(), clock.clone(), config.clone());
+    assert!(other.tick().await.unwrap().is_empty());
+
+    // A second run: a decision recorded (then a crash) before any release is
+    // the one released, though the numbers now favour b.
+    let (run2, _) = engine
+        .start_run(&campaign, T0 + 86_400_000, "manual")
+        .await
+        .unwrap();
+    let r2 = run2.id;
+    outcomes(db, r2).await;
+    let waiting2 = count(db, r2, &format!("arm = '{WAITING_ARM}'")).await;
+    let early = Decision {
+        run_id: r2,
+        decided_at: T0,
+        metric: "conversion",
+        variants: vec![
+            ("a".into(), ArmCounts::new(10, 5).unwrap()),
+            ("b".into(), ArmCounts::new(10, 1).unwrap()),
+        ],
+        rollout: pick_winner(&[
+            ("a", ArmCounts::new(10, 5).unwrap()),
+            ("b", ArmCounts::new(10, 1).unwrap()),
+        ])
+        .unwrap(),
+        window_cut_short: true,
+    };
+    assert_eq!(
+        sql.record_decision(&early).await.unwrap(),
+        ("a".to_string(), true)
+    );
+    clock.set(at(T0 + 86_400_000 + 2 * HOUR));
+    let rolled = roller.tick().await.unwrap();
+    assert_eq!(rolled.len(), 1);
+    assert_eq!(
+        (rolled[0].chosen.as_str(), rolled[0].decided_here),
+        ("a", false)
+    );
+    assert_eq!(count(db, r2, "arm = 'rollout:a'").await, waiting2);
+    assert_eq!(count(db, r2, "arm = 'rollout:b'").await, 0);
+    // A second decision is refused; a second release moves nothing.
+    assert_eq!(
+        sql.record_decision(&Decision {
+            run_id: r2,
+            ..early.clone()
+        })
+        .await
+        .unwrap()
+        .1,
+        false
+    );
+    let ids: Vec<i64> = store
+        .claim_due("w", Some(r2), i64::MAX / 4, i64::MAX / 2, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids.len() as i64, waiting2);
+    let again: Vec<Release> = ids
+        .iter()
+        .map(|&id| Release {
+            id,
+            send_at: 0,
+            reason: "again".into(),
+        })
+        .collect();
+    assert_eq!(sql.release(r2, "rollout:b", &again, T0).await.unwrap(), 0);
+    assert_eq!(count(db, r2, "arm = 'rollout:a'").await, waiting2);
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::both(sea_orm::DbBackend::Sqlite, |db| Box::pin(super::$name(db))).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::both(sea_orm::DbBackend::Postgres, |db| Box::pin(super::$name(db))).await
+            }
+        }
+    )*};
+}
+
+type TestFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+async fn both(backend: DbBackend, test: impl for<'a> Fn(&'a Db) -> TestFuture<'a>) {
+    let Some(t) = TestDb::new(backend).await else {
+        return;
+    };
+    test(&t.db).await;
+    t.finish().await;
+}
+
+on_both_databases!(rollout_decides_once_and_releases_the_rest_to_the_winner);
