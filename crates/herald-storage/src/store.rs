@@ -138,9 +138,13 @@ fn id_set(q: &mut Sql, b: DbBackend, ids: &[i64]) {
         .collect::<Vec<_>>()
         .join(",");
     if b == DbBackend::Postgres {
-        q.push("(SELECT unnest(").bind(format!("{{{list}}}")).push("::text::int8[]))");
+        q.push("(SELECT unnest(")
+            .bind(format!("{{{list}}}"))
+            .push("::text::int8[]))");
     } else {
-        q.push("(SELECT value FROM json_each(").bind(format!("[{list}]")).push("))");
+        q.push("(SELECT value FROM json_each(")
+            .bind(format!("[{list}]"))
+            .push("))");
     }
 }
 

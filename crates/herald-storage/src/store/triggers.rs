@@ -8,7 +8,7 @@ use herald_domain::segment::Expr;
 use herald_engine::store::*;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
-use super::{SqlStore, err, get, in_list};
+use super::{SqlStore, err, get, id_set};
 use crate::segment_sql::{append, compile_ids};
 use crate::sql::Sql;
 
@@ -189,7 +189,7 @@ impl SqlStore {
         for chunk in ids.chunks(1000) {
             let mut q = Sql::new();
             q.push("SELECT m.id FROM messages m JOIN runs r ON r.id = m.run_id WHERE m.id IN ");
-            in_list(&mut q, chunk);
+            id_set(&mut q, self.b(), chunk);
             q.push(" AND EXISTS (SELECT 1 FROM events e WHERE e.contact_id = m.contact_id AND e.name = ")
                 .bind(event.to_string())
                 .push(" AND e.at > COALESCE(m.trigger_at, r.now_at))");
@@ -214,7 +214,7 @@ impl SqlStore {
             q.push("SELECT c.id FROM contacts c");
             append(&mut q, compiled.joins);
             q.push(" WHERE c.forgotten_at IS NULL AND c.id IN ");
-            in_list(&mut q, chunk);
+            id_set(&mut q, self.b(), chunk);
             q.push(" AND ");
             append(&mut q, compiled.cond);
             for r in self.all(q).await? {
