@@ -93,6 +93,22 @@ enum BenchWhat {
         #[arg(long, requires = "database")]
         keep: bool,
     },
+    /// Event to send for a campaign triggered with `delay = "0s"`: a real daemon,
+    /// events POSTed to its /events at a steady rate.
+    Trigger {
+        /// Contacts the events are spread over.
+        #[arg(long, default_value_t = 10_000)]
+        contacts: usize,
+        /// Events per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: usize,
+        /// For how long.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// A scratch database: EMPTIED first (default: a temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// One import in this process (used by `bench import`); prints one JSON line.
     #[command(hide = true)]
     ImportOne {
@@ -125,6 +141,12 @@ fn parse_only_rate(file: &PathBuf) -> anyhow::Result<f64> {
 /// Runs the bench command.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.what {
+        BenchWhat::Trigger {
+            contacts,
+            rate,
+            seconds,
+            database,
+        } => crate::bench_trigger::run(*contacts, *rate, *seconds, database.as_deref()).await,
         BenchWhat::Run {
             recipients,
             postgres,

@@ -5,6 +5,7 @@
 mod app;
 mod bench;
 mod bench_run;
+mod bench_trigger;
 mod check;
 mod contacts;
 mod daemon;

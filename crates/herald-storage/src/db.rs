@@ -94,7 +94,10 @@ impl Db {
 
     /// Deletes every row of every herald table (tests, the demo and benchmarks start clean).
     pub async fn truncate_all(&self) -> Result<(), DbError> {
-        const TABLES: [&str; 13] = [
+        const TABLES: [&str; 16] = [
+            "trigger_cursors",
+            "entry_passes",
+            "entry_members",
             "rollouts",
             "message_events",
             "outbox",

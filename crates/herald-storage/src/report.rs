@@ -308,11 +308,17 @@ fn run_conditions(q: &mut Sql, campaign_id: i64, filter: &ReportFilter) {
     if let Some(run) = filter.run {
         q.push(" AND id = ").bind(run);
     }
+    // A triggered campaign's one open-ended run is cut by its messages' trigger
+    // instants instead (see `Runs::Triggered`).
     if let Some(since) = filter.since {
-        q.push(" AND now_at >= ").bind(since);
+        q.push(" AND (origin = 'trigger' OR now_at >= ")
+            .bind(since)
+            .push(")");
     }
     if let Some(until) = filter.until {
-        q.push(" AND now_at < ").bind(until);
+        q.push(" AND (origin = 'trigger' OR now_at < ")
+            .bind(until)
+            .push(")");
     }
 }
 
@@ -334,8 +340,10 @@ enum Runs<'a> {
     All,
     /// These runs, as a list of at most [`MAX_LISTED_RUNS`] bound ids.
     Listed(&'a [i64]),
-    /// The runs the filter selects, by a subquery.
+    /// The runs the filter selects, by a subquery (triggered runs apart).
     Filtered(&'a ReportFilter),
+    /// Triggered runs, their messages cut by trigger instant: `[since, until)`.
+    Triggered(&'a [i64], Option<i64>, Option<i64>),
 }
 
 impl<'a> Runs<'a> {
@@ -443,7 +451,23 @@ fn scan_sql(
         Runs::Filtered(filter) => {
             q.push(" AND m.run_id IN (SELECT id FROM runs");
             run_conditions(&mut q, campaign_id, filter);
+            q.push(" AND origin <> 'trigger')");
+        }
+        Runs::Triggered(ids, since, until) => {
+            q.push(" AND m.run_id IN (");
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    q.push(",");
+                }
+                q.bind(*id);
+            }
             q.push(")");
+            if let Some(since) = since {
+                q.push(" AND m.trigger_at >= ").bind(since);
+            }
+            if let Some(until) = until {
+                q.push(" AND m.trigger_at < ").bind(until);
+            }
         }
     }
     q.push(match part {
@@ -472,17 +496,18 @@ async fn scan(
     filter: &ReportFilter,
     run_ids: &[i64],
     secondary: &[String],
+    triggered: bool,
 ) -> ReportResult<Vec<Group>> {
     let b = db.backend();
-    let rows: Vec<(Part, QueryResult)> = if b == DbBackend::Postgres {
-        // PostgreSQL spreads one statement over its parallel workers.
-        let q = scan_sql(
-            b,
-            campaign_id,
-            Runs::of(filter, run_ids),
-            secondary,
-            Part::Whole,
-        );
+    let rows: Vec<(Part, QueryResult)> = if b == DbBackend::Postgres || triggered {
+        // PostgreSQL spreads one statement over its parallel workers; a
+        // triggered run cut by date is one statement on SQLite too.
+        let runs = if triggered {
+            Runs::Triggered(run_ids, filter.since, filter.until)
+        } else {
+            Runs::of(filter, run_ids)
+        };
+        let q = scan_sql(b, campaign_id, runs, secondary, Part::Whole);
         let rows = db.conn.query_all_raw(q.build(b)).await?;
         rows.into_iter().map(|r| (Part::Whole, r)).collect()
     } else {
@@ -592,11 +617,18 @@ pub async fn load(
     };
     let runs = runs(db, row.id, filter).await?;
     let run_ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
-    let groups = if runs.is_empty() {
-        Vec::new()
-    } else {
-        scan(db, row.id, filter, &run_ids, secondary).await?
-    };
+    let cut = filter.since.is_some() || filter.until.is_some();
+    let (triggered, scheduled): (Vec<&RunRow>, Vec<&RunRow>) =
+        runs.iter().partition(|r| cut && r.origin == "trigger");
+    let ids = |rs: Vec<&RunRow>| rs.iter().map(|r| r.id).collect::<Vec<i64>>();
+    let (triggered, scheduled) = (ids(triggered), ids(scheduled));
+    let mut groups = Vec::new();
+    if !scheduled.is_empty() {
+        groups = scan(db, row.id, filter, &scheduled, secondary, false).await?;
+    }
+    if !triggered.is_empty() {
+        groups.extend(scan(db, row.id, filter, &triggered, secondary, true).await?);
+    }
     let rollouts = rollouts(db, row.id)
         .await?
         .into_iter()

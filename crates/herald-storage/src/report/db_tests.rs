@@ -667,6 +667,98 @@ async fn report_shows_each_rollout_once(backend: DbBackend) {
     t.drop_db().await;
 }
 
+/// A triggered campaign's one open-ended run is cut by its messages' trigger
+/// instants: `--since` keeps the run (started before it) and counts only the
+/// messages triggered in the range; scheduled runs are still selected whole.
+async fn report_cuts_a_triggered_run_by_trigger_instant(backend: DbBackend) {
+    let Some(t) = TestDatabase::new(backend).await else {
+        return;
+    };
+    fixture(&t.db).await;
+    exec(
+        &t.db,
+        &format!(
+            "INSERT INTO runs (id, campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) VALUES \
+             (4, 1, 0, {T0}, 'running', 'trigger', '{FINGERPRINT}', {T0})"
+        ),
+    )
+    .await;
+    let rows: Vec<String> = (0..5)
+        .map(|i| {
+            message(
+                100 + i,
+                4,
+                1,
+                "discount",
+                "delivered",
+                None,
+                true,
+                &[],
+                0.0,
+                None,
+            )
+        })
+        .collect();
+    exec(
+        &t.db,
+        &format!(
+            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, sent_at, delivered_at, complained_at, opened_at, open_count, machine_opened_at, click_count, clicked_at, unsubscribed_at, converted_at, revenue, secondary, created_at, updated_at) VALUES {}",
+            rows.join(", ")
+        ),
+    )
+    .await;
+    // Two triggered on day 1, three on day 5; distinct trigger ids keep them apart.
+    exec(
+        &t.db,
+        &format!(
+            "UPDATE messages SET trigger_id = id, trigger_at = CASE WHEN id < 102 THEN {} ELSE {} END WHERE run_id = 4",
+            T0 + DAY,
+            T0 + 5 * DAY
+        ),
+    )
+    .await;
+    let all = report(&t.db, ReportFilter::default()).await;
+    let late = report(
+        &t.db,
+        ReportFilter {
+            since: Some(T0 + 4 * DAY),
+            ..ReportFilter::default()
+        },
+    )
+    .await;
+    let early = report(
+        &t.db,
+        ReportFilter {
+            until: Some(T0 + 2 * DAY),
+            ..ReportFilter::default()
+        },
+    )
+    .await;
+    let triggered = |r: &Report| {
+        r.runs
+            .iter()
+            .find(|x| x.run.id == 4)
+            .map(|x| x.scope.messages)
+    };
+    assert_eq!(triggered(&all), Some(5));
+    assert_eq!(triggered(&late), Some(3));
+    // Until day 2: the triggered run's first two, and run 1 (started at T0) whole.
+    assert_eq!(triggered(&early), Some(2));
+    assert!(early.runs.iter().any(|x| x.run.id == 1));
+    assert!(!late.runs.iter().any(|x| x.run.id == 1));
+    t.drop_db().await;
+}
+
+#[tokio::test]
+async fn report_cuts_a_triggered_run_by_trigger_instant_sqlite() {
+    report_cuts_a_triggered_run_by_trigger_instant(DbBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn report_cuts_a_triggered_run_by_trigger_instant_postgres() {
+    report_cuts_a_triggered_run_by_trigger_instant(DbBackend::Postgres).await;
+}
+
 #[tokio::test]
 async fn report_counts_every_status_and_outcome_sqlite() {
     report_counts_every_status_and_outcome(DbBackend::Sqlite).await;

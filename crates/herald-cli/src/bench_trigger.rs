@@ -1,0 +1,214 @@
+//! `herald bench trigger`: the time from an event to its message's send for a
+//! campaign triggered with `delay = "0s"`. A real daemon (this binary, `herald
+//! run`) runs against a scratch database and a local SMTP server; events are
+//! POSTed to its `/events` at a steady rate over HTTP, and each message's
+//! provider acceptance (`sent_at`) is compared with its event's arrival
+//! (`received_at`), both stamped by the daemon's clock.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use herald_sinks::{SmtpSink, SmtpSinkConfig};
+use herald_storage::Db;
+use herald_storage::import::import_contacts;
+use sea_orm::{ConnectionTrait, Statement};
+
+use crate::datagen;
+
+/// The events token the bench gives its daemon.
+const TOKEN: &str = "bench-trigger-token";
+/// Events per request.
+const PER_REQUEST: usize = 10;
+
+/// Runs the benchmark: `rate` events/s for `seconds` over `contacts` contacts.
+pub async fn run(
+    contacts: usize,
+    rate: usize,
+    seconds: u64,
+    database: Option<&str>,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = match database {
+        Some(u) => u.to_string(),
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("bench.db").display()
+        ),
+    };
+    let db = Db::connect(&url).await?;
+    db.truncate_all().await?;
+    let csv = dir.path().join("contacts.csv");
+    datagen::contacts_csv(&csv, contacts, 7)?;
+    import_contacts(&db, &csv, &|_| {}).await?;
+    let sink = SmtpSink::start(SmtpSinkConfig {
+        keep_messages: false,
+        ..Default::default()
+    })
+    .await?;
+    write_project(dir.path(), &url, sink.addr().port())?;
+
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .current_dir(dir.path())
+        .args(["run", "--name", "bench-trigger"])
+        .env("HERALD_BENCH_EVENTS_TOKEN", TOKEN)
+        .env_remove("HERALD_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the daemon")?;
+    let stdout = child.stdout.take().context("daemon stdout")?;
+    let addr = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("tracking server on http://")
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_string)
+            })
+    })
+    .await?
+    .context("the daemon did not print its tracking address")?;
+    // The daemon reacts to events that arrive once it has seen the campaign.
+    let t0 = Instant::now();
+    while scalar(&db, "SELECT COUNT(*) FROM trigger_cursors").await? == 0 {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the daemon never saw the campaign"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let client = reqwest::Client::new();
+    let url_events = format!("http://{addr}/events");
+    let total = rate * seconds as usize;
+    let interval = Duration::from_secs_f64(PER_REQUEST as f64 / rate as f64);
+    let mut ticker = tokio::time::interval(interval);
+    let mut requests = Vec::new();
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        ticker.tick().await;
+        let batch: Vec<serde_json::Value> = (sent..(sent + PER_REQUEST).min(total))
+            .map(|i| {
+                serde_json::json!({
+                    "external_id": format!("u{:07}", i % contacts),
+                    "name": "app_open",
+                    "event_id": format!("bench-{i}"),
+                })
+            })
+            .collect();
+        sent += batch.len();
+        let req = client
+            .post(&url_events)
+            .bearer_auth(TOKEN)
+            .json(&batch)
+            .send();
+        requests.push(tokio::spawn(async move {
+            req.await.map(|r| r.status().is_success()).unwrap_or(false)
+        }));
+    }
+    let mut ok = 0;
+    for r in requests {
+        ok += usize::from(r.await.unwrap_or(false));
+    }
+    let posting = started.elapsed().as_secs_f64();
+    // Wait for every triggered message to be settled.
+    let t0 = Instant::now();
+    loop {
+        let pending = scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status IN ('planned', 'sending')",
+        )
+        .await?;
+        let planned = scalar(&db, "SELECT COUNT(*) FROM messages").await?;
+        if pending == 0 && planned as usize >= total {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            eprintln!("gave up waiting: {planned} planned, {pending} pending");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_string(
+            db.backend(),
+            "SELECT m.sent_at - e.received_at FROM messages m JOIN events e ON e.id = m.trigger_id WHERE m.sent_at IS NOT NULL",
+        ))
+        .await?;
+    let mut lat: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.try_get_by_index::<i64>(0).ok())
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(-1)
+    };
+    println!(
+        "bench trigger on {}: {total} events POSTed in {posting:.1}s ({:.0} events/s, {ok} of {} requests accepted); {} messages sent, {} received by the SMTP server",
+        match db.backend() {
+            sea_orm::DbBackend::Postgres => "PostgreSQL",
+            _ => "SQLite",
+        },
+        total as f64 / posting,
+        requests_len(total),
+        lat.len(),
+        sink.count()
+    );
+    println!(
+        "event to send (ms): p50 {}, p90 {}, p99 {}, max {}",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        lat.last().copied().unwrap_or(-1)
+    );
+    sink.shutdown().await;
+    Ok(())
+}
+
+fn requests_len(total: usize) -> usize {
+    total.div_ceil(PER_REQUEST)
+}
+
+async fn scalar(db: &Db, sql: &str) -> anyhow::Result<i64> {
+    let row = db
+        .conn
+        .query_one_raw(Statement::from_string(db.backend(), sql))
+        .await?
+        .context("no row")?;
+    Ok(row.try_get_by_index::<i64>(0)?)
+}
+
+fn write_project(dir: &Path, url: &str, smtp_port: u16) -> anyhow::Result<()> {
+    for sub in ["config/campaigns", "config/segments", "templates/bench"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    std::fs::write(
+        dir.join("config/herald.toml"),
+        format!(
+            "[database]\nurl = \"{url}\"\n\n[tracking]\npublic_url = \"https://t.example.com\"\nlisten = \"127.0.0.1:0\"\nevents_token_env = \"HERALD_BENCH_EVENTS_TOKEN\"\n\n[channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {smtp_port}\nfrom = \"Shop <news@example.com>\"\nconcurrency = 16\n\n[dispatch]\nbatch = 500\nworkers = 2\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("config/campaigns/opened.toml"),
+        "name = \"opened\"\nkind = \"transactional\"\nwhere = 'email contains \"@\"'\nchannels = [\"email\"]\ntrigger = { event = \"app_open\", delay = \"0s\" }\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Hello {{contact.external_id}}\", template = \"bench/hello.email.hbs\" }\n",
+    )?;
+    std::fs::write(
+        dir.join("templates/bench/hello.email.hbs"),
+        "<p>Hello {{contact.external_id}}</p>\n",
+    )?;
+    Ok(())
+}
