@@ -240,7 +240,76 @@ async fn segment_entry_sends_to_entrants_once(backend: Backend) {
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM messages").await, 1);
 }
 
+/// The trigger planner over the real store, with the clock in hand: an event
+/// committed after a newer one (PostgreSQL hands out ids before commit) is
+/// still planned by the re-read; a restarted planner re-plans the unsettled
+/// seconds and inserts nothing twice; the durable cursor then settles.
+async fn late_committed_events_are_planned_once(backend: Backend) {
+    use herald_engine::clock::FixedClock;
+    use herald_engine::store::Store;
+    use herald_engine::trigger::TriggerPlanner;
+    use std::sync::Arc;
+
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    project(&p, 2525);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let config = Arc::new(herald_domain::config::load(&p.path().join("config")).expect("config"));
+    let storage = herald_storage::Db::connect(&db.url).await.expect("db");
+    let store: Arc<dyn Store> = Arc::new(herald_storage::store::SqlStore::new(storage));
+    let start = chrono::Utc::now();
+    let clock = Arc::new(FixedClock::new(start));
+    let planner = || TriggerPlanner::new(store.clone(), clock.clone(), config.clone());
+    let mut first = planner();
+    first.pass().await.expect("pass");
+    let at = start.timestamp_millis();
+    let insert = |id: i64, who: usize| {
+        format!(
+            "INSERT INTO events (id, contact_id, name, at, received_at) SELECT {id}, id, 'signup', {at}, {at} FROM contacts WHERE external_id = 'u{who}'"
+        )
+    };
+    let conn = Database::connect(&db.url).await.expect("connect");
+    let run = |sql: String| {
+        let conn = &conn;
+        async move {
+            conn.execute_unprepared(&sql).await.expect("sql");
+        }
+    };
+    for (id, who) in [(10, 0), (11, 1), (13, 3)] {
+        run(insert(id, who)).await;
+    }
+    let r = first.pass().await.expect("pass");
+    assert_eq!(
+        (r.events, r.planned),
+        (3, 6),
+        "two steps for each of three events"
+    );
+    // Event 12 commits late, below the newest one already read.
+    run(insert(12, 2)).await;
+    assert_eq!(
+        first.pass().await.expect("pass").planned,
+        0,
+        "not re-read yet"
+    );
+    clock.advance(chrono::Duration::milliseconds(1100));
+    assert_eq!(first.pass().await.expect("pass").planned, 2);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM messages").await, 8);
+    // A restart within the settling time re-plans those events: nothing new.
+    let mut second = planner();
+    assert_eq!(second.pass().await.expect("pass").planned, 0);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM messages").await, 8);
+    clock.advance(chrono::Duration::milliseconds(3000));
+    second.pass().await.expect("pass");
+    assert_eq!(
+        scalar(&db, "SELECT MAX(last_event_id) FROM trigger_cursors").await,
+        13
+    );
+}
+
 on_both_databases!(
     series_once_per_event_and_step_with_exit,
     segment_entry_sends_to_entrants_once,
+    late_committed_events_are_planned_once,
 );
