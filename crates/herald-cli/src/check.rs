@@ -91,18 +91,42 @@ pub fn render_problems(
     let contacts: Vec<Cow<'_, ContactView>> =
         contacts.iter().map(|c| with_sample_top(c, &keys)).collect();
     let mut problems = Vec::new();
-    for v in &campaign.variants {
-        for &channel in &campaign.channels {
+    // Every variant on the campaign's channels, then every series step on its own.
+    let first = campaign.variants[0].name.get_ref().to_string();
+    let mut parts: Vec<(i32, String, String, &[Channel])> = campaign
+        .variants
+        .iter()
+        .map(|v| {
+            let name = v.name.get_ref().to_string();
+            (
+                0,
+                name.clone(),
+                format!("variant `{name}`"),
+                campaign.channels.as_slice(),
+            )
+        })
+        .collect();
+    for (i, step) in campaign.steps.iter().enumerate() {
+        let channels = step.channels.as_deref().unwrap_or(&campaign.channels);
+        parts.push((
+            i as i32 + 1,
+            first.clone(),
+            format!("step {}", i + 1),
+            channels,
+        ));
+    }
+    for (step, arm, label, channels) in &parts {
+        for &channel in *channels {
             for contact in &contacts {
                 let msg = ClaimedMessage {
                     id: 0,
                     run_id: 0,
                     contact_id: contact.id,
-                    arm: v.name.get_ref().to_string(),
+                    arm: arm.clone(),
                     channel,
                     address: "sample".into(),
                     attempts: 0,
-                    step: 0,
+                    step: *step,
                     send_at: 0,
                 };
                 match renderer.render(&msg, contact) {
@@ -117,10 +141,8 @@ pub fn render_problems(
                             String::new()
                         };
                         problems.push(format!(
-                            "{}: variant `{}`, {channel}, contact `{}`: {e}{hint}",
-                            campaign.file,
-                            v.name.get_ref(),
-                            contact.external_id
+                            "{}: {label}, {channel}, contact `{}`: {e}{hint}",
+                            campaign.file, contact.external_id
                         ));
                         break;
                     }
@@ -129,9 +151,8 @@ pub fn render_problems(
                         let count = sms_segments(&out.message.body);
                         if count.segments > max {
                             problems.push(format!(
-                                "{}: variant `{}`: the SMS is {} segments ({:?}, {} units) with the opt-out line{}, over max_segments = {max}; shorten the template",
+                                "{}: {label}: the SMS is {} segments ({:?}, {} units) with the opt-out line{}, over max_segments = {max}; shorten the template",
                                 campaign.file,
-                                v.name.get_ref(),
                                 count.segments,
                                 count.encoding,
                                 count.units,
