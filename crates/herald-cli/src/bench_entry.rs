@@ -47,7 +47,7 @@ const CASES: [Case; 2] = [
         name: "churn_risk",
         filter: "overdue(\"order_placed\") > 2",
         campaign_id: 1,
-        advance_days: 3,
+        advance_days: 25,
     },
     Case {
         name: "lapsed_30d",
@@ -130,7 +130,7 @@ pub async fn run(url: &str, o: Options) -> anyhow::Result<()> {
         println!("  the segment query alone (COUNT): {members} members in {floor:.2} s");
 
         let mut run = case.campaign_id * 1000;
-        let mut timed = |label: String, pass: herald_engine::store::EntryPass, s: f64| {
+        let timed = |label: String, pass: herald_engine::store::EntryPass, s: f64| {
             println!(
                 "  {label:<44} {:>6.2} s ({:.2}x the COUNT): {} members, {} entrants, {} leavers{}",
                 s,
@@ -143,16 +143,12 @@ pub async fn run(url: &str, o: Options) -> anyhow::Result<()> {
         };
         run += 1;
         let t = Instant::now();
-        let pass = db
-            .entry_pass(case.campaign_id, run, &filter, &ctx)
-            .await?;
+        let pass = db.entry_pass(case.campaign_id, run, &filter, &ctx).await?;
         timed("baseline pass".into(), pass, secs(t));
         for k in 1..=STEADY_PASSES {
             run += 1;
             let t = Instant::now();
-            let pass = db
-                .entry_pass(case.campaign_id, run, &filter, &ctx)
-                .await?;
+            let pass = db.entry_pass(case.campaign_id, run, &filter, &ctx).await?;
             timed(format!("steady pass {k} (nothing changed)"), pass, secs(t));
         }
         run += 1;
