@@ -17,6 +17,9 @@ use crate::sql::Sql;
 /// First key of the PostgreSQL advisory lock that serialises a campaign's passes ("hera").
 const ENTRY_LOCK_CLASS: i32 = 0x6865_7261;
 
+/// A pass that changes more than one member in this many refreshes PostgreSQL's statistics.
+const STALE_SHARE: u64 = 10;
+
 /// Why a pass failed; nothing of it was written.
 #[derive(Debug, thiserror::Error)]
 pub enum EntryError {
@@ -187,6 +190,11 @@ impl Db {
 
         if !pg {
             exec_text(&txn, b, "DROP TABLE temp.entry_now").await?;
+        } else if pass.baseline || (pass.entrants + pass.leavers) * STALE_SHARE > pass.members {
+            // The next pass's anti-joins read entry_members: with statistics from before a
+            // big change (an empty table) PostgreSQL picked a nested loop over seq scans,
+            // 368 s instead of seconds for 57,000 members. Autovacuum comes too late.
+            exec_text(&txn, b, "ANALYZE entry_members").await?;
         }
         let mut q = Sql::new();
         q.push("UPDATE entry_passes SET members = ")
