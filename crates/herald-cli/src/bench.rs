@@ -18,6 +18,10 @@ use crate::datagen;
 #[path = "bench_report.rs"]
 mod report;
 
+// `herald bench entry` too.
+#[path = "bench_entry.rs"]
+mod entry;
+
 /// Arguments of `herald bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -108,6 +112,24 @@ enum BenchWhat {
         /// A scratch database: EMPTIED first (default: a temporary SQLite file).
         #[arg(long)]
         database: Option<String>,
+    },
+    /// Segment-entry passes (evaluate and diff) over generated contacts: baseline, steady, entering.
+    Entry {
+        /// Contacts to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        contacts: usize,
+        /// Events to generate.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// A scratch database: EMPTIED first (default: a temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+        /// Pass over the data a previous run left in `--database`.
+        #[arg(long, requires = "database")]
+        keep: bool,
     },
     /// One import in this process (used by `bench import`); prints one JSON line.
     #[command(hide = true)]
@@ -203,6 +225,28 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 runs: *runs,
             };
             report::run(&url, options, *keep).await
+        }
+        BenchWhat::Entry {
+            contacts,
+            events,
+            seed,
+            database,
+            keep,
+        } => {
+            let dir = tempfile::tempdir()?;
+            let url = database.clone().unwrap_or_else(|| {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("entry.db").display()
+                )
+            });
+            let options = entry::Options {
+                contacts: *contacts,
+                events: *events,
+                seed: *seed,
+                keep: *keep,
+            };
+            entry::run(&url, options).await
         }
         BenchWhat::ImportOne { file, database } => {
             let db = Db::connect(database).await?;

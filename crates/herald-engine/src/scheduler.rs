@@ -60,6 +60,12 @@ impl Scheduler {
                 // One segment-entry pass per `every`, at its multiples of the epoch.
                 let every = every.millis().max(1000);
                 let slot = now - now.rem_euclid(every);
+                // An interrupted pass first: passes diff against the one before, in order.
+                for run in self.store.unfinished_plans(&campaign.name).await? {
+                    if self.engine.plan(campaign, &run).await?.finished {
+                        report.resumed.push(run.id);
+                    }
+                }
                 let last = self.store.last_scheduled(&campaign.name).await?;
                 if last.is_none_or(|l| l < slot) {
                     let (run, stats) = self.engine.start_run(campaign, slot, "schedule").await?;
@@ -67,11 +73,6 @@ impl Scheduler {
                     report
                         .started
                         .push((campaign.name.clone(), slot, run.id, run.created));
-                }
-                for run in self.store.unfinished_plans(&campaign.name).await? {
-                    if self.engine.plan(campaign, &run).await?.finished {
-                        report.resumed.push(run.id);
-                    }
                 }
                 continue;
             }

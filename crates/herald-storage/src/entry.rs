@@ -17,6 +17,9 @@ use crate::sql::Sql;
 /// First key of the PostgreSQL advisory lock that serialises a campaign's passes ("hera").
 const ENTRY_LOCK_CLASS: i32 = 0x6865_7261;
 
+/// A pass that changes more than one member in this many refreshes PostgreSQL's statistics.
+const STALE_SHARE: u64 = 10;
+
 /// Why a pass failed; nothing of it was written.
 #[derive(Debug, thiserror::Error)]
 pub enum EntryError {
@@ -138,15 +141,46 @@ impl Db {
             .push(" AND NOT EXISTS (SELECT 1 FROM entry_now n WHERE n.contact_id = entry_members.contact_id)");
         let leavers = exec(&txn, b, q).await?;
 
-        let mut q = Sql::new();
-        q.push("INSERT INTO entry_members (campaign_id, contact_id, entered_run) SELECT ")
-            .bind(campaign_id)
-            .push(", n.contact_id, ")
-            .bind_as(b, (!baseline).then_some(run_id), "int8")
-            .push(" FROM entry_now n WHERE NOT EXISTS (SELECT 1 FROM entry_members em WHERE em.campaign_id = ")
-            .bind(campaign_id)
-            .push(" AND em.contact_id = n.contact_id)");
-        let inserted = exec(&txn, b, q).await?;
+        let inserted = if baseline {
+            // Nothing to diff against; rows of a campaign without a recorded pass are stale.
+            let mut q = Sql::new();
+            q.push("DELETE FROM entry_members WHERE campaign_id = ")
+                .bind(campaign_id);
+            exec(&txn, b, q).await?;
+            let mut q = Sql::new();
+            q.push("INSERT INTO entry_members (campaign_id, contact_id, entered_run) SELECT ")
+                .bind(campaign_id)
+                .push(", n.contact_id, NULL FROM entry_now n");
+            exec(&txn, b, q).await?
+        } else {
+            // The entrants are found before any is inserted: an INSERT whose anti-join
+            // scans the table it grows turned quadratic on PostgreSQL when the planner
+            // believed entry_members empty (88 s for 57,000 members).
+            let mut q = Sql::new();
+            q.push(if pg {
+                "CREATE TEMP TABLE entry_in ON COMMIT DROP AS "
+            } else {
+                "CREATE TEMP TABLE entry_in AS "
+            });
+            q.push("SELECT n.contact_id FROM entry_now n WHERE NOT EXISTS (SELECT 1 FROM entry_members em WHERE em.campaign_id = ")
+                .bind(campaign_id)
+                .push(" AND em.contact_id = n.contact_id)");
+            if !pg {
+                exec_text(&txn, b, "DROP TABLE IF EXISTS temp.entry_in").await?;
+            }
+            exec(&txn, b, q).await?;
+            let mut q = Sql::new();
+            q.push("INSERT INTO entry_members (campaign_id, contact_id, entered_run) SELECT ")
+                .bind(campaign_id)
+                .push(", i.contact_id, ")
+                .bind(run_id)
+                .push(" FROM entry_in i");
+            let n = exec(&txn, b, q).await?;
+            if !pg {
+                exec_text(&txn, b, "DROP TABLE temp.entry_in").await?;
+            }
+            n
+        };
         let pass = EntryPass {
             members,
             entrants: if baseline { 0 } else { inserted },
@@ -156,6 +190,11 @@ impl Db {
 
         if !pg {
             exec_text(&txn, b, "DROP TABLE temp.entry_now").await?;
+        } else if pass.baseline || (pass.entrants + pass.leavers) * STALE_SHARE > pass.members {
+            // The next pass's anti-joins read entry_members: with statistics from before a
+            // big change (an empty table) PostgreSQL picked a nested loop over seq scans,
+            // 368 s instead of seconds for 57,000 members. Autovacuum comes too late.
+            exec_text(&txn, b, "ANALYZE entry_members").await?;
         }
         let mut q = Sql::new();
         q.push("UPDATE entry_passes SET members = ")

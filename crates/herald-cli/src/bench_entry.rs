@@ -1,0 +1,185 @@
+//! `herald bench entry`: the segment-entry pass of issue 9 over a generated
+//! contact base (the `bench segments` generator: COPY on PostgreSQL, batched
+//! inserts on SQLite). Per segment it times the segment query alone (a COUNT,
+//! the floor of any pass), the baseline pass, steady passes where nothing
+//! changed, a pass after time moved on so that people enter with no data
+//! change, and a retried pass; planning the entrants is the engine's and is
+//! measured apart.
+
+use std::time::Instant;
+
+use herald_domain::config::{LifecycleConfig, RfmConfig};
+use herald_domain::segment::parse;
+use herald_storage::Db;
+use herald_storage::segment_bench::{self, BENCH_NOW, BenchOptions};
+use herald_storage::segment_sql::{DAY_MS, SegmentContext, count_sql};
+use herald_storage::sql::Sql;
+use sea_orm::ConnectionTrait;
+
+/// Steady passes timed per segment (nothing changes between them).
+const STEADY_PASSES: i64 = 2;
+
+/// What `herald bench entry` generates and measures.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Contacts to generate.
+    pub contacts: usize,
+    /// Events to generate.
+    pub events: usize,
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Reuse the data a previous run left in the database.
+    pub keep: bool,
+}
+
+/// A segment to pass over, and how far the clock moves before the entering pass.
+struct Case {
+    name: &'static str,
+    filter: &'static str,
+    campaign_id: i64,
+    advance_days: i64,
+}
+
+/// The churn early warning of the issue, and a wide segment (most buyers) that
+/// stresses the diff rather than the evaluation.
+const CASES: [Case; 2] = [
+    Case {
+        name: "churn_risk",
+        filter: "overdue(\"order_placed\") > 2",
+        campaign_id: 1,
+        advance_days: 25,
+    },
+    Case {
+        name: "lapsed_30d",
+        filter: "days_since(\"order_placed\") > 30",
+        campaign_id: 2,
+        advance_days: 5,
+    },
+];
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+async fn scalar(db: &Db, q: Sql) -> anyhow::Result<i64> {
+    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no row from a COUNT"))?;
+    Ok(row.try_get_by_index(0)?)
+}
+
+async fn exec_text(db: &Db, text: &str) -> anyhow::Result<()> {
+    let mut q = Sql::new();
+    q.push(text);
+    db.conn.execute_raw(q.build(db.backend())).await?;
+    Ok(())
+}
+
+/// Runs the benchmark on `url` (EMPTIED first unless `keep`).
+pub async fn run(url: &str, o: Options) -> anyhow::Result<()> {
+    let db = Db::connect(url).await?;
+    let backend = if db.backend() == sea_orm::DbBackend::Postgres {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    if !o.keep {
+        let t = Instant::now();
+        let options = BenchOptions {
+            contacts: o.contacts,
+            events: o.events,
+            seed: o.seed,
+        };
+        let purchases = segment_bench::load(&db, &options).await?;
+        eprintln!(
+            "loaded {} contacts and {} events ({purchases} purchases, seed {}) in {:.1} s",
+            o.contacts,
+            o.events,
+            o.seed,
+            secs(t)
+        );
+        let t = Instant::now();
+        segment_bench::analyze(&db).await?;
+        eprintln!("analyzed in {:.1} s", secs(t));
+    }
+    let contacts = scalar(&db, {
+        let mut q = Sql::new();
+        q.push("SELECT COUNT(*) FROM contacts WHERE forgotten_at IS NULL");
+        q
+    })
+    .await?;
+    println!(
+        "{backend}: segment-entry passes over {contacts} contacts (evaluate + diff + store, one transaction each)"
+    );
+    let rfm = RfmConfig::default();
+    let lifecycle = LifecycleConfig::default();
+    for case in &CASES {
+        let filter = parse(case.filter).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        exec_text(&db, "DELETE FROM entry_members").await?;
+        exec_text(&db, "DELETE FROM entry_passes").await?;
+        if db.backend() == sea_orm::DbBackend::Postgres {
+            exec_text(&db, "VACUUM ANALYZE entry_members").await?;
+        }
+        println!("segment {} = '{}'", case.name, case.filter);
+
+        let ctx = SegmentContext::new(db.backend(), BENCH_NOW, &rfm, &lifecycle);
+        let t = Instant::now();
+        let members = scalar(&db, count_sql(&filter, &ctx)?).await?;
+        let floor = secs(t);
+        println!("  the segment query alone (COUNT): {members} members in {floor:.2} s");
+
+        let mut run = case.campaign_id * 1000;
+        let timed = |label: String, pass: herald_engine::store::EntryPass, s: f64| {
+            println!(
+                "  {label:<44} {:>6.2} s ({:.2}x the COUNT): {} members, {} entrants, {} leavers{}",
+                s,
+                s / floor,
+                pass.members,
+                pass.entrants,
+                pass.leavers,
+                if pass.baseline { " (baseline)" } else { "" }
+            );
+        };
+        run += 1;
+        let t = Instant::now();
+        let pass = db.entry_pass(case.campaign_id, run, &filter, &ctx).await?;
+        timed("baseline pass".into(), pass, secs(t));
+        for k in 1..=STEADY_PASSES {
+            run += 1;
+            let t = Instant::now();
+            let pass = db.entry_pass(case.campaign_id, run, &filter, &ctx).await?;
+            timed(format!("steady pass {k} (nothing changed)"), pass, secs(t));
+        }
+        run += 1;
+        let later = SegmentContext::new(
+            db.backend(),
+            BENCH_NOW + case.advance_days * DAY_MS,
+            &rfm,
+            &lifecycle,
+        );
+        let t = Instant::now();
+        let pass = db
+            .entry_pass(case.campaign_id, run, &filter, &later)
+            .await?;
+        let entered = pass.entrants;
+        timed(
+            format!("{} days later, no data change", case.advance_days),
+            pass,
+            secs(t),
+        );
+        println!(
+            "  ({entered} entrants = {:.2}% of the contacts)",
+            100.0 * entered as f64 / contacts.max(1) as f64
+        );
+        let t = Instant::now();
+        let pass = db
+            .entry_pass(case.campaign_id, run, &filter, &later)
+            .await?;
+        timed("the same run again (a retry)".into(), pass, secs(t));
+    }
+    println!(
+        "planning the entrants (policies, arms, message rows through Scope::Entrants) is the engine's and is measured separately"
+    );
+    Ok(())
+}
