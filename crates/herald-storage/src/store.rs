@@ -203,9 +203,13 @@ fn id_set(q: &mut Sql, b: DbBackend, ids: &[i64]) {
         .collect::<Vec<_>>()
         .join(",");
     if b == DbBackend::Postgres {
-        q.push("(SELECT unnest(").bind(format!("{{{list}}}")).push("::text::int8[]))");
+        q.push("(SELECT unnest(")
+            .bind(format!("{{{list}}}"))
+            .push("::text::int8[]))");
     } else {
-        q.push("(SELECT value FROM json_each(").bind(format!("[{list}]")).push("))");
+        q.push("(SELECT value FROM json_each(")
+            .bind(format!("[{list}]"))
+            .push("))");
     }
 }
 
@@ -955,7 +959,11 @@ mod tests {
         }
 
         fn personalisation(&self, now: i64) -> PersonalisationRequest {
-            PersonalisationRequest::new(now, &herald_domain::config::HeraldConfig::default(), vec![])
+            PersonalisationRequest::new(
+                now,
+                &herald_domain::config::HeraldConfig::default(),
+                vec![],
+            )
         }
     }
 
