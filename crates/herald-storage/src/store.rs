@@ -945,7 +945,7 @@ mod tests {
             Ok(RenderOutput {
                 message: RenderedMessage {
                     message_id: msg.id,
-                    channel: msg.channel.into(),
+                    channel: msg.channel,
                     to: msg.address.clone(),
                     subject: Some(format!("hello {}", c.external_id)),
                     body: "hello".into(),
