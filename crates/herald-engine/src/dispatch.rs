@@ -1,7 +1,9 @@
-//! The dispatcher: claims due messages under a lease, renders them, marks
-//! them `sending` just before the request is written, sends through the
-//! channel adapters (rate limited, bounded concurrency) and records every
-//! outcome and attempt. Retries read only the adapters' error taxonomy.
+//! The dispatcher: claims due messages under a lease (from a keyset cursor
+//! per worker), lets a [`Gate`] cancel some, renders them, marks them
+//! `sending` before the batch's requests are written (in the claim itself
+//! when no gate must see them first), sends through the channel adapters
+//! (rate limited, bounded concurrency) and records every outcome and attempt.
+//! Retries read only the adapters' error taxonomy.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
