@@ -424,6 +424,31 @@ pub trait Store: Send + Sync {
         let _ = after;
         self.claim_due(owner, run_id, now, lease_until, limit).await
     }
+    /// [`Store::claim_due_after`] and [`Store::mark_sending`] in one statement:
+    /// the claimed messages are `sending` already. Their number is the same
+    /// in-flight window (one batch a worker); the default takes two steps.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_sending_after(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        after: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        let mut claimed = self
+            .claim_due_after(owner, run_id, now, lease_until, limit, after)
+            .await?;
+        let ids: Vec<i64> = claimed.iter().map(|m| m.id).collect();
+        let marked: std::collections::HashSet<i64> = self
+            .mark_sending(owner, &ids, now)
+            .await?
+            .into_iter()
+            .collect();
+        claimed.retain(|m| marked.contains(&m.id));
+        Ok(claimed)
+    }
     /// Marks claimed messages `sending`, just before their requests are written;
     /// returns the ids marked: only those `owner` still holds a live lease on.
     async fn mark_sending(&self, owner: &str, ids: &[i64], now: i64) -> StoreResult<Vec<i64>>;

@@ -78,6 +78,73 @@ impl SqlStore {
             .map_err(err)
     }
 
+    /// Claims due messages under a lease after the cursor `after`; with
+    /// `sending`, marks them `sending` in the same statement.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        after: Option<(i64, i64)>,
+        sending: bool,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        let mut q = Sql::new();
+        q.push("UPDATE messages SET lease_owner = ")
+            .bind(owner.to_string())
+            .push(", lease_until = ")
+            .bind(lease_until);
+        if sending {
+            q.push(", status = 'sending', updated_at = ").bind(now);
+        }
+        q.push(" WHERE id IN (SELECT m.id FROM messages m JOIN runs r ON r.id = m.run_id WHERE m.status = 'planned' AND m.arm <> 'rollout:*' AND r.state = 'running' AND m.send_at <= ")
+            .bind(now)
+            .push(" AND (m.not_before IS NULL OR m.not_before <= ")
+            .bind(now)
+            .push(") AND (m.lease_until IS NULL OR m.lease_until < ")
+            .bind(now)
+            .push(")");
+        if let Some(r) = run_id {
+            q.push(" AND m.run_id = ").bind(r);
+        }
+        if let Some((send_at, id)) = after {
+            // A row value: both databases seek the (status, send_at, id) index to it.
+            q.push(" AND (m.send_at, m.id) > (")
+                .bind(send_at)
+                .push(", ")
+                .bind(id)
+                .push(")");
+        }
+        q.push(" ORDER BY m.send_at, m.id LIMIT ")
+            .bind(i64::from(limit));
+        if self.b() == DbBackend::Postgres {
+            q.push(" FOR UPDATE OF m SKIP LOCKED");
+        }
+        q.push(
+            ") RETURNING id, run_id, contact_id, arm, channel, address, attempts, send_at, step",
+        );
+        let rows = self.all(q).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let channel: String = get(r, 4)?;
+            out.push(ClaimedMessage {
+                id: get(r, 0)?,
+                run_id: get(r, 1)?,
+                contact_id: get(r, 2)?,
+                arm: get(r, 3)?,
+                channel: channel.parse().map_err(err)?,
+                address: get(r, 5)?,
+                attempts: get(r, 6)?,
+                send_at: get(r, 7)?,
+                step: get(r, 8)?,
+            });
+        }
+        out.sort_by_key(|m| (m.send_at, m.id));
+        Ok(out)
+    }
+
     /// Fills each member's `history`: their messages planned after `since`
     /// in statuses that `reentry` and frequency caps count, in one query.
     async fn attach_history(&self, members: &mut [AudienceMember], since: i64) -> StoreResult<()> {
@@ -456,55 +523,21 @@ impl Store for SqlStore {
         limit: u32,
         after: Option<(i64, i64)>,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        let mut q = Sql::new();
-        q.push("UPDATE messages SET lease_owner = ")
-            .bind(owner.to_string())
-            .push(", lease_until = ")
-            .bind(lease_until)
-            .push(" WHERE id IN (SELECT m.id FROM messages m JOIN runs r ON r.id = m.run_id WHERE m.status = 'planned' AND m.arm <> 'rollout:*' AND r.state = 'running' AND m.send_at <= ")
-            .bind(now)
-            .push(" AND (m.not_before IS NULL OR m.not_before <= ")
-            .bind(now)
-            .push(") AND (m.lease_until IS NULL OR m.lease_until < ")
-            .bind(now)
-            .push(")");
-        if let Some(r) = run_id {
-            q.push(" AND m.run_id = ").bind(r);
-        }
-        if let Some((send_at, id)) = after {
-            // A row value: both databases seek the (status, send_at, id) index to it.
-            q.push(" AND (m.send_at, m.id) > (")
-                .bind(send_at)
-                .push(", ")
-                .bind(id)
-                .push(")");
-        }
-        q.push(" ORDER BY m.send_at, m.id LIMIT ")
-            .bind(i64::from(limit));
-        if self.b() == DbBackend::Postgres {
-            q.push(" FOR UPDATE OF m SKIP LOCKED");
-        }
-        q.push(
-            ") RETURNING id, run_id, contact_id, arm, channel, address, attempts, send_at, step",
-        );
-        let rows = self.all(q).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let channel: String = get(r, 4)?;
-            out.push(ClaimedMessage {
-                id: get(r, 0)?,
-                run_id: get(r, 1)?,
-                contact_id: get(r, 2)?,
-                arm: get(r, 3)?,
-                channel: channel.parse().map_err(err)?,
-                address: get(r, 5)?,
-                attempts: get(r, 6)?,
-                send_at: get(r, 7)?,
-                step: get(r, 8)?,
-            });
-        }
-        out.sort_by_key(|m| (m.send_at, m.id));
-        Ok(out)
+        self.claim(owner, run_id, now, lease_until, limit, after, false)
+            .await
+    }
+
+    async fn claim_sending_after(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        after: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        self.claim(owner, run_id, now, lease_until, limit, after, true)
+            .await
     }
 
     async fn mark_sending(&self, owner: &str, ids: &[i64], now: i64) -> StoreResult<Vec<i64>> {
