@@ -211,7 +211,7 @@ async fn check_release(db: &TestDb, sink: &SmtpSink, report: &Value, winner: &st
             "a" => assert_eq!(subjects, ["Offer A"], "{address}"),
             "b" => assert_eq!(subjects, ["Offer B"], "{address}"),
             a if a == released => {
-                assert_eq!(subjects, [subject.clone()], "{address}");
+                assert_eq!(subjects, std::slice::from_ref(&subject), "{address}");
                 rest += 1;
             }
             other => panic!("{address}: unexpected arm {other}"),

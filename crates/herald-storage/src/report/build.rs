@@ -690,7 +690,7 @@ fn scope(
 
     let observed: Vec<(String, u64)> = shown
         .iter()
-        .filter(|arm| !is_rollout_arm(arm) && !(input.variants_only && **arm == HOLDOUT_ARM))
+        .filter(|arm| !(is_rollout_arm(arm) || input.variants_only && **arm == HOLDOUT_ARM))
         .map(|arm| ((*arm).clone(), acc(arm).tally.messages))
         .collect();
     let srm = input
