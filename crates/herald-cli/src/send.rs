@@ -1,6 +1,8 @@
 //! `herald send CAMPAIGN`: checks the campaign's templates against sample
 //! audience members (refusing to start on any render error), starts a run
 //! now, snapshots the audience, dispatches and prints the per-arm summary.
+//! With `[rollout]` only the test is sent; the summary says when the daemon
+//! decides for the rest. `--test-to` is [`crate::test_to`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -327,15 +327,7 @@ async fn rollout_decides_once_and_releases_the_rest_to_the_winner(db: &Db) {
     assert_eq!(count(db, r2, "arm = 'rollout:a'").await, waiting2);
     assert_eq!(count(db, r2, "arm = 'rollout:b'").await, 0);
     // A second decision is refused; a second release moves nothing.
-    assert!(
-        !sql.record_decision(&Decision {
-            run_id: r2,
-            ..early.clone()
-        })
-        .await
-        .unwrap()
-        .1
-    );
+    assert!(!sql.record_decision(&early).await.unwrap().1);
     let ids: Vec<i64> = store
         .claim_due("w", Some(r2), i64::MAX / 4, i64::MAX / 2, 10_000)
         .await
@@ -354,6 +346,40 @@ async fn rollout_decides_once_and_releases_the_rest_to_the_winner(db: &Db) {
         .collect();
     assert_eq!(sql.release(r2, "rollout:b", &again, T0).await.unwrap(), 0);
     assert_eq!(count(db, r2, "arm = 'rollout:a'").await, waiting2);
+
+    // Two daemons deciding the same run at once: one decision, each message released once.
+    let (run3, _) = engine
+        .start_run(&campaign, T0 + 2 * 86_400_000, "manual")
+        .await
+        .unwrap();
+    let r3 = run3.id;
+    outcomes(db, r3).await;
+    let waiting3 = count(db, r3, &format!("arm = '{WAITING_ARM}'")).await;
+    clock.set(at(T0 + 2 * 86_400_000 + 2 * HOUR));
+    let (one, two) = tokio::join!(roller.tick(), other.tick());
+    let both: Vec<_> = one.unwrap().into_iter().chain(two.unwrap()).collect();
+    assert!(
+        both.iter().all(|x| x.run_id == r3 && x.chosen == "b"),
+        "{both:?}"
+    );
+    assert_eq!(
+        both.iter().filter(|x| x.decided_here).count(),
+        1,
+        "{both:?}"
+    );
+    assert_eq!(
+        both.iter().map(|x| x.released as i64).sum::<i64>(),
+        waiting3
+    );
+    assert_eq!(count(db, r3, "arm = 'rollout:b'").await, waiting3);
+    assert_eq!(
+        scalar(
+            db,
+            &format!("SELECT COUNT(*) FROM rollouts WHERE run_id = {r3}")
+        )
+        .await,
+        1
+    );
 }
 
 macro_rules! on_both_databases {
