@@ -12,6 +12,7 @@ mod m20261126_000002_daemon;
 mod m20261127_000002_triggers;
 mod m20261127_000003_rollout_release;
 mod m20261127_000004_entry;
+mod m20261127_000005_fallback;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_triggers::Migration),
             Box::new(m20261127_000003_rollout_release::Migration),
             Box::new(m20261127_000004_entry::Migration),
+            Box::new(m20261127_000005_fallback::Migration),
         ]
     }
 }

@@ -27,6 +27,7 @@ mod check;
 mod contacts;
 mod daemon;
 mod demo;
+mod fallback;
 mod import;
 mod preview;
 mod report;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use herald_engine::dispatch::{Dispatcher, RendererSource};
+use herald_engine::fallback::CampaignFallback;
 use herald_engine::metrics::DispatchMetrics;
 use herald_engine::render::{CampaignRenderer, MessageRenderer};
 use herald_engine::rollout::Roller;
@@ -217,6 +218,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         );
         if let Some(gate) = CampaignGate::for_config(store.clone(), config.clone()) {
             dispatcher = dispatcher.with_gate(gate);
+        }
+        if let Some(fallback) = CampaignFallback::for_config(store.clone(), config.clone()) {
+            dispatcher = dispatcher.with_fallback(fallback);
         }
         dispatcher.batch = d.batch.max(1);
         dispatcher.metrics = Some(metrics.clone());

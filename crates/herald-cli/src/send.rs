@@ -12,6 +12,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use herald_domain::config::{Campaign, ConfigSet};
 use herald_domain::types::MessageStatus;
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
+use herald_engine::fallback::CampaignFallback;
 use herald_engine::render::CampaignRenderer;
 use herald_engine::rollout;
 use herald_engine::run::PlanStats;
@@ -89,6 +90,9 @@ pub async fn send_campaign(
     let mut dispatcher = Dispatcher::new(store.clone(), clock, routes, owner);
     if let Some(gate) = CampaignGate::for_config(store.clone(), config.clone()) {
         dispatcher = dispatcher.with_gate(gate);
+    }
+    if let Some(fallback) = CampaignFallback::for_config(store.clone(), config.clone()) {
+        dispatcher = dispatcher.with_fallback(fallback);
     }
     let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
     let dispatch = dispatcher.drain_run(run.id, &renderer).await?;

@@ -27,6 +27,19 @@ pub trait Gate: Send + Sync {
     async fn check(&self, claimed: &[ClaimedMessage], now: i64) -> StoreResult<Vec<(i64, String)>>;
 }
 
+/// Decides, after a permanent failure, which channel a message falls back to
+/// (SPEC: "a permanent failure on one channel may fall back to the next
+/// channel of the campaign's order, once").
+#[async_trait::async_trait]
+pub trait Fallback: Send + Sync {
+    /// (message id, channel, address) for the failed messages that move on.
+    async fn reroute(
+        &self,
+        failed: &[ClaimedMessage],
+        now: i64,
+    ) -> StoreResult<Vec<(i64, Channel, String)>>;
+}
+
 /// One channel's way out: the adapter, its rate limit and how many sends may be in flight.
 #[derive(Clone)]
 pub struct Route {
@@ -177,6 +190,7 @@ fn failed(message_id: i64, reason: String) -> Outcome {
         attempt: None,
         links: vec![],
         suppress_address: None,
+        reroute: None,
     }
 }
 
@@ -203,6 +217,8 @@ pub struct Dispatcher {
     pub mark_on_claim: bool,
     /// What may cancel claimed messages just before they are sent.
     gate: Option<Arc<dyn Gate>>,
+    /// Where a message goes after a permanent failure, if anywhere.
+    fallback: Option<Arc<dyn Fallback>>,
     /// When leases were last expired (clock ms; `i64::MIN`: never).
     last_expire: AtomicI64,
     /// The (send_at, id) of the last message claimed in this pass over the queue.
@@ -229,6 +245,7 @@ impl Dispatcher {
             metrics: None,
             mark_on_claim: true,
             gate: None,
+            fallback: None,
             last_expire: AtomicI64::new(i64::MIN),
             cursor: Mutex::new(None),
         }
@@ -237,6 +254,12 @@ impl Dispatcher {
     /// Checks every claimed batch with `gate` before sending it.
     pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Lets `fallback` move a permanently failed message to another channel, once.
+    pub fn with_fallback(mut self, fallback: Arc<dyn Fallback>) -> Self {
+        self.fallback = Some(fallback);
         self
     }
 
@@ -454,6 +477,7 @@ impl Dispatcher {
                         }),
                         links: vec![],
                         suppress_address: None,
+                        reroute: None,
                     })
                 }
             }
@@ -479,11 +503,21 @@ impl Dispatcher {
             .map(|r| r.concurrency.available_permits())
             .sum::<usize>()
             .max(1);
-        let results: Vec<Outcome> = futures::stream::iter(ready)
+        // A permanent failure may fall back: keep what the hook needs to know.
+        let sent_msgs: HashMap<i64, ClaimedMessage> = if self.fallback.is_some() {
+            ready.iter().map(|(m, _)| (m.id, m.clone())).collect()
+        } else {
+            HashMap::new()
+        };
+        let mut results: Vec<Outcome> = futures::stream::iter(ready)
             .map(|(msg, out)| self.send_one(msg, out))
             .buffer_unordered(width)
             .collect()
             .await;
+        if let Some(fallback) = &self.fallback {
+            self.fall_back(fallback.as_ref(), &sent_msgs, &mut results)
+                .await?;
+        }
         for o in &results {
             match o.status {
                 MessageStatus::Sent | MessageStatus::Delivered => stats.accepted += 1,
@@ -503,6 +537,51 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Turns the permanent failures `fallback` reroutes into messages planned
+    /// again on their next channel (recorded with the failed attempt, in the
+    /// same transaction: a crash loses neither).
+    async fn fall_back(
+        &self,
+        fallback: &dyn Fallback,
+        sent: &HashMap<i64, ClaimedMessage>,
+        results: &mut [Outcome],
+    ) -> StoreResult<()> {
+        let failed: Vec<ClaimedMessage> = results
+            .iter()
+            .filter(|o| {
+                o.status == MessageStatus::Failed
+                    && o.attempt.as_ref().is_some_and(|a| a.result == "permanent")
+            })
+            .filter_map(|o| sent.get(&o.message_id).cloned())
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let moves: HashMap<i64, (Channel, String)> = fallback
+            .reroute(&failed, now)
+            .await?
+            .into_iter()
+            .map(|(id, ch, addr)| (id, (ch, addr)))
+            .collect();
+        for o in results.iter_mut() {
+            let Some((channel, address)) = moves.get(&o.message_id) else {
+                continue;
+            };
+            let from = sent.get(&o.message_id).map_or(*channel, |m| m.channel);
+            o.status = MessageStatus::Planned;
+            o.retry_at = None;
+            o.reason = Some(format!(
+                "fallback to {channel}: {from} failed permanently ({})",
+                o.reason.as_deref().unwrap_or("refused")
+            ));
+            // The failed channel's links do not belong to the next one.
+            o.links.clear();
+            o.reroute = Some((*channel, address.clone()));
+        }
+        Ok(())
+    }
+
     async fn send_one(&self, msg: ClaimedMessage, out: RenderOutput) -> Outcome {
         let mut outcome = Outcome {
             message_id: msg.id,
@@ -513,6 +592,7 @@ impl Dispatcher {
             attempt: None,
             links: out.links,
             suppress_address: None,
+            reroute: None,
         };
         let Some(route) = self.routes.get(&msg.channel) else {
             outcome.reason = Some(format!("no {} channel is configured", msg.channel));

@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod dispatch;
+pub mod fallback;
 pub mod metrics;
 pub mod plan;
 pub mod policy;

@@ -38,6 +38,11 @@ impl Series {
         Self { steps, offsets }
     }
 
+    /// The campaign as step `i` plans it (its channel order), if there is such a step.
+    pub fn step(&self, i: usize) -> Option<&Campaign> {
+        self.steps.get(i)
+    }
+
     /// How many steps (1 without `[[steps]]`).
     pub fn len(&self) -> usize {
         self.steps.len()

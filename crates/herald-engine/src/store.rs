@@ -283,6 +283,9 @@ pub struct Outcome {
     pub links: Vec<LinkRecord>,
     /// Suppress this address from now on (hard bounce, unsubscribed number).
     pub suppress_address: Option<(Channel, String)>,
+    /// Move the message, planned again, to this channel and address: the
+    /// fallback after a permanent failure (status `planned`).
+    pub reroute: Option<(Channel, String)>,
 }
 
 /// One try at a provider.
@@ -506,6 +509,8 @@ pub trait Store: Send + Sync {
     async fn exited_messages(&self, event: &str, ids: &[i64]) -> StoreResult<Vec<i64>>;
     /// Of the contacts `ids`, those that match `filter` at `now`.
     async fn matching(&self, filter: &Expr, ids: &[i64], now: i64) -> StoreResult<Vec<i64>>;
+    /// Of the messages `ids`, those that already fell back once to another channel.
+    async fn fell_back(&self, ids: &[i64]) -> StoreResult<Vec<i64>>;
     /// A segment-entry pass of campaign `campaign_id` for run `run_id`: evaluates `filter`
     /// at `now` over every contact not forgotten, diffs it against the membership stored at
     /// the previous pass, stores the new one and marks the entrants with `run_id` (what

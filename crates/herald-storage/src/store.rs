@@ -660,6 +660,27 @@ impl Store for SqlStore {
             q.push(") AS x WHERE messages.id = x.column1");
             txn.execute_raw(q.build(b)).await.map_err(err)?;
 
+            // Fallbacks (rare): the message moves to its next channel, once, due now.
+            for o in chunk.iter().filter(|o| o.reroute.is_some()) {
+                let Some((channel, address)) = &o.reroute else {
+                    continue;
+                };
+                let mut q = Sql::new();
+                q.push("UPDATE messages SET fallback_from = channel, channel = ")
+                    .bind(channel.as_str().to_string())
+                    .push(", address = ")
+                    .bind(address.clone())
+                    .push(", send_at = ")
+                    .bind(now)
+                    .push(", not_before = NULL WHERE fallback_from IS NULL AND id = ")
+                    .bind(o.message_id);
+                txn.execute_raw(q.build(b)).await.map_err(err)?;
+                let mut q = Sql::new();
+                q.push("DELETE FROM links WHERE message_id = ")
+                    .bind(o.message_id);
+                txn.execute_raw(q.build(b)).await.map_err(err)?;
+            }
+
             let attempts: Vec<(i64, &AttemptRecord)> = chunk
                 .iter()
                 .filter_map(|o| o.attempt.as_ref().map(|a| (o.message_id, a)))
@@ -840,6 +861,16 @@ impl Store for SqlStore {
 
     async fn matching(&self, filter: &Expr, ids: &[i64], now: i64) -> StoreResult<Vec<i64>> {
         self.matching_impl(filter, ids, now).await
+    }
+
+    async fn fell_back(&self, ids: &[i64]) -> StoreResult<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = Sql::new();
+        q.push("SELECT id FROM messages WHERE fallback_from IS NOT NULL AND id IN ");
+        id_set(&mut q, self.b(), ids);
+        self.all(q).await?.iter().map(|r| get(r, 0)).collect()
     }
 
     async fn entry_pass(

@@ -367,6 +367,7 @@ impl Campaign {
                 ));
             }
         };
+        let raw_trigger_span = raw.trigger.as_ref().map(|t| t.span());
         let trigger = match raw.trigger {
             None => None,
             Some(t) => {
@@ -393,6 +394,17 @@ impl Campaign {
                 })
             }
         };
+        if let (Some(t), Some(_)) = (&raw_trigger_span, &raw.rollout) {
+            return Err(diag(
+                file,
+                source,
+                t.clone(),
+                "`[rollout]` needs a run that ends: a triggered campaign never does",
+            )
+            .with_help(
+                "test the variants with a scheduled campaign first, then trigger the winner",
+            ));
+        }
         let schedule = match (raw.schedule, &trigger) {
             (Some(s), _) => s,
             (None, Some(_)) => Schedule::Manual,
@@ -609,6 +621,27 @@ test_fraction = 0.2
 decide_after = "24h"
 metric = "conversion"
 "#;
+
+    #[test]
+    fn a_triggered_campaign_cannot_roll_out() {
+        let src = WINBACK
+            .replace(
+                "catch_up = \"1h\"",
+                "trigger = { event = \"app_open\" }\ncatch_up = \"1h\"",
+            )
+            .replace(
+                "schedule = { cron = \"0 0 10 * * Tue\", timezone = \"Asia/Shanghai\" }\n",
+                "",
+            );
+        let e = Campaign::parse("c.toml", &src).unwrap_err();
+        assert!(
+            e.to_string().contains("triggered campaign never does"),
+            "{e}"
+        );
+        // Without [rollout] the same trigger is fine.
+        let ok = src.split("[rollout]").next().unwrap().to_string();
+        assert!(Campaign::parse("c.toml", &ok).is_ok());
+    }
 
     #[test]
     fn the_spec_example_parses() {

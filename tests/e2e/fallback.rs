@@ -1,0 +1,135 @@
+//! Channel fallback through the real daemon and real HTTP servers: a push
+//! refused with FCM's `404 UNREGISTERED` falls back to the contact's next
+//! channel (SMS), and a fallback SMS refused for good (Twilio 21610) does not
+//! fall back again: it ends `failed`, one message per contact throughout.
+
+use std::time::{Duration, Instant};
+
+use herald_sinks::{
+    Answer, DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, FaultPlan, FcmSink, FcmSinkConfig, SmtpSink,
+    SmtpSinkConfig, TwilioSink, TwilioSinkConfig,
+};
+use herald_tests::{Backend, TestDb};
+use sea_orm::{ConnectionTrait, Database, Statement};
+
+use crate::setup;
+
+async fn scalar(db: &TestDb, sql: &str) -> i64 {
+    let conn = Database::connect(&db.url).await.expect("connect");
+    let row = conn
+        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await
+        .expect("query")
+        .expect("row");
+    row.try_get_by_index::<i64>(0).expect("i64")
+}
+
+async fn a_permanent_failure_falls_back_once(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let smtp = SmtpSink::start(SmtpSinkConfig::default())
+        .await
+        .expect("smtp");
+    // The first two pushes: the token is unregistered.
+    let fcm = FcmSink::start(FcmSinkConfig {
+        plan: FaultPlan::script([Answer::DeadAddress, Answer::DeadAddress]),
+        ..Default::default()
+    })
+    .await
+    .expect("fcm");
+    // The first SMS: the number unsubscribed (a permanent refusal too).
+    let twilio = TwilioSink::start(TwilioSinkConfig {
+        plan: FaultPlan::script([Answer::DeadAddress]),
+        ..Default::default()
+    })
+    .await
+    .expect("twilio");
+    p.write(
+        "config/herald.toml",
+        &format!(
+            "[tracking]\npublic_url = \"https://t.example.com\"\nlisten = \"127.0.0.1:0\"\n\n\
+             [channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"Shop <news@example.com>\"\n\n\
+             [channels.sms]\nprovider = \"twilio\"\nbase_url = \"{}\"\naccount_sid_env = \"TW_SID\"\nauth_token_env = \"TW_TOKEN\"\nfrom = \"+15005550006\"\n\n\
+             [channels.push]\nprovider = \"fcm\"\nbase_url = \"{}\"\nproject_id = \"{}\"\ncredentials_env = \"FCM_KEY\"\n\n\
+             [dispatch]\nbatch = 10\nlease = \"5s\"\n",
+            smtp.addr().port(),
+            twilio.base_url(),
+            fcm.base_url(),
+            fcm.project_id()
+        ),
+    );
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    p.write(
+        "config/campaigns/notice.toml",
+        &format!(
+            "name = \"notice\"\nkind = \"transactional\"\nwhere = 'email contains \"@\"'\nchannels = [\"push\", \"sms\", \"email\"]\nschedule = {{ at = \"{}\" }}\ncatch_up = \"1h\"\n\n\
+             [[variants]]\nname = \"a\"\npush = {{ title = \"Notice\", template = \"n/a.push.hbs\" }}\nsms = {{ template = \"n/a.sms.hbs\" }}\nemail = {{ subject = \"Notice\", template = \"n/a.email.hbs\" }}\n",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    );
+    p.write("templates/n/a.push.hbs", "Your order shipped\n");
+    p.write("templates/n/a.sms.hbs", "Your order shipped\n");
+    p.write("templates/n/a.email.hbs", "<p>Your order shipped</p>\n");
+    let mut csv = String::from("external_id,email,phone,consent_sms,push_token,push_platform\n");
+    for i in 0..4 {
+        csv.push_str(&format!(
+            "u{i},u{i}@example.com,+1415555010{i},true,tok-{i},android\n"
+        ));
+    }
+    p.write("contacts.csv", &csv);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let key = fcm.credentials_json();
+    let env = [
+        ("TW_SID", DEMO_ACCOUNT_SID),
+        ("TW_TOKEN", DEMO_AUTH_TOKEN),
+        ("FCM_KEY", key.as_str()),
+    ];
+    let mut daemon = p.spawn_with_env(&db, "daemon", &["run"], &env);
+    let t0 = Instant::now();
+    loop {
+        let settled = scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status NOT IN ('planned', 'sending')",
+        )
+        .await;
+        if settled == 4 {
+            break;
+        }
+        let (out, err) = p.output_of("daemon");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{settled} of 4 settled\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    daemon.kill().expect("kill");
+    let _ = tokio::task::block_in_place(|| daemon.wait());
+
+    // Two pushes went through; two fell back to SMS, of which one went through.
+    assert_eq!(fcm.count(), 2);
+    assert_eq!(twilio.count(), 1);
+    assert_eq!(smtp.count(), 0, "a fallback never falls back again");
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM messages").await, 4);
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE fallback_from = 'push' AND channel = 'sms'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status = 'failed' AND channel = 'sms' AND fallback_from = 'push'"
+        )
+        .await,
+        1
+    );
+    // Every try is on record: 4 pushes and 2 SMS.
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM attempts").await, 6);
+}
+
+on_both_databases!(a_permanent_failure_falls_back_once);
