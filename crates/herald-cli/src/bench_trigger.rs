@@ -55,24 +55,30 @@ pub async fn run(
         .current_dir(dir.path())
         .args(["run", "--name", "bench-trigger"])
         .env("HERALD_BENCH_EVENTS_TOKEN", TOKEN)
+        .env("HERALD_SECRET", "bench-trigger-secret-0123456789abcdef")
         .env_remove("HERALD_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start the daemon")?;
     let stdout = child.stdout.take().context("daemon stdout")?;
-    let addr = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.strip_prefix("tracking server on http://")
-                    .and_then(|r| r.split_whitespace().next())
-                    .map(str::to_string)
-            })
-    })
-    .await?
-    .context("the daemon did not print its tracking address")?;
+    // Read the daemon's output to its end (a closed pipe would kill it), handing on its address.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .strip_prefix("tracking server on http://")
+                .and_then(|r| r.split_whitespace().next())
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .await
+        .context("the daemon did not print its tracking address")?;
     // The daemon reacts to events that arrive once it has seen the campaign.
     let t0 = Instant::now();
     while scalar(&db, "SELECT COUNT(*) FROM trigger_cursors").await? == 0 {
@@ -118,7 +124,9 @@ pub async fn run(
     }
     let posting = started.elapsed().as_secs_f64();
     // Wait for every triggered message to be settled.
+    // (Contacts without an email address get no message: stop when the count holds still.)
     let t0 = Instant::now();
+    let mut last = (-1, 0);
     loop {
         let pending = scalar(
             &db,
@@ -126,7 +134,12 @@ pub async fn run(
         )
         .await?;
         let planned = scalar(&db, "SELECT COUNT(*) FROM messages").await?;
-        if pending == 0 && planned as usize >= total {
+        last = if planned == last.0 {
+            (planned, last.1 + 1)
+        } else {
+            (planned, 0)
+        };
+        if pending == 0 && (planned as usize >= total || last.1 >= 10) {
             break;
         }
         if t0.elapsed() > Duration::from_secs(120) {
