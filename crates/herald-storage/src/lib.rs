@@ -21,6 +21,8 @@ pub mod segment_bench;
 pub mod segment_sql;
 pub mod sql;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_db;
 pub mod tracking;
 
 pub use db::{Backend, Db};

@@ -411,10 +411,11 @@ fn float(r: &QueryResult, i: usize) -> Result<Option<f64>, PersonaliseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_db::on_both_databases;
 
     use herald_domain::config::Timezone;
     use herald_domain::segment::parse;
-    use sea_orm::{Database, Value};
+    use sea_orm::Value;
     use serde_json::json;
 
     use crate::segment_sql::count_sql;
@@ -529,102 +530,6 @@ mod tests {
 
     // -----------------------------------------------------------------------
     // Both databases.
-
-    /// A migrated database for one test; a PostgreSQL one is dropped by [`TestDb::finish`].
-    struct TestDb {
-        db: Db,
-        _dir: tempfile::TempDir,
-        pg: Option<(String, String)>,
-    }
-
-    impl TestDb {
-        async fn new(backend: DbBackend) -> Option<TestDb> {
-            let dir = tempfile::tempdir().unwrap();
-            if backend == DbBackend::Sqlite {
-                let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
-                let db = Db::connect(&url).await.unwrap();
-                return Some(TestDb {
-                    db,
-                    _dir: dir,
-                    pg: None,
-                });
-            }
-            let admin = std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| {
-                "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into()
-            });
-            let conn = match Database::connect(&admin).await {
-                Ok(c) => c,
-                Err(e) => {
-                    assert!(
-                        std::env::var("HERALD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                        "PostgreSQL is required (HERALD_REQUIRE_POSTGRES=1) but {admin} is unreachable: {e}"
-                    );
-                    eprintln!("\n!!! SKIPPING the PostgreSQL half: {admin} is unreachable ({e})\n");
-                    return None;
-                }
-            };
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let name = format!(
-                "herald_personalise_{}_{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            );
-            conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
-                .await
-                .unwrap();
-            let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
-            let cut = base.rfind('/').map_or(base.len(), |i| i + 1);
-            let url = if query.is_empty() {
-                format!("{}{name}", &base[..cut])
-            } else {
-                format!("{}{name}?{query}", &base[..cut])
-            };
-            let db = Db::connect(&url).await.unwrap();
-            Some(TestDb {
-                db,
-                _dir: dir,
-                pg: Some((admin, name)),
-            })
-        }
-
-        async fn finish(self) {
-            if let Some((admin, name)) = self.pg {
-                drop(self.db);
-                if let Ok(conn) = Database::connect(&admin).await {
-                    let _ = conn
-                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            }
-        }
-    }
-
-    /// Runs `$name(&Db)` on SQLite and on PostgreSQL.
-    macro_rules! on_both_databases {
-        ($($name:ident),* $(,)?) => {$(
-            mod $name {
-                #[tokio::test]
-                async fn sqlite() {
-                    super::both(sea_orm::DbBackend::Sqlite, |db| Box::pin(super::$name(db))).await
-                }
-                #[tokio::test]
-                async fn postgres() {
-                    super::both(sea_orm::DbBackend::Postgres, |db| Box::pin(super::$name(db))).await
-                }
-            }
-        )*};
-    }
-
-    type TestFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
-
-    async fn both(backend: DbBackend, test: impl for<'a> Fn(&'a Db) -> TestFuture<'a>) {
-        let Some(t) = TestDb::new(backend).await else {
-            return;
-        };
-        test(&t.db).await;
-        t.finish().await;
-    }
 
     /// A contact to insert: id, time zone, created (ms), events (name, at, value, properties).
     struct C {

@@ -14,10 +14,11 @@ use herald_engine::plan::HOLDOUT_ARM;
 use herald_engine::rollout::{Decision, Release, Roller, RolloutStore, WAITING_ARM};
 use herald_engine::store::Store;
 use herald_engine::{Engine, FixedClock};
-use sea_orm::{ConnectionTrait, Database, DbBackend};
+use sea_orm::ConnectionTrait;
 
 use crate::Db;
 use crate::store::SqlStore;
+use crate::test_db::on_both_databases;
 
 /// 2026-11-01T10:00:00Z.
 const T0: i64 = 1_793_527_200_000;
@@ -45,68 +46,6 @@ name = "b"
 send_time = { hour = 20 }
 email = { subject = "s", template = "b.email.hbs" }
 "#;
-
-struct TestDb {
-    db: Db,
-    _dir: tempfile::TempDir,
-    pg: Option<(String, String)>,
-}
-
-impl TestDb {
-    async fn new(backend: DbBackend) -> Option<TestDb> {
-        let dir = tempfile::tempdir().unwrap();
-        if backend == DbBackend::Sqlite {
-            let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
-            let db = Db::connect(&url).await.unwrap();
-            return Some(TestDb {
-                db,
-                _dir: dir,
-                pg: None,
-            });
-        }
-        let admin = std::env::var("HERALD_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into());
-        let conn = match Database::connect(&admin).await {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    std::env::var("HERALD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                    "PostgreSQL is required (HERALD_REQUIRE_POSTGRES=1) but {admin} is unreachable: {e}"
-                );
-                eprintln!("\n!!! SKIPPING the PostgreSQL half: {admin} is unreachable ({e})\n");
-                return None;
-            }
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let name = format!("herald_rollout_{}_{nanos}", std::process::id());
-        conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
-        let cut = base.rfind('/').map_or(base.len(), |i| i + 1);
-        let url = format!("{}{name}?{query}", &base[..cut]);
-        let db = Db::connect(&url).await.unwrap();
-        Some(TestDb {
-            db,
-            _dir: dir,
-            pg: Some((admin, name)),
-        })
-    }
-
-    async fn finish(self) {
-        if let Some((admin, name)) = self.pg {
-            drop(self.db);
-            if let Ok(conn) = Database::connect(&admin).await {
-                let _ = conn
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            }
-        }
-    }
-}
 
 async fn exec(db: &Db, sql: &str) {
     db.conn.execute_unprepared(sql).await.expect(sql);
@@ -380,31 +319,6 @@ async fn rollout_decides_once_and_releases_the_rest_to_the_winner(db: &Db) {
         .await,
         1
     );
-}
-
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::both(sea_orm::DbBackend::Sqlite, |db| Box::pin(super::$name(db))).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::both(sea_orm::DbBackend::Postgres, |db| Box::pin(super::$name(db))).await
-            }
-        }
-    )*};
-}
-
-type TestFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
-
-async fn both(backend: DbBackend, test: impl for<'a> Fn(&'a Db) -> TestFuture<'a>) {
-    let Some(t) = TestDb::new(backend).await else {
-        return;
-    };
-    test(&t.db).await;
-    t.finish().await;
 }
 
 on_both_databases!(rollout_decides_once_and_releases_the_rest_to_the_winner);
