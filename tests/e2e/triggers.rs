@@ -1,8 +1,8 @@
 //! Event-triggered campaigns and series through the real daemon and a real
 //! SMTP server: one message per (contact, triggering event, step) with every
 //! event imported twice and the daemon killed between the steps; the trigger's
-//! `where` decides who gets it; an `exit` event cancels the steps still pending,
-//! with its reason recorded.
+//! `where` decides who gets it; an `exit` event, or leaving the audience,
+//! cancels the steps still pending, with the reason recorded.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ fn project(p: &Project, port: u16) {
     // A welcome series: now, then 4 s later unless the contact activated.
     p.write(
         "config/campaigns/welcome.toml",
-        "name = \"welcome\"\nkind = \"transactional\"\nwhere = 'email contains \"@\"'\nchannels = [\"email\"]\ntrigger = { event = \"signup\", delay = \"0s\", where = 'attrs.plan == \"free\"' }\nexit = { event = \"activated\" }\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Welcome {{contact.external_id}}\", template = \"w/0.email.hbs\" }\n\n[[steps]]\ndelay = \"4s\"\nemail = { subject = \"Day two {{contact.external_id}}\", template = \"w/1.email.hbs\" }\n",
+        "name = \"welcome\"\nkind = \"transactional\"\nwhere = 'email contains \"@\" and not has_tag(\"closed\")'\nchannels = [\"email\"]\ntrigger = { event = \"signup\", delay = \"0s\", where = 'attrs.plan == \"free\"' }\nexit = { event = \"activated\" }\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Welcome {{contact.external_id}}\", template = \"w/0.email.hbs\" }\n\n[[steps]]\ndelay = \"4s\"\nemail = { subject = \"Day two {{contact.external_id}}\", template = \"w/1.email.hbs\" }\n",
     );
     p.write("templates/w/0.email.hbs", "<p>Welcome</p>\n");
     p.write("templates/w/1.email.hbs", "<p>Still there?</p>\n");
@@ -136,6 +136,13 @@ async fn series_once_per_event_and_step_with_exit(backend: Backend) {
     );
     p.herald(&db, &["import", "events", "activated.ndjson"])
         .expect_code(0);
+    // u2 closes their account: no longer in the audience, the second step is cancelled.
+    p.write(
+        "closed.csv",
+        "external_id,email,tags\nu2,u2@example.com,closed\n",
+    );
+    p.herald(&db, &["import", "contacts", "closed.csv"])
+        .expect_code(0);
     // The daemon dies between the steps and comes back.
     daemon.kill().expect("SIGKILL");
     let _ = tokio::task::block_in_place(|| daemon.wait());
@@ -164,16 +171,28 @@ async fn series_once_per_event_and_step_with_exit(backend: Backend) {
     assert_eq!(
         scalar(
             &db,
+            "SELECT COUNT(*) FROM messages WHERE status = 'cancelled' AND reason = 'no longer in the audience' AND step = 1"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &db,
             "SELECT COUNT(*) FROM runs WHERE origin = 'trigger' AND state = 'running'"
         )
         .await,
         1
     );
-    // Counted at the receiving server: two emails each, one for u1, none for the pro contact.
+    // Counted at the receiving server: two emails each, one for u1 and u2, none for the pro contact.
     let per = sink.per_recipient();
     assert_eq!(per.len(), 9, "{per:?}");
     for (to, n) in &per {
-        let want = if to.contains("u1@") { 1 } else { 2 };
+        let want = if to.contains("u1@") || to.contains("u2@") {
+            1
+        } else {
+            2
+        };
         assert_eq!(*n, want, "{to} received {n}");
     }
     assert!(!per.keys().any(|k| k.contains("u9@")));
