@@ -12,6 +12,18 @@ use crate::segment_sql::{
 };
 use crate::sql::Sql;
 
+/// ` AND c.id IN (...)` for a list of contact ids.
+fn in_list(q: &mut Sql, list: &[i64]) {
+    q.push(" AND c.id IN (");
+    for (i, id) in list.iter().enumerate() {
+        if i > 0 {
+            q.push(",");
+        }
+        q.bind(*id);
+    }
+    q.push(if list.is_empty() { "NULL)" } else { ")" });
+}
+
 /// The first window, in contact ids, is this many times the page size.
 const FIRST_SPAN_PER_ROW: i64 = 1;
 /// Windows grow (doubling) up to this many contact ids while they come back short.
@@ -24,6 +36,8 @@ pub enum PagerStep {
     MaxId(Sql),
     /// A page query: rows as `audience_page` reads them; pass their number to [`AudiencePager::done`].
     Page(Sql),
+    /// `SELECT` the next entrants' contact ids (one BIGINT a row); pass them to [`AudiencePager::set_ids`].
+    Ids(Sql),
 }
 
 /// Plans the queries of one audience page.
@@ -44,6 +58,8 @@ pub struct AudiencePager<'a> {
     /// The upper end of the window in flight and how many rows it was asked for.
     in_flight: Option<(i64, usize)>,
     finished: bool,
+    /// With [`Scope::Entrants`]: the batch of entrants being read, and whether it was the last.
+    entrants: Option<(Vec<i64>, bool)>,
 }
 
 impl<'a> AudiencePager<'a> {
@@ -71,6 +87,7 @@ impl<'a> AudiencePager<'a> {
             span: (i64::from(limit) * FIRST_SPAN_PER_ROW).max(1),
             in_flight: None,
             finished: limit == 0,
+            entrants: None,
         })
     }
 
@@ -80,6 +97,27 @@ impl<'a> AudiencePager<'a> {
             return None;
         }
         let want = self.limit - have;
+        if let Scope::Entrants {
+            campaign_id,
+            run_id,
+        } = self.scope
+        {
+            // Entrants are few and scattered: read them by id, not by windows of the base.
+            if self.entrants.is_none() {
+                let mut q = Sql::new();
+                q.push("SELECT contact_id FROM entry_members WHERE campaign_id = ")
+                    .bind(*campaign_id)
+                    .push(" AND entered_run = ")
+                    .bind(*run_id)
+                    .push(" AND contact_id > ")
+                    .bind(self.after)
+                    .push(" ORDER BY contact_id LIMIT ")
+                    .bind(want as i64);
+                self.in_flight = Some((0, want));
+                return Some(PagerStep::Ids(q));
+            }
+            return self.page(None, want).ok().map(PagerStep::Page);
+        }
         if !self.windowed {
             self.finished = true;
             return self.page(None, want).ok().map(PagerStep::Page);
@@ -100,6 +138,17 @@ impl<'a> AudiencePager<'a> {
         }
     }
 
+    /// Records the next entrants' ids (ascending); none left ends the pages.
+    pub fn set_ids(&mut self, ids: Vec<i64>) {
+        let asked = self.in_flight.take().map_or(0, |(_, want)| want);
+        if ids.is_empty() {
+            self.finished = true;
+        } else {
+            let last = ids.len() < asked;
+            self.entrants = Some((ids, last));
+        }
+    }
+
     /// Records the highest contact id.
     pub fn set_max_id(&mut self, id: i64) {
         self.max_id = Some(id);
@@ -107,6 +156,13 @@ impl<'a> AudiencePager<'a> {
 
     /// Records that the last page query returned `found` rows.
     pub fn done(&mut self, found: usize) {
+        if let Some((ids, last)) = self.entrants.take() {
+            self.after = ids.last().copied().unwrap_or(self.after);
+            // Entrants outside the audience make a short page: read on unless these were the last.
+            self.finished = last;
+            let _ = found;
+            return;
+        }
         match self.in_flight.take() {
             Some((up_to, want)) if found < want => {
                 // The window is exhausted; a sparse audience earns a wider next window.
@@ -123,8 +179,10 @@ impl<'a> AudiencePager<'a> {
             after: self.after,
             up_to,
         });
-        let compiled = match self.scope {
-            Scope::Contacts(list) => compile_ids(self.filter, self.ctx, list)?,
+        let batch = self.entrants.as_ref().map(|(ids, _)| ids.as_slice());
+        let compiled = match (self.scope, batch) {
+            (Scope::Contacts(list), _) => compile_ids(self.filter, self.ctx, list)?,
+            (Scope::Entrants { .. }, Some(list)) => compile_ids(self.filter, self.ctx, list)?,
             _ => compile_range(self.filter, self.ctx, ids)?,
         };
         let mut q = Sql::new();
@@ -157,28 +215,24 @@ impl<'a> AudiencePager<'a> {
         if let Some(up_to) = up_to {
             q.push(" AND c.id <= ").bind(up_to);
         }
-        match self.scope {
-            Scope::All => {}
-            Scope::Contacts(list) => {
-                q.push(" AND c.id IN (");
-                for (i, id) in list.iter().enumerate() {
-                    if i > 0 {
-                        q.push(",");
-                    }
-                    q.bind(*id);
-                }
-                q.push(if list.is_empty() { "NULL)" } else { ")" });
-            }
-            Scope::Entrants {
-                campaign_id,
-                run_id,
-            } => {
-                q.push(" AND c.id IN (SELECT em.contact_id FROM entry_members em WHERE em.campaign_id = ")
-                    .bind(*campaign_id)
-                    .push(" AND em.entered_run = ")
-                    .bind(*run_id)
-                    .push(")");
-            }
+        let listed = match self.scope {
+            Scope::Contacts(list) => Some(list.as_slice()),
+            _ => batch,
+        };
+        if let Some(list) = listed {
+            in_list(&mut q, list);
+        } else if let Scope::Entrants {
+            campaign_id,
+            run_id,
+        } = self.scope
+        {
+            q.push(
+                " AND c.id IN (SELECT em.contact_id FROM entry_members em WHERE em.campaign_id = ",
+            )
+            .bind(*campaign_id)
+            .push(" AND em.entered_run = ")
+            .bind(*run_id)
+            .push(")");
         }
         q.push(" AND ");
         append(&mut q, compiled.cond);

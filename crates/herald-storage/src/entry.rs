@@ -281,6 +281,7 @@ mod tests {
     on_both_databases!(
         first_pass_is_a_baseline,
         an_attribute_change_enters_and_is_planned,
+        entrants_are_paged_by_id_past_those_outside_the_audience,
         time_alone_moves_contacts_in,
         leaving_then_returning_enters_again,
         the_same_run_twice_changes_nothing,
@@ -442,6 +443,48 @@ mod tests {
             .await
             .unwrap();
         assert!(none.is_empty(), "{none:?}");
+    }
+
+    /// Entrants are read in pages of their ids; a page whose entrants the campaign's
+    /// audience does not hold comes back short, and the next page still follows.
+    async fn entrants_are_paged_by_id_past_those_outside_the_audience(db: &Db) {
+        for id in 1..=7 {
+            contact(
+                db,
+                id,
+                json!({"plan": "free", "region": if id % 2 == 0 { "eu" } else { "us" }}),
+            )
+            .await;
+        }
+        assert_eq!(pass(db, 10, PRO, NOW).await, figures(0, 0, 0, true));
+        for id in 1..=7 {
+            set_attrs(
+                db,
+                id,
+                json!({"plan": "pro", "region": if id % 2 == 0 { "eu" } else { "us" }}),
+            )
+            .await;
+        }
+        assert_eq!(pass(db, 11, PRO, NOW + 1).await, figures(7, 7, 0, false));
+        let store = SqlStore::new(db.clone());
+        let scope = Scope::Entrants {
+            campaign_id: CAMPAIGN,
+            run_id: 11,
+        };
+        // The campaign's audience: the entrants in the US only (1, 3, 5, 7).
+        let audience = parse(r#"attrs.region == "us""#).unwrap();
+        let (mut after, mut got) = (0, Vec::new());
+        loop {
+            let page = store
+                .audience_in(&audience, NOW + 1, None, &scope, after, 2, None)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            assert!(page.len() <= 2);
+            after = last.contact_id;
+            got.extend(page.iter().map(|m| m.contact_id));
+        }
+        assert_eq!(got, vec![1, 3, 5, 7]);
     }
 
     async fn time_alone_moves_contacts_in(db: &Db) {

@@ -324,6 +324,12 @@ impl Store for SqlStore {
                     pager.set_max_id(rows.first().map_or(Ok(0), |r| get(r, 0))?);
                     continue;
                 }
+                PagerStep::Ids(q) => {
+                    let rows = self.all(q).await?;
+                    let ids = rows.iter().map(|r| get(r, 0)).collect::<StoreResult<_>>()?;
+                    pager.set_ids(ids);
+                    continue;
+                }
                 PagerStep::Page(q) => q,
             };
             let rows = self.all(q).await?;
