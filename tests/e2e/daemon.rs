@@ -58,6 +58,22 @@ async fn scalar(db: &TestDb, sql: &str) -> i64 {
     row.try_get_by_index::<i64>(0).expect("i64")
 }
 
+/// Waits until the daemon `name` says it is running (its signal handler is then in place).
+async fn wait_started(p: &Project, name: &str) {
+    let t0 = Instant::now();
+    loop {
+        let (out, err) = p.output_of(name);
+        if out.contains("SIGINT or SIGTERM stops it") {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "daemon `{name}` never started\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn term(child: &mut std::process::Child) -> i32 {
     let ok = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -230,6 +246,9 @@ async fn sigkill_at_random_moments_never_sends_twice(backend: Backend) {
     );
     let mut last = p.spawn(&db, "last", &["run"]);
     wait_done(&db, CRASH_AUDIENCE as i64, Duration::from_secs(300)).await;
+    // The killed daemons may have finished the run already: SIGTERM only once this one
+    // is up (before its handler is installed, SIGTERM just kills it).
+    wait_started(&p, "last").await;
     let (out, err) = p.output_of("last");
     assert_eq!(term(&mut last), 0, "{out}\n{err}");
 

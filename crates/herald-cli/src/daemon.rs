@@ -245,12 +245,21 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             }
         }));
     }
+    // Listen for SIGTERM before saying we run: one in between would kill us, undrained.
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     println!(
         "herald daemon `{owner}`: {} campaign(s), {} worker(s); SIGINT or SIGTERM stops it",
         config.campaigns.len(),
         workers.len()
     );
 
+    #[cfg(unix)]
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    #[cfg(not(unix))]
     serve::shutdown_signal().await;
     eprintln!("stopping: finishing the messages in hand");
     let _ = stop_tx.send(true);
