@@ -155,6 +155,18 @@ fn message(
     )
 }
 
+/// Inserts rows made by [`message`].
+async fn insert_messages(db: &Db, rows: &[String]) {
+    exec(
+        db,
+        &format!(
+            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, sent_at, delivered_at, complained_at, opened_at, open_count, machine_opened_at, click_count, clicked_at, unsubscribed_at, converted_at, revenue, secondary, created_at, updated_at) VALUES {}",
+            rows.join(", ")
+        ),
+    )
+    .await;
+}
+
 /// Two runs of `winback` and one of another campaign (never counted).
 async fn fixture(db: &Db) {
     exec(
@@ -370,14 +382,7 @@ async fn fixture(db: &Db) {
             None,
         ),
     ];
-    exec(
-        db,
-        &format!(
-            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, sent_at, delivered_at, complained_at, opened_at, open_count, machine_opened_at, click_count, clicked_at, unsubscribed_at, converted_at, revenue, secondary, created_at, updated_at) VALUES {}",
-            rows.join(", ")
-        ),
-    )
-    .await;
+    insert_messages(db, &rows).await;
 }
 
 fn campaign() -> Campaign {
@@ -699,14 +704,7 @@ async fn report_cuts_a_triggered_run_by_trigger_instant(backend: DbBackend) {
             )
         })
         .collect();
-    exec(
-        &t.db,
-        &format!(
-            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, sent_at, delivered_at, complained_at, opened_at, open_count, machine_opened_at, click_count, clicked_at, unsubscribed_at, converted_at, revenue, secondary, created_at, updated_at) VALUES {}",
-            rows.join(", ")
-        ),
-    )
-    .await;
+    insert_messages(&t.db, &rows).await;
     // Two triggered on day 1, three on day 5; distinct trigger ids keep them apart.
     exec(
         &t.db,
