@@ -160,7 +160,6 @@ impl<'a> AudiencePager<'a> {
             self.after = ids.last().copied().unwrap_or(self.after);
             // Entrants outside the audience make a short page: read on unless these were the last.
             self.finished = last;
-            let _ = found;
             return;
         }
         match self.in_flight.take() {
@@ -219,20 +218,9 @@ impl<'a> AudiencePager<'a> {
             Scope::Contacts(list) => Some(list.as_slice()),
             _ => batch,
         };
+        // Scope::Entrants pages always hold a batch of entrant ids (see `next_query`).
         if let Some(list) = listed {
             in_list(&mut q, list);
-        } else if let Scope::Entrants {
-            campaign_id,
-            run_id,
-        } = self.scope
-        {
-            q.push(
-                " AND c.id IN (SELECT em.contact_id FROM entry_members em WHERE em.campaign_id = ",
-            )
-            .bind(*campaign_id)
-            .push(" AND em.entered_run = ")
-            .bind(*run_id)
-            .push(")");
         }
         q.push(" AND ");
         append(&mut q, compiled.cond);
