@@ -15,11 +15,13 @@ use crate::dispatch::Fallback;
 use crate::plan::fallback_channel;
 use crate::series::Series;
 use crate::store::{AudienceMember, ClaimedMessage, Scope, Store, StoreResult};
+use crate::trigger::RunCampaigns;
 
 /// [`Fallback`] over the configured campaigns.
 pub struct CampaignFallback {
     store: Arc<dyn Store>,
     config: Arc<ConfigSet>,
+    runs: RunCampaigns,
 }
 
 impl CampaignFallback {
@@ -31,7 +33,13 @@ impl CampaignFallback {
                     .iter()
                     .any(|s| s.channels.as_ref().is_some_and(|ch| ch.len() > 1))
         });
-        needed.then(|| Arc::new(Self { store, config }) as Arc<dyn Fallback>)
+        needed.then(|| {
+            Arc::new(Self {
+                store,
+                config,
+                runs: RunCampaigns::default(),
+            }) as Arc<dyn Fallback>
+        })
     }
 }
 
@@ -50,7 +58,7 @@ impl Fallback for CampaignFallback {
         }
         let mut out = Vec::new();
         for (run_id, msgs) in by_run {
-            let Some(name) = self.store.run_campaign(run_id).await? else {
+            let Some(name) = self.runs.name(self.store.as_ref(), run_id).await? else {
                 continue;
             };
             let Some(campaign) = self.config.campaigns.get(&name) else {

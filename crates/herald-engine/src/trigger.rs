@@ -364,12 +364,32 @@ impl TriggerPlanner {
     }
 }
 
+/// Run id to campaign name, read once per run: a run never changes campaign,
+/// and the gate and the fallback ask for every claimed batch.
+#[derive(Default)]
+pub struct RunCampaigns(std::sync::Mutex<HashMap<i64, Option<String>>>);
+
+impl RunCampaigns {
+    /// The name of the campaign of run `run_id`.
+    pub async fn name(&self, store: &dyn Store, run_id: i64) -> StoreResult<Option<String>> {
+        if let Some(name) = self.0.lock().ok().and_then(|m| m.get(&run_id).cloned()) {
+            return Ok(name);
+        }
+        let name = store.run_campaign(run_id).await?;
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(run_id, name.clone());
+        }
+        Ok(name)
+    }
+}
+
 /// Of `claimed`, the messages that must not go out, with why: their contact did
 /// the campaign's `exit` event since the trigger (or the run), or, for a
 /// triggered campaign, no longer matches its audience.
 pub async fn gate(
     store: &dyn Store,
     config: &ConfigSet,
+    runs: &RunCampaigns,
     claimed: &[ClaimedMessage],
     now: i64,
 ) -> StoreResult<Vec<(i64, String)>> {
@@ -379,7 +399,7 @@ pub async fn gate(
     }
     let mut out = Vec::new();
     for (run_id, msgs) in by_run {
-        let Some(name) = store.run_campaign(run_id).await? else {
+        let Some(name) = runs.name(store, run_id).await? else {
             continue;
         };
         let Some(campaign) = config.campaigns.get(&name) else {
@@ -421,6 +441,7 @@ pub async fn gate(
 pub struct CampaignGate {
     store: Arc<dyn Store>,
     config: Arc<ConfigSet>,
+    runs: RunCampaigns,
 }
 
 impl CampaignGate {
@@ -430,13 +451,19 @@ impl CampaignGate {
             .campaigns
             .values()
             .any(|c| c.exit.is_some() || c.trigger.is_some());
-        needed.then(|| Arc::new(Self { store, config }) as Arc<dyn Gate>)
+        needed.then(|| {
+            Arc::new(Self {
+                store,
+                config,
+                runs: RunCampaigns::default(),
+            }) as Arc<dyn Gate>
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl Gate for CampaignGate {
     async fn check(&self, claimed: &[ClaimedMessage], now: i64) -> StoreResult<Vec<(i64, String)>> {
-        gate(self.store.as_ref(), &self.config, claimed, now).await
+        gate(self.store.as_ref(), &self.config, &self.runs, claimed, now).await
     }
 }
