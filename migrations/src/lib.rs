@@ -13,6 +13,7 @@ mod m20261127_000002_triggers;
 mod m20261127_000003_rollout_release;
 mod m20261127_000004_entry;
 mod m20261127_000005_fallback;
+mod m20261201_000001_import_speed;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_rollout_release::Migration),
             Box::new(m20261127_000004_entry::Migration),
             Box::new(m20261127_000005_fallback::Migration),
+            Box::new(m20261201_000001_import_speed::Migration),
         ]
     }
 }
