@@ -161,26 +161,48 @@ impl Engine {
             }
             _ => Scope::All,
         };
-        let mut after = self.store.last_planned_contact(run.id).await?;
+        let first = self.store.last_planned_contact(run.id).await?;
         let mut stats = PlanStats::default();
-        while let Some((last, rows)) = self
-            .decide_page(campaign, &scope, run.id, run.now_at, after)
-            .await?
-        {
-            after = last;
-            if !self
-                .store
-                .claim_planning(run.id, &self.owner, lease(), self.clock.now_ms())
+        // Reading and deciding the next page overlaps writing this one: two
+        // connections, two cores. One page waits at most, so memory stays
+        // two pages whatever the audience; pages are written in order, so a
+        // plan resumes after the last contact written.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<PlannedMessage>>(1);
+        let read = async move {
+            let mut after = first;
+            while let Some((last, rows)) = self
+                .decide_page(campaign, &scope, run.id, run.now_at, after)
                 .await?
             {
-                // Our lease lapsed and another daemon took over: it finishes the plan.
-                return Ok(stats);
+                after = last;
+                if tx.send(rows).await.is_err() {
+                    break; // the writer stopped: its lease lapsed
+                }
             }
-            self.store
-                .insert_planned(run.id, run.campaign_id, &rows, self.clock.now_ms())
-                .await?;
-            stats.members += rows.len() as u64;
+            Ok::<(), EngineError>(())
+        };
+        let write = async {
+            while let Some(rows) = rx.recv().await {
+                if !self
+                    .store
+                    .claim_planning(run.id, &self.owner, lease(), self.clock.now_ms())
+                    .await?
+                {
+                    // Our lease lapsed and another daemon took over: it finishes the plan.
+                    return Ok(false);
+                }
+                self.store
+                    .insert_planned(run.id, run.campaign_id, &rows, self.clock.now_ms())
+                    .await?;
+                stats.members += rows.len() as u64;
+            }
+            Ok::<bool, EngineError>(true)
+        };
+        let (read, write) = tokio::join!(read, write);
+        if !write? {
+            return Ok(stats);
         }
+        read?;
         self.store
             .finish_planning(run.id, self.clock.now_ms())
             .await?;

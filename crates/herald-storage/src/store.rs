@@ -22,6 +22,7 @@ use crate::personalise::{Subject, personalise};
 use crate::segment_sql::SegmentContext;
 use crate::sql::{Sql, stmt};
 
+mod pg_bulk;
 mod triggers;
 
 /// The engine's store over a [`Db`].
@@ -443,6 +444,9 @@ impl Store for SqlStore {
         now: i64,
     ) -> StoreResult<()> {
         let b = self.b();
+        if b == DbBackend::Postgres {
+            return pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, now).await;
+        }
         for chunk in rows.chunks(INSERT_CHUNK) {
             let mut q = Sql::new();
             q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) VALUES ");
@@ -626,6 +630,15 @@ impl Store for SqlStore {
             return Ok(());
         }
         let b = self.b();
+        // PostgreSQL takes a batch as arrays in one statement; reroutes and
+        // suppressed addresses (rare) take the portable path below.
+        if b == DbBackend::Postgres
+            && outcomes
+                .iter()
+                .all(|o| o.reroute.is_none() && o.suppress_address.is_none())
+        {
+            return pg_bulk::record_outcomes(&self.db, outcomes, now).await;
+        }
         let txn = self.db.conn.begin().await.map_err(err)?;
         // A provider receipt (Twilio's status callback) can outrun this write:
         // `sent` never overwrites the later `delivered`, `bounced` or `failed`.

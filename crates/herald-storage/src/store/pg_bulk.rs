@@ -1,0 +1,164 @@
+//! PostgreSQL's dispatch writes as array parameters (`UNNEST`): a batch of a
+//! thousand messages is one statement with one bound value a column, not a
+//! `VALUES` list of eight thousand. The backend parses and plans a short
+//! statement once (sqlx prepares it once a connection), and herald encodes
+//! the arrays straight from the rows instead of building a `Value` per cell.
+//! The SQL is the same as the portable statements in `store.rs`; SQLite keeps
+//! those (its anonymous placeholders are cheap, and it has no arrays).
+
+use herald_domain::types::MessageStatus;
+use herald_engine::store::{Outcome, PlannedMessage, StoreError, StoreResult};
+use sea_orm::sqlx::postgres::{PgArguments, PgBindIterExt};
+use sea_orm::sqlx::{Arguments, Postgres};
+
+use crate::db::Db;
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// Adds one array parameter.
+fn add<'q, T>(args: &mut PgArguments, value: T) -> StoreResult<()>
+where
+    T: sea_orm::sqlx::Encode<'q, Postgres> + sea_orm::sqlx::Type<Postgres> + 'q,
+{
+    args.add(value).map_err(err)
+}
+
+async fn execute(db: &Db, sql: &'static str, args: PgArguments) -> StoreResult<()> {
+    sea_orm::sqlx::query_with(sql, args)
+        .execute(db.conn.get_postgres_connection_pool())
+        .await
+        .map(|_| ())
+        .map_err(err)
+}
+
+const INSERT_PLANNED: &str = "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) \
+     SELECT $1, $2, u.contact_id, u.step, u.arm, u.channel, u.address, u.send_at, u.status, u.reason, 0, 0, 0, 0, $3, $3 \
+     FROM UNNEST($4::int8[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[]) \
+     AS u(contact_id, step, arm, channel, address, send_at, status, reason) \
+     ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING";
+
+/// `Store::insert_planned` on PostgreSQL: one statement for the whole page.
+pub async fn insert_planned(
+    db: &Db,
+    run_id: i64,
+    campaign_id: i64,
+    rows: &[PlannedMessage],
+    now: i64,
+) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut args = PgArguments::default();
+    add(&mut args, run_id)?;
+    add(&mut args, campaign_id)?;
+    add(&mut args, now)?;
+    add(&mut args, rows.iter().map(|m| m.contact_id).bind_iter())?;
+    add(&mut args, rows.iter().map(|m| m.step).bind_iter())?;
+    add(&mut args, rows.iter().map(|m| m.arm.as_str()).bind_iter())?;
+    add(
+        &mut args,
+        rows.iter().map(|m| m.channel.map(|c| c.as_str())).bind_iter(),
+    )?;
+    add(&mut args, rows.iter().map(|m| m.address.as_deref()).bind_iter())?;
+    add(&mut args, rows.iter().map(|m| m.send_at).bind_iter())?;
+    add(&mut args, rows.iter().map(|m| m.status.as_str()).bind_iter())?;
+    add(&mut args, rows.iter().map(|m| m.reason.as_deref()).bind_iter())?;
+    execute(db, INSERT_PLANNED, args).await
+}
+
+/// The outcomes, their attempts and their links in one statement (one
+/// transaction, one round trip). A provider receipt (Twilio's status
+/// callback) can outrun this write: `sent` never overwrites the later
+/// `delivered`, `bounced` or `failed`.
+const RECORD: &str = "WITH x AS (\
+       SELECT * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::bool[], $9::bool[]) \
+       AS x(id, status, reason, provider_id, tried, not_before, accepted, delivered)), \
+     updated AS (UPDATE messages SET \
+       status = CASE WHEN x.status = 'sent' AND messages.status IN ('delivered', 'bounced', 'failed') THEN messages.status ELSE x.status END, \
+       reason = x.reason, provider_id = COALESCE(x.provider_id, messages.provider_id), \
+       attempts = messages.attempts + x.tried, not_before = x.not_before, \
+       sent_at = COALESCE(messages.sent_at, CASE WHEN x.accepted THEN $1 END), \
+       delivered_at = COALESCE(messages.delivered_at, CASE WHEN x.delivered THEN $1 END), \
+       lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+       FROM x WHERE messages.id = x.id RETURNING 1), \
+     tried AS (INSERT INTO attempts (message_id, at, result, provider_code, detail, duration_ms) \
+       SELECT * FROM UNNEST($10::int8[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::int8[]) RETURNING 1) \
+     INSERT INTO links (message_id, idx, url, short_code) \
+     SELECT * FROM UNNEST($16::int8[], $17::int4[], $18::text[], $19::text[]) \
+     ON CONFLICT (message_id, idx) DO NOTHING";
+
+/// Binds [`RECORD`]'s parameters: messages, attempts, links.
+fn record_args(outcomes: &[Outcome], now: i64) -> StoreResult<PgArguments> {
+    let mut args = PgArguments::default();
+    add(&mut args, now)?;
+    add(&mut args, outcomes.iter().map(|o| o.message_id).bind_iter())?;
+    add(&mut args, outcomes.iter().map(|o| o.status.as_str()).bind_iter())?;
+    add(&mut args, outcomes.iter().map(|o| o.reason.as_deref()).bind_iter())?;
+    add(
+        &mut args,
+        outcomes.iter().map(|o| o.provider_id.as_deref()).bind_iter(),
+    )?;
+    // A render error never reached the provider: no attempt counted.
+    add(
+        &mut args,
+        outcomes
+            .iter()
+            .map(|o| {
+                i32::from(
+                    o.attempt
+                        .as_ref()
+                        .is_some_and(|a| a.result != "render_error"),
+                )
+            })
+            .bind_iter(),
+    )?;
+    add(&mut args, outcomes.iter().map(|o| o.retry_at).bind_iter())?;
+    add(
+        &mut args,
+        outcomes
+            .iter()
+            .map(|o| matches!(o.status, MessageStatus::Sent | MessageStatus::Delivered))
+            .bind_iter(),
+    )?;
+    add(
+        &mut args,
+        outcomes
+            .iter()
+            .map(|o| o.status == MessageStatus::Delivered)
+            .bind_iter(),
+    )?;
+    let attempts = || {
+        outcomes
+            .iter()
+            .filter_map(|o| o.attempt.as_ref().map(|a| (o.message_id, a)))
+    };
+    add(&mut args, attempts().map(|(id, _)| id).bind_iter())?;
+    add(&mut args, attempts().map(|(_, a)| a.at).bind_iter())?;
+    add(&mut args, attempts().map(|(_, a)| a.result.as_str()).bind_iter())?;
+    add(&mut args, attempts().map(|(_, a)| a.code.as_deref()).bind_iter())?;
+    add(
+        &mut args,
+        attempts().map(|(_, a)| a.detail.as_deref()).bind_iter(),
+    )?;
+    add(&mut args, attempts().map(|(_, a)| a.duration_ms).bind_iter())?;
+    let links = || {
+        outcomes
+            .iter()
+            .flat_map(|o| o.links.iter().map(move |l| (o.message_id, l)))
+    };
+    add(&mut args, links().map(|(id, _)| id).bind_iter())?;
+    add(&mut args, links().map(|(_, l)| l.idx).bind_iter())?;
+    add(&mut args, links().map(|(_, l)| l.url.as_str()).bind_iter())?;
+    add(
+        &mut args,
+        links().map(|(_, l)| l.short_code.as_deref()).bind_iter(),
+    )?;
+    Ok(args)
+}
+
+/// Records `outcomes` (none rerouted, none suppressing an address) in one statement.
+pub async fn record_outcomes(db: &Db, outcomes: &[Outcome], now: i64) -> StoreResult<()> {
+    execute(db, RECORD, record_args(outcomes, now)?).await
+}
