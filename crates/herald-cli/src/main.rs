@@ -26,6 +26,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for a runtime failure or rejected input rows.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for bad usage or invalid config.
