@@ -142,6 +142,13 @@ enum BenchWhat {
 }
 
 /// Peak resident memory of this process in bytes (Linux), if known.
+/// Starts peak RSS afresh (Linux: `5` to `/proc/self/clear_refs` resets
+/// VmHWM to the current RSS), so a benchmark's figure is its measured part's,
+/// not the data generator's that ran before it in the same process.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 pub fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

@@ -18,7 +18,7 @@ use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
 
 use crate::app;
-use crate::bench::peak_rss;
+use crate::bench::{peak_rss, reset_peak_rss};
 
 /// Writes the bench project: outbox channels without a rate limit, one campaign to everyone with an email.
 fn write_project(dir: &Path, url: &str, batch: u32, workers: usize) -> anyhow::Result<()> {
@@ -59,6 +59,9 @@ pub async fn run_one(
     herald_storage::segment_bench::load(&db, &options).await?;
     herald_storage::segment_bench::analyze(&db).await?;
     let load_s = t.elapsed().as_secs_f64();
+    let load_peak_rss = peak_rss();
+    // The run's own peak, not the generator's.
+    let peak_reset = reset_peak_rss();
     let dir = tempfile::tempdir()?;
     write_project(dir.path(), database, batch, workers)?;
     let config = Arc::new(
@@ -88,6 +91,7 @@ pub async fn run_one(
     let engine = Engine::new(store.clone(), clock.clone(), config.clone());
     let (run, plan) = engine.start_run(&campaign, clock.now_ms(), "bench").await?;
     let plan_s = started.elapsed();
+    let plan_peak_rss = peak_rss();
     let mut handles = Vec::new();
     for i in 0..workers {
         let mut d = Dispatcher::new(
@@ -131,6 +135,9 @@ pub async fn run_one(
         "send_s": secs(st.send),
         "record_s": secs(st.record),
         "peak_rss": peak_rss(),
+        "peak_reset": peak_reset,
+        "load_peak_rss": load_peak_rss,
+        "plan_peak_rss": plan_peak_rss,
     });
     println!("{line}");
     Ok(())
@@ -199,13 +206,19 @@ pub fn run(
             .sum();
             let share = |k: &str| 100.0 * f(k) / work.max(1e-9) * (total - f("plan_s")) / total;
             println!(
-                "{name:<10} {n:>9} contacts: {:.0} messages planned ({:.0} held out), {:.0} sent in {total:.2}s = {:.0} sent/s end to end; peak RSS {:.1} MB (data load {:.1}s, not counted)",
+                "{name:<10} {n:>9} contacts: {:.0} messages planned ({:.0} held out), {:.0} sent in {total:.2}s = {:.0} sent/s end to end; peak RSS of the run {:.1} MB{} (data load {:.1}s and {:.1} MB, not counted)",
                 f("audience"),
                 f("held_out"),
                 f("accepted"),
                 sent / total,
                 f("peak_rss") / 1e6,
+                if v["peak_reset"].as_bool() == Some(true) {
+                    ""
+                } else {
+                    " (could not reset the peak: the data load's included)"
+                },
                 f("load_s"),
+                f("load_peak_rss") / 1e6,
             );
             println!(
                 "           time: plan {:.0}%, claim {:.0}%, contacts {:.0}%, render {:.0}%, mark {:.0}%, send {:.0}%, record {:.0}%",
