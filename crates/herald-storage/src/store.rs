@@ -219,6 +219,50 @@ fn id_set(q: &mut Sql, b: DbBackend, ids: &[i64]) {
 /// Messages per multi-row INSERT when planning (13 values each).
 const INSERT_CHUNK: usize = 1000;
 
+/// The portable multi-row INSERT of planned messages (each with its
+/// triggering event's id and instant, if triggered); a message already
+/// planned for its (run, contact, step, trigger) is left as it is.
+fn insert_messages_sql<'a>(
+    b: DbBackend,
+    run_id: i64,
+    campaign_id: i64,
+    rows: impl Iterator<Item = (&'a PlannedMessage, Option<(i64, i64)>)>,
+    now: i64,
+) -> Sql {
+    let mut q = Sql::new();
+    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) VALUES ");
+    for (i, (m, trigger)) in rows.enumerate() {
+        if i > 0 {
+            q.push(",");
+        }
+        q.push("(")
+            .bind(run_id)
+            .push(",")
+            .bind(campaign_id)
+            .push(",")
+            .bind(m.contact_id)
+            .push(",")
+            .bind(m.step)
+            .push(",")
+            .bind(trigger.map_or(0, |(id, _)| id))
+            .push(",");
+        q.bind_as(b, trigger.map(|(_, at)| at), "int8").push(",");
+        q.bind(m.arm.clone()).push(",");
+        q.bind_as(b, m.channel.map(|c| c.as_str().to_string()), "text")
+            .push(",");
+        q.bind_as(b, m.address.clone(), "text")
+            .push(",")
+            .bind(m.send_at)
+            .push(",");
+        q.bind(m.status.as_str().to_string())
+            .push(",")
+            .bind_as(b, m.reason.clone(), "text");
+        q.push(",0,0,0,0,").bind(now).push(",").bind(now).push(")");
+    }
+    q.push(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
+    q
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn upsert_campaign(&self, c: &CampaignRecord, now: i64) -> StoreResult<i64> {
@@ -448,34 +492,8 @@ impl Store for SqlStore {
             return pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, now).await;
         }
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut q = Sql::new();
-            q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) VALUES ");
-            for (i, m) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(",");
-                }
-                q.push("(")
-                    .bind(run_id)
-                    .push(",")
-                    .bind(campaign_id)
-                    .push(",")
-                    .bind(m.contact_id)
-                    .push(",");
-                q.bind(m.step).push(",").bind(m.arm.clone()).push(",");
-                q.bind_as(b, m.channel.map(|c| c.as_str().to_string()), "text")
-                    .push(",");
-                q.bind_as(b, m.address.clone(), "text")
-                    .push(",")
-                    .bind(m.send_at)
-                    .push(",");
-                q.bind(m.status.as_str().to_string()).push(",").bind_as(
-                    b,
-                    m.reason.clone(),
-                    "text",
-                );
-                q.push(",0,0,0,0,").bind(now).push(",").bind(now).push(")");
-            }
-            q.push(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
+            let q =
+                insert_messages_sql(b, run_id, campaign_id, chunk.iter().map(|m| (m, None)), now);
             self.exec(q).await?;
         }
         Ok(())

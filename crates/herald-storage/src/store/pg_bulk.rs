@@ -59,12 +59,23 @@ pub async fn insert_planned(
     add(&mut args, rows.iter().map(|m| m.arm.as_str()).bind_iter())?;
     add(
         &mut args,
-        rows.iter().map(|m| m.channel.map(|c| c.as_str())).bind_iter(),
+        rows.iter()
+            .map(|m| m.channel.map(|c| c.as_str()))
+            .bind_iter(),
     )?;
-    add(&mut args, rows.iter().map(|m| m.address.as_deref()).bind_iter())?;
+    add(
+        &mut args,
+        rows.iter().map(|m| m.address.as_deref()).bind_iter(),
+    )?;
     add(&mut args, rows.iter().map(|m| m.send_at).bind_iter())?;
-    add(&mut args, rows.iter().map(|m| m.status.as_str()).bind_iter())?;
-    add(&mut args, rows.iter().map(|m| m.reason.as_deref()).bind_iter())?;
+    add(
+        &mut args,
+        rows.iter().map(|m| m.status.as_str()).bind_iter(),
+    )?;
+    add(
+        &mut args,
+        rows.iter().map(|m| m.reason.as_deref()).bind_iter(),
+    )?;
     execute(db, INSERT_PLANNED, args).await
 }
 
@@ -94,11 +105,20 @@ fn record_args(outcomes: &[Outcome], now: i64) -> StoreResult<PgArguments> {
     let mut args = PgArguments::default();
     add(&mut args, now)?;
     add(&mut args, outcomes.iter().map(|o| o.message_id).bind_iter())?;
-    add(&mut args, outcomes.iter().map(|o| o.status.as_str()).bind_iter())?;
-    add(&mut args, outcomes.iter().map(|o| o.reason.as_deref()).bind_iter())?;
     add(
         &mut args,
-        outcomes.iter().map(|o| o.provider_id.as_deref()).bind_iter(),
+        outcomes.iter().map(|o| o.status.as_str()).bind_iter(),
+    )?;
+    add(
+        &mut args,
+        outcomes.iter().map(|o| o.reason.as_deref()).bind_iter(),
+    )?;
+    add(
+        &mut args,
+        outcomes
+            .iter()
+            .map(|o| o.provider_id.as_deref())
+            .bind_iter(),
     )?;
     // A render error never reached the provider: no attempt counted.
     add(
@@ -136,13 +156,22 @@ fn record_args(outcomes: &[Outcome], now: i64) -> StoreResult<PgArguments> {
     };
     add(&mut args, attempts().map(|(id, _)| id).bind_iter())?;
     add(&mut args, attempts().map(|(_, a)| a.at).bind_iter())?;
-    add(&mut args, attempts().map(|(_, a)| a.result.as_str()).bind_iter())?;
-    add(&mut args, attempts().map(|(_, a)| a.code.as_deref()).bind_iter())?;
+    add(
+        &mut args,
+        attempts().map(|(_, a)| a.result.as_str()).bind_iter(),
+    )?;
+    add(
+        &mut args,
+        attempts().map(|(_, a)| a.code.as_deref()).bind_iter(),
+    )?;
     add(
         &mut args,
         attempts().map(|(_, a)| a.detail.as_deref()).bind_iter(),
     )?;
-    add(&mut args, attempts().map(|(_, a)| a.duration_ms).bind_iter())?;
+    add(
+        &mut args,
+        attempts().map(|(_, a)| a.duration_ms).bind_iter(),
+    )?;
     let links = || {
         outcomes
             .iter()

@@ -100,40 +100,15 @@ impl SqlStore {
         let txn = self.db.conn.begin().await.map_err(err)?;
         let mut inserted = 0;
         for chunk in rows.chunks(500) {
-            let mut q = Sql::new();
-            q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) VALUES ");
-            for (i, t) in chunk.iter().enumerate() {
-                let m = &t.message;
-                if i > 0 {
-                    q.push(",");
-                }
-                q.push("(")
-                    .bind(run_id)
-                    .push(",")
-                    .bind(campaign_id)
-                    .push(",")
-                    .bind(m.contact_id)
-                    .push(",")
-                    .bind(m.step)
-                    .push(",")
-                    .bind(t.trigger_id)
-                    .push(",")
-                    .bind(t.trigger_at)
-                    .push(",")
-                    .bind(m.arm.clone())
-                    .push(",");
-                q.bind_as(b, m.channel.map(|c| c.as_str().to_string()), "text")
-                    .push(",");
-                q.bind_as(b, m.address.clone(), "text")
-                    .push(",")
-                    .bind(m.send_at)
-                    .push(",")
-                    .bind(m.status.as_str().to_string())
-                    .push(",");
-                q.bind_as(b, m.reason.clone(), "text");
-                q.push(",0,0,0,0,").bind(now).push(",").bind(now).push(")");
-            }
-            q.push(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
+            let q = super::insert_messages_sql(
+                b,
+                run_id,
+                campaign_id,
+                chunk
+                    .iter()
+                    .map(|t| (&t.message, Some((t.trigger_id, t.trigger_at)))),
+                now,
+            );
             inserted += txn
                 .execute_raw(q.build(b))
                 .await
