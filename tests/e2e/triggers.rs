@@ -104,6 +104,21 @@ async fn series_once_per_event_and_step_with_exit(backend: Backend) {
     project(&p, sink.addr().port());
     p.herald(&db, &["import", "contacts", "contacts.csv"])
         .expect_code(0);
+    // `herald send` has no audience snapshot to send for a triggered campaign: it says so and plans nothing.
+    for args in [
+        &["send", "welcome"][..],
+        &["send", "welcome", "--dry-run"][..],
+    ] {
+        let out = p.herald(&db, args);
+        out.expect_code(2);
+        assert!(
+            out.stderr().contains("triggered by the event `signup`")
+                && out.stderr().contains("herald run"),
+            "{}",
+            out.stderr()
+        );
+    }
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM runs").await, 0);
     let mut daemon = p.spawn(&db, "daemon", &["run"]);
     // A triggered campaign reacts to events that arrive once the daemon has seen it.
     wait_for(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use herald_domain::config::{Campaign, ConfigSet};
+use herald_domain::config::{Campaign, ConfigSet, Trigger};
 use herald_domain::types::MessageStatus;
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
 use herald_engine::fallback::CampaignFallback;
@@ -254,6 +254,23 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
             );
             Exit(EXIT_INVALID)
         })?;
+    if let Some(trigger) = &campaign.trigger
+        && args.test_to.is_empty()
+    {
+        // A triggered campaign has no audience snapshot to send: its messages
+        // follow events or segment entries, which only the daemon watches.
+        let by = match trigger {
+            Trigger::Event { event, .. } => format!("the event `{event}`"),
+            Trigger::Enters { segment, .. } => format!("entering the segment `{segment}`"),
+        };
+        eprintln!(
+            "error: `{}` is triggered by {by}: `herald run` sends it as that happens; \
+             `herald send` sends scheduled and manual campaigns only. To see its \
+             messages, use `herald send {} --test-to ADDRESS` or `herald preview {}`.",
+            campaign.name, campaign.name, campaign.name
+        );
+        return Err(Exit(EXIT_INVALID).into());
+    }
     let templates = Arc::new(app::load_templates(cli, &config)?);
     let store = Arc::new(app::store(cli, &config).await?);
     if args.dry_run {
