@@ -213,7 +213,9 @@ pub struct Dispatcher {
     /// Claims mark messages `sending` in the same statement (one write of
     /// each row fewer). A crash then leaves the batch in hand `unknown`, as
     /// a crash after a separate mark did: the in-flight window is the same
-    /// batch. Ignored when a gate is set.
+    /// batch. A gate still sees the batch before it is sent: what it cancels
+    /// goes from `sending` to `cancelled` without a request (a crash in
+    /// between leaves those `unknown`, within the same window).
     pub mark_on_claim: bool,
     /// What may cancel claimed messages just before they are sent.
     gate: Option<Arc<dyn Gate>>,
@@ -391,10 +393,10 @@ impl Dispatcher {
         Ok(claimed)
     }
 
-    /// Whether claims mark messages `sending` themselves: only without a
-    /// gate, which must see them first.
+    /// Whether claims mark messages `sending` themselves (else a separate
+    /// mark after rendering does).
     fn claims_sending(&self) -> bool {
-        self.mark_on_claim && self.gate.is_none()
+        self.mark_on_claim
     }
 
     async fn claim_from(
