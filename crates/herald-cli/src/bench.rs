@@ -141,7 +141,6 @@ enum BenchWhat {
     },
 }
 
-/// Peak resident memory of this process in bytes (Linux), if known.
 /// Starts peak RSS afresh (Linux: `5` to `/proc/self/clear_refs` resets
 /// VmHWM to the current RSS), so a benchmark's figure is its measured part's,
 /// not the data generator's that ran before it in the same process.
@@ -149,6 +148,7 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Peak resident memory of this process in bytes (Linux), if known.
 pub fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

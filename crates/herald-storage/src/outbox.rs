@@ -1,7 +1,8 @@
 //! The outbox with group commit: concurrent `put`s are gathered by one
 //! writer task into multi-row INSERTs, so a burst of outbox sends costs a few
 //! statements instead of one transaction a message. A `put` returns only once
-//! its row is written, exactly as the one-row version did.
+//! its row is written, exactly as the one-row version did. On PostgreSQL the
+//! rows travel as one array a column (`UNNEST`).
 
 use async_trait::async_trait;
 use herald_channels::RenderedMessage;
@@ -54,6 +55,7 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// The message's `List-Unsubscribe` header as a JSON object, if it has one.
 fn headers(m: &RenderedMessage) -> Option<String> {
     m.unsubscribe_url
         .as_ref()
