@@ -505,19 +505,17 @@ impl Dispatcher {
             .map(|r| r.concurrency.available_permits())
             .sum::<usize>()
             .max(1);
-        // A permanent failure may fall back: keep what the hook needs to know.
-        let sent_msgs: HashMap<i64, ClaimedMessage> = if self.fallback.is_some() {
-            ready.iter().map(|(m, _)| (m.id, m.clone())).collect()
-        } else {
-            HashMap::new()
-        };
-        let mut results: Vec<Outcome> = futures::stream::iter(ready)
-            .map(|(msg, out)| self.send_one(msg, out))
+        // The messages stay here, lent to the sends: a permanent failure's
+        // fallback reads them afterwards without a copy of each.
+        let (sent, outputs): (Vec<ClaimedMessage>, Vec<RenderOutput>) = ready.into_iter().unzip();
+        let sent_ref = &sent;
+        let mut results: Vec<Outcome> = futures::stream::iter(outputs.into_iter().enumerate())
+            .map(|(i, out)| self.send_one(&sent_ref[i], out))
             .buffer_unordered(width)
             .collect()
             .await;
         if let Some(fallback) = &self.fallback {
-            self.fall_back(fallback.as_ref(), &sent_msgs, &mut results)
+            self.fall_back(fallback.as_ref(), &sent, &mut results)
                 .await?;
         }
         for o in &results {
@@ -545,20 +543,25 @@ impl Dispatcher {
     async fn fall_back(
         &self,
         fallback: &dyn Fallback,
-        sent: &HashMap<i64, ClaimedMessage>,
+        sent: &[ClaimedMessage],
         results: &mut [Outcome],
     ) -> StoreResult<()> {
-        let failed: Vec<ClaimedMessage> = results
+        let permanent: std::collections::HashSet<i64> = results
             .iter()
             .filter(|o| {
                 o.status == MessageStatus::Failed
                     && o.attempt.as_ref().is_some_and(|a| a.result == "permanent")
             })
-            .filter_map(|o| sent.get(&o.message_id).cloned())
+            .map(|o| o.message_id)
             .collect();
-        if failed.is_empty() {
+        if permanent.is_empty() {
             return Ok(());
         }
+        let failed: Vec<ClaimedMessage> = sent
+            .iter()
+            .filter(|m| permanent.contains(&m.id))
+            .cloned()
+            .collect();
         let now = self.clock.now_ms();
         let moves: HashMap<i64, (Channel, String)> = fallback
             .reroute(&failed, now)
@@ -570,7 +573,10 @@ impl Dispatcher {
             let Some((channel, address)) = moves.get(&o.message_id) else {
                 continue;
             };
-            let from = sent.get(&o.message_id).map_or(*channel, |m| m.channel);
+            let from = failed
+                .iter()
+                .find(|m| m.id == o.message_id)
+                .map_or(*channel, |m| m.channel);
             o.status = MessageStatus::Planned;
             o.retry_at = None;
             o.reason = Some(format!(
@@ -584,7 +590,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn send_one(&self, msg: ClaimedMessage, out: RenderOutput) -> Outcome {
+    async fn send_one(&self, msg: &ClaimedMessage, out: RenderOutput) -> Outcome {
         let mut outcome = Outcome {
             message_id: msg.id,
             status: MessageStatus::Failed,
