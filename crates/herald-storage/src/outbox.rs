@@ -56,51 +56,19 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// The message's `List-Unsubscribe` header as a JSON object, if it has one.
-fn headers(m: &RenderedMessage) -> Option<String> {
+pub(crate) fn headers(m: &RenderedMessage) -> Option<String> {
     m.unsubscribe_url
         .as_ref()
         .map(|u| serde_json::json!({ "List-Unsubscribe": format!("<{u}>") }).to_string())
-}
-
-/// PostgreSQL: the rows as arrays, one bound value a column.
-const PG_INSERT: &str = "INSERT INTO outbox (message_id, channel, address, subject, body, body_text, headers, created_at) \
-     SELECT u.message_id, u.channel, u.address, u.subject, u.body, u.body_text, u.headers::jsonb, $1 \
-     FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
-     AS u(message_id, channel, address, subject, body, body_text, headers) \
-     ON CONFLICT (message_id) DO NOTHING";
-
-async fn insert_pg(db: &Db, jobs: &[Job], now: i64) -> Result<(), String> {
-    use sea_orm::sqlx::Arguments;
-    use sea_orm::sqlx::postgres::{PgArguments, PgBindIterExt};
-    let mut args = PgArguments::default();
-    let m = || jobs.iter().map(|(m, _)| m);
-    args.add(now).map_err(|e| e.to_string())?;
-    args.add(m().map(|m| m.message_id).bind_iter())
-        .map_err(|e| e.to_string())?;
-    args.add(m().map(|m| m.channel.as_str()).bind_iter())
-        .map_err(|e| e.to_string())?;
-    args.add(m().map(|m| m.to.as_str()).bind_iter())
-        .map_err(|e| e.to_string())?;
-    args.add(m().map(|m| m.subject.as_deref()).bind_iter())
-        .map_err(|e| e.to_string())?;
-    args.add(m().map(|m| m.body.as_str()).bind_iter())
-        .map_err(|e| e.to_string())?;
-    args.add(m().map(|m| m.text.as_deref()).bind_iter())
-        .map_err(|e| e.to_string())?;
-    args.add(m().map(headers).bind_iter())
-        .map_err(|e| e.to_string())?;
-    sea_orm::sqlx::query_with(PG_INSERT, args)
-        .execute(db.conn.get_postgres_connection_pool())
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 async fn insert(db: &Db, jobs: &[Job]) -> Result<(), String> {
     let b = db.backend();
     let now = chrono::Utc::now().timestamp_millis();
     if b == DbBackend::Postgres {
-        return insert_pg(db, jobs, now).await;
+        return crate::store::pg_bulk::insert_outbox(db, jobs.iter().map(|(m, _)| m), now)
+            .await
+            .map_err(|e| e.to_string());
     }
     let mut q = Sql::new();
     q.push("INSERT INTO outbox (message_id, channel, address, subject, body, body_text, headers, created_at) VALUES ");

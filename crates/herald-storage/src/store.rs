@@ -22,7 +22,7 @@ use crate::personalise::{Subject, personalise};
 use crate::segment_sql::SegmentContext;
 use crate::sql::{Sql, stmt};
 
-mod pg_bulk;
+pub(crate) mod pg_bulk;
 mod triggers;
 
 /// The engine's store over a [`Db`].

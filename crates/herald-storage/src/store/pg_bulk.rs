@@ -1,11 +1,13 @@
-//! PostgreSQL's dispatch writes as array parameters (`UNNEST`): a batch of a
-//! thousand messages is one statement with one bound value a column, not a
+//! PostgreSQL's dispatch writes (planned messages, outcomes with their
+//! attempts and links, outbox rows) as array parameters (`UNNEST`): a batch
+//! of a thousand messages is one statement with one bound value a column, not a
 //! `VALUES` list of eight thousand. The backend parses and plans a short
 //! statement once (sqlx prepares it once a connection), and herald encodes
 //! the arrays straight from the rows instead of building a `Value` per cell.
 //! The SQL is the same as the portable statements in `store.rs`; SQLite keeps
 //! those (its anonymous placeholders are cheap, and it has no arrays).
 
+use herald_channels::RenderedMessage;
 use herald_domain::types::MessageStatus;
 use herald_engine::store::{Outcome, PlannedMessage, StoreError, StoreResult};
 use sea_orm::sqlx::postgres::{PgArguments, PgBindIterExt};
@@ -190,4 +192,29 @@ fn record_args(outcomes: &[Outcome], now: i64) -> StoreResult<PgArguments> {
 /// Records `outcomes` (none rerouted, none suppressing an address) in one statement.
 pub async fn record_outcomes(db: &Db, outcomes: &[Outcome], now: i64) -> StoreResult<()> {
     execute(db, RECORD, record_args(outcomes, now)?).await
+}
+
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (message_id, channel, address, subject, body, body_text, headers, created_at) \
+     SELECT u.message_id, u.channel, u.address, u.subject, u.body, u.body_text, u.headers::jsonb, $1 \
+     FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+     AS u(message_id, channel, address, subject, body, body_text, headers) \
+     ON CONFLICT (message_id) DO NOTHING";
+
+/// The outbox's rows in one statement; a message already there is left as it is.
+pub async fn insert_outbox<'a>(
+    db: &Db,
+    messages: impl Iterator<Item = &'a RenderedMessage> + Clone,
+    now: i64,
+) -> StoreResult<()> {
+    let m = || messages.clone();
+    let mut args = PgArguments::default();
+    add(&mut args, now)?;
+    add(&mut args, m().map(|m| m.message_id).bind_iter())?;
+    add(&mut args, m().map(|m| m.channel.as_str()).bind_iter())?;
+    add(&mut args, m().map(|m| m.to.as_str()).bind_iter())?;
+    add(&mut args, m().map(|m| m.subject.as_deref()).bind_iter())?;
+    add(&mut args, m().map(|m| m.body.as_str()).bind_iter())?;
+    add(&mut args, m().map(|m| m.text.as_deref()).bind_iter())?;
+    add(&mut args, m().map(crate::outbox::headers).bind_iter())?;
+    execute(db, INSERT_OUTBOX, args).await
 }
