@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use herald_sinks::{SmtpSink, SmtpSinkConfig};
 use herald_tests::{Backend, Project, TestDb};
-use sea_orm::{ConnectionTrait, Database, Statement};
 
-use crate::setup;
+use crate::{scalar, setup};
 
 /// Writes a project with one campaign firing at `at` to the SMTP server on `port`.
 fn daemon_project(
@@ -46,16 +45,6 @@ fn contacts_csv(p: &Project, n: usize) {
         csv.push_str(&format!("u{i},u{i}@example.com\n"));
     }
     p.write("contacts.csv", &csv);
-}
-
-async fn scalar(db: &TestDb, sql: &str) -> i64 {
-    let conn = Database::connect(&db.url).await.expect("connect");
-    let row = conn
-        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
-        .await
-        .expect("query")
-        .expect("row");
-    row.try_get_by_index::<i64>(0).expect("i64")
 }
 
 /// Waits until the daemon `name` says it is running (its signal handler is then in place).

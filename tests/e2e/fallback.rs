@@ -9,20 +9,9 @@ use herald_sinks::{
     Answer, DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, FaultPlan, FcmSink, FcmSinkConfig, SmtpSink,
     SmtpSinkConfig, TwilioSink, TwilioSinkConfig,
 };
-use herald_tests::{Backend, TestDb};
-use sea_orm::{ConnectionTrait, Database, Statement};
+use herald_tests::Backend;
 
-use crate::setup;
-
-async fn scalar(db: &TestDb, sql: &str) -> i64 {
-    let conn = Database::connect(&db.url).await.expect("connect");
-    let row = conn
-        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
-        .await
-        .expect("query")
-        .expect("row");
-    row.try_get_by_index::<i64>(0).expect("i64")
-}
+use crate::{scalar, setup};
 
 async fn a_permanent_failure_falls_back_once(backend: Backend) {
     let Some((p, db)) = setup(backend).await else {

@@ -48,3 +48,16 @@ pub async fn setup(backend: Backend) -> Option<(Project, TestDb)> {
     let db = TestDb::new(backend, project.path()).await?;
     Some((project, db))
 }
+
+/// The first column of the first row of `sql`, as an integer (the counts
+/// and sums the tests assert on).
+pub async fn scalar(db: &TestDb, sql: &str) -> i64 {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let conn = Database::connect(&db.url).await.expect("connect");
+    let row = conn
+        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await
+        .expect("query")
+        .expect("row");
+    row.try_get_by_index::<i64>(0).expect("i64")
+}

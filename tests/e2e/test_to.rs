@@ -8,9 +8,8 @@ use herald_sinks::{
     DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, SmtpSink, SmtpSinkConfig, TwilioSink, TwilioSinkConfig,
 };
 use herald_tests::{Backend, Project, TestDb};
-use sea_orm::{ConnectionTrait, Database, Statement};
 
-use crate::setup;
+use crate::{scalar, setup};
 
 fn test_project(p: &Project, smtp_port: u16, twilio: &str) {
     p.write(
@@ -56,14 +55,7 @@ fn herald(p: &Project, db: &TestDb, name: &str, args: &[&str]) -> (i32, String, 
 }
 
 async fn count(db: &TestDb, table: &str) -> i64 {
-    let conn = Database::connect(&db.url).await.expect("connect");
-    let sql = format!("SELECT COUNT(*) FROM {table}");
-    conn.query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
-        .await
-        .expect("query")
-        .expect("row")
-        .try_get_by_index::<i64>(0)
-        .expect("i64")
+    scalar(db, &format!("SELECT COUNT(*) FROM {table}")).await
 }
 
 fn subjects(sink: &SmtpSink) -> Vec<(Vec<String>, String)> {

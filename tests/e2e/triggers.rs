@@ -10,7 +10,7 @@ use herald_sinks::{SmtpSink, SmtpSinkConfig};
 use herald_tests::{Backend, Project, TestDb};
 use sea_orm::{ConnectionTrait, Database, Statement};
 
-use crate::setup;
+use crate::{scalar, setup};
 
 fn project(p: &Project, port: u16) {
     p.write(
@@ -41,16 +41,6 @@ fn events(name: &str, who: &[usize], at: chrono::DateTime<chrono::Utc>) -> Strin
             format!("{{\"external_id\":\"u{i}\",\"name\":\"{name}\",\"at\":\"{at}\",\"event_id\":\"{name}-u{i}\"}}\n")
         })
         .collect()
-}
-
-async fn scalar(db: &TestDb, sql: &str) -> i64 {
-    let conn = Database::connect(&db.url).await.expect("connect");
-    let row = conn
-        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
-        .await
-        .expect("query")
-        .expect("row");
-    row.try_get_by_index::<i64>(0).expect("i64")
 }
 
 /// Messages by step, status and reason, for failure messages.
