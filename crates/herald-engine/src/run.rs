@@ -21,6 +21,11 @@ pub const PLAN_PAGE: u32 = 2000;
 /// How long a planning lease holds without renewal (renewed every page).
 pub const PLAN_LEASE_MS: i64 = 60_000;
 
+/// A plan that wrote this many messages refreshes the database's statistics
+/// before dispatch starts (PostgreSQL's `ANALYZE messages`, a sample of the
+/// table: a fraction of a second); smaller plans do not change the picture.
+pub const REFRESH_STATISTICS_AFTER: u64 = 10_000;
+
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -206,6 +211,9 @@ impl Engine {
         self.store
             .finish_planning(run.id, self.clock.now_ms())
             .await?;
+        if stats.members >= REFRESH_STATISTICS_AFTER {
+            self.store.refresh_message_statistics().await?;
+        }
         stats.finished = true;
         Ok(stats)
     }

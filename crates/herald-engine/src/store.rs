@@ -398,6 +398,11 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<()>;
     /// Ends planning: one message per address in the run (`duplicate_address`), state `running`.
     async fn finish_planning(&self, run_id: i64, now: i64) -> StoreResult<()>;
+    /// Refreshes the database's statistics of the message table after a large
+    /// plan, so the first claims read the queue index instead of the whole run.
+    async fn refresh_message_statistics(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// Ends messages whose lease expired while `sending` as `unknown`; returns how many.
     /// (A claim that expires before `sending` needs nothing: it is claimable again.)
     async fn expire_leases(&self, now: i64) -> StoreResult<u64>;
