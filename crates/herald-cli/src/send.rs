@@ -95,7 +95,12 @@ pub async fn send_campaign(
         dispatcher = dispatcher.with_fallback(fallback);
     }
     let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
-    let dispatch = dispatcher.drain_run(run.id, &renderer).await?;
+    // Another process holds the plan (a resumed run): its daemon sends it.
+    let dispatch = if plan.finished {
+        dispatcher.drain_run(run.id, &renderer).await?
+    } else {
+        DispatchStats::default()
+    };
     let counts = store.run_counts(run.id).await?;
     Ok(SendSummary {
         run,

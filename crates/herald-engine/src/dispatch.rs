@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::render::{MessageRenderer, RenderOutput};
-use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Store, StoreResult};
+use crate::store::{AttemptRecord, ClaimedMessage, Outcome, RunDrain, Store, StoreResult};
 
 /// Decides, just before sending, which claimed messages must not go out (an exit condition, a contact who left the audience).
 #[async_trait::async_trait]
@@ -278,8 +278,14 @@ impl Dispatcher {
             let claimed = self.claim(Some(run_id), &mut stats).await?;
             if claimed.is_empty() {
                 let now = self.clock.now_ms();
-                if self.store.finish_run_if_drained(run_id, now).await? {
-                    break;
+                match self.store.finish_run_if_drained(run_id, now).await? {
+                    RunDrain::Over => break,
+                    RunDrain::Planning => {
+                        // The planner has not written the next page yet.
+                        tokio::time::sleep(self.poll).await;
+                        continue;
+                    }
+                    RunDrain::Pending => {}
                 }
                 // What policies moved to later (quiet hours, best hour, spread) is
                 // the daemon's to send; a retry waiting for its time is still ours.

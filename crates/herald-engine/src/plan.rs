@@ -313,10 +313,118 @@ pub fn fallback_channel(
         .find_map(|&c| reachable(member, c).ok().map(|a| (c, a)))
 }
 
+/// A message's claim on an address within a run: one message per (step,
+/// channel, address), so two contacts sharing an inbox get one email per step.
+pub type AddressKey = (i32, Channel, String);
+
+/// The (step, channel, address) of each planned message of `rows`: what a
+/// page asks the run's earlier pages about.
+pub fn address_keys(rows: &[PlannedMessage]) -> Vec<AddressKey> {
+    rows.iter()
+        .filter(|m| m.status == MessageStatus::Planned)
+        .filter_map(|m| Some((m.step, m.channel?, m.address.clone()?)))
+        .collect()
+}
+
+/// Suppresses (`duplicate_address`) each planned message of `rows` whose
+/// address is `taken` by an earlier contact of the run, or by a contact with
+/// a lower id in the page: the first contact planned keeps it, whichever page
+/// it was on. Pages are planned in contact order, so deciding page by page
+/// gives what one pass over the whole run would.
+pub fn suppress_duplicate_addresses(
+    rows: &mut [PlannedMessage],
+    taken: &std::collections::HashSet<AddressKey>,
+) {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].contact_id);
+    let mut seen: std::collections::HashSet<AddressKey> = std::collections::HashSet::new();
+    for i in order {
+        let m = &mut rows[i];
+        if m.status != MessageStatus::Planned {
+            continue;
+        }
+        let (Some(channel), Some(address)) = (m.channel, m.address.as_ref()) else {
+            continue;
+        };
+        let key = (m.step, channel, address.clone());
+        if taken.contains(&key) || !seen.insert(key) {
+            m.status = MessageStatus::Suppressed;
+            m.reason = Some(SuppressReason::DuplicateAddress.as_str().to_string());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::PastMessage;
+
+    fn row(contact_id: i64, step: i32, address: &str) -> PlannedMessage {
+        PlannedMessage {
+            contact_id,
+            step,
+            arm: "a".into(),
+            channel: Some(Channel::Email),
+            address: Some(address.into()),
+            send_at: 0,
+            status: MessageStatus::Planned,
+            reason: None,
+        }
+    }
+
+    fn statuses(rows: &[PlannedMessage]) -> Vec<(i64, i32, &str, Option<&str>)> {
+        rows.iter()
+            .map(|m| (m.contact_id, m.step, m.status.as_str(), m.reason.as_deref()))
+            .collect()
+    }
+
+    #[test]
+    fn the_lowest_contact_keeps_a_shared_address_each_step() {
+        // Out of order on purpose: contact 2 comes first in the page.
+        let mut rows = vec![
+            row(2, 0, "home@example.com"),
+            row(1, 0, "home@example.com"),
+            row(1, 1, "home@example.com"),
+            row(2, 1, "home@example.com"),
+            row(3, 0, "own@example.com"),
+        ];
+        suppress_duplicate_addresses(&mut rows, &Default::default());
+        assert_eq!(
+            statuses(&rows),
+            vec![
+                (2, 0, "suppressed", Some("duplicate_address")),
+                (1, 0, "planned", None),
+                (1, 1, "planned", None),
+                (2, 1, "suppressed", Some("duplicate_address")),
+                (3, 0, "planned", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_address_an_earlier_page_took_is_suppressed() {
+        let mut rows = vec![row(5, 0, "home@example.com"), row(6, 1, "home@example.com")];
+        let mut held = row(7, 0, "held@example.com");
+        held.status = MessageStatus::HeldOut;
+        rows.push(held);
+        let taken = [(0, Channel::Email, "home@example.com".to_string())]
+            .into_iter()
+            .collect();
+        suppress_duplicate_addresses(&mut rows, &taken);
+        assert_eq!(
+            statuses(&rows),
+            vec![
+                (5, 0, "suppressed", Some("duplicate_address")),
+                // Another step's message to the same address is its own.
+                (6, 1, "planned", None),
+                (7, 0, "held_out", None),
+            ]
+        );
+        assert_eq!(
+            address_keys(&rows),
+            vec![(1, Channel::Email, "home@example.com".to_string())]
+        );
+    }
 
     fn campaign(extra: &str) -> Campaign {
         let src = format!(

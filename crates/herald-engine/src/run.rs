@@ -8,7 +8,7 @@ use std::sync::Arc;
 use herald_domain::config::{Campaign, ConfigSet, SendTime, Trigger};
 
 use crate::clock::Clock;
-use crate::plan::{PlanContext, decide};
+use crate::plan::{PlanContext, address_keys, decide, suppress_duplicate_addresses};
 use crate::series::Series;
 use crate::store::{
     CampaignRecord, PersonalisationRequest, PlannedMessage, RunCounts, RunRecord, Scope, Store,
@@ -21,9 +21,9 @@ pub const PLAN_PAGE: u32 = 2000;
 /// How long a planning lease holds without renewal (renewed every page).
 pub const PLAN_LEASE_MS: i64 = 60_000;
 
-/// A plan that wrote this many messages refreshes the database's statistics
-/// before dispatch starts (PostgreSQL's `ANALYZE messages`, a sample of the
-/// table: a fraction of a second); smaller plans do not change the picture.
+/// A plan refreshes the database's statistics once it has written this many
+/// messages, and again at its end (PostgreSQL's `ANALYZE messages`, a sample
+/// of the table: a fraction of a second); smaller plans do not change the picture.
 pub const REFRESH_STATISTICS_AFTER: u64 = 10_000;
 
 /// Why an engine operation failed.
@@ -104,6 +104,23 @@ impl Engine {
         scheduled_at: i64,
         origin: &str,
     ) -> Result<(RunRecord, PlanStats), EngineError> {
+        let run = self.create_run(campaign, scheduled_at, origin).await?;
+        let stats = if run.state == "planning" {
+            self.plan(campaign, &run).await?
+        } else {
+            PlanStats::default()
+        };
+        Ok((run, stats))
+    }
+
+    /// Creates (or finds) the run of `campaign` at `scheduled_at` (ms), not yet
+    /// planned: workers may wait on it while [`Engine::plan`] writes its pages.
+    pub async fn create_run(
+        &self,
+        campaign: &Campaign,
+        scheduled_at: i64,
+        origin: &str,
+    ) -> Result<RunRecord, EngineError> {
         let now = self.clock.now_ms();
         let record = CampaignRecord {
             name: campaign.name.clone(),
@@ -112,16 +129,10 @@ impl Engine {
             fingerprint: campaign.assignment_fingerprint(),
         };
         let campaign_id = self.store.upsert_campaign(&record, now).await?;
-        let run = self
+        Ok(self
             .store
             .create_run(campaign_id, scheduled_at, now, origin, &record.fingerprint)
-            .await?;
-        let stats = if run.state == "planning" {
-            self.plan(campaign, &run).await?
-        } else {
-            PlanStats::default()
-        };
-        Ok((run, stats))
+            .await?)
     }
 
     /// Snapshots the audience of `run` into message rows, from where planning
@@ -187,7 +198,8 @@ impl Engine {
             Ok::<(), EngineError>(())
         };
         let write = async {
-            while let Some(rows) = rx.recv().await {
+            let mut refreshed = false;
+            while let Some(mut rows) = rx.recv().await {
                 if !self
                     .store
                     .claim_planning(run.id, &self.owner, lease(), self.clock.now_ms())
@@ -196,10 +208,23 @@ impl Engine {
                     // Our lease lapsed and another daemon took over: it finishes the plan.
                     return Ok(false);
                 }
+                // Each page is claimable once written, so its duplicate
+                // addresses are decided now, against the pages before it.
+                let keys = address_keys(&rows);
+                if !keys.is_empty() {
+                    let first = rows.iter().map(|m| m.contact_id).min().unwrap_or(0);
+                    let taken = self.store.addresses_taken(run.id, first, &keys).await?;
+                    suppress_duplicate_addresses(&mut rows, &taken);
+                }
                 self.store
                     .insert_planned(run.id, run.campaign_id, &rows, self.clock.now_ms())
                     .await?;
                 stats.members += rows.len() as u64;
+                if !refreshed && stats.members >= REFRESH_STATISTICS_AFTER {
+                    // Workers claim while the plan goes on: they need it now.
+                    self.store.refresh_message_statistics().await?;
+                    refreshed = true;
+                }
             }
             Ok::<bool, EngineError>(true)
         };

@@ -148,6 +148,17 @@ pub struct TriggerEvent {
     pub received_at: i64,
 }
 
+/// Where a run stands for a worker draining it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunDrain {
+    /// Nothing more will come: done, paused, cancelled, or gone.
+    Over,
+    /// Messages of it are still planned or sending.
+    Pending,
+    /// Its audience is still being planned: more messages will come.
+    Planning,
+}
+
 /// A message planned because of one event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TriggeredMessage {
@@ -396,7 +407,18 @@ pub trait Store: Send + Sync {
         rows: &[PlannedMessage],
         now: i64,
     ) -> StoreResult<()>;
-    /// Ends planning: one message per address in the run (`duplicate_address`), state `running`.
+    /// Which of `keys` (step, channel, address) a message of `run_id` to a
+    /// contact before `before_contact` already holds (any status but
+    /// `suppressed` and `held_out`): the run's earlier pages, for
+    /// [`crate::plan::suppress_duplicate_addresses`].
+    async fn addresses_taken(
+        &self,
+        run_id: i64,
+        before_contact: i64,
+        keys: &[crate::plan::AddressKey],
+    ) -> StoreResult<std::collections::HashSet<crate::plan::AddressKey>>;
+    /// Ends planning: state `running` (its messages were claimable since
+    /// they were written, and each page's duplicate addresses decided then).
     async fn finish_planning(&self, run_id: i64, now: i64) -> StoreResult<()>;
     /// Refreshes the database's statistics of the message table after a large
     /// plan, so the first claims read the queue index instead of the whole run.
@@ -469,8 +491,8 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<Vec<ContactView>>;
     /// Records outcomes, attempts and links in one transaction.
     async fn record_outcomes(&self, outcomes: &[Outcome], now: i64) -> StoreResult<()>;
-    /// Marks a run done when nothing of it is planned or sending.
-    async fn finish_run_if_drained(&self, run_id: i64, now: i64) -> StoreResult<bool>;
+    /// Marks a run done when it is planned and nothing of it is planned or sending.
+    async fn finish_run_if_drained(&self, run_id: i64, now: i64) -> StoreResult<RunDrain>;
     /// A run's planned messages: (due now or being sent or retried, planned for later than `now`).
     async fn run_pending(&self, run_id: i64, now: i64) -> StoreResult<(i64, i64)>;
     /// Marks every running run done whose messages are all settled; returns their ids.

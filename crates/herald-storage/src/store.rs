@@ -3,7 +3,7 @@
 //! `UPDATE ... RETURNING` under a lease; `FOR UPDATE SKIP LOCKED` on
 //! PostgreSQL), outcomes written in one transaction per batch, and the outbox.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -100,7 +100,7 @@ impl SqlStore {
         if sending {
             q.push(", status = 'sending', updated_at = ").bind(now);
         }
-        q.push(" WHERE id IN (SELECT m.id FROM messages m JOIN runs r ON r.id = m.run_id WHERE m.status = 'planned' AND m.arm <> 'rollout:*' AND r.state = 'running' AND m.send_at <= ")
+        q.push(" WHERE id IN (SELECT m.id FROM messages m JOIN runs r ON r.id = m.run_id WHERE m.status = 'planned' AND m.arm <> 'rollout:*' AND r.state IN ('planning', 'running') AND m.send_at <= ")
             .bind(now)
             .push(" AND (m.not_before IS NULL OR m.not_before <= ")
             .bind(now)
@@ -499,18 +499,55 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn finish_planning(&self, run_id: i64, now: i64) -> StoreResult<()> {
-        // One message per address in a run: the first planned keeps it. A window
-        // function, not a correlated EXISTS: one sort whatever plan the statistics suggest.
-        let mut q = Sql::new();
-        q.push("UPDATE messages SET status = 'suppressed', reason = 'duplicate_address', updated_at = ")
-            .bind(now)
-            .push(" WHERE run_id = ")
-            .bind(run_id)
-            .push(" AND id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY channel, address ORDER BY contact_id) AS rn FROM messages WHERE run_id = ")
-            .bind(run_id)
-            .push(" AND status = 'planned' AND address IS NOT NULL) ranked WHERE rn > 1)");
-        self.exec(q).await?;
+    async fn addresses_taken(
+        &self,
+        run_id: i64,
+        before_contact: i64,
+        keys: &[herald_engine::plan::AddressKey],
+    ) -> StoreResult<std::collections::HashSet<herald_engine::plan::AddressKey>> {
+        let wanted: std::collections::HashSet<&herald_engine::plan::AddressKey> =
+            keys.iter().collect();
+        let mut by_channel: BTreeMap<Channel, BTreeSet<&str>> = BTreeMap::new();
+        for (_, channel, address) in keys {
+            by_channel.entry(*channel).or_default().insert(address);
+        }
+        let mut taken = std::collections::HashSet::new();
+        for (channel, addresses) in by_channel {
+            let addresses: Vec<&str> = addresses.into_iter().collect();
+            let found = if self.b() == DbBackend::Postgres {
+                pg_bulk::addresses_taken(&self.db, run_id, before_contact, channel, &addresses)
+                    .await?
+            } else {
+                // One probe of `messages_run_address` per address. Named:
+                // SQLite otherwise reads every earlier contact of the run
+                // through `messages_run_contact_step` (`contact_id <`) each page.
+                let mut q = Sql::new();
+                q.push("SELECT step, address FROM messages INDEXED BY messages_run_address WHERE run_id = ")
+                    .bind(run_id)
+                    .push(" AND channel = ")
+                    .bind(channel.as_str().to_string())
+                    .push(" AND address IN (SELECT value FROM json_each(")
+                    .bind(Json::from(addresses).to_string())
+                    .push(")) AND contact_id < ")
+                    .bind(before_contact)
+                    .push(" AND status NOT IN ('suppressed', 'held_out')");
+                let mut found = Vec::new();
+                for r in self.all(q).await? {
+                    found.push((get::<i32>(&r, 0)?, get::<String>(&r, 1)?));
+                }
+                found
+            };
+            for (step, address) in found {
+                let key = (step, channel, address);
+                if wanted.contains(&key) {
+                    taken.insert(key);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn finish_planning(&self, run_id: i64, _now: i64) -> StoreResult<()> {
         let mut q = Sql::new();
         q.push("UPDATE runs SET state = 'running' WHERE state = 'planning' AND id = ")
             .bind(run_id);
@@ -803,21 +840,21 @@ impl Store for SqlStore {
         txn.commit().await.map_err(err)
     }
 
-    async fn finish_run_if_drained(&self, run_id: i64, now: i64) -> StoreResult<bool> {
+    async fn finish_run_if_drained(&self, run_id: i64, now: i64) -> StoreResult<RunDrain> {
         let mut q = Sql::new();
         q.push("SELECT state, (SELECT COUNT(*) FROM messages WHERE run_id = runs.id AND status IN ('planned', 'sending')) FROM runs WHERE id = ")
             .bind(run_id);
         let rows = self.all(q).await?;
         let Some(r) = rows.first() else {
-            return Ok(true);
+            return Ok(RunDrain::Over);
         };
         let state: String = get(r, 0)?;
         let pending: i64 = get(r, 1)?;
-        if state != "running" {
-            return Ok(true);
-        }
-        if pending > 0 {
-            return Ok(false);
+        match state.as_str() {
+            "planning" => return Ok(RunDrain::Planning),
+            "running" if pending > 0 => return Ok(RunDrain::Pending),
+            "running" => {}
+            _ => return Ok(RunDrain::Over),
         }
         let mut q = Sql::new();
         q.push("UPDATE runs SET state = 'done', finished_at = ")
@@ -825,7 +862,7 @@ impl Store for SqlStore {
             .push(" WHERE state = 'running' AND origin <> 'trigger' AND id = ")
             .bind(run_id);
         self.exec(q).await?;
-        Ok(true)
+        Ok(RunDrain::Over)
     }
 
     async fn run_pending(&self, run_id: i64, now: i64) -> StoreResult<(i64, i64)> {
@@ -1038,6 +1075,18 @@ mod tests {
 
     /// A running run of `n` contacts with one planned email each, due now.
     async fn planned_run(store: &SqlStore, n: i64) -> i64 {
+        let (run, campaign, rows) = planning_run(store, n).await;
+        let now = SystemClock.now_ms();
+        store
+            .insert_planned(run, campaign, &rows, now)
+            .await
+            .unwrap();
+        store.finish_planning(run, now).await.unwrap();
+        run
+    }
+
+    /// A run still planning, of `n` contacts: (run, campaign, the messages to plan).
+    async fn planning_run(store: &SqlStore, n: i64) -> (i64, i64, Vec<PlannedMessage>) {
         let now = SystemClock.now_ms();
         let mut q = Sql::new();
         q.push("INSERT INTO contacts (external_id, email, attrs, consent_email, created_at, updated_at) VALUES ");
@@ -1086,12 +1135,7 @@ mod tests {
                 reason: None,
             })
             .collect();
-        store
-            .insert_planned(run.id, campaign, &rows, now)
-            .await
-            .unwrap();
-        store.finish_planning(run.id, now).await.unwrap();
-        run.id
+        (run.id, campaign, rows)
     }
 
     fn dispatcher(store: &SqlStore, batch: u32) -> Dispatcher {
@@ -1121,6 +1165,42 @@ mod tests {
             .iter()
             .map(|r| get(r, 0).unwrap())
             .collect()
+    }
+
+    /// Workers send each page as soon as the planner wrote it, and a drain
+    /// waits for the rest of the plan instead of ending with the first page.
+    async fn workers_send_pages_while_the_plan_goes_on(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, rows) = planning_run(&store, 10).await;
+        let now = SystemClock.now_ms();
+        store
+            .insert_planned(run, campaign, &rows[..5], now)
+            .await
+            .unwrap();
+        let d = dispatcher(&store, 3);
+        let drain = tokio::spawn(async move { d.drain_run(run, &Plain).await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while outbox_ids(&store).await.len() < 5 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first page was not sent while planning"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!drain.is_finished(), "the drain ended before the plan did");
+        store
+            .insert_planned(run, campaign, &rows[5..], now)
+            .await
+            .unwrap();
+        store.finish_planning(run, now).await.unwrap();
+        let stats = drain.await.unwrap().unwrap();
+        assert_eq!(stats.accepted, 10);
+        assert_eq!(outbox_ids(&store).await, (1..=10).collect::<Vec<i64>>());
+        assert_eq!(
+            store.finish_run_if_drained(run, now).await.unwrap(),
+            RunDrain::Over
+        );
     }
 
     async fn gate_cancels_claimed_messages(db: &Db) {
@@ -1181,29 +1261,34 @@ mod tests {
         assert_eq!(sent, vec![1, 2, 3, 4, 5, 6, 7]);
     }
 
-    /// A plan of more than `herald_engine::run::REFRESH_STATISTICS_AFTER` messages leaves
-    /// PostgreSQL statistics that know the run's size, so its claims read the
-    /// queue index in order instead of every planned row of the run.
-    async fn a_large_plan_refreshes_the_statistics(db: &Db) {
-        let n = 12_000;
-        let now = SystemClock.now_ms();
+    /// `n` contacts with `attrs.x = 1`, `c{i}@example.com` each but those of
+    /// `shared`, who all have `home@example.com`.
+    async fn many_contacts(store: &SqlStore, n: i64, shared: &[i64], now: i64) {
         let mut q = Sql::new();
         q.push("WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < ")
             .push(&n.to_string())
-            .push(") INSERT INTO contacts (external_id, email, timezone, attrs, first_seen_at, created_at, updated_at) SELECT 'c' || g, 'c' || g || '@example.com', 'UTC', '{\"x\": 1}', ")
+            .push(") INSERT INTO contacts (id, external_id, email, timezone, attrs, first_seen_at, created_at, updated_at) SELECT g, 'c' || g, CASE WHEN g IN (")
+            // 0 is no contact: `IN ()` is no SQL.
+            .push(
+                &std::iter::once(0)
+                    .chain(shared.iter().copied())
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .push(") THEN 'home@example.com' ELSE 'c' || g || '@example.com' END, 'UTC', '{\"x\": 1}', ")
             .bind(now)
             .push(", ")
             .bind(now)
             .push(", ")
             .bind(now)
             .push(" FROM s");
-        let store = Arc::new(SqlStore::new(db.clone()));
         store.exec(q).await.unwrap();
-        let campaign = herald_domain::config::Campaign::parse(
-            "all.toml",
-            "name = \"all\"\nwhere = 'attrs.x == 1'\nchannels = [\"email\"]\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"a.email.hbs\" }\n",
-        )
-        .unwrap();
+    }
+
+    /// Plans campaign `toml` (named `all`) now, fully.
+    async fn plan_now(store: &Arc<SqlStore>, toml: &str, now: i64) -> (i64, u64) {
+        let campaign = herald_domain::config::Campaign::parse("all.toml", toml).unwrap();
         let config = Arc::new(herald_domain::config::ConfigSet {
             herald: herald_domain::config::HeraldConfig::parse("herald.toml", "").unwrap(),
             segments: Default::default(),
@@ -1211,8 +1296,23 @@ mod tests {
         });
         let engine = herald_engine::Engine::new(store.clone(), Arc::new(SystemClock), config);
         let (run, plan) = engine.start_run(&campaign, now, "manual").await.unwrap();
-        assert_eq!(plan.members, n as u64);
-        let counts = store.run_counts(run.id).await.unwrap();
+        assert!(plan.finished);
+        (run.id, plan.members)
+    }
+
+    const ONE_EMAIL: &str = "name = \"all\"\nwhere = 'attrs.x == 1'\nchannels = [\"email\"]\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"a.email.hbs\" }\n";
+
+    /// A plan of more than `herald_engine::run::REFRESH_STATISTICS_AFTER` messages
+    /// leaves PostgreSQL statistics that know the run's size, so its claims read
+    /// the queue index in order instead of every planned row of the run.
+    async fn a_large_plan_refreshes_the_statistics(db: &Db) {
+        let n = 12_000;
+        let now = SystemClock.now_ms();
+        let store = Arc::new(SqlStore::new(db.clone()));
+        many_contacts(&store, n, &[], now).await;
+        let (run, members) = plan_now(&store, ONE_EMAIL, now).await;
+        assert_eq!(members, n as u64);
+        let counts = store.run_counts(run).await.unwrap();
         assert_eq!(counts.count(None, "planned"), n);
         if db.backend() == DbBackend::Postgres {
             // A table never analysed has reltuples -1 (PostgreSQL 14+).
@@ -1234,9 +1334,58 @@ mod tests {
         }
     }
 
+    /// Contacts 2, 1,500 and 2,600 share an inbox; planning pages are 2,000
+    /// contacts, so the third is on the second page: the lowest contact keeps
+    /// the address at every step of the series, the others are suppressed
+    /// `duplicate_address` (each page decided before workers can claim it).
+    async fn a_shared_address_is_kept_once_per_step_across_pages(db: &Db) {
+        let now = SystemClock.now_ms();
+        let store = Arc::new(SqlStore::new(db.clone()));
+        many_contacts(&store, 3_000, &[1_500, 2, 2_600], now).await;
+        let series = format!(
+            "{ONE_EMAIL}\n[[steps]]\ndelay = \"1d\"\nemail = {{ subject = \"t\", template = \"b.email.hbs\" }}\n"
+        );
+        let (run, _) = plan_now(&store, &series, now).await;
+        let rows = store
+            .all({
+                let mut q = Sql::new();
+                q.push("SELECT contact_id, step, status, reason FROM messages WHERE run_id = ")
+                    .bind(run)
+                    .push(" AND (status <> 'planned' OR address = 'home@example.com') ORDER BY contact_id, step");
+                q
+            })
+            .await
+            .unwrap();
+        let got: Vec<(i64, i32, String, Option<String>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    get(r, 0).unwrap(),
+                    get(r, 1).unwrap(),
+                    get(r, 2).unwrap(),
+                    get(r, 3).unwrap(),
+                )
+            })
+            .collect();
+        let dup = || Some("duplicate_address".to_string());
+        assert_eq!(
+            got,
+            vec![
+                (2, 0, "planned".into(), None),
+                (2, 1, "planned".into(), None),
+                (1_500, 0, "suppressed".into(), dup()),
+                (1_500, 1, "suppressed".into(), dup()),
+                (2_600, 0, "suppressed".into(), dup()),
+                (2_600, 1, "suppressed".into(), dup()),
+            ]
+        );
+    }
+
     on_both_databases!(
         gate_cancels_claimed_messages,
         claims_find_messages_behind_the_cursor,
-        a_large_plan_refreshes_the_statistics
+        a_large_plan_refreshes_the_statistics,
+        a_shared_address_is_kept_once_per_step_across_pages,
+        workers_send_pages_while_the_plan_goes_on
     );
 }

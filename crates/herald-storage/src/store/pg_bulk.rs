@@ -8,7 +8,7 @@
 //! those (its anonymous placeholders are cheap, and it has no arrays).
 
 use herald_channels::RenderedMessage;
-use herald_domain::types::MessageStatus;
+use herald_domain::types::{Channel, MessageStatus};
 use herald_engine::store::{Outcome, PlannedMessage, StoreError, StoreResult};
 use sea_orm::sqlx::postgres::{PgArguments, PgBindIterExt};
 use sea_orm::sqlx::{Arguments, Postgres};
@@ -217,4 +217,30 @@ pub async fn insert_outbox<'a>(
     add(&mut args, m().map(|m| m.text.as_deref()).bind_iter())?;
     add(&mut args, m().map(crate::outbox::headers).bind_iter())?;
     execute(db, INSERT_OUTBOX, args).await
+}
+
+/// `address = ANY(array)` keeps the whole test an index condition of
+/// `messages_run_address`, whatever the statistics: one probe an address.
+const ADDRESSES_TAKEN: &str = "SELECT step, address FROM messages \
+     WHERE run_id = $1 AND channel = $2 AND address = ANY($3::text[]) AND contact_id < $4 \
+     AND status NOT IN ('suppressed', 'held_out')";
+
+/// (step, address) of the messages of `run_id` on `channel` to one of
+/// `addresses`, to contacts before `before_contact`, that hold their address.
+pub async fn addresses_taken(
+    db: &Db,
+    run_id: i64,
+    before_contact: i64,
+    channel: Channel,
+    addresses: &[&str],
+) -> StoreResult<Vec<(i32, String)>> {
+    let mut args = PgArguments::default();
+    add(&mut args, run_id)?;
+    add(&mut args, channel.as_str())?;
+    add(&mut args, addresses)?;
+    add(&mut args, before_contact)?;
+    sea_orm::sqlx::query_as_with::<_, (i32, String), _>(ADDRESSES_TAKEN, args)
+        .fetch_all(db.conn.get_postgres_connection_pool())
+        .await
+        .map_err(err)
 }
