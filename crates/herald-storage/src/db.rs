@@ -51,6 +51,29 @@ pub fn tune_url(url: &str) -> String {
     url.to_string()
 }
 
+/// SQLite's busy handler for herald's connections: a writer waiting for
+/// another's transaction polls every 100 µs for its first 10 ms, then every
+/// millisecond, and gives up after about 30 s (SQLITE_BUSY). SQLite's own
+/// `busy_timeout` sleeps 1, 2, 5, 10 ... 100 ms between polls: with a planner
+/// and workers taking turns at the one write lock, a run spent much of its
+/// time asleep after the lock was free again.
+unsafe extern "C" fn busy_wait(
+    _: *mut std::ffi::c_void,
+    polls: std::ffi::c_int,
+) -> std::ffi::c_int {
+    const FAST_POLLS: std::ffi::c_int = 100;
+    const MAX_POLLS: std::ffi::c_int = FAST_POLLS + 30_000;
+    if polls >= MAX_POLLS {
+        return 0;
+    }
+    std::thread::sleep(if polls < FAST_POLLS {
+        Duration::from_micros(100)
+    } else {
+        Duration::from_millis(1)
+    });
+    1
+}
+
 impl Db {
     /// Connects to `url` and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self, DbError> {
@@ -68,17 +91,35 @@ impl Db {
         if backend == DbBackend::Sqlite {
             // One writer at a time is SQLite's nature; WAL lets readers go on
             // meanwhile, and busy_timeout makes a second writer wait, not fail.
-            opts.max_connections(4).map_sqlx_sqlite_opts(|o| {
-                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(30))
-                    .foreign_keys(true)
-                    // A cached statement of a 1,000-row INSERT holds its whole
-                    // program; a hundred of them (one per row count) per
-                    // connection was most of a run's memory. The hot statements
-                    // are fewer than this.
-                    .statement_cache_capacity(24)
-            });
+            opts.max_connections(4)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                        .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(30))
+                        .foreign_keys(true)
+                        // A cached statement of a 1,000-row INSERT holds its whole
+                        // program; a hundred of them (one per row count) per
+                        // connection was most of a run's memory. The hot statements
+                        // are fewer than this.
+                        .statement_cache_capacity(24)
+                })
+                .map_sqlx_sqlite_pool_opts(|p| {
+                    p.after_connect(|conn, _| {
+                        Box::pin(async move {
+                            let mut handle = conn.lock_handle().await?;
+                            // SAFETY: the handle is locked (sqlx's worker thread makes no
+                            // call on it meanwhile) and `busy_wait` is a plain function.
+                            unsafe {
+                                libsqlite3_sys::sqlite3_busy_handler(
+                                    handle.as_raw_handle().as_ptr(),
+                                    Some(busy_wait),
+                                    std::ptr::null_mut(),
+                                );
+                            }
+                            Ok(())
+                        })
+                    })
+                });
         } else {
             opts.max_connections(16);
         }
@@ -149,5 +190,60 @@ mod tests {
             "postgres://p@db.example.com/t"
         );
         assert_eq!(tune_url("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+
+    #[test]
+    fn the_busy_handler_waits_about_thirty_seconds_then_gives_up() {
+        // SAFETY: `busy_wait` reads neither argument's memory.
+        let poll = |n| unsafe { busy_wait(std::ptr::null_mut(), n) };
+        assert_eq!(poll(0), 1);
+        assert_eq!(poll(29_999), 1);
+        assert_eq!(poll(30_100), 0);
+    }
+
+    /// A second SQLite writer waits for the first's transaction (through the
+    /// busy handler each connection gets) instead of failing with SQLITE_BUSY.
+    #[tokio::test]
+    async fn a_second_sqlite_writer_waits_for_the_first() {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        let first = db.conn.begin().await.unwrap();
+        first
+            .execute_unprepared(
+                "INSERT INTO daemons (owner, started_at, heartbeat_at) VALUES ('a', 1, 1)",
+            )
+            .await
+            .unwrap();
+        let second = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.conn
+                    .execute_unprepared(
+                        "INSERT INTO daemons (owner, started_at, heartbeat_at) VALUES ('b', 2, 2)",
+                    )
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!second.is_finished(), "the second writer did not wait");
+        first.commit().await.unwrap();
+        second
+            .await
+            .unwrap()
+            .expect("the second writer failed instead of waiting");
+        let n = db
+            .conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.backend(),
+                "SELECT COUNT(*) FROM daemons",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        assert_eq!(n, 2);
     }
 }
