@@ -399,7 +399,8 @@ pub trait Store: Send + Sync {
     async fn unfinished_plans(&self, campaign: &str) -> StoreResult<Vec<RunRecord>>;
     /// The highest contact id already planned in this run (to resume planning after a crash).
     async fn last_planned_contact(&self, run_id: i64) -> StoreResult<i64>;
-    /// Inserts planned messages; a (run, contact, step) already there is left alone.
+    /// Inserts planned messages while the run is still `planning` (none once it
+    /// is cancelled); a (run, contact, step) already there is left alone.
     async fn insert_planned(
         &self,
         run_id: i64,

@@ -221,16 +221,24 @@ const INSERT_CHUNK: usize = 1000;
 
 /// The portable multi-row INSERT of planned messages (each with its
 /// triggering event's id and instant, if triggered); a message already
-/// planned for its (run, contact, step, trigger) is left as it is.
+/// planned for its (run, contact, step, trigger) is left as it is. With
+/// `while_planning`, nothing is written unless the run is still `planning`
+/// (a page racing `herald runs cancel` must not leave planned rows behind).
 fn insert_messages_sql<'a>(
     b: DbBackend,
     run_id: i64,
     campaign_id: i64,
     rows: impl Iterator<Item = (&'a PlannedMessage, Option<(i64, i64)>)>,
     now: i64,
+    while_planning: bool,
 ) -> Sql {
     let mut q = Sql::new();
-    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) VALUES ");
+    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) ");
+    q.push(if while_planning {
+        "SELECT * FROM (VALUES "
+    } else {
+        "VALUES "
+    });
     for (i, (m, trigger)) in rows.enumerate() {
         if i > 0 {
             q.push(",");
@@ -258,6 +266,11 @@ fn insert_messages_sql<'a>(
             .push(",")
             .bind_as(b, m.reason.clone(), "text");
         q.push(",0,0,0,0,").bind(now).push(",").bind(now).push(")");
+    }
+    if while_planning {
+        q.push(") AS v WHERE EXISTS (SELECT 1 FROM runs WHERE id = ")
+            .bind(run_id)
+            .push(" AND state = 'planning')");
     }
     q.push(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
     q
@@ -492,8 +505,14 @@ impl Store for SqlStore {
             return pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, now).await;
         }
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let q =
-                insert_messages_sql(b, run_id, campaign_id, chunk.iter().map(|m| (m, None)), now);
+            let q = insert_messages_sql(
+                b,
+                run_id,
+                campaign_id,
+                chunk.iter().map(|m| (m, None)),
+                now,
+                true,
+            );
             self.exec(q).await?;
         }
         Ok(())
@@ -1203,6 +1222,27 @@ mod tests {
         );
     }
 
+    /// A page the planner writes after `herald runs cancel` (it passed its
+    /// lease check just before) is not written: no planned row is left in a
+    /// cancelled run, where nothing would ever send or settle it.
+    async fn a_cancelled_run_takes_no_more_pages(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, rows) = planning_run(&store, 10).await;
+        let now = SystemClock.now_ms();
+        store
+            .insert_planned(run, campaign, &rows[..5], now)
+            .await
+            .unwrap();
+        assert_eq!(crate::runs::cancel(db, run, now).await.unwrap(), 5);
+        store
+            .insert_planned(run, campaign, &rows[5..], now)
+            .await
+            .unwrap();
+        let counts = store.run_counts(run).await.unwrap();
+        assert_eq!(counts.count(None, "cancelled"), 5);
+        assert_eq!(counts.count(None, "planned"), 0);
+    }
+
     async fn gate_cancels_claimed_messages(db: &Db) {
         let store = SqlStore::new(db.clone());
         let run = planned_run(&store, 10).await;
@@ -1386,6 +1426,7 @@ mod tests {
         claims_find_messages_behind_the_cursor,
         a_large_plan_refreshes_the_statistics,
         a_shared_address_is_kept_once_per_step_across_pages,
-        workers_send_pages_while_the_plan_goes_on
+        workers_send_pages_while_the_plan_goes_on,
+        a_cancelled_run_takes_no_more_pages
     );
 }
