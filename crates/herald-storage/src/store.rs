@@ -1186,16 +1186,24 @@ mod tests {
             .collect()
     }
 
+    /// A run of 10 contacts still planning, its first page of 5 written:
+    /// (run, campaign, the second page, now).
+    async fn half_planned_run(store: &SqlStore) -> (i64, i64, Vec<PlannedMessage>, i64) {
+        let (run, campaign, mut rows) = planning_run(store, 10).await;
+        let now = SystemClock.now_ms();
+        let rest = rows.split_off(5);
+        store
+            .insert_planned(run, campaign, &rows, now)
+            .await
+            .unwrap();
+        (run, campaign, rest, now)
+    }
+
     /// Workers send each page as soon as the planner wrote it, and a drain
     /// waits for the rest of the plan instead of ending with the first page.
     async fn workers_send_pages_while_the_plan_goes_on(db: &Db) {
         let store = SqlStore::new(db.clone());
-        let (run, campaign, rows) = planning_run(&store, 10).await;
-        let now = SystemClock.now_ms();
-        store
-            .insert_planned(run, campaign, &rows[..5], now)
-            .await
-            .unwrap();
+        let (run, campaign, rest, now) = half_planned_run(&store).await;
         let d = dispatcher(&store, 3);
         let drain = tokio::spawn(async move { d.drain_run(run, &Plain).await });
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -1209,7 +1217,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!drain.is_finished(), "the drain ended before the plan did");
         store
-            .insert_planned(run, campaign, &rows[5..], now)
+            .insert_planned(run, campaign, &rest, now)
             .await
             .unwrap();
         store.finish_planning(run, now).await.unwrap();
@@ -1227,15 +1235,10 @@ mod tests {
     /// cancelled run, where nothing would ever send or settle it.
     async fn a_cancelled_run_takes_no_more_pages(db: &Db) {
         let store = SqlStore::new(db.clone());
-        let (run, campaign, rows) = planning_run(&store, 10).await;
-        let now = SystemClock.now_ms();
-        store
-            .insert_planned(run, campaign, &rows[..5], now)
-            .await
-            .unwrap();
+        let (run, campaign, rest, now) = half_planned_run(&store).await;
         assert_eq!(crate::runs::cancel(db, run, now).await.unwrap(), 5);
         store
-            .insert_planned(run, campaign, &rows[5..], now)
+            .insert_planned(run, campaign, &rest, now)
             .await
             .unwrap();
         let counts = store.run_counts(run).await.unwrap();
