@@ -1,7 +1,8 @@
 //! `herald bench run`: a whole run, end to end, to an unlimited outbox:
 //! plan (audience snapshot and policies) while the workers claim, read
 //! contacts, render, mark, send (the batched outbox) and record what is
-//! planned, as the daemon does; with each stage's share of the workers' time. Each size runs in a child process so its peak memory is its own;
+//! planned, as the daemon does; with each stage's share of the workers'
+//! time. Each size runs in a child process so its peak memory is its own;
 //! the parent prints messages/s and how peak memory grows with the audience.
 
 use std::path::Path;

@@ -2,6 +2,8 @@
 //! arm, which channel and address, and whether (and why not) to send. No IO,
 //! so every rule is a unit test.
 
+use std::collections::HashSet;
+
 use chrono_tz::Tz;
 use herald_domain::address::{E164Phone, EmailAddress};
 use herald_domain::assign::{Arm, in_global_holdout};
@@ -331,13 +333,10 @@ pub fn address_keys(rows: &[PlannedMessage]) -> Vec<AddressKey> {
 /// a lower id in the page: the first contact planned keeps it, whichever page
 /// it was on. Pages are planned in contact order, so deciding page by page
 /// gives what one pass over the whole run would.
-pub fn suppress_duplicate_addresses(
-    rows: &mut [PlannedMessage],
-    taken: &std::collections::HashSet<AddressKey>,
-) {
+pub fn suppress_duplicate_addresses(rows: &mut [PlannedMessage], taken: &HashSet<AddressKey>) {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| rows[i].contact_id);
-    let mut seen: std::collections::HashSet<AddressKey> = std::collections::HashSet::new();
+    let mut seen: HashSet<AddressKey> = HashSet::new();
     for i in order {
         let m = &mut rows[i];
         if m.status != MessageStatus::Planned {

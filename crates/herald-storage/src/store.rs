@@ -3,7 +3,7 @@
 //! `UPDATE ... RETURNING` under a lease; `FOR UPDATE SKIP LOCKED` on
 //! PostgreSQL), outcomes written in one transaction per batch, and the outbox.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -12,6 +12,7 @@ use herald_channels::outbox::OutboxSink;
 use herald_domain::config::{LifecycleConfig, RfmConfig};
 use herald_domain::segment::Expr;
 use herald_domain::types::{Channel, MessageStatus};
+use herald_engine::plan::AddressKey;
 use herald_engine::store::*;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait, Value};
 use serde_json::Value as Json;
@@ -522,15 +523,14 @@ impl Store for SqlStore {
         &self,
         run_id: i64,
         before_contact: i64,
-        keys: &[herald_engine::plan::AddressKey],
-    ) -> StoreResult<std::collections::HashSet<herald_engine::plan::AddressKey>> {
-        let wanted: std::collections::HashSet<&herald_engine::plan::AddressKey> =
-            keys.iter().collect();
+        keys: &[AddressKey],
+    ) -> StoreResult<HashSet<AddressKey>> {
+        let wanted: HashSet<&AddressKey> = keys.iter().collect();
         let mut by_channel: BTreeMap<Channel, BTreeSet<&str>> = BTreeMap::new();
         for (_, channel, address) in keys {
             by_channel.entry(*channel).or_default().insert(address);
         }
-        let mut taken = std::collections::HashSet::new();
+        let mut taken = HashSet::new();
         for (channel, addresses) in by_channel {
             let addresses: Vec<&str> = addresses.into_iter().collect();
             let found = if self.b() == DbBackend::Postgres {
