@@ -3,15 +3,15 @@
 //! same on both databases; rollouts recorded once; and on SQLite the scan
 //! reads only the covering index.
 //!
-//! PostgreSQL comes from `HERALD_TEST_DATABASE_URL` (default: postgres on
-//! 127.0.0.1, database `test`); unreachable, it is skipped loudly unless
+//! The databases are the storage tests' own (`crate::test_db`): PostgreSQL
+//! beside `HERALD_TEST_DATABASE_URL`, skipped loudly when unreachable unless
 //! `HERALD_REQUIRE_POSTGRES=1`.
 
 use std::collections::BTreeMap;
 
 use herald_domain::config::Campaign;
 use herald_domain::stats::{ArmCounts, pick_winner};
-use sea_orm::{ConnectionTrait, Database, DbBackend};
+use sea_orm::{ConnectionTrait, DbBackend};
 
 use super::*;
 
@@ -36,73 +36,6 @@ email = { subject = "s", template = "t.email.hbs" }
 name = "reminder"
 email = { subject = "s", template = "t.email.hbs" }
 "#;
-
-/// A database for one test.
-struct TestDatabase {
-    db: Db,
-    pg_name: Option<String>,
-    _dir: tempfile::TempDir,
-}
-
-fn admin_url() -> String {
-    std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into())
-}
-
-impl TestDatabase {
-    async fn new(backend: DbBackend) -> Option<Self> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        if backend == DbBackend::Sqlite {
-            let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
-            let db = Db::connect(&url).await.expect("sqlite");
-            return Some(Self {
-                db,
-                pg_name: None,
-                _dir: dir,
-            });
-        }
-        let admin = admin_url();
-        let conn = match Database::connect(&admin).await {
-            Ok(c) => c,
-            Err(e) => {
-                let required = std::env::var("HERALD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-                assert!(
-                    !required,
-                    "PostgreSQL is required but {admin} is unreachable: {e}"
-                );
-                eprintln!("\n!!! SKIPPING the PostgreSQL half: {admin} is unreachable ({e})\n");
-                return None;
-            }
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let name = format!("herald_report_{}_{nanos}", std::process::id());
-        conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
-        let cut = base.rfind('/').map_or(base.len(), |i| i + 1);
-        let url = format!("{}{name}?{query}", &base[..cut]);
-        let db = Db::connect(&url).await.expect("postgres");
-        Some(Self {
-            db,
-            pg_name: Some(name),
-            _dir: dir,
-        })
-    }
-
-    async fn drop_db(self) {
-        let Some(name) = self.pg_name else { return };
-        drop(self.db);
-        if let Ok(conn) = Database::connect(&admin_url()).await {
-            let _ = conn
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-        }
-    }
-}
 
 async fn exec(db: &Db, sql: &str) {
     db.conn.execute_unprepared(sql).await.expect(sql);
@@ -405,12 +338,9 @@ fn arm<'a>(scope: &'a Scope, name: &str) -> &'a ArmReport {
         .unwrap_or_else(|| panic!("no arm {name} in {:?}", scope.arms))
 }
 
-async fn report_counts_every_status_and_outcome(backend: DbBackend) {
-    let Some(t) = TestDatabase::new(backend).await else {
-        return;
-    };
-    fixture(&t.db).await;
-    let r = report(&t.db, ReportFilter::default()).await;
+async fn report_counts_every_status_and_outcome(db: &Db) {
+    fixture(db).await;
+    let r = report(db, ReportFilter::default()).await;
     assert_eq!(r.kind, "marketing");
     assert_eq!(r.runs.len(), 2);
     assert_eq!(
@@ -534,16 +464,12 @@ async fn report_counts_every_status_and_outcome(backend: DbBackend) {
         [("discount", 1), ("reminder", 0), ("holdout", 1)],
         "an arm with weight but no one in it is shown"
     );
-    t.drop_db().await;
 }
 
-async fn report_filters_select_whole_runs(backend: DbBackend) {
-    let Some(t) = TestDatabase::new(backend).await else {
-        return;
-    };
-    fixture(&t.db).await;
+async fn report_filters_select_whole_runs(db: &Db) {
+    fixture(db).await;
     let only2 = report(
-        &t.db,
+        db,
         ReportFilter {
             run: Some(2),
             ..ReportFilter::default()
@@ -556,7 +482,7 @@ async fn report_filters_select_whole_runs(backend: DbBackend) {
 
     let since = parse_instant("2026-11-02", Bound::Since).unwrap();
     let late = report(
-        &t.db,
+        db,
         ReportFilter {
             since: Some(since),
             ..ReportFilter::default()
@@ -568,7 +494,7 @@ async fn report_filters_select_whole_runs(backend: DbBackend) {
     // A date as `until` includes that whole day; an instant is exclusive.
     let until = parse_instant("2026-11-01", Bound::Until).unwrap();
     let early = report(
-        &t.db,
+        db,
         ReportFilter {
             until: Some(until),
             ..ReportFilter::default()
@@ -578,7 +504,7 @@ async fn report_filters_select_whole_runs(backend: DbBackend) {
     assert_eq!(early.runs.iter().map(|r| r.run.id).collect::<Vec<_>>(), [1]);
     assert_eq!(early.total.messages, 16);
     let exact = report(
-        &t.db,
+        db,
         ReportFilter {
             since: Some(T0),
             until: Some(T0 + 2 * DAY),
@@ -589,7 +515,7 @@ async fn report_filters_select_whole_runs(backend: DbBackend) {
     assert_eq!(exact.runs.iter().map(|r| r.run.id).collect::<Vec<_>>(), [1]);
 
     let none = report(
-        &t.db,
+        db,
         ReportFilter {
             run: Some(3),
             ..ReportFilter::default()
@@ -601,26 +527,22 @@ async fn report_filters_select_whole_runs(backend: DbBackend) {
 
     // Configured but never run: a report that says so; unknown: none.
     let c = campaign();
-    let fresh = campaign_report(&t.db, "fresh", Some(&c), 0.0, &ReportFilter::default(), T0)
+    let fresh = campaign_report(db, "fresh", Some(&c), 0.0, &ReportFilter::default(), T0)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(fresh.notes, ["`fresh` has not run yet"]);
     assert!(
-        campaign_report(&t.db, "nope", None, 0.0, &ReportFilter::default(), T0)
+        campaign_report(db, "nope", None, 0.0, &ReportFilter::default(), T0)
             .await
             .unwrap()
             .is_none()
     );
-    assert_eq!(campaign_names(&t.db).await.unwrap(), ["other", "winback"]);
-    t.drop_db().await;
+    assert_eq!(campaign_names(db).await.unwrap(), ["other", "winback"]);
 }
 
-async fn report_shows_each_rollout_once(backend: DbBackend) {
-    let Some(t) = TestDatabase::new(backend).await else {
-        return;
-    };
-    fixture(&t.db).await;
+async fn report_shows_each_rollout_once(db: &Db) {
+    fixture(db).await;
     let variants = [
         ("discount", ArmCounts::new(1_000, 80).unwrap()),
         ("reminder", ArmCounts::new(1_000, 40).unwrap()),
@@ -632,14 +554,14 @@ async fn report_shows_each_rollout_once(backend: DbBackend) {
         (record.chosen.as_str(), record.leader.as_str()),
         ("discount", "discount")
     );
-    assert!(record_rollout(&t.db, &record).await.unwrap());
+    assert!(record_rollout(db, &record).await.unwrap());
     let mut second = record.clone();
     second.chosen = "reminder".into();
     assert!(
-        !record_rollout(&t.db, &second).await.unwrap(),
+        !record_rollout(db, &second).await.unwrap(),
         "a decision is final"
     );
-    let r = report(&t.db, ReportFilter::default()).await;
+    let r = report(db, ReportFilter::default()).await;
     assert_eq!(r.rollouts.len(), 1);
     let ro = &r.rollouts[0];
     assert_eq!((ro.run_id, ro.chosen.as_str()), (2, "discount"));
@@ -661,7 +583,7 @@ async fn report_shows_each_rollout_once(backend: DbBackend) {
     );
     assert!(r.total.srm.is_none());
     let only1 = report(
-        &t.db,
+        db,
         ReportFilter {
             run: Some(1),
             ..ReportFilter::default()
@@ -669,19 +591,15 @@ async fn report_shows_each_rollout_once(backend: DbBackend) {
     )
     .await;
     assert!(only1.rollouts.is_empty());
-    t.drop_db().await;
 }
 
 /// A triggered campaign's one open-ended run is cut by its messages' trigger
 /// instants: `--since` keeps the run (started before it) and counts only the
 /// messages triggered in the range; scheduled runs are still selected whole.
-async fn report_cuts_a_triggered_run_by_trigger_instant(backend: DbBackend) {
-    let Some(t) = TestDatabase::new(backend).await else {
-        return;
-    };
-    fixture(&t.db).await;
+async fn report_cuts_a_triggered_run_by_trigger_instant(db: &Db) {
+    fixture(db).await;
     exec(
-        &t.db,
+        db,
         &format!(
             "INSERT INTO runs (id, campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) VALUES \
              (4, 1, 0, {T0}, 'running', 'trigger', '{FINGERPRINT}', {T0})"
@@ -704,10 +622,10 @@ async fn report_cuts_a_triggered_run_by_trigger_instant(backend: DbBackend) {
             )
         })
         .collect();
-    insert_messages(&t.db, &rows).await;
+    insert_messages(db, &rows).await;
     // Two triggered on day 1, three on day 5; distinct trigger ids keep them apart.
     exec(
-        &t.db,
+        db,
         &format!(
             "UPDATE messages SET trigger_id = id, trigger_at = CASE WHEN id < 102 THEN {} ELSE {} END WHERE run_id = 4",
             T0 + DAY,
@@ -715,9 +633,9 @@ async fn report_cuts_a_triggered_run_by_trigger_instant(backend: DbBackend) {
         ),
     )
     .await;
-    let all = report(&t.db, ReportFilter::default()).await;
+    let all = report(db, ReportFilter::default()).await;
     let late = report(
-        &t.db,
+        db,
         ReportFilter {
             since: Some(T0 + 4 * DAY),
             ..ReportFilter::default()
@@ -725,7 +643,7 @@ async fn report_cuts_a_triggered_run_by_trigger_instant(backend: DbBackend) {
     )
     .await;
     let early = report(
-        &t.db,
+        db,
         ReportFilter {
             until: Some(T0 + 2 * DAY),
             ..ReportFilter::default()
@@ -744,52 +662,13 @@ async fn report_cuts_a_triggered_run_by_trigger_instant(backend: DbBackend) {
     assert_eq!(triggered(&early), Some(2));
     assert!(early.runs.iter().any(|x| x.run.id == 1));
     assert!(!late.runs.iter().any(|x| x.run.id == 1));
-    t.drop_db().await;
-}
-
-#[tokio::test]
-async fn report_cuts_a_triggered_run_by_trigger_instant_sqlite() {
-    report_cuts_a_triggered_run_by_trigger_instant(DbBackend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn report_cuts_a_triggered_run_by_trigger_instant_postgres() {
-    report_cuts_a_triggered_run_by_trigger_instant(DbBackend::Postgres).await;
-}
-
-#[tokio::test]
-async fn report_counts_every_status_and_outcome_sqlite() {
-    report_counts_every_status_and_outcome(DbBackend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn report_counts_every_status_and_outcome_postgres() {
-    report_counts_every_status_and_outcome(DbBackend::Postgres).await;
-}
-
-#[tokio::test]
-async fn report_filters_select_whole_runs_sqlite() {
-    report_filters_select_whole_runs(DbBackend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn report_filters_select_whole_runs_postgres() {
-    report_filters_select_whole_runs(DbBackend::Postgres).await;
-}
-
-#[tokio::test]
-async fn report_shows_each_rollout_once_sqlite() {
-    report_shows_each_rollout_once(DbBackend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn report_shows_each_rollout_once_postgres() {
-    report_shows_each_rollout_once(DbBackend::Postgres).await;
 }
 
 #[tokio::test]
 async fn report_scan_reads_only_the_covering_indexes_on_sqlite() {
-    let t = TestDatabase::new(DbBackend::Sqlite).await.expect("sqlite");
+    let t = crate::test_db::TestDb::new(DbBackend::Sqlite, "report")
+        .await
+        .expect("sqlite");
     fixture(&t.db).await;
     let goals = ["app_open".to_string()];
     let only2 = ReportFilter {
@@ -820,3 +699,10 @@ async fn report_scan_reads_only_the_covering_indexes_on_sqlite() {
         }
     }
 }
+
+crate::test_db::on_both_databases!(
+    report_counts_every_status_and_outcome,
+    report_filters_select_whole_runs,
+    report_shows_each_rollout_once,
+    report_cuts_a_triggered_run_by_trigger_instant
+);
