@@ -65,14 +65,15 @@ async fn state_of(db: &Db, run: i64) -> Result<String, RunsError> {
         .ok_or(RunsError::NoSuchRun(run))
 }
 
-/// Stops claiming a running (or still planning) run's messages; what is in flight finishes.
+/// Stops claiming a running run's messages; what is in flight finishes. A run
+/// still being planned (its first pages may be sending) cannot be paused yet.
 pub async fn pause(db: &Db, run: i64) -> Result<(), RunsError> {
     let state = state_of(db, run).await?;
     if state != "running" {
         return Err(RunsError::WrongState {
             id: run,
             state,
-            what: "only a running run can be paused",
+            what: "only a running run can be paused (one still being planned: wait until its plan is written, or cancel it)",
         });
     }
     let mut q = Sql::new();
