@@ -1,6 +1,6 @@
 //! `herald bench run`: a whole run, end to end, to an unlimited outbox:
 //! plan (audience snapshot and policies) while the workers claim, read
-//! contacts, render, mark, send (the batched outbox) and record what is
+//! contacts, render, send (the batched outbox) and record what is
 //! planned, as the daemon does; with each stage's share of the workers'
 //! time. Each size runs in a child process so its peak memory is its own;
 //! the parent prints messages/s and how peak memory grows with the audience.
@@ -111,7 +111,6 @@ pub async fn run_one(
     }
     let plan = engine.plan(&campaign, &run).await?;
     let plan_s = started.elapsed();
-    let plan_peak_rss = peak_rss();
     anyhow::ensure!(plan.finished, "the bench run's plan did not finish");
     let mut total = DispatchStats::default();
     for h in handles {
@@ -137,13 +136,11 @@ pub async fn run_one(
         "claim_s": secs(st.claim),
         "contacts_s": secs(st.contacts),
         "render_s": secs(st.render),
-        "mark_s": secs(st.mark),
         "send_s": secs(st.send),
         "record_s": secs(st.record),
         "peak_rss": peak_rss(),
         "peak_reset": peak_reset,
         "load_peak_rss": load_peak_rss,
-        "plan_peak_rss": plan_peak_rss,
     });
     println!("{line}");
     Ok(())
@@ -203,7 +200,6 @@ pub fn run(
                 "claim_s",
                 "contacts_s",
                 "render_s",
-                "mark_s",
                 "send_s",
                 "record_s",
             ]
@@ -227,12 +223,11 @@ pub fn run(
                 f("load_peak_rss") / 1e6,
             );
             println!(
-                "           planning ended at {:.0}% of the run (workers sent meanwhile); the workers' time: claim {:.0}%, contacts {:.0}%, render {:.0}%, mark {:.0}%, send {:.0}%, record {:.0}%",
+                "           planning ended at {:.0}% of the run (workers sent meanwhile); the workers' time: claim {:.0}%, contacts {:.0}%, render {:.0}%, send {:.0}%, record {:.0}%",
                 100.0 * f("plan_s") / total,
                 share("claim_s"),
                 share("contacts_s"),
                 share("render_s"),
-                share("mark_s"),
                 share("send_s"),
                 share("record_s"),
             );

@@ -1,8 +1,10 @@
 //! The dispatcher: claims due messages under a lease (from a keyset cursor
-//! per worker), lets a [`Gate`] cancel some, renders them, marks them
-//! `sending` before the batch's requests are written (in the claim itself
-//! when no gate must see them first), sends through the channel adapters
-//! (rate limited, bounded concurrency) and records every outcome and attempt.
+//! per worker), marking them `sending` in the claim itself, lets a [`Gate`]
+//! cancel some, renders them, sends through the channel adapters (rate
+//! limited, bounded concurrency) and records every outcome and attempt.
+//! A crash leaves the batch in hand `unknown`: the in-flight window is one
+//! batch a worker; what a gate cancels goes from `sending` to `cancelled`
+//! without a request.
 //! Retries read only the adapters' error taxonomy.
 
 use std::collections::HashMap;
@@ -140,8 +142,6 @@ pub struct StageTimes {
     pub contacts: Duration,
     /// Rendering templates.
     pub render: Duration,
-    /// Marking messages `sending`.
-    pub mark: Duration,
     /// Waiting on the channel adapters.
     pub send: Duration,
     /// Recording outcomes, attempts and links.
@@ -154,7 +154,6 @@ impl StageTimes {
         self.claim += other.claim;
         self.contacts += other.contacts;
         self.render += other.render;
-        self.mark += other.mark;
         self.send += other.send;
         self.record += other.record;
     }
@@ -210,13 +209,6 @@ pub struct Dispatcher {
     pub poll: Duration,
     /// Where attempts are counted for `/metrics`, if anywhere.
     pub metrics: Option<Arc<crate::metrics::DispatchMetrics>>,
-    /// Claims mark messages `sending` in the same statement (one write of
-    /// each row fewer). A crash then leaves the batch in hand `unknown`, as
-    /// a crash after a separate mark did: the in-flight window is the same
-    /// batch. A gate still sees the batch before it is sent: what it cancels
-    /// goes from `sending` to `cancelled` without a request (a crash in
-    /// between leaves those `unknown`, within the same window).
-    pub mark_on_claim: bool,
     /// What may cancel claimed messages just before they are sent.
     gate: Option<Arc<dyn Gate>>,
     /// Where a message goes after a permanent failure, if anywhere.
@@ -245,7 +237,6 @@ impl Dispatcher {
             retry: RetryPolicy::default(),
             poll: Duration::from_millis(200),
             metrics: None,
-            mark_on_claim: true,
             gate: None,
             fallback: None,
             last_expire: AtomicI64::new(i64::MIN),
@@ -399,12 +390,7 @@ impl Dispatcher {
         Ok(claimed)
     }
 
-    /// Whether claims mark messages `sending` themselves (else a separate
-    /// mark after rendering does).
-    fn claims_sending(&self) -> bool {
-        self.mark_on_claim
-    }
-
+    /// Claims (and marks `sending`) up to a batch after the cursor `after`.
     async fn claim_from(
         &self,
         run: Option<i64>,
@@ -412,15 +398,9 @@ impl Dispatcher {
         lease_until: i64,
         after: Option<(i64, i64)>,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        if self.claims_sending() {
-            self.store
-                .claim_sending_after(&self.owner, run, now, lease_until, self.batch, after)
-                .await
-        } else {
-            self.store
-                .claim_due_after(&self.owner, run, now, lease_until, self.batch, after)
-                .await
-        }
+        self.store
+            .claim_sending_after(&self.owner, run, now, lease_until, self.batch, after)
+            .await
     }
 
     async fn send_batch(
@@ -491,19 +471,6 @@ impl Dispatcher {
             }
         }
         stats.stages.render += t.elapsed();
-        if !self.claims_sending() {
-            let t = Instant::now();
-            let ids: Vec<i64> = ready.iter().map(|(m, _)| m.id).collect();
-            let marked: std::collections::HashSet<i64> = self
-                .store
-                .mark_sending(&self.owner, &ids, now)
-                .await?
-                .into_iter()
-                .collect();
-            // A message whose lease lapsed may belong to another worker now: not ours to send.
-            ready.retain(|(m, _)| marked.contains(&m.id));
-            stats.stages.mark += t.elapsed();
-        }
         let t = Instant::now();
         let width = self
             .routes
