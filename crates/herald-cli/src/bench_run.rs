@@ -196,16 +196,10 @@ pub fn run(
             let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
             let sent = f("accepted");
             let total = f("seconds");
-            let work: f64 = [
-                "claim_s",
-                "contacts_s",
-                "render_s",
-                "send_s",
-                "record_s",
-            ]
-            .iter()
-            .map(|k| f(k))
-            .sum();
+            let work: f64 = ["claim_s", "contacts_s", "render_s", "send_s", "record_s"]
+                .iter()
+                .map(|k| f(k))
+                .sum();
             let share = |k: &str| 100.0 * f(k) / work.max(1e-9);
             println!(
                 "{name:<10} {n:>9} contacts: {:.0} messages planned ({:.0} held out), {:.0} sent in {total:.2}s = {:.0} sent/s end to end; peak RSS of the run {:.1} MB{} (data load {:.1}s and {:.1} MB, not counted)",

@@ -319,13 +319,17 @@ pub fn fallback_channel(
 /// channel, address), so two contacts sharing an inbox get one email per step.
 pub type AddressKey = (i32, Channel, String);
 
-/// The (step, channel, address) of each planned message of `rows`: what a
-/// page asks the run's earlier pages about.
-pub fn address_keys(rows: &[PlannedMessage]) -> Vec<AddressKey> {
-    rows.iter()
-        .filter(|m| m.status == MessageStatus::Planned)
-        .filter_map(|m| Some((m.step, m.channel?, m.address.clone()?)))
-        .collect()
+/// The (step, channel, address) of each planned message of `rows`, borrowed:
+/// what a page asks the run's earlier pages about.
+pub fn address_keys(rows: &[PlannedMessage]) -> Vec<(i32, Channel, &str)> {
+    rows.iter().filter_map(address_key).collect()
+}
+
+fn address_key(m: &PlannedMessage) -> Option<(i32, Channel, &str)> {
+    if m.status != MessageStatus::Planned {
+        return None;
+    }
+    Some((m.step, m.channel?, m.address.as_deref()?))
 }
 
 /// Suppresses (`duplicate_address`) each planned message of `rows` whose
@@ -336,20 +340,20 @@ pub fn address_keys(rows: &[PlannedMessage]) -> Vec<AddressKey> {
 pub fn suppress_duplicate_addresses(rows: &mut [PlannedMessage], taken: &HashSet<AddressKey>) {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| rows[i].contact_id);
-    let mut seen: HashSet<AddressKey> = HashSet::new();
-    for i in order {
-        let m = &mut rows[i];
-        if m.status != MessageStatus::Planned {
-            continue;
-        }
-        let (Some(channel), Some(address)) = (m.channel, m.address.as_ref()) else {
-            continue;
-        };
-        let key = (m.step, channel, address.clone());
-        if taken.contains(&key) || !seen.insert(key) {
-            m.status = MessageStatus::Suppressed;
-            m.reason = Some(SuppressReason::DuplicateAddress.as_str().to_string());
-        }
+    let duplicates: Vec<usize> = {
+        // Seeded with what earlier pages took (a few keys, usually none).
+        let mut seen: HashSet<(i32, Channel, &str)> = taken
+            .iter()
+            .map(|(step, channel, address)| (*step, *channel, address.as_str()))
+            .collect();
+        order
+            .into_iter()
+            .filter(|&i| address_key(&rows[i]).is_some_and(|key| !seen.insert(key)))
+            .collect()
+    };
+    for i in duplicates {
+        rows[i].status = MessageStatus::Suppressed;
+        rows[i].reason = Some(SuppressReason::DuplicateAddress.as_str().to_string());
     }
 }
 
@@ -421,7 +425,7 @@ mod tests {
         );
         assert_eq!(
             address_keys(&rows),
-            vec![(1, Channel::Email, "home@example.com".to_string())]
+            vec![(1, Channel::Email, "home@example.com")]
         );
     }
 

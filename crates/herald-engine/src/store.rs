@@ -416,7 +416,7 @@ pub trait Store: Send + Sync {
         &self,
         run_id: i64,
         before_contact: i64,
-        keys: &[crate::plan::AddressKey],
+        keys: &[(i32, Channel, &str)],
     ) -> StoreResult<std::collections::HashSet<crate::plan::AddressKey>>;
     /// Ends planning: state `running` (its messages were claimable since
     /// they were written, and each page's duplicate addresses decided then).

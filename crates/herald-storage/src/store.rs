@@ -523,12 +523,12 @@ impl Store for SqlStore {
         &self,
         run_id: i64,
         before_contact: i64,
-        keys: &[AddressKey],
+        keys: &[(i32, Channel, &str)],
     ) -> StoreResult<HashSet<AddressKey>> {
-        let wanted: HashSet<&AddressKey> = keys.iter().collect();
+        let wanted: HashSet<(i32, Channel, &str)> = keys.iter().copied().collect();
         let mut by_channel: BTreeMap<Channel, BTreeSet<&str>> = BTreeMap::new();
-        for (_, channel, address) in keys {
-            by_channel.entry(*channel).or_default().insert(address);
+        for &(_, channel, address) in keys {
+            by_channel.entry(channel).or_default().insert(address);
         }
         let mut taken = HashSet::new();
         for (channel, addresses) in by_channel {
@@ -557,9 +557,8 @@ impl Store for SqlStore {
                 found
             };
             for (step, address) in found {
-                let key = (step, channel, address);
-                if wanted.contains(&key) {
-                    taken.insert(key);
+                if wanted.contains(&(step, channel, address.as_str())) {
+                    taken.insert((step, channel, address));
                 }
             }
         }
