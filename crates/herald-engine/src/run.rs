@@ -233,9 +233,7 @@ impl Engine {
             return Ok(stats);
         }
         read?;
-        self.store
-            .finish_planning(run.id, self.clock.now_ms())
-            .await?;
+        self.store.finish_planning(run.id).await?;
         if stats.members >= REFRESH_STATISTICS_AFTER {
             self.store.refresh_message_statistics().await?;
         }

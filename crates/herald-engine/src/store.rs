@@ -420,7 +420,7 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<std::collections::HashSet<crate::plan::AddressKey>>;
     /// Ends planning: state `running` (its messages were claimable since
     /// they were written, and each page's duplicate addresses decided then).
-    async fn finish_planning(&self, run_id: i64, now: i64) -> StoreResult<()>;
+    async fn finish_planning(&self, run_id: i64) -> StoreResult<()>;
     /// Refreshes the database's statistics of the message table after a large
     /// plan, so the first claims read the queue index instead of the whole run.
     async fn refresh_message_statistics(&self) -> StoreResult<()> {

@@ -565,7 +565,7 @@ impl Store for SqlStore {
         Ok(taken)
     }
 
-    async fn finish_planning(&self, run_id: i64, _now: i64) -> StoreResult<()> {
+    async fn finish_planning(&self, run_id: i64) -> StoreResult<()> {
         let mut q = Sql::new();
         q.push("UPDATE runs SET state = 'running' WHERE state = 'planning' AND id = ")
             .bind(run_id);
@@ -1099,7 +1099,7 @@ mod tests {
             .insert_planned(run, campaign, &rows, now)
             .await
             .unwrap();
-        store.finish_planning(run, now).await.unwrap();
+        store.finish_planning(run).await.unwrap();
         run
     }
 
@@ -1219,7 +1219,7 @@ mod tests {
             .insert_planned(run, campaign, &rest, now)
             .await
             .unwrap();
-        store.finish_planning(run, now).await.unwrap();
+        store.finish_planning(run).await.unwrap();
         let stats = drain.await.unwrap().unwrap();
         assert_eq!(stats.accepted, 10);
         assert_eq!(outbox_ids(&store).await, (1..=10).collect::<Vec<i64>>());
