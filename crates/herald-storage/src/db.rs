@@ -90,7 +90,8 @@ impl Db {
             .connect_timeout(Duration::from_secs(10));
         if backend == DbBackend::Sqlite {
             // One writer at a time is SQLite's nature; WAL lets readers go on
-            // meanwhile, and busy_timeout makes a second writer wait, not fail.
+            // meanwhile, and a second writer waits, not fails: busy_timeout
+            // while sqlx sets the connection up, then `busy_wait` (after_connect).
             opts.max_connections(4)
                 .map_sqlx_sqlite_opts(|o| {
                     o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
