@@ -220,26 +220,25 @@ fn id_set(q: &mut Sql, b: DbBackend, ids: &[i64]) {
 /// Messages per multi-row INSERT when planning (13 values each).
 const INSERT_CHUNK: usize = 1000;
 
+/// The run states that still take new messages: a page of a plan, or a
+/// triggered campaign's messages. A cancelled (or finished) run takes none,
+/// or its planned rows would never be sent nor settled.
+const OPEN_RUN: &str = "state IN ('planning', 'running', 'paused')";
+
 /// The portable multi-row INSERT of planned messages (each with its
-/// triggering event's id and instant, if triggered); a message already
-/// planned for its (run, contact, step, trigger) is left as it is. With
-/// `while_planning`, nothing is written unless the run is still `planning`
-/// (a page racing `herald runs cancel` must not leave planned rows behind).
+/// triggering event's id and instant, if triggered), written only while the
+/// run is open ([`OPEN_RUN`]; on PostgreSQL `FOR SHARE` waits for a `herald
+/// runs cancel` in progress and sees its outcome); a message already planned
+/// for its (run, contact, step, trigger) is left as it is.
 fn insert_messages_sql<'a>(
     b: DbBackend,
     run_id: i64,
     campaign_id: i64,
     rows: impl Iterator<Item = (&'a PlannedMessage, Option<(i64, i64)>)>,
     now: i64,
-    while_planning: bool,
 ) -> Sql {
     let mut q = Sql::new();
-    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) ");
-    q.push(if while_planning {
-        "SELECT * FROM (VALUES "
-    } else {
-        "VALUES "
-    });
+    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) SELECT * FROM (VALUES ");
     for (i, (m, trigger)) in rows.enumerate() {
         if i > 0 {
             q.push(",");
@@ -268,12 +267,14 @@ fn insert_messages_sql<'a>(
             .bind_as(b, m.reason.clone(), "text");
         q.push(",0,0,0,0,").bind(now).push(",").bind(now).push(")");
     }
-    if while_planning {
-        q.push(") AS v WHERE EXISTS (SELECT 1 FROM runs WHERE id = ")
-            .bind(run_id)
-            .push(" AND state = 'planning')");
+    q.push(") AS v WHERE EXISTS (SELECT 1 FROM runs WHERE id = ")
+        .bind(run_id)
+        .push(" AND ")
+        .push(OPEN_RUN);
+    if b == DbBackend::Postgres {
+        q.push(" FOR SHARE");
     }
-    q.push(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
+    q.push(") ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
     q
 }
 
@@ -506,14 +507,8 @@ impl Store for SqlStore {
             return pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, now).await;
         }
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let q = insert_messages_sql(
-                b,
-                run_id,
-                campaign_id,
-                chunk.iter().map(|m| (m, None)),
-                now,
-                true,
-            );
+            let q =
+                insert_messages_sql(b, run_id, campaign_id, chunk.iter().map(|m| (m, None)), now);
             self.exec(q).await?;
         }
         Ok(())
@@ -1245,6 +1240,40 @@ mod tests {
         assert_eq!(counts.count(None, "planned"), 0);
     }
 
+    /// The same for a triggered campaign's one run: once cancelled, the
+    /// trigger planner's messages are not written (the cursor still moves).
+    async fn a_cancelled_trigger_run_takes_no_more_messages(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (_, campaign, rows) = planning_run(&store, 4).await;
+        let now = SystemClock.now_ms();
+        let run = store.trigger_run(campaign, "f", now).await.unwrap().id;
+        let triggered = |range: std::ops::Range<usize>| -> Vec<TriggeredMessage> {
+            rows[range]
+                .iter()
+                .map(|m| TriggeredMessage {
+                    message: m.clone(),
+                    trigger_id: m.contact_id,
+                    trigger_at: now,
+                })
+                .collect()
+        };
+        let first = store
+            .insert_triggered(run, campaign, &triggered(0..2), 2, now)
+            .await
+            .unwrap();
+        assert_eq!(first, 2);
+        assert_eq!(crate::runs::cancel(db, run, now).await.unwrap(), 2);
+        let after = store
+            .insert_triggered(run, campaign, &triggered(2..4), 4, now)
+            .await
+            .unwrap();
+        assert_eq!(after, 0);
+        let counts = store.run_counts(run).await.unwrap();
+        assert_eq!(counts.count(None, "cancelled"), 2);
+        assert_eq!(counts.count(None, "planned"), 0);
+        assert_eq!(store.trigger_cursor(campaign, now).await.unwrap(), 4);
+    }
+
     async fn gate_cancels_claimed_messages(db: &Db) {
         let store = SqlStore::new(db.clone());
         let run = planned_run(&store, 10).await;
@@ -1429,6 +1458,7 @@ mod tests {
         a_large_plan_refreshes_the_statistics,
         a_shared_address_is_kept_once_per_step_across_pages,
         workers_send_pages_while_the_plan_goes_on,
-        a_cancelled_run_takes_no_more_pages
+        a_cancelled_run_takes_no_more_pages,
+        a_cancelled_trigger_run_takes_no_more_messages
     );
 }

@@ -39,13 +39,14 @@ const INSERT_PLANNED: &str = "INSERT INTO messages (run_id, campaign_id, contact
      SELECT $1, $2, u.contact_id, u.step, u.arm, u.channel, u.address, u.send_at, u.status, u.reason, 0, 0, 0, 0, $3, $3 \
      FROM UNNEST($4::int8[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[]) \
      AS u(contact_id, step, arm, channel, address, send_at, status, reason) \
-     WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND state = 'planning' FOR SHARE) \
+     WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND state IN ('planning', 'running', 'paused') FOR SHARE) \
      ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING";
 
 /// `Store::insert_planned` on PostgreSQL: one statement for the whole page,
-/// written only while the run is `planning`. `FOR SHARE` waits for a
-/// `herald runs cancel` in progress (it holds the run's row) and then sees
-/// its outcome; a cancel that comes after waits for this page and cancels it.
+/// written only while the run is open (the states of `OPEN_RUN` in store.rs).
+/// `FOR SHARE` waits for a `herald runs cancel` in progress (it holds the
+/// run's row) and then sees its outcome; a cancel that comes after waits for
+/// this page and cancels it.
 pub async fn insert_planned(
     db: &Db,
     run_id: i64,

@@ -108,7 +108,6 @@ impl SqlStore {
                     .iter()
                     .map(|t| (&t.message, Some((t.trigger_id, t.trigger_at)))),
                 now,
-                false,
             );
             inserted += txn
                 .execute_raw(q.build(b))
