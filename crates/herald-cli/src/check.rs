@@ -12,7 +12,7 @@ use herald_domain::config::{Campaign, ConfigSet};
 use herald_domain::segment::{Lifecycle, Rfm};
 use herald_domain::token::TokenSigner;
 use herald_domain::types::{CampaignKind, Channel};
-use herald_engine::render::{CampaignRenderer, MessageRenderer, top_keys};
+use herald_engine::render::{CampaignRenderer, MessageRenderer, template_reads};
 use herald_engine::store::{
     ClaimedMessage, ContactView, Personalisation, PersonalisationRequest, Store, TopKey,
 };
@@ -189,7 +189,10 @@ pub async fn sample_contacts(
         )
         .await?;
     let ids: Vec<i64> = members.iter().map(|m| m.contact_id).collect();
-    let want = PersonalisationRequest::new(now, &config.herald, top_keys(templates, campaign));
+    let want = PersonalisationRequest {
+        now,
+        ..PersonalisationRequest::reads(&config.herald, &template_reads(templates, campaign))
+    };
     Ok(store.contacts(&ids, &want).await?)
 }
 

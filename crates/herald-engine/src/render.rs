@@ -2,8 +2,6 @@
 //! the interface the dispatcher renders through, and its handlebars
 //! implementation over the campaign's variants.
 
-use std::collections::BTreeSet;
-
 use herald_channels::RenderedMessage;
 use herald_domain::config::{
     Campaign, EmailContent, HeraldConfig, PushContent, SmsContent, Variant,
@@ -11,13 +9,13 @@ use herald_domain::config::{
 use herald_domain::token::{TokenKind, TokenSigner};
 use herald_domain::types::{CampaignKind, Channel};
 use herald_templates::{
-    LinkContext, Rendered, TemplateError, TemplateSet, compose_sms, html_to_text,
+    LinkContext, Rendered, TemplateError, TemplateReads, TemplateSet, compose_sms, html_to_text,
 };
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 use crate::store::{
-    ClaimedMessage, ContactView, LinkRecord, Personalisation, PersonalisationRequest, TopKey,
+    ClaimedMessage, ContactView, LinkRecord, Personalisation, PersonalisationRequest,
 };
 
 /// A rendered message and the tracked links it contains.
@@ -146,42 +144,43 @@ pub fn template_data(
     data
 }
 
-/// Every `top.EVENT.PROPERTY` the variants of `campaign` read, in their files (and
-/// locale variants) and inline subjects and titles.
-pub fn top_keys(templates: &TemplateSet, campaign: &Campaign) -> Vec<TopKey> {
-    let mut pairs = BTreeSet::new();
-    for v in &campaign.variants {
-        let name = v.name.get_ref().as_str();
-        let files = [
-            v.email.as_ref().map(|e| &e.template),
-            v.sms.as_ref().map(|s| &s.template),
-            v.push.as_ref().map(|p| &p.template),
-        ];
+/// The personalisation the variants and steps of `campaign` read, in their files
+/// (and locale variants) and inline subjects and titles.
+pub fn template_reads(templates: &TemplateSet, campaign: &Campaign) -> TemplateReads {
+    let mut reads = TemplateReads::default();
+    let mut contents: Vec<(String, [Option<&String>; 3])> = campaign
+        .variants
+        .iter()
+        .map(|v| {
+            (
+                v.name.get_ref().to_string(),
+                [
+                    v.email.as_ref().map(|e| &e.template),
+                    v.sms.as_ref().map(|s| &s.template),
+                    v.push.as_ref().map(|p| &p.template),
+                ],
+            )
+        })
+        .collect();
+    contents.extend(campaign.steps.iter().enumerate().map(|(i, step)| {
+        (
+            step_key(i as i32 + 1),
+            [
+                step.email.as_ref().map(|e| &e.template),
+                step.sms.as_ref().map(|s| &s.template),
+                step.push.as_ref().map(|p| &p.template),
+            ],
+        )
+    }));
+    for (key, files) in contents {
         for t in files.into_iter().flatten() {
-            pairs.extend(templates.top_paths(t));
+            reads.extend(templates.reads(t));
         }
         for ch in [Channel::Email, Channel::Push] {
-            pairs.extend(templates.inline_top_paths(&inline_name(&campaign.name, name, ch)));
+            reads.extend(templates.inline_reads(&inline_name(&campaign.name, &key, ch)));
         }
     }
-    for (i, step) in campaign.steps.iter().enumerate() {
-        let files = [
-            step.email.as_ref().map(|e| &e.template),
-            step.sms.as_ref().map(|s| &s.template),
-            step.push.as_ref().map(|p| &p.template),
-        ];
-        for t in files.into_iter().flatten() {
-            pairs.extend(templates.top_paths(t));
-        }
-        for ch in [Channel::Email, Channel::Push] {
-            let key = step_key(i as i32 + 1);
-            pairs.extend(templates.inline_top_paths(&inline_name(&campaign.name, &key, ch)));
-        }
-    }
-    pairs
-        .into_iter()
-        .map(|(event, property)| TopKey { event, property })
-        .collect()
+    reads
 }
 
 /// Renders one campaign's messages with its compiled templates.
@@ -193,7 +192,7 @@ pub struct CampaignRenderer {
     bounce_domain: Option<String>,
     sms_opt_out_line: Option<String>,
     callback_url: Option<String>,
-    /// The personalisation the campaign's templates read (its `top.*` pairs found once).
+    /// The personalisation the campaign's templates read (found once).
     personalisation: PersonalisationRequest,
 }
 
@@ -207,10 +206,9 @@ impl CampaignRenderer {
     ) -> Self {
         let public_url = herald.tracking.public_url.trim_end_matches('/').to_string();
         Self {
-            personalisation: PersonalisationRequest::new(
-                0,
+            personalisation: PersonalisationRequest::reads(
                 herald,
-                top_keys(&templates, &campaign),
+                &template_reads(&templates, &campaign),
             ),
             templates,
             signer,
@@ -398,6 +396,7 @@ impl MessageRenderer for CampaignRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::TopKey;
     use herald_domain::segment::{Lifecycle, Rfm};
     use std::collections::BTreeMap;
 
@@ -486,24 +485,43 @@ sms = { template = "t.sms.hbs" }
         );
     }
 
+    /// What a request for `campaign()` over `templates` asks for.
+    fn request(templates: &[(&str, &str)]) -> PersonalisationRequest {
+        let mut set = TemplateSet::from_strings(templates).unwrap();
+        let c = campaign();
+        register_inline(&mut set, [&c]).unwrap();
+        PersonalisationRequest::reads(&HeraldConfig::default(), &template_reads(&set, &c))
+    }
+
     #[test]
-    fn top_keys_come_from_bodies_locale_variants_and_subjects() {
-        let mut set = TemplateSet::from_strings(&[
+    fn the_request_names_what_bodies_locale_variants_and_subjects_read() {
+        let want = request(&[
             ("t.sms.hbs", "{{top.order_placed.sku}}"),
             ("t.sms.zh-CN.hbs", "{{top.app_open.screen}}"),
             ("t.email.hbs", "<p>{{contact.email}}</p>"),
-        ])
-        .unwrap();
-        let c = campaign();
-        register_inline(&mut set, [&c]).unwrap();
+        ]);
         assert_eq!(
-            top_keys(&set, &c),
+            want.top,
             [
                 key("app_open", "screen"),
                 key("order_placed", "colour"),
                 key("order_placed", "sku")
             ]
         );
+        // Nothing reads RFM, lifecycle or best hour: their queries are not run.
+        assert!(!want.rfm_lifecycle && !want.best_hour);
+        let want = request(&[
+            ("t.sms.hbs", "{{rfm.r}}"),
+            ("t.email.hbs", "<p>{{contact.email}}</p>"),
+            ("t.email.zh-CN.hbs", "<p>{{best_hour}}</p>"),
+        ]);
+        assert!(want.rfm_lifecycle && want.best_hour);
+        let want = request(&[
+            ("t.sms.hbs", "{{> part.sms.hbs}}"),
+            ("part.sms.hbs", "{{lifecycle}}"),
+            ("t.email.hbs", "<p>{{contact.email}}</p>"),
+        ]);
+        assert!(want.rfm_lifecycle && !want.best_hour);
     }
 
     #[test]

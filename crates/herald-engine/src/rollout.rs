@@ -337,7 +337,8 @@ impl Roller {
                 .filter(|m| m.planned)
                 .map(|m| m.contact_id)
                 .collect();
-            let request = PersonalisationRequest::new(now, &self.config.herald, Vec::new());
+            // Where and when each contact is: the time zone, and the best hour.
+            let request = PersonalisationRequest::best_hour(now, &self.config.herald);
             let contacts: HashMap<i64, _> = if ids.is_empty() {
                 HashMap::new()
             } else {

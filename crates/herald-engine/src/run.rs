@@ -294,7 +294,7 @@ impl Engine {
         if campaign.send_time == SendTime::BestHour {
             // Each member's most active local hour, in one batch for the page.
             let ids: Vec<i64> = page.iter().map(|m| m.contact_id).collect();
-            let request = PersonalisationRequest::new(now, &self.config.herald, Vec::new());
+            let request = PersonalisationRequest::best_hour(now, &self.config.herald);
             let hours: HashMap<i64, Option<u8>> = self
                 .store
                 .contacts(&ids, &request)

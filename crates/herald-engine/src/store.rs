@@ -9,6 +9,7 @@ use herald_domain::config::{HeraldConfig, Timezone};
 use herald_domain::duration::Span;
 use herald_domain::segment::{Expr, Lifecycle, Rfm};
 use herald_domain::types::{Channel, MessageStatus};
+use herald_templates::TemplateReads;
 use serde_json::Value;
 
 /// A storage failure, with the database's words.
@@ -237,16 +238,48 @@ pub struct PersonalisationRequest {
     pub default_timezone: Timezone,
     /// The `top.EVENT.PROPERTY` pairs the templates read; no other is fetched.
     pub top: Vec<TopKey>,
+    /// RFM and lifecycle stage (one query over the contacts' purchases and activity).
+    pub rfm_lifecycle: bool,
+    /// The most active local hour (one query over the contacts' events).
+    pub best_hour: bool,
 }
 
 impl PersonalisationRequest {
-    /// A request at `now` with the window and default time zone of `herald.toml`.
+    /// Everything, with the `top` pairs given, at `now`, with the window and
+    /// default time zone of `herald.toml` (previews and samples show it all).
     pub fn new(now: i64, herald: &HeraldConfig, top: Vec<TopKey>) -> Self {
         Self {
             now,
             window: herald.personalisation.window,
             default_timezone: herald.defaults.timezone,
             top,
+            rfm_lifecycle: true,
+            best_hour: true,
+        }
+    }
+
+    /// Only what `reads` names: what a campaign's templates print.
+    pub fn reads(herald: &HeraldConfig, reads: &TemplateReads) -> Self {
+        let top = reads
+            .top
+            .iter()
+            .map(|(event, property)| TopKey {
+                event: event.clone(),
+                property: property.clone(),
+            })
+            .collect();
+        Self {
+            rfm_lifecycle: reads.rfm || reads.lifecycle,
+            best_hour: reads.best_hour,
+            ..Self::new(0, herald, top)
+        }
+    }
+
+    /// Only each contact's best hour (planning a `send_time = "best_hour"` campaign).
+    pub fn best_hour(now: i64, herald: &HeraldConfig) -> Self {
+        Self {
+            rfm_lifecycle: false,
+            ..Self::new(now, herald, Vec::new())
         }
     }
 }

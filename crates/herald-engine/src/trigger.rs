@@ -302,7 +302,7 @@ impl TriggerPlanner {
             }
             if p.campaign.send_time == SendTime::BestHour {
                 let ids: Vec<i64> = members.keys().copied().collect();
-                let request = PersonalisationRequest::new(before, herald, Vec::new());
+                let request = PersonalisationRequest::best_hour(before, herald);
                 for c in self.store.contacts(&ids, &request).await? {
                     if let Some(m) = members.get_mut(&c.id) {
                         m.best_hour = c.personal.best_hour;

@@ -86,16 +86,20 @@ pub async fn personalise(
     let ctx = SegmentContext::new(db.backend(), want.now, rfm, lifecycle);
     for page in contacts.chunks(IDS_PER_QUERY) {
         let ids: Vec<i64> = page.iter().map(|c| c.id).collect();
-        for (id, (rfm, stage)) in rfm_and_lifecycle(db, &ctx, &ids).await? {
-            if let Some(p) = out.get_mut(&id) {
-                p.rfm = rfm;
-                p.lifecycle = Some(stage);
+        if want.rfm_lifecycle {
+            for (id, (rfm, stage)) in rfm_and_lifecycle(db, &ctx, &ids).await? {
+                if let Some(p) = out.get_mut(&id) {
+                    p.rfm = rfm;
+                    p.lifecycle = Some(stage);
+                }
             }
         }
-        let hours = best_hours(db, page, want.now, want.window, want.default_timezone.0).await?;
-        for (id, hour) in hours {
-            if let Some(p) = out.get_mut(&id) {
-                p.best_hour = Some(hour);
+        if want.best_hour {
+            let tz = want.default_timezone.0;
+            for (id, hour) in best_hours(db, page, want.now, want.window, tz).await? {
+                if let Some(p) = out.get_mut(&id) {
+                    p.best_hour = Some(hour);
+                }
             }
         }
         for (id, top) in top_values(db, &ids, want.now, want.window, &want.top).await? {
@@ -615,6 +619,8 @@ mod tests {
                     property: p.to_string(),
                 })
                 .collect(),
+            rfm_lifecycle: true,
+            best_hour: true,
         }
     }
 
@@ -655,7 +661,58 @@ mod tests {
         top_values_count_ties_and_window_edges,
         rfm_and_lifecycle_match_the_segment_sql,
         composite_m_ranks_against_the_whole_base,
+        only_what_is_asked_for_is_computed,
     );
+
+    /// A campaign whose templates print none of RFM, lifecycle and best hour does
+    /// not pay for their queries; a best-hour plan pays only for its own.
+    async fn only_what_is_asked_for_is_computed(db: &Db) {
+        let d = |days: i64| NOW - days * DAY_MS;
+        seed(
+            db,
+            &[c(1, Some("UTC"))
+                .ev("order_placed", d(3), Some(10.0), sku("tea"))
+                .ev("app_open", d(1), None, None)],
+        )
+        .await;
+        let ids = [(1, Some("UTC"))];
+        let all = run(
+            db,
+            &RfmConfig::default(),
+            &ids,
+            &request(&[("order_placed", "sku")], 30),
+        )
+        .await;
+        assert!(
+            all[&1].rfm.is_some() && all[&1].lifecycle.is_some() && all[&1].best_hour.is_some()
+        );
+        let only_top = PersonalisationRequest {
+            rfm_lifecycle: false,
+            best_hour: false,
+            ..request(&[("order_placed", "sku")], 30)
+        };
+        let got = run(db, &RfmConfig::default(), &ids, &only_top).await;
+        assert_eq!(
+            got[&1],
+            Personalisation {
+                top: all[&1].top.clone(),
+                ..Default::default()
+            }
+        );
+        assert_eq!(top_of(&got[&1], "order_placed", "sku"), Some(json!("tea")));
+        let hour = PersonalisationRequest {
+            rfm_lifecycle: false,
+            ..request(&[], 30)
+        };
+        let got = run(db, &RfmConfig::default(), &ids, &hour).await;
+        assert_eq!(
+            got[&1],
+            Personalisation {
+                best_hour: all[&1].best_hour,
+                ..Default::default()
+            }
+        );
+    }
 
     /// New York: 14:30 local is 19:30 UTC in winter and 18:30 UTC in summer. A UTC-hour
     /// histogram would split them; the local one counts three events at 14.

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::error::{Position, RenderError, TemplateError};
 use crate::helpers::{self, CollectGuard, HelperFailure, LinkContext, TrackedLink};
 use crate::locale::Variants;
+use crate::paths::TemplateReads;
 
 /// Extension of template files.
 const TEMPLATE_EXTENSION: &str = "hbs";
@@ -171,29 +172,21 @@ impl TemplateSet {
             .unwrap_or(name)
     }
 
-    /// The `(EVENT, PROPERTY)` of every `top.EVENT.PROPERTY` that file template `name`
-    /// or one of its locale variants reads (nothing for an unknown name).
-    pub fn top_paths(&self, name: &str) -> BTreeSet<(String, String)> {
-        let mut out = BTreeSet::new();
+    /// The personalisation file template `name` or one of its locale variants
+    /// reads, with the partials they include (nothing for an unknown name).
+    pub fn reads(&self, name: &str) -> TemplateReads {
         let registry = if is_html_template(name) {
             &self.html
         } else {
             &self.plain
         };
         let names = std::iter::once(name).chain(self.variants.of(name));
-        for t in names.filter_map(|n| registry.get_template(n)) {
-            crate::paths::top_paths(t, &mut out);
-        }
-        out
+        reads_in(registry, names)
     }
 
-    /// The same as [`TemplateSet::top_paths`] for an inline template.
-    pub fn inline_top_paths(&self, name: &str) -> BTreeSet<(String, String)> {
-        let mut out = BTreeSet::new();
-        if let Some(t) = self.inline.get_template(name) {
-            crate::paths::top_paths(t, &mut out);
-        }
-        out
+    /// The same as [`TemplateSet::reads`] for an inline template.
+    pub fn inline_reads(&self, name: &str) -> TemplateReads {
+        reads_in(&self.inline, std::iter::once(name))
     }
 
     /// Renders file template `name` (or its variant for `locale`) with `data`.
@@ -225,6 +218,29 @@ impl TemplateSet {
     ) -> Result<Rendered, RenderError> {
         render_in(&self.inline, name, data, links)
     }
+}
+
+/// What templates `names` of `registry` read, following the partials they
+/// include (each template once, so a partial that includes itself ends).
+fn reads_in<'a>(
+    registry: &Handlebars<'static>,
+    names: impl Iterator<Item = &'a str>,
+) -> TemplateReads {
+    let mut out = TemplateReads::default();
+    let mut todo: Vec<String> = names.map(str::to_owned).collect();
+    let mut seen = BTreeSet::new();
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        if let Some(t) = registry.get_template(&name) {
+            let mut r = TemplateReads::default();
+            r.add(t);
+            todo.extend(std::mem::take(&mut r.partials));
+            out.extend(r);
+        }
+    }
+    out
 }
 
 /// Compiles one template into `registry`, turning handlebars' error into ours.
@@ -831,6 +847,32 @@ mod tests {
     }
 
     #[test]
+    fn reads_follow_partials_once_each() {
+        let s = set(&[
+            ("a.sms.hbs", "{{> b.sms.hbs}} {{top.x.y}}"),
+            ("b.sms.hbs", "{{rfm.r}} {{> a.sms.hbs}} {{> missing}}"),
+            ("c.sms.hbs", "{{best_hour}}"),
+            ("d.sms.hbs", "at {{> c.sms.hbs}}"),
+        ]);
+        // A partial is included by its file name, as `reads` follows it.
+        let out = s.render(
+            "d.sms.hbs",
+            None,
+            &serde_json::json!({"best_hour": 19}),
+            None,
+        );
+        assert_eq!(out.unwrap().text, "at 19");
+        assert!(s.reads("d.sms.hbs").best_hour);
+        // a includes b, which includes a again: each is read once.
+        let r = s.reads("a.sms.hbs");
+        assert!(r.rfm && !r.lifecycle && !r.best_hour);
+        assert_eq!(
+            r.top.into_iter().collect::<Vec<_>>(),
+            [("x".to_string(), "y".to_string())]
+        );
+    }
+
+    #[test]
     fn top_paths_cover_locale_variants_and_inline_templates() {
         let mut s = set(&[
             ("w/d.sms.hbs", "{{top.order_placed.sku}}"),
@@ -841,21 +883,22 @@ mod tests {
             .unwrap();
         let pair = |e: &str, p: &str| (e.to_string(), p.to_string());
         assert_eq!(
-            s.top_paths("w/d.sms.hbs").into_iter().collect::<Vec<_>>(),
+            s.reads("w/d.sms.hbs").top.into_iter().collect::<Vec<_>>(),
             [pair("app_open", "screen"), pair("order_placed", "sku")]
         );
         assert_eq!(
-            s.top_paths("w/d.email.hbs").into_iter().collect::<Vec<_>>(),
+            s.reads("w/d.email.hbs").top.into_iter().collect::<Vec<_>>(),
             [pair("order_placed", "colour")]
         );
         assert_eq!(
-            s.inline_top_paths("subject")
+            s.inline_reads("subject")
+                .top
                 .into_iter()
                 .collect::<Vec<_>>(),
             [pair("login", "device")]
         );
-        assert!(s.top_paths("nope.sms.hbs").is_empty());
-        assert!(s.inline_top_paths("w/d.sms.hbs").is_empty());
+        assert_eq!(s.reads("nope.sms.hbs"), TemplateReads::default());
+        assert_eq!(s.inline_reads("w/d.sms.hbs"), TemplateReads::default());
     }
 
     #[test]
