@@ -69,6 +69,10 @@ enum BenchWhat {
         /// Dispatch workers.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Events generated per contact (purchases, app opens): what RFM,
+        /// lifecycle and best-hour queries would read. 0 keeps the load fast.
+        #[arg(long, default_value_t = 0)]
+        events_per_contact: usize,
     },
     /// One run in this process (used by `bench run`); prints one JSON line.
     #[command(hide = true)]
@@ -81,6 +85,8 @@ enum BenchWhat {
         batch: u32,
         #[arg(long)]
         workers: usize,
+        #[arg(long, default_value_t = 0)]
+        events_per_contact: usize,
     },
     /// The A/B report over generated messages, half of them with outcomes.
     Report {
@@ -181,13 +187,24 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             postgres,
             batch,
             workers,
-        } => crate::bench_run::run(recipients, postgres.as_deref(), *batch, *workers),
+            events_per_contact,
+        } => crate::bench_run::run(
+            recipients,
+            postgres.as_deref(),
+            *batch,
+            *workers,
+            *events_per_contact,
+        ),
         BenchWhat::RunOne {
             recipients,
             database,
             batch,
             workers,
-        } => crate::bench_run::run_one(*recipients, database, *batch, *workers).await,
+            events_per_contact,
+        } => {
+            crate::bench_run::run_one(*recipients, database, *batch, *workers, *events_per_contact)
+                .await
+        }
         BenchWhat::Segments {
             contacts,
             events,

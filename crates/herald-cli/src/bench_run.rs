@@ -49,12 +49,13 @@ pub async fn run_one(
     database: &str,
     batch: u32,
     workers: usize,
+    events_per_contact: usize,
 ) -> anyhow::Result<()> {
     let db = Db::connect(database).await?;
     let t = Instant::now();
     let options = herald_storage::segment_bench::BenchOptions {
         contacts: recipients,
-        events: 0,
+        events: recipients * events_per_contact,
         seed: 3,
     };
     herald_storage::segment_bench::load(&db, &options).await?;
@@ -152,6 +153,7 @@ pub fn run(
     postgres: Option<&str>,
     batch: u32,
     workers: usize,
+    events_per_contact: usize,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut targets: Vec<(&str, String)> = vec![("SQLite", String::new())];
@@ -184,6 +186,8 @@ pub fn run(
                     &batch.to_string(),
                     "--workers",
                     &workers.to_string(),
+                    "--events-per-contact",
+                    &events_per_contact.to_string(),
                 ])
                 .output()?;
             if !out.status.success() {
@@ -202,7 +206,12 @@ pub fn run(
                 .sum();
             let share = |k: &str| 100.0 * f(k) / work.max(1e-9);
             println!(
-                "{name:<10} {n:>9} contacts: {:.0} messages planned ({:.0} held out), {:.0} sent in {total:.2}s = {:.0} sent/s end to end; peak RSS of the run {:.1} MB{} (data load {:.1}s and {:.1} MB, not counted)",
+                "{name:<10} {n:>9} contacts{}: {:.0} messages planned ({:.0} held out), {:.0} sent in {total:.2}s = {:.0} sent/s end to end; peak RSS of the run {:.1} MB{} (data load {:.1}s and {:.1} MB, not counted)",
+                if events_per_contact > 0 {
+                    format!(" ({events_per_contact} events each)")
+                } else {
+                    String::new()
+                },
                 f("audience"),
                 f("held_out"),
                 f("accepted"),
