@@ -1,5 +1,6 @@
 //! `herald check`: a typo points at file, line and column (exit 2); a template
-//! with a missing variable fails the check, and `send` then sends nothing.
+//! with a missing variable fails the check, and `send` then sends nothing; so
+//! do templates that include one another in a ring.
 
 use herald_tests::{Backend, Project};
 
@@ -77,9 +78,43 @@ async fn missing_variable_fails_check_and_sends_nothing(backend: Backend) {
     db.drop_db().await;
 }
 
+/// Handlebars would recurse until the process ran out of stack: a daemon would
+/// die on the first such message, and again after every restart.
+async fn a_template_that_includes_itself_is_refused_before_any_send(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = start_sink().await;
+    shop_project(&p, sink.addr().port());
+    p.write(
+        "templates/shop/hello.email.hbs",
+        "<p>Hi</p>{{#if contact.email}}{{> shop/footer.email.hbs}}{{/if}}",
+    );
+    p.write(
+        "templates/shop/footer.email.hbs",
+        "<a href=\"{{unsubscribe_url}}\">unsubscribe</a>{{> shop/hello.email.hbs}}",
+    );
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    for args in [&["check"][..], &["send", "hello"]] {
+        let run = p.herald(&db, args);
+        run.expect_code(2);
+        assert!(
+            run.stderr().contains(
+                "shop/footer.email.hbs: includes itself through partials (shop/footer.email.hbs > shop/hello.email.hbs > shop/footer.email.hbs)"
+            ),
+            "{args:?}: {}",
+            run.stderr()
+        );
+    }
+    assert_eq!(sink.count(), 0);
+    db.drop_db().await;
+}
+
 on_both_databases!(
     typo_points_at_line_and_column,
-    missing_variable_fails_check_and_sends_nothing
+    missing_variable_fails_check_and_sends_nothing,
+    a_template_that_includes_itself_is_refused_before_any_send
 );
 
 async fn changed_weights_or_name_after_a_run_are_warned(backend: Backend) {

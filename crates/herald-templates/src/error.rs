@@ -88,6 +88,13 @@ pub enum TemplateError {
         /// The file refused.
         second: String,
     },
+    /// Templates that include each other in a ring: rendering one would never
+    /// end (handlebars recurses until the process runs out of stack).
+    #[error("{}: includes itself through partials ({}); a template must not include itself, directly or through others", .0[0], .0.join(" > "))]
+    PartialCycle(
+        /// The ring, starting and ending with the same template.
+        Vec<String>,
+    ),
     /// Several of the above, in file order (a load reports every broken file).
     #[error("{}", join_lines(.0))]
     Many(Vec<TemplateError>),

@@ -3,7 +3,7 @@
 //! push and inline subjects/titles), with locale fallback and a render call
 //! that returns the text and the tracked links it made.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -124,6 +124,13 @@ impl TemplateSet {
 
     fn finish(mut self, mut errors: Vec<TemplateError>) -> Result<Self, TemplateError> {
         self.names.sort();
+        for registry in [&self.html, &self.plain] {
+            errors.extend(
+                partial_cycles(registry)
+                    .into_iter()
+                    .map(TemplateError::PartialCycle),
+            );
+        }
         match errors.len() {
             0 => Ok(self),
             1 => Err(errors.remove(0)),
@@ -150,7 +157,15 @@ impl TemplateSet {
 
     /// Compiles a template given as a string in config (a subject, a title): plain, no escaping.
     pub fn register_inline(&mut self, name: &str, text: &str) -> Result<(), TemplateError> {
-        compile(&mut self.inline, name, text, name)
+        compile(&mut self.inline, name, text, name)?;
+        match partial_cycles(&self.inline).into_iter().next() {
+            Some(ring) => {
+                // Refused, so that no render can reach it.
+                self.inline.unregister_template(name);
+                Err(TemplateError::PartialCycle(ring))
+            }
+            None => Ok(()),
+        }
     }
 
     /// The names of the file templates (locale variants included), sorted.
@@ -218,6 +233,57 @@ impl TemplateSet {
     ) -> Result<Rendered, RenderError> {
         render_in(&self.inline, name, data, links)
     }
+}
+
+/// Every ring of templates in `registry` that include one another by name, each
+/// once, as `[a, b, a]` starting at its first name in order.
+fn partial_cycles(registry: &Handlebars<'static>) -> Vec<Vec<String>> {
+    let includes: BTreeMap<&str, Vec<String>> = registry
+        .get_templates()
+        .iter()
+        .map(|(name, t)| {
+            let mut r = TemplateReads::default();
+            r.add(t);
+            (name.as_str(), r.partials.into_iter().collect())
+        })
+        .collect();
+    let mut rings = BTreeSet::new();
+    // Depth first along the includes; a name already on the path closes a ring.
+    // A template whose includes were all walked is not walked again.
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    for start in includes.keys() {
+        if done.contains(start) {
+            continue;
+        }
+        let mut path: Vec<&str> = vec![start];
+        let mut stack = vec![includes[start].iter()];
+        while let Some(next) = stack.last_mut() {
+            match next.next() {
+                Some(name) => {
+                    if let Some(i) = path.iter().position(|p| p == name) {
+                        let mut ring: Vec<String> =
+                            path[i..].iter().map(|p| p.to_string()).collect();
+                        let first = (0..ring.len()).min_by_key(|&k| &ring[k]).unwrap_or(0);
+                        ring.rotate_left(first);
+                        ring.push(ring[0].clone());
+                        rings.insert(ring);
+                    } else if let Some((name, more)) = includes.get_key_value(name.as_str()) {
+                        if !done.contains(name) {
+                            path.push(name);
+                            stack.push(more.iter());
+                        }
+                    }
+                }
+                None => {
+                    stack.pop();
+                    if let Some(finished) = path.pop() {
+                        done.insert(finished);
+                    }
+                }
+            }
+        }
+    }
+    rings.into_iter().collect()
 }
 
 /// What templates `names` of `registry` read, following the partials they
@@ -847,10 +913,41 @@ mod tests {
     }
 
     #[test]
-    fn reads_follow_partials_once_each() {
+    fn templates_that_include_each_other_are_refused_at_load() {
+        let err = TemplateSet::from_strings(&[
+            ("a.sms.hbs", "{{#if x}}{{> b.sms.hbs}}{{/if}}"),
+            ("b.sms.hbs", "{{> c.sms.hbs}} {{> a.sms.hbs}}"),
+            ("c.sms.hbs", "fine"),
+            ("d.email.hbs", "{{> d.email.hbs}}"),
+            ("e.sms.hbs", "{{> c.sms.hbs}} {{> c.sms.hbs}}"),
+        ])
+        .unwrap_err();
+        let messages: Vec<String> = err.flatten().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            messages,
+            [
+                "d.email.hbs: includes itself through partials (d.email.hbs > d.email.hbs); a template must not include itself, directly or through others",
+                "a.sms.hbs: includes itself through partials (a.sms.hbs > b.sms.hbs > a.sms.hbs); a template must not include itself, directly or through others",
+            ]
+        );
+        // An inline subject that includes itself is refused, and not kept.
+        let mut s = set(&[("a.sms.hbs", "x")]);
+        assert!(matches!(
+            s.register_inline("subject", "{{> subject}}"),
+            Err(TemplateError::PartialCycle(_))
+        ));
+        assert!(
+            s.render_inline("subject", &serde_json::json!({}), None)
+                .is_err()
+        );
+        s.register_inline("subject", "Hi").unwrap();
+    }
+
+    #[test]
+    fn reads_follow_partials() {
         let s = set(&[
-            ("a.sms.hbs", "{{> b.sms.hbs}} {{top.x.y}}"),
-            ("b.sms.hbs", "{{rfm.r}} {{> a.sms.hbs}} {{> missing}}"),
+            ("a.sms.hbs", "{{> b.sms.hbs}} {{top.x.y}} {{> b.sms.hbs}}"),
+            ("b.sms.hbs", "{{rfm.r}} {{> missing}}"),
             ("c.sms.hbs", "{{best_hour}}"),
             ("d.sms.hbs", "at {{> c.sms.hbs}}"),
         ]);
@@ -863,7 +960,7 @@ mod tests {
         );
         assert_eq!(out.unwrap().text, "at 19");
         assert!(s.reads("d.sms.hbs").best_hour);
-        // a includes b, which includes a again: each is read once.
+        // a includes b twice, and b a partial that does not exist.
         let r = s.reads("a.sms.hbs");
         assert!(r.rfm && !r.lifecycle && !r.best_hour);
         assert_eq!(
