@@ -14,6 +14,7 @@ mod m20261127_000003_rollout_release;
 mod m20261127_000004_entry;
 mod m20261127_000005_fallback;
 mod m20261201_000001_import_speed;
+mod m20261202_000001_report_first_step;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000004_entry::Migration),
             Box::new(m20261127_000005_fallback::Migration),
             Box::new(m20261201_000001_import_speed::Migration),
+            Box::new(m20261202_000001_report_first_step::Migration),
         ]
     }
 }

@@ -207,8 +207,8 @@ pub fn decide(
         .filter(|o| !is_rollout_arm(&o.arm) && o.arm != HOLDOUT_ARM)
         .filter_map(|o| o.last_send_at)
         .max();
-    let window_cut_short = match (&campaign.goal, last_test_send) {
-        (Some(goal), Some(last)) => last.saturating_add(goal.within.millis()) > now,
+    let window_cut_short = match (campaign.goal_window_ms(), last_test_send) {
+        (Some(window), Some(last)) => last.saturating_add(window) > now,
         _ => false,
     };
     Some(Decision {

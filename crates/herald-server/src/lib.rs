@@ -75,22 +75,24 @@ pub(crate) fn internal_error(e: impl std::fmt::Display) -> Response {
 
 /// The goals of `campaigns` for attribution: each goal, and each secondary
 /// goal over the goal's window (a campaign without a goal has no window, so
-/// its secondary goals are not counted).
+/// its secondary goals are not counted); a series' window spans its steps.
 pub fn goal_specs<'a>(campaigns: impl IntoIterator<Item = &'a Campaign>) -> Vec<GoalSpec> {
     let mut out = Vec::new();
     for c in campaigns {
-        let Some(goal) = &c.goal else { continue };
+        let (Some(goal), Some(within_ms)) = (&c.goal, c.goal_window_ms()) else {
+            continue;
+        };
         out.push(GoalSpec {
             campaign_name: c.name.clone(),
             event: goal.event.clone(),
-            within_ms: goal.within.millis(),
+            within_ms,
             secondary: false,
         });
         for s in &c.secondary_goals {
             out.push(GoalSpec {
                 campaign_name: c.name.clone(),
                 event: s.clone(),
-                within_ms: goal.within.millis(),
+                within_ms,
                 secondary: true,
             });
         }

@@ -429,8 +429,12 @@ fn scan_sql(
             }
         }
     }
+    // A contact is the unit: a series counts on its first message, whose goal
+    // window spans the later steps (`Campaign::goal_window_ms`). SQLite's
+    // covering indexes are partial on exactly this condition.
     q.push(" FROM messages m WHERE m.campaign_id = ")
-        .bind(campaign_id);
+        .bind(campaign_id)
+        .push(" AND m.step = 0");
     if part == Part::Reasons {
         q.push(" AND m.status IN ('suppressed', 'cancelled')");
     }

@@ -76,10 +76,11 @@ impl RolloutStore for SqlStore {
 
     async fn arm_outcomes(&self, run_id: i64) -> StoreResult<Vec<ArmOutcomes>> {
         let mut q = Sql::new();
-        // The global holdout's messages carry an arm but are in no test, as in the report.
+        // The global holdout's messages carry an arm but are in no test, and a
+        // series counts on its first message, as in the report.
         q.push("SELECT arm, COUNT(*), COUNT(CASE WHEN status = 'delivered' THEN 1 END), COUNT(opened_at), COUNT(clicked_at), COUNT(converted_at), MAX(send_at) FROM messages WHERE run_id = ")
             .bind(run_id)
-            .push(" AND NOT (status = 'suppressed' AND reason IS NOT NULL AND reason = 'global_holdout') GROUP BY arm ORDER BY arm");
+            .push(" AND step = 0 AND NOT (status = 'suppressed' AND reason IS NOT NULL AND reason = 'global_holdout') GROUP BY arm ORDER BY arm");
         self.rows(q)
             .await?
             .iter()

@@ -33,7 +33,8 @@ pub struct GoalSpec {
     pub campaign_name: String,
     /// The event that counts.
     pub event: String,
-    /// The window after the planned `send_at`, in milliseconds.
+    /// The window after the planned `send_at` of a contact's first message
+    /// (step 0), in milliseconds (`Campaign::goal_window_ms`).
     pub within_ms: i64,
     /// A secondary goal (counted into `messages.secondary`), not the conversion.
     pub secondary: bool,
@@ -736,9 +737,10 @@ fn goal_values(q: &mut Sql, b: DbBackend, goals: &[&GoalSpec]) {
 
 /// Recomputes the conversions (and secondary goals) of the messages that the
 /// contacts of `events` may have converted on, from the events table: every
-/// message whose window `(send_at, send_at + within]` holds a goal event
-/// converts, whatever its status (intention to treat), at the first such
-/// event, with revenue the sum of their values (SPEC section 5).
+/// first message (step 0) whose window `(send_at, send_at + within]` holds a
+/// goal event converts, whatever its status (intention to treat), at the first
+/// such event, with revenue the sum of their values (SPEC section 5). A
+/// series' later steps never convert: its window spans them instead.
 ///
 /// Call it after the events are stored. Recomputing (rather than adding) makes
 /// it idempotent: a duplicate `event_id` or a replayed batch changes nothing.
@@ -781,7 +783,9 @@ pub async fn attribute_events(
                 }
                 q.bind(eid.to_string());
             }
-            q.push(")) AND EXISTS (SELECT 1 FROM events e WHERE ")
+            // A series converts on its first message only: the contact, not
+            // each step, is what an A/B test counts.
+            q.push(")) AND messages.step = 0 AND EXISTS (SELECT 1 FROM events e WHERE ")
                 .push(IN_WINDOW)
                 .push(")");
         };

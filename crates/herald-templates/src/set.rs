@@ -267,11 +267,11 @@ fn partial_cycles(registry: &Handlebars<'static>) -> Vec<Vec<String>> {
                         ring.rotate_left(first);
                         ring.push(ring[0].clone());
                         rings.insert(ring);
-                    } else if let Some((name, more)) = includes.get_key_value(name.as_str()) {
-                        if !done.contains(name) {
-                            path.push(name);
-                            stack.push(more.iter());
-                        }
+                    } else if let Some((name, more)) = includes.get_key_value(name.as_str())
+                        && !done.contains(name)
+                    {
+                        path.push(name);
+                        stack.push(more.iter());
                     }
                 }
                 None => {

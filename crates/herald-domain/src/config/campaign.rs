@@ -559,6 +559,16 @@ impl Campaign {
         Ok(())
     }
 
+    /// The goal's window in ms, counted from a contact's first message: the
+    /// goal's `within`, plus, for a series, every later step's delay, so the
+    /// window ends `within` after the last step's planned send. A contact is the
+    /// unit of an A/B test, so a series converts once, on its first message.
+    pub fn goal_window_ms(&self) -> Option<i64> {
+        let goal = self.goal.as_ref()?;
+        let steps: i64 = self.steps.iter().map(|s| s.delay.millis()).sum();
+        Some(goal.within.millis().saturating_add(steps))
+    }
+
     /// The variant names, in file order.
     pub fn variant_names(&self) -> Vec<&str> {
         self.variants

@@ -87,10 +87,13 @@ impl ReportSettings {
                 }
                 .to_string()
             }),
-            goal: campaign.and_then(|c| c.goal.as_ref()).map(|g| GoalEcho {
-                event: g.event.clone(),
-                within: g.within.to_string(),
-                within_ms: g.within.millis(),
+            goal: campaign.and_then(|c| {
+                let g = c.goal.as_ref()?;
+                Some(GoalEcho {
+                    event: g.event.clone(),
+                    within: g.within.to_string(),
+                    within_ms: c.goal_window_ms()?,
+                })
             }),
             variants: campaign
                 .map(|c| c.variant_names().into_iter().map(str::to_string).collect())
@@ -183,7 +186,8 @@ pub struct GoalEcho {
     pub event: String,
     /// The window after the planned send time, as written (`3d`).
     pub within: String,
-    /// The window in milliseconds.
+    /// The window in milliseconds from a contact's first message: `within`,
+    /// plus a series' step delays (`Campaign::goal_window_ms`).
     pub within_ms: i64,
 }
 

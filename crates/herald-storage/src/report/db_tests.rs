@@ -700,7 +700,164 @@ async fn report_scan_reads_only_the_covering_indexes_on_sqlite() {
     }
 }
 
+/// A two-step follow-up series, two days apart, with a 3-day goal.
+const SERIES: &str = r#"
+name = "welcome"
+where = 'attrs.x == 1'
+channels = ["email"]
+goal = { event = "order_placed", within = "3d" }
+
+[[variants]]
+name = "a"
+email = { subject = "s", template = "t.email.hbs" }
+
+[[variants]]
+name = "b"
+email = { subject = "s", template = "t.email.hbs" }
+
+[[steps]]
+delay = "2d"
+email = { subject = "s2", template = "t.email.hbs" }
+
+[[steps]]
+delay = "2d"
+email = { subject = "s3", template = "t.email.hbs" }
+"#;
+
+/// A contact is the unit of an A/B test: three messages of a series are one
+/// assignment, and one purchase is one conversion, not one per step whose
+/// window holds it. The window runs from the first message to `within` after
+/// the last step (3d + 2d + 2d).
+async fn a_series_counts_each_contact_once(db: &Db) {
+    let c = Campaign::parse("welcome.toml", SERIES).expect("series campaign");
+    assert_eq!(c.goal_window_ms(), Some(7 * DAY));
+    exec(
+        db,
+        &format!(
+            "INSERT INTO campaigns (id, name, kind, topic, fingerprint, created_at, updated_at) VALUES \
+             (3, 'welcome', 'marketing', NULL, 'welcome;holdout=0;a=1,b=1', {T0}, {T0}); \
+             INSERT INTO runs (id, campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) VALUES \
+             (7, 3, {T0}, {T0}, 'done', 'manual', 'welcome;holdout=0;a=1,b=1', {T0}); \
+             INSERT INTO contacts (id, external_id, attrs, created_at, updated_at) VALUES \
+             (1, 'c1', '{{}}', {T0}, {T0}), (2, 'c2', '{{}}', {T0}, {T0}), (3, 'c3', '{{}}', {T0}, {T0})"
+        ),
+    )
+    .await;
+    // c1 and c2 get all three steps; c3's first message was suppressed (a
+    // channel suppression is per step), its follow-ups went out.
+    let mut rows = Vec::new();
+    for (contact, arm, first) in [
+        (1, "a", "delivered"),
+        (2, "b", "delivered"),
+        (3, "a", "suppressed"),
+    ] {
+        for step in 0..3i64 {
+            let id = contact * 10 + step;
+            let at = T0 + step * 2 * DAY;
+            let status = if step == 0 { first } else { "delivered" };
+            rows.push(format!(
+                "({id}, 7, 3, {contact}, {step}, '{arm}', 'email', 'c{contact}@example.com', {at}, '{status}', 0, {at}, {at})"
+            ));
+        }
+    }
+    exec(
+        db,
+        &format!(
+            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, attempts, created_at, updated_at) VALUES {}",
+            rows.join(", ")
+        ),
+    )
+    .await;
+    // c1 buys on day 5: past the first message's own 3 days, inside the
+    // series' window, and inside steps 1 and 2's own windows too. c3 buys on day 1.
+    let events = [("c1", 1, 5 * DAY + 1, 10.0), ("c3", 3, DAY, 5.0)];
+    for (_, contact, at, value) in events {
+        exec(
+            db,
+            &format!(
+                "INSERT INTO events (contact_id, name, at, value, received_at) VALUES ({contact}, 'order_placed', {}, {value}, {})",
+                T0 + at,
+                T0 + at
+            ),
+        )
+        .await;
+    }
+    let goals = [crate::tracking::GoalSpec {
+        campaign_name: "welcome".into(),
+        event: "order_placed".into(),
+        within_ms: c.goal_window_ms().unwrap(),
+        secondary: false,
+    }];
+    let rows: Vec<crate::import::EventRow> = events
+        .iter()
+        .map(|(who, _, at, value)| crate::import::EventRow {
+            external_id: who.to_string(),
+            name: "order_placed".into(),
+            at: T0 + at,
+            value: Some(*value),
+            event_id: None,
+            properties: Default::default(),
+        })
+        .collect();
+    crate::tracking::attribute_events(db, &goals, &rows)
+        .await
+        .expect("attribution");
+    let converted: Vec<(i64, Option<i64>)> = db
+        .conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.backend(),
+            "SELECT id, converted_at FROM messages WHERE converted_at IS NOT NULL ORDER BY id",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.try_get_by_index(0).unwrap(),
+                r.try_get_by_index(1).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        converted,
+        [(10, Some(T0 + 5 * DAY + 1)), (30, Some(T0 + DAY))],
+        "only first messages convert"
+    );
+
+    let r = campaign_report(
+        db,
+        "welcome",
+        Some(&c),
+        0.0,
+        &ReportFilter::default(),
+        T0 + 30 * DAY,
+    )
+    .await
+    .expect("report")
+    .expect("known campaign");
+    assert_eq!(r.total.messages, 3, "one per contact, not one per step");
+    let a = arm(&r.total, "a");
+    assert_eq!((a.assigned, a.delivered, a.suppressed), (2, 1, 1));
+    assert_eq!((a.converted, a.revenue), (2, 15.0));
+    let b = arm(&r.total, "b");
+    assert_eq!((b.assigned, b.delivered, b.converted), (1, 1, 0));
+    // On day 6 the series' window (day 0 + 7) is still open, on day 30 closed.
+    let early = campaign_report(
+        db,
+        "welcome",
+        Some(&c),
+        0.0,
+        &ReportFilter::default(),
+        T0 + 6 * DAY,
+    )
+    .await
+    .expect("report")
+    .expect("known campaign");
+    assert!(early.total.goal_window_open && !r.total.goal_window_open);
+}
+
 crate::test_db::on_both_databases!(
+    a_series_counts_each_contact_once,
     report_counts_every_status_and_outcome,
     report_filters_select_whole_runs,
     report_shows_each_rollout_once,
