@@ -15,6 +15,7 @@ mod m20261127_000004_entry;
 mod m20261127_000005_fallback;
 mod m20261201_000001_import_speed;
 mod m20261202_000001_report_first_step;
+mod m20261202_000002_pause_planning;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000005_fallback::Migration),
             Box::new(m20261201_000001_import_speed::Migration),
             Box::new(m20261202_000001_report_first_step::Migration),
+            Box::new(m20261202_000002_pause_planning::Migration),
         ]
     }
 }

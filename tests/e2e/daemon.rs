@@ -432,8 +432,58 @@ async fn two_daemons_share_the_work_and_the_rate_limit() {
     db.drop_db().await;
 }
 
+/// A manual campaign's run left planning (its `herald send` was killed before
+/// the first page, or it was paused and then resumed) is the daemon's to
+/// finish: it plans the rest, sends it and closes the run.
+async fn the_daemon_finishes_a_manual_plan_left_unfinished(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = SmtpSink::start(SmtpSinkConfig::default())
+        .await
+        .expect("sink");
+    daemon_project(&p, sink.addr().port(), chrono::Utc::now(), "batch = 20", "");
+    let path = p.path().join("config/campaigns/tuesday.toml");
+    let text = std::fs::read_to_string(&path).expect("campaign");
+    let schedule = text
+        .lines()
+        .find(|l| l.starts_with("schedule = "))
+        .expect("a schedule line");
+    p.write(
+        "config/campaigns/tuesday.toml",
+        &text.replace(schedule, "schedule = \"manual\""),
+    );
+    contacts_csv(&p, 120);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    // What a `herald send tuesday` killed right after creating its run leaves.
+    let now = chrono::Utc::now().timestamp_millis();
+    let fingerprint = "tuesday;holdout=0;a=1";
+    {
+        use sea_orm::{ConnectionTrait, Database};
+        let conn = Database::connect(&db.url).await.expect("connect");
+        conn.execute_unprepared(&format!(
+            "INSERT INTO campaigns (name, kind, fingerprint, created_at, updated_at) VALUES ('tuesday', 'marketing', '{fingerprint}', {now}, {now})"
+        ))
+        .await
+        .expect("campaign");
+        conn.execute_unprepared(&format!(
+            "INSERT INTO runs (campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) SELECT id, {now}, {now}, 'planning', 'manual', '{fingerprint}', {now} FROM campaigns WHERE name = 'tuesday'"
+        ))
+        .await
+        .expect("run");
+    }
+    let mut daemon = p.spawn(&db, "daemon", &["run"]);
+    wait_done(&db, 120, Duration::from_secs(60)).await;
+    assert_eq!(sink.count(), 120, "{:?}", p.output_of("daemon"));
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM runs").await, 1);
+    assert_eq!(term(&mut daemon), 0);
+    db.drop_db().await;
+}
+
 on_both_databases!(
     scheduled_fire_is_sent_and_sigterm_exits_zero,
     sigkill_at_random_moments_never_sends_twice,
     runs_pause_resume_and_cancel,
+    the_daemon_finishes_a_manual_plan_left_unfinished,
 );

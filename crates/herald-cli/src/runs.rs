@@ -8,12 +8,12 @@ use crate::{Cli, EXIT_INVALID, Exit, app};
 /// `herald runs` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum RunsCmd {
-    /// Stops claiming the run's messages.
+    /// Stops claiming the run's messages (and planning it, if it still is).
     Pause {
         /// The run's id.
         run: i64,
     },
-    /// Goes on with a paused run.
+    /// Goes on with a paused run (a daemon plans the rest of an unfinished plan).
     Resume {
         /// The run's id.
         run: i64,

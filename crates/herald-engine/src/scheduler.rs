@@ -2,13 +2,14 @@
 //! [`crate::schedule::due`] which fires to run, and starts them. A run is
 //! keyed by (campaign, scheduled instant) in the database, so a second
 //! daemon, a restart or a repeated tick finds the run instead of firing it
-//! again; a plan left half done by a dead daemon is resumed once its
-//! planning lease lapses.
+//! again; a plan left half done by a dead daemon (or a killed `herald send`)
+//! is resumed once its planning lease lapses, and a plan paused with
+//! `herald runs pause` once it is resumed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use herald_domain::config::{Schedule, Trigger};
+use herald_domain::config::{Campaign, Schedule, Trigger};
 
 use crate::clock::Clock;
 use crate::run::{Engine, EngineError};
@@ -76,7 +77,13 @@ impl Scheduler {
                 }
                 continue;
             }
-            if campaign.trigger.is_some() || matches!(campaign.schedule, Schedule::Manual) {
+            if campaign.trigger.is_some() {
+                continue;
+            }
+            if matches!(campaign.schedule, Schedule::Manual) {
+                // `herald send` plans its run itself; one it left unfinished
+                // (killed, or paused and then resumed) is the daemon's to finish.
+                report.resumed.extend(self.resume_plans(campaign).await?);
                 continue;
             }
             let last_seen = match self.seen.get(&campaign.name) {
@@ -103,13 +110,20 @@ impl Scheduler {
                     .push((campaign.name.clone(), at, run.id, run.created));
             }
             self.seen.insert(campaign.name.clone(), now);
-            for run in self.store.unfinished_plans(&campaign.name).await? {
-                let stats = self.engine.plan(campaign, &run).await?;
-                if stats.finished {
-                    report.resumed.push(run.id);
-                }
-            }
+            report.resumed.extend(self.resume_plans(campaign).await?);
         }
         Ok(report)
+    }
+
+    /// Plans the rest of `campaign`'s runs still planning whose planner is gone
+    /// (its lease lapsed) or paused them; returns those now fully planned.
+    async fn resume_plans(&self, campaign: &Campaign) -> Result<Vec<i64>, EngineError> {
+        let mut resumed = Vec::new();
+        for run in self.store.unfinished_plans(&campaign.name).await? {
+            if self.engine.plan(campaign, &run).await?.finished {
+                resumed.push(run.id);
+            }
+        }
+        Ok(resumed)
     }
 }

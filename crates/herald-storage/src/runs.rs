@@ -55,7 +55,7 @@ async fn exec(db: &Db, q: Sql) -> Result<u64, RunsError> {
         .rows_affected())
 }
 
-async fn state_of(db: &Db, run: i64) -> Result<String, RunsError> {
+pub(crate) async fn state_of(db: &Db, run: i64) -> Result<String, RunsError> {
     let mut q = Sql::new();
     q.push("SELECT state FROM runs WHERE id = ").bind(run);
     let rows = all(db, q).await?;
@@ -65,25 +65,27 @@ async fn state_of(db: &Db, run: i64) -> Result<String, RunsError> {
         .ok_or(RunsError::NoSuchRun(run))
 }
 
-/// Stops claiming a running run's messages; what is in flight finishes. A run
-/// still being planned (its first pages may be sending) cannot be paused yet.
+/// Stops claiming a run's messages; what is in flight finishes. A run still
+/// being planned also stops planning at its next page (`resume_to` keeps
+/// that its plan is unfinished).
 pub async fn pause(db: &Db, run: i64) -> Result<(), RunsError> {
     let state = state_of(db, run).await?;
-    if state != "running" {
+    if !matches!(state.as_str(), "planning" | "running") {
         return Err(RunsError::WrongState {
             id: run,
             state,
-            what: "only a running run can be paused (one still being planned: wait until its plan is written, or cancel it)",
+            what: "only a run being planned or sent can be paused",
         });
     }
     let mut q = Sql::new();
-    q.push("UPDATE runs SET state = 'paused' WHERE state = 'running' AND id = ")
+    q.push("UPDATE runs SET state = 'paused', resume_to = state WHERE state IN ('planning', 'running') AND id = ")
         .bind(run);
     exec(db, q).await?;
     Ok(())
 }
 
-/// Goes on with a paused run.
+/// Goes on with a paused run: sending, and planning if its plan was not
+/// finished (the daemon's scheduler picks the plan up where it stopped).
 pub async fn resume(db: &Db, run: i64) -> Result<(), RunsError> {
     let state = state_of(db, run).await?;
     if state != "paused" {
@@ -94,7 +96,7 @@ pub async fn resume(db: &Db, run: i64) -> Result<(), RunsError> {
         });
     }
     let mut q = Sql::new();
-    q.push("UPDATE runs SET state = 'running' WHERE state = 'paused' AND id = ")
+    q.push("UPDATE runs SET state = COALESCE(resume_to, 'running'), resume_to = NULL WHERE state = 'paused' AND id = ")
         .bind(run);
     exec(db, q).await?;
     Ok(())

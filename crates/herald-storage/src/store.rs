@@ -1240,6 +1240,77 @@ mod tests {
         assert_eq!(counts.count(None, "planned"), 0);
     }
 
+    /// `herald runs pause` on a run still being planned stops its planner (its
+    /// lease can no longer be renewed) and its workers; `resume` returns it to
+    /// planning, so a planner finishes the plan; a run paused once planned
+    /// resumes sending.
+    async fn a_run_paused_while_planned_resumes_planning(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, rest, now) = half_planned_run(&store).await;
+        let state = |db: Db| async move { crate::runs::state_of(&db, run).await.unwrap() };
+        assert!(
+            store
+                .claim_planning(run, "planner", now + 60_000, now)
+                .await
+                .unwrap()
+        );
+        crate::runs::pause(db, run).await.unwrap();
+        assert_eq!(state(db.clone()).await, "paused");
+        assert!(
+            !store
+                .claim_planning(run, "planner", now + 60_000, now)
+                .await
+                .unwrap(),
+            "the planner stops at its next page"
+        );
+        let claimed = store
+            .claim_sending_after("w", Some(run), now, now + 60_000, 100, None)
+            .await
+            .unwrap();
+        assert!(claimed.is_empty(), "nothing is claimed while paused");
+        assert!(crate::runs::pause(db, run).await.is_err(), "paused already");
+
+        crate::runs::resume(db, run).await.unwrap();
+        assert_eq!(
+            state(db.clone()).await,
+            "planning",
+            "the plan is not finished"
+        );
+        assert_eq!(
+            store
+                .unfinished_plans("c")
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
+            [run],
+            "the scheduler finds it again"
+        );
+        assert!(
+            store
+                .claim_planning(run, "planner", now + 60_000, now)
+                .await
+                .unwrap()
+        );
+        store
+            .insert_planned(run, campaign, &rest, now)
+            .await
+            .unwrap();
+        store.finish_planning(run).await.unwrap();
+        assert_eq!(state(db.clone()).await, "running");
+
+        crate::runs::pause(db, run).await.unwrap();
+        crate::runs::resume(db, run).await.unwrap();
+        assert_eq!(
+            state(db.clone()).await,
+            "running",
+            "a planned run resumes sending"
+        );
+        let counts = store.run_counts(run).await.unwrap();
+        assert_eq!(counts.count(None, "planned"), 10);
+    }
+
     /// The same for a triggered campaign's one run: once cancelled, the
     /// trigger planner's messages are not written (the cursor still moves).
     async fn a_cancelled_trigger_run_takes_no_more_messages(db: &Db) {
@@ -1459,6 +1530,7 @@ mod tests {
         a_shared_address_is_kept_once_per_step_across_pages,
         workers_send_pages_while_the_plan_goes_on,
         a_cancelled_run_takes_no_more_pages,
+        a_run_paused_while_planned_resumes_planning,
         a_cancelled_trigger_run_takes_no_more_messages
     );
 }
