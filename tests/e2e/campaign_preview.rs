@@ -120,6 +120,23 @@ async fn preview_renders_a_contacts_messages_with_their_data(backend: Backend) {
     );
     assert!(!out.contains("MUG-9"), "{out}");
 
+    // A campaign whose templates print none of it computes none when it sends;
+    // its preview still shows all of the contact's data.
+    p.write(
+        "config/campaigns/plain.toml",
+        "name = \"plain\"\nsegment = \"guangdong\"\nchannels = [\"sms\"]\n\n\
+         [[variants]]\nname = \"a\"\nsms = { template = \"w/reminder.sms.hbs\" }\n",
+    );
+    let out = p
+        .herald(&db, &["preview", "plain", "--contact", "c1"])
+        .expect_code(0)
+        .stdout();
+    assert!(
+        out.contains("lifecycle active; best_hour 20; rfm r="),
+        "{out}"
+    );
+    std::fs::remove_file(p.path().join("config/campaigns/plain.toml")).expect("remove");
+
     // Someone without orders gets the default; without --contact, the first member.
     let out = p
         .herald(&db, &["preview", "winback", "--contact", "c2"])

@@ -17,7 +17,9 @@ use herald_domain::token::TokenSigner;
 use herald_domain::types::{CampaignKind, Channel};
 use herald_engine::plan::HOLDOUT_ARM;
 use herald_engine::render::{CampaignRenderer, MessageRenderer, RenderOutput};
-use herald_engine::store::{ClaimedMessage, ContactView, Personalisation, Store};
+use herald_engine::store::{
+    ClaimedMessage, ContactView, Personalisation, PersonalisationRequest, Store,
+};
 use herald_storage::segment_sql::{IdRange, append, compile_range};
 use herald_storage::sql::Sql;
 use herald_storage::store::SqlStore;
@@ -86,7 +88,12 @@ pub async fn run(cli: &Cli, args: &PreviewArgs) -> anyhow::Result<()> {
         &config.herald,
         TokenSigner::new(PREVIEW_KEY),
     );
-    let want = renderer.personalisation(now);
+    // The templates' top pairs, and all the rest: the preview prints it, for one contact.
+    let want = PersonalisationRequest {
+        rfm_lifecycle: true,
+        best_hour: true,
+        ..renderer.personalisation(now)
+    };
 
     let id = match &args.contact {
         Some(external_id) => Some(
