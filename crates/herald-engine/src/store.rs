@@ -258,7 +258,8 @@ impl PersonalisationRequest {
         }
     }
 
-    /// Only what `reads` names: what a campaign's templates print.
+    /// Only what `reads` names, what a campaign's templates print; `now` is 0
+    /// until the caller sets it (a renderer builds this once, then stamps it).
     pub fn reads(herald: &HeraldConfig, reads: &TemplateReads) -> Self {
         let top = reads
             .top
