@@ -95,7 +95,8 @@ pub async fn send_campaign(
         dispatcher = dispatcher.with_fallback(fallback);
     }
     let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
-    // Another process holds the plan (a resumed run): its daemon sends it.
+    // Another process holds the plan (a resumed run), or the run was paused or
+    // cancelled while planned: a daemon sends what is planned.
     let dispatch = if plan.finished {
         dispatcher.drain_run(run.id, &renderer).await?
     } else {
@@ -175,7 +176,9 @@ pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
         "run {} of `{}`: audience {assigned}{}",
         s.run.id,
         campaign.name,
-        if s.run.created && s.plan.members as i64 == assigned {
+        if !s.plan.finished {
+            format!(" so far ({} planned here)", s.plan.members)
+        } else if s.run.created && s.plan.members as i64 == assigned {
             String::new()
         } else {
             format!(
@@ -187,6 +190,12 @@ pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
     println!("{}", arm_table(campaign, &s.counts));
     for (reason, n) in reasons(&s.counts) {
         println!("  {reason}: {n}");
+    }
+    if !s.plan.finished {
+        println!(
+            "the plan stopped before its end: the run was paused or cancelled meanwhile, or another process plans it; a daemon (`herald run`) plans the rest of a run that is planning (after a pause: `herald runs resume {}`) and sends it",
+            s.run.id
+        );
     }
     println!(
         "dispatched {} message(s) in {:.2}s: {:.0} messages/s; {} failed, {} unknown, {} retried",
