@@ -115,8 +115,8 @@ impl Scheduler {
         Ok(report)
     }
 
-    /// Plans the rest of `campaign`'s runs still planning whose planner is gone
-    /// (its lease lapsed) or paused them; returns those now fully planned.
+    /// Plans the rest of each of `campaign`'s runs still planning (its planner
+    /// died, or it was paused and resumed); returns those now fully planned.
     async fn resume_plans(&self, campaign: &Campaign) -> Result<Vec<i64>, EngineError> {
         let mut resumed = Vec::new();
         for run in self.store.unfinished_plans(&campaign.name).await? {
