@@ -53,28 +53,36 @@ pub fn register_inline<'a>(
     campaigns: impl IntoIterator<Item = &'a Campaign>,
 ) -> Result<(), TemplateError> {
     for c in campaigns {
-        let steps = c
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (step_key(i as i32 + 1), s.email.as_ref(), s.push.as_ref()));
-        let variants = c.variants.iter().map(|v| {
-            (
-                v.name.get_ref().to_string(),
-                v.email.as_ref(),
-                v.push.as_ref(),
-            )
-        });
-        for (name, email, push) in variants.chain(steps) {
-            if let Some(e) = email {
-                set.register_inline(&inline_name(&c.name, &name, Channel::Email), &e.subject)?;
+        for content in contents(c) {
+            if let Some(e) = content.email {
+                set.register_inline(
+                    &inline_name(&c.name, &content.key, Channel::Email),
+                    &e.subject,
+                )?;
             }
-            if let Some(p) = push {
-                set.register_inline(&inline_name(&c.name, &name, Channel::Push), &p.title)?;
+            if let Some(p) = content.push {
+                set.register_inline(&inline_name(&c.name, &content.key, Channel::Push), &p.title)?;
             }
         }
     }
     Ok(())
+}
+
+/// Every content of `campaign`: its variants', then its `[[steps]]`'.
+fn contents(campaign: &Campaign) -> impl Iterator<Item = Content<'_>> {
+    let variants = campaign.variants.iter().map(|v| Content {
+        key: v.name.get_ref().to_string(),
+        email: v.email.as_ref(),
+        sms: v.sms.as_ref(),
+        push: v.push.as_ref(),
+    });
+    let steps = campaign.steps.iter().enumerate().map(|(i, s)| Content {
+        key: step_key(i as i32 + 1),
+        email: s.email.as_ref(),
+        sms: s.sms.as_ref(),
+        push: s.push.as_ref(),
+    });
+    variants.chain(steps)
 }
 
 /// A JSON number for `v`: a whole number prints as one (`250`, not `250.0`).
@@ -148,36 +156,17 @@ pub fn template_data(
 /// (and locale variants) and inline subjects and titles.
 pub fn template_reads(templates: &TemplateSet, campaign: &Campaign) -> TemplateReads {
     let mut reads = TemplateReads::default();
-    let mut contents: Vec<(String, [Option<&String>; 3])> = campaign
-        .variants
-        .iter()
-        .map(|v| {
-            (
-                v.name.get_ref().to_string(),
-                [
-                    v.email.as_ref().map(|e| &e.template),
-                    v.sms.as_ref().map(|s| &s.template),
-                    v.push.as_ref().map(|p| &p.template),
-                ],
-            )
-        })
-        .collect();
-    contents.extend(campaign.steps.iter().enumerate().map(|(i, step)| {
-        (
-            step_key(i as i32 + 1),
-            [
-                step.email.as_ref().map(|e| &e.template),
-                step.sms.as_ref().map(|s| &s.template),
-                step.push.as_ref().map(|p| &p.template),
-            ],
-        )
-    }));
-    for (key, files) in contents {
+    for c in contents(campaign) {
+        let files = [
+            c.email.map(|e| &e.template),
+            c.sms.map(|s| &s.template),
+            c.push.map(|p| &p.template),
+        ];
         for t in files.into_iter().flatten() {
             reads.extend(templates.reads(t));
         }
         for ch in [Channel::Email, Channel::Push] {
-            reads.extend(templates.inline_reads(&inline_name(&campaign.name, &key, ch)));
+            reads.extend(templates.inline_reads(&inline_name(&campaign.name, &c.key, ch)));
         }
     }
     reads
