@@ -21,14 +21,14 @@ pub struct Migration;
 /// The report's covering index on SQLite, in the order of its scan by (run,
 /// arm, status). Its expressions must match `herald_storage::report`'s scan
 /// word for word, or SQLite reads the table instead (a test checks the plan).
-const REPORT_INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_report ON messages (\
+pub(crate) const REPORT_INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_report ON messages (\
     campaign_id, run_id, arm, status, \
     (sent_at IS NOT NULL), (opened_at IS NOT NULL), (machine_opened_at IS NOT NULL), \
     (clicked_at IS NOT NULL), (unsubscribed_at IS NOT NULL), (complained_at IS NOT NULL), \
     (converted_at IS NOT NULL), revenue, send_at, secondary)";
 
 /// The same for the few suppressed and cancelled messages, by reason.
-const REASONS_INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_report_reasons ON messages (\
+pub(crate) const REASONS_INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_report_reasons ON messages (\
     campaign_id, run_id, arm, status, reason, \
     (sent_at IS NOT NULL), (opened_at IS NOT NULL), (machine_opened_at IS NOT NULL), \
     (clicked_at IS NOT NULL), (unsubscribed_at IS NOT NULL), (complained_at IS NOT NULL), \

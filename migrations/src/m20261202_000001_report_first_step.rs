@@ -8,20 +8,10 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
-/// `messages_report` as `m20261126_000001_rollout` made it.
-const REPORT_INDEX_BEFORE: &str = "CREATE INDEX IF NOT EXISTS messages_report ON messages (\
-    campaign_id, run_id, arm, status, \
-    (sent_at IS NOT NULL), (opened_at IS NOT NULL), (machine_opened_at IS NOT NULL), \
-    (clicked_at IS NOT NULL), (unsubscribed_at IS NOT NULL), (complained_at IS NOT NULL), \
-    (converted_at IS NOT NULL), revenue, send_at, secondary)";
-
-/// `messages_report_reasons` as `m20261126_000001_rollout` made it.
-const REASONS_INDEX_BEFORE: &str = "CREATE INDEX IF NOT EXISTS messages_report_reasons ON messages (\
-    campaign_id, run_id, arm, status, reason, \
-    (sent_at IS NOT NULL), (opened_at IS NOT NULL), (machine_opened_at IS NOT NULL), \
-    (clicked_at IS NOT NULL), (unsubscribed_at IS NOT NULL), (complained_at IS NOT NULL), \
-    (converted_at IS NOT NULL), revenue, send_at, secondary) \
-    WHERE status IN ('suppressed', 'cancelled')";
+// The indexes as `m20261126_000001_rollout` made them: what `down` restores.
+use crate::m20261126_000001_rollout::{
+    REASONS_INDEX as REASONS_INDEX_BEFORE, REPORT_INDEX as REPORT_INDEX_BEFORE,
+};
 
 /// The report's covering index: its expressions must match
 /// `herald_storage::report`'s scan word for word (a test checks the plan).
