@@ -824,17 +824,16 @@ async fn a_series_counts_each_contact_once(db: &Db) {
         "only first messages convert"
     );
 
-    let r = campaign_report(
-        db,
-        "welcome",
-        Some(&c),
-        0.0,
-        &ReportFilter::default(),
-        T0 + 30 * DAY,
-    )
-    .await
-    .expect("report")
-    .expect("known campaign");
+    let report_at = |now: i64| {
+        let c = &c;
+        async move {
+            campaign_report(db, "welcome", Some(c), 0.0, &ReportFilter::default(), now)
+                .await
+                .expect("report")
+                .expect("known campaign")
+        }
+    };
+    let r = report_at(T0 + 30 * DAY).await;
     assert_eq!(r.total.messages, 3, "one per contact, not one per step");
     let a = arm(&r.total, "a");
     assert_eq!((a.assigned, a.delivered, a.suppressed), (2, 1, 1));
@@ -842,17 +841,7 @@ async fn a_series_counts_each_contact_once(db: &Db) {
     let b = arm(&r.total, "b");
     assert_eq!((b.assigned, b.delivered, b.converted), (1, 1, 0));
     // On day 6 the series' window (day 0 + 7) is still open, on day 30 closed.
-    let early = campaign_report(
-        db,
-        "welcome",
-        Some(&c),
-        0.0,
-        &ReportFilter::default(),
-        T0 + 6 * DAY,
-    )
-    .await
-    .expect("report")
-    .expect("known campaign");
+    let early = report_at(T0 + 6 * DAY).await;
     assert!(early.total.goal_window_open && !r.total.goal_window_open);
 }
 
