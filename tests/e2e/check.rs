@@ -2,7 +2,8 @@
 //! with a missing variable fails the check, and `send` then sends nothing; so
 //! do templates that include one another in a ring.
 
-use herald_tests::{Backend, Project};
+use herald_sinks::SmtpSink;
+use herald_tests::{Backend, Project, TestDb};
 
 use crate::send::{shop_project, start_sink};
 use crate::setup;
@@ -42,18 +43,35 @@ async fn typo_points_at_line_and_column(backend: Backend) {
     db.drop_db().await;
 }
 
-async fn missing_variable_fails_check_and_sends_nothing(backend: Backend) {
-    let Some((p, db)) = setup(backend).await else {
-        return;
-    };
+/// The shop project (its contacts imported) with `templates` written over
+/// its own, and the SMTP sink it sends to; `None` when PostgreSQL is skipped.
+async fn shop_with_templates(
+    backend: Backend,
+    templates: &[(&str, &str)],
+) -> Option<(Project, TestDb, SmtpSink)> {
+    let (p, db) = setup(backend).await?;
     let sink = start_sink().await;
     shop_project(&p, sink.addr().port());
-    p.write(
-        "templates/shop/hello.email.hbs",
-        "<p>Hi {{contact.attrs.nickname}}</p><a href=\"{{unsubscribe_url}}\">unsubscribe</a>",
-    );
+    for (path, text) in templates {
+        p.write(path, text);
+    }
     p.herald(&db, &["import", "contacts", "contacts.csv"])
         .expect_code(0);
+    Some((p, db, sink))
+}
+
+async fn missing_variable_fails_check_and_sends_nothing(backend: Backend) {
+    let Some((p, db, sink)) = shop_with_templates(
+        backend,
+        &[(
+            "templates/shop/hello.email.hbs",
+            "<p>Hi {{contact.attrs.nickname}}</p><a href=\"{{unsubscribe_url}}\">unsubscribe</a>",
+        )],
+    )
+    .await
+    else {
+        return;
+    };
     let run = p.herald(&db, &["check"]);
     run.expect_code(2);
     assert!(
@@ -81,21 +99,23 @@ async fn missing_variable_fails_check_and_sends_nothing(backend: Backend) {
 /// Handlebars would recurse until the process ran out of stack: a daemon would
 /// die on the first such message, and again after every restart.
 async fn a_template_that_includes_itself_is_refused_before_any_send(backend: Backend) {
-    let Some((p, db)) = setup(backend).await else {
+    let Some((p, db, sink)) = shop_with_templates(
+        backend,
+        &[
+            (
+                "templates/shop/hello.email.hbs",
+                "<p>Hi</p>{{#if contact.email}}{{> shop/footer.email.hbs}}{{/if}}",
+            ),
+            (
+                "templates/shop/footer.email.hbs",
+                "<a href=\"{{unsubscribe_url}}\">unsubscribe</a>{{> shop/hello.email.hbs}}",
+            ),
+        ],
+    )
+    .await
+    else {
         return;
     };
-    let sink = start_sink().await;
-    shop_project(&p, sink.addr().port());
-    p.write(
-        "templates/shop/hello.email.hbs",
-        "<p>Hi</p>{{#if contact.email}}{{> shop/footer.email.hbs}}{{/if}}",
-    );
-    p.write(
-        "templates/shop/footer.email.hbs",
-        "<a href=\"{{unsubscribe_url}}\">unsubscribe</a>{{> shop/hello.email.hbs}}",
-    );
-    p.herald(&db, &["import", "contacts", "contacts.csv"])
-        .expect_code(0);
     for args in [&["check"][..], &["send", "hello"]] {
         let run = p.herald(&db, args);
         run.expect_code(2);
