@@ -73,6 +73,9 @@ enum BenchWhat {
         /// lifecycle and best-hour queries would read. 0 keeps the load fast.
         #[arg(long, default_value_t = 0)]
         events_per_contact: usize,
+        /// Workers claim every batch: the planner hands none over (to compare).
+        #[arg(long)]
+        no_handoff: bool,
     },
     /// One run in this process (used by `bench run`); prints one JSON line.
     #[command(hide = true)]
@@ -87,6 +90,8 @@ enum BenchWhat {
         workers: usize,
         #[arg(long, default_value_t = 0)]
         events_per_contact: usize,
+        #[arg(long)]
+        no_handoff: bool,
     },
     /// The A/B report over generated messages, half of them with outcomes.
     Report {
@@ -188,12 +193,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             batch,
             workers,
             events_per_contact,
+            no_handoff,
         } => crate::bench_run::run(
             recipients,
             postgres.as_deref(),
             *batch,
             *workers,
             *events_per_contact,
+            !*no_handoff,
         ),
         BenchWhat::RunOne {
             recipients,
@@ -201,9 +208,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             batch,
             workers,
             events_per_contact,
+            no_handoff,
         } => {
-            crate::bench_run::run_one(*recipients, database, *batch, *workers, *events_per_contact)
-                .await
+            crate::bench_run::run_one(
+                *recipients,
+                database,
+                *batch,
+                *workers,
+                *events_per_contact,
+                !*no_handoff,
+            )
+            .await
         }
         BenchWhat::Segments {
             contacts,

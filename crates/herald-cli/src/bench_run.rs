@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use herald_domain::token::TokenSigner;
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
+use herald_engine::handoff::Handoff;
 use herald_engine::render::{CampaignRenderer, MessageRenderer, register_inline};
 use herald_engine::{Clock, Engine, Store, SystemClock};
 use herald_storage::Db;
@@ -50,6 +51,7 @@ pub async fn run_one(
     batch: u32,
     workers: usize,
     events_per_contact: usize,
+    handoff: bool,
 ) -> anyhow::Result<()> {
     let db = Db::connect(database).await?;
     let t = Instant::now();
@@ -90,7 +92,18 @@ pub async fn run_one(
     ));
 
     let started = Instant::now();
-    let engine = Engine::new(store.clone(), clock.clone(), config.clone());
+    // As in the daemon, the planner hands batches due now to free workers.
+    let handoff = handoff.then(|| {
+        Arc::new(Handoff::new(
+            "bench".into(),
+            batch as usize,
+            Duration::from_secs(120),
+        ))
+    });
+    let mut engine = Engine::new(store.clone(), clock.clone(), config.clone());
+    if let Some(h) = &handoff {
+        engine = engine.with_handoff(h.clone());
+    }
     // As in the daemon, workers send each page as soon as the planner wrote it.
     let run = engine
         .create_run(&campaign, clock.now_ms(), "bench")
@@ -103,6 +116,9 @@ pub async fn run_one(
             routes.clone(),
             format!("bench/{i}"),
         );
+        if let Some(h) = &handoff {
+            d = d.with_handoff(h.clone());
+        }
         d.batch = batch;
         d.poll = Duration::from_millis(20);
         let renderer = renderer.clone();
@@ -118,6 +134,7 @@ pub async fn run_one(
         let s = h.await??;
         total.accepted += s.accepted;
         total.failed += s.failed;
+        total.handed += s.handed;
         total.stages.add(&s.stages);
     }
     let elapsed = started.elapsed();
@@ -130,6 +147,7 @@ pub async fn run_one(
         "accepted": total.accepted,
         "failed": total.failed,
         "held_out": counts.count(None, "held_out"),
+        "handed": total.handed,
         "load_s": load_s,
         "seconds": elapsed.as_secs_f64(),
         "plan_s": plan_s.as_secs_f64(),
@@ -154,6 +172,7 @@ pub fn run(
     batch: u32,
     workers: usize,
     events_per_contact: usize,
+    handoff: bool,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut targets: Vec<(&str, String)> = vec![("SQLite", String::new())];
@@ -189,6 +208,7 @@ pub fn run(
                     "--events-per-contact",
                     &events_per_contact.to_string(),
                 ])
+                .args((!handoff).then_some("--no-handoff"))
                 .output()?;
             if !out.status.success() {
                 anyhow::bail!(
@@ -226,8 +246,9 @@ pub fn run(
                 f("load_peak_rss") / 1e6,
             );
             println!(
-                "           planning ended at {:.0}% of the run (workers sent meanwhile); the workers' time: claim {:.0}%, contacts {:.0}%, render {:.0}%, send {:.0}%, record {:.0}%",
+                "           planning ended at {:.0}% of the run (workers sent meanwhile; {:.0}% handed over, unclaimed); the workers' time: claim {:.0}%, contacts {:.0}%, render {:.0}%, send {:.0}%, record {:.0}%",
                 100.0 * f("plan_s") / total,
+                100.0 * f("handed") / sent.max(1.0),
                 share("claim_s"),
                 share("contacts_s"),
                 share("render_s"),

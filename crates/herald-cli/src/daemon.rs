@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use herald_engine::dispatch::{Dispatcher, RendererSource};
 use herald_engine::fallback::CampaignFallback;
+use herald_engine::handoff::Handoff;
 use herald_engine::metrics::DispatchMetrics;
 use herald_engine::render::{CampaignRenderer, MessageRenderer};
 use herald_engine::rollout::Roller;
@@ -156,7 +157,13 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         Engine::with_owner(store.clone(), clock.clone(), config.clone(), owner.clone());
     // A dead planner's run is taken over after the same lease as its messages.
     engine.plan_lease_ms = config.herald.dispatch.lease.millis().max(1000);
-    let engine = Arc::new(engine);
+    // The planner hands batches due now straight to this daemon's free workers.
+    let handoff = Arc::new(Handoff::new(
+        owner.clone(),
+        config.herald.dispatch.batch.max(1) as usize,
+        Duration::from_secs(config.herald.dispatch.lease.secs().max(1) as u64),
+    ));
+    let engine = Arc::new(engine.with_handoff(handoff.clone()));
     let scheduler = {
         let mut scheduler = Scheduler::new(engine, store.clone(), clock.clone());
         // Rollouts decide on the scheduler's tick: after `decide_after`, the winner goes to the rest.
@@ -222,6 +229,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         if let Some(fallback) = CampaignFallback::for_config(store.clone(), config.clone()) {
             dispatcher = dispatcher.with_fallback(fallback);
         }
+        dispatcher = dispatcher.with_handoff(handoff.clone());
         dispatcher.batch = d.batch.max(1);
         dispatcher.metrics = Some(metrics.clone());
         dispatcher.lease = Duration::from_secs(d.lease.secs().max(1) as u64);

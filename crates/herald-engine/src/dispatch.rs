@@ -2,9 +2,10 @@
 //! per worker), marking them `sending` in the claim itself, lets a [`Gate`]
 //! cancel some, renders them, sends through the channel adapters (rate
 //! limited, bounded concurrency) and records every outcome and attempt.
-//! A crash leaves the batch in hand `unknown`: the in-flight window is one
-//! batch a worker; what a gate cancels goes from `sending` to `cancelled`
-//! without a request.
+//! Batches the planner hands over ([`crate::handoff`]) are taken first, with
+//! no claim. A crash leaves the batch in hand `unknown`: the in-flight window
+//! is one batch a worker, and one more in the hand-off; what a gate cancels
+//! goes from `sending` to `cancelled` without a request.
 //! Retries read only the adapters' error taxonomy.
 
 use std::collections::HashMap;
@@ -19,8 +20,11 @@ use herald_domain::types::{Channel, MessageStatus};
 use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
+use crate::handoff::Handoff;
 use crate::render::{MessageRenderer, RenderOutput};
-use crate::store::{AttemptRecord, ClaimedMessage, Outcome, RunDrain, Store, StoreResult};
+use crate::store::{
+    AttemptRecord, ClaimedMessage, Outcome, RunDrain, Store, StoreError, StoreResult,
+};
 
 /// Decides, just before sending, which claimed messages must not go out (an exit condition, a contact who left the audience).
 #[async_trait::async_trait]
@@ -127,6 +131,8 @@ pub struct DispatchStats {
     pub retried: u64,
     /// Messages left planned for later (quiet hours, best hour, spread) when a drain ended.
     pub later: u64,
+    /// Messages the planner handed over (sent without a claim query).
+    pub handed: u64,
     /// Wall time of the drain.
     pub elapsed: Duration,
     /// Where the time went.
@@ -193,6 +199,18 @@ fn failed(message_id: i64, reason: String) -> Outcome {
     }
 }
 
+/// A handed-over batch, checked to be of `run` (when draining one run): the
+/// planner of one run hands only to the workers that drain it.
+fn of_run(batch: Vec<ClaimedMessage>, run: Option<i64>) -> StoreResult<Vec<ClaimedMessage>> {
+    match (run, batch.first()) {
+        (Some(r), Some(m)) if m.run_id != r => Err(StoreError(format!(
+            "a batch of run {} was handed to the workers of run {r}",
+            m.run_id
+        ))),
+        _ => Ok(batch),
+    }
+}
+
 /// Claims, renders, sends and records.
 pub struct Dispatcher {
     store: Arc<dyn Store>,
@@ -217,6 +235,8 @@ pub struct Dispatcher {
     last_expire: AtomicI64,
     /// The (send_at, id) of the last message claimed in this pass over the queue.
     cursor: Mutex<Option<(i64, i64)>>,
+    /// Where the planner of this process hands batches over, if anywhere.
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl Dispatcher {
@@ -241,6 +261,35 @@ impl Dispatcher {
             fallback: None,
             last_expire: AtomicI64::new(i64::MIN),
             cursor: Mutex::new(None),
+            handoff: None,
+        }
+    }
+
+    /// Takes the batches the planner hands over through `handoff` before claiming.
+    pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
+        self
+    }
+
+    /// Waits up to a poll for work: a batch handed over (of `run`, if given), if
+    /// this dispatcher has a hand-off.
+    async fn idle(
+        &self,
+        run: Option<i64>,
+        stats: &mut DispatchStats,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        match &self.handoff {
+            Some(h) => match h.take_within(self.poll).await {
+                Some(batch) => {
+                    stats.handed += batch.len() as u64;
+                    of_run(batch, run)
+                }
+                None => Ok(Vec::new()),
+            },
+            None => {
+                tokio::time::sleep(self.poll).await;
+                Ok(Vec::new())
+            }
         }
     }
 
@@ -271,21 +320,22 @@ impl Dispatcher {
                 let now = self.clock.now_ms();
                 match self.store.finish_run_if_drained(run_id, now).await? {
                     RunDrain::Over => break,
-                    RunDrain::Planning => {
-                        // The planner has not written the next page yet.
-                        tokio::time::sleep(self.poll).await;
-                        continue;
+                    // The planner has not written the next page yet.
+                    RunDrain::Planning => {}
+                    RunDrain::Pending => {
+                        // What policies moved to later (quiet hours, best hour, spread) is
+                        // the daemon's to send; a retry waiting for its time is still ours.
+                        let (due, later) = self.store.run_pending(run_id, now).await?;
+                        if due == 0 {
+                            stats.later = later as u64;
+                            break;
+                        }
                     }
-                    RunDrain::Pending => {}
                 }
-                // What policies moved to later (quiet hours, best hour, spread) is
-                // the daemon's to send; a retry waiting for its time is still ours.
-                let (due, later) = self.store.run_pending(run_id, now).await?;
-                if due == 0 {
-                    stats.later = later as u64;
-                    break;
+                let handed = self.idle(Some(run_id), &mut stats).await?;
+                if !handed.is_empty() {
+                    self.send_batch(handed, renderer, &mut stats).await?;
                 }
-                tokio::time::sleep(self.poll).await;
                 continue;
             }
             self.send_batch(claimed, renderer, &mut stats).await?;
@@ -306,15 +356,33 @@ impl Dispatcher {
         let started = Instant::now();
         let mut stats = DispatchStats::default();
         let mut campaigns: HashMap<i64, Option<String>> = HashMap::new();
-        while !*stop.borrow() {
-            let claimed = self.claim(None, &mut stats).await?;
+        loop {
+            let mut claimed = if *stop.borrow() {
+                // Stopping: the batches handed over (one at most, and one
+                // being written) are sent, then nothing more is taken.
+                match &self.handoff {
+                    Some(h) => {
+                        let batch = h.close_and_take().await.unwrap_or_default();
+                        stats.handed += batch.len() as u64;
+                        batch
+                    }
+                    None => Vec::new(),
+                }
+            } else {
+                self.claim(None, &mut stats).await?
+            };
             if claimed.is_empty() {
+                if *stop.borrow() {
+                    break;
+                }
                 self.store.finish_drained_runs(self.clock.now_ms()).await?;
                 tokio::select! {
-                    _ = tokio::time::sleep(self.poll) => {}
+                    handed = self.idle(None, &mut stats) => claimed = handed?,
                     _ = stop.changed() => {}
                 }
-                continue;
+                if claimed.is_empty() {
+                    continue;
+                }
             }
             let mut by_run: HashMap<i64, Vec<ClaimedMessage>> = HashMap::new();
             for m in claimed {
@@ -372,6 +440,11 @@ impl Dispatcher {
         if expired {
             self.last_expire.store(now, Ordering::Relaxed);
             self.store.expire_leases(now).await?;
+        }
+        if let Some(batch) = self.handoff.as_ref().and_then(|h| h.try_take()) {
+            stats.handed += batch.len() as u64;
+            stats.stages.claim += t.elapsed();
+            return of_run(batch, run);
         }
         let lease_until = now + self.lease.as_millis() as i64;
         // Messages that come due behind the cursor (a retry's wait ended, a

@@ -8,18 +8,29 @@ use std::sync::Arc;
 use herald_domain::config::{Campaign, ConfigSet, SendTime, Trigger};
 
 use crate::clock::Clock;
+use crate::handoff::Handoff;
 use crate::plan::{PlanContext, address_keys, decide, suppress_duplicate_addresses};
 use crate::series::Series;
 use crate::store::{
-    CampaignRecord, PersonalisationRequest, PlannedMessage, RunCounts, RunRecord, Scope, Store,
-    StoreError,
+    CampaignRecord, Handed, PersonalisationRequest, PlannedMessage, RunCounts, RunRecord, Scope,
+    Store, StoreError, StoreResult,
 };
 
 /// Audience members read and planned per page.
 pub const PLAN_PAGE: u32 = 2000;
 
-/// How long a planning lease holds without renewal (renewed every page).
+/// The smallest page with a hand-off: smaller batches still plan in pages this large.
+pub const MIN_HANDOFF_PAGE: u32 = 250;
+
+/// How long a planning lease holds without renewal.
 pub const PLAN_LEASE_MS: i64 = 60_000;
+
+/// The planner renews its lease after this long (ms; a quarter lease if shorter)...
+const RENEW_MS: i64 = 1_000;
+
+/// ...or after this many pages, whichever comes first (a clock that stands
+/// still in a test still sees a pause).
+const RENEW_PAGES: u32 = 8;
 
 /// A plan refreshes the database's statistics once it has written this many
 /// messages, and again at its end (PostgreSQL's `ANALYZE messages`, a sample
@@ -52,8 +63,10 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     config: Arc<ConfigSet>,
     owner: String,
-    /// How long a planning lease holds without renewal (it is renewed every page).
+    /// How long a planning lease holds without renewal (renewed every second or so).
     pub plan_lease_ms: i64,
+    /// Where pages' due messages go straight to this process's workers, if anywhere.
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl Engine {
@@ -81,6 +94,7 @@ impl Engine {
             config,
             owner,
             plan_lease_ms: PLAN_LEASE_MS,
+            handoff: None,
         }
     }
 
@@ -95,6 +109,55 @@ impl Engine {
             .campaigns
             .get(name)
             .ok_or_else(|| EngineError::UnknownCampaign(name.to_string()))
+    }
+
+    /// Hands each page's first batch due now straight to this process's
+    /// workers through `handoff`, when one of them is free.
+    pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
+        self
+    }
+
+    /// Audience members a page: with a hand-off, about a batch, since a page
+    /// hands one batch at most (its rows are written in one statement, so a
+    /// resumed plan starts after the last contact written).
+    fn page_size(&self) -> u32 {
+        match &self.handoff {
+            Some(h) => (h.batch as u32).clamp(MIN_HANDOFF_PAGE, PLAN_PAGE),
+            None => PLAN_PAGE,
+        }
+    }
+
+    /// Writes one page of `run`: with a hand-off whose slot frees in time,
+    /// its first batch due now is written `sending` and handed to a worker.
+    async fn write_page(&self, run: &RunRecord, rows: &[PlannedMessage]) -> StoreResult<()> {
+        let now = self.clock.now_ms();
+        if let Some(h) = &self.handoff {
+            let picked = h.pick(rows, now);
+            // Reserved before the write: a batch written `sending` always has a worker to go to.
+            let permit = match picked.contains(&true) {
+                true => h.reserve().await,
+                false => None,
+            };
+            if let Some(permit) = permit {
+                let handed = Handed {
+                    rows: &picked,
+                    owner: &h.owner,
+                    until: now + h.lease.as_millis() as i64,
+                };
+                let claimed = self
+                    .store
+                    .insert_handed(run.id, run.campaign_id, rows, handed, now)
+                    .await?;
+                if !claimed.is_empty() {
+                    permit.send(claimed);
+                }
+                return Ok(());
+            }
+        }
+        self.store
+            .insert_planned(run.id, run.campaign_id, rows, now)
+            .await
     }
 
     /// Creates (or finds) the run of `campaign` at `scheduled_at` (ms) and plans it fully.
@@ -136,7 +199,7 @@ impl Engine {
     }
 
     /// Snapshots the audience of `run` into message rows, from where planning
-    /// last stopped. Holds the run's planning lease, renewed every page, so two
+    /// last stopped. Holds the run's planning lease, renewed every second or so, so two
     /// daemons never plan one run at once; returns `None` when another holds it.
     pub async fn plan(
         &self,
@@ -199,14 +262,26 @@ impl Engine {
         };
         let write = async {
             let mut refreshed = false;
+            let (mut renewed_at, mut pages) = (self.clock.now_ms(), 0u32);
+            let renew_ms = (self.plan_lease_ms / 4).clamp(1, RENEW_MS);
             while let Some(mut rows) = rx.recv().await {
-                if !self
-                    .store
-                    .claim_planning(run.id, &self.owner, lease(), self.clock.now_ms())
-                    .await?
-                {
-                    // Our lease lapsed and another daemon took over: it finishes the plan.
-                    return Ok(false);
+                // The lease is renewed every second or every few pages, not
+                // every page: a write (a commit) less a page. A pause or a
+                // cancel stops the plan at the next renewal; until then, a
+                // paused run's pages are written `planned` (not handed over)
+                // and a cancelled run's are not written.
+                let now = self.clock.now_ms();
+                pages += 1;
+                if pages >= RENEW_PAGES || !(0..renew_ms).contains(&(now - renewed_at)) {
+                    if !self
+                        .store
+                        .claim_planning(run.id, &self.owner, lease(), now)
+                        .await?
+                    {
+                        // Paused, cancelled, or our lease lapsed and another daemon took over.
+                        return Ok(false);
+                    }
+                    (renewed_at, pages) = (now, 0);
                 }
                 // Each page is claimable once written, so its duplicate
                 // addresses are decided now, against the pages before it.
@@ -216,9 +291,7 @@ impl Engine {
                     let taken = self.store.addresses_taken(run.id, first, &keys).await?;
                     suppress_duplicate_addresses(&mut rows, &taken);
                 }
-                self.store
-                    .insert_planned(run.id, run.campaign_id, &rows, self.clock.now_ms())
-                    .await?;
+                self.write_page(run, &rows).await?;
                 stats.members += rows.len() as u64;
                 if !refreshed && stats.members >= REFRESH_STATISTICS_AFTER {
                     // Workers claim while the plan goes on: they need it now.
@@ -283,7 +356,7 @@ impl Engine {
                 campaign.topic.as_deref(),
                 scope,
                 after,
-                PLAN_PAGE,
+                self.page_size(),
                 ctx.history_since(),
             )
             .await?;

@@ -134,6 +134,17 @@ pub struct PlannedMessage {
     pub reason: Option<String>,
 }
 
+/// Which rows of a page [`Store::insert_handed`] writes `sending`, and under which lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Handed<'a> {
+    /// One flag a row of the page: `true` goes `sending`.
+    pub rows: &'a [bool],
+    /// The lease's owner.
+    pub owner: &'a str,
+    /// The lease's end (ms).
+    pub until: i64,
+}
+
 /// An event that may trigger a campaign (or end one: `exit`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TriggerEvent {
@@ -442,6 +453,19 @@ pub trait Store: Send + Sync {
         rows: &[PlannedMessage],
         now: i64,
     ) -> StoreResult<()>;
+    /// [`Store::insert_planned`], except that the rows `handed.rows` marks
+    /// are written `sending` under `handed`'s lease: claimed as they are
+    /// written, for a worker of this process ([`crate::handoff`]). A run
+    /// paused in between gets them `planned`, so a paused run sends nothing.
+    /// Returns the rows written `sending`, as claimed messages.
+    async fn insert_handed(
+        &self,
+        run_id: i64,
+        campaign_id: i64,
+        rows: &[PlannedMessage],
+        handed: Handed<'_>,
+        now: i64,
+    ) -> StoreResult<Vec<ClaimedMessage>>;
     /// Which of `keys` (step, channel, address) a message of `run_id` to a
     /// contact before `before_contact` already holds (any status but
     /// `suppressed` and `held_out`): the run's earlier pages, for

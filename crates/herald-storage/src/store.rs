@@ -226,23 +226,50 @@ const INSERT_CHUNK: usize = 1000;
 const OPEN_RUN: &str = "state IN ('planning', 'running', 'paused')";
 
 /// The portable multi-row INSERT of planned messages (each with its
-/// triggering event's id and instant, if triggered), written only while the
-/// run is open ([`OPEN_RUN`]; on PostgreSQL `FOR SHARE` waits for a `herald
-/// runs cancel` in progress and sees its outcome); a message already planned
-/// for its (run, contact, step, trigger) is left as it is.
+/// triggering event's id and instant, if triggered, and whether it is handed
+/// to a worker as written), written only while the run is open ([`OPEN_RUN`];
+/// on PostgreSQL `FOR SHARE` waits for a `herald runs cancel` in progress and
+/// sees its outcome); a message already planned for its (run, contact, step,
+/// trigger) is left as it is. A handed row is written `sending` under `lease`
+/// while the run is planning or running, and `planned` when it was paused in
+/// between: a paused run sends nothing. With `lease`, returns the rows written
+/// (id, contact, step, status).
 fn insert_messages_sql<'a>(
     b: DbBackend,
     run_id: i64,
     campaign_id: i64,
-    rows: impl Iterator<Item = (&'a PlannedMessage, Option<(i64, i64)>)>,
+    rows: impl Iterator<Item = (&'a PlannedMessage, Option<(i64, i64)>, bool)>,
+    lease: Option<(&str, i64)>,
     now: i64,
 ) -> Sql {
     let mut q = Sql::new();
-    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) SELECT * FROM (VALUES ");
-    for (i, (m, trigger)) in rows.enumerate() {
+    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at, lease_owner, lease_until) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, v.column10, CASE WHEN v.column11 = 'sending' AND NOT r.live THEN 'planned' ELSE v.column11 END, v.column12, 0, 0, 0, 0, ")
+        .bind(now)
+        .push(", ")
+        .bind(now)
+        .push(", ");
+    match lease {
+        Some((owner, until)) => {
+            q.push("CASE WHEN v.column11 = 'sending' AND r.live THEN ")
+                .bind_as(b, owner.to_string(), "text")
+                .push(" END, CASE WHEN v.column11 = 'sending' AND r.live THEN ")
+                .bind_as(b, until, "int8")
+                .push(" END");
+        }
+        None => {
+            q.push("NULL, NULL");
+        }
+    }
+    q.push(" FROM (VALUES ");
+    for (i, (m, trigger, handed)) in rows.enumerate() {
         if i > 0 {
             q.push(",");
         }
+        let status = if handed && lease.is_some() {
+            MessageStatus::Sending
+        } else {
+            m.status
+        };
         q.push("(")
             .bind(run_id)
             .push(",")
@@ -262,20 +289,60 @@ fn insert_messages_sql<'a>(
             .push(",")
             .bind(m.send_at)
             .push(",");
-        q.bind(m.status.as_str().to_string())
+        q.bind(status.as_str().to_string())
             .push(",")
             .bind_as(b, m.reason.clone(), "text");
-        q.push(",0,0,0,0,").bind(now).push(",").bind(now).push(")");
+        q.push(")");
     }
-    q.push(") AS v WHERE EXISTS (SELECT 1 FROM runs WHERE id = ")
+    // `r` has a row only while the run is open; `live`: it may send now.
+    q.push(") AS v, (SELECT state IN ('planning', 'running') AS live FROM runs WHERE id = ")
         .bind(run_id)
         .push(" AND ")
         .push(OPEN_RUN);
     if b == DbBackend::Postgres {
         q.push(" FOR SHARE");
     }
-    q.push(") ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
+    // `WHERE true`: SQLite reads `ON CONFLICT` after a bare join as a join constraint.
+    q.push(") AS r WHERE true ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
+    if lease.is_some() {
+        q.push(" RETURNING id, contact_id, step, status");
+    }
     q
+}
+
+/// The handed rows of a page as the insert returned them: (id, contact,
+/// step, status) of the rows written, matched to the page's rows.
+fn handed_claims(
+    run_id: i64,
+    rows: &[PlannedMessage],
+    handed: &[bool],
+    written: impl IntoIterator<Item = (i64, i64, i32)>,
+) -> Vec<ClaimedMessage> {
+    let by_key: std::collections::HashMap<(i64, i32), &PlannedMessage> = rows
+        .iter()
+        .zip(handed)
+        .filter(|(_, h)| **h)
+        .map(|(m, _)| ((m.contact_id, m.step), m))
+        .collect();
+    let mut out: Vec<ClaimedMessage> = written
+        .into_iter()
+        .filter_map(|(id, contact_id, step)| {
+            let m = by_key.get(&(contact_id, step))?;
+            Some(ClaimedMessage {
+                id,
+                run_id,
+                contact_id,
+                arm: m.arm.clone(),
+                channel: m.channel?,
+                address: m.address.clone()?,
+                step,
+                attempts: 0,
+                send_at: m.send_at,
+            })
+        })
+        .collect();
+    out.sort_by_key(|m| (m.send_at, m.id));
+    out
 }
 
 #[async_trait]
@@ -504,14 +571,58 @@ impl Store for SqlStore {
     ) -> StoreResult<()> {
         let b = self.b();
         if b == DbBackend::Postgres {
-            return pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, now).await;
+            return pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, None, now)
+                .await
+                .map(drop);
         }
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let q =
-                insert_messages_sql(b, run_id, campaign_id, chunk.iter().map(|m| (m, None)), now);
+            let q = insert_messages_sql(
+                b,
+                run_id,
+                campaign_id,
+                chunk.iter().map(|m| (m, None, false)),
+                None,
+                now,
+            );
             self.exec(q).await?;
         }
         Ok(())
+    }
+
+    async fn insert_handed(
+        &self,
+        run_id: i64,
+        campaign_id: i64,
+        rows: &[PlannedMessage],
+        handed: Handed<'_>,
+        now: i64,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        let b = self.b();
+        let written = if b == DbBackend::Postgres {
+            pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, Some(handed), now).await?
+        } else {
+            let mut written = Vec::new();
+            for (chunk, mask) in rows
+                .chunks(INSERT_CHUNK)
+                .zip(handed.rows.chunks(INSERT_CHUNK))
+            {
+                let q = insert_messages_sql(
+                    b,
+                    run_id,
+                    campaign_id,
+                    chunk.iter().zip(mask).map(|(m, h)| (m, None, *h)),
+                    Some((handed.owner, handed.until)),
+                    now,
+                );
+                for r in self.all(q).await? {
+                    if get::<String>(&r, 3)? == "sending" {
+                        written.push((get(&r, 0)?, get(&r, 1)?, get(&r, 2)?));
+                    }
+                }
+            }
+            written
+        };
+        Ok(handed_claims(run_id, rows, handed.rows, written))
     }
 
     async fn addresses_taken(
@@ -1031,6 +1142,7 @@ mod tests {
     use herald_channels::outbox::OutboxChannel;
     use herald_channels::pacer::Pacer;
     use herald_engine::dispatch::{DispatchStats, Dispatcher, Gate, Route};
+    use herald_engine::handoff::Handoff;
     use herald_engine::render::{MessageRenderer, RenderOutput};
     use herald_engine::{Clock, SystemClock};
     use tokio::sync::Semaphore;
@@ -1523,8 +1635,203 @@ mod tests {
         );
     }
 
+    /// (status, lease owner, lease end) of each message of `run`, by contact.
+    async fn leases(store: &SqlStore, run: i64) -> Vec<(i64, String, Option<String>, Option<i64>)> {
+        let mut q = Sql::new();
+        q.push("SELECT contact_id, status, lease_owner, lease_until FROM messages WHERE run_id = ")
+            .bind(run)
+            .push(" ORDER BY contact_id");
+        store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    get(r, 0).unwrap(),
+                    get(r, 1).unwrap(),
+                    get(r, 2).unwrap(),
+                    get(r, 3).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    async fn handed_rows_are_written_sending_under_the_lease(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 8).await;
+        let now = SystemClock.now_ms();
+        let later = rows.split_off(6);
+        let picked = [true, true, false, true, false, false];
+        let handed = Handed {
+            rows: &picked,
+            owner: "planner",
+            until: now + 5_000,
+        };
+        let claimed = store
+            .insert_handed(run, campaign, &rows, handed, now)
+            .await
+            .unwrap();
+        let got: Vec<(i64, &str, i32)> = claimed
+            .iter()
+            .map(|m| (m.contact_id, m.address.as_str(), m.attempts))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "c1@example.com", 0),
+                (2, "c2@example.com", 0),
+                (4, "c4@example.com", 0)
+            ]
+        );
+        let sending = |c: i64| {
+            (
+                c,
+                "sending".to_string(),
+                Some("planner".to_string()),
+                Some(now + 5_000),
+            )
+        };
+        let planned = |c: i64| (c, "planned".to_string(), None, None);
+        let expected = vec![
+            sending(1),
+            sending(2),
+            planned(3),
+            sending(4),
+            planned(5),
+            planned(6),
+        ];
+        assert_eq!(leases(&store, run).await, expected);
+        let by_contact: HashMap<i64, i64> = leases_ids(&store, run).await;
+        for m in &claimed {
+            assert_eq!(
+                by_contact[&m.contact_id], m.id,
+                "the claimed id is the row's"
+            );
+        }
+        // Written again (a resumed plan): nothing is handed twice, nothing changes.
+        let again = store
+            .insert_handed(run, campaign, &rows, handed, now)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "already written: {again:?}");
+        assert_eq!(leases(&store, run).await, expected);
+
+        // Paused between the planner's page lease and its write: written, not handed.
+        crate::runs::pause(db, run).await.unwrap();
+        let paused = store
+            .insert_handed(
+                run,
+                campaign,
+                &later,
+                Handed {
+                    rows: &[true, true],
+                    ..handed
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(paused.is_empty(), "a paused run sends nothing: {paused:?}");
+        let all = leases(&store, run).await;
+        assert_eq!(all[6..], [planned(7), planned(8)]);
+    }
+
+    async fn leases_ids(store: &SqlStore, run: i64) -> HashMap<i64, i64> {
+        let mut q = Sql::new();
+        q.push("SELECT contact_id, id FROM messages WHERE run_id = ")
+            .bind(run);
+        store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (get(r, 0).unwrap(), get(r, 1).unwrap()))
+            .collect()
+    }
+
+    async fn workers_send_what_the_planner_hands_over_once(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 10).await;
+        let now = SystemClock.now_ms();
+        let rest = rows.split_off(4);
+        let handoff = Arc::new(Handoff::new("planner".into(), 3, Duration::from_secs(60)));
+        let d = dispatcher(&store, 3).with_handoff(handoff.clone());
+        let drain = tokio::spawn(async move { d.drain_run(run, &Plain).await });
+        // The first page: three handed, one planned for a claim.
+        let permit = handoff.reserve().await.expect("the slot is free");
+        let picked = handoff.pick(&rows, now);
+        assert_eq!(picked, [true, true, true, false]);
+        let claimed = store
+            .insert_handed(
+                run,
+                campaign,
+                &rows,
+                Handed {
+                    rows: &picked,
+                    owner: &handoff.owner,
+                    until: now + handoff.lease.as_millis() as i64,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        permit.send(claimed);
+        store
+            .insert_planned(run, campaign, &rest, now)
+            .await
+            .unwrap();
+        store.finish_planning(run).await.unwrap();
+        let stats = drain.await.unwrap().unwrap();
+        assert_eq!(stats.handed, 3);
+        assert_eq!(stats.accepted, 10);
+        assert_eq!(outbox_ids(&store).await.len(), 10, "each message once");
+        let counts = store.run_counts(run).await.unwrap();
+        assert_eq!(counts.count(None, "delivered"), 10);
+        assert!(
+            leases(&store, run).await.iter().all(|l| l.2.is_none()),
+            "no lease left"
+        );
+    }
+
+    async fn a_batch_handed_to_another_runs_workers_is_refused(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, rows) = planning_run(&store, 2).await;
+        let now = SystemClock.now_ms();
+        let handoff = Arc::new(Handoff::new("planner".into(), 5, Duration::from_secs(60)));
+        let picked = handoff.pick(&rows, now);
+        let claimed = store
+            .insert_handed(
+                run,
+                campaign,
+                &rows,
+                Handed {
+                    rows: &picked,
+                    owner: "planner",
+                    until: now + 60_000,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        handoff.reserve().await.expect("free").send(claimed);
+        let d = dispatcher(&store, 5).with_handoff(handoff);
+        let err = d.drain_run(run + 1, &Plain).await.unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("a batch of run {run}")),
+            "{err}"
+        );
+        assert!(
+            outbox_ids(&store).await.is_empty(),
+            "nothing sent with another run's renderer"
+        );
+    }
+
     on_both_databases!(
         gate_cancels_claimed_messages,
+        handed_rows_are_written_sending_under_the_lease,
+        workers_send_what_the_planner_hands_over_once,
+        a_batch_handed_to_another_runs_workers_is_refused,
         claims_find_messages_behind_the_cursor,
         a_large_plan_refreshes_the_statistics,
         a_shared_address_is_kept_once_per_step_across_pages,

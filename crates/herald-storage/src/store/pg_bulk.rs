@@ -9,7 +9,7 @@
 
 use herald_channels::RenderedMessage;
 use herald_domain::types::{Channel, MessageStatus};
-use herald_engine::store::{Outcome, PlannedMessage, StoreError, StoreResult};
+use herald_engine::store::{Handed, Outcome, PlannedMessage, StoreError, StoreResult};
 use sea_orm::sqlx::postgres::{PgArguments, PgBindIterExt};
 use sea_orm::sqlx::{Arguments, Postgres};
 
@@ -35,28 +35,51 @@ async fn execute(db: &Db, sql: &'static str, args: PgArguments) -> StoreResult<(
         .map_err(err)
 }
 
-const INSERT_PLANNED: &str = "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) \
-     SELECT $1, $2, u.contact_id, u.step, u.arm, u.channel, u.address, u.send_at, u.status, u.reason, 0, 0, 0, 0, $3, $3 \
-     FROM UNNEST($4::int8[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[]) \
-     AS u(contact_id, step, arm, channel, address, send_at, status, reason) \
-     WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND state IN ('planning', 'running', 'paused') FOR SHARE) \
-     ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING";
+/// The planned-message insert of one page; a row given as `sending` is
+/// handed to a worker as written, under the lease ($12, $13), while the run
+/// is planning or running (a run paused in between gets it `planned`).
+macro_rules! insert_planned {
+    () => {
+        "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at, lease_owner, lease_until) \
+         SELECT $1, $2, u.contact_id, u.step, u.arm, u.channel, u.address, u.send_at, \
+           CASE WHEN u.status = 'sending' AND NOT r.live THEN 'planned' ELSE u.status END, \
+           u.reason, 0, 0, 0, 0, $3, $3, \
+           CASE WHEN u.status = 'sending' AND r.live THEN $12::text END, \
+           CASE WHEN u.status = 'sending' AND r.live THEN $13::int8 END \
+         FROM UNNEST($4::int8[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[]) \
+         AS u(contact_id, step, arm, channel, address, send_at, status, reason), \
+         (SELECT state IN ('planning', 'running') AS live FROM runs WHERE id = $1 AND state IN ('planning', 'running', 'paused') FOR SHARE) AS r \
+         ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING"
+    };
+}
 
-/// `Store::insert_planned` on PostgreSQL: one statement for the whole page,
-/// written only while the run is open (the states of `OPEN_RUN` in store.rs).
-/// `FOR SHARE` waits for a `herald runs cancel` in progress (it holds the
-/// run's row) and then sees its outcome; a cancel that comes after waits for
-/// this page and cancels it.
+const INSERT_PLANNED: &str = insert_planned!();
+
+/// [`INSERT_PLANNED`], returning the rows written `sending`.
+const INSERT_HANDED: &str = concat!(
+    "WITH written AS (",
+    insert_planned!(),
+    " RETURNING id, contact_id, step, status) SELECT id, contact_id, step FROM written WHERE status = 'sending'"
+);
+
+/// `Store::insert_planned` (and, with `handed`, `Store::insert_handed`) on
+/// PostgreSQL: one statement for the whole page, written only while the run
+/// is open (the states of `OPEN_RUN` in store.rs). `FOR SHARE` waits for a
+/// `herald runs cancel` in progress (it holds the run's row) and then sees
+/// its outcome; a cancel that comes after waits for this page and cancels it.
+/// Returns (id, contact, step) of the rows written `sending`.
 pub async fn insert_planned(
     db: &Db,
     run_id: i64,
     campaign_id: i64,
     rows: &[PlannedMessage],
+    handed: Option<Handed<'_>>,
     now: i64,
-) -> StoreResult<()> {
+) -> StoreResult<Vec<(i64, i64, i32)>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let is_handed = |i: usize| handed.is_some_and(|h| h.rows.get(i).copied().unwrap_or(false));
     let mut args = PgArguments::default();
     add(&mut args, run_id)?;
     add(&mut args, campaign_id)?;
@@ -77,13 +100,31 @@ pub async fn insert_planned(
     add(&mut args, rows.iter().map(|m| m.send_at).bind_iter())?;
     add(
         &mut args,
-        rows.iter().map(|m| m.status.as_str()).bind_iter(),
+        rows.iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if is_handed(i) {
+                    MessageStatus::Sending.as_str()
+                } else {
+                    m.status.as_str()
+                }
+            })
+            .bind_iter(),
     )?;
     add(
         &mut args,
         rows.iter().map(|m| m.reason.as_deref()).bind_iter(),
     )?;
-    execute(db, INSERT_PLANNED, args).await
+    add(&mut args, handed.map(|h| h.owner))?;
+    add(&mut args, handed.map(|h| h.until))?;
+    let Some(_) = handed else {
+        execute(db, INSERT_PLANNED, args).await?;
+        return Ok(Vec::new());
+    };
+    sea_orm::sqlx::query_as_with::<_, (i64, i64, i32), _>(INSERT_HANDED, args)
+        .fetch_all(db.conn.get_postgres_connection_pool())
+        .await
+        .map_err(err)
 }
 
 /// The outcomes, their attempts and their links in one statement (one
