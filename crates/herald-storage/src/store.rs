@@ -1322,12 +1322,7 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!drain.is_finished(), "the drain ended before the plan did");
-        store
-            .insert_planned(run, campaign, &rest, now)
-            .await
-            .unwrap();
-        store.finish_planning(run).await.unwrap();
-        let stats = drain.await.unwrap().unwrap();
+        let stats = last_page(&store, (run, campaign), &rest, now, drain).await;
         assert_eq!(stats.accepted, 10);
         assert_eq!(outbox_ids(&store).await, (1..=10).collect::<Vec<i64>>());
         assert_eq!(
@@ -1610,17 +1605,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let got: Vec<(i64, i32, String, Option<String>)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    get(r, 0).unwrap(),
-                    get(r, 1).unwrap(),
-                    get(r, 2).unwrap(),
-                    get(r, 3).unwrap(),
-                )
-            })
-            .collect();
+        let got: Vec<(i64, i32, String, Option<String>)> = rows.iter().map(first_four).collect();
         let dup = || Some("duplicate_address".to_string());
         assert_eq!(
             got,
@@ -1635,26 +1620,76 @@ mod tests {
         );
     }
 
-    /// (status, lease owner, lease end) of each message of `run`, by contact.
-    async fn leases(store: &SqlStore, run: i64) -> Vec<(i64, String, Option<String>, Option<i64>)> {
-        let mut q = Sql::new();
-        q.push("SELECT contact_id, status, lease_owner, lease_until FROM messages WHERE run_id = ")
-            .bind(run)
-            .push(" ORDER BY contact_id");
+    /// A result row's first four columns.
+    fn first_four<A, B, C, D>(r: &QueryResult) -> (A, B, C, D)
+    where
+        A: sea_orm::TryGetable,
+        B: sea_orm::TryGetable,
+        C: sea_orm::TryGetable,
+        D: sea_orm::TryGetable,
+    {
+        (
+            get(r, 0).unwrap(),
+            get(r, 1).unwrap(),
+            get(r, 2).unwrap(),
+            get(r, 3).unwrap(),
+        )
+    }
+
+    /// Writes the plan's last page, `rest`, ends the plan and returns what `drain` did.
+    async fn last_page(
+        store: &SqlStore,
+        (run, campaign): (i64, i64),
+        rest: &[PlannedMessage],
+        now: i64,
+        drain: tokio::task::JoinHandle<StoreResult<DispatchStats>>,
+    ) -> DispatchStats {
         store
-            .all(q)
+            .insert_planned(run, campaign, rest, now)
+            .await
+            .unwrap();
+        store.finish_planning(run).await.unwrap();
+        drain.await.unwrap().unwrap()
+    }
+
+    /// A message's contact, status, lease owner and lease end.
+    type Lease = (i64, String, Option<String>, Option<i64>);
+
+    /// The [`Lease`] of each message of `run` by contact, and the message ids by contact.
+    async fn leases(store: &SqlStore, run: i64) -> (Vec<Lease>, HashMap<i64, i64>) {
+        let mut q = Sql::new();
+        q.push(
+            "SELECT contact_id, status, lease_owner, lease_until, id FROM messages WHERE run_id = ",
+        )
+        .bind(run)
+        .push(" ORDER BY contact_id");
+        let rows = store.all(q).await.unwrap();
+        let leases = rows.iter().map(first_four).collect();
+        let ids = rows
+            .iter()
+            .map(|r| (get(r, 0).unwrap(), get(r, 4).unwrap()))
+            .collect();
+        (leases, ids)
+    }
+
+    /// Writes `rows` of `run`, handing what `handoff` picks at `now` under its lease.
+    async fn hand(
+        store: &SqlStore,
+        handoff: &Handoff,
+        (run, campaign): (i64, i64),
+        rows: &[PlannedMessage],
+        now: i64,
+    ) -> Vec<ClaimedMessage> {
+        let picked = handoff.pick(rows, now);
+        let handed = Handed {
+            rows: &picked,
+            owner: &handoff.owner,
+            until: now + handoff.lease.as_millis() as i64,
+        };
+        store
+            .insert_handed(run, campaign, rows, handed, now)
             .await
             .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    get(r, 0).unwrap(),
-                    get(r, 1).unwrap(),
-                    get(r, 2).unwrap(),
-                    get(r, 3).unwrap(),
-                )
-            })
-            .collect()
     }
 
     async fn handed_rows_are_written_sending_under_the_lease(db: &Db) {
@@ -1701,8 +1736,8 @@ mod tests {
             planned(5),
             planned(6),
         ];
-        assert_eq!(leases(&store, run).await, expected);
-        let by_contact: HashMap<i64, i64> = leases_ids(&store, run).await;
+        let (written, by_contact) = leases(&store, run).await;
+        assert_eq!(written, expected);
         for m in &claimed {
             assert_eq!(
                 by_contact[&m.contact_id], m.id,
@@ -1715,7 +1750,7 @@ mod tests {
             .await
             .unwrap();
         assert!(again.is_empty(), "already written: {again:?}");
-        assert_eq!(leases(&store, run).await, expected);
+        assert_eq!(leases(&store, run).await.0, expected);
 
         // Paused between the planner's page lease and its write: written, not handed.
         crate::runs::pause(db, run).await.unwrap();
@@ -1733,21 +1768,8 @@ mod tests {
             .await
             .unwrap();
         assert!(paused.is_empty(), "a paused run sends nothing: {paused:?}");
-        let all = leases(&store, run).await;
+        let (all, _) = leases(&store, run).await;
         assert_eq!(all[6..], [planned(7), planned(8)]);
-    }
-
-    async fn leases_ids(store: &SqlStore, run: i64) -> HashMap<i64, i64> {
-        let mut q = Sql::new();
-        q.push("SELECT contact_id, id FROM messages WHERE run_id = ")
-            .bind(run);
-        store
-            .all(q)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (get(r, 0).unwrap(), get(r, 1).unwrap()))
-            .collect()
     }
 
     async fn workers_send_what_the_planner_hands_over_once(db: &Db) {
@@ -1760,36 +1782,18 @@ mod tests {
         let drain = tokio::spawn(async move { d.drain_run(run, &Plain).await });
         // The first page: three handed, one planned for a claim.
         let permit = handoff.reserve().await.expect("the slot is free");
-        let picked = handoff.pick(&rows, now);
-        assert_eq!(picked, [true, true, true, false]);
-        let claimed = store
-            .insert_handed(
-                run,
-                campaign,
-                &rows,
-                Handed {
-                    rows: &picked,
-                    owner: &handoff.owner,
-                    until: now + handoff.lease.as_millis() as i64,
-                },
-                now,
-            )
-            .await
-            .unwrap();
+        let claimed = hand(&store, &handoff, (run, campaign), &rows, now).await;
+        let contacts: Vec<i64> = claimed.iter().map(|m| m.contact_id).collect();
+        assert_eq!(contacts, [1, 2, 3], "a batch of the page");
         permit.send(claimed);
-        store
-            .insert_planned(run, campaign, &rest, now)
-            .await
-            .unwrap();
-        store.finish_planning(run).await.unwrap();
-        let stats = drain.await.unwrap().unwrap();
+        let stats = last_page(&store, (run, campaign), &rest, now, drain).await;
         assert_eq!(stats.handed, 3);
         assert_eq!(stats.accepted, 10);
         assert_eq!(outbox_ids(&store).await.len(), 10, "each message once");
         let counts = store.run_counts(run).await.unwrap();
         assert_eq!(counts.count(None, "delivered"), 10);
         assert!(
-            leases(&store, run).await.iter().all(|l| l.2.is_none()),
+            leases(&store, run).await.0.iter().all(|l| l.2.is_none()),
             "no lease left"
         );
     }
@@ -1799,21 +1803,8 @@ mod tests {
         let (run, campaign, rows) = planning_run(&store, 2).await;
         let now = SystemClock.now_ms();
         let handoff = Arc::new(Handoff::new("planner".into(), 5, Duration::from_secs(60)));
-        let picked = handoff.pick(&rows, now);
-        let claimed = store
-            .insert_handed(
-                run,
-                campaign,
-                &rows,
-                Handed {
-                    rows: &picked,
-                    owner: "planner",
-                    until: now + 60_000,
-                },
-                now,
-            )
-            .await
-            .unwrap();
+        let claimed = hand(&store, &handoff, (run, campaign), &rows, now).await;
+        assert_eq!(claimed.len(), 2);
         handoff.reserve().await.expect("free").send(claimed);
         let d = dispatcher(&store, 5).with_handoff(handoff);
         let err = d.drain_run(run + 1, &Plain).await.unwrap_err();
