@@ -966,14 +966,20 @@ impl Store for SqlStore {
 
     async fn finish_run_if_drained(&self, run_id: i64, now: i64) -> StoreResult<RunDrain> {
         let mut q = Sql::new();
-        q.push("SELECT state, (SELECT COUNT(*) FROM messages WHERE run_id = runs.id AND status IN ('planned', 'sending')) FROM runs WHERE id = ")
+        // Workers ask this whenever they find nothing to claim, often while the
+        // run is still planned: the look at its messages is made only once the
+        // plan is over (CASE is evaluated lazily on both databases), and stops at
+        // the first one left. A count walked the index entries of every message
+        // sent so far, live or not: 50 ms a call at 800,000 messages on
+        // PostgreSQL, a quarter of the server's time in a whole run.
+        q.push("SELECT state, CASE WHEN state = 'running' THEN (CASE WHEN EXISTS (SELECT 1 FROM messages WHERE run_id = runs.id AND status IN ('planned', 'sending')) THEN 1 ELSE 0 END) ELSE 0 END FROM runs WHERE id = ")
             .bind(run_id);
         let rows = self.all(q).await?;
         let Some(r) = rows.first() else {
             return Ok(RunDrain::Over);
         };
         let state: String = get(r, 0)?;
-        let pending: i64 = get(r, 1)?;
+        let pending: i32 = get(r, 1)?;
         match state.as_str() {
             "planning" => return Ok(RunDrain::Planning),
             "running" if pending > 0 => return Ok(RunDrain::Pending),
