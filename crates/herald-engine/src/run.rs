@@ -30,7 +30,7 @@ const RENEW_MS: i64 = 1_000;
 
 /// ...or after this many pages, whichever comes first (a clock that stands
 /// still in a test still sees a pause).
-const RENEW_PAGES: u32 = 8;
+pub const RENEW_PAGES: u32 = 8;
 
 /// A plan refreshes the database's statistics once it has written this many
 /// messages, and again at its end (PostgreSQL's `ANALYZE messages`, a sample
@@ -207,9 +207,10 @@ impl Engine {
         run: &RunRecord,
     ) -> Result<PlanStats, EngineError> {
         let lease = || self.clock.now_ms() + self.plan_lease_ms;
+        let claimed_at = self.clock.now_ms();
         if !self
             .store
-            .claim_planning(run.id, &self.owner, lease(), self.clock.now_ms())
+            .claim_planning(run.id, &self.owner, lease(), claimed_at)
             .await?
         {
             return Ok(PlanStats::default());
@@ -246,7 +247,7 @@ impl Engine {
         // connections, two cores. One page waits at most, so memory stays
         // two pages whatever the audience; pages are written in order, so a
         // plan resumes after the last contact written.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<PlannedMessage>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<PlannedMessage>>(1);
         let read = async move {
             let mut after = first;
             while let Some((last, rows)) = self
@@ -261,8 +262,13 @@ impl Engine {
             Ok::<(), EngineError>(())
         };
         let write = async {
+            // Owned here: when the writer stops early (paused, cancelled, lease
+            // lost), the channel closes and the reader stops too, instead of
+            // waiting forever to hand over its next page.
+            let mut rx = rx;
             let mut refreshed = false;
-            let (mut renewed_at, mut pages) = (self.clock.now_ms(), 0u32);
+            // From the claim: a long segment-entry pass is followed by a renewal.
+            let (mut renewed_at, mut pages) = (claimed_at, 0u32);
             let renew_ms = (self.plan_lease_ms / 4).clamp(1, RENEW_MS);
             while let Some(mut rows) = rx.recv().await {
                 // The lease is renewed every second or every few pages, not

@@ -1589,6 +1589,74 @@ mod tests {
         }
     }
 
+    /// The planner renews its lease every few pages, not every page: a run
+    /// paused while planned stops at the next renewal, its pages since then
+    /// written `planned` (a paused run sends nothing), and a resumed plan
+    /// writes the rest, each contact once. The clock stands still, so only the
+    /// page count renews the lease.
+    async fn a_paused_plan_stops_at_its_next_lease_renewal(db: &Db) {
+        use herald_engine::run::RENEW_PAGES;
+        const BATCH: i64 = 250; // pages of MIN_HANDOFF_PAGE with this hand-off
+        let now = SystemClock.now_ms();
+        let store = Arc::new(SqlStore::new(db.clone()));
+        let n = BATCH * (2 * RENEW_PAGES as i64 + 2);
+        many_contacts(&store, n, &[], now).await;
+        let campaign = herald_domain::config::Campaign::parse("all.toml", ONE_EMAIL).unwrap();
+        let config = Arc::new(herald_domain::config::ConfigSet {
+            herald: herald_domain::config::HeraldConfig::parse("herald.toml", "").unwrap(),
+            segments: Default::default(),
+            campaigns: [("all".to_string(), campaign.clone())].into(),
+        });
+        let clock = Arc::new(herald_engine::clock::FixedClock::new(
+            chrono::DateTime::from_timestamp_millis(now).unwrap(),
+        ));
+        let handoff = Arc::new(Handoff::new(
+            "planner".into(),
+            BATCH as usize,
+            Duration::from_secs(60),
+        ));
+        let engine = Arc::new(
+            herald_engine::Engine::new(store.clone(), clock, config).with_handoff(handoff.clone()),
+        );
+        let run = engine.create_run(&campaign, now, "manual").await.unwrap();
+        let plan = {
+            let (engine, campaign, run) = (engine.clone(), campaign.clone(), run.clone());
+            tokio::spawn(async move { engine.plan(&campaign, &run).await })
+        };
+        // Page 1 is handed over; page 2 may be too (the slot is free again);
+        // page 3 waits for the slot, and the pause lands meanwhile.
+        let first = handoff.take_within(Duration::from_secs(20)).await;
+        assert_eq!(first.map(|b| b.len()), Some(BATCH as usize));
+        crate::runs::pause(db, run.id).await.unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(30), plan)
+            .await
+            .expect("the planner stopped after the pause")
+            .unwrap()
+            .unwrap();
+        assert!(!stats.finished, "a paused plan does not finish");
+        let counts = store.run_counts(run.id).await.unwrap();
+        let written = BATCH * (RENEW_PAGES as i64 - 1);
+        let sending = counts.count(None, "sending");
+        assert_eq!(
+            sending + counts.count(None, "planned"),
+            written,
+            "pages written before the renewal at page {RENEW_PAGES}"
+        );
+        assert!(
+            (BATCH..=2 * BATCH).contains(&sending),
+            "{sending} handed: pages 1 and perhaps 2"
+        );
+
+        crate::runs::resume(db, run.id).await.unwrap();
+        handoff.close_and_take().await; // what was handed; nothing more is
+        let stats = engine.plan(&campaign, &run).await.unwrap();
+        assert!(stats.finished);
+        let counts = store.run_counts(run.id).await.unwrap();
+        assert_eq!(counts.count(None, "planned"), n - sending);
+        let (_, ids) = leases(&store, run.id).await;
+        assert_eq!(ids.len() as i64, n, "each contact once");
+    }
+
     /// Contacts 2, 1,500 and 2,600 share an inbox; planning pages are 2,000
     /// contacts, so the third is on the second page: the lowest contact keeps
     /// the address at every step of the series, the others are suppressed
@@ -1829,6 +1897,7 @@ mod tests {
         handed_rows_are_written_sending_under_the_lease,
         workers_send_what_the_planner_hands_over_once,
         a_batch_handed_to_another_runs_workers_is_refused,
+        a_paused_plan_stops_at_its_next_lease_renewal,
         claims_find_messages_behind_the_cursor,
         a_large_plan_refreshes_the_statistics,
         a_shared_address_is_kept_once_per_step_across_pages,
