@@ -227,12 +227,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             database,
         } => {
             let dir = tempfile::tempdir()?;
-            let url = database.clone().unwrap_or_else(|| {
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("segments.db").display()
-                )
-            });
+            let url = database_or_scratch(database, dir.path(), "segments");
             let db = Db::connect(&url).await?;
             let options = herald_storage::segment_bench::BenchOptions {
                 contacts: *contacts,
@@ -253,12 +248,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             keep,
         } => {
             let dir = tempfile::tempdir()?;
-            let url = database.clone().unwrap_or_else(|| {
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("report.db").display()
-                )
-            });
+            let url = database_or_scratch(database, dir.path(), "report");
             let options = report::Options {
                 messages: *messages,
                 runs: *runs,
@@ -273,12 +263,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             keep,
         } => {
             let dir = tempfile::tempdir()?;
-            let url = database.clone().unwrap_or_else(|| {
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("entry.db").display()
-                )
-            });
+            let url = database_or_scratch(database, dir.path(), "entry");
             let options = entry::Options {
                 contacts: *contacts,
                 events: *events,
@@ -347,4 +332,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `database`, or a scratch SQLite file `NAME.db` in `dir`.
+fn database_or_scratch(database: &Option<String>, dir: &std::path::Path, name: &str) -> String {
+    database.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            dir.join(format!("{name}.db")).display()
+        )
+    })
 }
