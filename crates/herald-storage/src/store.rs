@@ -345,6 +345,52 @@ fn handed_claims(
     out
 }
 
+impl SqlStore {
+    /// Writes one page of planned messages of `run_id`, those `handed` marks
+    /// `sending` under its lease; returns (id, contact, step) of the rows
+    /// written `sending` (none without `handed`).
+    async fn insert_page(
+        &self,
+        run_id: i64,
+        campaign_id: i64,
+        rows: &[PlannedMessage],
+        handed: Option<Handed<'_>>,
+        now: i64,
+    ) -> StoreResult<Vec<(i64, i64, i32)>> {
+        let b = self.b();
+        if b == DbBackend::Postgres {
+            return pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, handed, now).await;
+        }
+        let lease = handed.map(|h| (h.owner, h.until));
+        let mut written = Vec::new();
+        for (i, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
+            let first = i * INSERT_CHUNK;
+            let is_handed = |j: usize| handed.is_some_and(|h| h.rows.get(first + j) == Some(&true));
+            let q = insert_messages_sql(
+                b,
+                run_id,
+                campaign_id,
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(j, m)| (m, None, is_handed(j))),
+                lease,
+                now,
+            );
+            if lease.is_none() {
+                self.exec(q).await?;
+                continue;
+            }
+            for r in self.all(q).await? {
+                if get::<String>(&r, 3)? == MessageStatus::Sending.as_str() {
+                    written.push((get(&r, 0)?, get(&r, 1)?, get(&r, 2)?));
+                }
+            }
+        }
+        Ok(written)
+    }
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn upsert_campaign(&self, c: &CampaignRecord, now: i64) -> StoreResult<i64> {
@@ -569,24 +615,9 @@ impl Store for SqlStore {
         rows: &[PlannedMessage],
         now: i64,
     ) -> StoreResult<()> {
-        let b = self.b();
-        if b == DbBackend::Postgres {
-            return pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, None, now)
-                .await
-                .map(drop);
-        }
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let q = insert_messages_sql(
-                b,
-                run_id,
-                campaign_id,
-                chunk.iter().map(|m| (m, None, false)),
-                None,
-                now,
-            );
-            self.exec(q).await?;
-        }
-        Ok(())
+        self.insert_page(run_id, campaign_id, rows, None, now)
+            .await
+            .map(drop)
     }
 
     async fn insert_handed(
@@ -597,31 +628,9 @@ impl Store for SqlStore {
         handed: Handed<'_>,
         now: i64,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        let b = self.b();
-        let written = if b == DbBackend::Postgres {
-            pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, Some(handed), now).await?
-        } else {
-            let mut written = Vec::new();
-            for (chunk, mask) in rows
-                .chunks(INSERT_CHUNK)
-                .zip(handed.rows.chunks(INSERT_CHUNK))
-            {
-                let q = insert_messages_sql(
-                    b,
-                    run_id,
-                    campaign_id,
-                    chunk.iter().zip(mask).map(|(m, h)| (m, None, *h)),
-                    Some((handed.owner, handed.until)),
-                    now,
-                );
-                for r in self.all(q).await? {
-                    if get::<String>(&r, 3)? == "sending" {
-                        written.push((get(&r, 0)?, get(&r, 1)?, get(&r, 2)?));
-                    }
-                }
-            }
-            written
-        };
+        let written = self
+            .insert_page(run_id, campaign_id, rows, Some(handed), now)
+            .await?;
         Ok(handed_claims(run_id, rows, handed.rows, written))
     }
 
