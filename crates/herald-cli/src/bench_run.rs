@@ -92,14 +92,10 @@ pub async fn run_one(
     ));
 
     let started = Instant::now();
-    // As in the daemon, the planner hands batches due now to free workers.
-    let handoff = handoff.then(|| {
-        Arc::new(Handoff::new(
-            "bench".into(),
-            batch as usize,
-            Duration::from_secs(120),
-        ))
-    });
+    // As in the daemon, the planner hands batches due now to free workers,
+    // under their lease.
+    let lease = Duration::from_secs(120);
+    let handoff = handoff.then(|| Arc::new(Handoff::new("bench".into(), batch as usize, lease)));
     let mut engine = Engine::new(store.clone(), clock.clone(), config.clone());
     if let Some(h) = &handoff {
         engine = engine.with_handoff(h.clone());
@@ -120,6 +116,7 @@ pub async fn run_one(
             d = d.with_handoff(h.clone());
         }
         d.batch = batch;
+        d.lease = lease;
         d.poll = Duration::from_millis(20);
         let renderer = renderer.clone();
         handles.push(tokio::spawn(async move {

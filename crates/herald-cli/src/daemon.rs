@@ -157,12 +157,11 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         Engine::with_owner(store.clone(), clock.clone(), config.clone(), owner.clone());
     // A dead planner's run is taken over after the same lease as its messages.
     engine.plan_lease_ms = config.herald.dispatch.lease.millis().max(1000);
+    // The workers' batch and lease, which the hand-off shares.
+    let batch = config.herald.dispatch.batch.max(1);
+    let lease = Duration::from_secs(config.herald.dispatch.lease.secs().max(1) as u64);
     // The planner hands batches due now straight to this daemon's free workers.
-    let handoff = Arc::new(Handoff::new(
-        owner.clone(),
-        config.herald.dispatch.batch.max(1) as usize,
-        Duration::from_secs(config.herald.dispatch.lease.secs().max(1) as u64),
-    ));
+    let handoff = Arc::new(Handoff::new(owner.clone(), batch as usize, lease));
     let engine = Arc::new(engine.with_handoff(handoff.clone()));
     let scheduler = {
         let mut scheduler = Scheduler::new(engine, store.clone(), clock.clone());
@@ -230,9 +229,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             dispatcher = dispatcher.with_fallback(fallback);
         }
         dispatcher = dispatcher.with_handoff(handoff.clone());
-        dispatcher.batch = d.batch.max(1);
+        dispatcher.batch = batch;
         dispatcher.metrics = Some(metrics.clone());
-        dispatcher.lease = Duration::from_secs(d.lease.secs().max(1) as u64);
+        dispatcher.lease = lease;
         let renderers = renderers.clone();
         let mut stop = stop_rx.clone();
         workers.push(tokio::spawn(async move {

@@ -199,9 +199,14 @@ fn failed(message_id: i64, reason: String) -> Outcome {
     }
 }
 
-/// A handed-over batch, checked to be of `run` (when draining one run): the
-/// planner of one run hands only to the workers that drain it.
-fn of_run(batch: Vec<ClaimedMessage>, run: Option<i64>) -> StoreResult<Vec<ClaimedMessage>> {
+/// A handed-over batch, counted in `stats` and checked to be of `run` (when
+/// draining one run): the planner of one run hands only to the workers that drain it.
+fn taken(
+    batch: Vec<ClaimedMessage>,
+    run: Option<i64>,
+    stats: &mut DispatchStats,
+) -> StoreResult<Vec<ClaimedMessage>> {
+    stats.handed += batch.len() as u64;
     match (run, batch.first()) {
         (Some(r), Some(m)) if m.run_id != r => Err(StoreError(format!(
             "a batch of run {} was handed to the workers of run {r}",
@@ -280,10 +285,7 @@ impl Dispatcher {
     ) -> StoreResult<Vec<ClaimedMessage>> {
         match &self.handoff {
             Some(h) => match h.take_within(self.poll).await {
-                Some(batch) => {
-                    stats.handed += batch.len() as u64;
-                    of_run(batch, run)
-                }
+                Some(batch) => taken(batch, run, stats),
                 None => Ok(Vec::new()),
             },
             None => {
@@ -361,11 +363,11 @@ impl Dispatcher {
                 // Stopping: the batches handed over (one at most, and one
                 // being written) are sent, then nothing more is taken.
                 match &self.handoff {
-                    Some(h) => {
-                        let batch = h.close_and_take().await.unwrap_or_default();
-                        stats.handed += batch.len() as u64;
-                        batch
-                    }
+                    Some(h) => taken(
+                        h.close_and_take().await.unwrap_or_default(),
+                        None,
+                        &mut stats,
+                    )?,
                     None => Vec::new(),
                 }
             } else {
@@ -442,9 +444,8 @@ impl Dispatcher {
             self.store.expire_leases(now).await?;
         }
         if let Some(batch) = self.handoff.as_ref().and_then(|h| h.try_take()) {
-            stats.handed += batch.len() as u64;
             stats.stages.claim += t.elapsed();
-            return of_run(batch, run);
+            return taken(batch, run, stats);
         }
         let lease_until = now + self.lease.as_millis() as i64;
         // Messages that come due behind the cursor (a retry's wait ended, a

@@ -135,9 +135,10 @@ impl Engine {
         if let Some(h) = &self.handoff {
             let picked = h.pick(rows, now);
             // Reserved before the write: a batch written `sending` always has a worker to go to.
-            let permit = match picked.contains(&true) {
-                true => h.reserve().await,
-                false => None,
+            let permit = if picked.contains(&true) {
+                h.reserve().await
+            } else {
+                None
             };
             if let Some(permit) = permit {
                 let handed = Handed {
@@ -278,7 +279,7 @@ impl Engine {
                 // and a cancelled run's are not written.
                 let now = self.clock.now_ms();
                 pages += 1;
-                if pages >= RENEW_PAGES || !(0..renew_ms).contains(&(now - renewed_at)) {
+                if pages >= RENEW_PAGES || now - renewed_at >= renew_ms || now < renewed_at {
                     if !self
                         .store
                         .claim_planning(run.id, &self.owner, lease(), now)
