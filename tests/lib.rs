@@ -12,6 +12,9 @@ use std::process::{Command, Output};
 use sea_orm::{ConnectionTrait, Database};
 
 /// The PostgreSQL server tests create their databases on.
+
+/// The tracking secret every `herald` this crate starts signs its tokens with.
+pub const SECRET: &str = "e2e-secret-0123456789abcdef";
 pub fn postgres_admin_url() -> String {
     std::env::var("HERALD_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into())
@@ -142,7 +145,7 @@ impl Project {
         let mut cmd = Command::new(&self.bin);
         cmd.current_dir(self.path())
             .env("HERALD_DATABASE_URL", &db.url)
-            .env("HERALD_SECRET", "e2e-secret-0123456789abcdef")
+            .env("HERALD_SECRET", SECRET)
             .env_remove("HERALD_CONFIG")
             .env_remove("HERALD_TEMPLATES")
             .args(args);
@@ -174,7 +177,7 @@ impl Project {
         Command::new(&self.bin)
             .current_dir(self.path())
             .env("HERALD_DATABASE_URL", &db.url)
-            .env("HERALD_SECRET", "e2e-secret-0123456789abcdef")
+            .env("HERALD_SECRET", SECRET)
             .env_remove("HERALD_CONFIG")
             .env_remove("HERALD_TEMPLATES")
             .envs(env.iter().copied())

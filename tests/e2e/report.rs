@@ -602,7 +602,7 @@ async fn the_api_serves_the_same_report(backend: Backend) {
             .arg("serve")
             .current_dir(p.path())
             .env("HERALD_DATABASE_URL", &db.url)
-            .env("HERALD_SECRET", "e2e-secret-0123456789abcdef")
+            .env("HERALD_SECRET", herald_tests::SECRET)
             .env_remove("HERALD_CONFIG")
             .env_remove("HERALD_TEMPLATES")
             .stdout(std::process::Stdio::null())

@@ -5,6 +5,13 @@
 //! big-endian), link index (2 bytes, clicks only), then the first 16 bytes of
 //! the HMAC over everything before it. 128 bits of tag are plenty against
 //! forgery and keep an open-pixel URL short.
+//!
+//! A link token ([`TokenSigner::sign_link`], kind `l`) also carries its
+//! destination: kind, message id, link index, the URL's bytes, then the tag.
+//! The signature is what keeps `/c/` from being an open redirect, so the
+//! URL needs no row of its own: sending a message with a tracked link writes
+//! nothing for the link. Click tokens of kind `c` (before link tokens) still
+//! verify; their URL is in the `links` table.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -60,6 +67,20 @@ pub struct TokenClaims {
     pub link: Option<u16>,
 }
 
+/// What a genuine link token names: the message, the link's index in it, and where it leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkClaims {
+    /// The message the link was rendered into.
+    pub message_id: i64,
+    /// The link's index in that message.
+    pub link: u16,
+    /// The destination, exactly as the template gave it.
+    pub url: String,
+}
+
+/// The kind byte of a link token.
+const LINK: u8 = b'l';
+
 /// Signs and verifies tokens with one secret.
 #[derive(Clone)]
 pub struct TokenSigner {
@@ -111,6 +132,36 @@ impl TokenSigner {
         })
     }
 
+    /// The click token of link `link` of `message_id`, carrying `url`.
+    pub fn sign_link(&self, message_id: i64, link: u16, url: &str) -> String {
+        let mut body = Vec::with_capacity(1 + 8 + 2 + url.len() + TAG_LEN);
+        body.push(LINK);
+        body.extend_from_slice(&message_id.to_be_bytes());
+        body.extend_from_slice(&link.to_be_bytes());
+        body.extend_from_slice(url.as_bytes());
+        let tag = self.tag(&body);
+        body.extend_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(body)
+    }
+
+    /// The claims of a genuine link token, or `None` for anything else
+    /// (forged, altered, truncated, or a token of another kind).
+    pub fn verify_link(&self, token: &str) -> Option<LinkClaims> {
+        let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
+        if raw.first() != Some(&LINK) || raw.len() < 11 + TAG_LEN {
+            return None;
+        }
+        let (body, tag) = raw.split_at(raw.len() - TAG_LEN);
+        let mut mac = self.key.clone();
+        mac.update(body);
+        mac.verify_truncated_left(tag).ok()?;
+        Some(LinkClaims {
+            message_id: i64::from_be_bytes(body[1..9].try_into().ok()?),
+            link: u16::from_be_bytes([body[9], body[10]]),
+            url: String::from_utf8(body[11..].to_vec()).ok()?,
+        })
+    }
+
     /// The claims of a genuine token, or `None` for anything forged, altered or truncated.
     pub fn verify(&self, token: &str) -> Option<TokenClaims> {
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
@@ -154,6 +205,34 @@ mod tests {
             t.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         );
+    }
+
+    #[test]
+    fn a_link_token_carries_its_url_and_refuses_any_change() {
+        let s = TokenSigner::new(b"secret");
+        let url = "https://shop.example.com/new?utm_source=herald&q=ä";
+        let t = s.sign_link(42, 3, url);
+        let claims = s.verify_link(&t).unwrap();
+        assert_eq!(
+            claims,
+            LinkClaims {
+                message_id: 42,
+                link: 3,
+                url: url.into()
+            }
+        );
+        // Not an old-style token, and no other token passes for one.
+        assert!(s.verify(&t).is_none());
+        assert!(
+            s.verify_link(&s.sign_message(TokenKind::Open, 42))
+                .is_none()
+        );
+        assert!(TokenSigner::new(b"other").verify_link(&t).is_none());
+        assert!(s.verify_link(&t[..t.len() - 1]).is_none());
+        // Another destination under the same tag: refused.
+        let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        raw[12] ^= 1;
+        assert!(s.verify_link(&URL_SAFE_NO_PAD.encode(&raw)).is_none());
     }
 
     #[test]

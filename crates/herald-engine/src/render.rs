@@ -264,9 +264,12 @@ pub fn with_open_pixel(html: &str, pixel_url: &str) -> String {
     }
 }
 
+/// The links to store: short links only. A click link's token carries its
+/// URL (`TokenSigner::sign_link`), so it needs no row.
 fn links_of(r: &Rendered) -> Vec<LinkRecord> {
     r.links
         .iter()
+        .filter(|l| l.short_code.is_some())
         .map(|l| LinkRecord {
             idx: i32::from(l.index),
             url: l.url.clone(),

@@ -179,15 +179,24 @@ async fn click_to(
     resp
 }
 
-/// `GET /c/{token}`: a 302 to the URL stored for (message, link), never to anything else.
+/// `GET /c/{token}`: a 302 to the URL the signed token carries, or (a click
+/// token from before link tokens) to the URL stored for (message, link);
+/// never to anything else.
 pub(crate) async fn click(
     State(st): State<AppState>,
     method: Method,
     token: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let Some((message_id, idx)) = token
-        .ok()
-        .and_then(|Path(t)| st.inner.signer.verify(&t))
+    let Ok(Path(token)) = token else {
+        return not_found();
+    };
+    if let Some(l) = st.inner.signer.verify_link(&token) {
+        return click_to(&st, &method, l.message_id, i32::from(l.link), &l.url).await;
+    }
+    let Some((message_id, idx)) = st
+        .inner
+        .signer
+        .verify(&token)
         .filter(|c| c.kind == TokenKind::Click)
         .and_then(|c| Some((c.message_id, i32::from(c.link?))))
     else {

@@ -12,7 +12,7 @@ use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, PathAndJson, RenderContext,
     RenderErrorReason, Renderable, ScopedJson,
 };
-use herald_domain::token::{TokenClaims, TokenKind, TokenSigner};
+use herald_domain::token::TokenSigner;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::Value;
@@ -233,11 +233,7 @@ impl Collector {
         Ok(match &link.short_code {
             Some(code) => format!("{base}{SHORT_PATH}{code}"),
             None => {
-                let token = ctx.signer.sign(TokenClaims {
-                    kind: TokenKind::Click,
-                    message_id: ctx.message_id,
-                    link: Some(link.index),
-                });
+                let token = ctx.signer.sign_link(ctx.message_id, link.index, &link.url);
                 format!("{base}{CLICK_PATH}{token}")
             }
         })

@@ -455,7 +455,7 @@ fn map_error(e: &handlebars::RenderError, name: &str) -> RenderError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_domain::token::{TokenKind, TokenSigner};
+    use herald_domain::token::TokenSigner;
     use serde_json::json;
 
     fn set(templates: &[(&str, &str)]) -> TemplateSet {
@@ -742,10 +742,10 @@ mod tests {
         assert_eq!(hrefs[0], hrefs[2]);
         for (href, want) in hrefs.iter().zip([0u16, 1, 0]) {
             let token = href.strip_prefix("https://t.example.com/c/").unwrap();
-            let claims = c.signer.verify(token).unwrap();
-            assert_eq!(claims.kind, TokenKind::Click);
+            let claims = c.signer.verify_link(token).unwrap();
             assert_eq!(claims.message_id, 42);
-            assert_eq!(claims.link, Some(want));
+            assert_eq!(claims.link, want);
+            assert_eq!(claims.url, r.links[usize::from(want)].url);
         }
     }
 

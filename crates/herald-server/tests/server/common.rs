@@ -215,6 +215,10 @@ impl App {
         })
     }
 
+    pub fn link_token(&self, message_id: i64, link: u16, url: &str) -> String {
+        self.signer.sign_link(message_id, link, url)
+    }
+
     pub async fn flush(&self) {
         self.state.flush().await.expect("flush");
     }

@@ -102,6 +102,51 @@ async fn clicks_redirect_only_to_the_messages_own_links(app: &App) {
     );
 }
 
+async fn link_tokens_redirect_to_the_url_they_carry(app: &App) {
+    let url = "https://shop.example.com/new?utm_source=herald&x=1";
+    let token = app.link_token(M_EMAIL, 4, url);
+    let r = app
+        .client
+        .get(app.url(&format!("/c/{token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(r.headers()[LOCATION], url);
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    // The same token with its last character changed: refused, nothing recorded.
+    let mut altered = token.clone();
+    let last = altered.pop().unwrap();
+    altered.push(if last == 'A' { 'B' } else { 'A' });
+    // Signed by another secret: refused.
+    let other = herald_domain::token::TokenSigner::new(b"not-the-secret").sign_link(
+        M_EMAIL,
+        4,
+        "https://evil.example.com/",
+    );
+    // A genuine token that names no web address (herald never signs one): refused.
+    let script = app.link_token(M_EMAIL, 5, "javascript:alert(1)");
+    for bad in [altered, other, script] {
+        let r = app
+            .client
+            .get(app.url(&format!("/c/{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{bad}");
+        assert!(r.headers().get(LOCATION).is_none());
+    }
+    app.flush().await;
+    assert_eq!(app.msg_int(M_EMAIL, "click_count").await, Some(1));
+    assert_eq!(
+        app.count(&format!(
+            "message_events WHERE kind = 'click' AND message_id = {M_EMAIL}"
+        ))
+        .await,
+        1
+    );
+}
+
 async fn short_links_redirect_by_code(app: &App) {
     let r = app
         .client
@@ -273,6 +318,7 @@ async fn service_endpoints(app: &App) {
 on_both_databases!(
     opens_answer_a_gif_and_are_counted,
     clicks_redirect_only_to_the_messages_own_links,
+    link_tokens_redirect_to_the_url_they_carry,
     short_links_redirect_by_code,
     one_click_unsubscribe_suppresses_the_channel,
     the_page_can_stop_only_the_topic,
