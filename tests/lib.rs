@@ -11,10 +11,10 @@ use std::process::{Command, Output};
 
 use sea_orm::{ConnectionTrait, Database};
 
-/// The PostgreSQL server tests create their databases on.
-
 /// The tracking secret every `herald` this crate starts signs its tokens with.
 pub const SECRET: &str = "e2e-secret-0123456789abcdef";
+
+/// The PostgreSQL server tests create their databases on.
 pub fn postgres_admin_url() -> String {
     std::env::var("HERALD_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into())
