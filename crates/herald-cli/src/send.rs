@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -13,6 +14,7 @@ use herald_domain::config::{Campaign, ConfigSet, Trigger};
 use herald_domain::types::MessageStatus;
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
 use herald_engine::fallback::CampaignFallback;
+use herald_engine::handoff::Handoff;
 use herald_engine::render::CampaignRenderer;
 use herald_engine::rollout;
 use herald_engine::run::PlanStats;
@@ -72,7 +74,9 @@ pub async fn preflight(
     Ok(())
 }
 
-/// Plans and dispatches a run of `campaign` now; the whole send, for `send` and `demo`.
+/// Plans and dispatches a run of `campaign` now; the whole send, for `send`
+/// and `demo`. As in the daemon, `[dispatch] workers` send while the plan
+/// goes on: the planner hands each page's batch due now to a free worker.
 pub async fn send_campaign(
     config: Arc<ConfigSet>,
     templates: Arc<TemplateSet>,
@@ -83,25 +87,78 @@ pub async fn send_campaign(
 ) -> anyhow::Result<SendSummary> {
     preflight(&config, templates.clone(), &store, campaign).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let engine = Engine::new(store.clone(), clock.clone(), config.clone());
-    let (run, plan) = engine.start_run(campaign, clock.now_ms(), "manual").await?;
     let routes = app::routes(&config, &store, secrets)?;
     let owner = format!("herald-send-{}", std::process::id());
-    let mut dispatcher = Dispatcher::new(store.clone(), clock, routes, owner);
-    if let Some(gate) = CampaignGate::for_config(store.clone(), config.clone()) {
-        dispatcher = dispatcher.with_gate(gate);
+    let d = &config.herald.dispatch;
+    let batch = d.batch.max(1);
+    let lease = Duration::from_secs(d.lease.secs().max(1) as u64);
+    let handoff = Arc::new(Handoff::new(owner.clone(), batch as usize, lease));
+    let engine =
+        Engine::new(store.clone(), clock.clone(), config.clone()).with_handoff(handoff.clone());
+    let run = engine
+        .create_run(campaign, clock.now_ms(), "manual")
+        .await?;
+    // A run past planning (sent, or being sent by a daemon) is left to the daemon.
+    if run.state != "planning" {
+        let counts = store.run_counts(run.id).await?;
+        return Ok(SendSummary {
+            run,
+            plan: PlanStats::default(),
+            dispatch: DispatchStats::default(),
+            counts,
+        });
     }
-    if let Some(fallback) = CampaignFallback::for_config(store.clone(), config.clone()) {
-        dispatcher = dispatcher.with_fallback(fallback);
+    let renderer: Arc<CampaignRenderer> = Arc::new(CampaignRenderer::new(
+        templates,
+        campaign.clone(),
+        &config.herald,
+        signer,
+    ));
+    let gate = CampaignGate::for_config(store.clone(), config.clone());
+    let fallback = CampaignFallback::for_config(store.clone(), config.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for i in 0..d.workers.max(1) {
+        let mut w = Dispatcher::new(
+            store.clone(),
+            clock.clone(),
+            routes.clone(),
+            format!("{owner}/{i}"),
+        )
+        .with_handoff(handoff.clone());
+        w.batch = batch;
+        w.lease = lease;
+        if let Some(g) = &gate {
+            w = w.with_gate(g.clone());
+        }
+        if let Some(f) = &fallback {
+            w = w.with_fallback(f.clone());
+        }
+        let (renderer, stopped) = (renderer.clone(), stopped.clone());
+        workers.push(tokio::spawn(async move {
+            w.drain_run_until(run.id, renderer.as_ref(), Some(&stopped))
+                .await
+        }));
     }
-    let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
-    // Another process holds the plan (a resumed run), or the run was paused or
-    // cancelled while planned: a daemon sends what is planned.
-    let dispatch = if plan.finished {
-        dispatcher.drain_run(run.id, &renderer).await?
-    } else {
-        DispatchStats::default()
-    };
+    let plan = engine.plan(campaign, &run).await;
+    // Another process holds the plan (a resumed run), or the run was paused
+    // or cancelled while planned, or planning failed: the workers send what
+    // was handed to them and stop; a daemon sends what is planned.
+    if !plan.as_ref().is_ok_and(|p| p.finished) {
+        let _ = stop.send(true);
+    }
+    let mut dispatch = DispatchStats::default();
+    let mut failed = None;
+    for w in workers {
+        match w.await? {
+            Ok(s) => dispatch.merge(&s),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    let plan = plan?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     let counts = store.run_counts(run.id).await?;
     Ok(SendSummary {
         run,

@@ -166,6 +166,21 @@ impl StageTimes {
 }
 
 impl DispatchStats {
+    /// Adds the figures of another worker of the same drain into `self`:
+    /// counts add up; `later` (each worker reads the same count) and the
+    /// wall time are the largest.
+    pub fn merge(&mut self, other: &DispatchStats) {
+        self.accepted += other.accepted;
+        self.failed += other.failed;
+        self.unknown += other.unknown;
+        self.cancelled += other.cancelled;
+        self.retried += other.retried;
+        self.handed += other.handed;
+        self.later = self.later.max(other.later);
+        self.elapsed = self.elapsed.max(other.elapsed);
+        self.stages.add(&other.stages);
+    }
+
     /// Accepted messages per second.
     pub fn rate(&self) -> f64 {
         self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -314,9 +329,33 @@ impl Dispatcher {
         run_id: i64,
         renderer: &dyn MessageRenderer,
     ) -> StoreResult<DispatchStats> {
+        self.drain_run_until(run_id, renderer, None).await
+    }
+
+    /// [`Dispatcher::drain_run`], which also ends once `stop` holds true:
+    /// for workers of a plan that stopped early (another process plans the
+    /// run, or planning failed), who would otherwise wait for pages that never
+    /// come. What the planner handed over by then (in the slot, or written
+    /// under a slot it reserved) is written `sending` under this process's
+    /// lease, so it is sent first.
+    pub async fn drain_run_until(
+        &self,
+        run_id: i64,
+        renderer: &dyn MessageRenderer,
+        stop: Option<&tokio::sync::watch::Receiver<bool>>,
+    ) -> StoreResult<DispatchStats> {
         let started = Instant::now();
         let mut stats = DispatchStats::default();
         loop {
+            if stop.is_some_and(|s| *s.borrow()) {
+                if let Some(h) = &self.handoff {
+                    while let Some(batch) = h.close_and_take().await {
+                        let batch = taken(batch, Some(run_id), &mut stats)?;
+                        self.send_batch(batch, renderer, &mut stats).await?;
+                    }
+                }
+                break;
+            }
             let claimed = self.claim(Some(run_id), &mut stats).await?;
             if claimed.is_empty() {
                 let now = self.clock.now_ms();

@@ -1901,8 +1901,48 @@ mod tests {
         );
     }
 
+    /// Workers of a plan that stopped early (another process plans the run)
+    /// send what was handed to them, then end instead of waiting for pages.
+    async fn a_stopped_drain_sends_what_was_handed_then_ends(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 6).await;
+        let now = SystemClock.now_ms();
+        let second = rows.split_off(3);
+        let handoff = Arc::new(Handoff::new("planner".into(), 3, Duration::from_secs(60)));
+        let d = dispatcher(&store, 3).with_handoff(handoff.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let drain =
+            tokio::spawn(async move { d.drain_run_until(run, &Plain, Some(&stopped)).await });
+        for page in [&rows, &second] {
+            let permit = loop {
+                if let Some(p) = handoff.reserve().await {
+                    break p;
+                }
+            };
+            permit.send(hand(&store, &handoff, (run, campaign), page, now).await);
+        }
+        // The run is still planning: without the stop, the drain waits for ever.
+        stop.send(true).unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(20), drain)
+            .await
+            .expect("the drain ends once stopped")
+            .unwrap()
+            .unwrap();
+        assert_eq!((stats.handed, stats.accepted), (6, 6));
+        assert_eq!(
+            outbox_ids(&store).await.len(),
+            6,
+            "each handed message once"
+        );
+        assert!(
+            leases(&store, run).await.0.iter().all(|l| l.2.is_none()),
+            "no lease left"
+        );
+    }
+
     on_both_databases!(
         gate_cancels_claimed_messages,
+        a_stopped_drain_sends_what_was_handed_then_ends,
         handed_rows_are_written_sending_under_the_lease,
         workers_send_what_the_planner_hands_over_once,
         a_batch_handed_to_another_runs_workers_is_refused,
