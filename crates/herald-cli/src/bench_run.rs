@@ -128,11 +128,7 @@ pub async fn run_one(
     anyhow::ensure!(plan.finished, "the bench run's plan did not finish");
     let mut total = DispatchStats::default();
     for h in handles {
-        let s = h.await??;
-        total.accepted += s.accepted;
-        total.failed += s.failed;
-        total.handed += s.handed;
-        total.stages.add(&s.stages);
+        total.merge(&h.await??);
     }
     let elapsed = started.elapsed();
     let counts = store.run_counts(run.id).await?;
