@@ -15,7 +15,11 @@ use herald_channels::twilio::{TwilioChannel, TwilioSender, TwilioSettings};
 use herald_domain::config::{self, ConfigSet, EmailProvider, PushProvider, RateSpec, SmsProvider};
 use herald_domain::token::TokenSigner;
 use herald_domain::types::Channel;
-use herald_engine::dispatch::Route;
+use herald_engine::Clock;
+use herald_engine::dispatch::{Dispatcher, Route};
+use herald_engine::fallback::CampaignFallback;
+use herald_engine::handoff::Handoff;
+use herald_engine::trigger::CampaignGate;
 use herald_storage::Db;
 use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
@@ -127,6 +131,46 @@ fn required_env(
         )
     })?;
     secrets(var).ok_or_else(|| anyhow::anyhow!("set the environment variable {var} to the {what}"))
+}
+
+/// This process's `[dispatch] workers` dispatchers, named `{owner}/{i}`,
+/// with the campaigns' gate and fallback and `[dispatch]`'s batch and lease,
+/// and the hand-off they take batches from (the planner hands to it, under
+/// `owner`): what `herald run` and `herald send` both run.
+pub fn workers(
+    config: &Arc<ConfigSet>,
+    store: &Arc<SqlStore>,
+    clock: &Arc<dyn Clock>,
+    routes: &HashMap<Channel, Route>,
+    owner: &str,
+) -> (Arc<Handoff>, Vec<Dispatcher>) {
+    let d = &config.herald.dispatch;
+    let batch = d.batch.max(1);
+    let lease = Duration::from_secs(d.lease.secs().max(1) as u64);
+    let handoff = Arc::new(Handoff::new(owner.to_string(), batch as usize, lease));
+    let gate = CampaignGate::for_config(store.clone(), config.clone());
+    let fallback = CampaignFallback::for_config(store.clone(), config.clone());
+    let dispatchers = (0..d.workers.max(1))
+        .map(|i| {
+            let mut w = Dispatcher::new(
+                store.clone(),
+                clock.clone(),
+                routes.clone(),
+                format!("{owner}/{i}"),
+            )
+            .with_handoff(handoff.clone());
+            w.batch = batch;
+            w.lease = lease;
+            if let Some(g) = &gate {
+                w = w.with_gate(g.clone());
+            }
+            if let Some(f) = &fallback {
+                w = w.with_fallback(f.clone());
+            }
+            w
+        })
+        .collect();
+    (handoff, dispatchers)
 }
 
 /// The adapters, rate limits and concurrency of every channel.

@@ -10,15 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use herald_engine::dispatch::{Dispatcher, RendererSource};
-use herald_engine::fallback::CampaignFallback;
-use herald_engine::handoff::Handoff;
+use herald_engine::dispatch::RendererSource;
 use herald_engine::metrics::DispatchMetrics;
 use herald_engine::render::{CampaignRenderer, MessageRenderer};
 use herald_engine::rollout::Roller;
 use herald_engine::scheduler::Scheduler;
-use herald_engine::trigger::{CampaignGate, TriggerPlanner};
-use herald_engine::{Clock, Engine, Store, SystemClock};
+use herald_engine::trigger::TriggerPlanner;
+use herald_engine::{Clock, Engine, SystemClock};
 use herald_storage::runs;
 use tokio::sync::watch;
 
@@ -157,11 +155,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         Engine::with_owner(store.clone(), clock.clone(), config.clone(), owner.clone());
     // A dead planner's run is taken over after the same lease as its messages.
     engine.plan_lease_ms = config.herald.dispatch.lease.millis().max(1000);
-    // The workers' batch and lease, which the hand-off shares.
-    let batch = config.herald.dispatch.batch.max(1);
-    let lease = Duration::from_secs(config.herald.dispatch.lease.secs().max(1) as u64);
     // The planner hands batches due now straight to this daemon's free workers.
-    let handoff = Arc::new(Handoff::new(owner.clone(), batch as usize, lease));
+    let (handoff, dispatchers) = app::workers(&config, &store, &clock, &routes, &owner);
     let engine = Arc::new(engine.with_handoff(handoff.clone()));
     let scheduler = {
         let mut scheduler = Scheduler::new(engine, store.clone(), clock.clone());
@@ -213,25 +208,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     };
 
     // The workers.
-    let d = &config.herald.dispatch;
     let mut workers = Vec::new();
-    for i in 0..d.workers.max(1) {
-        let mut dispatcher = Dispatcher::new(
-            store.clone() as Arc<dyn Store>,
-            clock.clone(),
-            routes.clone(),
-            format!("{owner}/{i}"),
-        );
-        if let Some(gate) = CampaignGate::for_config(store.clone(), config.clone()) {
-            dispatcher = dispatcher.with_gate(gate);
-        }
-        if let Some(fallback) = CampaignFallback::for_config(store.clone(), config.clone()) {
-            dispatcher = dispatcher.with_fallback(fallback);
-        }
-        dispatcher = dispatcher.with_handoff(handoff.clone());
-        dispatcher.batch = batch;
+    for (i, mut dispatcher) in dispatchers.into_iter().enumerate() {
         dispatcher.metrics = Some(metrics.clone());
-        dispatcher.lease = lease;
         let renderers = renderers.clone();
         let mut stop = stop_rx.clone();
         workers.push(tokio::spawn(async move {

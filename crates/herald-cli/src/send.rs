@@ -6,20 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use herald_domain::config::{Campaign, ConfigSet, Trigger};
 use herald_domain::types::MessageStatus;
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
-use herald_engine::fallback::CampaignFallback;
-use herald_engine::handoff::Handoff;
 use herald_engine::render::CampaignRenderer;
 use herald_engine::rollout;
 use herald_engine::run::PlanStats;
 use herald_engine::store::{RunCounts, RunRecord, Store};
-use herald_engine::trigger::CampaignGate;
 use herald_engine::{Clock, Engine, SystemClock};
 use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
@@ -89,61 +85,51 @@ pub async fn send_campaign(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let routes = app::routes(&config, &store, secrets)?;
     let owner = format!("herald-send-{}", std::process::id());
-    let d = &config.herald.dispatch;
-    let batch = d.batch.max(1);
-    let lease = Duration::from_secs(d.lease.secs().max(1) as u64);
-    let handoff = Arc::new(Handoff::new(owner.clone(), batch as usize, lease));
-    let engine =
-        Engine::new(store.clone(), clock.clone(), config.clone()).with_handoff(handoff.clone());
+    let (handoff, workers) = app::workers(&config, &store, &clock, &routes, &owner);
+    let engine = Engine::new(store.clone(), clock.clone(), config.clone()).with_handoff(handoff);
     let run = engine
         .create_run(campaign, clock.now_ms(), "manual")
         .await?;
     // A run past planning (sent, or being sent by a daemon) is left to the daemon.
-    if run.state != "planning" {
-        let counts = store.run_counts(run.id).await?;
-        return Ok(SendSummary {
-            run,
-            plan: PlanStats::default(),
-            dispatch: DispatchStats::default(),
-            counts,
-        });
-    }
-    let renderer: Arc<CampaignRenderer> = Arc::new(CampaignRenderer::new(
-        templates,
-        campaign.clone(),
-        &config.herald,
-        signer,
-    ));
-    let gate = CampaignGate::for_config(store.clone(), config.clone());
-    let fallback = CampaignFallback::for_config(store.clone(), config.clone());
+    let (plan, dispatch) = if run.state == "planning" {
+        let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
+        plan_and_send(&engine, campaign, &run, workers, Arc::new(renderer)).await?
+    } else {
+        (PlanStats::default(), DispatchStats::default())
+    };
+    let counts = store.run_counts(run.id).await?;
+    Ok(SendSummary {
+        run,
+        plan,
+        dispatch,
+        counts,
+    })
+}
+
+/// Plans `run` while `workers` send it. When the plan stops early (another
+/// process holds it, the run was paused or cancelled meanwhile, or planning
+/// failed), the workers send what was handed to them and stop; a daemon
+/// sends what is planned.
+async fn plan_and_send(
+    engine: &Engine,
+    campaign: &Campaign,
+    run: &RunRecord,
+    workers: Vec<Dispatcher>,
+    renderer: Arc<CampaignRenderer>,
+) -> anyhow::Result<(PlanStats, DispatchStats)> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
-    for i in 0..d.workers.max(1) {
-        let mut w = Dispatcher::new(
-            store.clone(),
-            clock.clone(),
-            routes.clone(),
-            format!("{owner}/{i}"),
-        )
-        .with_handoff(handoff.clone());
-        w.batch = batch;
-        w.lease = lease;
-        if let Some(g) = &gate {
-            w = w.with_gate(g.clone());
-        }
-        if let Some(f) = &fallback {
-            w = w.with_fallback(f.clone());
-        }
-        let (renderer, stopped) = (renderer.clone(), stopped.clone());
-        workers.push(tokio::spawn(async move {
-            w.drain_run_until(run.id, renderer.as_ref(), Some(&stopped))
-                .await
-        }));
-    }
-    let plan = engine.plan(campaign, &run).await;
-    // Another process holds the plan (a resumed run), or the run was paused
-    // or cancelled while planned, or planning failed: the workers send what
-    // was handed to them and stop; a daemon sends what is planned.
+    let run_id = run.id;
+    let workers: Vec<_> = workers
+        .into_iter()
+        .map(|w| {
+            let (renderer, stopped) = (renderer.clone(), stopped.clone());
+            tokio::spawn(async move {
+                w.drain_run_until(run_id, renderer.as_ref(), Some(&stopped))
+                    .await
+            })
+        })
+        .collect();
+    let plan = engine.plan(campaign, run).await;
     if !plan.as_ref().is_ok_and(|p| p.finished) {
         let _ = stop.send(true);
     }
@@ -156,16 +142,10 @@ pub async fn send_campaign(
         }
     }
     let plan = plan?;
-    if let Some(e) = failed {
-        return Err(e.into());
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok((plan, dispatch)),
     }
-    let counts = store.run_counts(run.id).await?;
-    Ok(SendSummary {
-        run,
-        plan,
-        dispatch,
-        counts,
-    })
 }
 
 /// Per-arm table of a run's counts.
