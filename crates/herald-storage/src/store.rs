@@ -345,7 +345,8 @@ fn handed_claims(
     out
 }
 
-/// A contact row as [`SqlStore::contacts_as_json`] reads it.
+/// A recipient as `contacts` reads it: id, external id, email, phone, time
+/// zone, locale, attributes, tags.
 type ContactRow = (
     i64,
     String,
@@ -357,8 +358,41 @@ type ContactRow = (
     Option<Json>,
 );
 
-/// An audience row as [`SqlStore::audience_as_json`] reads it (SQLite
-/// writes its booleans as 0 and 1).
+/// The [`ContactRow`] of a result row (PostgreSQL).
+fn contact_row(r: &QueryResult) -> StoreResult<ContactRow> {
+    Ok((
+        get(r, 0)?,
+        get(r, 1)?,
+        get(r, 2)?,
+        get(r, 3)?,
+        get(r, 4)?,
+        get(r, 5)?,
+        get(r, 6)?,
+        get(r, 7)?,
+    ))
+}
+
+fn contact_view(
+    (id, external_id, email, phone, timezone, locale, attrs, tags): ContactRow,
+) -> ContactView {
+    ContactView {
+        id,
+        external_id,
+        email,
+        phone,
+        timezone,
+        locale,
+        attrs,
+        tags: tags
+            .and_then(|t| serde_json::from_value(t).ok())
+            .unwrap_or_default(),
+        personal: Personalisation::default(),
+    }
+}
+
+/// An audience page's columns a0..a12, booleans as 0 and 1 (as SQLite's JSON
+/// writes them): contact id, external id, email, phone, consent (email, sms,
+/// push), push token, suppressed (email, sms, push), topic opt-out, time zone.
 type AudienceRow = (
     i64,
     String,
@@ -375,78 +409,79 @@ type AudienceRow = (
     Option<String>,
 );
 
-impl SqlStore {
-    /// An audience page on SQLite, folded into one JSON array by SQLite (see
-    /// [`SqlStore::contacts_as_json`]); `page` names its columns a0..a12.
-    async fn audience_as_json(&self, mut page: Sql) -> StoreResult<Vec<AudienceMember>> {
-        page.text = format!(
-            "SELECT json_group_array(json_array(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)) FROM ({}) AS p",
-            page.text
-        );
-        let rows = self.all(page).await?;
-        let text: String = rows.first().map_or(Ok("[]".to_string()), |r| get(r, 0))?;
-        let parsed: Vec<AudienceRow> = serde_json::from_str(&text).map_err(err)?;
-        let flag = |v: Option<i64>| v.map(|v| v != 0);
-        let mut members: Vec<AudienceMember> = parsed
-            .into_iter()
-            .map(|r| AudienceMember {
-                contact_id: r.0,
-                external_id: r.1,
-                email: r.2,
-                phone: r.3,
-                consent_email: flag(r.4),
-                consent_sms: flag(r.5),
-                consent_push: flag(r.6),
-                push_token: r.7,
-                suppressed: [
-                    (r.8, Channel::Email),
-                    (r.9, Channel::Sms),
-                    (r.10, Channel::Push),
-                ]
-                .into_iter()
-                .filter(|(on, _)| *on != 0)
-                .map(|(_, ch)| ch)
-                .collect(),
-                topic_opt_out: r.11 != 0,
-                timezone: r.12,
-                best_hour: None,
-                history: Vec::new(),
-            })
-            .collect();
-        // The page's order (by contact id), whatever order the aggregate saw.
-        members.sort_by_key(|m| m.contact_id);
-        Ok(members)
-    }
+/// The [`AudienceRow`] of a result row (PostgreSQL).
+fn audience_row(r: &QueryResult) -> StoreResult<AudienceRow> {
+    let bit = |i| get::<bool>(r, i).map(i64::from);
+    let maybe = |i| get::<Option<bool>>(r, i).map(|v| v.map(i64::from));
+    Ok((
+        get(r, 0)?,
+        get(r, 1)?,
+        get(r, 2)?,
+        get(r, 3)?,
+        maybe(4)?,
+        maybe(5)?,
+        maybe(6)?,
+        get(r, 7)?,
+        bit(8)?,
+        bit(9)?,
+        bit(10)?,
+        bit(11)?,
+        get(r, 12)?,
+    ))
+}
 
-    /// `contacts`' rows on SQLite, as one JSON array built by SQLite: sqlx
-    /// hands each result row from the connection's thread to the caller's
-    /// separately, and a batch of a thousand rows cost more in that hand-over
-    /// and in per-value copies than in reading them.
-    async fn contacts_as_json(&self, ids: &[i64]) -> StoreResult<Vec<ContactView>> {
-        let mut q = Sql::new();
-        q.push("SELECT json_group_array(json_array(id, external_id, email, phone, timezone, locale, json(attrs), json(tags))) FROM contacts WHERE id IN ");
-        id_set(&mut q, DbBackend::Sqlite, ids);
+fn audience_member(r: AudienceRow) -> AudienceMember {
+    let flag = |v: Option<i64>| v.map(|v| v != 0);
+    AudienceMember {
+        contact_id: r.0,
+        external_id: r.1,
+        email: r.2,
+        phone: r.3,
+        consent_email: flag(r.4),
+        consent_sms: flag(r.5),
+        consent_push: flag(r.6),
+        push_token: r.7,
+        suppressed: [
+            (r.8, Channel::Email),
+            (r.9, Channel::Sms),
+            (r.10, Channel::Push),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on != 0)
+        .map(|(_, ch)| ch)
+        .collect(),
+        topic_opt_out: r.11 != 0,
+        timezone: r.12,
+        best_hour: None,
+        history: Vec::new(),
+    }
+}
+
+impl SqlStore {
+    /// The rows of `q` as `T`s. On SQLite, SQLite folds them into one JSON
+    /// array, each row `json_array(items)` over `q`'s columns, and serde reads
+    /// it: sqlx hands each result row from SQLite's connection thread to the
+    /// caller separately, with a copy of each value, and for a batch of a
+    /// thousand rows that cost more than reading them. PostgreSQL streams
+    /// rows over its protocol, read by `row`.
+    async fn rows_of<T: serde::de::DeserializeOwned>(
+        &self,
+        mut q: Sql,
+        items: &str,
+        row: impl Fn(&QueryResult) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        if self.b() != DbBackend::Sqlite {
+            return self.all(q).await?.iter().map(row).collect();
+        }
+        q.text = format!(
+            "SELECT json_group_array(json_array({items})) FROM ({}) AS p",
+            q.text
+        );
         let rows = self.all(q).await?;
-        let text: String = rows.first().map_or(Ok("[]".to_string()), |r| get(r, 0))?;
-        let parsed: Vec<ContactRow> = serde_json::from_str(&text).map_err(err)?;
-        Ok(parsed
-            .into_iter()
-            .map(
-                |(id, external_id, email, phone, timezone, locale, attrs, tags)| ContactView {
-                    id,
-                    external_id,
-                    email,
-                    phone,
-                    timezone,
-                    locale,
-                    attrs,
-                    tags: tags
-                        .and_then(|t| serde_json::from_value(t).ok())
-                        .unwrap_or_default(),
-                    personal: Personalisation::default(),
-                },
-            )
-            .collect())
+        match rows.first() {
+            Some(r) => serde_json::from_str(&get::<String>(r, 0)?).map_err(err),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Writes one page of planned messages of `run_id`, those `handed` marks
@@ -608,39 +643,18 @@ impl Store for SqlStore {
                 }
                 PagerStep::Page(q) => q,
             };
-            if self.b() == DbBackend::Sqlite {
-                let page = self.audience_as_json(q).await?;
-                let found = page.len();
-                members.extend(page);
-                pager.done(found);
-                continue;
-            }
-            let rows = self.all(q).await?;
-            let found = rows.len();
-            for r in &rows {
-                let mut suppressed = Vec::new();
-                for (i, ch) in [(8, Channel::Email), (9, Channel::Sms), (10, Channel::Push)] {
-                    if get::<bool>(r, i)? {
-                        suppressed.push(ch);
-                    }
-                }
-                members.push(AudienceMember {
-                    contact_id: get(r, 0)?,
-                    external_id: get(r, 1)?,
-                    email: get(r, 2)?,
-                    phone: get(r, 3)?,
-                    consent_email: get(r, 4)?,
-                    consent_sms: get(r, 5)?,
-                    consent_push: get(r, 6)?,
-                    push_token: get(r, 7)?,
-                    suppressed,
-                    topic_opt_out: get(r, 11)?,
-                    timezone: get(r, 12)?,
-                    best_hour: None,
-                    history: Vec::new(),
-                });
-            }
-            pager.done(found);
+            let page = self
+                .rows_of(
+                    q,
+                    "a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12",
+                    audience_row,
+                )
+                .await?;
+            pager.done(page.len());
+            let first = members.len();
+            members.extend(page.into_iter().map(audience_member));
+            // In contact order, whatever order SQLite's aggregate saw the rows in.
+            members[first..].sort_by_key(|m| m.contact_id);
         }
         if let Some(since) = history_since {
             self.attach_history(&mut members, since).await?;
@@ -895,32 +909,16 @@ impl Store for SqlStore {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        let mut contacts = if self.b() == DbBackend::Sqlite {
-            self.contacts_as_json(&ids).await?
-        } else {
-            let mut q = Sql::new();
-            q.push("SELECT id, external_id, email, phone, timezone, locale, attrs, tags FROM contacts WHERE id IN ");
-            id_set(&mut q, self.b(), &ids);
-            let rows = self.all(q).await?;
-            rows.iter()
-                .map(|r| {
-                    let tags: Option<Json> = get(r, 7)?;
-                    Ok(ContactView {
-                        id: get(r, 0)?,
-                        external_id: get(r, 1)?,
-                        email: get(r, 2)?,
-                        phone: get(r, 3)?,
-                        timezone: get(r, 4)?,
-                        locale: get(r, 5)?,
-                        attrs: get(r, 6)?,
-                        tags: tags
-                            .and_then(|t| serde_json::from_value(t).ok())
-                            .unwrap_or_default(),
-                        personal: Personalisation::default(),
-                    })
-                })
-                .collect::<StoreResult<Vec<ContactView>>>()?
-        };
+        let mut q = Sql::new();
+        q.push("SELECT id, external_id, email, phone, timezone, locale, attrs, tags FROM contacts WHERE id IN ");
+        id_set(&mut q, self.b(), &ids);
+        let items = "id, external_id, email, phone, timezone, locale, json(attrs), json(tags)";
+        let mut contacts: Vec<ContactView> = self
+            .rows_of(q, items, contact_row)
+            .await?
+            .into_iter()
+            .map(contact_view)
+            .collect();
         let subjects: Vec<Subject<'_>> = contacts
             .iter()
             .map(|c| Subject {
