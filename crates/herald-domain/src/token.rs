@@ -132,6 +132,16 @@ impl TokenSigner {
         })
     }
 
+    /// What `raw` signs, if its last [`TAG_LEN`] bytes are the tag of the
+    /// rest under this key (compared in constant time).
+    fn signed_body<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
+        let (body, tag) = raw.split_at(raw.len().checked_sub(TAG_LEN)?);
+        let mut mac = self.key.clone();
+        mac.update(body);
+        mac.verify_truncated_left(tag).ok()?;
+        Some(body)
+    }
+
     /// The click token of link `link` of `message_id`, carrying `url`.
     pub fn sign_link(&self, message_id: i64, link: u16, url: &str) -> String {
         let mut body = Vec::with_capacity(1 + 8 + 2 + url.len() + TAG_LEN);
@@ -148,13 +158,10 @@ impl TokenSigner {
     /// (forged, altered, truncated, or a token of another kind).
     pub fn verify_link(&self, token: &str) -> Option<LinkClaims> {
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
-        if raw.first() != Some(&LINK) || raw.len() < 11 + TAG_LEN {
+        let body = self.signed_body(&raw)?;
+        if body.first() != Some(&LINK) || body.len() < 11 {
             return None;
         }
-        let (body, tag) = raw.split_at(raw.len() - TAG_LEN);
-        let mut mac = self.key.clone();
-        mac.update(body);
-        mac.verify_truncated_left(tag).ok()?;
         Some(LinkClaims {
             message_id: i64::from_be_bytes(body[1..9].try_into().ok()?),
             link: u16::from_be_bytes([body[9], body[10]]),
@@ -165,16 +172,11 @@ impl TokenSigner {
     /// The claims of a genuine token, or `None` for anything forged, altered or truncated.
     pub fn verify(&self, token: &str) -> Option<TokenClaims> {
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
-        let kind = TokenKind::from_byte(*raw.first()?)?;
-        let body_len = if kind == TokenKind::Click { 11 } else { 9 };
-        if raw.len() != body_len + TAG_LEN {
+        let body = self.signed_body(&raw)?;
+        let kind = TokenKind::from_byte(*body.first()?)?;
+        if body.len() != if kind == TokenKind::Click { 11 } else { 9 } {
             return None;
         }
-        let (body, tag) = raw.split_at(body_len);
-        let mut mac = self.key.clone();
-        mac.update(body);
-        // Constant-time comparison of the truncated tag.
-        mac.verify_truncated_left(tag).ok()?;
         let message_id = i64::from_be_bytes(body[1..9].try_into().ok()?);
         let link = (kind == TokenKind::Click).then(|| u16::from_be_bytes([body[9], body[10]]));
         Some(TokenClaims {
