@@ -16,6 +16,7 @@ mod m20261127_000005_fallback;
 mod m20261201_000001_import_speed;
 mod m20261202_000001_report_first_step;
 mod m20261202_000002_pause_planning;
+mod m20261206_000001_flights;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_import_speed::Migration),
             Box::new(m20261202_000001_report_first_step::Migration),
             Box::new(m20261202_000002_pause_planning::Migration),
+            Box::new(m20261206_000001_flights::Migration),
         ]
     }
 }

@@ -143,7 +143,7 @@ async fn send_test_then_decide(
     loop {
         let left = scalar(
             db,
-            "SELECT COUNT(*) FROM messages WHERE arm = 'rollout:*' OR status IN ('planned', 'sending')",
+            "SELECT (SELECT COUNT(*) FROM messages WHERE arm = 'rollout:*' OR status IN ('planned', 'sending')) + (SELECT COUNT(*) FROM flights)",
         )
         .await;
         if left == 0 {

@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::http::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE, DEFAULT_TIMEOUT};
 use crate::{Channel, DeliveryError, ProviderReceipt, RenderedMessage};
 
+/// Acceptance counts as delivery (SPEC section 1): there is no receipt to wait for.
+const DELIVERED_ON_ACCEPT: bool = true;
+
 /// FCM's API, when the config names no other.
 pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
 /// The OAuth2 scope FCM HTTP v1 requires.
@@ -370,6 +373,10 @@ struct Notification<'a> {
 
 #[async_trait]
 impl Channel for FcmChannel {
+    fn delivered_on_accept(&self) -> bool {
+        DELIVERED_ON_ACCEPT
+    }
+
     async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError> {
         let token = message.to.trim();
         if token.is_empty() || token.contains(char::is_whitespace) {
@@ -442,7 +449,7 @@ fn accepted(status: u16, body: &[u8]) -> Result<ProviderReceipt, DeliveryError> 
         Ok(sent) if !sent.name.is_empty() => Ok(ProviderReceipt {
             detail: format!("{status} {}", sent.name),
             provider_id: Some(sent.name),
-            delivered_on_accept: true,
+            delivered_on_accept: DELIVERED_ON_ACCEPT,
         }),
         _ => Err(DeliveryError::Ambiguous {
             detail: format!(

@@ -120,4 +120,12 @@ impl DeliveryError {
 pub trait Channel: Send + Sync {
     /// Hands one message to the provider.
     async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError>;
+
+    /// Whether this adapter's acceptance counts as delivery: the
+    /// `delivered_on_accept` of every receipt it returns. A message handed
+    /// to it is written `delivered` before the send (`sent` otherwise), so
+    /// that an accepted send needs no second write.
+    fn delivered_on_accept(&self) -> bool {
+        false
+    }
 }

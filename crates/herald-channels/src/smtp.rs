@@ -31,6 +31,9 @@ use tokio::sync::Semaphore;
 
 use crate::{Channel, DeliveryError, ProviderReceipt, RenderedMessage};
 
+/// Acceptance counts as delivery (SPEC section 1): there is no receipt to wait for.
+const DELIVERED_ON_ACCEPT: bool = true;
+
 /// Connections kept open at most, when the config does not say.
 pub const DEFAULT_POOL_SIZE: usize = 8;
 /// Limit on each step (connect, handshake, each command, the content), when the config does not say.
@@ -462,6 +465,10 @@ impl SmtpChannel {
 
 #[async_trait]
 impl Channel for SmtpChannel {
+    fn delivered_on_accept(&self) -> bool {
+        DELIVERED_ON_ACCEPT
+    }
+
     async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError> {
         let (envelope, email) = self.build(message)?;
         let _permit = self
@@ -668,7 +675,7 @@ fn receipt(response: &Response) -> ProviderReceipt {
         .map(|id| id.trim_end_matches(['.', ')', ',']).to_owned());
     ProviderReceipt {
         provider_id: Some(queue_id.unwrap_or_else(|| text.clone())),
-        delivered_on_accept: true,
+        delivered_on_accept: DELIVERED_ON_ACCEPT,
         detail: format!("{} {text}", response.code()),
     }
 }

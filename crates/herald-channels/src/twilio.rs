@@ -18,6 +18,9 @@ use serde::Deserialize;
 use crate::http::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE, DEFAULT_TIMEOUT};
 use crate::{Channel, DeliveryError, ProviderReceipt, RenderedMessage};
 
+/// Acceptance is not delivery: Twilio's status callback says what became of it.
+const DELIVERED_ON_ACCEPT: bool = false;
+
 /// Twilio's API, when the config names no other.
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 /// Twilio: too many requests (the account's concurrency or rate).
@@ -190,6 +193,10 @@ impl TwilioChannel {
 
 #[async_trait]
 impl Channel for TwilioChannel {
+    fn delivered_on_accept(&self) -> bool {
+        DELIVERED_ON_ACCEPT
+    }
+
     async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError> {
         let to = E164Phone::parse(&message.to).map_err(|why| DeliveryError::Permanent {
             code: "invalid_address".to_owned(),
@@ -270,7 +277,7 @@ fn created(status: u16, body: &[u8]) -> Result<ProviderReceipt, DeliveryError> {
         .trim_end()
         .to_owned(),
         provider_id: Some(created.sid),
-        delivered_on_accept: false,
+        delivered_on_accept: DELIVERED_ON_ACCEPT,
     })
 }
 

@@ -147,7 +147,10 @@ pub fn workers(
     let d = &config.herald.dispatch;
     let batch = d.batch.max(1);
     let lease = Duration::from_secs(d.lease.secs().max(1) as u64);
-    let handoff = Arc::new(Handoff::new(owner.to_string(), batch as usize, lease));
+    let handoff = Arc::new(
+        Handoff::new(owner.to_string(), batch as usize, lease)
+            .with_delivered_on_accept(delivered_on_accept(routes)),
+    );
     let gate = CampaignGate::for_config(store.clone(), config.clone());
     let fallback = CampaignFallback::for_config(store.clone(), config.clone());
     let dispatchers = (0..d.workers.max(1))
@@ -171,6 +174,16 @@ pub fn workers(
         })
         .collect();
     (handoff, dispatchers)
+}
+
+/// The channels whose adapter counts acceptance as delivery: the planner
+/// writes the messages it hands to them `delivered` before the send.
+pub fn delivered_on_accept(routes: &HashMap<Channel, Route>) -> Vec<Channel> {
+    routes
+        .iter()
+        .filter(|(_, r)| r.adapter.delivered_on_accept())
+        .map(|(c, _)| *c)
+        .collect()
 }
 
 /// The adapters, rate limits and concurrency of every channel.

@@ -95,7 +95,12 @@ pub async fn run_one(
     // As in the daemon, the planner hands batches due now to free workers,
     // under their lease.
     let lease = Duration::from_secs(120);
-    let handoff = handoff.then(|| Arc::new(Handoff::new("bench".into(), batch as usize, lease)));
+    let handoff = handoff.then(|| {
+        Arc::new(
+            Handoff::new("bench".into(), batch as usize, lease)
+                .with_delivered_on_accept(app::delivered_on_accept(&routes)),
+        )
+    });
     let mut engine = Engine::new(store.clone(), clock.clone(), config.clone());
     if let Some(h) = &handoff {
         engine = engine.with_handoff(h.clone());

@@ -128,6 +128,7 @@ pub fn render_problems(
                     attempts: 0,
                     step: *step,
                     send_at: 0,
+                    written: None,
                 };
                 match renderer.render(&msg, contact) {
                     Err(e) => {

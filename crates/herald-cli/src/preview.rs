@@ -154,6 +154,7 @@ pub async fn run(cli: &Cli, args: &PreviewArgs) -> anyhow::Result<()> {
                 attempts: 0,
                 step: 0,
                 send_at: now,
+                written: None,
             };
             let to = address.map(|a| format!(" to {a}")).unwrap_or_default();
             println!("\n=== variant `{arm}`, {channel}{to}");

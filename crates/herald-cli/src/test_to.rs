@@ -118,6 +118,7 @@ pub async fn run(
                 attempts: 0,
                 step: 0,
                 send_at: chrono::Utc::now().timestamp_millis(),
+                written: None,
             };
             let mut out = match renderer.render(&msg, &contact) {
                 Ok(out) => out.message,

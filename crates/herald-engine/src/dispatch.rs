@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::handoff::Handoff;
 use crate::render::{MessageRenderer, RenderOutput};
 use crate::store::{
-    AttemptRecord, ClaimedMessage, Outcome, RunDrain, Store, StoreError, StoreResult,
+    AttemptRecord, ClaimedMessage, Outcome, RunDrain, Store, StoreError, StoreResult, Written,
 };
 
 /// Decides, just before sending, which claimed messages must not go out (an exit condition, a contact who left the audience).
@@ -211,6 +211,27 @@ fn failed(message_id: i64, reason: String) -> Outcome {
         links: vec![],
         suppress_address: None,
         reroute: None,
+        written: None,
+    }
+}
+
+/// How the rows of `batch` were written in advance, by message id (the
+/// handed messages of a flight).
+fn written_rows(batch: &[ClaimedMessage]) -> HashMap<i64, Written> {
+    batch
+        .iter()
+        .filter_map(|m| m.written.map(|w| (m.id, w)))
+        .collect()
+}
+
+/// Tells each outcome how its row was written in advance, so that
+/// recording writes only what differs.
+fn mark_written(written: &HashMap<i64, Written>, outcomes: &mut [Outcome]) {
+    if written.is_empty() {
+        return;
+    }
+    for o in outcomes {
+        o.written = written.get(&o.message_id).copied();
     }
 }
 
@@ -336,8 +357,8 @@ impl Dispatcher {
     /// for workers of a plan that stopped early (another process plans the
     /// run, or planning failed), who would otherwise wait for pages that never
     /// come. What the planner handed over by then (in the slot, or written
-    /// under a slot it reserved) is written `sending` under this process's
-    /// lease, so it is sent first.
+    /// under a slot it reserved) is in a flight under this process's lease,
+    /// so it is sent first.
     pub async fn drain_run_until(
         &self,
         run_id: i64,
@@ -440,7 +461,7 @@ impl Dispatcher {
                     Some(r) => self.send_batch(batch, r.as_ref(), &mut stats).await?,
                     None => {
                         let name = campaigns[&run_id].clone().unwrap_or_default();
-                        let outcomes: Vec<Outcome> = batch
+                        let mut outcomes: Vec<Outcome> = batch
                             .iter()
                             .map(|m| {
                                 failed(
@@ -451,6 +472,7 @@ impl Dispatcher {
                                 )
                             })
                             .collect();
+                        mark_written(&written_rows(&batch), &mut outcomes);
                         stats.failed += outcomes.len() as u64;
                         self.store
                             .record_outcomes(&outcomes, self.clock.now_ms())
@@ -523,6 +545,8 @@ impl Dispatcher {
         stats: &mut DispatchStats,
     ) -> StoreResult<()> {
         let mut outcomes = Vec::with_capacity(claimed.len());
+        // Cancelled and unrenderable messages of a flight too were written as sent.
+        let written = written_rows(&claimed);
         let mut claimed = claimed;
         if let Some(gate) = &self.gate {
             let t = Instant::now();
@@ -579,6 +603,7 @@ impl Dispatcher {
                         links: vec![],
                         suppress_address: None,
                         reroute: None,
+                        written: None,
                     })
                 }
             }
@@ -616,6 +641,7 @@ impl Dispatcher {
         stats.stages.send += t.elapsed();
         let t = Instant::now();
         outcomes.extend(results);
+        mark_written(&written, &mut outcomes);
         self.store
             .record_outcomes(&outcomes, self.clock.now_ms())
             .await?;
@@ -687,6 +713,7 @@ impl Dispatcher {
             links: out.links,
             suppress_address: None,
             reroute: None,
+            written: None,
         };
         let Some(route) = self.routes.get(&msg.channel) else {
             outcome.reason = Some(format!("no {} channel is configured", msg.channel));

@@ -1,9 +1,9 @@
 //! The hand-off from the planner to this process's workers. A page's
-//! messages that are due now are written `sending` under a lease, as a
-//! claim would leave them, and go straight to a worker: no claim query, one
-//! write of each message row fewer. Crash safety is the claim's: a crash
-//! leaves them `sending`, and when the lease lapses they end `unknown`,
-//! never resent.
+//! messages that are due now are written as sent, in a flight under a lease
+//! ([`crate::store::Written`]), and go straight to a worker: no claim query,
+//! and an accepted send writes its message row no second time. Crash
+//! safety is the claim's: a crash leaves the flight, and when its lease
+//! lapses its messages end `unknown`, never resent.
 //!
 //! One batch waits at most (the slot). When the last one is still there,
 //! no worker is free, and the page is written `planned` for any worker of
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, Permit};
 
 use crate::store::{ClaimedMessage, PlannedMessage};
-use herald_domain::types::MessageStatus;
+use herald_domain::types::{Channel, MessageStatus};
 
 /// The slot between the planner and the workers of one process.
 pub struct Handoff {
@@ -29,6 +29,9 @@ pub struct Handoff {
     pub lease: Duration,
     /// The lease's owner.
     pub owner: String,
+    /// The channels whose adapter counts acceptance as delivery (see
+    /// [`crate::store::Handed`]); empty: every handed message is written `sent`.
+    pub delivered_on_accept: Vec<Channel>,
     /// Whether the planner waits for the slot (see [`Handoff::reserve`]).
     patient: AtomicBool,
 }
@@ -47,8 +50,16 @@ impl Handoff {
             batch: batch.max(1),
             lease: lease.saturating_mul(2),
             owner,
+            delivered_on_accept: Vec::new(),
             patient: AtomicBool::new(true),
         }
+    }
+
+    /// Writes handed messages on `channels` `delivered` (their adapters count
+    /// acceptance as delivery), the others `sent`.
+    pub fn with_delivered_on_accept(mut self, channels: Vec<Channel>) -> Self {
+        self.delivered_on_accept = channels;
+        self
     }
 
     /// The slot, once it is free: the planner hands the next batch through
@@ -117,7 +128,6 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_domain::types::Channel;
 
     fn row(contact_id: i64, status: MessageStatus, send_at: i64, arm: &str) -> PlannedMessage {
         PlannedMessage {
@@ -163,6 +173,7 @@ mod tests {
                 step: 0,
                 attempts: 0,
                 send_at: 0,
+                written: None,
             })
             .collect()
     }

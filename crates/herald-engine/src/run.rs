@@ -129,12 +129,12 @@ impl Engine {
     }
 
     /// Writes one page of `run`: with a hand-off whose slot frees in time,
-    /// its first batch due now is written `sending` and handed to a worker.
+    /// its first batch due now is written as sent, in a flight, and handed to a worker.
     async fn write_page(&self, run: &RunRecord, rows: &[PlannedMessage]) -> StoreResult<()> {
         let now = self.clock.now_ms();
         if let Some(h) = &self.handoff {
             let picked = h.pick(rows, now);
-            // Reserved before the write: a batch written `sending` always has a worker to go to.
+            // Reserved before the write: a batch written in a flight always has a worker to go to.
             let permit = if picked.contains(&true) {
                 h.reserve().await
             } else {
@@ -143,6 +143,7 @@ impl Engine {
             if let Some(permit) = permit {
                 let handed = Handed {
                     rows: &picked,
+                    delivered_on_accept: &h.delivered_on_accept,
                     owner: &h.owner,
                     until: now + h.lease.as_millis() as i64,
                 };

@@ -134,11 +134,14 @@ pub struct PlannedMessage {
     pub reason: Option<String>,
 }
 
-/// Which rows of a page [`Store::insert_handed`] writes `sending`, and under which lease.
+/// Which rows of a page [`Store::insert_handed`] hands to a worker, and under which lease.
 #[derive(Debug, Clone, Copy)]
 pub struct Handed<'a> {
-    /// One flag a row of the page: `true` goes `sending`.
+    /// One flag a row of the page: `true` is handed.
     pub rows: &'a [bool],
+    /// The channels whose acceptance counts as delivery: a handed message on
+    /// one of them is written `delivered`, any other `sent` (see [`Written`]).
+    pub delivered_on_accept: &'a [Channel],
     /// The lease's owner.
     pub owner: &'a str,
     /// The lease's end (ms).
@@ -203,6 +206,21 @@ pub struct ClaimedMessage {
     pub attempts: i32,
     /// Planned send time (ms).
     pub send_at: i64,
+    /// How the row was written in advance, if it was (a handed message):
+    /// recording it writes only what differs.
+    pub written: Option<Written>,
+}
+
+/// A handed message's row as the planner wrote it: already carrying the
+/// outcome its send is expected to have, in a flight (one lease a batch).
+/// The report counts it as that outcome while it is in the air; if the
+/// flight's lease lapses first, the message ends `unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The flight (batch) the message was handed in.
+    pub flight: i64,
+    /// The status written: `sent`, or `delivered` on a channel whose acceptance is delivery.
+    pub status: MessageStatus,
 }
 
 /// A contact as templates see it.
@@ -342,6 +360,25 @@ pub struct Outcome {
     /// Move the message, planned again, to this channel and address: the
     /// fallback after a permanent failure (status `planned`).
     pub reroute: Option<(Channel, String)>,
+    /// How the message's row was written in advance, if it was (see [`Written`]).
+    pub written: Option<Written>,
+}
+
+impl Outcome {
+    /// Whether the message ends as its row was written in advance: with this
+    /// status, and no fallback or suppression to add. Only a provider id may
+    /// be left to write.
+    pub fn ends_as_written(&self) -> bool {
+        self.written.is_some_and(|w| w.status == self.status)
+            && self.reroute.is_none()
+            && self.suppress_address.is_none()
+    }
+
+    /// Whether the row already says all this outcome would write (its
+    /// attempt and links are still recorded).
+    pub fn already_written(&self) -> bool {
+        self.ends_as_written() && self.provider_id.is_none()
+    }
 }
 
 /// One try at a provider.
@@ -454,10 +491,11 @@ pub trait Store: Send + Sync {
         now: i64,
     ) -> StoreResult<()>;
     /// [`Store::insert_planned`], except that the rows `handed.rows` marks
-    /// are written `sending` under `handed`'s lease: claimed as they are
-    /// written, for a worker of this process ([`crate::handoff`]). A run
-    /// paused in between gets them `planned`, so a paused run sends nothing.
-    /// Returns the rows written `sending`, as claimed messages.
+    /// are written as sent, in one flight under `handed`'s lease, in the same
+    /// transaction (see [`Written`]): claimed as they are written, for a
+    /// worker of this process ([`crate::handoff`]). A run paused in between
+    /// gets them `planned`, so a paused run sends nothing. Returns the rows
+    /// handed, as claimed messages.
     async fn insert_handed(
         &self,
         run_id: i64,
@@ -484,7 +522,9 @@ pub trait Store: Send + Sync {
     async fn refresh_message_statistics(&self) -> StoreResult<()> {
         Ok(())
     }
-    /// Ends messages whose lease expired while `sending` as `unknown`; returns how many.
+    /// Ends messages whose lease expired while `sending`, and the messages
+    /// of flights whose lease expired that nothing touched since they were
+    /// written, as `unknown`; returns how many.
     /// (A claim that expires before `sending` needs nothing: it is claimable again.)
     async fn expire_leases(&self, now: i64) -> StoreResult<u64>;
     /// Claims up to `limit` due messages of running runs (optionally one run) under a lease.
@@ -548,7 +588,11 @@ pub trait Store: Send + Sync {
         ids: &[i64],
         want: &PersonalisationRequest,
     ) -> StoreResult<Vec<ContactView>>;
-    /// Records outcomes, attempts and links in one transaction.
+    /// Records outcomes, attempts and links in one transaction. The flights
+    /// of written messages ([`Written`]) are landed: their rows deleted, and
+    /// a message whose row already says its outcome is not written again.
+    /// When a flight is gone (its lease lapsed and its messages went
+    /// `unknown`), every outcome of it is written, so the truth wins.
     async fn record_outcomes(&self, outcomes: &[Outcome], now: i64) -> StoreResult<()>;
     /// Marks a run done when it is planned and nothing of it is planned or sending.
     async fn finish_run_if_drained(&self, run_id: i64, now: i64) -> StoreResult<RunDrain>;

@@ -2,7 +2,7 @@
 //! figures of `herald status`, and the heartbeats by which daemons on one
 //! database count each other to split every channel's rate limit.
 
-use sea_orm::{ConnectionTrait, QueryResult};
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult};
 
 use crate::db::Db;
 use crate::sql::Sql;
@@ -200,6 +200,21 @@ pub struct ChannelStatus {
     pub failed_last_hour: i64,
 }
 
+/// The status of `channel` in `channels`, added if it is not there yet.
+fn channel_mut(channels: &mut Vec<ChannelStatus>, channel: String) -> &mut ChannelStatus {
+    let idx = match channels.iter().position(|c| c.channel == channel) {
+        Some(i) => i,
+        None => {
+            channels.push(ChannelStatus {
+                channel,
+                ..ChannelStatus::default()
+            });
+            channels.len() - 1
+        }
+    };
+    &mut channels[idx]
+}
+
 /// What `herald status` shows.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Status {
@@ -269,18 +284,22 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
     for r in all(db, q).await? {
         let channel: Option<String> = get(&r, 0)?;
         let Some(channel) = channel else { continue };
-        let idx = match out.channels.iter().position(|c| c.channel == channel) {
-            Some(i) => i,
-            None => {
-                out.channels.push(ChannelStatus {
-                    channel: channel.clone(),
-                    ..ChannelStatus::default()
-                });
-                out.channels.len() - 1
-            }
-        };
-        out.channels[idx].sent_last_minute = get::<Option<i64>>(&r, 1)?.unwrap_or(0);
-        out.channels[idx].failed_last_hour = get::<Option<i64>>(&r, 2)?.unwrap_or(0);
+        let c = channel_mut(&mut out.channels, channel);
+        c.sent_last_minute = get::<Option<i64>>(&r, 1)?.unwrap_or(0);
+        c.failed_last_hour = get::<Option<i64>>(&r, 2)?.unwrap_or(0);
+    }
+    // The messages of flights in the air (handed batches) are being sent,
+    // though their rows already say how the send is expected to end.
+    let mut q = Sql::new();
+    q.push(if db.backend() == DbBackend::Postgres {
+        "SELECT m.channel, COUNT(*) FROM flights f CROSS JOIN LATERAL unnest(string_to_array(f.ids, ',')::int8[]) AS j(id) JOIN messages m ON m.id = j.id GROUP BY m.channel"
+    } else {
+        "SELECT m.channel, COUNT(*) FROM flights f, json_each('[' || f.ids || ']') j JOIN messages m ON m.id = j.value GROUP BY m.channel"
+    });
+    for r in all(db, q).await? {
+        let channel: Option<String> = get(&r, 0)?;
+        let Some(channel) = channel else { continue };
+        channel_mut(&mut out.channels, channel).sending += get::<i64>(&r, 1)?;
     }
     out.channels.sort_by(|a, b| a.channel.cmp(&b.channel));
     let mut q = Sql::new();

@@ -141,6 +141,7 @@ impl SqlStore {
                 attempts: get(r, 6)?,
                 send_at: get(r, 7)?,
                 step: get(r, 8)?,
+                written: None,
             });
         }
         out.sort_by_key(|m| (m.send_at, m.id));
@@ -226,50 +227,47 @@ const INSERT_CHUNK: usize = 1000;
 const OPEN_RUN: &str = "state IN ('planning', 'running', 'paused')";
 
 /// The portable multi-row INSERT of planned messages (each with its
-/// triggering event's id and instant, if triggered, and whether it is handed
-/// to a worker as written), written only while the run is open ([`OPEN_RUN`];
-/// on PostgreSQL `FOR SHARE` waits for a `herald runs cancel` in progress and
-/// sees its outcome); a message already planned for its (run, contact, step,
-/// trigger) is left as it is. A handed row is written `sending` under `lease`
-/// while the run is planning or running, and `planned` when it was paused in
-/// between: a paused run sends nothing. With `lease`, returns the rows written
-/// (id, contact, step, status).
+/// triggering event's id and instant, if triggered, and the status it is
+/// written with if it is handed to a worker), written only while the run is
+/// open ([`OPEN_RUN`]; on PostgreSQL `FOR SHARE` waits for a `herald runs
+/// cancel` in progress and sees its outcome); a message already planned for
+/// its (run, contact, step, trigger) is left as it is. A handed row is
+/// written as sent ([`Written`]: its status, `sent_at`, one attempt) while
+/// the run is planning or running, and `planned` when it was paused in
+/// between: a paused run sends nothing. With `returning`, returns the rows
+/// written (id, contact, step, status).
 fn insert_messages_sql<'a>(
     b: DbBackend,
     run_id: i64,
     campaign_id: i64,
-    rows: impl Iterator<Item = (&'a PlannedMessage, Option<(i64, i64)>, bool)>,
-    lease: Option<(&str, i64)>,
+    rows: impl Iterator<
+        Item = (
+            &'a PlannedMessage,
+            Option<(i64, i64)>,
+            Option<MessageStatus>,
+        ),
+    >,
+    returning: bool,
     now: i64,
 ) -> Sql {
     let mut q = Sql::new();
-    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at, lease_owner, lease_until) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, v.column10, CASE WHEN v.column11 = 'sending' AND NOT r.live THEN 'planned' ELSE v.column11 END, v.column12, 0, 0, 0, 0, ")
+    // column11 is a handed row's written status (`sent`, `delivered`): no
+    // planned row has either.
+    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at, sent_at, delivered_at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, v.column10, CASE WHEN v.column11 IN ('sent', 'delivered') AND NOT r.live THEN 'planned' ELSE v.column11 END, v.column12, CASE WHEN v.column11 IN ('sent', 'delivered') AND r.live THEN 1 ELSE 0 END, 0, 0, 0, ")
         .bind(now)
         .push(", ")
         .bind(now)
-        .push(", ");
-    match lease {
-        Some((owner, until)) => {
-            q.push("CASE WHEN v.column11 = 'sending' AND r.live THEN ")
-                .bind_as(b, owner.to_string(), "text")
-                .push(" END, CASE WHEN v.column11 = 'sending' AND r.live THEN ")
-                .bind_as(b, until, "int8")
-                .push(" END");
-        }
-        None => {
-            q.push("NULL, NULL");
-        }
-    }
+        .push(", CASE WHEN v.column11 IN ('sent', 'delivered') AND r.live THEN ")
+        .bind(now)
+        .push(" END, CASE WHEN v.column11 = 'delivered' AND r.live THEN ")
+        .bind(now)
+        .push(" END");
     q.push(" FROM (VALUES ");
     for (i, (m, trigger, handed)) in rows.enumerate() {
         if i > 0 {
             q.push(",");
         }
-        let status = if handed && lease.is_some() {
-            MessageStatus::Sending
-        } else {
-            m.status
-        };
+        let status = handed.unwrap_or(m.status);
         q.push("(")
             .bind(run_id)
             .push(",")
@@ -304,23 +302,36 @@ fn insert_messages_sql<'a>(
     }
     // `WHERE true`: SQLite reads `ON CONFLICT` after a bare join as a join constraint.
     q.push(") AS r WHERE true ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
-    if lease.is_some() {
+    if returning {
         q.push(" RETURNING id, contact_id, step, status");
     }
     q
 }
 
+/// The status a handed message on `channel` is written with: `delivered`
+/// where the channel's acceptance is delivery, `sent` elsewhere.
+pub(crate) fn written_status(
+    channel: Option<Channel>,
+    delivered_on_accept: &[Channel],
+) -> MessageStatus {
+    match channel {
+        Some(c) if delivered_on_accept.contains(&c) => MessageStatus::Delivered,
+        _ => MessageStatus::Sent,
+    }
+}
+
 /// The handed rows of a page as the insert returned them: (id, contact,
-/// step, status) of the rows written, matched to the page's rows.
+/// step) of the rows written in `flight`, matched to the page's rows.
 fn handed_claims(
     run_id: i64,
     rows: &[PlannedMessage],
-    handed: &[bool],
+    handed: Handed<'_>,
+    flight: i64,
     written: impl IntoIterator<Item = (i64, i64, i32)>,
 ) -> Vec<ClaimedMessage> {
     let by_key: std::collections::HashMap<(i64, i32), &PlannedMessage> = rows
         .iter()
-        .zip(handed)
+        .zip(handed.rows)
         .filter(|(_, h)| **h)
         .map(|(m, _)| ((m.contact_id, m.step), m))
         .collect();
@@ -338,6 +349,10 @@ fn handed_claims(
                 step,
                 attempts: 0,
                 send_at: m.send_at,
+                written: Some(Written {
+                    flight,
+                    status: written_status(m.channel, handed.delivered_on_accept),
+                }),
             })
         })
         .collect();
@@ -484,9 +499,10 @@ impl SqlStore {
         }
     }
 
-    /// Writes one page of planned messages of `run_id`, those `handed` marks
-    /// `sending` under its lease; returns (id, contact, step) of the rows
-    /// written `sending` (none without `handed`).
+    /// Writes one page of planned messages of `run_id`; those `handed` marks
+    /// are written as sent ([`Written`]), in one flight under its lease,
+    /// in the same transaction. Returns the flight and (id, contact, step)
+    /// of the rows in it (none without `handed`, or when the run was paused).
     async fn insert_page(
         &self,
         run_id: i64,
@@ -494,39 +510,115 @@ impl SqlStore {
         rows: &[PlannedMessage],
         handed: Option<Handed<'_>>,
         now: i64,
-    ) -> StoreResult<Vec<(i64, i64, i32)>> {
+    ) -> StoreResult<(i64, Vec<(i64, i64, i32)>)> {
         let b = self.b();
         if b == DbBackend::Postgres {
             return pg_bulk::insert_planned(&self.db, run_id, campaign_id, rows, handed, now).await;
         }
-        let lease = handed.map(|h| (h.owner, h.until));
+        let Some(h) = handed else {
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                let q = insert_messages_sql(
+                    b,
+                    run_id,
+                    campaign_id,
+                    chunk.iter().map(|m| (m, None, None)),
+                    false,
+                    now,
+                );
+                self.exec(q).await?;
+            }
+            return Ok((0, Vec::new()));
+        };
+        let txn = self.db.conn.begin().await.map_err(err)?;
         let mut written = Vec::new();
         for (i, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
             let first = i * INSERT_CHUNK;
-            let is_handed = |j: usize| handed.is_some_and(|h| h.rows.get(first + j) == Some(&true));
             let q = insert_messages_sql(
                 b,
                 run_id,
                 campaign_id,
-                chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(j, m)| (m, None, is_handed(j))),
-                lease,
+                chunk.iter().enumerate().map(|(j, m)| {
+                    let status = (h.rows.get(first + j) == Some(&true))
+                        .then(|| written_status(m.channel, h.delivered_on_accept));
+                    (m, None, status)
+                }),
+                true,
                 now,
             );
-            if lease.is_none() {
-                self.exec(q).await?;
-                continue;
-            }
-            for r in self.all(q).await? {
-                if get::<String>(&r, 3)? == MessageStatus::Sending.as_str() {
+            for r in txn.query_all_raw(q.build(b)).await.map_err(err)? {
+                let status: String = get(&r, 3)?;
+                if status == MessageStatus::Sent.as_str()
+                    || status == MessageStatus::Delivered.as_str()
+                {
                     written.push((get(&r, 0)?, get(&r, 1)?, get(&r, 2)?));
                 }
             }
         }
-        Ok(written)
+        let mut flight = 0;
+        if !written.is_empty() {
+            let ids: Vec<i64> = written.iter().map(|w| w.0).collect();
+            let mut q = Sql::new();
+            q.push(
+                "INSERT INTO flights (run_id, owner, lease_until, written_at, size, ids) VALUES (",
+            )
+            .bind(run_id)
+            .push(", ")
+            .bind(h.owner.to_string())
+            .push(", ")
+            .bind(h.until)
+            .push(", ")
+            .bind(now)
+            .push(", ")
+            .bind(ids.len() as i64)
+            .push(", ")
+            .bind(flight_ids(&ids))
+            .push(") RETURNING id");
+            let r = txn.query_one_raw(q.build(b)).await.map_err(err)?;
+            flight = get(&r.ok_or_else(|| err("no flight row"))?, 0)?;
+        }
+        txn.commit().await.map_err(err)?;
+        Ok((flight, written))
     }
+}
+
+/// A flight's message ids as stored: comma-separated.
+pub(crate) fn flight_ids(ids: &[i64]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Deletes the flights of `outcomes`' written messages as the worker
+/// records them; true when every one was still there. A flight that is gone
+/// lapsed and its messages went `unknown`: then every outcome is written.
+async fn land_flights(
+    txn: &impl ConnectionTrait,
+    b: DbBackend,
+    outcomes: &[Outcome],
+) -> StoreResult<bool> {
+    let flights: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|o| o.written.map(|w| w.flight))
+        .collect::<BTreeSet<i64>>()
+        .into_iter()
+        .collect();
+    if flights.is_empty() {
+        return Ok(true);
+    }
+    let mut q = Sql::new();
+    q.push("DELETE FROM flights WHERE id IN ");
+    id_set(&mut q, b, &flights);
+    let deleted = txn.execute_raw(q.build(b)).await.map_err(err)?;
+    Ok(deleted.rows_affected() == flights.len() as u64)
+}
+
+/// A flight's stored message ids, read back.
+fn parse_flight_ids(ids: &str) -> StoreResult<Vec<i64>> {
+    ids.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|e| err(format!("flight id list: {e}"))))
+        .collect()
 }
 
 #[async_trait]
@@ -752,10 +844,10 @@ impl Store for SqlStore {
         handed: Handed<'_>,
         now: i64,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        let written = self
+        let (flight, written) = self
             .insert_page(run_id, campaign_id, rows, Some(handed), now)
             .await?;
-        Ok(handed_claims(run_id, rows, handed.rows, written))
+        Ok(handed_claims(run_id, rows, handed, flight, written))
     }
 
     async fn addresses_taken(
@@ -830,12 +922,49 @@ impl Store for SqlStore {
         // A claim that expired before its request was written simply becomes claimable
         // again (see claim_due); one that expired while `sending` may have reached the
         // provider, which cannot deduplicate: it ends `unknown`, never resent.
+        const WHY: &str = "the worker stopped while sending; not resent, to avoid a duplicate";
+        let b = self.b();
+        let txn = self.db.conn.begin().await.map_err(err)?;
         let mut q = Sql::new();
-        q.push("UPDATE messages SET status = 'unknown', reason = 'the worker stopped while sending; not resent, to avoid a duplicate', lease_owner = NULL, lease_until = NULL, updated_at = ")
+        q.push("UPDATE messages SET status = 'unknown', reason = ")
+            .bind(WHY)
+            .push(", lease_owner = NULL, lease_until = NULL, updated_at = ")
             .bind(now)
             .push(" WHERE status = 'sending' AND lease_until < ")
             .bind(now);
-        self.exec(q).await
+        let mut ended = txn
+            .execute_raw(q.build(b))
+            .await
+            .map_err(err)?
+            .rows_affected();
+        // So did a lapsed flight's messages, but those a receipt, an open or
+        // a click touched since they were written: they did go out.
+        let mut q = Sql::new();
+        q.push("DELETE FROM flights WHERE lease_until < ")
+            .bind(now)
+            .push(" RETURNING written_at, ids");
+        for r in txn.query_all_raw(q.build(b)).await.map_err(err)? {
+            let written_at: i64 = get(&r, 0)?;
+            let ids = parse_flight_ids(&get::<String>(&r, 1)?)?;
+            for chunk in ids.chunks(INSERT_CHUNK) {
+                let mut q = Sql::new();
+                q.push("UPDATE messages SET status = 'unknown', reason = ")
+                    .bind(WHY)
+                    .push(", sent_at = NULL, delivered_at = NULL, updated_at = ")
+                    .bind(now)
+                    .push(" WHERE status IN ('sent', 'delivered') AND updated_at = ")
+                    .bind(written_at)
+                    .push(" AND id IN ");
+                id_set(&mut q, b, chunk);
+                ended += txn
+                    .execute_raw(q.build(b))
+                    .await
+                    .map_err(err)?
+                    .rows_affected();
+            }
+        }
+        txn.commit().await.map_err(err)?;
+        Ok(ended)
     }
 
     async fn claim_due(
@@ -953,17 +1082,22 @@ impl Store for SqlStore {
             return pg_bulk::record_outcomes(&self.db, outcomes, now).await;
         }
         let txn = self.db.conn.begin().await.map_err(err)?;
+        let landed = land_flights(&txn, b, outcomes).await?;
         // A provider receipt (Twilio's status callback) can outrun this write:
         // `sent` never overwrites the later `delivered`, `bounced` or `failed`.
+        // A row written as sent whose send did not succeed loses its `sent_at`
+        // and `delivered_at`, and its attempt is not counted twice.
         for chunk in outcomes.chunks(INSERT_CHUNK) {
             let mut q = Sql::new();
-            q.push("UPDATE messages SET status = CASE WHEN x.column2 = 'sent' AND messages.status IN ('delivered', 'bounced', 'failed') THEN messages.status ELSE x.column2 END, reason = x.column3, provider_id = COALESCE(x.column4, messages.provider_id), attempts = messages.attempts + x.column5, not_before = x.column6, sent_at = COALESCE(messages.sent_at, x.column7), delivered_at = COALESCE(messages.delivered_at, x.column8), lease_owner = NULL, lease_until = NULL, updated_at = ")
+            q.push("UPDATE messages SET status = CASE WHEN x.column2 = 'sent' AND messages.status IN ('delivered', 'bounced', 'failed') THEN messages.status ELSE x.column2 END, reason = x.column3, provider_id = COALESCE(x.column4, messages.provider_id), attempts = messages.attempts + x.column5 - x.column9, not_before = x.column6, sent_at = CASE WHEN x.column9 = 1 AND x.column7 IS NULL THEN NULL ELSE COALESCE(messages.sent_at, x.column7) END, delivered_at = CASE WHEN x.column9 = 1 AND x.column7 IS NULL THEN NULL ELSE COALESCE(messages.delivered_at, x.column8) END, lease_owner = NULL, lease_until = NULL, updated_at = ")
                 .bind(now)
                 .push(" FROM (VALUES ");
-            for (i, o) in chunk.iter().enumerate() {
-                if i > 0 {
+            let mut rows = 0;
+            for o in chunk.iter().filter(|o| !(landed && o.ends_as_written())) {
+                if rows > 0 {
                     q.push(",");
                 }
+                rows += 1;
                 let accepted = matches!(o.status, MessageStatus::Sent | MessageStatus::Delivered);
                 q.push("(").bind_as(b, o.message_id, "int8").push(",");
                 q.bind_as(b, o.status.as_str().to_string(), "text")
@@ -987,10 +1121,38 @@ impl Store for SqlStore {
                     (o.status == MessageStatus::Delivered).then_some(now),
                     "int8",
                 )
-                .push(")");
+                .push(",");
+                q.bind_as(b, i32::from(o.written.is_some()), "int4")
+                    .push(")");
             }
             q.push(") AS x WHERE messages.id = x.column1");
-            txn.execute_raw(q.build(b)).await.map_err(err)?;
+            if rows > 0 {
+                txn.execute_raw(q.build(b)).await.map_err(err)?;
+            }
+            // A send that ended as written but for its provider id (SMTP's
+            // queue id) sets that alone: SQLite rewrites the index entries of
+            // every column a SET names, changed or not.
+            let mut q = Sql::new();
+            q.push("UPDATE messages SET provider_id = x.column2, updated_at = ")
+                .bind(now)
+                .push(" FROM (VALUES ");
+            let mut rows = 0;
+            for o in chunk.iter().filter(|o| landed && o.ends_as_written()) {
+                let Some(id) = &o.provider_id else { continue };
+                if rows > 0 {
+                    q.push(",");
+                }
+                rows += 1;
+                q.push("(")
+                    .bind(o.message_id)
+                    .push(",")
+                    .bind(id.clone())
+                    .push(")");
+            }
+            q.push(") AS x WHERE messages.id = x.column1");
+            if rows > 0 {
+                txn.execute_raw(q.build(b)).await.map_err(err)?;
+            }
 
             // Fallbacks (rare): the message moves to its next channel, once, due now.
             for o in chunk.iter().filter(|o| o.reroute.is_some()) {
@@ -1092,7 +1254,7 @@ impl Store for SqlStore {
         // the first one left. A count walked the index entries of every message
         // sent so far, live or not: 50 ms a call at 800,000 messages on
         // PostgreSQL, a quarter of the server's time in a whole run.
-        q.push("SELECT state, CASE WHEN state = 'running' THEN (CASE WHEN EXISTS (SELECT 1 FROM messages WHERE run_id = runs.id AND status IN ('planned', 'sending')) THEN 1 ELSE 0 END) ELSE 0 END FROM runs WHERE id = ")
+        q.push("SELECT state, CASE WHEN state = 'running' THEN (CASE WHEN EXISTS (SELECT 1 FROM messages WHERE run_id = runs.id AND status IN ('planned', 'sending')) OR EXISTS (SELECT 1 FROM flights WHERE run_id = runs.id) THEN 1 ELSE 0 END) ELSE 0 END FROM runs WHERE id = ")
             .bind(run_id);
         let rows = self.all(q).await?;
         let Some(r) = rows.first() else {
@@ -1118,11 +1280,14 @@ impl Store for SqlStore {
     async fn run_pending(&self, run_id: i64, now: i64) -> StoreResult<(i64, i64)> {
         let mut q = Sql::new();
         // Messages waiting for a rollout decision are the daemon's, due or not.
+        // A flight in the air counts as its messages, due.
         q.push("SELECT COALESCE(SUM(CASE WHEN status = 'sending' OR (send_at <= ")
             .bind(now)
             .push(
-                " AND arm <> 'rollout:*') THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN status = 'planned' AND (arm = 'rollout:*' OR send_at > ",
+                " AND arm <> 'rollout:*') THEN 1 ELSE 0 END), 0) + (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM flights WHERE run_id = ",
             )
+            .bind(run_id)
+            .push("), COALESCE(SUM(CASE WHEN status = 'planned' AND (arm = 'rollout:*' OR send_at > ")
             .bind(now)
             .push(") THEN 1 ELSE 0 END), 0) FROM messages WHERE run_id = ")
             .bind(run_id)
@@ -1137,7 +1302,7 @@ impl Store for SqlStore {
         q.push("UPDATE runs SET state = 'done', finished_at = ")
             .bind(now)
             // A triggered campaign's run never ends: its next event adds to it.
-            .push(" WHERE state = 'running' AND origin <> 'trigger' AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.run_id = runs.id AND m.status IN ('planned', 'sending')) RETURNING id");
+            .push(" WHERE state = 'running' AND origin <> 'trigger' AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.run_id = runs.id AND m.status IN ('planned', 'sending')) AND NOT EXISTS (SELECT 1 FROM flights f WHERE f.run_id = runs.id) RETURNING id");
         self.all(q).await?.iter().map(|r| get(r, 0)).collect()
     }
 
@@ -1756,7 +1921,8 @@ mod tests {
         assert!(!stats.finished, "a paused plan does not finish");
         let counts = store.run_counts(run.id).await.unwrap();
         let written = BATCH * (RENEW_PAGES as i64 - 1);
-        let sending = counts.count(None, "sending");
+        // Handed batches are written as sent (in flights).
+        let sending = counts.count(None, "sent");
         assert_eq!(
             sending + counts.count(None, "planned"),
             written,
@@ -1773,7 +1939,7 @@ mod tests {
         assert!(stats.finished);
         let counts = store.run_counts(run.id).await.unwrap();
         assert_eq!(counts.count(None, "planned"), n - sending);
-        let (_, ids) = leases(&store, run.id).await;
+        let (_, ids) = rows_by_contact(&store, run.id).await;
         assert_eq!(ids.len() as i64, n, "each contact once");
     }
 
@@ -1846,24 +2012,43 @@ mod tests {
         drain.await.unwrap().unwrap()
     }
 
-    /// A message's contact, status, lease owner and lease end.
-    type Lease = (i64, String, Option<String>, Option<i64>);
+    /// A message's contact, status, `sent_at` and attempts.
+    type Row = (i64, String, Option<i64>, i32);
 
-    /// The [`Lease`] of each message of `run` by contact, and the message ids by contact.
-    async fn leases(store: &SqlStore, run: i64) -> (Vec<Lease>, HashMap<i64, i64>) {
+    /// The [`Row`] of each message of `run` by contact, and the message ids by contact.
+    async fn rows_by_contact(store: &SqlStore, run: i64) -> (Vec<Row>, HashMap<i64, i64>) {
         let mut q = Sql::new();
-        q.push(
-            "SELECT contact_id, status, lease_owner, lease_until, id FROM messages WHERE run_id = ",
-        )
-        .bind(run)
-        .push(" ORDER BY contact_id");
+        q.push("SELECT contact_id, status, sent_at, attempts, id FROM messages WHERE run_id = ")
+            .bind(run)
+            .push(" ORDER BY contact_id");
         let rows = store.all(q).await.unwrap();
-        let leases = rows.iter().map(first_four).collect();
+        let by_contact = rows.iter().map(first_four).collect();
         let ids = rows
             .iter()
             .map(|r| (get(r, 0).unwrap(), get(r, 4).unwrap()))
             .collect();
-        (leases, ids)
+        (by_contact, ids)
+    }
+
+    /// The flights in the air: (run, owner, lease end, size, ids).
+    async fn flights(store: &SqlStore) -> Vec<(i64, String, i64, i64, String)> {
+        let mut q = Sql::new();
+        q.push("SELECT run_id, owner, lease_until, size, ids FROM flights ORDER BY id");
+        store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    get(r, 0).unwrap(),
+                    get(r, 1).unwrap(),
+                    get(r, 2).unwrap(),
+                    get(r, 3).unwrap(),
+                    get(r, 4).unwrap(),
+                )
+            })
+            .collect()
     }
 
     /// Writes `rows` of `run`, handing what `handoff` picks at `now` under its lease.
@@ -1877,6 +2062,7 @@ mod tests {
         let picked = handoff.pick(rows, now);
         let handed = Handed {
             rows: &picked,
+            delivered_on_accept: &handoff.delivered_on_accept,
             owner: &handoff.owner,
             until: now + handoff.lease.as_millis() as i64,
         };
@@ -1886,7 +2072,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn handed_rows_are_written_sending_under_the_lease(db: &Db) {
+    async fn handed_rows_are_written_sent_in_a_flight(db: &Db) {
         let store = SqlStore::new(db.clone());
         let (run, campaign, mut rows) = planning_run(&store, 8).await;
         let now = SystemClock.now_ms();
@@ -1894,6 +2080,7 @@ mod tests {
         let picked = [true, true, false, true, false, false];
         let handed = Handed {
             rows: &picked,
+            delivered_on_accept: &[Channel::Sms],
             owner: "planner",
             until: now + 5_000,
         };
@@ -1913,24 +2100,27 @@ mod tests {
                 (4, "c4@example.com", 0)
             ]
         );
-        let sending = |c: i64| {
-            (
-                c,
-                "sending".to_string(),
-                Some("planner".to_string()),
-                Some(now + 5_000),
-            )
-        };
-        let planned = |c: i64| (c, "planned".to_string(), None, None);
+        let flight = claimed[0].written.expect("written in a flight").flight;
+        assert!(
+            claimed.iter().all(|m| m.written
+                == Some(Written {
+                    flight,
+                    status: MessageStatus::Sent
+                })),
+            "email is not among the channels delivered on acceptance: {claimed:?}"
+        );
+        // Written as the send is expected to end: one attempt, sent now.
+        let sent = |c: i64| (c, "sent".to_string(), Some(now), 1);
+        let planned = |c: i64| (c, "planned".to_string(), None, 0);
         let expected = vec![
-            sending(1),
-            sending(2),
+            sent(1),
+            sent(2),
             planned(3),
-            sending(4),
+            sent(4),
             planned(5),
             planned(6),
         ];
-        let (written, by_contact) = leases(&store, run).await;
+        let (written, by_contact) = rows_by_contact(&store, run).await;
         assert_eq!(written, expected);
         for m in &claimed {
             assert_eq!(
@@ -1938,13 +2128,20 @@ mod tests {
                 "the claimed id is the row's"
             );
         }
+        let ids: Vec<String> = claimed.iter().map(|m| m.id.to_string()).collect();
+        assert_eq!(
+            flights(&store).await,
+            [(run, "planner".to_string(), now + 5_000, 3, ids.join(","))],
+            "one flight holds the batch's lease"
+        );
         // Written again (a resumed plan): nothing is handed twice, nothing changes.
         let again = store
             .insert_handed(run, campaign, &rows, handed, now)
             .await
             .unwrap();
         assert!(again.is_empty(), "already written: {again:?}");
-        assert_eq!(leases(&store, run).await.0, expected);
+        assert_eq!(rows_by_contact(&store, run).await.0, expected);
+        assert_eq!(flights(&store).await.len(), 1, "no flight for nothing");
 
         // Paused between the planner's page lease and its write: written, not handed.
         crate::runs::pause(db, run).await.unwrap();
@@ -1962,8 +2159,187 @@ mod tests {
             .await
             .unwrap();
         assert!(paused.is_empty(), "a paused run sends nothing: {paused:?}");
-        let (all, _) = leases(&store, run).await;
+        let (all, _) = rows_by_contact(&store, run).await;
         assert_eq!(all[6..], [planned(7), planned(8)]);
+        assert_eq!(flights(&store).await.len(), 1);
+    }
+
+    /// An outcome of a handed message.
+    fn outcome(m: &ClaimedMessage, status: MessageStatus, now: i64) -> Outcome {
+        Outcome {
+            message_id: m.id,
+            status,
+            reason: (status != MessageStatus::Delivered).then(|| "refused".to_string()),
+            retry_at: (status == MessageStatus::Planned).then_some(now + 60_000),
+            provider_id: None,
+            attempt: Some(AttemptRecord {
+                at: now,
+                result: if status == MessageStatus::Delivered {
+                    "accepted".into()
+                } else {
+                    "transient".into()
+                },
+                code: None,
+                detail: None,
+                duration_ms: 1,
+            }),
+            links: vec![],
+            suppress_address: None,
+            reroute: None,
+            written: m.written,
+        }
+    }
+
+    /// Recording a flight writes only the messages whose send did not end as
+    /// written: a refusal loses its `sent_at`, a retry is planned again, and no
+    /// attempt is counted twice; every attempt is logged; the flight lands.
+    async fn a_flight_records_only_what_differs(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, rows) = planning_run(&store, 4).await;
+        let now = SystemClock.now_ms();
+        let handoff = Handoff::new("planner".into(), 4, Duration::from_secs(60))
+            .with_delivered_on_accept(vec![Channel::Email]);
+        let claimed = hand(&store, &handoff, (run, campaign), &rows, now).await;
+        assert_eq!(claimed.len(), 4);
+        let later = now + 1_000;
+        let outcomes = vec![
+            outcome(&claimed[0], MessageStatus::Delivered, later),
+            outcome(&claimed[1], MessageStatus::Failed, later),
+            outcome(&claimed[2], MessageStatus::Planned, later),
+            Outcome {
+                provider_id: Some("queue-7".into()),
+                ..outcome(&claimed[3], MessageStatus::Delivered, later)
+            },
+        ];
+        assert!(outcomes[0].already_written() && !outcomes[3].already_written());
+        store.record_outcomes(&outcomes, later).await.unwrap();
+        let mut q = Sql::new();
+        q.push("SELECT contact_id, status, sent_at, delivered_at, attempts, not_before, provider_id, updated_at FROM messages WHERE run_id = ")
+            .bind(run)
+            .push(" ORDER BY contact_id");
+        type Got = (
+            i64,
+            String,
+            Option<i64>,
+            Option<i64>,
+            i32,
+            Option<i64>,
+            Option<String>,
+            i64,
+        );
+        let got: Vec<Got> = store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    get(r, 0).unwrap(),
+                    get(r, 1).unwrap(),
+                    get(r, 2).unwrap(),
+                    get(r, 3).unwrap(),
+                    get(r, 4).unwrap(),
+                    get(r, 5).unwrap(),
+                    get(r, 6).unwrap(),
+                    get(r, 7).unwrap(),
+                )
+            })
+            .collect();
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            got,
+            [
+                // As written: not touched (its `updated_at` is the plan's).
+                (1, s("delivered"), Some(now), Some(now), 1, None, None, now),
+                (2, s("failed"), None, None, 1, None, None, later),
+                (
+                    3,
+                    s("planned"),
+                    None,
+                    None,
+                    1,
+                    Some(later + 60_000),
+                    None,
+                    later
+                ),
+                (
+                    4,
+                    s("delivered"),
+                    Some(now),
+                    Some(now),
+                    1,
+                    None,
+                    Some(s("queue-7")),
+                    later
+                ),
+            ]
+        );
+        assert!(flights(&store).await.is_empty(), "the flight landed");
+        let mut q = Sql::new();
+        q.push("SELECT COUNT(*) FROM attempts");
+        let attempts: i64 = get(&store.all(q).await.unwrap()[0], 0).unwrap();
+        assert_eq!(attempts, 4, "every attempt is logged");
+    }
+
+    /// A flight whose worker died: the run is not over while it is in the
+    /// air; when its lease lapses, its untouched messages end `unknown` and a
+    /// message a receipt touched keeps what the receipt said; a worker that
+    /// records it after all (it was only slow) writes every outcome.
+    async fn a_lapsed_flight_ends_unknown(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, rows) = planning_run(&store, 3).await;
+        let now = SystemClock.now_ms();
+        let handoff = Handoff::new("planner".into(), 3, Duration::from_secs(60));
+        let claimed = hand(&store, &handoff, (run, campaign), &rows, now).await;
+        assert_eq!(claimed.len(), 3);
+        store.finish_planning(run).await.unwrap();
+        assert_eq!(
+            store.finish_run_if_drained(run, now).await.unwrap(),
+            RunDrain::Pending,
+            "a flight in the air keeps the run open"
+        );
+        assert_eq!(store.run_pending(run, now).await.unwrap(), (3, 0));
+        // A receipt for the third message arrives before the crash.
+        let mut q = Sql::new();
+        q.push("UPDATE messages SET status = 'delivered', delivered_at = ")
+            .bind(now + 10)
+            .push(", updated_at = ")
+            .bind(now + 10)
+            .push(" WHERE id = ")
+            .bind(claimed[2].id);
+        store.exec(q).await.unwrap();
+        let lapsed = now + handoff.lease.as_millis() as i64 + 1;
+        assert_eq!(store.expire_leases(now).await.unwrap(), 0, "not yet");
+        assert_eq!(store.expire_leases(lapsed).await.unwrap(), 2);
+        assert!(flights(&store).await.is_empty());
+        let (got, _) = rows_by_contact(&store, run).await;
+        assert_eq!(
+            got,
+            [
+                (1, "unknown".to_string(), None, 1),
+                (2, "unknown".to_string(), None, 1),
+                (3, "delivered".to_string(), Some(now), 1),
+            ]
+        );
+        assert_eq!(
+            store.finish_run_if_drained(run, lapsed).await.unwrap(),
+            RunDrain::Over
+        );
+        // The worker was only slow: its outcomes win, its attempt counted once.
+        let outcomes: Vec<Outcome> = claimed
+            .iter()
+            .map(|m| outcome(m, MessageStatus::Sent, lapsed))
+            .collect();
+        store.record_outcomes(&outcomes, lapsed + 1).await.unwrap();
+        let (got, _) = rows_by_contact(&store, run).await;
+        assert_eq!(
+            got,
+            [
+                (1, "sent".to_string(), Some(lapsed + 1), 1),
+                (2, "sent".to_string(), Some(lapsed + 1), 1),
+                (3, "delivered".to_string(), Some(now), 1),
+            ]
+        );
     }
 
     async fn workers_send_what_the_planner_hands_over_once(db: &Db) {
@@ -1986,10 +2362,7 @@ mod tests {
         assert_eq!(outbox_ids(&store).await.len(), 10, "each message once");
         let counts = store.run_counts(run).await.unwrap();
         assert_eq!(counts.count(None, "delivered"), 10);
-        assert!(
-            leases(&store, run).await.0.iter().all(|l| l.2.is_none()),
-            "no lease left"
-        );
+        assert!(flights(&store).await.is_empty(), "no flight left");
     }
 
     async fn a_batch_handed_to_another_runs_workers_is_refused(db: &Db) {
@@ -2113,17 +2486,16 @@ mod tests {
             6,
             "each handed message once"
         );
-        assert!(
-            leases(&store, run).await.0.iter().all(|l| l.2.is_none()),
-            "no lease left"
-        );
+        assert!(flights(&store).await.is_empty(), "no flight left");
     }
 
     on_both_databases!(
         gate_cancels_claimed_messages,
         contacts_for_rendering_keep_every_field,
         a_stopped_drain_sends_what_was_handed_then_ends,
-        handed_rows_are_written_sending_under_the_lease,
+        handed_rows_are_written_sent_in_a_flight,
+        a_flight_records_only_what_differs,
+        a_lapsed_flight_ends_unknown,
         workers_send_what_the_planner_hands_over_once,
         a_batch_handed_to_another_runs_workers_is_refused,
         a_paused_plan_stops_at_its_next_lease_renewal,

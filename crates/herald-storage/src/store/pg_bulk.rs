@@ -14,6 +14,7 @@ use sea_orm::sqlx::postgres::{PgArguments, PgBindIterExt};
 use sea_orm::sqlx::{Arguments, Postgres};
 
 use crate::db::Db;
+use crate::store::written_status;
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
@@ -35,17 +36,18 @@ async fn execute(db: &Db, sql: &'static str, args: PgArguments) -> StoreResult<(
         .map_err(err)
 }
 
-/// The planned-message insert of one page; a row given as `sending` is
-/// handed to a worker as written, under the lease ($12, $13), while the run
-/// is planning or running (a run paused in between gets it `planned`).
+/// The planned-message insert of one page; a row given as `sent` or
+/// `delivered` is handed to a worker as written (see `Written`: one
+/// attempt, `sent_at`, `delivered_at` where acceptance is delivery) while
+/// the run is planning or running (a run paused in between gets it `planned`).
 macro_rules! insert_planned {
     () => {
-        "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at, lease_owner, lease_until) \
+        "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at, sent_at, delivered_at) \
          SELECT $1, $2, u.contact_id, u.step, u.arm, u.channel, u.address, u.send_at, \
-           CASE WHEN u.status = 'sending' AND NOT r.live THEN 'planned' ELSE u.status END, \
-           u.reason, 0, 0, 0, 0, $3, $3, \
-           CASE WHEN u.status = 'sending' AND r.live THEN $12::text END, \
-           CASE WHEN u.status = 'sending' AND r.live THEN $13::int8 END \
+           CASE WHEN u.status IN ('sent', 'delivered') AND NOT r.live THEN 'planned' ELSE u.status END, \
+           u.reason, CASE WHEN u.status IN ('sent', 'delivered') AND r.live THEN 1 ELSE 0 END, 0, 0, 0, $3, $3, \
+           CASE WHEN u.status IN ('sent', 'delivered') AND r.live THEN $3 END, \
+           CASE WHEN u.status = 'delivered' AND r.live THEN $3 END \
          FROM UNNEST($4::int8[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[]) \
          AS u(contact_id, step, arm, channel, address, send_at, status, reason), \
          (SELECT state IN ('planning', 'running') AS live FROM runs WHERE id = $1 AND state IN ('planning', 'running', 'paused') FOR SHARE) AS r \
@@ -55,11 +57,16 @@ macro_rules! insert_planned {
 
 const INSERT_PLANNED: &str = insert_planned!();
 
-/// [`INSERT_PLANNED`], returning the rows written `sending`.
+/// [`INSERT_PLANNED`] and, in the same statement, the flight of the rows
+/// handed (lease owner $12, until $13); returns each handed row with the flight's id.
 const INSERT_HANDED: &str = concat!(
     "WITH written AS (",
     insert_planned!(),
-    " RETURNING id, contact_id, step, status) SELECT id, contact_id, step FROM written WHERE status = 'sending'"
+    " RETURNING id, contact_id, step, status), \
+     handed AS (SELECT id, contact_id, step FROM written WHERE status IN ('sent', 'delivered')), \
+     flight AS (INSERT INTO flights (run_id, owner, lease_until, written_at, size, ids) \
+       SELECT $1, $12, $13, $3, COUNT(*), string_agg(id::text, ',') FROM handed HAVING COUNT(*) > 0 RETURNING id) \
+     SELECT handed.id, handed.contact_id, handed.step, flight.id FROM handed, flight"
 );
 
 /// `Store::insert_planned` (and, with `handed`, `Store::insert_handed`) on
@@ -67,7 +74,7 @@ const INSERT_HANDED: &str = concat!(
 /// is open (the states of `OPEN_RUN` in store.rs). `FOR SHARE` waits for a
 /// `herald runs cancel` in progress (it holds the run's row) and then sees
 /// its outcome; a cancel that comes after waits for this page and cancels it.
-/// Returns (id, contact, step) of the rows written `sending`.
+/// Returns the flight and (id, contact, step) of the rows handed in it.
 pub async fn insert_planned(
     db: &Db,
     run_id: i64,
@@ -75,9 +82,9 @@ pub async fn insert_planned(
     rows: &[PlannedMessage],
     handed: Option<Handed<'_>>,
     now: i64,
-) -> StoreResult<Vec<(i64, i64, i32)>> {
+) -> StoreResult<(i64, Vec<(i64, i64, i32)>)> {
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok((0, Vec::new()));
     }
     let is_handed = |i: usize| handed.is_some_and(|h| h.rows.get(i).copied().unwrap_or(false));
     let mut args = PgArguments::default();
@@ -102,12 +109,11 @@ pub async fn insert_planned(
         &mut args,
         rows.iter()
             .enumerate()
-            .map(|(i, m)| {
-                if is_handed(i) {
-                    MessageStatus::Sending.as_str()
-                } else {
-                    m.status.as_str()
+            .map(|(i, m)| match handed {
+                Some(h) if is_handed(i) => {
+                    written_status(m.channel, h.delivered_on_accept).as_str()
                 }
+                _ => m.status.as_str(),
             })
             .bind_iter(),
     )?;
@@ -115,31 +121,44 @@ pub async fn insert_planned(
         &mut args,
         rows.iter().map(|m| m.reason.as_deref()).bind_iter(),
     )?;
-    add(&mut args, handed.map(|h| h.owner))?;
-    add(&mut args, handed.map(|h| h.until))?;
-    let Some(_) = handed else {
+    let Some(h) = handed else {
         execute(db, INSERT_PLANNED, args).await?;
-        return Ok(Vec::new());
+        return Ok((0, Vec::new()));
     };
-    sea_orm::sqlx::query_as_with::<_, (i64, i64, i32), _>(INSERT_HANDED, args)
+    add(&mut args, h.owner)?;
+    add(&mut args, h.until)?;
+    let rows = sea_orm::sqlx::query_as_with::<_, (i64, i64, i32, i64), _>(INSERT_HANDED, args)
         .fetch_all(db.conn.get_postgres_connection_pool())
         .await
-        .map_err(err)
+        .map_err(err)?;
+    let flight = rows.first().map_or(0, |r| r.3);
+    Ok((
+        flight,
+        rows.into_iter()
+            .map(|(id, c, step, _)| (id, c, step))
+            .collect(),
+    ))
 }
 
 /// The outcomes, their attempts and their links in one statement (one
 /// transaction, one round trip). A provider receipt (Twilio's status
 /// callback) can outrun this write: `sent` never overwrites the later
-/// `delivered`, `bounced` or `failed`.
-const RECORD: &str = "WITH x AS (\
-       SELECT * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::bool[], $9::bool[]) \
-       AS x(id, status, reason, provider_id, tried, not_before, accepted, delivered)), \
+/// `delivered`, `bounced` or `failed`. The flights of written messages
+/// ($22) are landed; a message whose row already says its outcome ($21) is
+/// not written again, unless a flight was gone (see `Store::record_outcomes`).
+/// A row written as sent ($20) whose send did not succeed loses its
+/// `sent_at` and `delivered_at`, and its attempt is not counted twice.
+const RECORD: &str = "WITH landed AS (DELETE FROM flights WHERE id = ANY($22::int8[]) RETURNING 1), \
+     x AS (\
+       SELECT * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::bool[], $9::bool[], $20::bool[], $21::bool[]) \
+       AS x(id, status, reason, provider_id, tried, not_before, accepted, delivered, written, settled) \
+       WHERE NOT (x.settled AND (SELECT COUNT(*) FROM landed) = cardinality($22::int8[]))), \
      updated AS (UPDATE messages SET \
        status = CASE WHEN x.status = 'sent' AND messages.status IN ('delivered', 'bounced', 'failed') THEN messages.status ELSE x.status END, \
        reason = x.reason, provider_id = COALESCE(x.provider_id, messages.provider_id), \
-       attempts = messages.attempts + x.tried, not_before = x.not_before, \
-       sent_at = COALESCE(messages.sent_at, CASE WHEN x.accepted THEN $1 END), \
-       delivered_at = COALESCE(messages.delivered_at, CASE WHEN x.delivered THEN $1 END), \
+       attempts = messages.attempts + x.tried - CASE WHEN x.written THEN 1 ELSE 0 END, not_before = x.not_before, \
+       sent_at = CASE WHEN x.written AND NOT x.accepted THEN NULL ELSE COALESCE(messages.sent_at, CASE WHEN x.accepted THEN $1 END) END, \
+       delivered_at = CASE WHEN x.written AND NOT x.accepted THEN NULL ELSE COALESCE(messages.delivered_at, CASE WHEN x.delivered THEN $1 END) END, \
        lease_owner = NULL, lease_until = NULL, updated_at = $1 \
        FROM x WHERE messages.id = x.id RETURNING 1), \
      tried AS (INSERT INTO attempts (message_id, at, result, provider_code, detail, duration_ms) \
@@ -232,6 +251,19 @@ fn record_args(outcomes: &[Outcome], now: i64) -> StoreResult<PgArguments> {
         &mut args,
         links().map(|(_, l)| l.short_code.as_deref()).bind_iter(),
     )?;
+    add(
+        &mut args,
+        outcomes.iter().map(|o| o.written.is_some()).bind_iter(),
+    )?;
+    add(
+        &mut args,
+        outcomes.iter().map(|o| o.already_written()).bind_iter(),
+    )?;
+    let flights: std::collections::BTreeSet<i64> = outcomes
+        .iter()
+        .filter_map(|o| o.written.map(|w| w.flight))
+        .collect();
+    add(&mut args, flights.into_iter().collect::<Vec<i64>>())?;
     Ok(args)
 }
 

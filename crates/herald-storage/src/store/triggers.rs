@@ -106,8 +106,8 @@ impl SqlStore {
                 campaign_id,
                 chunk
                     .iter()
-                    .map(|t| (&t.message, Some((t.trigger_id, t.trigger_at)), false)),
-                None,
+                    .map(|t| (&t.message, Some((t.trigger_id, t.trigger_at)), None)),
+                false,
                 now,
             );
             inserted += txn
