@@ -9,7 +9,8 @@ use herald_domain::config::{
 use herald_domain::token::{TokenKind, TokenSigner};
 use herald_domain::types::{CampaignKind, Channel};
 use herald_templates::{
-    LinkContext, Rendered, TemplateError, TemplateReads, TemplateSet, compose_sms, html_to_text,
+    LinkContext, RenderData, Rendered, TemplateError, TemplateReads, TemplateSet, compose_sms,
+    html_to_text,
 };
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -294,7 +295,12 @@ impl MessageRenderer for CampaignRenderer {
             self.public_url,
             self.signer.sign_message(TokenKind::Unsubscribe, msg.id)
         );
-        let data = template_data(contact, &self.campaign, arm, &unsubscribe_url);
+        let data = RenderData::new(template_data(
+            contact,
+            &self.campaign,
+            arm,
+            &unsubscribe_url,
+        ));
         let locale = contact.locale.as_deref();
         let ctx = |short_links| LinkContext {
             message_id: msg.id,
@@ -317,7 +323,7 @@ impl MessageRenderer for CampaignRenderer {
         let links;
         let title = |ch| {
             self.templates
-                .render_inline(
+                .render_inline_data(
                     &inline_name(&self.campaign.name, &content.key, ch),
                     &data,
                     Some(&ctx(false)),
@@ -330,7 +336,7 @@ impl MessageRenderer for CampaignRenderer {
                 let subject = title(Channel::Email)?;
                 let body = self
                     .templates
-                    .render(&content.template, locale, &data, Some(&ctx(false)))
+                    .render_data(&content.template, locale, &data, Some(&ctx(false)))
                     .map_err(|e| e.to_string())?;
                 message.subject = Some(subject.text);
                 message.text = Some(html_to_text(&body.text));
@@ -353,7 +359,7 @@ impl MessageRenderer for CampaignRenderer {
                 let content = content.sms.ok_or("the variant has no sms content")?;
                 let body = self
                     .templates
-                    .render(&content.template, locale, &data, Some(&ctx(true)))
+                    .render_data(&content.template, locale, &data, Some(&ctx(true)))
                     .map_err(|e| e.to_string())?;
                 let opt_out = if marketing {
                     self.sms_opt_out_line.as_deref()
@@ -374,7 +380,7 @@ impl MessageRenderer for CampaignRenderer {
                 let t = title(Channel::Push)?;
                 let body = self
                     .templates
-                    .render(&content.template, locale, &data, Some(&ctx(false)))
+                    .render_data(&content.template, locale, &data, Some(&ctx(false)))
                     .map_err(|e| e.to_string())?;
                 message.subject = Some(t.text);
                 message.body = body.text.clone();

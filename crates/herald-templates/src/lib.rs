@@ -22,5 +22,5 @@ pub use error::{Position, RenderError, TemplateError};
 pub use helpers::{LinkContext, TrackedLink};
 pub use html_text::html_to_text;
 pub use paths::TemplateReads;
-pub use set::{Rendered, TemplateSet, is_html_template};
+pub use set::{RenderData, Rendered, TemplateSet, is_html_template};
 pub use sms::{SmsCount, SmsEncoding, check_sms_template_length, compose_sms, sms_segments};

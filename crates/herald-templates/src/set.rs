@@ -215,6 +215,17 @@ impl TemplateSet {
         data: &Value,
         links: Option<&LinkContext>,
     ) -> Result<Rendered, RenderError> {
+        self.render_data(name, locale, &RenderData::new(data.clone()), links)
+    }
+
+    /// [`TemplateSet::render`] with data prepared once for several templates.
+    pub fn render_data(
+        &self,
+        name: &str,
+        locale: Option<&str>,
+        data: &RenderData,
+        links: Option<&LinkContext>,
+    ) -> Result<Rendered, RenderError> {
         let resolved = self.resolve(name, locale);
         let registry = if is_html_template(resolved) {
             &self.html
@@ -229,6 +240,16 @@ impl TemplateSet {
         &self,
         name: &str,
         data: &Value,
+        links: Option<&LinkContext>,
+    ) -> Result<Rendered, RenderError> {
+        self.render_inline_data(name, &RenderData::new(data.clone()), links)
+    }
+
+    /// [`TemplateSet::render_inline`] with data prepared once for several templates.
+    pub fn render_inline_data(
+        &self,
+        name: &str,
+        data: &RenderData,
         links: Option<&LinkContext>,
     ) -> Result<Rendered, RenderError> {
         render_in(&self.inline, name, data, links)
@@ -383,17 +404,27 @@ fn collect_files(
     Ok(())
 }
 
-/// A copy of `v` without object members that are null: null renders as missing.
-fn without_nulls(v: &Value) -> Value {
+/// Template data ready to render: its null object members removed (null
+/// renders as missing), once for every template of a message.
+pub struct RenderData(Context);
+
+impl RenderData {
+    /// `data`, without its null object members.
+    pub fn new(mut data: Value) -> Self {
+        strip_nulls(&mut data);
+        Self(Context::from(data))
+    }
+}
+
+/// Removes the object members of `v` that are null, at every depth.
+fn strip_nulls(v: &mut Value) {
     match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), without_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
-        other => other.clone(),
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
     }
 }
 
@@ -401,7 +432,7 @@ fn without_nulls(v: &Value) -> Value {
 fn render_in(
     registry: &Handlebars<'static>,
     name: &str,
-    data: &Value,
+    data: &RenderData,
     links: Option<&LinkContext>,
 ) -> Result<Rendered, RenderError> {
     if !registry.has_template(name) {
@@ -409,10 +440,9 @@ fn render_in(
             template: name.to_owned(),
         });
     }
-    let ctx = Context::from(without_nulls(data));
     let guard = CollectGuard::begin(links);
     let text = registry
-        .render_with_context(name, &ctx)
+        .render_with_context(name, &data.0)
         .map_err(|e| map_error(&e, name))?;
     Ok(Rendered {
         text,
