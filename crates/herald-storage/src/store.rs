@@ -234,8 +234,7 @@ const OPEN_RUN: &str = "state IN ('planning', 'running', 'paused')";
 /// its (run, contact, step, trigger) is left as it is. A handed row is
 /// written as sent ([`Written`]: its status, `sent_at`, one attempt) while
 /// the run is planning or running, and `planned` when it was paused in
-/// between: a paused run sends nothing. With `returning`, returns the rows
-/// written (id, contact, step, status).
+/// between: a paused run sends nothing.
 fn insert_messages_sql<'a>(
     b: DbBackend,
     run_id: i64,
@@ -247,7 +246,6 @@ fn insert_messages_sql<'a>(
             Option<MessageStatus>,
         ),
     >,
-    returning: bool,
     now: i64,
 ) -> Sql {
     let mut q = Sql::new();
@@ -302,9 +300,6 @@ fn insert_messages_sql<'a>(
     }
     // `WHERE true`: SQLite reads `ON CONFLICT` after a bare join as a join constraint.
     q.push(") AS r WHERE true ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING");
-    if returning {
-        q.push(" RETURNING id, contact_id, step, status");
-    }
     q
 }
 
@@ -522,7 +517,6 @@ impl SqlStore {
                     run_id,
                     campaign_id,
                     chunk.iter().map(|m| (m, None, None)),
-                    false,
                     now,
                 );
                 self.exec(q).await?;
@@ -542,17 +536,30 @@ impl SqlStore {
                         .then(|| written_status(m.channel, h.delivered_on_accept));
                     (m, None, status)
                 }),
-                true,
                 now,
             );
-            for r in txn.query_all_raw(q.build(b)).await.map_err(err)? {
-                let status: String = get(&r, 3)?;
-                if status == MessageStatus::Sent.as_str()
-                    || status == MessageStatus::Delivered.as_str()
-                {
-                    written.push((get(&r, 0)?, get(&r, 1)?, get(&r, 2)?));
-                }
+            // The rows this insert wrote have the ids just below the last
+            // one (the writer holds the lock; a row left as it was takes
+            // none): read back the handed ones as one JSON value, not row
+            // by row through `RETURNING` (a thread hand-off a row in sqlx).
+            let res = txn.execute_raw(q.build(b)).await.map_err(err)?;
+            let n = res.rows_affected() as i64;
+            if n == 0 {
+                continue;
             }
+            let last = res.last_insert_id() as i64;
+            let mut q = Sql::new();
+            q.push("SELECT json_group_array(json_array(id, contact_id, step)) FROM messages WHERE id BETWEEN ")
+                .bind(last - n + 1)
+                .push(" AND ")
+                .bind(last)
+                // `+status`: read by the id range, not through an index on status.
+                .push(" AND +status IN ('sent', 'delivered')");
+            let r = txn.query_one_raw(q.build(b)).await.map_err(err)?;
+            let r = r.ok_or_else(|| err("no row"))?;
+            let rows: Vec<(i64, i64, i32)> =
+                serde_json::from_str(&get::<String>(&r, 0)?).map_err(err)?;
+            written.extend(rows);
         }
         let mut flight = 0;
         if !written.is_empty() {

@@ -107,7 +107,6 @@ impl SqlStore {
                 chunk
                     .iter()
                     .map(|t| (&t.message, Some((t.trigger_id, t.trigger_at)), None)),
-                false,
                 now,
             );
             inserted += txn
