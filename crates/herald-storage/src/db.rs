@@ -141,7 +141,8 @@ impl Db {
 
     /// Deletes every row of every herald table (tests, the demo and benchmarks start clean).
     pub async fn truncate_all(&self) -> Result<(), DbError> {
-        const TABLES: [&str; 16] = [
+        const TABLES: [&str; 17] = [
+            "flights",
             "trigger_cursors",
             "entry_passes",
             "entry_members",
