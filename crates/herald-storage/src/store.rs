@@ -2041,20 +2041,9 @@ mod tests {
     async fn flights(store: &SqlStore) -> Vec<(i64, String, i64, i64, String)> {
         let mut q = Sql::new();
         q.push("SELECT run_id, owner, lease_until, size, ids FROM flights ORDER BY id");
-        store
-            .all(q)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    get(r, 0).unwrap(),
-                    get(r, 1).unwrap(),
-                    get(r, 2).unwrap(),
-                    get(r, 3).unwrap(),
-                    get(r, 4).unwrap(),
-                )
-            })
+        let rows = store.all(q).await.unwrap();
+        rows.iter()
+            .map(|r| r.try_get_many_by_index().unwrap())
             .collect()
     }
 
@@ -2234,23 +2223,10 @@ mod tests {
             Option<String>,
             i64,
         );
-        let got: Vec<Got> = store
-            .all(q)
-            .await
-            .unwrap()
+        let rows = store.all(q).await.unwrap();
+        let got: Vec<Got> = rows
             .iter()
-            .map(|r| {
-                (
-                    get(r, 0).unwrap(),
-                    get(r, 1).unwrap(),
-                    get(r, 2).unwrap(),
-                    get(r, 3).unwrap(),
-                    get(r, 4).unwrap(),
-                    get(r, 5).unwrap(),
-                    get(r, 6).unwrap(),
-                    get(r, 7).unwrap(),
-                )
-            })
+            .map(|r| r.try_get_many_by_index().unwrap())
             .collect();
         let s = |x: &str| x.to_string();
         assert_eq!(
