@@ -2282,6 +2282,17 @@ mod tests {
             "a flight in the air keeps the run open"
         );
         assert_eq!(store.run_pending(run, now).await.unwrap(), (3, 0));
+        let status = crate::runs::status(db, now, 10).await.unwrap();
+        let sending: Vec<(&str, i64)> = status
+            .channels
+            .iter()
+            .map(|c| (c.channel.as_str(), c.sending))
+            .collect();
+        assert_eq!(
+            sending,
+            [("email", 3)],
+            "herald status counts a flight as sending"
+        );
         // A receipt for the third message arrives before the crash.
         let mut q = Sql::new();
         q.push("UPDATE messages SET status = 'delivered', delivered_at = ")
