@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::handoff::Handoff;
 use crate::render::{MessageRenderer, RenderOutput};
 use crate::store::{
-    AttemptRecord, ClaimedMessage, Outcome, RunDrain, Store, StoreError, StoreResult, Written,
+    AttemptRecord, ClaimedMessage, Outcome, RunDrain, Store, StoreError, StoreResult,
 };
 
 /// Decides, just before sending, which claimed messages must not go out (an exit condition, a contact who left the audience).
@@ -199,10 +199,12 @@ impl RendererSource for HashMap<String, Arc<dyn MessageRenderer>> {
     }
 }
 
-/// A failed outcome with no attempt at a provider.
-fn failed(message_id: i64, reason: String) -> Outcome {
+/// A failed outcome of `msg` with no attempt at a provider; it carries how
+/// the message's row was written in advance (a handed message's flight), so
+/// that recording writes only what differs.
+fn failed(msg: &ClaimedMessage, reason: String) -> Outcome {
     Outcome {
-        message_id,
+        message_id: msg.id,
         status: MessageStatus::Failed,
         reason: Some(reason),
         retry_at: None,
@@ -211,27 +213,7 @@ fn failed(message_id: i64, reason: String) -> Outcome {
         links: vec![],
         suppress_address: None,
         reroute: None,
-        written: None,
-    }
-}
-
-/// How the rows of `batch` were written in advance, by message id (the
-/// handed messages of a flight).
-fn written_rows(batch: &[ClaimedMessage]) -> HashMap<i64, Written> {
-    batch
-        .iter()
-        .filter_map(|m| m.written.map(|w| (m.id, w)))
-        .collect()
-}
-
-/// Tells each outcome how its row was written in advance, so that
-/// recording writes only what differs.
-fn mark_written(written: &HashMap<i64, Written>, outcomes: &mut [Outcome]) {
-    if written.is_empty() {
-        return;
-    }
-    for o in outcomes {
-        o.written = written.get(&o.message_id).copied();
+        written: msg.written,
     }
 }
 
@@ -461,18 +443,17 @@ impl Dispatcher {
                     Some(r) => self.send_batch(batch, r.as_ref(), &mut stats).await?,
                     None => {
                         let name = campaigns[&run_id].clone().unwrap_or_default();
-                        let mut outcomes: Vec<Outcome> = batch
+                        let outcomes: Vec<Outcome> = batch
                             .iter()
                             .map(|m| {
                                 failed(
-                                    m.id,
+                                    m,
                                     format!(
                                         "the campaign `{name}` is no longer in config/campaigns"
                                     ),
                                 )
                             })
                             .collect();
-                        mark_written(&written_rows(&batch), &mut outcomes);
                         stats.failed += outcomes.len() as u64;
                         self.store
                             .record_outcomes(&outcomes, self.clock.now_ms())
@@ -545,21 +526,22 @@ impl Dispatcher {
         stats: &mut DispatchStats,
     ) -> StoreResult<()> {
         let mut outcomes = Vec::with_capacity(claimed.len());
-        // Cancelled and unrenderable messages of a flight too were written as sent.
-        let written = written_rows(&claimed);
         let mut claimed = claimed;
         if let Some(gate) = &self.gate {
             let t = Instant::now();
-            let cancel: HashMap<i64, String> = gate
+            let mut cancel: HashMap<i64, String> = gate
                 .check(&claimed, self.clock.now_ms())
                 .await?
                 .into_iter()
                 .collect();
             if !cancel.is_empty() {
-                claimed.retain(|m| !cancel.contains_key(&m.id));
-                outcomes.extend(cancel.into_iter().map(|(id, reason)| Outcome {
+                let (gone, kept): (Vec<_>, Vec<_>) = claimed
+                    .into_iter()
+                    .partition(|m| cancel.contains_key(&m.id));
+                claimed = kept;
+                outcomes.extend(gone.iter().map(|m| Outcome {
                     status: MessageStatus::Cancelled,
-                    ..failed(id, reason)
+                    ..failed(m, cancel.remove(&m.id).unwrap_or_default())
                 }));
                 stats.cancelled += outcomes.len() as u64;
             }
@@ -587,12 +569,8 @@ impl Dispatcher {
                 Ok(out) => ready.push((msg, out)),
                 Err(why) => {
                     stats.failed += 1;
+                    let reason = format!("render_error: {why}");
                     outcomes.push(Outcome {
-                        message_id: msg.id,
-                        status: MessageStatus::Failed,
-                        reason: Some(format!("render_error: {why}")),
-                        retry_at: None,
-                        provider_id: None,
                         attempt: Some(AttemptRecord {
                             at: now,
                             result: "render_error".into(),
@@ -600,10 +578,7 @@ impl Dispatcher {
                             detail: Some(why),
                             duration_ms: 0,
                         }),
-                        links: vec![],
-                        suppress_address: None,
-                        reroute: None,
-                        written: None,
+                        ..failed(&msg, reason)
                     })
                 }
             }
@@ -641,7 +616,6 @@ impl Dispatcher {
         stats.stages.send += t.elapsed();
         let t = Instant::now();
         outcomes.extend(results);
-        mark_written(&written, &mut outcomes);
         self.store
             .record_outcomes(&outcomes, self.clock.now_ms())
             .await?;
@@ -704,16 +678,9 @@ impl Dispatcher {
 
     async fn send_one(&self, msg: &ClaimedMessage, out: RenderOutput) -> Outcome {
         let mut outcome = Outcome {
-            message_id: msg.id,
-            status: MessageStatus::Failed,
             reason: None,
-            retry_at: None,
-            provider_id: None,
-            attempt: None,
             links: out.links,
-            suppress_address: None,
-            reroute: None,
-            written: None,
+            ..failed(msg, String::new())
         };
         let Some(route) = self.routes.get(&msg.channel) else {
             outcome.reason = Some(format!("no {} channel is configured", msg.channel));

@@ -1774,6 +1774,46 @@ mod tests {
         assert_eq!(outbox_ids(&store).await.len(), 5);
     }
 
+    /// A handed message the gate cancels was written as sent: it ends
+    /// `cancelled` with no `sent_at`, `delivered_at` or attempt, while the
+    /// rest of its flight stays as written.
+    async fn the_gate_cancels_handed_messages_as_never_sent(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, rows) = planning_run(&store, 4).await;
+        let now = SystemClock.now_ms();
+        let handoff = Arc::new(
+            Handoff::new("planner".into(), 4, Duration::from_secs(60))
+                .with_delivered_on_accept(vec![Channel::Email]),
+        );
+        let d = dispatcher(&store, 4)
+            .with_handoff(handoff.clone())
+            .with_gate(Arc::new(OddContactsLeft));
+        let drain = tokio::spawn(async move { d.drain_run(run, &Plain).await });
+        let permit = handoff.reserve().await.expect("the slot is free");
+        permit.send(hand(&store, &handoff, (run, campaign), &rows, now).await);
+        let stats = last_page(&store, (run, campaign), &[], now, drain).await;
+        assert_eq!((stats.handed, stats.accepted, stats.cancelled), (4, 2, 2));
+        let mut q = Sql::new();
+        q.push("SELECT contact_id, status, sent_at, delivered_at, attempts FROM messages WHERE run_id = ")
+            .bind(run)
+            .push(" ORDER BY contact_id");
+        type Got = (i64, String, Option<i64>, Option<i64>, i32);
+        let got: Vec<Got> = store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_many_by_index().unwrap())
+            .collect();
+        let cancelled = |c| (c, "cancelled".to_string(), None, None, 0);
+        let delivered = |c| (c, "delivered".to_string(), Some(now), Some(now), 1);
+        assert_eq!(
+            got,
+            [cancelled(1), delivered(2), cancelled(3), delivered(4)]
+        );
+        assert!(flights(&store).await.is_empty(), "the flight landed");
+    }
+
     /// A message that comes due again behind a worker's cursor (a retry
     /// whose wait ended) is still claimed and sent, exactly once.
     async fn claims_find_messages_behind_the_cursor(db: &Db) {
@@ -2485,6 +2525,7 @@ mod tests {
 
     on_both_databases!(
         gate_cancels_claimed_messages,
+        the_gate_cancels_handed_messages_as_never_sent,
         contacts_for_rendering_keep_every_field,
         a_stopped_drain_sends_what_was_handed_then_ends,
         handed_rows_are_written_sent_in_a_flight,
