@@ -202,11 +202,19 @@ fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> StoreResult<T> {
 /// whatever the number of ids, so each database prepares and caches it once
 /// instead of once per list length, and PostgreSQL plans one parameter, not 1,000.
 fn id_set(q: &mut Sql, b: DbBackend, ids: &[i64]) {
-    let list = ids
-        .iter()
+    id_list_set(q, b, &id_list(ids));
+}
+
+/// Ids comma-separated, as [`id_set`] binds them and a flight stores them.
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
-        .join(",");
+        .join(",")
+}
+
+/// [`id_set`] of ids already in an [`id_list`].
+fn id_list_set(q: &mut Sql, b: DbBackend, list: &str) {
     if b == DbBackend::Postgres {
         q.push("(SELECT unnest(")
             .bind(format!("{{{list}}}"))
@@ -467,33 +475,34 @@ fn audience_member(r: AudienceRow) -> AudienceMember {
     }
 }
 
-impl SqlStore {
-    /// The rows of `q` as `T`s. On SQLite, SQLite folds them into one JSON
-    /// array, each row `json_array(items)` over `q`'s columns, and serde reads
-    /// it: sqlx hands each result row from SQLite's connection thread to the
-    /// caller separately, with a copy of each value, and for a batch of a
-    /// thousand rows that cost more than reading them. PostgreSQL streams
-    /// rows over its protocol, read by `row`.
-    async fn rows_of<T: serde::de::DeserializeOwned>(
-        &self,
-        mut q: Sql,
-        items: &str,
-        row: impl Fn(&QueryResult) -> StoreResult<T>,
-    ) -> StoreResult<Vec<T>> {
-        if self.b() != DbBackend::Sqlite {
-            return self.all(q).await?.iter().map(row).collect();
-        }
-        q.text = format!(
-            "SELECT json_group_array(json_array({items})) FROM ({}) AS p",
-            q.text
-        );
-        let rows = self.all(q).await?;
-        match rows.first() {
-            Some(r) => serde_json::from_str(&get::<String>(r, 0)?).map_err(err),
-            None => Ok(Vec::new()),
-        }
+/// The rows of `q`, run on `conn`, as `T`s. On SQLite, SQLite folds them
+/// into one JSON array, each row `json_array(items)` over `q`'s columns, and
+/// serde reads it: sqlx hands each result row from SQLite's connection
+/// thread to the caller separately, with a copy of each value, and for a
+/// batch of a thousand rows that cost more than reading them. PostgreSQL
+/// streams rows over its protocol, read by `row`.
+async fn rows_of<T: serde::de::DeserializeOwned>(
+    conn: &impl ConnectionTrait,
+    mut q: Sql,
+    items: &str,
+    row: impl Fn(&QueryResult) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let b = conn.get_database_backend();
+    if b != DbBackend::Sqlite {
+        let rows = conn.query_all_raw(q.build(b)).await.map_err(err)?;
+        return rows.iter().map(row).collect();
     }
+    q.text = format!(
+        "SELECT json_group_array(json_array({items})) FROM ({}) AS p",
+        q.text
+    );
+    match conn.query_one_raw(q.build(b)).await.map_err(err)? {
+        Some(r) => serde_json::from_str(&get::<String>(&r, 0)?).map_err(err),
+        None => Ok(Vec::new()),
+    }
+}
 
+impl SqlStore {
     /// Writes one page of planned messages of `run_id`; those `handed` marks
     /// are written as sent ([`Written`]), in one flight under its lease,
     /// in the same transaction. Returns the flight and (id, contact, step)
@@ -549,17 +558,16 @@ impl SqlStore {
             }
             let last = res.last_insert_id() as i64;
             let mut q = Sql::new();
-            q.push("SELECT json_group_array(json_array(id, contact_id, step)) FROM messages WHERE id BETWEEN ")
+            q.push("SELECT id, contact_id, step FROM messages WHERE id BETWEEN ")
                 .bind(last - n + 1)
                 .push(" AND ")
                 .bind(last)
                 // `+status`: read by the id range, not through an index on status.
                 .push(" AND +status IN ('sent', 'delivered')");
-            let r = txn.query_one_raw(q.build(b)).await.map_err(err)?;
-            let r = r.ok_or_else(|| err("no row"))?;
-            let rows: Vec<(i64, i64, i32)> =
-                serde_json::from_str(&get::<String>(&r, 0)?).map_err(err)?;
-            written.extend(rows);
+            let handed = rows_of(&txn, q, "id, contact_id, step", |r| {
+                Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?))
+            });
+            written.extend(handed.await?);
         }
         let mut flight = 0;
         if !written.is_empty() {
@@ -578,7 +586,7 @@ impl SqlStore {
             .push(", ")
             .bind(ids.len() as i64)
             .push(", ")
-            .bind(flight_ids(&ids))
+            .bind(id_list(&ids))
             .push(") RETURNING id");
             let r = txn.query_one_raw(q.build(b)).await.map_err(err)?;
             flight = get(&r.ok_or_else(|| err("no flight row"))?, 0)?;
@@ -586,14 +594,6 @@ impl SqlStore {
         txn.commit().await.map_err(err)?;
         Ok((flight, written))
     }
-}
-
-/// A flight's message ids as stored: comma-separated.
-pub(crate) fn flight_ids(ids: &[i64]) -> String {
-    ids.iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Deletes the flights of `outcomes`' written messages as the worker
@@ -618,14 +618,6 @@ async fn land_flights(
     id_set(&mut q, b, &flights);
     let deleted = txn.execute_raw(q.build(b)).await.map_err(err)?;
     Ok(deleted.rows_affected() == flights.len() as u64)
-}
-
-/// A flight's stored message ids, read back.
-fn parse_flight_ids(ids: &str) -> StoreResult<Vec<i64>> {
-    ids.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|e| err(format!("flight id list: {e}"))))
-        .collect()
 }
 
 #[async_trait]
@@ -742,13 +734,13 @@ impl Store for SqlStore {
                 }
                 PagerStep::Page(q) => q,
             };
-            let page = self
-                .rows_of(
-                    q,
-                    "a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12",
-                    audience_row,
-                )
-                .await?;
+            let page = rows_of(
+                &self.db.conn,
+                q,
+                "a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12",
+                audience_row,
+            )
+            .await?;
             pager.done(page.len());
             let first = members.len();
             members.extend(page.into_iter().map(audience_member));
@@ -952,23 +944,21 @@ impl Store for SqlStore {
             .push(" RETURNING written_at, ids");
         for r in txn.query_all_raw(q.build(b)).await.map_err(err)? {
             let written_at: i64 = get(&r, 0)?;
-            let ids = parse_flight_ids(&get::<String>(&r, 1)?)?;
-            for chunk in ids.chunks(INSERT_CHUNK) {
-                let mut q = Sql::new();
-                q.push("UPDATE messages SET status = 'unknown', reason = ")
-                    .bind(WHY)
-                    .push(", sent_at = NULL, delivered_at = NULL, updated_at = ")
-                    .bind(now)
-                    .push(" WHERE status IN ('sent', 'delivered') AND updated_at = ")
-                    .bind(written_at)
-                    .push(" AND id IN ");
-                id_set(&mut q, b, chunk);
-                ended += txn
-                    .execute_raw(q.build(b))
-                    .await
-                    .map_err(err)?
-                    .rows_affected();
-            }
+            let ids: String = get(&r, 1)?;
+            let mut q = Sql::new();
+            q.push("UPDATE messages SET status = 'unknown', reason = ")
+                .bind(WHY)
+                .push(", sent_at = NULL, delivered_at = NULL, updated_at = ")
+                .bind(now)
+                .push(" WHERE status IN ('sent', 'delivered') AND updated_at = ")
+                .bind(written_at)
+                .push(" AND id IN ");
+            id_list_set(&mut q, b, &ids);
+            ended += txn
+                .execute_raw(q.build(b))
+                .await
+                .map_err(err)?
+                .rows_affected();
         }
         txn.commit().await.map_err(err)?;
         Ok(ended)
@@ -1049,8 +1039,7 @@ impl Store for SqlStore {
         q.push("SELECT id, external_id, email, phone, timezone, locale, attrs, tags FROM contacts WHERE id IN ");
         id_set(&mut q, self.b(), &ids);
         let items = "id, external_id, email, phone, timezone, locale, json(attrs), json(tags)";
-        let mut contacts: Vec<ContactView> = self
-            .rows_of(q, items, contact_row)
+        let mut contacts: Vec<ContactView> = rows_of(&self.db.conn, q, items, contact_row)
             .await?
             .into_iter()
             .map(contact_view)
