@@ -2097,6 +2097,29 @@ mod tests {
             .unwrap()
     }
 
+    /// A planner that lost its lease may write a page the next one wrote
+    /// too: the rows already there are kept as they are, the new ones added.
+    async fn a_page_written_twice_keeps_its_first_rows(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, rows) = planning_run(&store, 4).await;
+        let now = SystemClock.now_ms();
+        store
+            .insert_planned(run, campaign, &rows[..2], now)
+            .await
+            .unwrap();
+        let (first, ids) = rows_by_contact(&store, run).await;
+        store
+            .insert_planned(run, campaign, &rows, now + 1)
+            .await
+            .expect("an overlapping page is written, not refused");
+        let (written, again) = rows_by_contact(&store, run).await;
+        assert_eq!(written.len(), 4, "{written:?}");
+        assert_eq!(written[..2], first[..], "the first rows are untouched");
+        for (contact, id) in ids {
+            assert_eq!(again[&contact], id, "no second row for contact {contact}");
+        }
+    }
+
     async fn handed_rows_are_written_sent_in_a_flight(db: &Db) {
         let store = SqlStore::new(db.clone());
         let (run, campaign, mut rows) = planning_run(&store, 8).await;
@@ -2518,6 +2541,7 @@ mod tests {
         contacts_for_rendering_keep_every_field,
         a_stopped_drain_sends_what_was_handed_then_ends,
         handed_rows_are_written_sent_in_a_flight,
+        a_page_written_twice_keeps_its_first_rows,
         a_flight_records_only_what_differs,
         a_lapsed_flight_ends_unknown,
         workers_send_what_the_planner_hands_over_once,
