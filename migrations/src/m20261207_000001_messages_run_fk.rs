@@ -23,7 +23,9 @@ impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         if m.get_database_backend() == DbBackend::Postgres {
             m.get_connection()
-                .execute_unprepared("ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_run_id_fkey")
+                .execute_unprepared(
+                    "ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_run_id_fkey",
+                )
                 .await?;
         }
         Ok(())

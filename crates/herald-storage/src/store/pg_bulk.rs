@@ -61,7 +61,10 @@ macro_rules! insert_planned {
 /// too: the first try skips `ON CONFLICT`, whose speculative insertion probes
 /// the unique index once more a row (a tenth of the statement's time), and
 /// only a unique violation takes the second, which skips the rows written.
-const INSERT_PLANNED: [&str; 2] = [insert_planned!(""), insert_planned!(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING")];
+const INSERT_PLANNED: [&str; 2] = [
+    insert_planned!(""),
+    insert_planned!(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING"),
+];
 
 /// [`INSERT_PLANNED`] and, in the same statement, the flight of the rows
 /// handed (lease owner $12, until $13); returns each handed row with the flight's id.
@@ -79,7 +82,10 @@ macro_rules! insert_handed {
     };
 }
 
-const INSERT_HANDED: [&str; 2] = [insert_handed!(""), insert_handed!(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING")];
+const INSERT_HANDED: [&str; 2] = [
+    insert_handed!(""),
+    insert_handed!(" ON CONFLICT (run_id, contact_id, step, trigger_id) DO NOTHING"),
+];
 
 /// Whether a statement failed on a unique index (SQLSTATE 23505).
 fn is_unique_violation<T>(result: &Result<T, sea_orm::sqlx::Error>) -> bool {
@@ -152,7 +158,8 @@ pub async fn insert_planned(
     };
     add(&mut args, h.owner)?;
     add(&mut args, h.until)?;
-    let handed = |sql| sea_orm::sqlx::query_as_with::<_, (i64, i64, i32, i64), _>(sql, args.clone());
+    let handed =
+        |sql| sea_orm::sqlx::query_as_with::<_, (i64, i64, i32, i64), _>(sql, args.clone());
     let mut rows = handed(INSERT_HANDED[0]).fetch_all(pool).await;
     if is_unique_violation(&rows) {
         rows = handed(INSERT_HANDED[1]).fetch_all(pool).await;
