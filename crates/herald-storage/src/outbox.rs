@@ -97,3 +97,55 @@ async fn insert(db: &Db, jobs: &[Job]) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_db::on_both_databases;
+    use herald_domain::types::Channel;
+
+    fn email(id: i64, body: &str) -> RenderedMessage {
+        RenderedMessage {
+            message_id: id,
+            channel: Channel::Email,
+            to: format!("c{id}@example.com"),
+            subject: Some("Hello".into()),
+            body: body.into(),
+            text: Some(body.into()),
+            unsubscribe_url: Some(format!("https://t.example.com/u/{id}")),
+            return_path: None,
+            status_callback: None,
+        }
+    }
+
+    /// A message put again (a send retried after a write whose answer was
+    /// lost) is accepted and keeps its first copy; the others beside it are written.
+    async fn a_message_put_twice_keeps_its_first_copy(db: &Db) {
+        let outbox = BatchedOutbox::start(db.clone());
+        outbox.put(&email(1, "first")).await.unwrap();
+        let (second, beside) = (email(1, "second"), email(2, "other"));
+        let (again, other) = tokio::join!(outbox.put(&second), outbox.put(&beside));
+        again.expect("a repeated put succeeds");
+        other.expect("the put beside it succeeds");
+        let rows = db
+            .conn
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.backend(),
+                "SELECT message_id, body FROM outbox ORDER BY message_id",
+            ))
+            .await
+            .unwrap();
+        let got: Vec<(i64, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get_by_index(0).unwrap(),
+                    r.try_get_by_index(1).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [(1, "first".to_string()), (2, "other".to_string())]);
+    }
+
+    on_both_databases!(a_message_put_twice_keeps_its_first_copy);
+}
