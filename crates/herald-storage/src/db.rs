@@ -253,4 +253,33 @@ mod tests {
             .unwrap();
         assert_eq!(n, 2);
     }
+
+    /// The bundled SQLite is built as `.cargo/config.toml` says: no memory
+    /// statistics and a page cache of its own a connection, each of which
+    /// otherwise takes a global mutex on SQLite's hottest paths (README, "A whole run").
+    #[tokio::test]
+    async fn the_bundled_sqlite_takes_no_global_mutex_per_allocation_or_page() {
+        use sea_orm::ConnectionTrait;
+        let db = Db::connect("sqlite::memory:").await.unwrap();
+        let rows = db
+            .conn
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.backend(),
+                "PRAGMA compile_options",
+            ))
+            .await
+            .unwrap();
+        let options: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get_by_index(0).unwrap())
+            .collect();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
 }
