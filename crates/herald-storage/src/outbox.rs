@@ -137,12 +137,7 @@ mod tests {
             .unwrap();
         let got: Vec<(i64, String)> = rows
             .iter()
-            .map(|r| {
-                (
-                    r.try_get_by_index(0).unwrap(),
-                    r.try_get_by_index(1).unwrap(),
-                )
-            })
+            .map(|r| r.try_get_many_by_index().unwrap())
             .collect();
         assert_eq!(got, [(1, "first".to_string()), (2, "other".to_string())]);
     }
