@@ -21,9 +21,6 @@ use serde::{Deserialize, Serialize};
 use crate::http::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE, DEFAULT_TIMEOUT};
 use crate::{Channel, DeliveryError, ProviderReceipt, RenderedMessage};
 
-/// Acceptance counts as delivery (SPEC section 1): there is no receipt to wait for.
-const DELIVERED_ON_ACCEPT: bool = true;
-
 /// FCM's API, when the config names no other.
 pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
 /// The OAuth2 scope FCM HTTP v1 requires.
@@ -374,7 +371,8 @@ struct Notification<'a> {
 #[async_trait]
 impl Channel for FcmChannel {
     fn delivered_on_accept(&self) -> bool {
-        DELIVERED_ON_ACCEPT
+        // SPEC section 1: acceptance is delivery, no receipt to wait for.
+        true
     }
 
     async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError> {
@@ -449,7 +447,6 @@ fn accepted(status: u16, body: &[u8]) -> Result<ProviderReceipt, DeliveryError> 
         Ok(sent) if !sent.name.is_empty() => Ok(ProviderReceipt {
             detail: format!("{status} {}", sent.name),
             provider_id: Some(sent.name),
-            delivered_on_accept: DELIVERED_ON_ACCEPT,
         }),
         _ => Err(DeliveryError::Ambiguous {
             detail: format!(
@@ -685,7 +682,6 @@ mod tests {
             ok.provider_id.as_deref(),
             Some("projects/p/messages/0:1%ab")
         );
-        assert!(ok.delivered_on_accept);
         for bad in [&b"{\"name\": \"proj"[..], b"{}", b"<html>"] {
             assert!(matches!(
                 accepted(200, bad),

@@ -48,8 +48,6 @@ pub struct RenderedMessage {
 pub struct ProviderReceipt {
     /// The provider's id for the message (SMTP queue id, Twilio SID, FCM name).
     pub provider_id: Option<String>,
-    /// Whether acceptance counts as delivered (SMTP, FCM, outbox) or a receipt will follow (Twilio).
-    pub delivered_on_accept: bool,
     /// The provider's own words, for the attempt log.
     pub detail: String,
 }
@@ -121,11 +119,9 @@ pub trait Channel: Send + Sync {
     /// Hands one message to the provider.
     async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError>;
 
-    /// Whether this adapter's acceptance counts as delivery: the
-    /// `delivered_on_accept` of every receipt it returns. A message handed
-    /// to it is written `delivered` before the send (`sent` otherwise), so
-    /// that an accepted send needs no second write.
-    fn delivered_on_accept(&self) -> bool {
-        false
-    }
+    /// Whether this adapter's acceptance counts as delivery (SMTP, FCM, the
+    /// outbox) or a receipt will follow (Twilio): an accepted send ends
+    /// `delivered` or `sent`. A message handed to it is written so before
+    /// the send, so that an accepted send needs no second write.
+    fn delivered_on_accept(&self) -> bool;
 }

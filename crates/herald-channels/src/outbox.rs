@@ -8,9 +8,6 @@ use async_trait::async_trait;
 
 use crate::{Channel, DeliveryError, ProviderReceipt, RenderedMessage};
 
-/// Acceptance counts as delivery (SPEC section 1): there is no receipt to wait for.
-const DELIVERED_ON_ACCEPT: bool = true;
-
 /// Where outbox messages are kept (the database implements it).
 #[async_trait]
 pub trait OutboxSink: Send + Sync {
@@ -33,7 +30,8 @@ impl OutboxChannel {
 #[async_trait]
 impl Channel for OutboxChannel {
     fn delivered_on_accept(&self) -> bool {
-        DELIVERED_ON_ACCEPT
+        // SPEC section 1: acceptance is delivery, no receipt to wait for.
+        true
     }
 
     async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError> {
@@ -44,7 +42,6 @@ impl Channel for OutboxChannel {
                 // The outbox row is keyed by the message id: no id of its
                 // own to record (and so no second write of a handed message).
                 provider_id: None,
-                delivered_on_accept: DELIVERED_ON_ACCEPT,
                 detail: "kept in the outbox".into(),
             })
             .map_err(|e| DeliveryError::Transient {

@@ -31,9 +31,6 @@ use tokio::sync::Semaphore;
 
 use crate::{Channel, DeliveryError, ProviderReceipt, RenderedMessage};
 
-/// Acceptance counts as delivery (SPEC section 1): there is no receipt to wait for.
-const DELIVERED_ON_ACCEPT: bool = true;
-
 /// Connections kept open at most, when the config does not say.
 pub const DEFAULT_POOL_SIZE: usize = 8;
 /// Limit on each step (connect, handshake, each command, the content), when the config does not say.
@@ -466,7 +463,8 @@ impl SmtpChannel {
 #[async_trait]
 impl Channel for SmtpChannel {
     fn delivered_on_accept(&self) -> bool {
-        DELIVERED_ON_ACCEPT
+        // SPEC section 1: acceptance is delivery, no receipt to wait for.
+        true
     }
 
     async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError> {
@@ -675,7 +673,6 @@ fn receipt(response: &Response) -> ProviderReceipt {
         .map(|id| id.trim_end_matches(['.', ')', ',']).to_owned());
     ProviderReceipt {
         provider_id: Some(queue_id.unwrap_or_else(|| text.clone())),
-        delivered_on_accept: DELIVERED_ON_ACCEPT,
         detail: format!("{} {text}", response.code()),
     }
 }

@@ -18,9 +18,6 @@ use serde::Deserialize;
 use crate::http::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE, DEFAULT_TIMEOUT};
 use crate::{Channel, DeliveryError, ProviderReceipt, RenderedMessage};
 
-/// Acceptance is not delivery: Twilio's status callback says what became of it.
-const DELIVERED_ON_ACCEPT: bool = false;
-
 /// Twilio's API, when the config names no other.
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 /// Twilio: too many requests (the account's concurrency or rate).
@@ -194,7 +191,8 @@ impl TwilioChannel {
 #[async_trait]
 impl Channel for TwilioChannel {
     fn delivered_on_accept(&self) -> bool {
-        DELIVERED_ON_ACCEPT
+        // Twilio's status callback says what became of the message.
+        false
     }
 
     async fn send(&self, message: &RenderedMessage) -> Result<ProviderReceipt, DeliveryError> {
@@ -277,7 +275,6 @@ fn created(status: u16, body: &[u8]) -> Result<ProviderReceipt, DeliveryError> {
         .trim_end()
         .to_owned(),
         provider_id: Some(created.sid),
-        delivered_on_accept: DELIVERED_ON_ACCEPT,
     })
 }
 
@@ -396,7 +393,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.provider_id.as_deref(), Some("SM123"));
-        assert!(!ok.delivered_on_accept);
         assert_eq!(ok.detail, "201 queued: 2 segment(s), price - USD");
         for bad in [&b"{\"sid\": \"SM1"[..], b"{}", b"{\"sid\": \"\"}", b""] {
             assert!(

@@ -76,7 +76,7 @@ enum Expect {
 }
 
 impl Expect {
-    fn met_by(&self, got: &Result<ProviderReceipt, DeliveryError>) -> bool {
+    fn met_by(&self, channel: &dyn Channel, got: &Result<ProviderReceipt, DeliveryError>) -> bool {
         match (self, got) {
             (
                 Expect::Accepted {
@@ -84,7 +84,7 @@ impl Expect {
                 },
                 Ok(receipt),
             ) => {
-                receipt.delivered_on_accept == *delivered_on_accept
+                channel.delivered_on_accept() == *delivered_on_accept
                     && receipt
                         .provider_id
                         .as_deref()
@@ -270,7 +270,7 @@ async fn compliance(adapter: Adapter) {
         let (want, taken) = expectation(adapter, case);
         let got_taken = (rig.taken)();
         println!("{adapter:?} {case:?}: {got:?} (server took {got_taken})");
-        if !want.met_by(&got) || got_taken != taken {
+        if !want.met_by(rig.channel.as_ref(), &got) || got_taken != taken {
             failures.push(format!(
                 "{case:?}: want {want:?} and {taken} taken, got {got:?} and {got_taken} taken"
             ));

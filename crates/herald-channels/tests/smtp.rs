@@ -47,7 +47,7 @@ async fn success_writes_headers_parts_and_verp_envelope() {
     let m = message(42, "ann@example.org");
 
     let receipt = channel.send(&m).await.unwrap();
-    assert!(receipt.delivered_on_accept);
+    assert!(channel.delivered_on_accept());
     assert_eq!(receipt.provider_id.as_deref(), Some("00000001"));
     assert!(receipt.detail.starts_with("250 "), "{}", receipt.detail);
 

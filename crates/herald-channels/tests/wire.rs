@@ -42,7 +42,7 @@ async fn twilio_posts_the_form_with_basic_auth_and_reads_the_sid() {
         sms.sid
     );
     assert!(
-        !receipt.delivered_on_accept,
+        !channel.delivered_on_accept(),
         "delivery comes on the callback"
     );
     assert_eq!(sms.to, "+14155550100");
@@ -116,7 +116,7 @@ async fn fcm_posts_the_message_with_a_bearer_token_and_reads_the_name() {
     assert_eq!(got[0].body.as_deref(), Some("msg 3: 15% off this week"));
     assert_eq!(receipt.provider_id.as_deref(), Some(got[0].name.as_str()));
     assert!(got[0].name.starts_with("projects/demo/messages/"));
-    assert!(receipt.delivered_on_accept);
+    assert!(channel.delivered_on_accept());
     // A push without a title leaves `title` out.
     let mut untitled = common::push(4, "dev-token-4");
     untitled.subject = None;

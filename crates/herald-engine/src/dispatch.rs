@@ -724,7 +724,7 @@ impl Dispatcher {
         });
         match result {
             Ok(receipt) => {
-                outcome.status = if receipt.delivered_on_accept {
+                outcome.status = if route.adapter.delivered_on_accept() {
                     MessageStatus::Delivered
                 } else {
                     MessageStatus::Sent
