@@ -379,6 +379,15 @@ impl Outcome {
     pub fn already_written(&self) -> bool {
         self.ends_as_written() && self.provider_id.is_none()
     }
+
+    /// The flights `outcomes`' written messages were handed in, each once, ascending.
+    pub fn flights(outcomes: &[Outcome]) -> Vec<i64> {
+        let flights: std::collections::BTreeSet<i64> = outcomes
+            .iter()
+            .filter_map(|o| o.written.map(|w| w.flight))
+            .collect();
+        flights.into_iter().collect()
+    }
 }
 
 /// One try at a provider.

@@ -604,12 +604,7 @@ async fn land_flights(
     b: DbBackend,
     outcomes: &[Outcome],
 ) -> StoreResult<bool> {
-    let flights: Vec<i64> = outcomes
-        .iter()
-        .filter_map(|o| o.written.map(|w| w.flight))
-        .collect::<BTreeSet<i64>>()
-        .into_iter()
-        .collect();
+    let flights = Outcome::flights(outcomes);
     if flights.is_empty() {
         return Ok(true);
     }

@@ -298,11 +298,7 @@ fn record_args(outcomes: &[Outcome], now: i64) -> StoreResult<PgArguments> {
         &mut args,
         outcomes.iter().map(|o| o.already_written()).bind_iter(),
     )?;
-    let flights: std::collections::BTreeSet<i64> = outcomes
-        .iter()
-        .filter_map(|o| o.written.map(|w| w.flight))
-        .collect();
-    add(&mut args, flights.into_iter().collect::<Vec<i64>>())?;
+    add(&mut args, Outcome::flights(outcomes))?;
     Ok(args)
 }
 
