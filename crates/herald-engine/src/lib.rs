@@ -9,6 +9,7 @@ pub mod clock;
 pub mod dispatch;
 pub mod fallback;
 pub mod handoff;
+pub mod health;
 pub mod metrics;
 pub mod plan;
 pub mod policy;

@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod personalise;
 pub mod report;
 pub mod rollout;
+pub mod routes;
 pub mod runs;
 pub mod segment_bench;
 pub mod segment_sql;

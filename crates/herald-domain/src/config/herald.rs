@@ -358,8 +358,15 @@ pub struct DispatchConfig {
     /// How long a claim holds; a crashed worker's `sending` messages end
     /// `unknown` after it, its other claims return to the queue.
     pub lease: Span,
-    /// Workers per daemon.
+    /// Workers per daemon and route (each route has its own lane of workers).
     pub workers: usize,
+    /// How long a graceful stop (SIGTERM) may take: the daemon stops
+    /// claiming, finishes the requests in the air, gives the rest back to
+    /// `planned`, writes every outcome and exits 0 within it.
+    pub stop_timeout: Span,
+    /// How long `herald send` probes a route blocked by an account fault
+    /// (wrong credentials) before it exits 1, leaving its messages planned.
+    pub blocked_wait: Span,
 }
 
 impl Default for DispatchConfig {
@@ -368,6 +375,8 @@ impl Default for DispatchConfig {
             batch: 500,
             lease: Span::from_secs(120),
             workers: 2,
+            stop_timeout: Span::from_secs(20),
+            blocked_wait: Span::from_secs(60),
         }
     }
 }
