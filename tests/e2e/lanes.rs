@@ -2,7 +2,8 @@
 //! a long queue never delays another route. Emails (a newsletter and a
 //! transactional notice) that come due while the SMS queue drains reach the
 //! SMTP peer within 2 s of their due time (the issue's 1,000 SMS, 100 emails
-//! and one transactional email, CI-sized).
+//! and one transactional email, CI-sized: batches of 20, so that without
+//! lanes both workers hold SMS batches while the emails come due).
 
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,7 @@ async fn a_throttled_route_never_delays_another(backend: Backend) {
             "[tracking]\npublic_url = \"https://t.example.com\"\nlisten = \"127.0.0.1:0\"\n\n\
              [channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"Shop <news@example.com>\"\n\n\
              [channels.sms]\nprovider = \"twilio\"\nbase_url = \"{}\"\naccount_sid_env = \"TW_SID\"\nauth_token_env = \"TW_TOKEN\"\nfrom = \"+15005550006\"\nrate = {{ per_second = 10 }}\nconcurrency = 2\n\n\
-             [dispatch]\nlease = \"30s\"\n",
+             [dispatch]\nlease = \"30s\"\nbatch = 20\n",
             smtp.addr().port(),
             twilio.base_url(),
         ),
