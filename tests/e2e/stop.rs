@@ -132,3 +132,87 @@ async fn sigterm_with_sms_queued_exits_in_time_and_the_rest_is_sent_after_restar
 }
 
 on_both_databases!(sigterm_with_sms_queued_exits_in_time_and_the_rest_is_sent_after_restart);
+
+/// How long the database is away (the 10 s, CI-sized).
+const OUTAGE: Duration = Duration::from_secs(3);
+
+/// A database outage while SMS are being sent: PostgreSQL refuses new
+/// connections and its sessions are terminated for [`OUTAGE`]. The outcomes
+/// of the requests the peer took meanwhile are written once it is back:
+/// every SMS the peer took ends `sent`, none `unknown`, none twice.
+/// (PostgreSQL only: SQLite has no server to take away.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_loses_no_outcome() {
+    use sea_orm::{ConnectionTrait, Database};
+    let Some((p, db)) = setup(Backend::Postgres).await else {
+        return;
+    };
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("a database name")
+        .to_string();
+    let twilio = TwilioSink::start(TwilioSinkConfig::default())
+        .await
+        .expect("twilio");
+    sms_project(&p, &twilio);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let env = [("TW_SID", DEMO_ACCOUNT_SID), ("TW_TOKEN", DEMO_AUTH_TOKEN)];
+    let mut daemon = p.spawn_with_env(&db, "daemon", &["run", "--no-server"], &env);
+    let t0 = Instant::now();
+    while twilio.count() < 10 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no SMS sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = Database::connect(herald_tests::postgres_admin_url())
+        .await
+        .expect("admin");
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .expect("refuse connections");
+    let during = twilio.count();
+    let down = Instant::now();
+    while down.elapsed() < OUTAGE {
+        admin
+            .execute_unprepared(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            ))
+            .await
+            .expect("terminate");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taken_while_down = twilio.count() - during;
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .expect("allow connections");
+    let t1 = Instant::now();
+    while scalar(&db, "SELECT COUNT(*) FROM messages WHERE status = 'sent'").await < CONTACTS {
+        let (out, err) = p.output_of("daemon");
+        assert!(
+            t1.elapsed() < Duration::from_secs(40),
+            "not all sent after the outage\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, _) = term(&mut daemon);
+    assert_eq!(code, 0);
+    assert!(
+        taken_while_down > 0,
+        "requests were in the air when the database went"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status IN ('unknown', 'sending', 'failed')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(twilio.count() as i64, CONTACTS, "none sent twice");
+    db.drop_db().await;
+}
