@@ -7,11 +7,14 @@
 //!   index replaces the other: a message row keeps its number of index entries.
 //! - `route_blocks`: a route blocked by an account fault (wrong credentials),
 //!   for `herald status` to show and `herald runs resume` to ask for a probe.
+//! - `runs.pause_reason`: why the reputation guard paused a run (bounce or
+//!   complaint rate), for `herald status`; kept after a resume, so the guard
+//!   does not pause the same run again.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
-/// Adds `messages_lane` and `route_blocks`.
+/// Adds `messages_lane`, `route_blocks` and `runs.pause_reason`.
 pub struct Migration;
 
 impl MigrationName for Migration {
@@ -30,6 +33,12 @@ enum Messages {
 }
 
 #[derive(DeriveIden)]
+enum Runs {
+    Table,
+    PauseReason,
+}
+
+#[derive(DeriveIden)]
 enum RouteBlocks {
     Table,
     Route,
@@ -44,6 +53,13 @@ enum RouteBlocks {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Runs::Table)
+                .add_column(text_null(Runs::PauseReason))
+                .to_owned(),
+        )
+        .await?;
         m.create_index(
             Index::create()
                 .name("messages_lane")
@@ -86,6 +102,13 @@ impl MigrationTrait for Migration {
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.drop_table(Table::drop().table(RouteBlocks::Table).to_owned())
             .await?;
+        m.alter_table(
+            Table::alter()
+                .table(Runs::Table)
+                .drop_column(Runs::PauseReason)
+                .to_owned(),
+        )
+        .await?;
         m.create_index(
             Index::create()
                 .name("messages_claim")

@@ -16,6 +16,7 @@ use clap::Args;
 use herald_engine::dispatch::RendererSource;
 use herald_engine::metrics::DispatchMetrics;
 use herald_engine::render::{CampaignRenderer, MessageRenderer};
+use herald_engine::reputation::ReputationRule;
 use herald_engine::rollout::Roller;
 use herald_engine::scheduler::Scheduler;
 use herald_engine::trigger::TriggerPlanner;
@@ -31,6 +32,8 @@ const TICK: Duration = Duration::from_secs(1);
 const TRIGGER_TICK: Duration = Duration::from_millis(100);
 /// How often a daemon says it is alive and recounts the others.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How often the reputation guard counts the running marketing runs' bounces and complaints.
+const REPUTATION_TICK: Duration = Duration::from_secs(5);
 /// How long a daemon joining others waits before it sends: every other
 /// daemon recounts within a heartbeat and gives up its part of the rate.
 const JOIN_WAIT: Duration = Duration::from_millis(2500);
@@ -186,8 +189,24 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         // Rollouts decide on the scheduler's tick: after `decide_after`, the winner goes to the rest.
         let roller = Roller::new(store.clone(), store.clone(), clock.clone(), config.clone());
         let mut stop = stop_rx.clone();
+        // The reputation guard judges running marketing runs every so often.
+        let guard_db = store.db().clone();
+        let rule = ReputationRule::from_config(&config.herald.dispatch);
         tokio::spawn(async move {
+            let mut last_guard: Option<std::time::Instant> = None;
             loop {
+                if last_guard.is_none_or(|t| t.elapsed() >= REPUTATION_TICK) {
+                    last_guard = Some(std::time::Instant::now());
+                    match herald_storage::reputation::guard(&guard_db, &rule).await {
+                        Ok(paused) => {
+                            for (run, reason) in paused {
+                                tracing::warn!(run, "run {run} paused: {reason}");
+                                println!("run {run} paused: {reason}");
+                            }
+                        }
+                        Err(e) => tracing::error!("reputation guard: {e}"),
+                    }
+                }
                 if let Err(e) = scheduler.tick().await {
                     tracing::error!("scheduler: {e}");
                 }

@@ -69,6 +69,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     println!("{t}");
 
+    // Runs the reputation guard paused, and why.
+    for (run, reason) in herald_storage::reputation::paused_by_guard(&db).await? {
+        println!("run {run} paused: {reason} (`herald runs resume {run}` goes on anyway)");
+    }
     // A route blocked by an account fault: its messages wait, planned.
     for b in herald_storage::routes::blocks(&db, now).await? {
         println!(

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod render;
+pub mod reputation;
 pub mod rollout;
 pub mod run;
 pub mod schedule;

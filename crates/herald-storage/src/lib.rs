@@ -15,6 +15,7 @@ pub mod import;
 pub mod outbox;
 pub mod personalise;
 pub mod report;
+pub mod reputation;
 pub mod rollout;
 pub mod routes;
 pub mod runs;

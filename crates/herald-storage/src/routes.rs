@@ -35,6 +35,13 @@ pub struct RouteBlock {
 #[error("database: {0}")]
 pub struct RoutesError(String);
 
+impl RoutesError {
+    /// A database error in words.
+    pub fn from_text(text: String) -> Self {
+        RoutesError(text)
+    }
+}
+
 fn db_err(e: impl std::fmt::Display) -> RoutesError {
     RoutesError(e.to_string())
 }

@@ -367,6 +367,12 @@ pub struct DispatchConfig {
     /// How long `herald send` probes a route blocked by an account fault
     /// (wrong credentials) before it exits 1, leaving its messages planned.
     pub blocked_wait: Span,
+    /// The reputation guard judges a marketing run only after this many deliveries.
+    pub reputation_min_deliveries: u64,
+    /// A marketing run whose bounced share of deliveries exceeds this pauses itself.
+    pub reputation_max_bounce_rate: f64,
+    /// A marketing run whose complaints exceed this share of deliveries pauses itself.
+    pub reputation_max_complaint_rate: f64,
 }
 
 impl Default for DispatchConfig {
@@ -377,6 +383,9 @@ impl Default for DispatchConfig {
             workers: 2,
             stop_timeout: Span::from_secs(20),
             blocked_wait: Span::from_secs(60),
+            reputation_min_deliveries: 1000,
+            reputation_max_bounce_rate: 0.05,
+            reputation_max_complaint_rate: 0.003,
         }
     }
 }
