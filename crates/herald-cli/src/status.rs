@@ -1,6 +1,6 @@
 //! `herald status`: recent runs with their messages by status, queue depth
-//! and achieved send rate per channel, live daemons, and the most frequent
-//! failures of the last day.
+//! and achieved send rate per channel, routes blocked by an account fault,
+//! live daemons, and the most frequent failures of the last day.
 
 use chrono::{DateTime, Utc};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -69,6 +69,21 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     println!("{t}");
 
+    // Runs the reputation guard paused, and why.
+    for (run, reason) in herald_storage::reputation::paused_by_guard(&db).await? {
+        println!("run {run} paused: {reason} (`herald runs resume {run}` goes on anyway)");
+    }
+    // A route blocked by an account fault: its messages wait, planned.
+    for b in herald_storage::routes::blocks(&db, now).await? {
+        println!(
+            "blocked: {}: {} (since {}, next probe in {:.0}s; seen by {})",
+            b.route,
+            b.reason,
+            when(b.since),
+            ((b.probe_at - now).max(0) as f64 / 1000.0),
+            b.owner
+        );
+    }
     if s.daemons.is_empty() {
         println!("daemons: none running (start one with `herald run`)");
     } else {

@@ -358,8 +358,21 @@ pub struct DispatchConfig {
     /// How long a claim holds; a crashed worker's `sending` messages end
     /// `unknown` after it, its other claims return to the queue.
     pub lease: Span,
-    /// Workers per daemon.
+    /// Workers per daemon and route (each route has its own lane of workers).
     pub workers: usize,
+    /// How long a graceful stop (SIGTERM) may take: the daemon stops
+    /// claiming, finishes the requests in the air, gives the rest back to
+    /// `planned`, writes every outcome and exits 0 within it.
+    pub stop_timeout: Span,
+    /// How long `herald send` probes a route blocked by an account fault
+    /// (wrong credentials) before it exits 1, leaving its messages planned.
+    pub blocked_wait: Span,
+    /// The reputation guard judges a marketing run only after this many deliveries.
+    pub reputation_min_deliveries: u64,
+    /// A marketing run whose bounced share of deliveries exceeds this pauses itself.
+    pub reputation_max_bounce_rate: f64,
+    /// A marketing run whose complaints exceed this share of deliveries pauses itself.
+    pub reputation_max_complaint_rate: f64,
 }
 
 impl Default for DispatchConfig {
@@ -368,6 +381,11 @@ impl Default for DispatchConfig {
             batch: 500,
             lease: Span::from_secs(120),
             workers: 2,
+            stop_timeout: Span::from_secs(20),
+            blocked_wait: Span::from_secs(60),
+            reputation_min_deliveries: 1000,
+            reputation_max_bounce_rate: 0.05,
+            reputation_max_complaint_rate: 0.003,
         }
     }
 }
