@@ -29,6 +29,7 @@ mod daemon;
 mod demo;
 mod fallback;
 mod import;
+mod marketer;
 mod preview;
 mod report;
 mod rollout;

@@ -12,7 +12,9 @@ mod daemon;
 mod datagen;
 mod demo;
 mod import;
+mod output;
 mod preview;
+mod progress;
 mod report;
 mod runs;
 mod segment;
@@ -119,6 +121,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // A log file or a pipe gets no escape codes; nor does anyone with NO_COLOR.
+        .with_ansi(output::stderr_colour())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
