@@ -132,18 +132,36 @@ pub fn utf8_reader<R: Read + Send + 'static>(
     }
 }
 
-/// Whether `c` is plausible in text of the East Asian encodings guessed at.
-fn plausible(c: char) -> bool {
-    matches!(c,
-        '\t' | '\n' | '\r' | ' '..='~'
-        | '\u{3000}'..='\u{30FF}'   // CJK punctuation, hiragana, katakana
-        | '\u{4E00}'..='\u{9FFF}'   // CJK unified ideographs
-        | '\u{AC00}'..='\u{D7AF}'   // Hangul syllables
-        | '\u{FF01}'..='\u{FF5E}')  // full-width ASCII
+/// Share (in thousandths) of the non-ASCII characters of `text` that `script` holds.
+fn share(text: &str, script: impl Fn(char) -> bool) -> usize {
+    let wide: Vec<char> = text.chars().filter(|c| !c.is_ascii()).collect();
+    if wide.is_empty() {
+        return 0;
+    }
+    wide.iter().filter(|c| script(**c)).count() * 1000 / wide.len()
 }
+
+/// Hiragana: in every Japanese sentence, and what GBK bytes never decode to as Shift_JIS.
+fn hiragana(c: char) -> bool {
+    ('\u{3041}'..='\u{309F}').contains(&c)
+}
+
+fn hangul(c: char) -> bool {
+    ('\u{AC00}'..='\u{D7AF}').contains(&c)
+}
+
+/// Share of hiragana (in thousandths of the non-ASCII characters) that marks Japanese.
+const JAPANESE_HIRAGANA: usize = 50;
+
+/// Share of Hangul syllables that marks Korean.
+const KOREAN_HANGUL: usize = 500;
 
 /// The likely encoding of `bytes` (the start of a file that is not UTF-8), as
 /// the `--encoding` label to suggest; `None` when it is UTF-8 or nothing fits.
+/// Chinese, Japanese and Korean bytes often decode without error in each
+/// other's encodings, so the script decides: Japanese has hiragana, Korean
+/// Hangul; otherwise GBK (Big5 bytes decode as GBK too; GBK is by far the
+/// more common).
 pub fn guess(bytes: &[u8]) -> Option<&'static str> {
     if std::str::from_utf8(bytes).is_ok() {
         return None;
@@ -151,26 +169,24 @@ pub fn guess(bytes: &[u8]) -> Option<&'static str> {
     // A sample may end inside a character: leave the last few bytes out.
     let cut = bytes.len().saturating_sub(if bytes.len() >= SNIFF_BYTES { 4 } else { 0 });
     let sample = &bytes[..cut];
-    let candidates: [(&'static Encoding, &'static str); 4] = [
-        (GB18030, "gbk"),
-        (SHIFT_JIS, "shift_jis"),
-        (BIG5, "big5"),
-        (EUC_KR, "euc-kr"),
-    ];
-    candidates
-        .iter()
-        .filter_map(|(enc, label)| {
-            let text = enc.decode_without_bom_handling_and_without_replacement(sample)?;
-            let total = text.chars().count().max(1);
-            let good = text.chars().filter(|c| plausible(*c)).count();
-            Some((good * 1000 / total, *label))
-        })
-        // The first of equals wins: GBK is the most common by far.
-        .fold(None, |best: Option<(usize, &str)>, (score, label)| match best {
-            Some((b, _)) if b >= score => best,
-            _ => Some((score, label)),
-        })
-        .map(|(_, label)| label)
+    let clean = |enc: &'static Encoding| enc.decode_without_bom_handling_and_without_replacement(sample);
+    if let Some(text) = clean(SHIFT_JIS)
+        && share(&text, hiragana) >= JAPANESE_HIRAGANA
+    {
+        return Some("shift_jis");
+    }
+    if let Some(text) = clean(EUC_KR)
+        && share(&text, hangul) >= KOREAN_HANGUL
+    {
+        return Some("euc-kr");
+    }
+    if clean(GB18030).is_some() {
+        return Some("gbk");
+    }
+    if clean(BIG5).is_some() {
+        return Some("big5");
+    }
+    None
 }
 
 /// The sentence that explains a file that is not UTF-8, naming the likely
