@@ -379,8 +379,14 @@ async fn table_json_and_csv_agree(backend: Backend) {
     let narrow = p.herald(&db, &["report", "winback"]);
     narrow.expect_code(0);
     let narrow = narrow.stdout();
-    for line in narrow.lines().filter(|l| !l.starts_with("* ") && !l.starts_with("report of")) {
-        assert!(line.chars().count() <= 100, "wider than 100 columns: {line}\n{narrow}");
+    for line in narrow
+        .lines()
+        .filter(|l| !l.starts_with("* ") && !l.starts_with("report of"))
+    {
+        assert!(
+            line.chars().count() <= 100,
+            "wider than 100 columns: {line}\n{narrow}"
+        );
     }
     let csv_run = p.herald(&db, &["report", "winback", "--format", "csv"]);
     csv_run.expect_code(0);

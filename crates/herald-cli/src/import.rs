@@ -10,7 +10,9 @@ use std::time::Instant;
 use clap::Subcommand;
 use herald_server::goal_specs;
 use herald_storage::decode::encoding_for_label;
-use herald_storage::import::{ImportOptions, ImportReport, import_contacts_with, import_events_with};
+use herald_storage::import::{
+    ImportOptions, ImportReport, import_contacts_with, import_events_with,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{Cli, EXIT_FAILURE, EXIT_INVALID, Exit, app};

@@ -62,11 +62,6 @@ pub fn table(header: Vec<String>, wide: bool) -> Table {
     t
 }
 
-/// Every line of `text` (a rendered table) fits `width` characters.
-pub fn fits(text: &str, width: usize) -> bool {
-    text.lines().all(|l| l.chars().count() <= width)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,9 +86,17 @@ mod tests {
     fn a_table_with_many_columns_fits_100_columns_off_a_terminal() {
         let header: Vec<String> = (0..14).map(|i| format!("column number {i}")).collect();
         let mut t = table(header, false);
-        t.add_row((0..14).map(|i| format!("{}", i * 123_456)).collect::<Vec<_>>());
+        t.add_row(
+            (0..14)
+                .map(|i| format!("{}", i * 123_456))
+                .collect::<Vec<_>>(),
+        );
         let text = t.to_string();
-        assert!(fits(&text, TABLE_WIDTH as usize), "{text}");
+        assert!(
+            text.lines()
+                .all(|l| l.chars().count() <= TABLE_WIDTH as usize),
+            "{text}"
+        );
         assert!(!text.contains('\u{1b}'), "{text:?}");
     }
 }

@@ -181,8 +181,7 @@ fn arm_table(arms: &[ArmReport], columns: Vec<Column<'_>>, wide: bool) -> Table 
     let shown: Vec<Column<'_>> = columns
         .into_iter()
         .filter(|c| {
-            wide || (!c.wide_only
-                && (c.always || arms.iter().any(|a| !is_nothing(&(c.cell)(a)))))
+            wide || (!c.wide_only && (c.always || arms.iter().any(|a| !is_nothing(&(c.cell)(a)))))
         })
         .collect();
     let mut t = new_table(shown.iter().map(|c| c.header.clone()).collect(), wide);
@@ -195,7 +194,9 @@ fn arm_table(arms: &[ArmReport], columns: Vec<Column<'_>>, wide: bool) -> Table 
 /// Counts per arm: who was assigned and what happened to the messages.
 fn delivery_table(scope: &Scope, wide: bool) -> Table {
     let columns = vec![
-        Column::new("arm", true, |a| output::cut(&arm_label(a), output::MAX_CELL_CHARS)),
+        Column::new("arm", true, |a| {
+            output::cut(&arm_label(a), output::MAX_CELL_CHARS)
+        }),
         Column::new("assigned", true, |a| a.assigned.to_string()),
         Column::new("sent", true, |a| a.sent.to_string()),
         Column::new("delivered", true, |a| a.delivered.to_string()),
@@ -215,7 +216,9 @@ fn delivery_table(scope: &Scope, wide: bool) -> Table {
 /// and the secondary goals are left to `--wide` and [`secondary_table`].
 fn outcome_table(scope: &Scope, goals: &[String], wide: bool) -> Table {
     let mut columns = vec![
-        Column::new("arm", true, |a| output::cut(&arm_label(a), output::MAX_CELL_CHARS)),
+        Column::new("arm", true, |a| {
+            output::cut(&arm_label(a), output::MAX_CELL_CHARS)
+        }),
         Column::new("delivery", true, |a| rate(a.rates.delivery)),
         Column::new("opened", true, |a| a.opened.to_string()).wide_only(),
         Column::new("open rate", true, |a| rate(a.rates.open)),
@@ -235,7 +238,10 @@ fn outcome_table(scope: &Scope, goals: &[String], wide: bool) -> Table {
     if wide {
         for (i, g) in goals.iter().enumerate() {
             columns.push(Column::new(&format!("{g} reached"), true, move |a| {
-                a.secondary.get(i).map(|s| s.reached.to_string()).unwrap_or_default()
+                a.secondary
+                    .get(i)
+                    .map(|s| s.reached.to_string())
+                    .unwrap_or_default()
             }));
             columns.push(Column::new(&format!("{g} rate"), true, move |a| {
                 a.secondary.get(i).map(|s| rate(s.rate)).unwrap_or_default()
@@ -252,7 +258,10 @@ fn secondary_table(scope: &Scope, goals: &[String]) -> Table {
     })];
     for (i, g) in goals.iter().enumerate() {
         columns.push(Column::new(&format!("{g} reached"), true, move |a| {
-            a.secondary.get(i).map(|s| s.reached.to_string()).unwrap_or_default()
+            a.secondary
+                .get(i)
+                .map(|s| s.reached.to_string())
+                .unwrap_or_default()
         }));
         columns.push(Column::new(&format!("{g} rate"), true, move |a| {
             a.secondary.get(i).map(|s| rate(s.rate)).unwrap_or_default()

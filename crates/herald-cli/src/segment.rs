@@ -14,7 +14,7 @@ use herald_storage::store::SqlStore;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 
-use crate::{output, Cli, EXIT_INVALID, Exit, app};
+use crate::{Cli, EXIT_INVALID, Exit, app, output};
 
 /// `herald segment ...`.
 #[derive(Subcommand, Debug)]

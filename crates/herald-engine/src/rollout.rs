@@ -326,7 +326,10 @@ impl Roller {
                     };
                     if !decision.rollout.decided {
                         // The deadline's own pass is the last call, so it decides on time.
-                        self.retry_later(run.run_id, now.saturating_add(RETRY_EVERY_MS).min(deadline));
+                        self.retry_later(
+                            run.run_id,
+                            now.saturating_add(RETRY_EVERY_MS).min(deadline),
+                        );
                         tracing::info!(
                             campaign = %campaign.name, run = run.run_id,
                             "rollout not decided: {}", decision.rollout.reason
@@ -576,7 +579,10 @@ email = {{ subject = "s", template = "b.email.hbs" }}
             "{}",
             d.rollout.reason
         );
-        assert_eq!(c.rollout.as_ref().unwrap().decide_by(), herald_domain::duration::Span::from_secs(4));
+        assert_eq!(
+            c.rollout.as_ref().unwrap().decide_by(),
+            herald_domain::duration::Span::from_secs(4)
+        );
     }
 
     #[test]
@@ -589,7 +595,15 @@ email = {{ subject = "s", template = "b.email.hbs" }}
         b.delivered = 500;
         b.clicked = 60;
         b.opened = 3;
-        let d = decide(&c, RolloutMetric::Click, &[a.clone(), b.clone()], 1, 0, true).unwrap();
+        let d = decide(
+            &c,
+            RolloutMetric::Click,
+            &[a.clone(), b.clone()],
+            1,
+            0,
+            true,
+        )
+        .unwrap();
         assert_eq!((d.chosen(), d.metric), ("b", "click"));
         assert_eq!(d.variants[1].1.n(), 500);
         let o = decide(&c, RolloutMetric::Open, &[a, b], 1, 0, true).unwrap();

@@ -21,8 +21,7 @@ const CHUNK: usize = 1 << 16;
 pub const SNIFF_BYTES: usize = 1 << 16;
 
 /// Labels shown when an `--encoding` label is unknown.
-pub const KNOWN_LABELS: &str =
-    "utf-8, utf-16 (little-endian), utf-16be, gbk, gb18030, big5, shift_jis, euc-jp, euc-kr, windows-1252, iso-8859-1 (any WHATWG label)";
+pub const KNOWN_LABELS: &str = "utf-8, utf-16 (little-endian), utf-16be, gbk, gb18030, big5, shift_jis, euc-jp, euc-kr, windows-1252, iso-8859-1 (any WHATWG label)";
 
 /// The encoding named by `label` (WHATWG labels, case-insensitive; `utf-16`
 /// is little-endian, as Windows writes it).
@@ -167,9 +166,12 @@ pub fn guess(bytes: &[u8]) -> Option<&'static str> {
         return None;
     }
     // A sample may end inside a character: leave the last few bytes out.
-    let cut = bytes.len().saturating_sub(if bytes.len() >= SNIFF_BYTES { 4 } else { 0 });
+    let cut = bytes
+        .len()
+        .saturating_sub(if bytes.len() >= SNIFF_BYTES { 4 } else { 0 });
     let sample = &bytes[..cut];
-    let clean = |enc: &'static Encoding| enc.decode_without_bom_handling_and_without_replacement(sample);
+    let clean =
+        |enc: &'static Encoding| enc.decode_without_bom_handling_and_without_replacement(sample);
     if let Some(text) = clean(SHIFT_JIS)
         && share(&text, hiragana) >= JAPANESE_HIRAGANA
     {
@@ -260,6 +262,9 @@ mod tests {
         assert_eq!(encoding_for_label("shift-jis").unwrap(), SHIFT_JIS);
         assert_eq!(encoding_for_label("utf-16").unwrap(), UTF_16LE);
         let e = encoding_for_label("klingon").unwrap_err();
-        assert!(e.contains("unknown encoding `klingon`") && e.contains("gbk"), "{e}");
+        assert!(
+            e.contains("unknown encoding `klingon`") && e.contains("gbk"),
+            "{e}"
+        );
     }
 }

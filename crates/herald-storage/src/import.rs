@@ -179,7 +179,9 @@ pub fn attr_value(
     cell: &str,
 ) -> Result<Json, String> {
     match types.get(column) {
-        Some(ty) => ty.convert(cell).map_err(|m| format!("column `{column}`: {m}")),
+        Some(ty) => ty
+            .convert(cell)
+            .map_err(|m| format!("column `{column}`: {m}")),
         None => Ok(infer_cell(cell)),
     }
 }
@@ -466,7 +468,8 @@ where
                     Err(e) => {
                         let line = e.position().map_or(line, |p| p.line());
                         if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
-                            report.reject(line, format!("unreadable CSV: {e}; {}", not_utf8_hint()));
+                            report
+                                .reject(line, format!("unreadable CSV: {e}; {}", not_utf8_hint()));
                         } else {
                             report.reject(line, format!("unreadable CSV: {e}"));
                         }
@@ -1437,14 +1440,26 @@ mod tests {
         assert_eq!(ok.email.as_deref(), Some("A@x.com"));
         assert_eq!(ok.consent_sms, Some(true));
         assert_eq!(ok.attrs["region"], Json::from("guangdong"));
-        let bad =
-            contact_from_csv(&BTreeMap::new(), &h, &csv::StringRecord::from(vec!["c2", "nope", "", ""])).unwrap_err();
+        let bad = contact_from_csv(
+            &BTreeMap::new(),
+            &h,
+            &csv::StringRecord::from(vec!["c2", "nope", "", ""]),
+        )
+        .unwrap_err();
         assert!(bad.starts_with("column `email`"), "{bad}");
-        let bad = contact_from_csv(&BTreeMap::new(), &h, &csv::StringRecord::from(vec!["c3", "", "maybe", ""]))
-            .unwrap_err();
+        let bad = contact_from_csv(
+            &BTreeMap::new(),
+            &h,
+            &csv::StringRecord::from(vec!["c3", "", "maybe", ""]),
+        )
+        .unwrap_err();
         assert!(bad.contains("consent_sms"), "{bad}");
-        let bad = contact_from_csv(&BTreeMap::new(), &h, &csv::StringRecord::from(vec!["", "a@x.com", "", ""]))
-            .unwrap_err();
+        let bad = contact_from_csv(
+            &BTreeMap::new(),
+            &h,
+            &csv::StringRecord::from(vec!["", "a@x.com", "", ""]),
+        )
+        .unwrap_err();
         assert!(bad.contains("external_id"), "{bad}");
     }
 

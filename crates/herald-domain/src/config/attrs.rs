@@ -160,7 +160,9 @@ fn suggestion(ty: AttrType, src: &str, lit: &Located<Literal>) -> String {
     let written = &src[lit.span.clone()];
     match (ty, &lit.value) {
         (AttrType::Bool, Literal::Str(s)) if AttrType::Bool.convert(s).is_ok() => {
-            let b = AttrType::Bool.convert(s).map_or(true, |v| v == Json::Bool(true));
+            let b = AttrType::Bool
+                .convert(s)
+                .map_or(true, |v| v == Json::Bool(true));
             format!("write `{b}` without quotes")
         }
         (AttrType::Bool, Literal::Num(n)) if *n == 0.0 || *n == 1.0 => {
@@ -324,7 +326,11 @@ mod tests {
         };
         let e = check_filter(&expr, src, &types, "declared in [contacts.attrs]").unwrap_err();
         assert_eq!(&src[e.span.clone()], r#""true""#);
-        assert!(e.message.contains("`attrs.vip` is a boolean"), "{}", e.message);
+        assert!(
+            e.message.contains("`attrs.vip` is a boolean"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.help.as_deref(), Some("write `true` without quotes"));
         let fine = r#"attrs.vip and attrs.ltv between 1 and 5 and attrs.other == "x""#;
         let expr = crate::segment::parse(fine).unwrap();

@@ -487,7 +487,9 @@ impl Campaign {
                     r.decide_after
                 ),
             )
-            .with_help("decide_by is the last decision time: at least decide_after (default: twice it)"));
+            .with_help(
+                "decide_by is the last decision time: at least decide_after (default: twice it)",
+            ));
         }
         let schedule = match (raw.schedule, &trigger) {
             (Some(s), _) => s,
@@ -803,10 +805,16 @@ metric = "conversion"
 
     #[test]
     fn a_misspelt_schedule_time_zone_is_named_with_the_close_one() {
-        let src = WINBACK.replace("timezone = \"Asia/Shanghai\" }", "timezone = \"Asia/Shanghi\" }");
+        let src = WINBACK.replace(
+            "timezone = \"Asia/Shanghai\" }",
+            "timezone = \"Asia/Shanghi\" }",
+        );
         assert_ne!(src, WINBACK);
         let e = Campaign::parse("winback.toml", &src).unwrap_err();
-        assert!(e.message.contains("unknown time zone `Asia/Shanghi`"), "{e}");
+        assert!(
+            e.message.contains("unknown time zone `Asia/Shanghi`"),
+            "{e}"
+        );
         assert!(e.message.contains("did you mean \"Asia/Shanghai\"?"), "{e}");
         assert!(e.message.contains("IANA name"), "{e}");
         assert!(!e.message.contains("untagged"), "{e}");
@@ -835,13 +843,19 @@ metric = "conversion"
             c.rollout.as_ref().unwrap().decide_by(),
             Span::from_secs(48 * 3600)
         );
-        let src = WINBACK.replace("decide_after = \"24h\"", "decide_after = \"24h\"\ndecide_by = \"30h\"");
+        let src = WINBACK.replace(
+            "decide_after = \"24h\"",
+            "decide_after = \"24h\"\ndecide_by = \"30h\"",
+        );
         let c = Campaign::parse("winback.toml", &src).unwrap();
         assert_eq!(
             c.rollout.as_ref().unwrap().decide_by(),
             Span::from_secs(30 * 3600)
         );
-        let src = WINBACK.replace("decide_after = \"24h\"", "decide_after = \"24h\"\ndecide_by = \"2h\"");
+        let src = WINBACK.replace(
+            "decide_after = \"24h\"",
+            "decide_after = \"24h\"\ndecide_by = \"2h\"",
+        );
         let e = Campaign::parse("winback.toml", &src).unwrap_err();
         assert!(e.message.contains("before decide_after"), "{e}");
     }

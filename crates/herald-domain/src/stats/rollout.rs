@@ -155,18 +155,20 @@ pub fn decide_rollout(
         .iter()
         .enumerate()
         .filter(|(index, _)| *index != leader)
-        .map(|(index, (_, counts))| match compare(*counts, leader_counts) {
-            Comparison::Estimate(estimate) => RivalChance {
-                variant: index,
-                chance_to_beat: Some(estimate.chance_to_beat),
-                fisher_p: None,
+        .map(
+            |(index, (_, counts))| match compare(*counts, leader_counts) {
+                Comparison::Estimate(estimate) => RivalChance {
+                    variant: index,
+                    chance_to_beat: Some(estimate.chance_to_beat),
+                    fisher_p: None,
+                },
+                Comparison::NotEnoughData { .. } => RivalChance {
+                    variant: index,
+                    chance_to_beat: None,
+                    fisher_p: Some(fisher_one_sided(leader_counts, *counts)),
+                },
             },
-            Comparison::NotEnoughData { .. } => RivalChance {
-                variant: index,
-                chance_to_beat: None,
-                fisher_p: Some(fisher_one_sided(leader_counts, *counts)),
-            },
-        })
+        )
         .collect();
 
     let best = best_at(metric);
@@ -303,9 +305,9 @@ mod tests {
         let early = decide_rollout(&variants, "conversion", false).unwrap();
         assert!(!early.decided && !early.clear_winner);
         assert!(
-            early
-                .reason
-                .starts_with("no clear winner yet: B converted best (5.6%), but its chance to beat C is"),
+            early.reason.starts_with(
+                "no clear winner yet: B converted best (5.6%), but its chance to beat C is"
+            ),
             "{}",
             early.reason
         );
@@ -313,9 +315,9 @@ mod tests {
         assert_eq!((rollout.chosen, rollout.leader), (1, 1));
         assert!(rollout.decided && !rollout.clear_winner);
         assert!(
-            rollout.reason.ends_with(
-                "below 95.0%; so the variant with the higher observed rate, B, goes"
-            ),
+            rollout
+                .reason
+                .ends_with("below 95.0%; so the variant with the higher observed rate, B, goes"),
             "{}",
             rollout.reason
         );
@@ -342,7 +344,9 @@ mod tests {
         let p = rollout.rivals[0].fisher_p.unwrap();
         assert!((p - 1.0 / 1_166_803_110.0).abs() < 1e-15, "{p}");
         assert!(
-            rollout.reason.starts_with("b had the best click rate (100.0%); against a (0.0%"),
+            rollout
+                .reason
+                .starts_with("b had the best click rate (100.0%); against a (0.0%"),
             "{}",
             rollout.reason
         );

@@ -349,7 +349,12 @@ async fn an_undecided_rollout_waits_until_decide_by_then_the_leader_goes(db: &Db
     .await;
     let waiting = count(db, r, &format!("arm = '{WAITING_ARM}'")).await;
     let rate = |arm: &'static str| async move {
-        let k = count(db, r, &format!("arm = '{arm}' AND converted_at IS NOT NULL")).await;
+        let k = count(
+            db,
+            r,
+            &format!("arm = '{arm}' AND converted_at IS NOT NULL"),
+        )
+        .await;
         let n = count(db, r, &format!("arm = '{arm}'")).await;
         (k as f64 / n as f64, n)
     };
@@ -359,9 +364,15 @@ async fn an_undecided_rollout_waits_until_decide_by_then_the_leader_goes(db: &Db
     let roller = Roller::new(store.clone(), sql.clone(), clock.clone(), config.clone());
     for now in [T0 + HOUR + 1000, T0 + HOUR + HOUR / 2, T0 + 2 * HOUR - 1] {
         clock.set(at(now));
-        assert!(roller.tick().await.unwrap().is_empty(), "undecided at {now}");
+        assert!(
+            roller.tick().await.unwrap().is_empty(),
+            "undecided at {now}"
+        );
         assert_eq!(sql.recorded_choice(r).await.unwrap(), None);
-        assert_eq!(count(db, r, &format!("arm = '{WAITING_ARM}'")).await, waiting);
+        assert_eq!(
+            count(db, r, &format!("arm = '{WAITING_ARM}'")).await,
+            waiting
+        );
     }
     clock.set(at(T0 + 2 * HOUR));
     let rolled = roller.tick().await.unwrap();
@@ -370,7 +381,10 @@ async fn an_undecided_rollout_waits_until_decide_by_then_the_leader_goes(db: &Db
         (rolled[0].chosen.as_str(), rolled[0].decided_here),
         (leader, true)
     );
-    assert_eq!(sql.recorded_choice(r).await.unwrap().as_deref(), Some(leader));
+    assert_eq!(
+        sql.recorded_choice(r).await.unwrap().as_deref(),
+        Some(leader)
+    );
     assert_eq!(
         count(db, r, &format!("arm = 'rollout:{leader}'")).await,
         waiting
