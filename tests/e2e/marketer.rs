@@ -260,11 +260,12 @@ async fn a_gbk_file_is_imported_with_encoding_gbk(backend: Backend) {
 /// Size of the attribute of the preview test: the 50 MB.
 const HUGE_ATTR_BYTES: usize = 50 << 20;
 
-/// What a 50 MB attribute's preview may take here: under a second on an idle
-/// machine (measured: 1.2 s wall, 0.58 s CPU, debug build, load average 8 on
-/// 2 cores). Before the fix it took over 10 minutes (13 s at 6.4 MB:
-/// superlinear), so this bound still fails the old code by two orders of magnitude.
-const PREVIEW_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+/// What a 50 MB attribute's preview may take in this suite: the target is
+/// under a second, and alone it takes 1.2 s wall, 0.58 s CPU (debug build,
+/// load average 8 on 2 cores); beside the suite's other tests on a shared
+/// machine it took 3-5 s. Before the fix it took over 10 minutes (13 s at
+/// 6.4 MB: superlinear), so this bound still fails the old code by far.
+const PREVIEW_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// `segment preview` of a contact with a 50 MB attribute is fast and its
 /// sample cut to fit.
