@@ -305,7 +305,41 @@ async fn a_50_mb_attribute_is_previewed_in_under_a_second(backend: Backend) {
     db.drop_db().await;
 }
 
+/// `herald status --watch 1` off a terminal: one status after another, each
+/// under a `---` line with the time, until stopped.
+async fn status_watch_refreshes(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.herald(&db, &["migrate"]).expect_code(0);
+    let mut child = p.spawn(&db, "status", &["status", "--watch", "1"]);
+    let t0 = std::time::Instant::now();
+    let out = loop {
+        let (out, err) = p.output_of("status");
+        if out.matches("no runs yet").count() >= 2 {
+            break out;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "{out}\n{err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    child.kill().expect("kill");
+    let _ = child.wait();
+    assert!(
+        out.matches("\n--- ").count() + usize::from(out.starts_with("--- ")) >= 2,
+        "{out}"
+    );
+    assert!(
+        !out.contains('\u{1b}'),
+        "no escape codes off a terminal: {out:?}"
+    );
+    db.drop_db().await;
+}
+
 on_both_databases!(
+    status_watch_refreshes,
     a_50_mb_attribute_is_previewed_in_under_a_second,
     a_csv_bool_column_is_matched_by_attrs_vip,
     send_shows_progress_lines_when_not_a_terminal,
