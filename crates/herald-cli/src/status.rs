@@ -58,13 +58,23 @@ async fn show(db: &herald_storage::Db) -> anyhow::Result<()> {
 
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["run", "campaign", "scheduled", "state", "messages"]);
+    t.set_header(vec![
+        "run",
+        "campaign",
+        "scheduled (started)",
+        "state",
+        "messages",
+    ]);
     for r in &s.runs {
         let counts: Vec<String> = r.counts.iter().map(|(st, n)| format!("{st} {n}")).collect();
         t.add_row(vec![
             r.id.to_string(),
             r.campaign.clone(),
-            when(r.scheduled_at),
+            if r.origin == "trigger" {
+                format!("triggered, since {}", when(r.scheduled_at))
+            } else {
+                when(r.scheduled_at)
+            },
             r.state.clone(),
             counts.join(", "),
         ]);
