@@ -31,6 +31,7 @@ mod demo;
 mod fallback;
 mod import;
 mod lanes;
+mod marketer;
 mod preview;
 mod report;
 mod rollout;

@@ -95,7 +95,10 @@ pub async fn send_campaign(
     // A run past planning (sent, or being sent by a daemon) is left to the daemon.
     let (plan, dispatch) = if run.state == "planning" {
         let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
-        plan_and_send(&engine, campaign, &run, workers, Arc::new(renderer)).await?
+        let progress = crate::progress::Progress::start(store.clone(), run.id);
+        let sent = plan_and_send(&engine, campaign, &run, workers, Arc::new(renderer)).await;
+        progress.finish().await;
+        sent?
     } else {
         (PlanStats::default(), DispatchStats::default())
     };

@@ -10,6 +10,7 @@
 pub mod audience;
 pub mod contacts;
 pub mod db;
+pub mod decode;
 pub mod entry;
 pub mod import;
 pub mod outbox;
