@@ -460,12 +460,17 @@ fn accepted(status: u16, body: &[u8]) -> Result<ProviderReceipt, DeliveryError> 
     }
 }
 
+/// The field a `BadRequest` violation names when the registration token is malformed.
+const TOKEN_FIELD: &str = "message.token";
+
 /// Google's error shape and FCM's `errorCode` detail.
 #[derive(Debug, Default)]
 struct FcmError {
     status: Option<String>,
     message: Option<String>,
     fcm_code: Option<String>,
+    /// A `google.rpc.BadRequest` detail names `message.token`: the token itself is bad.
+    token_violation: bool,
 }
 
 impl FcmError {
@@ -487,10 +492,22 @@ impl FcmError {
             kind: Option<String>,
             #[serde(rename = "errorCode")]
             error_code: Option<String>,
+            #[serde(rename = "fieldViolations", default)]
+            field_violations: Vec<FieldViolation>,
+        }
+        #[derive(Deserialize)]
+        struct FieldViolation {
+            field: Option<String>,
         }
         let Ok(Envelope { error }) = serde_json::from_slice::<Envelope>(body) else {
             return FcmError::default();
         };
+        let token_violation = error.details.iter().any(|d| {
+            d.kind.as_deref().is_some_and(|k| k.ends_with("BadRequest"))
+                && d.field_violations
+                    .iter()
+                    .any(|v| v.field.as_deref() == Some(TOKEN_FIELD))
+        });
         let fcm_code = error
             .details
             .into_iter()
@@ -500,6 +517,7 @@ impl FcmError {
             status: error.status,
             message: error.message,
             fcm_code,
+            token_violation,
         }
     }
 
@@ -522,6 +540,13 @@ impl FcmError {
         match self.fcm_code.as_deref() {
             // Only FCM's own code says the token is dead; a bare 404 may be a wrong URL.
             Some("UNREGISTERED") => DeliveryError::Permanent {
+                code,
+                detail,
+                suppress_address: true,
+            },
+            // INVALID_ARGUMENT is the token's fault only when FCM says which field: a
+            // malformed payload must not cost the contact their token.
+            Some("INVALID_ARGUMENT") if self.token_violation => DeliveryError::Permanent {
                 code,
                 detail,
                 suppress_address: true,
@@ -644,6 +669,25 @@ mod tests {
         assert!(matches!(
             classify(400, None, &error(400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"))),
             DeliveryError::Permanent { suppress_address: false, ref code, .. } if code == "INVALID_ARGUMENT"
+        ));
+        // FCM's answer to a malformed registration token: the token is dead.
+        let bad_token = br#"{"error": {"code": 400, "message": "The registration token is not a valid FCM registration token", "status": "INVALID_ARGUMENT", "details": [
+            {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "INVALID_ARGUMENT"},
+            {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"field": "message.token", "description": "The registration token is not a valid FCM registration token"}]}]}}"#;
+        assert!(matches!(
+            classify(400, None, bad_token),
+            DeliveryError::Permanent { suppress_address: true, ref code, .. } if code == "INVALID_ARGUMENT"
+        ));
+        // A bad payload field is the message's fault, not the token's.
+        let bad_payload = br#"{"error": {"code": 400, "message": "Invalid value", "status": "INVALID_ARGUMENT", "details": [
+            {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "INVALID_ARGUMENT"},
+            {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"field": "message.android.ttl", "description": "Invalid value"}]}]}}"#;
+        assert!(matches!(
+            classify(400, None, bad_payload),
+            DeliveryError::Permanent {
+                suppress_address: false,
+                ..
+            }
         ));
         assert_eq!(
             classify(

@@ -5,8 +5,10 @@
 //! codes. The retry policy (in the engine) reads only that taxonomy. Adapters:
 //! [`smtp`] (lettre over herald's own TCP_NODELAY connections), [`twilio`] and [`fcm`]
 //! (reqwest; their shared HTTP rules in `http.rs`) and [`outbox`] (records instead of
-//! sending). Rate limiting lives in [`rate`]; [`pacer`] slows a route down on 429s.
+//! sending). Rate limiting lives in [`rate`]; [`pacer`] slows a route down on 429s;
+//! [`dkim`] signs email.
 
+pub mod dkim;
 pub mod fcm;
 mod http;
 pub mod outbox;
@@ -51,6 +53,9 @@ pub struct RenderedMessage {
     pub return_path: Option<String>,
     /// Provider status-callback URL (Twilio `StatusCallback`).
     pub status_callback: Option<String>,
+    /// The signed token naming this message to provider callbacks: email carries it in
+    /// its Message-ID and in the relay's custom args or tags, so webhooks find the message.
+    pub callback_token: Option<String>,
 }
 
 /// What a provider said when it accepted a message.

@@ -9,9 +9,9 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use lettre::address::Envelope;
@@ -29,6 +29,9 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+pub use herald_domain::config::EmailRelay;
+
+use crate::dkim::DkimSigner;
 use crate::{Channel, DeliveryError, ProviderReceipt, RenderedMessage};
 
 /// Connections kept open at most, when the config does not say.
@@ -43,6 +46,19 @@ const MAX_IDLE: Duration = Duration::from_secs(240);
 const AUTH_MECHANISMS: &[Mechanism] = &[Mechanism::Plain, Mechanism::Login];
 const LIST_UNSUBSCRIBE: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe");
 const LIST_UNSUBSCRIBE_POST: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe-Post");
+/// SendGrid's per-message settings; its event webhook echoes `unique_args` back.
+const X_SMTPAPI: HeaderName = HeaderName::new_from_ascii_str("X-SMTPAPI");
+/// SES's event publishing: which configuration set, and tags its events echo back.
+const X_SES_CONFIGURATION_SET: HeaderName =
+    HeaderName::new_from_ascii_str("X-SES-CONFIGURATION-SET");
+const X_SES_MESSAGE_TAGS: HeaderName = HeaderName::new_from_ascii_str("X-SES-MESSAGE-TAGS");
+/// The name under which herald's callback token travels in custom args and tags.
+pub const TOKEN_FIELD: &str = "herald_token";
+/// SES refuses message tag values longer than this.
+const SES_TAG_MAX_LEN: usize = 256;
+/// Random bytes in each Message-ID: 96 bits make a collision between any two
+/// of a trillion messages less likely than one in 10^10.
+const MESSAGE_ID_RANDOM_BYTES: usize = 12;
 
 /// How the connection to the SMTP server is encrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -76,6 +92,14 @@ pub struct SmtpSettings {
     pub timeout: Duration,
     /// The name given in `EHLO`; the machine's host name when `None`.
     pub hello_name: Option<String>,
+    /// Send credentials without TLS (refused otherwise: they would cross the network in clear).
+    pub allow_plaintext_auth: bool,
+    /// DKIM keys; each signs every message (two for dual RSA + Ed25519 signing).
+    pub dkim: Vec<Arc<DkimSigner>>,
+    /// The provider behind the host, whose webhook correlation headers to add.
+    pub relay: Option<EmailRelay>,
+    /// `X-SES-CONFIGURATION-SET` on every message (SES event publishing).
+    pub ses_configuration_set: Option<String>,
 }
 
 impl SmtpSettings {
@@ -90,6 +114,10 @@ impl SmtpSettings {
             pool_size: DEFAULT_POOL_SIZE,
             timeout: DEFAULT_TIMEOUT,
             hello_name: None,
+            allow_plaintext_auth: false,
+            dkim: Vec::new(),
+            relay: None,
+            ses_configuration_set: None,
         }
     }
 }
@@ -105,6 +133,10 @@ impl fmt::Debug for SmtpSettings {
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
             .field("hello_name", &self.hello_name)
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
+            .field("dkim", &self.dkim)
+            .field("relay", &self.relay)
+            .field("ses_configuration_set", &self.ses_configuration_set)
             .finish()
     }
 }
@@ -123,6 +155,14 @@ pub enum SmtpConfigError {
     /// `pool_size` is 0.
     #[error("pool_size must be at least 1")]
     ZeroPool,
+    /// Credentials would be sent over a connection without TLS.
+    #[error(
+        "SMTP credentials with tls = \"none\" would cross the network in clear text; use tls = \"starttls\" or \"tls\", or set allow_plaintext_auth = true for a relay on this machine"
+    )]
+    PlaintextAuth,
+    /// The SES configuration set name is not one SES accepts.
+    #[error("ses_configuration_set = {0:?}: use letters, digits, `_` and `-` only")]
+    BadConfigurationSet(String),
     /// lettre could not set up TLS for this host.
     #[error("TLS for {host:?}: {reason}")]
     Tls {
@@ -172,6 +212,17 @@ impl SmtpChannel {
     pub fn new(settings: SmtpSettings) -> Result<SmtpChannel, SmtpConfigError> {
         if settings.pool_size == 0 {
             return Err(SmtpConfigError::ZeroPool);
+        }
+        if settings.credentials.is_some()
+            && settings.tls == TlsMode::None
+            && !settings.allow_plaintext_auth
+        {
+            return Err(SmtpConfigError::PlaintextAuth);
+        }
+        if let Some(set) = &settings.ses_configuration_set
+            && !is_tag_value(set)
+        {
+            return Err(SmtpConfigError::BadConfigurationSet(set.clone()));
         }
         let from: Mailbox = settings
             .from
@@ -250,11 +301,11 @@ impl SmtpChannel {
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, to))
-            .message_id(Some(format!(
-                "<herald.{}@{}>",
-                m.message_id, self.from_domain
-            )))
+            .message_id(Some(self.message_id_for(m)))
             .envelope(envelope.clone());
+        for (name, value) in self.correlation_headers(m) {
+            builder = builder.raw_header(HeaderValue::new(name, value));
+        }
         if let Some(subject) = &m.subject {
             builder = builder.subject(subject.as_str());
         }
@@ -282,7 +333,80 @@ impl SmtpChannel {
             None => builder.singlepart(SinglePart::html(m.body.clone())),
         }
         .map_err(|e| build_error(&e))?;
-        Ok((envelope, message.formatted()))
+        Ok((envelope, self.sign(message.formatted())?))
+    }
+
+    /// A globally unique Message-ID: random bits, then what names the message (its
+    /// signed callback token, so a provider event quoting the Message-ID finds it;
+    /// else its row id), at the From domain. Test sends and two databases with the
+    /// same row ids differ by the random part.
+    fn message_id_for(&self, m: &RenderedMessage) -> String {
+        let mut random = [0u8; MESSAGE_ID_RANDOM_BYTES];
+        // The system RNG does not fail on supported platforms; were it ever to, the
+        // row id and the time still tell messages of one database apart.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            random.copy_from_slice(&nanos.to_be_bytes()[16 - MESSAGE_ID_RANDOM_BYTES..]);
+        }
+        let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        match &m.callback_token {
+            Some(token) if is_tag_value(token) => {
+                format!("<{random}.{token}@{}>", self.from_domain)
+            }
+            _ => format!("<{random}.{}@{}>", m.message_id, self.from_domain),
+        }
+    }
+
+    /// The headers that let the relay's webhook events name the message.
+    fn correlation_headers(&self, m: &RenderedMessage) -> Vec<(HeaderName, String)> {
+        let mut headers = Vec::new();
+        if let Some(set) = &self.settings.ses_configuration_set {
+            headers.push((X_SES_CONFIGURATION_SET, set.clone()));
+        }
+        let relay = self.settings.relay.or(self
+            .settings
+            .ses_configuration_set
+            .as_ref()
+            .map(|_| EmailRelay::Ses));
+        let Some(token) = m.callback_token.as_deref().filter(|t| is_tag_value(t)) else {
+            return headers;
+        };
+        match relay {
+            Some(EmailRelay::Sendgrid) => headers.push((
+                X_SMTPAPI,
+                serde_json::json!({ "unique_args": { TOKEN_FIELD: token } }).to_string(),
+            )),
+            Some(EmailRelay::Ses) => {
+                headers.push((X_SES_MESSAGE_TAGS, format!("{TOKEN_FIELD}={token}")));
+            }
+            None => {}
+        }
+        headers
+    }
+
+    /// `email` with a `DKIM-Signature` of each configured key on top.
+    fn sign(&self, email: Vec<u8>) -> Result<Vec<u8>, DeliveryError> {
+        if self.settings.dkim.is_empty() {
+            return Ok(email);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut signed = Vec::with_capacity(email.len() + 1024 * self.settings.dkim.len());
+        for signer in &self.settings.dkim {
+            let header = signer
+                .sign(&email, now)
+                .map_err(|e| DeliveryError::Permanent {
+                    code: "dkim".into(),
+                    detail: e.to_string(),
+                    suppress_address: false,
+                })?;
+            signed.extend_from_slice(header.as_bytes());
+        }
+        signed.extend_from_slice(&email);
+        Ok(signed)
     }
 
     /// A pooled connection (`true`) or a new one (`false`).
@@ -676,14 +800,36 @@ fn build_error(e: &dyn std::error::Error) -> DeliveryError {
     }
 }
 
+/// Whether `value` is a valid SES message tag value (and so a safe header token).
+fn is_tag_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= SES_TAG_MAX_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The queue id in a `250` reply's text: Postfix's `Ok: queued as ID`, or SES's `Ok ID`
+/// (the id its event notifications carry as `mail.messageId`).
+fn queue_id(text: &str) -> Option<String> {
+    let clean = |id: &str| id.trim_end_matches(['.', ')', ',']).to_owned();
+    if let Some(i) = text.find("queued as ") {
+        return text[i + "queued as ".len()..]
+            .split_whitespace()
+            .next()
+            .map(clean);
+    }
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some(ok), Some(id), None) if ok.eq_ignore_ascii_case("ok") => Some(clean(id)),
+        _ => None,
+    }
+}
+
 /// The receipt for a `250`: the queue id when the server names one, else its words.
 fn receipt(response: &Response) -> ProviderReceipt {
     let text = response.message().collect::<Vec<_>>().join(" ");
-    let queue_id = text
-        .find("queued as ")
-        .map(|i| &text[i + "queued as ".len()..])
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(|id| id.trim_end_matches(['.', ')', ',']).to_owned());
+    let queue_id = queue_id(&text);
     ProviderReceipt {
         provider_id: Some(queue_id.unwrap_or_else(|| text.clone())),
         detail: format!("{} {text}", response.code()),
@@ -797,5 +943,40 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn queue_ids_of_postfix_and_ses_replies() {
+        assert_eq!(
+            queue_id("2.0.0 Ok: queued as 4Xyz12AbC").as_deref(),
+            Some("4Xyz12AbC")
+        );
+        // SES: `250 Ok <MessageId>`, the id of its event notifications.
+        assert_eq!(
+            queue_id("Ok 0100018c2a6b1f4e-6a2b3c4d-1234-4a5b-9c8d-0123456789ab-000000").as_deref(),
+            Some("0100018c2a6b1f4e-6a2b3c4d-1234-4a5b-9c8d-0123456789ab-000000")
+        );
+        assert_eq!(queue_id("2.0.0 Ok"), None);
+        assert_eq!(queue_id("Ok message accepted for delivery"), None);
+    }
+
+    #[test]
+    fn credentials_without_tls_are_refused_unless_allowed() {
+        let mut s = SmtpSettings::new("127.0.0.1", 25, "Shop <news@example.com>");
+        s.credentials = Some(("u".into(), "p".into()));
+        assert_eq!(
+            SmtpChannel::new(s.clone()).unwrap_err(),
+            SmtpConfigError::PlaintextAuth
+        );
+        s.allow_plaintext_auth = true;
+        assert!(SmtpChannel::new(s).is_ok());
+    }
+
+    #[test]
+    fn tag_values_are_what_ses_accepts() {
+        assert!(is_tag_value("abc_DEF-123"));
+        assert!(!is_tag_value(""));
+        assert!(!is_tag_value("a=b"));
+        assert!(!is_tag_value(&"a".repeat(SES_TAG_MAX_LEN + 1)));
     }
 }

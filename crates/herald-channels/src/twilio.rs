@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use herald_domain::address::E164Phone;
+use herald_domain::config::MAX_SMS_BODY_CHARS;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 
@@ -28,6 +29,10 @@ const CODE_UNSUBSCRIBED: u32 = 21610;
 const CODE_AUTHENTICATE: u32 = 20003;
 /// HTTP statuses that refuse the account itself (credentials, permissions).
 const ACCOUNT_STATUSES: [u16; 2] = [401, 403];
+/// Twilio's "the message body exceeds the 1600 character limit".
+const CODE_TOO_LONG: u32 = 21617;
+/// herald's code for a body Twilio would refuse as too long (sent or not).
+pub const TOO_LONG: &str = "too_long";
 
 /// Who the SMS is from: a number of the account, or a Messaging Service that picks one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +210,7 @@ impl Channel for TwilioChannel {
             detail: why,
             suppress_address: false,
         })?;
+        too_long(&message.body)?;
         let mut form = Vec::with_capacity(4);
         form.push(("To", to.as_str()));
         form.push(self.from.field());
@@ -291,6 +297,31 @@ struct TwilioError {
 }
 
 /// The taxonomy of a non-2xx answer, decided here once.
+/// Refuses, before any request, a body longer than Twilio accepts: it would only come
+/// back as 21617. Counted in UTF-16 units, as Twilio's limit is.
+fn too_long(body: &str) -> Result<(), DeliveryError> {
+    let len = body.encode_utf16().count();
+    if len > MAX_SMS_BODY_CHARS {
+        return Err(DeliveryError::Permanent {
+            code: TOO_LONG.to_owned(),
+            detail: format!(
+                "the SMS body has {len} characters; Twilio accepts at most {MAX_SMS_BODY_CHARS}"
+            ),
+            suppress_address: false,
+        });
+    }
+    Ok(())
+}
+
+/// 21617 is the same refusal as [`too_long`], decided by Twilio.
+fn too_long_code(code: Option<u32>, detail: &str) -> Option<DeliveryError> {
+    (code == Some(CODE_TOO_LONG)).then(|| DeliveryError::Permanent {
+        code: TOO_LONG.to_owned(),
+        detail: format!("{CODE_TOO_LONG}: {detail}"),
+        suppress_address: false,
+    })
+}
+
 fn refused(status: u16, retry_after: Option<Duration>, body: &[u8]) -> DeliveryError {
     let error = serde_json::from_slice::<TwilioError>(body).ok();
     let code = error.as_ref().and_then(|e| e.code);
@@ -332,6 +363,9 @@ fn refused(status: u16, retry_after: Option<Duration>, body: &[u8]) -> DeliveryE
             code: code_text,
         };
     }
+    if let Some(e) = too_long_code(code, &detail) {
+        return e;
+    }
     // 21211 (invalid number) and the rest are the message's fault, not a dead address.
     DeliveryError::Permanent {
         suppress_address: code == Some(CODE_UNSUBSCRIBED),
@@ -349,6 +383,26 @@ mod tests {
             r#"{{"code": {code}, "message": "m{code}", "more_info": "https://www.twilio.com/docs/errors/{code}", "status": {status}}}"#
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_body_over_1600_characters_is_too_long_before_or_at_twilio() {
+        assert_eq!(
+            refused(400, None, &body(21617, 400)),
+            DeliveryError::Permanent {
+                code: TOO_LONG.into(),
+                detail: "21617: HTTP 400: m21617 (https://www.twilio.com/docs/errors/21617)".into(),
+                suppress_address: false,
+            }
+        );
+        assert!(too_long(&"a".repeat(MAX_SMS_BODY_CHARS)).is_ok());
+        assert!(too_long(&"回".repeat(MAX_SMS_BODY_CHARS)).is_ok());
+        assert!(matches!(
+            too_long(&"a".repeat(MAX_SMS_BODY_CHARS + 1)),
+            Err(DeliveryError::Permanent { ref code, .. }) if code == TOO_LONG
+        ));
+        // An emoji is two UTF-16 units, as Twilio counts it.
+        assert!(too_long(&"😀".repeat(MAX_SMS_BODY_CHARS / 2 + 1)).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use herald_channels::dkim::DkimSigner;
 use herald_channels::fcm::{FcmChannel, FcmSettings, ServiceAccountKey};
 use herald_channels::outbox::OutboxChannel;
 use herald_channels::pacer::Pacer;
@@ -116,6 +117,29 @@ fn secret_from_env(
 
 fn pacer(rate: Option<RateSpec>) -> Arc<Pacer> {
     Arc::new(Pacer::new(rate.map(RateLimit::from)))
+}
+
+/// A signer for each `[channels.email] dkim` key, its private key read from the environment.
+fn dkim_signers(
+    secrets: Secrets,
+    email: &config::EmailChannelConfig,
+) -> anyhow::Result<Vec<Arc<DkimSigner>>> {
+    email
+        .dkim_keys()
+        .iter()
+        .map(|k| {
+            let text = secrets(&k.key_env).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "set the environment variable {} to the DKIM private key of selector `{}`",
+                    k.key_env,
+                    k.selector
+                )
+            })?;
+            let signer = DkimSigner::new(&k.domain, &k.selector, k.algorithm, &text)
+                .with_context(|| format!("[channels.email] dkim selector `{}`", k.selector))?;
+            Ok(Arc::new(signer))
+        })
+        .collect()
 }
 
 fn required_env(
@@ -235,6 +259,10 @@ pub fn routes(
                 config::TlsMode::Tls => TlsMode::Tls,
             };
             s.credentials = user.zip(password);
+            s.allow_plaintext_auth = ch.email.allow_plaintext_auth;
+            s.dkim = dkim_signers(secrets, &ch.email)?;
+            s.relay = ch.email.effective_relay();
+            s.ses_configuration_set = ch.email.ses_configuration_set.clone();
             s.pool_size = ch.email.concurrency.max(1);
             s.timeout = Duration::from_secs(30);
             Arc::new(SmtpChannel::new(s).context("the [channels.email] settings are unusable")?)

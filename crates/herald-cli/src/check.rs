@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use herald_domain::config::{Campaign, ConfigSet};
+use herald_domain::config::{Campaign, ConfigSet, MAX_SMS_BODY_CHARS};
 use herald_domain::segment::{Lifecycle, Rfm};
 use herald_domain::token::TokenSigner;
 use herald_domain::types::{CampaignKind, Channel};
@@ -150,6 +150,16 @@ pub fn render_problems(
                     Ok(out) if channel == Channel::Sms => {
                         let max = config.herald.channels.sms.max_segments;
                         let count = sms_segments(&out.message.body);
+                        let chars = out.message.body.encode_utf16().count();
+                        if chars > MAX_SMS_BODY_CHARS {
+                            problems.push(format!(
+                                "{}: {label}, contact `{}` (locale {}): the SMS is {chars} characters with the opt-out line; Twilio refuses more than {MAX_SMS_BODY_CHARS} whatever max_segments says; shorten the template",
+                                campaign.file,
+                                contact.external_id,
+                                contact.locale.as_deref().unwrap_or("none"),
+                            ));
+                            break;
+                        }
                         if count.segments > max {
                             problems.push(format!(
                                 "{}: {label}: the SMS is {} segments ({:?}, {} units) with the opt-out line{}, over max_segments = {max}; shorten the template",
@@ -168,6 +178,23 @@ pub fn render_problems(
         }
     }
     problems
+}
+
+/// A copy of the first sample for each locale of a per-locale `opt_out_line` that no
+/// sample has: each line is counted in the SMS length checks, whoever the audience is.
+pub fn opt_out_locale_samples(config: &ConfigSet, contacts: &[ContactView]) -> Vec<ContactView> {
+    let (Some(first), Some(line)) = (contacts.first(), &config.herald.channels.sms.opt_out_line)
+    else {
+        return Vec::new();
+    };
+    line.locales()
+        .into_iter()
+        .filter(|l| !contacts.iter().any(|c| c.locale.as_deref() == Some(*l)))
+        .map(|l| ContactView {
+            locale: Some(l.to_string()),
+            ..first.clone()
+        })
+        .collect()
 }
 
 /// Sample audience members of `campaign` from the database, with the personalisation
@@ -291,6 +318,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
     }
+    let sender = crate::sender_check::check(&config.herald, &|v| std::env::var(v).ok());
+    for w in &sender.warnings {
+        eprintln!("warning: {w}");
+    }
+    problems.extend(sender.errors);
     let store = match app::store(cli, &config).await {
         Ok(store) => Some(store),
         Err(e) => {
@@ -314,6 +346,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             if contacts.is_empty() {
                 contacts.push(builtin_sample());
             }
+            contacts.extend(opt_out_locale_samples(&config, &contacts));
             problems.extend(render_problems(&config, templates.clone(), c, &contacts));
         }
     }
@@ -331,4 +364,72 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         templates.names().count()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald_domain::config::HeraldConfig;
+    use herald_engine::render::register_inline;
+
+    use super::*;
+
+    /// A config with `herald_toml` and one marketing SMS campaign over `template`.
+    fn sms_setup(herald_toml: &str, template: &str) -> (ConfigSet, Arc<TemplateSet>) {
+        let campaign = Campaign::parse(
+            "config/campaigns/c.toml",
+            "name = \"c\"\nwhere = 'attrs.x == 1'\nchannels = [\"sms\"]\n[[variants]]\nname = \"a\"\nsms = { template = \"t.sms.hbs\" }\n",
+        )
+        .unwrap();
+        let mut set = TemplateSet::from_strings(&[("t.sms.hbs", template)]).unwrap();
+        register_inline(&mut set, [&campaign]).unwrap();
+        let config = ConfigSet {
+            herald: HeraldConfig::parse("herald.toml", herald_toml).unwrap(),
+            segments: BTreeMap::new(),
+            campaigns: BTreeMap::from([("c".to_string(), campaign)]),
+        };
+        (config, Arc::new(set))
+    }
+
+    fn problems(
+        config: &ConfigSet,
+        set: &Arc<TemplateSet>,
+        contacts: &[ContactView],
+    ) -> Vec<String> {
+        render_problems(config, set.clone(), &config.campaigns["c"], contacts)
+    }
+
+    #[test]
+    fn an_sms_over_1600_characters_is_refused_whatever_max_segments_says() {
+        let toml = "[channels.sms]\nmax_segments = 20\n";
+        let long = "a".repeat(MAX_SMS_BODY_CHARS - 10);
+        let (config, set) = sms_setup(toml, &long);
+        let found = problems(&config, &set, &[builtin_sample()]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("1600"), "{found:?}");
+        // The same template without the opt-out line's length fits.
+        let (config, set) = sms_setup(toml, &"a".repeat(MAX_SMS_BODY_CHARS - 30));
+        assert_eq!(
+            problems(&config, &set, &[builtin_sample()]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn each_locales_opt_out_line_is_counted_in_the_segment_check() {
+        // 66 characters: with "Reply STOP to opt out" one GSM-7 segment; with "回TD退订"
+        // the whole SMS is UCS-2, 71 units, two segments.
+        let toml = "[channels.sms]\nmax_segments = 1\nopt_out_line = { default = \"Reply STOP to opt out\", zh-CN = \"回TD退订\" }\n";
+        let (config, set) = sms_setup(toml, &"a".repeat(66));
+        let sample = vec![builtin_sample()];
+        assert_eq!(problems(&config, &set, &sample), Vec::<String>::new());
+        let extra = opt_out_locale_samples(&config, &sample);
+        assert_eq!(extra.len(), 1);
+        assert_eq!(extra[0].locale.as_deref(), Some("zh-CN"));
+        let all: Vec<ContactView> = sample.into_iter().chain(extra).collect();
+        let found = problems(&config, &set, &all);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("2 segments"), "{found:?}");
+    }
 }

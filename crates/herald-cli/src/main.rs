@@ -19,6 +19,7 @@ mod report;
 mod runs;
 mod segment;
 mod send;
+mod sender_check;
 mod serve;
 mod status;
 mod test_to;

@@ -4,7 +4,7 @@
 
 use herald_channels::RenderedMessage;
 use herald_domain::config::{
-    Campaign, EmailContent, HeraldConfig, PushContent, SmsContent, Variant,
+    Campaign, EmailContent, HeraldConfig, OptOutLine, PushContent, SmsContent, Variant,
 };
 use herald_domain::token::{TokenKind, TokenSigner};
 use herald_domain::types::{CampaignKind, Channel};
@@ -180,7 +180,7 @@ pub struct CampaignRenderer {
     signer: TokenSigner,
     public_url: String,
     bounce_domain: Option<String>,
-    sms_opt_out_line: Option<String>,
+    sms_opt_out_line: Option<OptOutLine>,
     callback_url: Option<String>,
     /// The personalisation the campaign's templates read (found once).
     personalisation: PersonalisationRequest,
@@ -319,6 +319,7 @@ impl MessageRenderer for CampaignRenderer {
             unsubscribe_url: None,
             return_path: None,
             status_callback: None,
+            callback_token: None,
         };
         let links;
         let title = |ch| {
@@ -347,12 +348,12 @@ impl MessageRenderer for CampaignRenderer {
                 );
                 message.body = with_open_pixel(&body.text, &pixel);
                 message.unsubscribe_url = Some(unsubscribe_url.clone());
-                message.return_path = self.bounce_domain.as_ref().map(|d| {
-                    format!(
-                        "bounce+{}@{d}",
-                        self.signer.sign_message(TokenKind::Callback, msg.id)
-                    )
-                });
+                let callback = self.signer.sign_message(TokenKind::Callback, msg.id);
+                message.return_path = self
+                    .bounce_domain
+                    .as_ref()
+                    .map(|d| format!("bounce+{callback}@{d}"));
+                message.callback_token = Some(callback);
                 links = links_of(&body);
             }
             Channel::Sms => {
@@ -362,7 +363,9 @@ impl MessageRenderer for CampaignRenderer {
                     .render_data(&content.template, locale, &data, Some(&ctx(true)))
                     .map_err(|e| e.to_string())?;
                 let opt_out = if marketing {
-                    self.sms_opt_out_line.as_deref()
+                    self.sms_opt_out_line
+                        .as_ref()
+                        .and_then(|l| l.for_locale(locale))
                 } else {
                     None
                 };

@@ -1,7 +1,11 @@
 //! Email provider webhooks (`POST /webhooks/email/{sendgrid|ses}`): bounces,
 //! complaints, deliveries and unsubscribes. Each event names its message by
 //! the signed callback token herald put in the message's custom args
-//! (`herald_token`), an `X-Herald-Token` header, or its VERP return path.
+//! (`herald_token`: SendGrid `unique_args`, SES message tags), an
+//! `X-Herald-Token` header, or its VERP return path; failing those, by herald's
+//! Message-ID (which carries the token) as SendGrid's `smtp-id` or SES's
+//! `mail.commonHeaders.messageId`, or by SES's own id (`mail.messageId`, the id
+//! of its `250 Ok <id>` reply, stored as the message's provider id).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -33,6 +37,119 @@ struct ProviderEvent {
     token: Option<String>,
     action: Option<Action>,
     detail: Value,
+    /// What else in the event may name the message.
+    refs: EventRefs,
+}
+
+/// What in a provider event may name a herald message besides its token.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct EventRefs {
+    /// Message-IDs the event quotes (SendGrid `smtp-id`, SES `mail.commonHeaders.messageId`).
+    message_ids: Vec<String>,
+    /// The provider's own id of the message (SES `mail.messageId`).
+    provider_id: Option<String>,
+}
+
+/// The callback token in one of herald's Message-IDs, `<RANDOM.TOKEN@domain>`.
+fn token_from_message_id(message_id: &str) -> Option<&str> {
+    let id = message_id
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    let (local, _) = id.rsplit_once('@')?;
+    let (random, token) = local.split_once('.')?;
+    let well_formed = !random.is_empty()
+        && random.bytes().all(|b| b.is_ascii_hexdigit())
+        && !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    well_formed.then_some(token)
+}
+
+/// The message an event names, and how it was found.
+enum Found {
+    Message(tracking::MessageInfo),
+    /// It carried a token, and the token was forged.
+    Forged,
+    /// Nothing in it names a message of this database.
+    Nothing,
+}
+
+/// Finds the message `ev` is about: its token, then a token in a Message-ID it quotes,
+/// then the provider's own id. A Message-ID that is not herald's, or whose token another
+/// installation signed (a staging database on the same provider account), names nothing.
+async fn find_message(st: &AppState, ev: &ProviderEvent) -> Result<Found, tracking::TrackingError> {
+    let verify = |token: &str| {
+        st.inner
+            .signer
+            .verify(token)
+            .filter(|c| c.kind == TokenKind::Callback)
+    };
+    let mut forged = false;
+    if let Some(token) = &ev.token {
+        match verify(token) {
+            Some(claims) => {
+                if let Some(m) = tracking::message_info(&st.inner.db, claims.message_id).await? {
+                    return Ok(Found::Message(m));
+                }
+            }
+            None => forged = true,
+        }
+    }
+    for id in &ev.refs.message_ids {
+        if let Some(claims) = token_from_message_id(id).and_then(verify)
+            && let Some(m) = tracking::message_info(&st.inner.db, claims.message_id).await?
+        {
+            return Ok(Found::Message(m));
+        }
+    }
+    if let Some(pid) = &ev.refs.provider_id
+        && let Some(m) = tracking::message_by_provider_id(&st.inner.db, pid).await?
+    {
+        return Ok(Found::Message(m));
+    }
+    Ok(if forged {
+        Found::Forged
+    } else {
+        Found::Nothing
+    })
+}
+
+/// What a SendGrid event quotes of the message: its `smtp-id` (the Message-ID it was sent with).
+fn sendgrid_refs(e: &Value) -> EventRefs {
+    EventRefs {
+        message_ids: str_at(e, &["smtp-id"])
+            .map(str::to_string)
+            .into_iter()
+            .collect(),
+        provider_id: None,
+    }
+}
+
+/// What an SES `mail` object quotes of the message: the original Message-ID header and
+/// SES's own message id.
+fn ses_refs(mail: Option<&Value>) -> EventRefs {
+    let Some(mail) = mail else {
+        return EventRefs::default();
+    };
+    let mut message_ids: Vec<String> = str_at(mail, &["commonHeaders", "messageId"])
+        .map(str::to_string)
+        .into_iter()
+        .collect();
+    if let Some(headers) = mail.get("headers").and_then(Value::as_array) {
+        message_ids.extend(headers.iter().filter_map(|h| {
+            let name = h.get("name").and_then(Value::as_str)?;
+            name.eq_ignore_ascii_case("Message-ID")
+                .then(|| h.get("value").and_then(Value::as_str).map(str::to_string))
+                .flatten()
+        }));
+    }
+    message_ids.dedup();
+    EventRefs {
+        message_ids,
+        provider_id: str_at(mail, &["messageId"]).map(str::to_string),
+    }
 }
 
 /// The token in a VERP address `bounce+TOKEN@domain`, if it is one.
@@ -85,11 +202,13 @@ fn sendgrid(v: Value) -> Result<Vec<ProviderEvent>, String> {
                 "status": e.get("status"),
                 "reason": e.get("reason"),
                 "sg_message_id": e.get("sg_message_id"),
+                "smtp_id": e.get("smtp-id"),
             });
             ProviderEvent {
                 token,
                 action,
                 detail,
+                refs: sendgrid_refs(&e),
             }
         })
         .collect())
@@ -188,10 +307,15 @@ fn ses(v: Value) -> Result<Option<Vec<ProviderEvent>>, String> {
                     ),
                     _ => (None, json!({ "provider": "ses", "event": kind })),
                 };
+                let mut detail = detail;
+                if let Value::Object(d) = &mut detail {
+                    d.insert("ses_message_id".into(), json!(e.pointer("/mail/messageId")));
+                }
                 ProviderEvent {
                     token,
                     action,
                     detail,
+                    refs: ses_refs(e.get("mail")),
                 }
             })
             .collect(),
@@ -227,22 +351,17 @@ pub(crate) async fn webhook(
     let (mut applied, mut ignored, mut forged) = (0u64, 0u64, 0u64);
     let source = provider.as_str();
     for ev in events {
-        let (Some(token), Some(action)) = (ev.token, ev.action) else {
+        let Some(action) = ev.action else {
             ignored += 1;
             continue;
         };
-        let Some(claims) = st
-            .inner
-            .signer
-            .verify(&token)
-            .filter(|c| c.kind == TokenKind::Callback)
-        else {
-            forged += 1;
-            continue;
-        };
-        let msg = match tracking::message_info(&st.inner.db, claims.message_id).await {
-            Ok(Some(m)) => m,
-            Ok(None) => {
+        let msg = match find_message(&st, &ev).await {
+            Ok(Found::Message(m)) => m,
+            Ok(Found::Forged) => {
+                forged += 1;
+                continue;
+            }
+            Ok(Found::Nothing) => {
                 ignored += 1;
                 continue;
             }

@@ -115,6 +115,7 @@ mod tests {
             unsubscribe_url: Some(format!("https://t.example.com/u/{id}")),
             return_path: None,
             status_callback: None,
+            callback_token: None,
         }
     }
 

@@ -1271,6 +1271,12 @@ impl Store for SqlStore {
             }
 
             for o in chunk {
+                if let Some((Channel::Push, token)) = &o.suppress_address {
+                    txn.execute_raw(invalidate_push_token(token, now).build(b))
+                        .await
+                        .map_err(err)?;
+                    continue;
+                }
                 if let Some((channel, address)) = &o.suppress_address {
                     let mut q = Sql::new();
                     q.push("INSERT INTO suppressions (channel, address, contact_id, reason, source, created_at) SELECT ")
@@ -1466,6 +1472,19 @@ impl OutboxSink for SqlStore {
     }
 }
 
+/// A push token FCM called dead (`UNREGISTERED`, or a `message.token` violation) is
+/// marked invalid rather than the contact suppressed: their other tokens still reach
+/// them, with none left they stop counting as push-reachable, and registering the
+/// token again (an import) makes it valid again.
+fn invalidate_push_token(token: &str, now: i64) -> Sql {
+    let mut q = Sql::new();
+    q.push("UPDATE push_tokens SET invalid_at = COALESCE(invalid_at, ")
+        .bind(now)
+        .push(") WHERE token = ")
+        .bind(token.to_string());
+    q
+}
+
 #[cfg(test)]
 mod tests {
     //! The dispatch paths of the store driven by the real dispatcher, to the
@@ -1500,6 +1519,7 @@ mod tests {
                     unsubscribe_url: None,
                     return_path: None,
                     status_callback: None,
+                    callback_token: None,
                 },
                 links: vec![],
             })
@@ -2285,6 +2305,72 @@ mod tests {
         }
     }
 
+    /// FCM calling a token dead marks that token invalid and suppresses nobody: a
+    /// contact with no valid token left stops counting as push-reachable, one with
+    /// another token still counts.
+    async fn a_dead_push_token_is_marked_invalid(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 2).await;
+        let now = SystemClock.now_ms();
+        let mut q = Sql::new();
+        q.push("INSERT INTO push_tokens (contact_id, token, platform, created_at) VALUES (1, 'tok-1a', 'android', ")
+            .bind(now)
+            .push("), (2, 'tok-2a', 'android', ")
+            .bind(now)
+            .push("), (2, 'tok-2b', 'ios', ")
+            .bind(now)
+            .push(")");
+        store.exec(q).await.unwrap();
+        for (row, token) in rows.iter_mut().zip(["tok-1a", "tok-2a"]) {
+            row.channel = Some(Channel::Push);
+            row.address = Some(token.to_string());
+        }
+        let handoff = Handoff::new("planner".into(), 2, Duration::from_secs(60))
+            .with_delivered_on_accept(vec![Channel::Push]);
+        let claimed = hand(&store, &handoff, (run, campaign), &rows, now).await;
+        assert_eq!(claimed.len(), 2);
+        let later = now + 1_000;
+        let outcomes: Vec<Outcome> = claimed
+            .iter()
+            .map(|m| Outcome {
+                suppress_address: Some((Channel::Push, m.address.clone())),
+                ..outcome(m, MessageStatus::Failed, later)
+            })
+            .collect();
+        store.record_outcomes(&outcomes, later).await.unwrap();
+        let mut q = Sql::new();
+        q.push("SELECT token FROM push_tokens WHERE invalid_at = ")
+            .bind(later)
+            .push(" ORDER BY token");
+        let invalid: Vec<String> = store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_by_index(0).unwrap())
+            .collect();
+        assert_eq!(invalid, ["tok-1a", "tok-2a"]);
+        let mut q = Sql::new();
+        q.push("SELECT COUNT(*) FROM suppressions");
+        let n: i64 = store.all(q).await.unwrap()[0].try_get_by_index(0).unwrap();
+        assert_eq!(n, 0, "a dead token suppresses no contact");
+        let mut q = Sql::new();
+        q.push("SELECT c.id FROM contacts c WHERE ")
+            .push(&crate::segment_sql::channel_ok_sql(
+                Channel::Push,
+                db.backend(),
+            ))
+            .push(" ORDER BY c.id");
+        let reachable: Vec<i64> = store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_by_index(0).unwrap())
+            .collect();
+        assert_eq!(reachable, [2], "contact 1 has no valid token left");
+    }
+
     /// Recording a flight writes only the messages whose send did not end as
     /// written: a refusal loses its `sent_at`, a retry is planned again, and no
     /// attempt is counted twice; every attempt is logged; the flight lands.
@@ -2590,6 +2676,7 @@ mod tests {
         handed_rows_are_written_sent_in_a_flight,
         a_page_written_twice_keeps_its_first_rows,
         a_flight_records_only_what_differs,
+        a_dead_push_token_is_marked_invalid,
         a_lapsed_flight_ends_unknown,
         workers_send_what_the_planner_hands_over_once,
         a_batch_handed_to_another_runs_workers_is_refused,

@@ -365,6 +365,24 @@ pub async fn message_info(db: &Db, id: i64) -> TrackingResult<Option<MessageInfo
         .transpose()
 }
 
+/// The email message the relay knows as `provider_id` (the id of its `250 Ok <id>` reply,
+/// stored as the message's provider id), if exactly one has it.
+pub async fn message_by_provider_id(
+    db: &Db,
+    provider_id: &str,
+) -> TrackingResult<Option<MessageInfo>> {
+    let mut q = Sql::new();
+    // Two rows with one id would mean the id is not the relay's own: trust neither.
+    q.push("SELECT m.id FROM messages m WHERE m.channel = 'email' AND m.provider_id = ")
+        .bind(provider_id.to_string())
+        .push(" LIMIT 2");
+    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
+    match rows.as_slice() {
+        [row] => message_info(db, get(row, 0)?).await,
+        _ => Ok(None),
+    }
+}
+
 /// What an unsubscribe stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsubscribeScope {

@@ -26,6 +26,7 @@ pub fn sms(id: i64, to: &str) -> RenderedMessage {
         unsubscribe_url: None,
         return_path: None,
         status_callback: Some(format!("https://t.example.com/sms/status/tok{id}")),
+        callback_token: None,
     }
 }
 
@@ -41,6 +42,7 @@ pub fn push(id: i64, token: &str) -> RenderedMessage {
         unsubscribe_url: None,
         return_path: None,
         status_callback: None,
+        callback_token: None,
     }
 }
 
@@ -56,6 +58,7 @@ pub fn email(id: i64, to: &str) -> RenderedMessage {
         unsubscribe_url: Some(format!("https://t.example.com/u/tok{id}")),
         return_path: Some(format!("bounce+tok{id}@bounces.example.com")),
         status_callback: None,
+        callback_token: None,
     }
 }
 

@@ -150,6 +150,89 @@ pub struct EmailChannelConfig {
     pub rate: Option<RateSpec>,
     /// Messages in flight at once (SMTP connections).
     pub concurrency: usize,
+    /// DKIM keys to sign with: one table, or a list of them (dual signing).
+    pub dkim: Option<DkimSetting>,
+    /// Which provider the SMTP host is, so herald adds the headers its webhooks echo back.
+    pub relay: Option<EmailRelay>,
+    /// SES configuration set (`X-SES-CONFIGURATION-SET`) whose event destination
+    /// publishes bounces and complaints; implies `relay = "ses"`.
+    pub ses_configuration_set: Option<String>,
+    /// Send SMTP credentials over a connection without TLS (a local relay only).
+    pub allow_plaintext_auth: bool,
+}
+
+impl EmailChannelConfig {
+    /// The DKIM keys configured, in order.
+    pub fn dkim_keys(&self) -> &[DkimKeyConfig] {
+        match &self.dkim {
+            None => &[],
+            Some(DkimSetting::One(k)) => std::slice::from_ref(k),
+            Some(DkimSetting::Many(ks)) => ks,
+        }
+    }
+
+    /// The provider whose webhook correlation headers to add, if any.
+    pub fn effective_relay(&self) -> Option<EmailRelay> {
+        self.relay
+            .or(self.ses_configuration_set.as_ref().map(|_| EmailRelay::Ses))
+    }
+}
+
+/// An email service provider behind the SMTP host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailRelay {
+    /// SendGrid: herald's token in `X-SMTPAPI` `unique_args`.
+    Sendgrid,
+    /// Amazon SES: herald's token in `X-SES-MESSAGE-TAGS`.
+    Ses,
+}
+
+/// A DKIM signature algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum DkimAlgorithm {
+    /// RSA PKCS#1 v1.5 with SHA-256 (RFC 6376).
+    #[default]
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    /// Ed25519 over SHA-256 (RFC 8463).
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+impl DkimAlgorithm {
+    /// The `a=` tag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DkimAlgorithm::RsaSha256 => "rsa-sha256",
+            DkimAlgorithm::Ed25519Sha256 => "ed25519-sha256",
+        }
+    }
+}
+
+/// One DKIM key: `{ domain, selector, key_env, algorithm }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKeyConfig {
+    /// The signing domain (`d=`); should be, or be a parent of, the From domain.
+    pub domain: String,
+    /// The selector (`s=`): the key is published at `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// Environment variable holding the private key (PEM, or base64 of the DER).
+    pub key_env: String,
+    /// `rsa-sha256` (default) or `ed25519-sha256`.
+    #[serde(default)]
+    pub algorithm: DkimAlgorithm,
+}
+
+/// `dkim = { ... }` or `dkim = [{ ... }, { ... }]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum DkimSetting {
+    /// One key.
+    One(DkimKeyConfig),
+    /// Several keys, each signing every message (e.g. RSA and Ed25519).
+    Many(Vec<DkimKeyConfig>),
 }
 
 impl Default for EmailChannelConfig {
@@ -165,6 +248,10 @@ impl Default for EmailChannelConfig {
             bounce_domain: None,
             rate: None,
             concurrency: 8,
+            dkim: None,
+            relay: None,
+            ses_configuration_set: None,
+            allow_plaintext_auth: false,
         }
     }
 }
@@ -194,8 +281,8 @@ pub struct SmsChannelConfig {
     pub auth_token_env: Option<String>,
     /// Sender number (E.164) or messaging service.
     pub from: String,
-    /// Appended to every marketing SMS.
-    pub opt_out_line: Option<String>,
+    /// Appended to every marketing SMS: one line, or one per locale.
+    pub opt_out_line: Option<OptOutLine>,
     /// `herald check` refuses templates that can exceed this many segments.
     pub max_segments: usize,
     /// Send rate.
@@ -212,10 +299,76 @@ impl Default for SmsChannelConfig {
             account_sid_env: None,
             auth_token_env: None,
             from: "+15005550006".into(),
-            opt_out_line: Some("Reply STOP to opt out".into()),
+            opt_out_line: Some(OptOutLine::Same("Reply STOP to opt out".into())),
             max_segments: 3,
             rate: None,
             concurrency: 8,
+        }
+    }
+}
+
+/// Twilio refuses an SMS body longer than this many characters (error 21617), however
+/// many segments the account allows.
+pub const MAX_SMS_BODY_CHARS: usize = 1_600;
+
+/// The key of an [`OptOutLine`] table used when no locale matches.
+pub const DEFAULT_LOCALE_KEY: &str = "default";
+
+/// `opt_out_line = "..."` or `opt_out_line = { default = "...", zh-CN = "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OptOutLine {
+    /// One line for every contact.
+    Same(String),
+    /// A line per locale tag, and `default` for the rest (no `default`: no line for them).
+    PerLocale(BTreeMap<String, String>),
+}
+
+/// `zh_CN` and `ZH-cn` → `zh-cn`: tags compare case-insensitively, `_` like `-`.
+fn normalize_locale(tag: &str) -> String {
+    tag.trim().replace('_', "-").to_ascii_lowercase()
+}
+
+impl OptOutLine {
+    /// The line for a contact of `locale`, chosen like a template's locale variant:
+    /// the exact tag, then shorter prefixes (`zh-Hant-TW`, `zh-Hant`, `zh`), then `default`.
+    pub fn for_locale(&self, locale: Option<&str>) -> Option<&str> {
+        let table = match self {
+            OptOutLine::Same(line) => return Some(line),
+            OptOutLine::PerLocale(table) => table,
+        };
+        let find = |wanted: &str| {
+            table
+                .iter()
+                .find(|(k, _)| k.as_str() != DEFAULT_LOCALE_KEY && normalize_locale(k) == wanted)
+                .map(|(_, v)| v.as_str())
+        };
+        if let Some(locale) = locale {
+            let wanted = normalize_locale(locale);
+            let mut candidate = wanted.as_str();
+            loop {
+                if let Some(line) = find(candidate) {
+                    return Some(line);
+                }
+                match candidate.rfind('-') {
+                    Some(i) => candidate = &candidate[..i],
+                    None => break,
+                }
+            }
+        }
+        table.get(DEFAULT_LOCALE_KEY).map(String::as_str)
+    }
+
+    /// Every locale tag the table names (none for a single line): the locales a check
+    /// must count segments for, besides the default.
+    pub fn locales(&self) -> Vec<&str> {
+        match self {
+            OptOutLine::Same(_) => Vec::new(),
+            OptOutLine::PerLocale(table) => table
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != DEFAULT_LOCALE_KEY)
+                .collect(),
         }
     }
 }
@@ -492,6 +645,7 @@ username_env = "SMTP_USER"
 password_env = "SMTP_PASSWORD"
 from = "Shop <news@example.com>"
 bounce_domain = "bounces.example.com"
+dkim = { domain = "example.com", selector = "s1", key_env = "DKIM_KEY", algorithm = "rsa-sha256" }
 rate = { per_second = 50, burst = 10 }
 concurrency = 8
 [channels.sms]
@@ -542,6 +696,46 @@ dormant = 90
             c.contacts.attrs.get("vip"),
             Some(&super::super::attrs::AttrType::Bool)
         );
+        assert_eq!(c.channels.email.dkim_keys()[0].selector, "s1");
+    }
+
+    #[test]
+    fn the_opt_out_line_is_chosen_by_locale_then_language_then_default() {
+        let src = "[channels.sms]\nopt_out_line = { default = \"Reply STOP to opt out\", zh-CN = \"回TD退订\", fr = \"STOP au 36111\" }\n";
+        let c = HeraldConfig::parse("herald.toml", src).unwrap();
+        let line = c.channels.sms.opt_out_line.unwrap();
+        assert_eq!(line.for_locale(Some("zh-CN")), Some("回TD退订"));
+        assert_eq!(line.for_locale(Some("zh_cn")), Some("回TD退订"));
+        assert_eq!(line.for_locale(Some("fr-CA")), Some("STOP au 36111"));
+        assert_eq!(
+            line.for_locale(Some("zh-TW")),
+            Some("Reply STOP to opt out")
+        );
+        assert_eq!(line.for_locale(None), Some("Reply STOP to opt out"));
+        assert_eq!(line.locales(), vec!["fr", "zh-CN"]);
+        let plain = OptOutLine::Same("STOP".into());
+        assert_eq!(plain.for_locale(Some("zh-CN")), Some("STOP"));
+        let no_default = OptOutLine::PerLocale(BTreeMap::from([("zh".into(), "回TD退订".into())]));
+        assert_eq!(no_default.for_locale(Some("en")), None);
+    }
+
+    #[test]
+    fn dkim_takes_one_key_or_a_list() {
+        let src = r#"[channels.email]
+dkim = [
+  { domain = "example.com", selector = "r1", key_env = "K1" },
+  { domain = "example.com", selector = "e1", key_env = "K2", algorithm = "ed25519-sha256" },
+]
+ses_configuration_set = "herald-events"
+"#;
+        let c = HeraldConfig::parse("herald.toml", src).unwrap();
+        let keys = c.channels.email.dkim_keys();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].algorithm, DkimAlgorithm::RsaSha256);
+        assert_eq!(keys[1].algorithm, DkimAlgorithm::Ed25519Sha256);
+        assert_eq!(c.channels.email.effective_relay(), Some(EmailRelay::Ses));
+        let bad = "[channels.email]\ndkim = { domain = \"x\", selector = \"s\", key_env = \"K\", algorithm = \"rsa-sha1\" }\n";
+        assert!(HeraldConfig::parse("herald.toml", bad).is_err());
     }
 
     #[test]
