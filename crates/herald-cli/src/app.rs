@@ -59,7 +59,9 @@ pub async fn connect(cli: &Cli, config: &ConfigSet) -> anyhow::Result<Db> {
         .await
         .context("cannot key the digests of forgotten contacts")?;
     if wrapped > 0 {
-        eprintln!("keyed {wrapped} digests of forgotten contacts' addresses with the tracking secret");
+        eprintln!(
+            "keyed {wrapped} digests of forgotten contacts' addresses with the tracking secret"
+        );
     }
     Ok(db.with_digest_keys(keys))
 }
@@ -69,7 +71,9 @@ pub async fn connect(cli: &Cli, config: &ConfigSet) -> anyhow::Result<Db> {
 /// `None` without the secret.
 fn digest_keys(config: &ConfigSet) -> Option<herald_storage::contacts::DigestKeys> {
     let t = &config.herald.tracking;
-    let current = std::env::var(&t.secret_env).ok().filter(|s| !s.is_empty())?;
+    let current = std::env::var(&t.secret_env)
+        .ok()
+        .filter(|s| !s.is_empty())?;
     let previous = t
         .secret_previous_env
         .as_ref()

@@ -366,7 +366,11 @@ mod tests {
             all_differ += d;
             all_total += t;
             let (pa, pb) = (s.permute(id), s.permute(id + 1));
-            id_differ += pa.iter().zip(&pb).map(|(x, y)| (x ^ y).count_ones()).sum::<u32>();
+            id_differ += pa
+                .iter()
+                .zip(&pb)
+                .map(|(x, y)| (x ^ y).count_ones())
+                .sum::<u32>();
             id_total += 64;
             assert_eq!(s.verify(&a).unwrap().message_id, id);
         }

@@ -36,25 +36,24 @@ use tokio::sync::watch;
 pub use dsn::{MailReport, read_report};
 pub use email::{TOKEN_FIELD, TOKEN_HEADER, token_from_verp};
 pub use events::{MAX_BODY, MAX_EVENTS, event_row};
+pub use herald_storage::tracking::GoalSpec;
 pub use listen::{
     BodyTimeout, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, FD_RESERVE, HttpLimits, effective_cap, fd_limit, raise_fd_limit,
 };
-pub use herald_storage::tracking::GoalSpec;
-pub use sms::{Intent, intent, normalise};
-pub use state::{
-    AppState, DEFAULT_HELP_REPLY, DEFAULT_MACHINE_OPEN_WINDOW, DEFAULT_SMTP_COMMAND_TIMEOUT,
-    DEFAULT_SMTP_MAX_IDLE_COMMANDS, DEFAULT_SMTP_MAX_SESSIONS, DEFAULT_SMTP_SESSION_TIMEOUT,
-    ExtraMetrics, HELP_KEYWORDS,
-    OPT_IN_KEYWORDS, ReportError, ReportSource, STANDARD_OPT_OUT_KEYWORDS, ServerConfig,
-    SmtpSettings,
-};
-pub use track::{PIXEL_GIF, machine_agent, open_pixel_tag, open_pixel_url};
 pub use signature::{
     BadSendgridKey, MAX_WEBHOOK_BODY, SENDGRID_MAX_SKEW_SECS, SENDGRID_SIGNATURE_HEADER,
     SENDGRID_TIMESTAMP_HEADER, sendgrid_key, verify_sendgrid,
 };
+pub use sms::{Intent, intent, normalise};
 pub use sns::{CertFetcher, SnsError, SnsSettings, is_sns_host};
+pub use state::{
+    AppState, DEFAULT_HELP_REPLY, DEFAULT_MACHINE_OPEN_WINDOW, DEFAULT_SMTP_COMMAND_TIMEOUT,
+    DEFAULT_SMTP_MAX_IDLE_COMMANDS, DEFAULT_SMTP_MAX_SESSIONS, DEFAULT_SMTP_SESSION_TIMEOUT,
+    ExtraMetrics, HELP_KEYWORDS, OPT_IN_KEYWORDS, ReportError, ReportSource,
+    STANDARD_OPT_OUT_KEYWORDS, ServerConfig, SmtpSettings,
+};
+pub use track::{PIXEL_GIF, machine_agent, open_pixel_tag, open_pixel_url};
 pub use twilio::{SIGNATURE_HEADER, twilio_signature, verify_twilio_signature};
 pub use writer::{WriterClosed, WriterSettings};
 

@@ -141,13 +141,14 @@ mod tests {
     fn sendgrid_signatures_verify_only_over_their_timestamp_and_body() {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-                .unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
         let spki = [&P256_SPKI_PREFIX[..], pair.public_key().as_ref()].concat();
         let key = sendgrid_key(&STANDARD.encode(&spki)).unwrap();
         let body = br#"[{"event":"bounce"}]"#;
-        let sig = pair.sign(&rng, &[b"1700000000".as_slice(), body].concat()).unwrap();
+        let sig = pair
+            .sign(&rng, &[b"1700000000".as_slice(), body].concat())
+            .unwrap();
         let sig = STANDARD.encode(sig.as_ref());
         assert!(verify_sendgrid(&key, "1700000000", body, &sig));
         assert!(!verify_sendgrid(&key, "1700000001", body, &sig));

@@ -234,8 +234,7 @@ pub(crate) async fn verify(st: &AppState, body: &[u8]) -> Result<(), SnsError> {
     let Some(settings) = &st.inner.config.sns else {
         return Err(SnsError::NotConfigured);
     };
-    let msg: Value =
-        serde_json::from_slice(body).map_err(|_| SnsError::Malformed("not JSON"))?;
+    let msg: Value = serde_json::from_slice(body).map_err(|_| SnsError::Malformed("not JSON"))?;
     let text = |f: &'static str| {
         msg.get(f)
             .and_then(Value::as_str)
@@ -330,9 +329,18 @@ mod tests {
             sns_url_host("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-x.pem"),
             Some("sns.eu-west-1.amazonaws.com")
         );
-        assert_eq!(sns_url_host("http://sns.eu-west-1.amazonaws.com/x.pem"), None);
-        assert_eq!(sns_url_host("https://sns.eu-west-1.amazonaws.com:8443/x.pem"), None);
-        assert_eq!(sns_url_host("https://user@sns.eu-west-1.amazonaws.com/x.pem"), None);
+        assert_eq!(
+            sns_url_host("http://sns.eu-west-1.amazonaws.com/x.pem"),
+            None
+        );
+        assert_eq!(
+            sns_url_host("https://sns.eu-west-1.amazonaws.com:8443/x.pem"),
+            None
+        );
+        assert_eq!(
+            sns_url_host("https://user@sns.eu-west-1.amazonaws.com/x.pem"),
+            None
+        );
     }
 
     #[test]

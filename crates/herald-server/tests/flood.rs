@@ -233,15 +233,25 @@ async fn http_flood(app: &App, size: &Size) {
             open_after += 1;
         }
     }
-    assert_eq!(open_after, 0, "idle connections still open after the timeout");
+    assert_eq!(
+        open_after, 0,
+        "idle connections still open after the timeout"
+    );
     stop_drip.store(true, Ordering::Release);
     while let Some(s) = slow.join_next().await {
         let mut s = s.expect("slowloris");
-        assert!(closed_by_server(&mut s).await, "a slowloris connection is still open");
+        assert!(
+            closed_by_server(&mut s).await,
+            "a slowloris connection is still open"
+        );
     }
     app.flush().await;
     let after = app.msg_int(M_EMAIL, "open_count").await.unwrap_or(0);
-    assert_eq!(after - before, opens as i64, "every answered open is recorded");
+    assert_eq!(
+        after - before,
+        opens as i64,
+        "every answered open is recorded"
+    );
 }
 
 /// Reads one SMTP reply (all its lines); it must have `code`.
@@ -320,6 +330,9 @@ async fn smtp_flood(app: &App, size: &Size) {
     while attackers.join_next().await.is_some() {}
     tokio::time::sleep(Duration::from_secs(2)).await;
     for s in &mut idle {
-        assert!(closed_by_server(s).await, "an idle SMTP session is still open");
+        assert!(
+            closed_by_server(s).await,
+            "an idle SMTP session is still open"
+        );
     }
 }

@@ -64,8 +64,13 @@ impl DigestKeys {
         let derive = |secret: &[u8]| {
             let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
             let key = ring::hmac::sign(&master, DIGEST_KEY_LABEL);
-            let id = hex(&ring::digest::digest(&ring::digest::SHA256, key.as_ref()).as_ref()[..KEY_ID_LEN]);
-            (id, ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_ref()))
+            let id = hex(
+                &ring::digest::digest(&ring::digest::SHA256, key.as_ref()).as_ref()[..KEY_ID_LEN],
+            );
+            (
+                id,
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_ref()),
+            )
         };
         let mut keys = vec![derive(current)];
         for p in previous {
@@ -94,7 +99,11 @@ impl DigestKeys {
     /// one of versions before keyed digests.
     pub fn candidates(&self, address: &str) -> Vec<String> {
         let sha = ring::digest::digest(&ring::digest::SHA256, address.as_bytes());
-        let mut out: Vec<String> = self.keys.iter().map(|k| Self::keyed(k, sha.as_ref())).collect();
+        let mut out: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| Self::keyed(k, sha.as_ref()))
+            .collect();
         out.push(address_digest(address));
         out
     }
@@ -843,7 +852,9 @@ mod db_tests {
     }
 
     async fn stored_addresses(db: &Db) -> HashSet<String> {
-        let q = Sql::new().push("SELECT address FROM suppressions WHERE address IS NOT NULL").clone();
+        let q = Sql::new()
+            .push("SELECT address FROM suppressions WHERE address IS NOT NULL")
+            .clone();
         all(&db.conn, db.backend(), q)
             .await
             .unwrap()
@@ -856,8 +867,14 @@ mod db_tests {
     async fn reimport(db: &Db, eid: &str) -> i64 {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.csv");
-        std::fs::write(&path, format!("external_id,email,phone\n{eid},{EMAIL},{PHONE}\n")).unwrap();
-        crate::import::import_contacts(db, &path, &|_| {}).await.unwrap();
+        std::fs::write(
+            &path,
+            format!("external_id,email,phone\n{eid},{EMAIL},{PHONE}\n"),
+        )
+        .unwrap();
+        crate::import::import_contacts(db, &path, &|_| {})
+            .await
+            .unwrap();
         let q = Sql::new()
             .push("SELECT COUNT(*) FROM suppressions s JOIN contacts c ON c.id = s.contact_id WHERE c.external_id = ")
             .bind(eid.to_string())
@@ -890,7 +907,11 @@ mod db_tests {
         let mut tried = 0;
         for n in 0..10_000 {
             let phone = format!("+1500555{n:04}");
-            for d in [address_digest(&phone), guessed.digest(&phone), phone.clone()] {
+            for d in [
+                address_digest(&phone),
+                guessed.digest(&phone),
+                phone.clone(),
+            ] {
                 assert!(!stored.contains(&d), "{phone} recovered");
             }
             tried += 1;
@@ -914,14 +935,18 @@ mod db_tests {
         let stored = stored_addresses(db).await;
         assert_eq!(stored, HashSet::from([old.digest(PHONE)]));
         // The secret is rotated: the old key still recognises what it keyed.
-        let rotated = DigestKeys::from_secrets(b"the-new-secret-6543210", &[b"the-old-secret-0123456"]);
+        let rotated =
+            DigestKeys::from_secrets(b"the-new-secret-6543210", &[b"the-old-secret-0123456"]);
         let db = &db.clone().with_digest_keys(rotated);
         let q = Sql::new()
             .push("SELECT COUNT(*) FROM suppressions WHERE channel = 'sms' AND address = ")
             .bind(PHONE)
             .clone();
         reimport(db, "p9").await;
-        assert_eq!(get::<i64>(&all(&db.conn, db.backend(), q).await.unwrap()[0], 0).unwrap(), 1);
+        assert_eq!(
+            get::<i64>(&all(&db.conn, db.backend(), q).await.unwrap()[0], 0).unwrap(),
+            1
+        );
         // Under the new key alone, it would be lost: the rotation list matters.
         let only_new = DigestKeys::from_secrets(b"the-new-secret-6543210", &[]);
         assert!(!only_new.candidates(PHONE).contains(&old.digest(PHONE)));

@@ -20,7 +20,8 @@ impl ReportSource for OneCampaign {
         campaign: &str,
         _query: &[(String, String)],
     ) -> Result<Option<serde_json::Value>, ReportError> {
-        Ok((campaign == "winback").then(|| serde_json::json!({ "campaign": "winback", "revenue": 42 })))
+        Ok((campaign == "winback")
+            .then(|| serde_json::json!({ "campaign": "winback", "revenue": 42 })))
     }
 }
 

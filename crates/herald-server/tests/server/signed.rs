@@ -32,7 +32,8 @@ const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:herald-ses";
 const HOST: &str = "sns.us-east-1.amazonaws.com";
 const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
 const EXPIRED_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-old.pem";
-const OTHER_NAME_URL: &str = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem";
+const OTHER_NAME_URL: &str =
+    "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem";
 const CONFIRM_URL: &str =
     "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=t0k";
 
@@ -56,7 +57,12 @@ impl CertFetcher for Fetcher {
 
 impl Fetcher {
     fn asked(&self, url: &str) -> usize {
-        self.asked.lock().unwrap().iter().filter(|u| *u == url).count()
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| *u == url)
+            .count()
     }
 }
 
@@ -86,7 +92,10 @@ fn pki() -> (CertificateDer<'static>, Arc<Fetcher>) {
     f.bodies.insert(CERT_URL.into(), leaf(false));
     f.bodies.insert(OTHER_NAME_URL.into(), leaf(false));
     f.bodies.insert(EXPIRED_URL.into(), leaf(true));
-    f.bodies.insert(CONFIRM_URL.into(), b"<ConfirmSubscriptionResponse/>".to_vec());
+    f.bodies.insert(
+        CONFIRM_URL.into(),
+        b"<ConfirmSubscriptionResponse/>".to_vec(),
+    );
     (root, Arc::new(f))
 }
 
@@ -99,9 +108,24 @@ const V1_CONFIRMATION_SIGNATURE: &str = include_str!("../data/sns-v1-confirmatio
 fn sign_sns(mut msg: Value, version: &str, cert_url: &str) -> Value {
     let kind = msg["Type"].as_str().unwrap().to_string();
     let fields: &[&str] = if kind == "Notification" {
-        &["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
+        &[
+            "Message",
+            "MessageId",
+            "Subject",
+            "Timestamp",
+            "TopicArn",
+            "Type",
+        ]
     } else {
-        &["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"]
+        &[
+            "Message",
+            "MessageId",
+            "SubscribeURL",
+            "Timestamp",
+            "Token",
+            "TopicArn",
+            "Type",
+        ]
     };
     let mut text = String::new();
     for f in fields {
@@ -151,7 +175,11 @@ async fn post_ses(app: &App, body: &Value) -> StatusCode {
         .status()
 }
 
-async fn start(backend: Backend, fetcher: Arc<Fetcher>, root: CertificateDer<'static>) -> Option<App> {
+async fn start(
+    backend: Backend,
+    fetcher: Arc<Fetcher>,
+    root: CertificateDer<'static>,
+) -> Option<App> {
     App::start_with(backend, move |c| {
         c.sns = Some(SnsSettings {
             topic_arns: vec![TOPIC.into()],
@@ -208,8 +236,15 @@ async fn sns_signatures(backend: Backend) {
     ] {
         assert_eq!(post_ses(&app, body).await, StatusCode::FORBIDDEN, "{what}");
     }
-    assert_eq!(app.footprint().await, before, "a refused message changed nothing");
-    assert_eq!(fetcher.asked("https://sns.us-east-1.amazonaws.com.evil.example/cert.pem"), 0);
+    assert_eq!(
+        app.footprint().await,
+        before,
+        "a refused message changed nothing"
+    );
+    assert_eq!(
+        fetcher.asked("https://sns.us-east-1.amazonaws.com.evil.example/cert.pem"),
+        0
+    );
 
     // Signed right: applied (version 1 is in `sns_subscriptions`).
     assert_eq!(post_ses(&app, &good).await, StatusCode::OK);
@@ -282,7 +317,10 @@ async fn sendgrid_signatures(backend: Backend) {
         STANDARD.encode(sig.as_ref())
     };
     let post = |sig: Option<String>, ts: Option<String>, body: String| {
-        let mut r = app.client.post(app.url("/webhooks/email/sendgrid")).body(body);
+        let mut r = app
+            .client
+            .post(app.url("/webhooks/email/sendgrid"))
+            .body(body);
         if let Some(s) = sig {
             r = r.header(herald_server::SENDGRID_SIGNATURE_HEADER, s);
         }
@@ -303,14 +341,33 @@ async fn sendgrid_signatures(backend: Backend) {
     for (what, sig, ts, b) in [
         ("no headers", None, None, body.clone()),
         ("no signature", None, Some(now.clone()), body.clone()),
-        ("another key", Some(other_sig), Some(now.clone()), body.clone()),
-        ("altered body", Some(sign(&now, &body)), Some(now.clone()), body.replace("spamreport", "delivered")),
-        ("stale", Some(sign(&stale, &body)), Some(stale.clone()), body.clone()),
+        (
+            "another key",
+            Some(other_sig),
+            Some(now.clone()),
+            body.clone(),
+        ),
+        (
+            "altered body",
+            Some(sign(&now, &body)),
+            Some(now.clone()),
+            body.replace("spamreport", "delivered"),
+        ),
+        (
+            "stale",
+            Some(sign(&stale, &body)),
+            Some(stale.clone()),
+            body.clone(),
+        ),
     ] {
         let r = post(sig, ts, b).await.unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{what}");
     }
-    assert_eq!(app.footprint().await, before, "a refused webhook changed nothing");
+    assert_eq!(
+        app.footprint().await,
+        before,
+        "a refused webhook changed nothing"
+    );
     let r = post(Some(sign(&now, &body)), Some(now.clone()), body.clone())
         .await
         .unwrap();

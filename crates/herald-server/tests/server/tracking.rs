@@ -197,10 +197,7 @@ async fn one_click_unsubscribe_ends_the_topic(app: &App) {
 /// SPEC section 4: one-click on a message without a topic ends marketing on
 /// its channel, as a suppression that transactional messages pass.
 async fn one_click_unsubscribe_suppresses_the_channel(app: &App) {
-    let url = app.url(&format!(
-        "/u/{}",
-        app.token(TokenKind::Unsubscribe, M_NEWS)
-    ));
+    let url = app.url(&format!("/u/{}", app.token(TokenKind::Unsubscribe, M_NEWS)));
     // The page shows choices and changes nothing.
     let r = app.client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -220,7 +217,10 @@ async fn one_click_unsubscribe_suppresses_the_channel(app: &App) {
         .await
         .unwrap();
     assert!(topic_page.contains("promotions"), "{topic_page}");
-    assert!(topic_page.contains("Stop all marketing emails"), "{topic_page}");
+    assert!(
+        topic_page.contains("Stop all marketing emails"),
+        "{topic_page}"
+    );
     assert!(page.contains("a***@example.com"), "{page}");
     assert!(!page.contains("ann@example.com"));
     assert_eq!(app.count("suppressions").await, 0);
