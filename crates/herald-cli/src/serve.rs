@@ -110,8 +110,7 @@ pub fn tracking_state(
         let key = std::env::var(var).with_context(|| {
             format!("[tracking] sendgrid_verification_key_env names {var}, which is not set")
         })?;
-        server.sendgrid_key =
-            Some(herald_server::sendgrid_key(&key).with_context(|| format!("{var}"))?);
+        server.sendgrid_key = Some(herald_server::sendgrid_key(&key).with_context(|| var.clone())?);
     }
     if !t.sns_topic_arns.is_empty() {
         server.sns = Some(herald_server::SnsSettings {

@@ -101,7 +101,7 @@ pub fn fd_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit only writes the struct we pass it.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    (rc == 0).then_some(r.rlim_cur as u64)
+    (rc == 0).then_some(r.rlim_cur)
 }
 
 /// Raises the process's file-descriptor soft limit to its hard limit (a
@@ -127,7 +127,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         }
         r.rlim_cur = r.rlim_max;
     }
-    Ok(r.rlim_cur as u64)
+    Ok(r.rlim_cur)
 }
 
 /// What the listener knows of one connection; shared with its task.
