@@ -10,12 +10,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::rsa::KeyPair;
-use aws_lc_rs::signature::RSA_PKCS1_SHA256;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use ring::rand::SystemRandom;
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair as KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::http::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE, DEFAULT_TIMEOUT};
@@ -262,7 +261,7 @@ impl FcmChannel {
         });
         let header = BASE64URL.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
         let signing_input = format!("{header}.{}", BASE64URL.encode(claims.to_string()));
-        let mut signature = vec![0; self.key.public_modulus_len()];
+        let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
             .sign(
                 &RSA_PKCS1_SHA256,

@@ -20,6 +20,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_domain::types::Channel as ChannelKind;
 
+/// A reqwest client builder whose TLS uses ring, the project's one crypto
+/// provider. reqwest is built without a provider of its own (its default is
+/// aws-lc-rs), so ring is installed as the process's rustls default first;
+/// every HTTP client of herald, tests included, starts here.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    // Err only when a provider is already installed: ring, by this function.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// A message ready to leave: rendered, addressed, with its headers decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedMessage {

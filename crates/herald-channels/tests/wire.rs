@@ -192,7 +192,11 @@ async fn fcm_401_refreshes_once_and_resends() {
 async fn fcm_token_endpoint_refusals_and_outages() {
     // A key the token endpoint does not know: the grant is refused, permanently.
     let sink = fcm_sink(FcmSinkConfig::default()).await;
-    let other = fcm_sink(FcmSinkConfig::default()).await;
+    let other = fcm_sink(FcmSinkConfig {
+        private_key_pem: herald_sinks::SECOND_SERVICE_ACCOUNT_KEY,
+        ..FcmSinkConfig::default()
+    })
+    .await;
     let mut settings = common::fcm_settings(&sink, TIMEOUT);
     settings.credentials = ServiceAccountKey {
         private_key: ServiceAccountKey::from_json(&other.credentials_json())
