@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -123,6 +123,8 @@ struct FcmState {
     received: Mutex<Vec<ReceivedPush>>,
     count: AtomicUsize,
     next_id: AtomicU64,
+    /// Refuse the service-account key at `/token` (as for a deleted key), until cleared.
+    refuse_key: AtomicBool,
 }
 
 impl FcmSink {
@@ -154,6 +156,7 @@ impl FcmSink {
             received: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            refuse_key: AtomicBool::new(false),
         });
         let handler: Arc<dyn Handler> = state.clone();
         let server = Server::serve(listener, handler, config.stall_for)?;
@@ -227,6 +230,16 @@ impl FcmSink {
     /// Replaces the plan for the requests to come.
     pub fn set_plan(&self, plan: FaultPlan) {
         self.state.planner.set(plan);
+    }
+
+    /// While `refuse` holds, `/token` answers `invalid_client` (a deleted or
+    /// disabled key) and every issued access token is forgotten; clearing it
+    /// is the key fixed.
+    pub fn set_refuse_key(&self, refuse: bool) {
+        self.state.refuse_key.store(refuse, Ordering::SeqCst);
+        if refuse {
+            lock(&self.state.tokens).clear();
+        }
     }
 
     /// Stops accepting, closes every connection and waits until they are gone.
@@ -307,6 +320,9 @@ impl FcmState {
         };
         if let Err(why) = self.check_assertion(assertion) {
             return oauth_error("invalid_grant", &why);
+        }
+        if self.refuse_key.load(Ordering::SeqCst) {
+            return oauth_error("invalid_client", "The OAuth client was not found.");
         }
         let token = self.issue_token();
         Reply::Respond(http::json_response(

@@ -10,12 +10,15 @@
 pub mod audience;
 pub mod contacts;
 pub mod db;
+pub mod decode;
 pub mod entry;
 pub mod import;
 pub mod outbox;
 pub mod personalise;
 pub mod report;
+pub mod reputation;
 pub mod rollout;
+pub mod routes;
 pub mod runs;
 pub mod segment_bench;
 pub mod segment_sql;

@@ -33,7 +33,10 @@ pub use metric::{
     MetricNoEstimate, TestKind, compare_metric,
 };
 pub use power::{POWER, minimum_detectable_lift};
-pub use rollout::{RivalChance, Rollout, WINNER_MIN_CHANCE, pick_winner};
+pub use rollout::{
+    FISHER_MAX_P, RivalChance, Rollout, WINNER_MIN_CHANCE, decide_rollout, fisher_one_sided,
+    pick_winner,
+};
 pub use srm::{SRM_P_THRESHOLD, Srm, srm};
 
 /// Confidence level of the interval of the relative lift.
