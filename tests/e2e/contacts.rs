@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use herald_domain::token::{TokenClaims, TokenKind, TokenSigner};
 use herald_server::{AppState, ServerConfig};
 use herald_storage::Db;
-use herald_storage::contacts::address_digest;
+use herald_storage::contacts::{DigestKeys, address_digest};
 use herald_tests::{Backend, Project};
 use sea_orm::{ConnectionTrait, Statement, Value};
 use serde_json::Value as Json;
@@ -341,7 +341,17 @@ async fn export_then_forget_leaves_nothing_personal(backend: Backend) {
     assert_eq!(report_counts(&store).await, counts);
     assert_eq!(personal_traces(&store).await, vec![]);
     // The unsubscribes outlive her as digests of the address, not the address.
-    let digest = address_digest(ANN_EMAIL);
+    // Keyed with the tracking secret: a plain SHA-256 of the address is not stored.
+    let digest = DigestKeys::from_secrets(SECRET, &[]).digest(ANN_EMAIL);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM suppressions WHERE address = $1",
+            vec![address_digest(ANN_EMAIL).into()]
+        )
+        .await,
+        0
+    );
     assert_eq!(
         count(
             &store,

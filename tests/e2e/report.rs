@@ -571,11 +571,20 @@ async fn table_json_and_csv_agree(backend: Backend) {
 
 /// `GET path` over a plain HTTP/1.1 connection: (status, body).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_as(port, path, Some(API_TOKEN))
+}
+
+/// The report API's bearer token in these tests.
+const API_TOKEN: &str = "report-api-token-0123";
+
+/// `GET path` with `token` as its bearer token, if any.
+fn http_get_as(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
@@ -616,6 +625,7 @@ async fn the_api_serves_the_same_report(backend: Backend) {
             .current_dir(p.path())
             .env("HERALD_DATABASE_URL", &db.url)
             .env("HERALD_SECRET", herald_tests::SECRET)
+            .env("HERALD_API_TOKEN", API_TOKEN)
             .env_remove("HERALD_CONFIG")
             .env_remove("HERALD_TEMPLATES")
             .stdout(std::process::Stdio::null())
@@ -633,6 +643,12 @@ async fn the_api_serves_the_same_report(backend: Backend) {
     }
     assert!(ready, "herald serve did not answer /healthz");
 
+    // Without the token, or with another, the API tells nothing.
+    for token in [None, Some("wrong")] {
+        let (status, _) =
+            http_get_as(port, "/api/campaigns/winback/report?run=1", token).expect("answer");
+        assert_eq!(status, 401);
+    }
     let (status, body) = http_get(port, "/api/campaigns/winback/report?run=1").expect("answer");
     assert_eq!(status, 200, "{body}");
     let mut served: Value = serde_json::from_str(&body).expect("JSON");

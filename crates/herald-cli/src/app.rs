@@ -48,9 +48,42 @@ pub fn database_url(cli: &Cli, config: &ConfigSet) -> String {
 /// Connects and migrates.
 pub async fn connect(cli: &Cli, config: &ConfigSet) -> anyhow::Result<Db> {
     let url = database_url(cli, config);
-    Db::connect(&url)
+    let db = Db::connect(&url)
         .await
-        .with_context(|| format!("cannot open the database {url}"))
+        .with_context(|| format!("cannot open the database {url}"))?;
+    let Some(keys) = digest_keys(config) else {
+        return Ok(db);
+    };
+    // Plain digests of earlier versions become keyed on the first start with the secret.
+    let wrapped = herald_storage::contacts::wrap_plain_digests(&db, &keys)
+        .await
+        .context("cannot key the digests of forgotten contacts")?;
+    if wrapped > 0 {
+        eprintln!(
+            "keyed {wrapped} digests of forgotten contacts' addresses with the tracking secret"
+        );
+    }
+    Ok(db.with_digest_keys(keys))
+}
+
+/// The keys forgotten identifiers are digested under: derived from the
+/// tracking secret and, after a rotation, `[tracking] secret_previous_env`;
+/// `None` without the secret.
+fn digest_keys(config: &ConfigSet) -> Option<herald_storage::contacts::DigestKeys> {
+    let t = &config.herald.tracking;
+    let current = std::env::var(&t.secret_env)
+        .ok()
+        .filter(|s| !s.is_empty())?;
+    let previous = t
+        .secret_previous_env
+        .as_ref()
+        .and_then(|v| std::env::var(v).ok())
+        .filter(|s| !s.is_empty());
+    let previous: Vec<&[u8]> = previous.iter().map(|s| s.as_bytes()).collect();
+    Some(herald_storage::contacts::DigestKeys::from_secrets(
+        current.as_bytes(),
+        &previous,
+    ))
 }
 
 /// Connects and returns the store, with the `[rfm]` and `[lifecycle]` settings segments need.

@@ -224,6 +224,32 @@ pub async fn sample_contacts(
     Ok(store.contacts(&ids, &want).await?)
 }
 
+/// What the tracking server's webhooks accept unchecked or refuse, for a
+/// setup that sends real email (`[channels.email] provider = "smtp"`).
+pub fn webhook_warnings(herald: &herald_domain::config::HeraldConfig) -> Vec<String> {
+    use herald_domain::config::EmailProvider;
+    let t = &herald.tracking;
+    let mut out = Vec::new();
+    if herald.channels.email.provider != EmailProvider::Smtp {
+        return out;
+    }
+    match &t.sendgrid_verification_key_env {
+        None => out.push(
+            "SendGrid event webhooks are accepted unsigned: set [tracking] sendgrid_verification_key_env to the variable holding SendGrid's verification key".into(),
+        ),
+        Some(var) if std::env::var(var).is_err() => out.push(format!(
+            "[tracking] sendgrid_verification_key_env names {var}, which is not set: `herald serve` will not start"
+        )),
+        Some(_) => {}
+    }
+    if t.sns_topic_arns.is_empty() {
+        out.push(
+            "SES notifications (SNS) are refused: list their topics in [tracking] sns_topic_arns to accept them".into(),
+        );
+    }
+    out
+}
+
 /// Campaigns whose arms would reshuffle: their name, holdout or weights changed since a recorded run.
 pub async fn reshuffle_warnings(
     store: &SqlStore,
@@ -323,6 +349,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         eprintln!("warning: {w}");
     }
     problems.extend(sender.errors);
+    for w in webhook_warnings(&config.herald) {
+        eprintln!("warning: {w}");
+    }
     let store = match app::store(cli, &config).await {
         Ok(store) => Some(store),
         Err(e) => {

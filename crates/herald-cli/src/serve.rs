@@ -3,9 +3,10 @@
 //! SIGTERM stops it after every answered open and click is written.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
-use herald_server::{AppState, ServerConfig, SmtpSettings, goal_specs};
+use herald_server::{AppState, HttpLimits, ServerConfig, SmtpSettings, goal_specs};
 
 use crate::{Cli, app};
 
@@ -31,6 +32,43 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Fetches SNS signing certificates and subscription confirmations over https.
+struct HttpsFetcher(reqwest::Client);
+
+/// How long fetching an SNS certificate or confirming a subscription may take.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl HttpsFetcher {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self(
+            reqwest::Client::builder()
+                .timeout(FETCH_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .context("cannot build the HTTP client for SNS certificates")?,
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl herald_server::CertFetcher for HttpsFetcher {
+    async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
+        let r = self
+            .0
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| e.to_string())?;
+        Ok(r.bytes().await.map_err(|e| e.to_string())?.to_vec())
+    }
+}
+
+/// A configured span as a timeout (a zero span would close everything at once: one second at least).
+fn span(s: herald_domain::duration::Span) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::try_from(s.secs()).unwrap_or(0).max(1))
+}
+
 /// The tracking server's state for `config`: secrets from the environment,
 /// goal specs of every campaign, the SMTP bounce listener if configured.
 pub fn tracking_state(
@@ -48,6 +86,39 @@ pub fn tracking_state(
             t.events_token_env
         );
     }
+    server.api_token = std::env::var(&t.api_token_env)
+        .ok()
+        .filter(|v| !v.is_empty());
+    if server.api_token.is_none() {
+        eprintln!(
+            "warning: {} is not set: the report API answers 401 until it is",
+            t.api_token_env
+        );
+    }
+    if let Some(a) = &t.admin_listen {
+        server.admin_listen = Some(a.parse().with_context(|| {
+            format!("[tracking] admin_listen `{a}` is not an address like 127.0.0.1:8081")
+        })?);
+    }
+    server.http = HttpLimits {
+        header_timeout: span(t.header_timeout),
+        idle_timeout: span(t.idle_timeout),
+        body_timeout: span(t.body_timeout),
+        max_connections: t.max_connections.max(1),
+    };
+    if let Some(var) = &t.sendgrid_verification_key_env {
+        let key = std::env::var(var).with_context(|| {
+            format!("[tracking] sendgrid_verification_key_env names {var}, which is not set")
+        })?;
+        server.sendgrid_key = Some(herald_server::sendgrid_key(&key).with_context(|| var.clone())?);
+    }
+    if !t.sns_topic_arns.is_empty() {
+        server.sns = Some(herald_server::SnsSettings {
+            topic_arns: t.sns_topic_arns.clone(),
+            fetcher: Arc::new(HttpsFetcher::new()?),
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+    }
     server.twilio_auth_token = config
         .herald
         .channels
@@ -64,6 +135,10 @@ pub fn tracking_state(
         server.smtp = Some(SmtpSettings {
             listen: addr,
             bounce_domain: config.herald.channels.email.bounce_domain.clone(),
+            idle_timeout: span(t.smtp_command_timeout),
+            session_timeout: span(t.smtp_session_timeout),
+            max_sessions: t.smtp_max_sessions.max(1),
+            max_idle_commands: t.smtp_max_idle_commands,
             ..SmtpSettings::default()
         });
     }

@@ -38,7 +38,11 @@ impl Blocked {
 }
 
 /// The address `member` can be reached at on `channel`, or why not.
-fn reachable(member: &AudienceMember, channel: Channel) -> Result<String, Blocked> {
+fn reachable(
+    member: &AudienceMember,
+    channel: Channel,
+    marketing: bool,
+) -> Result<String, Blocked> {
     let (address, consent) = match channel {
         // Consent not given means yes for email and push (a token is itself an opt-in), no for SMS.
         Channel::Email => (
@@ -63,7 +67,9 @@ fn reachable(member: &AudienceMember, channel: Channel) -> Result<String, Blocke
     if !consent {
         return Err(Blocked::NoConsent);
     }
-    if member.suppressed.contains(&channel) {
+    if member.suppressed.contains(&channel)
+        || (marketing && member.marketing_suppressed.contains(&channel))
+    {
         return Err(Blocked::OptOut);
     }
     Ok(address)
@@ -293,8 +299,9 @@ fn choose_channel(
     member: &AudienceMember,
 ) -> Result<(Channel, String), Blocked> {
     let mut worst = Blocked::NoAddress;
+    let marketing = campaign.kind == CampaignKind::Marketing;
     for &channel in &campaign.channels {
-        match reachable(member, channel) {
+        match reachable(member, channel, marketing) {
             Ok(address) => return Ok((channel, address)),
             Err(b) => worst = worst.max(b),
         }
@@ -310,9 +317,10 @@ pub fn fallback_channel(
     failed: Channel,
 ) -> Option<(Channel, String)> {
     let pos = campaign.channels.iter().position(|&c| c == failed)?;
+    let marketing = campaign.kind == CampaignKind::Marketing;
     campaign.channels[pos + 1..]
         .iter()
-        .find_map(|&c| reachable(member, c).ok().map(|a| (c, a)))
+        .find_map(|&c| reachable(member, c, marketing).ok().map(|a| (c, a)))
 }
 
 /// A message's claim on an address within a run: one message per (step,
@@ -457,6 +465,7 @@ push = {{ title = "t", template = "t.push.hbs" }}
             consent_sms: None,
             consent_push: None,
             suppressed: vec![],
+            marketing_suppressed: vec![],
             topic_opt_out: false,
             timezone: None,
             best_hour: None,
@@ -536,6 +545,29 @@ push = {{ title = "t", template = "t.push.hbs" }}
         assert_eq!(
             (p.status, p.reason.as_deref()),
             (MessageStatus::Suppressed, Some("opt_out"))
+        );
+    }
+
+    #[test]
+    fn a_marketing_unsubscribe_stops_marketing_but_not_transactional() {
+        let m = AudienceMember {
+            marketing_suppressed: vec![Channel::Email],
+            ..member()
+        };
+        assert_eq!(
+            decide_at(&campaign(""), 0.0, &m, 0).reason.as_deref(),
+            Some("opt_out")
+        );
+        let t = campaign("kind = \"transactional\"");
+        assert_eq!(decide_at(&t, 0.0, &m, 0).status, MessageStatus::Planned);
+        // A bounce or a complaint stops both.
+        let bounced = AudienceMember {
+            suppressed: vec![Channel::Email],
+            ..member()
+        };
+        assert_eq!(
+            decide_at(&t, 0.0, &bounced, 0).reason.as_deref(),
+            Some("opt_out")
         );
     }
 

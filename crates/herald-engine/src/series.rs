@@ -136,6 +136,7 @@ sms = { template = "w5.sms.hbs" }
             consent_sms: Some(true),
             consent_push: None,
             suppressed: vec![],
+            marketing_suppressed: vec![],
             topic_opt_out: false,
             timezone: Some("UTC".into()),
             best_hour: None,

@@ -67,8 +67,12 @@ pub struct AudienceMember {
     pub consent_sms: Option<bool>,
     /// Push consent as stored.
     pub consent_push: Option<bool>,
-    /// Channels whose address (or the whole channel) is suppressed for this contact.
+    /// Channels whose address (or the whole channel) is suppressed for this
+    /// contact: bounces, complaints, opt-outs; nothing is sent there.
     pub suppressed: Vec<Channel>,
+    /// Channels where the contact unsubscribed from marketing (SPEC section
+    /// 4): marketing is not sent there, transactional messages still are.
+    pub marketing_suppressed: Vec<Channel>,
     /// Unsubscribed from the campaign's topic.
     pub topic_opt_out: bool,
     /// The contact's IANA time zone, if known.

@@ -9,9 +9,12 @@
 mod dsn;
 mod email;
 mod events;
+mod listen;
 mod metrics;
+mod signature;
 mod sms;
 mod smtp;
+mod sns;
 mod state;
 mod track;
 mod twilio;
@@ -26,7 +29,6 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use herald_domain::config::Campaign;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -35,11 +37,21 @@ pub use dsn::{MailReport, read_report};
 pub use email::{TOKEN_FIELD, TOKEN_HEADER, token_from_verp};
 pub use events::{MAX_BODY, MAX_EVENTS, event_row};
 pub use herald_storage::tracking::GoalSpec;
+pub use listen::{
+    BodyTimeout, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, FD_RESERVE, HttpLimits, effective_cap, fd_limit, raise_fd_limit,
+};
+pub use signature::{
+    BadSendgridKey, MAX_WEBHOOK_BODY, SENDGRID_MAX_SKEW_SECS, SENDGRID_SIGNATURE_HEADER,
+    SENDGRID_TIMESTAMP_HEADER, sendgrid_key, verify_sendgrid,
+};
 pub use sms::{Intent, intent, normalise};
+pub use sns::{CertFetcher, SnsError, SnsSettings, is_sns_host};
 pub use state::{
-    AppState, DEFAULT_HELP_REPLY, DEFAULT_MACHINE_OPEN_WINDOW, ExtraMetrics, HELP_KEYWORDS,
-    OPT_IN_KEYWORDS, ReportError, ReportSource, STANDARD_OPT_OUT_KEYWORDS, ServerConfig,
-    SmtpSettings,
+    AppState, DEFAULT_HELP_REPLY, DEFAULT_MACHINE_OPEN_WINDOW, DEFAULT_SMTP_COMMAND_TIMEOUT,
+    DEFAULT_SMTP_MAX_IDLE_COMMANDS, DEFAULT_SMTP_MAX_SESSIONS, DEFAULT_SMTP_SESSION_TIMEOUT,
+    ExtraMetrics, HELP_KEYWORDS, OPT_IN_KEYWORDS, ReportError, ReportSource,
+    STANDARD_OPT_OUT_KEYWORDS, ServerConfig, SmtpSettings,
 };
 pub use track::{PIXEL_GIF, machine_agent, open_pixel_tag, open_pixel_url};
 pub use twilio::{SIGNATURE_HEADER, twilio_signature, verify_twilio_signature};
@@ -198,9 +210,45 @@ async fn campaign_report(
     }
 }
 
-/// The tracking server's axum app over `state`.
-pub fn router(state: AppState) -> Router {
+/// The answer to every report API request without the right token: the
+/// same for a known and an unknown campaign, so names cannot be probed.
+fn unauthorised() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(serde_json::json!({ "error": "unauthorised" })),
+    )
+        .into_response()
+}
+
+/// Refuses API requests without `Authorization: Bearer <[tracking] api_token_env>`.
+async fn require_api_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match st.inner.config.api_token.as_deref() {
+        Some(expected) if events::authorised(req.headers(), expected) => next.run(req).await,
+        _ => unauthorised(),
+    }
+}
+
+/// The report API (and any later admin endpoint), behind its bearer token.
+fn api_routes(state: &AppState) -> Router<AppState> {
     Router::new()
+        .route("/api/campaigns/{name}/report", get(campaign_report))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_token,
+        ))
+}
+
+/// The tracking server's axum app over `state`: what recipients and
+/// providers need, and the report API unless it has its own listener.
+pub fn router(state: AppState) -> Router {
+    let with_api = state.inner.config.admin_listen.is_none();
+    public_router(state, with_api)
+}
+
+/// The public app, with or without the report API.
+fn public_router(state: AppState, with_api: bool) -> Router {
+    let mut app = Router::new()
         .route("/o/{token}", get(track::open))
         .route("/c/{token}", get(track::click))
         .route("/s/{code}", get(track::short))
@@ -210,11 +258,32 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/webhooks/twilio/status", post(twilio::status))
         .route("/webhooks/twilio/inbound", post(twilio::inbound))
-        .route("/webhooks/email/{provider}", post(email::webhook))
+        .route(
+            "/webhooks/email/{provider}",
+            // Signatures are checked in a layer of their own, before any event is read.
+            post(email::webhook).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                signature::require_signature,
+            )),
+        )
         .route("/events", post(events::post))
-        .route("/api/campaigns/{name}/report", get(campaign_report))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(metrics_text));
+    if with_api {
+        app = app.merge(api_routes(&state));
+    }
+    app.fallback(|| async { not_found() })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// The admin app (`[tracking] admin_listen`): the report API and `/healthz`.
+pub fn admin_router(state: AppState) -> Router {
+    api_routes(&state)
+        .route("/healthz", get(healthz))
         .fallback(|| async { not_found() })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -225,11 +294,37 @@ pub fn router(state: AppState) -> Router {
 
 /// Serves HTTP on `http` (and SMTP bounces on `smtp`, if given) until
 /// `shutdown` completes; then drains requests in flight and writes every
-/// open and click that was answered before returning.
+/// open and click that was answered before returning. The report API is
+/// served on `http` unless the state names an admin listener; see [`serve_all`].
 pub async fn serve(
     http: TcpListener,
     smtp: Option<TcpListener>,
     state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_all(http, None, smtp, state, shutdown).await
+}
+
+/// Like [`serve`], with the admin app (the report API) on `admin` when
+/// given. With `admin_listen` set in the state and no `admin` listener the
+/// API is served nowhere.
+pub async fn serve_all(
+    http: TcpListener,
+    admin: Option<TcpListener>,
+    smtp: Option<TcpListener>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let limits = state.config().http.clone();
+    serve_limited(http, admin, smtp, state, limits, shutdown).await
+}
+
+async fn serve_limited(
+    http: TcpListener,
+    admin: Option<TcpListener>,
+    smtp: Option<TcpListener>,
+    state: AppState,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -239,22 +334,21 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let smtp_task = smtp.map(|l| tokio::spawn(smtp::serve_smtp(l, state.clone(), stop_rx.clone())));
-    let mut http_stop = stop_rx.clone();
-    let listener = http.tap_io(|tcp| {
-        // Small responses should leave at once, not wait for a delayed ACK.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
+    let admin_task = admin.map(|l| {
+        tokio::spawn(listen::serve_http(
+            l,
+            admin_router(state.clone()),
+            limits.clone(),
+            stop_rx.clone(),
+        ))
     });
-    let served = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Some(t) = smtp_task {
-        match t.await {
-            Ok(r) => r?,
-            Err(e) => tracing::error!(error = %e, "the SMTP receiver panicked"),
+    let served = listen::serve_http(http, router(state.clone()), limits, stop_rx.clone()).await;
+    for (name, task) in [("SMTP receiver", smtp_task), ("admin listener", admin_task)] {
+        if let Some(t) = task {
+            match t.await {
+                Ok(r) => r?,
+                Err(e) => tracing::error!(error = %e, "the {name} panicked"),
+            }
         }
     }
     if let Err(e) = state.flush().await {
@@ -263,16 +357,47 @@ pub async fn serve(
     served
 }
 
-/// Serves HTTP on `listener` until `shutdown` completes, and the SMTP bounce
-/// receiver on `state`'s configured address if it has one.
+/// Serves HTTP on `listener` until `shutdown` completes, the admin app and
+/// the SMTP bounce receiver on `state`'s configured addresses if it has them.
+/// Raises the file-descriptor soft limit first and keeps the connection cap
+/// under it.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let fds = match raise_fd_limit() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the file-descriptor limit");
+            fd_limit()
+        }
+    };
+    let smtp_fds = state
+        .config()
+        .smtp
+        .as_ref()
+        .map_or(0, |s| s.max_sessions as u64);
+    let configured = state.config().http.max_connections;
+    // The public and the admin listener share what is left.
+    let cap = effective_cap(configured, fds, FD_RESERVE + smtp_fds);
+    if cap < configured {
+        tracing::warn!(
+            configured,
+            cap,
+            fd_limit = fds,
+            "the file-descriptor limit lowers [tracking] max_connections"
+        );
+    }
+    let mut limits = state.config().http.clone();
+    limits.max_connections = cap;
     let smtp = match &state.config().smtp {
         Some(s) => Some(TcpListener::bind(s.listen).await?),
         None => None,
     };
-    serve(listener, smtp, state, shutdown).await
+    let admin = match state.config().admin_listen {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    serve_limited(listener, admin, smtp, state, limits, shutdown).await
 }

@@ -3,16 +3,17 @@
 //! callback token, reads DSN bounces and ARF complaints, and applies them:
 //! a hard bounce or a complaint suppresses the address and marks the message.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use herald_domain::token::TokenKind;
 use herald_storage::tracking;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -27,6 +28,11 @@ const MAX_COMMAND_LINE: usize = 4096;
 const MAX_RECIPIENTS: usize = 100;
 /// How long sessions may finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the accept loop waits after an accept error (out of file
+/// descriptors) before trying again, having freed a session.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a refused newcomer gets to read its 421.
+const BUSY_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 
 enum Line {
     Text(Vec<u8>),
@@ -78,41 +84,125 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// Serves SMTP on `listener` until `shutdown` turns true.
+/// One open session, as the accept loop sees it.
+struct Session {
+    id: u64,
+    /// When the session last moved mail (opened, MAIL, RCPT, DATA), on the table's clock.
+    progress_since: AtomicU64,
+    /// Inside DATA: never shed, the message is nearly here.
+    in_data: AtomicBool,
+    /// Asks the session's task to close it.
+    close: Notify,
+}
+
+/// Every open session.
+struct Sessions {
+    open: Mutex<HashMap<u64, Arc<Session>>>,
+    start: Instant,
+}
+
+impl Sessions {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<Session>>> {
+        // A panic while holding the lock leaves only timestamps behind: go on.
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks the session longest without mail progress (other than `except`,
+    /// and not inside DATA) to close; false when there is none.
+    fn shed_oldest_idle(&self, except: u64) -> bool {
+        let m = self.lock();
+        let victim = m
+            .values()
+            .filter(|s| s.id != except && !s.in_data.load(Ordering::Acquire))
+            .min_by_key(|s| s.progress_since.load(Ordering::Acquire));
+        match victim {
+            Some(s) => {
+                s.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Serves SMTP on `listener` until `shutdown` turns true. Every connection
+/// is accepted: past [`SmtpSettings::max_sessions`] the session longest
+/// without mail progress is closed, so sessions that only send NOOP cannot
+/// keep a bounce out.
 pub(crate) async fn serve_smtp(
     listener: TcpListener,
     st: AppState,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let settings = st.config().smtp.clone().unwrap_or_default();
-    let slots = Arc::new(Semaphore::new(settings.max_sessions.max(1)));
+    let table = Arc::new(Sessions {
+        open: Mutex::new(HashMap::new()),
+        start: Instant::now(),
+    });
     let mut sessions = JoinSet::new();
+    let mut next_id: u64 = 0;
+    let mut accept_errors: u64 = 0;
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
             _ = stopped(&mut shutdown) => break,
         };
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((sock, _)) => {
-                    let (st, settings) = (st.clone(), settings.clone());
+        match accepted {
+            Ok((sock, _)) => {
+                next_id += 1;
+                let id = next_id;
+                let me = Arc::new(Session {
+                    id,
+                    progress_since: AtomicU64::new(table.now()),
+                    in_data: AtomicBool::new(false),
+                    close: Notify::new(),
+                });
+                let open = {
+                    let mut m = table.lock();
+                    m.insert(id, me.clone());
+                    m.len()
+                };
+                if open > settings.max_sessions.max(1) && !table.shed_oldest_idle(id) {
+                    table.lock().remove(&id);
                     sessions.spawn(async move {
-                        let _permit = permit;
-                        if let Err(e) = session(sock, &st, &settings).await {
-                            tracing::debug!(error = %e, "an SMTP session ended with an error");
-                        }
+                        let mut sock = sock;
+                        let _ = timeout(
+                            BUSY_REPLY_TIMEOUT,
+                            sock.write_all(b"421 4.3.2 too busy, try again later\r\n"),
+                        )
+                        .await;
                     });
+                    continue;
                 }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, then go on.
-                    tracing::warn!(error = %e, "accepting an SMTP connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                let (st, settings, table) = (st.clone(), settings.clone(), table.clone());
+                sessions.spawn(async move {
+                    let run = timeout(settings.session_timeout, session(sock, &st, &settings, &me, &table));
+                    tokio::select! {
+                        r = run => match r {
+                            Ok(Err(e)) => tracing::debug!(error = %e, "an SMTP session ended with an error"),
+                            Err(_) => tracing::debug!("an SMTP session ran out of time"),
+                            Ok(Ok(())) => {}
+                        },
+                        () = shed(&me) => tracing::debug!("an idle SMTP session was closed for a newcomer"),
+                    }
+                    table.lock().remove(&me.id);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: free one, then go on.
+                accept_errors += 1;
+                if accept_errors.is_power_of_two() {
+                    tracing::warn!(error = %e, count = accept_errors, "accepting an SMTP connection failed");
                 }
-            },
-            _ = stopped(&mut shutdown) => break,
+                table.shed_oldest_idle(0);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
         while sessions.try_join_next().is_some() {}
     }
@@ -122,6 +212,16 @@ pub(crate) async fn serve_smtp(
     .await;
     sessions.abort_all();
     Ok(())
+}
+
+/// Resolves when the session is asked to close outside DATA.
+async fn shed(me: &Session) {
+    loop {
+        me.close.notified().await;
+        if !me.in_data.load(Ordering::Acquire) {
+            return;
+        }
+    }
 }
 
 /// The address inside `TO:<...>` or `FROM:<...>`, without its parameters.
@@ -170,7 +270,13 @@ fn recipient(st: &AppState, settings: &SmtpSettings, address: &str) -> Recipient
         .map_or(Recipient::Refused, |c| Recipient::Bounce(c.message_id))
 }
 
-async fn session(sock: TcpStream, st: &AppState, s: &SmtpSettings) -> io::Result<()> {
+async fn session(
+    sock: TcpStream,
+    st: &AppState,
+    s: &SmtpSettings,
+    me: &Session,
+    table: &Sessions,
+) -> io::Result<()> {
     sock.set_nodelay(true)?;
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
@@ -178,6 +284,7 @@ async fn session(sock: TcpStream, st: &AppState, s: &SmtpSettings) -> io::Result
         .await?;
     let mut in_mail = false;
     let mut rcpts: Vec<Recipient> = Vec::new();
+    let mut idle_commands = 0usize;
     loop {
         let line = match timeout(s.idle_timeout, read_line(&mut r, MAX_COMMAND_LINE)).await {
             Err(_) => {
@@ -193,7 +300,9 @@ async fn session(sock: TcpStream, st: &AppState, s: &SmtpSettings) -> io::Result
             Ok(Err(e)) => return Err(e),
         };
         let (verb, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-        let reply: String = match verb.to_ascii_uppercase().as_str() {
+        let verb = verb.to_ascii_uppercase();
+        let rcpts_before = rcpts.len();
+        let reply: String = match verb.as_str() {
             "EHLO" => format!(
                 "250-{}\r\n250-SIZE {}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
                 s.hostname, s.max_message_bytes
@@ -227,7 +336,11 @@ async fn session(sock: TcpStream, st: &AppState, s: &SmtpSettings) -> io::Result
             "DATA" => {
                 w.write_all(b"354 end data with <CR><LF>.<CR><LF>\r\n")
                     .await?;
-                let reply = match read_data(&mut r, s).await? {
+                me.in_data.store(true, Ordering::Release);
+                let data = read_data(&mut r, s).await;
+                me.in_data.store(false, Ordering::Release);
+                me.progress_since.store(table.now(), Ordering::Release);
+                let reply = match data? {
                     None => return Ok(()),
                     Some(None) => "552 5.3.4 message too big\r\n".to_string(),
                     Some(Some(data)) => deliver(st, &rcpts, &data).await,
@@ -249,6 +362,20 @@ async fn session(sock: TcpStream, st: &AppState, s: &SmtpSettings) -> io::Result
             }
             _ => "502 5.5.2 command not implemented\r\n".into(),
         };
+        // MAIL, an accepted RCPT and DATA move mail; everything else is idle talk.
+        let moved = (verb == "MAIL" && reply.starts_with("250"))
+            || rcpts.len() > rcpts_before
+            || verb == "DATA";
+        if moved {
+            me.progress_since.store(table.now(), Ordering::Release);
+        } else {
+            idle_commands += 1;
+            if idle_commands > s.max_idle_commands {
+                w.write_all(b"421 4.7.0 too many commands without mail, closing\r\n")
+                    .await?;
+                return Ok(());
+            }
+        }
         w.write_all(reply.as_bytes()).await?;
     }
 }

@@ -10,7 +10,9 @@ use herald_domain::token::TokenSigner;
 use herald_storage::Db;
 use herald_storage::tracking::GoalSpec;
 
+use crate::listen::HttpLimits;
 use crate::metrics::Metrics;
+use crate::sns::{CertCache, SnsSettings};
 use crate::writer::{Tracker, WriterClosed, WriterSettings};
 
 /// The inbound SMS words that always opt out (CTIA and Twilio's standard list).
@@ -38,6 +40,16 @@ pub const DEFAULT_MACHINE_OPEN_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_HELP_REPLY: &str =
     "Reply STOP to stop these messages, START to receive them again.";
 
+/// An SMTP client silent this long is disconnected.
+pub const DEFAULT_SMTP_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// SMTP sessions open at once.
+pub const DEFAULT_SMTP_MAX_SESSIONS: usize = 256;
+/// Commands that move no mail, per session. A bounce needs EHLO, MAIL,
+/// RCPT, DATA, QUIT; MTAs add a RSET or NOOP between messages.
+pub const DEFAULT_SMTP_MAX_IDLE_COMMANDS: usize = 20;
+/// The longest SMTP session.
+pub const DEFAULT_SMTP_SESSION_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The SMTP bounce receiver's settings.
 #[derive(Debug, Clone)]
 pub struct SmtpSettings {
@@ -49,10 +61,16 @@ pub struct SmtpSettings {
     pub hostname: String,
     /// Larger messages are refused (552); bounces quoting a whole message fit well within the default.
     pub max_message_bytes: usize,
-    /// A client silent this long is disconnected.
+    /// A client silent this long is disconnected (the command timeout).
     pub idle_timeout: Duration,
-    /// Sessions served at once; more wait to be accepted.
+    /// Sessions open at once; past it the session longest without mail
+    /// progress (MAIL, RCPT, DATA) is closed for the newcomer.
     pub max_sessions: usize,
+    /// Commands that move no mail (NOOP, RSET, HELO, EHLO, VRFY, unknown or
+    /// refused ones) a session may send before it is closed.
+    pub max_idle_commands: usize,
+    /// A session is closed this long after it opened, whatever it does.
+    pub session_timeout: Duration,
 }
 
 impl Default for SmtpSettings {
@@ -62,8 +80,10 @@ impl Default for SmtpSettings {
             bounce_domain: None,
             hostname: "herald".into(),
             max_message_bytes: 10 << 20,
-            idle_timeout: Duration::from_secs(60),
-            max_sessions: 64,
+            idle_timeout: DEFAULT_SMTP_COMMAND_TIMEOUT,
+            max_sessions: DEFAULT_SMTP_MAX_SESSIONS,
+            max_idle_commands: DEFAULT_SMTP_MAX_IDLE_COMMANDS,
+            session_timeout: DEFAULT_SMTP_SESSION_TIMEOUT,
         }
     }
 }
@@ -95,6 +115,19 @@ pub struct ServerConfig {
     pub writer: WriterSettings,
     /// How long `/metrics` reuses its message counts (a GROUP BY over all messages).
     pub gauge_ttl: Duration,
+    /// Timeouts and the connection cap of the HTTP listeners.
+    pub http: HttpLimits,
+    /// The bearer token of the report API (`[tracking] api_token_env`); `None`
+    /// refuses every API request (401).
+    pub api_token: Option<String>,
+    /// Where [`crate::run`] serves the report API (`[tracking] admin_listen`);
+    /// when set, the public listener does not serve it.
+    pub admin_listen: Option<SocketAddr>,
+    /// SendGrid's Signed Event Webhook key (the point, see
+    /// [`crate::sendgrid_key`]); `None` accepts SendGrid events unsigned.
+    pub sendgrid_key: Option<Vec<u8>>,
+    /// How SNS (SES) messages are checked; `None` refuses them all (403).
+    pub sns: Option<SnsSettings>,
 }
 
 impl ServerConfig {
@@ -113,6 +146,11 @@ impl ServerConfig {
             machine_open_window: DEFAULT_MACHINE_OPEN_WINDOW,
             writer: WriterSettings::default(),
             gauge_ttl: Duration::from_secs(15),
+            http: HttpLimits::default(),
+            api_token: None,
+            admin_listen: None,
+            sendgrid_key: None,
+            sns: None,
         }
     }
 }
@@ -153,6 +191,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) report: Option<Arc<dyn ReportSource>>,
     pub(crate) extra_metrics: Option<ExtraMetrics>,
+    /// SNS signing certificates fetched so far.
+    pub(crate) sns_certs: CertCache,
 }
 
 /// The server's shared state; cheap to clone.
@@ -224,6 +264,7 @@ impl AppState {
                 metrics,
                 report,
                 extra_metrics,
+                sns_certs: CertCache::default(),
             }),
         }
     }

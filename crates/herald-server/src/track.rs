@@ -308,15 +308,16 @@ pub(crate) async fn unsubscribe_page(
         ));
     }
     body.push_str(&format!(
-        "<p><button name=\"scope\" value=\"channel\">Stop all {what}</button></p></form>"
+        "<p><button name=\"scope\" value=\"channel\">Stop all marketing {what}</button></p></form><p>Receipts and other messages about your account still reach you.</p>"
     ));
     page("Unsubscribe", &body)
 }
 
 /// `POST /u/{token}`: RFC 8058 one-click (`List-Unsubscribe=One-Click`) or
-/// the page's form. One-click stops the message's channel: the mailbox
-/// provider's button promises "no more mail from this sender"; the page
-/// offers the campaign's topic alone. Answered 200, never a redirect.
+/// the page's form (SPEC section 4). One-click ends the message's topic, or
+/// marketing on its channel when it has none; the page offers the topic or
+/// all marketing on the channel. Neither stops transactional messages (a
+/// bounce or a complaint does). Answered 200, never a redirect.
 pub(crate) async fn unsubscribe(
     State(st): State<AppState>,
     token: Result<Path<String>, PathRejection>,
@@ -334,7 +335,8 @@ pub(crate) async fn unsubscribe(
     let (scope, source) = if topic {
         (UnsubscribeScope::Topic, "unsubscribe_page")
     } else if one_click {
-        (UnsubscribeScope::Channel, "list_unsubscribe")
+        // The topic when there is one (`unsubscribe` falls back to the channel).
+        (UnsubscribeScope::Topic, "list_unsubscribe")
     } else {
         (UnsubscribeScope::Channel, "unsubscribe_page")
     };
@@ -350,7 +352,7 @@ pub(crate) async fn unsubscribe(
         (UnsubscribeScope::Topic, Some(t)) => {
             format!("You will get no more “{}” {what}.", html_escape(t))
         }
-        _ => format!("You will get no more {what} from us."),
+        _ => format!("You will get no more marketing {what} from us."),
     };
     page("You are unsubscribed", &format!("<p>{text}</p>"))
 }

@@ -11,6 +11,7 @@ use crate::segment_sql::{
     IdRange, SegmentContext, Unsupported, append, compile_ids, compile_range,
 };
 use crate::sql::Sql;
+use crate::tracking::MARKETING_UNSUBSCRIBE;
 
 /// ` AND c.id IN (...)` for a list of contact ids.
 fn in_list(q: &mut Sql, list: &[i64]) {
@@ -185,9 +186,11 @@ impl<'a> AudiencePager<'a> {
             _ => compile_range(self.filter, self.ctx, ids)?,
         };
         let mut q = Sql::new();
+        // Per channel: 2 when suppressed for everything (bounce, complaint,
+        // opt-out), 1 when unsubscribed from marketing only, else 0.
         let sup = |ch: &str, addr: &str| {
             format!(
-                "EXISTS (SELECT 1 FROM suppressions s WHERE s.topic IS NULL AND s.channel IN ('{ch}', 'any') AND (s.contact_id = c.id{addr}))"
+                "CAST(COALESCE((SELECT MAX(CASE WHEN s.reason = '{MARKETING_UNSUBSCRIBE}' THEN 1 ELSE 2 END) FROM suppressions s WHERE s.topic IS NULL AND s.channel IN ('{ch}', 'any') AND (s.contact_id = c.id{addr})), 0) AS BIGINT)"
             )
         };
         // The columns are named a0..a12 so that SQLite can fold a page into one JSON value.
@@ -229,5 +232,65 @@ impl<'a> AudiencePager<'a> {
         append(&mut q, compiled.cond);
         q.push(" ORDER BY c.id LIMIT ").bind(limit as i64);
         Ok(q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Suppression levels on an audience page, on SQLite and on PostgreSQL.
+
+    use herald_domain::segment::parse;
+    use herald_domain::types::Channel;
+    use herald_engine::store::Store;
+    use sea_orm::ConnectionTrait;
+
+    use crate::Db;
+    use crate::store::SqlStore;
+    use crate::test_db::on_both_databases;
+
+    const NOW: i64 = 1_767_225_600_000;
+
+    on_both_databases!(an_unsubscribe_suppresses_marketing_and_a_bounce_everything);
+
+    /// SPEC section 4: an unsubscribe (reason `unsubscribe`) stops marketing on
+    /// its channel only; a hard bounce or a complaint stops everything.
+    async fn an_unsubscribe_suppresses_marketing_and_a_bounce_everything(db: &Db) {
+        for sql in [
+            format!(
+                "INSERT INTO contacts (id, external_id, email, phone, attrs, created_at, updated_at) VALUES \
+                (1, 'c1', 'a@example.com', NULL, '{{}}', {NOW}, {NOW}), \
+                (2, 'c2', 'b@example.com', NULL, '{{}}', {NOW}, {NOW}), \
+                (3, 'c3', 'c@example.com', NULL, '{{}}', {NOW}, {NOW}), \
+                (4, 'c4', 'd@example.com', NULL, '{{}}', {NOW}, {NOW})"
+            ),
+            format!(
+                "INSERT INTO suppressions (channel, address, contact_id, topic, reason, source, created_at) VALUES \
+                ('email', 'a@example.com', 1, NULL, 'unsubscribe', 'list_unsubscribe', {NOW}), \
+                ('email', 'b@example.com', 2, NULL, 'hard_bounce', 'smtp', {NOW}), \
+                ('email', 'c@example.com', NULL, NULL, 'unsubscribe', 'unsubscribe_page', {NOW}), \
+                ('email', 'c@example.com', NULL, NULL, 'complaint', 'ses', {NOW})"
+            ),
+        ] {
+            db.conn.execute_unprepared(&sql).await.unwrap();
+        }
+        let store = SqlStore::new(db.clone());
+        let page = store
+            .audience_page(&parse("email != \"\"").unwrap(), NOW, None, 0, 10, None)
+            .await
+            .unwrap();
+        let levels: Vec<(i64, Vec<Channel>, Vec<Channel>)> = page
+            .into_iter()
+            .map(|m| (m.contact_id, m.suppressed, m.marketing_suppressed))
+            .collect();
+        assert_eq!(
+            levels,
+            vec![
+                (1, vec![], vec![Channel::Email]),
+                (2, vec![Channel::Email], vec![]),
+                // An unsubscribe and a complaint: the complaint wins.
+                (3, vec![Channel::Email], vec![]),
+                (4, vec![], vec![]),
+            ]
+        );
     }
 }

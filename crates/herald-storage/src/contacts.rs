@@ -5,9 +5,16 @@
 //!
 //! A forgotten contact's row stays as a tombstone (`forgotten_at` set,
 //! external id `forgotten:ROW_ID`), so a later import of the old id creates a
-//! fresh contact. Its suppressions outlive it as SHA-256 digests of the
-//! address ([`address_digest`]): the import turns a digest back into a
-//! suppression when the same address comes in again (see `crate::import`).
+//! fresh contact. Its suppressions outlive it as keyed digests of the
+//! address, HMAC-SHA256 under a key derived from the tracking secret over
+//! the address's SHA-256 ([`DigestKeys`]): without the secret nobody can
+//! test guesses against them (a phone number's space is small enough to
+//! try whole). The import recognises a digest, under the current key or a
+//! previous one, and turns it back into a suppression when the same address
+//! comes in again (see `crate::import`). Plain SHA-256 digests left by
+//! earlier versions are wrapped under the key on the first start that has
+//! the secret ([`wrap_plain_digests`]); that is why the HMAC is over the
+//! SHA-256 and not the address itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,8 +29,128 @@ use crate::sql::Sql;
 /// What a forgotten contact's external id starts with; the rest is its row id.
 pub const FORGOTTEN_PREFIX: &str = "forgotten:";
 
-/// What a digested suppression address starts with; lowercase hex follows.
+/// What a plain (unkeyed, legacy) digested suppression address starts with; lowercase hex follows.
 pub const DIGEST_PREFIX: &str = "sha256:";
+/// What a keyed digest starts with: `hmac:KEY_ID:` and lowercase hex follow.
+pub const KEYED_DIGEST_PREFIX: &str = "hmac:";
+/// What the digest key is derived from the secret for (domain separation).
+const DIGEST_KEY_LABEL: &[u8] = b"herald forgotten identifier digest key v1";
+/// Bytes of a key's id (a hash of the key) written before each digest.
+const KEY_ID_LEN: usize = 4;
+
+/// The keys forgotten identifiers are digested under: the current one,
+/// which writes, and previous ones (`[tracking] secret_previous_env`), which
+/// are still recognised after the secret is rotated.
+#[derive(Clone)]
+pub struct DigestKeys {
+    /// (key id in hex, key); the first is current.
+    keys: Vec<(String, ring::hmac::Key)>,
+}
+
+impl std::fmt::Debug for DigestKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("DigestKeys").field("ids", &ids).finish()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl DigestKeys {
+    /// Keys derived from the tracking secret and, after a rotation, the previous ones.
+    pub fn from_secrets(current: &[u8], previous: &[&[u8]]) -> Self {
+        let derive = |secret: &[u8]| {
+            let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+            let key = ring::hmac::sign(&master, DIGEST_KEY_LABEL);
+            let id = hex(
+                &ring::digest::digest(&ring::digest::SHA256, key.as_ref()).as_ref()[..KEY_ID_LEN],
+            );
+            (
+                id,
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_ref()),
+            )
+        };
+        let mut keys = vec![derive(current)];
+        for p in previous {
+            let k = derive(p);
+            if keys.iter().all(|(id, _)| *id != k.0) {
+                keys.push(k);
+            }
+        }
+        Self { keys }
+    }
+
+    fn keyed((id, key): &(String, ring::hmac::Key), sha: &[u8]) -> String {
+        format!(
+            "{KEYED_DIGEST_PREFIX}{id}:{}",
+            hex(ring::hmac::sign(key, sha).as_ref())
+        )
+    }
+
+    /// The digest a suppression keeps of a forgotten address, under the current key.
+    pub fn digest(&self, address: &str) -> String {
+        let sha = ring::digest::digest(&ring::digest::SHA256, address.as_bytes());
+        Self::keyed(&self.keys[0], sha.as_ref())
+    }
+
+    /// Every digest `address` may be stored under: each key's, and the plain
+    /// one of versions before keyed digests.
+    pub fn candidates(&self, address: &str) -> Vec<String> {
+        let sha = ring::digest::digest(&ring::digest::SHA256, address.as_bytes());
+        let mut out: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| Self::keyed(k, sha.as_ref()))
+            .collect();
+        out.push(address_digest(address));
+        out
+    }
+
+    /// The current-key digest of a plain `sha256:HEX` digest, if it is one.
+    fn wrap(&self, plain: &str) -> Option<String> {
+        let h = plain.strip_prefix(DIGEST_PREFIX)?;
+        if h.len() != 64 {
+            return None;
+        }
+        let sha: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        Some(Self::keyed(&self.keys[0], &sha))
+    }
+}
+
+/// Rewrites every plain `sha256:` digest (written before keyed digests) as
+/// its keyed digest under the current key; returns how many rows changed.
+/// Cheap when there are none; run it where the secret is known.
+pub async fn wrap_plain_digests(db: &Db, keys: &DigestKeys) -> ContactsResult<u64> {
+    let b = db.backend();
+    let mut q = Sql::new();
+    q.push("SELECT id, address FROM suppressions WHERE address LIKE ")
+        .bind(format!("{DIGEST_PREFIX}%"));
+    let rows = all(&db.conn, b, q).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let txn = db.conn.begin().await?;
+    let mut n = 0;
+    for r in rows {
+        let (id, plain): (i64, String) = (get(&r, 0)?, get(&r, 1)?);
+        let Some(keyed) = keys.wrap(&plain) else {
+            continue;
+        };
+        let mut q = Sql::new();
+        q.push("UPDATE suppressions SET address = ")
+            .bind(keyed)
+            .push(" WHERE id = ")
+            .bind(id);
+        n += exec(&txn, b, q).await?;
+    }
+    txn.commit().await?;
+    Ok(n)
+}
 
 /// What `messages.reason` says instead of a forgotten address, and the
 /// reason of messages still planned when their contact was forgotten.
@@ -36,15 +163,19 @@ pub enum ContactsError {
     /// The database refused or failed.
     #[error("database error: {0}")]
     Db(#[from] sea_orm::DbErr),
+    /// Forgetting needs the digest key, derived from the tracking secret.
+    #[error(
+        "forgetting a contact needs the tracking secret: its suppressions are kept as keyed digests (set [tracking] secret_env)"
+    )]
+    NoDigestKey,
 }
 
 /// Shorthand for this module's results.
 pub type ContactsResult<T> = Result<T, ContactsError>;
 
-/// The digest a suppression keeps of a forgotten address: `sha256:` and the
-/// hex SHA-256 of the address exactly as stored. It recognises the address
-/// when it is imported again; it does not give it back (though, unkeyed, it
-/// confirms a guess).
+/// The plain digest earlier versions kept of a forgotten address: `sha256:`
+/// and the hex SHA-256 of the address exactly as stored. Unkeyed, it confirms
+/// a guess: only recognised now, never written (see [`DigestKeys`]).
 pub fn address_digest(address: &str) -> String {
     let digest = Sha256::digest(address.as_bytes());
     let mut out = String::with_capacity(DIGEST_PREFIX.len() + 64);
@@ -200,7 +331,13 @@ pub async fn export_contact(db: &Db, external_id: &str) -> ContactsResult<Option
     q.push("SELECT channel, address, topic, reason, source, created_at FROM suppressions WHERE contact_id = ")
         .bind(id);
     if !addresses.is_empty() {
-        let digests: Vec<String> = addresses.iter().map(|a| address_digest(a)).collect();
+        let digests: Vec<String> = addresses
+            .iter()
+            .flat_map(|a| match db.digest_keys() {
+                Some(k) => k.candidates(a),
+                None => vec![address_digest(a)],
+            })
+            .collect();
         q.push(" OR address IN ");
         in_list(&mut q, &[addresses.clone(), digests].concat());
     }
@@ -406,8 +543,8 @@ struct Suppression {
 ///   the address is cut out of their reason, attempts and activity lose
 ///   their provider text, and their links, short codes and outbox copies are
 ///   deleted. Messages still `planned` are `cancelled` (reason `forgotten`).
-/// - Suppressions of the contact's addresses become digests
-///   ([`address_digest`]) unless another live contact has the same address
+/// - Suppressions of the contact's addresses become keyed digests
+///   ([`DigestKeys::digest`]) unless another live contact has the same address
 ///   (then the row protects that contact and stays as it is); suppressions
 ///   and topic opt-outs kept by contact id get a digest copy per address,
 ///   so the person stays suppressed if imported again.
@@ -417,6 +554,7 @@ pub async fn forget_contact(
     now: i64,
 ) -> ContactsResult<Option<ForgetReport>> {
     let b = db.backend();
+    let keys = db.digest_keys().ok_or(ContactsError::NoDigestKey)?.clone();
     let txn = db.conn.begin().await?;
     let Some((id, email, phone)) = lock_contact(&txn, b, external_id, now).await? else {
         return Ok(None);
@@ -453,6 +591,7 @@ pub async fn forget_contact(
         &shared,
         [&email, &phone],
         &tokens,
+        &keys,
         now,
     )
     .await?;
@@ -576,6 +715,7 @@ async fn digest_suppressions(
     shared: &BTreeSet<String>,
     [email, phone]: [&Option<String>; 2],
     tokens: &[String],
+    keys: &DigestKeys,
     now: i64,
 ) -> ContactsResult<u64> {
     let mut q = Sql::new();
@@ -639,7 +779,7 @@ async fn digest_suppressions(
             None => current(&s.channel),
         };
         for a in targets.iter().filter(|a| !shared.contains(*a)) {
-            let digest = address_digest(a);
+            let digest = keys.digest(a);
             let mut q = Sql::new();
             q.push("INSERT INTO suppressions (channel, address, contact_id, topic, reason, source, created_at) SELECT ")
                 .bind(s.channel.clone())
@@ -675,6 +815,142 @@ async fn digest_suppressions(
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod db_tests {
+    //! Keyed digests of forgotten identifiers, on SQLite and on PostgreSQL.
+
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::test_db::on_both_databases;
+
+    const NOW: i64 = 1_767_225_600_000;
+    const PHONE: &str = "+15005550123";
+    const EMAIL: &str = "pat@example.com";
+
+    on_both_databases!(
+        a_forgotten_phone_cannot_be_brute_forced_and_import_still_finds_it,
+        plain_digests_are_wrapped_and_a_rotated_key_is_still_recognised,
+    );
+
+    async fn exec_sql(db: &Db, sql: &str) {
+        db.conn.execute_unprepared(sql).await.unwrap();
+    }
+
+    /// Contact `eid` with both addresses, opted out of SMS and hard-bounced on email.
+    async fn suppressed_contact(db: &Db, id: i64, eid: &str) {
+        exec_sql(db, &format!(
+            "INSERT INTO contacts (id, external_id, email, phone, attrs, created_at, updated_at) VALUES ({id}, '{eid}', '{EMAIL}', '{PHONE}', '{{}}', {NOW}, {NOW})"
+        )).await;
+        exec_sql(db, &format!(
+            "INSERT INTO suppressions (channel, address, contact_id, topic, reason, source, created_at) VALUES \
+            ('sms', '{PHONE}', {id}, NULL, 'opt_out', 'twilio', {NOW}), \
+            ('email', '{EMAIL}', {id}, NULL, 'hard_bounce', 'smtp', {NOW})"
+        )).await;
+    }
+
+    async fn stored_addresses(db: &Db) -> HashSet<String> {
+        let q = Sql::new()
+            .push("SELECT address FROM suppressions WHERE address IS NOT NULL")
+            .clone();
+        all(&db.conn, db.backend(), q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| get::<String>(r, 0).unwrap())
+            .collect()
+    }
+
+    /// Imports `eid` with the same addresses again; the suppressions it gets back.
+    async fn reimport(db: &Db, eid: &str) -> i64 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.csv");
+        std::fs::write(
+            &path,
+            format!("external_id,email,phone\n{eid},{EMAIL},{PHONE}\n"),
+        )
+        .unwrap();
+        crate::import::import_contacts(db, &path, &|_| {})
+            .await
+            .unwrap();
+        let q = Sql::new()
+            .push("SELECT COUNT(*) FROM suppressions s JOIN contacts c ON c.id = s.contact_id WHERE c.external_id = ")
+            .bind(eid.to_string())
+            .push(" AND ((s.channel = 'sms' AND s.address = ")
+            .bind(PHONE)
+            .push(") OR (s.channel = 'email' AND s.address = ")
+            .bind(EMAIL)
+            .push("))")
+            .clone();
+        get::<i64>(&all(&db.conn, db.backend(), q).await.unwrap()[0], 0).unwrap()
+    }
+
+    async fn a_forgotten_phone_cannot_be_brute_forced_and_import_still_finds_it(db: &Db) {
+        suppressed_contact(db, 1, "p1").await;
+        // Without the key, forgetting refuses rather than keep plain digests.
+        assert!(matches!(
+            forget_contact(db, "p1", NOW).await,
+            Err(ContactsError::NoDigestKey)
+        ));
+        let keys = DigestKeys::from_secrets(b"contacts-test-secret-0123", &[]);
+        let db = &db.clone().with_digest_keys(keys.clone());
+        let r = forget_contact(db, "p1", NOW).await.unwrap().unwrap();
+        assert_eq!(r.digested, 2);
+        let stored = stored_addresses(db).await;
+        assert_eq!(stored.len(), 2, "{stored:?}");
+        // An attacker with the database: every number of the range, hashed
+        // as before (plain SHA-256) and as the stored form's HMAC under a
+        // guessed key, matches nothing.
+        let guessed = DigestKeys::from_secrets(b"", &[]);
+        let mut tried = 0;
+        for n in 0..10_000 {
+            let phone = format!("+1500555{n:04}");
+            for d in [
+                address_digest(&phone),
+                guessed.digest(&phone),
+                phone.clone(),
+            ] {
+                assert!(!stored.contains(&d), "{phone} recovered");
+            }
+            tried += 1;
+        }
+        assert_eq!(tried, 10_000);
+        // The secret's holder recognises it, and so does a re-import.
+        assert!(stored.contains(&keys.digest(PHONE)));
+        assert!(stored.iter().all(|a| a.starts_with(KEYED_DIGEST_PREFIX)));
+        assert_eq!(reimport(db, "p1").await, 2);
+    }
+
+    async fn plain_digests_are_wrapped_and_a_rotated_key_is_still_recognised(db: &Db) {
+        // A plain digest as earlier versions kept it.
+        exec_sql(db, &format!(
+            "INSERT INTO suppressions (channel, address, contact_id, topic, reason, source, created_at) VALUES ('sms', '{}', NULL, NULL, 'opt_out', 'twilio', {NOW})",
+            address_digest(PHONE)
+        )).await;
+        let old = DigestKeys::from_secrets(b"the-old-secret-0123456", &[]);
+        assert_eq!(wrap_plain_digests(db, &old).await.unwrap(), 1);
+        assert_eq!(wrap_plain_digests(db, &old).await.unwrap(), 0, "once");
+        let stored = stored_addresses(db).await;
+        assert_eq!(stored, HashSet::from([old.digest(PHONE)]));
+        // The secret is rotated: the old key still recognises what it keyed.
+        let rotated =
+            DigestKeys::from_secrets(b"the-new-secret-6543210", &[b"the-old-secret-0123456"]);
+        let db = &db.clone().with_digest_keys(rotated);
+        let q = Sql::new()
+            .push("SELECT COUNT(*) FROM suppressions WHERE channel = 'sms' AND address = ")
+            .bind(PHONE)
+            .clone();
+        reimport(db, "p9").await;
+        assert_eq!(
+            get::<i64>(&all(&db.conn, db.backend(), q).await.unwrap()[0], 0).unwrap(),
+            1
+        );
+        // Under the new key alone, it would be lost: the rotation list matters.
+        let only_new = DigestKeys::from_secrets(b"the-new-secret-6543210", &[]);
+        assert!(!only_new.candidates(PHONE).contains(&old.digest(PHONE)));
+    }
 }
 
 #[cfg(test)]

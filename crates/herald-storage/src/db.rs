@@ -16,6 +16,9 @@ pub type Backend = DbBackend;
 pub struct Db {
     /// The sea-orm connection pool.
     pub conn: DatabaseConnection,
+    /// The keys forgotten identifiers are digested under (from the tracking
+    /// secret); `None` where the secret is not known.
+    digest_keys: Option<std::sync::Arc<crate::contacts::DigestKeys>>,
 }
 
 /// Why connecting failed.
@@ -131,7 +134,21 @@ impl Db {
         }
         let conn = Database::connect(opts).await?;
         Migrator::up(&conn, None).await?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            digest_keys: None,
+        })
+    }
+
+    /// This database with the keys forgotten identifiers are digested under.
+    pub fn with_digest_keys(mut self, keys: crate::contacts::DigestKeys) -> Self {
+        self.digest_keys = Some(std::sync::Arc::new(keys));
+        self
+    }
+
+    /// The keys forgotten identifiers are digested under, if known.
+    pub fn digest_keys(&self) -> Option<&crate::contacts::DigestKeys> {
+        self.digest_keys.as_deref()
     }
 
     /// Which database this is.

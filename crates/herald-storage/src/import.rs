@@ -16,7 +16,7 @@ use herald_domain::config::{AttrType, canonical_number, infer_cell};
 use sea_orm::{ConnectionTrait, DbBackend, Value};
 use serde_json::{Map, Value as Json};
 
-use crate::contacts::{DIGEST_PREFIX, address_digest};
+use crate::contacts::{DIGEST_PREFIX, KEYED_DIGEST_PREFIX, address_digest};
 use crate::db::Db;
 use crate::sql::Sql;
 use crate::tracking::{GoalSpec, TrackingError, attribute_events};
@@ -845,10 +845,9 @@ async fn flush_contacts(
 ) -> Result<u64, ImportError> {
     let n = rows.len() as u64;
     let order = fold_duplicates(rows);
-    let returning = shared
-        .digests
-        .as_ref()
-        .map_or_else(Vec::new, |d| returning_addresses(d, &order));
+    let returning = shared.digests.as_ref().map_or_else(Vec::new, |d| {
+        returning_addresses(d, db.digest_keys(), &order)
+    });
     upsert_contacts(&db, order, &shared.all_new).await?;
     restore_suppressions(&db, &returning).await?;
     Ok(n)
@@ -890,7 +889,9 @@ fn fold_duplicates(rows: Vec<ContactRow>) -> Vec<ContactRow> {
 async fn forgotten_digests(db: &Db) -> Result<Option<HashSet<String>>, ImportError> {
     let mut q = Sql::new();
     q.push("SELECT DISTINCT address FROM suppressions WHERE address LIKE ")
-        .bind(format!("{DIGEST_PREFIX}%"));
+        .bind(format!("{DIGEST_PREFIX}%"))
+        .push(" OR address LIKE ")
+        .bind(format!("{KEYED_DIGEST_PREFIX}%"));
     let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
     let set: HashSet<String> = rows
         .iter()
@@ -901,16 +902,24 @@ async fn forgotten_digests(db: &Db) -> Result<Option<HashSet<String>>, ImportErr
 
 /// (external id, address, digest) of each address in `rows` that a
 /// forgotten contact's suppression was kept under.
+/// Keyed digests are recognised under every key in `keys` (current and
+/// previous secrets); plain ones, of earlier versions, always.
 fn returning_addresses(
     digests: &HashSet<String>,
+    keys: Option<&crate::contacts::DigestKeys>,
     rows: &[ContactRow],
 ) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for r in rows {
         for a in [&r.email, &r.phone, &r.push_token].into_iter().flatten() {
-            let d = address_digest(a);
-            if digests.contains(&d) {
-                out.push((r.external_id.clone(), a.clone(), d));
+            let candidates = match keys {
+                Some(k) => k.candidates(a),
+                None => vec![address_digest(a)],
+            };
+            for d in candidates {
+                if digests.contains(&d) {
+                    out.push((r.external_id.clone(), a.clone(), d));
+                }
             }
         }
     }

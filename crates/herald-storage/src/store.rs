@@ -415,7 +415,8 @@ fn contact_view(
 
 /// An audience page's columns a0..a12, booleans as 0 and 1 (as SQLite's JSON
 /// writes them): contact id, external id, email, phone, consent (email, sms,
-/// push), push token, suppressed (email, sms, push), topic opt-out, time zone.
+/// push), push token, suppressed (email, sms, push: 2 for everything, 1 for
+/// marketing only, 0 for not), topic opt-out, time zone.
 type AudienceRow = (
     i64,
     String,
@@ -445,16 +446,38 @@ fn audience_row(r: &QueryResult) -> StoreResult<AudienceRow> {
         maybe(5)?,
         maybe(6)?,
         get(r, 7)?,
-        bit(8)?,
-        bit(9)?,
-        bit(10)?,
+        get(r, 8)?,
+        get(r, 9)?,
+        get(r, 10)?,
         bit(11)?,
         get(r, 12)?,
     ))
 }
 
+/// An audience row's suppression level of a channel: everything (bounce, complaint, opt-out).
+const SUPPRESSED_FOR_ALL: i64 = 2;
+/// ... or marketing alone (an unsubscribe).
+const SUPPRESSED_FOR_MARKETING: i64 = 1;
+
+/// The channels suppressed at exactly `level` in `r`.
+fn suppressed_at(r: &AudienceRow, level: i64) -> Vec<Channel> {
+    [
+        (r.8, Channel::Email),
+        (r.9, Channel::Sms),
+        (r.10, Channel::Push),
+    ]
+    .into_iter()
+    .filter(|(l, _)| *l == level)
+    .map(|(_, ch)| ch)
+    .collect()
+}
+
 fn audience_member(r: AudienceRow) -> AudienceMember {
     let flag = |v: Option<i64>| v.map(|v| v != 0);
+    let (suppressed, marketing_suppressed) = (
+        suppressed_at(&r, SUPPRESSED_FOR_ALL),
+        suppressed_at(&r, SUPPRESSED_FOR_MARKETING),
+    );
     AudienceMember {
         contact_id: r.0,
         external_id: r.1,
@@ -464,15 +487,8 @@ fn audience_member(r: AudienceRow) -> AudienceMember {
         consent_sms: flag(r.5),
         consent_push: flag(r.6),
         push_token: r.7,
-        suppressed: [
-            (r.8, Channel::Email),
-            (r.9, Channel::Sms),
-            (r.10, Channel::Push),
-        ]
-        .into_iter()
-        .filter(|(on, _)| *on != 0)
-        .map(|(_, ch)| ch)
-        .collect(),
+        suppressed,
+        marketing_suppressed,
         topic_opt_out: r.11 != 0,
         timezone: r.12,
         best_hour: None,

@@ -386,11 +386,16 @@ pub async fn message_by_provider_id(
 /// What an unsubscribe stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsubscribeScope {
-    /// Everything on the message's channel (the RFC 8058 one-click default).
+    /// Marketing on the message's channel; transactional messages still go.
     Channel,
     /// Only the campaign's topic, on every channel.
     Topic,
 }
+
+/// The suppression reason of an unsubscribe: it stops marketing on its
+/// channel, not transactional messages (SPEC section 4); every other reason
+/// (bounce, complaint, opt-out) stops everything.
+pub const MARKETING_UNSUBSCRIBE: &str = "unsubscribe";
 
 /// Appends one audit row to `message_events` inside `conn`.
 async fn log_event(
@@ -457,8 +462,10 @@ async fn suppress(
     Ok(())
 }
 
-/// Unsubscribes the message's contact: from its channel (the address and the
-/// contact are suppressed there) or from its campaign's topic; marks the
+/// Unsubscribes the message's contact: from marketing on its channel (the
+/// address and the contact are suppressed there with reason
+/// [`MARKETING_UNSUBSCRIBE`], which transactional messages pass) or from
+/// its campaign's topic; marks the
 /// message `unsubscribed_at`. Returns the scope applied (a topic request for
 /// a campaign without a topic stops the channel).
 pub async fn unsubscribe(
@@ -491,7 +498,7 @@ pub async fn unsubscribe(
                 channel,
                 msg.address.as_deref(),
                 Some(msg.contact_id),
-                "unsubscribe",
+                MARKETING_UNSUBSCRIBE,
                 source,
                 now,
             )

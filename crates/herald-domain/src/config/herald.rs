@@ -72,11 +72,61 @@ pub struct TrackingConfig {
     pub public_url: String,
     /// Environment variable holding the signing secret.
     pub secret_env: String,
+    /// Environment variable holding the secret before a rotation: digests of
+    /// forgotten contacts' addresses made under it are still recognised.
+    pub secret_previous_env: Option<String>,
     /// Environment variable holding the bearer token for `POST /events`.
     pub events_token_env: String,
     /// Where `herald serve` accepts DSN bounces and ARF complaints by SMTP (none: not at all).
     pub smtp_listen: Option<String>,
+    /// Environment variable holding the bearer token of the report API
+    /// (`GET /api/...`); unset, the API answers 401 to everyone.
+    pub api_token_env: String,
+    /// SNS topics (ARNs) whose SES notifications are accepted; none: SES
+    /// webhooks are refused (403). Every message must be signed by SNS.
+    pub sns_topic_arns: Vec<String>,
+    /// Environment variable holding SendGrid's Signed Event Webhook
+    /// verification key (base64); unset, SendGrid events are accepted
+    /// unsigned and `herald check` warns.
+    pub sendgrid_verification_key_env: Option<String>,
+    /// Where the report API is served instead of `listen` (e.g.
+    /// `127.0.0.1:8081`); none: on `listen`, behind its token.
+    pub admin_listen: Option<String>,
+    /// A request head must arrive within this long of its first byte.
+    pub header_timeout: Span,
+    /// A keep-alive connection with no request this long is closed.
+    pub idle_timeout: Span,
+    /// A request body must arrive within this long of its head.
+    pub body_timeout: Span,
+    /// Open HTTP connections at most (per listener); past it the oldest idle
+    /// one is closed. Lowered at start to fit the file-descriptor limit.
+    pub max_connections: usize,
+    /// An SMTP client silent this long is disconnected.
+    pub smtp_command_timeout: Span,
+    /// The longest SMTP session.
+    pub smtp_session_timeout: Span,
+    /// SMTP sessions open at once; past it the one longest without mail is closed.
+    pub smtp_max_sessions: usize,
+    /// Commands that move no mail (NOOP, RSET, HELO, ...) per SMTP session.
+    pub smtp_max_idle_commands: usize,
 }
+
+/// `[tracking] header_timeout` by default.
+pub const DEFAULT_HEADER_TIMEOUT: Span = Span::from_secs(10);
+/// `[tracking] idle_timeout` by default.
+pub const DEFAULT_IDLE_TIMEOUT: Span = Span::from_secs(60);
+/// `[tracking] body_timeout` by default.
+pub const DEFAULT_BODY_TIMEOUT: Span = Span::from_secs(30);
+/// `[tracking] max_connections` by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// `[tracking] smtp_command_timeout` by default.
+pub const DEFAULT_SMTP_COMMAND_TIMEOUT: Span = Span::from_secs(60);
+/// `[tracking] smtp_session_timeout` by default.
+pub const DEFAULT_SMTP_SESSION_TIMEOUT: Span = Span::from_secs(600);
+/// `[tracking] smtp_max_sessions` by default.
+pub const DEFAULT_SMTP_MAX_SESSIONS: usize = 256;
+/// `[tracking] smtp_max_idle_commands` by default.
+pub const DEFAULT_SMTP_MAX_IDLE_COMMANDS: usize = 20;
 
 impl Default for TrackingConfig {
     fn default() -> Self {
@@ -84,8 +134,21 @@ impl Default for TrackingConfig {
             listen: "127.0.0.1:8080".into(),
             public_url: "http://localhost:8080".into(),
             secret_env: "HERALD_SECRET".into(),
+            secret_previous_env: None,
             events_token_env: "HERALD_EVENTS_TOKEN".into(),
             smtp_listen: None,
+            api_token_env: "HERALD_API_TOKEN".into(),
+            sns_topic_arns: Vec::new(),
+            sendgrid_verification_key_env: None,
+            admin_listen: None,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            smtp_command_timeout: DEFAULT_SMTP_COMMAND_TIMEOUT,
+            smtp_session_timeout: DEFAULT_SMTP_SESSION_TIMEOUT,
+            smtp_max_sessions: DEFAULT_SMTP_MAX_SESSIONS,
+            smtp_max_idle_commands: DEFAULT_SMTP_MAX_IDLE_COMMANDS,
         }
     }
 }
@@ -736,6 +799,21 @@ ses_configuration_set = "herald-events"
         assert_eq!(c.channels.email.effective_relay(), Some(EmailRelay::Ses));
         let bad = "[channels.email]\ndkim = { domain = \"x\", selector = \"s\", key_env = \"K\", algorithm = \"rsa-sha1\" }\n";
         assert!(HeraldConfig::parse("herald.toml", bad).is_err());
+    }
+
+    #[test]
+    fn listener_limits_parse_and_default() {
+        let c = HeraldConfig::parse("herald.toml", "").unwrap();
+        assert_eq!(c.tracking.header_timeout, DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(c.tracking.admin_listen, None);
+        let src = "[tracking]\nheader_timeout = \"5s\"\nidle_timeout = \"2m\"\nmax_connections = 100\nadmin_listen = \"127.0.0.1:8081\"\napi_token_env = \"T\"\nsmtp_max_idle_commands = 5\n";
+        let c = HeraldConfig::parse("herald.toml", src).unwrap();
+        assert_eq!(c.tracking.header_timeout, Span::from_secs(5));
+        assert_eq!(c.tracking.idle_timeout, Span::from_secs(120));
+        assert_eq!(c.tracking.max_connections, 100);
+        assert_eq!(c.tracking.admin_listen.as_deref(), Some("127.0.0.1:8081"));
+        assert_eq!(c.tracking.api_token_env, "T");
+        assert_eq!(c.tracking.smtp_max_idle_commands, 5);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 
 use herald_domain::token::{TokenClaims, TokenKind, TokenSigner};
-use herald_server::{AppState, GoalSpec, ServerConfig, SmtpSettings};
+use std::sync::Arc;
+
+use herald_server::{AppState, GoalSpec, ReportSource, ServerConfig, SmtpSettings};
 use herald_storage::Db;
 use herald_tests::{Backend, TestDb};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -15,6 +17,7 @@ use tokio::task::JoinHandle;
 
 pub const SECRET: &[u8] = b"server-test-secret-0123456789";
 pub const EVENTS_TOKEN: &str = "events-token-0123";
+pub const API_TOKEN: &str = "api-token-0123456789";
 pub const TWILIO_TOKEN: &str = "twilio-auth-token-0123";
 pub const BOUNCE_DOMAIN: &str = "b.example.com";
 pub const EXTRA_KEYWORDS: [&str; 3] = ["TD", "T", "退订"];
@@ -45,6 +48,8 @@ pub fn now_ms() -> i64 {
 /// A running server and what a test needs to talk to it.
 pub struct App {
     pub base: String,
+    /// The admin listener's base URL, when the config names one.
+    pub admin: Option<String>,
     pub smtp: SocketAddr,
     pub state: AppState,
     pub signer: TokenSigner,
@@ -124,6 +129,16 @@ impl App {
         backend: Backend,
         adjust: impl FnOnce(&mut ServerConfig),
     ) -> Option<App> {
+        Self::start_full(backend, adjust, None).await
+    }
+
+    /// Like [`App::start_with`], with a report source; an admin listener is
+    /// bound on loopback when the adjusted config has `admin_listen`.
+    pub async fn start_full(
+        backend: Backend,
+        adjust: impl FnOnce(&mut ServerConfig),
+        report: Option<Arc<dyn ReportSource>>,
+    ) -> Option<App> {
         let dir = tempfile::tempdir().expect("temp dir");
         let test_db = TestDb::new(backend, dir.path()).await?;
         let db = Db::connect(&test_db.url).await.expect("connect");
@@ -136,6 +151,7 @@ impl App {
         let smtp_addr = smtp.local_addr().expect("addr");
         let mut cfg = ServerConfig::new(&base);
         cfg.events_token = Some(EVENTS_TOKEN.into());
+        cfg.api_token = Some(API_TOKEN.into());
         cfg.twilio_auth_token = Some(TWILIO_TOKEN.into());
         cfg.opt_out_keywords = EXTRA_KEYWORDS.iter().map(|k| k.to_string()).collect();
         cfg.smtp = Some(SmtpSettings {
@@ -159,10 +175,18 @@ impl App {
         ];
         adjust(&mut cfg);
         let signer = TokenSigner::new(SECRET);
-        let state = AppState::new(db.clone(), signer.clone(), cfg);
+        let admin_listener = match cfg.admin_listen {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin")),
+            None => None,
+        };
+        let admin = admin_listener
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().expect("addr")));
+        let state = AppState::with_hooks(db.clone(), signer.clone(), cfg, report, None);
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(herald_server::serve(
+        let handle = tokio::spawn(herald_server::serve_all(
             http,
+            admin_listener,
             Some(smtp),
             state.clone(),
             async move {
@@ -175,6 +199,7 @@ impl App {
             .expect("client");
         Some(App {
             base,
+            admin,
             smtp: smtp_addr,
             state,
             signer,

@@ -2,9 +2,11 @@
 //! PostgreSQL: every endpoint, forged tokens, Twilio signatures, opt-out
 //! keywords, bounces, events and attribution. One binary, so it links once.
 
+mod api;
 mod common;
 mod correlation;
 mod events;
+mod signed;
 mod tokens;
 mod tracking;
 mod webhooks;

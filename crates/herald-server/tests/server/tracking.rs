@@ -169,17 +169,58 @@ async fn short_links_redirect_by_code(app: &App) {
     assert_eq!(app.msg_int(M_SMS, "click_count").await, Some(1));
 }
 
-async fn one_click_unsubscribe_suppresses_the_channel(app: &App) {
+/// SPEC section 4: one-click ends the topic of a message that has one.
+async fn one_click_unsubscribe_ends_the_topic(app: &App) {
     let url = app.url(&format!(
         "/u/{}",
         app.token(TokenKind::Unsubscribe, M_EMAIL)
     ));
+    let r = app
+        .client
+        .post(&url)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get(LOCATION).is_none());
+    assert_eq!(
+        app.count("topic_subscriptions WHERE contact_id = 1 AND topic = 'promotions' AND subscribed = FALSE").await,
+        1
+    );
+    // Not the channel: the newsletter (no topic) and receipts still reach ann.
+    assert_eq!(app.count("suppressions").await, 0);
+    assert!(app.msg_int(M_EMAIL, "unsubscribed_at").await.is_some());
+}
+
+/// SPEC section 4: one-click on a message without a topic ends marketing on
+/// its channel, as a suppression that transactional messages pass.
+async fn one_click_unsubscribe_suppresses_the_channel(app: &App) {
+    let url = app.url(&format!("/u/{}", app.token(TokenKind::Unsubscribe, M_NEWS)));
     // The page shows choices and changes nothing.
     let r = app.client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let page = r.text().await.unwrap();
-    assert!(page.contains("Stop all emails"), "{page}");
-    assert!(page.contains("promotions"), "{page}");
+    assert!(page.contains("Stop all marketing emails"), "{page}");
+    assert!(!page.contains("value=\"topic\""), "{page}");
+    let topic_page = app
+        .client
+        .get(app.url(&format!(
+            "/u/{}",
+            app.token(TokenKind::Unsubscribe, M_EMAIL)
+        )))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(topic_page.contains("promotions"), "{topic_page}");
+    assert!(
+        topic_page.contains("Stop all marketing emails"),
+        "{topic_page}"
+    );
     assert!(page.contains("a***@example.com"), "{page}");
     assert!(!page.contains("ann@example.com"));
     assert_eq!(app.count("suppressions").await, 0);
@@ -195,10 +236,10 @@ async fn one_click_unsubscribe_suppresses_the_channel(app: &App) {
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers().get(LOCATION).is_none());
     assert_eq!(
-        app.count("suppressions WHERE channel = 'email' AND address = 'ann@example.com' AND contact_id = 1 AND topic IS NULL").await,
+        app.count("suppressions WHERE channel = 'email' AND address = 'ann@example.com' AND contact_id = 1 AND topic IS NULL AND reason = 'unsubscribe'").await,
         1
     );
-    assert!(app.msg_int(M_EMAIL, "unsubscribed_at").await.is_some());
+    assert!(app.msg_int(M_NEWS, "unsubscribed_at").await.is_some());
     // Twice is once.
     let r = app
         .client
@@ -301,6 +342,7 @@ async fn service_endpoints(app: &App) {
     let r = app
         .client
         .get(app.url("/api/campaigns/winback/report"))
+        .bearer_auth(API_TOKEN)
         .send()
         .await
         .unwrap();
@@ -320,6 +362,7 @@ on_both_databases!(
     clicks_redirect_only_to_the_messages_own_links,
     link_tokens_redirect_to_the_url_they_carry,
     short_links_redirect_by_code,
+    one_click_unsubscribe_ends_the_topic,
     one_click_unsubscribe_suppresses_the_channel,
     the_page_can_stop_only_the_topic,
     a_burst_of_opens_is_recorded_exactly_and_in_few_transactions,
