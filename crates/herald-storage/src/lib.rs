@@ -7,11 +7,15 @@
 //! Instants are BIGINT milliseconds since the epoch, so SQL time arithmetic
 //! is one dialect.
 
+pub mod attribute;
 pub mod audience;
 pub mod contacts;
 pub mod db;
 pub mod entry;
+pub mod flights;
 pub mod import;
+#[cfg(test)]
+mod ledger_tests;
 pub mod outbox;
 pub mod personalise;
 pub mod report;
