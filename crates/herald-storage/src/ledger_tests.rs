@@ -482,7 +482,7 @@ async fn a_dead_planners_run_is_taken_over_after_the_short_lease(db: &Db) {
         "taken over {PLAN_LEASE_MS} ms after the claim"
     );
     assert_eq!(stats.members, 300);
-    assert!(PLAN_LEASE_MS <= 10_000, "a lease of seconds, not minutes");
+    const { assert!(PLAN_LEASE_MS <= 10_000, "a lease of seconds, not minutes") };
 }
 
 /// A live planner's heartbeat keeps its (here very short) lease however long
