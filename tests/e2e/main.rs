@@ -22,6 +22,7 @@ macro_rules! on_both_databases {
     )*};
 }
 
+mod account_faults;
 mod campaign_preview;
 mod check;
 mod contacts;
@@ -29,11 +30,14 @@ mod daemon;
 mod demo;
 mod fallback;
 mod import;
+mod lanes;
+mod marketer;
 mod preview;
 mod report;
 mod rollout;
 mod segments;
 mod send;
+mod stop;
 mod test_to;
 mod triggers;
 

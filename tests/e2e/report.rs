@@ -372,9 +372,22 @@ async fn table_json_and_csv_agree(backend: Backend) {
     };
     let store = send_and_convert(&p, &db, 1_200, 1).await;
     let json = json_report(&p, &db, &[]);
-    let table = p.herald(&db, &["report", "winback", "--format", "table"]);
+    // Every column, as wide as it needs: the narrow default is checked below.
+    let table = p.herald(&db, &["report", "winback", "--format", "table", "--wide"]);
     table.expect_code(0);
     let table = table.stdout();
+    let narrow = p.herald(&db, &["report", "winback"]);
+    narrow.expect_code(0);
+    let narrow = narrow.stdout();
+    for line in narrow
+        .lines()
+        .filter(|l| !l.starts_with("* ") && !l.starts_with("report of"))
+    {
+        assert!(
+            line.chars().count() <= 100,
+            "wider than 100 columns: {line}\n{narrow}"
+        );
+    }
     let csv_run = p.herald(&db, &["report", "winback", "--format", "csv"]);
     csv_run.expect_code(0);
     let csv_text = csv_run.stdout();

@@ -3,7 +3,8 @@
 //! conversions are imported for the test's contacts; the daemon decides after
 //! `decide_after` and sends the winner to the rest. Nobody gets two messages,
 //! the holdout gets none, and `herald report --format json` shows the
-//! decision. Without a clear winner the first variant goes, and it says why.
+//! decision. Without a clear winner the decision waits until `decide_by`
+//! (default twice `decide_after`), then the leader goes, and it says why.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -266,7 +267,9 @@ async fn the_daemon_sends_the_clear_winner_to_the_rest(backend: Backend) {
     db.drop_db().await;
 }
 
-async fn without_a_clear_winner_the_first_variant_goes_and_the_report_says_why(backend: Backend) {
+async fn without_a_clear_winner_the_leader_goes_at_decide_by_and_the_report_says_why(
+    backend: Backend,
+) {
     let Some((p, db)) = setup(backend).await else {
         return;
     };
@@ -274,14 +277,23 @@ async fn without_a_clear_winner_the_first_variant_goes_and_the_report_says_why(b
         .await
         .expect("sink");
     rollout_project(&p, sink.addr().port());
+    let started = Instant::now();
     let report = send_test_then_decide(&p, &db, &sink, |_| 0.3).await;
-    check_release(&db, &sink, &report, "a").await;
+    // decide_after = 2s: the default decide_by is 4s after the run's start.
+    assert!(started.elapsed() >= Duration::from_secs(4));
     let ro = &report["rollouts"][0];
+    let leader = ro["leader"].as_str().unwrap().to_string();
+    check_release(&db, &sink, &report, &leader).await;
     assert_eq!(ro["clear_winner"], false, "{ro}");
     let reason = ro["reason"].as_str().unwrap();
-    assert!(reason.starts_with("no clear winner"), "{reason}");
     assert!(
-        reason.ends_with("so the first variant, a, goes"),
+        reason.starts_with("no clear winner by the decision deadline"),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with(&format!(
+            "so the variant with the higher observed rate, {leader}, goes"
+        )),
         "{reason}"
     );
     let sentence = ro["sentence"].as_str().unwrap();
@@ -294,5 +306,5 @@ async fn without_a_clear_winner_the_first_variant_goes_and_the_report_says_why(b
 
 on_both_databases!(
     the_daemon_sends_the_clear_winner_to_the_rest,
-    without_a_clear_winner_the_first_variant_goes_and_the_report_says_why,
+    without_a_clear_winner_the_leader_goes_at_decide_by_and_the_report_says_why,
 );

@@ -10,12 +10,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::rsa::KeyPair;
-use aws_lc_rs::signature::RSA_PKCS1_SHA256;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use ring::rand::SystemRandom;
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair as KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::http::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE, DEFAULT_TIMEOUT};
@@ -134,10 +133,13 @@ pub enum FcmConfigError {
 /// Error taxonomy: `UNREGISTERED` (404) → `Permanent { suppress_address: true }` (the
 /// token is dead); `QUOTA_EXCEEDED` or HTTP 429 → `RateLimited` (`Retry-After`, else a
 /// minute); `UNAVAILABLE`, `INTERNAL`, 5xx → `Transient`; a 401 refreshes the access token
-/// and resends once (a 401 means nothing was sent), then → `Transient`; `INVALID_ARGUMENT`
+/// and resends once (a 401 means nothing was sent), then → `AccountFault`, as is a 403
+/// without FCM's own code; `SENDER_ID_MISMATCH` (403) → `Permanent`; `THIRD_PARTY_AUTH_ERROR`
+/// → `Transient` (only iOS/web tokens are refused); `INVALID_ARGUMENT`
 /// and other 4xx → `Permanent`; a `200` without a message name → `Ambiguous`; no connection
 /// → `Transient`; no answer once written → `Ambiguous`. A failed token exchange sent
-/// nothing: `Transient`, or `Permanent` when the token endpoint refuses the key (4xx).
+/// nothing: `Transient`, or `AccountFault` when the token endpoint refuses the key (4xx:
+/// `invalid_client`, `invalid_grant`).
 pub struct FcmChannel {
     client: reqwest::Client,
     send_url: String,
@@ -262,7 +264,7 @@ impl FcmChannel {
         });
         let header = BASE64URL.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
         let signing_input = format!("{header}.{}", BASE64URL.encode(claims.to_string()));
-        let mut signature = vec![0; self.key.public_modulus_len()];
+        let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
             .sign(
                 &RSA_PKCS1_SHA256,
@@ -331,14 +333,15 @@ impl FcmChannel {
             None => format!("token endpoint HTTP {status}: {}", http::snippet(&body)),
         };
         if status.is_client_error() && status.as_u16() != 429 {
-            // The endpoint refuses this key (revoked, deleted, wrong audience): retrying won't help.
-            return Err(DeliveryError::Permanent {
-                code: format!(
-                    "oauth_{}",
-                    refusal.map_or_else(|| status.as_u16().to_string(), |e| e.error)
-                ),
-                detail,
-                suppress_address: false,
+            // The endpoint refuses this key (revoked, deleted, wrong audience):
+            // the account's fault, not any message's; the route blocks until it is fixed.
+            let code = format!(
+                "oauth_{}",
+                refusal.map_or_else(|| status.as_u16().to_string(), |e| e.error)
+            );
+            return Err(DeliveryError::AccountFault {
+                detail: format!("FCM {code}: {detail}"),
+                code,
             });
         }
         Err(DeliveryError::Transient {
@@ -538,14 +541,32 @@ impl FcmError {
                 detail,
                 retry_after: Some(retry_after.unwrap_or(DEFAULT_QUOTA_WAIT)),
             },
-            // A 401 even after a fresh token: the key may be mid-rotation; retry later.
-            _ if status >= 500 || (status == 401 && self.fcm_code.is_none()) => {
-                DeliveryError::Transient {
-                    code,
-                    detail,
-                    retry_after,
-                }
-            }
+            // The APNs or web-push credential behind FCM is refused: only iOS
+            // and web tokens are affected, and herald does not know a token's
+            // platform, so it is this message's temporary failure (retried),
+            // never a block of every Android send nor a permanent failure.
+            Some("THIRD_PARTY_AUTH_ERROR") => DeliveryError::Transient {
+                code,
+                detail,
+                retry_after,
+            },
+            // The token belongs to another sender: the message's (the token's) fault.
+            Some("SENDER_ID_MISMATCH") => DeliveryError::Permanent {
+                code,
+                detail,
+                suppress_address: false,
+            },
+            _ if status >= 500 => DeliveryError::Transient {
+                code,
+                detail,
+                retry_after,
+            },
+            // A 401 even after a fresh token, or a 403 without a token's own
+            // code (the project refuses this service account): the account's fault.
+            _ if status == 401 || status == 403 => DeliveryError::AccountFault {
+                detail: format!("FCM {code}: {detail}"),
+                code,
+            },
             _ => DeliveryError::Permanent {
                 code,
                 detail,
@@ -652,15 +673,20 @@ mod tests {
         ));
         assert!(matches!(
             classify(401, None, &error(401, "UNAUTHENTICATED", None)),
-            DeliveryError::Transient { ref code, .. } if code == "UNAUTHENTICATED"
+            DeliveryError::AccountFault { ref code, .. } if code == "UNAUTHENTICATED"
         ));
+        assert!(matches!(
+            classify(403, None, &error(403, "PERMISSION_DENIED", None)),
+            DeliveryError::AccountFault { ref code, .. } if code == "PERMISSION_DENIED"
+        ));
+        // Only iOS/web tokens are refused: the message's temporary failure, no block.
         assert!(matches!(
             classify(
                 401,
                 None,
                 &error(401, "UNAUTHENTICATED", Some("THIRD_PARTY_AUTH_ERROR"))
             ),
-            DeliveryError::Permanent { .. }
+            DeliveryError::Transient { .. }
         ));
         assert!(matches!(
             classify(

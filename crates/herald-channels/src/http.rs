@@ -32,7 +32,7 @@ pub(crate) fn client(
     timeout: Duration,
     max_idle: usize,
 ) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    crate::http_client_builder()
         .http1_only()
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)

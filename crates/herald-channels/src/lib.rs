@@ -20,6 +20,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_domain::types::Channel as ChannelKind;
 
+/// A reqwest client builder whose TLS uses ring, the project's one crypto
+/// provider. reqwest is built without a provider of its own (its default is
+/// aws-lc-rs), so ring is installed as the process's rustls default first;
+/// every HTTP client of herald, tests included, starts here.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    // Err only when a provider is already installed: ring, by this function.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// A message ready to leave: rendered, addressed, with its headers decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedMessage {
@@ -91,6 +101,17 @@ pub enum DeliveryError {
         /// What happened.
         detail: String,
     },
+    /// The provider refused the sender's account, not the message (wrong
+    /// credentials, a suspended account): the route is blocked and probed,
+    /// the message stays planned; never the message's failure, never a fallback.
+    #[error("authentication failed ({detail})")]
+    AccountFault {
+        /// Provider code (`20003`, `535`, `invalid_client`, ...).
+        code: String,
+        /// The provider's name, code and words, as a sender recognises
+        /// them: `Twilio 20003: Authenticate (HTTP 401)`.
+        detail: String,
+    },
 }
 
 impl DeliveryError {
@@ -102,12 +123,19 @@ impl DeliveryError {
         )
     }
 
+    /// Whether the answer is the sender's account's, not the message's: the
+    /// route blocks (see [`DeliveryError::AccountFault`]).
+    pub fn is_account_fault(&self) -> bool {
+        matches!(self, DeliveryError::AccountFault { .. })
+    }
+
     /// The provider's code, for the attempt log.
     pub fn code(&self) -> &str {
         match self {
             DeliveryError::Transient { code, .. }
             | DeliveryError::RateLimited { code, .. }
-            | DeliveryError::Permanent { code, .. } => code,
+            | DeliveryError::Permanent { code, .. }
+            | DeliveryError::AccountFault { code, .. } => code,
             DeliveryError::Ambiguous { .. } => "no_answer",
         }
     }

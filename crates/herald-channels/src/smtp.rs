@@ -140,6 +140,7 @@ pub enum SmtpConfigError {
 /// limit exceeded`, SES `454 Throttling failure`) → `RateLimited` (SMTP has no Retry-After); 5xx to `RCPT` → `Permanent { suppress_address: true }`
 /// unless its enhanced status says policy, system or protocol (`5.7.x`, `5.3.x`,
 /// `5.5.x`), which, like every other 5xx, is `Permanent { suppress_address: false }`;
+/// 530, 534 and 535 (the login is refused or required) → `AccountFault`;
 /// an IO error or timeout once the content started → `Ambiguous` (never resent).
 pub struct SmtpChannel {
     settings: SmtpSettings,
@@ -558,6 +559,14 @@ impl Failure {
                     retry_after: None,
                 }
             }
+            // The server refuses our login (or wants one): the account's fault,
+            // whatever the step; the route blocks, no message fails for it.
+            FailureKind::Reply { code, text } if ACCOUNT_REPLIES.contains(&code) => {
+                DeliveryError::AccountFault {
+                    code: code.to_string(),
+                    detail: format!("SMTP {code}: {}", text.trim()),
+                }
+            }
             FailureKind::Reply { code, text } if (400..500).contains(&code) => {
                 DeliveryError::Transient {
                     code: code.to_string(),
@@ -588,6 +597,10 @@ impl Failure {
         }
     }
 }
+
+/// Replies that refuse the sender's account (RFC 4954): 530 authentication
+/// required, 534 mechanism too weak, 535 credentials invalid.
+const ACCOUNT_REPLIES: [u16; 3] = [530, 534, 535];
 
 /// Phrases with which servers say "you send too fast" in a 4xx reply (SES `454 Throttling
 /// failure`, Gmail `421 4.7.28 ... rate limited`, Postfix `450 4.7.1 ... rate limit exceeded`).
@@ -750,6 +763,39 @@ mod tests {
         assert!(matches!(
             throttled.into_error(),
             DeliveryError::RateLimited { ref code, retry_after: None, .. } if code == "451"
+        ));
+    }
+
+    #[test]
+    fn a_refused_login_is_the_accounts_fault_at_any_step() {
+        for (stage, code) in [
+            (Stage::Connect, 535),
+            (Stage::Mail, 530),
+            (Stage::Rcpt, 530),
+            (Stage::Connect, 534),
+        ] {
+            let e = Failure::reply(
+                stage,
+                code,
+                "5.7.8 Authentication credentials invalid".into(),
+            )
+            .into_error();
+            assert_eq!(
+                e,
+                DeliveryError::AccountFault {
+                    code: code.to_string(),
+                    detail: format!("SMTP {code}: 5.7.8 Authentication credentials invalid"),
+                },
+                "{stage:?}"
+            );
+        }
+        // A mailbox refusal stays the message's.
+        assert!(matches!(
+            Failure::reply(Stage::Rcpt, 550, "5.1.1 no such user".into()).into_error(),
+            DeliveryError::Permanent {
+                suppress_address: true,
+                ..
+            }
         ));
     }
 }

@@ -24,6 +24,10 @@ pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 const CODE_TOO_MANY_REQUESTS: u32 = 20429;
 /// Twilio: the recipient replied STOP; sending again is refused until they reply START.
 const CODE_UNSUBSCRIBED: u32 = 21610;
+/// Twilio: authentication failed (wrong account SID or auth token).
+const CODE_AUTHENTICATE: u32 = 20003;
+/// HTTP statuses that refuse the account itself (credentials, permissions).
+const ACCOUNT_STATUSES: [u16; 2] = [401, 403];
 
 /// Who the SMS is from: a number of the account, or a Messaging Service that picks one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +141,7 @@ pub enum TwilioConfigError {
 /// The Twilio channel: one keep-alive HTTP client, the URL and auth header built once.
 ///
 /// Error taxonomy: code 20429 or HTTP 429 → `RateLimited` (with `Retry-After`); 5xx →
-/// `Transient`; 21610 (unsubscribed) → `Permanent { suppress_address: true }`; 21211 and
+/// `Transient`; HTTP 401/403 or code 20003 → `AccountFault` (the route blocks); 21610 (unsubscribed) → `Permanent { suppress_address: true }`; 21211 and
 /// any other 4xx → `Permanent`; a `2xx` whose body has no `sid` → `Ambiguous` (it may
 /// have been taken); no connection → `Transient`; no answer once written → `Ambiguous`.
 pub struct TwilioChannel {
@@ -316,6 +320,18 @@ fn refused(status: u16, retry_after: Option<Duration>, body: &[u8]) -> DeliveryE
             retry_after,
         };
     }
+    // The account's credentials or permissions: the route's fault, never
+    // the message's (no fallback, no `failed`; the route blocks and probes).
+    if code == Some(CODE_AUTHENTICATE) || ACCOUNT_STATUSES.contains(&status) {
+        let words = error
+            .as_ref()
+            .and_then(|e| e.message.clone())
+            .unwrap_or_else(|| http::snippet(body));
+        return DeliveryError::AccountFault {
+            detail: format!("Twilio {code_text}: {words} (HTTP {status})"),
+            code: code_text,
+        };
+    }
     // 21211 (invalid number) and the rest are the message's fault, not a dead address.
     DeliveryError::Permanent {
         suppress_address: code == Some(CODE_UNSUBSCRIBED),
@@ -375,9 +391,21 @@ mod tests {
             refused(400, None, &body(21211, 400)),
             DeliveryError::Permanent { ref code, suppress_address: false, .. } if code == "21211"
         ));
-        assert!(matches!(
+        // The account's credentials are the route's fault, not the message's.
+        assert_eq!(
             refused(401, None, &body(20003, 401)),
-            DeliveryError::Permanent { ref code, suppress_address: false, .. } if code == "20003"
+            DeliveryError::AccountFault {
+                code: "20003".into(),
+                detail: "Twilio 20003: m20003 (HTTP 401)".into(),
+            }
+        );
+        assert_eq!(
+            refused(401, None, &body(20003, 401)).to_string(),
+            "authentication failed (Twilio 20003: m20003 (HTTP 401))"
+        );
+        assert!(matches!(
+            refused(403, None, b"forbidden"),
+            DeliveryError::AccountFault { ref code, .. } if code == "403"
         ));
         assert!(matches!(
             refused(404, None, b"not json"),

@@ -85,7 +85,7 @@ async fn bench_twilio_adapter_vs_bare_reqwest() {
         "{}/2010-04-01/Accounts/{DEMO_ACCOUNT_SID}/Messages.json",
         sink.base_url()
     );
-    let client = reqwest::Client::builder()
+    let client = herald_channels::http_client_builder()
         .tcp_nodelay(true)
         .build()
         .expect("client");
@@ -144,7 +144,7 @@ async fn bench_fcm_adapter_vs_bare_reqwest() {
     .expect("sink");
     let url = format!("{}/v1/projects/demo/messages:send", sink.base_url());
     let token = sink.mint_token();
-    let client = reqwest::Client::builder()
+    let client = herald_channels::http_client_builder()
         .tcp_nodelay(true)
         .build()
         .expect("client");

@@ -314,18 +314,18 @@ async fn auth_with_good_and_bad_credentials() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, DeliveryError::Permanent { ref code, suppress_address: false, .. } if code == "535"),
+        matches!(err, DeliveryError::AccountFault { ref code, .. } if code == "535"),
         "{err:?}"
     );
 
-    // Without credentials the server refuses MAIL with 530: permanent, but not the address's fault.
+    // Without credentials the server refuses MAIL with 530: the account's fault, not the message's.
     let err = SmtpChannel::new(settings(&sink))
         .unwrap()
         .send(&message(3, "a@example.org"))
         .await
         .unwrap_err();
     assert!(
-        matches!(err, DeliveryError::Permanent { ref code, suppress_address: false, .. } if code == "530"),
+        matches!(err, DeliveryError::AccountFault { ref code, .. } if code == "530"),
         "{err:?}"
     );
 }

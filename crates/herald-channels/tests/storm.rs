@@ -362,3 +362,122 @@ async fn pacer_slows_down_on_429s_and_recovers_without_pausing() {
     assert!(per_second.iter().skip(2).all(|n| *n > 0), "{per_second:?}");
     assert_eq!(pacer.current_rate(), Some(f64::from(PER_SECOND)));
 }
+
+/// Issue #22's pacer figure (b), measured at the receiving server: configured 100/s, a peer
+/// answering a random 30% of requests 429 (`Retry-After: 1`) for 12 s, then accepting all
+/// for 10 s. Each throttled message waits its Retry-After and is sent again (a fresh
+/// request: the peer draws its answers per request body). Prints the accepted rate under
+/// the 429s, the time back to 100/s after them, and the busiest 1 s window of requests
+/// against rate + burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: 22 s of real time; run with --ignored --nocapture for docs/benchmarks.md"]
+async fn pacer_benchmark_random_429s_then_recovery() {
+    const PER_SECOND: u32 = 100;
+    const IN_FLIGHT: usize = 8;
+    const STORM: Duration = Duration::from_secs(12);
+    const CALM: Duration = Duration::from_secs(10);
+    let sink = Arc::new(
+        TwilioSink::start(TwilioSinkConfig {
+            keep_messages: false,
+            plan: FaultPlan::mix(FaultMix {
+                rate_limited: 0.3,
+                retry_after_secs: 1,
+                ..FaultMix::new(22)
+            }),
+            ..TwilioSinkConfig::default()
+        })
+        .await
+        .expect("sink"),
+    );
+    let channel = Arc::new(
+        TwilioChannel::new(common::twilio_settings(&sink, Duration::from_secs(5)))
+            .expect("channel"),
+    );
+    let limit = RateLimit {
+        per_second: PER_SECOND,
+        burst: None,
+    };
+    let pacer = Arc::new(Pacer::new(Some(limit)));
+    // Throttled messages due again: (due, id).
+    let retries = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<(
+        Instant,
+        i64,
+    )>::new()));
+    let next_id = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let attempt = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let start = Instant::now();
+    let deadline = start + STORM + CALM;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let (channel, pacer, retries, next_id, attempt) = (
+            channel.clone(),
+            pacer.clone(),
+            retries.clone(),
+            next_id.clone(),
+            attempt.clone(),
+        );
+        workers.spawn(async move {
+            while Instant::now() < deadline {
+                let due = {
+                    let mut q = retries.lock().unwrap();
+                    match q.front() {
+                        Some((at, _)) if *at <= Instant::now() => q.pop_front().map(|(_, id)| id),
+                        _ => None,
+                    }
+                };
+                let id = due
+                    .unwrap_or_else(|| next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                pacer.acquire().await;
+                let mut sms = common::sms(id, "+14155550100");
+                // A fresh body per attempt: the peer draws its answer per request.
+                sms.body = format!(
+                    "{} #{}",
+                    sms.body,
+                    attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                let result = channel.send(&sms).await;
+                pacer.on_result(&result);
+                if let Err(DeliveryError::RateLimited { retry_after, .. }) = result {
+                    let at = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
+                    retries.lock().unwrap().push_back((at, id));
+                }
+            }
+        });
+    }
+    // Skip the first second (the first window), then measure the storm.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (from, at_from) = (sink.count(), Instant::now());
+    tokio::time::sleep(STORM - Duration::from_secs(1)).await;
+    let accepted = (sink.count() - from) as f64 / at_from.elapsed().as_secs_f64();
+    let rate_under_storm = pacer.current_rate().unwrap_or_default();
+    sink.set_plan(FaultPlan::accept_all());
+    let calm = Instant::now();
+    let mut back_after = None;
+    let mut rates = Vec::new();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rate = pacer.current_rate().unwrap_or_default();
+        rates.push(rate.round());
+        if back_after.is_none() && rate >= f64::from(PER_SECOND) {
+            back_after = Some(calm.elapsed());
+        }
+    }
+    while let Some(done) = workers.join_next().await {
+        done.expect("worker");
+    }
+    let busiest = sink.requests().max_in_window(Duration::from_secs(1));
+    let ceiling = PER_SECOND + limit.effective_burst();
+    println!(
+        "pacer benchmark: configured {PER_SECOND}/s, {IN_FLIGHT} in flight, 30% random 429 \
+         (Retry-After 1) for {STORM:?}: accepted {accepted:.1}/s at the peer (pacer at \
+         {rate_under_storm:.0}/s); after the 429s stopped, back to {PER_SECOND}/s in \
+         {back_after:?} (rate every 0.5 s: {rates:?}); busiest 1 s window of requests at the \
+         peer {busiest} (rate + burst {ceiling})"
+    );
+    assert!(accepted >= 60.0, "{accepted}");
+    assert!(
+        back_after.is_some_and(|d| d <= Duration::from_secs(10)),
+        "{back_after:?}"
+    );
+    assert!(busiest <= ceiling as usize, "{busiest} > {ceiling}");
+}

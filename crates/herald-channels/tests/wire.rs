@@ -88,7 +88,7 @@ async fn twilio_refuses_a_bad_number_without_a_request() {
 }
 
 #[tokio::test]
-async fn twilio_with_a_wrong_token_is_refused_permanently() {
+async fn twilio_with_a_wrong_token_is_the_accounts_fault() {
     let sink = twilio_sink().await;
     let mut settings = common::twilio_settings(&sink, TIMEOUT);
     settings.auth_token = "wrong".into();
@@ -98,7 +98,7 @@ async fn twilio_with_a_wrong_token_is_refused_permanently() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, DeliveryError::Permanent { ref code, .. } if code == "20003"),
+        matches!(err, DeliveryError::AccountFault { ref code, .. } if code == "20003"),
         "{err:?}"
     );
     assert_eq!(sink.count(), 0);
@@ -172,7 +172,7 @@ async fn fcm_401_refreshes_once_and_resends() {
     assert_eq!(sink.token_requests(), 2);
     assert_eq!(sink.count(), 2);
 
-    // Tokens that are dead on arrival: one refresh, then a transient failure.
+    // Tokens that are dead on arrival: one refresh, then the account's fault.
     let dead = fcm_sink(FcmSinkConfig {
         token_lifetime: Duration::ZERO,
         ..FcmSinkConfig::default()
@@ -181,7 +181,7 @@ async fn fcm_401_refreshes_once_and_resends() {
     let channel = FcmChannel::new(common::fcm_settings(&dead, TIMEOUT)).unwrap();
     let err = channel.send(&common::push(1, "t")).await.unwrap_err();
     assert!(
-        matches!(err, DeliveryError::Transient { ref code, .. } if code == "UNAUTHENTICATED"),
+        matches!(err, DeliveryError::AccountFault { ref code, .. } if code == "UNAUTHENTICATED"),
         "{err:?}"
     );
     assert_eq!(dead.token_requests(), 2);
@@ -190,9 +190,13 @@ async fn fcm_401_refreshes_once_and_resends() {
 
 #[tokio::test]
 async fn fcm_token_endpoint_refusals_and_outages() {
-    // A key the token endpoint does not know: the grant is refused, permanently.
+    // A key the token endpoint does not know: the grant is refused, the account's fault.
     let sink = fcm_sink(FcmSinkConfig::default()).await;
-    let other = fcm_sink(FcmSinkConfig::default()).await;
+    let other = fcm_sink(FcmSinkConfig {
+        private_key_pem: herald_sinks::SECOND_SERVICE_ACCOUNT_KEY,
+        ..FcmSinkConfig::default()
+    })
+    .await;
     let mut settings = common::fcm_settings(&sink, TIMEOUT);
     settings.credentials = ServiceAccountKey {
         private_key: ServiceAccountKey::from_json(&other.credentials_json())
@@ -206,7 +210,7 @@ async fn fcm_token_endpoint_refusals_and_outages() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, DeliveryError::Permanent { ref code, .. } if code == "oauth_invalid_grant"),
+        matches!(err, DeliveryError::AccountFault { ref code, .. } if code == "oauth_invalid_grant"),
         "{err:?}"
     );
     assert_eq!(sink.requests().count(), 0);

@@ -23,7 +23,6 @@ use herald_engine::trigger::CampaignGate;
 use herald_storage::Db;
 use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
-use tokio::sync::Semaphore;
 
 use crate::{Cli, EXIT_INVALID, Exit};
 
@@ -149,21 +148,31 @@ pub fn workers(
     let lease = Duration::from_secs(d.lease.secs().max(1) as u64);
     let handoff = Arc::new(
         Handoff::new(owner.to_string(), batch as usize, lease)
-            .with_delivered_on_accept(delivered_on_accept(routes)),
+            .with_delivered_on_accept(delivered_on_accept(routes))
+            .with_channels(handed_channels(routes, batch)),
     );
     let gate = CampaignGate::for_config(store.clone(), config.clone());
     let fallback = CampaignFallback::for_config(store.clone(), config.clone());
-    let dispatchers = (0..d.workers.max(1))
-        .map(|i| {
+    // A lane per route: its own workers, claiming only its messages, so a
+    // throttled or blocked route never holds another's.
+    let mut lanes: Vec<Channel> = routes.keys().copied().collect();
+    lanes.sort_by_key(|c| c.as_str());
+    let per_lane = d.workers.max(1);
+    let dispatchers = lanes
+        .into_iter()
+        .flat_map(|lane| (0..per_lane).map(move |i| (lane, i)))
+        .map(|(lane, i)| {
             let mut w = Dispatcher::new(
                 store.clone(),
                 clock.clone(),
                 routes.clone(),
-                format!("{owner}/{i}"),
+                format!("{owner}/{lane}/{i}"),
             )
-            .with_handoff(handoff.clone());
+            .with_handoff(handoff.clone())
+            .with_lane(lane, per_lane);
             w.batch = batch;
             w.lease = lease;
+            w.blocked_wait = Some(Duration::from_millis(d.blocked_wait.millis().max(0) as u64));
             if let Some(g) = &gate {
                 w = w.with_gate(g.clone());
             }
@@ -174,6 +183,22 @@ pub fn workers(
         })
         .collect();
     (handoff, dispatchers)
+}
+
+/// The routes whose messages the planner may hand straight to a worker: those
+/// whose horizon is a whole batch (unlimited, or fast enough to send a batch
+/// within about a second). A slower route's pages are written `planned` and
+/// claimed by its lane at its pace, so no worker holds a batch it cannot
+/// send soon.
+pub fn handed_channels(routes: &HashMap<Channel, Route>, batch: u32) -> Vec<Channel> {
+    routes
+        .iter()
+        .filter(|(_, r)| {
+            herald_engine::dispatch::claim_horizon(r.pacer.current_rate(), r.width, 1, batch)
+                >= batch
+        })
+        .map(|(c, _)| *c)
+        .collect()
 }
 
 /// The channels whose adapter counts acceptance as delivery: the planner
@@ -218,14 +243,7 @@ pub fn routes(
     let mut routes = HashMap::new();
     let mut add =
         |c: Channel, adapter: Arc<dyn herald_channels::Channel>, rate, concurrency: usize| {
-            routes.insert(
-                c,
-                Route {
-                    adapter,
-                    pacer: pacer(rate),
-                    concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
-                },
-            );
+            routes.insert(c, Route::new(adapter, pacer(rate), concurrency));
         };
     add(Channel::Email, email, ch.email.rate, ch.email.concurrency);
     let sms: Arc<dyn herald_channels::Channel> = match ch.sms.provider {

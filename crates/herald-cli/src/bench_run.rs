@@ -122,6 +122,9 @@ pub async fn run_one(
         if let Some(h) = &handoff {
             d = d.with_handoff(h.clone());
         }
+        // The bench campaign is email: its workers are the email lane, as in
+        // `herald send` (claims by route use the `messages_lane` index).
+        d = d.with_lane(herald_domain::types::Channel::Email, workers);
         d.batch = batch;
         d.lease = lease;
         d.poll = Duration::from_millis(20);

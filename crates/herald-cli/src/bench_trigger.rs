@@ -89,7 +89,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let client = reqwest::Client::new();
+    let client = herald_channels::http_client_builder().build()?;
     let url_events = format!("http://{addr}/events");
     let total = rate * seconds as usize;
     let interval = Duration::from_secs_f64(PER_REQUEST as f64 / rate as f64);

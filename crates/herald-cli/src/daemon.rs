@@ -2,8 +2,11 @@
 //! campaigns, resumes plans a dead daemon left), `[dispatch] workers`
 //! dispatch workers (claim, render, send, record) and the tracking server.
 //! A heartbeat counts the daemons on the database so each takes its share of
-//! every channel's rate limit. SIGINT/SIGTERM: stop claiming, finish the
-//! batches in hand, stop the server after its pending writes, exit 0.
+//! every channel's rate limit (a joining daemon waits for the others to
+//! recount; a leaving one leaves the count after its workers drained).
+//! SIGINT/SIGTERM: stop claiming, finish the requests in the air, give what
+//! waits back to `planned`, write every outcome, stop the server after its
+//! pending writes, exit 0, all within `[dispatch] stop_timeout`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use clap::Args;
 use herald_engine::dispatch::RendererSource;
 use herald_engine::metrics::DispatchMetrics;
 use herald_engine::render::{CampaignRenderer, MessageRenderer};
+use herald_engine::reputation::ReputationRule;
 use herald_engine::rollout::Roller;
 use herald_engine::scheduler::Scheduler;
 use herald_engine::trigger::TriggerPlanner;
@@ -28,6 +32,11 @@ const TICK: Duration = Duration::from_secs(1);
 const TRIGGER_TICK: Duration = Duration::from_millis(100);
 /// How often a daemon says it is alive and recounts the others.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How often the reputation guard counts the running marketing runs' bounces and complaints.
+const REPUTATION_TICK: Duration = Duration::from_secs(5);
+/// How long a daemon joining others waits before it sends: every other
+/// daemon recounts within a heartbeat and gives up its part of the rate.
+const JOIN_WAIT: Duration = Duration::from_millis(2500);
 
 /// Arguments of `herald run`.
 #[derive(Args, Debug)]
@@ -117,15 +126,31 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         }))
     };
 
-    // Heartbeats: each daemon takes 1/N of every channel's rate.
+    // Heartbeats: each daemon takes 1/N of every channel's rate. A daemon
+    // joining others sends nothing until they have all recounted (one
+    // heartbeat and a margin), so together they never exceed the rate; it
+    // leaves the count only after its workers have drained (below).
+    let pacers: Vec<_> = routes.values().map(|r| r.pacer.clone()).collect();
+    let first = runs::heartbeat(store.db(), &owner, clock.now_ms())
+        .await
+        .unwrap_or(1);
+    for p in &pacers {
+        p.set_share(1.0 / first as f64);
+    }
+    if first > 1 {
+        println!(
+            "{first} daemons on this database: waiting {JOIN_WAIT:?} for the others to give up their share before sending"
+        );
+        tokio::time::sleep(JOIN_WAIT).await;
+    }
+    let (beat_stop_tx, beat_stop_rx) = watch::channel(false);
     let heartbeat = {
         let db = store.db().clone();
         let owner = owner.clone();
-        let pacers: Vec<_> = routes.values().map(|r| r.pacer.clone()).collect();
         let clock = clock.clone();
-        let mut stop = stop_rx.clone();
+        let mut stop = beat_stop_rx.clone();
         tokio::spawn(async move {
-            let mut last = 0;
+            let mut last = first;
             loop {
                 match runs::heartbeat(&db, &owner, clock.now_ms()).await {
                     Ok(n) if n != last => {
@@ -146,6 +171,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
                     _ = stop.wait_for(|s| *s) => break,
                 }
             }
+            // Only now, with nothing more to send, do the others take our share.
             let _ = runs::leave(&db, &owner, clock.now_ms()).await;
         })
     };
@@ -162,8 +188,24 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         // Rollouts decide on the scheduler's tick: after `decide_after`, the winner goes to the rest.
         let roller = Roller::new(store.clone(), store.clone(), clock.clone(), config.clone());
         let mut stop = stop_rx.clone();
+        // The reputation guard judges running marketing runs every so often.
+        let guard_db = store.db().clone();
+        let rule = ReputationRule::from_config(&config.herald.dispatch);
         tokio::spawn(async move {
+            let mut last_guard: Option<std::time::Instant> = None;
             loop {
+                if last_guard.is_none_or(|t| t.elapsed() >= REPUTATION_TICK) {
+                    last_guard = Some(std::time::Instant::now());
+                    match herald_storage::reputation::guard(&guard_db, &rule).await {
+                        Ok(paused) => {
+                            for (run, reason) in paused {
+                                tracing::warn!(run, "run {run} paused: {reason}");
+                                println!("run {run} paused: {reason}");
+                            }
+                        }
+                        Err(e) => tracing::error!("reputation guard: {e}"),
+                    }
+                }
                 if let Err(e) = scheduler.tick().await {
                     tracing::error!("scheduler: {e}");
                 }
@@ -208,7 +250,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
 
     // The workers.
     let mut workers = Vec::new();
-    for (i, mut dispatcher) in dispatchers.into_iter().enumerate() {
+    for (i, dispatcher) in dispatchers.into_iter().enumerate() {
+        // A stop releases what waits for a permit back to `planned`.
+        let mut dispatcher = dispatcher.with_halt(stop_rx.clone());
         dispatcher.metrics = Some(metrics.clone());
         let renderers = renderers.clone();
         let mut stop = stop_rx.clone();
@@ -246,20 +290,40 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     }
     #[cfg(not(unix))]
     serve::shutdown_signal().await;
-    eprintln!("stopping: finishing the messages in hand");
+    let stop_timeout =
+        Duration::from_millis(config.herald.dispatch.stop_timeout.millis().max(0) as u64);
+    eprintln!(
+        "stopping: finishing the requests in the air, giving the rest back to `planned` (within {stop_timeout:?})"
+    );
     let _ = stop_tx.send(true);
-    let mut sent = 0;
-    for w in workers {
-        if let Ok(stats) = w.await {
-            sent += stats.accepted;
+    let drained = tokio::time::timeout(stop_timeout, async {
+        let mut total = herald_engine::dispatch::DispatchStats::default();
+        for w in workers {
+            if let Ok(stats) = w.await {
+                total.merge(&stats);
+            }
         }
-    }
+        total
+    })
+    .await;
+    let _ = beat_stop_tx.send(true);
+    let _ = heartbeat.await;
     let _ = scheduler.await;
     let _ = triggers.await;
-    let _ = heartbeat.await;
     if let Some(server) = server {
         server.await??;
     }
-    println!("stopped: {sent} message(s) sent by this daemon; every claimed message is recorded");
+    match drained {
+        Ok(total) => println!(
+            "stopped: {} message(s) sent by this daemon, {} given back to planned; every claimed message is recorded",
+            total.accepted, total.released
+        ),
+        // A provider that does not answer within the stop timeout: those
+        // requests stay `sending` under their lease and end `unknown` (at
+        // most a horizon a worker), never resent.
+        Err(_) => eprintln!(
+            "stopped after [dispatch] stop_timeout ({stop_timeout:?}) with requests still unanswered: those messages end `unknown` when their lease lapses"
+        ),
+    }
     Ok(())
 }

@@ -285,7 +285,7 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     )
     .await?
     .context("the demo campaign has no report")?;
-    print!("\n{}", report::table(&report));
+    print!("\n{}", report::table(&report, false));
     comeback(
         &cfg,
         store,

@@ -9,10 +9,13 @@ use std::time::Instant;
 
 use clap::Subcommand;
 use herald_server::goal_specs;
-use herald_storage::import::{ImportReport, import_contacts, import_events_with_goals};
+use herald_storage::decode::encoding_for_label;
+use herald_storage::import::{
+    ImportOptions, ImportReport, import_contacts_with, import_events_with,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{Cli, EXIT_FAILURE, Exit, app};
+use crate::{Cli, EXIT_FAILURE, EXIT_INVALID, Exit, app};
 
 /// What to import.
 #[derive(Subcommand, Debug)]
@@ -21,11 +24,18 @@ pub enum ImportWhat {
     Contacts {
         /// A .csv, .ndjson or .jsonl file.
         file: PathBuf,
+        /// The file's text encoding when not UTF-8: gbk, gb18030, big5,
+        /// shift_jis, euc-kr, utf-16, windows-1252... (a byte-order mark decides over it).
+        #[arg(long, value_name = "LABEL")]
+        encoding: Option<String>,
     },
     /// Events; unknown external ids create bare contacts.
     Events {
         /// A .csv, .ndjson or .jsonl file.
         file: PathBuf,
+        /// The file's text encoding when not UTF-8 (see `import contacts --help`).
+        #[arg(long, value_name = "LABEL")]
+        encoding: Option<String>,
     },
 }
 
@@ -78,11 +88,23 @@ pub fn print_report(
 /// Runs the import command.
 pub async fn run(cli: &Cli, what: &ImportWhat) -> anyhow::Result<()> {
     let config = app::load_config(cli)?;
-    let db = app::connect(cli, &config).await?;
-    let (file, noun) = match what {
-        ImportWhat::Contacts { file } => (file, "contacts"),
-        ImportWhat::Events { file } => (file, "events"),
+    let (file, noun, label) = match what {
+        ImportWhat::Contacts { file, encoding } => (file, "contacts", encoding),
+        ImportWhat::Events { file, encoding } => (file, "events", encoding),
     };
+    let encoding = label
+        .as_deref()
+        .map(encoding_for_label)
+        .transpose()
+        .map_err(|e| {
+            eprintln!("error: --encoding: {e}");
+            Exit(EXIT_INVALID)
+        })?;
+    let options = ImportOptions {
+        attr_types: config.herald.contacts.attrs.clone(),
+        encoding,
+    };
+    let db = app::connect(cli, &config).await?;
     let pb = progress_bar(file);
     let progress = |bytes: u64| {
         if let Some(pb) = &pb {
@@ -91,10 +113,10 @@ pub async fn run(cli: &Cli, what: &ImportWhat) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let report = match what {
-        ImportWhat::Contacts { .. } => import_contacts(&db, file, &progress).await?,
+        ImportWhat::Contacts { .. } => import_contacts_with(&db, file, &options, &progress).await?,
         ImportWhat::Events { .. } => {
             let goals = goal_specs(config.campaigns.values());
-            import_events_with_goals(&db, file, &goals, &progress).await?
+            import_events_with(&db, file, &goals, &options, &progress).await?
         }
     };
     if let Some(pb) = pb {

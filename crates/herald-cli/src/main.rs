@@ -12,7 +12,9 @@ mod daemon;
 mod datagen;
 mod demo;
 mod import;
+mod output;
 mod preview;
+mod progress;
 mod report;
 mod runs;
 mod segment;
@@ -97,8 +99,8 @@ enum Command {
     },
     /// The daemon: scheduler, dispatch workers and the tracking server.
     Run(daemon::RunArgs),
-    /// Runs, queue depth per channel, achieved send rates, failures.
-    Status,
+    /// Runs, queue depth per channel, achieved send rates, failures (`--watch` refreshes).
+    Status(status::StatusArgs),
     /// The A/B result of a campaign.
     Report(report::ReportArgs),
     /// A contact's data: export it, or forget it.
@@ -119,6 +121,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // A log file or a pipe gets no escape codes; nor does anyone with NO_COLOR.
+        .with_ansi(output::stderr_colour())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -158,7 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::run(&cli, args).await,
         Command::Runs { cmd } => runs::run(&cli, cmd).await,
         Command::Run(args) => daemon::run(&cli, args).await,
-        Command::Status => status::run(&cli).await,
+        Command::Status(args) => status::run(&cli, args).await,
         Command::Report(args) => report::run(&cli, args).await,
         Command::Contacts { cmd } => contacts::run(&cli, cmd).await,
         Command::Serve => serve::run(&cli).await,

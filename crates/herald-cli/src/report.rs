@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::Table;
 use herald_domain::config::ConfigSet;
 use herald_domain::stats::Comparison;
 use herald_server::{ReportError as ServerReportError, ReportSource};
@@ -18,7 +18,7 @@ use herald_storage::report::{
     ArmReport, Bound, Report, ReportFilter, Scope, campaign_names, campaign_report, parse_instant,
 };
 
-use crate::{Cli, EXIT_INVALID, Exit, app};
+use crate::{Cli, EXIT_INVALID, Exit, app, output};
 
 /// Arguments of `herald report`.
 #[derive(Args, Debug)]
@@ -37,6 +37,10 @@ pub struct ReportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Tables with every column, as wide as they need (default: the columns
+    /// that matter, fitted to the terminal or to 100 columns).
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// How the report is printed.
@@ -121,7 +125,7 @@ pub async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
     let out = match args.format {
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
         Format::Csv => csv(&report)?,
-        Format::Table => table(&report),
+        Format::Table => table(&report, args.wide),
     };
     print!("{out}");
     Ok(())
@@ -136,99 +140,134 @@ fn money(x: f64) -> String {
     format!("{x:.2}")
 }
 
-fn new_table(header: Vec<String>) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(header);
+fn new_table(header: Vec<String>, wide: bool) -> Table {
+    output::table(header, wide)
+}
+
+/// A column of a per-arm table: its header, its cell, and whether the
+/// narrow table (the default) shows it when every arm has nothing in it.
+struct Column<'a> {
+    header: String,
+    cell: Box<dyn Fn(&ArmReport) -> String + 'a>,
+    /// Always shown; otherwise shown narrow only when some arm's cell is not
+    /// zero or empty (a `bounced` column of zeros says nothing).
+    always: bool,
+    /// Only in `--wide` tables.
+    wide_only: bool,
+}
+
+impl<'a> Column<'a> {
+    fn new(header: &str, always: bool, cell: impl Fn(&ArmReport) -> String + 'a) -> Self {
+        Self {
+            header: header.to_string(),
+            cell: Box::new(cell),
+            always,
+            wide_only: false,
+        }
+    }
+
+    fn wide_only(mut self) -> Self {
+        self.wide_only = true;
+        self
+    }
+}
+
+fn is_nothing(cell: &str) -> bool {
+    cell.is_empty() || cell == "0" || cell == "0.00" || cell == "0.00%"
+}
+
+/// The table of `columns` over `arms`; narrow unless `wide`.
+fn arm_table(arms: &[ArmReport], columns: Vec<Column<'_>>, wide: bool) -> Table {
+    let shown: Vec<Column<'_>> = columns
+        .into_iter()
+        .filter(|c| {
+            wide || (!c.wide_only && (c.always || arms.iter().any(|a| !is_nothing(&(c.cell)(a)))))
+        })
+        .collect();
+    let mut t = new_table(shown.iter().map(|c| c.header.clone()).collect(), wide);
+    for a in arms {
+        t.add_row(shown.iter().map(|c| (c.cell)(a)).collect::<Vec<_>>());
+    }
     t
 }
 
 /// Counts per arm: who was assigned and what happened to the messages.
-fn delivery_table(scope: &Scope) -> Table {
-    let mut t = new_table(
-        [
-            "arm",
-            "assigned",
-            "sent",
-            "delivered",
-            "bounced",
-            "failed",
-            "unknown",
-            "pending",
-            "held out",
-            "suppressed",
-            "cancelled",
-            "global holdout",
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
-    for a in &scope.arms {
-        t.add_row(vec![
-            arm_label(a),
-            a.assigned.to_string(),
-            a.sent.to_string(),
-            a.delivered.to_string(),
-            a.bounced.to_string(),
-            a.failed.to_string(),
-            a.unknown.to_string(),
-            a.pending.to_string(),
-            a.held_out.to_string(),
-            a.suppressed.to_string(),
-            a.cancelled.to_string(),
-            a.global_holdout.to_string(),
-        ]);
-    }
-    t
+fn delivery_table(scope: &Scope, wide: bool) -> Table {
+    let columns = vec![
+        Column::new("arm", true, |a| {
+            output::cut(&arm_label(a), output::MAX_CELL_CHARS)
+        }),
+        Column::new("assigned", true, |a| a.assigned.to_string()),
+        Column::new("sent", true, |a| a.sent.to_string()),
+        Column::new("delivered", true, |a| a.delivered.to_string()),
+        Column::new("bounced", false, |a| a.bounced.to_string()),
+        Column::new("failed", true, |a| a.failed.to_string()),
+        Column::new("unknown", false, |a| a.unknown.to_string()),
+        Column::new("pending", false, |a| a.pending.to_string()),
+        Column::new("held out", false, |a| a.held_out.to_string()),
+        Column::new("suppressed", true, |a| a.suppressed.to_string()),
+        Column::new("cancelled", false, |a| a.cancelled.to_string()),
+        Column::new("global holdout", false, |a| a.global_holdout.to_string()),
+    ];
+    arm_table(&scope.arms, columns, wide)
 }
 
-/// Outcomes per arm, with SPEC's rates.
-fn outcome_table(scope: &Scope, goals: &[String]) -> Table {
-    let mut header: Vec<String> = [
-        "arm",
-        "delivery",
-        "opened",
-        "open rate",
-        "machine opened",
-        "clicked",
-        "click rate",
-        "unsubscribed",
-        "complained",
-        "converted",
-        "conversion",
-        "revenue",
-        "revenue/assigned",
-    ]
-    .map(String::from)
-    .to_vec();
-    for g in goals {
-        header.push(format!("{g} reached"));
-        header.push(format!("{g} rate"));
-    }
-    let mut t = new_table(header);
-    for a in &scope.arms {
-        let mut row = vec![
-            arm_label(a),
-            rate(a.rates.delivery),
-            a.opened.to_string(),
-            rate(a.rates.open),
-            a.machine_opened.to_string(),
-            a.clicked.to_string(),
-            rate(a.rates.click),
-            a.unsubscribed.to_string(),
-            a.complained.to_string(),
-            a.converted.to_string(),
-            rate(a.rates.conversion),
-            money(a.revenue),
-            a.revenue_per_assigned.map(money).unwrap_or_default(),
-        ];
-        for s in &a.secondary {
-            row.push(s.reached.to_string());
-            row.push(rate(s.rate));
+/// Outcomes per arm, with SPEC's rates; narrow, the counts behind the rates
+/// and the secondary goals are left to `--wide` and [`secondary_table`].
+fn outcome_table(scope: &Scope, goals: &[String], wide: bool) -> Table {
+    let mut columns = vec![
+        Column::new("arm", true, |a| {
+            output::cut(&arm_label(a), output::MAX_CELL_CHARS)
+        }),
+        Column::new("delivery", true, |a| rate(a.rates.delivery)),
+        Column::new("opened", true, |a| a.opened.to_string()).wide_only(),
+        Column::new("open rate", true, |a| rate(a.rates.open)),
+        Column::new("machine opened", false, |a| a.machine_opened.to_string()).wide_only(),
+        Column::new("clicked", true, |a| a.clicked.to_string()),
+        Column::new("click rate", true, |a| rate(a.rates.click)),
+        Column::new("unsubscribed", false, |a| a.unsubscribed.to_string()).wide_only(),
+        Column::new("complained", false, |a| a.complained.to_string()).wide_only(),
+        Column::new("converted", true, |a| a.converted.to_string()),
+        Column::new("conversion", true, |a| rate(a.rates.conversion)),
+        Column::new("revenue", true, |a| money(a.revenue)).wide_only(),
+        // ARPU: revenue per assigned contact, under a name short enough to fit.
+        Column::new(if wide { "revenue/assigned" } else { "ARPU" }, true, |a| {
+            a.revenue_per_assigned.map(money).unwrap_or_default()
+        }),
+    ];
+    if wide {
+        for (i, g) in goals.iter().enumerate() {
+            columns.push(Column::new(&format!("{g} reached"), true, move |a| {
+                a.secondary
+                    .get(i)
+                    .map(|s| s.reached.to_string())
+                    .unwrap_or_default()
+            }));
+            columns.push(Column::new(&format!("{g} rate"), true, move |a| {
+                a.secondary.get(i).map(|s| rate(s.rate)).unwrap_or_default()
+            }));
         }
-        t.add_row(row);
     }
-    t
+    arm_table(&scope.arms, columns, wide)
+}
+
+/// The secondary goals per arm, a table of their own in the narrow report.
+fn secondary_table(scope: &Scope, goals: &[String]) -> Table {
+    let mut columns = vec![Column::new("arm", true, |a| {
+        output::cut(&arm_label(a), output::MAX_CELL_CHARS)
+    })];
+    for (i, g) in goals.iter().enumerate() {
+        columns.push(Column::new(&format!("{g} reached"), true, move |a| {
+            a.secondary
+                .get(i)
+                .map(|s| s.reached.to_string())
+                .unwrap_or_default()
+        }));
+        columns.push(Column::new(&format!("{g} rate"), true, move |a| {
+            a.secondary.get(i).map(|s| rate(s.rate)).unwrap_or_default()
+        }));
+    }
+    arm_table(&scope.arms, columns, false)
 }
 
 /// A p-value cell: four decimals, or scientific notation where that would show 0.
@@ -252,28 +291,19 @@ fn chance_cell(c: f64) -> String {
 }
 
 /// Each comparison's numbers, next to the sentences that say them in words.
-fn comparison_table(scope: &Scope) -> Table {
-    let mut t = new_table(
-        [
-            "variant",
-            "vs",
-            "conversion",
-            "control conversion",
-            "lift",
-            "95% CI",
-            "p-value",
-            "chance to beat",
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+fn comparison_table(scope: &Scope, wide: bool) -> Table {
+    // Narrow, the two rates are left out: the outcome table above has them.
+    let mut header = vec!["variant", "vs"];
+    if wide {
+        header.extend(["conversion", "control conversion"]);
+    }
+    header.extend(["lift", "95% CI", "p-value", "chance to beat"]);
+    let mut t = new_table(header.into_iter().map(String::from).collect(), wide);
     for c in &scope.comparisons {
-        let mut row = vec![
-            c.variant.clone(),
-            c.control.clone(),
-            rate(c.variant_counts.rate()),
-            rate(c.control_counts.rate()),
-        ];
+        let mut row = vec![c.variant.clone(), c.control.clone()];
+        if wide {
+            row.extend([rate(c.variant_counts.rate()), rate(c.control_counts.rate())]);
+        }
         match &c.result {
             Comparison::Estimate(e) => row.extend([
                 format!("{:+.2}%", e.rel_lift * 100.0),
@@ -316,24 +346,28 @@ fn suppression_lines(arms: &[ArmReport]) -> Vec<String> {
         .collect()
 }
 
-fn scope_text(out: &mut String, title: &str, scope: &Scope, goals: &[String]) {
+fn scope_text(out: &mut String, title: &str, scope: &Scope, goals: &[String], wide: bool) {
     out.push_str(&format!("{title}: {} messages\n", scope.messages));
-    out.push_str(&format!("{}\n", delivery_table(scope)));
+    out.push_str(&format!("{}\n", delivery_table(scope, wide)));
     for line in suppression_lines(&scope.arms) {
         out.push_str(&line);
         out.push('\n');
     }
-    out.push_str(&format!("{}\n", outcome_table(scope, goals)));
+    out.push_str(&format!("{}\n", outcome_table(scope, goals, wide)));
+    if !wide && !goals.is_empty() {
+        out.push_str(&format!("{}\n", secondary_table(scope, goals)));
+    }
     if !scope.comparisons.is_empty() {
-        out.push_str(&format!("{}\n", comparison_table(scope)));
+        out.push_str(&format!("{}\n", comparison_table(scope, wide)));
     }
     for s in &scope.summary {
         out.push_str(&format!("* {s}\n"));
     }
 }
 
-/// The report for people: tables, and the verdicts in words under them.
-pub fn table(r: &Report) -> String {
+/// The report for people: tables, and the verdicts in words under them;
+/// every column when `wide`, else those that matter, fitted to the width.
+pub fn table(r: &Report, wide: bool) -> String {
     let mut out = String::new();
     let goal = r
         .goal
@@ -374,6 +408,7 @@ pub fn table(r: &Report) -> String {
         &format!("\nall selected runs ({})", ids.join(", ")),
         &r.total,
         &r.secondary_goals,
+        wide,
     );
     if r.runs.len() > 1 {
         let mut t = new_table(
@@ -388,6 +423,7 @@ pub fn table(r: &Report) -> String {
             ]
             .map(String::from)
             .to_vec(),
+            wide,
         );
         for s in &r.runs {
             let per_arm = |f: &dyn Fn(&ArmReport) -> u64| {
@@ -437,6 +473,7 @@ pub fn table(r: &Report) -> String {
             ]
             .map(String::from)
             .to_vec(),
+            wide,
         );
         for (name, side) in [
             ("marketing", &g.marketing),

@@ -13,7 +13,8 @@ pub enum RunsCmd {
         /// The run's id.
         run: i64,
     },
-    /// Goes on with a paused run (a daemon plans the rest of an unfinished plan).
+    /// Goes on with a paused run (a daemon plans the rest of an unfinished plan);
+    /// routes blocked by an account fault probe at once.
     Resume {
         /// The run's id.
         run: i64,
@@ -34,9 +35,24 @@ pub async fn run(cli: &Cli, cmd: &RunsCmd) -> anyhow::Result<()> {
         RunsCmd::Pause { run } => runs::pause(&db, *run).await.map(|()| {
             format!("run {run} paused: no new messages are claimed; those in flight finish")
         }),
-        RunsCmd::Resume { run } => runs::resume(&db, *run)
-            .await
-            .map(|()| format!("run {run} resumed")),
+        RunsCmd::Resume { run } => {
+            // Blocked routes (an account fault) probe at once: the usual
+            // answer to "I fixed the credential".
+            let probed = herald_storage::routes::request_probes(&db, now).await?;
+            let probing = if probed > 0 {
+                format!("; {probed} blocked route(s) probe now")
+            } else {
+                String::new()
+            };
+            match runs::resume(&db, *run).await {
+                Ok(()) => Ok(format!("run {run} resumed{probing}")),
+                // Not paused, but blocked: the probe is what was asked for.
+                Err(RunsError::WrongState { state, .. }) if probed > 0 => {
+                    Ok(format!("run {run} is {state}{probing}"))
+                }
+                Err(e) => Err(e),
+            }
+        }
         RunsCmd::Cancel { run } => runs::cancel(&db, *run, now)
             .await
             .map(|n| format!("run {run} cancelled: {n} planned message(s) will not be sent")),

@@ -14,7 +14,7 @@ use herald_storage::store::SqlStore;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 
-use crate::{Cli, EXIT_INVALID, Exit, app};
+use crate::{Cli, EXIT_INVALID, Exit, app, output};
 
 /// `herald segment ...`.
 #[derive(Subcommand, Debug)]
@@ -181,16 +181,22 @@ pub async fn run(cli: &Cli, cmd: &SegmentCmd) -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
     );
     println!("lifecycle:\n{t}");
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["external_id", "email", "phone", "locale", "attrs"]);
+    // Every cell cut to a bounded length first: the table's layout is not
+    // linear in a cell's size, and one contact's attributes can be megabytes.
+    let mut t = output::table(
+        ["external_id", "email", "phone", "locale", "attrs"]
+            .map(String::from)
+            .to_vec(),
+        false,
+    );
+    let cell = |s: &str| output::cut(s, output::MAX_CELL_CHARS);
     for c in &sample {
         t.add_row(vec![
-            c.external_id.clone(),
-            c.email.clone().unwrap_or_default(),
-            c.phone.clone().unwrap_or_default(),
-            c.locale.clone().unwrap_or_default(),
-            c.attrs.to_string(),
+            cell(&c.external_id),
+            cell(c.email.as_deref().unwrap_or_default()),
+            cell(c.phone.as_deref().unwrap_or_default()),
+            cell(c.locale.as_deref().unwrap_or_default()),
+            cell(&c.attrs.to_string()),
         ]);
     }
     println!("sample:\n{t}");

@@ -20,7 +20,7 @@ use herald_engine::{Clock, Engine, SystemClock};
 use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
 
-use crate::{Cli, EXIT_INVALID, Exit, app, check};
+use crate::{Cli, EXIT_FAILURE, EXIT_INVALID, Exit, app, check};
 
 /// Arguments of `herald send`.
 #[derive(Args, Debug)]
@@ -46,6 +46,8 @@ pub struct SendSummary {
     pub dispatch: DispatchStats,
     /// Counts by arm and status.
     pub counts: RunCounts,
+    /// `[dispatch] blocked_wait`, seconds (for the words of a blocked route).
+    pub dispatch_blocked_wait_secs: i64,
 }
 
 /// Refuses to go on when any template fails for sample audience members.
@@ -93,7 +95,10 @@ pub async fn send_campaign(
     // A run past planning (sent, or being sent by a daemon) is left to the daemon.
     let (plan, dispatch) = if run.state == "planning" {
         let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
-        plan_and_send(&engine, campaign, &run, workers, Arc::new(renderer)).await?
+        let progress = crate::progress::Progress::start(store.clone(), run.id);
+        let sent = plan_and_send(&engine, campaign, &run, workers, Arc::new(renderer)).await;
+        progress.finish().await;
+        sent?
     } else {
         (PlanStats::default(), DispatchStats::default())
     };
@@ -103,6 +108,7 @@ pub async fn send_campaign(
         plan,
         dispatch,
         counts,
+        dispatch_blocked_wait_secs: config.herald.dispatch.blocked_wait.secs(),
     })
 }
 
@@ -343,5 +349,14 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
     )
     .await?;
     print_summary(&campaign, &summary);
+    if let Some(blocked) = &summary.dispatch.blocked {
+        // The provider refused the account: nothing failed, nothing fell
+        // back; the messages wait, planned, for the credential to be fixed.
+        eprintln!(
+            "error: blocked: {blocked}\nthe provider refused the sender's account for {}s of probing ([dispatch] blocked_wait); the run's messages stay planned: fix the credential, then `herald run` (or `herald send {}` again) sends them",
+            summary.dispatch_blocked_wait_secs, campaign.name
+        );
+        return Err(Exit(EXIT_FAILURE).into());
+    }
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! `herald status`: recent runs with their messages by status, queue depth
-//! and achieved send rate per channel, live daemons, and the most frequent
-//! failures of the last day.
+//! and achieved send rate per channel, routes blocked by an account fault,
+//! live daemons, and the most frequent failures of the last day; `--watch`
+//! refreshes it.
+
+use std::io::IsTerminal;
 
 use chrono::{DateTime, Utc};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -17,22 +20,62 @@ fn when(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Runs `herald status`.
-pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+/// Arguments of `herald status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Refresh every SECS seconds (default 2) until interrupted; on a terminal
+    /// the screen is redrawn, otherwise each refresh follows the last.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<u64>,
+}
+
+/// Runs `herald status`, once or, with `--watch`, until Ctrl-C.
+pub async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
     let config = app::load_config(cli)?;
     let db = app::connect(cli, &config).await?;
+    let Some(every) = args.watch else {
+        return show(&db).await;
+    };
+    let redraw = crate::output::colour_allowed(std::io::stdout().is_terminal());
+    loop {
+        if redraw {
+            // Clear the screen and go home: a terminal shows one status at a time.
+            print!("\x1b[2J\x1b[H");
+        } else {
+            println!("--- {}", when(Utc::now().timestamp_millis()));
+        }
+        show(&db).await?;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(every.max(1))) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// Prints the status once.
+async fn show(db: &herald_storage::Db) -> anyhow::Result<()> {
     let now = Utc::now().timestamp_millis();
-    let s = runs::status(&db, now, RUNS).await?;
+    let s = runs::status(db, now, RUNS).await?;
 
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["run", "campaign", "scheduled", "state", "messages"]);
+    t.set_header(vec![
+        "run",
+        "campaign",
+        "scheduled (started)",
+        "state",
+        "messages",
+    ]);
     for r in &s.runs {
         let counts: Vec<String> = r.counts.iter().map(|(st, n)| format!("{st} {n}")).collect();
         t.add_row(vec![
             r.id.to_string(),
             r.campaign.clone(),
-            when(r.scheduled_at),
+            if r.origin == "trigger" {
+                format!("triggered, since {}", when(r.scheduled_at))
+            } else {
+                when(r.scheduled_at)
+            },
             r.state.clone(),
             counts.join(", "),
         ]);
@@ -69,6 +112,21 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     println!("{t}");
 
+    // Runs the reputation guard paused, and why.
+    for (run, reason) in herald_storage::reputation::paused_by_guard(db).await? {
+        println!("run {run} paused: {reason} (`herald runs resume {run}` goes on anyway)");
+    }
+    // A route blocked by an account fault: its messages wait, planned.
+    for b in herald_storage::routes::blocks(db, now).await? {
+        println!(
+            "blocked: {}: {} (since {}, next probe in {:.0}s; seen by {})",
+            b.route,
+            b.reason,
+            when(b.since),
+            ((b.probe_at - now).max(0) as f64 / 1000.0),
+            b.owner
+        );
+    }
     if s.daemons.is_empty() {
         println!("daemons: none running (start one with `herald run`)");
     } else {

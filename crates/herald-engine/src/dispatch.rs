@@ -3,10 +3,18 @@
 //! cancel some, renders them, sends through the channel adapters (rate
 //! limited, bounded concurrency) and records every outcome and attempt.
 //! Batches the planner hands over ([`crate::handoff`]) are taken first, with
-//! no claim. A crash leaves the batch in hand `unknown`: the in-flight window
-//! is one batch a worker, and one more in the hand-off; what a gate cancels
-//! goes from `sending` to `cancelled` without a request.
-//! Retries read only the adapters' error taxonomy.
+//! no claim. What a gate cancels goes from `sending` to `cancelled` without
+//! a request. Retries read only the adapters' error taxonomy.
+//!
+//! Lanes (`docs/design/dispatch.md`): a worker with a lane claims only its
+//! route's messages, and at most the route's horizon (about a second of its
+//! rate plus its concurrency, [`claim_horizon`]), so a throttled route holds
+//! only its own messages and a crash leaves at most that many `unknown`.
+//! An account fault blocks the route ([`crate::health`]): its messages go
+//! back to `planned`, the route sends only probes until one passes. A halt
+//! (graceful stop) releases what waits for a permit back to `planned`.
+//! Outcomes are written until the database takes them; the worker claims
+//! nothing meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,10 +25,11 @@ use futures::StreamExt;
 use herald_channels::pacer::Pacer;
 use herald_channels::{Channel as ChannelAdapter, DeliveryError};
 use herald_domain::types::{Channel, MessageStatus};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::clock::Clock;
 use crate::handoff::Handoff;
+use crate::health::{Admit, Change, RouteHealth};
 use crate::render::{MessageRenderer, RenderOutput};
 use crate::store::{
     AttemptRecord, ClaimedMessage, Outcome, RunDrain, Store, StoreError, StoreResult,
@@ -46,7 +55,8 @@ pub trait Fallback: Send + Sync {
     ) -> StoreResult<Vec<(i64, Channel, String)>>;
 }
 
-/// One channel's way out: the adapter, its rate limit and how many sends may be in flight.
+/// One route's way out (a channel and its provider account): the adapter,
+/// its rate limit, how many sends may be in flight, and its health.
 #[derive(Clone)]
 pub struct Route {
     /// The adapter.
@@ -55,7 +65,48 @@ pub struct Route {
     pub pacer: Arc<Pacer>,
     /// At most this many requests in flight.
     pub concurrency: Arc<Semaphore>,
+    /// The concurrency's size (the semaphore says only what is free).
+    pub width: usize,
+    /// Open, or blocked by an account fault (shared by the route's workers).
+    pub health: Arc<RouteHealth>,
 }
+
+impl Route {
+    /// A route of `adapter` paced by `pacer`, at most `concurrency` sends in flight.
+    pub fn new(adapter: Arc<dyn ChannelAdapter>, pacer: Arc<Pacer>, concurrency: usize) -> Self {
+        let width = concurrency.max(1);
+        Route {
+            adapter,
+            pacer,
+            concurrency: Arc::new(Semaphore::new(width)),
+            width,
+            health: Arc::new(RouteHealth::default()),
+        }
+    }
+}
+
+/// How far ahead a lane's claim reaches: what its route sends in this long.
+pub const HORIZON: Duration = Duration::from_secs(1);
+
+/// How many messages one of a lane's `workers` may claim at once: the
+/// route's rate over [`HORIZON`] plus its concurrency, split among the
+/// lane's workers, within `1..=batch`; `batch` when the route is unlimited
+/// (`rate` `None`). A crash leaves at most this many `unknown` per worker.
+pub fn claim_horizon(rate: Option<f64>, concurrency: usize, workers: usize, batch: u32) -> u32 {
+    let Some(rate) = rate else {
+        return batch.max(1);
+    };
+    let horizon = (rate.max(0.0) * HORIZON.as_secs_f64()).ceil() + concurrency as f64;
+    let each = (horizon / workers.max(1) as f64).ceil();
+    (each.min(f64::from(batch)) as u32).max(1)
+}
+
+/// The first wait after a failed outcome write; it doubles up to [`RECORD_RETRY_MAX`].
+pub const RECORD_RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between tries of an outcome write.
+pub const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often a blocked lane asks the database whether `herald runs resume` wants a probe.
+const PROBE_REQUEST_CHECK_MS: i64 = 1000;
 
 /// When and how often a transient failure is retried.
 #[derive(Debug, Clone, Copy)]
@@ -96,12 +147,7 @@ impl RetryPolicy {
         retry_after: Option<Duration>,
     ) -> Duration {
         let base = self.wait(attempts, None);
-        // splitmix64 of (id, attempt): a uniform number in [-1, 1) without a random source.
-        let mut z = (message_id as u64) ^ ((attempts as u64) << 48) ^ 0x9e37_79b9_7f4a_7c15;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        let unit = (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        let unit = draw(message_id, attempts) * 2.0 - 1.0;
         let spread = base.mul_f64((1.0 + self.jitter * unit).max(0.0));
         spread.max(retry_after.unwrap_or_default())
     }
@@ -114,6 +160,28 @@ impl RetryPolicy {
         exp.max(retry_after.unwrap_or_default())
             .min(self.max_wait.max(retry_after.unwrap_or_default()))
     }
+}
+
+/// A uniform number in [0, 1) drawn from (message, attempt): splitmix64, so
+/// waits are spread without a random source and reproducible.
+fn draw(message_id: i64, attempts: i32) -> f64 {
+    let mut z = (message_id as u64) ^ ((attempts as u64) << 48) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// How long a throttled message waits: the provider's `Retry-After` (else
+/// the policy's first wait), spread up to [`RetryPolicy::jitter`] later so the
+/// throttled requests of one second do not come back as one burst.
+pub fn rate_limited_wait(
+    policy: &RetryPolicy,
+    message_id: i64,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let asked = retry_after.unwrap_or(policy.base);
+    asked.mul_f64(1.0 + policy.jitter * draw(message_id, 0))
 }
 
 /// Figures of one drain.
@@ -133,6 +201,11 @@ pub struct DispatchStats {
     pub later: u64,
     /// Messages the planner handed over (sent without a claim query).
     pub handed: u64,
+    /// Messages given back to `planned` without a request (a blocked route, a stop).
+    pub released: u64,
+    /// A route blocked longer than the drain's `blocked_wait`: `sms:
+    /// authentication failed (...)`; the drain ended for it.
+    pub blocked: Option<String>,
     /// Wall time of the drain.
     pub elapsed: Duration,
     /// Where the time went.
@@ -176,6 +249,10 @@ impl DispatchStats {
         self.cancelled += other.cancelled;
         self.retried += other.retried;
         self.handed += other.handed;
+        self.released += other.released;
+        if self.blocked.is_none() {
+            self.blocked.clone_from(&other.blocked);
+        }
         self.later = self.later.max(other.later);
         self.elapsed = self.elapsed.max(other.elapsed);
         self.stages.add(&other.stages);
@@ -214,6 +291,16 @@ fn failed(msg: &ClaimedMessage, reason: String) -> Outcome {
         suppress_address: None,
         reroute: None,
         written: msg.written,
+    }
+}
+
+/// A claimed message given back to `planned` as it was, without a request
+/// (its route is blocked, or the process stops): no attempt, no links.
+fn released(msg: &ClaimedMessage) -> Outcome {
+    Outcome {
+        status: MessageStatus::Planned,
+        reason: None,
+        ..failed(msg, String::new())
     }
 }
 
@@ -260,6 +347,16 @@ pub struct Dispatcher {
     cursor: Mutex<Option<(i64, i64)>>,
     /// Where the planner of this process hands batches over, if anywhere.
     handoff: Option<Arc<Handoff>>,
+    /// The route whose messages alone this worker claims, if it is a lane's.
+    lane: Option<Channel>,
+    /// How many workers the lane has (they split its horizon).
+    pub lane_workers: usize,
+    /// Turns true on a graceful stop: sends waiting for a permit are released.
+    halt: Option<watch::Receiver<bool>>,
+    /// A drain ends once a route is blocked this long (`herald send`'s `blocked_wait`).
+    pub blocked_wait: Option<Duration>,
+    /// When this worker last asked whether a probe was requested (clock ms).
+    probe_checked: AtomicI64,
 }
 
 impl Dispatcher {
@@ -285,7 +382,60 @@ impl Dispatcher {
             last_expire: AtomicI64::new(i64::MIN),
             cursor: Mutex::new(None),
             handoff: None,
+            lane: None,
+            lane_workers: 1,
+            halt: None,
+            blocked_wait: None,
+            probe_checked: AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Makes this worker one of `workers` of the lane of `channel`: it claims
+    /// only that route's messages, at most its share of the route's horizon.
+    pub fn with_lane(mut self, channel: Channel, workers: usize) -> Self {
+        self.lane = Some(channel);
+        self.lane_workers = workers.max(1);
+        self
+    }
+
+    /// Releases (back to `planned`) the sends still waiting for a permit once
+    /// `halt` turns true: a graceful stop sends nothing new.
+    pub fn with_halt(mut self, halt: watch::Receiver<bool>) -> Self {
+        self.halt = Some(halt);
+        self
+    }
+
+    fn halted(&self) -> bool {
+        self.halt.as_ref().is_some_and(|h| *h.borrow())
+    }
+
+    /// Waits for `f`, unless the halt comes first (`None`).
+    async fn unless_halted<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        match &self.halt {
+            None => Some(f.await),
+            Some(h) => {
+                let mut h = h.clone();
+                if *h.borrow() {
+                    return None;
+                }
+                tokio::select! {
+                    v = f => Some(v),
+                    _ = h.wait_for(|s| *s) => None,
+                }
+            }
+        }
+    }
+
+    /// The first route blocked at least `blocked_wait`, in words: `sms: authentication failed (...)`.
+    fn blocked_too_long(&self) -> Option<String> {
+        let wait = self.blocked_wait?;
+        let now = self.clock.now_ms();
+        let mut routes: Vec<_> = self.routes.iter().collect();
+        routes.sort_by_key(|(c, _)| c.as_str());
+        routes.into_iter().find_map(|(c, r)| {
+            let block = r.health.block()?;
+            (r.health.blocked_for(now)? >= wait).then(|| format!("{c}: {}", block.reason))
+        })
     }
 
     /// Takes the batches the planner hands over through `handoff` before claiming.
@@ -359,7 +509,12 @@ impl Dispatcher {
                 }
                 break;
             }
-            let claimed = self.claim(Some(run_id), &mut stats).await?;
+            if let Some(blocked) = self.blocked_too_long() {
+                // `herald send`: the messages stay planned for later.
+                stats.blocked = Some(blocked);
+                break;
+            }
+            let (claimed, probe) = self.claim_probe(Some(run_id), &mut stats).await?;
             if claimed.is_empty() {
                 let now = self.clock.now_ms();
                 match self.store.finish_run_if_drained(run_id, now).await? {
@@ -382,7 +537,8 @@ impl Dispatcher {
                 }
                 continue;
             }
-            self.send_batch(claimed, renderer, &mut stats).await?;
+            self.send_batch_as(claimed, renderer, &mut stats, probe)
+                .await?;
         }
         stats.elapsed = started.elapsed();
         Ok(stats)
@@ -401,6 +557,7 @@ impl Dispatcher {
         let mut stats = DispatchStats::default();
         let mut campaigns: HashMap<i64, Option<String>> = HashMap::new();
         loop {
+            let mut probe = false;
             let mut claimed = if *stop.borrow() {
                 // Stopping: the batches handed over (one at most, and one
                 // being written) are sent, then nothing more is taken.
@@ -413,7 +570,9 @@ impl Dispatcher {
                     None => Vec::new(),
                 }
             } else {
-                self.claim(None, &mut stats).await?
+                let (claimed, p) = self.claim_probe(None, &mut stats).await?;
+                probe = p;
+                claimed
             };
             if claimed.is_empty() {
                 if *stop.borrow() {
@@ -440,7 +599,10 @@ impl Dispatcher {
                     .as_deref()
                     .and_then(|c| renderers.renderer(c));
                 match renderer {
-                    Some(r) => self.send_batch(batch, r.as_ref(), &mut stats).await?,
+                    Some(r) => {
+                        self.send_batch_as(batch, r.as_ref(), &mut stats, probe)
+                            .await?
+                    }
                     None => {
                         let name = campaigns[&run_id].clone().unwrap_or_default();
                         let outcomes: Vec<Outcome> = batch
@@ -455,9 +617,7 @@ impl Dispatcher {
                             })
                             .collect();
                         stats.failed += outcomes.len() as u64;
-                        self.store
-                            .record_outcomes(&outcomes, self.clock.now_ms())
-                            .await?;
+                        self.record(&outcomes).await;
                     }
                 }
             }
@@ -468,11 +628,59 @@ impl Dispatcher {
 
     /// Expires leases, then claims up to `batch` due messages (of `run`, or of
     /// every running run) under a fresh lease; the time goes to `stats`' claim stage.
+    /// A lane's worker claims only its route's, at most its horizon.
     pub async fn claim(
         &self,
         run: Option<i64>,
         stats: &mut DispatchStats,
     ) -> StoreResult<Vec<ClaimedMessage>> {
+        Ok(self.claim_probe(run, stats).await?.0)
+    }
+
+    /// How many this worker may claim now, and whether that is a blocked
+    /// route's probe; `None`: its route is blocked and it is not probe time.
+    async fn lane_limit(&self) -> StoreResult<Option<(u32, bool)>> {
+        let Some((channel, route)) = self.lane.and_then(|c| self.routes.get(&c).map(|r| (c, r)))
+        else {
+            return Ok(Some((self.batch, false)));
+        };
+        let now = self.clock.now_ms();
+        match route.health.admit(now) {
+            Admit::Open => Ok(Some((
+                claim_horizon(
+                    route.pacer.current_rate(),
+                    route.width,
+                    self.lane_workers,
+                    self.batch,
+                ),
+                false,
+            ))),
+            Admit::Probe => Ok(Some((1, true))),
+            Admit::Wait(_) => {
+                let last = self.probe_checked.load(Ordering::Relaxed);
+                if last == i64::MIN || now - last >= PROBE_REQUEST_CHECK_MS {
+                    self.probe_checked.store(now, Ordering::Relaxed);
+                    let since = if last == i64::MIN { now } else { last };
+                    if self
+                        .store
+                        .route_probe_requested(channel.as_str(), since)
+                        .await?
+                    {
+                        tracing::info!(route = %channel, "a probe was asked for (herald runs resume)");
+                        route.health.probe_now(now);
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// [`Dispatcher::claim`], saying whether the claim is a blocked route's probe.
+    async fn claim_probe(
+        &self,
+        run: Option<i64>,
+        stats: &mut DispatchStats,
+    ) -> StoreResult<(Vec<ClaimedMessage>, bool)> {
         let t = Instant::now();
         let now = self.clock.now_ms();
         // A lease cannot lapse sooner than a lease after it was taken: expiring
@@ -487,8 +695,12 @@ impl Dispatcher {
         }
         if let Some(batch) = self.handoff.as_ref().and_then(|h| h.try_take()) {
             stats.stages.claim += t.elapsed();
-            return taken(batch, run, stats);
+            return Ok((taken(batch, run, stats)?, false));
         }
+        let Some((limit, probe)) = self.lane_limit().await? else {
+            stats.stages.claim += t.elapsed();
+            return Ok((Vec::new(), false));
+        };
         let lease_until = now + self.lease.as_millis() as i64;
         // Messages that come due behind the cursor (a retry's wait ended, a
         // lapsed claim) are found when a pass ends or after an expiry.
@@ -497,26 +709,82 @@ impl Dispatcher {
         } else {
             *self.cursor.lock().expect("cursor lock")
         };
-        let mut claimed = self.claim_from(run, now, lease_until, after).await?;
+        let mut claimed = self.claim_from(run, now, lease_until, after, limit).await?;
         if claimed.is_empty() && after.is_some() {
-            claimed = self.claim_from(run, now, lease_until, None).await?;
+            claimed = self.claim_from(run, now, lease_until, None, limit).await?;
         }
         *self.cursor.lock().expect("cursor lock") = claimed.last().map(|m| (m.send_at, m.id));
+        if probe && claimed.is_empty() {
+            // Nothing due to probe with: the probe is free again later.
+            if let Some(r) = self.lane.and_then(|c| self.routes.get(&c)) {
+                r.health.probe_unused(now);
+            }
+        }
         stats.stages.claim += t.elapsed();
-        Ok(claimed)
+        Ok((claimed, probe))
     }
 
-    /// Claims (and marks `sending`) up to a batch after the cursor `after`.
+    /// Claims (and marks `sending`) up to `limit` after the cursor `after`:
+    /// only the lane's route's messages, if this worker is a lane's.
     async fn claim_from(
         &self,
         run: Option<i64>,
         now: i64,
         lease_until: i64,
         after: Option<(i64, i64)>,
+        limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        self.store
-            .claim_sending_after(&self.owner, run, now, lease_until, self.batch, after)
-            .await
+        match self.lane {
+            Some(channel) => {
+                self.store
+                    .claim_lane(&self.owner, run, channel, now, lease_until, limit, after)
+                    .await
+            }
+            None => {
+                self.store
+                    .claim_sending_after(&self.owner, run, now, lease_until, limit, after)
+                    .await
+            }
+        }
+    }
+
+    /// Writes `outcomes`, trying again until the database takes them: an
+    /// outcome is never dropped, and the worker claims nothing meanwhile
+    /// (its batch in hand is the bounded buffer). If the outage outlives the
+    /// lease, the messages may turn `unknown` meanwhile; the late write then
+    /// sets what truly happened.
+    async fn record(&self, outcomes: &[Outcome]) {
+        let mut wait = RECORD_RETRY_FIRST;
+        let mut failures = 0u32;
+        loop {
+            match self
+                .store
+                .record_outcomes(outcomes, self.clock.now_ms())
+                .await
+            {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            outcomes = outcomes.len(),
+                            tries = failures + 1,
+                            "outcomes written after the database came back"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(
+                            outcomes = outcomes.len(),
+                            "cannot write outcomes ({e}); trying again in {wait:?}, claiming nothing meanwhile"
+                        );
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RECORD_RETRY_MAX);
+                }
+            }
+        }
     }
 
     async fn send_batch(
@@ -524,6 +792,17 @@ impl Dispatcher {
         claimed: Vec<ClaimedMessage>,
         renderer: &dyn MessageRenderer,
         stats: &mut DispatchStats,
+    ) -> StoreResult<()> {
+        self.send_batch_as(claimed, renderer, stats, false).await
+    }
+
+    /// Sends a batch; `probe`: it is a blocked route's probe (one message).
+    async fn send_batch_as(
+        &self,
+        claimed: Vec<ClaimedMessage>,
+        renderer: &dyn MessageRenderer,
+        stats: &mut DispatchStats,
+        probe: bool,
     ) -> StoreResult<()> {
         let mut outcomes = Vec::with_capacity(claimed.len());
         let mut claimed = claimed;
@@ -596,7 +875,7 @@ impl Dispatcher {
         let (sent, outputs): (Vec<ClaimedMessage>, Vec<RenderOutput>) = ready.into_iter().unzip();
         let sent_ref = &sent;
         let mut results: Vec<Outcome> = futures::stream::iter(outputs.into_iter().enumerate())
-            .map(|(i, out)| self.send_one(&sent_ref[i], out))
+            .map(|(i, out)| self.send_one(&sent_ref[i], out, probe))
             .buffer_unordered(width)
             .collect()
             .await;
@@ -609,6 +888,9 @@ impl Dispatcher {
                 MessageStatus::Sent | MessageStatus::Delivered => stats.accepted += 1,
                 MessageStatus::Failed => stats.failed += 1,
                 MessageStatus::Unknown => stats.unknown += 1,
+                MessageStatus::Planned if o.retry_at.is_none() && o.reroute.is_none() => {
+                    stats.released += 1
+                }
                 MessageStatus::Planned => stats.retried += 1,
                 _ => {}
             }
@@ -616,9 +898,7 @@ impl Dispatcher {
         stats.stages.send += t.elapsed();
         let t = Instant::now();
         outcomes.extend(results);
-        self.store
-            .record_outcomes(&outcomes, self.clock.now_ms())
-            .await?;
+        self.record(&outcomes).await;
         stats.stages.record += t.elapsed();
         Ok(())
     }
@@ -676,7 +956,42 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn send_one(&self, msg: &ClaimedMessage, out: RenderOutput) -> Outcome {
+    /// What an answer means for the route's health: logged once, written
+    /// for `herald status`, counted for `/metrics`.
+    async fn learn(&self, channel: Channel, route: &Route, fault: Option<&str>) {
+        let now = self.clock.now_ms();
+        let change = route.health.answer(fault, now);
+        let row = match &change {
+            Change::None => return,
+            Change::Blocked(reason) => {
+                tracing::error!(
+                    route = %channel,
+                    "blocked: {channel}: {reason}; its messages stay planned, probing with backoff (`herald runs resume` probes at once)"
+                );
+                Some(route.health.block())
+            }
+            Change::StillBlocked => Some(route.health.block()),
+            Change::Unblocked(was) => {
+                tracing::warn!(route = %channel, "unblocked: {channel} works again after {was:?}");
+                Some(None)
+            }
+        };
+        if let Some(m) = &self.metrics {
+            m.route_state(channel, route.health.is_blocked(), &change);
+        }
+        if let Some(block) = row {
+            // The row is for `herald status`; sending goes on without it.
+            if let Err(e) = self
+                .store
+                .set_route_block(channel.as_str(), &self.owner, block.as_ref(), now)
+                .await
+            {
+                tracing::warn!(route = %channel, "cannot write the route's block for `herald status`: {e}");
+            }
+        }
+    }
+
+    async fn send_one(&self, msg: &ClaimedMessage, out: RenderOutput, probe: bool) -> Outcome {
         let mut outcome = Outcome {
             reason: None,
             links: out.links,
@@ -686,17 +1001,35 @@ impl Dispatcher {
             outcome.reason = Some(format!("no {} channel is configured", msg.channel));
             return outcome;
         };
-        let _permit = route.concurrency.acquire().await;
+        // A blocked route sends only its probe; a stop sends nothing new.
+        let held = |route: &Route| (!probe && route.health.is_blocked()) || self.halted();
+        if held(route) {
+            return released(msg);
+        }
+        let Some(_permit) = self.unless_halted(route.concurrency.acquire()).await else {
+            return released(msg);
+        };
         // Throttle inside retry: every attempt takes a fresh permit.
         let waited = Instant::now();
-        route.pacer.acquire().await;
+        if self.unless_halted(route.pacer.acquire()).await.is_none() {
+            return released(msg);
+        }
         if let Some(m) = &self.metrics {
             m.limiter_wait(msg.channel, waited.elapsed());
+        }
+        // The route may have been blocked while this send waited its turn.
+        if held(route) {
+            return released(msg);
         }
         let at = self.clock.now_ms();
         let t0 = Instant::now();
         let result = route.adapter.send(&out.message).await;
         route.pacer.on_result(&result);
+        let fault = match &result {
+            Err(e @ DeliveryError::AccountFault { .. }) => Some(e.to_string()),
+            _ => None,
+        };
+        self.learn(msg.channel, route, fault.as_deref()).await;
         let duration_ms = t0.elapsed().as_millis() as i64;
         let attempts = msg.attempts + 1;
         let (result_name, code, detail) = match &result {
@@ -707,6 +1040,7 @@ impl Dispatcher {
                     DeliveryError::RateLimited { .. } => "rate_limited",
                     DeliveryError::Permanent { .. } => "permanent",
                     DeliveryError::Ambiguous { .. } => "ambiguous",
+                    DeliveryError::AccountFault { .. } => "account_fault",
                 },
                 Some(e.code().to_string()),
                 e.to_string(),
@@ -731,10 +1065,25 @@ impl Dispatcher {
                 };
                 outcome.provider_id = receipt.provider_id;
             }
-            Err(
-                DeliveryError::Transient { retry_after, .. }
-                | DeliveryError::RateLimited { retry_after, .. },
-            ) => {
+            Err(DeliveryError::RateLimited { retry_after, .. }) => {
+                // The provider asked us to wait: this message waits that long
+                // (spread a little later, never sooner), not an exponential
+                // backoff, and the 429 is not counted against its attempts;
+                // only its age can end it.
+                let now = self.clock.now_ms();
+                let wait = rate_limited_wait(&self.retry, msg.id, retry_after);
+                let retry_at = now + wait.as_millis() as i64;
+                if retry_at - msg.send_at > self.retry.max_age.as_millis() as i64 {
+                    outcome.reason = Some(format!(
+                        "expired: not accepted within {}h of its send time, throttled: {detail}",
+                        self.retry.max_age.as_secs() / 3600
+                    ));
+                } else {
+                    outcome.status = MessageStatus::Planned;
+                    outcome.retry_at = Some(retry_at);
+                }
+            }
+            Err(DeliveryError::Transient { retry_after, .. }) => {
                 let now = self.clock.now_ms();
                 let wait = self.retry.wait_jittered(msg.id, attempts, retry_after);
                 let retry_at = now + wait.as_millis() as i64;
@@ -762,6 +1111,15 @@ impl Dispatcher {
                 outcome.status = MessageStatus::Unknown;
                 outcome.reason = Some(detail);
             }
+            Err(DeliveryError::AccountFault { .. }) => {
+                // The route's fault: the message stays planned, due as it was
+                // (no fallback, no `failed`, the attempt logged but not counted);
+                // the route is blocked and sends it when a probe passes.
+                outcome.status = MessageStatus::Planned;
+                outcome.retry_at = None;
+                outcome.reason = None;
+                outcome.links.clear();
+            }
         }
         outcome
     }
@@ -787,6 +1145,40 @@ mod tests {
             p.wait(1, Some(Duration::from_secs(900))),
             Duration::from_secs(900)
         );
+    }
+
+    #[test]
+    fn a_throttled_message_waits_its_retry_after_never_sooner_never_exponentially() {
+        let p = RetryPolicy::default();
+        let waits: Vec<Duration> = (0..1000)
+            .map(|id| rate_limited_wait(&p, id, Some(Duration::from_secs(1))))
+            .collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= Duration::from_secs(1) && *w <= Duration::from_millis(1200)),
+            "1 s to 1.2 s"
+        );
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 900, "spread, not one burst");
+        // Without Retry-After: the policy's first wait.
+        let w = rate_limited_wait(&p, 7, None);
+        assert!(w >= p.base && w <= p.base.mul_f64(1.2), "{w:?}");
+    }
+
+    #[test]
+    fn claims_reach_about_a_second_of_the_route_plus_its_concurrency() {
+        // 10 SMS/s, 2 in flight, 2 workers: 6 each, never a batch of 500.
+        assert_eq!(claim_horizon(Some(10.0), 2, 2, 500), 6);
+        // 100/s and 8 in flight on one worker: 108 (#23's crash window).
+        assert_eq!(claim_horizon(Some(100.0), 8, 1, 500), 108);
+        // A slowed route claims less.
+        assert_eq!(claim_horizon(Some(5.0), 2, 1, 500), 7);
+        // Never more than a batch, never nothing.
+        assert_eq!(claim_horizon(Some(10_000.0), 8, 2, 500), 500);
+        assert_eq!(claim_horizon(Some(0.0), 0, 4, 500), 1);
+        // Unlimited: a batch.
+        assert_eq!(claim_horizon(None, 8, 2, 500), 500);
     }
 
     #[test]

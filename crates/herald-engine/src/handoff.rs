@@ -34,6 +34,9 @@ pub struct Handoff {
     pub delivered_on_accept: Vec<Channel>,
     /// Whether the planner waits for the slot (see [`Handoff::reserve`]).
     patient: AtomicBool,
+    /// The channels whose messages may be handed (`None`: all): a slow
+    /// route's messages are left `planned` for its lane to claim at its pace.
+    channels: Option<Vec<Channel>>,
 }
 
 /// How long the planner waits for a worker to take the last batch handed
@@ -52,6 +55,7 @@ impl Handoff {
             owner,
             delivered_on_accept: Vec::new(),
             patient: AtomicBool::new(true),
+            channels: None,
         }
     }
 
@@ -59,6 +63,13 @@ impl Handoff {
     /// acceptance as delivery), the others `sent`.
     pub fn with_delivered_on_accept(mut self, channels: Vec<Channel>) -> Self {
         self.delivered_on_accept = channels;
+        self
+    }
+
+    /// Hands over only messages on `channels` (the routes fast enough to
+    /// send a batch within a lane's horizon).
+    pub fn with_channels(mut self, channels: Vec<Channel>) -> Self {
+        self.channels = Some(channels);
         self
     }
 
@@ -116,7 +127,8 @@ impl Handoff {
                     && m.status == MessageStatus::Planned
                     && m.send_at <= now
                     && m.arm != crate::rollout::WAITING_ARM
-                    && m.channel.is_some()
+                    && m.channel
+                        .is_some_and(|c| self.channels.as_ref().is_none_or(|l| l.contains(&c)))
                     && m.address.is_some();
                 left -= usize::from(take);
                 take
@@ -159,6 +171,12 @@ mod tests {
             vec![false, false, false, false, true, true, false]
         );
         assert_eq!(h.lease, Duration::from_secs(120));
+        // A slow route's messages are not handed: its lane claims them at its pace.
+        let h = Handoff::new("me".into(), 2, Duration::from_secs(60)).with_channels(vec![]);
+        assert_eq!(
+            h.pick(&rows, 50),
+            vec![false, false, false, false, false, false, false]
+        );
     }
 
     fn batch(n: usize) -> Vec<ClaimedMessage> {

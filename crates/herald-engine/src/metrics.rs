@@ -1,6 +1,6 @@
 //! The dispatcher's Prometheus metrics: attempts by channel and result, a
-//! send latency histogram per channel, and time spent waiting on rate
-//! limits. Lock-free counters, rendered as Prometheus text for the tracking
+//! send latency histogram per channel, time spent waiting on rate
+//! limits, and whether each route is blocked by an account fault. Lock-free counters, rendered as Prometheus text for the tracking
 //! server's `/metrics` (the daemon appends them).
 
 use std::fmt::Write;
@@ -13,12 +13,13 @@ use herald_domain::types::Channel;
 pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// Attempt results counted, in the order of [`DispatchMetrics::attempt`]'s index.
-pub const RESULTS: [&str; 5] = [
+pub const RESULTS: [&str; 6] = [
     "accepted",
     "transient",
     "rate_limited",
     "permanent",
     "ambiguous",
+    "account_fault",
 ];
 
 const CHANNELS: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Push];
@@ -30,6 +31,10 @@ struct PerChannel {
     count: AtomicU64,
     sum_micros: AtomicU64,
     limiter_wait_micros: AtomicU64,
+    /// 1 while the route is blocked by an account fault.
+    blocked: AtomicU64,
+    /// Times the route turned blocked.
+    blocks: AtomicU64,
 }
 
 /// Counters shared by every worker of a daemon.
@@ -65,6 +70,15 @@ impl DispatchMetrics {
         self.channels[index(channel)]
             .limiter_wait_micros
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Notes a route's health after an answer: blocked or not, and a new block counted.
+    pub fn route_state(&self, channel: Channel, blocked: bool, change: &crate::health::Change) {
+        let c = &self.channels[index(channel)];
+        c.blocked.store(u64::from(blocked), Ordering::Relaxed);
+        if matches!(change, crate::health::Change::Blocked(_)) {
+            c.blocks.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Attempts so far on `channel` with `result`.
@@ -111,6 +125,22 @@ impl DispatchMetrics {
                 c.limiter_wait_micros.load(Ordering::Relaxed) as f64 / 1e6
             );
         }
+        out.push_str("# HELP herald_route_blocked Whether the route is blocked by an account fault (its messages wait, planned).\n# TYPE herald_route_blocked gauge\n");
+        for (ch, c) in CHANNELS.iter().zip(&self.channels) {
+            let _ = writeln!(
+                out,
+                "herald_route_blocked{{route=\"{ch}\"}} {}",
+                c.blocked.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP herald_route_blocks_total Times the route was blocked by an account fault.\n# TYPE herald_route_blocks_total counter\n");
+        for (ch, c) in CHANNELS.iter().zip(&self.channels) {
+            let _ = writeln!(
+                out,
+                "herald_route_blocks_total{{route=\"{ch}\"}} {}",
+                c.blocks.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }
@@ -145,5 +175,15 @@ mod tests {
         );
         assert!(text.contains("herald_send_duration_seconds_count{channel=\"sms\"} 2"));
         assert!(text.contains("herald_rate_limiter_wait_seconds_total{channel=\"sms\"} 1.5"));
+        assert!(text.contains("herald_route_blocked{route=\"sms\"} 0"));
+        m.route_state(
+            Channel::Sms,
+            true,
+            &crate::health::Change::Blocked("authentication failed".into()),
+        );
+        let text = m.render();
+        assert!(text.contains("herald_route_blocked{route=\"sms\"} 1"));
+        assert!(text.contains("herald_route_blocks_total{route=\"sms\"} 1"));
+        assert!(text.contains("herald_route_blocked{route=\"email\"} 0"));
     }
 }

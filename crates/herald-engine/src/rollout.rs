@@ -5,17 +5,20 @@
 //! decision once per run, and releases the waiting messages to the winner as
 //! `rollout:WINNER` (kept apart from the test messages in the report).
 //!
+//! Without a clear winner the decision is not recorded: it is tried again
+//! every [`RETRY_EVERY_MS`] until `decide_by`, when the leader goes.
+//!
 //! Exactly once: the `rollouts` row is keyed by run, so the first decision
 //! recorded is the one every daemon releases; a message is released only
 //! while it still waits, so a page released twice changes nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use herald_domain::assign::unit_hash;
 use herald_domain::config::{Campaign, ConfigSet, Rollout as RolloutConfig, RolloutMetric};
-use herald_domain::stats::{ArmCounts, Rollout, pick_winner};
+use herald_domain::stats::{ArmCounts, Rollout, decide_rollout};
 
 use crate::clock::Clock;
 use crate::plan::{HOLDOUT_ARM, PlanContext};
@@ -34,6 +37,9 @@ pub const WAITING_REASON: &str = "waiting for the rollout decision";
 
 /// The reason a released message carries (with the policies that moved it).
 pub const RELEASED_REASON: &str = "rollout";
+
+/// How often an undecided rollout (no clear winner before `decide_by`) is tried again.
+pub const RETRY_EVERY_MS: i64 = 3_600_000;
 
 /// Waiting messages released per page.
 pub const RELEASE_PAGE: u32 = 2000;
@@ -156,6 +162,8 @@ pub trait RolloutStore: Send + Sync {
     async fn waiting_runs(&self, campaigns: &[String]) -> StoreResult<Vec<WaitingRun>>;
     /// The run's outcomes per arm, rollout arms included (the caller picks).
     async fn arm_outcomes(&self, run_id: i64) -> StoreResult<Vec<ArmOutcomes>>;
+    /// The variant the run's recorded decision chose, if one was recorded.
+    async fn recorded_choice(&self, run_id: i64) -> StoreResult<Option<String>>;
     /// Records `decision` unless the run already decided; returns the chosen
     /// variant as recorded (the first decision wins) and whether this call recorded it.
     async fn record_decision(&self, decision: &Decision) -> StoreResult<(String, bool)>;
@@ -173,13 +181,16 @@ pub trait RolloutStore: Send + Sync {
 }
 
 /// The decision over a run's outcomes at `now`, or `None` when the campaign
-/// has no variants. Pure: the selection and its words are unit tests.
+/// has no variants. Without a clear winner it is undecided
+/// (`rollout.decided == false`) unless `last_call`. Pure: the selection and
+/// its words are unit tests.
 pub fn decide(
     campaign: &Campaign,
     metric: RolloutMetric,
     outcomes: &[ArmOutcomes],
     run_id: i64,
     now: i64,
+    last_call: bool,
 ) -> Option<Decision> {
     let by_arm: HashMap<&str, &ArmOutcomes> =
         outcomes.iter().map(|o| (o.arm.as_str(), o)).collect();
@@ -201,7 +212,7 @@ pub fn decide(
         })
         .collect();
     let named: Vec<(&str, ArmCounts)> = variants.iter().map(|(n, c)| (n.as_str(), *c)).collect();
-    let rollout = pick_winner(&named)?;
+    let rollout = decide_rollout(&named, metric_name(metric), last_call)?;
     let last_test_send = outcomes
         .iter()
         .filter(|o| !is_rollout_arm(&o.arm) && o.arm != HOLDOUT_ARM)
@@ -240,6 +251,8 @@ pub struct Roller {
     rollouts: Arc<dyn RolloutStore>,
     clock: Arc<dyn Clock>,
     config: Arc<ConfigSet>,
+    /// Undecided runs and when to try them again (ms); a restarted daemon tries at once.
+    retry_at: Mutex<HashMap<i64, i64>>,
 }
 
 impl Roller {
@@ -255,6 +268,19 @@ impl Roller {
             rollouts,
             clock,
             config,
+            retry_at: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn retry_due(&self, run_id: i64, now: i64) -> bool {
+        self.retry_at
+            .lock()
+            .map_or(true, |m| m.get(&run_id).is_none_or(|&at| now >= at))
+    }
+
+    fn retry_later(&self, run_id: i64, at: i64) {
+        if let Ok(mut m) = self.retry_at.lock() {
+            m.insert(run_id, at);
         }
     }
 
@@ -283,17 +309,43 @@ impl Roller {
             if now < run.started_at + cfg.decide_after.millis() {
                 continue;
             }
-            let outcomes = self.rollouts.arm_outcomes(run.run_id).await?;
-            let Some(decision) = decide(campaign, cfg.metric, &outcomes, run.run_id, now) else {
-                continue;
+            let (chosen, decided_here) = match self.rollouts.recorded_choice(run.run_id).await? {
+                // Decided before (here or by another daemon): finish its release.
+                Some(chosen) => (chosen, false),
+                None => {
+                    if !self.retry_due(run.run_id, now) {
+                        continue;
+                    }
+                    let deadline = run.started_at.saturating_add(cfg.decide_by().millis());
+                    let last_call = now >= deadline;
+                    let outcomes = self.rollouts.arm_outcomes(run.run_id).await?;
+                    let Some(decision) =
+                        decide(campaign, cfg.metric, &outcomes, run.run_id, now, last_call)
+                    else {
+                        continue;
+                    };
+                    if !decision.rollout.decided {
+                        // The deadline's own pass is the last call, so it decides on time.
+                        self.retry_later(
+                            run.run_id,
+                            now.saturating_add(RETRY_EVERY_MS).min(deadline),
+                        );
+                        tracing::info!(
+                            campaign = %campaign.name, run = run.run_id,
+                            "rollout not decided: {}", decision.rollout.reason
+                        );
+                        continue;
+                    }
+                    let (chosen, decided_here) = self.rollouts.record_decision(&decision).await?;
+                    if decided_here {
+                        tracing::info!(
+                            campaign = %campaign.name, run = run.run_id, chosen = %chosen,
+                            "rollout decided: {}", decision.rollout.reason
+                        );
+                    }
+                    (chosen, decided_here)
+                }
             };
-            let (chosen, decided_here) = self.rollouts.record_decision(&decision).await?;
-            if decided_here {
-                tracing::info!(
-                    campaign = %campaign.name, run = run.run_id, chosen = %chosen,
-                    "rollout decided: {}", decision.rollout.reason
-                );
-            }
             let released = self.release(campaign, run.run_id, &chosen).await?;
             done.push(Rolled {
                 run_id: run.run_id,
@@ -458,7 +510,7 @@ email = {{ subject = "s", template = "b.email.hbs" }}
             // The waiting messages' numbers never count.
             arm(WAITING_ARM, 8_000, 7_999),
         ];
-        let d = decide(&c, RolloutMetric::Conversion, &outcomes, 3, 2_000).unwrap();
+        let d = decide(&c, RolloutMetric::Conversion, &outcomes, 3, 2_000, false).unwrap();
         assert_eq!(d.chosen(), "b");
         assert!(d.rollout.clear_winner);
         assert_eq!(
@@ -477,34 +529,60 @@ email = {{ subject = "s", template = "b.email.hbs" }}
             &outcomes,
             3,
             1_000 + 86_400_000,
+            false,
         )
         .unwrap();
         assert!(!later.window_cut_short);
     }
 
     #[test]
-    fn without_a_clear_winner_the_first_variant_goes_and_says_why() {
+    fn without_a_clear_winner_it_waits_then_the_leader_goes_and_says_why() {
         let c = campaign("");
-        let d = decide(
-            &c,
-            RolloutMetric::Conversion,
-            &[arm("a", 100, 10), arm("b", 100, 11)],
-            1,
-            2_000,
-        )
-        .unwrap();
-        assert_eq!(d.chosen(), "a");
-        assert_eq!(d.variants[d.rollout.leader].0, "b");
-        assert!(!d.rollout.clear_winner);
+        let close = [arm("a", 100, 10), arm("b", 100, 11)];
+        let early = decide(&c, RolloutMetric::Conversion, &close, 1, 2_000, false).unwrap();
+        assert!(!early.rollout.decided);
         assert!(
-            d.rollout.reason.starts_with("no clear winner"),
+            early.rollout.reason.starts_with("no clear winner yet"),
+            "{}",
+            early.rollout.reason
+        );
+        let d = decide(&c, RolloutMetric::Conversion, &close, 1, 4_000, true).unwrap();
+        assert!(d.rollout.decided && !d.rollout.clear_winner);
+        assert_eq!(d.chosen(), "b");
+        assert_eq!(d.variants[d.rollout.leader].0, "b");
+        assert!(
+            d.rollout
+                .reason
+                .ends_with("so the variant with the higher observed rate, b, goes"),
             "{}",
             d.rollout.reason
         );
-        // No outcomes at all: still a decision, the first variant.
-        let none = decide(&c, RolloutMetric::Conversion, &[], 1, 2_000).unwrap();
+        // No outcomes at all: at the last call, still a decision, the first variant.
+        let none = decide(&c, RolloutMetric::Conversion, &[], 1, 2_000, true).unwrap();
         assert_eq!(none.chosen(), "a");
         assert!(!none.rollout.clear_winner);
+    }
+
+    /// The marketer's run: 0/17 clicks against 16/16 sent `a` to everyone else.
+    #[test]
+    fn zero_of_17_against_16_of_16_clicks_sends_b() {
+        let c = campaign("");
+        let mut a = arm("a", 17, 0);
+        a.clicked = 0;
+        let mut b = arm("b", 16, 0);
+        b.clicked = 16;
+        let d = decide(&c, RolloutMetric::Click, &[a, b], 1, 2_000, false).unwrap();
+        assert!(d.rollout.decided && d.rollout.clear_winner);
+        assert_eq!((d.chosen(), d.metric), ("b", "click"));
+        assert!(
+            d.rollout.reason.contains("best click rate"),
+            "{}",
+            d.rollout.reason
+        );
+        assert_eq!(
+            c.rollout.as_ref().unwrap().decide_by(),
+            herald_domain::duration::Span::from_secs(4)
+        );
     }
 
     #[test]
@@ -517,10 +595,18 @@ email = {{ subject = "s", template = "b.email.hbs" }}
         b.delivered = 500;
         b.clicked = 60;
         b.opened = 3;
-        let d = decide(&c, RolloutMetric::Click, &[a.clone(), b.clone()], 1, 0).unwrap();
+        let d = decide(
+            &c,
+            RolloutMetric::Click,
+            &[a.clone(), b.clone()],
+            1,
+            0,
+            true,
+        )
+        .unwrap();
         assert_eq!((d.chosen(), d.metric), ("b", "click"));
         assert_eq!(d.variants[1].1.n(), 500);
-        let o = decide(&c, RolloutMetric::Open, &[a, b], 1, 0).unwrap();
+        let o = decide(&c, RolloutMetric::Open, &[a, b], 1, 0, true).unwrap();
         assert_eq!(o.variants[1].1.k(), 3);
     }
 }

@@ -54,8 +54,10 @@ impl Series {
     }
 
     /// Every step's message to `member` for a run at `now` (ms): step 0 at `now`,
-    /// each later one its delays after. `run_id` 0 counts every earlier message
-    /// of the campaign for `reentry` (a triggered campaign's single run).
+    /// each later one its delay after the one before as that one was planned,
+    /// so a step that quiet hours (or a send hour) push later pushes the later
+    /// steps too and the gaps between them stay. `run_id` 0 counts every
+    /// earlier message of the campaign for `reentry` (a triggered campaign's single run).
     pub fn decide(
         &self,
         herald: &HeraldConfig,
@@ -64,8 +66,14 @@ impl Series {
         member: &AudienceMember,
     ) -> Vec<PlannedMessage> {
         let mut out: Vec<PlannedMessage> = Vec::with_capacity(self.steps.len());
-        for (i, (campaign, offset)) in self.steps.iter().zip(&self.offsets).enumerate() {
-            let ctx = PlanContext::new(campaign, herald, run_id, now + offset);
+        for (i, campaign) in self.steps.iter().enumerate() {
+            let at = match out.last() {
+                None => now,
+                Some(before) => before
+                    .send_at
+                    .saturating_add(self.offsets[i] - self.offsets[i - 1]),
+            };
+            let ctx = PlanContext::new(campaign, herald, run_id, at);
             let mut m = decide(&ctx, member);
             m.step = i as i32;
             if let Some(first) = out.first().filter(|f| contact_wide(f)) {
@@ -156,6 +164,38 @@ sms = { template = "w5.sms.hbs" }
                 (2, Some(Channel::Sms), 5 * DAY, MessageStatus::Planned),
             ]
         );
+    }
+
+    /// Quiet hours 21:00-08:00: at 22:00 the first step waits until 08:00 and
+    /// the second, 2 hours later, follows it at 10:00 (it used to be moved to
+    /// 08:00 as well, and the gap vanished).
+    #[test]
+    fn a_step_deferred_by_quiet_hours_pushes_the_next_and_keeps_the_gap() {
+        let c = Campaign::parse(
+            "welcome.toml",
+            r#"
+name = "welcome"
+where = 'attrs.x == 1'
+channels = ["email"]
+quiet_hours = { start = "21:00", end = "08:00" }
+[[variants]]
+name = "a"
+email = { subject = "Welcome", template = "w.email.hbs" }
+[[steps]]
+delay = "2h"
+[[steps]]
+delay = "1d"
+"#,
+        )
+        .unwrap();
+        const HOUR: i64 = 3_600_000;
+        // 2026-06-01T22:00:00Z; the member's zone is UTC.
+        let ten_pm = 1_780_351_200_000;
+        assert_eq!(ten_pm % DAY, 22 * HOUR);
+        let ms = Series::of(&c).decide(&HeraldConfig::default(), 1, ten_pm, &member());
+        let at: Vec<i64> = ms.iter().map(|m| m.send_at - ten_pm).collect();
+        assert_eq!(at, vec![10 * HOUR, 12 * HOUR, 36 * HOUR]);
+        assert!(ms.iter().all(|m| m.status == MessageStatus::Planned));
     }
 
     #[test]

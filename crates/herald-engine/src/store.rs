@@ -438,7 +438,7 @@ impl Outcome {
 pub struct AttemptRecord {
     /// When (ms).
     pub at: i64,
-    /// `accepted`, `transient`, `rate_limited`, `permanent`, `ambiguous`, `render_error`.
+    /// `accepted`, `transient`, `rate_limited`, `permanent`, `ambiguous`, `account_fault`, `render_error`.
     pub result: String,
     /// The provider's code.
     pub code: Option<String>,
@@ -446,6 +446,19 @@ pub struct AttemptRecord {
     pub detail: Option<String>,
     /// How long the call took.
     pub duration_ms: i64,
+}
+
+/// Attempt results that are logged but not counted against the message's
+/// attempts: nothing reached a provider (`render_error`), the provider
+/// refused the sender's account, not the message (`account_fault`), or asked
+/// us to slow down (`rate_limited`: the message did nothing wrong).
+pub const UNCOUNTED_RESULTS: [&str; 3] = ["render_error", "account_fault", "rate_limited"];
+
+impl AttemptRecord {
+    /// Whether this attempt counts against the message's attempts (see [`UNCOUNTED_RESULTS`]).
+    pub fn counts(&self) -> bool {
+        !UNCOUNTED_RESULTS.contains(&self.result.as_str())
+    }
 }
 
 /// Counts of a run's messages by arm and status.
@@ -629,6 +642,41 @@ pub trait Store: Send + Sync {
             .collect();
         claimed.retain(|m| marked.contains(&m.id));
         Ok(claimed)
+    }
+    /// [`Store::claim_sending_after`] of one route's messages (a lane's):
+    /// only messages on `channel`, so a throttled or blocked route's queue
+    /// never holds another's. The default ignores the filter.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_lane(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        channel: Channel,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        after: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        let _ = channel;
+        self.claim_sending_after(owner, run_id, now, lease_until, limit, after)
+            .await
+    }
+    /// Writes the block of `route` (`None`: the route works again), for
+    /// `herald status` to show. The default keeps nothing.
+    async fn set_route_block(
+        &self,
+        route: &str,
+        owner: &str,
+        block: Option<&crate::health::Block>,
+        now: i64,
+    ) -> StoreResult<()> {
+        let _ = (route, owner, block, now);
+        Ok(())
+    }
+    /// Whether `herald runs resume` asked for a probe of `route` after `since` (ms).
+    async fn route_probe_requested(&self, route: &str, since: i64) -> StoreResult<bool> {
+        let _ = (route, since);
+        Ok(false)
     }
     /// Marks claimed messages `sending`, just before their requests are written;
     /// returns the ids marked: only those `owner` still holds a live lease on.

@@ -200,7 +200,11 @@ async fn bench(backend: Backend, seconds: u64, connections: u64, messages: i64) 
     let flush_started = std::time::Instant::now();
     state.flush().await.expect("flush");
     let flush_ms = flush_started.elapsed().as_secs_f64() * 1000.0;
-    let metrics = reqwest::get(format!("{base}/metrics"))
+    let metrics = herald_channels::http_client_builder()
+        .build()
+        .expect("an HTTP client")
+        .get(format!("{base}/metrics"))
+        .send()
         .await
         .expect("metrics")
         .text()

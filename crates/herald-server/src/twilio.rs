@@ -3,7 +3,6 @@
 //! `X-Twilio-Signature`: base64 HMAC-SHA1, keyed by the auth token, of the
 //! full URL followed by each POST parameter's name and value, sorted by name.
 
-use aws_lc_rs::hmac;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
@@ -13,6 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use herald_domain::address::E164Phone;
 use herald_domain::token::TokenKind;
 use herald_storage::tracking::{self, SmsReceipt};
+use ring::hmac;
 
 use crate::sms::{Intent, intent, twiml};
 use crate::state::AppState;

@@ -8,17 +8,15 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rsa::{KeyPair, KeySize};
-use aws_lc_rs::signature::{self, KeyPair as _, UnparsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
 use hyper::header::{AUTHORIZATION, HeaderMap};
 use hyper::{Method, StatusCode};
+use ring::signature::{self, KeyPair as _, RsaKeyPair, UnparsedPublicKey};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -55,6 +53,9 @@ pub struct FcmSinkConfig {
     pub plan: FaultPlan,
     /// How long a stalled request is held before the connection is dropped.
     pub stall_for: Duration,
+    /// The service account's RSA key (PKCS#8 PEM): [`DEMO_SERVICE_ACCOUNT_KEY`],
+    /// or [`SECOND_SERVICE_ACCOUNT_KEY`] for a sink that must not know the first.
+    pub private_key_pem: &'static str,
 }
 
 impl Default for FcmSinkConfig {
@@ -67,6 +68,7 @@ impl Default for FcmSinkConfig {
             keep_messages: true,
             plan: FaultPlan::default(),
             stall_for: DEFAULT_STALL,
+            private_key_pem: DEMO_SERVICE_ACCOUNT_KEY,
         }
     }
 }
@@ -121,6 +123,8 @@ struct FcmState {
     received: Mutex<Vec<ReceivedPush>>,
     count: AtomicUsize,
     next_id: AtomicU64,
+    /// Refuse the service-account key at `/token` (as for a deleted key), until cleared.
+    refuse_key: AtomicBool,
 }
 
 impl FcmSink {
@@ -133,10 +137,10 @@ impl FcmSink {
     /// Serves on a listener the caller already bound (must run inside a tokio runtime).
     pub fn serve(listener: TcpListener, config: FcmSinkConfig) -> Result<FcmSink, FcmSinkError> {
         let addr = listener.local_addr()?;
-        let key =
-            KeyPair::generate(KeySize::Rsa2048).map_err(|e| FcmSinkError::Key(e.to_string()))?;
-        let pkcs8 = key.as_der().map_err(|e| FcmSinkError::Key(e.to_string()))?;
-        let private_key_pem = pem("PRIVATE KEY", pkcs8.as_ref());
+        // ring signs with RSA keys but cannot make them: every sink uses one
+        // fixed key, which is a fake service account's and guards nothing.
+        let private_key_pem = config.private_key_pem.to_owned();
+        let key = rsa_key(config.private_key_pem)?;
         let state = Arc::new(FcmState {
             send_path: format!("/v1/projects/{}/messages:send", config.project_id),
             project_id: config.project_id,
@@ -152,6 +156,7 @@ impl FcmSink {
             received: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            refuse_key: AtomicBool::new(false),
         });
         let handler: Arc<dyn Handler> = state.clone();
         let server = Server::serve(listener, handler, config.stall_for)?;
@@ -225,6 +230,16 @@ impl FcmSink {
     /// Replaces the plan for the requests to come.
     pub fn set_plan(&self, plan: FaultPlan) {
         self.state.planner.set(plan);
+    }
+
+    /// While `refuse` holds, `/token` answers `invalid_client` (a deleted or
+    /// disabled key) and every issued access token is forgotten; clearing it
+    /// is the key fixed.
+    pub fn set_refuse_key(&self, refuse: bool) {
+        self.state.refuse_key.store(refuse, Ordering::SeqCst);
+        if refuse {
+            lock(&self.state.tokens).clear();
+        }
     }
 
     /// Stops accepting, closes every connection and waits until they are gone.
@@ -305,6 +320,9 @@ impl FcmState {
         };
         if let Err(why) = self.check_assertion(assertion) {
             return oauth_error("invalid_grant", &why);
+        }
+        if self.refuse_key.load(Ordering::SeqCst) {
+            return oauth_error("invalid_client", "The OAuth client was not found.");
         }
         let token = self.issue_token();
         Reply::Respond(http::json_response(
@@ -503,14 +521,18 @@ fn oauth_error(error: &str, description: &str) -> Reply {
     ))
 }
 
-/// PEM armour: base64 in 64-column lines between BEGIN and END lines.
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = BASE64.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+/// The fake service account's RSA key (PKCS#8 PEM), made once with
+/// `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`.
+pub const DEMO_SERVICE_ACCOUNT_KEY: &str = include_str!("demo_fcm_key.pem");
+
+/// A second such key, for a sink whose token endpoint must refuse the first.
+pub const SECOND_SERVICE_ACCOUNT_KEY: &str = include_str!("second_fcm_key.pem");
+
+/// A PKCS#8 PEM key as a key pair, to check the JWTs it signs.
+fn rsa_key(pem: &str) -> Result<RsaKeyPair, FcmSinkError> {
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = BASE64
+        .decode(b64)
+        .map_err(|e| FcmSinkError::Key(e.to_string()))?;
+    RsaKeyPair::from_pkcs8(&der).map_err(|e| FcmSinkError::Key(e.to_string()))
 }

@@ -11,7 +11,10 @@ mod mime;
 mod smtp;
 mod twilio;
 
-pub use fcm::{FCM_SCOPE, FcmSink, FcmSinkConfig, FcmSinkError, ReceivedPush};
+pub use fcm::{
+    DEMO_SERVICE_ACCOUNT_KEY, FCM_SCOPE, FcmSink, FcmSinkConfig, FcmSinkError, ReceivedPush,
+    SECOND_SERVICE_ACCOUNT_KEY,
+};
 pub use http::{Answer, DEFAULT_STALL, FaultMix, FaultPlan, RequestLog};
 pub use smtp::{DataReply, ReceivedMail, SmtpSink, SmtpSinkConfig};
 pub use twilio::{DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, ReceivedSms, TwilioSink, TwilioSinkConfig};

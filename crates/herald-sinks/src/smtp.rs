@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -103,6 +103,8 @@ struct Shared {
     per_recipient: Mutex<std::collections::HashMap<String, u32>>,
     count: AtomicUsize,
     connections: AtomicUsize,
+    /// Refuse every login with `535` (a changed password), until cleared.
+    refuse_credentials: AtomicBool,
 }
 
 impl SmtpSink {
@@ -121,6 +123,7 @@ impl SmtpSink {
             per_recipient: Mutex::new(std::collections::HashMap::new()),
             count: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            refuse_credentials: AtomicBool::new(false),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(SmtpSink {
@@ -133,6 +136,14 @@ impl SmtpSink {
     /// The address the sink listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// While `refuse` holds, every `AUTH` is answered `535 5.7.8` (as for a
+    /// changed password); clearing it is the credential fixed.
+    pub fn set_refuse_credentials(&self, refuse: bool) {
+        self.shared
+            .refuse_credentials
+            .store(refuse, Ordering::SeqCst);
     }
 
     /// The messages received so far (empty when `keep_messages` is off).
@@ -382,11 +393,11 @@ impl Session<'_> {
         match answer {
             None => self.reply("501 5.7.0 Authentication cancelled").await?,
             Some(None) => self.reply("501 5.5.2 Cannot decode response").await?,
-            Some(Some(true)) => {
+            Some(Some(true)) if !self.shared.refuse_credentials.load(Ordering::SeqCst) => {
                 self.authenticated = true;
                 self.reply("235 2.7.0 Authentication successful").await?;
             }
-            Some(Some(false)) => {
+            Some(Some(_)) => {
                 self.reply("535 5.7.8 Authentication credentials invalid")
                     .await?;
             }

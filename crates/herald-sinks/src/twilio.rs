@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -99,6 +99,8 @@ struct TwilioState {
     received: Mutex<Vec<ReceivedSms>>,
     count: AtomicUsize,
     next_sid: AtomicU64,
+    /// Refuse every credential (as after a rotated auth token), until cleared.
+    refuse_credentials: AtomicBool,
 }
 
 impl TwilioSink {
@@ -121,6 +123,7 @@ impl TwilioSink {
             received: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
             next_sid: AtomicU64::new(1),
+            refuse_credentials: AtomicBool::new(false),
         });
         let handler: Arc<dyn Handler> = state.clone();
         let server = Server::serve(listener, handler, config.stall_for)?;
@@ -157,6 +160,15 @@ impl TwilioSink {
         self.state.planner.set(plan);
     }
 
+    /// While `refuse` holds, answers every request `401` (Twilio 20003
+    /// `Authenticate`), as Twilio does for a wrong auth token; clearing it is
+    /// the credential fixed.
+    pub fn set_refuse_credentials(&self, refuse: bool) {
+        self.state
+            .refuse_credentials
+            .store(refuse, Ordering::SeqCst);
+    }
+
     /// Stops accepting, closes every connection and waits until they are gone.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
@@ -175,8 +187,9 @@ impl Handler for TwilioState {
         if method != Method::POST {
             return twilio_error(StatusCode::METHOD_NOT_ALLOWED, 20004, "Method not allowed");
         }
-        if headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)
-            != Some(self.expected_auth.as_bytes())
+        if self.refuse_credentials.load(Ordering::SeqCst)
+            || headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)
+                != Some(self.expected_auth.as_bytes())
         {
             let mut reply = twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
             if let Reply::Respond(response) = &mut reply {

@@ -31,7 +31,7 @@ async fn twilio_sink_checks_auth_and_fields_like_twilio() {
     let sink = TwilioSink::start(TwilioSinkConfig::default())
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = herald_channels::http_client_builder().build().unwrap();
     let post = |form: Vec<(&'static str, &'static str)>, token: &'static str| {
         http.post(messages_url(&sink))
             .basic_auth(DEMO_ACCOUNT_SID, Some(token))
@@ -88,7 +88,7 @@ async fn twilio_sink_checks_auth_and_fields_like_twilio() {
 #[tokio::test]
 async fn fcm_sink_checks_the_grant_and_the_bearer() {
     let sink = FcmSink::start(FcmSinkConfig::default()).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = herald_channels::http_client_builder().build().unwrap();
     let key: Value = serde_json::from_str(&sink.credentials_json()).unwrap();
     assert_eq!(key["type"], "service_account");
     assert!(
@@ -201,7 +201,7 @@ async fn the_request_log_counts_per_window_and_a_stalled_sink_shuts_down() {
     })
     .await
     .unwrap();
-    let http = reqwest::Client::builder()
+    let http = herald_channels::http_client_builder()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();

@@ -3,7 +3,7 @@
 //! reported with its line number and reason; every good row is kept. Goal
 //! events are attributed to campaign messages batch by batch, as `POST /events` does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use herald_domain::address::{E164Phone, EmailAddress};
+use herald_domain::config::{AttrType, canonical_number, infer_cell};
 use sea_orm::{ConnectionTrait, DbBackend, Value};
 use serde_json::{Map, Value as Json};
 
@@ -164,27 +165,49 @@ const CONTACT_COLUMNS: [&str; 11] = [
     "push_platform",
 ];
 
-/// A CSV cell as JSON: canonical numbers stay numbers ("02134" stays text).
+/// A CSV cell of an event as JSON: canonical numbers stay numbers ("02134" stays text).
+/// Contact attributes are typed by [`attr_value`] instead.
 pub fn cell_value(cell: &str) -> Json {
-    let canonical_int = |s: &str| {
-        let d = s.strip_prefix('-').unwrap_or(s);
-        !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) && (d == "0" || !d.starts_with('0'))
+    canonical_number(cell).unwrap_or_else(|| Json::String(cell.to_string()))
+}
+
+/// A contact attribute cell as JSON: by its declared type when `[contacts.attrs]`
+/// declares one (the error names the column), else typed on its own.
+pub fn attr_value(
+    types: &BTreeMap<String, AttrType>,
+    column: &str,
+    cell: &str,
+) -> Result<Json, String> {
+    match types.get(column) {
+        Some(ty) => ty
+            .convert(cell)
+            .map_err(|m| format!("column `{column}`: {m}")),
+        None => Ok(infer_cell(cell)),
+    }
+}
+
+/// A top-level NDJSON attribute checked against its declared type: a value
+/// of that JSON type is kept, text is converted as a CSV cell would be.
+fn json_attr_value(
+    types: &BTreeMap<String, AttrType>,
+    key: &str,
+    value: Json,
+) -> Result<Json, String> {
+    let Some(ty) = types.get(key) else {
+        return Ok(value);
     };
-    if canonical_int(cell)
-        && let Ok(i) = cell.parse::<i64>()
-    {
-        return Json::from(i);
+    match (ty, value) {
+        (_, Json::Null) => Ok(Json::Null),
+        (AttrType::Bool, v @ Json::Bool(_)) | (AttrType::Number, v @ Json::Number(_)) => Ok(v),
+        (AttrType::String, Json::String(s)) => Ok(Json::String(s)),
+        (_, Json::String(s)) => ty
+            .convert(s.trim())
+            .map_err(|m| format!("`attrs.{key}`: {m}")),
+        (AttrType::Bool, Json::Number(n)) => ty
+            .convert(&n.to_string())
+            .map_err(|m| format!("`attrs.{key}`: {m}")),
+        (_, other) => Err(format!("`attrs.{key}` is declared {ty}, not {other}")),
     }
-    if let Some((int, frac)) = cell.split_once('.')
-        && canonical_int(int)
-        && !frac.is_empty()
-        && frac.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(f) = cell.parse::<f64>()
-        && f.is_finite()
-    {
-        return Json::from(f);
-    }
-    Json::String(cell.to_string())
 }
 
 /// Whether `map` holds a null at any depth of objects.
@@ -342,19 +365,21 @@ fn event_from_parts(
 /// Reads rows of `path` and hands them to `sink` in batches; returns the report.
 /// `progress` is told how many bytes were read so far.
 #[allow(clippy::too_many_arguments)]
-async fn stream_rows<T, F, S, Fut>(
+async fn stream_rows<T, F, J, S, Fut>(
     path: &Path,
     batch: usize,
     lanes: usize,
     key: fn(&T) -> &str,
     parse_csv: F,
-    parse_json: fn(Map<String, Json>) -> Result<T, String>,
+    parse_json: J,
     db: &Db,
     sink: S,
+    encoding: Option<&'static crate::decode::Encoding>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ImportReport, ImportError>
 where
     F: Fn(&csv::StringRecord, &csv::StringRecord) -> Result<T, String>,
+    J: Fn(Map<String, Json>) -> Result<T, String>,
     S: Fn(Db, Vec<T>) -> Fut,
     Fut: Future<Output = Result<u64, ImportError>> + Send + 'static,
 {
@@ -363,6 +388,32 @@ where
         source: e,
     };
     let file = File::open(path).map_err(io_err)?;
+    let file = crate::decode::utf8_reader(file, encoding).map_err(io_err)?;
+    // Why a line is not UTF-8, worked out once, from the file's start.
+    let mut not_utf8: Option<String> = None;
+    let mut not_utf8_hint = || {
+        not_utf8
+            .get_or_insert_with(|| {
+                let mut start = Vec::with_capacity(crate::decode::SNIFF_BYTES);
+                let _ = File::open(path).and_then(|f| {
+                    f.take(crate::decode::SNIFF_BYTES as u64)
+                        .read_to_end(&mut start)
+                });
+                crate::decode::not_utf8_hint(&start)
+            })
+            .clone()
+    };
+    // A byte invalid in the given encoding decoded to U+FFFD: that row is refused.
+    let garbled = |text: &str| {
+        encoding.is_some_and(|e| e != encoding_rs::UTF_8)
+            && text.contains(crate::decode::REPLACEMENT)
+    };
+    let garbled_message = || {
+        format!(
+            "holds bytes that are not valid {}; is that the file's encoding?",
+            encoding.map_or("UTF-8", |e| e.name())
+        )
+    };
     let mut report = ImportReport::default();
     let mut rows = Lanes::new(lanes, batch, key, sink, db.clone());
     match Format::from_path(path) {
@@ -405,6 +456,10 @@ where
                             );
                             continue;
                         }
+                        if record.iter().any(garbled) {
+                            report.reject(line, garbled_message());
+                            continue;
+                        }
                         match parse_csv(&headers, &record) {
                             Ok(r) => rows.push(r).await?,
                             Err(m) => report.reject(line, m),
@@ -412,7 +467,12 @@ where
                     }
                     Err(e) => {
                         let line = e.position().map_or(line, |p| p.line());
-                        report.reject(line, format!("unreadable CSV: {e}"));
+                        if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
+                            report
+                                .reject(line, format!("unreadable CSV: {e}; {}", not_utf8_hint()));
+                        } else {
+                            report.reject(line, format!("unreadable CSV: {e}"));
+                        }
                         if !matches!(
                             e.kind(),
                             csv::ErrorKind::Utf8 { .. } | csv::ErrorKind::UnequalLengths { .. }
@@ -441,9 +501,13 @@ where
                 line_no += 1;
                 bytes += n as u64;
                 let text = match std::str::from_utf8(&buf) {
+                    Ok(t) if garbled(t) => {
+                        report.reject(line_no, garbled_message());
+                        continue;
+                    }
                     Ok(t) => t.trim(),
                     Err(_) => {
-                        report.reject(line_no, "not UTF-8 text".into());
+                        report.reject(line_no, format!("not UTF-8 text; {}", not_utf8_hint()));
                         continue;
                     }
                 };
@@ -595,6 +659,7 @@ where
 }
 
 fn contact_from_csv(
+    types: &BTreeMap<String, AttrType>,
     headers: &csv::StringRecord,
     rec: &csv::StringRecord,
 ) -> Result<ContactRow, String> {
@@ -627,7 +692,8 @@ fn contact_from_csv(
             "push_token" => row.push_token = s(),
             "push_platform" => row.push_platform = s(),
             other => {
-                row.attrs.insert(other.to_string(), cell_value(cell));
+                row.attrs
+                    .insert(other.to_string(), attr_value(types, other, cell)?);
             }
         }
     }
@@ -653,7 +719,10 @@ fn json_bool(map: &mut Map<String, Json>, key: &str) -> Result<Option<bool>, Str
     }
 }
 
-fn contact_from_json(mut map: Map<String, Json>) -> Result<ContactRow, String> {
+fn contact_from_json(
+    types: &BTreeMap<String, AttrType>,
+    mut map: Map<String, Json>,
+) -> Result<ContactRow, String> {
     let tags = match map.remove("tags") {
         None | Some(Json::Null) => None,
         Some(Json::Array(items)) => Some(
@@ -676,7 +745,11 @@ fn contact_from_json(mut map: Map<String, Json>) -> Result<ContactRow, String> {
     };
     let attrs = match map.remove("attrs") {
         None | Some(Json::Null) => Map::new(),
-        Some(Json::Object(o)) => o,
+        Some(Json::Object(o)) if types.is_empty() => o,
+        Some(Json::Object(o)) => o
+            .into_iter()
+            .map(|(k, v)| json_attr_value(types, &k, v).map(|v| (k, v)))
+            .collect::<Result<_, _>>()?,
         Some(other) => return Err(format!("`attrs` must be an object, not {other}")),
     };
     let row = ContactRow {
@@ -1225,12 +1298,33 @@ pub async fn insert_events(db: &Db, rows: &[EventRow]) -> Result<(), ImportError
     Ok(())
 }
 
-/// Imports contacts from a CSV or NDJSON file.
+/// How an import reads its file and types contact attributes.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Declared attribute types (`[contacts.attrs]`); other attributes type themselves.
+    pub attr_types: BTreeMap<String, AttrType>,
+    /// The file's text encoding (`--encoding`); `None`: UTF-8. A byte-order
+    /// mark decides over it (see [`crate::decode`]).
+    pub encoding: Option<&'static crate::decode::Encoding>,
+}
+
+/// Imports contacts from a CSV or NDJSON file, attributes typed on their own.
 pub async fn import_contacts(
     db: &Db,
     path: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ImportReport, ImportError> {
+    import_contacts_with(db, path, &ImportOptions::default(), progress).await
+}
+
+/// Imports contacts from a CSV or NDJSON file as `options` say.
+pub async fn import_contacts_with(
+    db: &Db,
+    path: &Path,
+    options: &ImportOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ImportReport, ImportError> {
+    let types = &options.attr_types;
     let shared = Arc::new(ContactBatches {
         digests: forgotten_digests(db).await?,
         all_new: AtomicBool::new(true),
@@ -1248,10 +1342,11 @@ pub async fn import_contacts(
             1
         },
         |r: &ContactRow| r.external_id.as_str(),
-        contact_from_csv,
-        contact_from_json,
+        |h: &csv::StringRecord, r: &csv::StringRecord| contact_from_csv(types, h, r),
+        |map| contact_from_json(types, map),
         db,
         move |db, rows| flush_contacts(db, rows, shared.clone()),
+        options.encoding,
         progress,
     )
     .await?;
@@ -1302,6 +1397,17 @@ pub async fn import_events_with_goals(
     goals: &[GoalSpec],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ImportReport, ImportError> {
+    import_events_with(db, path, goals, &ImportOptions::default(), progress).await
+}
+
+/// [`import_events_with_goals`], reading the file as `options` say.
+pub async fn import_events_with(
+    db: &Db,
+    path: &Path,
+    goals: &[GoalSpec],
+    options: &ImportOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ImportReport, ImportError> {
     let goals: Arc<[GoalSpec]> = goals.into();
     let report = stream_rows(
         path,
@@ -1312,6 +1418,7 @@ pub async fn import_events_with_goals(
         |map| event_from_json(map, None),
         db,
         move |db, rows| flush_events(db, rows, goals.clone()),
+        options.encoding,
         progress,
     )
     .await?;
@@ -1351,6 +1458,7 @@ mod tests {
     fn contact_rows_name_the_bad_column() {
         let h = csv::StringRecord::from(vec!["external_id", "email", "consent_sms", "region"]);
         let ok = contact_from_csv(
+            &BTreeMap::new(),
             &h,
             &csv::StringRecord::from(vec!["c1", "A@X.COM", "yes", "guangdong"]),
         )
@@ -1358,15 +1466,62 @@ mod tests {
         assert_eq!(ok.email.as_deref(), Some("A@x.com"));
         assert_eq!(ok.consent_sms, Some(true));
         assert_eq!(ok.attrs["region"], Json::from("guangdong"));
-        let bad =
-            contact_from_csv(&h, &csv::StringRecord::from(vec!["c2", "nope", "", ""])).unwrap_err();
+        let bad = contact_from_csv(
+            &BTreeMap::new(),
+            &h,
+            &csv::StringRecord::from(vec!["c2", "nope", "", ""]),
+        )
+        .unwrap_err();
         assert!(bad.starts_with("column `email`"), "{bad}");
-        let bad = contact_from_csv(&h, &csv::StringRecord::from(vec!["c3", "", "maybe", ""]))
-            .unwrap_err();
+        let bad = contact_from_csv(
+            &BTreeMap::new(),
+            &h,
+            &csv::StringRecord::from(vec!["c3", "", "maybe", ""]),
+        )
+        .unwrap_err();
         assert!(bad.contains("consent_sms"), "{bad}");
-        let bad = contact_from_csv(&h, &csv::StringRecord::from(vec!["", "a@x.com", "", ""]))
-            .unwrap_err();
+        let bad = contact_from_csv(
+            &BTreeMap::new(),
+            &h,
+            &csv::StringRecord::from(vec!["", "a@x.com", "", ""]),
+        )
+        .unwrap_err();
         assert!(bad.contains("external_id"), "{bad}");
+    }
+
+    #[test]
+    fn attribute_cells_follow_declared_types_or_their_own() {
+        let h = csv::StringRecord::from(vec!["external_id", "vip", "score", "member"]);
+        let none = BTreeMap::new();
+        let row = |types: &BTreeMap<String, AttrType>, cells: Vec<&str>| {
+            contact_from_csv(types, &h, &csv::StringRecord::from(cells))
+        };
+        let r = row(&none, vec!["c1", "TRUE", "7", "yes"]).unwrap();
+        assert_eq!(r.attrs["vip"], Json::Bool(true));
+        assert_eq!(r.attrs["score"], Json::from(7));
+        assert_eq!(r.attrs["member"], Json::from("yes"));
+        let declared: BTreeMap<String, AttrType> = [
+            ("member".to_string(), AttrType::Bool),
+            ("score".to_string(), AttrType::String),
+        ]
+        .into();
+        let r = row(&declared, vec!["c1", "false", "7", "No"]).unwrap();
+        assert_eq!(r.attrs["vip"], Json::Bool(false));
+        assert_eq!(r.attrs["score"], Json::from("7"));
+        assert_eq!(r.attrs["member"], Json::Bool(false));
+        let bad = row(&declared, vec!["c2", "", "", "maybe"]).unwrap_err();
+        assert!(
+            bad.starts_with("column `member`: `maybe` is not a boolean"),
+            "{bad}"
+        );
+        let m: Map<String, Json> =
+            serde_json::from_str(r#"{"external_id":"c1","attrs":{"member":"yes","x":"yes"}}"#)
+                .unwrap();
+        let r = contact_from_json(&declared, m).unwrap();
+        assert_eq!(
+            Json::Object(r.attrs),
+            serde_json::json!({"member": true, "x": "yes"})
+        );
     }
 
     #[test]
@@ -1415,12 +1570,12 @@ mod tests {
         let m: Map<String, Json> =
             serde_json::from_str(r#"{"external_id":"c1","attrs":{"a":null,"b":{"c":null,"d":1}}}"#)
                 .unwrap();
-        let r = contact_from_json(m).unwrap();
+        let r = contact_from_json(&BTreeMap::new(), m).unwrap();
         assert_eq!(Json::Object(r.attrs), serde_json::json!({"b": {"d": 1}}));
         let m: Map<String, Json> =
             serde_json::from_str(r#"{"external_id":"c1","emial":"a@x.com"}"#).unwrap();
         assert!(
-            contact_from_json(m)
+            contact_from_json(&BTreeMap::new(), m)
                 .unwrap_err()
                 .contains("unknown key `emial`")
         );

@@ -135,7 +135,7 @@ pub struct RolloutRecord {
     pub chosen: String,
     /// The variant with the best rate.
     pub leader: String,
-    /// The leader won outright (otherwise the first variant went).
+    /// The leader won outright (otherwise no variant did by `decide_by`, and the leader went).
     pub clear_winner: bool,
     /// Decided before every tested message's goal window had closed.
     pub window_cut_short: bool,
@@ -165,7 +165,7 @@ impl RolloutRecord {
             "rivals": decision
                 .rivals
                 .iter()
-                .map(|r| serde_json::json!({"arm": name(r.variant), "leader_chance_to_beat": r.chance_to_beat}))
+                .map(|r| serde_json::json!({"arm": name(r.variant), "leader_chance_to_beat": r.chance_to_beat, "fisher_p": r.fisher_p}))
                 .collect::<Vec<_>>(),
         });
         Self {

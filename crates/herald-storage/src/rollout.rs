@@ -129,14 +129,19 @@ impl RolloutStore for SqlStore {
         );
         let recorded = record_rollout(self.db(), &record).await.map_err(err)?;
         // Another daemon may have decided first: its choice is the one released.
+        let chosen = self
+            .recorded_choice(d.run_id)
+            .await?
+            .ok_or_else(|| err(format!("run {}: no rollout recorded", d.run_id)))?;
+        Ok((chosen, recorded))
+    }
+
+    async fn recorded_choice(&self, run_id: i64) -> StoreResult<Option<String>> {
         let mut q = Sql::new();
         q.push("SELECT chosen FROM rollouts WHERE run_id = ")
-            .bind(d.run_id);
+            .bind(run_id);
         let rows = self.rows(q).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| err(format!("run {}: no rollout recorded", d.run_id)))?;
-        Ok((get(row, 0)?, recorded))
+        rows.first().map(|row| get(row, 0)).transpose()
     }
 
     async fn waiting_page(

@@ -179,8 +179,11 @@ pub struct RunStatus {
     pub campaign: String,
     /// Run state.
     pub state: String,
-    /// Scheduled instant (ms).
+    /// Scheduled instant (ms); for a triggered campaign's open-ended run,
+    /// which has no schedule, the instant it started.
     pub scheduled_at: i64,
+    /// `trigger` for a triggered campaign's run; `schedule`, `manual`... otherwise.
+    pub origin: String,
     /// (status, count) of its messages.
     pub counts: Vec<(String, i64)>,
 }
@@ -248,7 +251,9 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
     .map_err(db_err)?;
     let db = &txn;
     let mut q = Sql::new();
-    q.push("SELECT r.id, c.name, r.state, r.scheduled_at FROM runs r JOIN campaigns c ON c.id = r.campaign_id ORDER BY r.id DESC LIMIT ")
+    // A triggered campaign's run has no scheduled instant (it is stored as 0,
+    // which printed as 1970-01-01): show when it started.
+    q.push("SELECT r.id, c.name, r.state, CASE WHEN r.origin = 'trigger' THEN r.now_at ELSE r.scheduled_at END, r.origin FROM runs r JOIN campaigns c ON c.id = r.campaign_id ORDER BY r.id DESC LIMIT ")
         .bind(i64::from(limit));
     for r in all(db, q).await? {
         out.runs.push(RunStatus {
@@ -256,6 +261,7 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
             campaign: get(&r, 1)?,
             state: get(&r, 2)?,
             scheduled_at: get(&r, 3)?,
+            origin: get(&r, 4)?,
             counts: Vec::new(),
         });
     }
@@ -364,4 +370,35 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
     }
     txn.commit().await.map_err(db_err)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_engine::store::{CampaignRecord, Store};
+
+    use crate::Db;
+    use crate::store::SqlStore;
+    use crate::test_db::on_both_databases;
+
+    /// 2026-11-01T10:00:00Z.
+    const T0: i64 = 1_793_527_200_000;
+
+    /// A triggered campaign's run shows when it started, not 1970-01-01.
+    async fn a_triggered_run_shows_its_real_start(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let campaign = CampaignRecord {
+            name: "welcome".into(),
+            kind: "marketing".into(),
+            topic: None,
+            fingerprint: "welcome;x".into(),
+            goal: None,
+        };
+        let id = store.upsert_campaign(&campaign, T0).await.unwrap();
+        let run = store.trigger_run(id, "welcome;x", T0).await.unwrap();
+        let status = super::status(db, T0 + 1_000, 10).await.unwrap();
+        let shown = status.runs.iter().find(|r| r.id == run.id).unwrap();
+        assert_eq!((shown.scheduled_at, shown.origin.as_str()), (T0, "trigger"));
+    }
+
+    on_both_databases!(a_triggered_run_shows_its_real_start);
 }

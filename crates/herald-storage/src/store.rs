@@ -93,6 +93,7 @@ impl SqlStore {
         limit: u32,
         after: Option<(i64, i64)>,
         sending: bool,
+        channel: Option<Channel>,
     ) -> StoreResult<Vec<ClaimedMessage>> {
         let mut q = Sql::new();
         q.push("UPDATE messages SET lease_owner = ")
@@ -111,6 +112,10 @@ impl SqlStore {
             .push(")");
         if let Some(r) = run_id {
             q.push(" AND m.run_id = ").bind(r);
+        }
+        if let Some(c) = channel {
+            // A lane's claim: the (status, channel, send_at, id) index leads to its queue.
+            q.push(" AND m.channel = ").bind(c.as_str().to_string());
         }
         if let Some((send_at, id)) = after {
             // A row value: both databases seek the (status, send_at, id) index to it.
@@ -1046,7 +1051,7 @@ impl Store for SqlStore {
         limit: u32,
         after: Option<(i64, i64)>,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        self.claim(owner, run_id, now, lease_until, limit, after, false)
+        self.claim(owner, run_id, now, lease_until, limit, after, false, None)
             .await
     }
 
@@ -1059,8 +1064,60 @@ impl Store for SqlStore {
         limit: u32,
         after: Option<(i64, i64)>,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        self.claim(owner, run_id, now, lease_until, limit, after, true)
+        self.claim(owner, run_id, now, lease_until, limit, after, true, None)
             .await
+    }
+
+    async fn claim_lane(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        channel: Channel,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        after: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        self.claim(
+            owner,
+            run_id,
+            now,
+            lease_until,
+            limit,
+            after,
+            true,
+            Some(channel),
+        )
+        .await
+    }
+
+    async fn set_route_block(
+        &self,
+        route: &str,
+        owner: &str,
+        block: Option<&herald_engine::health::Block>,
+        now: i64,
+    ) -> StoreResult<()> {
+        match block {
+            Some(b) => {
+                let row = crate::routes::RouteBlock {
+                    route: route.to_string(),
+                    owner: owner.to_string(),
+                    reason: b.reason.clone(),
+                    since: b.since,
+                    probe_at: b.next_probe,
+                };
+                crate::routes::block(&self.db, &row, now).await
+            }
+            None => crate::routes::unblock(&self.db, route).await,
+        }
+        .map_err(err)
+    }
+
+    async fn route_probe_requested(&self, route: &str, since: i64) -> StoreResult<bool> {
+        crate::routes::probe_requested(&self.db, route, since)
+            .await
+            .map_err(err)
     }
 
     async fn mark_sending(&self, owner: &str, ids: &[i64], now: i64) -> StoreResult<Vec<i64>> {
@@ -1163,11 +1220,7 @@ impl Store for SqlStore {
                 q.bind_as(b, o.provider_id.clone(), "text").push(",");
                 q.bind_as(
                     b,
-                    i32::from(
-                        o.attempt
-                            .as_ref()
-                            .is_some_and(|a| a.result != "render_error"),
-                    ),
+                    i32::from(o.attempt.as_ref().is_some_and(AttemptRecord::counts)),
                     "int4",
                 )
                 .push(",");
@@ -1493,7 +1546,6 @@ mod tests {
     use herald_engine::handoff::Handoff;
     use herald_engine::render::{MessageRenderer, RenderOutput};
     use herald_engine::{Clock, SystemClock};
-    use tokio::sync::Semaphore;
 
     use super::*;
     use crate::test_db::on_both_databases;
@@ -1613,11 +1665,11 @@ mod tests {
     }
 
     fn dispatcher(store: &SqlStore, batch: u32) -> Dispatcher {
-        let route = Route {
-            adapter: Arc::new(OutboxChannel::new(Arc::new(store.clone()))),
-            pacer: Arc::new(Pacer::new(None)),
-            concurrency: Arc::new(Semaphore::new(8)),
-        };
+        let route = Route::new(
+            Arc::new(OutboxChannel::new(Arc::new(store.clone()))),
+            Arc::new(Pacer::new(None)),
+            8,
+        );
         let mut d = Dispatcher::new(
             Arc::new(store.clone()),
             Arc::new(SystemClock),

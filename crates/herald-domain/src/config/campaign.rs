@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::herald::HeraldConfig;
 use super::segment::{Segment, parse_filter};
-use super::values::{Fraction, FrequencyCap, Name, QuietHours, Timezone};
+use super::values::{Fraction, FrequencyCap, Name, QuietHours};
 use crate::assign::Arms;
 use crate::diagnostic::Diagnostic;
 use crate::duration::Span;
@@ -38,26 +38,41 @@ pub enum Schedule {
 
 impl<'de> Deserialize<'de> for Schedule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Word(String),
-            Table(RawTable),
-        }
+        // Not an untagged enum: its only error is "data did not match any
+        // variant", which hides the mistake (a misspelt time zone, say).
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct RawTable {
             cron: Option<String>,
-            timezone: Option<Timezone>,
+            timezone: Option<String>,
             at: Option<String>,
         }
         use serde::de::Error;
-        match Raw::deserialize(d)? {
-            Raw::Word(w) if w == "manual" => Ok(Schedule::Manual),
-            Raw::Word(w) => Err(D::Error::custom(format!(
-                "unknown schedule `{w}`; write \"manual\", {{ cron = \"0 0 10 * * Tue\", timezone = \"Asia/Shanghai\" }} or {{ at = \"2026-12-01T10:00:00+08:00\" }}"
-            ))),
-            Raw::Table(RawTable { cron: Some(text), timezone, at: None }) => {
+        let help = "write \"manual\", { cron = \"0 0 10 * * Tue\", timezone = \"Asia/Shanghai\" } or { at = \"2026-12-01T10:00:00+08:00\" }";
+        let raw = match toml::Value::deserialize(d)? {
+            toml::Value::String(w) if w == "manual" => return Ok(Schedule::Manual),
+            toml::Value::String(w) => {
+                return Err(D::Error::custom(format!("unknown schedule `{w}`; {help}")));
+            }
+            toml::Value::Table(t) => toml::Value::Table(t)
+                .try_into::<RawTable>()
+                .map_err(|e| D::Error::custom(format!("in `schedule`: {}", e.message())))?,
+            other => {
+                return Err(D::Error::custom(format!(
+                    "`schedule` is a string or a table, not {}; {help}",
+                    other.type_str()
+                )));
+            }
+        };
+        match raw {
+            RawTable { cron: Some(text), timezone, at: None } => {
+                let timezone = match timezone {
+                    None => chrono_tz::Tz::UTC,
+                    Some(tz) => tz.parse::<chrono_tz::Tz>().map_err(|_| {
+                        D::Error::custom(format!("in `schedule`: {}", super::values::unknown_timezone(&tz)))
+                    })?,
+                };
+                check_cron_fields(&text).map_err(D::Error::custom)?;
                 let schedule = cron::Schedule::from_str(&text).map_err(|e| {
                     D::Error::custom(format!(
                         "`{text}` is not a cron expression ({e}); herald's cron has seconds first and 6 or 7 fields, like \"0 0 10 * * Tue\" (10:00 every Tuesday); use day names, not numbers"
@@ -66,21 +81,61 @@ impl<'de> Deserialize<'de> for Schedule {
                 Ok(Schedule::Cron {
                     text,
                     schedule: Box::new(schedule),
-                    timezone: timezone.map_or(chrono_tz::Tz::UTC, |t| t.0),
+                    timezone,
                 })
             }
-            Raw::Table(RawTable { cron: None, timezone: None, at: Some(at) }) => {
+            RawTable { cron: None, timezone: None, at: Some(at) } => {
                 DateTime::parse_from_rfc3339(&at).map(Schedule::At).map_err(|_| {
                     D::Error::custom(format!(
                         "`{at}` is not an RFC 3339 instant; write it like \"2026-12-01T10:00:00+08:00\""
                     ))
                 })
             }
-            Raw::Table(_) => Err(D::Error::custom(
+            RawTable { cron: None, timezone: Some(_), at: Some(_) } => Err(D::Error::custom(
+                "a schedule's `timezone` goes with `cron`; an `at` instant carries its own offset, like \"2026-12-01T10:00:00+08:00\"",
+            )),
+            RawTable { cron: None, at: None, .. } => Err(D::Error::custom(format!(
+                "a schedule table needs `cron` or `at`; {help}"
+            ))),
+            RawTable { .. } => Err(D::Error::custom(
                 "a schedule has either `cron` (with an optional `timezone`) or `at`, not both",
             )),
         }
     }
+}
+
+/// The numeric fields of a cron expression (seconds first) and their ranges:
+/// checked here because the cron crate's own message for an hour of 24 says
+/// "must be less than 23", which is wrong (23 is valid).
+const CRON_FIELDS: [(&str, u32, u32); 5] = [
+    ("seconds", 0, 59),
+    ("minutes", 0, 59),
+    ("hours", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+];
+
+/// Checks each number in the seconds..month fields of `text` against its range.
+fn check_cron_fields(text: &str) -> Result<(), String> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    for (i, field) in fields.iter().enumerate().take(CRON_FIELDS.len()) {
+        let (name, low, high) = CRON_FIELDS[i];
+        for part in field.split(',') {
+            // `a-b/step`: the step is a count, not a value of the field.
+            let values = part.split('/').next().unwrap_or(part);
+            for value in values.split('-') {
+                if let Ok(n) = value.parse::<u32>()
+                    && !(low..=high).contains(&n)
+                {
+                    return Err(format!(
+                        "`{text}`: {name} `{n}` is out of range; {name} are {low} to {high} (field {} of seconds, minutes, hours, day of month, month, day of week)",
+                        i + 1
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How the send time of a message is chosen.
@@ -196,6 +251,18 @@ pub struct Rollout {
     pub decide_after: Span,
     /// What the winner is best at.
     pub metric: RolloutMetric,
+    /// The last decision time: without a clear winner the decision is
+    /// retried hourly until then, when the leader goes. Default: twice `decide_after`.
+    #[serde(default)]
+    pub decide_by: Option<Span>,
+}
+
+impl Rollout {
+    /// `decide_by`, or twice `decide_after`.
+    pub fn decide_by(&self) -> Span {
+        self.decide_by
+            .unwrap_or(Span::from_secs(self.decide_after.secs().saturating_mul(2)))
+    }
 }
 
 /// A campaign that reacts instead of waiting for a schedule.
@@ -310,6 +377,8 @@ pub struct Campaign {
     /// Who it targets.
     pub audience: Audience,
     segment_span: Range<usize>,
+    /// Byte offset of an inline `where` filter's text in the file.
+    filter_offset: usize,
     /// When it fires.
     pub schedule: Schedule,
     /// A fire missed while down runs if at most this late.
@@ -405,6 +474,23 @@ impl Campaign {
                 "test the variants with a scheduled campaign first, then trigger the winner",
             ));
         }
+        if let Some(r) = &raw.rollout
+            && let Some(by) = r.decide_by
+            && by.secs() < r.decide_after.secs()
+        {
+            return Err(diag(
+                file,
+                source,
+                0..0,
+                format!(
+                    "`[rollout]` decide_by = \"{by}\" is before decide_after = \"{}\"",
+                    r.decide_after
+                ),
+            )
+            .with_help(
+                "decide_by is the last decision time: at least decide_after (default: twice it)",
+            ));
+        }
         let schedule = match (raw.schedule, &trigger) {
             (Some(s), _) => s,
             (None, Some(_)) => Schedule::Manual,
@@ -492,6 +578,7 @@ impl Campaign {
             kind: raw.kind,
             topic: raw.topic,
             audience,
+            filter_offset: super::values::string_content_offset(source, &segment_span),
             segment_span,
             schedule,
             catch_up: raw.catch_up,
@@ -557,6 +644,24 @@ impl Campaign {
             ));
         }
         Ok(())
+    }
+
+    /// The segments this campaign names: its audience and its `enters` trigger.
+    pub fn segments_named(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        if let Audience::Segment(name) = &self.audience {
+            names.push(name.as_str());
+        }
+        if let Some(Trigger::Enters { segment, .. }) = &self.trigger {
+            names.push(segment.as_str());
+        }
+        names
+    }
+
+    /// Byte offset of the inline `where` filter's text in the campaign file
+    /// (meaningless for a campaign that names a segment).
+    pub fn filter_offset(&self) -> usize {
+        self.filter_offset
     }
 
     /// The goal's window in ms, counted from a contact's first message: the
@@ -696,6 +801,63 @@ metric = "conversion"
         let e = Campaign::parse("winback.toml", &src).unwrap_err();
         assert!(e.message.contains("seconds first"), "{e}");
         assert_eq!(e.line_col().0, 6);
+    }
+
+    #[test]
+    fn a_misspelt_schedule_time_zone_is_named_with_the_close_one() {
+        let src = WINBACK.replace(
+            "timezone = \"Asia/Shanghai\" }",
+            "timezone = \"Asia/Shanghi\" }",
+        );
+        assert_ne!(src, WINBACK);
+        let e = Campaign::parse("winback.toml", &src).unwrap_err();
+        assert!(
+            e.message.contains("unknown time zone `Asia/Shanghi`"),
+            "{e}"
+        );
+        assert!(e.message.contains("did you mean \"Asia/Shanghai\"?"), "{e}");
+        assert!(e.message.contains("IANA name"), "{e}");
+        assert!(!e.message.contains("untagged"), "{e}");
+        assert_eq!(e.line_col().0, 6);
+    }
+
+    #[test]
+    fn a_cron_hour_out_of_range_says_what_is_valid() {
+        let src = WINBACK.replace("0 0 10 * * Tue", "0 0 24 * * Tue");
+        let e = Campaign::parse("winback.toml", &src).unwrap_err();
+        assert!(e.message.contains("hours `24` is out of range"), "{e}");
+        assert!(e.message.contains("hours are 0 to 23"), "{e}");
+        assert!(!e.message.contains("less than 23"), "{e}");
+        // 23 is an hour; a range and a step are checked by value, not by step.
+        let ok = WINBACK.replace("0 0 10 * * Tue", "0 0 9-23/2 * * Tue");
+        Campaign::parse("winback.toml", &ok).unwrap();
+        let month = WINBACK.replace("0 0 10 * * Tue", "0 0 10 1 13 *");
+        let e = Campaign::parse("winback.toml", &month).unwrap_err();
+        assert!(e.message.contains("month `13` is out of range"), "{e}");
+    }
+
+    #[test]
+    fn decide_by_defaults_to_twice_decide_after_and_is_not_earlier() {
+        let c = Campaign::parse("winback.toml", WINBACK).unwrap();
+        assert_eq!(
+            c.rollout.as_ref().unwrap().decide_by(),
+            Span::from_secs(48 * 3600)
+        );
+        let src = WINBACK.replace(
+            "decide_after = \"24h\"",
+            "decide_after = \"24h\"\ndecide_by = \"30h\"",
+        );
+        let c = Campaign::parse("winback.toml", &src).unwrap();
+        assert_eq!(
+            c.rollout.as_ref().unwrap().decide_by(),
+            Span::from_secs(30 * 3600)
+        );
+        let src = WINBACK.replace(
+            "decide_after = \"24h\"",
+            "decide_after = \"24h\"\ndecide_by = \"2h\"",
+        );
+        let e = Campaign::parse("winback.toml", &src).unwrap_err();
+        assert!(e.message.contains("before decide_after"), "{e}");
     }
 
     #[test]

@@ -33,12 +33,16 @@ pub struct HeraldConfig {
     pub personalisation: PersonalisationConfig,
     /// How the daemon's workers claim and send.
     pub dispatch: DispatchConfig,
+    /// Declared types of imported contact attributes.
+    pub contacts: super::attrs::ContactsConfig,
 }
 
 impl HeraldConfig {
     /// Parses the text of `herald.toml`.
     pub fn parse(file: &str, source: &str) -> Result<Self, Diagnostic> {
-        super::parse_toml(file, source)
+        let config: Self = super::parse_toml(file, source)?;
+        config.lifecycle.check_order(file, source)?;
+        Ok(config)
     }
 }
 
@@ -336,6 +340,44 @@ pub struct LifecycleConfig {
     pub dormant: u32,
 }
 
+impl LifecycleConfig {
+    /// The stage edges must rise: `active <= silent <= dormant` (each range
+    /// is half-open, so an edge below the one before would leave a stage no days).
+    fn check_order(&self, file: &str, source: &str) -> Result<(), Diagnostic> {
+        let edges = [
+            ("active", self.active),
+            ("silent", self.silent),
+            ("dormant", self.dormant),
+        ];
+        for pair in edges.windows(2) {
+            let ((low, a), (high, b)) = (pair[0], pair[1]);
+            if b < a {
+                // Point at the later key inside `[lifecycle]` when it is written there.
+                let section = source.find("[lifecycle]").unwrap_or(0);
+                let at = source[section..]
+                    .lines()
+                    .scan(section, |offset, line| {
+                        let start = *offset;
+                        *offset += line.len() + 1;
+                        Some((start, line))
+                    })
+                    .find(|(_, line)| line.trim_start().starts_with(high))
+                    .map_or(section..section, |(start, line)| start..start + line.len());
+                return Err(Diagnostic::new(
+                    file,
+                    source,
+                    at,
+                    format!("[lifecycle] {high} = {b} is below {low} = {a}: the edges must rise (active <= silent <= dormant)"),
+                )
+                .with_help(
+                    "each stage is a half-open range of days since the last activity: active [0, active), silent [active, silent), dormant [silent, dormant); e.g. active = 7, silent = 30, dormant = 90",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for LifecycleConfig {
     fn default() -> Self {
         Self {
@@ -358,8 +400,21 @@ pub struct DispatchConfig {
     /// How long a claim holds; a crashed worker's `sending` messages end
     /// `unknown` after it, its other claims return to the queue.
     pub lease: Span,
-    /// Workers per daemon.
+    /// Workers per daemon and route (each route has its own lane of workers).
     pub workers: usize,
+    /// How long a graceful stop (SIGTERM) may take: the daemon stops
+    /// claiming, finishes the requests in the air, gives the rest back to
+    /// `planned`, writes every outcome and exits 0 within it.
+    pub stop_timeout: Span,
+    /// How long `herald send` probes a route blocked by an account fault
+    /// (wrong credentials) before it exits 1, leaving its messages planned.
+    pub blocked_wait: Span,
+    /// The reputation guard judges a marketing run only after this many deliveries.
+    pub reputation_min_deliveries: u64,
+    /// A marketing run whose bounced share of deliveries exceeds this pauses itself.
+    pub reputation_max_bounce_rate: f64,
+    /// A marketing run whose complaints exceed this share of deliveries pauses itself.
+    pub reputation_max_complaint_rate: f64,
 }
 
 impl Default for DispatchConfig {
@@ -368,6 +423,11 @@ impl Default for DispatchConfig {
             batch: 500,
             lease: Span::from_secs(120),
             workers: 2,
+            stop_timeout: Span::from_secs(20),
+            blocked_wait: Span::from_secs(60),
+            reputation_min_deliveries: 1000,
+            reputation_max_bounce_rate: 0.05,
+            reputation_max_complaint_rate: 0.003,
         }
     }
 }
@@ -455,6 +515,10 @@ quiet_hours = { start = "21:00", end = "08:00" }
 frequency_caps = [ { channel = "sms", max = 1, per = "3d" }, { channel = "any", max = 3, per = "7d" } ]
 opt_out_keywords = ["TD", "T", "退订"]
 global_holdout = 0.0
+[contacts.attrs]
+vip = "bool"
+ltv = "number"
+signup = "date"
 [rfm]
 purchase_event = "order_placed"
 window = "365d"
@@ -474,6 +538,10 @@ dormant = 90
         assert_eq!(c.defaults.timezone.0, chrono_tz::Asia::Shanghai);
         assert_eq!(c.defaults.frequency_caps.len(), 2);
         assert_eq!(c.rfm.recency_days, [30, 90, 150, 270]);
+        assert_eq!(
+            c.contacts.attrs.get("vip"),
+            Some(&super::super::attrs::AttrType::Bool)
+        );
     }
 
     #[test]
@@ -483,6 +551,19 @@ dormant = 90
         assert_eq!(e.line_col(), (3, 1));
         assert!(e.message.contains("unknown field `prot`"), "{}", e.message);
         assert!(e.help.as_deref().unwrap_or("").contains("`port`"), "{e}");
+    }
+
+    #[test]
+    fn lifecycle_edges_in_the_wrong_order_are_refused() {
+        let src = "[lifecycle]\nactive = 7\nsilent = 60\ndormant = 30\n";
+        let e = HeraldConfig::parse("herald.toml", src).unwrap_err();
+        assert_eq!(e.line_col(), (4, 1), "{e}");
+        assert!(
+            e.message.contains("dormant = 30 is below silent = 60"),
+            "{e}"
+        );
+        let ok = "[lifecycle]\nactive = 7\nsilent = 30\ndormant = 30\n";
+        HeraldConfig::parse("herald.toml", ok).unwrap();
     }
 
     #[test]

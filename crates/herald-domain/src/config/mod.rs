@@ -3,11 +3,13 @@
 //! `campaigns/*.toml` below a config directory and returns every problem it
 //! finds as a [`Diagnostic`] pointing at file, line and column, not just the first.
 
+mod attrs;
 mod campaign;
 mod herald;
 mod segment;
 mod values;
 
+pub use attrs::*;
 pub use campaign::*;
 pub use herald::*;
 pub use segment::*;
@@ -109,9 +111,19 @@ pub fn load(dir: &Path) -> Result<ConfigSet, Vec<Diagnostic>> {
     };
 
     let mut segments = BTreeMap::new();
+    // Segments whose file has an error: a campaign naming one is not also
+    // told the segment is unknown (the segment's own error says what is wrong).
+    let mut broken = std::collections::BTreeSet::new();
     for path in toml_files(&dir.join("segments")) {
         let file = path.display().to_string();
-        match read(&path).and_then(|src| Segment::parse(&file, &src)) {
+        let types = &herald.contacts.attrs;
+        let parsed = read(&path).and_then(|src| {
+            let seg = Segment::parse(&file, &src)?;
+            declared_types_fit(&seg.filter, &seg.source, types)
+                .map_err(|e| e.into_diagnostic(&file, &src, seg.filter_offset))?;
+            Ok(seg)
+        });
+        match parsed {
             Ok(seg) => {
                 if let Some(prev) = segments.insert(seg.name.clone(), seg) {
                     errors.push(Diagnostic::new(
@@ -125,7 +137,10 @@ pub fn load(dir: &Path) -> Result<ConfigSet, Vec<Diagnostic>> {
                     ));
                 }
             }
-            Err(e) => errors.push(e),
+            Err(e) => {
+                broken.insert(segment_name(&path));
+                errors.push(e);
+            }
         }
     }
 
@@ -134,6 +149,9 @@ pub fn load(dir: &Path) -> Result<ConfigSet, Vec<Diagnostic>> {
         let file = path.display().to_string();
         let parsed = read(&path).and_then(|src| {
             let c = Campaign::parse(&file, &src)?;
+            if c.segments_named().iter().any(|n| broken.contains(*n)) {
+                return Ok(c);
+            }
             c.check_references(&segments, &herald)
                 .map_err(|(span, msg, help)| {
                     let d = Diagnostic::new(&file, &src, span, msg);
@@ -142,6 +160,12 @@ pub fn load(dir: &Path) -> Result<ConfigSet, Vec<Diagnostic>> {
                         None => d,
                     }
                 })?;
+            if let Audience::Inline(expr) = &c.audience {
+                let offset = c.filter_offset();
+                let text = src.get(offset..).unwrap_or("");
+                declared_types_fit(expr, text, &herald.contacts.attrs)
+                    .map_err(|e| e.into_diagnostic(&file, &src, offset))?;
+            }
             Ok(c)
         });
         match parsed {
@@ -171,6 +195,37 @@ pub fn load(dir: &Path) -> Result<ConfigSet, Vec<Diagnostic>> {
     } else {
         Err(errors)
     }
+}
+
+/// The name a segment file gives itself (its `name`, else its file stem),
+/// read leniently for a file that failed to parse.
+fn segment_name(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|src| src.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("name").and_then(|n| n.as_str().map(str::to_string)))
+        .unwrap_or(stem)
+}
+
+/// Checks a filter's literals against the types `[contacts.attrs]` declares.
+fn declared_types_fit(
+    expr: &crate::segment::Expr,
+    src: &str,
+    types: &BTreeMap<String, AttrType>,
+) -> Result<(), crate::segment::FilterError> {
+    if types.is_empty() {
+        return Ok(());
+    }
+    check_filter(
+        expr,
+        src,
+        &|name| types.get(name).copied(),
+        "declared in [contacts.attrs]",
+    )
 }
 
 /// Edit distance, for "did you mean" hints.

@@ -30,6 +30,8 @@ pub struct Segment {
     pub filter: Expr,
     /// The file it came from.
     pub file: String,
+    /// Byte offset of the filter text in the file, for diagnostics found later.
+    pub filter_offset: usize,
 }
 
 impl Segment {
@@ -43,6 +45,7 @@ impl Segment {
             source: raw.filter.get_ref().clone(),
             filter,
             file: file.to_string(),
+            filter_offset: string_content_offset(source, &raw.filter.span()),
         })
     }
 }

@@ -15,12 +15,21 @@ pub struct Timezone(pub chrono_tz::Tz);
 impl<'de> Deserialize<'de> for Timezone {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse::<chrono_tz::Tz>().map(Timezone).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "unknown time zone `{s}`; use an IANA name like \"Asia/Shanghai\" or \"America/New_York\""
-            ))
-        })
+        s.parse::<chrono_tz::Tz>()
+            .map(Timezone)
+            .map_err(|_| serde::de::Error::custom(unknown_timezone(&s)))
     }
+}
+
+/// The message for a time zone that is not an IANA name, with the closest one.
+pub fn unknown_timezone(s: &str) -> String {
+    let names = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+    let near = super::did_you_mean(s, names)
+        .map(|n| format!("did you mean \"{n}\"? "))
+        .unwrap_or_default();
+    format!(
+        "unknown time zone `{s}`; {near}use an IANA name like \"Asia/Shanghai\" or \"America/New_York\""
+    )
 }
 
 /// A wall-clock time of day, `"21:00"`.

@@ -4,21 +4,39 @@
 //! then [`srm()`] (is the split what the weights promised?) and [`pick_winner`]
 //! (the rollout decision). Pure computation; `dist` holds the distribution functions.
 
+mod correction;
 mod dist;
+mod metric;
+mod power;
 mod rollout;
 mod srm;
 
 #[cfg(test)]
 mod gbstats_cases;
 #[cfg(test)]
+mod gbstats_metric_cases;
+#[cfg(test)]
+mod gbstats_metric_tests;
+#[cfg(test)]
 mod gbstats_tests;
+#[cfg(test)]
+mod simulation_tests;
 
 use std::cmp::Ordering;
 
 use serde::Serialize;
 use thiserror::Error;
 
-pub use rollout::{RivalChance, Rollout, WINNER_MIN_CHANCE, pick_winner};
+pub use correction::{Correction, adjust_p_values};
+pub use metric::{
+    DEFAULT_SEQUENTIAL_TUNING, Measure, MetricArm, MetricComparison, MetricEstimate,
+    MetricNoEstimate, TestKind, compare_metric,
+};
+pub use power::{POWER, minimum_detectable_lift};
+pub use rollout::{
+    FISHER_MAX_P, RivalChance, Rollout, WINNER_MIN_CHANCE, decide_rollout, fisher_one_sided,
+    pick_winner,
+};
 pub use srm::{SRM_P_THRESHOLD, Srm, srm};
 
 /// Confidence level of the interval of the relative lift.
@@ -41,6 +59,11 @@ pub enum StatsError {
         /// Conversions claimed.
         k: u64,
     },
+    /// The arms of one comparison are measured differently.
+    #[error(
+        "the arms of a comparison must be measured the same way (one a mean, the other a proportion?)"
+    )]
+    MismatchedArms,
 }
 
 /// One arm of an experiment: `n` contacts, `k` of them converted (`k <= n`).

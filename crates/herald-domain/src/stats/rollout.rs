@@ -1,6 +1,11 @@
-//! The rollout decision (SPEC section 5): the variant with the highest rate wins if
-//! its chance to beat each other variant is at least [`WINNER_MIN_CHANCE`];
-//! otherwise the first variant goes. Either way the reason is spelled out in words.
+//! The rollout decision (SPEC section 5): the variant with the highest rate on
+//! the rollout's metric wins if its chance to beat each other variant is at
+//! least [`WINNER_MIN_CHANCE`]; against a variant where gbstats has no
+//! estimate (a rate of 0% or 100%), Fisher's exact test must give one-sided
+//! p below [`FISHER_MAX_P`] instead. Without a clear winner the decision
+//! waits (the caller retries) until its last call, when the leader, the
+//! variant with the higher observed rate, goes. Either way the reason is
+//! spelled out in words that name the metric actually used.
 
 use serde::Serialize;
 
@@ -9,6 +14,14 @@ use super::{ArmCounts, Comparison, compare};
 /// The leader must beat every other variant with at least this chance to win outright.
 pub const WINNER_MIN_CHANCE: f64 = 0.95;
 
+/// Where gbstats has no estimate, the leader must beat the rival with a
+/// one-sided Fisher exact p-value below this.
+pub const FISHER_MAX_P: f64 = 0.05;
+
+/// Terms of the hypergeometric tail summed at most; where gbstats has no
+/// estimate the tail is a single term, so this only bounds other callers.
+const FISHER_MAX_TERMS: u64 = 1_000_000;
+
 /// The leader's chance to beat one other variant.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RivalChance {
@@ -16,6 +29,20 @@ pub struct RivalChance {
     pub variant: usize,
     /// Chance the leader beats it, taking it as the control; `None` without an estimate.
     pub chance_to_beat: Option<f64>,
+    /// Without an estimate: the one-sided Fisher exact p-value of "the leader's
+    /// rate is higher than the rival's".
+    pub fisher_p: Option<f64>,
+}
+
+impl RivalChance {
+    /// Whether the leader beats this rival clearly.
+    pub fn beaten(&self) -> bool {
+        match (self.chance_to_beat, self.fisher_p) {
+            (Some(chance), _) => chance >= WINNER_MIN_CHANCE,
+            (None, Some(p)) => p < FISHER_MAX_P,
+            (None, None) => false,
+        }
+    }
 }
 
 /// Which variant goes to the rest of the audience, and why.
@@ -25,8 +52,11 @@ pub struct Rollout {
     pub chosen: usize,
     /// Index of the variant with the highest rate (the first of equals).
     pub leader: usize,
-    /// The leader won outright; otherwise the first variant goes.
+    /// The leader won outright.
     pub clear_winner: bool,
+    /// A decision was made; `false`: no clear winner yet and this was not the
+    /// last call, so the caller tries again later and sends nothing.
+    pub decided: bool,
     /// The leader against each other variant, in the order given.
     pub rivals: Vec<RivalChance>,
     /// The decision in words.
@@ -43,10 +73,66 @@ fn percent(share: f64) -> String {
     }
 }
 
+/// A p-value for people: tiny ones in scientific notation.
+fn p_value(p: f64) -> String {
+    if p < 0.001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+fn ln_choose(n: u64, k: u64) -> f64 {
+    use statrs::function::gamma::ln_gamma;
+    ln_gamma(n as f64 + 1.0) - ln_gamma(k as f64 + 1.0) - ln_gamma((n - k) as f64 + 1.0)
+}
+
+/// One-sided Fisher exact test: the chance, with the margins fixed, that the
+/// `leader` arm has at least as many successes as it has, were both rates
+/// equal. Small when the leader's rate is truly higher. 1 for an empty arm.
+pub fn fisher_one_sided(leader: ArmCounts, rival: ArmCounts) -> f64 {
+    let (n1, k1) = (leader.n(), leader.k());
+    let total = n1 + rival.n();
+    let successes = k1 + rival.k();
+    if n1 == 0 || rival.n() == 0 {
+        return 1.0;
+    }
+    let ln_all = ln_choose(total, n1);
+    let top = n1.min(successes);
+    let mut p = 0.0;
+    for x in (k1..=top).take(FISHER_MAX_TERMS as usize) {
+        // x of the leader's n1 are successes, the rest of the successes are the rival's.
+        if n1 - x > total - successes {
+            continue;
+        }
+        p += (ln_choose(successes, x) + ln_choose(total - successes, n1 - x) - ln_all).exp();
+    }
+    p.min(1.0)
+}
+
+/// How the decision names the metric: "converted best", "had the best click rate".
+fn best_at(metric: &str) -> String {
+    match metric {
+        "conversion" => "converted best".to_owned(),
+        other => format!("had the best {other} rate"),
+    }
+}
+
 /// Decides among the `(name, counts)` of the variants (the holdout excluded), in
-/// file order; `None` when there are none.
+/// file order, on the conversion metric, as a last call; `None` when there are none.
 pub fn pick_winner(variants: &[(&str, ArmCounts)]) -> Option<Rollout> {
-    let (first_name, _) = *variants.first()?;
+    decide_rollout(variants, "conversion", true)
+}
+
+/// Decides among the `(name, counts)` of the variants on `metric` (`conversion`,
+/// `click` or `open`: the words name it). Without a clear winner the result is
+/// undecided unless `last_call`, when the leader goes. `None` without variants.
+pub fn decide_rollout(
+    variants: &[(&str, ArmCounts)],
+    metric: &str,
+    last_call: bool,
+) -> Option<Rollout> {
+    variants.first()?;
     let mut leader = 0;
     for (index, (_, counts)) in variants.iter().enumerate().skip(1) {
         if counts.cmp_rate(variants[leader].1).is_gt() {
@@ -59,6 +145,7 @@ pub fn pick_winner(variants: &[(&str, ArmCounts)]) -> Option<Rollout> {
             chosen: 0,
             leader: 0,
             clear_winner: true,
+            decided: true,
             rivals: Vec::new(),
             reason: format!("{leader_name} is the only variant"),
         });
@@ -68,61 +155,90 @@ pub fn pick_winner(variants: &[(&str, ArmCounts)]) -> Option<Rollout> {
         .iter()
         .enumerate()
         .filter(|(index, _)| *index != leader)
-        .map(|(index, (_, counts))| RivalChance {
-            variant: index,
-            chance_to_beat: match compare(*counts, leader_counts) {
-                Comparison::Estimate(estimate) => Some(estimate.chance_to_beat),
-                Comparison::NotEnoughData { .. } => None,
+        .map(
+            |(index, (_, counts))| match compare(*counts, leader_counts) {
+                Comparison::Estimate(estimate) => RivalChance {
+                    variant: index,
+                    chance_to_beat: Some(estimate.chance_to_beat),
+                    fisher_p: None,
+                },
+                Comparison::NotEnoughData { .. } => RivalChance {
+                    variant: index,
+                    chance_to_beat: None,
+                    fisher_p: Some(fisher_one_sided(leader_counts, *counts)),
+                },
             },
-        })
+        )
         .collect();
 
+    let best = best_at(metric);
     let leader_rate = percent(leader_counts.rate().unwrap_or(0.0));
-    let fallback = format!("so the first variant, {first_name}, goes");
-    let no_estimate = rivals.iter().find(|rival| rival.chance_to_beat.is_none());
-    let weakest = rivals
-        .iter()
-        .filter_map(|rival| rival.chance_to_beat.map(|chance| (rival.variant, chance)))
-        .min_by(|a, b| a.1.total_cmp(&b.1));
-
-    let (clear_winner, reason) = match (no_estimate, weakest) {
-        (Some(rival), _) => (
-            false,
-            format!(
-                "no clear winner: {leader_name} converted best ({leader_rate}), but against {}: \
-                 {}; {fallback}",
-                variants[rival.variant].0,
-                super::NOT_ENOUGH_DATA,
+    let against = |rival: &RivalChance| {
+        let (name, counts) = variants[rival.variant];
+        match (rival.chance_to_beat, rival.fisher_p) {
+            (Some(chance), _) => format!("its chance to beat {name} is {}", percent(chance)),
+            (None, Some(p)) => format!(
+                "against {name} ({}, where gbstats has no estimate) Fisher's exact test gives one-sided p = {}",
+                percent(counts.rate().unwrap_or(0.0)),
+                p_value(p)
             ),
-        ),
-        (None, Some((rival, chance))) if chance < WINNER_MIN_CHANCE => (
-            false,
-            format!(
-                "no clear winner: {leader_name} converted best ({leader_rate}), but its chance \
-                 to beat {} is {}, below {}; {fallback}",
-                variants[rival].0,
-                percent(chance),
-                percent(WINNER_MIN_CHANCE),
-            ),
-        ),
-        (None, Some((rival, chance))) => (
-            true,
-            format!(
-                "{leader_name} converted best ({leader_rate}) with at least a {} chance to beat \
-                 every other variant (lowest: {} against {})",
-                percent(WINNER_MIN_CHANCE),
-                percent(chance),
-                variants[rival].0,
-            ),
-        ),
-        // Unreachable: with two or more variants there is at least one rival.
-        (None, None) => (false, format!("no rival to compare with; {fallback}")),
+            (None, None) => format!("against {name}: {}", super::NOT_ENOUGH_DATA),
+        }
+    };
+    let failing = rivals.iter().find(|rival| !rival.beaten());
+    let clear_winner = failing.is_none();
+    let reason = match failing {
+        None => {
+            let estimated = rivals
+                .iter()
+                .filter_map(|rival| rival.chance_to_beat.map(|chance| (rival.variant, chance)))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            let exact: Vec<String> = rivals
+                .iter()
+                .filter(|rival| rival.chance_to_beat.is_none())
+                .map(against)
+                .collect();
+            let mut words = format!("{leader_name} {best} ({leader_rate})");
+            if let Some((rival, chance)) = estimated {
+                words.push_str(&format!(
+                    " with at least a {} chance to beat every other variant (lowest: {} against {})",
+                    percent(WINNER_MIN_CHANCE),
+                    percent(chance),
+                    variants[rival].0,
+                ));
+            }
+            for e in exact {
+                words.push_str(&format!("; {e}, below {}", p_value(FISHER_MAX_P)));
+            }
+            words
+        }
+        Some(rival) => {
+            let threshold = match rival.chance_to_beat {
+                Some(_) => format!(", below {}", percent(WINNER_MIN_CHANCE)),
+                None if rival.fisher_p.is_some() => {
+                    format!(", not below {}", p_value(FISHER_MAX_P))
+                }
+                None => String::new(),
+            };
+            if last_call {
+                format!(
+                    "no clear winner by the decision deadline: {leader_name} {best} ({leader_rate}), but {}{threshold}; so the variant with the higher observed rate, {leader_name}, goes",
+                    against(rival)
+                )
+            } else {
+                format!(
+                    "no clear winner yet: {leader_name} {best} ({leader_rate}), but {}{threshold}; retried hourly until the decision deadline",
+                    against(rival)
+                )
+            }
+        }
     };
 
     Some(Rollout {
-        chosen: if clear_winner { leader } else { 0 },
+        chosen: leader,
         leader,
         clear_winner,
+        decided: clear_winner || last_call,
         rivals,
         reason,
     })
@@ -179,49 +295,74 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_short_of_the_threshold_falls_back_to_the_first_variant() {
+    fn a_leader_short_of_the_threshold_waits_then_goes_as_the_leader() {
         // 560 vs 500 of 10,000: a 96.3% chance to beat A, but only ~72% against C.
-        let rollout = pick_winner(&[
+        let variants = [
             ("A", arm(10_000, 500)),
             ("B", arm(10_000, 560)),
             ("C", arm(10_000, 545)),
-        ])
-        .unwrap();
-        assert_eq!((rollout.chosen, rollout.leader), (0, 1));
-        assert!(!rollout.clear_winner);
+        ];
+        let early = decide_rollout(&variants, "conversion", false).unwrap();
+        assert!(!early.decided && !early.clear_winner);
         assert!(
-            rollout.reason.starts_with(
-                "no clear winner: B converted best (5.6%), but its chance to beat C is"
+            early.reason.starts_with(
+                "no clear winner yet: B converted best (5.6%), but its chance to beat C is"
             ),
             "{}",
-            rollout.reason
+            early.reason
         );
+        let rollout = pick_winner(&variants).unwrap();
+        assert_eq!((rollout.chosen, rollout.leader), (1, 1));
+        assert!(rollout.decided && !rollout.clear_winner);
         assert!(
             rollout
                 .reason
-                .ends_with("below 95.0%; so the first variant, A, goes"),
+                .ends_with("below 95.0%; so the variant with the higher observed rate, B, goes"),
             "{}",
             rollout.reason
         );
     }
 
     #[test]
-    fn a_rival_without_conversions_leaves_no_clear_winner() {
+    fn a_rival_without_conversions_is_beaten_by_fishers_exact_test() {
         let rollout = pick_winner(&[("A", arm(1_000, 0)), ("B", arm(1_000, 40))]).unwrap();
-        assert_eq!((rollout.chosen, rollout.leader), (0, 1));
-        assert!(!rollout.clear_winner);
-        assert_eq!(
-            rollout.rivals,
-            [RivalChance {
-                variant: 0,
-                chance_to_beat: None
-            }]
+        assert_eq!((rollout.chosen, rollout.leader), (1, 1));
+        assert!(rollout.clear_winner && rollout.decided);
+        assert_eq!(rollout.rivals[0].chance_to_beat, None);
+        assert!(rollout.rivals[0].fisher_p.unwrap() < 1e-10);
+    }
+
+    /// The marketer's case: a at 0/17 clicks, b at 16/16. gbstats has no
+    /// estimate, and the old rule sent a, the clear loser, to everyone else.
+    #[test]
+    fn zero_of_17_against_16_of_16_clicks_picks_b_and_says_clicks() {
+        let variants = [("a", arm(17, 0)), ("b", arm(16, 16))];
+        let rollout = decide_rollout(&variants, "click", false).unwrap();
+        assert_eq!((rollout.chosen, rollout.leader), (1, 1));
+        assert!(rollout.clear_winner && rollout.decided);
+        // 1 / C(33, 16).
+        let p = rollout.rivals[0].fisher_p.unwrap();
+        assert!((p - 1.0 / 1_166_803_110.0).abs() < 1e-15, "{p}");
+        assert!(
+            rollout
+                .reason
+                .starts_with("b had the best click rate (100.0%); against a (0.0%"),
+            "{}",
+            rollout.reason
         );
-        assert_eq!(
-            rollout.reason,
-            "no clear winner: B converted best (4.0%), but against A: not enough conversions \
-             to compare; so the first variant, A, goes"
-        );
+        assert!(!rollout.reason.contains("converted"), "{}", rollout.reason);
+    }
+
+    #[test]
+    fn fishers_exact_test_matches_the_tea_tasting_table() {
+        // Three of four cups right: p = 17/70, Fisher's own example.
+        let p = fisher_one_sided(arm(4, 3), arm(4, 1));
+        assert!((p - 17.0 / 70.0).abs() < 1e-12, "{p}");
+        assert_eq!(fisher_one_sided(arm(0, 0), arm(4, 1)), 1.0);
+        // Too few to tell: 2/2 against 0/2 is p = 1/6, so no clear winner.
+        let small = decide_rollout(&[("a", arm(2, 0)), ("b", arm(2, 2))], "open", false).unwrap();
+        assert!(!small.decided, "{}", small.reason);
+        assert!(small.reason.contains("best open rate"), "{}", small.reason);
     }
 
     #[test]

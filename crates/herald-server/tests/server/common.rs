@@ -169,7 +169,7 @@ impl App {
                 let _ = stopped.await;
             },
         ));
-        let client = reqwest::Client::builder()
+        let client = herald_channels::http_client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client");

@@ -321,4 +321,87 @@ async fn rollout_decides_once_and_releases_the_rest_to_the_winner(db: &Db) {
     );
 }
 
-on_both_databases!(rollout_decides_once_and_releases_the_rest_to_the_winner);
+/// Without a clear winner nothing is recorded or released before `decide_by`
+/// (twice `decide_after` here: 2h); the pass at the deadline sends the leader.
+async fn an_undecided_rollout_waits_until_decide_by_then_the_leader_goes(db: &Db) {
+    contacts(db).await;
+    let campaign = Campaign::parse("roll.toml", CAMPAIGN).unwrap();
+    let config = Arc::new(ConfigSet {
+        herald: HeraldConfig::parse("herald.toml", "").unwrap(),
+        segments: Default::default(),
+        campaigns: [("roll".to_string(), campaign.clone())].into(),
+    });
+    let sql = Arc::new(SqlStore::new(db.clone()));
+    let store: Arc<dyn Store> = sql.clone();
+    let clock = Arc::new(FixedClock::new(at(T0)));
+    let engine = Engine::new(store.clone(), clock.clone(), config.clone());
+    let (run, _) = engine.start_run(&campaign, T0, "manual").await.unwrap();
+    let r = run.id;
+    // Close rates: a converts where id % 5 = 0, b where id % 4 = 0.
+    exec(
+        db,
+        &format!(
+            "UPDATE messages SET status = 'delivered', sent_at = send_at, delivered_at = send_at, \
+             converted_at = CASE WHEN (arm = 'a' AND id % 5 = 0) OR (arm = 'b' AND id % 4 = 0) \
+             THEN send_at + 1000 END WHERE run_id = {r} AND arm IN ('a', 'b')"
+        ),
+    )
+    .await;
+    let waiting = count(db, r, &format!("arm = '{WAITING_ARM}'")).await;
+    let rate = |arm: &'static str| async move {
+        let k = count(
+            db,
+            r,
+            &format!("arm = '{arm}' AND converted_at IS NOT NULL"),
+        )
+        .await;
+        let n = count(db, r, &format!("arm = '{arm}'")).await;
+        (k as f64 / n as f64, n)
+    };
+    let ((ra, _), (rb, _)) = (rate("a").await, rate("b").await);
+    let leader = if rb > ra { "b" } else { "a" };
+
+    let roller = Roller::new(store.clone(), sql.clone(), clock.clone(), config.clone());
+    for now in [T0 + HOUR + 1000, T0 + HOUR + HOUR / 2, T0 + 2 * HOUR - 1] {
+        clock.set(at(now));
+        assert!(
+            roller.tick().await.unwrap().is_empty(),
+            "undecided at {now}"
+        );
+        assert_eq!(sql.recorded_choice(r).await.unwrap(), None);
+        assert_eq!(
+            count(db, r, &format!("arm = '{WAITING_ARM}'")).await,
+            waiting
+        );
+    }
+    clock.set(at(T0 + 2 * HOUR));
+    let rolled = roller.tick().await.unwrap();
+    assert_eq!(rolled.len(), 1, "{ra} {rb}");
+    assert_eq!(
+        (rolled[0].chosen.as_str(), rolled[0].decided_here),
+        (leader, true)
+    );
+    assert_eq!(
+        sql.recorded_choice(r).await.unwrap().as_deref(),
+        Some(leader)
+    );
+    assert_eq!(
+        count(db, r, &format!("arm = 'rollout:{leader}'")).await,
+        waiting
+    );
+    assert_eq!(
+        scalar(
+            db,
+            &format!(
+                "SELECT COUNT(*) FROM rollouts WHERE run_id = {r} AND leader = '{leader}' AND clear_winner = false"
+            )
+        )
+        .await,
+        1
+    );
+}
+
+on_both_databases!(
+    rollout_decides_once_and_releases_the_rest_to_the_winner,
+    an_undecided_rollout_waits_until_decide_by_then_the_leader_goes,
+);

@@ -9,7 +9,9 @@
 
 use herald_channels::RenderedMessage;
 use herald_domain::types::{Channel, MessageStatus};
-use herald_engine::store::{Handed, Outcome, PlannedMessage, StoreError, StoreResult};
+use herald_engine::store::{
+    AttemptRecord, Handed, Outcome, PlannedMessage, StoreError, StoreResult,
+};
 use sea_orm::sqlx::postgres::{PgArguments, PgBindIterExt};
 use sea_orm::sqlx::{Arguments, Postgres};
 
@@ -231,13 +233,7 @@ fn record_args(outcomes: &[Outcome], now: i64) -> StoreResult<PgArguments> {
         &mut args,
         outcomes
             .iter()
-            .map(|o| {
-                i32::from(
-                    o.attempt
-                        .as_ref()
-                        .is_some_and(|a| a.result != "render_error"),
-                )
-            })
+            .map(|o| i32::from(o.attempt.as_ref().is_some_and(AttemptRecord::counts)))
             .bind_iter(),
     )?;
     add(&mut args, outcomes.iter().map(|o| o.retry_at).bind_iter())?;

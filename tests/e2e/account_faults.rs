@@ -1,0 +1,283 @@
+//! Account faults through the real daemon and the real local peers: a
+//! credential the provider refuses (Twilio `401` 20003, FCM's token endpoint
+//! `invalid_client`, SMTP `535`) blocks the route instead of failing each
+//! message. While it lasts, `herald status` shows the block, nothing fails
+//! and nothing falls back; once the peer accepts again (the credential
+//! fixed), a probe opens the route and every message goes, once.
+//! `herald send` with a credential that stays wrong exits 1 with the
+//! provider's words after `[dispatch] blocked_wait`, its messages planned.
+
+use std::time::{Duration, Instant};
+
+use herald_sinks::{
+    DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, FcmSink, FcmSinkConfig, SmtpSink, SmtpSinkConfig,
+    TwilioSink, TwilioSinkConfig,
+};
+use herald_tests::{Backend, Project};
+
+use crate::{scalar, setup};
+
+/// Contacts in each run (CI-sized).
+const CONTACTS: i64 = 6;
+/// How long the credential stays wrong (the issue's 20 s, CI-sized).
+const WRONG_FOR: Duration = Duration::from_secs(3);
+/// SMTP login of the peer.
+const SMTP_USER: &str = "herald";
+const SMTP_PASSWORD: &str = "s3cret";
+
+/// The three peers: each refuses the sender's account until told otherwise.
+struct Peers {
+    smtp: SmtpSink,
+    twilio: TwilioSink,
+    fcm: FcmSink,
+}
+
+impl Peers {
+    async fn start() -> Peers {
+        let smtp = SmtpSink::start(SmtpSinkConfig {
+            credentials: Some((SMTP_USER.into(), SMTP_PASSWORD.into())),
+            ..Default::default()
+        })
+        .await
+        .expect("smtp");
+        let twilio = TwilioSink::start(TwilioSinkConfig::default())
+            .await
+            .expect("twilio");
+        let fcm = FcmSink::start(FcmSinkConfig::default()).await.expect("fcm");
+        Peers { smtp, twilio, fcm }
+    }
+
+    /// The credential of `channel`'s provider refused (`true`) or fixed.
+    fn refuse(&self, channel: &str, refuse: bool) {
+        match channel {
+            "email" => self.smtp.set_refuse_credentials(refuse),
+            "sms" => self.twilio.set_refuse_credentials(refuse),
+            _ => self.fcm.set_refuse_key(refuse),
+        }
+    }
+
+    /// Messages each peer took: (email, sms, push).
+    fn counts(&self) -> (usize, usize, usize) {
+        (self.smtp.count(), self.twilio.count(), self.fcm.count())
+    }
+}
+
+/// A project whose one campaign sends on `channel` first and falls back to
+/// the next of email/sms/push, `CONTACTS` contacts, scheduled in 2 s.
+fn project(p: &Project, peers: &Peers, channel: &str, blocked_wait: &str) {
+    p.write(
+        "config/herald.toml",
+        &format!(
+            "[tracking]\npublic_url = \"https://t.example.com\"\nlisten = \"127.0.0.1:0\"\n\n\
+             [channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"Shop <news@example.com>\"\nusername_env = \"SMTP_USER\"\npassword_env = \"SMTP_PASSWORD\"\n\n\
+             [channels.sms]\nprovider = \"twilio\"\nbase_url = \"{}\"\naccount_sid_env = \"TW_SID\"\nauth_token_env = \"TW_TOKEN\"\nfrom = \"+15005550006\"\n\n\
+             [channels.push]\nprovider = \"fcm\"\nbase_url = \"{}\"\nproject_id = \"{}\"\ncredentials_env = \"FCM_KEY\"\n\n\
+             [dispatch]\nbatch = 10\nlease = \"5s\"\nblocked_wait = \"{blocked_wait}\"\n",
+            peers.smtp.addr().port(),
+            peers.twilio.base_url(),
+            peers.fcm.base_url(),
+            peers.fcm.project_id()
+        ),
+    );
+    let others: Vec<&str> = ["email", "sms", "push"]
+        .into_iter()
+        .filter(|c| *c != channel)
+        .collect();
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    p.write(
+        "config/campaigns/notice.toml",
+        &format!(
+            "name = \"notice\"\nkind = \"transactional\"\nwhere = 'email contains \"@\"'\nchannels = [\"{channel}\", \"{}\", \"{}\"]\nschedule = {{ at = \"{}\" }}\ncatch_up = \"1h\"\n\n\
+             [[variants]]\nname = \"a\"\npush = {{ title = \"Notice\", template = \"n/a.push.hbs\" }}\nsms = {{ template = \"n/a.sms.hbs\" }}\nemail = {{ subject = \"Notice\", template = \"n/a.email.hbs\" }}\n",
+            others[0],
+            others[1],
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    );
+    p.write("templates/n/a.push.hbs", "Your order shipped\n");
+    p.write("templates/n/a.sms.hbs", "Your order shipped\n");
+    p.write("templates/n/a.email.hbs", "<p>Your order shipped</p>\n");
+    let mut csv = String::from("external_id,email,phone,consent_sms,push_token,push_platform\n");
+    for i in 0..CONTACTS {
+        csv.push_str(&format!(
+            "u{i},u{i}@example.com,+1415555010{i},true,tok-{i},android\n"
+        ));
+    }
+    p.write("contacts.csv", &csv);
+}
+
+fn env(peers: &Peers) -> Vec<(&'static str, String)> {
+    vec![
+        ("TW_SID", DEMO_ACCOUNT_SID.to_string()),
+        ("TW_TOKEN", DEMO_AUTH_TOKEN.to_string()),
+        ("FCM_KEY", peers.fcm.credentials_json()),
+        ("SMTP_USER", SMTP_USER.to_string()),
+        ("SMTP_PASSWORD", SMTP_PASSWORD.to_string()),
+    ]
+}
+
+/// The daemon meets a refused credential on `channel`: blocked, shown, then
+/// everything sent once after the fix.
+async fn a_refused_credential_blocks_the_route_until_fixed(backend: Backend, channel: &str) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let peers = Peers::start().await;
+    peers.refuse(channel, true);
+    project(&p, &peers, channel, "60s");
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let env = env(&peers);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon = p.spawn_with_env(&db, "daemon", &["run", "--no-server"], &env);
+
+    // The block shows in `herald status` while the credential is wrong.
+    let t0 = Instant::now();
+    let status = loop {
+        let status = p.herald(&db, &["status"]).stdout();
+        if status.contains(&format!("blocked: {channel}: authentication failed")) {
+            break status;
+        }
+        let (out, err) = p.output_of("daemon");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no block shown\n{status}\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(WRONG_FOR).await;
+    assert_eq!(peers.counts(), (0, 0, 0), "nothing taken while refused");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status NOT IN ('planned', 'sending') OR fallback_from IS NOT NULL"
+        )
+        .await,
+        0,
+        "nothing failed nor fell back while blocked\n{status}"
+    );
+
+    // Fixed: a probe passes and every message goes, once.
+    peers.refuse(channel, false);
+    let t1 = Instant::now();
+    loop {
+        let settled = scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status IN ('sent', 'delivered') AND NOT EXISTS (SELECT 1 FROM flights)",
+        )
+        .await;
+        if settled == CONTACTS {
+            break;
+        }
+        let (out, err) = p.output_of("daemon");
+        assert!(
+            t1.elapsed() < Duration::from_secs(40),
+            "{settled} of {CONTACTS} sent after the fix\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    daemon.kill().expect("kill");
+    let _ = tokio::task::block_in_place(|| daemon.wait());
+
+    let expected = match channel {
+        "email" => (CONTACTS as usize, 0, 0),
+        "sms" => (0, CONTACTS as usize, 0),
+        _ => (0, 0, CONTACTS as usize),
+    };
+    assert_eq!(peers.counts(), expected, "each sent once, none fell back");
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM messages").await, CONTACTS);
+    assert_eq!(
+        scalar(
+            &db,
+            &format!("SELECT COUNT(*) FROM messages WHERE channel = '{channel}' AND fallback_from IS NULL")
+        )
+        .await,
+        CONTACTS
+    );
+    // The refusals are in the attempt log, counted against no message.
+    assert!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM attempts WHERE result = 'account_fault'"
+        )
+        .await
+            >= 1
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT CAST(COALESCE(MAX(attempts), 0) AS BIGINT) FROM messages"
+        )
+        .await,
+        1
+    );
+    let status = p.herald(&db, &["status"]).stdout();
+    assert!(!status.contains("blocked:"), "unblocked\n{status}");
+    let (_, err) = p.output_of("daemon");
+    assert_eq!(
+        err.matches(&format!("blocked: {channel}:")).count(),
+        1,
+        "the block is logged once\n{err}"
+    );
+    db.drop_db().await;
+}
+
+async fn twilio_20003_blocks_sms_until_fixed(backend: Backend) {
+    a_refused_credential_blocks_the_route_until_fixed(backend, "sms").await
+}
+
+async fn smtp_535_blocks_email_until_fixed(backend: Backend) {
+    a_refused_credential_blocks_the_route_until_fixed(backend, "email").await
+}
+
+async fn fcm_invalid_client_blocks_push_until_fixed(backend: Backend) {
+    a_refused_credential_blocks_the_route_until_fixed(backend, "push").await
+}
+
+/// `herald send` with a credential that stays wrong: exit 1 after
+/// `blocked_wait`, the provider's words on stderr, the messages planned.
+async fn send_with_a_wrong_credential_exits_1_in_the_providers_words(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let peers = Peers::start().await;
+    peers.refuse("sms", true);
+    project(&p, &peers, "sms", "2s");
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let env = env(&peers);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.current_dir(p.path())
+        .env("HERALD_DATABASE_URL", &db.url)
+        .env("HERALD_SECRET", herald_tests::SECRET)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(["send", "notice"]);
+    let t0 = Instant::now();
+    let out = tokio::task::block_in_place(|| cmd.output()).expect("herald send");
+    let took = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("blocked: sms: authentication failed (Twilio 20003: Authenticate"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(peers.counts(), (0, 0, 0));
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status = 'planned' AND channel = 'sms' AND fallback_from IS NULL"
+        )
+        .await,
+        CONTACTS,
+        "the messages stay planned for later"
+    );
+    db.drop_db().await;
+}
+
+on_both_databases!(
+    twilio_20003_blocks_sms_until_fixed,
+    smtp_535_blocks_email_until_fixed,
+    fcm_invalid_client_blocks_push_until_fixed,
+    send_with_a_wrong_credential_exits_1_in_the_providers_words,
+);

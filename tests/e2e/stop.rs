@@ -1,0 +1,218 @@
+//! Stopping and outages through the real daemon (issue #23's dispatch side):
+//! SIGTERM with many SMS queued at 10/s exits 0 within `[dispatch]
+//! stop_timeout`, leaves nothing `unknown` nor `sending` (what was claimed
+//! and not attempted goes back to `planned`), and a restart sends the rest,
+//! each once. CI-sized: 60 SMS instead of 1,500.
+
+use std::time::{Duration, Instant};
+
+use herald_sinks::{DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioSink, TwilioSinkConfig};
+use herald_tests::{Backend, Project};
+
+use crate::{scalar, setup};
+
+const CONTACTS: i64 = 60;
+/// The stop timeout the project sets (the default is 20 s).
+const STOP_TIMEOUT_SECS: u64 = 5;
+
+fn sms_project(p: &Project, twilio: &TwilioSink) {
+    p.write(
+        "config/herald.toml",
+        &format!(
+            "[tracking]\npublic_url = \"https://t.example.com\"\nlisten = \"127.0.0.1:0\"\n\n\
+             [channels.sms]\nprovider = \"twilio\"\nbase_url = \"{}\"\naccount_sid_env = \"TW_SID\"\nauth_token_env = \"TW_TOKEN\"\nfrom = \"+15005550006\"\nrate = {{ per_second = 10 }}\nconcurrency = 2\n\n\
+             [dispatch]\nlease = \"30s\"\nstop_timeout = \"{STOP_TIMEOUT_SECS}s\"\n",
+            twilio.base_url(),
+        ),
+    );
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    p.write(
+        "config/campaigns/blast.toml",
+        &format!(
+            "name = \"blast\"\nwhere = 'email contains \"@\"'\nchannels = [\"sms\"]\nschedule = {{ at = \"{}\" }}\ncatch_up = \"1h\"\n\n\
+             [[variants]]\nname = \"a\"\nsms = {{ template = \"t/a.sms.hbs\" }}\n",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    );
+    p.write("templates/t/a.sms.hbs", "Sale today\n");
+    let mut csv = String::from("external_id,email,phone,consent_sms\n");
+    for i in 0..CONTACTS {
+        csv.push_str(&format!("u{i},u{i}@example.com,+1415555{i:04},true\n"));
+    }
+    p.write("contacts.csv", &csv);
+}
+
+fn term(child: &mut std::process::Child) -> (i32, Duration) {
+    let t0 = Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM")
+        .success();
+    assert!(ok, "kill -TERM");
+    let status = tokio::task::block_in_place(|| child.wait()).expect("wait");
+    (status.code().unwrap_or(-1), t0.elapsed())
+}
+
+async fn sigterm_with_sms_queued_exits_in_time_and_the_rest_is_sent_after_restart(
+    backend: Backend,
+) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let twilio = TwilioSink::start(TwilioSinkConfig::default())
+        .await
+        .expect("twilio");
+    sms_project(&p, &twilio);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let env = [("TW_SID", DEMO_ACCOUNT_SID), ("TW_TOKEN", DEMO_AUTH_TOKEN)];
+    let mut daemon = p.spawn_with_env(&db, "daemon", &["run", "--no-server"], &env);
+    let t0 = Instant::now();
+    while twilio.count() < 15 {
+        let (out, err) = p.output_of("daemon");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} SMS sent\n{out}\n{err}",
+            twilio.count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, took) = term(&mut daemon);
+    let (out, err) = p.output_of("daemon");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        took <= Duration::from_secs(STOP_TIMEOUT_SECS),
+        "stopped in {took:?}\n{out}\n{err}"
+    );
+    let sent = twilio.count() as i64;
+    assert!(sent < CONTACTS, "the queue was still long: {sent} sent");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status IN ('unknown', 'sending')"
+        )
+        .await,
+        0,
+        "nothing claimed is left in doubt\n{out}\n{err}"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM messages WHERE status = 'sent'").await,
+        sent,
+        "every request the peer took is recorded"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status = 'planned'"
+        )
+        .await,
+        CONTACTS - sent
+    );
+
+    // After a restart, the rest goes, each once.
+    let mut again = p.spawn_with_env(&db, "again", &["run", "--no-server"], &env);
+    let t1 = Instant::now();
+    while scalar(&db, "SELECT COUNT(*) FROM messages WHERE status = 'sent'").await < CONTACTS {
+        let (out, err) = p.output_of("again");
+        assert!(
+            t1.elapsed() < Duration::from_secs(40),
+            "not all sent after the restart\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, _) = term(&mut again);
+    assert_eq!(code, 0);
+    let mut to: Vec<String> = twilio.received().into_iter().map(|m| m.to).collect();
+    assert_eq!(to.len() as i64, CONTACTS);
+    to.sort();
+    to.dedup();
+    assert_eq!(to.len() as i64, CONTACTS, "no number got the SMS twice");
+    db.drop_db().await;
+}
+
+on_both_databases!(sigterm_with_sms_queued_exits_in_time_and_the_rest_is_sent_after_restart);
+
+/// How long the database is away (the issue's 10 s, CI-sized).
+const OUTAGE: Duration = Duration::from_secs(3);
+
+/// A database outage while SMS are being sent: PostgreSQL refuses new
+/// connections and its sessions are terminated for [`OUTAGE`]. The outcomes
+/// of the requests the peer took meanwhile are written once it is back:
+/// every SMS the peer took ends `sent`, none `unknown`, none twice.
+/// (PostgreSQL only: SQLite has no server to take away.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_loses_no_outcome() {
+    use sea_orm::{ConnectionTrait, Database};
+    let Some((p, db)) = setup(Backend::Postgres).await else {
+        return;
+    };
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("a database name")
+        .to_string();
+    let twilio = TwilioSink::start(TwilioSinkConfig::default())
+        .await
+        .expect("twilio");
+    sms_project(&p, &twilio);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let env = [("TW_SID", DEMO_ACCOUNT_SID), ("TW_TOKEN", DEMO_AUTH_TOKEN)];
+    let mut daemon = p.spawn_with_env(&db, "daemon", &["run", "--no-server"], &env);
+    let t0 = Instant::now();
+    while twilio.count() < 10 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no SMS sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = Database::connect(herald_tests::postgres_admin_url())
+        .await
+        .expect("admin");
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .expect("refuse connections");
+    let during = twilio.count();
+    let down = Instant::now();
+    while down.elapsed() < OUTAGE {
+        admin
+            .execute_unprepared(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            ))
+            .await
+            .expect("terminate");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taken_while_down = twilio.count() - during;
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .expect("allow connections");
+    let t1 = Instant::now();
+    while scalar(&db, "SELECT COUNT(*) FROM messages WHERE status = 'sent'").await < CONTACTS {
+        let (out, err) = p.output_of("daemon");
+        assert!(
+            t1.elapsed() < Duration::from_secs(40),
+            "not all sent after the outage\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, _) = term(&mut daemon);
+    assert_eq!(code, 0);
+    assert!(
+        taken_while_down > 0,
+        "requests were in the air when the database went"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status IN ('unknown', 'sending', 'failed')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(twilio.count() as i64, CONTACTS, "none sent twice");
+    db.drop_db().await;
+}
