@@ -19,6 +19,7 @@ mod m20261202_000002_pause_planning;
 mod m20261206_000001_flights;
 mod m20261207_000001_messages_run_fk;
 mod m20261207_000122_lanes;
+mod m20261207_000123_campaign_goals;
 mod m20261207_000124_provider_id_index;
 
 /// Applies herald's migrations in order.
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_flights::Migration),
             Box::new(m20261207_000001_messages_run_fk::Migration),
             Box::new(m20261207_000122_lanes::Migration),
+            Box::new(m20261207_000123_campaign_goals::Migration),
             Box::new(m20261207_000124_provider_id_index::Migration),
         ]
     }

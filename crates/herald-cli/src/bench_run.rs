@@ -22,7 +22,9 @@ use herald_templates::TemplateSet;
 use crate::app;
 use crate::bench::{peak_rss, reset_peak_rss};
 
-/// Writes the bench project: outbox channels without a rate limit, one campaign to everyone with an email.
+/// Writes the bench project: outbox channels without a rate limit, one
+/// campaign to everyone with an email, with a goal (so each page written
+/// looks for goal events already stored, as a real campaign's does).
 fn write_project(dir: &Path, url: &str, batch: u32, workers: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("config/campaigns"))?;
     std::fs::create_dir_all(dir.join("templates/bench"))?;
@@ -35,7 +37,7 @@ fn write_project(dir: &Path, url: &str, batch: u32, workers: usize) -> anyhow::R
     )?;
     std::fs::write(
         dir.join("config/campaigns/everyone.toml"),
-        "name = \"everyone\"\nwhere = 'email contains \"@\"'\nchannels = [\"email\"]\nholdout = 0.1\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Hello {{contact.external_id}}\", template = \"bench/hello.email.hbs\" }\n\n[[variants]]\nname = \"b\"\nemail = { subject = \"Hi {{contact.external_id}}\", template = \"bench/hello.email.hbs\" }\n",
+        "name = \"everyone\"\nwhere = 'email contains \"@\"'\nchannels = [\"email\"]\nholdout = 0.1\ngoal = { event = \"order_placed\", within = \"3d\" }\nsecondary_goals = [\"app_open\"]\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Hello {{contact.external_id}}\", template = \"bench/hello.email.hbs\" }\n\n[[variants]]\nname = \"b\"\nemail = { subject = \"Hi {{contact.external_id}}\", template = \"bench/hello.email.hbs\" }\n",
     )?;
     std::fs::write(
         dir.join("templates/bench/hello.email.hbs"),

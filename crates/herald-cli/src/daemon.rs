@@ -177,10 +177,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     };
 
     // The scheduler.
-    let mut engine =
-        Engine::with_owner(store.clone(), clock.clone(), config.clone(), owner.clone());
-    // A dead planner's run is taken over after the same lease as its messages.
-    engine.plan_lease_ms = config.herald.dispatch.lease.millis().max(1000);
+    let engine = Engine::with_owner(store.clone(), clock.clone(), config.clone(), owner.clone());
+    // A dead planner's run is taken over once its short, heartbeated lease
+    // lapses (`PLAN_LEASE_MS`), within seconds, not after the workers' lease.
     // The planner hands batches due now straight to this daemon's free workers.
     let (handoff, dispatchers) = app::workers(&config, &store, &clock, &routes, &owner);
     let engine = Arc::new(engine.with_handoff(handoff.clone()));

@@ -3,7 +3,9 @@
 //! (resuming where a crash left off), then hand it to the dispatcher.
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use herald_domain::config::{Campaign, ConfigSet, SendTime, Trigger};
 
@@ -22,8 +24,15 @@ pub const PLAN_PAGE: u32 = 2000;
 /// The smallest page with a hand-off: smaller batches still plan in pages this large.
 pub const MIN_HANDOFF_PAGE: u32 = 250;
 
-/// How long a planning lease holds without renewal.
-pub const PLAN_LEASE_MS: i64 = 60_000;
+/// How long a planning lease holds without renewal. A heartbeat renews it
+/// [`PLAN_HEARTBEATS`] times a lease whatever the plan is doing (reading a
+/// slow page, waiting for a free worker), so it can be short: a planner that
+/// died is taken over this long after its last heartbeat.
+pub const PLAN_LEASE_MS: i64 = 5_000;
+
+/// Heartbeats a planning lease: several, so one late beat (a busy core, a
+/// slow commit) does not lose it.
+pub const PLAN_HEARTBEATS: i64 = 5;
 
 /// The planner renews its lease after this long (ms; a quarter lease if shorter)...
 const RENEW_MS: i64 = 1_000;
@@ -63,7 +72,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     config: Arc<ConfigSet>,
     owner: String,
-    /// How long a planning lease holds without renewal (renewed every second or so).
+    /// How long a planning lease holds without renewal (renewed by a
+    /// heartbeat every fifth of it, and every second or so of writing).
     pub plan_lease_ms: i64,
     /// Where pages' due messages go straight to this process's workers, if anywhere.
     handoff: Option<Arc<Handoff>>,
@@ -187,12 +197,7 @@ impl Engine {
         origin: &str,
     ) -> Result<RunRecord, EngineError> {
         let now = self.clock.now_ms();
-        let record = CampaignRecord {
-            name: campaign.name.clone(),
-            kind: campaign.kind.as_str().to_string(),
-            topic: campaign.topic.clone(),
-            fingerprint: campaign.assignment_fingerprint(),
-        };
+        let record = CampaignRecord::of(campaign);
         let campaign_id = self.store.upsert_campaign(&record, now).await?;
         Ok(self
             .store
@@ -263,6 +268,12 @@ impl Engine {
             }
             Ok::<(), EngineError>(())
         };
+        // The heartbeat: the lease is renewed on time even while no page is
+        // written (a slow read, a wait for a free worker), so a short lease
+        // lapses only when this planner is gone. A lost lease (paused,
+        // cancelled, taken over) stops the writer at its next page.
+        let lost = AtomicBool::new(false);
+        let heartbeat = self.planning_heartbeat(run.id, &lost);
         let write = async {
             // Owned here: when the writer stops early (paused, cancelled, lease
             // lost), the channel closes and the reader stops too, instead of
@@ -278,6 +289,9 @@ impl Engine {
                 // cancel stops the plan at the next renewal; until then, a
                 // paused run's pages are written `planned` (not handed over)
                 // and a cancelled run's are not written.
+                if lost.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
                 let now = self.clock.now_ms();
                 pages += 1;
                 if pages >= RENEW_PAGES || now - renewed_at >= renew_ms || now < renewed_at {
@@ -309,7 +323,10 @@ impl Engine {
             }
             Ok::<bool, EngineError>(true)
         };
-        let (read, write) = tokio::join!(read, write);
+        let (read, write) = tokio::select! {
+            done = async { tokio::join!(read, write) } => done,
+            never = heartbeat => match never {},
+        };
         if !write? {
             return Ok(stats);
         }
@@ -320,6 +337,35 @@ impl Engine {
         }
         stats.finished = true;
         Ok(stats)
+    }
+
+    /// Renews this planner's lease on `run_id` every fifth of
+    /// [`Engine::plan_lease_ms`] for as long as it is polled; once the lease
+    /// is lost (the run was paused or cancelled, or another planner took it
+    /// over) sets `lost` and renews no more. Never ends: [`Engine::plan`]
+    /// drops it when the plan stops.
+    pub async fn planning_heartbeat(&self, run_id: i64, lost: &AtomicBool) -> Infallible {
+        let every =
+            std::time::Duration::from_millis((self.plan_lease_ms / PLAN_HEARTBEATS).max(1) as u64);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.clock.now_ms();
+            match self
+                .store
+                .claim_planning(run_id, &self.owner, now + self.plan_lease_ms, now)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    lost.store(true, Ordering::Relaxed);
+                    break;
+                }
+                // The next beat tries again; the writer's own renewal fails
+                // too if the database stays away.
+                Err(e) => tracing::warn!(run = run_id, "planning heartbeat: {e}"),
+            }
+        }
+        std::future::pending().await
     }
 
     /// What a run of `campaign` at `now` (ms) would plan, counted by arm, status

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use herald_domain::config::{HeraldConfig, Timezone};
+use herald_domain::config::{Campaign, HeraldConfig, Timezone};
 use herald_domain::duration::Span;
 use herald_domain::segment::{Expr, Lifecycle, Rfm};
 use herald_domain::types::{Channel, MessageStatus};
@@ -31,6 +31,49 @@ pub struct CampaignRecord {
     pub topic: Option<String>,
     /// What decides arms; a change reshuffles them.
     pub fingerprint: String,
+    /// Its goals, as attribution needs them; `None` without a goal.
+    pub goal: Option<GoalRecord>,
+}
+
+impl CampaignRecord {
+    /// The record of `campaign`.
+    pub fn of(campaign: &Campaign) -> Self {
+        Self {
+            name: campaign.name.clone(),
+            kind: campaign.kind.as_str().to_string(),
+            topic: campaign.topic.clone(),
+            fingerprint: campaign.assignment_fingerprint(),
+            goal: GoalRecord::of(campaign),
+        }
+    }
+}
+
+/// A campaign's goals as the database keeps them, so that messages written
+/// (planned, or moved by a rollout's release) are attributed to the goal
+/// events already stored by the same rule as events arriving later (SPEC
+/// section 5): a first message converts on a goal event in `(send_at,
+/// send_at + within_ms]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoalRecord {
+    /// The goal event.
+    pub event: String,
+    /// The window (`Campaign::goal_window_ms`: a series' spans its steps).
+    pub within_ms: i64,
+    /// Secondary goals, counted over the same window.
+    pub secondary: Vec<String>,
+}
+
+impl GoalRecord {
+    /// The goals of `campaign`; `None` without a goal (then its secondary
+    /// goals have no window and are not counted either).
+    pub fn of(campaign: &Campaign) -> Option<Self> {
+        let goal = campaign.goal.as_ref()?;
+        Some(Self {
+            event: goal.event.clone(),
+            within_ms: campaign.goal_window_ms()?,
+            secondary: campaign.secondary_goals.clone(),
+        })
+    }
 }
 
 /// A run just created, or found because it already existed.

@@ -158,12 +158,7 @@ impl TriggerPlanner {
         let run = match &p.run {
             Some(r) => r.clone(),
             None => {
-                let record = CampaignRecord {
-                    name: p.campaign.name.clone(),
-                    kind: p.campaign.kind.as_str().to_string(),
-                    topic: p.campaign.topic.clone(),
-                    fingerprint: p.campaign.assignment_fingerprint(),
-                };
+                let record = CampaignRecord::of(&p.campaign);
                 let id = self.store.upsert_campaign(&record, now).await?;
                 let run = self.store.trigger_run(id, &record.fingerprint, now).await?;
                 p.run = Some(run.clone());

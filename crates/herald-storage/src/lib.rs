@@ -7,12 +7,16 @@
 //! Instants are BIGINT milliseconds since the epoch, so SQL time arithmetic
 //! is one dialect.
 
+pub mod attribute;
 pub mod audience;
 pub mod contacts;
 pub mod db;
 pub mod decode;
 pub mod entry;
+pub mod flights;
 pub mod import;
+#[cfg(test)]
+mod ledger_tests;
 pub mod outbox;
 pub mod personalise;
 pub mod report;

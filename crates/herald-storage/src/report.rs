@@ -27,6 +27,7 @@ pub use build::{
 };
 
 use crate::db::Db;
+use crate::flights::{self, Flight, InTheAir};
 use crate::sql::Sql;
 
 /// Why a report could not be made.
@@ -231,6 +232,25 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// Takes `other` (a part of this tally) out of it; the latest send time stays.
+    pub fn subtract(&mut self, other: &Tally) {
+        self.messages = self.messages.saturating_sub(other.messages);
+        self.sent = self.sent.saturating_sub(other.sent);
+        self.opened = self.opened.saturating_sub(other.opened);
+        self.machine_opened = self.machine_opened.saturating_sub(other.machine_opened);
+        self.clicked = self.clicked.saturating_sub(other.clicked);
+        self.unsubscribed = self.unsubscribed.saturating_sub(other.unsubscribed);
+        self.complained = self.complained.saturating_sub(other.complained);
+        self.converted = self.converted.saturating_sub(other.converted);
+        self.revenue -= other.revenue;
+        for (mine, theirs) in self.secondary.iter_mut().zip(&other.secondary) {
+            mine.0 = mine.0.saturating_sub(theirs.0);
+            mine.1 -= theirs.1;
+        }
+    }
+}
+
 /// Everything the report is built from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportData {
@@ -384,6 +404,7 @@ fn scan_sql(
     runs: Runs<'_>,
     secondary: &[String],
     part: Part,
+    only: Option<&Flight>,
 ) -> Sql {
     let mut q = Sql::new();
     q.push("SELECT m.run_id, m.arm, m.status, ");
@@ -474,6 +495,9 @@ fn scan_sql(
             }
         }
     }
+    if let Some(flight) = only {
+        flights::push_untouched(&mut q, b, flight);
+    }
     q.push(match part {
         Part::ByStatus => " GROUP BY 1, 2, 3",
         Part::Whole | Part::Reasons => " GROUP BY 1, 2, 3, 4",
@@ -511,7 +535,7 @@ async fn scan(
         } else {
             Runs::of(filter, run_ids)
         };
-        let q = scan_sql(b, campaign_id, runs, secondary, Part::Whole);
+        let q = scan_sql(b, campaign_id, runs, secondary, Part::Whole, None);
         let rows = db.conn.query_all_raw(q.build(b)).await?;
         rows.into_iter().map(|r| (Part::Whole, r)).collect()
     } else {
@@ -555,6 +579,16 @@ async fn scan(
         if *part == Part::ByStatus && matches!(status.as_str(), "suppressed" | "cancelled") {
             continue;
         }
+        groups.push(group_of(r, secondary)?);
+    }
+    Ok(groups)
+}
+
+/// The [`Group`] of one row of a scan statement.
+fn group_of(r: &QueryResult, secondary: &[String]) -> ReportResult<Group> {
+    {
+        let run_id: i64 = get(r, 0)?;
+        let status: String = get(r, 2)?;
         let reason: Option<String> = get(r, 3)?;
         let mut tally = Tally {
             messages: count(r, 4)?,
@@ -574,15 +608,85 @@ async fn scan(
                 .secondary
                 .push((count(r, 14 + 2 * i)?, get(r, 15 + 2 * i)?));
         }
-        groups.push(Group {
+        Ok(Group {
             run_id,
             arm: get(r, 1)?,
             status,
             reason,
             tally,
-        });
+        })
     }
-    Ok(groups)
+}
+
+/// The flights of `run_ids` in the air, read before the scan: only a flight
+/// written before the scan began can have its rows counted by it.
+async fn flights_before_scan(db: &Db, run_ids: &[i64]) -> ReportResult<Vec<Flight>> {
+    let (Some(lo), Some(hi)) = (run_ids.iter().min(), run_ids.iter().max()) else {
+        return Ok(Vec::new());
+    };
+    let wanted: BTreeSet<i64> = run_ids.iter().copied().collect();
+    Ok(flights::flights_of_runs(&db.conn, *lo, *hi)
+        .await?
+        .into_iter()
+        .filter(|f| wanted.contains(&f.run_id))
+        .collect())
+}
+
+/// Moves the untouched rows of `flights` (read before the scan) out of the
+/// `sent`/`delivered` groups the scan put them in, into `sending` (the
+/// flight's lease holds) or `unknown` (it lapsed: its worker died), as of
+/// `now`. A flight that landed since it was read is left as the scan counted
+/// it: its rows then say what happened. Triggered runs cut by date keep
+/// their cut (`trigger`).
+async fn count_flights_in_the_air(
+    db: &Db,
+    campaign_id: i64,
+    flights: &[Flight],
+    secondary: &[String],
+    trigger: Option<(Option<i64>, Option<i64>)>,
+    groups: &mut Vec<Group>,
+    now: i64,
+) -> ReportResult<()> {
+    let b = db.backend();
+    for flight in flights {
+        let run = [flight.run_id];
+        let runs = match trigger {
+            Some((since, until)) => Runs::Triggered(&run, since, until),
+            None => Runs::Listed(&run),
+        };
+        let q = scan_sql(b, campaign_id, runs, secondary, Part::Whole, Some(flight));
+        let air = InTheAir::at(flight.lease_until, now).status();
+        for r in db.conn.query_all_raw(q.build(b)).await? {
+            let moved = group_of(&r, secondary)?;
+            if let Some(g) = groups.iter_mut().find(|g| {
+                g.run_id == moved.run_id
+                    && g.arm == moved.arm
+                    && g.status == moved.status
+                    && g.reason == moved.reason
+            }) {
+                g.tally.subtract(&moved.tally);
+            }
+            let mut tally = moved.tally;
+            tally.sent = 0;
+            match groups.iter_mut().find(|g| {
+                g.run_id == moved.run_id
+                    && g.arm == moved.arm
+                    && g.status == air
+                    && g.reason.is_none()
+            }) {
+                Some(g) => g.tally.add(&tally),
+                None => groups.push(Group {
+                    run_id: moved.run_id,
+                    arm: moved.arm,
+                    status: air.to_string(),
+                    reason: None,
+                    tally,
+                }),
+            }
+        }
+    }
+    groups.retain(|g| g.tally.messages > 0);
+    Ok(())
 }
 
 /// SQLite's two statements over `runs`, in one read transaction.
@@ -596,7 +700,7 @@ async fn sqlite_scan(
     let txn = db.conn.begin().await?;
     let mut rows = Vec::new();
     for part in [Part::ByStatus, Part::Reasons] {
-        let q = scan_sql(b, campaign_id, runs, secondary, part);
+        let q = scan_sql(b, campaign_id, runs, secondary, part, None);
         rows.extend(
             txn.query_all_raw(q.build(b))
                 .await?
@@ -615,6 +719,7 @@ pub async fn load(
     campaign: &str,
     filter: &ReportFilter,
     secondary: &[String],
+    now: i64,
 ) -> ReportResult<Option<ReportData>> {
     let Some(row) = campaign_row(db, campaign).await? else {
         return Ok(None);
@@ -626,12 +731,25 @@ pub async fn load(
         runs.iter().partition(|r| cut && r.origin == "trigger");
     let ids = |rs: Vec<&RunRow>| rs.iter().map(|r| r.id).collect::<Vec<i64>>();
     let (triggered, scheduled) = (ids(triggered), ids(scheduled));
+    // Handed batches are written as their sends are expected to end: read
+    // which are still in the air first, and count them as such after.
+    let in_air = flights_before_scan(db, &run_ids).await?;
     let mut groups = Vec::new();
     if !scheduled.is_empty() {
         groups = scan(db, row.id, filter, &scheduled, secondary, false).await?;
     }
     if !triggered.is_empty() {
         groups.extend(scan(db, row.id, filter, &triggered, secondary, true).await?);
+    }
+    if !in_air.is_empty() {
+        let (of_triggered, of_scheduled): (Vec<Flight>, Vec<Flight>) = in_air
+            .into_iter()
+            .partition(|f| triggered.contains(&f.run_id));
+        let cut = Some((filter.since, filter.until));
+        for (flights, trigger) in [(of_scheduled, None), (of_triggered, cut)] {
+            count_flights_in_the_air(db, row.id, &flights, secondary, trigger, &mut groups, now)
+                .await?;
+        }
     }
     let rollouts = rollouts(db, row.id)
         .await?
@@ -664,7 +782,7 @@ pub async fn campaign_report(
         .filter(|c| c.goal.is_some())
         .map(|c| c.secondary_goals.clone())
         .unwrap_or_default();
-    let data = match load(db, name, filter, &secondary).await? {
+    let data = match load(db, name, filter, &secondary, now).await? {
         Some(data) => data,
         None if campaign.is_some() => ReportData {
             campaign: None,

@@ -12,6 +12,7 @@ use herald_engine::rollout::{
 use herald_engine::store::{StoreError, StoreResult};
 use sea_orm::{ConnectionTrait, QueryResult};
 
+use crate::attribute::{self, Goals};
 use crate::report::{RolloutRecord, record_rollout};
 use crate::sql::Sql;
 use crate::store::SqlStore;
@@ -39,6 +40,23 @@ impl SqlStore {
             .query_all_raw(q.build(self.db().backend()))
             .await
             .map_err(err)
+    }
+}
+
+impl SqlStore {
+    /// The campaign of `run_id` and its goals, if it has any.
+    async fn release_goals(&self, run_id: i64) -> StoreResult<Option<(i64, Goals)>> {
+        let mut q = Sql::new();
+        q.push("SELECT campaign_id FROM runs WHERE id = ")
+            .bind(run_id);
+        let Some(r) = self.rows(q).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        let campaign_id: i64 = get(&r, 0)?;
+        Ok(attribute::goals_of(&self.db().conn, campaign_id)
+            .await
+            .map_err(err)?
+            .map(|g| (campaign_id, g)))
     }
 }
 
@@ -164,6 +182,10 @@ impl RolloutStore for SqlStore {
     ) -> StoreResult<u64> {
         let b = self.db().backend();
         let mut moved = 0;
+        // A release moves `send_at`: the outcome columns are recomputed from
+        // the new one, so a purchase made before the released messages were
+        // sent is not credited to them (SPEC section 5).
+        let goals = self.release_goals(run_id).await?;
         for chunk in rows.chunks(RELEASE_CHUNK) {
             let mut q = Sql::new();
             // Only a still-waiting message moves, so a second release (another
@@ -193,6 +215,17 @@ impl RolloutStore for SqlStore {
                 .await
                 .map_err(err)?
                 .rows_affected();
+            if let Some((campaign_id, goals)) = &goals {
+                let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
+                attribute::recompute(
+                    &self.db().conn,
+                    *campaign_id,
+                    goals,
+                    attribute::Messages::Ids(&ids),
+                )
+                .await
+                .map_err(err)?;
+            }
         }
         Ok(moved)
     }

@@ -2,9 +2,12 @@
 //! figures of `herald status`, and the heartbeats by which daemons on one
 //! database count each other to split every channel's rate limit.
 
-use sea_orm::{ConnectionTrait, DbBackend, QueryResult};
+use sea_orm::{
+    AccessMode, ConnectionTrait, DbBackend, IsolationLevel, QueryResult, TransactionTrait,
+};
 
 use crate::db::Db;
+use crate::flights::{self, InTheAir};
 use crate::sql::Sql;
 
 /// A daemon whose heartbeat is older than this is gone.
@@ -39,9 +42,8 @@ fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> Result<T, RunsErr
     row.try_get_by_index(i).map_err(db_err)
 }
 
-async fn all(db: &Db, q: Sql) -> Result<Vec<QueryResult>, RunsError> {
-    db.conn
-        .query_all_raw(q.build(db.backend()))
+async fn all(db: &impl ConnectionTrait, q: Sql) -> Result<Vec<QueryResult>, RunsError> {
+    db.query_all_raw(q.build(db.get_database_backend()))
         .await
         .map_err(db_err)
 }
@@ -58,7 +60,7 @@ async fn exec(db: &Db, q: Sql) -> Result<u64, RunsError> {
 pub(crate) async fn state_of(db: &Db, run: i64) -> Result<String, RunsError> {
     let mut q = Sql::new();
     q.push("SELECT state FROM runs WHERE id = ").bind(run);
-    let rows = all(db, q).await?;
+    let rows = all(&db.conn, q).await?;
     rows.first()
         .map(|r| get(r, 0))
         .transpose()?
@@ -152,7 +154,7 @@ pub async fn heartbeat(db: &Db, owner: &str, now: i64) -> Result<u64, RunsError>
     let mut q = Sql::new();
     q.push("SELECT COUNT(*) FROM daemons WHERE heartbeat_at > ")
         .bind(now - HEARTBEAT_STALE_MS);
-    let rows = all(db, q).await?;
+    let rows = all(&db.conn, q).await?;
     let n: i64 = rows.first().map(|r| get(r, 0)).transpose()?.unwrap_or(1);
     Ok(n.max(1) as u64)
 }
@@ -234,6 +236,20 @@ pub struct Status {
 /// The figures of `herald status` at `now`, over the `limit` most recent runs.
 pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> {
     let mut out = Status::default();
+    // One snapshot: the flights in the air are taken out of the counts that
+    // include them, so both are read at the same instant.
+    let txn = if db.backend() == DbBackend::Postgres {
+        db.conn
+            .begin_with_config(
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            )
+            .await
+    } else {
+        db.conn.begin().await
+    }
+    .map_err(db_err)?;
+    let db = &txn;
     let mut q = Sql::new();
     // A triggered campaign's run has no scheduled instant (it is stored as 0,
     // which printed as 1970-01-01): show when it started.
@@ -266,6 +282,43 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
             }
         }
     }
+    // A flight's untouched rows say how its sends are expected to end: they
+    // are in the air (`sending`), or `unknown` once the lease lapsed (its
+    // worker died; `expire_leases` will write so).
+    let mut q = Sql::new();
+    q.push("SELECT m.run_id, m.channel, m.status, CASE WHEN f.lease_until < ")
+        .bind(now)
+        .push(" THEN 1 ELSE 0 END, COUNT(*) FROM ")
+        .push(flights::untouched_join(db.get_database_backend()))
+        .push(" GROUP BY 1, 2, 3, 4");
+    let mut in_air = Vec::new();
+    for r in all(db, q).await? {
+        let lapsed: i32 = get(&r, 3)?;
+        let air = if lapsed == 1 {
+            InTheAir::Unknown
+        } else {
+            InTheAir::Sending
+        };
+        let row: (i64, Option<String>, String, i64) =
+            (get(&r, 0)?, get(&r, 1)?, get(&r, 2)?, get(&r, 4)?);
+        in_air.push((row, air));
+    }
+    for ((run_id, _, status, n), air) in &in_air {
+        let Some(run) = out.runs.iter_mut().find(|x| x.id == *run_id) else {
+            continue;
+        };
+        for (s, count) in run.counts.iter_mut() {
+            if s == status {
+                *count -= n;
+            }
+        }
+        match run.counts.iter_mut().find(|(s, _)| s == air.status()) {
+            Some((_, count)) => *count += n,
+            None => run.counts.push((air.status().to_string(), *n)),
+        }
+        run.counts.retain(|(_, count)| *count > 0);
+        run.counts.sort();
+    }
     let mut q = Sql::new();
     q.push("SELECT m.channel, SUM(CASE WHEN m.status = 'planned' AND m.send_at <= ")
         .bind(now)
@@ -294,18 +347,11 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
         c.sent_last_minute = get::<Option<i64>>(&r, 1)?.unwrap_or(0);
         c.failed_last_hour = get::<Option<i64>>(&r, 2)?.unwrap_or(0);
     }
-    // The messages of flights in the air (handed batches) are being sent,
-    // though their rows already say how the send is expected to end.
-    let mut q = Sql::new();
-    q.push(if db.backend() == DbBackend::Postgres {
-        "SELECT m.channel, COUNT(*) FROM flights f CROSS JOIN LATERAL unnest(string_to_array(f.ids, ',')::int8[]) AS j(id) JOIN messages m ON m.id = j.id GROUP BY m.channel"
-    } else {
-        "SELECT m.channel, COUNT(*) FROM flights f, json_each('[' || f.ids || ']') j JOIN messages m ON m.id = j.value GROUP BY m.channel"
-    });
-    for r in all(db, q).await? {
-        let channel: Option<String> = get(&r, 0)?;
-        let Some(channel) = channel else { continue };
-        channel_mut(&mut out.channels, channel).sending += get::<i64>(&r, 1)?;
+    // The messages of flights in the air (handed batches) are being sent.
+    for ((_, channel, _, n), air) in &in_air {
+        if let (Some(channel), InTheAir::Sending) = (channel, air) {
+            channel_mut(&mut out.channels, channel.clone()).sending += n;
+        }
     }
     out.channels.sort_by(|a, b| a.channel.cmp(&b.channel));
     let mut q = Sql::new();
@@ -322,6 +368,7 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
     for r in all(db, q).await? {
         out.failures.push((get(&r, 0)?, get(&r, 1)?));
     }
+    txn.commit().await.map_err(db_err)?;
     Ok(out)
 }
 
@@ -344,6 +391,7 @@ mod tests {
             kind: "marketing".into(),
             topic: None,
             fingerprint: "welcome;x".into(),
+            goal: None,
         };
         let id = store.upsert_campaign(&campaign, T0).await.unwrap();
         let run = store.trigger_run(id, "welcome;x", T0).await.unwrap();

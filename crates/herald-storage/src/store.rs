@@ -17,6 +17,7 @@ use herald_engine::store::*;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait, Value};
 use serde_json::Value as Json;
 
+use crate::attribute;
 use crate::audience::{AudiencePager, PagerStep};
 use crate::db::Db;
 use crate::personalise::{Subject, personalise};
@@ -219,7 +220,7 @@ fn id_list(ids: &[i64]) -> String {
 }
 
 /// [`id_set`] of ids already in an [`id_list`].
-fn id_list_set(q: &mut Sql, b: DbBackend, list: &str) {
+pub(crate) fn id_list_set(q: &mut Sql, b: DbBackend, list: &str) {
     if b == DbBackend::Postgres {
         q.push("(SELECT unnest(")
             .bind(format!("{{{list}}}"))
@@ -617,6 +618,57 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// Attributes the goal events already stored to a page of `run_id` just
+    /// written (SPEC section 5; [`crate::attribute`]), after its commit: an
+    /// event stored before that is seen here, one stored after it finds the
+    /// rows when it is attributed on arrival, so none is missed. Usually one
+    /// probe of the events index that finds nothing.
+    async fn attribute_page(
+        &self,
+        run_id: i64,
+        campaign_id: i64,
+        rows: &[PlannedMessage],
+    ) -> StoreResult<()> {
+        let first: Vec<&PlannedMessage> = rows.iter().filter(|m| m.step == 0).collect();
+        let (Some(lo), Some(hi)) = (
+            first.iter().map(|m| m.contact_id).min(),
+            first.iter().map(|m| m.contact_id).max(),
+        ) else {
+            return Ok(());
+        };
+        let Some(goals) = attribute::goals_of(&self.db.conn, campaign_id)
+            .await
+            .map_err(err)?
+        else {
+            return Ok(());
+        };
+        let earliest = first.iter().map(|m| m.send_at).min().unwrap_or(0);
+        let latest = first.iter().map(|m| m.send_at).max().unwrap_or(0);
+        let contacts = attribute::contacts_with_goal_events(
+            &self.db.conn,
+            &goals,
+            (lo, hi),
+            earliest,
+            latest.saturating_add(goals.within_ms),
+        )
+        .await
+        .map_err(err)?;
+        if contacts.is_empty() {
+            return Ok(());
+        }
+        attribute::recompute(
+            &self.db.conn,
+            campaign_id,
+            &goals,
+            attribute::Messages::Contacts(run_id, &contacts),
+        )
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+}
+
 /// Deletes the flights of `outcomes`' written messages as the worker
 /// records them; true when every one was still there. A flight that is gone
 /// lapsed and its messages went `unknown`: then every outcome is written.
@@ -640,7 +692,8 @@ async fn land_flights(
 impl Store for SqlStore {
     async fn upsert_campaign(&self, c: &CampaignRecord, now: i64) -> StoreResult<i64> {
         let mut q = Sql::new();
-        q.push("INSERT INTO campaigns (name, kind, topic, fingerprint, created_at, updated_at) VALUES (")
+        let b = self.b();
+        q.push("INSERT INTO campaigns (name, kind, topic, fingerprint, goal_event, goal_within_ms, secondary_goals, created_at, updated_at) VALUES (")
             .bind(c.name.clone())
             .push(",")
             .bind(c.kind.clone())
@@ -648,11 +701,23 @@ impl Store for SqlStore {
             .bind(c.topic.clone())
             .push(",")
             .bind(c.fingerprint.clone())
+            .push(",");
+        // The goals, for attribution when messages are written (`crate::attribute`).
+        let goal = c.goal.as_ref();
+        q.bind_as(b, goal.map(|g| g.event.clone()), "text")
+            .push(",")
+            .bind_as(b, goal.map(|g| g.within_ms), "int8")
+            .push(",")
+            .bind_as(
+                b,
+                goal.map(|g| Json::from(g.secondary.clone()).to_string()),
+                "text",
+            )
             .push(",")
             .bind(now)
             .push(",")
             .bind(now)
-            .push(") ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, topic = excluded.topic, fingerprint = excluded.fingerprint, updated_at = excluded.updated_at RETURNING id");
+            .push(") ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, topic = excluded.topic, fingerprint = excluded.fingerprint, goal_event = excluded.goal_event, goal_within_ms = excluded.goal_within_ms, secondary_goals = excluded.secondary_goals, updated_at = excluded.updated_at RETURNING id");
         let rows = self.all(q).await?;
         rows.first()
             .map(|r| get(r, 0))
@@ -847,8 +912,8 @@ impl Store for SqlStore {
         now: i64,
     ) -> StoreResult<()> {
         self.insert_page(run_id, campaign_id, rows, None, now)
-            .await
-            .map(drop)
+            .await?;
+        self.attribute_page(run_id, campaign_id, rows).await
     }
 
     async fn insert_handed(
@@ -862,6 +927,7 @@ impl Store for SqlStore {
         let (flight, written) = self
             .insert_page(run_id, campaign_id, rows, Some(handed), now)
             .await?;
+        self.attribute_page(run_id, campaign_id, rows).await?;
         Ok(handed_claims(run_id, rows, handed, flight, written))
     }
 
@@ -1609,6 +1675,7 @@ mod tests {
                     kind: "marketing".into(),
                     topic: None,
                     fingerprint: "f".into(),
+                    goal: None,
                 },
                 now,
             )
@@ -2019,9 +2086,11 @@ mod tests {
             BATCH as usize,
             Duration::from_secs(60),
         ));
-        let engine = Arc::new(
-            herald_engine::Engine::new(store.clone(), clock, config).with_handoff(handoff.clone()),
-        );
+        let mut engine = herald_engine::Engine::new(store.clone(), clock, config);
+        // A lease whose heartbeat (a fifth of it, in real time) never comes
+        // within the test: only the page count renews it here.
+        engine.plan_lease_ms = 600_000;
+        let engine = Arc::new(engine.with_handoff(handoff.clone()));
         let run = engine.create_run(&campaign, now, "manual").await.unwrap();
         let plan = {
             let (engine, campaign, run) = (engine.clone(), campaign.clone(), run.clone());

@@ -680,7 +680,14 @@ async fn report_scan_reads_only_the_covering_indexes_on_sqlite() {
             (Part::ByStatus, "messages_report"),
             (Part::Reasons, "messages_report_reasons"),
         ] {
-            let mut q = scan_sql(DbBackend::Sqlite, 1, Runs::of(&filter, &ids), &goals, part);
+            let mut q = scan_sql(
+                DbBackend::Sqlite,
+                1,
+                Runs::of(&filter, &ids),
+                &goals,
+                part,
+                None,
+            );
             q.text = format!("EXPLAIN QUERY PLAN {}", q.text);
             let plan: Vec<String> =
                 t.db.conn

@@ -1,0 +1,108 @@
+//! How readers see a flight (a batch the planner handed straight to a
+//! worker, its rows written already carrying the outcome the send is expected
+//! to have): until it lands, its untouched rows are in the air, not sent or
+//! delivered, and once its lease has lapsed (its worker died) they are
+//! `unknown`, as `expire_leases` will make them. The report and `herald
+//! status` read the rows through this, so neither is ever ahead of the
+//! provider, even right after a crash and with no daemon running.
+//!
+//! A row is untouched while its `updated_at` is still the flight's
+//! `written_at` and its status the written `sent`/`delivered`: a receipt, an
+//! open, a click or a refusal written since says what really happened.
+
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult};
+
+use crate::sql::Sql;
+
+/// The status a flight's untouched rows are counted as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InTheAir {
+    /// The lease holds: the worker is sending them (`sending`).
+    Sending,
+    /// The lease lapsed: the worker died; they may or may not have gone out (`unknown`).
+    Unknown,
+}
+
+impl InTheAir {
+    /// Of a flight whose lease ends at `lease_until`, read at `now`.
+    pub fn at(lease_until: i64, now: i64) -> Self {
+        if lease_until < now {
+            InTheAir::Unknown
+        } else {
+            InTheAir::Sending
+        }
+    }
+
+    /// The status the rows are counted as.
+    pub fn status(self) -> &'static str {
+        match self {
+            InTheAir::Sending => "sending",
+            InTheAir::Unknown => "unknown",
+        }
+    }
+}
+
+/// A flight as a reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flight {
+    /// Its id.
+    pub id: i64,
+    /// Its run.
+    pub run_id: i64,
+    /// When its lease ends (ms).
+    pub lease_until: i64,
+    /// When its rows were written (ms): their `updated_at` while untouched.
+    pub written_at: i64,
+    /// Its message ids, comma-separated.
+    pub ids: String,
+}
+
+/// The flights of runs `lo..=hi` in the air, read on `conn`.
+pub async fn flights_of_runs(
+    conn: &impl ConnectionTrait,
+    lo: i64,
+    hi: i64,
+) -> Result<Vec<Flight>, sea_orm::DbErr> {
+    let b = conn.get_database_backend();
+    let mut q = Sql::new();
+    q.push("SELECT id, run_id, lease_until, written_at, ids FROM flights WHERE run_id BETWEEN ")
+        .bind(lo)
+        .push(" AND ")
+        .bind(hi)
+        .push(" ORDER BY id");
+    let rows = conn.query_all_raw(q.build(b)).await?;
+    rows.iter().map(flight).collect()
+}
+
+fn flight(r: &QueryResult) -> Result<Flight, sea_orm::DbErr> {
+    Ok(Flight {
+        id: r.try_get_by_index(0)?,
+        run_id: r.try_get_by_index(1)?,
+        lease_until: r.try_get_by_index(2)?,
+        written_at: r.try_get_by_index(3)?,
+        ids: r.try_get_by_index(4)?,
+    })
+}
+
+/// Appends ` AND` the condition that message `m` is one of `flight`'s
+/// untouched rows and the flight is still in the air (not landed since it
+/// was read).
+pub fn push_untouched(q: &mut Sql, b: DbBackend, flight: &Flight) {
+    q.push(" AND m.status IN ('sent', 'delivered') AND m.updated_at = ")
+        .bind(flight.written_at)
+        .push(" AND m.id IN ");
+    crate::store::id_list_set(q, b, &flight.ids);
+    q.push(" AND EXISTS (SELECT 1 FROM flights f WHERE f.id = ")
+        .bind(flight.id)
+        .push(")");
+}
+
+/// The untouched rows of every flight in the air, joined to their flight:
+/// `FROM` this, the message is `m` and the flight `f`.
+pub fn untouched_join(b: DbBackend) -> &'static str {
+    if b == DbBackend::Postgres {
+        "flights f CROSS JOIN LATERAL unnest(string_to_array(f.ids, ',')::int8[]) AS j(id) JOIN messages m ON m.id = j.id AND m.status IN ('sent', 'delivered') AND m.updated_at = f.written_at"
+    } else {
+        "flights f, json_each('[' || f.ids || ']') j JOIN messages m ON m.id = j.value AND m.status IN ('sent', 'delivered') AND m.updated_at = f.written_at"
+    }
+}
