@@ -69,7 +69,7 @@ fn project(p: &Project, peers: &Peers, channel: &str, blocked_wait: &str) {
         "config/herald.toml",
         &format!(
             "[tracking]\npublic_url = \"https://t.example.com\"\nlisten = \"127.0.0.1:0\"\n\n\
-             [channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"Shop <news@example.com>\"\nusername_env = \"SMTP_USER\"\npassword_env = \"SMTP_PASSWORD\"\n\n\
+             [channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"Shop <news@example.com>\"\nusername_env = \"SMTP_USER\"\npassword_env = \"SMTP_PASSWORD\"\n# the local peer on loopback: no TLS to offer\nallow_plaintext_auth = true\n\n\
              [channels.sms]\nprovider = \"twilio\"\nbase_url = \"{}\"\naccount_sid_env = \"TW_SID\"\nauth_token_env = \"TW_TOKEN\"\nfrom = \"+15005550006\"\n\n\
              [channels.push]\nprovider = \"fcm\"\nbase_url = \"{}\"\nproject_id = \"{}\"\ncredentials_env = \"FCM_KEY\"\n\n\
              [dispatch]\nbatch = 10\nlease = \"5s\"\nblocked_wait = \"{blocked_wait}\"\n",

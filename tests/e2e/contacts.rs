@@ -249,6 +249,9 @@ async fn export_then_forget_leaves_nothing_personal(backend: Backend) {
     .await;
     let unsub = format!("/u/{}", signer.sign_message(TokenKind::Unsubscribe, msg));
     assert_eq!(http(addr, "POST", &unsub, "scope=topic").await.0, 200);
+    // The page's "stop all marketing by email": a channel suppression (a
+    // one-click POST ends only the message's topic).
+    assert_eq!(http(addr, "POST", &unsub, "scope=channel").await.0, 200);
     assert_eq!(
         http(addr, "POST", &unsub, "List-Unsubscribe=One-Click")
             .await

@@ -227,13 +227,17 @@ pub async fn sample_contacts(
 /// What the tracking server's webhooks accept unchecked or refuse, for a
 /// setup that sends real email (`[channels.email] provider = "smtp"`).
 pub fn webhook_warnings(herald: &herald_domain::config::HeraldConfig) -> Vec<String> {
-    use herald_domain::config::EmailProvider;
+    use herald_domain::config::{EmailProvider, EmailRelay};
     let t = &herald.tracking;
     let mut out = Vec::new();
     if herald.channels.email.provider != EmailProvider::Smtp {
         return out;
     }
+    // Only a sender that says which provider relays its mail gets that
+    // provider's webhook warnings: a plain SMTP server posts no events.
+    let relay = herald.channels.email.effective_relay();
     match &t.sendgrid_verification_key_env {
+        None if relay != Some(EmailRelay::Sendgrid) => {}
         None => out.push(
             "SendGrid event webhooks are accepted unsigned: set [tracking] sendgrid_verification_key_env to the variable holding SendGrid's verification key".into(),
         ),
@@ -242,7 +246,7 @@ pub fn webhook_warnings(herald: &herald_domain::config::HeraldConfig) -> Vec<Str
         )),
         Some(_) => {}
     }
-    if t.sns_topic_arns.is_empty() {
+    if t.sns_topic_arns.is_empty() && relay == Some(EmailRelay::Ses) {
         out.push(
             "SES notifications (SNS) are refused: list their topics in [tracking] sns_topic_arns to accept them".into(),
         );
