@@ -28,9 +28,10 @@ use crate::common::*;
 /// A 2,048-bit RSA key (PKCS#8 DER) made for these tests only: ring signs
 /// with RSA but does not make RSA keys.
 const RSA_KEY: &[u8] = include_bytes!("../data/sns-test-rsa.pk8");
-const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:herald-ses";
+pub(crate) const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:herald-ses";
 const HOST: &str = "sns.us-east-1.amazonaws.com";
-const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
+pub(crate) const CERT_URL: &str =
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
 const EXPIRED_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-old.pem";
 const OTHER_NAME_URL: &str =
     "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem";
@@ -39,7 +40,7 @@ const CONFIRM_URL: &str =
 
 /// Serves certificates by URL and notes every URL asked for.
 #[derive(Default)]
-struct Fetcher {
+pub(crate) struct Fetcher {
     bodies: HashMap<String, Vec<u8>>,
     asked: Mutex<Vec<String>>,
 }
@@ -69,7 +70,7 @@ impl Fetcher {
 /// A test CA, and SNS signing certificates it issued: a good one for
 /// [`HOST`] (served at [`CERT_URL`] and, for another host, at
 /// [`OTHER_NAME_URL`]) and an expired one ([`EXPIRED_URL`]).
-fn pki() -> (CertificateDer<'static>, Arc<Fetcher>) {
+pub(crate) fn pki() -> (CertificateDer<'static>, Arc<Fetcher>) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -105,7 +106,7 @@ fn pki() -> (CertificateDer<'static>, Arc<Fetcher>) {
 const V1_CONFIRMATION_SIGNATURE: &str = include_str!("../data/sns-v1-confirmation.sig.b64");
 
 /// `msg` with `SignatureVersion` 2, `SigningCertURL` and a `Signature` over its signed fields.
-fn sign_sns(mut msg: Value, version: &str, cert_url: &str) -> Value {
+pub(crate) fn sign_sns(mut msg: Value, version: &str, cert_url: &str) -> Value {
     let kind = msg["Type"].as_str().unwrap().to_string();
     let fields: &[&str] = if kind == "Notification" {
         &[
@@ -175,7 +176,7 @@ async fn post_ses(app: &App, body: &Value) -> StatusCode {
         .status()
 }
 
-async fn start(
+pub(crate) async fn start(
     backend: Backend,
     fetcher: Arc<Fetcher>,
     root: CertificateDer<'static>,
