@@ -272,3 +272,18 @@ async fn sinks_answer_a_scripted_plan_then_accept() {
     assert_eq!(sink.requests().count(), 3);
     assert_eq!(sink.count(), 1);
 }
+
+#[tokio::test]
+async fn a_body_over_1600_characters_fails_too_long_without_a_request_to_twilio() {
+    // Twilio would answer 21617; herald knows before it asks.
+    let sink = twilio_sink().await;
+    let channel = TwilioChannel::new(common::twilio_settings(&sink, TIMEOUT)).unwrap();
+    let mut sms = common::sms(8, "+1 415-555-0100");
+    sms.body = "a".repeat(1_601);
+    let err = channel.send(&sms).await.unwrap_err();
+    assert!(
+        matches!(err, DeliveryError::Permanent { ref code, .. } if code == herald_channels::twilio::TOO_LONG),
+        "{err:?}"
+    );
+    assert_eq!(sink.requests().count(), 0, "nothing reached the provider");
+}
