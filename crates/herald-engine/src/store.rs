@@ -649,7 +649,8 @@ pub trait Store: Send + Sync {
     }
     /// [`Store::claim_sending_after`] of one route's messages (a lane's):
     /// only messages on `channel`, so a throttled or blocked route's queue
-    /// never holds another's. The default ignores the filter.
+    /// never holds another's. Required: a default that ignored the filter
+    /// would hand a lane other channels' messages.
     #[allow(clippy::too_many_arguments)]
     async fn claim_lane(
         &self,
@@ -660,11 +661,7 @@ pub trait Store: Send + Sync {
         lease_until: i64,
         limit: u32,
         after: Option<(i64, i64)>,
-    ) -> StoreResult<Vec<ClaimedMessage>> {
-        let _ = channel;
-        self.claim_sending_after(owner, run_id, now, lease_until, limit, after)
-            .await
-    }
+    ) -> StoreResult<Vec<ClaimedMessage>>;
     /// Writes the block of `route` (`None`: the route works again), for
     /// `herald status` to show. The default keeps nothing.
     async fn set_route_block(
