@@ -106,9 +106,11 @@ pub fn check(config: &HeraldConfig, secrets: Secrets) -> SenderReport {
     }
     let has_credentials = email.username_env.is_some() || email.password_env.is_some();
     if smtp && has_credentials && email.tls == TlsMode::None && !email.allow_plaintext_auth {
-        report.errors.push(
-            "[channels.email] SMTP credentials with tls = \"none\" would cross the network in clear text: use tls = \"starttls\" or \"tls\", or set allow_plaintext_auth = true for a relay on this machine".to_string(),
-        );
+        // The adapter refuses the same settings at start, in the same words.
+        report.errors.push(format!(
+            "[channels.email] {}",
+            herald_channels::smtp::SmtpConfigError::PlaintextAuth
+        ));
     }
     report
 }
