@@ -70,7 +70,9 @@ pub enum SnsError {
     #[error("not a signed SNS message: {0}")]
     Malformed(&'static str),
     /// The topic is not on the allow-list.
-    #[error("SNS topic `{0}` is not allowed")]
+    #[error(
+        "SNS topic `{0}` is not allowed: add it to [tracking] sns_topic_arns to accept its messages"
+    )]
     Topic(String),
     /// The certificate URL is not https on an SNS host.
     #[error("SNS signing certificate URL `{0}` is not https on an SNS host")]
