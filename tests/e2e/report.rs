@@ -609,14 +609,17 @@ async fn the_api_serves_the_same_report(backend: Backend) {
         return;
     };
     let store = send_and_convert(&p, &db, 600, 1).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let (public, port) = (free_port(), free_port());
     p.write(
         "config/herald.toml",
         &format!(
-            "[defaults]\nglobal_holdout = 0.05\n\n[tracking]\nlisten = \"127.0.0.1:{port}\"\n"
+            "[defaults]\nglobal_holdout = 0.05\n\n[tracking]\nlisten = \"127.0.0.1:{public}\"\nadmin_listen = \"127.0.0.1:{port}\"\n"
         ),
     );
     let _server = Server(
@@ -642,6 +645,12 @@ async fn the_api_serves_the_same_report(backend: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(ready, "herald serve did not answer /healthz");
+    // The public listener serves recipients and providers, never the API.
+    let (status, _) = http_get(public, "/healthz").expect("the public listener answers");
+    assert_eq!(status, 200);
+    let (status, _) =
+        http_get(public, "/api/campaigns/winback/report?run=1").expect("answer");
+    assert_eq!(status, 404, "the report API is not on the public listener");
 
     // Without the token, or with another, the API tells nothing.
     for token in [None, Some("wrong")] {

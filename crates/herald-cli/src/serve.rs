@@ -95,11 +95,11 @@ pub fn tracking_state(
             t.api_token_env
         );
     }
-    if let Some(a) = &t.admin_listen {
-        server.admin_listen = Some(a.parse().with_context(|| {
-            format!("[tracking] admin_listen `{a}` is not an address like 127.0.0.1:8081")
-        })?);
-    }
+    // The report API is never on the public listener (loopback by default).
+    let admin = t.admin_address();
+    server.admin_listen = Some(admin.parse().with_context(|| {
+        format!("[tracking] admin_listen `{admin}` is not an address like 127.0.0.1:8081")
+    })?);
     server.http = HttpLimits {
         header_timeout: span(t.header_timeout),
         idle_timeout: span(t.idle_timeout),
@@ -174,6 +174,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         listener.local_addr()?,
         config.herald.tracking.public_url
     );
+    let admin = config.herald.tracking.admin_address();
+    if !admin.ends_with(":0") {
+        println!("report API on http://{admin} (bearer token: ${})", config.herald.tracking.api_token_env);
+    }
     herald_server::run(listener, state, shutdown_signal()).await?;
     println!("stopped: every answered open and click is recorded");
     Ok(())

@@ -396,7 +396,16 @@ pub async fn run(
         None => None,
     };
     let admin = match state.config().admin_listen {
-        Some(a) => Some(TcpListener::bind(a).await?),
+        Some(a) => {
+            let l = TcpListener::bind(a).await.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on [tracking] admin_listen = {a}: {e}; set another address there"),
+                )
+            })?;
+            tracing::info!(addr = %l.local_addr()?, "the report API is served on the admin listener");
+            Some(l)
+        }
         None => None,
     };
     serve_limited(listener, admin, smtp, state, limits, shutdown).await

@@ -89,8 +89,8 @@ pub struct TrackingConfig {
     /// verification key (base64); unset, SendGrid events are accepted
     /// unsigned and `herald check` warns.
     pub sendgrid_verification_key_env: Option<String>,
-    /// Where the report API is served instead of `listen` (e.g.
-    /// `127.0.0.1:8081`); none: on `listen`, behind its token.
+    /// Where the report API (and any later admin page) is served, never on
+    /// `listen`; unset, [`DEFAULT_ADMIN_LISTEN`] (see [`Self::admin_address`]).
     pub admin_listen: Option<String>,
     /// A request head must arrive within this long of its first byte.
     pub header_timeout: Span,
@@ -109,6 +109,31 @@ pub struct TrackingConfig {
     pub smtp_max_sessions: usize,
     /// Commands that move no mail (NOOP, RSET, HELO, ...) per SMTP session.
     pub smtp_max_idle_commands: usize,
+}
+
+/// `[tracking] admin_listen` by default: loopback, so the internet-facing
+/// host serves only what recipients and providers need.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
+
+impl TrackingConfig {
+    /// The admin listener's address: `admin_listen`, or
+    /// [`DEFAULT_ADMIN_LISTEN`]. When `listen` asks for any free port (port
+    /// 0, as tests and several processes on one host do), the default admin
+    /// address does too, so two such processes never collide on 8081.
+    pub fn admin_address(&self) -> String {
+        if let Some(a) = &self.admin_listen {
+            return a.clone();
+        }
+        let ephemeral = self
+            .listen
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port == "0");
+        if ephemeral {
+            "127.0.0.1:0".into()
+        } else {
+            DEFAULT_ADMIN_LISTEN.into()
+        }
+    }
 }
 
 /// `[tracking] header_timeout` by default.
@@ -805,13 +830,18 @@ ses_configuration_set = "herald-events"
     fn listener_limits_parse_and_default() {
         let c = HeraldConfig::parse("herald.toml", "").unwrap();
         assert_eq!(c.tracking.header_timeout, DEFAULT_HEADER_TIMEOUT);
-        assert_eq!(c.tracking.admin_listen, None);
+        assert_eq!(c.tracking.admin_address(), "127.0.0.1:8081");
+        let c = HeraldConfig::parse("herald.toml", "[tracking]\nlisten = \"0.0.0.0:0\"\n").unwrap();
+        assert_eq!(c.tracking.admin_address(), "127.0.0.1:0");
         let src = "[tracking]\nheader_timeout = \"5s\"\nidle_timeout = \"2m\"\nmax_connections = 100\nadmin_listen = \"127.0.0.1:8081\"\napi_token_env = \"T\"\nsmtp_max_idle_commands = 5\n";
         let c = HeraldConfig::parse("herald.toml", src).unwrap();
         assert_eq!(c.tracking.header_timeout, Span::from_secs(5));
         assert_eq!(c.tracking.idle_timeout, Span::from_secs(120));
         assert_eq!(c.tracking.max_connections, 100);
-        assert_eq!(c.tracking.admin_listen.as_deref(), Some("127.0.0.1:8081"));
+        assert_eq!(c.tracking.admin_address(), "127.0.0.1:8081");
+        let other = "[tracking]\nadmin_listen = \"10.0.0.5:9000\"\n";
+        let other = HeraldConfig::parse("herald.toml", other).unwrap();
+        assert_eq!(other.tracking.admin_address(), "10.0.0.5:9000");
         assert_eq!(c.tracking.api_token_env, "T");
         assert_eq!(c.tracking.smtp_max_idle_commands, 5);
     }
