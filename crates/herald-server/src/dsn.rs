@@ -1,11 +1,11 @@
 //! Reading bounce and complaint mail: a DSN (RFC 3464, a `multipart/report`
 //! with a `message/delivery-status` part) or an ARF report (RFC 5965, with a
-//! `message/feedback-report` part). Just enough MIME to find those parts:
-//! headers with folding, multipart boundaries, base64 and quoted-printable.
+//! `message/feedback-report` part). MIME is mail-parser's (folding,
+//! multipart boundaries, transfer encodings, charsets); the report part's
+//! own fields (RFC 3464 section 2, RFC 5965 section 3) are read here.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use herald_storage::tracking::EmailFeedback;
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 use serde_json::{Value, json};
 
 /// How deep multiparts are followed (a report nested in a forward, at most).
@@ -46,118 +46,35 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Splits a message or part into its header text and body at the first blank line.
-fn split_head(raw: &str) -> (&str, &str) {
-    for sep in ["\r\n\r\n", "\n\n"] {
-        if let Some(i) = raw.find(sep) {
-            return (&raw[..i], &raw[i + sep.len()..]);
-        }
-    }
-    (raw, "")
-}
-
-/// The media type (lower-cased) and one parameter of a Content-Type value.
-fn content_type(value: &str) -> (String, Vec<(String, String)>) {
-    let mut parts = value.split(';');
-    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let params = parts
-        .filter_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            Some((
-                k.trim().to_ascii_lowercase(),
-                v.trim().trim_matches('"').to_string(),
-            ))
-        })
-        .collect();
-    (media, params)
-}
-
-fn decode(body: &str, encoding: Option<&str>) -> String {
-    match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
-        Some("base64") => {
-            let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-            STANDARD
-                .decode(compact)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        }
-        Some("quoted-printable") => quoted_printable(body),
-        _ => body.to_string(),
-    }
-}
-
-fn quoted_printable(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' {
-            let rest = &bytes[i + 1..];
-            if rest.starts_with(b"\r\n") {
-                i += 3;
-                continue;
-            }
-            if rest.starts_with(b"\n") {
-                i += 2;
-                continue;
-            }
-            if rest.len() >= 2
-                && let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(&rest[..2]), 16)
-            {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The parts of a multipart body with boundary `boundary`.
-fn parts<'a>(body: &'a str, boundary: &str) -> Vec<&'a str> {
-    let delim = format!("--{boundary}");
-    let mut out = Vec::new();
-    let mut current: Option<usize> = None;
-    let mut offset = 0;
-    for line in body.split_inclusive('\n') {
-        let t = line.trim_end();
-        let closing = t.strip_suffix("--") == Some(delim.as_str());
-        if t == delim || closing {
-            if let Some(start) = current {
-                out.push(&body[start..offset]);
-            }
-            if closing {
-                return out;
-            }
-            current = Some(offset + line.len());
-        }
-        offset += line.len();
-    }
-    out
-}
+/// The media types of the parts that carry a report.
+const REPORT_TYPES: [&str; 3] = [
+    "delivery-status",
+    "global-delivery-status",
+    "feedback-report",
+];
 
 /// A report part found in a message: its media type and decoded text.
-fn find_report(raw: &str, depth: usize) -> Option<(String, String)> {
-    let (head, body) = split_head(raw);
-    let fields = parse_fields(head);
-    let (media, params) = content_type(field(&fields, "content-type").unwrap_or("text/plain"));
-    match media.as_str() {
-        "message/delivery-status"
-        | "message/global-delivery-status"
-        | "message/feedback-report" => Some((
-            media,
-            decode(body, field(&fields, "content-transfer-encoding")),
-        )),
-        m if m.starts_with("multipart/") && depth < MAX_DEPTH => {
-            let boundary = params.iter().find(|(k, _)| k == "boundary")?.1.clone();
-            parts(body, &boundary)
-                .into_iter()
-                .find_map(|p| find_report(p, depth + 1))
+/// mail-parser flattens multiparts and keeps enclosed messages (a report
+/// forwarded as `message/rfc822`) as messages of their own, followed here
+/// down to [`MAX_DEPTH`].
+fn find_report(message: &Message<'_>, depth: usize) -> Option<(String, String)> {
+    message.parts.iter().find_map(|part| {
+        if let PartType::Message(inner) = &part.body {
+            return (depth < MAX_DEPTH)
+                .then(|| find_report(inner, depth + 1))
+                .flatten();
         }
-        _ => None,
-    }
+        let ct = part.content_type()?;
+        let sub = ct.subtype()?.to_ascii_lowercase();
+        (ct.ctype().eq_ignore_ascii_case("message") && REPORT_TYPES.contains(&sub.as_str())).then(
+            || {
+                (
+                    format!("message/{sub}"),
+                    String::from_utf8_lossy(part.contents()).into_owned(),
+                )
+            },
+        )
+    })
 }
 
 /// The groups of a delivery-status body: per-message fields, then one group per recipient.
@@ -174,13 +91,12 @@ fn groups(text: &str) -> Vec<Vec<(String, String)>> {
 /// decides (failed with a 5.x.x status: hard; failed otherwise or delayed:
 /// soft; delivered, relayed, expanded: delivered); an ARF report is a complaint.
 pub fn read_report(raw: &[u8]) -> MailReport {
-    let text = String::from_utf8_lossy(raw);
-    let Some((media, body)) = find_report(&text, 0) else {
-        let (head, _) = split_head(&text);
-        let fields = parse_fields(head);
+    let parsed = MessageParser::new().parse(raw);
+    let found = parsed.as_ref().and_then(|m| find_report(m, 0));
+    let Some((media, body)) = found else {
         return MailReport {
             feedback: None,
-            detail: json!({ "source": "smtp", "subject": field(&fields, "subject") }),
+            detail: json!({ "source": "smtp", "subject": parsed.as_ref().and_then(Message::subject) }),
         };
     };
     if media == "message/feedback-report" {
@@ -270,8 +186,8 @@ mod tests {
 
     #[test]
     fn a_base64_status_part_and_plain_mail() {
-        let enc =
-            STANDARD.encode("Reporting-MTA: dns; x\r\n\r\nAction: failed\r\nStatus: 5.0.0\r\n");
+        use base64::Engine as _;
+        let enc = base64::engine::general_purpose::STANDARD.encode("Reporting-MTA: dns; x\r\n\r\nAction: failed\r\nStatus: 5.0.0\r\n");
         let dsn = format!(
             "Content-Type: multipart/report; boundary=q\r\n\r\n--q\r\nContent-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n{enc}\r\n--q--\r\n"
         );
@@ -284,7 +200,18 @@ mod tests {
     }
 
     #[test]
-    fn quoted_printable_decodes() {
-        assert_eq!(quoted_printable("a=3Db=\r\nc"), "a=bc");
+    fn a_quoted_printable_status_part_and_a_forwarded_report() {
+        let dsn = "Content-Type: multipart/report; boundary=q\r\n\r\n--q\r\nContent-Type: message/delivery-status\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nReporting-MTA: dns; x\r\n\r\nAction: fail=\r\ned\r\nStatus: 5.1=2E1\r\n--q--\r\n";
+        let r = read_report(dsn.as_bytes());
+        assert_eq!(r.feedback, Some(EmailFeedback::HardBounce));
+        assert_eq!(r.detail["status"], "5.1.1");
+        // An ARF report forwarded inside another message is still found.
+        let forwarded = format!(
+            "Subject: Fwd: report\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--outer\r\nContent-Type: message/rfc822\r\n\r\nFrom: fbl@isp.example\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=xyz\r\n\r\n--xyz\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n--xyz--\r\n\r\n--outer--\r\n"
+        );
+        assert_eq!(
+            read_report(forwarded.as_bytes()).feedback,
+            Some(EmailFeedback::Complaint)
+        );
     }
 }
