@@ -24,7 +24,6 @@ pub mod reputation;
 pub mod rollout;
 pub mod routes;
 pub mod runs;
-pub mod segment_bench;
 pub mod segment_sql;
 pub mod sql;
 pub mod store;

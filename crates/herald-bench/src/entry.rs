@@ -1,4 +1,4 @@
-//! `herald bench entry`: the segment-entry pass of issue 9 over a generated
+//! `herald-bench entry`: the segment-entry pass of issue 9 over a generated
 //! contact base (the `bench segments` generator: COPY on PostgreSQL, batched
 //! inserts on SQLite). Per segment it times the segment query alone (a COUNT,
 //! the floor of any pass), the baseline pass, steady passes where nothing
@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 
+use crate::segments::{self, BENCH_NOW, BenchOptions};
 use herald_domain::config::{LifecycleConfig, RfmConfig};
 use herald_domain::segment::parse;
 use herald_storage::Db;
-use herald_storage::segment_bench::{self, BENCH_NOW, BenchOptions};
 use herald_storage::segment_sql::{DAY_MS, SegmentContext, count_sql};
 use herald_storage::sql::Sql;
 use sea_orm::ConnectionTrait;
@@ -19,7 +19,7 @@ use sea_orm::ConnectionTrait;
 /// Steady passes timed per segment (nothing changes between them).
 const STEADY_PASSES: i64 = 2;
 
-/// What `herald bench entry` generates and measures.
+/// What `herald-bench entry` generates and measures.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Contacts to generate.
@@ -91,7 +91,7 @@ pub async fn run(url: &str, o: Options) -> anyhow::Result<()> {
             events: o.events,
             seed: o.seed,
         };
-        let purchases = segment_bench::load(&db, &options).await?;
+        let purchases = segments::load(&db, &options).await?;
         eprintln!(
             "loaded {} contacts and {} events ({purchases} purchases, seed {}) in {:.1} s",
             o.contacts,
@@ -100,7 +100,7 @@ pub async fn run(url: &str, o: Options) -> anyhow::Result<()> {
             secs(t)
         );
         let t = Instant::now();
-        segment_bench::analyze(&db).await?;
+        segments::analyze(&db).await?;
         eprintln!("analyzed in {:.1} s", secs(t));
     }
     let contacts = scalar(&db, {

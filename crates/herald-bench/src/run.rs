@@ -1,4 +1,4 @@
-//! `herald bench run`: a whole run, end to end, to an unlimited outbox:
+//! `herald-bench run`: a whole run, end to end, to an unlimited outbox:
 //! plan (audience snapshot and policies) while the workers claim, read
 //! contacts, render, send (the batched outbox) and record what is
 //! planned, as the daemon does; with each stage's share of the workers'
@@ -19,8 +19,9 @@ use herald_storage::Db;
 use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
 
-use crate::app;
-use crate::bench::{peak_rss, reset_peak_rss};
+use herald_cli::app;
+
+use crate::{peak_rss, reset_peak_rss};
 
 /// Writes the bench project: outbox channels without a rate limit, one
 /// campaign to everyone with an email, with a goal (so each page written
@@ -57,13 +58,13 @@ pub async fn run_one(
 ) -> anyhow::Result<()> {
     let db = Db::connect(database).await?;
     let t = Instant::now();
-    let options = herald_storage::segment_bench::BenchOptions {
+    let options = crate::segments::BenchOptions {
         contacts: recipients,
         events: recipients * events_per_contact,
         seed: 3,
     };
-    herald_storage::segment_bench::load(&db, &options).await?;
-    herald_storage::segment_bench::analyze(&db).await?;
+    crate::segments::load(&db, &options).await?;
+    crate::segments::analyze(&db).await?;
     let load_s = t.elapsed().as_secs_f64();
     let load_peak_rss = peak_rss();
     // The run's own peak, not the generator's.
@@ -196,7 +197,6 @@ pub fn run(
             };
             let out = Command::new(&exe)
                 .args([
-                    "bench",
                     "run-one",
                     "--recipients",
                     &n.to_string(),

@@ -1,4 +1,4 @@
-//! The body of `herald bench segments`: generates N contacts and M events
+//! The body of `herald-bench segments`: generates N contacts and M events
 //! with realistic skew (many one-off buyers, a few heavy ones, seasonal
 //! timing), reproducible from a seed, loads them fast (COPY on PostgreSQL,
 //! batched inserts on SQLite), then times segment counts and RFM scoring
@@ -12,10 +12,10 @@ use herald_domain::segment::{Expr, parse};
 use herald_engine::store::Store;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait};
 
-use crate::db::Db;
-use crate::segment_sql::{DAY_MS, SegmentContext, count_sql, rfm_grid_sql};
-use crate::sql::{Sql, stmt};
-use crate::store::SqlStore;
+use herald_storage::Db;
+use herald_storage::segment_sql::{DAY_MS, SegmentContext, count_sql, rfm_grid_sql};
+use herald_storage::sql::{Sql, stmt};
+use herald_storage::store::SqlStore;
 
 /// The snapshot instant every bench query uses (2026-11-30T00:00:00Z), so a seed gives the same answers.
 pub const BENCH_NOW: i64 = 1_795_996_800_000;
@@ -775,7 +775,7 @@ pub async fn scan(db: &Db, src: &str) -> Result<ScanReport, BenchError> {
     })
 }
 
-/// `herald bench segments`: empties `db`, loads a generated data set, and measures.
+/// `herald-bench segments`: empties `db`, loads a generated data set, and measures.
 pub async fn bench_segments(
     db: &Db,
     options: BenchOptions,

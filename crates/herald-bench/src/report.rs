@@ -1,4 +1,4 @@
-//! `herald bench report`: the A/B report over a large campaign. Generates
+//! `herald-bench report`: the A/B report over a large campaign. Generates
 //! messages inside the database (`generate_series` on PostgreSQL, a recursive
 //! CTE on SQLite: nothing crosses the wire), half of them with outcomes, then
 //! times the whole report (runs, the grouped scan, the statistics) next to
@@ -39,7 +39,7 @@ email = { subject = "s", template = "t.email.hbs" }
 const FIRST_RUN: i64 = 1_767_225_600_000;
 const DAY: i64 = 86_400_000;
 
-/// What `herald bench report` generates.
+/// What `herald-bench report` generates.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Messages in all.
@@ -228,7 +228,7 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-/// Runs `herald bench report` on `url` (EMPTIED first).
+/// Runs `herald-bench report` on `url` (EMPTIED first).
 pub async fn run(url: &str, o: Options, keep: bool) -> anyhow::Result<()> {
     let campaign = Campaign::parse("bench.toml", CAMPAIGN)
         .map_err(|e| anyhow::anyhow!("the bench campaign is invalid: {e}"))?;

@@ -1,4 +1,4 @@
-//! `herald bench trigger`: the time from an event to its message's send for a
+//! `herald-bench trigger`: the time from an event to its message's send for a
 //! campaign triggered with `delay = "0s"`. A real daemon (this binary, `herald
 //! run`) runs against a scratch database and a local SMTP server; events are
 //! POSTed to its `/events` at a steady rate over HTTP, and each message's
@@ -16,7 +16,7 @@ use herald_storage::Db;
 use herald_storage::import::import_contacts;
 use sea_orm::{ConnectionTrait, Statement};
 
-use crate::datagen;
+use herald_cli::datagen;
 
 /// The events token the bench gives its daemon.
 const TOKEN: &str = "bench-trigger-token";
@@ -50,8 +50,7 @@ pub async fn run(
     .await?;
     write_project(dir.path(), &url, sink.addr().port())?;
 
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    let mut child = Command::new(crate::herald_exe()?)
         .current_dir(dir.path())
         .args(["run", "--name", "bench-trigger"])
         .env("HERALD_BENCH_EVENTS_TOKEN", TOKEN)

@@ -1,4 +1,5 @@
-//! `herald bench`: measured, not asserted. `herald bench import` generates N
+//! `herald-bench`: herald's benchmarks, measured, not asserted, kept out of
+//! the product's crates. `herald-bench import` generates N
 //! contacts as CSV, then imports them into a fresh SQLite file and (with
 //! `--postgres`) a PostgreSQL database, each in a child process so its peak
 //! memory is its own; it prints rows/s, peak RSS, and the rate of parsing the
@@ -8,22 +9,21 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use clap::{Args, Subcommand};
+use clap::{Parser, Subcommand};
 use herald_storage::Db;
 use herald_storage::import::import_contacts;
 
-use crate::datagen;
+use herald_cli::datagen;
 
-// `herald bench report` lives in its own file beside this one.
-#[path = "bench_report.rs"]
-mod report;
-
-// `herald bench entry` too.
-#[path = "bench_entry.rs"]
 mod entry;
+mod report;
+mod run;
+mod segments;
+mod trigger;
 
-/// Arguments of `herald bench`.
-#[derive(Args, Debug)]
+/// herald's benchmarks: import, segments, a whole run, the report, triggers.
+#[derive(Parser, Debug)]
+#[command(name = "herald-bench", version, about)]
 pub struct BenchArgs {
     #[command(subcommand)]
     what: BenchWhat,
@@ -178,15 +178,22 @@ fn parse_only_rate(file: &PathBuf) -> anyhow::Result<f64> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Runs the bench command.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = BenchArgs::parse();
     match &args.what {
         BenchWhat::Trigger {
             contacts,
             rate,
             seconds,
             database,
-        } => crate::bench_trigger::run(*contacts, *rate, *seconds, database.as_deref()).await,
+        } => trigger::run(*contacts, *rate, *seconds, database.as_deref()).await,
         BenchWhat::Run {
             recipients,
             postgres,
@@ -194,7 +201,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             workers,
             events_per_contact,
             no_handoff,
-        } => crate::bench_run::run(
+        } => run::run(
             recipients,
             postgres.as_deref(),
             *batch,
@@ -210,7 +217,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             events_per_contact,
             no_handoff,
         } => {
-            crate::bench_run::run_one(
+            run::run_one(
                 *recipients,
                 database,
                 *batch,
@@ -229,15 +236,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let dir = tempfile::tempdir()?;
             let url = database_or_scratch(database, dir.path(), "segments");
             let db = Db::connect(&url).await?;
-            let options = herald_storage::segment_bench::BenchOptions {
+            let options = segments::BenchOptions {
                 contacts: *contacts,
                 events: *events,
                 seed: *seed,
             };
-            let report = herald_storage::segment_bench::bench_segments(&db, options, &|line| {
-                eprintln!("{line}")
-            })
-            .await?;
+            let report =
+                segments::bench_segments(&db, options, &|line| eprintln!("{line}")).await?;
             println!("{report}");
             Ok(())
         }
@@ -308,7 +313,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let exe = std::env::current_exe()?;
             for (name, url) in targets {
                 let out = Command::new(&exe)
-                    .args(["bench", "import-one", "--file"])
+                    .args(["import-one", "--file"])
                     .arg(&file)
                     .args(["--database", &url])
                     .output()?;
@@ -332,6 +337,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The `herald` binary beside this one (`cargo build --release --workspace`
+/// builds both): benchmarks that need a daemon run the real one.
+pub fn herald_exe() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let herald = exe.with_file_name("herald");
+    anyhow::ensure!(
+        herald.exists(),
+        "{} is missing: build it beside herald-bench with `cargo build --release --workspace`",
+        herald.display()
+    );
+    Ok(herald)
 }
 
 /// `database`, or a scratch SQLite file `NAME.db` in `dir`.
