@@ -142,6 +142,7 @@ pub fn tracking_state(
             ..SmtpSettings::default()
         });
     }
+    server.console = Some(console_settings(config));
     let report = crate::report::report_source(store.db().clone(), config.clone().into());
     Ok(AppState::with_hooks(
         store.db().clone(),
@@ -150,6 +151,31 @@ pub fn tracking_state(
         Some(report),
         extra_metrics,
     ))
+}
+
+/// `[console]`: the password from its variable, the session key from the tracking secret.
+fn console_settings(
+    config: &herald_domain::config::ConfigSet,
+) -> herald_server::ConsoleSettings {
+    let c = &config.herald.console;
+    let var = &config.herald.tracking.secret_env;
+    // `app::signer` has already refused a missing or short secret.
+    let secret = std::env::var(var).unwrap_or_default();
+    let password = std::env::var(&c.password_env).ok().filter(|p| !p.is_empty());
+    if password.is_none() {
+        eprintln!(
+            "warning: {} is not set: nobody can sign in to the console until it is",
+            c.password_env
+        );
+    }
+    let mut s = herald_server::ConsoleSettings::new(secret.as_bytes(), password);
+    s.timezone = c.timezone.0;
+    s.password_env = c.password_env.clone();
+    s.secure_cookie = c
+        .url
+        .as_deref()
+        .is_some_and(|u| u.trim().to_ascii_lowercase().starts_with("https://"));
+    s
 }
 
 /// Binds `[tracking] listen`.
@@ -177,6 +203,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     let admin = config.herald.tracking.admin_address();
     if !admin.ends_with(":0") {
         println!("report API on http://{admin} (bearer token: ${})", config.herald.tracking.api_token_env);
+        println!("console on http://{admin}/console/ (password: ${})", config.herald.console.password_env);
     }
     herald_server::run(listener, state, shutdown_signal()).await?;
     println!("stopped: every answered open and click is recorded");
