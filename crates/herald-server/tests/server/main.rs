@@ -3,6 +3,7 @@
 //! keywords, bounces, events and attribution. One binary, so it links once.
 
 mod api;
+mod console;
 mod common;
 mod correlation;
 mod events;
