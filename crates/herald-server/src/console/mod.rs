@@ -9,7 +9,11 @@
 //! session (or, for sign-in, of the pre-session cookie).
 
 pub mod auth;
+mod chart;
 pub mod html;
+mod pages;
+
+pub use pages::CampaignEntry;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +51,12 @@ pub struct ConsoleSettings {
     pub secure_cookie: bool,
     /// Where to say the password comes from when it is not set.
     pub password_env: String,
+    /// The configured campaigns with what `herald check` says of each.
+    pub campaigns: std::sync::Arc<Vec<CampaignEntry>>,
+    /// `herald check`'s problems that belong to no one campaign.
+    pub problems: std::sync::Arc<Vec<String>>,
+    /// Each channel's configured rate (messages per second; `None`: unlimited).
+    pub rates: Vec<(String, Option<u32>)>,
 }
 
 impl std::fmt::Debug for ConsoleSettings {
@@ -68,6 +78,9 @@ impl ConsoleSettings {
             timezone: chrono_tz::Tz::UTC,
             secure_cookie: false,
             password_env: "HERALD_CONSOLE_PASSWORD".into(),
+            campaigns: std::sync::Arc::default(),
+            problems: std::sync::Arc::default(),
+            rates: Vec::new(),
         }
     }
 }
@@ -383,22 +396,19 @@ pub(crate) fn csrf_of(st: &AppState, session: &Session) -> String {
     settings(st).map_or_else(String::new, |s| s.key.csrf(&session.nonce))
 }
 
-/// `GET /console/`: the campaigns.
-async fn home(State(st): State<AppState>, req: Request) -> Response {
-    let Some(Signed(session)) = req.extensions().get::<Signed>().copied() else {
-        return see_other("/console/sign-in");
-    };
-    let csrf = csrf_of(&st, &session);
-    html(StatusCode::OK, page("Campaigns", Some(&csrf), "<p>Signed in.</p>"))
-}
-
 /// The console's routes, for the admin app; none when `[console]` is off.
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     if state.inner.config.console.is_none() {
         return Router::new();
     }
     let guarded = Router::new()
-        .route("/console/", get(home))
+        .route("/console/", get(pages::campaigns))
+        .route("/console/status", get(pages::status_page))
+        .route("/console/runs/{id}", get(pages::run_page))
+        .route(
+            "/console/runs/{id}/{action}",
+            get(pages::confirm).post(pages::act),
+        )
         .route("/console/sign-out", post(sign_out))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -3,20 +3,51 @@
 //! cookie signed under another secret is nobody's; wrong passwords are
 //! slowed down; names from the database are escaped.
 
+use herald_domain::config::Campaign;
 use herald_server::ConsoleSettings;
-use herald_server::console::{PRE_COOKIE, SESSION_COOKIE};
+use herald_server::console::{CampaignEntry, PRE_COOKIE, SESSION_COOKIE};
 use herald_tests::Backend;
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
+
+use sea_orm::ConnectionTrait;
 
 use crate::common::*;
 
 pub const PASSWORD: &str = "console-password-0123";
 
 /// Every page (GET) of the console.
-pub const PAGES: [&str; 1] = ["/console/"];
+pub const PAGES: [&str; 6] = [
+    "/console/",
+    "/console/status",
+    "/console/runs/1",
+    "/console/runs/1/pause",
+    "/console/runs/1/resume",
+    "/console/runs/1/cancel",
+];
 /// Every action (POST) of the console.
-pub const ACTIONS: [&str; 1] = ["/console/sign-out"];
+pub const ACTIONS: [&str; 4] = [
+    "/console/sign-out",
+    "/console/runs/1/pause",
+    "/console/runs/1/resume",
+    "/console/runs/1/cancel",
+];
+
+/// A name, a reason and a problem that are HTML: they must show as text.
+pub const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+
+/// The configured `winback` campaign, with a `herald check` problem.
+fn campaigns() -> Vec<CampaignEntry> {
+    let campaign = Campaign::parse(
+        "config/campaigns/winback.toml",
+        "name = \"winback\"\nwhere = 'attrs.x == 1'\nchannels = [\"email\", \"sms\"]\nschedule = { cron = \"0 0 10 * * Tue\", timezone = \"Asia/Shanghai\" }\n[[variants]]\nname = \"a\"\nsms = { template = \"t.sms.hbs\" }\nemail = { subject = \"s\", template = \"t.email.hbs\" }\n",
+    )
+    .expect("campaign");
+    vec![CampaignEntry {
+        campaign,
+        problems: vec![format!("config/campaigns/winback.toml: template `{HOSTILE}` is not in templates")],
+    }]
+}
 
 /// A server with the console on its admin listener, or `None` when PostgreSQL is skipped.
 pub async fn start(backend: Backend) -> Option<App> {
@@ -28,7 +59,12 @@ async fn start_with_secret(backend: Backend, secret: &'static [u8]) -> Option<Ap
         backend,
         move |c| {
             c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
-            c.console = Some(ConsoleSettings::new(secret, Some(PASSWORD.into())));
+            let mut console = ConsoleSettings::new(secret, Some(PASSWORD.into()));
+            console.timezone = chrono_tz::Asia::Shanghai;
+            console.campaigns = std::sync::Arc::new(campaigns());
+            console.problems = std::sync::Arc::new(vec![format!("herald.toml: {HOSTILE}")]);
+            console.rates = vec![("email".into(), Some(50)), ("sms".into(), None)];
+            c.console = Some(console);
         },
         None,
     )
@@ -230,10 +266,117 @@ macro_rules! with_console {
     };
 }
 
+/// Signed in, every page answers.
+async fn every_page_answers_signed_in(app: &App) {
+    let b = sign_in(app).await;
+    for p in PAGES {
+        let (status, body) = get(app, p, Some(&b.cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{p}: {body}");
+        assert!(body.contains("Sign out"), "{p}");
+    }
+    assert_eq!(get(app, "/console/runs/999", Some(&b.cookie)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get(app, "/console/runs/1/explode", Some(&b.cookie)).await.0, StatusCode::NOT_FOUND);
+}
+
+/// Names, reasons and check problems that are HTML are shown as text.
+async fn html_in_names_and_reasons_is_escaped(app: &App) {
+    let now = now_ms();
+    for sql in [
+        format!("UPDATE campaigns SET name = '{HOSTILE}' WHERE id = 2"),
+        format!("UPDATE messages SET status = 'failed', reason = '{HOSTILE}', updated_at = {now} WHERE id = 7"),
+        format!("INSERT INTO route_blocks (route, owner, reason, since, probe_at, updated_at) VALUES ('sms', '{HOSTILE}', '{HOSTILE}', {now}, {}, {now})", now + 60_000),
+        format!("UPDATE contacts SET attrs = '{{\"name\": \"{HOSTILE}\"}}' WHERE id = 1"),
+    ] {
+        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    let b = sign_in(app).await;
+    let escaped = "&lt;img src=x onerror=alert(1)&gt;";
+    for p in ["/console/", "/console/status", "/console/runs/2", "/console/runs/2/cancel"] {
+        let (status, body) = get(app, p, Some(&b.cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{p}");
+        assert!(!body.contains("<img"), "{p} shows raw HTML: {body}");
+        if p != "/console/runs/2/cancel" {
+            assert!(body.contains(escaped), "{p} hides the text: {body}");
+        }
+    }
+}
+
+/// The run page shows what `herald status` counts; its buttons do what `herald runs` does.
+async fn a_run_page_shows_status_figures_and_pauses_resumes_cancels(app: &App) {
+    let b = sign_in(app).await;
+    let (_, page) = get(app, "/console/runs/1", Some(&b.cookie)).await;
+    let status = herald_storage::runs::status(&app.db, now_ms(), 20).await.unwrap();
+    let run = status.runs.iter().find(|r| r.id == 1).unwrap();
+    for (st, n) in &run.counts {
+        let row = format!("<td>{st}</td><td><span class=\"n\">{n}</span></td>");
+        assert!(page.contains(&row), "{row} not in {page}");
+    }
+    assert!(page.contains("<svg"), "a chart");
+    assert!(page.contains("50/s"), "the configured email rate");
+    // The confirmation page holds the form; posting it pauses.
+    let (_, confirm) = get(app, "/console/runs/1/pause", Some(&b.cookie)).await;
+    let csrf = csrf_in(&confirm);
+    assert!(confirm.contains("action=\"/console/runs/1/pause\""));
+    let r = post(app, "/console/runs/1/pause", Some(&b.cookie), &[("csrf", &csrf)]).await;
+    assert_eq!(r, (StatusCode::SEE_OTHER, "/console/runs/1?done=pause".into()));
+    assert_eq!(app.int("SELECT COUNT(*) FROM runs WHERE id = 1 AND state = 'paused'").await, Some(1));
+    let (_, page) = get(app, "/console/runs/1?done=pause", Some(&b.cookie)).await;
+    assert!(page.contains("Paused:"));
+    // Pausing twice says why not, as `herald runs` does.
+    let r = post(app, "/console/runs/1/pause", Some(&b.cookie), &[("csrf", &csrf)]).await;
+    assert_eq!(r.0, StatusCode::CONFLICT);
+    let r = post(app, "/console/runs/1/resume", Some(&b.cookie), &[("csrf", &b.csrf)]).await;
+    assert_eq!(r.0, StatusCode::SEE_OTHER);
+    assert_eq!(app.int("SELECT COUNT(*) FROM runs WHERE id = 1 AND state = 'running'").await, Some(1));
+    let r = post(app, "/console/runs/2/cancel", Some(&b.cookie), &[("csrf", &b.csrf)]).await;
+    assert_eq!(r.0, StatusCode::SEE_OTHER);
+    assert_eq!(app.int("SELECT COUNT(*) FROM runs WHERE id = 2 AND state = 'running'").await, Some(0));
+}
+
+/// The campaigns page: kind, channels, schedule, next fire in the console's zone, last run, problems.
+async fn the_campaigns_page_lists_config_runs_and_problems(app: &App) {
+    let b = sign_in(app).await;
+    let (_, page) = get(app, "/console/", Some(&b.cookie)).await;
+    for want in [
+        "<td>winback</td>",
+        "marketing, scheduled",
+        "email, sms",
+        "<code>0 0 10 * * Tue</code> (Asia/Shanghai)",
+        " CST</td>",
+        "<a href=\"/console/runs/1\">run 1</a>",
+        "6 messages:",
+        "template `&lt;img",
+        "herald.toml: &lt;img",
+    ] {
+        assert!(page.contains(want), "{want} not in {page}");
+    }
+}
+
+/// The status page: routes with rates, daemons, recent errors.
+async fn the_status_page_shows_routes_daemons_and_errors(app: &App) {
+    let now = now_ms();
+    herald_storage::runs::heartbeat(&app.db, "host-a:1", now).await.unwrap();
+    app.db
+        .conn
+        .execute_unprepared(&format!("UPDATE messages SET status = 'failed', reason = 'mailbox full', updated_at = {now} WHERE id = 6"))
+        .await
+        .unwrap();
+    let b = sign_in(app).await;
+    let (_, page) = get(app, "/console/status", Some(&b.cookie)).await;
+    for want in ["<td>host-a:1</td>", "<td>mailbox full</td>", "Recent runs", "No route is blocked"] {
+        assert!(page.contains(want), "{want} not in {page}");
+    }
+}
+
 with_console!(
     signed_out_everything_is_refused,
     an_action_without_its_csrf_token_is_refused,
     sign_out_ends_the_session,
+    every_page_answers_signed_in,
+    html_in_names_and_reasons_is_escaped,
+    a_run_page_shows_status_figures_and_pauses_resumes_cancels,
+    the_campaigns_page_lists_config_runs_and_problems,
+    the_status_page_shows_routes_daemons_and_errors,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
