@@ -163,7 +163,9 @@ fn console_settings(
     let var = &config.herald.tracking.secret_env;
     // `app::signer` has already refused a missing or short secret.
     let secret = std::env::var(var).unwrap_or_default();
-    let password = std::env::var(&c.password_env).ok().filter(|p| !p.is_empty());
+    let password = std::env::var(&c.password_env)
+        .ok()
+        .filter(|p| !p.is_empty());
     if password.is_none() {
         eprintln!(
             "warning: {} is not set: nobody can sign in to the console until it is",
@@ -223,8 +225,14 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     );
     let admin = config.herald.tracking.admin_address();
     if !admin.ends_with(":0") {
-        println!("report API on http://{admin} (bearer token: ${})", config.herald.tracking.api_token_env);
-        println!("console on http://{admin}/console/ (password: ${})", config.herald.console.password_env);
+        println!(
+            "report API on http://{admin} (bearer token: ${})",
+            config.herald.tracking.api_token_env
+        );
+        println!(
+            "console on http://{admin}/console/ (password: ${})",
+            config.herald.console.password_env
+        );
     }
     herald_server::run(listener, state, shutdown_signal()).await?;
     println!("stopped: every answered open and click is recorded");

@@ -460,9 +460,7 @@ pub async fn run_detail(
             .find(|(c, s, _)| *c == channel && s == air.status())
         {
             Some((_, _, count)) => *count += n,
-            None => out
-                .by_channel
-                .push((channel, air.status().to_string(), n)),
+            None => out.by_channel.push((channel, air.status().to_string(), n)),
         }
     }
     out.by_channel.retain(|(_, _, n)| *n > 0);

@@ -46,7 +46,11 @@ pub fn page(title: &str, csrf: Option<&str>, body: &str) -> String {
             csrf_field(csrf)
         );
     }
-    let _ = write!(out, "<main><h1>{}</h1>{body}</main></body></html>", esc(title));
+    let _ = write!(
+        out,
+        "<main><h1>{}</h1>{body}</main></body></html>",
+        esc(title)
+    );
     out
 }
 

@@ -282,10 +282,7 @@ async fn sign_in_form(State(st): State<AppState>, headers: HeaderMap) -> Respons
         return see_other("/console/");
     }
     let nonce = random_nonce();
-    let mut r = html(
-        StatusCode::OK,
-        sign_in_page(s, &s.key.csrf(&nonce), None),
-    );
+    let mut r = html(StatusCode::OK, sign_in_page(s, &s.key.csrf(&nonce), None));
     r.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(s, PRE_COOKIE, &auth::pre_value(&nonce), 3600),

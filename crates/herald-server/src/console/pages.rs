@@ -242,7 +242,13 @@ async fn blocks_html(st: &AppState, s: &ConsoleSettings, now: i64) -> Result<Str
         .collect();
     Ok(table(
         "Blocked routes (their messages wait, planned)",
-        &["route", "the provider said", "since", "next probe in", "seen by"],
+        &[
+            "route",
+            "the provider said",
+            "since",
+            "next probe in",
+            "seen by",
+        ],
         &rows,
     ))
 }
@@ -311,12 +317,20 @@ pub(crate) async fn run_page(
         body,
         "<p>Campaign <strong>{}</strong>, {} {}, state <strong>{}</strong>. <a href=\"/console/runs/{id}\">Refresh</a></p>",
         esc(&run.campaign),
-        if run.origin == "trigger" { "triggered, since" } else { "scheduled" },
+        if run.origin == "trigger" {
+            "triggered, since"
+        } else {
+            "scheduled"
+        },
         esc(&when(s.timezone, run.scheduled_at)),
         esc(&run.state)
     );
     body.push_str("<p>");
-    for (action, label) in [("pause", "Pause"), ("resume", "Resume"), ("cancel", "Cancel")] {
+    for (action, label) in [
+        ("pause", "Pause"),
+        ("resume", "Resume"),
+        ("cancel", "Cancel"),
+    ] {
         let _ = write!(
             body,
             "<a class=\"button\" href=\"/console/runs/{id}/{action}\">{label}…</a> "
@@ -359,7 +373,10 @@ pub(crate) async fn run_page(
         Ok(b) => body.push_str(&b),
         Err(e) => return fail(e),
     }
-    body.push_str(&failures_table("Failures of this run by reason", &detail.failures));
+    body.push_str(&failures_table(
+        "Failures of this run by reason",
+        &detail.failures,
+    ));
     // Every minute of the last hour, empty ones too.
     let from = now - span;
     let bars: Vec<(String, i64)> = (0..CHART_MINUTES)
@@ -384,7 +401,10 @@ pub(crate) async fn run_page(
             &when(s.timezone, now)
         )
     );
-    html(StatusCode::OK, page(&format!("Run {id}"), Some(&csrf), &body))
+    html(
+        StatusCode::OK,
+        page(&format!("Run {id}"), Some(&csrf), &body),
+    )
 }
 
 /// What an action does, in words for its confirmation page.
@@ -444,7 +464,7 @@ pub(crate) async fn act(
     let db = st.db();
     let now = crate::now_ms();
     let done = match action.as_str() {
-        "pause" => runs::pause(db, id).await.map(|()| ()),
+        "pause" => runs::pause(db, id).await,
         "resume" => {
             let probed = match herald_storage::routes::request_probes(db, now).await {
                 Ok(n) => n,
@@ -509,7 +529,9 @@ pub(crate) async fn status_page(
         Err(e) => return fail(e),
     }
     if status.daemons.is_empty() {
-        body.push_str("<p class=\"error\">No daemon is running (start one with <code>herald run</code>).</p>");
+        body.push_str(
+            "<p class=\"error\">No daemon is running (start one with <code>herald run</code>).</p>",
+        );
     } else {
         let rows: Vec<Vec<String>> = status
             .daemons
@@ -547,7 +569,13 @@ pub(crate) async fn status_page(
         .collect();
     body.push_str(&table(
         "Recent runs",
-        &["run", "campaign", "scheduled (started)", "state", "messages"],
+        &[
+            "run",
+            "campaign",
+            "scheduled (started)",
+            "state",
+            "messages",
+        ],
         &rows,
     ));
     html(

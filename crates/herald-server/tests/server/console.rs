@@ -45,7 +45,9 @@ fn campaigns() -> Vec<CampaignEntry> {
     .expect("campaign");
     vec![CampaignEntry {
         campaign,
-        problems: vec![format!("config/campaigns/winback.toml: template `{HOSTILE}` is not in templates")],
+        problems: vec![format!(
+            "config/campaigns/winback.toml: template `{HOSTILE}` is not in templates"
+        )],
     }]
 }
 
@@ -192,18 +194,30 @@ async fn signed_out_everything_is_refused(app: &App) {
         );
     }
     for a in ACTIONS {
-        assert_eq!(post(app, a, None, &[]).await.0, StatusCode::FORBIDDEN, "{a}");
+        assert_eq!(
+            post(app, a, None, &[]).await.0,
+            StatusCode::FORBIDDEN,
+            "{a}"
+        );
     }
     // Nor with a session cookie that is not one.
     for bad in ["herald_session=", "herald_session=abc.def", "other=1"] {
         for p in PAGES {
-            assert_eq!(get(app, p, Some(bad)).await.0, StatusCode::SEE_OTHER, "{p} {bad}");
+            assert_eq!(
+                get(app, p, Some(bad)).await.0,
+                StatusCode::SEE_OTHER,
+                "{p} {bad}"
+            );
         }
     }
     // The console is not on the public listener at all.
     let r = app.client.get(app.url("/console/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert_eq!(app.int("SELECT COUNT(*) FROM runs WHERE state = 'running'").await, Some(2));
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE state = 'running'")
+            .await,
+        Some(2)
+    );
 }
 
 async fn an_action_without_its_csrf_token_is_refused(app: &App) {
@@ -225,17 +239,34 @@ async fn an_action_without_its_csrf_token_is_refused(app: &App) {
         }
     }
     // Nothing happened: still signed in, runs untouched.
-    assert_eq!(get(app, "/console/", Some(&b.cookie)).await.0, StatusCode::OK);
-    assert_eq!(app.int("SELECT COUNT(*) FROM runs WHERE state = 'running'").await, Some(2));
+    assert_eq!(
+        get(app, "/console/", Some(&b.cookie)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE state = 'running'")
+            .await,
+        Some(2)
+    );
 }
 
 async fn sign_out_ends_the_session(app: &App) {
     let b = sign_in(app).await;
-    let r = post(app, "/console/sign-out", Some(&b.cookie), &[("csrf", &b.csrf)]).await;
+    let r = post(
+        app,
+        "/console/sign-out",
+        Some(&b.cookie),
+        &[("csrf", &b.csrf)],
+    )
+    .await;
     assert_eq!(r, (StatusCode::SEE_OTHER, "/console/sign-in".into()));
     // A copy of the cookie kept after sign-out opens nothing.
     for p in PAGES {
-        assert_eq!(get(app, p, Some(&b.cookie)).await.0, StatusCode::SEE_OTHER, "{p}");
+        assert_eq!(
+            get(app, p, Some(&b.cookie)).await.0,
+            StatusCode::SEE_OTHER,
+            "{p}"
+        );
     }
 }
 
@@ -274,8 +305,14 @@ async fn every_page_answers_signed_in(app: &App) {
         assert_eq!(status, StatusCode::OK, "{p}: {body}");
         assert!(body.contains("Sign out"), "{p}");
     }
-    assert_eq!(get(app, "/console/runs/999", Some(&b.cookie)).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(get(app, "/console/runs/1/explode", Some(&b.cookie)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(app, "/console/runs/999", Some(&b.cookie)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(app, "/console/runs/1/explode", Some(&b.cookie)).await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 /// Names, reasons and check problems that are HTML are shown as text.
@@ -283,15 +320,25 @@ async fn html_in_names_and_reasons_is_escaped(app: &App) {
     let now = now_ms();
     for sql in [
         format!("UPDATE campaigns SET name = '{HOSTILE}' WHERE id = 2"),
-        format!("UPDATE messages SET status = 'failed', reason = '{HOSTILE}', updated_at = {now} WHERE id = 7"),
-        format!("INSERT INTO route_blocks (route, owner, reason, since, probe_at, updated_at) VALUES ('sms', '{HOSTILE}', '{HOSTILE}', {now}, {}, {now})", now + 60_000),
+        format!(
+            "UPDATE messages SET status = 'failed', reason = '{HOSTILE}', updated_at = {now} WHERE id = 7"
+        ),
+        format!(
+            "INSERT INTO route_blocks (route, owner, reason, since, probe_at, updated_at) VALUES ('sms', '{HOSTILE}', '{HOSTILE}', {now}, {}, {now})",
+            now + 60_000
+        ),
         format!("UPDATE contacts SET attrs = '{{\"name\": \"{HOSTILE}\"}}' WHERE id = 1"),
     ] {
         app.db.conn.execute_unprepared(&sql).await.expect(&sql);
     }
     let b = sign_in(app).await;
     let escaped = "&lt;img src=x onerror=alert(1)&gt;";
-    for p in ["/console/", "/console/status", "/console/runs/2", "/console/runs/2/cancel"] {
+    for p in [
+        "/console/",
+        "/console/status",
+        "/console/runs/2",
+        "/console/runs/2/cancel",
+    ] {
         let (status, body) = get(app, p, Some(&b.cookie)).await;
         assert_eq!(status, StatusCode::OK, "{p}");
         assert!(!body.contains("<img"), "{p} shows raw HTML: {body}");
@@ -305,7 +352,9 @@ async fn html_in_names_and_reasons_is_escaped(app: &App) {
 async fn a_run_page_shows_status_figures_and_pauses_resumes_cancels(app: &App) {
     let b = sign_in(app).await;
     let (_, page) = get(app, "/console/runs/1", Some(&b.cookie)).await;
-    let status = herald_storage::runs::status(&app.db, now_ms(), 20).await.unwrap();
+    let status = herald_storage::runs::status(&app.db, now_ms(), 20)
+        .await
+        .unwrap();
     let run = status.runs.iter().find(|r| r.id == 1).unwrap();
     for (st, n) in &run.counts {
         let row = format!("<td>{st}</td><td><span class=\"n\">{n}</span></td>");
@@ -317,20 +366,59 @@ async fn a_run_page_shows_status_figures_and_pauses_resumes_cancels(app: &App) {
     let (_, confirm) = get(app, "/console/runs/1/pause", Some(&b.cookie)).await;
     let csrf = csrf_in(&confirm);
     assert!(confirm.contains("action=\"/console/runs/1/pause\""));
-    let r = post(app, "/console/runs/1/pause", Some(&b.cookie), &[("csrf", &csrf)]).await;
-    assert_eq!(r, (StatusCode::SEE_OTHER, "/console/runs/1?done=pause".into()));
-    assert_eq!(app.int("SELECT COUNT(*) FROM runs WHERE id = 1 AND state = 'paused'").await, Some(1));
+    let r = post(
+        app,
+        "/console/runs/1/pause",
+        Some(&b.cookie),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(
+        r,
+        (StatusCode::SEE_OTHER, "/console/runs/1?done=pause".into())
+    );
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE id = 1 AND state = 'paused'")
+            .await,
+        Some(1)
+    );
     let (_, page) = get(app, "/console/runs/1?done=pause", Some(&b.cookie)).await;
     assert!(page.contains("Paused:"));
     // Pausing twice says why not, as `herald runs` does.
-    let r = post(app, "/console/runs/1/pause", Some(&b.cookie), &[("csrf", &csrf)]).await;
+    let r = post(
+        app,
+        "/console/runs/1/pause",
+        Some(&b.cookie),
+        &[("csrf", &csrf)],
+    )
+    .await;
     assert_eq!(r.0, StatusCode::CONFLICT);
-    let r = post(app, "/console/runs/1/resume", Some(&b.cookie), &[("csrf", &b.csrf)]).await;
+    let r = post(
+        app,
+        "/console/runs/1/resume",
+        Some(&b.cookie),
+        &[("csrf", &b.csrf)],
+    )
+    .await;
     assert_eq!(r.0, StatusCode::SEE_OTHER);
-    assert_eq!(app.int("SELECT COUNT(*) FROM runs WHERE id = 1 AND state = 'running'").await, Some(1));
-    let r = post(app, "/console/runs/2/cancel", Some(&b.cookie), &[("csrf", &b.csrf)]).await;
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE id = 1 AND state = 'running'")
+            .await,
+        Some(1)
+    );
+    let r = post(
+        app,
+        "/console/runs/2/cancel",
+        Some(&b.cookie),
+        &[("csrf", &b.csrf)],
+    )
+    .await;
     assert_eq!(r.0, StatusCode::SEE_OTHER);
-    assert_eq!(app.int("SELECT COUNT(*) FROM runs WHERE id = 2 AND state = 'running'").await, Some(0));
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE id = 2 AND state = 'running'")
+            .await,
+        Some(0)
+    );
 }
 
 /// The campaigns page: kind, channels, schedule, next fire in the console's zone, last run, problems.
@@ -355,7 +443,9 @@ async fn the_campaigns_page_lists_config_runs_and_problems(app: &App) {
 /// The status page: routes with rates, daemons, recent errors.
 async fn the_status_page_shows_routes_daemons_and_errors(app: &App) {
     let now = now_ms();
-    herald_storage::runs::heartbeat(&app.db, "host-a:1", now).await.unwrap();
+    herald_storage::runs::heartbeat(&app.db, "host-a:1", now)
+        .await
+        .unwrap();
     app.db
         .conn
         .execute_unprepared(&format!("UPDATE messages SET status = 'failed', reason = 'mailbox full', updated_at = {now} WHERE id = 6"))
@@ -363,7 +453,12 @@ async fn the_status_page_shows_routes_daemons_and_errors(app: &App) {
         .unwrap();
     let b = sign_in(app).await;
     let (_, page) = get(app, "/console/status", Some(&b.cookie)).await;
-    for want in ["<td>host-a:1</td>", "<td>mailbox full</td>", "Recent runs", "No route is blocked"] {
+    for want in [
+        "<td>host-a:1</td>",
+        "<td>mailbox full</td>",
+        "Recent runs",
+        "No route is blocked",
+    ] {
         assert!(page.contains(want), "{want} not in {page}");
     }
 }
@@ -430,4 +525,71 @@ async fn the_sign_in_form_needs_its_own_token() {
     let r = post(&app, "/console/sign-in", None, &[("password", PASSWORD)]).await;
     assert_eq!(r.0, StatusCode::FORBIDDEN);
     app.stop().await;
+}
+
+/// How long each page takes with 100,000 contacts and as many messages in
+/// one run (most delivered, some failed, some planned). Ignored: run it by
+/// name with `--ignored --nocapture` to read the figures.
+async fn page_times_at_100k(app: &App) {
+    let now = now_ms();
+    let n = 100_000;
+    let series = if app.db.backend() == sea_orm::DbBackend::Postgres {
+        format!("SELECT g AS i FROM generate_series(1, {n}) g")
+    } else {
+        format!(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) SELECT i FROM s"
+        )
+    };
+    for sql in [
+        format!(
+            "INSERT INTO contacts (id, external_id, email, attrs, created_at, updated_at) SELECT 1000 + i, 'x' || i, 'x' || i || '@example.com', '{{}}', {now}, {now} FROM ({series}) t"
+        ),
+        format!(
+            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) SELECT 1000 + i, 1, 1, 1000 + i, 0, 'a', 'email', 'x' || i || '@example.com', {now}, CASE WHEN i % 10 = 0 THEN 'failed' WHEN i % 7 = 0 THEN 'planned' ELSE 'delivered' END, CASE WHEN i % 10 = 0 THEN 'mailbox full' ELSE NULL END, 1, 0, 0, 0, {now}, {now} FROM ({series}) t"
+        ),
+        format!(
+            "INSERT INTO attempts (message_id, at, result, duration_ms) SELECT 1000 + i, {now} - (i % 3600) * 1000, 'accepted', 5 FROM ({series}) t WHERE i % 10 <> 0 AND i % 7 <> 0"
+        ),
+    ] {
+        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    let b = sign_in(app).await;
+    for p in ["/console/", "/console/status", "/console/runs/1"] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            let (status, _) = get(app, p, Some(&b.cookie)).await;
+            assert_eq!(status, StatusCode::OK);
+            times.push(t.elapsed().as_millis());
+        }
+        times.sort_unstable();
+        println!(
+            "{:?} {p}: median {} ms (min {}, max {}) over 5",
+            app.db.backend(),
+            times[2],
+            times[0],
+            times[4]
+        );
+    }
+}
+
+mod page_times {
+    use herald_tests::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement: run by name with --ignored --nocapture"]
+    async fn sqlite() {
+        let app = super::start(Backend::Sqlite).await.unwrap();
+        super::page_times_at_100k(&app).await;
+        app.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement: run by name with --ignored --nocapture"]
+    async fn postgres() {
+        if let Some(app) = super::start(Backend::Postgres).await {
+            super::page_times_at_100k(&app).await;
+            app.stop().await;
+        }
+    }
 }

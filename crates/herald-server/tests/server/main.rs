@@ -3,8 +3,8 @@
 //! keywords, bounces, events and attribution. One binary, so it links once.
 
 mod api;
-mod console;
 mod common;
+mod console;
 mod correlation;
 mod events;
 mod signed;
