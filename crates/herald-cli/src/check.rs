@@ -300,10 +300,52 @@ pub async fn reshuffle_warnings(
     Ok(warnings)
 }
 
-/// Runs the check command.
-pub async fn run(cli: &Cli) -> anyhow::Result<()> {
-    let config = app::load_config(cli)?;
-    let templates = std::sync::Arc::new(app::load_templates(cli, &config)?);
+/// The problems `herald check` finds without the database, per campaign
+/// name, and those of no one campaign: what the console shows in place.
+/// Templates are rendered against the built-in sample contact only, so a
+/// server starts without reading contacts.
+pub fn console_problems(
+    cli: &Cli,
+    config: &ConfigSet,
+) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+    let templates = match app::load_templates(cli, config) {
+        Ok(t) => std::sync::Arc::new(t),
+        Err(e) => return (BTreeMap::new(), vec![format!("{e:#}")]),
+    };
+    let mut problems = static_problems(cli, config, &templates);
+    problems.extend(crate::sender_check::check(&config.herald, &|v| std::env::var(v).ok()).errors);
+    let mut by_campaign: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut general = Vec::new();
+    for p in problems {
+        match config
+            .campaigns
+            .values()
+            .find(|c| p.starts_with(&format!("{}:", c.file)))
+        {
+            Some(c) => by_campaign.entry(c.name.clone()).or_default().push(p),
+            None => general.push(p),
+        }
+    }
+    for c in config.campaigns.values() {
+        if by_campaign.contains_key(&c.name) {
+            continue;
+        }
+        let mut contacts = vec![builtin_sample()];
+        contacts.extend(opt_out_locale_samples(config, &contacts));
+        let found = render_problems(config, templates.clone(), c, &contacts);
+        if !found.is_empty() {
+            by_campaign.insert(c.name.clone(), found);
+        }
+    }
+    (by_campaign, general)
+}
+
+/// Missing templates and segments that do not compile, for both databases.
+fn static_problems(
+    cli: &Cli,
+    config: &ConfigSet,
+    templates: &std::sync::Arc<TemplateSet>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for c in config.campaigns.values() {
         for v in &c.variants {
@@ -348,6 +390,14 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
     }
+    problems
+}
+
+/// Runs the check command.
+pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let config = app::load_config(cli)?;
+    let templates = std::sync::Arc::new(app::load_templates(cli, &config)?);
+    let mut problems = static_problems(cli, &config, &templates);
     let sender = crate::sender_check::check(&config.herald, &|v| std::env::var(v).ok());
     for w in &sender.warnings {
         eprintln!("warning: {w}");

@@ -110,7 +110,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     } else {
         let m = metrics.clone();
         let extra: herald_server::ExtraMetrics = Arc::new(move || m.render());
-        let state = serve::tracking_state(&config, &store, signer.clone(), Some(extra))?;
+        let state = serve::tracking_state(cli, &config, &store, signer.clone(), Some(extra))?;
         let listener = serve::tracking_listener(&config).await?;
         println!(
             "tracking server on http://{} (links point to {})",

@@ -72,6 +72,7 @@ fn span(s: herald_domain::duration::Span) -> std::time::Duration {
 /// The tracking server's state for `config`: secrets from the environment,
 /// goal specs of every campaign, the SMTP bounce listener if configured.
 pub fn tracking_state(
+    cli: &Cli,
     config: &herald_domain::config::ConfigSet,
     store: &herald_storage::store::SqlStore,
     signer: herald_domain::token::TokenSigner,
@@ -142,6 +143,7 @@ pub fn tracking_state(
             ..SmtpSettings::default()
         });
     }
+    server.console = Some(console_settings(cli, config));
     let report = crate::report::report_source(store.db().clone(), config.clone().into());
     Ok(AppState::with_hooks(
         store.db().clone(),
@@ -150,6 +152,53 @@ pub fn tracking_state(
         Some(report),
         extra_metrics,
     ))
+}
+
+/// `[console]`: the password from its variable, the session key from the tracking secret.
+fn console_settings(
+    cli: &Cli,
+    config: &herald_domain::config::ConfigSet,
+) -> herald_server::ConsoleSettings {
+    let c = &config.herald.console;
+    let var = &config.herald.tracking.secret_env;
+    // `app::signer` has already refused a missing or short secret.
+    let secret = std::env::var(var).unwrap_or_default();
+    let password = std::env::var(&c.password_env)
+        .ok()
+        .filter(|p| !p.is_empty());
+    if password.is_none() {
+        eprintln!(
+            "warning: {} is not set: nobody can sign in to the console until it is",
+            c.password_env
+        );
+    }
+    let mut s = herald_server::ConsoleSettings::new(secret.as_bytes(), password);
+    s.timezone = c.timezone.0;
+    s.password_env = c.password_env.clone();
+    s.secure_cookie = c
+        .url
+        .as_deref()
+        .is_some_and(|u| u.trim().to_ascii_lowercase().starts_with("https://"));
+    // What `herald check` says, once at start (the config is read once too).
+    let (mut by_campaign, general) = crate::check::console_problems(cli, config);
+    s.campaigns = Arc::new(
+        config
+            .campaigns
+            .values()
+            .map(|c| herald_server::console::CampaignEntry {
+                campaign: c.clone(),
+                problems: by_campaign.remove(&c.name).unwrap_or_default(),
+            })
+            .collect(),
+    );
+    s.problems = Arc::new(general);
+    let ch = &config.herald.channels;
+    s.rates = vec![
+        ("email".into(), ch.email.rate.map(|r| r.per_second.get())),
+        ("push".into(), ch.push.rate.map(|r| r.per_second.get())),
+        ("sms".into(), ch.sms.rate.map(|r| r.per_second.get())),
+    ];
+    s
 }
 
 /// Binds `[tracking] listen`.
@@ -167,7 +216,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = app::load_config(cli)?;
     let store = app::store(cli, &config).await?;
     let signer = app::signer(&config)?;
-    let state = tracking_state(&config, &store, signer, None)?;
+    let state = tracking_state(cli, &config, &store, signer, None)?;
     let listener = tracking_listener(&config).await?;
     println!(
         "tracking server on http://{} (links point to {})",
@@ -179,6 +228,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         println!(
             "report API on http://{admin} (bearer token: ${})",
             config.herald.tracking.api_token_env
+        );
+        println!(
+            "console on http://{admin}/console/ (password: ${})",
+            config.herald.console.password_env
         );
     }
     herald_server::run(listener, state, shutdown_signal()).await?;

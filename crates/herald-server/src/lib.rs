@@ -6,6 +6,7 @@
 //! [`router`] is the axum app. Opens and clicks go through the batched
 //! writer in `writer`; everything else is written before it is answered.
 
+pub mod console;
 mod dsn;
 mod email;
 mod events;
@@ -33,6 +34,7 @@ use herald_domain::config::Campaign;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use console::ConsoleSettings;
 pub use dsn::{MailReport, read_report};
 pub use email::{TOKEN_FIELD, TOKEN_HEADER, token_from_verp};
 pub use events::{MAX_BODY, MAX_EVENTS, event_row};
@@ -280,9 +282,10 @@ fn public_router(state: AppState, with_api: bool) -> Router {
         .with_state(state)
 }
 
-/// The admin app (`[tracking] admin_listen`): the report API and `/healthz`.
+/// The admin app (`[tracking] admin_listen`): the report API, the console and `/healthz`.
 pub fn admin_router(state: AppState) -> Router {
     api_routes(&state)
+        .merge(console::routes(&state))
         .route("/healthz", get(healthz))
         .fallback(|| async { not_found() })
         .layer(middleware::from_fn_with_state(

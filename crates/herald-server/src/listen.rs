@@ -369,7 +369,7 @@ pub(crate) async fn serve_http(
             _ = stopped(&mut stop) => break,
         };
         match accepted {
-            Ok((tcp, _)) => {
+            Ok((tcp, peer)) => {
                 // Small responses should leave at once, not wait for a delayed ACK.
                 if let Err(e) = tcp.set_nodelay(true) {
                     tracing::debug!(error = %e, "could not set TCP_NODELAY");
@@ -383,6 +383,7 @@ pub(crate) async fn serve_http(
                 }
                 conns.spawn(serve_conn(
                     tcp,
+                    peer,
                     conn,
                     table.clone(),
                     router.clone(),
@@ -428,6 +429,7 @@ async fn sweep(table: Arc<Table>, limits: HttpLimits) {
 /// the oldest idle one over the cap, or shutdown has let it finish.
 async fn serve_conn(
     tcp: TcpStream,
+    peer: std::net::SocketAddr,
     conn: Arc<Conn>,
     table: Arc<Table>,
     router: Router,
@@ -442,12 +444,15 @@ async fn serve_conn(
     let (svc_conn, svc_table) = (conn.clone(), table.clone());
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let busy = Busy::start(&svc_conn, &svc_table);
-        let req = req.map(|b| {
+        let mut req = req.map(|b| {
             Body::new(TimedBody {
                 inner: b,
                 deadline: Box::pin(tokio::time::sleep(body_timeout)),
             })
         });
+        // The console's sign-in limiter counts per client address.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let router = router.clone();
         async move {
             let resp = router.oneshot(req).await;

@@ -128,6 +128,8 @@ pub struct ServerConfig {
     pub sendgrid_key: Option<Vec<u8>>,
     /// How SNS (SES) messages are checked; `None` refuses them all (403).
     pub sns: Option<SnsSettings>,
+    /// The web console on the admin listener; `None` serves none.
+    pub console: Option<crate::console::ConsoleSettings>,
 }
 
 impl ServerConfig {
@@ -151,6 +153,7 @@ impl ServerConfig {
             admin_listen: None,
             sendgrid_key: None,
             sns: None,
+            console: None,
         }
     }
 }
@@ -193,6 +196,8 @@ pub(crate) struct Inner {
     pub(crate) extra_metrics: Option<ExtraMetrics>,
     /// SNS signing certificates fetched so far.
     pub(crate) sns_certs: CertCache,
+    /// The console's rate limiter and signed-out sessions.
+    pub(crate) console: crate::console::ConsoleMemory,
 }
 
 /// The server's shared state; cheap to clone.
@@ -265,6 +270,7 @@ impl AppState {
                 report,
                 extra_metrics,
                 sns_certs: CertCache::default(),
+                console: crate::console::ConsoleMemory::default(),
             }),
         }
     }

@@ -233,8 +233,25 @@ pub struct Status {
     pub failures: Vec<(String, i64)>,
 }
 
+/// Which runs a status lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The most recent ones, at most this many.
+    Recent(u32),
+    /// This run alone.
+    One(i64),
+    /// The latest run of every campaign.
+    LatestPerCampaign,
+}
+
 /// The figures of `herald status` at `now`, over the `limit` most recent runs.
 pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> {
+    status_of(db, now, Which::Recent(limit)).await
+}
+
+/// The figures of `herald status` at `now` over the runs `which` names:
+/// the console reads runs exactly as the CLI does.
+pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsError> {
     let mut out = Status::default();
     // One snapshot: the flights in the air are taken out of the counts that
     // include them, so both are read at the same instant.
@@ -253,8 +270,18 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
     let mut q = Sql::new();
     // A triggered campaign's run has no scheduled instant (it is stored as 0,
     // which printed as 1970-01-01): show when it started.
-    q.push("SELECT r.id, c.name, r.state, CASE WHEN r.origin = 'trigger' THEN r.now_at ELSE r.scheduled_at END, r.origin FROM runs r JOIN campaigns c ON c.id = r.campaign_id ORDER BY r.id DESC LIMIT ")
-        .bind(i64::from(limit));
+    q.push("SELECT r.id, c.name, r.state, CASE WHEN r.origin = 'trigger' THEN r.now_at ELSE r.scheduled_at END, r.origin FROM runs r JOIN campaigns c ON c.id = r.campaign_id");
+    match which {
+        Which::Recent(limit) => {
+            q.push(" ORDER BY r.id DESC LIMIT ").bind(i64::from(limit));
+        }
+        Which::One(id) => {
+            q.push(" WHERE r.id = ").bind(id);
+        }
+        Which::LatestPerCampaign => {
+            q.push(" WHERE r.id = (SELECT MAX(l.id) FROM runs l WHERE l.campaign_id = r.campaign_id) ORDER BY r.id DESC");
+        }
+    }
     for r in all(db, q).await? {
         out.runs.push(RunStatus {
             id: get(&r, 0)?,
@@ -265,16 +292,17 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
             counts: Vec::new(),
         });
     }
-    if let (Some(lo), Some(hi)) = (
-        out.runs.last().map(|r| r.id),
-        out.runs.first().map(|r| r.id),
-    ) {
+    if !out.runs.is_empty() {
         let mut q = Sql::new();
-        q.push("SELECT run_id, status, COUNT(*) FROM messages WHERE run_id BETWEEN ")
-            .bind(lo)
-            .push(" AND ")
-            .bind(hi)
-            .push(" GROUP BY run_id, status ORDER BY run_id, status");
+        // The runs listed, by id: the latest of each campaign are far apart.
+        q.push("SELECT run_id, status, COUNT(*) FROM messages WHERE run_id IN (");
+        for (i, r) in out.runs.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.bind(r.id);
+        }
+        q.push(") GROUP BY run_id, status ORDER BY run_id, status");
         for r in all(db, q).await? {
             let id: i64 = get(&r, 0)?;
             if let Some(run) = out.runs.iter_mut().find(|x| x.id == id) {
@@ -369,6 +397,96 @@ pub async fn status(db: &Db, now: i64, limit: u32) -> Result<Status, RunsError> 
         out.failures.push((get(&r, 0)?, get(&r, 1)?));
     }
     txn.commit().await.map_err(db_err)?;
+    Ok(out)
+}
+
+/// One run in detail, for the console's run page.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunDetail {
+    /// (channel, status, count) of its messages; flights in the air counted
+    /// as `herald status` counts them (`sending`, or `unknown` once lapsed).
+    pub by_channel: Vec<(Option<String>, String, i64)>,
+    /// Its failures by reason, most frequent first.
+    pub failures: Vec<(String, i64)>,
+    /// Sends accepted by providers per time bucket: (bucket start ms, count), oldest first.
+    pub sends: Vec<(i64, i64)>,
+}
+
+/// The figures of run `run` at `now`; sends in buckets of `bucket_ms` over
+/// the last `span_ms`.
+pub async fn run_detail(
+    db: &Db,
+    now: i64,
+    run: i64,
+    bucket_ms: i64,
+    span_ms: i64,
+) -> Result<RunDetail, RunsError> {
+    let mut out = RunDetail::default();
+    let bucket_ms = bucket_ms.max(1);
+    let mut q = Sql::new();
+    q.push("SELECT channel, status, COUNT(*) FROM messages WHERE run_id = ")
+        .bind(run)
+        .push(" GROUP BY channel, status ORDER BY channel, status");
+    for r in all(&db.conn, q).await? {
+        out.by_channel.push((get(&r, 0)?, get(&r, 1)?, get(&r, 2)?));
+    }
+    // The same correction for flights in the air as `status`.
+    let mut q = Sql::new();
+    q.push("SELECT m.channel, m.status, CASE WHEN f.lease_until < ")
+        .bind(now)
+        .push(" THEN 1 ELSE 0 END, COUNT(*) FROM ")
+        .push(flights::untouched_join(db.backend()))
+        .push(" WHERE m.run_id = ")
+        .bind(run)
+        .push(" GROUP BY 1, 2, 3");
+    for r in all(&db.conn, q).await? {
+        let channel: Option<String> = get(&r, 0)?;
+        let status: String = get(&r, 1)?;
+        let lapsed: i32 = get(&r, 2)?;
+        let n: i64 = get(&r, 3)?;
+        let air = if lapsed == 1 {
+            InTheAir::Unknown
+        } else {
+            InTheAir::Sending
+        };
+        for (c, s, count) in out.by_channel.iter_mut() {
+            if *c == channel && *s == status {
+                *count -= n;
+            }
+        }
+        match out
+            .by_channel
+            .iter_mut()
+            .find(|(c, s, _)| *c == channel && s == air.status())
+        {
+            Some((_, _, count)) => *count += n,
+            None => out.by_channel.push((channel, air.status().to_string(), n)),
+        }
+    }
+    out.by_channel.retain(|(_, _, n)| *n > 0);
+    out.by_channel.sort();
+    let mut q = Sql::new();
+    q.push("SELECT COALESCE(reason, status), COUNT(*) FROM messages WHERE run_id = ")
+        .bind(run)
+        .push(" AND status IN ('failed', 'unknown') GROUP BY COALESCE(reason, status) ORDER BY COUNT(*) DESC LIMIT 20");
+    for r in all(&db.conn, q).await? {
+        out.failures.push((get(&r, 0)?, get(&r, 1)?));
+    }
+    let from = now - span_ms;
+    let mut q = Sql::new();
+    q.push("SELECT (a.at - ")
+        .bind(from)
+        .push(") / ")
+        .bind(bucket_ms)
+        .push(", COUNT(*) FROM attempts a JOIN messages m ON m.id = a.message_id WHERE m.run_id = ")
+        .bind(run)
+        .push(" AND a.result = 'accepted' AND a.at > ")
+        .bind(from)
+        .push(" GROUP BY 1 ORDER BY 1");
+    for r in all(&db.conn, q).await? {
+        let b: i64 = get(&r, 0)?;
+        out.sends.push((from + b * bucket_ms, get(&r, 1)?));
+    }
     Ok(out)
 }
 

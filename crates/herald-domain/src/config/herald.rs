@@ -35,6 +35,35 @@ pub struct HeraldConfig {
     pub dispatch: DispatchConfig,
     /// Declared types of imported contact attributes.
     pub contacts: super::attrs::ContactsConfig,
+    /// The web console on the admin listener.
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the web console served on `[tracking] admin_listen`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Environment variable holding the sign-in password; unset or empty,
+    /// nobody can sign in.
+    pub password_env: String,
+    /// The zone times are shown in.
+    pub timezone: Timezone,
+    /// The console's own URL as people open it (behind a TLS proxy, say);
+    /// when it is https the session cookie is marked `Secure`.
+    pub url: Option<String>,
+}
+
+/// `[console] password_env` by default.
+pub const DEFAULT_CONSOLE_PASSWORD_ENV: &str = "HERALD_CONSOLE_PASSWORD";
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            password_env: DEFAULT_CONSOLE_PASSWORD_ENV.into(),
+            timezone: Timezone(chrono_tz::Tz::UTC),
+            url: None,
+        }
+    }
 }
 
 impl HeraldConfig {

@@ -4,6 +4,7 @@
 
 mod api;
 mod common;
+mod console;
 mod correlation;
 mod events;
 mod signed;

@@ -1,0 +1,595 @@
+//! The console's security over loopback HTTP: nothing but the sign-in page
+//! is reachable signed out; every action needs its session's CSRF token; a
+//! cookie signed under another secret is nobody's; wrong passwords are
+//! slowed down; names from the database are escaped.
+
+use herald_domain::config::Campaign;
+use herald_server::ConsoleSettings;
+use herald_server::console::{CampaignEntry, PRE_COOKIE, SESSION_COOKIE};
+use herald_tests::Backend;
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
+
+use sea_orm::ConnectionTrait;
+
+use crate::common::*;
+
+pub const PASSWORD: &str = "console-password-0123";
+
+/// Every page (GET) of the console.
+pub const PAGES: [&str; 6] = [
+    "/console/",
+    "/console/status",
+    "/console/runs/1",
+    "/console/runs/1/pause",
+    "/console/runs/1/resume",
+    "/console/runs/1/cancel",
+];
+/// Every action (POST) of the console.
+pub const ACTIONS: [&str; 4] = [
+    "/console/sign-out",
+    "/console/runs/1/pause",
+    "/console/runs/1/resume",
+    "/console/runs/1/cancel",
+];
+
+/// A name, a reason and a problem that are HTML: they must show as text.
+pub const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+
+/// The configured `winback` campaign, with a `herald check` problem.
+fn campaigns() -> Vec<CampaignEntry> {
+    let campaign = Campaign::parse(
+        "config/campaigns/winback.toml",
+        "name = \"winback\"\nwhere = 'attrs.x == 1'\nchannels = [\"email\", \"sms\"]\nschedule = { cron = \"0 0 10 * * Tue\", timezone = \"Asia/Shanghai\" }\n[[variants]]\nname = \"a\"\nsms = { template = \"t.sms.hbs\" }\nemail = { subject = \"s\", template = \"t.email.hbs\" }\n",
+    )
+    .expect("campaign");
+    vec![CampaignEntry {
+        campaign,
+        problems: vec![format!(
+            "config/campaigns/winback.toml: template `{HOSTILE}` is not in templates"
+        )],
+    }]
+}
+
+/// A server with the console on its admin listener, or `None` when PostgreSQL is skipped.
+pub async fn start(backend: Backend) -> Option<App> {
+    start_with_secret(backend, SECRET).await
+}
+
+async fn start_with_secret(backend: Backend, secret: &'static [u8]) -> Option<App> {
+    App::start_full(
+        backend,
+        move |c| {
+            c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+            let mut console = ConsoleSettings::new(secret, Some(PASSWORD.into()));
+            console.timezone = chrono_tz::Asia::Shanghai;
+            console.campaigns = std::sync::Arc::new(campaigns());
+            console.problems = std::sync::Arc::new(vec![format!("herald.toml: {HOSTILE}")]);
+            console.rates = vec![("email".into(), Some(50)), ("sms".into(), None)];
+            c.console = Some(console);
+        },
+        None,
+    )
+    .await
+}
+
+/// The value of cookie `name` set by `r`.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let first = v.split(';').next()?;
+            let (k, val) = first.split_once('=')?;
+            (k == name).then(|| val.to_string())
+        })
+}
+
+/// The `value` of the hidden `csrf` field in `html`.
+pub fn csrf_in(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+/// A signed-in browser, by hand: its cookie header and a CSRF token.
+pub struct Browser {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// The admin URL of `path`.
+pub fn admin(app: &App, path: &str) -> String {
+    format!("{}{path}", app.admin.as_ref().expect("admin listener"))
+}
+
+/// Opens the sign-in page and posts `password`; the response and the pre-session cookie.
+async fn try_sign_in(app: &App, password: &str) -> reqwest::Response {
+    let r = app
+        .client
+        .get(admin(app, "/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let pre = set_cookie(&r, PRE_COOKIE).expect("a pre-session cookie");
+    let csrf = csrf_in(&r.text().await.unwrap());
+    app.client
+        .post(admin(app, "/console/sign-in"))
+        .header(COOKIE, format!("{PRE_COOKIE}={pre}"))
+        .form(&[("csrf", csrf.as_str()), ("password", password)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs in with the right password.
+pub async fn sign_in(app: &App) -> Browser {
+    let r = try_sign_in(app, PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let raw = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|v| v.starts_with(SESSION_COOKIE))
+        .expect("a session cookie");
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/console"] {
+        assert!(raw.contains(attr), "{raw} lacks {attr}");
+    }
+    assert!(!raw.contains("Secure"), "plain http: no Secure flag");
+    let cookie = format!(
+        "{SESSION_COOKIE}={}",
+        set_cookie(&r, SESSION_COOKIE).unwrap()
+    );
+    let page = get(app, "/console/", Some(&cookie)).await;
+    assert_eq!(page.0, StatusCode::OK);
+    Browser {
+        cookie,
+        csrf: csrf_in(&page.1),
+    }
+}
+
+/// Status and body (or Location, for a redirect) of `GET path`.
+pub async fn get(app: &App, path: &str, cookie: Option<&str>) -> (StatusCode, String) {
+    let mut req = app.client.get(admin(app, path));
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, c);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    if status.is_redirection() {
+        let to = r.headers()[LOCATION].to_str().unwrap().to_string();
+        return (status, to);
+    }
+    (status, r.text().await.unwrap())
+}
+
+/// Status and body (or Location) of `POST path` with `form`.
+pub async fn post(
+    app: &App,
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut req = app.client.post(admin(app, path)).form(form);
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, c);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    if status.is_redirection() {
+        let to = r.headers()[LOCATION].to_str().unwrap().to_string();
+        return (status, to);
+    }
+    (status, r.text().await.unwrap())
+}
+
+async fn signed_out_everything_is_refused(app: &App) {
+    for p in PAGES {
+        assert_eq!(
+            get(app, p, None).await,
+            (StatusCode::SEE_OTHER, "/console/sign-in".into()),
+            "{p}"
+        );
+    }
+    for a in ACTIONS {
+        assert_eq!(
+            post(app, a, None, &[]).await.0,
+            StatusCode::FORBIDDEN,
+            "{a}"
+        );
+    }
+    // Nor with a session cookie that is not one.
+    for bad in ["herald_session=", "herald_session=abc.def", "other=1"] {
+        for p in PAGES {
+            assert_eq!(
+                get(app, p, Some(bad)).await.0,
+                StatusCode::SEE_OTHER,
+                "{p} {bad}"
+            );
+        }
+    }
+    // The console is not on the public listener at all.
+    let r = app.client.get(app.url("/console/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE state = 'running'")
+            .await,
+        Some(2)
+    );
+}
+
+async fn an_action_without_its_csrf_token_is_refused(app: &App) {
+    let b = sign_in(app).await;
+    let other = sign_in(app).await;
+    for a in ACTIONS {
+        for form in [
+            vec![],
+            vec![("csrf", "")],
+            vec![("csrf", "bm90LWEtdG9rZW4")],
+            // Another session's token is not this one's.
+            vec![("csrf", other.csrf.as_str())],
+        ] {
+            assert_eq!(
+                post(app, a, Some(&b.cookie), &form).await.0,
+                StatusCode::FORBIDDEN,
+                "{a} {form:?}"
+            );
+        }
+    }
+    // Nothing happened: still signed in, runs untouched.
+    assert_eq!(
+        get(app, "/console/", Some(&b.cookie)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE state = 'running'")
+            .await,
+        Some(2)
+    );
+}
+
+async fn sign_out_ends_the_session(app: &App) {
+    let b = sign_in(app).await;
+    let r = post(
+        app,
+        "/console/sign-out",
+        Some(&b.cookie),
+        &[("csrf", &b.csrf)],
+    )
+    .await;
+    assert_eq!(r, (StatusCode::SEE_OTHER, "/console/sign-in".into()));
+    // A copy of the cookie kept after sign-out opens nothing.
+    for p in PAGES {
+        assert_eq!(
+            get(app, p, Some(&b.cookie)).await.0,
+            StatusCode::SEE_OTHER,
+            "{p}"
+        );
+    }
+}
+
+/// Runs each named scenario once per database, on a server with the console.
+macro_rules! with_console {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use herald_tests::Backend;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    if let Some(app) = super::start(Backend::Sqlite).await {
+                        super::$name(&app).await;
+                        app.stop().await;
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(app) = super::start(Backend::Postgres).await {
+                        super::$name(&app).await;
+                        app.stop().await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// Signed in, every page answers.
+async fn every_page_answers_signed_in(app: &App) {
+    let b = sign_in(app).await;
+    for p in PAGES {
+        let (status, body) = get(app, p, Some(&b.cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{p}: {body}");
+        assert!(body.contains("Sign out"), "{p}");
+    }
+    assert_eq!(
+        get(app, "/console/runs/999", Some(&b.cookie)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(app, "/console/runs/1/explode", Some(&b.cookie)).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// Names, reasons and check problems that are HTML are shown as text.
+async fn html_in_names_and_reasons_is_escaped(app: &App) {
+    let now = now_ms();
+    for sql in [
+        format!("UPDATE campaigns SET name = '{HOSTILE}' WHERE id = 2"),
+        format!(
+            "UPDATE messages SET status = 'failed', reason = '{HOSTILE}', updated_at = {now} WHERE id = 7"
+        ),
+        format!(
+            "INSERT INTO route_blocks (route, owner, reason, since, probe_at, updated_at) VALUES ('sms', '{HOSTILE}', '{HOSTILE}', {now}, {}, {now})",
+            now + 60_000
+        ),
+        format!("UPDATE contacts SET attrs = '{{\"name\": \"{HOSTILE}\"}}' WHERE id = 1"),
+    ] {
+        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    let b = sign_in(app).await;
+    let escaped = "&lt;img src=x onerror=alert(1)&gt;";
+    for p in [
+        "/console/",
+        "/console/status",
+        "/console/runs/2",
+        "/console/runs/2/cancel",
+    ] {
+        let (status, body) = get(app, p, Some(&b.cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{p}");
+        assert!(!body.contains("<img"), "{p} shows raw HTML: {body}");
+        if p != "/console/runs/2/cancel" {
+            assert!(body.contains(escaped), "{p} hides the text: {body}");
+        }
+    }
+}
+
+/// The run page shows what `herald status` counts; its buttons do what `herald runs` does.
+async fn a_run_page_shows_status_figures_and_pauses_resumes_cancels(app: &App) {
+    let b = sign_in(app).await;
+    let (_, page) = get(app, "/console/runs/1", Some(&b.cookie)).await;
+    let status = herald_storage::runs::status(&app.db, now_ms(), 20)
+        .await
+        .unwrap();
+    let run = status.runs.iter().find(|r| r.id == 1).unwrap();
+    for (st, n) in &run.counts {
+        let row = format!("<td>{st}</td><td><span class=\"n\">{n}</span></td>");
+        assert!(page.contains(&row), "{row} not in {page}");
+    }
+    assert!(page.contains("<svg"), "a chart");
+    assert!(page.contains("50/s"), "the configured email rate");
+    // The confirmation page holds the form; posting it pauses.
+    let (_, confirm) = get(app, "/console/runs/1/pause", Some(&b.cookie)).await;
+    let csrf = csrf_in(&confirm);
+    assert!(confirm.contains("action=\"/console/runs/1/pause\""));
+    let r = post(
+        app,
+        "/console/runs/1/pause",
+        Some(&b.cookie),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(
+        r,
+        (StatusCode::SEE_OTHER, "/console/runs/1?done=pause".into())
+    );
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE id = 1 AND state = 'paused'")
+            .await,
+        Some(1)
+    );
+    let (_, page) = get(app, "/console/runs/1?done=pause", Some(&b.cookie)).await;
+    assert!(page.contains("Paused:"));
+    // Pausing twice says why not, as `herald runs` does.
+    let r = post(
+        app,
+        "/console/runs/1/pause",
+        Some(&b.cookie),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.0, StatusCode::CONFLICT);
+    let r = post(
+        app,
+        "/console/runs/1/resume",
+        Some(&b.cookie),
+        &[("csrf", &b.csrf)],
+    )
+    .await;
+    assert_eq!(r.0, StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE id = 1 AND state = 'running'")
+            .await,
+        Some(1)
+    );
+    let r = post(
+        app,
+        "/console/runs/2/cancel",
+        Some(&b.cookie),
+        &[("csrf", &b.csrf)],
+    )
+    .await;
+    assert_eq!(r.0, StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.int("SELECT COUNT(*) FROM runs WHERE id = 2 AND state = 'running'")
+            .await,
+        Some(0)
+    );
+}
+
+/// The campaigns page: kind, channels, schedule, next fire in the console's zone, last run, problems.
+async fn the_campaigns_page_lists_config_runs_and_problems(app: &App) {
+    let b = sign_in(app).await;
+    let (_, page) = get(app, "/console/", Some(&b.cookie)).await;
+    for want in [
+        "<td>winback</td>",
+        "marketing, scheduled",
+        "email, sms",
+        "<code>0 0 10 * * Tue</code> (Asia/Shanghai)",
+        " CST</td>",
+        "<a href=\"/console/runs/1\">run 1</a>",
+        "6 messages:",
+        "template `&lt;img",
+        "herald.toml: &lt;img",
+    ] {
+        assert!(page.contains(want), "{want} not in {page}");
+    }
+}
+
+/// The status page: routes with rates, daemons, recent errors.
+async fn the_status_page_shows_routes_daemons_and_errors(app: &App) {
+    let now = now_ms();
+    herald_storage::runs::heartbeat(&app.db, "host-a:1", now)
+        .await
+        .unwrap();
+    app.db
+        .conn
+        .execute_unprepared(&format!("UPDATE messages SET status = 'failed', reason = 'mailbox full', updated_at = {now} WHERE id = 6"))
+        .await
+        .unwrap();
+    let b = sign_in(app).await;
+    let (_, page) = get(app, "/console/status", Some(&b.cookie)).await;
+    for want in [
+        "<td>host-a:1</td>",
+        "<td>mailbox full</td>",
+        "Recent runs",
+        "No route is blocked",
+    ] {
+        assert!(page.contains(want), "{want} not in {page}");
+    }
+}
+
+with_console!(
+    signed_out_everything_is_refused,
+    an_action_without_its_csrf_token_is_refused,
+    sign_out_ends_the_session,
+    every_page_answers_signed_in,
+    html_in_names_and_reasons_is_escaped,
+    a_run_page_shows_status_figures_and_pauses_resumes_cancels,
+    the_campaigns_page_lists_config_runs_and_problems,
+    the_status_page_shows_routes_daemons_and_errors,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_signed_with_another_secret_is_refused() {
+    let theirs = start_with_secret(Backend::Sqlite, b"another-secret-entirely-0123")
+        .await
+        .unwrap();
+    let foreign = sign_in(&theirs).await;
+    theirs.stop().await;
+    let app = start(Backend::Sqlite).await.unwrap();
+    for p in PAGES {
+        assert_eq!(
+            get(&app, p, Some(&foreign.cookie)).await.0,
+            StatusCode::SEE_OTHER,
+            "{p}"
+        );
+    }
+    for a in ACTIONS {
+        let r = post(&app, a, Some(&foreign.cookie), &[("csrf", &foreign.csrf)]).await;
+        assert_eq!(r.0, StatusCode::FORBIDDEN, "{a}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_wrong_passwords_are_slowed_down() {
+    let app = start(Backend::Sqlite).await.unwrap();
+    for _ in 0..3 {
+        let r = try_sign_in(&app, "guess").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(set_cookie(&r, SESSION_COOKIE).is_none());
+    }
+    // From now on each attempt waits, even with the right password.
+    for pw in ["guess", PASSWORD] {
+        let r = try_sign_in(&app, pw).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{pw}");
+        assert!(r.headers().get(RETRY_AFTER).is_some());
+        assert!(set_cookie(&r, SESSION_COOKIE).is_none());
+    }
+    // After the wait the right password gets in.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let r = try_sign_in(&app, PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_in_form_needs_its_own_token() {
+    let app = start(Backend::Sqlite).await.unwrap();
+    // A cross-site form post has neither the pre-session cookie nor its token.
+    let r = post(&app, "/console/sign-in", None, &[("password", PASSWORD)]).await;
+    assert_eq!(r.0, StatusCode::FORBIDDEN);
+    app.stop().await;
+}
+
+/// How long each page takes with 100,000 contacts and as many messages in
+/// one run (most delivered, some failed, some planned). Ignored: run it by
+/// name with `--ignored --nocapture` to read the figures.
+async fn page_times_at_100k(app: &App) {
+    let now = now_ms();
+    let n = 100_000;
+    let series = if app.db.backend() == sea_orm::DbBackend::Postgres {
+        format!("SELECT g AS i FROM generate_series(1, {n}) g")
+    } else {
+        format!(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) SELECT i FROM s"
+        )
+    };
+    for sql in [
+        format!(
+            "INSERT INTO contacts (id, external_id, email, attrs, created_at, updated_at) SELECT 1000 + i, 'x' || i, 'x' || i || '@example.com', '{{}}', {now}, {now} FROM ({series}) t"
+        ),
+        format!(
+            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at) SELECT 1000 + i, 1, 1, 1000 + i, 0, 'a', 'email', 'x' || i || '@example.com', {now}, CASE WHEN i % 10 = 0 THEN 'failed' WHEN i % 7 = 0 THEN 'planned' ELSE 'delivered' END, CASE WHEN i % 10 = 0 THEN 'mailbox full' ELSE NULL END, 1, 0, 0, 0, {now}, {now} FROM ({series}) t"
+        ),
+        format!(
+            "INSERT INTO attempts (message_id, at, result, duration_ms) SELECT 1000 + i, {now} - (i % 3600) * 1000, 'accepted', 5 FROM ({series}) t WHERE i % 10 <> 0 AND i % 7 <> 0"
+        ),
+    ] {
+        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    let b = sign_in(app).await;
+    for p in ["/console/", "/console/status", "/console/runs/1"] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            let (status, _) = get(app, p, Some(&b.cookie)).await;
+            assert_eq!(status, StatusCode::OK);
+            times.push(t.elapsed().as_millis());
+        }
+        times.sort_unstable();
+        println!(
+            "{:?} {p}: median {} ms (min {}, max {}) over 5",
+            app.db.backend(),
+            times[2],
+            times[0],
+            times[4]
+        );
+    }
+}
+
+mod page_times {
+    use herald_tests::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement: run by name with --ignored --nocapture"]
+    async fn sqlite() {
+        let app = super::start(Backend::Sqlite).await.unwrap();
+        super::page_times_at_100k(&app).await;
+        app.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement: run by name with --ignored --nocapture"]
+    async fn postgres() {
+        if let Some(app) = super::start(Backend::Postgres).await {
+            super::page_times_at_100k(&app).await;
+            app.stop().await;
+        }
+    }
+}
