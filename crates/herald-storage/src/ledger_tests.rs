@@ -601,7 +601,92 @@ async fn a_bulk_import_refreshes_the_statistics(db: &Db) {
     }
 }
 
+/// `/metrics`' gauges of email by status at `now` (zeros left out).
+async fn gauges(db: &Db, now: i64) -> Vec<(String, i64)> {
+    let g = crate::tracking::message_gauges(db, now).await.unwrap();
+    g.by_status
+        .into_iter()
+        .filter(|(c, _, _)| c == "email")
+        .map(|(_, s, n)| (s, n))
+        .collect()
+}
+
+/// The delivered count of arm `a` the rollout decision reads at `now`.
+async fn decision_delivered(store: &SqlStore, run: i64, now: i64) -> u64 {
+    let arms = store.arm_outcomes(run, now).await.unwrap();
+    arms.iter()
+        .find(|a| a.arm == "a")
+        .map_or(0, |a| a.delivered)
+}
+
+/// `/metrics` and a rollout's decision read a flight as the report does: its
+/// untouched rows are `sending` while it is in the air, `unknown` once its
+/// lease lapsed, and neither counts them sent or delivered before it lands.
+async fn a_flight_in_the_air_is_not_counted_by_metrics_or_a_rollout(db: &Db) {
+    let store = SqlStore::new(db.clone());
+    let now = SystemClock.now_ms();
+    let campaign = contacts_and_campaign(&store, 4, None, now).await;
+    let run = store
+        .create_run(campaign, now, now, "manual", "f")
+        .await
+        .unwrap();
+    let rows: Vec<PlannedMessage> = (1..=4).map(|i| email(i, "a", now - 1_000)).collect();
+    let lease_until = now + 60_000;
+    let handed = store
+        .insert_handed(
+            run.id,
+            campaign,
+            &rows,
+            Handed {
+                rows: &[true; 4],
+                delivered_on_accept: &[Channel::Email],
+                owner: "worker",
+                until: lease_until,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    store.finish_planning(run.id).await.unwrap();
+
+    // In the air.
+    assert_eq!(gauges(db, now).await, counts(&[("sending", 4)]));
+    assert_eq!(decision_delivered(&store, run.id, now).await, 0);
+
+    // A bounce arrives for the first; the rest are still in the air.
+    let mut q = Sql::new();
+    q.push("UPDATE messages SET status = 'bounced', updated_at = ")
+        .bind(now + 10)
+        .push(" WHERE id = ")
+        .bind(handed[0].id);
+    exec(db, q).await;
+    assert_eq!(
+        gauges(db, now).await,
+        counts(&[("bounced", 1), ("sending", 3)])
+    );
+    assert_eq!(decision_delivered(&store, run.id, now).await, 0);
+
+    // The worker died: once the lease lapses they are `unknown`.
+    let lapsed = lease_until + 1;
+    assert_eq!(
+        gauges(db, lapsed).await,
+        counts(&[("bounced", 1), ("unknown", 3)])
+    );
+    assert_eq!(decision_delivered(&store, run.id, lapsed).await, 0);
+
+    // Had it landed as written, they are delivered.
+    let mut q = Sql::new();
+    q.push("DELETE FROM flights");
+    exec(db, q).await;
+    assert_eq!(
+        gauges(db, now).await,
+        counts(&[("bounced", 1), ("delivered", 3)])
+    );
+    assert_eq!(decision_delivered(&store, run.id, now).await, 3);
+}
+
 on_both_databases!(
+    a_flight_in_the_air_is_not_counted_by_metrics_or_a_rollout,
     a_flight_in_the_air_is_not_counted_sent_or_delivered,
     a_landed_flight_is_delivered,
     events_stored_before_their_messages_are_attributed,
