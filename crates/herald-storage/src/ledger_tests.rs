@@ -15,7 +15,9 @@ use herald_domain::types::{Channel, MessageStatus};
 use herald_engine::clock::FixedClock;
 use herald_engine::rollout::{Release, RolloutStore, WAITING_ARM};
 use herald_engine::run::PLAN_LEASE_MS;
-use herald_engine::store::{CampaignRecord, GoalRecord, Handed, PlannedMessage, Store};
+use herald_engine::store::{
+    CampaignRecord, GoalRecord, Handed, PlannedMessage, Store, TriggeredMessage,
+};
 use herald_engine::{Clock, Engine, SystemClock};
 use sea_orm::{ConnectionTrait, DbBackend};
 
@@ -685,7 +687,62 @@ async fn a_flight_in_the_air_is_not_counted_by_metrics_or_a_rollout(db: &Db) {
     assert_eq!(decision_delivered(&store, run.id, now).await, 3);
 }
 
+/// A triggered campaign's messages are attributed when they are written,
+/// like a plan's pages: a purchase stored before the trigger planner wrote
+/// the message (it was behind, paused or down) converts it when it falls in
+/// the window after `send_at`, and one before `send_at` does not.
+async fn triggered_messages_are_attributed_when_written(db: &Db) {
+    let store = SqlStore::new(db.clone());
+    let now = SystemClock.now_ms();
+    let campaign = contacts_and_campaign(&store, 3, Some(purchase_goal()), now).await;
+    let run = store.trigger_run(campaign, "f", now).await.unwrap();
+    let triggered = |contacts: std::ops::RangeInclusive<i64>, at: i64| -> Vec<TriggeredMessage> {
+        contacts
+            .map(|i| TriggeredMessage {
+                message: email(i, "a", at),
+                trigger_id: 100 + i,
+                trigger_at: at,
+            })
+            .collect()
+    };
+    events(
+        db,
+        &[
+            (1, "purchase", now + 1_000, 10.0),
+            (1, "app_open", now + 1_500, 0.0),
+            (2, "purchase", now - 1_000, 7.0),
+        ],
+    )
+    .await;
+    let written = store
+        .insert_triggered(run.id, campaign, &triggered(1..=2, now), 102, now + 2_000)
+        .await
+        .unwrap();
+    assert_eq!(written, 2);
+    // Contact 3's message is written an hour late, after its purchase.
+    events(db, &[(3, "purchase", now + 60_000, 4.0)]).await;
+    store
+        .insert_triggered(
+            run.id,
+            campaign,
+            &triggered(3..=3, now),
+            103,
+            now + 3_600_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes(db).await,
+        [
+            (1, Some(now + 1_000), 10.0, Some(1)),
+            (2, None, 0.0, None),
+            (3, Some(now + 60_000), 4.0, None),
+        ]
+    );
+}
+
 on_both_databases!(
+    triggered_messages_are_attributed_when_written,
     a_flight_in_the_air_is_not_counted_by_metrics_or_a_rollout,
     a_flight_in_the_air_is_not_counted_sent_or_delivered,
     a_landed_flight_is_delivered,
