@@ -12,7 +12,7 @@ use herald_tests::{Backend, Project, TestDb};
 use crate::{scalar, setup};
 
 /// Writes a project with one campaign firing at `at` to the SMTP server on `port`.
-fn daemon_project(
+pub(crate) fn daemon_project(
     p: &Project,
     port: u16,
     at: chrono::DateTime<chrono::Utc>,
@@ -38,7 +38,7 @@ fn daemon_project(
     );
 }
 
-fn contacts_csv(p: &Project, n: usize) {
+pub(crate) fn contacts_csv(p: &Project, n: usize) {
     let mut csv = String::with_capacity(n * 32);
     csv.push_str("external_id,email\n");
     for i in 0..n {
@@ -48,7 +48,7 @@ fn contacts_csv(p: &Project, n: usize) {
 }
 
 /// Waits until the daemon `name` says it is running (its signal handler is then in place).
-async fn wait_started(p: &Project, name: &str) {
+pub(crate) async fn wait_started(p: &Project, name: &str) {
     let t0 = Instant::now();
     loop {
         let (out, err) = p.output_of(name);
@@ -63,7 +63,7 @@ async fn wait_started(p: &Project, name: &str) {
     }
 }
 
-fn term(child: &mut std::process::Child) -> i32 {
+pub(crate) fn term(child: &mut std::process::Child) -> i32 {
     let ok = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -75,7 +75,7 @@ fn term(child: &mut std::process::Child) -> i32 {
 }
 
 /// Waits until every message of the campaign's run is settled and the run is done.
-async fn wait_done(db: &TestDb, audience: i64, limit: Duration) {
+pub(crate) async fn wait_done(db: &TestDb, audience: i64, limit: Duration) {
     let t0 = Instant::now();
     loop {
         let total = scalar(db, "SELECT COUNT(*) FROM messages").await;
@@ -163,10 +163,10 @@ async fn scheduled_fire_is_sent_and_sigterm_exits_zero(backend: Backend) {
 }
 
 /// A small deterministic generator: the kill moments, reproducible from the printed seed.
-struct Lcg(u64);
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)

@@ -26,6 +26,7 @@ mod account_faults;
 mod campaign_preview;
 mod check;
 mod contacts;
+mod crash;
 mod daemon;
 mod demo;
 mod fallback;

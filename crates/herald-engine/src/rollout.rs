@@ -160,8 +160,10 @@ impl Decision {
 pub trait RolloutStore: Send + Sync {
     /// Running (or drained) runs of these campaigns with messages in [`WAITING_ARM`].
     async fn waiting_runs(&self, campaigns: &[String]) -> StoreResult<Vec<WaitingRun>>;
-    /// The run's outcomes per arm, rollout arms included (the caller picks).
-    async fn arm_outcomes(&self, run_id: i64) -> StoreResult<Vec<ArmOutcomes>>;
+    /// The run's outcomes per arm at `now`, rollout arms included (the caller
+    /// picks); a message whose send may not have reached the provider yet is
+    /// not counted delivered.
+    async fn arm_outcomes(&self, run_id: i64, now: i64) -> StoreResult<Vec<ArmOutcomes>>;
     /// The variant the run's recorded decision chose, if one was recorded.
     async fn recorded_choice(&self, run_id: i64) -> StoreResult<Option<String>>;
     /// Records `decision` unless the run already decided; returns the chosen
@@ -318,7 +320,7 @@ impl Roller {
                     }
                     let deadline = run.started_at.saturating_add(cfg.decide_by().millis());
                     let last_call = now >= deadline;
-                    let outcomes = self.rollouts.arm_outcomes(run.run_id).await?;
+                    let outcomes = self.rollouts.arm_outcomes(run.run_id, now).await?;
                     let Some(decision) =
                         decide(campaign, cfg.metric, &outcomes, run.run_id, now, last_call)
                     else {

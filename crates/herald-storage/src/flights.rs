@@ -106,3 +106,77 @@ pub fn untouched_join(b: DbBackend) -> &'static str {
         "flights f, json_each('[' || f.ids || ']') j JOIN messages m ON m.id = j.value AND m.status IN ('sent', 'delivered') AND m.updated_at = f.written_at"
     }
 }
+
+/// A read-only snapshot on `db`: on PostgreSQL a repeatable read, so the
+/// counts of `messages` and of the flights in the air are taken at the same
+/// instant; SQLite's deferred transaction reads one snapshot already.
+pub async fn snapshot(
+    db: &sea_orm::DatabaseConnection,
+) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+    use sea_orm::{AccessMode, IsolationLevel, TransactionTrait};
+    if db.get_database_backend() == DbBackend::Postgres {
+        db.begin_with_config(
+            Some(IsolationLevel::RepeatableRead),
+            Some(AccessMode::ReadOnly),
+        )
+        .await
+    } else {
+        db.begin().await
+    }
+}
+
+/// Untouched rows of flights in the air with the same run, channel, arm and
+/// written status, and how they read at the instant asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InTheAirCount {
+    /// Their run.
+    pub run_id: i64,
+    /// Their channel.
+    pub channel: Option<String>,
+    /// Their arm.
+    pub arm: String,
+    /// The status written in advance (`sent` or `delivered`).
+    pub written: String,
+    /// How they read: `sending`, or `unknown` once the lease lapsed.
+    pub air: InTheAir,
+    /// How many.
+    pub n: i64,
+}
+
+/// The untouched rows of every flight in the air at `now` (of run `run`
+/// only, if given), counted: what a reader takes out of the counts of their
+/// written status and adds to `sending` or `unknown`.
+pub async fn in_the_air(
+    conn: &impl ConnectionTrait,
+    now: i64,
+    run: Option<i64>,
+) -> Result<Vec<InTheAirCount>, sea_orm::DbErr> {
+    let b = conn.get_database_backend();
+    let mut q = Sql::new();
+    q.push("SELECT m.run_id, m.channel, m.arm, m.status, CASE WHEN f.lease_until < ")
+        .bind(now)
+        .push(" THEN 1 ELSE 0 END, COUNT(*) FROM ")
+        .push(untouched_join(b));
+    if let Some(run) = run {
+        q.push(" WHERE f.run_id = ").bind(run);
+    }
+    q.push(" GROUP BY 1, 2, 3, 4, 5");
+    let rows = conn.query_all_raw(q.build(b)).await?;
+    rows.iter()
+        .map(|r| {
+            let lapsed: i32 = r.try_get_by_index(4)?;
+            Ok(InTheAirCount {
+                run_id: r.try_get_by_index(0)?,
+                channel: r.try_get_by_index(1)?,
+                arm: r.try_get_by_index(2)?,
+                written: r.try_get_by_index(3)?,
+                air: if lapsed == 1 {
+                    InTheAir::Unknown
+                } else {
+                    InTheAir::Sending
+                },
+                n: r.try_get_by_index(5)?,
+            })
+        })
+        .collect()
+}

@@ -15,7 +15,9 @@ use herald_domain::types::{Channel, MessageStatus};
 use herald_engine::clock::FixedClock;
 use herald_engine::rollout::{Release, RolloutStore, WAITING_ARM};
 use herald_engine::run::PLAN_LEASE_MS;
-use herald_engine::store::{CampaignRecord, GoalRecord, Handed, PlannedMessage, Store};
+use herald_engine::store::{
+    CampaignRecord, GoalRecord, Handed, PlannedMessage, Store, TriggeredMessage,
+};
 use herald_engine::{Clock, Engine, SystemClock};
 use sea_orm::{ConnectionTrait, DbBackend};
 
@@ -601,7 +603,147 @@ async fn a_bulk_import_refreshes_the_statistics(db: &Db) {
     }
 }
 
+/// `/metrics`' gauges of email by status at `now` (zeros left out).
+async fn gauges(db: &Db, now: i64) -> Vec<(String, i64)> {
+    let g = crate::tracking::message_gauges(db, now).await.unwrap();
+    g.by_status
+        .into_iter()
+        .filter(|(c, _, _)| c == "email")
+        .map(|(_, s, n)| (s, n))
+        .collect()
+}
+
+/// The delivered count of arm `a` the rollout decision reads at `now`.
+async fn decision_delivered(store: &SqlStore, run: i64, now: i64) -> u64 {
+    let arms = store.arm_outcomes(run, now).await.unwrap();
+    arms.iter()
+        .find(|a| a.arm == "a")
+        .map_or(0, |a| a.delivered)
+}
+
+/// `/metrics` and a rollout's decision read a flight as the report does: its
+/// untouched rows are `sending` while it is in the air, `unknown` once its
+/// lease lapsed, and neither counts them sent or delivered before it lands.
+async fn a_flight_in_the_air_is_not_counted_by_metrics_or_a_rollout(db: &Db) {
+    let store = SqlStore::new(db.clone());
+    let now = SystemClock.now_ms();
+    let campaign = contacts_and_campaign(&store, 4, None, now).await;
+    let run = store
+        .create_run(campaign, now, now, "manual", "f")
+        .await
+        .unwrap();
+    let rows: Vec<PlannedMessage> = (1..=4).map(|i| email(i, "a", now - 1_000)).collect();
+    let lease_until = now + 60_000;
+    let handed = store
+        .insert_handed(
+            run.id,
+            campaign,
+            &rows,
+            Handed {
+                rows: &[true; 4],
+                delivered_on_accept: &[Channel::Email],
+                owner: "worker",
+                until: lease_until,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    store.finish_planning(run.id).await.unwrap();
+
+    // In the air.
+    assert_eq!(gauges(db, now).await, counts(&[("sending", 4)]));
+    assert_eq!(decision_delivered(&store, run.id, now).await, 0);
+
+    // A bounce arrives for the first; the rest are still in the air.
+    let mut q = Sql::new();
+    q.push("UPDATE messages SET status = 'bounced', updated_at = ")
+        .bind(now + 10)
+        .push(" WHERE id = ")
+        .bind(handed[0].id);
+    exec(db, q).await;
+    assert_eq!(
+        gauges(db, now).await,
+        counts(&[("bounced", 1), ("sending", 3)])
+    );
+    assert_eq!(decision_delivered(&store, run.id, now).await, 0);
+
+    // The worker died: once the lease lapses they are `unknown`.
+    let lapsed = lease_until + 1;
+    assert_eq!(
+        gauges(db, lapsed).await,
+        counts(&[("bounced", 1), ("unknown", 3)])
+    );
+    assert_eq!(decision_delivered(&store, run.id, lapsed).await, 0);
+
+    // Had it landed as written, they are delivered.
+    let mut q = Sql::new();
+    q.push("DELETE FROM flights");
+    exec(db, q).await;
+    assert_eq!(
+        gauges(db, now).await,
+        counts(&[("bounced", 1), ("delivered", 3)])
+    );
+    assert_eq!(decision_delivered(&store, run.id, now).await, 3);
+}
+
+/// A triggered campaign's messages are attributed when they are written,
+/// like a plan's pages: a purchase stored before the trigger planner wrote
+/// the message (it was behind, paused or down) converts it when it falls in
+/// the window after `send_at`, and one before `send_at` does not.
+async fn triggered_messages_are_attributed_when_written(db: &Db) {
+    let store = SqlStore::new(db.clone());
+    let now = SystemClock.now_ms();
+    let campaign = contacts_and_campaign(&store, 3, Some(purchase_goal()), now).await;
+    let run = store.trigger_run(campaign, "f", now).await.unwrap();
+    let triggered = |contacts: std::ops::RangeInclusive<i64>, at: i64| -> Vec<TriggeredMessage> {
+        contacts
+            .map(|i| TriggeredMessage {
+                message: email(i, "a", at),
+                trigger_id: 100 + i,
+                trigger_at: at,
+            })
+            .collect()
+    };
+    events(
+        db,
+        &[
+            (1, "purchase", now + 1_000, 10.0),
+            (1, "app_open", now + 1_500, 0.0),
+            (2, "purchase", now - 1_000, 7.0),
+        ],
+    )
+    .await;
+    let written = store
+        .insert_triggered(run.id, campaign, &triggered(1..=2, now), 102, now + 2_000)
+        .await
+        .unwrap();
+    assert_eq!(written, 2);
+    // Contact 3's message is written an hour late, after its purchase.
+    events(db, &[(3, "purchase", now + 60_000, 4.0)]).await;
+    store
+        .insert_triggered(
+            run.id,
+            campaign,
+            &triggered(3..=3, now),
+            103,
+            now + 3_600_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes(db).await,
+        [
+            (1, Some(now + 1_000), 10.0, Some(1)),
+            (2, None, 0.0, None),
+            (3, Some(now + 60_000), 4.0, None),
+        ]
+    );
+}
+
 on_both_databases!(
+    triggered_messages_are_attributed_when_written,
+    a_flight_in_the_air_is_not_counted_by_metrics_or_a_rollout,
     a_flight_in_the_air_is_not_counted_sent_or_delivered,
     a_landed_flight_is_delivered,
     events_stored_before_their_messages_are_attributed,

@@ -60,6 +60,55 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// The test arms' outcomes of `run_id` read at `now`: a flight's untouched
+    /// rows are not delivered yet (they are in the air, or `unknown` once its
+    /// lease lapsed; [`crate::flights`]), so a decision never counts a message
+    /// the provider may not have.
+    pub async fn arm_outcomes_at(&self, run_id: i64, now: i64) -> StoreResult<Vec<ArmOutcomes>> {
+        let b = self.db().backend();
+        let txn = crate::flights::snapshot(&self.db().conn)
+            .await
+            .map_err(err)?;
+        let mut q = Sql::new();
+        // The global holdout's messages carry an arm but are in no test, and a
+        // series counts on its first message, as in the report.
+        q.push("SELECT arm, COUNT(*), COUNT(CASE WHEN status = 'delivered' THEN 1 END), COUNT(opened_at), COUNT(clicked_at), COUNT(converted_at), MAX(send_at) FROM messages WHERE run_id = ")
+            .bind(run_id)
+            .push(" AND step = 0 AND NOT (status = 'suppressed' AND reason IS NOT NULL AND reason = 'global_holdout') GROUP BY arm ORDER BY arm");
+        let mut arms = txn
+            .query_all_raw(q.build(b))
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|r| {
+                Ok(ArmOutcomes {
+                    arm: get(r, 0)?,
+                    assigned: count(r, 1)?,
+                    delivered: count(r, 2)?,
+                    opened: count(r, 3)?,
+                    clicked: count(r, 4)?,
+                    converted: count(r, 5)?,
+                    last_send_at: get(r, 6)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        for f in crate::flights::in_the_air(&txn, now, Some(run_id))
+            .await
+            .map_err(err)?
+        {
+            if f.written != "delivered" {
+                continue;
+            }
+            if let Some(a) = arms.iter_mut().find(|a| a.arm == f.arm) {
+                a.delivered = a.delivered.saturating_sub(u64::try_from(f.n).unwrap_or(0));
+            }
+        }
+        txn.commit().await.map_err(err)?;
+        Ok(arms)
+    }
+}
+
 #[async_trait]
 impl RolloutStore for SqlStore {
     async fn waiting_runs(&self, campaigns: &[String]) -> StoreResult<Vec<WaitingRun>> {
@@ -92,28 +141,8 @@ impl RolloutStore for SqlStore {
             .collect()
     }
 
-    async fn arm_outcomes(&self, run_id: i64) -> StoreResult<Vec<ArmOutcomes>> {
-        let mut q = Sql::new();
-        // The global holdout's messages carry an arm but are in no test, and a
-        // series counts on its first message, as in the report.
-        q.push("SELECT arm, COUNT(*), COUNT(CASE WHEN status = 'delivered' THEN 1 END), COUNT(opened_at), COUNT(clicked_at), COUNT(converted_at), MAX(send_at) FROM messages WHERE run_id = ")
-            .bind(run_id)
-            .push(" AND step = 0 AND NOT (status = 'suppressed' AND reason IS NOT NULL AND reason = 'global_holdout') GROUP BY arm ORDER BY arm");
-        self.rows(q)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(ArmOutcomes {
-                    arm: get(r, 0)?,
-                    assigned: count(r, 1)?,
-                    delivered: count(r, 2)?,
-                    opened: count(r, 3)?,
-                    clicked: count(r, 4)?,
-                    converted: count(r, 5)?,
-                    last_send_at: get(r, 6)?,
-                })
-            })
-            .collect()
+    async fn arm_outcomes(&self, run_id: i64, now: i64) -> StoreResult<Vec<ArmOutcomes>> {
+        self.arm_outcomes_at(run_id, now).await
     }
 
     async fn record_decision(&self, d: &Decision) -> StoreResult<(String, bool)> {

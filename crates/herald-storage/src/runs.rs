@@ -2,9 +2,7 @@
 //! figures of `herald status`, and the heartbeats by which daemons on one
 //! database count each other to split every channel's rate limit.
 
-use sea_orm::{
-    AccessMode, ConnectionTrait, DbBackend, IsolationLevel, QueryResult, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, QueryResult};
 
 use crate::db::Db;
 use crate::flights::{self, InTheAir};
@@ -255,17 +253,7 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
     let mut out = Status::default();
     // One snapshot: the flights in the air are taken out of the counts that
     // include them, so both are read at the same instant.
-    let txn = if db.backend() == DbBackend::Postgres {
-        db.conn
-            .begin_with_config(
-                Some(IsolationLevel::RepeatableRead),
-                Some(AccessMode::ReadOnly),
-            )
-            .await
-    } else {
-        db.conn.begin().await
-    }
-    .map_err(db_err)?;
+    let txn = flights::snapshot(&db.conn).await.map_err(db_err)?;
     let db = &txn;
     let mut q = Sql::new();
     // A triggered campaign's run has no scheduled instant (it is stored as 0,
@@ -313,36 +301,19 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
     // A flight's untouched rows say how its sends are expected to end: they
     // are in the air (`sending`), or `unknown` once the lease lapsed (its
     // worker died; `expire_leases` will write so).
-    let mut q = Sql::new();
-    q.push("SELECT m.run_id, m.channel, m.status, CASE WHEN f.lease_until < ")
-        .bind(now)
-        .push(" THEN 1 ELSE 0 END, COUNT(*) FROM ")
-        .push(flights::untouched_join(db.get_database_backend()))
-        .push(" GROUP BY 1, 2, 3, 4");
-    let mut in_air = Vec::new();
-    for r in all(db, q).await? {
-        let lapsed: i32 = get(&r, 3)?;
-        let air = if lapsed == 1 {
-            InTheAir::Unknown
-        } else {
-            InTheAir::Sending
-        };
-        let row: (i64, Option<String>, String, i64) =
-            (get(&r, 0)?, get(&r, 1)?, get(&r, 2)?, get(&r, 4)?);
-        in_air.push((row, air));
-    }
-    for ((run_id, _, status, n), air) in &in_air {
-        let Some(run) = out.runs.iter_mut().find(|x| x.id == *run_id) else {
+    let in_air = flights::in_the_air(db, now, None).await.map_err(db_err)?;
+    for f in &in_air {
+        let Some(run) = out.runs.iter_mut().find(|x| x.id == f.run_id) else {
             continue;
         };
         for (s, count) in run.counts.iter_mut() {
-            if s == status {
-                *count -= n;
+            if *s == f.written {
+                *count -= f.n;
             }
         }
-        match run.counts.iter_mut().find(|(s, _)| s == air.status()) {
-            Some((_, count)) => *count += n,
-            None => run.counts.push((air.status().to_string(), *n)),
+        match run.counts.iter_mut().find(|(s, _)| s == f.air.status()) {
+            Some((_, count)) => *count += f.n,
+            None => run.counts.push((f.air.status().to_string(), f.n)),
         }
         run.counts.retain(|(_, count)| *count > 0);
         run.counts.sort();
@@ -376,9 +347,9 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
         c.failed_last_hour = get::<Option<i64>>(&r, 2)?.unwrap_or(0);
     }
     // The messages of flights in the air (handed batches) are being sent.
-    for ((_, channel, _, n), air) in &in_air {
-        if let (Some(channel), InTheAir::Sending) = (channel, air) {
-            channel_mut(&mut out.channels, channel.clone()).sending += n;
+    for f in &in_air {
+        if let (Some(channel), InTheAir::Sending) = (&f.channel, f.air) {
+            channel_mut(&mut out.channels, channel.clone()).sending += f.n;
         }
     }
     out.channels.sort_by(|a, b| a.channel.cmp(&b.channel));

@@ -885,28 +885,46 @@ pub struct MessageGauges {
     pub due: Vec<(String, i64)>,
 }
 
-/// Counts messages by channel and status, and the due queue, at `now`.
+/// Counts messages by channel and status, and the due queue, at `now`. A
+/// flight's untouched rows count as `sending` while it is in the air and
+/// `unknown` once its lease lapsed, as in the report and `herald status`
+/// ([`crate::flights`]): the gauges never say sent or delivered before the
+/// provider has the message.
 pub async fn message_gauges(db: &Db, now: i64) -> TrackingResult<MessageGauges> {
     let b = db.backend();
+    let txn = crate::flights::snapshot(&db.conn).await?;
     let mut q = Sql::new();
     q.push("SELECT COALESCE(channel, ''), status, COUNT(*) FROM messages GROUP BY channel, status ORDER BY 1, 2");
-    let by_status = db
-        .conn
+    let mut by_status: Vec<(String, String, i64)> = txn
         .query_all_raw(q.build(b))
         .await?
         .iter()
         .map(|r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?)))
         .collect::<TrackingResult<_>>()?;
+    for f in crate::flights::in_the_air(&txn, now, None).await? {
+        let channel = f.channel.unwrap_or_default();
+        let mut moved = |status: &str, n: i64| match by_status
+            .iter_mut()
+            .find(|(c, s, _)| *c == channel && s == status)
+        {
+            Some((_, _, count)) => *count += n,
+            None => by_status.push((channel.clone(), status.to_string(), n)),
+        };
+        moved(&f.written, -f.n);
+        moved(f.air.status(), f.n);
+    }
+    by_status.retain(|(_, _, n)| *n > 0);
+    by_status.sort();
     let mut q = Sql::new();
     q.push("SELECT COALESCE(channel, ''), COUNT(*) FROM messages WHERE status = 'planned' AND send_at <= ")
         .bind(now)
         .push(" GROUP BY channel ORDER BY 1");
-    let due = db
-        .conn
+    let due = txn
         .query_all_raw(q.build(b))
         .await?
         .iter()
         .map(|r| Ok((get(r, 0)?, get(r, 1)?)))
         .collect::<TrackingResult<_>>()?;
+    txn.commit().await?;
     Ok(MessageGauges { by_status, due })
 }

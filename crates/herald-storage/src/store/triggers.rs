@@ -125,6 +125,12 @@ impl SqlStore {
             .push(") ON CONFLICT (campaign_id) DO UPDATE SET last_event_id = CASE WHEN trigger_cursors.last_event_id > excluded.last_event_id THEN trigger_cursors.last_event_id ELSE excluded.last_event_id END, updated_at = excluded.updated_at");
         txn.execute_raw(q.build(b)).await.map_err(err)?;
         txn.commit().await.map_err(err)?;
+        // Goal events already stored (a purchase that arrived while the
+        // trigger planner was behind, paused or down) are attributed to the
+        // messages just written, by the rule applied to later events: a
+        // conversion never depends on which was written first.
+        let messages: Vec<PlannedMessage> = rows.iter().map(|t| t.message.clone()).collect();
+        self.attribute_page(run_id, campaign_id, &messages).await?;
         Ok(inserted)
     }
 
