@@ -107,6 +107,9 @@ pub const RECORD_RETRY_FIRST: Duration = Duration::from_millis(500);
 pub const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often a blocked lane asks the database whether `herald runs resume` wants a probe.
 const PROBE_REQUEST_CHECK_MS: i64 = 1000;
+/// How far back a starting worker looks for a block a status callback
+/// reported (the age after which `herald status` drops a block row).
+const REPORTED_BLOCK_LOOKBACK_MS: i64 = 3 * 60_000;
 
 /// When and how often a transient failure is retried.
 #[derive(Debug, Clone, Copy)]
@@ -357,6 +360,8 @@ pub struct Dispatcher {
     pub blocked_wait: Option<Duration>,
     /// When this worker last asked whether a probe was requested (clock ms).
     probe_checked: AtomicI64,
+    /// When this worker last looked for a block reported by a status callback (ms).
+    block_checked: AtomicI64,
 }
 
 impl Dispatcher {
@@ -387,6 +392,7 @@ impl Dispatcher {
             halt: None,
             blocked_wait: None,
             probe_checked: AtomicI64::new(i64::MIN),
+            block_checked: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -587,9 +593,14 @@ impl Dispatcher {
                     continue;
                 }
             }
-            let mut by_run: HashMap<i64, Vec<ClaimedMessage>> = HashMap::new();
+            // Runs in the order claimed: a lane's transactional messages come
+            // first in its claim and are sent first.
+            let mut by_run: Vec<(i64, Vec<ClaimedMessage>)> = Vec::new();
             for m in claimed {
-                by_run.entry(m.run_id).or_default().push(m);
+                match by_run.iter_mut().find(|(r, _)| *r == m.run_id) {
+                    Some((_, batch)) => batch.push(m),
+                    None => by_run.push((m.run_id, vec![m])),
+                }
             }
             for (run_id, batch) in by_run {
                 if let std::collections::hash_map::Entry::Vacant(e) = campaigns.entry(run_id) {
@@ -646,15 +657,37 @@ impl Dispatcher {
         };
         let now = self.clock.now_ms();
         match route.health.admit(now) {
-            Admit::Open => Ok(Some((
-                claim_horizon(
-                    route.pacer.current_rate(),
-                    route.width,
-                    self.lane_workers,
-                    self.batch,
-                ),
-                false,
-            ))),
+            Admit::Open => {
+                // A status callback may say the account is refused after its
+                // sends were accepted (Twilio 30034/30007): the lane blocks
+                // itself as if a send had been refused.
+                let last = self.block_checked.load(Ordering::Relaxed);
+                if last == i64::MIN || now - last >= PROBE_REQUEST_CHECK_MS {
+                    self.block_checked.store(now, Ordering::Relaxed);
+                    let since = if last == i64::MIN {
+                        now - REPORTED_BLOCK_LOOKBACK_MS
+                    } else {
+                        last
+                    };
+                    if let Some(reason) = self
+                        .store
+                        .route_block_reported(channel.as_str(), since)
+                        .await?
+                    {
+                        self.learn(channel, route, Some(&reason)).await;
+                        return Ok(None);
+                    }
+                }
+                Ok(Some((
+                    claim_horizon(
+                        route.pacer.current_rate(),
+                        route.width,
+                        self.lane_workers,
+                        self.batch,
+                    ),
+                    false,
+                )))
+            }
             Admit::Probe => Ok(Some((1, true))),
             Admit::Wait(_) => {
                 let last = self.probe_checked.load(Ordering::Relaxed);
@@ -713,7 +746,18 @@ impl Dispatcher {
         if claimed.is_empty() && after.is_some() {
             claimed = self.claim_from(run, now, lease_until, None, limit).await?;
         }
-        *self.cursor.lock().expect("cursor lock") = claimed.last().map(|m| (m.send_at, m.id));
+        // The cursor follows the route's queue only: a transactional message
+        // claimed ahead of it is no position in it. A claim filled by those
+        // alone never reached the queue, so its cursor stays where it was.
+        let queue_last = claimed
+            .iter()
+            .rev()
+            .find(|m| !m.first)
+            .map(|m| (m.send_at, m.id));
+        *self.cursor.lock().expect("cursor lock") = match queue_last {
+            None if claimed.len() as u32 >= limit => after,
+            last => last,
+        };
         if probe && claimed.is_empty() {
             // Nothing due to probe with: the probe is free again later.
             if let Some(r) = self.lane.and_then(|c| self.routes.get(&c)) {

@@ -187,7 +187,8 @@ mod tests {
     #[test]
     fn a_base64_status_part_and_plain_mail() {
         use base64::Engine as _;
-        let enc = base64::engine::general_purpose::STANDARD.encode("Reporting-MTA: dns; x\r\n\r\nAction: failed\r\nStatus: 5.0.0\r\n");
+        let enc = base64::engine::general_purpose::STANDARD
+            .encode("Reporting-MTA: dns; x\r\n\r\nAction: failed\r\nStatus: 5.0.0\r\n");
         let dsn = format!(
             "Content-Type: multipart/report; boundary=q\r\n\r\n--q\r\nContent-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n{enc}\r\n--q--\r\n"
         );
