@@ -299,6 +299,12 @@ fn failed(msg: &ClaimedMessage, reason: String) -> Outcome {
 
 /// A claimed message given back to `planned` as it was, without a request
 /// (its route is blocked, or the process stops): no attempt, no links.
+/// A message's age at `at` (ms) for `max_age`: from its send time, less
+/// the time its route was blocked meanwhile (it could not go out then).
+fn age(route: &Route, send_at: i64, at: i64) -> i64 {
+    at - send_at - route.health.blocked_within(send_at, at)
+}
+
 fn released(msg: &ClaimedMessage) -> Outcome {
     Outcome {
         status: MessageStatus::Planned,
@@ -1117,7 +1123,7 @@ impl Dispatcher {
                 let now = self.clock.now_ms();
                 let wait = rate_limited_wait(&self.retry, msg.id, retry_after);
                 let retry_at = now + wait.as_millis() as i64;
-                if retry_at - msg.send_at > self.retry.max_age.as_millis() as i64 {
+                if age(route, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64 {
                     outcome.reason = Some(format!(
                         "expired: not accepted within {}h of its send time, throttled: {detail}",
                         self.retry.max_age.as_secs() / 3600
@@ -1133,7 +1139,8 @@ impl Dispatcher {
                 let retry_at = now + wait.as_millis() as i64;
                 if attempts >= self.retry.max_attempts {
                     outcome.reason = Some(format!("attempts exhausted after {attempts}: {detail}"));
-                } else if retry_at - msg.send_at > self.retry.max_age.as_millis() as i64 {
+                } else if age(route, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64
+                {
                     outcome.reason = Some(format!(
                         "expired: not accepted within {}h of its send time after {attempts} attempt(s): {detail}",
                         self.retry.max_age.as_secs() / 3600

@@ -2104,6 +2104,74 @@ mod tests {
         );
     }
 
+    /// A provider that answers every send "try again later".
+    struct Busy;
+
+    #[async_trait]
+    impl herald_channels::Channel for Busy {
+        async fn send(
+            &self,
+            _: &RenderedMessage,
+        ) -> Result<herald_channels::ProviderReceipt, herald_channels::DeliveryError> {
+            Err(herald_channels::DeliveryError::Transient {
+                code: "421".into(),
+                detail: "try again later".into(),
+                retry_after: None,
+            })
+        }
+
+        fn delivered_on_accept(&self) -> bool {
+            true
+        }
+    }
+
+    /// `max_age` does not run while the route is blocked: a message due 25 h
+    /// ago whose route was blocked for 24 of them is 1 h old, so a transient
+    /// failure is retried (until its attempts run out), not expired.
+    async fn max_age_leaves_out_the_time_the_route_was_blocked(db: &Db) {
+        const H: i64 = 3_600_000;
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 1).await;
+        let now = SystemClock.now_ms();
+        rows[0].send_at = now - 25 * H;
+        store
+            .insert_planned(run, campaign, &rows, now)
+            .await
+            .unwrap();
+        store.finish_planning(run).await.unwrap();
+        let route = Route::new(Arc::new(Busy), Arc::new(Pacer::new(None)), 8);
+        route
+            .health
+            .answer(Some("authentication failed"), now - 24 * H - 1000);
+        route.health.answer(None, now - 1000);
+        let mut d = Dispatcher::new(
+            Arc::new(store.clone()),
+            Arc::new(SystemClock),
+            HashMap::from([(Channel::Email, route)]),
+            "test".into(),
+        );
+        d.poll = Duration::from_millis(10);
+        d.retry.max_attempts = 2;
+        d.retry.base = Duration::from_millis(10);
+        d.retry.max_wait = Duration::from_millis(10);
+        d.drain_run(run, &Plain).await.unwrap();
+        let mut q = Sql::new();
+        q.push("SELECT status, reason, attempts FROM messages WHERE run_id = ")
+            .bind(run);
+        let got: (String, Option<String>, i32) = store.all(q).await.unwrap()[0]
+            .try_get_many_by_index()
+            .unwrap();
+        assert_eq!(got.0, "failed");
+        assert!(
+            got.1
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("attempts exhausted"),
+            "{got:?}"
+        );
+        assert_eq!(got.2, 2);
+    }
+
     /// A message that comes due again behind a worker's cursor (a retry
     /// whose wait ended) is still claimed and sent, exactly once.
     async fn claims_find_messages_behind_the_cursor(db: &Db) {
@@ -2920,6 +2988,7 @@ mod tests {
         claims_find_messages_behind_the_cursor,
         a_lane_claims_transactional_messages_first,
         a_lane_takes_a_block_reported_by_a_status_callback,
+        max_age_leaves_out_the_time_the_route_was_blocked,
         a_large_plan_refreshes_the_statistics,
         a_shared_address_is_kept_once_per_step_across_pages,
         workers_send_pages_while_the_plan_goes_on,
