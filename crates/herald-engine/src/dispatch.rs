@@ -202,6 +202,9 @@ pub struct DispatchStats {
     pub retried: u64,
     /// Messages left planned for later (quiet hours, best hour, spread) when a drain ended.
     pub later: u64,
+    /// Messages a route's block had held that met quiet hours when released:
+    /// planned again for their end, the daemon's to send (not this drain's).
+    pub deferred: u64,
     /// Messages the planner handed over (sent without a claim query).
     pub handed: u64,
     /// Messages given back to `planned` without a request (a blocked route, a stop).
@@ -536,9 +539,11 @@ impl Dispatcher {
                     RunDrain::Pending => {
                         // What policies moved to later (quiet hours, best hour, spread) is
                         // the daemon's to send; a retry waiting for its time is still ours.
+                        // Held messages deferred to the end of quiet hours count as
+                        // due (their send time passed) but are the daemon's too.
                         let (due, later) = self.store.run_pending(run_id, now).await?;
-                        if due == 0 {
-                            stats.later = later as u64;
+                        if due <= stats.deferred as i64 {
+                            stats.later = later as u64 + stats.deferred;
                             break;
                         }
                     }
@@ -890,6 +895,26 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         let mut ready = Vec::with_capacity(claimed.len());
         for msg in claimed {
+            // A message its route held (blocked) meets quiet hours again: the
+            // block moved it out of the time it was planned for.
+            let held = self
+                .routes
+                .get(&msg.channel)
+                .is_some_and(|r| r.health.blocked_within(msg.send_at, now) > 0);
+            if let Some(later) = contacts
+                .get(&msg.contact_id)
+                .filter(|_| held)
+                .and_then(|c| renderer.released_at(&msg, c, now))
+            {
+                stats.deferred += 1;
+                outcomes.push(Outcome {
+                    status: MessageStatus::Planned,
+                    retry_at: Some(later),
+                    reason: Some("deferred (quiet hours) after its route's block".into()),
+                    ..failed(&msg, String::new())
+                });
+                continue;
+            }
             let rendered = match contacts.get(&msg.contact_id) {
                 Some(c) => renderer.render(&msg, c),
                 None => Err("the contact was erased before the message was sent".into()),

@@ -2172,6 +2172,79 @@ mod tests {
         assert_eq!(got.2, 2);
     }
 
+    /// [`Plain`], for a campaign whose recipients are in quiet hours for another hour.
+    struct QuietForAnHour(i64);
+
+    impl MessageRenderer for QuietForAnHour {
+        fn render(&self, msg: &ClaimedMessage, c: &ContactView) -> Result<RenderOutput, String> {
+            Plain.render(msg, c)
+        }
+
+        fn personalisation(&self, now: i64) -> PersonalisationRequest {
+            Plain.personalisation(now)
+        }
+
+        fn released_at(&self, _: &ClaimedMessage, _: &ContactView, _: i64) -> Option<i64> {
+            Some(self.0)
+        }
+    }
+
+    /// A message its route held (blocked) and released into the recipient's
+    /// quiet hours is deferred to their end, not sent; one whose route was
+    /// never blocked since it was due goes as planned (the planner already
+    /// placed it outside quiet hours).
+    async fn a_released_message_meets_quiet_hours_again(db: &Db) {
+        const MIN: i64 = 60_000;
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 2).await;
+        let now = SystemClock.now_ms();
+        rows[0].send_at = now - 120 * MIN;
+        rows[1].send_at = now - MIN / 2;
+        store
+            .insert_planned(run, campaign, &rows, now)
+            .await
+            .unwrap();
+        store.finish_planning(run).await.unwrap();
+        let route = Route::new(
+            Arc::new(OutboxChannel::new(Arc::new(store.clone()))),
+            Arc::new(Pacer::new(None)),
+            8,
+        );
+        route
+            .health
+            .answer(Some("authentication failed"), now - 90 * MIN);
+        route.health.answer(None, now - MIN);
+        let mut d = Dispatcher::new(
+            Arc::new(store.clone()),
+            Arc::new(SystemClock),
+            HashMap::from([(Channel::Email, route)]),
+            "test".into(),
+        );
+        d.poll = Duration::from_millis(10);
+        let later = now + 60 * MIN;
+        d.drain_run(run, &QuietForAnHour(later)).await.unwrap();
+        let mut q = Sql::new();
+        q.push("SELECT contact_id, status, not_before, attempts FROM messages WHERE run_id = ")
+            .bind(run)
+            .push(" ORDER BY contact_id");
+        type Got = (i64, String, Option<i64>, i32);
+        let got: Vec<Got> = store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_many_by_index().unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "planned".to_string(), Some(later), 0),
+                (2, "delivered".to_string(), None, 1)
+            ]
+        );
+        assert_eq!(outbox_ids(&store).await.len(), 1);
+    }
+
     /// A message that comes due again behind a worker's cursor (a retry
     /// whose wait ended) is still claimed and sent, exactly once.
     async fn claims_find_messages_behind_the_cursor(db: &Db) {
@@ -2989,6 +3062,7 @@ mod tests {
         a_lane_claims_transactional_messages_first,
         a_lane_takes_a_block_reported_by_a_status_callback,
         max_age_leaves_out_the_time_the_route_was_blocked,
+        a_released_message_meets_quiet_hours_again,
         a_large_plan_refreshes_the_statistics,
         a_shared_address_is_kept_once_per_step_across_pages,
         workers_send_pages_while_the_plan_goes_on,
