@@ -34,6 +34,7 @@ mod lanes;
 mod marketer;
 mod preview;
 mod report;
+mod reputation;
 mod rollout;
 mod segments;
 mod send;
