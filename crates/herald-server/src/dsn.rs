@@ -207,9 +207,7 @@ mod tests {
         assert_eq!(r.feedback, Some(EmailFeedback::HardBounce));
         assert_eq!(r.detail["status"], "5.1.1");
         // An ARF report forwarded inside another message is still found.
-        let forwarded = format!(
-            "Subject: Fwd: report\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--outer\r\nContent-Type: message/rfc822\r\n\r\nFrom: fbl@isp.example\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=xyz\r\n\r\n--xyz\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n--xyz--\r\n\r\n--outer--\r\n"
-        );
+        let forwarded = "Subject: Fwd: report\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--outer\r\nContent-Type: message/rfc822\r\n\r\nFrom: fbl@isp.example\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=xyz\r\n\r\n--xyz\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n--xyz--\r\n\r\n--outer--\r\n".to_string();
         assert_eq!(
             read_report(forwarded.as_bytes()).feedback,
             Some(EmailFeedback::Complaint)
