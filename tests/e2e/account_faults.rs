@@ -275,9 +275,83 @@ async fn send_with_a_wrong_credential_exits_1_in_the_providers_words(backend: Ba
     db.drop_db().await;
 }
 
+/// `herald runs resume` after the credential is fixed: the blocked route
+/// probes at once, not when its backoff says (seconds later), and sends.
+async fn runs_resume_makes_a_blocked_route_probe_at_once(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let peers = Peers::start().await;
+    peers.refuse("sms", true);
+    project(&p, &peers, "sms", "60s");
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let env = env(&peers);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon = p.spawn_with_env(&db, "daemon", &["run", "--no-server"], &env);
+    let now_ms = || chrono::Utc::now().timestamp_millis();
+    // Refused probes until the next one is at least 5 s away (1, 2, 4, 8 s backoff).
+    let t0 = Instant::now();
+    let probe_at = loop {
+        let at = scalar(
+            &db,
+            "SELECT COALESCE(MAX(probe_at), 0) FROM route_blocks WHERE route = 'sms'",
+        )
+        .await;
+        if at - now_ms() >= 5_000 {
+            break at;
+        }
+        let (out, err) = p.output_of("daemon");
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "the backoff never grew\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(peers.counts(), (0, 0, 0));
+    peers.refuse("sms", false);
+    let run = scalar(&db, "SELECT MAX(id) FROM runs").await;
+    let out = p.herald(&db, &["runs", "resume", &run.to_string()]);
+    out.expect_code(0);
+    assert!(
+        out.stdout().contains("blocked route(s) probe now"),
+        "{}",
+        out.stdout()
+    );
+    // The probe went long before its backoff would have let it.
+    loop {
+        if peers.counts().1 >= 1 {
+            break;
+        }
+        let (o, err) = p.output_of("daemon");
+        assert!(
+            now_ms() < probe_at - 1_000,
+            "no probe before the backoff's ({} ms left)\n{o}\n{err}",
+            probe_at - now_ms()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t1 = Instant::now();
+    while scalar(
+        &db,
+        "SELECT COUNT(*) FROM messages WHERE status IN ('sent', 'delivered')",
+    )
+    .await
+        < CONTACTS
+    {
+        assert!(t1.elapsed() < Duration::from_secs(30), "not all sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.kill().expect("kill");
+    let _ = tokio::task::block_in_place(|| daemon.wait());
+    assert_eq!(peers.counts(), (0, CONTACTS as usize, 0), "each sent once");
+    db.drop_db().await;
+}
+
 on_both_databases!(
     twilio_20003_blocks_sms_until_fixed,
     smtp_535_blocks_email_until_fixed,
     fcm_invalid_client_blocks_push_until_fixed,
     send_with_a_wrong_credential_exits_1_in_the_providers_words,
+    runs_resume_makes_a_blocked_route_probe_at_once,
 );

@@ -22,6 +22,24 @@ macro_rules! on_both_databases {
     )*};
 }
 
+/// [`on_both_databases`] for benchmarks: ignored, run by hand (`--ignored`).
+macro_rules! ignored_on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "benchmark: run by hand"]
+            async fn sqlite() {
+                super::$name(herald_tests::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "benchmark: run by hand"]
+            async fn postgres() {
+                super::$name(herald_tests::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
 mod account_faults;
 mod campaign_preview;
 mod check;
@@ -33,8 +51,10 @@ mod fallback;
 mod import;
 mod lanes;
 mod marketer;
+mod pacer;
 mod preview;
 mod report;
+mod reputation;
 mod rollout;
 mod segments;
 mod send;

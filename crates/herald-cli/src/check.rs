@@ -129,6 +129,7 @@ pub fn render_problems(
                     step: *step,
                     send_at: 0,
                     written: None,
+                    first: false,
                 };
                 match renderer.render(&msg, contact) {
                     Err(e) => {

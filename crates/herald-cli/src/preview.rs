@@ -155,6 +155,7 @@ pub async fn run(cli: &Cli, args: &PreviewArgs) -> anyhow::Result<()> {
                 step: 0,
                 send_at: now,
                 written: None,
+                first: false,
             };
             let to = address.map(|a| format!(" to {a}")).unwrap_or_default();
             println!("\n=== variant `{arm}`, {channel}{to}");

@@ -119,6 +119,7 @@ pub async fn run(
                 step: 0,
                 send_at: chrono::Utc::now().timestamp_millis(),
                 written: None,
+                first: false,
             };
             let mut out = match renderer.render(&msg, &contact) {
                 Ok(out) => out.message,

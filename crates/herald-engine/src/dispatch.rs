@@ -107,6 +107,9 @@ pub const RECORD_RETRY_FIRST: Duration = Duration::from_millis(500);
 pub const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often a blocked lane asks the database whether `herald runs resume` wants a probe.
 const PROBE_REQUEST_CHECK_MS: i64 = 1000;
+/// How far back a starting worker looks for a block a status callback
+/// reported (the age after which `herald status` drops a block row).
+const REPORTED_BLOCK_LOOKBACK_MS: i64 = 3 * 60_000;
 
 /// When and how often a transient failure is retried.
 #[derive(Debug, Clone, Copy)]
@@ -199,6 +202,9 @@ pub struct DispatchStats {
     pub retried: u64,
     /// Messages left planned for later (quiet hours, best hour, spread) when a drain ended.
     pub later: u64,
+    /// Messages a route's block had held that met quiet hours when released:
+    /// planned again for their end, the daemon's to send (not this drain's).
+    pub deferred: u64,
     /// Messages the planner handed over (sent without a claim query).
     pub handed: u64,
     /// Messages given back to `planned` without a request (a blocked route, a stop).
@@ -296,6 +302,12 @@ fn failed(msg: &ClaimedMessage, reason: String) -> Outcome {
 
 /// A claimed message given back to `planned` as it was, without a request
 /// (its route is blocked, or the process stops): no attempt, no links.
+/// A message's age at `at` (ms) for `max_age`: from its send time, less
+/// the time its route was blocked meanwhile (it could not go out then).
+fn age(route: &Route, send_at: i64, at: i64) -> i64 {
+    at - send_at - route.health.blocked_within(send_at, at)
+}
+
 fn released(msg: &ClaimedMessage) -> Outcome {
     Outcome {
         status: MessageStatus::Planned,
@@ -357,6 +369,8 @@ pub struct Dispatcher {
     pub blocked_wait: Option<Duration>,
     /// When this worker last asked whether a probe was requested (clock ms).
     probe_checked: AtomicI64,
+    /// When this worker last looked for a block reported by a status callback (ms).
+    block_checked: AtomicI64,
 }
 
 impl Dispatcher {
@@ -387,6 +401,7 @@ impl Dispatcher {
             halt: None,
             blocked_wait: None,
             probe_checked: AtomicI64::new(i64::MIN),
+            block_checked: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -524,9 +539,11 @@ impl Dispatcher {
                     RunDrain::Pending => {
                         // What policies moved to later (quiet hours, best hour, spread) is
                         // the daemon's to send; a retry waiting for its time is still ours.
+                        // Held messages deferred to the end of quiet hours count as
+                        // due (their send time passed) but are the daemon's too.
                         let (due, later) = self.store.run_pending(run_id, now).await?;
-                        if due == 0 {
-                            stats.later = later as u64;
+                        if due <= stats.deferred as i64 {
+                            stats.later = later as u64 + stats.deferred;
                             break;
                         }
                     }
@@ -587,9 +604,14 @@ impl Dispatcher {
                     continue;
                 }
             }
-            let mut by_run: HashMap<i64, Vec<ClaimedMessage>> = HashMap::new();
+            // Runs in the order claimed: a lane's transactional messages come
+            // first in its claim and are sent first.
+            let mut by_run: Vec<(i64, Vec<ClaimedMessage>)> = Vec::new();
             for m in claimed {
-                by_run.entry(m.run_id).or_default().push(m);
+                match by_run.iter_mut().find(|(r, _)| *r == m.run_id) {
+                    Some((_, batch)) => batch.push(m),
+                    None => by_run.push((m.run_id, vec![m])),
+                }
             }
             for (run_id, batch) in by_run {
                 if let std::collections::hash_map::Entry::Vacant(e) = campaigns.entry(run_id) {
@@ -646,15 +668,37 @@ impl Dispatcher {
         };
         let now = self.clock.now_ms();
         match route.health.admit(now) {
-            Admit::Open => Ok(Some((
-                claim_horizon(
-                    route.pacer.current_rate(),
-                    route.width,
-                    self.lane_workers,
-                    self.batch,
-                ),
-                false,
-            ))),
+            Admit::Open => {
+                // A status callback may say the account is refused after its
+                // sends were accepted (Twilio 30034/30007): the lane blocks
+                // itself as if a send had been refused.
+                let last = self.block_checked.load(Ordering::Relaxed);
+                if last == i64::MIN || now - last >= PROBE_REQUEST_CHECK_MS {
+                    self.block_checked.store(now, Ordering::Relaxed);
+                    let since = if last == i64::MIN {
+                        now - REPORTED_BLOCK_LOOKBACK_MS
+                    } else {
+                        last
+                    };
+                    if let Some(reason) = self
+                        .store
+                        .route_block_reported(channel.as_str(), since)
+                        .await?
+                    {
+                        self.learn(channel, route, Some(&reason)).await;
+                        return Ok(None);
+                    }
+                }
+                Ok(Some((
+                    claim_horizon(
+                        route.pacer.current_rate(),
+                        route.width,
+                        self.lane_workers,
+                        self.batch,
+                    ),
+                    false,
+                )))
+            }
             Admit::Probe => Ok(Some((1, true))),
             Admit::Wait(_) => {
                 let last = self.probe_checked.load(Ordering::Relaxed);
@@ -713,7 +757,18 @@ impl Dispatcher {
         if claimed.is_empty() && after.is_some() {
             claimed = self.claim_from(run, now, lease_until, None, limit).await?;
         }
-        *self.cursor.lock().expect("cursor lock") = claimed.last().map(|m| (m.send_at, m.id));
+        // The cursor follows the route's queue only: a transactional message
+        // claimed ahead of it is no position in it. A claim filled by those
+        // alone never reached the queue, so its cursor stays where it was.
+        let queue_last = claimed
+            .iter()
+            .rev()
+            .find(|m| !m.first)
+            .map(|m| (m.send_at, m.id));
+        *self.cursor.lock().expect("cursor lock") = match queue_last {
+            None if claimed.len() as u32 >= limit => after,
+            last => last,
+        };
         if probe && claimed.is_empty() {
             // Nothing due to probe with: the probe is free again later.
             if let Some(r) = self.lane.and_then(|c| self.routes.get(&c)) {
@@ -840,6 +895,26 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         let mut ready = Vec::with_capacity(claimed.len());
         for msg in claimed {
+            // A message its route held (blocked) meets quiet hours again: the
+            // block moved it out of the time it was planned for.
+            let held = self
+                .routes
+                .get(&msg.channel)
+                .is_some_and(|r| r.health.blocked_within(msg.send_at, now) > 0);
+            if let Some(later) = contacts
+                .get(&msg.contact_id)
+                .filter(|_| held)
+                .and_then(|c| renderer.released_at(&msg, c, now))
+            {
+                stats.deferred += 1;
+                outcomes.push(Outcome {
+                    status: MessageStatus::Planned,
+                    retry_at: Some(later),
+                    reason: Some("deferred (quiet hours) after its route's block".into()),
+                    ..failed(&msg, String::new())
+                });
+                continue;
+            }
             let rendered = match contacts.get(&msg.contact_id) {
                 Some(c) => renderer.render(&msg, c),
                 None => Err("the contact was erased before the message was sent".into()),
@@ -1073,7 +1148,7 @@ impl Dispatcher {
                 let now = self.clock.now_ms();
                 let wait = rate_limited_wait(&self.retry, msg.id, retry_after);
                 let retry_at = now + wait.as_millis() as i64;
-                if retry_at - msg.send_at > self.retry.max_age.as_millis() as i64 {
+                if age(route, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64 {
                     outcome.reason = Some(format!(
                         "expired: not accepted within {}h of its send time, throttled: {detail}",
                         self.retry.max_age.as_secs() / 3600
@@ -1089,7 +1164,8 @@ impl Dispatcher {
                 let retry_at = now + wait.as_millis() as i64;
                 if attempts >= self.retry.max_attempts {
                     outcome.reason = Some(format!("attempts exhausted after {attempts}: {detail}"));
-                } else if retry_at - msg.send_at > self.retry.max_age.as_millis() as i64 {
+                } else if age(route, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64
+                {
                     outcome.reason = Some(format!(
                         "expired: not accepted within {}h of its send time after {attempts} attempt(s): {detail}",
                         self.retry.max_age.as_secs() / 3600

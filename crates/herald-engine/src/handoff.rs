@@ -192,6 +192,7 @@ mod tests {
                 attempts: 0,
                 send_at: 0,
                 written: None,
+                first: false,
             })
             .collect()
     }

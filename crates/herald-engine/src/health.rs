@@ -58,10 +58,16 @@ pub enum Change {
     Unblocked(Duration),
 }
 
+/// How many past blocks a route remembers for message ages (the oldest
+/// is forgotten first: a message then only looks older, never younger).
+const SPANS_KEPT: usize = 32;
+
 /// A route's health, shared by its workers.
 #[derive(Debug, Default)]
 pub struct RouteHealth {
     state: Mutex<Option<Block>>,
+    /// The blocks that ended: (since, until) ms, oldest first.
+    spans: Mutex<Vec<(i64, i64)>>,
 }
 
 impl RouteHealth {
@@ -142,10 +148,30 @@ impl RouteHealth {
             }
             (Some(b), None) => {
                 let was = Duration::from_millis((now - b.since).max(0) as u64);
+                let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+                if spans.len() >= SPANS_KEPT {
+                    spans.remove(0);
+                }
+                spans.push((b.since, now));
                 *state = None;
                 Change::Unblocked(was)
             }
         }
+    }
+
+    /// How long (ms) the route was blocked between `from` and `to`: a
+    /// message's age leaves that out, so `max_age` does not run while the
+    /// route could not send it (its messages were held for the route's
+    /// fault, not theirs). Counts the block still going, up to `to`.
+    pub fn blocked_within(&self, from: i64, to: i64) -> i64 {
+        let current = self.lock().as_ref().map(|b| (b.since, i64::MAX));
+        let spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        spans
+            .iter()
+            .copied()
+            .chain(current)
+            .map(|(a, b)| (b.min(to) - a.max(from)).max(0))
+            .sum()
     }
 
     /// Probes at once (`herald runs resume`), and restarts the backoff.
@@ -192,6 +218,24 @@ mod tests {
         );
         assert_eq!(h.admit(30 + 7 * S), Admit::Open);
         assert_eq!(h.block(), None);
+    }
+
+    #[test]
+    fn the_time_blocked_is_counted_between_two_instants() {
+        let h = RouteHealth::default();
+        assert_eq!(h.blocked_within(0, 100 * S), 0);
+        h.answer(Some("x"), 10 * S);
+        // Still blocked: counted up to `to`.
+        assert_eq!(h.blocked_within(0, 15 * S), 5 * S);
+        h.answer(None, 20 * S);
+        h.answer(Some("x"), 30 * S);
+        h.answer(None, 35 * S);
+        assert_eq!(h.blocked_within(0, 100 * S), 15 * S);
+        // Only the part of a block inside the window.
+        assert_eq!(h.blocked_within(15 * S, 32 * S), 7 * S);
+        assert_eq!(h.blocked_within(40 * S, 100 * S), 0);
+        h.answer(Some("x"), 50 * S);
+        assert_eq!(h.blocked_within(0, 60 * S), 25 * S);
     }
 
     #[test]

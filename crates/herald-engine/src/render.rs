@@ -4,7 +4,7 @@
 
 use herald_channels::RenderedMessage;
 use herald_domain::config::{
-    Campaign, EmailContent, HeraldConfig, OptOutLine, PushContent, SmsContent, Variant,
+    Campaign, EmailContent, HeraldConfig, OptOutLine, PushContent, QuietHours, SmsContent, Variant,
 };
 use herald_domain::token::{TokenKind, TokenSigner};
 use herald_domain::types::{CampaignKind, Channel};
@@ -34,6 +34,14 @@ pub trait MessageRenderer: Send + Sync {
     fn render(&self, msg: &ClaimedMessage, contact: &ContactView) -> Result<RenderOutput, String>;
     /// The personalisation the templates need, computed at `now` (ms).
     fn personalisation(&self, now: i64) -> PersonalisationRequest;
+    /// When a message its route held (blocked) may go out, if not at `now`:
+    /// the end of the recipient's quiet hours for a marketing campaign. The
+    /// planner's rule, applied again because the block moved the message
+    /// out of the time it was planned for. `None`: it may go now.
+    fn released_at(&self, msg: &ClaimedMessage, contact: &ContactView, now: i64) -> Option<i64> {
+        let _ = (msg, contact, now);
+        None
+    }
 }
 
 /// The name under which a variant's inline subject or title is registered.
@@ -184,6 +192,10 @@ pub struct CampaignRenderer {
     callback_url: Option<String>,
     /// The personalisation the campaign's templates read (found once).
     personalisation: PersonalisationRequest,
+    /// The quiet hours a held message meets again (marketing only).
+    quiet_hours: Option<QuietHours>,
+    /// For contacts without a (valid) time zone.
+    default_tz: chrono_tz::Tz,
 }
 
 impl CampaignRenderer {
@@ -206,6 +218,11 @@ impl CampaignRenderer {
             sms_opt_out_line: herald.channels.sms.opt_out_line.clone(),
             callback_url: Some(format!("{public_url}/webhooks/twilio/status")),
             public_url,
+            quiet_hours: campaign
+                .quiet_hours
+                .or(herald.defaults.quiet_hours)
+                .filter(|_| campaign.kind == CampaignKind::Marketing),
+            default_tz: herald.defaults.timezone.0,
             campaign,
         }
     }
@@ -280,6 +297,16 @@ fn links_of(r: &Rendered) -> Vec<LinkRecord> {
 }
 
 impl MessageRenderer for CampaignRenderer {
+    fn released_at(&self, _: &ClaimedMessage, contact: &ContactView, now: i64) -> Option<i64> {
+        let quiet = self.quiet_hours.as_ref()?;
+        let tz = contact
+            .timezone
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(self.default_tz);
+        crate::policy::quiet_hours(now, tz, quiet)
+    }
+
     fn personalisation(&self, now: i64) -> PersonalisationRequest {
         PersonalisationRequest {
             now,
@@ -436,6 +463,49 @@ sms = { template = "t.sms.hbs" }
             event: event.into(),
             property: property.into(),
         }
+    }
+
+    #[test]
+    fn a_held_marketing_message_meets_quiet_hours_again() {
+        let herald = HeraldConfig::parse(
+            "herald.toml",
+            "[defaults]\nquiet_hours = { start = \"21:00\", end = \"08:00\" }\n",
+        )
+        .unwrap();
+        let templates = Arc::new(TemplateSet::from_strings(&[]).unwrap());
+        let signer = TokenSigner::new(b"0123456789abcdef0123456789abcdef");
+        let r = CampaignRenderer::new(templates.clone(), campaign(), &herald, signer.clone());
+        let msg = ClaimedMessage {
+            id: 1,
+            run_id: 1,
+            contact_id: 1,
+            arm: "a".into(),
+            channel: Channel::Sms,
+            address: "+15005550006".into(),
+            step: 0,
+            attempts: 0,
+            send_at: 0,
+            written: None,
+            first: false,
+        };
+        let mut paris = contact(Personalisation::default());
+        paris.timezone = Some("Europe/Paris".into());
+        // 2026-01-05 22:30 UTC is 23:30 in Paris: quiet until 08:00 Paris (07:00 UTC).
+        let night = 1_767_652_200_000;
+        assert_eq!(
+            r.released_at(&msg, &paris, night),
+            Some(night + 8 * 3_600_000 + 30 * 60_000)
+        );
+        // 12:00 UTC: not quiet.
+        assert_eq!(
+            r.released_at(&msg, &paris, night - 10 * 3_600_000 - 30 * 60_000),
+            None
+        );
+        // A transactional campaign ignores quiet hours.
+        let mut t = campaign();
+        t.kind = CampaignKind::Transactional;
+        let r = CampaignRenderer::new(templates, t, &herald, signer);
+        assert_eq!(r.released_at(&msg, &paris, night), None);
     }
 
     #[test]

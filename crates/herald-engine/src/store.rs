@@ -256,6 +256,9 @@ pub struct ClaimedMessage {
     /// How the row was written in advance, if it was (a handed message):
     /// recording it writes only what differs.
     pub written: Option<Written>,
+    /// Claimed ahead of its route's queue (a transactional campaign's
+    /// message): not a position of the lane's keyset cursor.
+    pub first: bool,
 }
 
 /// A handed message's row as the planner wrote it: already carrying the
@@ -673,6 +676,13 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<()> {
         let _ = (route, owner, block, now);
         Ok(())
+    }
+    /// The reason of a block of `route` that a provider's status callback
+    /// reported after `since` (ms) (Twilio 30034/30007: the account is
+    /// refused after the send was accepted); the lane blocks itself with it.
+    async fn route_block_reported(&self, route: &str, since: i64) -> StoreResult<Option<String>> {
+        let _ = (route, since);
+        Ok(None)
     }
     /// Whether `herald runs resume` asked for a probe of `route` after `since` (ms).
     async fn route_probe_requested(&self, route: &str, since: i64) -> StoreResult<bool> {

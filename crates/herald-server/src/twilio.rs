@@ -26,6 +26,18 @@ const UNREACHABLE_CODES: [&str; 4] = ["21211", "21614", "30005", "30006"];
 /// Twilio's error code for a recipient who replied STOP to Twilio itself.
 const OPTED_OUT_CODE: &str = "21610";
 
+/// A status callback's error code that is the sender's account's fault,
+/// not the message's: the sms route is blocked with these words (what
+/// `herald status` prints after `blocked: sms: `).
+fn account_fault(code: &str) -> Option<String> {
+    let words = match code {
+        "30034" => "the sending number is not registered for A2P 10DLC",
+        "30007" => "carriers are filtering the messages",
+        _ => return None,
+    };
+    Some(format!("{words} (Twilio {code}, in a status callback)"))
+}
+
 fn signed_data(url: &str, params: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort();
@@ -167,6 +179,27 @@ pub(crate) async fn status(
         _ => return StatusCode::NO_CONTENT.into_response(),
     };
     let code = param(&params, "ErrorCode");
+    if let (SmsReceipt::Undelivered | SmsReceipt::Failed, Some(c)) = (receipt, code)
+        && let Some(reason) = account_fault(c)
+    {
+        tracing::warn!(
+            message = msg.id,
+            "Twilio {c}: the sms route is blocked: {reason}"
+        );
+        return match tracking::apply_sms_account_fault(
+            &st.inner.db,
+            &msg,
+            param(&params, "MessageSid"),
+            c,
+            &reason,
+            now_ms(),
+        )
+        .await
+        {
+            Ok(_) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => internal_error(e),
+        };
+    }
     let suppress = match code {
         Some(OPTED_OUT_CODE) => Some("opt_out"),
         Some(c) if UNREACHABLE_CODES.contains(&c) => Some("undeliverable"),

@@ -47,6 +47,10 @@ pub struct TwilioSinkConfig {
     pub plan: FaultPlan,
     /// How long a stalled request is held before the connection is dropped.
     pub stall_for: Duration,
+    /// A token bucket, as a Twilio account's rate limit: at most this many
+    /// messages a second (burst: one second's worth) are taken; the excess
+    /// is answered `429` (code 20429) with `Retry-After: 1`. `None`: no limit.
+    pub accept_per_second: Option<f64>,
 }
 
 impl Default for TwilioSinkConfig {
@@ -58,6 +62,7 @@ impl Default for TwilioSinkConfig {
             keep_messages: true,
             plan: FaultPlan::default(),
             stall_for: DEFAULT_STALL,
+            accept_per_second: None,
         }
     }
 }
@@ -101,6 +106,28 @@ struct TwilioState {
     next_sid: AtomicU64,
     /// Refuse every credential (as after a rotated auth token), until cleared.
     refuse_credentials: AtomicBool,
+    /// The token bucket: (rate a second, tokens left, last refill).
+    bucket: Option<Mutex<(f64, f64, std::time::Instant)>>,
+}
+
+impl TwilioState {
+    /// Takes a token from the bucket, if there is one: `false` is a 429.
+    fn take_token(&self) -> bool {
+        let Some(bucket) = &self.bucket else {
+            return true;
+        };
+        let mut b = lock(bucket);
+        let now = std::time::Instant::now();
+        let (rate, tokens, last) = *b;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
+        let (tokens, ok) = if tokens >= 1.0 {
+            (tokens - 1.0, true)
+        } else {
+            (tokens, false)
+        };
+        *b = (rate, tokens, now);
+        ok
+    }
 }
 
 impl TwilioSink {
@@ -124,6 +151,9 @@ impl TwilioSink {
             count: AtomicUsize::new(0),
             next_sid: AtomicU64::new(1),
             refuse_credentials: AtomicBool::new(false),
+            bucket: config
+                .accept_per_second
+                .map(|r| Mutex::new((r, r, std::time::Instant::now()))),
         });
         let handler: Arc<dyn Handler> = state.clone();
         let server = Server::serve(listener, handler, config.stall_for)?;
@@ -228,7 +258,13 @@ impl Handler for TwilioState {
         let Some(text) = form.remove("Body").filter(|b| !b.is_empty()) else {
             return twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required.");
         };
-        let answer = self.planner.answer(format!("{to}\0{text}").as_bytes());
+        let answer = if self.take_token() {
+            self.planner.answer(format!("{to}\0{text}").as_bytes())
+        } else {
+            Answer::RateLimited {
+                retry_after_secs: 1,
+            }
+        };
         let sid = self.sid();
         if answer.records() {
             self.count.fetch_add(1, Ordering::SeqCst);

@@ -31,9 +31,11 @@ async fn all(db: &Db, q: Sql) -> Result<Vec<QueryResult>, RoutesError> {
 /// not paused by the guard before; returns (run, reason) of those paused now.
 pub async fn guard(db: &Db, rule: &ReputationRule) -> Result<Vec<(i64, String)>, RoutesError> {
     let mut q = Sql::new();
+    // A provider refusing a message for good when it is sent (an SMTP 550 at
+    // RCPT: no such user) is a hard bounce too, only an earlier one.
     q.push("SELECT r.id, \
-            SUM(CASE WHEN m.status IN ('sent', 'delivered', 'bounced') OR m.bounced_at IS NOT NULL THEN 1 ELSE 0 END), \
-            SUM(CASE WHEN m.status = 'bounced' OR m.bounced_at IS NOT NULL THEN 1 ELSE 0 END), \
+            SUM(CASE WHEN m.status IN ('sent', 'delivered', 'bounced') OR m.bounced_at IS NOT NULL OR (m.status = 'failed' AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.result = 'permanent')) THEN 1 ELSE 0 END), \
+            SUM(CASE WHEN m.status = 'bounced' OR m.bounced_at IS NOT NULL OR (m.status = 'failed' AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.result = 'permanent')) THEN 1 ELSE 0 END), \
             SUM(CASE WHEN m.complained_at IS NOT NULL THEN 1 ELSE 0 END) \
             FROM runs r JOIN campaigns c ON c.id = r.campaign_id JOIN messages m ON m.run_id = r.id \
             WHERE r.state IN ('planning', 'running') AND c.kind = 'marketing' AND r.pause_reason IS NULL \
@@ -103,7 +105,10 @@ mod tests {
                 .unwrap();
             for k in 0..sent {
                 let id = c * 10_000 + k;
-                let (status, bounced_at) = if k < bounced {
+                // Every other bounce is a refusal at send time (SMTP 550 at RCPT).
+                let (status, bounced_at) = if k < bounced && k % 2 == 1 {
+                    ("failed", "NULL".to_string())
+                } else if k < bounced {
                     ("bounced", now.to_string())
                 } else {
                     ("delivered", "NULL".to_string())
@@ -120,6 +125,14 @@ mod tests {
                     )))
                     .await
                     .unwrap();
+                if status == "failed" {
+                    db.conn
+                        .execute_raw(stmt(format!(
+                            "INSERT INTO attempts (message_id, at, result, provider_code, detail, duration_ms) SELECT id, {now}, 'permanent', '550', '5.1.1 no such user', 1 FROM messages WHERE contact_id = {id}"
+                        )))
+                        .await
+                        .unwrap();
+                }
             }
             ids.push(c);
         }
@@ -127,7 +140,8 @@ mod tests {
     }
 
     async fn a_marketing_run_that_bounces_pauses_itself_once(db: &Db) {
-        // 10% bounces; the threshold lowered to 20 deliveries (CI-sized).
+        // 10% bounces (one of the three refused at send time); the threshold
+        // lowered to 20 deliveries (CI-sized).
         let (marketing, transactional) = runs_with_bounces(db, 30, 3).await;
         let strict = ReputationRule {
             min_deliveries: 20,

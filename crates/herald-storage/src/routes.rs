@@ -112,6 +112,55 @@ pub async fn blocks(db: &Db, now: i64) -> Result<Vec<RouteBlock>, RoutesError> {
         .collect()
 }
 
+/// The owner of a block a provider reported in a status callback (Twilio
+/// 30034/30007), until a daemon's lane takes it over.
+pub const CALLBACK_OWNER: &str = "status callback";
+
+/// A provider's status callback says the sender's account is refused
+/// (Twilio 30034, 30007): the route is blocked. A daemon's lane reads the
+/// row ([`reported_block`]) and blocks itself as if its own send had been
+/// refused; a route already blocked keeps its row (only refreshed).
+pub async fn report_block(db: &Db, route: &str, reason: &str, now: i64) -> Result<(), RoutesError> {
+    let mut q = Sql::new();
+    q.push("INSERT INTO route_blocks (route, owner, reason, since, probe_at, updated_at) VALUES (")
+        .bind(route.to_string())
+        .push(", ")
+        .bind(CALLBACK_OWNER.to_string())
+        .push(", ")
+        .bind(reason.to_string())
+        .push(", ")
+        .bind(now)
+        .push(", ")
+        .bind(now)
+        .push(", ")
+        .bind(now)
+        .push(") ON CONFLICT (route) DO UPDATE SET updated_at = excluded.updated_at");
+    exec(db, q).await?;
+    Ok(())
+}
+
+/// The reason of a block of `route` reported by a status callback after
+/// `since` (ms) that no daemon has taken over yet.
+pub async fn reported_block(
+    db: &Db,
+    route: &str,
+    since: i64,
+) -> Result<Option<String>, RoutesError> {
+    let mut q = Sql::new();
+    q.push("SELECT reason FROM route_blocks WHERE route = ")
+        .bind(route.to_string())
+        .push(" AND owner = ")
+        .bind(CALLBACK_OWNER.to_string())
+        .push(" AND updated_at > ")
+        .bind(since);
+    let rows = db
+        .conn
+        .query_all_raw(q.build(db.backend()))
+        .await
+        .map_err(db_err)?;
+    rows.first().map(|r| get(r, 0)).transpose()
+}
+
 /// `herald runs resume`: every blocked route probes at once; returns how many are blocked.
 pub async fn request_probes(db: &Db, now: i64) -> Result<u64, RoutesError> {
     let mut q = Sql::new();

@@ -94,6 +94,7 @@ impl SqlStore {
         after: Option<(i64, i64)>,
         sending: bool,
         channel: Option<Channel>,
+        runs: Option<&[i64]>,
     ) -> StoreResult<Vec<ClaimedMessage>> {
         let mut q = Sql::new();
         q.push("UPDATE messages SET lease_owner = ")
@@ -116,6 +117,11 @@ impl SqlStore {
         if let Some(c) = channel {
             // A lane's claim: the (status, channel, send_at, id) index leads to its queue.
             q.push(" AND m.channel = ").bind(c.as_str().to_string());
+        }
+        if let Some(runs) = runs {
+            // The transactional runs' messages, claimed ahead of the route's queue.
+            q.push(" AND m.run_id IN ");
+            id_set(&mut q, self.b(), runs);
         }
         if let Some((send_at, id)) = after {
             // A row value: both databases seek the (status, send_at, id) index to it.
@@ -148,10 +154,22 @@ impl SqlStore {
                 send_at: get(r, 7)?,
                 step: get(r, 8)?,
                 written: None,
+                first: runs.is_some(),
             });
         }
         out.sort_by_key(|m| (m.send_at, m.id));
         Ok(out)
+    }
+
+    /// The runs of transactional campaigns still sending (of `run_id` only,
+    /// if given): a lane claims their messages before the marketing queue.
+    async fn transactional_runs(&self, run_id: Option<i64>) -> StoreResult<Vec<i64>> {
+        let mut q = Sql::new();
+        q.push("SELECT r.id FROM runs r JOIN campaigns c ON c.id = r.campaign_id WHERE c.kind = 'transactional' AND r.state IN ('planning', 'running')");
+        if let Some(r) = run_id {
+            q.push(" AND r.id = ").bind(r);
+        }
+        self.all(q).await?.iter().map(|r| get(r, 0)).collect()
     }
 
     /// Fills each member's `history`: their messages planned after `since`
@@ -362,6 +380,7 @@ fn handed_claims(
                     flight,
                     status: written_status(m.channel, handed.delivered_on_accept),
                 }),
+                first: false,
             })
         })
         .collect();
@@ -1067,28 +1086,24 @@ impl Store for SqlStore {
         limit: u32,
         after: Option<(i64, i64)>,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        self.claim(owner, run_id, now, lease_until, limit, after, false, None)
-            .await
+        self.claim(
+            owner,
+            run_id,
+            now,
+            lease_until,
+            limit,
+            after,
+            false,
+            None,
+            None,
+        )
+        .await
     }
 
     async fn claim_sending_after(
         &self,
         owner: &str,
         run_id: Option<i64>,
-        now: i64,
-        lease_until: i64,
-        limit: u32,
-        after: Option<(i64, i64)>,
-    ) -> StoreResult<Vec<ClaimedMessage>> {
-        self.claim(owner, run_id, now, lease_until, limit, after, true, None)
-            .await
-    }
-
-    async fn claim_lane(
-        &self,
-        owner: &str,
-        run_id: Option<i64>,
-        channel: Channel,
         now: i64,
         lease_until: i64,
         limit: u32,
@@ -1102,9 +1117,59 @@ impl Store for SqlStore {
             limit,
             after,
             true,
-            Some(channel),
+            None,
+            None,
         )
         .await
+    }
+
+    async fn claim_lane(
+        &self,
+        owner: &str,
+        run_id: Option<i64>,
+        channel: Channel,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        after: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        // Transactional messages first (from the start: they are few), then
+        // the route's queue from the cursor with what room is left.
+        let first = self.transactional_runs(run_id).await?;
+        let mut out = if first.is_empty() {
+            Vec::new()
+        } else {
+            self.claim(
+                owner,
+                run_id,
+                now,
+                lease_until,
+                limit,
+                None,
+                true,
+                Some(channel),
+                Some(&first),
+            )
+            .await?
+        };
+        let room = limit.saturating_sub(out.len() as u32);
+        if room > 0 {
+            out.extend(
+                self.claim(
+                    owner,
+                    run_id,
+                    now,
+                    lease_until,
+                    room,
+                    after,
+                    true,
+                    Some(channel),
+                    None,
+                )
+                .await?,
+            );
+        }
+        Ok(out)
     }
 
     async fn set_route_block(
@@ -1128,6 +1193,12 @@ impl Store for SqlStore {
             None => crate::routes::unblock(&self.db, route).await,
         }
         .map_err(err)
+    }
+
+    async fn route_block_reported(&self, route: &str, since: i64) -> StoreResult<Option<String>> {
+        crate::routes::reported_block(&self.db, route, since)
+            .await
+            .map_err(err)
     }
 
     async fn route_probe_requested(&self, route: &str, since: i64) -> StoreResult<bool> {
@@ -1953,6 +2024,227 @@ mod tests {
         assert!(flights(&store).await.is_empty(), "the flight landed");
     }
 
+    /// A lane claims a transactional campaign's message before the
+    /// marketing backlog of its route, though the backlog was due earlier;
+    /// then the backlog in order, from where the queue was.
+    async fn a_lane_claims_transactional_messages_first(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let backlog = planned_run(&store, 6).await;
+        let now = SystemClock.now_ms();
+        let campaign = store
+            .upsert_campaign(
+                &CampaignRecord {
+                    name: "receipt".into(),
+                    kind: "transactional".into(),
+                    topic: None,
+                    fingerprint: "t".into(),
+                    goal: None,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let receipt = store
+            .create_run(campaign, now, now, "manual", "t")
+            .await
+            .unwrap()
+            .id;
+        let row = PlannedMessage {
+            contact_id: 1,
+            step: 0,
+            arm: "a".into(),
+            channel: Some(Channel::Email),
+            address: Some("c1@example.com".into()),
+            // Due after the whole backlog.
+            send_at: now - 10,
+            status: MessageStatus::Planned,
+            reason: None,
+        };
+        store
+            .insert_planned(receipt, campaign, &[row], now)
+            .await
+            .unwrap();
+        store.finish_planning(receipt).await.unwrap();
+        let d = dispatcher(&store, 2).with_lane(Channel::Email, 1);
+        let mut stats = DispatchStats::default();
+        let first = d.claim(None, &mut stats).await.unwrap();
+        let runs: Vec<(i64, i64)> = first.iter().map(|m| (m.run_id, m.contact_id)).collect();
+        assert_eq!(runs, [(receipt, 1), (backlog, 1)], "the receipt first");
+        let mut rest: Vec<i64> = Vec::new();
+        loop {
+            let c = d.claim(None, &mut stats).await.unwrap();
+            if c.is_empty() {
+                break;
+            }
+            assert!(c.iter().all(|m| m.run_id == backlog));
+            rest.extend(c.iter().map(|m| m.contact_id));
+        }
+        assert_eq!(rest, [2, 3, 4, 5, 6], "the backlog in order, once");
+    }
+
+    /// A block a Twilio status callback reported (30034) stops an open
+    /// lane: it claims nothing, its health is blocked with the callback's
+    /// words, and it takes the `route_blocks` row over as its own.
+    async fn a_lane_takes_a_block_reported_by_a_status_callback(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        planned_run(&store, 3).await;
+        let now = SystemClock.now_ms();
+        let reason = "the sending number is not registered for A2P 10DLC (Twilio 30034)";
+        crate::routes::report_block(db, "email", reason, now)
+            .await
+            .unwrap();
+        let d = dispatcher(&store, 2).with_lane(Channel::Email, 1);
+        let mut stats = DispatchStats::default();
+        assert!(d.claim(None, &mut stats).await.unwrap().is_empty());
+        let blocks = crate::routes::blocks(db, now).await.unwrap();
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(
+            (blocks[0].owner.as_str(), blocks[0].reason.as_str()),
+            ("test", reason)
+        );
+    }
+
+    /// A provider that answers every send "try again later".
+    struct Busy;
+
+    #[async_trait]
+    impl herald_channels::Channel for Busy {
+        async fn send(
+            &self,
+            _: &RenderedMessage,
+        ) -> Result<herald_channels::ProviderReceipt, herald_channels::DeliveryError> {
+            Err(herald_channels::DeliveryError::Transient {
+                code: "421".into(),
+                detail: "try again later".into(),
+                retry_after: None,
+            })
+        }
+
+        fn delivered_on_accept(&self) -> bool {
+            true
+        }
+    }
+
+    /// `max_age` does not run while the route is blocked: a message due 25 h
+    /// ago whose route was blocked for 24 of them is 1 h old, so a transient
+    /// failure is retried (until its attempts run out), not expired.
+    async fn max_age_leaves_out_the_time_the_route_was_blocked(db: &Db) {
+        const H: i64 = 3_600_000;
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 1).await;
+        let now = SystemClock.now_ms();
+        rows[0].send_at = now - 25 * H;
+        store
+            .insert_planned(run, campaign, &rows, now)
+            .await
+            .unwrap();
+        store.finish_planning(run).await.unwrap();
+        let route = Route::new(Arc::new(Busy), Arc::new(Pacer::new(None)), 8);
+        route
+            .health
+            .answer(Some("authentication failed"), now - 24 * H - 1000);
+        route.health.answer(None, now - 1000);
+        let mut d = Dispatcher::new(
+            Arc::new(store.clone()),
+            Arc::new(SystemClock),
+            HashMap::from([(Channel::Email, route)]),
+            "test".into(),
+        );
+        d.poll = Duration::from_millis(10);
+        d.retry.max_attempts = 2;
+        d.retry.base = Duration::from_millis(10);
+        d.retry.max_wait = Duration::from_millis(10);
+        d.drain_run(run, &Plain).await.unwrap();
+        let mut q = Sql::new();
+        q.push("SELECT status, reason, attempts FROM messages WHERE run_id = ")
+            .bind(run);
+        let got: (String, Option<String>, i32) = store.all(q).await.unwrap()[0]
+            .try_get_many_by_index()
+            .unwrap();
+        assert_eq!(got.0, "failed");
+        assert!(
+            got.1
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("attempts exhausted"),
+            "{got:?}"
+        );
+        assert_eq!(got.2, 2);
+    }
+
+    /// [`Plain`], for a campaign whose recipients are in quiet hours for another hour.
+    struct QuietForAnHour(i64);
+
+    impl MessageRenderer for QuietForAnHour {
+        fn render(&self, msg: &ClaimedMessage, c: &ContactView) -> Result<RenderOutput, String> {
+            Plain.render(msg, c)
+        }
+
+        fn personalisation(&self, now: i64) -> PersonalisationRequest {
+            Plain.personalisation(now)
+        }
+
+        fn released_at(&self, _: &ClaimedMessage, _: &ContactView, _: i64) -> Option<i64> {
+            Some(self.0)
+        }
+    }
+
+    /// A message its route held (blocked) and released into the recipient's
+    /// quiet hours is deferred to their end, not sent; one whose route was
+    /// never blocked since it was due goes as planned (the planner already
+    /// placed it outside quiet hours).
+    async fn a_released_message_meets_quiet_hours_again(db: &Db) {
+        const MIN: i64 = 60_000;
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 2).await;
+        let now = SystemClock.now_ms();
+        rows[0].send_at = now - 120 * MIN;
+        rows[1].send_at = now - MIN / 2;
+        store
+            .insert_planned(run, campaign, &rows, now)
+            .await
+            .unwrap();
+        store.finish_planning(run).await.unwrap();
+        let route = Route::new(
+            Arc::new(OutboxChannel::new(Arc::new(store.clone()))),
+            Arc::new(Pacer::new(None)),
+            8,
+        );
+        route
+            .health
+            .answer(Some("authentication failed"), now - 90 * MIN);
+        route.health.answer(None, now - MIN);
+        let mut d = Dispatcher::new(
+            Arc::new(store.clone()),
+            Arc::new(SystemClock),
+            HashMap::from([(Channel::Email, route)]),
+            "test".into(),
+        );
+        d.poll = Duration::from_millis(10);
+        let later = now + 60 * MIN;
+        d.drain_run(run, &QuietForAnHour(later)).await.unwrap();
+        let mut q = Sql::new();
+        q.push("SELECT contact_id, status, not_before, attempts FROM messages WHERE run_id = ")
+            .bind(run)
+            .push(" ORDER BY contact_id");
+        type Got = (i64, String, Option<i64>, i32);
+        let got: Vec<Got> = store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_many_by_index().unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "planned".to_string(), Some(later), 0),
+                (2, "delivered".to_string(), None, 1)
+            ]
+        );
+        assert_eq!(outbox_ids(&store).await.len(), 1);
+    }
+
     /// A message that comes due again behind a worker's cursor (a retry
     /// whose wait ended) is still claimed and sent, exactly once.
     async fn claims_find_messages_behind_the_cursor(db: &Db) {
@@ -2767,6 +3059,10 @@ mod tests {
         a_batch_handed_to_another_runs_workers_is_refused,
         a_paused_plan_stops_at_its_next_lease_renewal,
         claims_find_messages_behind_the_cursor,
+        a_lane_claims_transactional_messages_first,
+        a_lane_takes_a_block_reported_by_a_status_callback,
+        max_age_leaves_out_the_time_the_route_was_blocked,
+        a_released_message_meets_quiet_hours_again,
         a_large_plan_refreshes_the_statistics,
         a_shared_address_is_kept_once_per_step_across_pages,
         workers_send_pages_while_the_plan_goes_on,

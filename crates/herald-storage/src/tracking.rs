@@ -624,6 +624,47 @@ pub async fn apply_sms_receipt(
     Ok(())
 }
 
+/// A status callback says the sender's account, not the message, was
+/// refused (Twilio 30034 unregistered A2P 10DLC, 30007 carrier filtering):
+/// the message goes back to `planned` (no `failed`, no fallback, its attempt
+/// not counted) to go out again once the route works, and the route is
+/// blocked with `reason` ([`crate::routes::report_block`]). A message that
+/// already has a final outcome is left as it is. Returns whether it was
+/// planned again.
+pub async fn apply_sms_account_fault(
+    db: &Db,
+    msg: &MessageInfo,
+    sid: Option<&str>,
+    error_code: &str,
+    reason: &str,
+    now: i64,
+) -> TrackingResult<bool> {
+    let b = db.backend();
+    let mut q = Sql::new();
+    q.push("UPDATE messages SET status = 'planned', sent_at = NULL, provider_id = NULL, lease_owner = NULL, lease_until = NULL, not_before = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, reason = ")
+        .bind(format!("held: the route is blocked ({reason})"))
+        .push(", updated_at = ")
+        .bind(now)
+        .push(" WHERE status IN ('sending', 'sent', 'unknown') AND id = ")
+        .bind(msg.id);
+    let txn = db.conn.begin().await?;
+    let planned = txn.execute_raw(q.build(b)).await?.rows_affected() > 0;
+    log_event(
+        &txn,
+        b,
+        msg.id,
+        "sms_status",
+        now,
+        serde_json::json!({ "status": "account_fault", "sid": sid, "error_code": error_code }),
+    )
+    .await?;
+    txn.commit().await?;
+    crate::routes::report_block(db, "sms", reason, now)
+        .await
+        .map_err(|e| TrackingError::from(sea_orm::DbErr::Custom(e.to_string())))?;
+    Ok(planned)
+}
+
 /// What a mailbox provider reported about an email.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmailFeedback {

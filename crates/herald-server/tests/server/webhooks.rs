@@ -140,6 +140,58 @@ async fn undelivered_and_failed_sms(app: &App) {
     assert_eq!(app.status(M_CAT).await, "failed");
 }
 
+/// Twilio 30034 (unregistered A2P 10DLC) and 30007 (carrier filtering) in
+/// a status callback are the sender's account's fault: the message goes
+/// back to `planned` (no bounce, no suppression, its attempt not counted)
+/// and the sms route is blocked for the lanes and `herald status`.
+async fn an_account_fault_in_a_status_callback_blocks_the_route(app: &App) {
+    let path = format!(
+        "/webhooks/twilio/status?m={}",
+        app.token(TokenKind::Callback, M_SMS)
+    );
+    let attempts = app.msg_int(M_SMS, "attempts").await.unwrap_or(0);
+    let r = twilio_post(
+        app,
+        &path,
+        &[
+            ("MessageSid", "SM3"),
+            ("MessageStatus", "undelivered"),
+            ("ErrorCode", "30034"),
+        ],
+        TWILIO_TOKEN,
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(app.status(M_SMS).await, "planned");
+    assert_eq!(
+        app.msg_int(M_SMS, "attempts").await.unwrap_or(0),
+        (attempts - 1).max(0)
+    );
+    assert!(app.msg_int(M_SMS, "sent_at").await.is_none());
+    assert!(app.msg_int(M_SMS, "bounced_at").await.is_none());
+    assert_eq!(app.count("suppressions WHERE channel = 'sms'").await, 0);
+    let reason = app
+        .text("SELECT reason FROM route_blocks WHERE route = 'sms' AND owner = 'status callback'")
+        .await
+        .expect("the sms route is blocked");
+    assert!(
+        reason.contains("A2P 10DLC") && reason.contains("30034"),
+        "{reason}"
+    );
+    // 30007 on a message already planned again changes nothing more; the
+    // block stays the first one's.
+    let r = twilio_post(
+        app,
+        &path,
+        &[("MessageStatus", "failed"), ("ErrorCode", "30007")],
+        TWILIO_TOKEN,
+    )
+    .await;
+    assert!(r.status().is_success());
+    assert_eq!(app.status(M_SMS).await, "planned");
+    assert_eq!(app.count("route_blocks").await, 1);
+}
+
 async fn every_opt_out_keyword_suppresses_the_number(app: &App) {
     let path = "/webhooks/twilio/inbound";
     let words: Vec<String> = herald_server::STANDARD_OPT_OUT_KEYWORDS
@@ -420,6 +472,7 @@ async fn an_arf_complaint_over_smtp(app: &App) {
 on_both_databases!(
     twilio_status_callbacks_move_the_message,
     undelivered_and_failed_sms,
+    an_account_fault_in_a_status_callback_blocks_the_route,
     every_opt_out_keyword_suppresses_the_number,
     email_provider_webhooks,
     a_dsn_bounce_over_smtp,
