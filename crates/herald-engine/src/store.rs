@@ -314,6 +314,8 @@ pub struct PersonalisationRequest {
     pub default_timezone: Timezone,
     /// The `top.EVENT.PROPERTY` pairs the templates read; no other is fetched.
     pub top: Vec<TopKey>,
+    /// The `(top "EVENT" "PROPERTY" N)` pairs the templates read, with the largest N.
+    pub top_lists: BTreeMap<TopKey, usize>,
     /// RFM and lifecycle stage (one query over the contacts' purchases and activity).
     pub rfm_lifecycle: bool,
     /// The most active local hour (one query over the contacts' events).
@@ -329,6 +331,7 @@ impl PersonalisationRequest {
             window: herald.personalisation.window,
             default_timezone: herald.defaults.timezone,
             top,
+            top_lists: BTreeMap::new(),
             rfm_lifecycle: true,
             best_hour: true,
         }
@@ -345,9 +348,21 @@ impl PersonalisationRequest {
                 property: property.clone(),
             })
             .collect();
+        let top_lists = reads
+            .top_lists
+            .iter()
+            .map(|((event, property), n)| {
+                let key = TopKey {
+                    event: event.clone(),
+                    property: property.clone(),
+                };
+                (key, *n)
+            })
+            .collect();
         Self {
             rfm_lifecycle: reads.rfm || reads.lifecycle,
             best_hour: reads.best_hour,
+            top_lists,
             ..Self::new(0, herald, top)
         }
     }
@@ -372,6 +387,9 @@ pub struct Personalisation {
     pub best_hour: Option<u8>,
     /// `top.EVENT.PROPERTY` values the contact has (a requested pair without a value is absent).
     pub top: BTreeMap<TopKey, Value>,
+    /// `(top "EVENT" "PROPERTY" N)` values, most frequent first (a requested
+    /// pair without a value is absent).
+    pub top_lists: BTreeMap<TopKey, Vec<Value>>,
 }
 
 /// A link made while rendering, stored so the tracking server redirects only to it.
