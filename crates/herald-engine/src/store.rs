@@ -420,8 +420,10 @@ pub struct Outcome {
     pub attempt: Option<AttemptRecord>,
     /// Links to store.
     pub links: Vec<LinkRecord>,
-    /// Suppress this address from now on (hard bounce, unsubscribed number).
-    pub suppress_address: Option<(Channel, String)>,
+    /// Suppress this address from now on (hard bounce, unsubscribed number):
+    /// (channel, address, the suppression's reason). The reason is fixed when
+    /// the provider refuses, since a fallback rewrites the message's own.
+    pub suppress_address: Option<(Channel, String, String)>,
     /// Move the message, planned again, to this channel and address: the
     /// fallback after a permanent failure (status `planned`).
     pub reroute: Option<(Channel, String)>,
