@@ -438,6 +438,77 @@ async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
 
 const DAY: i64 = 86_400_000;
 
+/// `send --dry-run` shows the channel mix per arm, the planned send times by
+/// the recipient's local hour and by day, quiet-hour deferrals and cap
+/// suppressions (issue 26: it showed arms and reasons only).
+async fn a_dry_run_shows_channels_send_times_deferrals_and_caps(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    use chrono::Timelike;
+    let h = chrono::Utc::now().hour();
+    let end = (h + 2) % 24;
+    p.write(
+        "config/herald.toml",
+        "[defaults]\nfrequency_caps = [ { channel = \"any\", max = 1, per = \"7d\" } ]\n",
+    );
+    p.write(SEGMENT.0, SEGMENT.1);
+    p.write(
+        "config/campaigns/first.toml",
+        "name = \"first\"\nwhere = 'attrs.vip'\nschedule = \"manual\"\nchannels = [\"email\"]\n\n\
+         [[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"t/a.email.hbs\" }\n",
+    );
+    // Quiet from this UTC hour for two hours: now, for the contacts in UTC.
+    p.write(
+        "config/campaigns/weekly.toml",
+        &format!(
+            "name = \"weekly\"\nsegment = \"all\"\nschedule = \"manual\"\nchannels = [\"sms\", \"email\"]\n\
+             quiet_hours = {{ start = \"{h:02}:00\", end = \"{end:02}:00\" }}\n\n\
+             [[variants]]\nname = \"a\"\nemail = {{ subject = \"s\", template = \"t/a.email.hbs\" }}\nsms = {{ template = \"t/a.sms.hbs\" }}\n"
+        ),
+    );
+    p.write("templates/t/a.email.hbs", "<p>Hi</p>\n");
+    p.write("templates/t/a.sms.hbs", "Hi\n");
+    p.write(
+        "contacts.csv",
+        "external_id,email,phone,consent_sms,timezone,vip\n\
+         u0,u0@example.com,+14155550100,true,UTC,false\n\
+         u1,u1@example.com,+14155550101,true,UTC,false\n\
+         u2,u2@example.com,,,UTC,true\n\
+         u3,u3@example.com,,,UTC,true\n\
+         u4,u4@example.com,,,Asia/Shanghai,false\n\
+         u5,u5@example.com,,,Asia/Shanghai,false\n",
+    );
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    // u2 and u3 got `first`: the cap of one a week suppresses them.
+    p.herald(&db, &["send", "first"]).expect_code(0);
+    let run = p.herald(&db, &["send", "weekly", "--dry-run"]);
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains("channels per arm (messages to send):\n  a: email 2, sms 2\n"), "{out}");
+    assert!(
+        out.contains("deferred by quiet hours: 2; suppressed by frequency caps: 2"),
+        "{out}"
+    );
+    // The two UTC contacts wait for the quiet hours' end; the Shanghai two go now.
+    let hours = out
+        .lines()
+        .skip_while(|l| !l.starts_with("planned send times by the recipient's local hour"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(hours.contains(&format!("{end:02}:00 2")), "{out}");
+    let days: i64 = out
+        .lines()
+        .skip_while(|l| !l.starts_with("planned send times by day ("))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(days, 4, "{out}");
+    db.drop_db().await;
+}
+
 async fn status_watch_refreshes(backend: Backend) {
     let Some((p, db)) = setup(backend).await else {
         return;
@@ -470,6 +541,7 @@ async fn status_watch_refreshes(backend: Backend) {
 }
 
 on_both_databases!(
+    a_dry_run_shows_channels_send_times_deferrals_and_caps,
     the_report_shows_retention_arpu_and_ltv_per_arm,
     status_watch_refreshes,
     a_50_mb_attribute_is_previewed_in_under_a_second,

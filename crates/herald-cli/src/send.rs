@@ -12,6 +12,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use herald_domain::config::{Campaign, ConfigSet, Trigger};
 use herald_domain::types::MessageStatus;
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
+use herald_engine::dry_run::DryRunShape;
 use herald_engine::render::CampaignRenderer;
 use herald_engine::rollout;
 use herald_engine::run::PlanStats;
@@ -279,7 +280,8 @@ async fn dry_run(
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now_ms();
-    let counts = Engine::new(store, clock, config)
+    let calendar = config.herald.defaults.timezone.0.name();
+    let (counts, shape) = Engine::new(store, clock, config)
         .dry_run(campaign, now)
         .await?;
     let total: i64 = counts.rows.iter().map(|r| r.3).sum();
@@ -291,7 +293,47 @@ async fn dry_run(
     for (reason, n) in reasons(&counts) {
         println!("  {reason}: {n}");
     }
+    print!("{}", shape_text(&shape, calendar));
     Ok(())
+}
+
+/// The dry run's channel mix, send times, deferrals and cap suppressions.
+pub fn shape_text(shape: &DryRunShape, calendar: &str) -> String {
+    let mut out = String::from("channels per arm (messages to send):\n");
+    let mut arms: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for ((arm, channel), n) in &shape.channels {
+        arms.entry(arm).or_default().push(format!("{channel} {n}"));
+    }
+    if arms.is_empty() {
+        out.push_str("  none\n");
+    }
+    for (arm, parts) in arms {
+        out.push_str(&format!("  {arm}: {}\n", parts.join(", ")));
+    }
+    out.push_str("planned send times by the recipient's local hour:\n");
+    let hours: Vec<String> = shape
+        .by_local_hour
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(h, n)| format!("{h:02}:00 {n}"))
+        .collect();
+    out.push_str(&format!(
+        "  {}\n",
+        if hours.is_empty() { "none".to_string() } else { hours.join(", ") }
+    ));
+    out.push_str(&format!("planned send times by day ({calendar}):\n"));
+    if shape.by_day.is_empty() {
+        out.push_str("  none\n");
+    }
+    for (day, n) in &shape.by_day {
+        out.push_str(&format!("  {day}: {n}\n"));
+    }
+    out.push_str(&format!(
+        "deferred by quiet hours: {}; suppressed by frequency caps: {}\n",
+        shape.quiet_hours_deferred, shape.cap_suppressed
+    ));
+    out
 }
 
 /// Runs the send command.
