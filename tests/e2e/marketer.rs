@@ -336,9 +336,7 @@ async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
     let back = 60 * DAY;
     store
         .conn
-        .execute_unprepared(&format!(
-            "UPDATE messages SET send_at = send_at - {back}"
-        ))
+        .execute_unprepared(&format!("UPDATE messages SET send_at = send_at - {back}"))
         .await
         .expect("move the run back");
     let rows = store
@@ -368,20 +366,20 @@ async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             events.push_str(&format!("{who},{name},{at},{value},{k}-{who}\n"));
         };
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             event("d3", "app_open", 3 * DAY, "");
             e.1 += 1;
         }
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             event("d20", "app_open", 20 * DAY, "");
             e.2 += 1;
         }
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             event("o10", "order_placed", 10 * DAY, "12.5");
             e.3 += 12.5;
             e.4 += 12.5;
         }
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             event("o40", "order_placed", 40 * DAY, "7");
             e.4 += 7.0;
         }
@@ -405,7 +403,10 @@ async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
         assert_eq!(got["retained_d1_7"], d1, "{name}: {got}");
         assert_eq!(got["retained_d8_30"], d8, "{name}: {got}");
         let close = |v: &Value, x: f64| (v.as_f64().unwrap() - x).abs() < 1e-9;
-        assert!(close(&got["retention_d1_7"], d1 as f64 / n as f64), "{name}: {got}");
+        assert!(
+            close(&got["retention_d1_7"], d1 as f64 / n as f64),
+            "{name}: {got}"
+        );
         assert!(close(&got["arpu"], r30 / n as f64), "{name}: {got}");
         assert!(close(&got["ltv"], ltv / n as f64), "{name}: {got}");
     }
@@ -416,7 +417,10 @@ async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
     let table = p.herald(&db, &["report", "seeds"]);
     table.expect_code(0);
     let out = table.stdout();
-    assert!(out.contains("retention d1-7") && out.contains("LTV 45d"), "{out}");
+    assert!(
+        out.contains("retention d1-7") && out.contains("LTV 45d"),
+        "{out}"
+    );
     // The tables fit 100 columns (the sentences under them are prose).
     assert!(
         out.lines()
@@ -437,6 +441,50 @@ async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
 }
 
 const DAY: i64 = 86_400_000;
+
+/// `herald send` and `herald status` fit their tables in 100 columns by
+/// default, long names and all; `--wide` prints every cell in full (issue 26).
+async fn send_and_status_tables_fit_100_columns(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let long = "spring_clearance_for_returning_customers_in_the_north_region";
+    let variant = "a_very_long_variant_name_that_says_what_the_subject_line_is_about";
+    p.write(SEGMENT.0, SEGMENT.1);
+    p.write(
+        &format!("config/campaigns/{long}.toml"),
+        &format!(
+            "name = \"{long}\"\nsegment = \"all\"\nschedule = \"manual\"\nchannels = [\"email\"]\nholdout = 0.2\n\n\
+             [[variants]]\nname = \"{variant}\"\nemail = {{ subject = \"s\", template = \"t/a.email.hbs\" }}\n"
+        ),
+    );
+    p.write("templates/t/a.email.hbs", "<p>Hi</p>\n");
+    let mut csv = String::from("external_id,email\n");
+    for i in 0..20 {
+        csv.push_str(&format!("u{i},u{i}@example.com\n"));
+    }
+    p.write("contacts.csv", &csv);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let fits = |out: &str| {
+        out.lines()
+            .filter(|l| !l.is_empty() && "┌│╞├└".contains(l.chars().next().unwrap()))
+            .all(|l| l.chars().count() <= 100)
+    };
+    let send = p.herald(&db, &["send", long]);
+    send.expect_code(0);
+    assert!(fits(&send.stdout()), "{}", send.stdout());
+    let status = p.herald(&db, &["status"]);
+    status.expect_code(0);
+    assert!(fits(&status.stdout()), "{}", status.stdout());
+    let wide = p.herald(&db, &["status", "--wide"]);
+    wide.expect_code(0);
+    assert!(wide.stdout().contains(long), "{}", wide.stdout());
+    let dry = p.herald(&db, &["send", long, "--dry-run", "--wide"]);
+    dry.expect_code(0);
+    assert!(dry.stdout().contains(variant), "{}", dry.stdout());
+    db.drop_db().await;
+}
 
 /// `send --dry-run` shows the channel mix per arm, the planned send times by
 /// the recipient's local hour and by day, quiet-hour deferrals and cap
@@ -486,7 +534,10 @@ async fn a_dry_run_shows_channels_send_times_deferrals_and_caps(backend: Backend
     let run = p.herald(&db, &["send", "weekly", "--dry-run"]);
     run.expect_code(0);
     let out = run.stdout();
-    assert!(out.contains("channels per arm (messages to send):\n  a: email 2, sms 2\n"), "{out}");
+    assert!(
+        out.contains("channels per arm (messages to send):\n  a: email 2, sms 2\n"),
+        "{out}"
+    );
     assert!(
         out.contains("deferred by quiet hours: 2; suppressed by frequency caps: 2"),
         "{out}"
@@ -541,6 +592,7 @@ async fn status_watch_refreshes(backend: Backend) {
 }
 
 on_both_databases!(
+    send_and_status_tables_fit_100_columns,
     a_dry_run_shows_channels_send_times_deferrals_and_caps,
     the_report_shows_retention_arpu_and_ltv_per_arm,
     status_watch_refreshes,

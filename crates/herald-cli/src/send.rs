@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use clap::Args;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::Table;
 use herald_domain::config::{Campaign, ConfigSet, Trigger};
 use herald_domain::types::MessageStatus;
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
@@ -21,7 +21,7 @@ use herald_engine::{Clock, Engine, SystemClock};
 use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
 
-use crate::{Cli, EXIT_FAILURE, EXIT_INVALID, Exit, app, check};
+use crate::{Cli, EXIT_FAILURE, EXIT_INVALID, Exit, app, check, output};
 
 /// Arguments of `herald send`.
 #[derive(Args, Debug)]
@@ -35,6 +35,9 @@ pub struct SendArgs {
     /// addresses (email addresses get the email, E.164 numbers the SMS); records nothing.
     #[arg(long, value_delimiter = ',', value_name = "ADDRESS,...")]
     pub test_to: Vec<String>,
+    /// Tables with every cell in full (default: fitted to the terminal or to 100 columns).
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// What a send did.
@@ -155,8 +158,9 @@ async fn plan_and_send(
     }
 }
 
-/// Per-arm table of a run's counts.
-pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
+/// Per-arm table of a run's counts: fitted to the terminal or to 100
+/// columns (long arm names cut), every cell in full when `wide`.
+pub fn arm_table(campaign: &Campaign, counts: &RunCounts, wide: bool) -> Table {
     let mut arms: Vec<String> = campaign
         .variant_names()
         .into_iter()
@@ -169,9 +173,7 @@ pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
             arms.push(arm.clone());
         }
     }
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let header = [
         "arm",
         "assigned",
         "delivered",
@@ -180,7 +182,8 @@ pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
         "unknown",
         "suppressed",
         "held out",
-    ]);
+    ];
+    let mut t = output::table(header.map(String::from).to_vec(), wide);
     for arm in arms {
         let assigned: i64 = counts.rows.iter().filter(|r| r.0 == arm).map(|r| r.3).sum();
         if assigned == 0 && arm == herald_engine::plan::HOLDOUT_ARM {
@@ -188,7 +191,11 @@ pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
         }
         let c = |s| counts.count(Some(&arm), s).to_string();
         t.add_row(vec![
-            arm.clone(),
+            if wide {
+                arm.clone()
+            } else {
+                output::cut(&arm, output::MAX_CELL_CHARS.min(40))
+            },
             assigned.to_string(),
             c("delivered"),
             c("sent"),
@@ -214,7 +221,7 @@ pub fn reasons(counts: &RunCounts) -> BTreeMap<String, i64> {
 }
 
 /// Prints the summary of a send.
-pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
+pub fn print_summary(campaign: &Campaign, s: &SendSummary, wide: bool) {
     let assigned: i64 = s.counts.rows.iter().map(|r| r.3).sum();
     println!(
         "run {} of `{}`: audience {assigned}{}",
@@ -231,7 +238,7 @@ pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
             )
         }
     );
-    println!("{}", arm_table(campaign, &s.counts));
+    println!("{}", arm_table(campaign, &s.counts, wide));
     for (reason, n) in reasons(&s.counts) {
         println!("  {reason}: {n}");
     }
@@ -277,6 +284,7 @@ async fn dry_run(
     config: Arc<ConfigSet>,
     store: Arc<SqlStore>,
     campaign: &Campaign,
+    wide: bool,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now_ms();
@@ -289,7 +297,7 @@ async fn dry_run(
         "dry run of `{}`: audience {total}; nothing was written or sent",
         campaign.name
     );
-    println!("{}", arm_table(campaign, &counts));
+    println!("{}", arm_table(campaign, &counts, wide));
     for (reason, n) in reasons(&counts) {
         println!("  {reason}: {n}");
     }
@@ -320,7 +328,11 @@ pub fn shape_text(shape: &DryRunShape, calendar: &str) -> String {
         .collect();
     out.push_str(&format!(
         "  {}\n",
-        if hours.is_empty() { "none".to_string() } else { hours.join(", ") }
+        if hours.is_empty() {
+            "none".to_string()
+        } else {
+            hours.join(", ")
+        }
     ));
     out.push_str(&format!("planned send times by day ({calendar}):\n"));
     if shape.by_day.is_empty() {
@@ -374,7 +386,7 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
     let store = Arc::new(app::store(cli, &config).await?);
     if args.dry_run {
         preflight(&config, templates, &store, &campaign).await?;
-        return dry_run(config, store, &campaign).await;
+        return dry_run(config, store, &campaign, args.wide).await;
     }
     let signer = app::signer(&config)?;
     if !args.test_to.is_empty() {
@@ -390,7 +402,7 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
         &app::env_secrets,
     )
     .await?;
-    print_summary(&campaign, &summary);
+    print_summary(&campaign, &summary, args.wide);
     if let Some(blocked) = &summary.dispatch.blocked {
         // The provider refused the account: nothing failed, nothing fell
         // back; the messages wait, planned, for the credential to be fixed.
