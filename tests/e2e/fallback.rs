@@ -180,7 +180,11 @@ async fn an_sms_opt_out_is_suppressed_as_opt_out(backend: Backend) {
         "{out}\n{err}"
     );
     assert_eq!(
-        scalar(&db, "SELECT COUNT(*) FROM suppressions WHERE reason LIKE 'fallback%'").await,
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM suppressions WHERE reason LIKE 'fallback%'"
+        )
+        .await,
         0
     );
 }

@@ -648,8 +648,7 @@ async fn the_api_serves_the_same_report(backend: Backend) {
     // The public listener serves recipients and providers, never the API.
     let (status, _) = http_get(public, "/healthz").expect("the public listener answers");
     assert_eq!(status, 200);
-    let (status, _) =
-        http_get(public, "/api/campaigns/winback/report?run=1").expect("answer");
+    let (status, _) = http_get(public, "/api/campaigns/winback/report?run=1").expect("answer");
     assert_eq!(status, 404, "the report API is not on the public listener");
 
     // Without the token, or with another, the API tells nothing.

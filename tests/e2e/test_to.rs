@@ -246,8 +246,16 @@ async fn a_test_push_reaches_the_token(backend: Backend) {
     assert_eq!(
         got,
         [
-            (token.to_string(), Some("A for c1".into()), Some("A body".into())),
-            (token.to_string(), Some("B for c1".into()), Some("B body".into())),
+            (
+                token.to_string(),
+                Some("A for c1".into()),
+                Some("A body".into())
+            ),
+            (
+                token.to_string(),
+                Some("B for c1".into()),
+                Some("B body".into())
+            ),
         ],
         "{out}\n{err}"
     );

@@ -298,14 +298,20 @@ fn results_table(scope: &Scope, horizon: &str, wide: bool) -> Table {
             rate(res(a).and_then(|r| r.retention_d8_30))
         }),
         Column::new("revenue 30d", true, move |a| {
-            res(a).and_then(|r| r.revenue_30d).map(money).unwrap_or_default()
+            res(a)
+                .and_then(|r| r.revenue_30d)
+                .map(money)
+                .unwrap_or_default()
         })
         .wide_only(),
         Column::new("ARPU 30d", true, move |a| {
             res(a).and_then(|r| r.arpu).map(money).unwrap_or_default()
         }),
         Column::new(&format!("revenue {horizon}"), true, move |a| {
-            res(a).and_then(|r| r.revenue_ltv).map(money).unwrap_or_default()
+            res(a)
+                .and_then(|r| r.revenue_ltv)
+                .map(money)
+                .unwrap_or_default()
         })
         .wide_only(),
         Column::new(&ltv, true, move |a| {
@@ -410,10 +416,7 @@ fn scope_text(
         out.push_str(&format!("{}\n", secondary_table(scope, goals)));
     }
     if let Some(r) = results {
-        out.push_str(&format!(
-            "{}\n",
-            results_table(scope, &r.ltv_horizon, wide)
-        ));
+        out.push_str(&format!("{}\n", results_table(scope, &r.ltv_horizon, wide)));
     }
     if !scope.comparisons.is_empty() {
         out.push_str(&format!("{}\n", comparison_table(scope, wide)));

@@ -176,7 +176,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     );
     let admin = config.herald.tracking.admin_address();
     if !admin.ends_with(":0") {
-        println!("report API on http://{admin} (bearer token: ${})", config.herald.tracking.api_token_env);
+        println!(
+            "report API on http://{admin} (bearer token: ${})",
+            config.herald.tracking.api_token_env
+        );
     }
     herald_server::run(listener, state, shutdown_signal()).await?;
     println!("stopped: every answered open and click is recorded");

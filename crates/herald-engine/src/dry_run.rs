@@ -82,13 +82,26 @@ mod tests {
         let utc: Tz = "UTC".parse().unwrap();
         let mut s = DryRunShape::default();
         // 01:00 UTC is 09:00 in Shanghai; 23:30 UTC on the 1st is the 2nd there.
-        s.add(&planned("a", Channel::Email, "2026-12-01T01:00:00Z", None), shanghai, utc);
         s.add(
-            &planned("a", Channel::Sms, "2026-12-01T23:30:00Z", Some("deferred (quiet hours)")),
+            &planned("a", Channel::Email, "2026-12-01T01:00:00Z", None),
             shanghai,
             utc,
         );
-        s.add(&planned("b", Channel::Email, "2026-12-01T09:00:00Z", None), utc, shanghai);
+        s.add(
+            &planned(
+                "a",
+                Channel::Sms,
+                "2026-12-01T23:30:00Z",
+                Some("deferred (quiet hours)"),
+            ),
+            shanghai,
+            utc,
+        );
+        s.add(
+            &planned("b", Channel::Email, "2026-12-01T09:00:00Z", None),
+            utc,
+            shanghai,
+        );
         let mut capped = planned("b", Channel::Email, "2026-12-01T09:00:00Z", Some("cap"));
         capped.status = MessageStatus::Suppressed;
         s.add(&capped, utc, utc);

@@ -525,7 +525,10 @@ sms = { template = "t.sms.hbs" }
         let want = request(&[("t.sms.hbs", body), ("t.email.hbs", "<p>x</p>")]);
         assert_eq!(
             want.top_lists.into_iter().collect::<Vec<_>>(),
-            [(key("app_open", "screen"), 2), (key("order_placed", "sku"), 3)]
+            [
+                (key("app_open", "screen"), 2),
+                (key("order_placed", "sku"), 3)
+            ]
         );
     }
 

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use herald_domain::config::{Campaign, ConfigSet, SendTime, Trigger};
 
 use crate::clock::Clock;
-use crate::handoff::Handoff;
 use crate::dry_run::DryRunShape;
+use crate::handoff::Handoff;
 use crate::plan::{PlanContext, address_keys, decide, suppress_duplicate_addresses};
 use crate::series::Series;
 use crate::store::{

@@ -187,7 +187,8 @@ mod tests {
     #[test]
     fn a_base64_status_part_and_plain_mail() {
         use base64::Engine as _;
-        let enc = base64::engine::general_purpose::STANDARD.encode("Reporting-MTA: dns; x\r\n\r\nAction: failed\r\nStatus: 5.0.0\r\n");
+        let enc = base64::engine::general_purpose::STANDARD
+            .encode("Reporting-MTA: dns; x\r\n\r\nAction: failed\r\nStatus: 5.0.0\r\n");
         let dsn = format!(
             "Content-Type: multipart/report; boundary=q\r\n\r\n--q\r\nContent-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n{enc}\r\n--q--\r\n"
         );
@@ -206,8 +207,8 @@ mod tests {
         assert_eq!(r.feedback, Some(EmailFeedback::HardBounce));
         assert_eq!(r.detail["status"], "5.1.1");
         // An ARF report forwarded inside another message is still found.
-        let forwarded = format!(
-            "Subject: Fwd: report\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--outer\r\nContent-Type: message/rfc822\r\n\r\nFrom: fbl@isp.example\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=xyz\r\n\r\n--xyz\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n--xyz--\r\n\r\n--outer--\r\n"
+        let forwarded = String::from(
+            "Subject: Fwd: report\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--outer\r\nContent-Type: message/rfc822\r\n\r\nFrom: fbl@isp.example\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=xyz\r\n\r\n--xyz\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n--xyz--\r\n\r\n--outer--\r\n",
         );
         assert_eq!(
             read_report(forwarded.as_bytes()).feedback,

@@ -21,9 +21,9 @@ use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait};
 use serde_json::Value as Json;
 
 pub use build::{
-    ArmReport, ArmResults, ComparisonReport, FilterEcho, GlobalHoldoutReport, GoalEcho, Group, HoldoutSide,
-    Rates, Report, ReportSettings, ResultsEcho, RolloutEcho, RunEcho, RunScope, Scope, SecondaryReport,
-    SrmReport, build,
+    ArmReport, ArmResults, ComparisonReport, FilterEcho, GlobalHoldoutReport, GoalEcho, Group,
+    HoldoutSide, Rates, Report, ReportSettings, ResultsEcho, RolloutEcho, RunEcho, RunScope, Scope,
+    SecondaryReport, SrmReport, build,
 };
 
 use herald_domain::types::SuppressReason;

@@ -239,7 +239,10 @@ mod tests {
             ]
         );
         // The one-item form is still a path of its own.
-        assert_eq!(r.top.into_iter().collect::<Vec<_>>(), [pair("order_placed", "colour")]);
+        assert_eq!(
+            r.top.into_iter().collect::<Vec<_>>(),
+            [pair("order_placed", "colour")]
+        );
     }
 
     #[test]

@@ -605,7 +605,11 @@ impl ArmAcc {
     /// (contacts, retained) on retention in days 1-7 or 8-30.
     fn retention_counts(&self, late: bool) -> Option<ArmCounts> {
         let r = &self.results;
-        let k = if late { r.retained_d8_30 } else { r.retained_d1_7 };
+        let k = if late {
+            r.retained_d8_30
+        } else {
+            r.retained_d1_7
+        };
         ArmCounts::new(r.messages, k).ok()
     }
 
@@ -888,7 +892,10 @@ fn scope(
         ));
     }
     if let Some(r) = &settings.results {
-        let last = shown.iter().filter_map(|arm| acc(arm).results.last_send_at).max();
+        let last = shown
+            .iter()
+            .filter_map(|arm| acc(arm).results.last_send_at)
+            .max();
         let span = [
             r.retention_event.as_ref().map(|_| 31 * super::DAY_MS),
             r.revenue_event

@@ -913,7 +913,9 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
         })
         .collect();
     let send_at = |contact: i64| T0 + contact * HOUR;
-    let mut sql = String::from("INSERT INTO contacts (id, external_id, attrs, created_at, updated_at) VALUES ");
+    let mut sql = String::from(
+        "INSERT INTO contacts (id, external_id, attrs, created_at, updated_at) VALUES ",
+    );
     sql.push_str(
         &(1..=30)
             .map(|i| format!("({i}, 'c{i}', '{{}}', {T0}, {T0})"))
@@ -948,7 +950,9 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
     let mut events: Vec<(i64, &str, i64, f64)> = Vec::new();
     let mut seed: u64 = 7;
     let mut next = |m: u64| {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) % m
     };
     for contact in 1..=30i64 {
@@ -959,17 +963,17 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
         }
     }
     for (contact, name, offset) in [
-        (1, "app_open", DAY),              // day 1 starts: retained in 1-7
-        (2, "app_open", DAY - 1),          // still day 0: not retained
-        (4, "app_open", 8 * DAY),          // day 8 starts: 8-30, not 1-7
-        (5, "app_open", 31 * DAY),         // day 31: neither
-        (7, "app_open", 31 * DAY - 1),     // last instant of day 30
-        (8, "order_placed", 0),            // at the send time: not after it
-        (10, "order_placed", 30 * DAY),    // ARPU's last instant
-        (11, "order_placed", 30 * DAY + 1),// LTV only
-        (13, "order_placed", 60 * DAY),    // LTV's last instant
-        (14, "order_placed", 60 * DAY + 1),// past the horizon
-        (30, "app_open", 2 * DAY),         // the global holdout: not counted
+        (1, "app_open", DAY),               // day 1 starts: retained in 1-7
+        (2, "app_open", DAY - 1),           // still day 0: not retained
+        (4, "app_open", 8 * DAY),           // day 8 starts: 8-30, not 1-7
+        (5, "app_open", 31 * DAY),          // day 31: neither
+        (7, "app_open", 31 * DAY - 1),      // last instant of day 30
+        (8, "order_placed", 0),             // at the send time: not after it
+        (10, "order_placed", 30 * DAY),     // ARPU's last instant
+        (11, "order_placed", 30 * DAY + 1), // LTV only
+        (13, "order_placed", 60 * DAY),     // LTV's last instant
+        (14, "order_placed", 60 * DAY + 1), // past the horizon
+        (30, "app_open", 2 * DAY),          // the global holdout: not counted
         (30, "order_placed", 2 * DAY),
     ] {
         events.push((contact, name, offset, 9.5));
@@ -1007,9 +1011,8 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
         let e = expect.entry(arm).or_default();
         e.contacts += 1;
         let mine = || events.iter().filter(|ev| ev.0 == *contact);
-        let opened = |from: i64, to: i64| {
-            mine().any(|ev| ev.1 == "app_open" && ev.2 >= from && ev.2 < to)
-        };
+        let opened =
+            |from: i64, to: i64| mine().any(|ev| ev.1 == "app_open" && ev.2 >= from && ev.2 < to);
         e.d1_7 += u64::from(opened(DAY, 8 * DAY));
         e.d8_30 += u64::from(opened(8 * DAY, 31 * DAY));
         let revenue = |to: i64| -> f64 {
@@ -1022,10 +1025,17 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
         e.ltv += revenue(60 * DAY);
     }
 
-    let r = campaign_report(db, "seeds", Some(&c), 0.0, &ReportFilter::default(), T0 + 200 * DAY)
-        .await
-        .expect("report")
-        .expect("known campaign");
+    let r = campaign_report(
+        db,
+        "seeds",
+        Some(&c),
+        0.0,
+        &ReportFilter::default(),
+        T0 + 200 * DAY,
+    )
+    .await
+    .expect("report")
+    .expect("known campaign");
     let echo = r.results.as_ref().expect("results echoed");
     assert_eq!((echo.ltv_horizon.as_str(), echo.arpu_days), ("60d", 30));
     for scope in [&r.total, &r.runs[0].scope] {
@@ -1037,8 +1047,14 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
                 (e.contacts, Some(e.d1_7), Some(e.d8_30)),
                 "arm {name}"
             );
-            assert!(close(got.revenue_30d.unwrap(), e.r30), "arm {name}: {got:?} vs {e:?}");
-            assert!(close(got.revenue_ltv.unwrap(), e.ltv), "arm {name}: {got:?} vs {e:?}");
+            assert!(
+                close(got.revenue_30d.unwrap(), e.r30),
+                "arm {name}: {got:?} vs {e:?}"
+            );
+            assert!(
+                close(got.revenue_ltv.unwrap(), e.ltv),
+                "arm {name}: {got:?} vs {e:?}"
+            );
             let n = e.contacts as f64;
             assert!(close(got.retention_d1_7.unwrap(), e.d1_7 as f64 / n));
             assert!(close(got.retention_d8_30.unwrap(), e.d8_30 as f64 / n));
@@ -1048,7 +1064,10 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
     }
     // The boundaries did what they say: a sanity check on the oracle itself.
     let a = &expect["a"];
-    assert!(a.contacts == 9 && expect["holdout"].contacts == 10, "{expect:?}");
+    assert!(
+        a.contacts == 9 && expect["holdout"].contacts == 10,
+        "{expect:?}"
+    );
     // Retention is compared like conversion: each variant against the holdout, both windows.
     let metrics: Vec<(&str, &str, &str)> = r
         .total
@@ -1073,12 +1092,22 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
         (expect["a"].contacts, expect["a"].d1_7)
     );
     // Without `[results]` there is nothing to count and nothing is shown.
-    let plain = Campaign::parse("seeds.toml", RESULTS_CAMPAIGN.split("[results]").next().unwrap())
-        .expect("campaign");
-    let r = campaign_report(db, "seeds", Some(&plain), 0.0, &ReportFilter::default(), T0 + 200 * DAY)
-        .await
-        .expect("report")
-        .expect("known campaign");
+    let plain = Campaign::parse(
+        "seeds.toml",
+        RESULTS_CAMPAIGN.split("[results]").next().unwrap(),
+    )
+    .expect("campaign");
+    let r = campaign_report(
+        db,
+        "seeds",
+        Some(&plain),
+        0.0,
+        &ReportFilter::default(),
+        T0 + 200 * DAY,
+    )
+    .await
+    .expect("report")
+    .expect("known campaign");
     assert!(r.results.is_none() && arm(&r.total, "a").results.is_none());
     assert!(r.total.results_comparisons.is_empty());
 }
