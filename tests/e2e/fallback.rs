@@ -124,3 +124,69 @@ async fn a_permanent_failure_falls_back_once(backend: Backend) {
 }
 
 on_both_databases!(a_permanent_failure_falls_back_once);
+
+/// A number refused with Twilio 21610 (its owner replied STOP) is suppressed
+/// as `opt_out`, though the message itself falls back to email and its own
+/// reason says so (issue 26: the suppression read "fallback to email").
+async fn an_sms_opt_out_is_suppressed_as_opt_out(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let smtp = SmtpSink::start(SmtpSinkConfig::default())
+        .await
+        .expect("smtp");
+    let twilio = TwilioSink::start(TwilioSinkConfig {
+        plan: FaultPlan::script([Answer::DeadAddress]),
+        ..Default::default()
+    })
+    .await
+    .expect("twilio");
+    p.write(
+        "config/herald.toml",
+        &format!(
+            "[tracking]\npublic_url = \"https://t.example.com\"\n\n\
+             [channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"Shop <news@example.com>\"\n\n\
+             [channels.sms]\nprovider = \"twilio\"\nbase_url = \"{}\"\naccount_sid_env = \"TW_SID\"\nauth_token_env = \"TW_TOKEN\"\nfrom = \"+15005550006\"\n",
+            smtp.addr().port(),
+            twilio.base_url(),
+        ),
+    );
+    p.write(
+        "config/campaigns/notice.toml",
+        "name = \"notice\"\nkind = \"transactional\"\nwhere = 'email contains \"@\"'\nchannels = [\"sms\", \"email\"]\n\n\
+         [[variants]]\nname = \"a\"\nsms = { template = \"n/a.sms.hbs\" }\nemail = { subject = \"Notice\", template = \"n/a.email.hbs\" }\n",
+    );
+    p.write("templates/n/a.sms.hbs", "Your order shipped\n");
+    p.write("templates/n/a.email.hbs", "<p>Your order shipped</p>\n");
+    p.write(
+        "contacts.csv",
+        "external_id,email,phone,consent_sms\nu0,u0@example.com,+14155550100,true\n",
+    );
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let env = [("TW_SID", DEMO_ACCOUNT_SID), ("TW_TOKEN", DEMO_AUTH_TOKEN)];
+    let mut send = p.spawn_with_env(&db, "send", &["send", "notice"], &env);
+    let status = tokio::task::block_in_place(|| send.wait()).expect("send");
+    let (out, err) = p.output_of("send");
+    assert!(status.success(), "{out}\n{err}");
+    assert_eq!((twilio.count(), smtp.count()), (0, 1), "{out}\n{err}");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM suppressions WHERE channel = 'sms' AND address = '+14155550100' AND reason = 'opt_out'"
+        )
+        .await,
+        1,
+        "{out}\n{err}"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM suppressions WHERE reason LIKE 'fallback%'"
+        )
+        .await,
+        0
+    );
+}
+
+on_both_databases!(an_sms_opt_out_is_suppressed_as_opt_out);

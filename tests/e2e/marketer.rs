@@ -307,6 +307,259 @@ async fn a_50_mb_attribute_is_previewed_in_under_a_second(backend: Backend) {
 
 /// `herald status --watch 1` off a terminal: one status after another, each
 /// under a `---` line with the time, until stopped.
+/// The seeds' metrics through the binary: a campaign with `[results]` is
+/// sent, its messages are moved 60 days into the past, events come in by
+/// `herald import events`, and the JSON report's retention, ARPU and LTV per
+/// arm equal a count made here; the table and the CSV show them too.
+async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.write(SEGMENT.0, SEGMENT.1);
+    p.write(
+        "config/campaigns/seeds.toml",
+        "name = \"seeds\"\nsegment = \"all\"\nschedule = \"manual\"\nchannels = [\"email\"]\nholdout = 0.5\n\n\
+         [[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"t/a.email.hbs\" }\n\n\
+         [results]\nretention_event = \"app_open\"\nrevenue_event = \"order_placed\"\nltv_horizon = \"45d\"\n",
+    );
+    p.write("templates/t/a.email.hbs", "<p>Hi</p>\n");
+    let mut csv = String::from("external_id,email\n");
+    for i in 0..24 {
+        csv.push_str(&format!("u{i},u{i}@example.com\n"));
+    }
+    p.write("contacts.csv", &csv);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    p.herald(&db, &["send", "seeds"]).expect_code(0);
+    let store = herald_storage::Db::connect(&db.url).await.expect("connect");
+    use sea_orm::ConnectionTrait;
+    let back = 60 * DAY;
+    store
+        .conn
+        .execute_unprepared(&format!("UPDATE messages SET send_at = send_at - {back}"))
+        .await
+        .expect("move the run back");
+    let rows = store
+        .conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            store.backend(),
+            "SELECT c.external_id, m.arm, m.send_at FROM messages m JOIN contacts c ON c.id = m.contact_id"
+                .to_string(),
+        ))
+        .await
+        .expect("messages");
+    assert_eq!(rows.len(), 24);
+    // Per arm: (contacts, retained d1-7, retained d8-30, revenue 30d, revenue 45d).
+    let mut expect: std::collections::BTreeMap<String, (u64, u64, u64, f64, f64)> =
+        Default::default();
+    let mut events = String::from("external_id,name,at,value,event_id\n");
+    for r in &rows {
+        let who: String = r.try_get_by_index(0).unwrap();
+        let arm: String = r.try_get_by_index(1).unwrap();
+        let send_at: i64 = r.try_get_by_index(2).unwrap();
+        let i: u64 = who[1..].parse().unwrap();
+        let e = expect.entry(arm).or_default();
+        e.0 += 1;
+        let mut event = |k: &str, name: &str, offset: i64, value: &str| {
+            let at = chrono::DateTime::from_timestamp_millis(send_at + offset)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            events.push_str(&format!("{who},{name},{at},{value},{k}-{who}\n"));
+        };
+        if i.is_multiple_of(2) {
+            event("d3", "app_open", 3 * DAY, "");
+            e.1 += 1;
+        }
+        if i.is_multiple_of(3) {
+            event("d20", "app_open", 20 * DAY, "");
+            e.2 += 1;
+        }
+        if i.is_multiple_of(4) {
+            event("o10", "order_placed", 10 * DAY, "12.5");
+            e.3 += 12.5;
+            e.4 += 12.5;
+        }
+        if i.is_multiple_of(5) {
+            event("o40", "order_placed", 40 * DAY, "7");
+            e.4 += 7.0;
+        }
+        // Day 0 is not retention; past the horizon is not LTV.
+        event("d0", "app_open", 3_600_000, "");
+        event("o50", "order_placed", 50 * DAY, "100");
+    }
+    p.write("events.csv", &events);
+    p.herald(&db, &["import", "events", "events.csv"])
+        .expect_code(0);
+
+    let run = p.herald(&db, &["report", "seeds", "--format", "json"]);
+    run.expect_code(0);
+    let doc: Value = serde_json::from_str(&run.stdout()).expect("report JSON");
+    assert_eq!(doc["results"]["ltv_horizon"], "45d", "{doc}");
+    for arm in doc["total"]["arms"].as_array().expect("arms") {
+        let name = arm["arm"].as_str().unwrap();
+        let (n, d1, d8, r30, ltv) = expect[name];
+        let got = &arm["results"];
+        assert_eq!(got["contacts"], n, "{name}: {got}");
+        assert_eq!(got["retained_d1_7"], d1, "{name}: {got}");
+        assert_eq!(got["retained_d8_30"], d8, "{name}: {got}");
+        let close = |v: &Value, x: f64| (v.as_f64().unwrap() - x).abs() < 1e-9;
+        assert!(
+            close(&got["retention_d1_7"], d1 as f64 / n as f64),
+            "{name}: {got}"
+        );
+        assert!(close(&got["arpu"], r30 / n as f64), "{name}: {got}");
+        assert!(close(&got["ltv"], ltv / n as f64), "{name}: {got}");
+    }
+    assert_eq!(
+        doc["total"]["results_comparisons"][0]["metric"],
+        "retention_d1_7"
+    );
+    let table = p.herald(&db, &["report", "seeds"]);
+    table.expect_code(0);
+    let out = table.stdout();
+    assert!(
+        out.contains("retention d1-7") && out.contains("LTV 45d"),
+        "{out}"
+    );
+    // The tables fit 100 columns (the sentences under them are prose).
+    assert!(
+        out.lines()
+            .filter(|l| !l.starts_with("* "))
+            .all(|l| l.chars().count() <= 100),
+        "{out}"
+    );
+    let csv = p.herald(&db, &["report", "seeds", "--format", "csv"]);
+    csv.expect_code(0);
+    assert!(
+        csv.stdout().lines().next().unwrap().ends_with(
+            "contacts,retained_d1_7,retention_d1_7,retained_d8_30,retention_d8_30,revenue_30d,arpu,revenue_ltv,ltv"
+        ),
+        "{}",
+        csv.stdout()
+    );
+    db.drop_db().await;
+}
+
+const DAY: i64 = 86_400_000;
+
+/// `herald send` and `herald status` fit their tables in 100 columns by
+/// default, long names and all; `--wide` prints every cell in full (issue 26).
+async fn send_and_status_tables_fit_100_columns(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let long = "spring_clearance_for_returning_customers_in_the_north_region";
+    let variant = "a_very_long_variant_name_that_says_what_the_subject_line_is_about";
+    p.write(SEGMENT.0, SEGMENT.1);
+    p.write(
+        &format!("config/campaigns/{long}.toml"),
+        &format!(
+            "name = \"{long}\"\nsegment = \"all\"\nschedule = \"manual\"\nchannels = [\"email\"]\nholdout = 0.2\n\n\
+             [[variants]]\nname = \"{variant}\"\nemail = {{ subject = \"s\", template = \"t/a.email.hbs\" }}\n"
+        ),
+    );
+    p.write("templates/t/a.email.hbs", "<p>Hi</p>\n");
+    let mut csv = String::from("external_id,email\n");
+    for i in 0..20 {
+        csv.push_str(&format!("u{i},u{i}@example.com\n"));
+    }
+    p.write("contacts.csv", &csv);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let fits = |out: &str| {
+        out.lines()
+            .filter(|l| !l.is_empty() && "┌│╞├└".contains(l.chars().next().unwrap()))
+            .all(|l| l.chars().count() <= 100)
+    };
+    let send = p.herald(&db, &["send", long]);
+    send.expect_code(0);
+    assert!(fits(&send.stdout()), "{}", send.stdout());
+    let status = p.herald(&db, &["status"]);
+    status.expect_code(0);
+    assert!(fits(&status.stdout()), "{}", status.stdout());
+    let wide = p.herald(&db, &["status", "--wide"]);
+    wide.expect_code(0);
+    assert!(wide.stdout().contains(long), "{}", wide.stdout());
+    let dry = p.herald(&db, &["send", long, "--dry-run", "--wide"]);
+    dry.expect_code(0);
+    assert!(dry.stdout().contains(variant), "{}", dry.stdout());
+    db.drop_db().await;
+}
+
+/// `send --dry-run` shows the channel mix per arm, the planned send times by
+/// the recipient's local hour and by day, quiet-hour deferrals and cap
+/// suppressions (issue 26: it showed arms and reasons only).
+async fn a_dry_run_shows_channels_send_times_deferrals_and_caps(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    use chrono::Timelike;
+    let h = chrono::Utc::now().hour();
+    let end = (h + 2) % 24;
+    p.write(
+        "config/herald.toml",
+        "[defaults]\nfrequency_caps = [ { channel = \"any\", max = 1, per = \"7d\" } ]\n",
+    );
+    p.write(SEGMENT.0, SEGMENT.1);
+    p.write(
+        "config/campaigns/first.toml",
+        "name = \"first\"\nwhere = 'attrs.vip'\nschedule = \"manual\"\nchannels = [\"email\"]\n\n\
+         [[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"t/a.email.hbs\" }\n",
+    );
+    // Quiet from this UTC hour for two hours: now, for the contacts in UTC.
+    p.write(
+        "config/campaigns/weekly.toml",
+        &format!(
+            "name = \"weekly\"\nsegment = \"all\"\nschedule = \"manual\"\nchannels = [\"sms\", \"email\"]\n\
+             quiet_hours = {{ start = \"{h:02}:00\", end = \"{end:02}:00\" }}\n\n\
+             [[variants]]\nname = \"a\"\nemail = {{ subject = \"s\", template = \"t/a.email.hbs\" }}\nsms = {{ template = \"t/a.sms.hbs\" }}\n"
+        ),
+    );
+    p.write("templates/t/a.email.hbs", "<p>Hi</p>\n");
+    p.write("templates/t/a.sms.hbs", "Hi\n");
+    p.write(
+        "contacts.csv",
+        "external_id,email,phone,consent_sms,timezone,vip\n\
+         u0,u0@example.com,+14155550100,true,UTC,false\n\
+         u1,u1@example.com,+14155550101,true,UTC,false\n\
+         u2,u2@example.com,,,UTC,true\n\
+         u3,u3@example.com,,,UTC,true\n\
+         u4,u4@example.com,,,Asia/Shanghai,false\n\
+         u5,u5@example.com,,,Asia/Shanghai,false\n",
+    );
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    // u2 and u3 got `first`: the cap of one a week suppresses them.
+    p.herald(&db, &["send", "first"]).expect_code(0);
+    let run = p.herald(&db, &["send", "weekly", "--dry-run"]);
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(
+        out.contains("channels per arm (messages to send):\n  a: email 2, sms 2\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("deferred by quiet hours: 2; suppressed by frequency caps: 2"),
+        "{out}"
+    );
+    // The two UTC contacts wait for the quiet hours' end; the Shanghai two go now.
+    let hours = out
+        .lines()
+        .skip_while(|l| !l.starts_with("planned send times by the recipient's local hour"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(hours.contains(&format!("{end:02}:00 2")), "{out}");
+    let days: i64 = out
+        .lines()
+        .skip_while(|l| !l.starts_with("planned send times by day ("))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(days, 4, "{out}");
+    db.drop_db().await;
+}
+
 async fn status_watch_refreshes(backend: Backend) {
     let Some((p, db)) = setup(backend).await else {
         return;
@@ -339,6 +592,9 @@ async fn status_watch_refreshes(backend: Backend) {
 }
 
 on_both_databases!(
+    send_and_status_tables_fit_100_columns,
+    a_dry_run_shows_channels_send_times_deferrals_and_caps,
+    the_report_shows_retention_arpu_and_ltv_per_arm,
     status_watch_refreshes,
     a_50_mb_attribute_is_previewed_in_under_a_second,
     a_csv_bool_column_is_matched_by_attrs_vip,

@@ -5,7 +5,8 @@
 //! is sent; an empty audience renders for the built-in sample contact.
 
 use herald_sinks::{
-    DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, SmtpSink, SmtpSinkConfig, TwilioSink, TwilioSinkConfig,
+    DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, FcmSink, FcmSinkConfig, SmtpSink, SmtpSinkConfig,
+    TwilioSink, TwilioSinkConfig,
 };
 use herald_tests::{Backend, Project, TestDb};
 
@@ -100,7 +101,7 @@ async fn test_sends_reach_only_the_given_addresses_and_record_nothing(backend: B
     );
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("`13800138000` is neither an email address nor a phone number in E.164 form"),
+        err.contains("`13800138000` is neither an email address, a phone number in E.164 form"),
         "{err}"
     );
     assert!(err.contains("nothing was sent"), "{err}");
@@ -195,3 +196,72 @@ async fn test_sends_reach_only_the_given_addresses_and_record_nothing(backend: B
 }
 
 on_both_databases!(test_sends_reach_only_the_given_addresses_and_record_nothing);
+
+/// A push token gets each variant's push through the FCM adapter, to a real
+/// FCM-compatible server (issue 26: `--test-to` could not test push), and
+/// nothing is recorded.
+async fn a_test_push_reaches_the_token(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let fcm = FcmSink::start(FcmSinkConfig::default())
+        .await
+        .expect("fcm sink");
+    p.write(
+        "config/herald.toml",
+        &format!(
+            "[tracking]\npublic_url = \"https://t.example.com\"\n\n[channels.push]\nprovider = \"fcm\"\nbase_url = \"{}\"\nproject_id = \"{}\"\ncredentials_env = \"FCM_KEY\"\n",
+            fcm.base_url(),
+            fcm.project_id()
+        ),
+    );
+    p.write(
+        "config/campaigns/app.toml",
+        "name = \"app\"\nwhere = 'email contains \"@\"'\nchannels = [\"push\"]\n\n\
+         [[variants]]\nname = \"a\"\npush = { title = \"A for {{contact.external_id}}\", template = \"t/a.push.hbs\" }\n\n\
+         [[variants]]\nname = \"b\"\npush = { title = \"B for {{contact.external_id}}\", template = \"t/b.push.hbs\" }\n",
+    );
+    p.write("templates/t/a.push.hbs", "A body");
+    p.write("templates/t/b.push.hbs", "B body");
+    p.write("contacts.csv", "external_id,email\nc1,ann@example.com\n");
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let key = fcm.credentials_json();
+    let token = "dQw4w9WgXcQ:APA91bHun4MxP5egoKMwt2KZFBaFUH-1RYqx";
+    let mut child = p.spawn_with_env(
+        &db,
+        "push",
+        &["send", "app", "--test-to", &format!("push:{token}")],
+        &[("FCM_KEY", key.as_str())],
+    );
+    let status = tokio::task::block_in_place(|| child.wait()).expect("wait");
+    let (out, err) = p.output_of("push");
+    assert!(status.success(), "{out}\n{err}");
+    let mut got: Vec<(String, Option<String>, Option<String>)> = fcm
+        .received()
+        .into_iter()
+        .map(|m| (m.token, m.title, m.body))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                token.to_string(),
+                Some("A for c1".into()),
+                Some("A body".into())
+            ),
+            (
+                token.to_string(),
+                Some("B for c1".into()),
+                Some("B body".into())
+            ),
+        ],
+        "{out}\n{err}"
+    );
+    assert!(out.contains("sent variant `a` (push)"), "{out}");
+    assert_eq!(count(&db, "messages").await, 0);
+    assert_eq!(count(&db, "runs").await, 0);
+}
+
+on_both_databases!(a_test_push_reaches_the_token);

@@ -53,6 +53,7 @@ pub fn builtin_sample() -> ContactView {
             lifecycle: Some(Lifecycle::Silent),
             best_hour: Some(20),
             top: BTreeMap::new(),
+            top_lists: BTreeMap::new(),
         },
     }
 }

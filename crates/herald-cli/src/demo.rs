@@ -249,7 +249,7 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         &secrets,
     )
     .await?;
-    send::print_summary(&campaign, &summary);
+    send::print_summary(&campaign, &summary, false);
     println!(
         "the built-in servers received {} email(s) over {} SMTP connection(s), {} SMS and {} push notification(s)",
         sink.count(),

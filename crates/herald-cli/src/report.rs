@@ -15,7 +15,8 @@ use herald_domain::stats::Comparison;
 use herald_server::{ReportError as ServerReportError, ReportSource};
 use herald_storage::Db;
 use herald_storage::report::{
-    ArmReport, Bound, Report, ReportFilter, Scope, campaign_names, campaign_report, parse_instant,
+    ArmReport, Bound, Report, ReportFilter, ResultsEcho, Scope, campaign_names, campaign_report,
+    parse_instant,
 };
 
 use crate::{Cli, EXIT_INVALID, Exit, app, output};
@@ -270,6 +271,56 @@ fn secondary_table(scope: &Scope, goals: &[String]) -> Table {
     arm_table(&scope.arms, columns, false)
 }
 
+/// The seeds' metrics per arm (`[results]`): retention in days 1-7 and
+/// 8-30, ARPU over 30 days and LTV over the horizon, per assigned contact.
+fn results_table(scope: &Scope, horizon: &str, wide: bool) -> Table {
+    let res = |a: &ArmReport| a.results.clone();
+    let ltv = format!("LTV {horizon}");
+    let columns = vec![
+        Column::new("arm", true, |a| {
+            output::cut(&arm_label(a), output::MAX_CELL_CHARS)
+        }),
+        Column::new("contacts", true, move |a| {
+            res(a).map(|r| r.contacts.to_string()).unwrap_or_default()
+        }),
+        Column::new("retained d1-7", true, move |a| {
+            opt(res(a).and_then(|r| r.retained_d1_7))
+        })
+        .wide_only(),
+        Column::new("retention d1-7", true, move |a| {
+            rate(res(a).and_then(|r| r.retention_d1_7))
+        }),
+        Column::new("retained d8-30", true, move |a| {
+            opt(res(a).and_then(|r| r.retained_d8_30))
+        })
+        .wide_only(),
+        Column::new("retention d8-30", true, move |a| {
+            rate(res(a).and_then(|r| r.retention_d8_30))
+        }),
+        Column::new("revenue 30d", true, move |a| {
+            res(a)
+                .and_then(|r| r.revenue_30d)
+                .map(money)
+                .unwrap_or_default()
+        })
+        .wide_only(),
+        Column::new("ARPU 30d", true, move |a| {
+            res(a).and_then(|r| r.arpu).map(money).unwrap_or_default()
+        }),
+        Column::new(&format!("revenue {horizon}"), true, move |a| {
+            res(a)
+                .and_then(|r| r.revenue_ltv)
+                .map(money)
+                .unwrap_or_default()
+        })
+        .wide_only(),
+        Column::new(&ltv, true, move |a| {
+            res(a).and_then(|r| r.ltv).map(money).unwrap_or_default()
+        }),
+    ];
+    arm_table(&scope.arms, columns, wide)
+}
+
 /// A p-value cell: four decimals, or scientific notation where that would show 0.
 fn p_cell(p: f64) -> String {
     if p < 1e-4 {
@@ -346,7 +397,14 @@ fn suppression_lines(arms: &[ArmReport]) -> Vec<String> {
         .collect()
 }
 
-fn scope_text(out: &mut String, title: &str, scope: &Scope, goals: &[String], wide: bool) {
+fn scope_text(
+    out: &mut String,
+    title: &str,
+    scope: &Scope,
+    goals: &[String],
+    results: Option<&ResultsEcho>,
+    wide: bool,
+) {
     out.push_str(&format!("{title}: {} messages\n", scope.messages));
     out.push_str(&format!("{}\n", delivery_table(scope, wide)));
     for line in suppression_lines(&scope.arms) {
@@ -356,6 +414,9 @@ fn scope_text(out: &mut String, title: &str, scope: &Scope, goals: &[String], wi
     out.push_str(&format!("{}\n", outcome_table(scope, goals, wide)));
     if !wide && !goals.is_empty() {
         out.push_str(&format!("{}\n", secondary_table(scope, goals)));
+    }
+    if let Some(r) = results {
+        out.push_str(&format!("{}\n", results_table(scope, &r.ltv_horizon, wide)));
     }
     if !scope.comparisons.is_empty() {
         out.push_str(&format!("{}\n", comparison_table(scope, wide)));
@@ -408,6 +469,7 @@ pub fn table(r: &Report, wide: bool) -> String {
         &format!("\nall selected runs ({})", ids.join(", ")),
         &r.total,
         &r.secondary_goals,
+        r.results.as_ref(),
         wide,
     );
     if r.runs.len() > 1 {
@@ -574,6 +636,23 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
         }
     }
     header.extend(["srm_p_value", "srm_mismatch", "rollout"].map(String::from));
+    // The seeds' metrics last, and only with `[results]`: older columns keep their places.
+    if r.results.is_some() {
+        header.extend(
+            [
+                "contacts",
+                "retained_d1_7",
+                "retention_d1_7",
+                "retained_d8_30",
+                "retention_d8_30",
+                "revenue_30d",
+                "arpu",
+                "revenue_ltv",
+                "ltv",
+            ]
+            .map(String::from),
+        );
+    }
 
     let mut w = ::csv::Writer::from_writer(Vec::new());
     w.write_record(&header)?;
@@ -658,6 +737,20 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
                 opt(scope.srm.as_ref().map(|s| s.test.mismatch)),
                 opt(a.rollout.as_ref().map(|r| r.state)),
             ]);
+            if r.results.is_some() {
+                let x = a.results.as_ref();
+                row.extend([
+                    opt(x.map(|x| x.contacts)),
+                    opt(x.and_then(|x| x.retained_d1_7)),
+                    opt(x.and_then(|x| x.retention_d1_7)),
+                    opt(x.and_then(|x| x.retained_d8_30)),
+                    opt(x.and_then(|x| x.retention_d8_30)),
+                    opt(x.and_then(|x| x.revenue_30d)),
+                    opt(x.and_then(|x| x.arpu)),
+                    opt(x.and_then(|x| x.revenue_ltv)),
+                    opt(x.and_then(|x| x.ltv)),
+                ]);
+            }
             w.write_record(&row)?;
         }
     }

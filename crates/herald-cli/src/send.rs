@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use clap::Args;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::Table;
 use herald_domain::config::{Campaign, ConfigSet, Trigger};
 use herald_domain::types::MessageStatus;
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
+use herald_engine::dry_run::DryRunShape;
 use herald_engine::render::CampaignRenderer;
 use herald_engine::rollout;
 use herald_engine::run::PlanStats;
@@ -20,7 +21,7 @@ use herald_engine::{Clock, Engine, SystemClock};
 use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
 
-use crate::{Cli, EXIT_FAILURE, EXIT_INVALID, Exit, app, check};
+use crate::{Cli, EXIT_FAILURE, EXIT_INVALID, Exit, app, check, output};
 
 /// Arguments of `herald send`.
 #[derive(Args, Debug)]
@@ -34,6 +35,9 @@ pub struct SendArgs {
     /// addresses (email addresses get the email, E.164 numbers the SMS); records nothing.
     #[arg(long, value_delimiter = ',', value_name = "ADDRESS,...")]
     pub test_to: Vec<String>,
+    /// Tables with every cell in full (default: fitted to the terminal or to 100 columns).
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// What a send did.
@@ -154,8 +158,9 @@ async fn plan_and_send(
     }
 }
 
-/// Per-arm table of a run's counts.
-pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
+/// Per-arm table of a run's counts: fitted to the terminal or to 100
+/// columns (long arm names cut), every cell in full when `wide`.
+pub fn arm_table(campaign: &Campaign, counts: &RunCounts, wide: bool) -> Table {
     let mut arms: Vec<String> = campaign
         .variant_names()
         .into_iter()
@@ -168,9 +173,7 @@ pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
             arms.push(arm.clone());
         }
     }
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let header = [
         "arm",
         "assigned",
         "delivered",
@@ -179,7 +182,8 @@ pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
         "unknown",
         "suppressed",
         "held out",
-    ]);
+    ];
+    let mut t = output::table(header.map(String::from).to_vec(), wide);
     for arm in arms {
         let assigned: i64 = counts.rows.iter().filter(|r| r.0 == arm).map(|r| r.3).sum();
         if assigned == 0 && arm == herald_engine::plan::HOLDOUT_ARM {
@@ -187,7 +191,11 @@ pub fn arm_table(campaign: &Campaign, counts: &RunCounts) -> Table {
         }
         let c = |s| counts.count(Some(&arm), s).to_string();
         t.add_row(vec![
-            arm.clone(),
+            if wide {
+                arm.clone()
+            } else {
+                output::cut(&arm, output::MAX_CELL_CHARS.min(40))
+            },
             assigned.to_string(),
             c("delivered"),
             c("sent"),
@@ -213,7 +221,7 @@ pub fn reasons(counts: &RunCounts) -> BTreeMap<String, i64> {
 }
 
 /// Prints the summary of a send.
-pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
+pub fn print_summary(campaign: &Campaign, s: &SendSummary, wide: bool) {
     let assigned: i64 = s.counts.rows.iter().map(|r| r.3).sum();
     println!(
         "run {} of `{}`: audience {assigned}{}",
@@ -230,7 +238,7 @@ pub fn print_summary(campaign: &Campaign, s: &SendSummary) {
             )
         }
     );
-    println!("{}", arm_table(campaign, &s.counts));
+    println!("{}", arm_table(campaign, &s.counts, wide));
     for (reason, n) in reasons(&s.counts) {
         println!("  {reason}: {n}");
     }
@@ -276,10 +284,12 @@ async fn dry_run(
     config: Arc<ConfigSet>,
     store: Arc<SqlStore>,
     campaign: &Campaign,
+    wide: bool,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now_ms();
-    let counts = Engine::new(store, clock, config)
+    let calendar = config.herald.defaults.timezone.0.name();
+    let (counts, shape) = Engine::new(store, clock, config)
         .dry_run(campaign, now)
         .await?;
     let total: i64 = counts.rows.iter().map(|r| r.3).sum();
@@ -287,11 +297,55 @@ async fn dry_run(
         "dry run of `{}`: audience {total}; nothing was written or sent",
         campaign.name
     );
-    println!("{}", arm_table(campaign, &counts));
+    println!("{}", arm_table(campaign, &counts, wide));
     for (reason, n) in reasons(&counts) {
         println!("  {reason}: {n}");
     }
+    print!("{}", shape_text(&shape, calendar));
     Ok(())
+}
+
+/// The dry run's channel mix, send times, deferrals and cap suppressions.
+pub fn shape_text(shape: &DryRunShape, calendar: &str) -> String {
+    let mut out = String::from("channels per arm (messages to send):\n");
+    let mut arms: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for ((arm, channel), n) in &shape.channels {
+        arms.entry(arm).or_default().push(format!("{channel} {n}"));
+    }
+    if arms.is_empty() {
+        out.push_str("  none\n");
+    }
+    for (arm, parts) in arms {
+        out.push_str(&format!("  {arm}: {}\n", parts.join(", ")));
+    }
+    out.push_str("planned send times by the recipient's local hour:\n");
+    let hours: Vec<String> = shape
+        .by_local_hour
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(h, n)| format!("{h:02}:00 {n}"))
+        .collect();
+    out.push_str(&format!(
+        "  {}\n",
+        if hours.is_empty() {
+            "none".to_string()
+        } else {
+            hours.join(", ")
+        }
+    ));
+    out.push_str(&format!("planned send times by day ({calendar}):\n"));
+    if shape.by_day.is_empty() {
+        out.push_str("  none\n");
+    }
+    for (day, n) in &shape.by_day {
+        out.push_str(&format!("  {day}: {n}\n"));
+    }
+    out.push_str(&format!(
+        "deferred by quiet hours: {}; suppressed by frequency caps: {}\n",
+        shape.quiet_hours_deferred, shape.cap_suppressed
+    ));
+    out
 }
 
 /// Runs the send command.
@@ -332,7 +386,7 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
     let store = Arc::new(app::store(cli, &config).await?);
     if args.dry_run {
         preflight(&config, templates, &store, &campaign).await?;
-        return dry_run(config, store, &campaign).await;
+        return dry_run(config, store, &campaign, args.wide).await;
     }
     let signer = app::signer(&config)?;
     if !args.test_to.is_empty() {
@@ -348,7 +402,7 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
         &app::env_secrets,
     )
     .await?;
-    print_summary(&campaign, &summary);
+    print_summary(&campaign, &summary, args.wide);
     if let Some(blocked) = &summary.dispatch.blocked {
         // The provider refused the account: nothing failed, nothing fell
         // back; the messages wait, planned, for the credential to be fixed.

@@ -6,7 +6,6 @@
 use std::io::IsTerminal;
 
 use chrono::{DateTime, Utc};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use herald_storage::runs;
 
 use crate::{Cli, app};
@@ -27,6 +26,9 @@ pub struct StatusArgs {
     /// the screen is redrawn, otherwise each refresh follows the last.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
     pub watch: Option<u64>,
+    /// Tables with every cell in full (default: fitted to the terminal or to 100 columns).
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// Runs `herald status`, once or, with `--watch`, until Ctrl-C.
@@ -34,7 +36,7 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
     let config = app::load_config(cli)?;
     let db = app::connect(cli, &config).await?;
     let Some(every) = args.watch else {
-        return show(&db).await;
+        return show(&db, args.wide).await;
     };
     let redraw = crate::output::colour_allowed(std::io::stdout().is_terminal());
     loop {
@@ -44,7 +46,7 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
         } else {
             println!("--- {}", when(Utc::now().timestamp_millis()));
         }
-        show(&db).await?;
+        show(&db, args.wide).await?;
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(every.max(1))) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -53,31 +55,37 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 /// Prints the status once.
-async fn show(db: &herald_storage::Db) -> anyhow::Result<()> {
+async fn show(db: &herald_storage::Db, wide: bool) -> anyhow::Result<()> {
     let now = Utc::now().timestamp_millis();
     let s = runs::status(db, now, RUNS).await?;
 
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let header = [
         "run",
         "campaign",
         "scheduled (started)",
         "state",
         "messages",
-    ]);
+    ];
+    let mut t = crate::output::table(header.map(String::from).to_vec(), wide);
+    let cell = |text: &str| {
+        if wide {
+            text.to_string()
+        } else {
+            crate::output::cut(text, crate::output::MAX_CELL_CHARS)
+        }
+    };
     for r in &s.runs {
         let counts: Vec<String> = r.counts.iter().map(|(st, n)| format!("{st} {n}")).collect();
         t.add_row(vec![
             r.id.to_string(),
-            r.campaign.clone(),
+            cell(&r.campaign),
             if r.origin == "trigger" {
                 format!("triggered, since {}", when(r.scheduled_at))
             } else {
                 when(r.scheduled_at)
             },
             r.state.clone(),
-            counts.join(", "),
+            cell(&counts.join(", ")),
         ]);
     }
     if s.runs.is_empty() {
@@ -86,16 +94,15 @@ async fn show(db: &herald_storage::Db) -> anyhow::Result<()> {
         println!("{t}");
     }
 
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let header = [
         "channel",
         "due now",
         "planned later",
         "sending",
         "sent last minute (/s)",
         "failed attempts last hour",
-    ]);
+    ];
+    let mut t = crate::output::table(header.map(String::from).to_vec(), wide);
     for c in &s.channels {
         t.add_row(vec![
             c.channel.clone(),

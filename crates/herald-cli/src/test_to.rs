@@ -2,7 +2,7 @@
 //! a sample audience member (or the built-in sample contact when the
 //! audience is empty) and sent through the real channel adapters to the
 //! given addresses only: an email address gets the email, an E.164 phone
-//! number the SMS. Nothing is recorded in runs or messages: a test send is
+//! number the SMS, a push token (`push:TOKEN`, or a long bare token) the push. Nothing is recorded in runs or messages: a test send is
 //! no part of any experiment, and its tokens name message 0, which the
 //! tracking server knows nothing of (its links answer 404, its opens count nothing).
 
@@ -22,17 +22,41 @@ use crate::{EXIT_INVALID, Exit, app, check, send};
 /// The message id test sends carry: no message has it.
 const TEST_MESSAGE_ID: i64 = 0;
 
-/// Which channel an address is for: an email address, or an E.164 phone number for SMS.
+/// The shortest bare string taken for a push token: FCM and APNs tokens are
+/// 64 characters or more, so a typo of an address or a number is not one.
+const MIN_BARE_TOKEN: usize = 32;
+
+/// Which channel an address is for: an email address, an E.164 phone number
+/// for SMS, or a push token: `push:TOKEN`, or a bare token (at least
+/// [`MIN_BARE_TOKEN`] characters of letters, digits, `-`, `_`, `:` and `.`).
 pub fn channel_of(address: &str) -> Result<(Channel, String), String> {
+    if let Some(token) = address.strip_prefix("push:") {
+        let token = token.trim();
+        if token.is_empty() || !is_token(token) {
+            return Err(format!(
+                "`{address}` is not a push token: after `push:` come the device's registration token's letters, digits, `-`, `_`, `:` or `.`"
+            ));
+        }
+        return Ok((Channel::Push, token.to_string()));
+    }
     if let Ok(email) = EmailAddress::parse(address) {
         return Ok((Channel::Email, email.to_string()));
     }
     if let Ok(phone) = E164Phone::parse(address) {
         return Ok((Channel::Sms, phone.to_string()));
     }
+    if address.len() >= MIN_BARE_TOKEN && is_token(address) {
+        return Ok((Channel::Push, address.to_string()));
+    }
     Err(format!(
-        "`{address}` is neither an email address nor a phone number in E.164 form (+8613800138000); a test send goes to email or SMS only"
+        "`{address}` is neither an email address, a phone number in E.164 form (+8613800138000), nor a push token (push:TOKEN)"
     ))
+}
+
+/// The characters of FCM and APNs registration tokens.
+fn is_token(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'))
 }
 
 /// Renders each variant for a sample contact and sends it to `addresses`.
@@ -170,6 +194,15 @@ mod tests {
         assert_eq!(channel_of("+8613800138000").unwrap().0, Channel::Sms);
         let err = channel_of("13800138000").unwrap_err();
         assert!(err.contains("E.164"), "{err}");
+        // A short bare string is a mistake, not a token; `push:` says it is one.
         assert!(channel_of("push-token-abc").is_err());
+        assert_eq!(
+            channel_of("push:abc-1").unwrap(),
+            (Channel::Push, "abc-1".to_string())
+        );
+        let fcm = "dQw4w9WgXcQ:APA91bHun4MxP5egoKMwt2KZFBaFUH-1RYqx";
+        assert_eq!(channel_of(fcm).unwrap(), (Channel::Push, fcm.to_string()));
+        assert!(channel_of("push:").is_err());
+        assert!(channel_of("push:a b").is_err());
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use herald_channels::pacer::Pacer;
 use herald_channels::{Channel as ChannelAdapter, DeliveryError};
-use herald_domain::types::{Channel, MessageStatus};
+use herald_domain::types::{Channel, MessageStatus, SuppressReason};
 use tokio::sync::{Semaphore, watch};
 
 use crate::clock::Clock;
@@ -173,6 +173,19 @@ fn draw(message_id: i64, attempts: i32) -> f64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
     (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The reason a provider's refusal suppresses an address with. An SMS
+/// provider refuses a number for good only when its owner opted out (Twilio
+/// 21610: they replied STOP; an invalid number is the message's fault, not
+/// the address's), which is consent withdrawn: `opt_out`, as the status
+/// callback says it. Any other channel keeps the provider's words (a hard
+/// bounce's SMTP reply).
+fn suppression_reason(channel: Channel, detail: &str) -> String {
+    match channel {
+        Channel::Sms => SuppressReason::OptOut.as_str().to_string(),
+        _ => detail.to_string(),
+    }
 }
 
 /// How long a throttled message waits: the provider's `Retry-After` (else
@@ -1178,10 +1191,11 @@ impl Dispatcher {
             Err(DeliveryError::Permanent {
                 suppress_address, ..
             }) => {
-                outcome.reason = Some(detail);
                 if suppress_address {
-                    outcome.suppress_address = Some((msg.channel, msg.address.clone()));
+                    let reason = suppression_reason(msg.channel, &detail);
+                    outcome.suppress_address = Some((msg.channel, msg.address.clone(), reason));
                 }
+                outcome.reason = Some(detail);
             }
             Err(DeliveryError::Ambiguous { .. }) => {
                 outcome.status = MessageStatus::Unknown;

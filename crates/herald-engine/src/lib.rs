@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod dispatch;
+pub mod dry_run;
 pub mod fallback;
 pub mod handoff;
 pub mod health;

@@ -123,7 +123,20 @@ fn personal_data(p: &Personalisation) -> Map<String, Value> {
             props.insert(key.property.clone(), value.clone());
         }
     }
+    let mut lists = Map::new();
+    for (key, values) in &p.top_lists {
+        let event = lists
+            .entry(key.event.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(props) = event {
+            props.insert(key.property.clone(), Value::Array(values.clone()));
+        }
+    }
     Map::from_iter([
+        (
+            herald_templates::helpers::TOP_LISTS.to_string(),
+            Value::Object(lists),
+        ),
         ("rfm".to_string(), rfm.unwrap_or(Value::Null)),
         (
             "lifecycle".to_string(),
@@ -525,6 +538,7 @@ sms = { template = "t.sms.hbs" }
                 (key("order_placed", "sku"), json!("tea")),
                 (key("order_placed", "qty"), json!(2)),
             ]),
+            top_lists: BTreeMap::new(),
         };
         let data = template_data(&contact(personal), &campaign(), "a", "u");
         assert_eq!(
@@ -553,6 +567,38 @@ sms = { template = "t.sms.hbs" }
         assert_eq!(
             set.render("d.sms.hbs", None, &data, None).unwrap().text,
             "tea"
+        );
+    }
+
+    /// `(top "EVENT" "PROPERTY" N)` renders the first N of the contact's
+    /// ranked values (fewer when they have fewer, none when they have none),
+    /// beside the one-item `top.EVENT.PROPERTY`; the request asks for them.
+    #[test]
+    fn top_returns_the_first_n_items() {
+        let body = "{{top.order_placed.sku}}:{{#each (top \"order_placed\" \"sku\" 3)}}[{{this}}]{{/each}}\
+                    {{#each (top \"order_placed\" \"sku\" 1)}}<{{this}}>{{/each}}\
+                    {{#each (top \"app_open\" \"screen\" 2)}}{{this}}{{else}} none{{/each}}";
+        let set = TemplateSet::from_strings(&[("t.sms.hbs", body)]).unwrap();
+        let personal = Personalisation {
+            top: BTreeMap::from([(key("order_placed", "sku"), json!("tea"))]),
+            top_lists: BTreeMap::from([(
+                key("order_placed", "sku"),
+                vec![json!("tea"), json!("mug"), json!("pot"), json!("cup")],
+            )]),
+            ..Personalisation::default()
+        };
+        let data = template_data(&contact(personal), &campaign(), "a", "u");
+        assert_eq!(
+            set.render("t.sms.hbs", None, &data, None).unwrap().text,
+            "tea:[tea][mug][pot]<tea> none"
+        );
+        let want = request(&[("t.sms.hbs", body), ("t.email.hbs", "<p>x</p>")]);
+        assert_eq!(
+            want.top_lists.into_iter().collect::<Vec<_>>(),
+            [
+                (key("app_open", "screen"), 2),
+                (key("order_placed", "sku"), 3)
+            ]
         );
     }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use herald_domain::config::{Campaign, ConfigSet, SendTime, Trigger};
 
 use crate::clock::Clock;
+use crate::dry_run::DryRunShape;
 use crate::handoff::Handoff;
 use crate::plan::{PlanContext, address_keys, decide, suppress_duplicate_addresses};
 use crate::series::Series;
@@ -370,26 +371,37 @@ impl Engine {
 
     /// What a run of `campaign` at `now` (ms) would plan, counted by arm, status
     /// and reason, without writing anything (`herald send --dry-run`).
-    pub async fn dry_run(&self, campaign: &Campaign, now: i64) -> Result<RunCounts, EngineError> {
+    pub async fn dry_run(
+        &self,
+        campaign: &Campaign,
+        now: i64,
+    ) -> Result<(RunCounts, DryRunShape), EngineError> {
         let mut counts: BTreeMap<(String, String, Option<String>), i64> = BTreeMap::new();
+        let mut shape = DryRunShape::default();
+        let ctx = PlanContext::new(campaign, &self.config.herald, 0, now);
+        let calendar = self.config.herald.defaults.timezone.0;
         let mut after = 0;
+        let mut zones: HashMap<i64, Option<String>> = HashMap::new();
         while let Some((last, rows)) = self
-            .decide_page(campaign, &Scope::All, 0, now, after)
+            .decide_page_in(campaign, &Scope::All, 0, now, after, Some(&mut zones))
             .await?
         {
             after = last;
             for p in rows {
+                let local = ctx.tz_of(zones.get(&p.contact_id).and_then(|z| z.as_deref()));
+                shape.add(&p, local, calendar);
                 *counts
                     .entry((p.arm, p.status.as_str().to_string(), p.reason))
                     .or_insert(0) += 1;
             }
         }
-        Ok(RunCounts {
+        let counts = RunCounts {
             rows: counts
                 .into_iter()
                 .map(|((a, s, r), n)| (a, s, r, n))
                 .collect(),
-        })
+        };
+        Ok((counts, shape))
     }
 
     /// One keyset page of the audience after contact `after`, decided; `None` past the end.
@@ -400,6 +412,20 @@ impl Engine {
         run_id: i64,
         now: i64,
         after: i64,
+    ) -> Result<Option<(i64, Vec<PlannedMessage>)>, EngineError> {
+        self.decide_page_in(campaign, scope, run_id, now, after, None)
+            .await
+    }
+
+    /// [`Self::decide_page`], noting each member's time zone in `zones` (the dry run's hours).
+    async fn decide_page_in(
+        &self,
+        campaign: &Campaign,
+        scope: &Scope,
+        run_id: i64,
+        now: i64,
+        after: i64,
+        zones: Option<&mut HashMap<i64, Option<String>>>,
     ) -> Result<Option<(i64, Vec<PlannedMessage>)>, EngineError> {
         let ctx = PlanContext::new(campaign, &self.config.herald, run_id, now);
         let page = self
@@ -417,6 +443,10 @@ impl Engine {
         let Some(last) = page.last().map(|m| m.contact_id) else {
             return Ok(None);
         };
+        if let Some(zones) = zones {
+            zones.clear();
+            zones.extend(page.iter().map(|m| (m.contact_id, m.timezone.clone())));
+        }
         let mut page = page;
         if campaign.send_time == SendTime::BestHour {
             // Each member's most active local hour, in one batch for the page.

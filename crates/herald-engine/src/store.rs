@@ -317,6 +317,8 @@ pub struct PersonalisationRequest {
     pub default_timezone: Timezone,
     /// The `top.EVENT.PROPERTY` pairs the templates read; no other is fetched.
     pub top: Vec<TopKey>,
+    /// The `(top "EVENT" "PROPERTY" N)` pairs the templates read, with the largest N.
+    pub top_lists: BTreeMap<TopKey, usize>,
     /// RFM and lifecycle stage (one query over the contacts' purchases and activity).
     pub rfm_lifecycle: bool,
     /// The most active local hour (one query over the contacts' events).
@@ -332,6 +334,7 @@ impl PersonalisationRequest {
             window: herald.personalisation.window,
             default_timezone: herald.defaults.timezone,
             top,
+            top_lists: BTreeMap::new(),
             rfm_lifecycle: true,
             best_hour: true,
         }
@@ -348,9 +351,21 @@ impl PersonalisationRequest {
                 property: property.clone(),
             })
             .collect();
+        let top_lists = reads
+            .top_lists
+            .iter()
+            .map(|((event, property), n)| {
+                let key = TopKey {
+                    event: event.clone(),
+                    property: property.clone(),
+                };
+                (key, *n)
+            })
+            .collect();
         Self {
             rfm_lifecycle: reads.rfm || reads.lifecycle,
             best_hour: reads.best_hour,
+            top_lists,
             ..Self::new(0, herald, top)
         }
     }
@@ -375,6 +390,9 @@ pub struct Personalisation {
     pub best_hour: Option<u8>,
     /// `top.EVENT.PROPERTY` values the contact has (a requested pair without a value is absent).
     pub top: BTreeMap<TopKey, Value>,
+    /// `(top "EVENT" "PROPERTY" N)` values, most frequent first (a requested
+    /// pair without a value is absent).
+    pub top_lists: BTreeMap<TopKey, Vec<Value>>,
 }
 
 /// A link made while rendering, stored so the tracking server redirects only to it.
@@ -405,8 +423,10 @@ pub struct Outcome {
     pub attempt: Option<AttemptRecord>,
     /// Links to store.
     pub links: Vec<LinkRecord>,
-    /// Suppress this address from now on (hard bounce, unsubscribed number).
-    pub suppress_address: Option<(Channel, String)>,
+    /// Suppress this address from now on (hard bounce, unsubscribed number):
+    /// (channel, address, the suppression's reason). The reason is fixed when
+    /// the provider refuses, since a fallback rewrites the message's own.
+    pub suppress_address: Option<(Channel, String, String)>,
     /// Move the message, planned again, to this channel and address: the
     /// fallback after a permanent failure (status `planned`).
     pub reroute: Option<(Channel, String)>,

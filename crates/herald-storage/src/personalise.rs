@@ -102,9 +102,27 @@ pub async fn personalise(
                 }
             }
         }
-        for (id, top) in top_values(db, &ids, want.now, want.window, &want.top).await? {
+        // One query for both forms: `top.EVENT.PROPERTY` is the first of the
+        // ranked values, `(top "EVENT" "PROPERTY" N)` the first N.
+        let mut keys: BTreeMap<TopKey, usize> = want.top.iter().map(|k| (k.clone(), 1)).collect();
+        for (k, n) in &want.top_lists {
+            let mine = keys.entry(k.clone()).or_default();
+            *mine = (*mine).max(*n);
+        }
+        let keys: Vec<(TopKey, usize)> = keys.into_iter().collect();
+        for (id, ranked) in top_values(db, &ids, want.now, want.window, &keys).await? {
             if let Some(p) = out.get_mut(&id) {
-                p.top = top;
+                for (key, values) in ranked {
+                    if want.top.contains(&key)
+                        && let Some(first) = values.first()
+                    {
+                        p.top.insert(key.clone(), first.clone());
+                    }
+                    if let Some(n) = want.top_lists.get(&key) {
+                        p.top_lists
+                            .insert(key, values.into_iter().take(*n).collect());
+                    }
+                }
             }
         }
     }
@@ -219,13 +237,15 @@ pub async fn top_values(
     ids: &[i64],
     now: i64,
     window: Span,
-    keys: &[TopKey],
-) -> Result<HashMap<i64, BTreeMap<TopKey, Json>>, PersonaliseError> {
+    keys: &[(TopKey, usize)],
+) -> Result<HashMap<i64, BTreeMap<TopKey, Vec<Json>>>, PersonaliseError> {
     // A SQLite JSON path cannot hold these; such a property is never found, on either database.
-    let keys: Vec<&TopKey> = keys
+    let kept: Vec<&(TopKey, usize)> = keys
         .iter()
-        .filter(|k| !k.property.contains(['"', '\\']))
+        .filter(|(k, _)| !k.property.contains(['"', '\\']))
         .collect();
+    let most = kept.iter().map(|(_, n)| *n).max().unwrap_or(1).max(1);
+    let keys: Vec<&TopKey> = kept.iter().map(|(k, _)| k).collect();
     if ids.is_empty() || keys.is_empty() {
         return Ok(HashMap::new());
     }
@@ -272,9 +292,9 @@ pub async fn top_values(
         "), g AS (SELECT cid, i, kind, txt, COUNT(*) AS n, MAX(at) AS last FROM x \
          WHERE kind IS NOT NULL AND NOT (kind = 's' AND txt = '') GROUP BY cid, i, kind, txt), \
          r AS (SELECT cid, i, kind, txt, ROW_NUMBER() OVER (PARTITION BY cid, i ORDER BY n DESC, last DESC, {order}, kind) AS rn FROM g) \
-         SELECT cid, i, kind, txt FROM r WHERE rn = 1"
+         SELECT cid, i, kind, txt FROM r WHERE rn <= {most} ORDER BY cid, i, rn"
     ));
-    let mut out: HashMap<i64, BTreeMap<TopKey, Json>> = HashMap::new();
+    let mut out: HashMap<i64, BTreeMap<TopKey, Vec<Json>>> = HashMap::new();
     for r in all(db, q).await? {
         let id = int(&r, 0)?.ok_or_else(|| unexpected(0, "NULL"))?;
         let i = int(&r, 1)?.ok_or_else(|| unexpected(1, "NULL"))?;
@@ -286,7 +306,9 @@ pub async fn top_values(
         let text: String = r.try_get_by_index(3)?;
         out.entry(id)
             .or_default()
-            .insert((*key).clone(), json_value(&kind, text)?);
+            .entry((*key).clone())
+            .or_default()
+            .push(json_value(&kind, text)?);
     }
     Ok(out)
 }
@@ -619,6 +641,7 @@ mod tests {
                     property: p.to_string(),
                 })
                 .collect(),
+            top_lists: BTreeMap::new(),
             rfm_lifecycle: true,
             best_hour: true,
         }
@@ -894,6 +917,32 @@ mod tests {
         // Only the pairs asked for are fetched.
         let got = run(db, &RfmConfig::default(), &ids, &request(&[], 365)).await;
         assert!(got.values().all(|p| p.top.is_empty()));
+        // `(top "order_placed" "sku" N)`: the first N in the same order as the
+        // one-item form (count, then the most recent, then the smaller text),
+        // and asking for it alone leaves `top.*` empty.
+        let key = TopKey {
+            event: "order_placed".into(),
+            property: "sku".into(),
+        };
+        let lists = PersonalisationRequest {
+            top_lists: BTreeMap::from([(key.clone(), 2)]),
+            ..request(&[], 365)
+        };
+        let got = run(db, &RfmConfig::default(), &ids, &lists).await;
+        let list = |id: i64| got[&id].top_lists.get(&key).cloned().unwrap_or_default();
+        assert_eq!(list(1), [json!("mug"), json!("tea")]);
+        assert_eq!(list(2), [json!("z-pot"), json!("b-kettle")]);
+        assert_eq!(list(3), [json!("a"), json!("b")]);
+        assert_eq!(list(5), [json!(1042)]);
+        assert!(list(6).is_empty());
+        assert!(got.values().all(|p| p.top.is_empty()));
+        let both = PersonalisationRequest {
+            top_lists: BTreeMap::from([(key.clone(), 3)]),
+            ..request(&[("order_placed", "sku")], 365)
+        };
+        let got = run(db, &RfmConfig::default(), &ids, &both).await;
+        assert_eq!(top_of(&got[&1], "order_placed", "sku"), Some(json!("mug")));
+        assert_eq!(got[&4].top_lists[&key], [json!("old"), json!("now")]);
     }
 
     /// `rfm` and `lifecycle` equal what the filters see: every template value, tested as a

@@ -21,10 +21,12 @@ use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait};
 use serde_json::Value as Json;
 
 pub use build::{
-    ArmReport, ComparisonReport, FilterEcho, GlobalHoldoutReport, GoalEcho, Group, HoldoutSide,
-    Rates, Report, ReportSettings, RolloutEcho, RunEcho, RunScope, Scope, SecondaryReport,
-    SrmReport, build,
+    ArmReport, ArmResults, ComparisonReport, FilterEcho, GlobalHoldoutReport, GoalEcho, Group,
+    HoldoutSide, Rates, Report, ReportSettings, ResultsEcho, RolloutEcho, RunEcho, RunScope, Scope,
+    SecondaryReport, SrmReport, build,
 };
+
+use herald_domain::types::SuppressReason;
 
 use crate::db::Db;
 use crate::flights::{self, Flight, InTheAir};
@@ -251,6 +253,77 @@ impl Tally {
     }
 }
 
+/// What `[results]` asks the report to count per arm (issue 26: the seeds' metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultsSpec {
+    /// The activity event of retention.
+    pub retention_event: Option<String>,
+    /// The event whose values are revenue (ARPU and LTV).
+    pub revenue_event: Option<String>,
+    /// LTV's horizon after the message (ms).
+    pub ltv_horizon_ms: i64,
+}
+
+impl ResultsSpec {
+    /// The spec of a campaign's `[results]`; `None` without one.
+    pub fn of(campaign: &Campaign) -> Option<Self> {
+        let r = campaign.results.as_ref()?;
+        Some(Self {
+            retention_event: r.retention_event.clone(),
+            revenue_event: r.revenue_event.clone(),
+            ltv_horizon_ms: r.ltv_horizon.millis(),
+        })
+    }
+}
+
+/// A day, in ms: retention's windows are whole days after the message.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// ARPU's span after the message: a month, as ARPU is usually told.
+pub const ARPU_DAYS: i64 = 30;
+
+/// The seeds' metrics over the messages of one (run, arm), global holdout
+/// left out. Each message is one contact's first message of the run, and
+/// every window counts from its planned send time (`send_at`), as the goal's does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResultsTally {
+    /// Messages counted: the denominator of every metric.
+    pub messages: u64,
+    /// Contacts with the retention event in days 1-7: `[send_at + 1d, send_at + 8d)`.
+    pub retained_d1_7: u64,
+    /// Contacts with it in days 8-30: `[send_at + 8d, send_at + 31d)`.
+    pub retained_d8_30: u64,
+    /// The revenue event's values in `(send_at, send_at + 30d]`.
+    pub revenue_30d: f64,
+    /// The revenue event's values in `(send_at, send_at + ltv_horizon]`.
+    pub revenue_ltv: f64,
+    /// The latest planned send time (ms).
+    pub last_send_at: Option<i64>,
+}
+
+impl ResultsTally {
+    /// Adds `other` to this tally.
+    pub fn add(&mut self, other: &ResultsTally) {
+        self.messages += other.messages;
+        self.retained_d1_7 += other.retained_d1_7;
+        self.retained_d8_30 += other.retained_d8_30;
+        self.revenue_30d += other.revenue_30d;
+        self.revenue_ltv += other.revenue_ltv;
+        self.last_send_at = self.last_send_at.max(other.last_send_at);
+    }
+}
+
+/// The seeds' metrics of one (run, arm).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultsGroup {
+    /// The run.
+    pub run_id: i64,
+    /// The arm.
+    pub arm: String,
+    /// The counts.
+    pub tally: ResultsTally,
+}
+
 /// Everything the report is built from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportData {
@@ -264,6 +337,8 @@ pub struct ReportData {
     pub secondary_goals: Vec<String>,
     /// Rollout decisions of the selected runs.
     pub rollouts: Vec<RolloutRecord>,
+    /// The seeds' metrics per (run, arm), when `[results]` asked for them.
+    pub results: Vec<ResultsGroup>,
 }
 
 fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> ReportResult<T> {
@@ -459,6 +534,116 @@ fn scan_sql(
     if part == Part::Reasons {
         q.push(" AND m.status IN ('suppressed', 'cancelled')");
     }
+    push_runs(&mut q, campaign_id, runs);
+    if let Some(flight) = only {
+        flights::push_untouched(&mut q, b, flight);
+    }
+    q.push(match part {
+        Part::ByStatus => " GROUP BY 1, 2, 3",
+        Part::Whole | Part::Reasons => " GROUP BY 1, 2, 3, 4",
+    });
+    q
+}
+
+/// The seeds' metrics of the messages `runs` selects, per (run, arm): one
+/// statement, each message probing the events index (`name, contact_id, at,
+/// value`) once per metric. Kept apart from the grouped scan so that a
+/// campaign without `[results]` pays nothing, and SQLite's covering indexes
+/// of that scan stay covering.
+fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
+    let mut q = Sql::new();
+    q.push("SELECT m.run_id, m.arm, COUNT(*)");
+    let retained = |q: &mut Sql, from_day: i64, to_day: i64| match &spec.retention_event {
+        Some(event) => {
+            q.push(", CAST(COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.name = ")
+                .bind(event.clone())
+                .push(" AND e.contact_id = m.contact_id AND e.at >= m.send_at + ")
+                .bind(from_day * DAY_MS)
+                .push(" AND e.at < m.send_at + ")
+                .bind(to_day * DAY_MS)
+                .push(") THEN 1 ELSE 0 END), 0) AS BIGINT)");
+        }
+        None => {
+            q.push(", CAST(0 AS BIGINT)");
+        }
+    };
+    retained(&mut q, 1, 8);
+    retained(&mut q, 8, 31);
+    let revenue = |q: &mut Sql, span_ms: i64| match &spec.revenue_event {
+        Some(event) => {
+            q.push(", CAST(COALESCE(SUM((SELECT SUM(e.value) FROM events e WHERE e.name = ")
+                .bind(event.clone())
+                .push(" AND e.contact_id = m.contact_id AND e.at > m.send_at AND e.at <= m.send_at + ")
+                .bind(span_ms)
+                .push(")), 0) AS DOUBLE PRECISION)");
+        }
+        None => {
+            q.push(", CAST(0 AS DOUBLE PRECISION)");
+        }
+    };
+    revenue(&mut q, ARPU_DAYS * DAY_MS);
+    revenue(&mut q, spec.ltv_horizon_ms);
+    q.push(", MAX(m.send_at) FROM messages m WHERE m.campaign_id = ")
+        .bind(campaign_id)
+        .push(" AND m.step = 0")
+        // The global holdout is outside the campaign's experiment, as in the scan.
+        .push(" AND (m.status <> 'suppressed' OR m.reason IS NULL OR m.reason <> ")
+        .bind(SuppressReason::GlobalHoldout.as_str().to_string())
+        .push(")");
+    push_runs(&mut q, campaign_id, runs);
+    q.push(" GROUP BY m.run_id, m.arm");
+    q
+}
+
+/// The seeds' metrics of the runs `run_ids` (of which `triggered` are cut
+/// by trigger instant under `filter`).
+async fn results_scan(
+    db: &Db,
+    campaign_id: i64,
+    filter: &ReportFilter,
+    scheduled: &[i64],
+    triggered: &[i64],
+    spec: &ResultsSpec,
+) -> ReportResult<Vec<ResultsGroup>> {
+    let b = db.backend();
+    let mut out = Vec::new();
+    let mut parts = Vec::new();
+    if !scheduled.is_empty() {
+        parts.push(Runs::of(filter, scheduled));
+    }
+    if !triggered.is_empty() {
+        parts.push(Runs::Triggered(triggered, filter.since, filter.until));
+    }
+    for runs in parts {
+        let wanted: BTreeSet<i64> = match runs {
+            Runs::Triggered(ids, ..) => ids.iter().copied().collect(),
+            _ => scheduled.iter().copied().collect(),
+        };
+        let q = results_sql(campaign_id, runs, spec);
+        for r in db.conn.query_all_raw(q.build(b)).await? {
+            let run_id: i64 = get(&r, 0)?;
+            if !wanted.contains(&run_id) {
+                continue;
+            }
+            out.push(ResultsGroup {
+                run_id,
+                arm: get(&r, 1)?,
+                tally: ResultsTally {
+                    messages: count(&r, 2)?,
+                    retained_d1_7: count(&r, 3)?,
+                    retained_d8_30: count(&r, 4)?,
+                    revenue_30d: get(&r, 5)?,
+                    revenue_ltv: get(&r, 6)?,
+                    last_send_at: get(&r, 7)?,
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// ` AND ...` selecting the messages of `runs`.
+fn push_runs(q: &mut Sql, campaign_id: i64, runs: Runs<'_>) {
     match runs {
         Runs::All => {}
         Runs::Listed(ids) => {
@@ -475,7 +660,7 @@ fn scan_sql(
         }
         Runs::Filtered(filter) => {
             q.push(" AND m.run_id IN (SELECT id FROM runs");
-            run_conditions(&mut q, campaign_id, filter);
+            run_conditions(q, campaign_id, filter);
             q.push(" AND origin <> 'trigger')");
         }
         Runs::Triggered(ids, since, until) => {
@@ -495,14 +680,6 @@ fn scan_sql(
             }
         }
     }
-    if let Some(flight) = only {
-        flights::push_untouched(&mut q, b, flight);
-    }
-    q.push(match part {
-        Part::ByStatus => " GROUP BY 1, 2, 3",
-        Part::Whole | Part::Reasons => " GROUP BY 1, 2, 3, 4",
-    });
-    q
 }
 
 /// A SQLite JSON path to key `key` (and then `field`), the key quoted so
@@ -713,12 +890,14 @@ async fn sqlite_scan(
 }
 
 /// Reads what the report of `campaign` over the runs `filter` selects is
-/// built from, counting `secondary` goals; `None` when it has never run.
+/// built from, counting `secondary` goals and the seeds' metrics of
+/// `results`; `None` when it has never run.
 pub async fn load(
     db: &Db,
     campaign: &str,
     filter: &ReportFilter,
     secondary: &[String],
+    results: Option<&ResultsSpec>,
     now: i64,
 ) -> ReportResult<Option<ReportData>> {
     let Some(row) = campaign_row(db, campaign).await? else {
@@ -751,6 +930,10 @@ pub async fn load(
                 .await?;
         }
     }
+    let results = match results {
+        Some(spec) => results_scan(db, row.id, filter, &scheduled, &triggered, spec).await?,
+        None => Vec::new(),
+    };
     let rollouts = rollouts(db, row.id)
         .await?
         .into_iter()
@@ -762,6 +945,7 @@ pub async fn load(
         groups,
         secondary_goals: secondary.to_vec(),
         rollouts,
+        results,
     }))
 }
 
@@ -782,7 +966,8 @@ pub async fn campaign_report(
         .filter(|c| c.goal.is_some())
         .map(|c| c.secondary_goals.clone())
         .unwrap_or_default();
-    let data = match load(db, name, filter, &secondary, now).await? {
+    let spec = campaign.and_then(ResultsSpec::of);
+    let data = match load(db, name, filter, &secondary, spec.as_ref(), now).await? {
         Some(data) => data,
         None if campaign.is_some() => ReportData {
             campaign: None,
@@ -790,6 +975,7 @@ pub async fn campaign_report(
             groups: Vec::new(),
             secondary_goals: secondary,
             rollouts: Vec::new(),
+            results: Vec::new(),
         },
         None => return Ok(None),
     };

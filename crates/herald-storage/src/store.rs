@@ -1424,20 +1424,20 @@ impl Store for SqlStore {
             }
 
             for o in chunk {
-                if let Some((Channel::Push, token)) = &o.suppress_address {
+                if let Some((Channel::Push, token, _)) = &o.suppress_address {
                     txn.execute_raw(invalidate_push_token(token, now).build(b))
                         .await
                         .map_err(err)?;
                     continue;
                 }
-                if let Some((channel, address)) = &o.suppress_address {
+                if let Some((channel, address, reason)) = &o.suppress_address {
                     let mut q = Sql::new();
                     q.push("INSERT INTO suppressions (channel, address, contact_id, reason, source, created_at) SELECT ")
                         .bind(channel.as_str().to_string())
                         .push(", ")
                         .bind(address.clone())
                         .push(", contact_id, ")
-                        .bind(o.reason.clone().unwrap_or_else(|| "provider refused the address".into()))
+                        .bind(reason.clone())
                         .push(", 'provider', ")
                         .bind(now)
                         .push(" FROM messages WHERE id = ")
@@ -2710,7 +2710,7 @@ mod tests {
         let outcomes: Vec<Outcome> = claimed
             .iter()
             .map(|m| Outcome {
-                suppress_address: Some((Channel::Push, m.address.clone())),
+                suppress_address: Some((Channel::Push, m.address.clone(), "unregistered".into())),
                 ..outcome(m, MessageStatus::Failed, later)
             })
             .collect();

@@ -1,5 +1,6 @@
 //! herald's handlebars helpers: `default` (the one way to tolerate absence),
 //! `track` (a click link signed for this message, short in SMS) and
+//! `top` (a contact's N most frequent values of an event property),
 //! comparisons (`eq`, `ne`, `gt`, `gte`, `lt`, `lte`, `not`) that treat a
 //! missing value as false instead of failing, like the segment language.
 //! Helpers are shared by every render, so the links one render makes are
@@ -115,6 +116,7 @@ impl Drop for CollectGuard {
 pub(crate) fn register_all(hb: &mut Handlebars<'static>) {
     hb.register_helper("default", Box::new(DefaultHelper));
     hb.register_helper("track", Box::new(TrackHelper));
+    hb.register_helper("top", Box::new(TopHelper));
     for op in [
         Cmp::Eq,
         Cmp::Ne,
@@ -166,6 +168,57 @@ impl HelperDef for DefaultHelper {
             return Err(missing(chosen));
         }
         Ok(ScopedJson::Derived(chosen.value().clone()))
+    }
+}
+
+/// Where the render context keeps each contact's ranked `top` values:
+/// `top_lists.EVENT.PROPERTY` is an array, most frequent first.
+pub const TOP_LISTS: &str = "top_lists";
+
+/// `(top "EVENT" "PROPERTY" N)`: the contact's N most frequent values of
+/// PROPERTY among their EVENT events, most frequent first (fewer if they
+/// have fewer; none is an empty list, which `{{#each}}` skips).
+#[derive(Clone, Copy)]
+struct TopHelper;
+
+impl HelperDef for TopHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, handlebars::RenderError> {
+        let usage = || {
+            HelperFailure::Usage(
+                "`top` takes an event, a property and a count: (top \"order_placed\" \"sku\" 3)"
+                    .into(),
+            )
+        };
+        let (Some(event), Some(property), Some(n), None) =
+            (h.param(0), h.param(1), h.param(2), h.param(3))
+        else {
+            return Err(usage().into());
+        };
+        let (Value::String(event), Value::String(property), Some(n)) =
+            (event.value(), property.value(), n.value().as_u64())
+        else {
+            return Err(usage().into());
+        };
+        let items: Vec<Value> = ctx
+            .data()
+            .get(TOP_LISTS)
+            .and_then(|t| t.get(event))
+            .and_then(|e| e.get(property))
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .take(usize::try_from(n).unwrap_or(usize::MAX))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ScopedJson::Derived(Value::Array(items)))
     }
 }
 

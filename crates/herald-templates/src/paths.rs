@@ -5,7 +5,7 @@
 //! `top.EVENT.PROPERTY` values it names, and RFM, lifecycle and best hour only
 //! when some template reads them (each costs a query over the contacts' events).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use handlebars::template::{Parameter, Template, TemplateElement};
 use handlebars::{Path, PathSeg};
@@ -19,6 +19,9 @@ const TOP: &str = "top";
 pub struct TemplateReads {
     /// `(EVENT, PROPERTY)` of every `top.EVENT.PROPERTY`.
     pub top: BTreeSet<(String, String)>,
+    /// `(EVENT, PROPERTY)` of every `(top "EVENT" "PROPERTY" N)`, with the
+    /// largest N asked for: the contact's N most frequent values.
+    pub top_lists: BTreeMap<(String, String), usize>,
     /// `rfm` or one of its fields.
     pub rfm: bool,
     /// `lifecycle`.
@@ -49,6 +52,10 @@ impl TemplateReads {
     /// Adds everything `other` reads.
     pub fn extend(&mut self, other: TemplateReads) {
         self.top.extend(other.top);
+        for (key, n) in other.top_lists {
+            let mine = self.top_lists.entry(key).or_default();
+            *mine = (*mine).max(n);
+        }
         self.rfm |= other.rfm;
         self.lifecycle |= other.lifecycle;
         self.best_hour |= other.best_hour;
@@ -60,6 +67,10 @@ impl TemplateReads {
             TemplateElement::Expression(h)
             | TemplateElement::HtmlExpression(h)
             | TemplateElement::HelperBlock(h) => {
+                if let Some((key, n)) = top_call(&h.name, &h.params) {
+                    let mine = self.top_lists.entry(key).or_default();
+                    *mine = (*mine).max(n);
+                }
                 let params = std::iter::once(&h.name)
                     .chain(&h.params)
                     .chain(h.hash.values());
@@ -131,6 +142,36 @@ impl TemplateReads {
     }
 }
 
+/// The most items `top` returns: a message is no catalogue.
+pub const MAX_TOP_ITEMS: usize = 20;
+
+/// `(top "EVENT" "PROPERTY" N)`: the pair and N (at most [`MAX_TOP_ITEMS`]),
+/// when all three are literals; a computed argument names nothing that can
+/// be fetched before rendering.
+fn top_call(name: &Parameter, params: &[Parameter]) -> Option<((String, String), usize)> {
+    let is_top = match name {
+        Parameter::Name(n) => n == TOP,
+        Parameter::Path(Path::Relative((segs, _))) => {
+            matches!(segs.as_slice(), [PathSeg::Named(n)] if n == TOP)
+        }
+        _ => false,
+    };
+    match (is_top, params) {
+        (
+            true,
+            [
+                Parameter::Literal(Json::String(event)),
+                Parameter::Literal(Json::String(property)),
+                Parameter::Literal(Json::Number(n)),
+            ],
+        ) => {
+            let n = usize::try_from(n.as_u64()?).ok()?.clamp(1, MAX_TOP_ITEMS);
+            Some(((event.clone(), property.clone()), n))
+        }
+        _ => None,
+    }
+}
+
 /// The name a partial is included by (`{{> footer}}`); none for a name computed
 /// while rendering (`{{> (lookup ...)}}`), whose reads cannot be known here.
 fn partial_name(p: &Parameter) -> Option<String> {
@@ -180,6 +221,27 @@ mod tests {
         assert_eq!(
             paths("{{#each contact.tags}}{{top.[order placed].sku}}{{/each}}{{> p x=top.g.h}}"),
             [pair("g", "h"), pair("order placed", "sku")]
+        );
+    }
+
+    #[test]
+    fn top_calls_ask_for_the_most_items_of_each_pair() {
+        let r = reads(
+            "{{#each (top \"order_placed\" \"sku\" 3)}}{{this}}{{/each}} \
+             {{#each (top \"order_placed\" \"sku\" 2)}}{{/each}} {{top \"app_open\" \"screen\" 500}} \
+             {{top.order_placed.colour}} {{#each (top x \"y\" 2)}}{{/each}}",
+        );
+        assert_eq!(
+            r.top_lists.into_iter().collect::<Vec<_>>(),
+            [
+                (pair("app_open", "screen"), MAX_TOP_ITEMS),
+                (pair("order_placed", "sku"), 3)
+            ]
+        );
+        // The one-item form is still a path of its own.
+        assert_eq!(
+            r.top.into_iter().collect::<Vec<_>>(),
+            [pair("order_placed", "colour")]
         );
     }
 

@@ -167,6 +167,28 @@ pub struct Goal {
     pub within: Span,
 }
 
+/// `[results]`: the seeds' metrics per arm in the report (issue 26): retention
+/// on an activity event, and ARPU and LTV on a revenue event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// The activity that counts as coming back (`app_open`): retention is
+    /// the share of an arm with it in days 1-7 and days 8-30 after the message.
+    pub retention_event: Option<String>,
+    /// The event whose values are revenue (`order_placed`): ARPU sums them
+    /// over 30 days after the message, LTV over `ltv_horizon`, per assigned contact.
+    pub revenue_event: Option<String>,
+    /// LTV's horizon after the message (default 90 days).
+    #[serde(default = "ResultsConfig::default_ltv_horizon")]
+    pub ltv_horizon: Span,
+}
+
+impl ResultsConfig {
+    fn default_ltv_horizon() -> Span {
+        Span::from_days(90)
+    }
+}
+
 /// Email content of a variant.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +364,7 @@ struct CampaignFile {
     goal: Option<Goal>,
     #[serde(default)]
     secondary_goals: Vec<String>,
+    results: Option<ResultsConfig>,
     #[serde(default)]
     holdout: Fraction,
     quiet_hours: Option<QuietHours>,
@@ -395,6 +418,8 @@ pub struct Campaign {
     pub goal: Option<Goal>,
     /// Other events counted per arm.
     pub secondary_goals: Vec<String>,
+    /// `[results]`: retention, ARPU and LTV per arm.
+    pub results: Option<ResultsConfig>,
     /// Control-group fraction.
     pub holdout: Fraction,
     /// Overrides `[defaults].quiet_hours`.
@@ -588,6 +613,7 @@ impl Campaign {
             send_time: raw.send_time,
             goal: raw.goal,
             secondary_goals: raw.secondary_goals,
+            results: raw.results,
             holdout: raw.holdout,
             quiet_hours: raw.quiet_hours,
             frequency_caps: raw.frequency_caps,

@@ -20,10 +20,14 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::words;
-use super::{ReportData, ReportFilter, RolloutRecord, RunRow, Tally};
+use super::{ARPU_DAYS, ReportData, ReportFilter, ResultsTally, RolloutRecord, RunRow, Tally};
 
 /// The metric every comparison is on (SPEC section 5: converted / assigned).
 const METRIC: &str = "conversion";
+/// Retention in days 1-7 after the message (`[results] retention_event`).
+const RETENTION_D1_7: &str = "retention_d1_7";
+/// Retention in days 8-30 after the message.
+const RETENTION_D8_30: &str = "retention_d8_30";
 
 /// What the scan counted for one (run, arm, status, reason).
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +67,8 @@ pub struct ReportSettings {
     pub shares: Option<Vec<(String, f64)>>,
     /// `[defaults].global_holdout`.
     pub global_holdout: f64,
+    /// `[results]`: the seeds' metrics asked for.
+    pub results: Option<ResultsEcho>,
     /// The report's instant (ms).
     pub now: i64,
 }
@@ -100,9 +106,34 @@ impl ReportSettings {
                 .unwrap_or_default(),
             shares,
             global_holdout,
+            results: campaign.and_then(|c| {
+                let r = c.results.as_ref()?;
+                Some(ResultsEcho {
+                    retention_event: r.retention_event.clone(),
+                    revenue_event: r.revenue_event.clone(),
+                    arpu_days: ARPU_DAYS,
+                    ltv_horizon: r.ltv_horizon.to_string(),
+                    ltv_horizon_ms: r.ltv_horizon.millis(),
+                })
+            }),
             now,
         }
     }
+}
+
+/// `[results]` as the report applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResultsEcho {
+    /// The activity event of retention.
+    pub retention_event: Option<String>,
+    /// The revenue event of ARPU and LTV.
+    pub revenue_event: Option<String>,
+    /// ARPU's span after the message, in days.
+    pub arpu_days: i64,
+    /// LTV's horizon after the message, as written (`90d`).
+    pub ltv_horizon: String,
+    /// The same in milliseconds.
+    pub ltv_horizon_ms: i64,
 }
 
 /// Shares of the audience: `holdout`, then the rest split by weight.
@@ -154,6 +185,8 @@ pub struct Report {
     pub goal: Option<GoalEcho>,
     /// Secondary goals counted per arm.
     pub secondary_goals: Vec<String>,
+    /// `[results]`: the seeds' metrics counted per arm; `null` without it.
+    pub results: Option<ResultsEcho>,
     /// Over every selected run.
     pub total: Scope,
     /// Each selected run, oldest first.
@@ -230,6 +263,9 @@ pub struct Scope {
     /// Each variant against the control, then (with a holdout and two or
     /// more variants) each variant against the first.
     pub comparisons: Vec<ComparisonReport>,
+    /// The same pairs on retention (`retention_d1_7`, then `retention_d8_30`),
+    /// with `[results] retention_event`.
+    pub results_comparisons: Vec<ComparisonReport>,
     /// Do the arms' sizes fit the weights? `None` when there is nothing to test.
     pub srm: Option<SrmReport>,
     /// When the goal window of the latest message closes (RFC 3339).
@@ -298,6 +334,8 @@ pub struct ArmReport {
     pub rates: Rates,
     /// Each secondary goal, in config order.
     pub secondary: Vec<SecondaryReport>,
+    /// The seeds' metrics (`[results]`); `null` without it.
+    pub results: Option<ArmResults>,
     /// For a rollout's messages outside the test: waiting for the decision,
     /// or released to the winner; `null` for a tested variant or the holdout.
     pub rollout: Option<RolloutArm>,
@@ -340,6 +378,51 @@ pub struct Rates {
     pub conversion: Option<f64>,
 }
 
+/// The seeds' metrics of an arm: every window counts from a message's
+/// planned send time, over the arm's contacts whatever their status
+/// (intention to treat, like conversion); a metric whose event `[results]`
+/// does not name is `null`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArmResults {
+    /// Contacts counted: the denominator.
+    pub contacts: u64,
+    /// Contacts with the retention event in days 1-7 after the message.
+    pub retained_d1_7: Option<u64>,
+    /// `retained_d1_7 / contacts`.
+    pub retention_d1_7: Option<f64>,
+    /// Contacts with the retention event in days 8-30 after the message.
+    pub retained_d8_30: Option<u64>,
+    /// `retained_d8_30 / contacts`.
+    pub retention_d8_30: Option<f64>,
+    /// The revenue event's values in the 30 days after the message.
+    pub revenue_30d: Option<f64>,
+    /// `revenue_30d / contacts`.
+    pub arpu: Option<f64>,
+    /// The revenue event's values within `ltv_horizon` after the message.
+    pub revenue_ltv: Option<f64>,
+    /// `revenue_ltv / contacts`.
+    pub ltv: Option<f64>,
+}
+
+impl ArmResults {
+    fn of(t: &ResultsTally, spec: &ResultsEcho) -> Self {
+        let per = |x: f64| (t.messages > 0).then(|| x / t.messages as f64);
+        let retention = spec.retention_event.is_some();
+        let revenue = spec.revenue_event.is_some();
+        Self {
+            contacts: t.messages,
+            retained_d1_7: retention.then_some(t.retained_d1_7),
+            retention_d1_7: ratio(t.retained_d1_7, t.messages).filter(|_| retention),
+            retained_d8_30: retention.then_some(t.retained_d8_30),
+            retention_d8_30: ratio(t.retained_d8_30, t.messages).filter(|_| retention),
+            revenue_30d: revenue.then_some(t.revenue_30d),
+            arpu: per(t.revenue_30d).filter(|_| revenue),
+            revenue_ltv: revenue.then_some(t.revenue_ltv),
+            ltv: per(t.revenue_ltv).filter(|_| revenue),
+        }
+    }
+}
+
 /// One secondary goal of an arm, counted like the goal.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SecondaryReport {
@@ -360,7 +443,8 @@ pub struct ComparisonReport {
     pub variant: String,
     /// The arm it is measured against.
     pub control: String,
-    /// Always `conversion`: converted / assigned.
+    /// `conversion` (converted / assigned), or in `results_comparisons`
+    /// `retention_d1_7` or `retention_d8_30` (retained / contacts).
     pub metric: &'static str,
     /// The variant's (assigned, converted).
     pub variant_counts: ArmCounts,
@@ -474,6 +558,8 @@ struct ArmAcc {
     cancelled_by_reason: BTreeMap<String, u64>,
     /// The global holdout's messages.
     global: Tally,
+    /// The seeds' metrics (the global holdout left out).
+    results: ResultsTally,
 }
 
 impl ArmAcc {
@@ -495,6 +581,7 @@ impl ArmAcc {
 
     fn merge(&mut self, other: &ArmAcc) {
         self.tally.add(&other.tally);
+        self.results.add(&other.results);
         self.global.add(&other.global);
         for (mine, theirs) in [
             (&mut self.by_status, &other.by_status),
@@ -515,7 +602,24 @@ impl ArmAcc {
         arm_counts(&self.tally)
     }
 
-    fn report(&self, arm: &str, expected_share: Option<f64>, goals: &[String]) -> ArmReport {
+    /// (contacts, retained) on retention in days 1-7 or 8-30.
+    fn retention_counts(&self, late: bool) -> Option<ArmCounts> {
+        let r = &self.results;
+        let k = if late {
+            r.retained_d8_30
+        } else {
+            r.retained_d1_7
+        };
+        ArmCounts::new(r.messages, k).ok()
+    }
+
+    fn report(
+        &self,
+        arm: &str,
+        expected_share: Option<f64>,
+        goals: &[String],
+        results: Option<&ResultsEcho>,
+    ) -> ArmReport {
         let t = &self.tally;
         let delivered = self.status("delivered");
         ArmReport {
@@ -563,6 +667,7 @@ impl ArmAcc {
                     }
                 })
                 .collect(),
+            results: results.map(|spec| ArmResults::of(&self.results, spec)),
             rollout: RolloutArm::of(arm),
         }
     }
@@ -590,19 +695,36 @@ fn comparison(
     variant_counts: ArmCounts,
     control_counts: ArmCounts,
 ) -> ComparisonReport {
+    comparison_on(METRIC, variant, control, variant_counts, control_counts)
+}
+
+/// The comparison on `metric`, a proportion: `conversion` or a retention window.
+fn comparison_on(
+    metric: &'static str,
+    variant: &str,
+    control: &str,
+    variant_counts: ArmCounts,
+    control_counts: ArmCounts,
+) -> ComparisonReport {
     let result = stats::compare(control_counts, variant_counts);
     let significant = result
         .estimate()
         .is_some_and(|e| e.p_value < words::SIGNIFICANCE);
-    let sentence = words::comparison_sentence(
+    let what = match metric {
+        RETENTION_D1_7 => "retention in days 1-7",
+        RETENTION_D8_30 => "retention in days 8-30",
+        _ => "conversions",
+    };
+    let sentence = words::comparison_sentence_on(
         &words::arm_name(variant, variant == HOLDOUT_ARM),
         &words::arm_name(control, control == HOLDOUT_ARM),
         &result,
+        what,
     );
     ComparisonReport {
         variant: variant.to_string(),
         control: control.to_string(),
-        metric: METRIC,
+        metric,
         variant_counts,
         control_counts,
         result,
@@ -656,7 +778,7 @@ fn scope(
         .iter()
         .map(|arm| {
             let share = input.shares.as_ref().and_then(|s| s.get(*arm)).copied();
-            acc(arm).report(arm, share, goals)
+            acc(arm).report(arm, share, goals, settings.results.as_ref())
         })
         .collect();
     let messages = arms.iter().map(|a| a.assigned + a.global_holdout).sum();
@@ -674,20 +796,38 @@ fn scope(
     } else {
         variants.first().map(|v| v.to_string())
     };
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    if has_holdout {
+        pairs.extend(variants.iter().map(|v| (*v, HOLDOUT_ARM)));
+    }
+    if let Some((first, rest)) = variants.split_first()
+        && (!has_holdout || !rest.is_empty())
+    {
+        pairs.extend(rest.iter().map(|v| (*v, *first)));
+    }
     let mut comparisons = Vec::new();
     if settings.goal.is_some() {
-        let mut pairs: Vec<(&str, &str)> = Vec::new();
-        if has_holdout {
-            pairs.extend(variants.iter().map(|v| (*v, HOLDOUT_ARM)));
-        }
-        if let Some((first, rest)) = variants.split_first()
-            && (!has_holdout || !rest.is_empty())
-        {
-            pairs.extend(rest.iter().map(|v| (*v, *first)));
-        }
-        for (variant, control) in pairs {
+        for (variant, control) in &pairs {
             if let (Some(v), Some(c)) = (acc(variant).counts(), acc(control).counts()) {
                 comparisons.push(comparison(variant, control, v, c));
+            }
+        }
+    }
+    // Retention is a proportion like conversion: the same statistics.
+    let mut results_comparisons = Vec::new();
+    if settings
+        .results
+        .as_ref()
+        .is_some_and(|r| r.retention_event.is_some())
+    {
+        for (metric, late) in [(RETENTION_D1_7, false), (RETENTION_D8_30, true)] {
+            for (variant, control) in &pairs {
+                if let (Some(v), Some(c)) = (
+                    acc(variant).retention_counts(late),
+                    acc(control).retention_counts(late),
+                ) {
+                    results_comparisons.push(comparison_on(metric, variant, control, v, c));
+                }
             }
         }
     }
@@ -721,6 +861,7 @@ fn scope(
         summary.push(s.sentence.clone());
     }
     summary.extend(comparisons.iter().map(|c| c.sentence.clone()));
+    summary.extend(results_comparisons.iter().map(|c| c.sentence.clone()));
     for a in arms.iter().filter(|a| a.assigned > 0) {
         match &a.rollout {
             Some(RolloutArm { variant: None, .. }) => summary.push(format!(
@@ -750,6 +891,29 @@ fn scope(
             rfc3339(c)
         ));
     }
+    if let Some(r) = &settings.results {
+        let last = shown
+            .iter()
+            .filter_map(|arm| acc(arm).results.last_send_at)
+            .max();
+        let span = [
+            r.retention_event.as_ref().map(|_| 31 * super::DAY_MS),
+            r.revenue_event
+                .as_ref()
+                .map(|_| r.ltv_horizon_ms.max(ARPU_DAYS * super::DAY_MS)),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        if let (Some(last), Some(span)) = (last, span)
+            && last.saturating_add(span) > settings.now
+        {
+            summary.push(format!(
+                "retention, ARPU and LTV are still coming in: their windows close at {}",
+                rfc3339(last.saturating_add(span))
+            ));
+        }
+    }
     let pending: u64 = arms.iter().map(|a| a.pending).sum();
     if pending > 0 {
         summary.push(format!("{pending} message(s) are not sent yet"));
@@ -760,6 +924,7 @@ fn scope(
         control,
         arms,
         comparisons,
+        results_comparisons,
         srm,
         goal_window_closes_at: closes.map(rfc3339),
         goal_window_open,
@@ -921,6 +1086,15 @@ pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter
             .or_default()
             .add(g);
     }
+    for r in &data.results {
+        per_run
+            .entry(r.run_id)
+            .or_default()
+            .entry(r.arm.clone())
+            .or_default()
+            .results
+            .add(&r.tally);
+    }
     let empty = Arms::new();
     let mut total = Arms::new();
     let mut total_expected: Option<BTreeMap<String, f64>> = Some(BTreeMap::new());
@@ -1072,6 +1246,7 @@ pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter
         },
         goal: settings.goal.clone(),
         secondary_goals: goals.clone(),
+        results: settings.results.clone(),
         total: total_scope,
         runs,
         global_holdout,
@@ -1104,6 +1279,7 @@ mod tests {
                 &[("discount".into(), 1.0), ("reminder".into(), 1.0)],
             )),
             global_holdout: 0.0,
+            results: None,
             now: NOW,
         }
     }
@@ -1151,6 +1327,7 @@ mod tests {
             groups,
             secondary_goals: vec![],
             rollouts: vec![],
+            results: vec![],
         }
     }
 
@@ -1499,6 +1676,7 @@ mod tests {
                 "goal",
                 "kind",
                 "notes",
+                "results",
                 "rollouts",
                 "runs",
                 "secondary_goals",
@@ -1514,6 +1692,7 @@ mod tests {
                 "goal_window_closes_at",
                 "goal_window_open",
                 "messages",
+                "results_comparisons",
                 "srm",
                 "summary"
             ]
@@ -1544,6 +1723,7 @@ mod tests {
                 "opened",
                 "pending",
                 "rates",
+                "results",
                 "revenue",
                 "revenue_per_assigned",
                 "rollout",

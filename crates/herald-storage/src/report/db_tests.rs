@@ -859,3 +859,257 @@ crate::test_db::on_both_databases!(
     report_shows_each_rollout_once,
     report_cuts_a_triggered_run_by_trigger_instant
 );
+
+const RESULTS_CAMPAIGN: &str = r#"
+name = "seeds"
+where = 'attrs.x == 1'
+channels = ["email"]
+goal = { event = "order_placed", within = "3d" }
+holdout = 0.2
+
+[[variants]]
+name = "a"
+email = { subject = "s", template = "t.email.hbs" }
+
+[[variants]]
+name = "b"
+email = { subject = "s", template = "t.email.hbs" }
+
+[results]
+retention_event = "app_open"
+revenue_event = "order_placed"
+ltv_horizon = "60d"
+"#;
+
+/// Retention, ARPU and LTV per arm (issue 26's seeds' metrics) equal an
+/// independent count over hand-made events: every window's both ends are
+/// hit exactly, other events and other contacts' events are ignored, a
+/// contact's later steps are not counted again, and the global holdout is
+/// left out.
+async fn report_counts_retention_arpu_and_ltv(db: &Db) {
+    let c = Campaign::parse("seeds.toml", RESULTS_CAMPAIGN).expect("campaign");
+    exec(
+        db,
+        &format!(
+            "INSERT INTO campaigns (id, name, kind, topic, fingerprint, created_at, updated_at) VALUES \
+             (4, 'seeds', 'marketing', NULL, 'seeds;holdout=0.2;a=1,b=1', {T0}, {T0}); \
+             INSERT INTO runs (id, campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) VALUES \
+             (8, 4, {T0}, {T0}, 'done', 'manual', 'seeds;holdout=0.2;a=1,b=1', {T0})"
+        ),
+    )
+    .await;
+    const HOUR: i64 = 3_600_000;
+    // (contact, arm, status, reason): 30 contacts; contact 30 is in the global holdout.
+    let arms = ["a", "b", "holdout"];
+    let messages: Vec<(i64, &str, &str, Option<&str>)> = (1..=30)
+        .map(|i| {
+            let arm = arms[(i % 3) as usize];
+            match (i, arm) {
+                (30, _) => (i, arm, "suppressed", Some("global_holdout")),
+                (_, "holdout") => (i, arm, "held_out", None),
+                _ if i % 7 == 0 => (i, arm, "bounced", None),
+                _ => (i, arm, "delivered", None),
+            }
+        })
+        .collect();
+    let send_at = |contact: i64| T0 + contact * HOUR;
+    let mut sql = String::from(
+        "INSERT INTO contacts (id, external_id, attrs, created_at, updated_at) VALUES ",
+    );
+    sql.push_str(
+        &(1..=30)
+            .map(|i| format!("({i}, 'c{i}', '{{}}', {T0}, {T0})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    exec(db, &sql).await;
+    let mut rows = Vec::new();
+    for (contact, arm, status, reason) in &messages {
+        let at = send_at(*contact);
+        let reason = reason.map_or("NULL".to_string(), |r| format!("'{r}'"));
+        rows.push(format!(
+            "({contact}, 8, 4, {contact}, 0, '{arm}', 'email', 'c{contact}@example.com', {at}, '{status}', {reason}, 0, {at}, {at})"
+        ));
+        // A second step a day later: the contact is counted once, from step 0.
+        let later = at + DAY;
+        rows.push(format!(
+            "({}, 8, 4, {contact}, 1, '{arm}', 'email', 'c{contact}@example.com', {later}, 'delivered', NULL, 0, {later}, {later})",
+            1000 + contact
+        ));
+    }
+    exec(
+        db,
+        &format!(
+            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, created_at, updated_at) VALUES {}",
+            rows.join(", ")
+        ),
+    )
+    .await;
+    // Events, relative to each contact's own send time: a fixed scatter from
+    // a small generator, and every window's ends exactly.
+    let mut events: Vec<(i64, &str, i64, f64)> = Vec::new();
+    let mut seed: u64 = 7;
+    let mut next = |m: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % m
+    };
+    for contact in 1..=30i64 {
+        for _ in 0..next(4) {
+            let offset = next(70 * 24) as i64 * HOUR - 2 * DAY;
+            let name = ["app_open", "order_placed", "page_view"][next(3) as usize];
+            events.push((contact, name, offset, (next(100) + 1) as f64));
+        }
+    }
+    for (contact, name, offset) in [
+        (1, "app_open", DAY),               // day 1 starts: retained in 1-7
+        (2, "app_open", DAY - 1),           // still day 0: not retained
+        (4, "app_open", 8 * DAY),           // day 8 starts: 8-30, not 1-7
+        (5, "app_open", 31 * DAY),          // day 31: neither
+        (7, "app_open", 31 * DAY - 1),      // last instant of day 30
+        (8, "order_placed", 0),             // at the send time: not after it
+        (10, "order_placed", 30 * DAY),     // ARPU's last instant
+        (11, "order_placed", 30 * DAY + 1), // LTV only
+        (13, "order_placed", 60 * DAY),     // LTV's last instant
+        (14, "order_placed", 60 * DAY + 1), // past the horizon
+        (30, "app_open", 2 * DAY),          // the global holdout: not counted
+        (30, "order_placed", 2 * DAY),
+    ] {
+        events.push((contact, name, offset, 9.5));
+    }
+    let values: Vec<String> = events
+        .iter()
+        .map(|(contact, name, offset, value)| {
+            let at = send_at(*contact) + offset;
+            format!("({contact}, '{name}', {at}, {value}, {at})")
+        })
+        .collect();
+    exec(
+        db,
+        &format!(
+            "INSERT INTO events (contact_id, name, at, value, received_at) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
+
+    // The independent count: every message against every event.
+    #[derive(Default, Debug, PartialEq)]
+    struct Expect {
+        contacts: u64,
+        d1_7: u64,
+        d8_30: u64,
+        r30: f64,
+        ltv: f64,
+    }
+    let mut expect: BTreeMap<&str, Expect> = BTreeMap::new();
+    for (contact, arm, _, reason) in &messages {
+        if reason.is_some() {
+            continue;
+        }
+        let e = expect.entry(arm).or_default();
+        e.contacts += 1;
+        let mine = || events.iter().filter(|ev| ev.0 == *contact);
+        let opened =
+            |from: i64, to: i64| mine().any(|ev| ev.1 == "app_open" && ev.2 >= from && ev.2 < to);
+        e.d1_7 += u64::from(opened(DAY, 8 * DAY));
+        e.d8_30 += u64::from(opened(8 * DAY, 31 * DAY));
+        let revenue = |to: i64| -> f64 {
+            mine()
+                .filter(|ev| ev.1 == "order_placed" && ev.2 > 0 && ev.2 <= to)
+                .map(|ev| ev.3)
+                .sum()
+        };
+        e.r30 += revenue(30 * DAY);
+        e.ltv += revenue(60 * DAY);
+    }
+
+    let r = campaign_report(
+        db,
+        "seeds",
+        Some(&c),
+        0.0,
+        &ReportFilter::default(),
+        T0 + 200 * DAY,
+    )
+    .await
+    .expect("report")
+    .expect("known campaign");
+    let echo = r.results.as_ref().expect("results echoed");
+    assert_eq!((echo.ltv_horizon.as_str(), echo.arpu_days), ("60d", 30));
+    for scope in [&r.total, &r.runs[0].scope] {
+        for (name, e) in &expect {
+            let got = arm(scope, name).results.as_ref().expect("results per arm");
+            let close = |x: f64, y: f64| (x - y).abs() < 1e-9;
+            assert_eq!(
+                (got.contacts, got.retained_d1_7, got.retained_d8_30),
+                (e.contacts, Some(e.d1_7), Some(e.d8_30)),
+                "arm {name}"
+            );
+            assert!(
+                close(got.revenue_30d.unwrap(), e.r30),
+                "arm {name}: {got:?} vs {e:?}"
+            );
+            assert!(
+                close(got.revenue_ltv.unwrap(), e.ltv),
+                "arm {name}: {got:?} vs {e:?}"
+            );
+            let n = e.contacts as f64;
+            assert!(close(got.retention_d1_7.unwrap(), e.d1_7 as f64 / n));
+            assert!(close(got.retention_d8_30.unwrap(), e.d8_30 as f64 / n));
+            assert!(close(got.arpu.unwrap(), e.r30 / n));
+            assert!(close(got.ltv.unwrap(), e.ltv / n));
+        }
+    }
+    // The boundaries did what they say: a sanity check on the oracle itself.
+    let a = &expect["a"];
+    assert!(
+        a.contacts == 9 && expect["holdout"].contacts == 10,
+        "{expect:?}"
+    );
+    // Retention is compared like conversion: each variant against the holdout, both windows.
+    let metrics: Vec<(&str, &str, &str)> = r
+        .total
+        .results_comparisons
+        .iter()
+        .map(|c| (c.metric, c.variant.as_str(), c.control.as_str()))
+        .collect();
+    assert_eq!(
+        metrics,
+        [
+            ("retention_d1_7", "a", "holdout"),
+            ("retention_d1_7", "b", "holdout"),
+            ("retention_d1_7", "b", "a"),
+            ("retention_d8_30", "a", "holdout"),
+            ("retention_d8_30", "b", "holdout"),
+            ("retention_d8_30", "b", "a"),
+        ]
+    );
+    let d1 = &r.total.results_comparisons[0];
+    assert_eq!(
+        (d1.variant_counts.n(), d1.variant_counts.k()),
+        (expect["a"].contacts, expect["a"].d1_7)
+    );
+    // Without `[results]` there is nothing to count and nothing is shown.
+    let plain = Campaign::parse(
+        "seeds.toml",
+        RESULTS_CAMPAIGN.split("[results]").next().unwrap(),
+    )
+    .expect("campaign");
+    let r = campaign_report(
+        db,
+        "seeds",
+        Some(&plain),
+        0.0,
+        &ReportFilter::default(),
+        T0 + 200 * DAY,
+    )
+    .await
+    .expect("report")
+    .expect("known campaign");
+    assert!(r.results.is_none() && arm(&r.total, "a").results.is_none());
+    assert!(r.total.results_comparisons.is_empty());
+}
+
+crate::test_db::on_both_databases!(report_counts_retention_arpu_and_ltv);

@@ -69,10 +69,21 @@ pub fn arm_name(arm: &str, holdout: bool) -> String {
 
 /// The verdict on a comparison: a win, a loss, or no clear difference.
 pub fn comparison_sentence(variant: &str, control: &str, result: &Comparison) -> String {
+    comparison_sentence_on(variant, control, result, "conversions")
+}
+
+/// [`comparison_sentence`] on a metric other than conversion, `what` naming
+/// it (`retention in days 1-7`).
+pub fn comparison_sentence_on(
+    variant: &str,
+    control: &str,
+    result: &Comparison,
+    what: &str,
+) -> String {
     match result {
         Comparison::NotEnoughData { message, .. } => format!("{variant} vs {control}: {message}"),
         Comparison::Estimate(e) => {
-            let numbers = estimate_words(e);
+            let numbers = estimate_words(e, what);
             if e.p_value < SIGNIFICANCE && e.rel_lift > 0.0 {
                 format!("{variant} beat {control}: {numbers}")
             } else if e.p_value < SIGNIFICANCE {
@@ -84,9 +95,9 @@ pub fn comparison_sentence(variant: &str, control: &str, result: &Comparison) ->
     }
 }
 
-fn estimate_words(e: &Estimate) -> String {
+fn estimate_words(e: &Estimate, what: &str) -> String {
     format!(
-        "{} conversions ({:.0}% CI {} to {}), {} chance it is better ({})",
+        "{} {what} ({:.0}% CI {} to {}), {} chance it is better ({})",
         signed_percent(e.rel_lift),
         CONFIDENCE_LEVEL * 100.0,
         signed_percent(e.rel_ci.lower),
