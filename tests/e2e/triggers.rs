@@ -332,7 +332,73 @@ async fn late_committed_events_are_planned_once(backend: Backend) {
     );
 }
 
+/// An `exit` event cancels the steps still pending at once, not at their
+/// send time: with the second step an hour away, the contact who activates
+/// sees it `cancelled` within seconds, in the database and in `herald status`.
+async fn an_exit_cancels_the_pending_steps_at_once(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = SmtpSink::start(SmtpSinkConfig::default())
+        .await
+        .expect("sink");
+    project(&p, sink.addr().port());
+    let series = std::fs::read_to_string(p.path().join("config/campaigns/welcome.toml"))
+        .expect("the campaign")
+        .replace("delay = \"4s\"", "delay = \"1h\"");
+    p.write("config/campaigns/welcome.toml", &series);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let mut daemon = p.spawn(&db, "daemon", &["run"]);
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM trigger_cursors",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    p.write(
+        "signup.ndjson",
+        &events("signup", &[1, 2], chrono::Utc::now()),
+    );
+    p.herald(&db, &["import", "events", "signup.ndjson"])
+        .expect_code(0);
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM messages WHERE step = 1 AND status = 'planned'",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    p.write(
+        "activated.ndjson",
+        &events("activated", &[1], chrono::Utc::now()),
+    );
+    p.herald(&db, &["import", "events", "activated.ndjson"])
+        .expect_code(0);
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM messages WHERE step = 1 AND status = 'cancelled' AND reason = 'exit (activated)'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE step = 1 AND status = 'planned'"
+        )
+        .await,
+        1,
+        "u2 did not activate: their step stays planned\n{}",
+        statuses(&db).await
+    );
+    daemon.kill().expect("SIGKILL");
+    let _ = tokio::task::block_in_place(|| daemon.wait());
+}
+
 on_both_databases!(
+    an_exit_cancels_the_pending_steps_at_once,
     series_once_per_event_and_step_with_exit,
     segment_entry_sends_to_entrants_once,
     late_committed_events_are_planned_once,

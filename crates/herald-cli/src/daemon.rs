@@ -21,6 +21,7 @@ use herald_engine::rollout::Roller;
 use herald_engine::scheduler::Scheduler;
 use herald_engine::trigger::TriggerPlanner;
 use herald_engine::{Clock, Engine, SystemClock};
+use herald_storage::exits::{self, ExitRule};
 use herald_storage::runs;
 use tokio::sync::watch;
 
@@ -34,6 +35,7 @@ const TRIGGER_TICK: Duration = Duration::from_millis(100);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often the reputation guard counts the running marketing runs' bounces and complaints.
 const REPUTATION_TICK: Duration = Duration::from_secs(5);
+
 /// How long a daemon joining others waits before it sends: every other
 /// daemon recounts within a heartbeat and gives up its part of the rate.
 const JOIN_WAIT: Duration = Duration::from_millis(2500);
@@ -191,9 +193,39 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         // The reputation guard judges running marketing runs every so often.
         let guard_db = store.db().clone();
         let rule = ReputationRule::from_config(&config.herald.dispatch);
+        // Campaigns whose `exit` event cancels their planned messages at once.
+        let exit_rules: Vec<ExitRule> = config
+            .campaigns
+            .values()
+            .filter_map(|c| {
+                c.exit.as_ref().map(|x| ExitRule {
+                    campaign: c.name.clone(),
+                    event: x.event.clone(),
+                })
+            })
+            .collect();
+        let exit_clock = clock.clone();
         tokio::spawn(async move {
             let mut last_guard: Option<std::time::Instant> = None;
+            // Newest event id of the last sweep and of the one before it.
+            let (mut exits_before, mut exits_last) = (0_i64, 0_i64);
             loop {
+                if !exit_rules.is_empty() {
+                    match exits::sweep(&guard_db, &exit_rules, exits_before, exit_clock.now_ms())
+                        .await
+                    {
+                        Ok((n, newest)) => {
+                            if n > 0 {
+                                tracing::info!(
+                                    cancelled = n,
+                                    "exit events cancelled planned messages"
+                                );
+                            }
+                            (exits_before, exits_last) = (exits_last, newest);
+                        }
+                        Err(e) => tracing::error!("exit sweep: {e}"),
+                    }
+                }
                 if last_guard.is_none_or(|t| t.elapsed() >= REPUTATION_TICK) {
                     last_guard = Some(std::time::Instant::now());
                     match herald_storage::reputation::guard(&guard_db, &rule).await {

@@ -13,6 +13,7 @@ pub mod contacts;
 pub mod db;
 pub mod decode;
 pub mod entry;
+pub mod exits;
 pub mod flights;
 pub mod import;
 #[cfg(test)]
