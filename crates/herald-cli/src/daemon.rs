@@ -35,7 +35,6 @@ const TRIGGER_TICK: Duration = Duration::from_millis(100);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often the reputation guard counts the running marketing runs' bounces and complaints.
 const REPUTATION_TICK: Duration = Duration::from_secs(5);
-
 /// How long a daemon joining others waits before it sends: every other
 /// daemon recounts within a heartbeat and gives up its part of the rate.
 const JOIN_WAIT: Duration = Duration::from_millis(2500);
