@@ -160,7 +160,7 @@ impl Project {
 
 impl Project {
     /// Starts `herald ARGS` in the background (a daemon), its output in `NAME.out`/`NAME.err`.
-    pub fn spawn(&self, db: &TestDb, name: &str, args: &[&str]) -> std::process::Child {
+    pub fn spawn(&self, db: &TestDb, name: &str, args: &[&str]) -> Daemon {
         self.spawn_with_env(db, name, args, &[])
     }
 
@@ -171,7 +171,7 @@ impl Project {
         name: &str,
         args: &[&str],
         env: &[(&str, &str)],
-    ) -> std::process::Child {
+    ) -> Daemon {
         let out = std::fs::File::create(self.path().join(format!("{name}.out"))).expect("out");
         let err = std::fs::File::create(self.path().join(format!("{name}.err"))).expect("err");
         Command::new(&self.bin)
@@ -185,6 +185,7 @@ impl Project {
             .stdout(out)
             .stderr(err)
             .spawn()
+            .map(Daemon)
             .expect("spawn herald")
     }
 
@@ -194,6 +195,33 @@ impl Project {
             std::fs::read_to_string(self.path().join(format!("{name}.{ext}"))).unwrap_or_default()
         };
         (read("out"), read("err"))
+    }
+}
+
+/// A background `herald`: a [`std::process::Child`] that is killed when
+/// dropped still running, so that a test that panics leaves no daemon behind
+/// to send, hold ports or lock the database for the tests after it.
+pub struct Daemon(std::process::Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 

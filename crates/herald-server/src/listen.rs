@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -141,6 +141,9 @@ struct Conn {
     head_started: AtomicU64,
     /// Asks the connection's task to close it if it is not busy.
     close: Notify,
+    /// Set while a close asked for is pending, so that the next newcomer
+    /// sheds another connection rather than asking the same one again.
+    closing: AtomicBool,
 }
 
 /// Every open connection, and the listener's clock (milliseconds since start, never 0).
@@ -170,6 +173,7 @@ impl Table {
             free_since: AtomicU64::new(self.now()),
             head_started: AtomicU64::new(0),
             close: Notify::new(),
+            closing: AtomicBool::new(false),
         });
         let mut m = self.lock();
         m.insert(id, c.clone());
@@ -180,16 +184,28 @@ impl Table {
         self.lock().remove(&id);
     }
 
-    /// Asks the connection longest without a request in progress (other
-    /// than `except`) to close; false when every one is busy.
+    /// Asks one connection with no request in the router (other than
+    /// `except`) to close; false when every one is busy. Connections that
+    /// have sent no byte of a request go first, longest idle first; then
+    /// those in the middle of a request head, the oldest head first, so that
+    /// a newcomer whose request has just arrived outlives a flood of idle
+    /// and slowloris connections.
     fn shed_oldest_idle(&self, except: u64) -> bool {
         let m = self.lock();
         let victim = m
             .values()
-            .filter(|c| c.id != except && c.busy.load(Ordering::Acquire) == 0)
-            .min_by_key(|c| c.free_since.load(Ordering::Acquire));
+            .filter(|c| {
+                c.id != except
+                    && c.busy.load(Ordering::Acquire) == 0
+                    && !c.closing.load(Ordering::Acquire)
+            })
+            .min_by_key(|c| match c.head_started.load(Ordering::Acquire) {
+                0 => (0, c.free_since.load(Ordering::Acquire)),
+                head => (1, head),
+            });
         match victim {
             Some(c) => {
+                c.closing.store(true, Ordering::Release);
                 c.close.notify_one();
                 true
             }
@@ -478,6 +494,8 @@ async fn serve_conn(
                 if conn.busy.load(Ordering::Acquire) == 0 {
                     break;
                 }
+                // Busy after all: it may be asked again once it is idle.
+                conn.closing.store(false, Ordering::Release);
             }
             () = stopped(&mut stop), if !draining => {
                 draining = true;
@@ -498,6 +516,59 @@ mod tests {
         assert_eq!(effective_cap(4096, Some(1024), FD_RESERVE), 768);
         assert_eq!(effective_cap(100, Some(1024), FD_RESERVE), 100);
         assert_eq!(effective_cap(4096, Some(100), FD_RESERVE), MIN_CONNECTIONS);
+    }
+
+    fn table() -> Table {
+        Table {
+            conns: Mutex::new(HashMap::new()),
+            start: Instant::now(),
+        }
+    }
+
+    /// Which connection the next shed asks to close.
+    fn shed(t: &Table) -> Option<u64> {
+        let before: Vec<u64> = t
+            .lock()
+            .values()
+            .filter(|c| c.closing.load(Ordering::Acquire))
+            .map(|c| c.id)
+            .collect();
+        if !t.shed_oldest_idle(0) {
+            return None;
+        }
+        t.lock()
+            .values()
+            .find(|c| c.closing.load(Ordering::Acquire) && !before.contains(&c.id))
+            .map(|c| c.id)
+    }
+
+    #[test]
+    fn a_flood_is_shed_before_a_request_that_has_begun() {
+        let t = table();
+        // 1: a newcomer whose request head has just begun arriving (a real
+        // client); 2 and 3: idle flood connections accepted after it;
+        // 4: a slowloris whose head began long before 1's; 5: busy.
+        let (c1, _) = t.insert(1);
+        let (c2, _) = t.insert(2);
+        let (c3, _) = t.insert(3);
+        let (c4, _) = t.insert(4);
+        let (c5, _) = t.insert(5);
+        c1.free_since.store(10, Ordering::Release);
+        c2.free_since.store(20, Ordering::Release);
+        c3.free_since.store(30, Ordering::Release);
+        c4.head_started.store(5, Ordering::Release);
+        c1.head_started.store(40, Ordering::Release);
+        c5.busy.store(1, Ordering::Release);
+        assert_eq!(
+            shed(&t),
+            Some(2),
+            "the longest idle without a byte goes first"
+        );
+        assert_eq!(shed(&t), Some(3), "never the same one twice");
+        assert_eq!(shed(&t), Some(4), "then the oldest unfinished head");
+        assert_eq!(shed(&t), Some(1));
+        assert_eq!(shed(&t), None, "a connection in the router is never shed");
+        drop((c1, c2, c3, c4, c5));
     }
 
     #[test]

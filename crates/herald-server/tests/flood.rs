@@ -80,7 +80,10 @@ fn set_fd_limit(soft: u64) {
     // SAFETY: plain system calls on a struct we own.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        // The hard limit too: the server raises its soft limit to the hard
+        // one when it starts, as `herald serve` does.
         r.rlim_cur = soft.min(r.rlim_max);
+        r.rlim_max = r.rlim_cur;
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
     }
 }
