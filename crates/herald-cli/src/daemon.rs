@@ -110,7 +110,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         None
     } else {
         let m = metrics.clone();
-        let extra: herald_server::ExtraMetrics = Arc::new(move || m.render());
+        let extra: herald_server::ExtraMetrics =
+            Arc::new(herald_engine::metrics::DispatchCollector(m));
         let state = serve::tracking_state(cli, &config, &store, signer.clone(), Some(extra))?;
         let listener = serve::tracking_listener(&config).await?;
         println!(

@@ -1,11 +1,18 @@
 //! The dispatcher's Prometheus metrics: attempts by channel and result, a
 //! send latency histogram per channel, time spent waiting on rate
-//! limits, and whether each route is blocked by an account fault. Lock-free counters, rendered as Prometheus text for the tracking
-//! server's `/metrics` (the daemon appends them).
+//! limits, and whether each route is blocked by an account fault. Lock-free
+//! counters, read at each scrape by a [`DispatchCollector`] that the daemon
+//! registers with the tracking server's one exporter (`/metrics`).
 
-use std::fmt::Write;
+use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use herald_domain::types::Channel;
 
@@ -88,60 +95,111 @@ impl DispatchMetrics {
         })
     }
 
-    /// The metrics as Prometheus text.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP herald_dispatch_attempts_total Attempts at a provider by channel and result.\n# TYPE herald_dispatch_attempts_total counter\n");
+    /// Writes every metric to `e`, as the one exporter of `/metrics` asks.
+    fn encode(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut m = e.encode_descriptor(
+            "herald_dispatch_attempts",
+            "Attempts at a provider by channel and result.",
+            None,
+            MetricType::Counter,
+        )?;
         for (ch, c) in CHANNELS.iter().zip(&self.channels) {
             for (r, n) in RESULTS.iter().zip(&c.results) {
-                let _ = writeln!(
-                    out,
-                    "herald_dispatch_attempts_total{{channel=\"{ch}\",result=\"{r}\"}} {}",
-                    n.load(Ordering::Relaxed)
-                );
+                let labels = [("channel", ch.as_str()), ("result", r)];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&load(n), None)?;
             }
         }
-        out.push_str("# HELP herald_send_duration_seconds Time a provider took to answer a send.\n# TYPE herald_send_duration_seconds histogram\n");
+        let mut m = e.encode_descriptor(
+            "herald_send_duration_seconds",
+            "Time a provider took to answer a send.",
+            None,
+            MetricType::Histogram,
+        )?;
         for (ch, c) in CHANNELS.iter().zip(&self.channels) {
+            // The counters are cumulative; the encoder wants each bucket's own.
+            let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+            let mut below = 0;
             for (bound, n) in LATENCY_BUCKETS.iter().zip(&c.buckets) {
-                let _ = writeln!(
-                    out,
-                    "herald_send_duration_seconds_bucket{{channel=\"{ch}\",le=\"{bound}\"}} {}",
-                    n.load(Ordering::Relaxed)
-                );
+                let upto = load(n);
+                buckets.push((*bound, upto.saturating_sub(below)));
+                below = upto;
             }
-            let count = c.count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "herald_send_duration_seconds_bucket{{channel=\"{ch}\",le=\"+Inf\"}} {count}\nherald_send_duration_seconds_sum{{channel=\"{ch}\"}} {}\nherald_send_duration_seconds_count{{channel=\"{ch}\"}} {count}",
-                c.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-            );
+            let count = load(&c.count);
+            buckets.push((f64::MAX, count.saturating_sub(below)));
+            let labels = [("channel", ch.as_str())];
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                load(&c.sum_micros) as f64 / 1e6,
+                count,
+                &buckets,
+                None,
+            )?;
         }
-        out.push_str("# HELP herald_rate_limiter_wait_seconds_total Time sends waited for their channel's rate limit.\n# TYPE herald_rate_limiter_wait_seconds_total counter\n");
+        let mut m = e.encode_descriptor(
+            "herald_rate_limiter_wait_seconds",
+            "Time sends waited for their channel's rate limit.",
+            None,
+            MetricType::Counter,
+        )?;
         for (ch, c) in CHANNELS.iter().zip(&self.channels) {
-            let _ = writeln!(
-                out,
-                "herald_rate_limiter_wait_seconds_total{{channel=\"{ch}\"}} {}",
-                c.limiter_wait_micros.load(Ordering::Relaxed) as f64 / 1e6
-            );
+            let labels = [("channel", ch.as_str())];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, f64>(
+                    &(load(&c.limiter_wait_micros) as f64 / 1e6),
+                    None,
+                )?;
         }
-        out.push_str("# HELP herald_route_blocked Whether the route is blocked by an account fault (its messages wait, planned).\n# TYPE herald_route_blocked gauge\n");
+        let mut m = e.encode_descriptor(
+            "herald_route_blocked",
+            "Whether the route is blocked by an account fault (its messages wait, planned).",
+            None,
+            MetricType::Gauge,
+        )?;
         for (ch, c) in CHANNELS.iter().zip(&self.channels) {
-            let _ = writeln!(
-                out,
-                "herald_route_blocked{{route=\"{ch}\"}} {}",
-                c.blocked.load(Ordering::Relaxed)
-            );
+            let labels = [("route", ch.as_str())];
+            m.encode_family(&labels)?.encode_gauge(&load(&c.blocked))?;
         }
-        out.push_str("# HELP herald_route_blocks_total Times the route was blocked by an account fault.\n# TYPE herald_route_blocks_total counter\n");
+        let mut m = e.encode_descriptor(
+            "herald_route_blocks",
+            "Times the route was blocked by an account fault.",
+            None,
+            MetricType::Counter,
+        )?;
         for (ch, c) in CHANNELS.iter().zip(&self.channels) {
-            let _ = writeln!(
-                out,
-                "herald_route_blocks_total{{route=\"{ch}\"}} {}",
-                c.blocks.load(Ordering::Relaxed)
-            );
+            let labels = [("route", ch.as_str())];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&load(&c.blocks), None)?;
         }
+        Ok(())
+    }
+
+    /// The metrics as `/metrics` serves them (OpenMetrics text), for tests and tools.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(DispatchCollector(self.clone())));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+/// The dispatcher's metrics as a collector of the tracking server's one
+/// exporter (prometheus-client): the counters stay plain atomics on the send
+/// path and are read only when `/metrics` is scraped.
+#[derive(Clone)]
+pub struct DispatchCollector(pub Arc<DispatchMetrics>);
+
+impl fmt::Debug for DispatchCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DispatchCollector")
+    }
+}
+
+impl Collector for DispatchCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.0.encode(&mut encoder)
     }
 }
 
@@ -151,7 +209,7 @@ mod tests {
 
     #[test]
     fn attempts_and_latencies_render_as_prometheus_text() {
-        let m = DispatchMetrics::default();
+        let m = Arc::new(DispatchMetrics::default());
         m.attempt(Channel::Sms, "accepted", Duration::from_millis(30));
         m.attempt(Channel::Sms, "rate_limited", Duration::from_millis(3));
         m.limiter_wait(Channel::Sms, Duration::from_millis(1500));
@@ -159,31 +217,59 @@ mod tests {
         assert_eq!(m.attempts(Channel::Email, "accepted"), 0);
         let text = m.render();
         assert!(
-            text.contains("herald_dispatch_attempts_total{channel=\"sms\",result=\"accepted\"} 1")
+            text.contains("herald_dispatch_attempts_total{channel=\"sms\",result=\"accepted\"} 1"),
+            "{text}"
         );
         assert!(
             text.contains(
                 "herald_dispatch_attempts_total{channel=\"sms\",result=\"rate_limited\"} 1"
-            )
+            ),
+            "{text}"
         );
         // 3 ms is under every bound; 30 ms only from 0.05 up.
         assert!(
-            text.contains("herald_send_duration_seconds_bucket{channel=\"sms\",le=\"0.005\"} 1")
+            text.contains("herald_send_duration_seconds_bucket{le=\"0.005\",channel=\"sms\"} 1"),
+            "{text}"
         );
         assert!(
-            text.contains("herald_send_duration_seconds_bucket{channel=\"sms\",le=\"0.05\"} 2")
+            text.contains("herald_send_duration_seconds_bucket{le=\"0.05\",channel=\"sms\"} 2"),
+            "{text}"
         );
-        assert!(text.contains("herald_send_duration_seconds_count{channel=\"sms\"} 2"));
-        assert!(text.contains("herald_rate_limiter_wait_seconds_total{channel=\"sms\"} 1.5"));
-        assert!(text.contains("herald_route_blocked{route=\"sms\"} 0"));
+        assert!(
+            text.contains("herald_send_duration_seconds_count{channel=\"sms\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_rate_limiter_wait_seconds_total{channel=\"sms\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_route_blocked{route=\"sms\"} 0"),
+            "{text}"
+        );
         m.route_state(
             Channel::Sms,
             true,
             &crate::health::Change::Blocked("authentication failed".into()),
         );
         let text = m.render();
-        assert!(text.contains("herald_route_blocked{route=\"sms\"} 1"));
-        assert!(text.contains("herald_route_blocks_total{route=\"sms\"} 1"));
-        assert!(text.contains("herald_route_blocked{route=\"email\"} 0"));
+        // OpenMetrics text, as prometheus-client writes it.
+        assert!(
+            text.contains("# TYPE herald_dispatch_attempts counter\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            text.contains("herald_route_blocked{route=\"sms\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_route_blocks_total{route=\"sms\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_route_blocked{route=\"email\"} 0"),
+            "{text}"
+        );
     }
 }

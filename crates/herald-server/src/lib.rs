@@ -164,15 +164,12 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
             }
         },
     };
-    let mut text = m.render(gauges.as_ref());
-    if let Some(extra) = &st.inner.extra_metrics {
-        text.push_str(&extra());
-    }
+    let text = metrics::render(m.clone(), gauges, st.inner.extra_metrics.clone());
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )

@@ -1,15 +1,22 @@
-//! `/metrics` in the Prometheus text format: requests by kind and status
-//! (lock-free counters), the writer's queue and batches, events, SMTP
-//! sessions, and messages by channel and status (a cached GROUP BY).
+//! `/metrics`, herald's one Prometheus exporter (prometheus-client, the
+//! OpenMetrics text format): requests by kind and status (lock-free
+//! counters), the writer's queue and batches, events, SMTP sessions, and
+//! messages by channel and status (a cached GROUP BY), plus the collectors
+//! of the rest of the process (the daemon's dispatcher).
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use herald_storage::tracking::MessageGauges;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tokio::sync::Mutex;
 
+use crate::state::ExtraMetrics;
 use crate::writer::WriterStats;
 
 /// What a request was, for the `kind` label.
@@ -145,11 +152,15 @@ impl Metrics {
         *self.gauges.lock().await = Some((Instant::now(), g));
     }
 
-    /// The Prometheus text of every counter, and `gauges` when known.
-    pub(crate) fn render(&self, gauges: Option<&MessageGauges>) -> String {
-        let mut out = String::with_capacity(4096);
+    /// Writes every counter, and `gauges` when known, to `e`.
+    fn encode(&self, gauges: Option<&MessageGauges>, e: &mut DescriptorEncoder) -> fmt::Result {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        out.push_str("# HELP herald_tracking_requests_total Tracking server requests by kind and HTTP status.\n# TYPE herald_tracking_requests_total counter\n");
+        let mut m = e.encode_descriptor(
+            "herald_tracking_requests",
+            "Tracking server requests by kind and HTTP status.",
+            None,
+            MetricType::Counter,
+        )?;
         for (k, kind) in Kind::ALL.iter().enumerate() {
             for (s, status) in STATUSES.iter().enumerate() {
                 let n = load(&self.requests[k][s]);
@@ -161,117 +172,172 @@ impl Metrics {
                 } else {
                     status.to_string()
                 };
-                let _ = writeln!(
-                    out,
-                    "herald_tracking_requests_total{{kind=\"{}\",status=\"{status}\"}} {n}",
-                    kind.name()
-                );
+                let labels = [("kind", kind.name()), ("status", status.as_str())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }
         let w = &self.writer;
-        let counters: [(&str, &str, &str, u64); 9] = [
+        let single: [(&str, MetricType, &str, u64); 11] = [
             (
                 "herald_tracking_queued_hits",
-                "gauge",
+                MetricType::Gauge,
                 "Opens and clicks answered but not yet written.",
                 load(&w.queued),
             ),
             (
-                "herald_tracking_opens_written_total",
-                "counter",
+                "herald_tracking_opens_written",
+                MetricType::Counter,
                 "Opens written to messages (machine opens included).",
                 load(&w.opens),
             ),
             (
-                "herald_tracking_machine_opens_written_total",
-                "counter",
+                "herald_tracking_machine_opens_written",
+                MetricType::Counter,
                 "Opens flagged as machine opens.",
                 load(&w.machine_opens),
             ),
             (
-                "herald_tracking_clicks_written_total",
-                "counter",
+                "herald_tracking_clicks_written",
+                MetricType::Counter,
                 "Clicks written to messages.",
                 load(&w.clicks),
             ),
             (
-                "herald_tracking_batches_total",
-                "counter",
+                "herald_tracking_batches",
+                MetricType::Counter,
                 "Transactions that wrote opens and clicks.",
                 load(&w.batches),
             ),
             (
-                "herald_tracking_batch_errors_total",
-                "counter",
+                "herald_tracking_batch_errors",
+                MetricType::Counter,
                 "Failed open and click transactions (retried).",
                 load(&w.errors),
             ),
             (
-                "herald_tracking_hits_lost_total",
-                "counter",
+                "herald_tracking_hits_lost",
+                MetricType::Counter,
                 "Opens and clicks given up at shutdown after repeated failures.",
                 load(&w.lost),
             ),
             (
-                "herald_events_accepted_total",
-                "counter",
+                "herald_events_accepted",
+                MetricType::Counter,
                 "Events accepted by POST /events.",
                 load(&self.events_accepted),
             ),
             (
-                "herald_events_rejected_total",
-                "counter",
+                "herald_events_rejected",
+                MetricType::Counter,
                 "Events rejected by POST /events.",
                 load(&self.events_rejected),
             ),
+            (
+                "herald_attribution_errors",
+                MetricType::Counter,
+                "Event batches stored whose attribution failed.",
+                load(&self.attribution_errors),
+            ),
+            (
+                "herald_smtp_refused_recipients",
+                MetricType::Counter,
+                "RCPT TO refused (not a valid bounce address).",
+                load(&self.smtp_refused_recipients),
+            ),
         ];
-        for (name, ty, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}\n{name} {v}");
+        for (name, ty, help, v) in single {
+            let mut m = e.encode_descriptor(name, help, None, ty.clone())?;
+            match ty {
+                MetricType::Gauge => m.encode_gauge(&v)?,
+                _ => m.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+            }
         }
-        let _ = writeln!(
-            out,
-            "# HELP herald_attribution_errors_total Event batches stored whose attribution failed.\n# TYPE herald_attribution_errors_total counter\nherald_attribution_errors_total {}",
-            load(&self.attribution_errors)
-        );
-        out.push_str("# HELP herald_smtp_messages_total Messages received by the SMTP bounce receiver, by outcome.\n# TYPE herald_smtp_messages_total counter\n");
+        let mut m = e.encode_descriptor(
+            "herald_smtp_messages",
+            "Messages received by the SMTP bounce receiver, by outcome.",
+            None,
+            MetricType::Counter,
+        )?;
         for (i, r) in SMTP_RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "herald_smtp_messages_total{{result=\"{r}\"}} {}",
-                load(&self.smtp_messages[i])
-            );
+            let labels = [("result", *r)];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&load(&self.smtp_messages[i]), None)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP herald_smtp_refused_recipients_total RCPT TO refused (not a valid bounce address).\n# TYPE herald_smtp_refused_recipients_total counter\nherald_smtp_refused_recipients_total {}",
-            load(&self.smtp_refused_recipients)
-        );
         if let Some(g) = gauges {
-            out.push_str("# HELP herald_messages Messages by channel and status.\n# TYPE herald_messages gauge\n");
+            let mut m = e.encode_descriptor(
+                "herald_messages",
+                "Messages by channel and status.",
+                None,
+                MetricType::Gauge,
+            )?;
             for (channel, status, n) in &g.by_status {
-                let _ = writeln!(
-                    out,
-                    "herald_messages{{channel=\"{}\",status=\"{}\"}} {n}",
-                    label(channel),
-                    label(status)
-                );
+                let labels = [("channel", channel.as_str()), ("status", status.as_str())];
+                m.encode_family(&labels)?.encode_gauge(n)?;
             }
-            out.push_str("# HELP herald_queue_due Planned messages whose send time has come, by channel.\n# TYPE herald_queue_due gauge\n");
+            let mut m = e.encode_descriptor(
+                "herald_queue_due",
+                "Planned messages whose send time has come, by channel.",
+                None,
+                MetricType::Gauge,
+            )?;
             for (channel, n) in &g.due {
-                let _ = writeln!(
-                    out,
-                    "herald_queue_due{{channel=\"{}\"}} {n}",
-                    label(channel)
-                );
+                let labels = [("channel", channel.as_str())];
+                m.encode_family(&labels)?.encode_gauge(n)?;
             }
         }
-        out
+        Ok(())
     }
 }
 
-/// A label value escaped for the text format.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// What `/metrics` serves: the server's counters and message gauges, then
+/// the collectors of whatever else runs in the process (the daemon's
+/// dispatcher), through one exporter (prometheus-client, OpenMetrics text).
+pub(crate) fn render(
+    metrics: Arc<Metrics>,
+    gauges: Option<MessageGauges>,
+    extra: Option<ExtraMetrics>,
+) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ServerCollector { metrics, gauges }));
+    if let Some(extra) = extra {
+        registry.register_collector(Box::new(Extra(extra)));
+    }
+    let mut out = String::with_capacity(4096);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The server's counters at one scrape.
+struct ServerCollector {
+    metrics: Arc<Metrics>,
+    gauges: Option<MessageGauges>,
+}
+
+impl fmt::Debug for ServerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerCollector")
+    }
+}
+
+impl Collector for ServerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.metrics.encode(self.gauges.as_ref(), &mut encoder)
+    }
+}
+
+/// Another part of the process's collector, shared.
+struct Extra(ExtraMetrics);
+
+impl fmt::Debug for Extra {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Extra")
+    }
+}
+
+impl Collector for Extra {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        self.0.encode(encoder)
+    }
 }

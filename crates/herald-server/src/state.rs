@@ -181,8 +181,8 @@ pub enum ReportError {
     Failed(String),
 }
 
-/// Extra Prometheus text appended to `/metrics` (the daemon's dispatcher metrics).
-pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+/// Another collector `/metrics` serves (the daemon's dispatcher metrics).
+pub type ExtraMetrics = Arc<dyn prometheus_client::collector::Collector>;
 
 pub(crate) struct Inner {
     pub(crate) db: Db,
@@ -191,7 +191,7 @@ pub(crate) struct Inner {
     /// Opt-out words, normalised (see `crate::sms::normalise`).
     pub(crate) opt_out: Vec<String>,
     pub(crate) tracker: Tracker,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) report: Option<Arc<dyn ReportSource>>,
     pub(crate) extra_metrics: Option<ExtraMetrics>,
     /// SNS signing certificates fetched so far.
@@ -252,7 +252,7 @@ impl AppState {
             .collect();
         opt_out.sort();
         opt_out.dedup();
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         let tracker = Tracker::spawn(
             db.clone(),
             config.writer.clone(),

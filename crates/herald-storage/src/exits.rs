@@ -10,12 +10,8 @@
 use sea_orm::{ConnectionTrait, QueryResult};
 
 use crate::db::Db;
-use crate::routes::RoutesError;
+use crate::routes::{RoutesError, db_err};
 use crate::sql::Sql;
-
-fn db_err(e: impl std::fmt::Display) -> RoutesError {
-    RoutesError::from_text(e.to_string())
-}
 
 /// A campaign whose `exit` event ends its planned messages.
 #[derive(Debug, Clone, PartialEq, Eq)]

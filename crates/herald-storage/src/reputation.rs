@@ -9,16 +9,8 @@ use herald_engine::reputation::ReputationRule;
 use sea_orm::{ConnectionTrait, QueryResult};
 
 use crate::db::Db;
-use crate::routes::RoutesError;
+use crate::routes::{RoutesError, db_err, get};
 use crate::sql::Sql;
-
-fn db_err(e: impl std::fmt::Display) -> RoutesError {
-    RoutesError::from_text(e.to_string())
-}
-
-fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> Result<T, RoutesError> {
-    row.try_get_by_index(i).map_err(db_err)
-}
 
 async fn all(db: &Db, q: Sql) -> Result<Vec<QueryResult>, RoutesError> {
     db.conn

@@ -35,18 +35,14 @@ pub struct RouteBlock {
 #[error("database: {0}")]
 pub struct RoutesError(String);
 
-impl RoutesError {
-    /// A database error in words.
-    pub fn from_text(text: String) -> Self {
-        RoutesError(text)
-    }
-}
-
-fn db_err(e: impl std::fmt::Display) -> RoutesError {
+/// A database error as a [`RoutesError`] (shared by the exit sweep and the
+/// reputation guard, which report through the same error).
+pub(crate) fn db_err(e: impl std::fmt::Display) -> RoutesError {
     RoutesError(e.to_string())
 }
 
-fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> Result<T, RoutesError> {
+/// Column `i` of `row`.
+pub(crate) fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> Result<T, RoutesError> {
     row.try_get_by_index(i).map_err(db_err)
 }
 
