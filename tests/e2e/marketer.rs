@@ -316,12 +316,10 @@ async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
         return;
     };
     p.write(SEGMENT.0, SEGMENT.1);
-    p.write(
-        "config/campaigns/seeds.toml",
-        "name = \"seeds\"\nsegment = \"all\"\nschedule = \"manual\"\nchannels = [\"email\"]\nholdout = 0.5\n\n\
+    let seeds = "name = \"seeds\"\nsegment = \"all\"\nschedule = \"manual\"\nchannels = [\"email\"]\nholdout = 0.5\n\n\
          [[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"t/a.email.hbs\" }\n\n\
-         [results]\nretention_event = \"app_open\"\nrevenue_event = \"order_placed\"\nltv_horizon = \"45d\"\n",
-    );
+         [results]\nretention_event = \"app_open\"\nrevenue_event = \"order_placed\"\nltv_horizon = \"45d\"\n";
+    p.write("config/campaigns/seeds.toml", seeds);
     p.write("templates/t/a.email.hbs", "<p>Hi</p>\n");
     let mut csv = String::from("external_id,email\n");
     for i in 0..24 {
@@ -431,11 +429,124 @@ async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
     let csv = p.herald(&db, &["report", "seeds", "--format", "csv"]);
     csv.expect_code(0);
     assert!(
-        csv.stdout().lines().next().unwrap().ends_with(
-            "contacts,retained_d1_7,retention_d1_7,retained_d8_30,retention_d8_30,revenue_30d,arpu,revenue_ltv,ltv"
+        csv.stdout().lines().next().unwrap().contains(
+            "contacts,retained_d1_7,retention_d1_7,retained_d8_30,retention_d8_30,revenue_30d,arpu,revenue_ltv,ltv,test,"
         ),
         "{}",
         csv.stdout()
+    );
+
+    // Issue 33: sequential intervals, a correction, and ARPU and LTV
+    // compared as means, said in the JSON, the table and the CSV.
+    p.write(
+        "config/campaigns/seeds.toml",
+        &format!("{seeds}sequential = true\ncorrection = \"bh\"\n"),
+    );
+    let run = p.herald(&db, &["report", "seeds", "--format", "json"]);
+    run.expect_code(0);
+    let doc: Value = serde_json::from_str(&run.stdout()).expect("report JSON");
+    assert_eq!(doc["statistics"]["test"], "sequential", "{doc}");
+    assert_eq!(doc["statistics"]["correction"], "bh", "{doc}");
+    let metrics = doc["total"]["metric_comparisons"]
+        .as_array()
+        .expect("metrics");
+    let arpu = metrics
+        .iter()
+        .find(|m| m["metric"] == "arpu")
+        .expect("ARPU compared");
+    let (n, _, _, r30, _) = expect["a"];
+    assert!(
+        (arpu["variant_value"].as_f64().unwrap() - r30 / n as f64).abs() < 1e-9,
+        "{arpu}"
+    );
+    if arpu["result"]["outcome"] == "estimate" {
+        assert_eq!(arpu["result"]["test"]["kind"], "sequential", "{arpu}");
+    }
+    assert!(metrics.iter().any(|m| m["metric"] == "ltv"), "{doc}");
+    let table = p.herald(&db, &["report", "seeds"]);
+    table.expect_code(0);
+    let out = table.stdout();
+    for want in [
+        "sequential (always valid",
+        "95% CI (seq.)",
+        "corrected p",
+        "ARPU 30d",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert!(
+        out.lines()
+            .filter(|l| !l.starts_with("* "))
+            .all(|l| l.chars().count() <= 100),
+        "{out}"
+    );
+    let csv = p.herald(&db, &["report", "seeds", "--format", "csv"]);
+    csv.expect_code(0);
+    let text = csv.stdout();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    assert_eq!(row[at("test")], "sequential", "{text}");
+    assert_eq!(row[at("correction")], "bh", "{text}");
+    // Cells after these may hold quoted commas: only their names are checked.
+    for name in [
+        "arpu_value",
+        "arpu_vs_control_p_adjusted",
+        "ltv_vs_control_rel_lift",
+    ] {
+        at(name);
+    }
+    db.drop_db().await;
+}
+
+/// `send --dry-run` with a goal tells the smallest lift each comparison can
+/// detect from the baseline rate (here recent events: the campaign never
+/// ran), and warns when the holdout is too small for `expected_lift`.
+async fn a_dry_run_tells_the_power_of_the_test(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.write(SEGMENT.0, SEGMENT.1);
+    p.write(
+        "config/campaigns/promo.toml",
+        "name = \"promo\"\nsegment = \"all\"\nschedule = \"manual\"\nchannels = [\"email\"]\nholdout = 0.1\n\
+         goal = { event = \"order_placed\", within = \"3d\" }\n\n\
+         [[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"t/a.email.hbs\" }\n\n\
+         [results]\nexpected_lift = 0.1\n",
+    );
+    p.write("templates/t/a.email.hbs", "<p>Hi</p>\n");
+    let mut csv = String::from("external_id,email\n");
+    let mut events = String::from("external_id,name,at,value,event_id\n");
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for i in 0..40 {
+        csv.push_str(&format!("u{i},u{i}@example.com\n"));
+        if i % 4 == 0 {
+            events.push_str(&format!("u{i},order_placed,{yesterday},10,e{i}\n"));
+        }
+    }
+    p.write("contacts.csv", &csv);
+    p.write("events.csv", &events);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    p.herald(&db, &["import", "events", "events.csv"])
+        .expect_code(0);
+    let run = p.herald(&db, &["send", "promo", "--dry-run"]);
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(
+        out.contains("power (80%, 5% two-sided, fixed-horizon test"),
+        "{out}"
+    );
+    assert!(
+        out.contains("baseline conversion 25.00% (no previous run: 10 of 40 contacts had `order_placed` in the last 3 day(s))"),
+        "{out}"
+    );
+    assert!(out.contains("minimum detectable lift"), "{out}");
+    assert!(
+        out.contains("warning: the holdout is too small to detect the expected +10.0% lift"),
+        "{out}"
     );
     db.drop_db().await;
 }
@@ -594,6 +705,7 @@ async fn status_watch_refreshes(backend: Backend) {
 on_both_databases!(
     send_and_status_tables_fit_100_columns,
     a_dry_run_shows_channels_send_times_deferrals_and_caps,
+    a_dry_run_tells_the_power_of_the_test,
     the_report_shows_retention_arpu_and_ltv_per_arm,
     status_watch_refreshes,
     a_50_mb_attribute_is_previewed_in_under_a_second,

@@ -11,12 +11,12 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use comfy_table::Table;
 use herald_domain::config::ConfigSet;
-use herald_domain::stats::Comparison;
+use herald_domain::stats::{Comparison, Interval, MetricComparison};
 use herald_server::{ReportError as ServerReportError, ReportSource};
 use herald_storage::Db;
 use herald_storage::report::{
-    ArmReport, Bound, Report, ReportFilter, ResultsEcho, Scope, campaign_names, campaign_report,
-    parse_instant,
+    ArmReport, Bound, ComparisonReport, MetricComparisonReport, Report, ReportFilter, ResultsEcho,
+    Scope, campaign_names, campaign_report, parse_instant,
 };
 
 use crate::{Cli, EXIT_INVALID, Exit, app, output};
@@ -341,38 +341,156 @@ fn chance_cell(c: f64) -> String {
     }
 }
 
+/// The numbers of an estimate in a comparison table's cells: lift, interval,
+/// p-value, the corrected one when `corrected`, chance to beat.
+fn estimate_cells(
+    e: Option<(f64, Interval, f64, f64)>,
+    adjusted: Option<f64>,
+    corrected: bool,
+) -> Vec<String> {
+    let mut cells = match e {
+        Some((lift, ci, p, chance)) => vec![
+            format!("{:+.2}%", lift * 100.0),
+            format!("{:+.2}% to {:+.2}%", ci.lower * 100.0, ci.upper * 100.0),
+            p_cell(p),
+            chance_cell(chance),
+        ],
+        None => vec![
+            "not enough data".to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ],
+    };
+    if corrected {
+        cells.insert(3, adjusted.map(p_cell).unwrap_or_default());
+    }
+    cells
+}
+
+/// The header cells of [`estimate_cells`].
+fn estimate_header(r: &Report) -> Vec<&'static str> {
+    let mut header = vec![
+        "lift",
+        if r.statistics.test == "sequential" {
+            "95% CI (seq.)"
+        } else {
+            "95% CI"
+        },
+        "p-value",
+    ];
+    if r.statistics.correction != "none" {
+        header.push("corrected p");
+    }
+    header.push("chance to beat");
+    header
+}
+
+fn conversion_numbers(c: &ComparisonReport) -> Option<(f64, Interval, f64, f64)> {
+    match &c.result {
+        Comparison::Estimate(e) => Some((e.rel_lift, e.rel_ci, e.p_value, e.chance_to_beat)),
+        Comparison::NotEnoughData { .. } => None,
+    }
+}
+
+fn metric_numbers(c: &MetricComparisonReport) -> Option<(f64, Interval, f64, f64)> {
+    match &c.result {
+        MetricComparison::Estimate(e) => Some((e.rel_lift, e.rel_ci, e.p_value, e.chance_to_beat)),
+        MetricComparison::NotEnoughData { .. } => None,
+    }
+}
+
 /// Each comparison's numbers, next to the sentences that say them in words.
-fn comparison_table(scope: &Scope, wide: bool) -> Table {
+fn comparison_table(r: &Report, scope: &Scope, wide: bool) -> Table {
     // Narrow, the two rates are left out: the outcome table above has them.
     let mut header = vec!["variant", "vs"];
     if wide {
         header.extend(["conversion", "control conversion"]);
     }
-    header.extend(["lift", "95% CI", "p-value", "chance to beat"]);
+    header.extend(estimate_header(r));
+    let corrected = r.statistics.correction != "none";
     let mut t = new_table(header.into_iter().map(String::from).collect(), wide);
     for c in &scope.comparisons {
         let mut row = vec![c.variant.clone(), c.control.clone()];
         if wide {
             row.extend([rate(c.variant_counts.rate()), rate(c.control_counts.rate())]);
         }
-        match &c.result {
-            Comparison::Estimate(e) => row.extend([
-                format!("{:+.2}%", e.rel_lift * 100.0),
-                format!(
-                    "{:+.2}% to {:+.2}%",
-                    e.rel_ci.lower * 100.0,
-                    e.rel_ci.upper * 100.0
-                ),
-                p_cell(e.p_value),
-                chance_cell(e.chance_to_beat),
-            ]),
-            Comparison::NotEnoughData { .. } => row.extend([
-                "not enough data".to_string(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]),
+        row.extend(estimate_cells(
+            conversion_numbers(c),
+            c.p_value_adjusted,
+            corrected,
+        ));
+        t.add_row(row);
+    }
+    t
+}
+
+/// A metric's short name in the tables.
+fn metric_label(metric: &str, horizon: &str) -> String {
+    match metric {
+        "retention_d1_7" => "retention d1-7".to_string(),
+        "retention_d8_30" => "retention d8-30".to_string(),
+        "arpu" => "ARPU 30d".to_string(),
+        "ltv" => format!("LTV {horizon}"),
+        "revenue_per_converter" => "revenue/converter".to_string(),
+        "clicks_per_delivered" => "clicks/delivered".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A metric's value in a cell: a rate as a percentage, money with two decimals.
+fn metric_value_cell(metric: &str, value: Option<f64>) -> String {
+    match (metric, value) {
+        (_, None) => String::new(),
+        ("arpu" | "ltv" | "revenue_per_converter", Some(v)) => money(v),
+        (_, Some(v)) => rate(Some(v)),
+    }
+}
+
+/// Retention, mean and ratio metrics compared like conversion (`[results]`);
+/// narrow, the arms' values are left to `--wide` (the results table has most).
+fn metric_table(r: &Report, scope: &Scope, wide: bool) -> Table {
+    let horizon = r.results.as_ref().map_or("", |x| x.ltv_horizon.as_str());
+    let mut header = vec!["metric", "variant", "vs"];
+    if wide {
+        header.extend(["value", "control value"]);
+    }
+    header.extend(estimate_header(r));
+    let corrected = r.statistics.correction != "none";
+    let mut t = new_table(header.into_iter().map(String::from).collect(), wide);
+    for c in &scope.results_comparisons {
+        let mut row = vec![
+            metric_label(c.metric, horizon),
+            c.variant.clone(),
+            c.control.clone(),
+        ];
+        if wide {
+            row.extend([rate(c.variant_counts.rate()), rate(c.control_counts.rate())]);
         }
+        row.extend(estimate_cells(
+            conversion_numbers(c),
+            c.p_value_adjusted,
+            corrected,
+        ));
+        t.add_row(row);
+    }
+    for c in &scope.metric_comparisons {
+        let mut row = vec![
+            metric_label(c.metric, horizon),
+            c.variant.clone(),
+            c.control.clone(),
+        ];
+        if wide {
+            row.extend([
+                metric_value_cell(c.metric, c.variant_value),
+                metric_value_cell(c.metric, c.control_value),
+            ]);
+        }
+        row.extend(estimate_cells(
+            metric_numbers(c),
+            c.p_value_adjusted,
+            corrected,
+        ));
         t.add_row(row);
     }
     t
@@ -399,6 +517,7 @@ fn suppression_lines(arms: &[ArmReport]) -> Vec<String> {
 
 fn scope_text(
     out: &mut String,
+    report: &Report,
     title: &str,
     scope: &Scope,
     goals: &[String],
@@ -419,7 +538,10 @@ fn scope_text(
         out.push_str(&format!("{}\n", results_table(scope, &r.ltv_horizon, wide)));
     }
     if !scope.comparisons.is_empty() {
-        out.push_str(&format!("{}\n", comparison_table(scope, wide)));
+        out.push_str(&format!("{}\n", comparison_table(report, scope, wide)));
+    }
+    if !scope.results_comparisons.is_empty() || !scope.metric_comparisons.is_empty() {
+        out.push_str(&format!("{}\n", metric_table(report, scope, wide)));
     }
     for s in &scope.summary {
         out.push_str(&format!("* {s}\n"));
@@ -464,8 +586,16 @@ pub fn table(r: &Report, wide: bool) -> String {
         return out;
     }
     let ids: Vec<String> = r.runs.iter().map(|s| s.run.id.to_string()).collect();
+    let total = &r.total;
+    if !total.comparisons.is_empty()
+        || !total.results_comparisons.is_empty()
+        || !total.metric_comparisons.is_empty()
+    {
+        out.push_str(&format!("* {}\n", r.statistics.sentence));
+    }
     scope_text(
         &mut out,
+        r,
         &format!("\nall selected runs ({})", ids.join(", ")),
         &r.total,
         &r.secondary_goals,
@@ -653,6 +783,34 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
             .map(String::from),
         );
     }
+    // Which intervals and p-values the row shows, and the corrected p-values.
+    header.extend(
+        [
+            "test",
+            "correction",
+            "vs_control_p_adjusted",
+            "vs_first_p_adjusted",
+        ]
+        .map(String::from),
+    );
+    // Retention, mean and ratio metrics (`[results]`), each against the control and the first.
+    let metrics = csv_metrics(r);
+    for m in &metrics {
+        header.push(format!("{m}_value"));
+        for prefix in ["vs_control", "vs_first"] {
+            for f in [
+                "rel_lift",
+                "ci_lower",
+                "ci_upper",
+                "p_value",
+                "p_adjusted",
+                "chance_to_beat",
+                "no_estimate",
+            ] {
+                header.push(format!("{m}_{prefix}_{f}"));
+            }
+        }
+    }
 
     let mut w = ::csv::Writer::from_writer(Vec::new());
     w.write_record(&header)?;
@@ -751,11 +909,127 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
                     opt(x.and_then(|x| x.ltv)),
                 ]);
             }
+            let adjusted = |control: Option<&str>| {
+                opt(control.and_then(|c| {
+                    scope
+                        .comparisons
+                        .iter()
+                        .find(|x| x.variant == a.arm && x.control == c)
+                        .and_then(|x| x.p_value_adjusted)
+                }))
+            };
+            row.extend([
+                r.statistics.test.to_string(),
+                r.statistics.correction.to_string(),
+                adjusted(scope.control.as_deref()),
+                adjusted(first),
+            ]);
+            for m in &metrics {
+                row.extend(csv_metric_cells(scope, &a.arm, m, first));
+            }
             w.write_record(&row)?;
         }
     }
     let bytes = w.into_inner().context("cannot finish the CSV")?;
     Ok(String::from_utf8(bytes)?)
+}
+
+/// The metrics compared besides conversion, in the order the total shows them.
+fn csv_metrics(r: &Report) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    let scopes = std::iter::once(&r.total).chain(r.runs.iter().map(|s| &s.scope));
+    for scope in scopes {
+        let names = scope
+            .results_comparisons
+            .iter()
+            .map(|c| c.metric)
+            .chain(scope.metric_comparisons.iter().map(|c| c.metric));
+        for m in names {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+/// One arm's cells of `metric`: its value, then against the control and
+/// the first variant as the conversion columns have them.
+fn csv_metric_cells(scope: &Scope, arm: &str, metric: &str, first: Option<&str>) -> Vec<String> {
+    let proportions = scope
+        .results_comparisons
+        .iter()
+        .filter(|c| c.metric == metric);
+    let others = scope
+        .metric_comparisons
+        .iter()
+        .filter(|c| c.metric == metric);
+    let value = proportions
+        .clone()
+        .find_map(|c| {
+            if c.variant == arm {
+                c.variant_counts.rate()
+            } else if c.control == arm {
+                c.control_counts.rate()
+            } else {
+                None
+            }
+        })
+        .or_else(|| {
+            others.clone().find_map(|c| {
+                if c.variant == arm {
+                    c.variant_value
+                } else if c.control == arm {
+                    c.control_value
+                } else {
+                    None
+                }
+            })
+        });
+    let mut cells = vec![opt(value)];
+    for control in [scope.control.as_deref(), first] {
+        let numbers = control.and_then(|control| {
+            proportions
+                .clone()
+                .find(|c| c.variant == arm && c.control == control)
+                .map(|c| {
+                    let why = match &c.result {
+                        Comparison::NotEnoughData { message, .. } => Some(*message),
+                        Comparison::Estimate(_) => None,
+                    };
+                    (conversion_numbers(c), c.p_value_adjusted, why)
+                })
+                .or_else(|| {
+                    others
+                        .clone()
+                        .find(|c| c.variant == arm && c.control == control)
+                        .map(|c| {
+                            let why = match &c.result {
+                                MetricComparison::NotEnoughData { message, .. } => Some(*message),
+                                MetricComparison::Estimate(_) => None,
+                            };
+                            (metric_numbers(c), c.p_value_adjusted, why)
+                        })
+                })
+        });
+        match numbers {
+            Some((Some((lift, ci, p, chance)), adjusted, _)) => cells.extend([
+                lift.to_string(),
+                ci.lower.to_string(),
+                ci.upper.to_string(),
+                p.to_string(),
+                opt(adjusted),
+                chance.to_string(),
+                String::new(),
+            ]),
+            Some((None, _, why)) => {
+                cells.extend(std::iter::repeat_n(String::new(), 6));
+                cells.push(why.unwrap_or_default().to_string());
+            }
+            None => cells.extend(std::iter::repeat_n(String::new(), 7)),
+        }
+    }
+    cells
 }
 
 /// The report source of `GET /api/campaigns/{name}/report`, for `herald serve` and `herald run`.

@@ -10,14 +10,16 @@ use std::sync::Arc;
 use clap::Args;
 use comfy_table::Table;
 use herald_domain::config::{Campaign, ConfigSet, Trigger};
-use herald_domain::types::MessageStatus;
+use herald_domain::stats::{POWER, TestKind, minimum_detectable_lift};
+use herald_domain::types::{MessageStatus, SuppressReason};
 use herald_engine::dispatch::{DispatchStats, Dispatcher};
 use herald_engine::dry_run::DryRunShape;
 use herald_engine::render::CampaignRenderer;
-use herald_engine::rollout;
 use herald_engine::run::PlanStats;
 use herald_engine::store::{RunCounts, RunRecord, Store};
 use herald_engine::{Clock, Engine, SystemClock};
+use herald_engine::{plan, rollout};
+use herald_storage::report::Baseline;
 use herald_storage::store::SqlStore;
 use herald_templates::TemplateSet;
 
@@ -289,6 +291,8 @@ async fn dry_run(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now_ms();
     let calendar = config.herald.defaults.timezone.0.name();
+    let db = store.db().clone();
+    let store_db = &db;
     let (counts, shape) = Engine::new(store, clock, config)
         .dry_run(campaign, now)
         .await?;
@@ -302,7 +306,129 @@ async fn dry_run(
         println!("  {reason}: {n}");
     }
     print!("{}", shape_text(&shape, calendar));
+    if let Some(goal) = &campaign.goal {
+        let window = campaign.goal_window_ms().unwrap_or(goal.within.millis());
+        let baseline = herald_storage::report::baseline_rate(
+            store_db,
+            &campaign.name,
+            &goal.event,
+            window,
+            now,
+        )
+        .await?;
+        print!(
+            "{}",
+            power_text(campaign, &arm_sizes(&counts), baseline.as_ref())
+        );
+    }
     Ok(())
+}
+
+/// Each arm's planned size as the report will count it: every message but
+/// the global holdout's and a rollout's waiting rest.
+fn arm_sizes(counts: &RunCounts) -> BTreeMap<String, u64> {
+    let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
+    for (arm, status, reason, n) in &counts.rows {
+        let global = status == "suppressed"
+            && reason.as_deref() == Some(SuppressReason::GlobalHoldout.as_str());
+        if !global && !rollout::is_rollout_arm(arm) {
+            *sizes.entry(arm.clone()).or_default() += u64::try_from(*n).unwrap_or(0);
+        }
+    }
+    sizes
+}
+
+/// The smallest control size (with `n_variant` fixed) at which `lift` is
+/// detectable, if one up to a billion is.
+fn control_needed(baseline: f64, n_variant: u64, lift: f64, test: TestKind) -> Option<u64> {
+    let detects =
+        |n: u64| minimum_detectable_lift(baseline, n, n_variant, test).is_some_and(|m| m <= lift);
+    let mut hi = 2;
+    while !detects(hi) {
+        hi *= 2;
+        if hi > 1_000_000_000 {
+            return None;
+        }
+    }
+    let mut lo = hi / 2;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if detects(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(hi)
+}
+
+/// Power before the send: for each comparison the report will make on the
+/// goal, the smallest relative lift detectable at 80% power and 5% two-sided
+/// (herald's delta-method test; the sequential one with `[results]
+/// sequential`), and a warning when `[results] expected_lift` is smaller.
+pub fn power_text(
+    campaign: &Campaign,
+    sizes: &BTreeMap<String, u64>,
+    baseline: Option<&Baseline>,
+) -> String {
+    let results = campaign.results.as_ref();
+    let test = results.map_or(TestKind::FixedHorizon, |r| r.test());
+    let kind = match test {
+        TestKind::FixedHorizon => "fixed-horizon",
+        TestKind::Sequential { .. } => "sequential",
+    };
+    let mut out = format!(
+        "power ({:.0}%, 5% two-sided, {kind} test of the relative lift in conversions):\n",
+        POWER * 100.0
+    );
+    let Some(baseline) = baseline else {
+        out.push_str(
+            "  no baseline conversion rate yet (no conversions in previous runs or recent \
+             events), so no minimum detectable lift\n",
+        );
+        return out;
+    };
+    out.push_str(&format!(
+        "  baseline conversion {:.2}% ({})\n",
+        baseline.rate * 100.0,
+        baseline.from
+    ));
+    let size = |arm: &str| sizes.get(arm).copied().unwrap_or(0);
+    let variants = campaign.variant_names();
+    let holdout = plan::HOLDOUT_ARM;
+    let control = if size(holdout) > 0 {
+        Some(holdout)
+    } else {
+        variants.first().copied()
+    };
+    let Some(control) = control else {
+        return out;
+    };
+    let expected = results.and_then(|r| r.expected_lift);
+    for variant in variants.iter().filter(|v| **v != control) {
+        let (nc, nv) = (size(control), size(variant));
+        let mde = minimum_detectable_lift(baseline.rate, nc, nv, test);
+        let words = match mde {
+            Some(m) => format!("+{:.1}%", m * 100.0),
+            None => "none that is possible (the arms are too small)".to_string(),
+        };
+        out.push_str(&format!(
+            "  {variant} ({nv}) vs {control} ({nc}): minimum detectable lift {words}\n"
+        ));
+        if let Some(lift) = expected
+            && mde.is_none_or(|m| m > lift)
+        {
+            let fix = control_needed(baseline.rate, nv, lift, test)
+                .map(|n| format!("; a {control} of about {n} contacts would"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  warning: the {control} is too small to detect the expected +{:.1}% lift \
+                 (`[results] expected_lift`) of {variant}{fix}\n",
+                lift * 100.0
+            ));
+        }
+    }
+    out
 }
 
 /// The dry run's channel mix, send times, deferrals and cap suppressions.
@@ -413,4 +539,93 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
         return Err(Exit(EXIT_FAILURE).into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaign(results: &str) -> Campaign {
+        let src = format!(
+            "name = \"p\"\nwhere = 'attrs.x == 1'\nchannels = [\"email\"]\n\
+             goal = {{ event = \"order_placed\", within = \"3d\" }}\nholdout = 0.1\n{results}\n\
+             [[variants]]\nname = \"a\"\nemail = {{ subject = \"s\", template = \"a.email.hbs\" }}\n\
+             [[variants]]\nname = \"b\"\nemail = {{ subject = \"s\", template = \"b.email.hbs\" }}\n"
+        );
+        Campaign::parse("p.toml", &src).unwrap()
+    }
+
+    fn sizes(holdout: u64, a: u64, b: u64) -> BTreeMap<String, u64> {
+        [("holdout", holdout), ("a", a), ("b", b)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    fn baseline() -> Baseline {
+        Baseline {
+            rate: 0.05,
+            contacts: 20_000,
+            from: "1000 of 20000 contacts of its previous runs converted".into(),
+        }
+    }
+
+    #[test]
+    fn the_dry_run_names_each_comparisons_minimum_detectable_lift() {
+        let text = power_text(
+            &campaign(""),
+            &sizes(1_000, 4_500, 4_500),
+            Some(&baseline()),
+        );
+        let want = minimum_detectable_lift(0.05, 1_000, 4_500, TestKind::FixedHorizon).unwrap();
+        assert!(text.contains("fixed-horizon"), "{text}");
+        assert!(text.contains("baseline conversion 5.00%"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "a (4500) vs holdout (1000): minimum detectable lift +{:.1}%",
+                want * 100.0
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains("warning"),
+            "no expected lift, no warning: {text}"
+        );
+        let seq = power_text(
+            &campaign("[results]\nsequential = true\n"),
+            &sizes(1_000, 4_500, 4_500),
+            Some(&baseline()),
+        );
+        assert!(seq.contains("sequential test"), "{seq}");
+    }
+
+    #[test]
+    fn a_holdout_too_small_for_the_expected_lift_is_warned_with_the_size_that_would_do() {
+        let c = campaign("[results]\nexpected_lift = 0.1\n");
+        let text = power_text(&c, &sizes(1_000, 40_000, 40_000), Some(&baseline()));
+        assert!(
+            text.contains("warning: the holdout is too small to detect the expected +10.0% lift"),
+            "{text}"
+        );
+        let needed = control_needed(0.05, 40_000, 0.1, TestKind::FixedHorizon).unwrap();
+        assert!(text.contains(&format!("about {needed} contacts")), "{text}");
+        let mde = minimum_detectable_lift(0.05, needed, 40_000, TestKind::FixedHorizon).unwrap();
+        let short = minimum_detectable_lift(0.05, needed - 1, 40_000, TestKind::FixedHorizon);
+        assert!(
+            mde <= 0.1 && short.is_none_or(|m| m > 0.1),
+            "{mde} {short:?}"
+        );
+        // Variants too small for any holdout: warned, with no size that would do.
+        let hopeless = power_text(&c, &sizes(1_000, 4_500, 4_500), Some(&baseline()));
+        assert!(
+            hopeless.contains("warning: the holdout is too small"),
+            "{hopeless}"
+        );
+        assert!(control_needed(0.05, 4_500, 0.1, TestKind::FixedHorizon).is_none());
+        assert!(!hopeless.contains("would"), "{hopeless}");
+        let big = power_text(&c, &sizes(200_000, 200_000, 200_000), Some(&baseline()));
+        assert!(!big.contains("warning"), "{big}");
+        let none = power_text(&c, &sizes(1_000, 4_500, 4_500), None);
+        assert!(none.contains("no baseline"), "{none}");
+    }
 }

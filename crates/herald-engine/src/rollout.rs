@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use herald_domain::assign::unit_hash;
 use herald_domain::config::{Campaign, ConfigSet, Rollout as RolloutConfig, RolloutMetric};
-use herald_domain::stats::{ArmCounts, Rollout, decide_rollout};
+use herald_domain::stats::{ArmCounts, Rollout, TestKind, decide_rollout_with};
 
 use crate::clock::Clock;
 use crate::plan::{HOLDOUT_ARM, PlanContext};
@@ -214,7 +214,12 @@ pub fn decide(
         })
         .collect();
     let named: Vec<(&str, ArmCounts)> = variants.iter().map(|(n, c)| (n.as_str(), *c)).collect();
-    let rollout = decide_rollout(&named, metric_name(metric), last_call)?;
+    // With `[results] sequential`, a decision taken at any hourly look stays valid.
+    let test = campaign
+        .results
+        .as_ref()
+        .map_or(TestKind::FixedHorizon, |r| r.test());
+    let rollout = decide_rollout_with(&named, metric_name(metric), last_call, test)?;
     let last_test_send = outcomes
         .iter()
         .filter(|o| !is_rollout_arm(&o.arm) && o.arm != HOLDOUT_ARM)
@@ -535,6 +540,30 @@ email = {{ subject = "s", template = "b.email.hbs" }}
         )
         .unwrap();
         assert!(!later.window_cut_short);
+    }
+
+    #[test]
+    fn with_sequential_testing_on_the_decision_reads_the_sequential_p() {
+        // b's chance to beat a is about 97%, yet its sequential p is far above 5%.
+        let outcomes = [arm("a", 10_000, 500), arm("b", 10_000, 560)];
+        let fixed = decide(
+            &campaign(""),
+            RolloutMetric::Conversion,
+            &outcomes,
+            1,
+            2_000,
+            false,
+        );
+        assert!(fixed.unwrap().rollout.clear_winner);
+        let c = campaign("[results]\nsequential = true\n");
+        let d = decide(&c, RolloutMetric::Conversion, &outcomes, 1, 2_000, false).unwrap();
+        assert!(!d.rollout.decided, "{}", d.rollout.reason);
+        assert!(d.rollout.rivals[0].sequential_p.is_some());
+        assert!(
+            d.rollout.reason.contains("sequential p"),
+            "{}",
+            d.rollout.reason
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ use serde_json::Value as Json;
 
 pub use build::{
     ArmReport, ArmResults, ComparisonReport, FilterEcho, GlobalHoldoutReport, GoalEcho, Group,
-    HoldoutSide, Rates, Report, ReportSettings, ResultsEcho, RolloutEcho, RunEcho, RunScope, Scope,
-    SecondaryReport, SrmReport, build,
+    HoldoutSide, MetricComparisonReport, Rates, Report, ReportSettings, ResultsEcho, RolloutEcho,
+    RunEcho, RunScope, Scope, SecondaryReport, SrmReport, StatisticsEcho, build,
 };
 
 use herald_domain::types::SuppressReason;
@@ -167,7 +167,7 @@ impl RolloutRecord {
             "rivals": decision
                 .rivals
                 .iter()
-                .map(|r| serde_json::json!({"arm": name(r.variant), "leader_chance_to_beat": r.chance_to_beat, "fisher_p": r.fisher_p}))
+                .map(|r| serde_json::json!({"arm": name(r.variant), "leader_chance_to_beat": r.chance_to_beat, "fisher_p": r.fisher_p, "sequential_p": r.sequential_p}))
                 .collect::<Vec<_>>(),
         });
         Self {
@@ -205,6 +205,9 @@ pub struct Tally {
     pub converted: u64,
     /// Revenue of the goal events.
     pub revenue: f64,
+    /// Sum of each message's revenue squared: the spread of revenue per
+    /// converting contact (a message has revenue only when it converted).
+    pub revenue_squares: f64,
     /// The latest planned send time (ms).
     pub last_send_at: Option<i64>,
     /// Per secondary goal, in the order asked for: (messages that reached it, its revenue).
@@ -223,6 +226,7 @@ impl Tally {
         self.complained += other.complained;
         self.converted += other.converted;
         self.revenue += other.revenue;
+        self.revenue_squares += other.revenue_squares;
         self.last_send_at = self.last_send_at.max(other.last_send_at);
         if self.secondary.len() < other.secondary.len() {
             self.secondary.resize(other.secondary.len(), (0, 0.0));
@@ -246,6 +250,7 @@ impl Tally {
         self.complained = self.complained.saturating_sub(other.complained);
         self.converted = self.converted.saturating_sub(other.converted);
         self.revenue -= other.revenue;
+        self.revenue_squares -= other.revenue_squares;
         for (mine, theirs) in self.secondary.iter_mut().zip(&other.secondary) {
             mine.0 = mine.0.saturating_sub(theirs.0);
             mine.1 -= theirs.1;
@@ -297,6 +302,10 @@ pub struct ResultsTally {
     pub revenue_30d: f64,
     /// The revenue event's values in `(send_at, send_at + ltv_horizon]`.
     pub revenue_ltv: f64,
+    /// Sum over contacts of each one's 30-day revenue squared (ARPU's spread).
+    pub revenue_30d_squares: f64,
+    /// Sum over contacts of each one's LTV revenue squared.
+    pub revenue_ltv_squares: f64,
     /// The latest planned send time (ms).
     pub last_send_at: Option<i64>,
 }
@@ -309,6 +318,8 @@ impl ResultsTally {
         self.retained_d8_30 += other.retained_d8_30;
         self.revenue_30d += other.revenue_30d;
         self.revenue_ltv += other.revenue_ltv;
+        self.revenue_30d_squares += other.revenue_30d_squares;
+        self.revenue_ltv_squares += other.revenue_ltv_squares;
         self.last_send_at = self.last_send_at.max(other.last_send_at);
     }
 }
@@ -499,7 +510,10 @@ fn scan_sql(
             _ => q.push(", SUM(m.").push(flag).push(" IS NOT NULL)"),
         };
     }
-    q.push(", CAST(COALESCE(SUM(m.revenue), 0) AS DOUBLE PRECISION), MAX(m.send_at)");
+    q.push(
+        ", CAST(COALESCE(SUM(m.revenue), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(m.revenue * m.revenue), 0) AS DOUBLE PRECISION), MAX(m.send_at)",
+    );
     // Secondary goals are read from the same rows: `secondary` holds
     // {"EVENT": {"at", "count", "revenue"}} for each goal a message reached.
     for goal in secondary {
@@ -549,41 +563,51 @@ fn scan_sql(
 /// statement, each message probing the events index (`name, contact_id, at,
 /// value`) once per metric. Kept apart from the grouped scan so that a
 /// campaign without `[results]` pays nothing, and SQLite's covering indexes
-/// of that scan stay covering.
+/// of that scan stay covering. Each contact's values are computed once in a
+/// derived table, so the sums of squares (the spread of ARPU and LTV) cost a
+/// multiplication, not another probe.
 fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
     let mut q = Sql::new();
-    q.push("SELECT m.run_id, m.arm, COUNT(*)");
-    let retained = |q: &mut Sql, from_day: i64, to_day: i64| match &spec.retention_event {
-        Some(event) => {
-            q.push(", CAST(COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.name = ")
-                .bind(event.clone())
-                .push(" AND e.contact_id = m.contact_id AND e.at >= m.send_at + ")
-                .bind(from_day * DAY_MS)
-                .push(" AND e.at < m.send_at + ")
-                .bind(to_day * DAY_MS)
-                .push(") THEN 1 ELSE 0 END), 0) AS BIGINT)");
+    q.push("SELECT m.run_id, m.arm, m.send_at");
+    let retained = |q: &mut Sql, from_day: i64, to_day: i64, name: &str| {
+        match &spec.retention_event {
+            Some(event) => {
+                q.push(", CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.name = ")
+                    .bind(event.clone())
+                    .push(" AND e.contact_id = m.contact_id AND e.at >= m.send_at + ")
+                    .bind(from_day * DAY_MS)
+                    .push(" AND e.at < m.send_at + ")
+                    .bind(to_day * DAY_MS)
+                    .push(") THEN 1 ELSE 0 END AS ");
+            }
+            None => {
+                q.push(", 0 AS ");
+            }
         }
-        None => {
-            q.push(", CAST(0 AS BIGINT)");
-        }
+        q.push(name);
     };
-    retained(&mut q, 1, 8);
-    retained(&mut q, 8, 31);
-    let revenue = |q: &mut Sql, span_ms: i64| match &spec.revenue_event {
-        Some(event) => {
-            q.push(", CAST(COALESCE(SUM((SELECT SUM(e.value) FROM events e WHERE e.name = ")
-                .bind(event.clone())
-                .push(" AND e.contact_id = m.contact_id AND e.at > m.send_at AND e.at <= m.send_at + ")
-                .bind(span_ms)
-                .push(")), 0) AS DOUBLE PRECISION)");
+    retained(&mut q, 1, 8, "d1");
+    retained(&mut q, 8, 31, "d8");
+    let revenue = |q: &mut Sql, span_ms: i64, name: &str| {
+        match &spec.revenue_event {
+            Some(event) => {
+                q.push(", CAST(COALESCE((SELECT SUM(e.value) FROM events e WHERE e.name = ")
+                    .bind(event.clone())
+                    .push(
+                        " AND e.contact_id = m.contact_id AND e.at > m.send_at AND e.at <= m.send_at + ",
+                    )
+                    .bind(span_ms)
+                    .push("), 0) AS DOUBLE PRECISION) AS ");
+            }
+            None => {
+                q.push(", CAST(0 AS DOUBLE PRECISION) AS ");
+            }
         }
-        None => {
-            q.push(", CAST(0 AS DOUBLE PRECISION)");
-        }
+        q.push(name);
     };
-    revenue(&mut q, ARPU_DAYS * DAY_MS);
-    revenue(&mut q, spec.ltv_horizon_ms);
-    q.push(", MAX(m.send_at) FROM messages m WHERE m.campaign_id = ")
+    revenue(&mut q, ARPU_DAYS * DAY_MS, "r30");
+    revenue(&mut q, spec.ltv_horizon_ms, "rl");
+    q.push(" FROM messages m WHERE m.campaign_id = ")
         .bind(campaign_id)
         .push(" AND m.step = 0")
         // The global holdout is outside the campaign's experiment, as in the scan.
@@ -591,7 +615,17 @@ fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
         .bind(SuppressReason::GlobalHoldout.as_str().to_string())
         .push(")");
     push_runs(&mut q, campaign_id, runs);
-    q.push(" GROUP BY m.run_id, m.arm");
+    // The outer query binds nothing, so the inner one's placeholders keep their numbers.
+    q.text.insert_str(
+        0,
+        "SELECT t.run_id, t.arm, COUNT(*), CAST(COALESCE(SUM(t.d1), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(t.d8), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(t.r30), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.rl), 0) AS DOUBLE PRECISION), MAX(t.send_at), \
+         CAST(COALESCE(SUM(t.r30 * t.r30), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.rl * t.rl), 0) AS DOUBLE PRECISION) FROM (",
+    );
+    q.push(") t GROUP BY t.run_id, t.arm");
     q
 }
 
@@ -635,6 +669,8 @@ async fn results_scan(
                     revenue_30d: get(&r, 5)?,
                     revenue_ltv: get(&r, 6)?,
                     last_send_at: get(&r, 7)?,
+                    revenue_30d_squares: get(&r, 8)?,
+                    revenue_ltv_squares: get(&r, 9)?,
                 },
             });
         }
@@ -777,13 +813,14 @@ fn group_of(r: &QueryResult, secondary: &[String]) -> ReportResult<Group> {
             complained: count(r, 10)?,
             converted: count(r, 11)?,
             revenue: get(r, 12)?,
-            last_send_at: get(r, 13)?,
+            revenue_squares: get(r, 13)?,
+            last_send_at: get(r, 14)?,
             secondary: Vec::with_capacity(secondary.len()),
         };
         for i in 0..secondary.len() {
             tally
                 .secondary
-                .push((count(r, 14 + 2 * i)?, get(r, 15 + 2 * i)?));
+                .push((count(r, 15 + 2 * i)?, get(r, 16 + 2 * i)?));
         }
         Ok(Group {
             run_id,
@@ -981,6 +1018,77 @@ pub async fn campaign_report(
     };
     let settings = ReportSettings::new(name, campaign, global_holdout, now);
     Ok(Some(build(&data, &settings, filter)))
+}
+
+/// A goal's conversion rate before a send, for its power (`herald send --dry-run`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baseline {
+    /// Converted / contacts.
+    pub rate: f64,
+    /// Contacts it was measured on.
+    pub contacts: u64,
+    /// Where it comes from, in words.
+    pub from: String,
+}
+
+/// Longest span of events the fallback baseline reads.
+const BASELINE_DAYS: i64 = 30;
+
+/// The conversion rate the campaign's next run can expect on its goal
+/// (`event` within `window_ms`): over the previous runs' messages whose
+/// goal window has closed (intention to treat, every arm, the global holdout
+/// and a rollout's rest left out); without any, the share of all contacts
+/// with the event in the last `window_ms` (at most 30 days) before `now`.
+/// `None` when neither has a conversion. Reads the campaign's messages once.
+pub async fn baseline_rate(
+    db: &Db,
+    campaign: &str,
+    event: &str,
+    window_ms: i64,
+    now: i64,
+) -> ReportResult<Option<Baseline>> {
+    let b = db.backend();
+    let mut q = Sql::new();
+    q.push(
+        "SELECT COUNT(*), COUNT(m.converted_at) FROM messages m JOIN campaigns c ON c.id = m.campaign_id WHERE c.name = ",
+    )
+    .bind(campaign.to_string())
+    .push(" AND m.step = 0 AND m.arm NOT LIKE 'rollout:%' AND m.send_at <= ")
+    .bind(now.saturating_sub(window_ms))
+    .push(" AND (m.status <> 'suppressed' OR m.reason IS NULL OR m.reason <> ")
+    .bind(SuppressReason::GlobalHoldout.as_str().to_string())
+    .push(")");
+    if let Some(r) = db.conn.query_one_raw(q.build(b)).await? {
+        let (n, k) = (count(&r, 0)?, count(&r, 1)?);
+        if n > 0 && k > 0 {
+            return Ok(Some(Baseline {
+                rate: k as f64 / n as f64,
+                contacts: n,
+                from: format!("{k} of {n} contacts of its previous runs converted"),
+            }));
+        }
+    }
+    let span = window_ms.clamp(1, BASELINE_DAYS * DAY_MS);
+    let mut q = Sql::new();
+    q.push("SELECT (SELECT COUNT(DISTINCT e.contact_id) FROM events e WHERE e.name = ")
+        .bind(event.to_string())
+        .push(" AND e.at > ")
+        .bind(now - span)
+        .push(" AND e.at <= ")
+        .bind(now)
+        .push("), (SELECT COUNT(*) FROM contacts)");
+    let Some(r) = db.conn.query_one_raw(q.build(b)).await? else {
+        return Ok(None);
+    };
+    let (k, n) = (count(&r, 0)?, count(&r, 1)?);
+    Ok((n > 0 && k > 0).then(|| Baseline {
+        rate: k.min(n) as f64 / n as f64,
+        contacts: n,
+        from: format!(
+            "no previous run: {k} of {n} contacts had `{event}` in the last {} day(s)",
+            (span + DAY_MS - 1) / DAY_MS
+        ),
+    }))
 }
 
 /// Records a rollout decision; `false` when the run had already decided

@@ -168,8 +168,10 @@ pub struct Goal {
 }
 
 /// `[results]`: the seeds' metrics per arm in the report (issue 26): retention
-/// on an activity event, and ARPU and LTV on a revenue event.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// on an activity event, and ARPU and LTV on a revenue event; and how the
+/// report compares arms (issue 33): sequential or fixed-horizon tests, a
+/// correction for many comparisons, the lift the holdout should be able to show.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsConfig {
     /// The activity that counts as coming back (`app_open`): retention is
@@ -181,11 +183,137 @@ pub struct ResultsConfig {
     /// LTV's horizon after the message (default 90 days).
     #[serde(default = "ResultsConfig::default_ltv_horizon")]
     pub ltv_horizon: Span,
+    /// Always-valid (sequential) intervals and p-values, for a report read
+    /// every day; `false`: fixed-horizon ones, valid read once at the end.
+    #[serde(default)]
+    pub sequential: bool,
+    /// The sequential test's tuning (gbstats' `sequential_tuning_parameter`):
+    /// the sample size at which its intervals are narrowest relative to the
+    /// fixed-horizon ones.
+    #[serde(
+        default = "ResultsConfig::default_tuning",
+        deserialize_with = "positive_tuning"
+    )]
+    pub tuning: f64,
+    /// Correction of the p-values for the number of comparisons.
+    #[serde(default)]
+    pub correction: CorrectionSetting,
+    /// The relative lift the marketer expects (0.1 for +10%): `herald send
+    /// --dry-run` warns when the holdout is too small to detect it.
+    #[serde(default, deserialize_with = "positive_lift")]
+    pub expected_lift: Option<f64>,
+    /// CUPED: adjust each metric by the same metric before the message.
+    pub cuped: Option<Cuped>,
 }
 
 impl ResultsConfig {
     fn default_ltv_horizon() -> Span {
         Span::from_days(90)
+    }
+
+    fn default_tuning() -> f64 {
+        crate::stats::DEFAULT_SEQUENTIAL_TUNING
+    }
+
+    /// The test the report's intervals and p-values come from.
+    pub fn test(&self) -> crate::stats::TestKind {
+        if self.sequential {
+            crate::stats::TestKind::Sequential {
+                tuning: self.tuning,
+            }
+        } else {
+            crate::stats::TestKind::FixedHorizon
+        }
+    }
+}
+
+fn positive_tuning<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "tuning {v} is not a positive number: it is the audience size (both arms) at which \
+             the sequential intervals are tightest; about the size you expect, 5000 by default"
+        )))
+    }
+}
+
+fn positive_lift<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() && v > 0.0 {
+        Ok(Some(v))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "expected_lift {v} is not a positive relative lift: write 0.1 for +10%"
+        )))
+    }
+}
+
+/// `[results] correction`: how p-values are corrected for the number of
+/// comparisons (every variant-vs-control pair times every metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CorrectionSetting {
+    /// `"none"`: each p-value as computed.
+    #[default]
+    None,
+    /// `"holm"`: Holm-Bonferroni, bounding the chance of any false win.
+    Holm,
+    /// `"bh"`: Benjamini-Hochberg, bounding the share of false wins.
+    BenjaminiHochberg,
+}
+
+impl CorrectionSetting {
+    /// The domain's procedure.
+    pub fn get(self) -> crate::stats::Correction {
+        match self {
+            Self::None => crate::stats::Correction::None,
+            Self::Holm => crate::stats::Correction::Holm,
+            Self::BenjaminiHochberg => crate::stats::Correction::BenjaminiHochberg,
+        }
+    }
+
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Holm => "holm",
+            Self::BenjaminiHochberg => "bh",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CorrectionSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = String::deserialize(d)?;
+        match v.as_str() {
+            "none" => Ok(Self::None),
+            "holm" => Ok(Self::Holm),
+            "bh" => Ok(Self::BenjaminiHochberg),
+            other => Err(serde::de::Error::custom(format!(
+                "correction `{other}` is not one herald knows: use \"none\", \"holm\" \
+                 (Holm-Bonferroni) or \"bh\" (Benjamini-Hochberg)"
+            ))),
+        }
+    }
+}
+
+/// `[results] cuped = { days = 30 }`: the pre-period window of CUPED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cuped {
+    /// Days before the message whose events are the covariate (1 to 365).
+    #[serde(deserialize_with = "cuped_days")]
+    pub days: u32,
+}
+
+fn cuped_days<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    match u32::try_from(v) {
+        Ok(days @ 1..=365) => Ok(days),
+        _ => Err(serde::de::Error::custom(format!(
+            "cuped days {v} is out of range: the window before the message, 1 to 365 days"
+        ))),
     }
 }
 
@@ -782,6 +910,57 @@ metric = "conversion"
         // Without [rollout] the same trigger is fine.
         let ok = src.split("[rollout]").next().unwrap().to_string();
         assert!(Campaign::parse("c.toml", &ok).is_ok());
+    }
+
+    #[test]
+    fn results_statistics_default_to_a_fixed_horizon_without_correction() {
+        let src = format!("{WINBACK}\n[results]\nrevenue_event = \"order_placed\"\n");
+        let c = Campaign::parse("c.toml", &src).unwrap();
+        let r = c.results.unwrap();
+        assert!(!r.sequential);
+        assert_eq!(r.tuning, 5000.0);
+        assert_eq!(r.test(), crate::stats::TestKind::FixedHorizon);
+        assert_eq!(r.correction, CorrectionSetting::None);
+        assert_eq!((r.expected_lift, r.cuped), (None, None));
+    }
+
+    #[test]
+    fn results_statistics_parse() {
+        let src = format!(
+            "{WINBACK}\n[results]\nsequential = true\ntuning = 20000\ncorrection = \"bh\"\n\
+             expected_lift = 0.1\ncuped = {{ days = 30 }}\n"
+        );
+        let r = Campaign::parse("c.toml", &src).unwrap().results.unwrap();
+        assert_eq!(
+            r.test(),
+            crate::stats::TestKind::Sequential { tuning: 20000.0 }
+        );
+        assert_eq!(
+            r.correction.get(),
+            crate::stats::Correction::BenjaminiHochberg
+        );
+        assert_eq!(r.expected_lift, Some(0.1));
+        assert_eq!(r.cuped, Some(Cuped { days: 30 }));
+    }
+
+    #[test]
+    fn bad_results_statistics_say_what_to_write() {
+        for (line, says) in [
+            ("correction = \"bonferroni\"", "use \"none\", \"holm\""),
+            ("tuning = 0", "not a positive number"),
+            ("tuning = -5", "not a positive number"),
+            ("expected_lift = 0", "write 0.1 for +10%"),
+            ("expected_lift = -0.2", "write 0.1 for +10%"),
+            ("cuped = { days = 0 }", "1 to 365 days"),
+            ("cuped = { days = 30, weeks = 2 }", "unknown field `weeks`"),
+            ("sequential = \"yes\"", "sequential"),
+        ] {
+            let src = format!("{WINBACK}\n[results]\n{line}\n");
+            let e = Campaign::parse("c.toml", &src).unwrap_err();
+            assert!(e.to_string().contains(says), "{line}: {e}");
+            let at = src.lines().position(|l| l == line).unwrap() + 1;
+            assert_eq!(e.line_col().0, at, "{line}: {e}");
+        }
     }
 
     #[test]

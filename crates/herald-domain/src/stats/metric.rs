@@ -361,7 +361,7 @@ pub(super) fn sequential_half_width(variance: f64, n: f64, alpha: f64, tuning: f
 }
 
 /// The always-valid p-value (eq. 155): the inverse of the e-value, at most 1.
-fn sequential_p_value(lift: f64, variance: f64, n: f64, alpha: f64, tuning: f64) -> f64 {
+pub(super) fn sequential_p_value(lift: f64, variance: f64, n: f64, alpha: f64, tuning: f64) -> f64 {
     let rho = sequential_rho(alpha, tuning);
     let st2 = lift * lift * n / variance;
     let tr2p1 = n * rho * rho + 1.0;

@@ -34,8 +34,8 @@ pub use metric::{
 };
 pub use power::{POWER, minimum_detectable_lift};
 pub use rollout::{
-    FISHER_MAX_P, RivalChance, Rollout, WINNER_MIN_CHANCE, decide_rollout, fisher_one_sided,
-    pick_winner,
+    FISHER_MAX_P, RivalChance, Rollout, SEQUENTIAL_MAX_P, WINNER_MIN_CHANCE, decide_rollout,
+    decide_rollout_with, fisher_one_sided, pick_winner,
 };
 pub use srm::{SRM_P_THRESHOLD, Srm, srm};
 
@@ -284,9 +284,58 @@ pub fn compare(control: ArmCounts, variant: ArmCounts) -> Comparison {
     })
 }
 
+/// [`compare`] under `test`: with [`TestKind::Sequential`] the interval and
+/// p-value are gbstats' `SequentialTwoSidedTTest` ones (always valid, for a
+/// report read every day) over the same lift and delta-method variance, the
+/// arms' total size being the test's n; the rest is [`compare`]'s (the Welch
+/// degrees of freedom stay, as gbstats keeps them, though the interval no
+/// longer uses them).
+pub fn compare_with(control: ArmCounts, variant: ArmCounts, test: TestKind) -> Comparison {
+    let fixed = compare(control, variant);
+    let (TestKind::Sequential { tuning }, Comparison::Estimate(mut e)) = (test, fixed) else {
+        return fixed;
+    };
+    let n = (control.n + variant.n) as f64;
+    let variance = e.rel_lift_stddev * e.rel_lift_stddev;
+    let alpha = 1.0 - CONFIDENCE_LEVEL;
+    let half_width = metric::sequential_half_width(variance, n, alpha, tuning);
+    e.rel_ci = Interval {
+        lower: e.rel_lift - half_width,
+        upper: e.rel_lift + half_width,
+    };
+    e.p_value = metric::sequential_p_value(e.rel_lift, variance, n, alpha, tuning);
+    Comparison::Estimate(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequential_counts_equal_the_sequential_proportion_metric() {
+        let test = TestKind::Sequential { tuning: 5000.0 };
+        let (c, v) = (arm(4_000, 400), arm(4_100, 470));
+        let Comparison::Estimate(got) = compare_with(c, v, test) else {
+            panic!("no estimate")
+        };
+        let plain = |a: ArmCounts| MetricArm::Plain {
+            measure: Measure::Proportion {
+                n: a.n(),
+                sum: a.k() as f64,
+            },
+        };
+        let want = *compare_metric(&plain(c), &plain(v), test)
+            .unwrap()
+            .estimate()
+            .unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        assert!(close(got.p_value, want.p_value), "{got:?} vs {want:?}");
+        assert!(close(got.rel_ci.lower, want.rel_ci.lower));
+        assert!(close(got.rel_ci.upper, want.rel_ci.upper));
+        let fixed = *compare(c, v).estimate().unwrap();
+        assert!(got.p_value > fixed.p_value, "always valid costs power");
+        assert_eq!(compare_with(c, v, TestKind::FixedHorizon), compare(c, v));
+    }
 
     fn arm(n: u64, k: u64) -> ArmCounts {
         ArmCounts::new(n, k).unwrap()

@@ -6,10 +6,15 @@
 //! waits (the caller retries) until its last call, when the leader, the
 //! variant with the higher observed rate, goes. Either way the reason is
 //! spelled out in words that name the metric actually used.
+//!
+//! With sequential testing on (`[results] sequential`), a decision taken at
+//! any look must stay valid however often it looked: the leader then wins
+//! when its always-valid p-value against each other variant is below
+//! [`SEQUENTIAL_MAX_P`] and its lift is positive (see [`decide_rollout_with`]).
 
 use serde::Serialize;
 
-use super::{ArmCounts, Comparison, compare};
+use super::{ArmCounts, Comparison, TestKind, compare_with};
 
 /// The leader must beat every other variant with at least this chance to win outright.
 pub const WINNER_MIN_CHANCE: f64 = 0.95;
@@ -17,6 +22,10 @@ pub const WINNER_MIN_CHANCE: f64 = 0.95;
 /// Where gbstats has no estimate, the leader must beat the rival with a
 /// one-sided Fisher exact p-value below this.
 pub const FISHER_MAX_P: f64 = 0.05;
+
+/// With sequential testing, the leader must beat each rival with an
+/// always-valid p-value below this.
+pub const SEQUENTIAL_MAX_P: f64 = 0.05;
 
 /// Terms of the hypergeometric tail summed at most; where gbstats has no
 /// estimate the tail is a single term, so this only bounds other callers.
@@ -32,15 +41,21 @@ pub struct RivalChance {
     /// Without an estimate: the one-sided Fisher exact p-value of "the leader's
     /// rate is higher than the rival's".
     pub fisher_p: Option<f64>,
+    /// With sequential testing: the leader's always-valid two-sided p-value
+    /// against this rival; `null` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequential_p: Option<f64>,
 }
 
 impl RivalChance {
     /// Whether the leader beats this rival clearly.
     pub fn beaten(&self) -> bool {
-        match (self.chance_to_beat, self.fisher_p) {
-            (Some(chance), _) => chance >= WINNER_MIN_CHANCE,
-            (None, Some(p)) => p < FISHER_MAX_P,
-            (None, None) => false,
+        match (self.chance_to_beat, self.fisher_p, self.sequential_p) {
+            // A positive lift is a chance to beat above one half.
+            (Some(chance), _, Some(p)) => p < SEQUENTIAL_MAX_P && chance > 0.5,
+            (Some(chance), _, None) => chance >= WINNER_MIN_CHANCE,
+            (None, Some(p), _) => p < FISHER_MAX_P,
+            (None, None, _) => false,
         }
     }
 }
@@ -132,6 +147,19 @@ pub fn decide_rollout(
     metric: &str,
     last_call: bool,
 ) -> Option<Rollout> {
+    decide_rollout_with(variants, metric, last_call, TestKind::FixedHorizon)
+}
+
+/// [`decide_rollout`] under `test`: with [`TestKind::Sequential`] the leader
+/// beats a rival when its sequential p-value is below [`SEQUENTIAL_MAX_P`] and
+/// its lift positive, instead of by its chance to beat; where there is no
+/// estimate Fisher's exact test decides as before.
+pub fn decide_rollout_with(
+    variants: &[(&str, ArmCounts)],
+    metric: &str,
+    last_call: bool,
+    test: TestKind,
+) -> Option<Rollout> {
     variants.first()?;
     let mut leader = 0;
     for (index, (_, counts)) in variants.iter().enumerate().skip(1) {
@@ -156,16 +184,19 @@ pub fn decide_rollout(
         .enumerate()
         .filter(|(index, _)| *index != leader)
         .map(
-            |(index, (_, counts))| match compare(*counts, leader_counts) {
+            |(index, (_, counts))| match compare_with(*counts, leader_counts, test) {
                 Comparison::Estimate(estimate) => RivalChance {
                     variant: index,
                     chance_to_beat: Some(estimate.chance_to_beat),
                     fisher_p: None,
+                    sequential_p: matches!(test, TestKind::Sequential { .. })
+                        .then_some(estimate.p_value),
                 },
                 Comparison::NotEnoughData { .. } => RivalChance {
                     variant: index,
                     chance_to_beat: None,
                     fisher_p: Some(fisher_one_sided(leader_counts, *counts)),
+                    sequential_p: None,
                 },
             },
         )
@@ -175,14 +206,19 @@ pub fn decide_rollout(
     let leader_rate = percent(leader_counts.rate().unwrap_or(0.0));
     let against = |rival: &RivalChance| {
         let (name, counts) = variants[rival.variant];
-        match (rival.chance_to_beat, rival.fisher_p) {
-            (Some(chance), _) => format!("its chance to beat {name} is {}", percent(chance)),
-            (None, Some(p)) => format!(
+        match (rival.chance_to_beat, rival.fisher_p, rival.sequential_p) {
+            (Some(_), _, Some(p)) => {
+                format!("its sequential p against {name} is {}", p_value(p))
+            }
+            (Some(chance), _, None) => {
+                format!("its chance to beat {name} is {}", percent(chance))
+            }
+            (None, Some(p), _) => format!(
                 "against {name} ({}, where gbstats has no estimate) Fisher's exact test gives one-sided p = {}",
                 percent(counts.rate().unwrap_or(0.0)),
                 p_value(p)
             ),
-            (None, None) => format!("against {name}: {}", super::NOT_ENOUGH_DATA),
+            (None, None, _) => format!("against {name}: {}", super::NOT_ENOUGH_DATA),
         }
     };
     let failing = rivals.iter().find(|rival| !rival.beaten());
@@ -199,7 +235,19 @@ pub fn decide_rollout(
                 .map(against)
                 .collect();
             let mut words = format!("{leader_name} {best} ({leader_rate})");
-            if let Some((rival, chance)) = estimated {
+            let sequential = rivals
+                .iter()
+                .filter_map(|rival| rival.sequential_p.map(|p| (rival.variant, p)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((rival, p)) = sequential {
+                words.push_str(&format!(
+                    " with a sequential (always valid) p below {} against every other variant \
+                     (highest: {} against {})",
+                    p_value(SEQUENTIAL_MAX_P),
+                    p_value(p),
+                    variants[rival].0,
+                ));
+            } else if let Some((rival, chance)) = estimated {
                 words.push_str(&format!(
                     " with at least a {} chance to beat every other variant (lowest: {} against {})",
                     percent(WINNER_MIN_CHANCE),
@@ -214,6 +262,9 @@ pub fn decide_rollout(
         }
         Some(rival) => {
             let threshold = match rival.chance_to_beat {
+                Some(_) if rival.sequential_p.is_some() => {
+                    format!(", not below {}", p_value(SEQUENTIAL_MAX_P))
+                }
                 Some(_) => format!(", below {}", percent(WINNER_MIN_CHANCE)),
                 None if rival.fisher_p.is_some() => {
                     format!(", not below {}", p_value(FISHER_MAX_P))
@@ -255,6 +306,44 @@ mod tests {
     #[test]
     fn no_variants_no_decision() {
         assert_eq!(pick_winner(&[]), None);
+    }
+
+    #[test]
+    fn with_sequential_testing_the_leader_needs_a_sequential_p_below_five_percent() {
+        let sequential = TestKind::Sequential { tuning: 5000.0 };
+        // 560 vs 500 of 10,000: a 97% chance to beat, fixed p = 0.06; the
+        // sequential p is far higher, so it waits.
+        let close = [("A", arm(10_000, 500)), ("B", arm(10_000, 560))];
+        let fixed = decide_rollout(&close, "conversion", false).unwrap();
+        assert!(fixed.clear_winner, "{}", fixed.reason);
+        let waits = decide_rollout_with(&close, "conversion", false, sequential).unwrap();
+        assert!(!waits.clear_winner && !waits.decided, "{}", waits.reason);
+        let p = waits.rivals[0].sequential_p.unwrap();
+        assert!(p >= SEQUENTIAL_MAX_P, "{p}");
+        assert!(
+            waits.reason.contains("its sequential p against A is")
+                && waits.reason.contains("not below 0.050"),
+            "{}",
+            waits.reason
+        );
+        // 650 vs 500: clear under both.
+        let clear = [
+            ("A", arm(10_000, 500)),
+            ("B", arm(10_000, 650)),
+            ("C", arm(10_000, 505)),
+        ];
+        let goes = decide_rollout_with(&clear, "conversion", false, sequential).unwrap();
+        assert!(goes.clear_winner && goes.chosen == 1, "{}", goes.reason);
+        assert!(goes.rivals.iter().all(|r| r.sequential_p.unwrap() < 0.05));
+        assert!(
+            goes.reason.starts_with(
+                "B converted best (6.5%) with a sequential (always valid) p below 0.050"
+            ),
+            "{}",
+            goes.reason
+        );
+        // Fixed horizon leaves sequential_p out.
+        assert!(fixed.rivals.iter().all(|r| r.sequential_p.is_none()));
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, SecondsFormat};
 use herald_domain::config::Campaign;
-use herald_domain::stats::{self, ArmCounts, Comparison, Srm};
+use herald_domain::stats::{
+    self, ArmCounts, Comparison, Correction, Measure, MetricArm, MetricComparison, Srm, TestKind,
+};
 use herald_domain::types::SuppressReason;
 use herald_engine::plan::HOLDOUT_ARM;
 use herald_engine::rollout::{self, WAITING_ARM, is_rollout_arm};
@@ -28,6 +30,14 @@ const METRIC: &str = "conversion";
 const RETENTION_D1_7: &str = "retention_d1_7";
 /// Retention in days 8-30 after the message.
 const RETENTION_D8_30: &str = "retention_d8_30";
+/// Revenue in the 30 days after the message per assigned contact (a mean metric).
+const ARPU: &str = "arpu";
+/// Revenue within the LTV horizon per assigned contact (a mean metric).
+const LTV: &str = "ltv";
+/// The goal's revenue per converting contact (a ratio metric).
+const REVENUE_PER_CONVERTER: &str = "revenue_per_converter";
+/// Clicks per delivered message (a ratio metric).
+const CLICKS_PER_DELIVERED: &str = "clicks_per_delivered";
 
 /// What the scan counted for one (run, arm, status, reason).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +79,10 @@ pub struct ReportSettings {
     pub global_holdout: f64,
     /// `[results]`: the seeds' metrics asked for.
     pub results: Option<ResultsEcho>,
+    /// `[results] sequential`: which intervals and p-values the report shows.
+    pub test: TestKind,
+    /// `[results] correction`: for the number of comparisons.
+    pub correction: Correction,
     /// The report's instant (ms).
     pub now: i64,
 }
@@ -116,7 +130,47 @@ impl ReportSettings {
                     ltv_horizon_ms: r.ltv_horizon.millis(),
                 })
             }),
+            test: campaign
+                .and_then(|c| c.results.as_ref())
+                .map_or(TestKind::FixedHorizon, |r| r.test()),
+            correction: campaign
+                .and_then(|c| c.results.as_ref())
+                .map_or(Correction::None, |r| r.correction.get()),
             now,
+        }
+    }
+}
+
+/// Which intervals and p-values the report shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatisticsEcho {
+    /// `fixed_horizon` (valid read once, at the end) or `sequential`
+    /// (always valid: read every day).
+    pub test: &'static str,
+    /// The sequential test's tuning; `null` for fixed horizon.
+    pub tuning: Option<f64>,
+    /// `none`, `holm` (Holm-Bonferroni) or `bh` (Benjamini-Hochberg), over
+    /// each scope's comparisons: every variant-vs-control pair times every metric.
+    pub correction: &'static str,
+    /// In words.
+    pub sentence: String,
+}
+
+impl StatisticsEcho {
+    fn of(settings: &ReportSettings) -> Self {
+        let (test, tuning) = match settings.test {
+            TestKind::FixedHorizon => ("fixed_horizon", None),
+            TestKind::Sequential { tuning } => ("sequential", Some(tuning)),
+        };
+        Self {
+            test,
+            tuning,
+            correction: match settings.correction {
+                Correction::None => "none",
+                Correction::Holm => "holm",
+                Correction::BenjaminiHochberg => "bh",
+            },
+            sentence: words::test_sentence(settings.test),
         }
     }
 }
@@ -187,6 +241,8 @@ pub struct Report {
     pub secondary_goals: Vec<String>,
     /// `[results]`: the seeds' metrics counted per arm; `null` without it.
     pub results: Option<ResultsEcho>,
+    /// Which intervals and p-values the comparisons show.
+    pub statistics: StatisticsEcho,
     /// Over every selected run.
     pub total: Scope,
     /// Each selected run, oldest first.
@@ -266,6 +322,12 @@ pub struct Scope {
     /// The same pairs on retention (`retention_d1_7`, then `retention_d8_30`),
     /// with `[results] retention_event`.
     pub results_comparisons: Vec<ComparisonReport>,
+    /// The same pairs on mean and ratio metrics, with `[results]`: `arpu` and
+    /// `ltv` (with `revenue_event`), `revenue_per_converter` (with a goal),
+    /// `clicks_per_delivered`.
+    pub metric_comparisons: Vec<MetricComparisonReport>,
+    /// How many comparisons the p-values were corrected for (0 without a correction).
+    pub corrected_for: usize,
     /// Do the arms' sizes fit the weights? `None` when there is nothing to test.
     pub srm: Option<SrmReport>,
     /// When the goal window of the latest message closes (RFC 3339).
@@ -450,9 +512,43 @@ pub struct ComparisonReport {
     pub variant_counts: ArmCounts,
     /// The control's (assigned, converted).
     pub control_counts: ArmCounts,
-    /// The statistics (gbstats 0.8's), or why there are none.
+    /// The statistics (gbstats 0.8's), or why there are none; with
+    /// `[results] sequential` the interval and p-value are the sequential ones.
     pub result: Comparison,
-    /// `p_value` below 0.05.
+    /// The p-value corrected for the number of comparisons (`[results]
+    /// correction`; the p-value itself without one); `null` without an estimate.
+    pub p_value_adjusted: Option<f64>,
+    /// `p_value_adjusted` below 0.05.
+    pub significant: bool,
+    /// The verdict in words.
+    pub sentence: String,
+}
+
+/// A variant against a control on a mean or ratio metric (gbstats'
+/// `SampleMeanStatistic` and `RatioStatistic`, delta method).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricComparisonReport {
+    /// The variant.
+    pub variant: String,
+    /// The arm it is measured against.
+    pub control: String,
+    /// `arpu`, `ltv`, `revenue_per_converter` or `clicks_per_delivered`.
+    pub metric: &'static str,
+    /// `mean` (per assigned contact) or `ratio` (numerator over denominator, per arm).
+    pub kind: &'static str,
+    /// The variant's value of the metric; `null` for an empty arm.
+    pub variant_value: Option<f64>,
+    /// The control's.
+    pub control_value: Option<f64>,
+    /// The variant's sums the statistics come from.
+    pub variant_sums: MetricArm,
+    /// The control's.
+    pub control_sums: MetricArm,
+    /// Lift, interval, p-value and chance to beat, or why there are none.
+    pub result: MetricComparison,
+    /// As in [`ComparisonReport`].
+    pub p_value_adjusted: Option<f64>,
+    /// `p_value_adjusted` below 0.05.
     pub significant: bool,
     /// The verdict in words.
     pub sentence: String,
@@ -560,6 +656,8 @@ struct ArmAcc {
     global: Tally,
     /// The seeds' metrics (the global holdout left out).
     results: ResultsTally,
+    /// Clicked among the `delivered` messages: clicks per delivered's sum of products.
+    clicked_delivered: u64,
 }
 
 impl ArmAcc {
@@ -569,6 +667,9 @@ impl ArmAcc {
             return;
         }
         self.tally.add(&g.tally);
+        if g.status == "delivered" {
+            self.clicked_delivered += g.tally.clicked;
+        }
         let n = g.tally.messages;
         *self.by_status.entry(g.status.clone()).or_default() += n;
         let reason = || g.reason.clone().unwrap_or_else(|| "unknown".to_string());
@@ -583,6 +684,7 @@ impl ArmAcc {
         self.tally.add(&other.tally);
         self.results.add(&other.results);
         self.global.add(&other.global);
+        self.clicked_delivered += other.clicked_delivered;
         for (mine, theirs) in [
             (&mut self.by_status, &other.by_status),
             (&mut self.suppressed_by_reason, &other.suppressed_by_reason),
@@ -611,6 +713,45 @@ impl ArmAcc {
             r.retained_d1_7
         };
         ArmCounts::new(r.messages, k).ok()
+    }
+
+    /// The sums of a mean or ratio metric (`ARPU`, `LTV`,
+    /// `REVENUE_PER_CONVERTER`, else clicks per delivered).
+    fn metric_arm(&self, metric: &str) -> MetricArm {
+        let r = &self.results;
+        let t = &self.tally;
+        let revenue = |sum: f64, sum_squares: f64| Measure::Mean {
+            n: r.messages,
+            sum,
+            sum_squares,
+        };
+        let share = |n: u64, k: u64| Measure::Proportion { n, sum: k as f64 };
+        match metric {
+            ARPU => MetricArm::Plain {
+                measure: revenue(r.revenue_30d, r.revenue_30d_squares),
+            },
+            LTV => MetricArm::Plain {
+                measure: revenue(r.revenue_ltv, r.revenue_ltv_squares),
+            },
+            // A message has revenue only when it converted (attribution sets
+            // both together), so revenue x converted sums to the revenue.
+            REVENUE_PER_CONVERTER => MetricArm::Ratio {
+                n: t.messages,
+                numerator: Measure::Mean {
+                    n: t.messages,
+                    sum: t.revenue,
+                    sum_squares: t.revenue_squares,
+                },
+                denominator: share(t.messages, t.converted),
+                sum_of_products: t.revenue,
+            },
+            _ => MetricArm::Ratio {
+                n: t.messages,
+                numerator: share(t.messages, t.clicked),
+                denominator: share(t.messages, self.status("delivered")),
+                sum_of_products: self.clicked_delivered as f64,
+            },
+        }
     }
 
     fn report(
@@ -694,8 +835,16 @@ fn comparison(
     control: &str,
     variant_counts: ArmCounts,
     control_counts: ArmCounts,
+    test: TestKind,
 ) -> ComparisonReport {
-    comparison_on(METRIC, variant, control, variant_counts, control_counts)
+    comparison_on(
+        METRIC,
+        variant,
+        control,
+        variant_counts,
+        control_counts,
+        test,
+    )
 }
 
 /// The comparison on `metric`, a proportion: `conversion` or a retention window.
@@ -705,32 +854,141 @@ fn comparison_on(
     control: &str,
     variant_counts: ArmCounts,
     control_counts: ArmCounts,
+    test: TestKind,
 ) -> ComparisonReport {
-    let result = stats::compare(control_counts, variant_counts);
-    let significant = result
-        .estimate()
-        .is_some_and(|e| e.p_value < words::SIGNIFICANCE);
-    let what = match metric {
-        RETENTION_D1_7 => "retention in days 1-7",
-        RETENTION_D8_30 => "retention in days 8-30",
-        _ => "conversions",
-    };
-    let sentence = words::comparison_sentence_on(
-        &words::arm_name(variant, variant == HOLDOUT_ARM),
-        &words::arm_name(control, control == HOLDOUT_ARM),
-        &result,
-        what,
-    );
-    ComparisonReport {
+    let result = stats::compare_with(control_counts, variant_counts, test);
+    let mut c = ComparisonReport {
         variant: variant.to_string(),
         control: control.to_string(),
         metric,
         variant_counts,
         control_counts,
         result,
-        significant,
-        sentence,
+        p_value_adjusted: None,
+        significant: false,
+        sentence: String::new(),
+    };
+    c.judge(result.estimate().map(|e| e.p_value), false);
+    c
+}
+
+impl ComparisonReport {
+    /// Sets the verdict on `adjusted` (the p-value, corrected if `corrected`).
+    fn judge(&mut self, adjusted: Option<f64>, corrected: bool) {
+        self.p_value_adjusted = adjusted;
+        self.significant = adjusted.is_some_and(|p| p < words::SIGNIFICANCE);
+        let what = match self.metric {
+            RETENTION_D1_7 => "retention in days 1-7",
+            RETENTION_D8_30 => "retention in days 8-30",
+            _ => "conversions",
+        };
+        self.sentence = words::comparison_sentence_adjusted(
+            &words::arm_name(&self.variant, self.variant == HOLDOUT_ARM),
+            &words::arm_name(&self.control, self.control == HOLDOUT_ARM),
+            &self.result,
+            what,
+            adjusted.filter(|_| corrected),
+        );
     }
+}
+
+/// The value of a metric from its sums: a mean, or a ratio of sums.
+fn metric_value(arm: &MetricArm) -> Option<f64> {
+    match arm {
+        MetricArm::Plain { measure } => (measure.n() > 0).then(|| measure.mean()),
+        MetricArm::Ratio {
+            numerator,
+            denominator,
+            ..
+        } => (denominator.sum() > 0.0).then(|| numerator.sum() / denominator.sum()),
+        MetricArm::Adjusted { post, .. } => (post.n() > 0).then(|| post.mean()),
+    }
+}
+
+/// A variant against a control on a mean or ratio `metric`.
+fn metric_comparison(
+    metric: &'static str,
+    variant: (&str, MetricArm),
+    control: (&str, MetricArm),
+    test: TestKind,
+) -> Option<MetricComparisonReport> {
+    // Both arms' sums are built alike, so the domain never refuses them.
+    let result = stats::compare_metric(&control.1, &variant.1, test).ok()?;
+    let mut c = MetricComparisonReport {
+        variant: variant.0.to_string(),
+        control: control.0.to_string(),
+        metric,
+        kind: match metric {
+            ARPU | LTV => "mean",
+            _ => "ratio",
+        },
+        variant_value: metric_value(&variant.1),
+        control_value: metric_value(&control.1),
+        variant_sums: variant.1,
+        control_sums: control.1,
+        result,
+        p_value_adjusted: None,
+        significant: false,
+        sentence: String::new(),
+    };
+    c.judge(result.estimate().map(|e| e.p_value), false);
+    Some(c)
+}
+
+impl MetricComparisonReport {
+    /// As [`ComparisonReport::judge`].
+    fn judge(&mut self, adjusted: Option<f64>, corrected: bool) {
+        self.p_value_adjusted = adjusted;
+        self.significant = adjusted.is_some_and(|p| p < words::SIGNIFICANCE);
+        let what = match self.metric {
+            ARPU => "ARPU",
+            LTV => "LTV",
+            REVENUE_PER_CONVERTER => "revenue per converting contact",
+            _ => "clicks per delivered message",
+        };
+        self.sentence = words::metric_sentence(
+            &words::arm_name(&self.variant, self.variant == HOLDOUT_ARM),
+            &words::arm_name(&self.control, self.control == HOLDOUT_ARM),
+            &self.result,
+            what,
+            adjusted.filter(|_| corrected),
+        );
+    }
+}
+
+/// Corrects the p-values of a scope's comparisons for their number (the
+/// family: every pair times every metric) and judges each on its corrected
+/// p-value; returns the family's size (0 without a correction).
+fn correct(
+    comparisons: &mut [ComparisonReport],
+    results: &mut [ComparisonReport],
+    metrics: &mut [MetricComparisonReport],
+    correction: Correction,
+) -> usize {
+    if correction == Correction::None {
+        return 0;
+    }
+    let p = |e: Option<f64>| e.unwrap_or(f64::NAN);
+    let mut ps: Vec<f64> = comparisons
+        .iter()
+        .chain(results.iter())
+        .map(|c| p(c.result.estimate().map(|e| e.p_value)))
+        .collect();
+    ps.extend(
+        metrics
+            .iter()
+            .map(|c| p(c.result.estimate().map(|e| e.p_value))),
+    );
+    let family = ps.iter().filter(|p| !p.is_nan()).count();
+    let adjusted = stats::adjust_p_values(&ps, correction);
+    let mut adjusted = adjusted.into_iter().map(|p| (!p.is_nan()).then_some(p));
+    for c in comparisons.iter_mut().chain(results.iter_mut()) {
+        c.judge(adjusted.next().flatten(), true);
+    }
+    for c in metrics.iter_mut() {
+        c.judge(adjusted.next().flatten(), true);
+    }
+    family
 }
 
 fn srm_report(
@@ -809,7 +1067,7 @@ fn scope(
     if settings.goal.is_some() {
         for (variant, control) in &pairs {
             if let (Some(v), Some(c)) = (acc(variant).counts(), acc(control).counts()) {
-                comparisons.push(comparison(variant, control, v, c));
+                comparisons.push(comparison(variant, control, v, c, settings.test));
             }
         }
     }
@@ -826,11 +1084,51 @@ fn scope(
                     acc(variant).retention_counts(late),
                     acc(control).retention_counts(late),
                 ) {
-                    results_comparisons.push(comparison_on(metric, variant, control, v, c));
+                    results_comparisons.push(comparison_on(
+                        metric,
+                        variant,
+                        control,
+                        v,
+                        c,
+                        settings.test,
+                    ));
                 }
             }
         }
     }
+    // Mean and ratio metrics come with `[results]`: ARPU and LTV need its
+    // revenue event, revenue per converting contact a goal.
+    let mut metric_comparisons = Vec::new();
+    if let Some(r) = &settings.results {
+        let mut metrics = Vec::new();
+        if r.revenue_event.is_some() {
+            metrics.extend([ARPU, LTV]);
+        }
+        if settings.goal.is_some() {
+            metrics.push(REVENUE_PER_CONVERTER);
+        }
+        metrics.push(CLICKS_PER_DELIVERED);
+        for metric in metrics {
+            for (variant, control) in &pairs {
+                // The holdout is never delivered anything: no clicks per delivered.
+                if metric == CLICKS_PER_DELIVERED && *control == HOLDOUT_ARM {
+                    continue;
+                }
+                metric_comparisons.extend(metric_comparison(
+                    metric,
+                    (*variant, acc(variant).metric_arm(metric)),
+                    (*control, acc(control).metric_arm(metric)),
+                    settings.test,
+                ));
+            }
+        }
+    }
+    let corrected_for = correct(
+        &mut comparisons,
+        &mut results_comparisons,
+        &mut metric_comparisons,
+        settings.correction,
+    );
 
     let observed: Vec<(String, u64)> = shown
         .iter()
@@ -862,6 +1160,13 @@ fn scope(
     }
     summary.extend(comparisons.iter().map(|c| c.sentence.clone()));
     summary.extend(results_comparisons.iter().map(|c| c.sentence.clone()));
+    summary.extend(metric_comparisons.iter().map(|c| c.sentence.clone()));
+    if corrected_for > 0 {
+        summary.extend(words::correction_sentence(
+            settings.correction,
+            corrected_for,
+        ));
+    }
     for a in arms.iter().filter(|a| a.assigned > 0) {
         match &a.rollout {
             Some(RolloutArm { variant: None, .. }) => summary.push(format!(
@@ -925,6 +1230,8 @@ fn scope(
         arms,
         comparisons,
         results_comparisons,
+        metric_comparisons,
+        corrected_for,
         srm,
         goal_window_closes_at: closes.map(rfc3339),
         goal_window_open,
@@ -981,7 +1288,7 @@ fn global_holdout_report(total: &Arms, settings: &ReportSettings) -> GlobalHoldo
     }
     let counts = arm_counts(&reached).zip(arm_counts(&held));
     let comparison = settings.goal.as_ref().zip(counts).map(|(_, (r, h))| {
-        let mut c = comparison("marketing", "global holdout", r, h);
+        let mut c = comparison("marketing", "global holdout", r, h, settings.test);
         c.sentence = words::comparison_sentence(
             "marketing (everyone outside the global holdout)",
             "the global holdout",
@@ -1247,6 +1554,7 @@ pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter
         goal: settings.goal.clone(),
         secondary_goals: goals.clone(),
         results: settings.results.clone(),
+        statistics: StatisticsEcho::of(settings),
         total: total_scope,
         runs,
         global_holdout,
@@ -1280,6 +1588,8 @@ mod tests {
             )),
             global_holdout: 0.0,
             results: None,
+            test: TestKind::FixedHorizon,
+            correction: Correction::None,
             now: NOW,
         }
     }
@@ -1368,6 +1678,185 @@ mod tests {
         ] {
             assert_eq!(shares_from_fingerprint(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn sequential_reports_show_the_sequential_interval_and_say_so() {
+        let d = one_run((1_000, 40), (4_500, 300), (4_500, 230));
+        let fixed = build_default(&d);
+        assert_eq!(fixed.statistics.test, "fixed_horizon");
+        assert!(fixed.statistics.sentence.contains("fixed-horizon"));
+        let test = TestKind::Sequential { tuning: 5000.0 };
+        let r = build(
+            &d,
+            &ReportSettings { test, ..settings() },
+            &ReportFilter::default(),
+        );
+        assert_eq!(
+            (r.statistics.test, r.statistics.tuning),
+            ("sequential", Some(5000.0))
+        );
+        assert!(r.statistics.sentence.contains("every day"));
+        let (c, f) = (&r.total.comparisons[0], &fixed.total.comparisons[0]);
+        let want = stats::compare_with(
+            ArmCounts::new(1_000, 40).unwrap(),
+            ArmCounts::new(4_500, 300).unwrap(),
+            test,
+        );
+        assert_eq!(c.result, want);
+        let (e, fe) = (c.result.estimate().unwrap(), f.result.estimate().unwrap());
+        assert!(e.rel_ci.upper - e.rel_ci.lower > fe.rel_ci.upper - fe.rel_ci.lower);
+        assert!(e.p_value > fe.p_value);
+        assert_eq!(c.p_value_adjusted, Some(e.p_value));
+    }
+
+    #[test]
+    fn corrections_count_every_pair_and_metric_and_judge_on_the_corrected_p() {
+        // discount vs holdout: p = 0.031 alone; Holm over the three
+        // comparisons makes it 0.061 (second smallest, times two), no longer a win.
+        let d = one_run((2_000, 100), (2_000, 138), (2_000, 101));
+        let plain = build_default(&d);
+        let alone = &plain.total.comparisons[0];
+        let p = alone.result.estimate().unwrap().p_value;
+        assert!(alone.significant && (0.01..0.05).contains(&p), "{p}");
+        assert_eq!(plain.total.corrected_for, 0);
+        let r = build(
+            &d,
+            &ReportSettings {
+                correction: Correction::Holm,
+                ..settings()
+            },
+            &ReportFilter::default(),
+        );
+        assert_eq!(r.statistics.correction, "holm");
+        let s = &r.total;
+        assert_eq!(
+            s.corrected_for, 3,
+            "two variants vs holdout, reminder vs discount"
+        );
+        let ps: Vec<f64> = s
+            .comparisons
+            .iter()
+            .map(|c| c.result.estimate().unwrap().p_value)
+            .collect();
+        let want = stats::adjust_p_values(&ps, Correction::Holm);
+        let got: Vec<f64> = s
+            .comparisons
+            .iter()
+            .map(|c| c.p_value_adjusted.unwrap())
+            .collect();
+        assert_eq!(got, want);
+        let c = &s.comparisons[0];
+        assert!(!c.significant, "{:?}", c.p_value_adjusted);
+        assert!(
+            c.sentence.contains("no clear difference yet"),
+            "{}",
+            c.sentence
+        );
+        assert!(c.sentence.contains(", corrected p = 0."), "{}", c.sentence);
+        assert!(
+            s.summary
+                .iter()
+                .any(|l| l.contains("Holm-Bonferroni") && l.contains("3 comparison(s)")),
+            "{:?}",
+            s.summary
+        );
+    }
+
+    #[test]
+    fn mean_and_ratio_metrics_are_compared_by_the_domain() {
+        let mut d = one_run((1_000, 40), (4_500, 300), (4_500, 230));
+        // Clicks among the delivered; the holdout has none (no delivery).
+        for g in d.groups.iter_mut().filter(|g| g.arm != "holdout") {
+            g.tally.clicked = g.tally.messages / 5;
+            g.tally.revenue_squares = g.tally.converted as f64 * 100.0 + 5_000.0;
+        }
+        d.results = ["holdout", "discount", "reminder"]
+            .iter()
+            .zip([(1_000, 900.0), (4_500, 5_000.0), (4_500, 4_000.0)])
+            .map(|(arm, (n, revenue))| super::super::ResultsGroup {
+                run_id: 1,
+                arm: arm.to_string(),
+                tally: ResultsTally {
+                    messages: n,
+                    revenue_30d: revenue,
+                    revenue_30d_squares: revenue * 40.0,
+                    revenue_ltv: revenue * 2.0,
+                    revenue_ltv_squares: revenue * 160.0,
+                    ..ResultsTally::default()
+                },
+            })
+            .collect();
+        let with_results = ReportSettings {
+            results: Some(ResultsEcho {
+                retention_event: None,
+                revenue_event: Some("order_placed".into()),
+                arpu_days: 30,
+                ltv_horizon: "90d".into(),
+                ltv_horizon_ms: 90 * DAY,
+            }),
+            ..settings()
+        };
+        assert!(build_default(&d).total.metric_comparisons.is_empty());
+        let r = build(&d, &with_results, &ReportFilter::default());
+        let s = &r.total;
+        let metrics: Vec<(&str, &str, &str)> = s
+            .metric_comparisons
+            .iter()
+            .map(|c| (c.metric, c.variant.as_str(), c.control.as_str()))
+            .collect();
+        // Three metrics over three pairs, and clicks per delivered between
+        // the variants only (the holdout is delivered nothing).
+        assert_eq!(metrics.len(), 3 * 3 + 1, "{metrics:?}");
+        assert_eq!(metrics[0], ("arpu", "discount", "holdout"));
+        let arpu = &s.metric_comparisons[0];
+        assert_eq!(arpu.kind, "mean");
+        assert_eq!(arpu.control_value, Some(0.9));
+        let want = stats::compare_metric(
+            &MetricArm::Plain {
+                measure: Measure::Mean {
+                    n: 1_000,
+                    sum: 900.0,
+                    sum_squares: 36_000.0,
+                },
+            },
+            &MetricArm::Plain {
+                measure: Measure::Mean {
+                    n: 4_500,
+                    sum: 5_000.0,
+                    sum_squares: 200_000.0,
+                },
+            },
+            TestKind::FixedHorizon,
+        )
+        .unwrap();
+        assert_eq!(arpu.result, want);
+        assert!(arpu.sentence.contains("ARPU"), "{}", arpu.sentence);
+        let per_converter = s
+            .metric_comparisons
+            .iter()
+            .find(|c| c.metric == "revenue_per_converter" && c.control == "discount")
+            .unwrap();
+        assert_eq!(per_converter.kind, "ratio");
+        assert_eq!(per_converter.variant_value, Some(10.0));
+        assert!(per_converter.result.estimate().is_some());
+        let clicks = s
+            .metric_comparisons
+            .iter()
+            .find(|c| c.metric == "clicks_per_delivered" && c.control == "discount")
+            .unwrap();
+        assert_eq!(clicks.variant_value, Some(0.2));
+        let MetricArm::Ratio {
+            sum_of_products, ..
+        } = clicks.variant_sums
+        else {
+            panic!("a ratio")
+        };
+        assert_eq!(sum_of_products, 900.0);
+        assert!(
+            !metrics.contains(&("clicks_per_delivered", "discount", "holdout")),
+            "{metrics:?}"
+        );
     }
 
     #[test]
@@ -1680,6 +2169,7 @@ mod tests {
                 "rollouts",
                 "runs",
                 "secondary_goals",
+                "statistics",
                 "total"
             ]
         );
@@ -1689,9 +2179,11 @@ mod tests {
                 "arms",
                 "comparisons",
                 "control",
+                "corrected_for",
                 "goal_window_closes_at",
                 "goal_window_open",
                 "messages",
+                "metric_comparisons",
                 "results_comparisons",
                 "srm",
                 "summary"
@@ -1741,6 +2233,7 @@ mod tests {
                 "control",
                 "control_counts",
                 "metric",
+                "p_value_adjusted",
                 "result",
                 "sentence",
                 "significant",

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use herald_domain::config::Campaign;
-use herald_domain::stats::{ArmCounts, pick_winner};
+use herald_domain::stats::{ArmCounts, Measure, MetricArm, pick_winner};
 use sea_orm::{ConnectionTrait, DbBackend};
 
 use super::*;
@@ -1002,6 +1002,8 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
         d8_30: u64,
         r30: f64,
         ltv: f64,
+        r30_squares: f64,
+        ltv_squares: f64,
     }
     let mut expect: BTreeMap<&str, Expect> = BTreeMap::new();
     for (contact, arm, _, reason) in &messages {
@@ -1023,6 +1025,8 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
         };
         e.r30 += revenue(30 * DAY);
         e.ltv += revenue(60 * DAY);
+        e.r30_squares += revenue(30 * DAY).powi(2);
+        e.ltv_squares += revenue(60 * DAY).powi(2);
     }
 
     let r = campaign_report(
@@ -1060,6 +1064,40 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
             assert!(close(got.retention_d8_30.unwrap(), e.d8_30 as f64 / n));
             assert!(close(got.arpu.unwrap(), e.r30 / n));
             assert!(close(got.ltv.unwrap(), e.ltv / n));
+        }
+    }
+    // ARPU and LTV are compared as means: their sums of squares are each
+    // contact's own revenue squared (issue 33).
+    let metrics: [(&str, fn(&Expect) -> (f64, f64)); 2] = [
+        ("arpu", |e| (e.r30, e.r30_squares)),
+        ("ltv", |e| (e.ltv, e.ltv_squares)),
+    ];
+    for (metric, sums) in metrics {
+        let m = r
+            .total
+            .metric_comparisons
+            .iter()
+            .find(|m| m.metric == metric && m.variant == "a" && m.control == "holdout")
+            .unwrap_or_else(|| panic!("no {metric}"));
+        for (name, got) in [("a", m.variant_sums), ("holdout", m.control_sums)] {
+            let e = &expect[name];
+            let (sum, squares) = sums(e);
+            let MetricArm::Plain {
+                measure:
+                    Measure::Mean {
+                        n,
+                        sum: s,
+                        sum_squares,
+                    },
+            } = got
+            else {
+                panic!("{metric} is a mean: {got:?}")
+            };
+            assert_eq!(n, e.contacts, "{metric} {name}");
+            assert!(
+                (s - sum).abs() < 1e-9 && (sum_squares - squares).abs() < 1e-6,
+                "{metric} {name}: {got:?} vs {e:?}"
+            );
         }
     }
     // The boundaries did what they say: a sanity check on the oracle itself.
@@ -1113,3 +1151,200 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
 }
 
 crate::test_db::on_both_databases!(report_counts_retention_arpu_and_ltv);
+
+const RATIO_CAMPAIGN: &str = r#"
+name = "ratios"
+where = 'attrs.x == 1'
+channels = ["email"]
+goal = { event = "order_placed", within = "3d" }
+holdout = 0.2
+
+[[variants]]
+name = "a"
+email = { subject = "s", template = "t.email.hbs" }
+
+[[variants]]
+name = "b"
+email = { subject = "s", template = "t.email.hbs" }
+
+[results]
+sequential = true
+correction = "holm"
+"#;
+
+/// The sums behind the ratio metrics (issue 33) equal an independent count
+/// over the rows: revenue and its squares per converting contact, clicks,
+/// deliveries and clicks among the delivered (a click on a message still
+/// `sent` counts as a click, not as a delivered click); and the report
+/// says it shows sequential, Holm-corrected numbers.
+async fn report_sums_ratio_metrics(db: &Db) {
+    let c = Campaign::parse("ratios.toml", RATIO_CAMPAIGN).expect("campaign");
+    let fp = "ratios;holdout=0.2;a=1,b=1";
+    exec(
+        db,
+        &format!(
+            "INSERT INTO campaigns (id, name, kind, topic, fingerprint, created_at, updated_at) VALUES \
+             (5, 'ratios', 'marketing', NULL, '{fp}', {T0}, {T0}); \
+             INSERT INTO runs (id, campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) VALUES \
+             (1, 5, {T0}, {T0}, 'done', 'manual', '{fp}', {T0})"
+        ),
+    )
+    .await;
+    let mut seed: u64 = 11;
+    let mut next = |m: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % m
+    };
+    #[derive(Default, Debug)]
+    struct Expect {
+        n: u64,
+        clicked: u64,
+        delivered: u64,
+        clicked_delivered: u64,
+        converted: u64,
+        revenue: f64,
+        revenue_squares: f64,
+    }
+    let mut expect: BTreeMap<&str, Expect> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for id in 1..=240i64 {
+        let arm = ["a", "b", "holdout"][(id % 3) as usize];
+        let status = match (arm, id % 5) {
+            ("holdout", _) => "held_out",
+            (_, 0) => "bounced",
+            (_, 1) => "sent",
+            _ => "delivered",
+        };
+        let mut outcomes = Vec::new();
+        if arm != "holdout" && status != "bounced" && next(3) == 0 {
+            outcomes.push("clicked");
+        }
+        let revenue = if next(4) == 0 {
+            outcomes.push("converted");
+            (next(50) + 1) as f64
+        } else {
+            0.0
+        };
+        let e = expect.entry(arm).or_default();
+        e.n += 1;
+        let clicked = outcomes.contains(&"clicked");
+        e.clicked += u64::from(clicked);
+        e.delivered += u64::from(status == "delivered");
+        e.clicked_delivered += u64::from(clicked && status == "delivered");
+        e.converted += u64::from(revenue > 0.0);
+        e.revenue += revenue;
+        e.revenue_squares += revenue * revenue;
+        rows.push(message(
+            id,
+            1,
+            5,
+            arm,
+            status,
+            None,
+            status != "held_out",
+            &outcomes,
+            revenue,
+            None,
+        ));
+    }
+    insert_messages(db, &rows).await;
+    // The oracle covers what it claims: clicks on `sent` messages exist.
+    assert!(
+        expect["a"].clicked > expect["a"].clicked_delivered,
+        "{expect:?}"
+    );
+
+    let r = campaign_report(
+        db,
+        "ratios",
+        Some(&c),
+        0.0,
+        &ReportFilter::default(),
+        T0 + 30 * DAY,
+    )
+    .await
+    .expect("report")
+    .expect("known campaign");
+    assert_eq!(
+        (r.statistics.test, r.statistics.correction),
+        ("sequential", "holm")
+    );
+    let s = &r.total;
+    let find = |metric: &str, variant: &str, control: &str| {
+        s.metric_comparisons
+            .iter()
+            .find(|m| m.metric == metric && m.variant == variant && m.control == control)
+            .unwrap_or_else(|| panic!("no {metric} {variant} vs {control}"))
+    };
+    for (variant, control) in [("b", "a"), ("a", "holdout")] {
+        for (arm, sums) in [
+            (
+                variant,
+                find("revenue_per_converter", variant, control).variant_sums,
+            ),
+            (
+                control,
+                find("revenue_per_converter", variant, control).control_sums,
+            ),
+        ] {
+            let e = &expect[arm];
+            assert_eq!(
+                sums,
+                MetricArm::Ratio {
+                    n: e.n,
+                    numerator: Measure::Mean {
+                        n: e.n,
+                        sum: e.revenue,
+                        sum_squares: e.revenue_squares,
+                    },
+                    denominator: Measure::Proportion {
+                        n: e.n,
+                        sum: e.converted as f64,
+                    },
+                    sum_of_products: e.revenue,
+                },
+                "revenue per converter, arm {arm}"
+            );
+        }
+    }
+    let clicks = find("clicks_per_delivered", "b", "a");
+    for (arm, sums) in [("b", clicks.variant_sums), ("a", clicks.control_sums)] {
+        let e = &expect[arm];
+        assert_eq!(
+            sums,
+            MetricArm::Ratio {
+                n: e.n,
+                numerator: Measure::Proportion {
+                    n: e.n,
+                    sum: e.clicked as f64,
+                },
+                denominator: Measure::Proportion {
+                    n: e.n,
+                    sum: e.delivered as f64,
+                },
+                sum_of_products: e.clicked_delivered as f64,
+            },
+            "clicks per delivered, arm {arm}"
+        );
+    }
+    // Conversion and revenue per converter over three pairs, clicks per
+    // delivered between the variants, less those without an estimate.
+    let estimated = s
+        .comparisons
+        .iter()
+        .filter(|c| c.result.estimate().is_some())
+        .count()
+        + s.metric_comparisons
+            .iter()
+            .filter(|c| c.result.estimate().is_some())
+            .count();
+    assert_eq!(s.corrected_for, estimated);
+    assert!(estimated >= 6, "{estimated}");
+    let conv = &s.comparisons[0];
+    let e = conv.result.estimate().expect("an estimate");
+    assert!(conv.p_value_adjusted.unwrap() >= e.p_value);
+}
+
+crate::test_db::on_both_databases!(report_sums_ratio_metrics);

@@ -3,7 +3,10 @@
 //! ("discount beat the holdout: +12% conversions (95% CI +3.1% to +21%), 97%
 //! chance it is better").
 
-use herald_domain::stats::{CONFIDENCE_LEVEL, Comparison, Estimate, SRM_P_THRESHOLD, Srm};
+use herald_domain::stats::{
+    CONFIDENCE_LEVEL, Comparison, Correction, Estimate, Interval, MetricComparison,
+    SRM_P_THRESHOLD, Srm, TestKind,
+};
 
 /// Below this p-value a difference is called a win or a loss.
 pub const SIGNIFICANCE: f64 = 1.0 - CONFIDENCE_LEVEL;
@@ -80,31 +83,123 @@ pub fn comparison_sentence_on(
     result: &Comparison,
     what: &str,
 ) -> String {
+    comparison_sentence_adjusted(variant, control, result, what, None)
+}
+
+/// [`comparison_sentence_on`] judged on `adjusted`, the p-value corrected
+/// for the number of comparisons, when there is one.
+pub fn comparison_sentence_adjusted(
+    variant: &str,
+    control: &str,
+    result: &Comparison,
+    what: &str,
+    adjusted: Option<f64>,
+) -> String {
     match result {
         Comparison::NotEnoughData { message, .. } => format!("{variant} vs {control}: {message}"),
-        Comparison::Estimate(e) => {
-            let numbers = estimate_words(e, what);
-            if e.p_value < SIGNIFICANCE && e.rel_lift > 0.0 {
-                format!("{variant} beat {control}: {numbers}")
-            } else if e.p_value < SIGNIFICANCE {
-                format!("{variant} did worse than {control}: {numbers}")
-            } else {
-                format!("{variant} vs {control}: no clear difference yet: {numbers}")
-            }
+        Comparison::Estimate(e) => verdict(variant, control, &Numbers::of(e), what, adjusted),
+    }
+}
+
+/// The verdict on a mean or ratio metric (`what`: "ARPU").
+pub fn metric_sentence(
+    variant: &str,
+    control: &str,
+    result: &MetricComparison,
+    what: &str,
+    adjusted: Option<f64>,
+) -> String {
+    match result {
+        MetricComparison::NotEnoughData { message, .. } => {
+            format!("{variant} vs {control} on {what}: {message}")
+        }
+        MetricComparison::Estimate(e) => {
+            let numbers = Numbers {
+                rel_lift: e.rel_lift,
+                rel_ci: e.rel_ci,
+                chance_to_beat: e.chance_to_beat,
+                p_value: e.p_value,
+            };
+            verdict(variant, control, &numbers, what, adjusted)
         }
     }
 }
 
-fn estimate_words(e: &Estimate, what: &str) -> String {
+/// What a sentence says of an estimate.
+struct Numbers {
+    rel_lift: f64,
+    rel_ci: Interval,
+    chance_to_beat: f64,
+    p_value: f64,
+}
+
+impl Numbers {
+    fn of(e: &Estimate) -> Self {
+        Self {
+            rel_lift: e.rel_lift,
+            rel_ci: e.rel_ci,
+            chance_to_beat: e.chance_to_beat,
+            p_value: e.p_value,
+        }
+    }
+}
+
+fn verdict(variant: &str, control: &str, e: &Numbers, what: &str, adjusted: Option<f64>) -> String {
+    let numbers = estimate_words(e, what, adjusted);
+    let p = adjusted.unwrap_or(e.p_value);
+    if p < SIGNIFICANCE && e.rel_lift > 0.0 {
+        format!("{variant} beat {control}: {numbers}")
+    } else if p < SIGNIFICANCE {
+        format!("{variant} did worse than {control}: {numbers}")
+    } else {
+        format!("{variant} vs {control}: no clear difference yet: {numbers}")
+    }
+}
+
+fn estimate_words(e: &Numbers, what: &str, adjusted: Option<f64>) -> String {
+    let p = match adjusted {
+        Some(a) => format!("{}, corrected {}", p_value(e.p_value), p_value(a)),
+        None => p_value(e.p_value),
+    };
     format!(
-        "{} {what} ({:.0}% CI {} to {}), {} chance it is better ({})",
+        "{} {what} ({:.0}% CI {} to {}), {} chance it is better ({p})",
         signed_percent(e.rel_lift),
         CONFIDENCE_LEVEL * 100.0,
         signed_percent(e.rel_ci.lower),
         signed_percent(e.rel_ci.upper),
         chance(e.chance_to_beat),
-        p_value(e.p_value)
     )
+}
+
+/// Which intervals and p-values the report shows, and why it matters.
+pub fn test_sentence(test: TestKind) -> String {
+    match test {
+        TestKind::FixedHorizon => "intervals and p-values are fixed-horizon: valid read once, \
+             when the test ends; read every day until one dips below 0.05, they find a \
+             difference that is not there far more often than 5% of the time \
+             (`[results] sequential = true` gives ones you can read daily)"
+            .to_string(),
+        TestKind::Sequential { tuning } => format!(
+            "intervals and p-values are sequential (always valid, tuning {tuning}): reading \
+             them every day keeps the chance of a false win at 5%; they are wider than \
+             fixed-horizon ones"
+        ),
+    }
+}
+
+/// How the p-values of a scope's `family` comparisons are corrected; `None` without correction.
+pub fn correction_sentence(correction: Correction, family: usize) -> Option<String> {
+    let how = match correction {
+        Correction::None => return None,
+        Correction::Holm => "Holm-Bonferroni (the chance of any false win stays at 5%)",
+        Correction::BenjaminiHochberg => {
+            "Benjamini-Hochberg (the share of false wins among the wins stays at 5%)"
+        }
+    };
+    Some(format!(
+        "p-values are corrected by {how} over the {family} comparison(s) here: every \
+         variant-vs-control pair times every metric; a verdict reads the corrected one"
+    ))
 }
 
 /// The verdict on the split.
