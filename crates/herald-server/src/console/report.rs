@@ -245,16 +245,12 @@ pub(crate) async fn report_page(
         &rows,
     ));
     // What the report says, in its own words.
-    let mut said: Vec<&str> = Vec::new();
-    for key in ["summary"] {
-        said.extend(
-            total[key]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str),
-        );
-    }
+    let mut said: Vec<&str> = total["summary"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     for key in ["comparisons", "results_comparisons"] {
         said.extend(
             total[key]

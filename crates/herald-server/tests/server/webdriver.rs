@@ -28,7 +28,8 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 static DRIVER: OnceLock<Result<String, String>> = OnceLock::new();
 
 /// Serialises the browser tests: one browser at a time on a small machine.
-pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static ONE_AT_A_TIME: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 /// The driver's URL; `None` (with a message) when chromedriver is not
 /// installed and `HERALD_REQUIRE_BROWSER` is not `1`, a panic when it is.
@@ -201,6 +202,40 @@ impl Browser {
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// Waits (up to 10 s) for the page shown to be at an address ending
+    /// with `suffix`: a click that submits a form may return before the
+    /// next page has loaded. Panics with the address it is at instead.
+    pub async fn wait_for_url(&self, suffix: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = self.url().await;
+            if url.ends_with(suffix) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still at {url}, not at …{suffix}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (up to 10 s) for an element matching `selector` to appear.
+    pub async fn wait_for(&self, selector: &str) -> Element {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.find(selector).await {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{selector}` on {} after 10 s",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The page's title.
