@@ -359,7 +359,7 @@ async fn screenshots_for_the_readme() {
     std::fs::create_dir_all(&dir).unwrap();
     let _one = ONE_AT_A_TIME.lock().await;
     for (file, path, height) in [
-        ("campaigns.png", "/console/", 560),
+        ("campaigns.png", "/console/", 640),
         ("run.png", "/console/runs/1", 1500),
         ("report.png", "/console/campaigns/winback/report", 1500),
     ] {
