@@ -1044,6 +1044,31 @@ impl SqlReportSource {
         campaign: &str,
         query: &[(String, String)],
     ) -> Result<Option<serde_json::Value>, ServerReportError> {
+        self.build(campaign, query)
+            .await?
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| ServerReportError::Failed(e.to_string()))
+    }
+
+    /// The report as `herald report --format csv` prints it.
+    async fn answer_csv(
+        &self,
+        campaign: &str,
+        query: &[(String, String)],
+    ) -> Result<Option<String>, ServerReportError> {
+        self.build(campaign, query)
+            .await?
+            .map(|r| csv(&r))
+            .transpose()
+            .map_err(|e| ServerReportError::Failed(format!("{e:#}")))
+    }
+
+    async fn build(
+        &self,
+        campaign: &str,
+        query: &[(String, String)],
+    ) -> Result<Option<Report>, ServerReportError> {
         let param = |key: &str| {
             query
                 .iter()
@@ -1068,16 +1093,14 @@ impl SqlReportSource {
             .transpose()?;
         let filter =
             filter(run, param("since"), param("until")).map_err(ServerReportError::BadRequest)?;
-        let report = make(&self.db, &self.config, campaign, &filter)
+        make(&self.db, &self.config, campaign, &filter)
             .await
-            .map_err(|e| ServerReportError::Failed(format!("{e:#}")))?;
-        report
-            .map(serde_json::to_value)
-            .transpose()
-            .map_err(|e| ServerReportError::Failed(e.to_string()))
+            .map_err(|e| ServerReportError::Failed(format!("{e:#}")))
     }
 }
 
+type CsvFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<String>, ServerReportError>> + Send + 'a>>;
 type ReportFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<serde_json::Value>, ServerReportError>> + Send + 'a>>;
 
@@ -1096,6 +1119,20 @@ impl ReportSource for SqlReportSource {
         Self: 'async_trait,
     {
         Box::pin(self.answer(campaign, query))
+    }
+
+    fn report_csv<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        campaign: &'life1 str,
+        query: &'life2 [(String, String)],
+    ) -> CsvFuture<'async_trait>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.answer_csv(campaign, query))
     }
 }
 

@@ -168,6 +168,20 @@ pub trait ReportSource: Send + Sync {
         campaign: &str,
         query: &[(String, String)],
     ) -> Result<Option<serde_json::Value>, ReportError>;
+
+    /// The same report as CSV (`herald report --format csv`), for the
+    /// console's link; `Ok(None)` for an unknown campaign. A source that
+    /// makes none says so.
+    async fn report_csv(
+        &self,
+        campaign: &str,
+        query: &[(String, String)],
+    ) -> Result<Option<String>, ReportError> {
+        let _ = (campaign, query);
+        Err(ReportError::Failed(
+            "this server makes no CSV reports: use `herald report CAMPAIGN --format csv`".into(),
+        ))
+    }
 }
 
 /// Why a report could not be made.

@@ -10,8 +10,10 @@
 
 pub mod auth;
 mod chart;
+mod contact;
 pub mod html;
 mod pages;
+pub mod report;
 
 pub use pages::CampaignEntry;
 
@@ -405,6 +407,25 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .route(
             "/console/runs/{id}/{action}",
             get(pages::confirm).post(pages::act),
+        )
+        .route("/console/campaigns/{name}/report", get(report::report_page))
+        .route(
+            "/console/campaigns/{name}/report.json",
+            get(report::report_json),
+        )
+        .route(
+            "/console/campaigns/{name}/report.csv",
+            get(report::report_csv),
+        )
+        .route("/console/contacts", get(contact::lookup))
+        .route("/console/contacts/{id}", get(contact::contact_page))
+        .route(
+            "/console/contacts/{id}/export.json",
+            get(contact::export_json),
+        )
+        .route(
+            "/console/contacts/{id}/forget",
+            get(contact::confirm_forget).post(contact::forget),
         )
         .route("/console/sign-out", post(sign_out))
         .route_layer(middleware::from_fn_with_state(

@@ -141,7 +141,11 @@ pub(crate) async fn campaigns(
         };
         let channels: Vec<&str> = c.channels.iter().map(|ch| ch.as_str()).collect();
         rows.push(vec![
-            esc(&c.name),
+            format!(
+                "{} <a href=\"/console/campaigns/{}/report\">report</a>",
+                esc(&c.name),
+                super::report::segment(&c.name)
+            ),
             esc(&kind_of(c)),
             esc(&channels.join(", ")),
             schedule_of(c),

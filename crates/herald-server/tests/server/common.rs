@@ -141,7 +141,14 @@ impl App {
     ) -> Option<App> {
         let dir = tempfile::tempdir().expect("temp dir");
         let test_db = TestDb::new(backend, dir.path()).await?;
-        let db = Db::connect(&test_db.url).await.expect("connect");
+        // With the digest keys, as `herald serve` connects (forgetting needs them).
+        let db = Db::connect(&test_db.url)
+            .await
+            .expect("connect")
+            .with_digest_keys(herald_storage::contacts::DigestKeys::from_secrets(
+                SECRET,
+                &[],
+            ));
         let now = now_ms();
         let send_at = now - 2 * DAY;
         fixture(&db, now, send_at).await;

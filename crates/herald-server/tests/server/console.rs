@@ -3,9 +3,11 @@
 //! cookie signed under another secret is nobody's; wrong passwords are
 //! slowed down; names from the database are escaped.
 
+use std::sync::Arc;
+
 use herald_domain::config::Campaign;
-use herald_server::ConsoleSettings;
 use herald_server::console::{CampaignEntry, PRE_COOKIE, SESSION_COOKIE};
+use herald_server::{ConsoleSettings, ReportError, ReportSource};
 use herald_tests::Backend;
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
@@ -17,8 +19,15 @@ use crate::common::*;
 pub const PASSWORD: &str = "console-password-0123";
 
 /// Every page (GET) of the console.
-pub const PAGES: [&str; 6] = [
+pub const PAGES: [&str; 13] = [
     "/console/",
+    "/console/contacts",
+    "/console/contacts/c1",
+    "/console/contacts/c1/export.json",
+    "/console/contacts/c1/forget",
+    "/console/campaigns/winback/report",
+    "/console/campaigns/winback/report.json",
+    "/console/campaigns/winback/report.csv",
     "/console/status",
     "/console/runs/1",
     "/console/runs/1/pause",
@@ -26,8 +35,9 @@ pub const PAGES: [&str; 6] = [
     "/console/runs/1/cancel",
 ];
 /// Every action (POST) of the console.
-pub const ACTIONS: [&str; 4] = [
+pub const ACTIONS: [&str; 5] = [
     "/console/sign-out",
+    "/console/contacts/c1/forget",
     "/console/runs/1/pause",
     "/console/runs/1/resume",
     "/console/runs/1/cancel",
@@ -51,26 +61,117 @@ fn campaigns() -> Vec<CampaignEntry> {
     }]
 }
 
+/// The report of `herald report`, made by the same storage function the
+/// CLI's source calls (`campaign_report`), over the test's database.
+#[derive(Default)]
+pub struct StorageReport {
+    pub db: std::sync::OnceLock<herald_storage::Db>,
+}
+
+impl StorageReport {
+    /// The report of `campaign` for `query`, as `herald report --format json`.
+    pub async fn json(
+        &self,
+        campaign: &str,
+        query: &[(String, String)],
+    ) -> Result<Option<serde_json::Value>, ReportError> {
+        let param = |k: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let run = param("run")
+            .map(|r| r.parse::<i64>())
+            .transpose()
+            .map_err(|_| ReportError::BadRequest("run is not a run id".into()))?;
+        let instant = |k: &str, bound| {
+            param(k)
+                .map(|t| herald_storage::report::parse_instant(t, bound))
+                .transpose()
+                .map_err(|e| ReportError::BadRequest(e.to_string()))
+        };
+        let filter = herald_storage::report::ReportFilter {
+            run,
+            since: instant("since", herald_storage::report::Bound::Since)?,
+            until: instant("until", herald_storage::report::Bound::Until)?,
+        };
+        let db = self.db.get().expect("the database is set after start");
+        let report =
+            herald_storage::report::campaign_report(db, campaign, None, 0.0, &filter, now_ms())
+                .await
+                .map_err(|e| ReportError::Failed(e.to_string()))?;
+        Ok(report.map(|r| serde_json::to_value(r).expect("JSON")))
+    }
+}
+
+#[async_trait::async_trait]
+impl ReportSource for StorageReport {
+    async fn report(
+        &self,
+        campaign: &str,
+        query: &[(String, String)],
+    ) -> Result<Option<serde_json::Value>, ReportError> {
+        self.json(campaign, query).await
+    }
+
+    /// A CSV of the arms' names and sizes: enough to see the link works
+    /// (the CLI's source writes `herald report --format csv`).
+    async fn report_csv(
+        &self,
+        campaign: &str,
+        query: &[(String, String)],
+    ) -> Result<Option<String>, ReportError> {
+        Ok(self.json(campaign, query).await?.map(|r| {
+            let mut out = "arm,assigned\n".to_string();
+            for a in r["total"]["arms"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{},{}\n",
+                    a["arm"].as_str().unwrap(),
+                    a["assigned"]
+                ));
+            }
+            out
+        }))
+    }
+}
+
 /// A server with the console on its admin listener, or `None` when PostgreSQL is skipped.
 pub async fn start(backend: Backend) -> Option<App> {
     start_with_secret(backend, SECRET).await
 }
 
 async fn start_with_secret(backend: Backend, secret: &'static [u8]) -> Option<App> {
-    App::start_full(
+    start_console(backend, secret, |console| {
+        console.campaigns = Arc::new(campaigns());
+        console.problems = Arc::new(vec![format!("herald.toml: {HOSTILE}")]);
+    })
+    .await
+}
+
+/// A server with the console, its settings adjusted by `adjust`, and the
+/// storage report source.
+pub async fn start_console(
+    backend: Backend,
+    secret: &'static [u8],
+    adjust: impl FnOnce(&mut ConsoleSettings),
+) -> Option<App> {
+    let report = Arc::new(StorageReport::default());
+    let app = App::start_full(
         backend,
         move |c| {
             c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
             let mut console = ConsoleSettings::new(secret, Some(PASSWORD.into()));
             console.timezone = chrono_tz::Asia::Shanghai;
-            console.campaigns = std::sync::Arc::new(campaigns());
-            console.problems = std::sync::Arc::new(vec![format!("herald.toml: {HOSTILE}")]);
             console.rates = vec![("email".into(), Some(50)), ("sms".into(), None)];
+            adjust(&mut console);
             c.console = Some(console);
         },
-        None,
+        Some(report.clone()),
     )
-    .await
+    .await?;
+    let _ = report.db.set(app.db.clone());
+    Some(app)
 }
 
 /// The value of cookie `name` set by `r`.
@@ -303,7 +404,9 @@ async fn every_page_answers_signed_in(app: &App) {
     for p in PAGES {
         let (status, body) = get(app, p, Some(&b.cookie)).await;
         assert_eq!(status, StatusCode::OK, "{p}: {body}");
-        assert!(body.contains("Sign out"), "{p}");
+        if !p.ends_with(".json") && !p.ends_with(".csv") {
+            assert!(body.contains("Sign out"), "{p}");
+        }
     }
     assert_eq!(
         get(app, "/console/runs/999", Some(&b.cookie)).await.0,
@@ -426,7 +529,7 @@ async fn the_campaigns_page_lists_config_runs_and_problems(app: &App) {
     let b = sign_in(app).await;
     let (_, page) = get(app, "/console/", Some(&b.cookie)).await;
     for want in [
-        "<td>winback</td>",
+        "<td>winback <a href=\"/console/campaigns/winback/report\">report</a></td>",
         "marketing, scheduled",
         "email, sms",
         "<code>0 0 10 * * Tue</code> (Asia/Shanghai)",
@@ -463,7 +566,113 @@ async fn the_status_page_shows_routes_daemons_and_errors(app: &App) {
     }
 }
 
+/// A contact's page: their attributes and consent, and exactly their
+/// messages and events on the timeline; forget from the page erases them
+/// as `herald contacts forget` does.
+async fn a_contacts_page_tells_their_story_and_forgets_them(app: &App) {
+    let now = now_ms();
+    for sql in [
+        format!(
+            "UPDATE contacts SET attrs = '{{\"plan\": \"gold\", \"name\": \"{HOSTILE}\"}}', consent_email = TRUE WHERE id = 1"
+        ),
+        format!(
+            "INSERT INTO events (contact_id, name, at, value, received_at) VALUES (1, 'order_placed', {now}, 12.5, {now}), (2, 'app_open', {now}, NULL, {now})"
+        ),
+        format!(
+            "INSERT INTO suppressions (channel, address, contact_id, topic, reason, source, created_at) VALUES ('email', 'ann@example.com', 1, NULL, 'unsubscribed', 'link', {now})"
+        ),
+    ] {
+        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    let b = sign_in(app).await;
+    assert_eq!(
+        get(app, "/console/contacts?id=c1", Some(&b.cookie)).await,
+        (StatusCode::SEE_OTHER, "/console/contacts/c1".into())
+    );
+    let (status, page) = get(app, "/console/contacts/c1", Some(&b.cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for want in [
+        "<td>attrs.plan</td><td>gold</td>",
+        "<td>channel email</td><td>yes</td>",
+        "<td>unsubscribed</td><td>link</td>",
+        "&lt;img src=x",
+    ] {
+        assert!(page.contains(want), "{want} not in {page}");
+    }
+    assert!(!page.contains("<img"), "escaped");
+    // The timeline: c1's two messages (1 of winback, 7 of newsletter) and
+    // their event; nothing of another contact.
+    let timeline = &page[page.find("<caption>Timeline").expect("a timeline")..];
+    let planned = timeline.matches(": planned; now").count();
+    assert_eq!(planned, 2, "{timeline}");
+    for want in [
+        "message 1 (winback",
+        "message 7 (newsletter",
+        "event <code>order_placed</code>, value 12.5",
+        "suppressed on email",
+    ] {
+        assert!(timeline.contains(want), "{want} not in {timeline}");
+    }
+    for other in ["message 2 ", "message 5 ", "app_open"] {
+        assert!(!timeline.contains(other), "{other} in {timeline}");
+    }
+    let (status, json) = get(app, "/console/contacts/c1/export.json", Some(&b.cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["email"], "ann@example.com");
+    assert_eq!(json["messages"].as_array().unwrap().len(), 2);
+
+    // Forget: the confirmation holds the form; posting it erases.
+    let (_, confirm) = get(app, "/console/contacts/c1/forget", Some(&b.cookie)).await;
+    let r = post(
+        app,
+        "/console/contacts/c1/forget",
+        Some(&b.cookie),
+        &[("csrf", &csrf_in(&confirm))],
+    )
+    .await;
+    assert_eq!(
+        r,
+        (
+            StatusCode::SEE_OTHER,
+            "/console/contacts/forgotten%3A1?done=forget".into()
+        )
+    );
+    assert_eq!(app.count("contacts WHERE external_id = 'c1'").await, 0);
+    assert_eq!(
+        app.count("contacts WHERE id = 1 AND email IS NULL AND forgotten_at IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("messages WHERE contact_id = 1 AND address IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.count("messages WHERE contact_id = 1").await,
+        2,
+        "counts stay"
+    );
+    let (status, page) = get(
+        app,
+        "/console/contacts/forgotten%3A1?done=forget",
+        Some(&b.cookie),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("Forgotten:") && !page.contains("ann@example.com"),
+        "{page}"
+    );
+    assert_eq!(
+        get(app, "/console/contacts/c1", Some(&b.cookie)).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
 with_console!(
+    a_contacts_page_tells_their_story_and_forgets_them,
     signed_out_everything_is_refused,
     an_action_without_its_csrf_token_is_refused,
     sign_out_ends_the_session,

@@ -3,6 +3,7 @@
 //! keywords, bounces, events and attribution. One binary, so it links once.
 
 mod api;
+mod browser;
 mod common;
 mod console;
 mod correlation;
@@ -10,6 +11,7 @@ mod events;
 mod signed;
 mod tokens;
 mod tracking;
+mod webdriver;
 mod webhooks;
 
 /// Runs each named scenario `async fn NAME(app: &App)` once per database.

@@ -1,0 +1,370 @@
+//! The A/B report page: the numbers of `herald report`, a chart per metric
+//! of each arm's rate with its 95% interval, and the report's sentences,
+//! with links to the same report as JSON and CSV. It reads the report
+//! through the server's [`ReportSource`](crate::ReportSource) (the JSON of
+//! `herald report --format json`), so the page and the command line agree;
+//! only the per-arm intervals are worked out here, from the counts.
+
+use std::fmt::Write as _;
+
+use axum::Extension;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+pub use super::chart::pct;
+use super::chart::{self, ArmRate};
+use super::html::{esc, page, table};
+use super::{Signed, csrf_of, html};
+use crate::{AppState, ReportError};
+
+/// The report's rates: (key in `rates`, name, numerator, denominator).
+pub const METRICS: [(&str, &str, &str, &str); 4] = [
+    ("delivery", "Delivery rate", "delivered", "sent"),
+    ("open", "Open rate", "opened", "delivered"),
+    ("click", "Click rate", "clicked", "delivered"),
+    ("conversion", "Conversion rate", "converted", "assigned"),
+];
+
+/// The two-sided 95% normal quantile.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// The 95% Wilson score interval of `k` successes in `n` trials; `None`
+/// when `n` is 0. Wilson's stays inside 0..1 and is sound for small arms
+/// and rates near 0, where the normal approximation is not.
+pub fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
+    if n == 0 {
+        return None;
+    }
+    let (k, n) = (k.min(n) as f64, n as f64);
+    let p = k / n;
+    let z2 = Z95 * Z95;
+    let denom = 1.0 + z2 / n;
+    let centre = (p + z2 / (2.0 * n)) / denom;
+    let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
+/// `name` made safe for one path segment.
+pub fn segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The query's run, since and until, without empty fields (a form sends
+/// every field, filled or not).
+fn report_query(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.map(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .into_owned()
+            .filter(|(k, v)| !v.is_empty() && ["run", "since", "until"].contains(&k.as_str()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn encode(query: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(query)
+        .finish()
+}
+
+fn int(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
+fn rate_cell(v: &Value) -> String {
+    v.as_f64().map(pct).unwrap_or_default()
+}
+
+/// What went wrong making the report, as an answer.
+fn report_error(e: ReportError) -> Response {
+    match e {
+        ReportError::BadRequest(m) => html(
+            StatusCode::BAD_REQUEST,
+            page(
+                "Report",
+                None,
+                &format!("<p class=\"error\" role=\"alert\">{}</p>", esc(&m)),
+            ),
+        ),
+        ReportError::Failed(m) => crate::internal_error(m),
+    }
+}
+
+/// The report of `name` for `query`, or the answer to give instead.
+async fn fetch(st: &AppState, name: &str, query: &[(String, String)]) -> Result<Value, Response> {
+    let Some(source) = &st.inner.report else {
+        return Err(html(
+            StatusCode::NOT_IMPLEMENTED,
+            page(
+                "Report",
+                None,
+                "<p class=\"error\">This server makes no reports: use <code>herald report CAMPAIGN</code>.</p>",
+            ),
+        ));
+    };
+    match source.report(name, query).await {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(crate::not_found()),
+        Err(e) => Err(report_error(e)),
+    }
+}
+
+/// The selector: one run, or runs started in a date range.
+fn selector(name: &str, query: &[(String, String)]) -> String {
+    let value = |k: &str| {
+        query
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map_or_else(String::new, |(_, v)| esc(v))
+    };
+    format!(
+        "<form method=\"get\" action=\"/console/campaigns/{}/report\" class=\"filter\">\
+         <label for=\"run\">Run</label><input id=\"run\" name=\"run\" inputmode=\"numeric\" size=\"6\" value=\"{}\">\
+         <label for=\"since\">Started since</label><input id=\"since\" name=\"since\" type=\"date\" value=\"{}\">\
+         <label for=\"until\">until</label><input id=\"until\" name=\"until\" type=\"date\" value=\"{}\">\
+         <button type=\"submit\">Show</button> <a href=\"/console/campaigns/{}/report\">all runs</a></form>",
+        segment(name),
+        value("run"),
+        value("since"),
+        value("until"),
+        segment(name),
+    )
+}
+
+/// Each arm's rate of `metric` with its interval, for the chart.
+pub(crate) fn arm_rates(arms: &[Value], metric: (&str, &str, &str, &str)) -> Vec<ArmRate> {
+    let (key, _, num, den) = metric;
+    arms.iter()
+        .map(|a| {
+            let name = a["arm"].as_str().unwrap_or("?").to_string();
+            let rate = a["rates"][key].as_f64();
+            let ci = wilson(int(a, num), int(a, den));
+            (name, rate.zip(ci).map(|(r, (lo, hi))| (r, lo, hi)))
+        })
+        .collect()
+}
+
+/// `GET /console/campaigns/{name}/report`.
+pub(crate) async fn report_page(
+    State(st): State<AppState>,
+    Extension(Signed(session)): Extension<Signed>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let query = report_query(raw.as_deref());
+    let csrf = csrf_of(&st, &session);
+    let title = format!("Report: {name}");
+    let report = match fetch(&st, &name, &query).await {
+        Ok(r) => r,
+        Err(r) if r.status() == StatusCode::BAD_REQUEST => {
+            let body = format!(
+                "{}<p class=\"error\" role=\"alert\">That selection does not work. Change it and show again.</p>",
+                selector(&name, &query)
+            );
+            return html(StatusCode::BAD_REQUEST, page(&title, Some(&csrf), &body));
+        }
+        Err(r) => return r,
+    };
+    let mut body = String::new();
+    let links = encode(&query);
+    let links = if links.is_empty() {
+        String::new()
+    } else {
+        format!("?{links}")
+    };
+    let _ = write!(
+        body,
+        "<p>Made {}{}. As <a href=\"/console/campaigns/{seg}/report.json{q}\">JSON</a> \
+         or <a href=\"/console/campaigns/{seg}/report.csv{q}\">CSV</a>.</p>",
+        esc(report["generated_at"].as_str().unwrap_or("")),
+        report["goal"]["event"]
+            .as_str()
+            .map_or_else(String::new, |e| format!(
+                "; goal <code>{}</code> within {}",
+                esc(e),
+                esc(report["goal"]["within"].as_str().unwrap_or(""))
+            )),
+        seg = segment(&name),
+        q = esc(&links),
+    );
+    body.push_str(&selector(&name, &query));
+    let total = &report["total"];
+    let arms: Vec<Value> = total["arms"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = arms
+        .iter()
+        .map(|a| {
+            let mut r = vec![esc(a["arm"].as_str().unwrap_or("?"))];
+            for k in [
+                "assigned",
+                "sent",
+                "delivered",
+                "opened",
+                "clicked",
+                "converted",
+            ] {
+                r.push(int(a, k).to_string());
+            }
+            r.push(format!("{:.2}", a["revenue"].as_f64().unwrap_or(0.0)));
+            for (key, ..) in METRICS {
+                r.push(rate_cell(&a["rates"][key]));
+            }
+            r
+        })
+        .collect();
+    body.push_str(&table(
+        &format!(
+            "Arms: {} messages in {} runs",
+            int(total, "messages"),
+            report["runs"].as_array().map_or(0, Vec::len)
+        ),
+        &[
+            "arm",
+            "assigned",
+            "sent",
+            "delivered",
+            "opened",
+            "clicked",
+            "converted",
+            "revenue",
+            "delivery",
+            "open",
+            "click",
+            "conversion",
+        ],
+        &rows,
+    ));
+    // What the report says, in its own words.
+    let mut said: Vec<&str> = total["summary"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    for key in ["comparisons", "results_comparisons"] {
+        said.extend(
+            total[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["sentence"].as_str()),
+        );
+    }
+    said.extend(total["srm"]["sentence"].as_str());
+    said.extend(
+        report["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str),
+    );
+    if !said.is_empty() {
+        body.push_str("<section aria-labelledby=\"verdict\"><h2 id=\"verdict\">What it says</h2><ul class=\"said\">");
+        for s in said {
+            let _ = write!(body, "<li>{}</li>", esc(s));
+        }
+        body.push_str("</ul></section>");
+    }
+    for metric @ (key, label, num, den) in METRICS {
+        let _ = write!(
+            body,
+            "<h2 id=\"metric-{key}\">{label}</h2><figure>{}<figcaption>{label} of each arm ({num} / {den}), with its 95% Wilson interval.</figcaption></figure>",
+            chart::intervals(
+                &format!("{label} of each arm with its 95% interval"),
+                &format!("chart-{key}"),
+                &arm_rates(&arms, metric)
+            )
+        );
+    }
+    html(StatusCode::OK, page(&title, Some(&csrf), &body))
+}
+
+/// `GET /console/campaigns/{name}/report.json`: the report as the API gives it.
+pub(crate) async fn report_json(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    match fetch(&st, &name, &report_query(raw.as_deref())).await {
+        Ok(v) => {
+            let mut r = axum::Json(v).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET /console/campaigns/{name}/report.csv`: `herald report --format csv`.
+pub(crate) async fn report_csv(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let Some(source) = &st.inner.report else {
+        return crate::not_found();
+    };
+    match source
+        .report_csv(&name, &report_query(raw.as_deref()))
+        .await
+    {
+        Ok(Some(csv)) => {
+            let mut r = csv.into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "attachment; filename=\"{}-report.csv\"",
+                segment(&name)
+            )) {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            r
+        }
+        Ok(None) => crate::not_found(),
+        Err(e) => report_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_matches_a_known_interval() {
+        // 10 of 100: 5.52% to 17.44% (Newcombe 1998, table I style check).
+        let (lo, hi) = wilson(10, 100).unwrap();
+        assert!((lo - 0.0552).abs() < 1e-4, "{lo}");
+        assert!((hi - 0.1744).abs() < 1e-4, "{hi}");
+        // At the edges it stays inside 0..1 and is not empty.
+        let (lo, hi) = wilson(0, 20).unwrap();
+        assert_eq!(lo, 0.0);
+        assert!(hi > 0.1 && hi < 0.2, "{hi}");
+        let (lo, hi) = wilson(20, 20).unwrap();
+        assert!(lo > 0.8 && hi == 1.0);
+        assert_eq!(wilson(0, 0), None);
+    }
+
+    #[test]
+    fn a_query_keeps_only_filled_report_fields() {
+        assert_eq!(
+            report_query(Some("run=&since=2026-01-01&until=&x=1")),
+            vec![("since".to_string(), "2026-01-01".to_string())]
+        );
+        assert_eq!(segment("win back/<x>"), "win%20back%2F%3Cx%3E");
+    }
+}

@@ -1,0 +1,373 @@
+//! The console in a real browser: headless Chromium driven over WebDriver
+//! (see `webdriver.rs`). A marketer signs in, reads the campaigns and a
+//! run, pauses and resumes it through the confirmation forms (so the CSRF
+//! tokens work as a browser sends them), signs out and is shut out; with
+//! JavaScript off every page still reads. Skipped, with a message, where
+//! chromedriver is not installed, unless `HERALD_REQUIRE_BROWSER=1`.
+
+use herald_server::console::report::{METRICS, pct};
+use herald_storage::runs::{self, Which};
+use herald_tests::Backend;
+
+use crate::common::*;
+use sea_orm::ConnectionTrait;
+
+use crate::console::{PASSWORD, StorageReport, admin, start};
+use crate::webdriver::{Browser, ONE_AT_A_TIME, driver};
+
+/// The rows of the table captioned `caption` on the page shown, each as
+/// its cells' words joined by single spaces (whatever the driver puts
+/// between cells).
+pub async fn table_rows(b: &Browser, caption: &str) -> Vec<String> {
+    for t in b.all("main table").await {
+        let text = b.text(&t).await;
+        let mut lines = text.lines();
+        if lines.next().map(str::trim) == Some(caption) {
+            return lines
+                .skip(1) // the header row
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect();
+        }
+    }
+    panic!("no table captioned `{caption}` on {}", b.url().await);
+}
+
+/// Signs in through the form, as a person would.
+pub async fn sign_in(b: &Browser, app: &App, password: &str) {
+    b.goto(&admin(app, "/console/sign-in")).await;
+    let field = b.the("#password").await;
+    b.type_into(&field, password).await;
+    b.click_on("main form button[type=submit]").await;
+    if password == PASSWORD {
+        b.wait_for_url("/console/").await;
+    } else {
+        b.wait_for("[role=alert]").await;
+    }
+}
+
+/// What `herald status` counts for run `id`, as the page writes each row.
+async fn status_rows(app: &App, id: i64) -> Vec<String> {
+    let status = runs::status_of(&app.db, now_ms(), Which::One(id))
+        .await
+        .unwrap();
+    status.runs[0]
+        .counts
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect()
+}
+
+async fn run_state(app: &App, id: i64) -> String {
+    app.text(&format!("SELECT state FROM runs WHERE id = {id}"))
+        .await
+        .unwrap()
+}
+
+/// Sign in, read, pause and resume, sign out: JavaScript on.
+async fn a_marketer_signs_in_reads_pauses_resumes_and_signs_out(app: &App) {
+    let Some(driver) = driver() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let b = Browser::open(&driver, true, 1000).await;
+
+    // Signed out, the console sends the browser to sign in.
+    b.goto(&admin(app, "/console/runs/1")).await;
+    b.wait_for_url("/console/sign-in").await;
+    sign_in(&b, app, "not-the-password").await;
+    assert_eq!(b.text_of("[role=alert]").await, "Wrong password.");
+    sign_in(&b, app, PASSWORD).await;
+    b.wait_for_url("/console/").await;
+    assert_eq!(b.title().await, "Campaigns · herald");
+    // The session cookie is there, and page scripts cannot read it.
+    assert!(
+        b.cookie_names()
+            .await
+            .contains(&"herald_session".to_string())
+    );
+    let visible = b.script("return document.cookie").await;
+    assert!(!visible.to_string().contains("herald_session"), "{visible}");
+
+    // The campaigns page: the configured campaign and its last run.
+    let rows = table_rows(&b, "Campaigns (times in Asia/Shanghai)").await;
+    // The row, then its `herald check` problem (a list in the last cell).
+    assert!(rows.join(" ").ends_with("is not in templates"), "{rows:?}");
+    assert!(
+        rows[0].starts_with("winback report marketing, scheduled email, sms"),
+        "{rows:?}"
+    );
+    assert!(rows[0].contains("6 messages:"), "{rows:?}");
+
+    // Its run, from the link: the counts are `herald status`'s.
+    b.click_on("a[href=\"/console/runs/1\"]").await;
+    b.wait_for_url("/console/runs/1").await;
+    assert_eq!(
+        table_rows(&b, "Messages by status").await,
+        status_rows(app, 1).await
+    );
+    assert!(b.find("figure svg rect").await.is_some(), "the chart");
+
+    // Pause through the confirmation page; then resume.
+    for (action, state) in [("pause", "paused"), ("resume", "running")] {
+        b.click_on(&format!("a[href=\"/console/runs/1/{action}\"]"))
+            .await;
+        b.wait_for_url(&format!("/console/runs/1/{action}")).await;
+        b.click_on("main form button[type=submit]").await;
+        b.wait_for_url(&format!("/console/runs/1?done={action}"))
+            .await;
+        assert_eq!(run_state(app, 1).await, state);
+        let said = b.text_of("main").await;
+        assert!(said.contains(&format!("state {state}")), "{said}");
+    }
+
+    // Sign out: every page sends the browser back to sign in.
+    b.click_on("header form button[type=submit]").await;
+    b.wait_for_url("/console/sign-in").await;
+    for p in [
+        "/console/",
+        "/console/status",
+        "/console/runs/1",
+        "/console/runs/1/cancel",
+    ] {
+        b.goto(&admin(app, p)).await;
+        b.wait_for_url("/console/sign-in").await;
+        assert_eq!(b.title().await, "Sign in · herald", "{p}");
+    }
+    assert_eq!(run_state(app, 1).await, "running");
+}
+
+/// With page scripts off, sign-in and every page still work and read.
+async fn with_javascript_off_every_page_reads(app: &App) {
+    let Some(driver) = driver() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let b = Browser::open(&driver, false, 1000).await;
+    // Scripts really are off: this page's script would write "on".
+    b.goto("data:text/html,<p id=x>off</p><script>document.getElementById('x').textContent='on'</script>")
+        .await;
+    assert_eq!(b.text_of("#x").await, "off");
+
+    sign_in(&b, app, PASSWORD).await;
+    assert_eq!(b.title().await, "Campaigns · herald");
+    let rows = table_rows(&b, "Campaigns (times in Asia/Shanghai)").await;
+    assert!(rows[0].starts_with("winback"), "{rows:?}");
+    b.goto(&admin(app, "/console/runs/1")).await;
+    assert_eq!(
+        table_rows(&b, "Messages by status").await,
+        status_rows(app, 1).await
+    );
+    b.goto(&admin(app, "/console/status")).await;
+    assert_eq!(b.title().await, "Status · herald");
+    assert!(!table_rows(&b, "Recent runs").await.is_empty());
+}
+
+/// Runs each scenario once per database, on a server with the console.
+macro_rules! in_a_browser {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    if let Some(app) = start(Backend::Sqlite).await {
+                        super::$name(&app).await;
+                        app.stop().await;
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(app) = start(Backend::Postgres).await {
+                        super::$name(&app).await;
+                        app.stop().await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+in_a_browser!(
+    a_marketer_signs_in_reads_pauses_resumes_and_signs_out,
+    with_javascript_off_every_page_reads,
+    the_report_page_shows_the_figures_of_the_report_json,
+);
+
+/// The report page in a browser: its table and charts carry the figures of
+/// the report's JSON (the source `herald report --format json` prints), its
+/// JSON link gives that JSON, and the run selector narrows it.
+async fn the_report_page_shows_the_figures_of_the_report_json(app: &App) {
+    let Some(driver) = driver() else { return };
+    let now = now_ms();
+    // Opens and clicks, so every rate has something to show.
+    for sql in [
+        format!("UPDATE messages SET opened_at = {now}, open_count = 1 WHERE id IN (1, 5)"),
+        format!("UPDATE messages SET clicked_at = {now}, click_count = 1 WHERE id = 1"),
+    ] {
+        app.db.conn.execute_unprepared(&sql).await.unwrap();
+    }
+    let source = StorageReport::default();
+    let _ = source.db.set(app.db.clone());
+    let _one = ONE_AT_A_TIME.lock().await;
+    let b = Browser::open(&driver, true, 1000).await;
+    sign_in(&b, app, PASSWORD).await;
+    b.click_on("a[href=\"/console/campaigns/winback/report\"]")
+        .await;
+    b.wait_for_url("/report").await;
+    assert_eq!(b.title().await, "Report: winback · herald");
+
+    for query in [vec![], vec![("run".to_string(), "1".to_string())]] {
+        if !query.is_empty() {
+            let run = b.the("#run").await;
+            b.type_into(&run, "1").await;
+            b.click_on("form.filter button[type=submit]").await;
+            b.wait_for_url("until=").await;
+            assert!(b.url().await.contains("run=1"), "{}", b.url().await);
+        }
+        let json = source.json("winback", &query).await.unwrap().unwrap();
+        let total = &json["total"];
+        let arms = total["arms"].as_array().unwrap();
+        assert!(arms.len() >= 3, "{json}");
+        let want: Vec<String> = arms
+            .iter()
+            .map(|a| {
+                let mut cells = vec![a["arm"].as_str().unwrap().to_string()];
+                for k in [
+                    "assigned",
+                    "sent",
+                    "delivered",
+                    "opened",
+                    "clicked",
+                    "converted",
+                ] {
+                    cells.push(a[k].as_u64().unwrap().to_string());
+                }
+                cells.push(format!("{:.2}", a["revenue"].as_f64().unwrap()));
+                for (key, ..) in METRICS {
+                    if let Some(r) = a["rates"][key].as_f64() {
+                        cells.push(pct(r));
+                    }
+                }
+                cells.join(" ")
+            })
+            .collect();
+        let caption = format!(
+            "Arms: {} messages in {} runs",
+            total["messages"],
+            json["runs"].as_array().unwrap().len()
+        );
+        assert_eq!(table_rows(&b, &caption).await, want);
+        // Each chart: every arm's rate as the JSON has it, with its interval.
+        let source_html = b.source().await;
+        let mut drawn = 0;
+        for (key, ..) in METRICS {
+            assert!(b.find(&format!("#chart-{key}")).await.is_some(), "{key}");
+            for a in arms {
+                if let Some(r) = a["rates"][key].as_f64() {
+                    let words = format!("{}: {} (95% interval", a["arm"].as_str().unwrap(), pct(r));
+                    assert!(source_html.contains(&words), "{key}: {words}");
+                    drawn += 1;
+                }
+            }
+        }
+        assert!(drawn >= 6, "{drawn} rates drawn");
+        // The report's own words.
+        let said = b.text_of("ul.said").await;
+        for s in total["summary"].as_array().unwrap() {
+            assert!(said.contains(s.as_str().unwrap()), "{s} not in {said}");
+        }
+    }
+
+    // The JSON link gives the report's JSON (made a moment later).
+    b.click_on("a[href$=\"report.json?run=1\"]").await;
+    b.wait_for_url("report.json?run=1").await;
+    let mut shown: serde_json::Value = serde_json::from_str(&b.text_of("pre").await).unwrap();
+    let mut json = source
+        .json("winback", &[("run".into(), "1".into())])
+        .await
+        .unwrap()
+        .unwrap();
+    for v in [&mut shown, &mut json] {
+        v["generated_at"] = serde_json::Value::Null;
+    }
+    assert_eq!(shown, json);
+}
+
+/// Saves the README's pictures of the console to `docs/console/`: the
+/// campaigns page, a run page and the report page, over a few thousand
+/// messages sent in the last hour. Ignored: run it by name with
+/// `--ignored` after changing how a page looks, then look at the PNGs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/console/*.png: run by name with --ignored"]
+async fn screenshots_for_the_readme() {
+    use herald_domain::config::Campaign;
+    use herald_server::console::CampaignEntry;
+    use std::sync::Arc;
+
+    let Some(driver) = driver() else { return };
+    let campaign = |file: &str, toml: &str| Campaign::parse(file, toml).expect("campaign");
+    let entries = vec![
+        CampaignEntry {
+            campaign: campaign(
+                "config/campaigns/winback.toml",
+                "name = \"winback\"\nwhere = 'attrs.x == 1'\nchannels = [\"email\", \"sms\"]\nschedule = { cron = \"0 0 10 * * Tue\", timezone = \"Asia/Shanghai\" }\n[[variants]]\nname = \"discount\"\nsms = { template = \"t.sms.hbs\" }\nemail = { subject = \"s\", template = \"t.email.hbs\" }\n",
+            ),
+            problems: vec![],
+        },
+        CampaignEntry {
+            campaign: campaign(
+                "config/campaigns/newsletter.toml",
+                "name = \"newsletter\"\nwhere = 'attrs.x == 1'\nchannels = [\"email\"]\n[[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"news.email.hbs\" }\n",
+            ),
+            problems: vec![
+                "config/campaigns/newsletter.toml: template `news.email.hbs` is not in templates/"
+                    .into(),
+            ],
+        },
+    ];
+    let app = crate::console::start_console(Backend::Sqlite, SECRET, move |c| {
+        c.campaigns = Arc::new(entries);
+    })
+    .await
+    .unwrap();
+    // 3,000 more messages of run 1 over three arms, sent in the last hour,
+    // with opens and clicks at rates that differ by arm.
+    let now = now_ms();
+    let n = 3_000;
+    let series = format!(
+        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) SELECT i FROM s"
+    );
+    let arm = "CASE i % 3 WHEN 0 THEN 'discount' WHEN 1 THEN 'reminder' ELSE 'holdout' END";
+    for sql in [
+        format!(
+            "INSERT INTO contacts (id, external_id, email, attrs, created_at, updated_at) SELECT 1000 + i, 'x' || i, 'x' || i || '@example.com', '{{}}', {now}, {now} FROM ({series}) t"
+        ),
+        format!(
+            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, sent_at, delivered_at, opened_at, clicked_at, open_count, click_count, revenue, created_at, updated_at) \
+             SELECT 1000 + i, 1, 1, 1000 + i, 0, {arm}, CASE WHEN i % 3 = 2 THEN NULL ELSE 'email' END, 'x' || i || '@example.com', {now}, \
+             CASE WHEN i % 3 = 2 THEN 'held_out' WHEN i % 53 = 0 THEN 'failed' WHEN i % 11 = 0 THEN 'planned' ELSE 'delivered' END, \
+             CASE WHEN i % 3 <> 2 AND i % 53 = 0 THEN 'mailbox full' END, 1, {now} - (i % 3600) * 1000, {now}, \
+             CASE WHEN i % 3 <> 2 AND i % (4 + i % 3) = 0 THEN {now} END, CASE WHEN i % 3 <> 2 AND i % (13 - 4 * (i % 3)) = 0 THEN {now} END, 0, 0, 0, {now}, {now} FROM ({series}) t"
+        ),
+        format!(
+            "INSERT INTO attempts (message_id, at, result, duration_ms) SELECT 1000 + i, {now} - (i * 7 % 3600) * 1000 * (1 + i % 2) / 2, 'accepted', 5 FROM ({series}) t WHERE i % 3 <> 2 AND i % 11 <> 0"
+        ),
+        // The report counts `delivered` etc. from the timestamps: planned and failed ones were never sent.
+        "UPDATE messages SET sent_at = NULL, delivered_at = NULL, opened_at = NULL, clicked_at = NULL WHERE status IN ('planned', 'failed', 'held_out')".to_string(),
+    ] {
+        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/console");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _one = ONE_AT_A_TIME.lock().await;
+    for (file, path, height) in [
+        ("campaigns.png", "/console/", 640),
+        ("run.png", "/console/runs/1", 1500),
+        ("report.png", "/console/campaigns/winback/report", 1500),
+    ] {
+        let b = Browser::open(&driver, true, height).await;
+        sign_in(&b, &app, PASSWORD).await;
+        b.goto(&admin(&app, path)).await;
+        std::fs::write(dir.join(file), b.screenshot().await).unwrap();
+        println!("wrote docs/console/{file}");
+    }
+    app.stop().await;
+}
