@@ -139,7 +139,10 @@ async fn bounces_pause_the_run(backend: Backend, size: Size) {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no delivery count in the reason\n{status}"));
-    assert!(judged >= min, "paused after {judged} of {min} deliveries\n{status}");
+    assert!(
+        judged >= min,
+        "paused after {judged} of {min} deliveries\n{status}"
+    );
     eprintln!(
         "reputation guard ({backend:?}): paused {:.1} s after the daemon started, after {judged} deliveries (min_deliveries {min}); {then} of {contacts} accepted by the peer in all",
         paused_after.as_secs_f64()

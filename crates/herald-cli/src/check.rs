@@ -405,7 +405,7 @@ pub async fn observed_type_problems(
     store: &SqlStore,
     config: &ConfigSet,
 ) -> anyhow::Result<Vec<herald_domain::diagnostic::Diagnostic>> {
-    use herald_domain::config::{Audience, AttrTypes, check_filter_types};
+    use herald_domain::config::{AttrTypes, Audience, check_filter_types};
     use herald_domain::segment::{Expr, Field};
 
     // (file, filter, the text its spans index, the text's offset in the file)

@@ -411,10 +411,9 @@ impl MessageRenderer for CampaignRenderer {
     }
 
     fn release_personalisation(&self, now: i64) -> Option<PersonalisationRequest> {
-        self.release_best_hour.as_ref().map(|r| PersonalisationRequest {
-            now,
-            ..r.clone()
-        })
+        self.release_best_hour
+            .as_ref()
+            .map(|r| PersonalisationRequest { now, ..r.clone() })
     }
 
     fn personalisation(&self, now: i64) -> PersonalisationRequest {
@@ -670,7 +669,10 @@ sms = { template = "t.sms.hbs" }
         let day = 1_767_571_200_000;
         let r = renderer(parse("send_time = \"best_hour\""));
         // Variant a's own hour, 10:00: at 10:40 it goes; at 11:05 tomorrow's 10:00.
-        assert_eq!(r.released_at(&msg("a"), &c, day + 10 * HOUR + 40 * 60_000), None);
+        assert_eq!(
+            r.released_at(&msg("a"), &c, day + 10 * HOUR + 40 * 60_000),
+            None
+        );
         assert_eq!(
             r.released_at(&msg("a"), &c, day + 11 * HOUR + 5 * 60_000),
             Some(Deferral {
@@ -680,7 +682,8 @@ sms = { template = "t.sms.hbs" }
         );
         // A rollout's release carries the variant's hour too.
         assert_eq!(
-            r.released_at(&msg("rollout:a"), &c, day + 11 * HOUR).map(|d| d.at),
+            r.released_at(&msg("rollout:a"), &c, day + 11 * HOUR)
+                .map(|d| d.at),
             Some(day + 34 * HOUR)
         );
         // Variant b has none: the contact's best hour, 19:00, the same day.
@@ -732,9 +735,15 @@ sms = { template = "t.sms.hbs" }
         // Transactional: no rule moves a released message.
         let mut t = parse("send_time = \"best_hour\"");
         t.kind = CampaignKind::Transactional;
-        assert_eq!(renderer(t).released_at(&msg("a"), &c, day + 11 * HOUR), None);
+        assert_eq!(
+            renderer(t).released_at(&msg("a"), &c, day + 11 * HOUR),
+            None
+        );
         // The best hour is fetched for a release only when the templates do not read it.
-        assert!(r.release_personalisation(day).is_some_and(|p| p.best_hour && p.now == day));
+        assert!(
+            r.release_personalisation(day)
+                .is_some_and(|p| p.best_hour && p.now == day)
+        );
         assert!(spread.release_personalisation(day).is_none());
     }
 

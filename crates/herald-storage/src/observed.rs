@@ -59,9 +59,7 @@ pub async fn observed_types(db: &Db, paths: &[Vec<String>]) -> Result<Vec<Observ
                 if i > 0 || k > 0 {
                     q.push(", ");
                 }
-                q.push(&format!(
-                    "SUM(CASE WHEN t{i} IN {names} THEN 1 ELSE 0 END)"
-                ));
+                q.push(&format!("SUM(CASE WHEN t{i} IN {names} THEN 1 ELSE 0 END)"));
             }
         }
         q.push(" FROM (SELECT ");
@@ -146,7 +144,12 @@ mod tests {
 
     /// Each path's scalar types, counted over the contacts that hold one.
     async fn the_types_contacts_hold_are_read_per_path(db: &Db) {
-        contact(db, 1, r#"{"vip": true, "score": 3, "geo": {"city": "Hangzhou"}}"#).await;
+        contact(
+            db,
+            1,
+            r#"{"vip": true, "score": 3, "geo": {"city": "Hangzhou"}}"#,
+        )
+        .await;
         contact(db, 2, r#"{"vip": false, "score": "high", "tags": ["a"]}"#).await;
         contact(db, 3, r#"{"vip": true, "score": 2.5, "note": null}"#).await;
         contact(db, 4, r#"{}"#).await;
@@ -163,11 +166,7 @@ mod tests {
             got,
             vec![
                 ("vip".into(), vec![AttrType::Bool], 3),
-                (
-                    "score".into(),
-                    vec![AttrType::Number, AttrType::String],
-                    3
-                ),
+                ("score".into(), vec![AttrType::Number, AttrType::String], 3),
                 ("geo.city".into(), vec![AttrType::String], 1),
                 ("tags".into(), vec![], 0),
                 ("note".into(), vec![], 0),

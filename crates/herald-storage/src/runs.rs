@@ -377,10 +377,7 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
     }
     for f in &in_air {
         let row = match pass_of.get(&f.run_id) {
-            Some(campaign) => folded
-                .iter()
-                .find(|(_, c)| c == campaign)
-                .map(|(i, _)| *i),
+            Some(campaign) => folded.iter().find(|(_, c)| c == campaign).map(|(i, _)| *i),
             None => out
                 .runs
                 .iter()
@@ -603,7 +600,9 @@ mod tests {
             exec(db, format!("INSERT INTO contacts (id, external_id, email, attrs, consent_email, created_at, updated_at) VALUES ({id}, 'x{id}', 'x{id}@example.com', '{{}}', TRUE, {T0}, {T0})")).await;
         }
         let message = |run: i64, campaign: i64, contact: i64, status: &str| {
-            format!("INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, attempts, created_at, updated_at) VALUES ({run}, {campaign}, {contact}, 0, 'a', 'email', 'x{contact}@example.com', {T0}, '{status}', 0, {T0}, {T0})")
+            format!(
+                "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, attempts, created_at, updated_at) VALUES ({run}, {campaign}, {contact}, 0, 'a', 'email', 'x{contact}@example.com', {T0}, '{status}', 0, {T0}, {T0})"
+            )
         };
         let mut passes = Vec::new();
         for i in 0..3 {
@@ -612,7 +611,10 @@ mod tests {
                 .create_run(welcome, at, at, "schedule", "pro-welcome;x")
                 .await
                 .unwrap();
-            store.entry_pass(welcome, run.id, &filter, at).await.unwrap();
+            store
+                .entry_pass(welcome, run.id, &filter, at)
+                .await
+                .unwrap();
             passes.push(run.id);
             if i == 1 {
                 let run = store

@@ -2184,12 +2184,7 @@ mod tests {
             Plain.personalisation(now)
         }
 
-        fn released_at(
-            &self,
-            _: &ClaimedMessage,
-            _: &ContactView,
-            _: i64,
-        ) -> Option<Deferral> {
+        fn released_at(&self, _: &ClaimedMessage, _: &ContactView, _: i64) -> Option<Deferral> {
             Some(Deferral {
                 at: self.0,
                 reason: "deferred (quiet hours)".into(),
@@ -2298,11 +2293,13 @@ mod tests {
         for d in 1..=3 {
             let at = midnight - d * DAY + 7 * 60 * MIN + 5 * MIN;
             let mut q = Sql::new();
-            q.push("INSERT INTO events (contact_id, name, at, received_at) VALUES (1, 'app_open', ")
-                .bind(at)
-                .push(", ")
-                .bind(at)
-                .push(")");
+            q.push(
+                "INSERT INTO events (contact_id, name, at, received_at) VALUES (1, 'app_open', ",
+            )
+            .bind(at)
+            .push(", ")
+            .bind(at)
+            .push(")");
             store.exec(q).await.unwrap();
         }
         for r in rows.iter_mut() {

@@ -453,9 +453,8 @@ mod tests {
         let origin = |_: &[String]| "in all 3 stored contacts that have it".to_string();
         let check = |src: &str| {
             let expr = crate::segment::parse(src).unwrap();
-            check_filter_types(&expr, src, &observed, &origin).map_err(|e| {
-                (src[e.span.clone()].to_string(), e.message, e.help)
-            })
+            check_filter_types(&expr, src, &observed, &origin)
+                .map_err(|e| (src[e.span.clone()].to_string(), e.message, e.help))
         };
         let (at, message, help) = check(r#"attrs.x == 1 or attrs.vip == "true""#).unwrap_err();
         assert_eq!(at, r#""true""#);
@@ -473,12 +472,18 @@ mod tests {
         // Nested paths, `contains` and a bare attribute.
         let (at, message, _) = check("attrs.geo.city == 3").unwrap_err();
         assert_eq!(at, "3");
-        assert!(message.starts_with("`attrs.geo.city` is a string"), "{message}");
+        assert!(
+            message.starts_with("`attrs.geo.city` is a string"),
+            "{message}"
+        );
         let (at, _, _) = check(r#"attrs.vip contains "t""#).unwrap_err();
         assert_eq!(at, r#""t""#);
         let (at, message, _) = check("attrs.geo.city").unwrap_err();
         assert_eq!(at, "attrs.geo.city");
-        assert!(message.contains("true only for the boolean true"), "{message}");
+        assert!(
+            message.contains("true only for the boolean true"),
+            "{message}"
+        );
         check(r#"attrs.vip and attrs.unknown == "x" and attrs.geo.city contains "a""#).unwrap();
     }
 }
