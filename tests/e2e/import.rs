@@ -452,7 +452,79 @@ async fn push_tokens_follow_their_latest_contact(backend: Backend) {
     db.drop_db().await;
 }
 
+/// A file that repeats an external id: both rows are merged as before (the
+/// later row's values win, its empty cells keep the earlier row's), the
+/// import succeeds, and stderr says so with both line numbers, in CSV and
+/// NDJSON alike.
+async fn a_repeated_external_id_is_warned_of_with_both_lines(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.write(
+        "contacts.csv",
+        "external_id,email,region\n\
+         c1,ann@example.com,guangdong\n\
+         c2,bob@example.com,\n\
+         c3,cat@example.com,\n\
+         c1,ann@work.example.com,\n\
+         c1,,zhejiang\n",
+    );
+    let run = p.herald(&db, &["import", "contacts", "contacts.csv"]);
+    run.expect_code(0);
+    let err = run.stderr();
+    assert!(
+        err.contains(
+            "contacts.csv:5: warning: external_id `c1` is also on line 2: line 5 is kept (its empty cells keep line 2's values)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("contacts.csv:6: warning: external_id `c1` is also on line 5: line 6 is kept"),
+        "{err}"
+    );
+    assert_eq!(err.matches("warning:").count(), 2, "{err}");
+    assert!(run.stdout().contains("; 2 warning(s)"), "{}", run.stdout());
+    let store = Db::connect(&db.url).await.expect("connect");
+    let rows = scalar(
+        &store,
+        if backend == Backend::Postgres {
+            "SELECT external_id, email, attrs->>'region' FROM contacts ORDER BY external_id"
+        } else {
+            "SELECT external_id, email, json_extract(attrs, '$.region') FROM contacts ORDER BY external_id"
+        },
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![
+            vec!["c1", "ann@work.example.com", "zhejiang"],
+            vec!["c2", "bob@example.com", ""],
+            vec!["c3", "cat@example.com", ""],
+        ]
+    );
+
+    p.write(
+        "more.ndjson",
+        "{\"external_id\":\"c9\"}\n\n{\"external_id\":\"c8\"}\n{\"external_id\":\"c9\",\"locale\":\"en\"}\n",
+    );
+    let run = p.herald(&db, &["import", "contacts", "more.ndjson"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr()
+            .contains("more.ndjson:4: warning: external_id `c9` is also on line 1: line 4 is kept"),
+        "{}",
+        run.stderr()
+    );
+    // A contact already stored is no repeat: only the file's own rows count.
+    p.write("again.csv", "external_id,email\nc1,ann@example.com\n");
+    let run = p.herald(&db, &["import", "contacts", "again.csv"]);
+    run.expect_code(0);
+    assert!(!run.stderr().contains("warning"), "{}", run.stderr());
+    db.drop_db().await;
+}
+
 on_both_databases!(
+    a_repeated_external_id_is_warned_of_with_both_lines,
     push_tokens_follow_their_latest_contact,
     contacts_with_bad_rows,
     events_are_idempotent_and_create_bare_contacts,

@@ -702,7 +702,75 @@ async fn status_watch_refreshes(backend: Backend) {
     db.drop_db().await;
 }
 
+/// `herald check` against the stored contacts: a literal that cannot match
+/// the type every stored value of an undeclared attribute has (`vip` holds
+/// booleans, `score` numbers) is an error with the caret on the literal,
+/// in a segment and in a campaign's own filter; before any contact is
+/// stored, and once the literals fit, the check passes.
+async fn check_points_at_a_literal_the_stored_values_cannot_match(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.write(
+        "config/segments/vips.toml",
+        "name = \"vips\"\nwhere = 'email contains \"@\" and attrs.vip == \"true\"'\n",
+    );
+    p.write(
+        "config/segments/hangzhou.toml",
+        "name = \"hangzhou\"\nwhere = 'attrs.city == \"Hangzhou\" or attrs.vip'\n",
+    );
+    p.write(
+        "config/campaigns/top.toml",
+        "name = \"top\"\nwhere = 'attrs.score == \"5\"'\nschedule = \"manual\"\nchannels = [\"email\"]\n\n\
+         [[variants]]\nname = \"a\"\nemail = { subject = \"Hi\", template = \"t/a.email.hbs\" }\n",
+    );
+    p.write("templates/t/a.email.hbs", "<p>Hi</p>\n");
+    // Nothing stored yet: nothing observed, nothing to say.
+    p.herald(&db, &["check"]).expect_code(0);
+
+    p.write(
+        "contacts.csv",
+        "external_id,email,vip,score,city\n\
+         c1,a@example.com,true,5,Hangzhou\n\
+         c2,b@example.com,FALSE,7,\n\
+         c3,c@example.com,,12.5,Ningbo\n",
+    );
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let check = p.herald(&db, &["check"]);
+    check.expect_code(2);
+    let err = check.stderr();
+    assert!(
+        err.contains("`attrs.vip` is a boolean (in all 2 stored contacts that have it), so a string never matches it"),
+        "{err}"
+    );
+    assert!(err.contains("--> config/segments/vips.toml:2:46"), "{err}");
+    assert!(err.contains("write `true` without quotes"), "{err}");
+    assert!(
+        err.contains("`attrs.score` is a number (in all 3 stored contacts that have it), so a string never matches it"),
+        "{err}"
+    );
+    assert!(err.contains("--> config/campaigns/top.toml:2:25"), "{err}");
+    assert!(err.contains("write it without quotes: `5`"), "{err}");
+    assert!(err.contains("^^^"), "{err}");
+    assert!(!err.contains("hangzhou"), "{err}");
+    assert!(err.contains("2 problem(s)"), "{err}");
+
+    p.write(
+        "config/segments/vips.toml",
+        "name = \"vips\"\nwhere = 'email contains \"@\" and attrs.vip == true'\n",
+    );
+    p.write(
+        "config/campaigns/top.toml",
+        "name = \"top\"\nwhere = 'attrs.score == 5'\nschedule = \"manual\"\nchannels = [\"email\"]\n\n\
+         [[variants]]\nname = \"a\"\nemail = { subject = \"Hi\", template = \"t/a.email.hbs\" }\n",
+    );
+    p.herald(&db, &["check"]).expect_code(0);
+    db.drop_db().await;
+}
+
 on_both_databases!(
+    check_points_at_a_literal_the_stored_values_cannot_match,
     send_and_status_tables_fit_100_columns,
     a_dry_run_shows_channels_send_times_deferrals_and_caps,
     a_dry_run_tells_the_power_of_the_test,

@@ -262,6 +262,30 @@ async fn segment_entry_sends_to_entrants_once(backend: Backend) {
     assert_eq!(per.len(), 1, "{per:?}");
     assert_eq!(per.get("u3@example.com"), Some(&1), "{per:?}");
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM messages").await, 1);
+    // `herald status`: the passes are one row, with the message of them all
+    // (a run the kill caught before its pass was recorded is not a pass yet).
+    let passes = scalar(&db, "SELECT COUNT(*) FROM entry_passes").await;
+    let unrecorded = scalar(
+        &db,
+        "SELECT COUNT(*) FROM runs WHERE id NOT IN (SELECT run_id FROM entry_passes)",
+    )
+    .await;
+    let status = p.herald(&db, &["status", "--wide"]).stdout();
+    let rows: Vec<&str> = status
+        .lines()
+        .filter(|l| l.contains("vip_welcome"))
+        .collect();
+    assert_eq!(rows.len() as i64, 1 + unrecorded, "{status}");
+    let rows: Vec<&str> = rows
+        .into_iter()
+        .filter(|l| l.contains("entry passes"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{status}");
+    assert!(
+        rows[0].contains(&format!("{passes} entry passes since"))
+            && rows[0].contains("delivered 1"),
+        "{status}"
+    );
 }
 
 /// The trigger planner over the real store, with the clock in hand: an event

@@ -395,6 +395,70 @@ fn static_problems(
     problems
 }
 
+/// Filter literals that cannot match the types the stored contacts actually
+/// hold for an undeclared attribute (`attrs.vip == "true"` where every
+/// contact with a `vip` holds a boolean): such a filter silently matches
+/// nobody. Declared attributes are checked when the config loads; these need
+/// the database, so only `herald check` looks. Each problem points at the
+/// literal like a config error does.
+pub async fn observed_type_problems(
+    store: &SqlStore,
+    config: &ConfigSet,
+) -> anyhow::Result<Vec<herald_domain::diagnostic::Diagnostic>> {
+    use herald_domain::config::{AttrTypes, Audience, check_filter_types};
+    use herald_domain::segment::{Expr, Field};
+
+    // (file, filter, the text its spans index, the text's offset in the file)
+    let mut filters: Vec<(&str, &Expr, Cow<'_, str>, usize)> = Vec::new();
+    for seg in config.segments.values() {
+        filters.push((
+            seg.file.as_str(),
+            &seg.filter,
+            Cow::Borrowed(seg.source.as_str()),
+            seg.filter_offset,
+        ));
+    }
+    for c in config.campaigns.values() {
+        if let Audience::Inline(expr) = &c.audience {
+            let src = std::fs::read_to_string(&c.file).unwrap_or_default();
+            let text = src.get(c.filter_offset()..).unwrap_or("").to_string();
+            filters.push((c.file.as_str(), expr, Cow::Owned(text), c.filter_offset()));
+        }
+    }
+    let declared = &config.herald.contacts.attrs;
+    let mut paths: Vec<Vec<String>> = Vec::new();
+    for (_, expr, _, _) in &filters {
+        for f in expr.fields() {
+            if let Field::Attr(path) = f
+                && !declared.contains_key(&path[0])
+                && !paths.contains(path)
+            {
+                paths.push(path.clone());
+            }
+        }
+    }
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let observed = herald_storage::observed::observed_types(store.db(), &paths).await?;
+    let find = |path: &[String]| observed.iter().find(|o| o.path == path);
+    let types_of = |path: &[String]| -> Option<AttrTypes> {
+        find(path).map(|o| o.types).filter(|t| !t.is_empty())
+    };
+    let origin_of = |path: &[String]| match find(path).map_or(0, |o| o.contacts) {
+        1 => "in the 1 stored contact that has it".to_string(),
+        n => format!("in all {n} stored contacts that have it"),
+    };
+    let mut out = Vec::new();
+    for (file, expr, text, offset) in &filters {
+        if let Err(e) = check_filter_types(expr, text, &types_of, &origin_of) {
+            let src = std::fs::read_to_string(file).unwrap_or_default();
+            out.push(e.into_diagnostic(file, &src, *offset));
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the check command.
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = app::load_config(cli)?;
@@ -417,10 +481,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             None
         }
     };
+    let mut diagnostics = Vec::new();
     if let Some(s) = &store {
         for w in reshuffle_warnings(s, &config).await? {
             eprintln!("warning: {w}");
         }
+        diagnostics = observed_type_problems(s, &config).await?;
     }
     if problems.is_empty() {
         for c in config.campaigns.values() {
@@ -435,11 +501,14 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             problems.extend(render_problems(&config, templates.clone(), c, &contacts));
         }
     }
-    if !problems.is_empty() {
+    if !problems.is_empty() || !diagnostics.is_empty() {
+        for d in &diagnostics {
+            eprintln!("{d}\n");
+        }
         for p in &problems {
             eprintln!("error: {p}");
         }
-        eprintln!("{} problem(s)", problems.len());
+        eprintln!("{} problem(s)", problems.len() + diagnostics.len());
         return Err(Exit(EXIT_INVALID).into());
     }
     println!(

@@ -65,6 +65,15 @@ pub fn print_report(
     for e in &report.errors {
         eprintln!("{}:{}: {}", file.display(), e.line, e.message);
     }
+    for w in &report.warnings {
+        eprintln!("{}:{}: warning: {}", file.display(), w.line, w.message);
+    }
+    if report.warned > report.warnings.len() as u64 {
+        eprintln!(
+            "... and {} more warnings",
+            report.warned - report.warnings.len() as u64
+        );
+    }
     if report.rejected > report.errors.len() as u64 {
         eprintln!(
             "... and {} more rejected rows",
@@ -72,8 +81,13 @@ pub fn print_report(
         );
     }
     let secs = started.elapsed().as_secs_f64();
+    let warned = if report.warned > 0 {
+        format!("; {} warning(s)", report.warned)
+    } else {
+        String::new()
+    };
     println!(
-        "imported {} {what} from {} in {secs:.2}s ({:.0} rows/s); rejected {}",
+        "imported {} {what} from {} in {secs:.2}s ({:.0} rows/s); rejected {}{warned}",
         report.accepted,
         file.display(),
         report.accepted as f64 / secs.max(1e-9),

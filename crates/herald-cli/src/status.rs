@@ -1,4 +1,5 @@
-//! `herald status`: recent runs with their messages by status, queue depth
+//! `herald status`: recent runs with their messages by status (a
+//! segment-entry campaign's passes as one row, under its latest pass), queue depth
 //! and achieved send rate per channel, routes blocked by an account fault,
 //! live daemons, and the most frequent failures of the last day; `--watch`
 //! refreshes it.
@@ -79,10 +80,15 @@ async fn show(db: &herald_storage::Db, wide: bool) -> anyhow::Result<()> {
         t.add_row(vec![
             r.id.to_string(),
             cell(&r.campaign),
-            if r.origin == "trigger" {
-                format!("triggered, since {}", when(r.scheduled_at))
-            } else {
-                when(r.scheduled_at)
+            match (&r.passes, r.origin.as_str()) {
+                (Some(p), _) => format!(
+                    "{} entry pass{} since {}",
+                    p.count,
+                    if p.count == 1 { "" } else { "es" },
+                    when(p.since)
+                ),
+                (None, "trigger") => format!("triggered, since {}", when(r.scheduled_at)),
+                _ => when(r.scheduled_at),
             },
             r.state.clone(),
             cell(&counts.join(", ")),

@@ -215,8 +215,9 @@ pub struct DispatchStats {
     pub retried: u64,
     /// Messages left planned for later (quiet hours, best hour, spread) when a drain ended.
     pub later: u64,
-    /// Messages a route's block had held that met quiet hours when released:
-    /// planned again for their end, the daemon's to send (not this drain's).
+    /// Messages a route's block had held that met their send-time rule or
+    /// quiet hours when released: planned again for later, the daemon's to
+    /// send (not this drain's).
     pub deferred: u64,
     /// Messages the planner handed over (sent without a claim query).
     pub handed: u64,
@@ -552,8 +553,8 @@ impl Dispatcher {
                     RunDrain::Pending => {
                         // What policies moved to later (quiet hours, best hour, spread) is
                         // the daemon's to send; a retry waiting for its time is still ours.
-                        // Held messages deferred to the end of quiet hours count as
-                        // due (their send time passed) but are the daemon's too.
+                        // Held messages deferred on release (send hour, quiet hours) count
+                        // as due (their send time passed) but are the daemon's too.
                         let (due, later) = self.store.run_pending(run_id, now).await?;
                         if due <= stats.deferred as i64 {
                             stats.later = later as u64 + stats.deferred;
@@ -896,34 +897,52 @@ impl Dispatcher {
         }
         let t = Instant::now();
         let ids: Vec<i64> = claimed.iter().map(|m| m.contact_id).collect();
-        let contacts: HashMap<i64, _> = self
+        let mut contacts: HashMap<i64, _> = self
             .store
             .contacts(&ids, &renderer.personalisation(self.clock.now_ms()))
             .await?
             .into_iter()
             .map(|c| (c.id, c))
             .collect();
+        let now = self.clock.now_ms();
+        // A message its route held (blocked) meets the send-time rules and
+        // quiet hours again: the block moved it out of the time it was
+        // planned for.
+        let held = |msg: &ClaimedMessage| {
+            self.routes
+                .get(&msg.channel)
+                .is_some_and(|r| r.health.blocked_within(msg.send_at, now) > 0)
+        };
+        let held_contacts: Vec<i64> = claimed
+            .iter()
+            .filter(|m| held(m))
+            .map(|m| m.contact_id)
+            .collect();
+        if !held_contacts.is_empty()
+            && let Some(request) = renderer.release_personalisation(now)
+        {
+            // What the release reads and the templates do not (best hours),
+            // for the held contacts only: rare, so never on the common path.
+            for extra in self.store.contacts(&held_contacts, &request).await? {
+                if let Some(c) = contacts.get_mut(&extra.id) {
+                    c.personal.best_hour = extra.personal.best_hour;
+                }
+            }
+        }
         stats.stages.contacts += t.elapsed();
         let t = Instant::now();
-        let now = self.clock.now_ms();
         let mut ready = Vec::with_capacity(claimed.len());
         for msg in claimed {
-            // A message its route held (blocked) meets quiet hours again: the
-            // block moved it out of the time it was planned for.
-            let held = self
-                .routes
-                .get(&msg.channel)
-                .is_some_and(|r| r.health.blocked_within(msg.send_at, now) > 0);
             if let Some(later) = contacts
                 .get(&msg.contact_id)
-                .filter(|_| held)
+                .filter(|_| held(&msg))
                 .and_then(|c| renderer.released_at(&msg, c, now))
             {
                 stats.deferred += 1;
                 outcomes.push(Outcome {
                     status: MessageStatus::Planned,
-                    retry_at: Some(later),
-                    reason: Some("deferred (quiet hours) after its route's block".into()),
+                    retry_at: Some(later.at),
+                    reason: Some(format!("{} after its route's block", later.reason)),
                     ..failed(&msg, String::new())
                 });
                 continue;

@@ -4,7 +4,8 @@
 
 use herald_channels::RenderedMessage;
 use herald_domain::config::{
-    Campaign, EmailContent, HeraldConfig, OptOutLine, PushContent, QuietHours, SmsContent, Variant,
+    Campaign, EmailContent, HeraldConfig, OptOutLine, PushContent, QuietHours, SendTime,
+    SmsContent, Variant,
 };
 use herald_domain::token::{TokenKind, TokenSigner};
 use herald_domain::types::{CampaignKind, Channel};
@@ -34,14 +35,39 @@ pub trait MessageRenderer: Send + Sync {
     fn render(&self, msg: &ClaimedMessage, contact: &ContactView) -> Result<RenderOutput, String>;
     /// The personalisation the templates need, computed at `now` (ms).
     fn personalisation(&self, now: i64) -> PersonalisationRequest;
-    /// When a message its route held (blocked) may go out, if not at `now`:
-    /// the end of the recipient's quiet hours for a marketing campaign. The
-    /// planner's rule, applied again because the block moved the message
-    /// out of the time it was planned for. `None`: it may go now.
-    fn released_at(&self, msg: &ClaimedMessage, contact: &ContactView, now: i64) -> Option<i64> {
+    /// When a message its route held (blocked) may go out, if not at `now`,
+    /// and why. For a marketing campaign the planner's rules, applied again
+    /// because the block moved the message out of the time it was planned
+    /// for: the send time (the variant's hour, else the contact's best
+    /// hour), then quiet hours, with the contact's `spread` offset kept.
+    /// `None`: it may go now.
+    fn released_at(
+        &self,
+        msg: &ClaimedMessage,
+        contact: &ContactView,
+        now: i64,
+    ) -> Option<Deferral> {
         let _ = (msg, contact, now);
         None
     }
+
+    /// What [`MessageRenderer::released_at`] reads that the templates may
+    /// not (each contact's best hour, for a `send_time = "best_hour"`
+    /// campaign), to fetch for the held messages only; `None`: nothing more.
+    fn release_personalisation(&self, now: i64) -> Option<PersonalisationRequest> {
+        let _ = now;
+        None
+    }
+}
+
+/// Where [`MessageRenderer::released_at`] moved a held message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferral {
+    /// When it may go (ms).
+    pub at: i64,
+    /// The rules that moved it, as the planner names them
+    /// (`best_hour, deferred (quiet hours), spread`).
+    pub reason: String,
 }
 
 /// The name under which a variant's inline subject or title is registered.
@@ -209,6 +235,10 @@ pub struct CampaignRenderer {
     quiet_hours: Option<QuietHours>,
     /// For contacts without a (valid) time zone.
     default_tz: chrono_tz::Tz,
+    /// Each contact's best hour, for releasing a held message of a
+    /// `send_time = "best_hour"` marketing campaign whose templates do not
+    /// read it (stamped with `now` when used).
+    release_best_hour: Option<PersonalisationRequest>,
 }
 
 impl CampaignRenderer {
@@ -220,11 +250,15 @@ impl CampaignRenderer {
         signer: TokenSigner,
     ) -> Self {
         let public_url = herald.tracking.public_url.trim_end_matches('/').to_string();
+        let personalisation =
+            PersonalisationRequest::reads(herald, &template_reads(&templates, &campaign));
+        let release_best_hour = (campaign.kind == CampaignKind::Marketing
+            && campaign.send_time == SendTime::BestHour
+            && !personalisation.best_hour)
+            .then(|| PersonalisationRequest::best_hour(0, herald));
         Self {
-            personalisation: PersonalisationRequest::reads(
-                herald,
-                &template_reads(&templates, &campaign),
-            ),
+            personalisation,
+            release_best_hour,
             templates,
             signer,
             bounce_domain: herald.channels.email.bounce_domain.clone(),
@@ -310,14 +344,76 @@ fn links_of(r: &Rendered) -> Vec<LinkRecord> {
 }
 
 impl MessageRenderer for CampaignRenderer {
-    fn released_at(&self, _: &ClaimedMessage, contact: &ContactView, now: i64) -> Option<i64> {
-        let quiet = self.quiet_hours.as_ref()?;
-        let tz = contact
+    fn released_at(
+        &self,
+        msg: &ClaimedMessage,
+        contact: &ContactView,
+        now: i64,
+    ) -> Option<Deferral> {
+        if self.campaign.kind != CampaignKind::Marketing {
+            return None;
+        }
+        let tz: chrono_tz::Tz = contact
             .timezone
             .as_deref()
             .and_then(|t| t.parse().ok())
             .unwrap_or(self.default_tz);
-        crate::policy::quiet_hours(now, tz, quiet)
+        // The contact's `spread` offset: the planner adds it last, so the
+        // send-hour rule reads the instant before it (`now - offset`) and
+        // the result gets it back.
+        let offset = self.campaign.spread.map_or(0, |spread| {
+            let key = format!("{}\0{}", self.campaign.name, contact.external_id);
+            crate::policy::spread_offset(&key, spread)
+        });
+        let mut moved: Vec<&'static str> = Vec::new();
+        let mut at = now;
+        // The send time: the variant's own hour, else the contact's best hour.
+        let variant_hour = self
+            .variant(crate::rollout::variant_of(&msg.arm))
+            .and_then(|v| v.send_time)
+            .map(|t| t.hour);
+        let hour = match (variant_hour, self.campaign.send_time) {
+            (Some(h), _) => Some((h, crate::policy::REASON_VARIANT_HOUR)),
+            (None, SendTime::BestHour) => contact
+                .personal
+                .best_hour
+                .map(|h| (h, crate::policy::REASON_BEST_HOUR)),
+            (None, SendTime::Immediate) => None,
+        };
+        // Still within its hour, it goes: the hour is the rule, not its first
+        // minute (a block of a few minutes must not cost a day). Past it,
+        // the next such hour, as the planner would choose from `now`.
+        if let Some((hour, why)) = hour
+            && crate::policy::local_hour_at(now - offset, tz) != hour
+        {
+            at = crate::policy::next_local_hour(now - offset, tz, hour) + offset;
+            moved.push(why);
+        }
+        // Quiet hours at the instant it would go, spread or not.
+        if let Some(end) = self
+            .quiet_hours
+            .as_ref()
+            .and_then(|q| crate::policy::quiet_hours(at, tz, q))
+        {
+            at = end + offset;
+            moved.push("deferred (quiet hours)");
+        }
+        if moved.is_empty() {
+            return None;
+        }
+        if offset > 0 {
+            moved.push("spread");
+        }
+        Some(Deferral {
+            at,
+            reason: moved.join(", "),
+        })
+    }
+
+    fn release_personalisation(&self, now: i64) -> Option<PersonalisationRequest> {
+        self.release_best_hour
+            .as_ref()
+            .map(|r| PersonalisationRequest { now, ..r.clone() })
     }
 
     fn personalisation(&self, now: i64) -> PersonalisationRequest {
@@ -507,7 +603,10 @@ sms = { template = "t.sms.hbs" }
         let night = 1_767_652_200_000;
         assert_eq!(
             r.released_at(&msg, &paris, night),
-            Some(night + 8 * 3_600_000 + 30 * 60_000)
+            Some(Deferral {
+                at: night + 8 * 3_600_000 + 30 * 60_000,
+                reason: "deferred (quiet hours)".into()
+            })
         );
         // 12:00 UTC: not quiet.
         assert_eq!(
@@ -519,6 +618,133 @@ sms = { template = "t.sms.hbs" }
         t.kind = CampaignKind::Transactional;
         let r = CampaignRenderer::new(templates, t, &herald, signer);
         assert_eq!(r.released_at(&msg, &paris, night), None);
+    }
+
+    /// A held message of a campaign with send-time rules meets them again
+    /// on release: still within its hour it goes, past it it waits for the
+    /// next one (then quiet hours), its `spread` offset kept; a
+    /// transactional campaign's goes at once.
+    #[test]
+    fn a_held_marketing_message_meets_its_send_hour_again() {
+        const HOUR: i64 = 3_600_000;
+        let herald = HeraldConfig::parse(
+            "herald.toml",
+            "[defaults]\nquiet_hours = { start = \"21:00\", end = \"08:00\" }\ntimezone = \"UTC\"\n",
+        )
+        .unwrap();
+        let parse = |extra: &str| {
+            Campaign::parse(
+                "c.toml",
+                &format!(
+                    "name = \"c\"\nwhere = 'attrs.x == 1'\nchannels = [\"sms\"]\n{extra}\n\
+                     [[variants]]\nname = \"a\"\nsms = {{ template = \"t.sms.hbs\" }}\nsend_time = {{ hour = 10 }}\n\
+                     [[variants]]\nname = \"b\"\nsms = {{ template = \"t.sms.hbs\" }}\n"
+                ),
+            )
+            .unwrap()
+        };
+        let templates = Arc::new(TemplateSet::from_strings(&[]).unwrap());
+        let signer = TokenSigner::new(b"0123456789abcdef0123456789abcdef");
+        let renderer =
+            |c: Campaign| CampaignRenderer::new(templates.clone(), c, &herald, signer.clone());
+        let msg = |arm: &str| ClaimedMessage {
+            id: 1,
+            run_id: 1,
+            contact_id: 1,
+            arm: arm.into(),
+            channel: Channel::Sms,
+            address: "+15005550006".into(),
+            step: 0,
+            attempts: 0,
+            send_at: 0,
+            written: None,
+            first: false,
+        };
+        let mut c = contact(Personalisation {
+            best_hour: Some(19),
+            ..Personalisation::default()
+        });
+        c.timezone = Some("UTC".into());
+        // 2026-01-05 00:00 UTC.
+        let day = 1_767_571_200_000;
+        let r = renderer(parse("send_time = \"best_hour\""));
+        // Variant a's own hour, 10:00: at 10:40 it goes; at 11:05 tomorrow's 10:00.
+        assert_eq!(
+            r.released_at(&msg("a"), &c, day + 10 * HOUR + 40 * 60_000),
+            None
+        );
+        assert_eq!(
+            r.released_at(&msg("a"), &c, day + 11 * HOUR + 5 * 60_000),
+            Some(Deferral {
+                at: day + 34 * HOUR,
+                reason: "variant_hour".into()
+            })
+        );
+        // A rollout's release carries the variant's hour too.
+        assert_eq!(
+            r.released_at(&msg("rollout:a"), &c, day + 11 * HOUR)
+                .map(|d| d.at),
+            Some(day + 34 * HOUR)
+        );
+        // Variant b has none: the contact's best hour, 19:00, the same day.
+        assert_eq!(
+            r.released_at(&msg("b"), &c, day + 14 * HOUR),
+            Some(Deferral {
+                at: day + 19 * HOUR,
+                reason: "best_hour".into()
+            })
+        );
+        // Past 20:00 the next 19:00 is tomorrow's.
+        assert_eq!(
+            r.released_at(&msg("b"), &c, day + 20 * HOUR).map(|d| d.at),
+            Some(day + 43 * HOUR)
+        );
+        // Best hour 22 is in quiet hours: moved to it, then to their end.
+        let mut late = c.clone();
+        late.personal.best_hour = Some(22);
+        assert_eq!(
+            r.released_at(&msg("b"), &late, day + 12 * HOUR),
+            Some(Deferral {
+                at: day + 32 * HOUR,
+                reason: "best_hour, deferred (quiet hours)".into()
+            })
+        );
+        // Without a best hour (no events), nothing but quiet hours applies.
+        let mut unknown = c.clone();
+        unknown.personal.best_hour = None;
+        assert_eq!(r.released_at(&msg("b"), &unknown, day + 12 * HOUR), None);
+        // With `spread`, the contact keeps its offset: its hour runs from
+        // 10:00 + offset, and a deferral lands on the hour plus the offset.
+        let spread = renderer(parse("spread = \"2h\""));
+        let offset = crate::policy::spread_offset(
+            "c\0c1",
+            "2h".parse::<herald_domain::duration::Span>().unwrap(),
+        );
+        assert!(offset > 0);
+        assert_eq!(
+            spread.released_at(&msg("a"), &c, day + 10 * HOUR + offset + 50 * 60_000),
+            None
+        );
+        assert_eq!(
+            spread.released_at(&msg("a"), &c, day + 11 * HOUR + offset + 1),
+            Some(Deferral {
+                at: day + 34 * HOUR + offset,
+                reason: "variant_hour, spread".into()
+            })
+        );
+        // Transactional: no rule moves a released message.
+        let mut t = parse("send_time = \"best_hour\"");
+        t.kind = CampaignKind::Transactional;
+        assert_eq!(
+            renderer(t).released_at(&msg("a"), &c, day + 11 * HOUR),
+            None
+        );
+        // The best hour is fetched for a release only when the templates do not read it.
+        assert!(
+            r.release_personalisation(day)
+                .is_some_and(|p| p.best_hour && p.now == day)
+        );
+        assert!(spread.release_personalisation(day).is_none());
     }
 
     #[test]

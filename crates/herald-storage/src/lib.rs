@@ -18,6 +18,7 @@ pub mod flights;
 pub mod import;
 #[cfg(test)]
 mod ledger_tests;
+pub mod observed;
 pub mod outbox;
 pub mod personalise;
 pub mod report;

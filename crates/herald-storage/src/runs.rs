@@ -184,6 +184,19 @@ pub struct RunStatus {
     pub origin: String,
     /// (status, count) of its messages.
     pub counts: Vec<(String, i64)>,
+    /// For a segment-entry campaign (`trigger = { enters = .. }`) in a list
+    /// of recent runs: its passes folded into this one row, which is the
+    /// latest pass (its id and state), counting the messages of them all.
+    pub passes: Option<Passes>,
+}
+
+/// A segment-entry campaign's passes, as one row of `herald status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passes {
+    /// How many passes it has made.
+    pub count: i64,
+    /// When the first ran (ms).
+    pub since: i64,
 }
 
 /// Queue depth and pace of one channel.
@@ -258,10 +271,20 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
     let mut q = Sql::new();
     // A triggered campaign's run has no scheduled instant (it is stored as 0,
     // which printed as 1970-01-01): show when it started.
-    q.push("SELECT r.id, c.name, r.state, CASE WHEN r.origin = 'trigger' THEN r.now_at ELSE r.scheduled_at END, r.origin FROM runs r JOIN campaigns c ON c.id = r.campaign_id");
+    q.push("SELECT r.id, c.name, r.state, CASE WHEN r.origin = 'trigger' THEN r.now_at ELSE r.scheduled_at END, r.origin, r.campaign_id, ");
+    if matches!(which, Which::Recent(_)) {
+        q.push("p.n, p.since");
+    } else {
+        q.push("CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)");
+    }
+    q.push(" FROM runs r JOIN campaigns c ON c.id = r.campaign_id");
     match which {
         Which::Recent(limit) => {
-            q.push(" ORDER BY r.id DESC LIMIT ").bind(i64::from(limit));
+            // A segment-entry campaign makes a run a pass (every minute,
+            // say): its passes are one row, the latest pass standing for
+            // them all, so they do not push every other run off the list.
+            q.push(" LEFT JOIN (SELECT campaign_id, COUNT(*) AS n, MIN(at) AS since, MAX(run_id) AS latest FROM entry_passes GROUP BY campaign_id) p ON p.latest = r.id WHERE p.latest IS NOT NULL OR NOT EXISTS (SELECT 1 FROM entry_passes e WHERE e.run_id = r.id) ORDER BY r.id DESC LIMIT ")
+                .bind(i64::from(limit));
         }
         Which::One(id) => {
             q.push(" WHERE r.id = ").bind(id);
@@ -270,7 +293,16 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
             q.push(" WHERE r.id = (SELECT MAX(l.id) FROM runs l WHERE l.campaign_id = r.campaign_id) ORDER BY r.id DESC");
         }
     }
+    // The campaign of each row that stands for its campaign's passes.
+    let mut folded: Vec<(usize, i64)> = Vec::new();
     for r in all(db, q).await? {
+        let passes = match (get::<Option<i64>>(&r, 6)?, get::<Option<i64>>(&r, 7)?) {
+            (Some(count), Some(since)) => Some(Passes { count, since }),
+            _ => None,
+        };
+        if passes.is_some() {
+            folded.push((out.runs.len(), get(&r, 5)?));
+        }
         out.runs.push(RunStatus {
             id: get(&r, 0)?,
             campaign: get(&r, 1)?,
@@ -278,17 +310,24 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
             scheduled_at: get(&r, 3)?,
             origin: get(&r, 4)?,
             counts: Vec::new(),
+            passes,
         });
     }
-    if !out.runs.is_empty() {
+    let single: Vec<i64> = out
+        .runs
+        .iter()
+        .filter(|r| r.passes.is_none())
+        .map(|r| r.id)
+        .collect();
+    if !single.is_empty() {
         let mut q = Sql::new();
         // The runs listed, by id: the latest of each campaign are far apart.
         q.push("SELECT run_id, status, COUNT(*) FROM messages WHERE run_id IN (");
-        for (i, r) in out.runs.iter().enumerate() {
+        for (i, id) in single.iter().enumerate() {
             if i > 0 {
                 q.push(", ");
             }
-            q.bind(r.id);
+            q.bind(*id);
         }
         q.push(") GROUP BY run_id, status ORDER BY run_id, status");
         for r in all(db, q).await? {
@@ -298,14 +337,56 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
             }
         }
     }
+    if !folded.is_empty() {
+        // Every pass's messages, by campaign: one scan of their runs.
+        let mut q = Sql::new();
+        q.push("SELECT e.campaign_id, m.status, COUNT(*) FROM entry_passes e JOIN messages m ON m.run_id = e.run_id WHERE e.campaign_id IN (");
+        for (i, (_, campaign)) in folded.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.bind(*campaign);
+        }
+        q.push(") GROUP BY e.campaign_id, m.status ORDER BY e.campaign_id, m.status");
+        for r in all(db, q).await? {
+            let campaign: i64 = get(&r, 0)?;
+            if let Some((i, _)) = folded.iter().find(|(_, c)| *c == campaign) {
+                out.runs[*i].counts.push((get(&r, 1)?, get(&r, 2)?));
+            }
+        }
+    }
     // A flight's untouched rows say how its sends are expected to end: they
     // are in the air (`sending`), or `unknown` once the lease lapsed (its
     // worker died; `expire_leases` will write so).
     let in_air = flights::in_the_air(db, now, None).await.map_err(db_err)?;
+    // The campaign of each pass in the air, for the rows that fold passes.
+    let mut pass_of: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    if !folded.is_empty() && !in_air.is_empty() {
+        let mut q = Sql::new();
+        q.push("SELECT run_id, campaign_id FROM entry_passes WHERE run_id IN (");
+        for (i, f) in in_air.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.bind(f.run_id);
+        }
+        q.push(")");
+        for r in all(db, q).await? {
+            pass_of.insert(get(&r, 0)?, get(&r, 1)?);
+        }
+    }
     for f in &in_air {
-        let Some(run) = out.runs.iter_mut().find(|x| x.id == f.run_id) else {
+        let row = match pass_of.get(&f.run_id) {
+            Some(campaign) => folded.iter().find(|(_, c)| c == campaign).map(|(i, _)| *i),
+            None => out
+                .runs
+                .iter()
+                .position(|x| x.id == f.run_id && x.passes.is_none()),
+        };
+        let Some(i) = row else {
             continue;
         };
+        let run = &mut out.runs[i];
         for (s, count) in run.counts.iter_mut() {
             if *s == f.written {
                 *count -= f.n;
@@ -464,6 +545,7 @@ pub async fn run_detail(
 #[cfg(test)]
 mod tests {
     use herald_engine::store::{CampaignRecord, Store};
+    use sea_orm::ConnectionTrait;
 
     use crate::Db;
     use crate::store::SqlStore;
@@ -489,5 +571,98 @@ mod tests {
         assert_eq!((shown.scheduled_at, shown.origin.as_str()), (T0, "trigger"));
     }
 
-    on_both_databases!(a_triggered_run_shows_its_real_start);
+    async fn exec(db: &Db, sql: String) {
+        db.conn
+            .execute_raw(sea_orm::Statement::from_string(db.backend(), sql))
+            .await
+            .unwrap();
+    }
+
+    /// A segment-entry campaign's passes are one row of the recent runs,
+    /// under its latest pass, counting every pass's messages; the runs of
+    /// other campaigns keep a row each, in order.
+    async fn segment_entry_passes_are_one_row(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let record = |name: &str| CampaignRecord {
+            name: name.into(),
+            kind: "marketing".into(),
+            topic: None,
+            fingerprint: format!("{name};x"),
+            goal: None,
+        };
+        let welcome = store
+            .upsert_campaign(&record("pro-welcome"), T0)
+            .await
+            .unwrap();
+        let news = store.upsert_campaign(&record("news"), T0).await.unwrap();
+        let filter = herald_domain::segment::parse(r#"attrs.plan == "pro""#).unwrap();
+        for id in 1..=4 {
+            exec(db, format!("INSERT INTO contacts (id, external_id, email, attrs, consent_email, created_at, updated_at) VALUES ({id}, 'x{id}', 'x{id}@example.com', '{{}}', TRUE, {T0}, {T0})")).await;
+        }
+        let message = |run: i64, campaign: i64, contact: i64, status: &str| {
+            format!(
+                "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, attempts, created_at, updated_at) VALUES ({run}, {campaign}, {contact}, 0, 'a', 'email', 'x{contact}@example.com', {T0}, '{status}', 0, {T0}, {T0})"
+            )
+        };
+        let mut passes = Vec::new();
+        for i in 0..3 {
+            let at = T0 + i * 60_000;
+            let run = store
+                .create_run(welcome, at, at, "schedule", "pro-welcome;x")
+                .await
+                .unwrap();
+            store
+                .entry_pass(welcome, run.id, &filter, at)
+                .await
+                .unwrap();
+            passes.push(run.id);
+            if i == 1 {
+                let run = store
+                    .create_run(news, at, at, "schedule", "news;x")
+                    .await
+                    .unwrap();
+                exec(db, message(run.id, news, 1, "sent")).await;
+            }
+        }
+        // Pass 2 sent to contact 2, pass 3 to contacts 3 and 4 (one still planned).
+        exec(db, message(passes[1], welcome, 2, "delivered")).await;
+        exec(db, message(passes[2], welcome, 3, "delivered")).await;
+        exec(db, message(passes[2], welcome, 4, "planned")).await;
+
+        let status = super::status(db, T0 + 200_000, 10).await.unwrap();
+        let rows: Vec<(&str, i64, Option<super::Passes>)> = status
+            .runs
+            .iter()
+            .map(|r| (r.campaign.as_str(), r.id, r.passes))
+            .collect();
+        assert_eq!(
+            rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+            vec![("pro-welcome", passes[2]), ("news", passes[1] + 1)],
+            "{status:?}"
+        );
+        assert_eq!(
+            rows[0].2,
+            Some(super::Passes {
+                count: 3,
+                since: T0
+            })
+        );
+        assert_eq!(rows[1].2, None);
+        assert_eq!(
+            status.runs[0].counts,
+            vec![("delivered".to_string(), 2), ("planned".to_string(), 1)]
+        );
+        assert_eq!(status.runs[1].counts, vec![("sent".to_string(), 1)]);
+        // A run asked for by id is that run alone.
+        let one = super::status_of(db, T0 + 200_000, super::Which::One(passes[1]))
+            .await
+            .unwrap();
+        assert_eq!(one.runs[0].passes, None);
+        assert_eq!(one.runs[0].counts, vec![("delivered".to_string(), 1)]);
+    }
+
+    on_both_databases!(
+        a_triggered_run_shows_its_real_start,
+        segment_entry_passes_are_one_row
+    );
 }

@@ -1650,7 +1650,7 @@ mod tests {
     use herald_channels::pacer::Pacer;
     use herald_engine::dispatch::{DispatchStats, Dispatcher, Gate, Route};
     use herald_engine::handoff::Handoff;
-    use herald_engine::render::{MessageRenderer, RenderOutput};
+    use herald_engine::render::{Deferral, MessageRenderer, RenderOutput};
     use herald_engine::{Clock, SystemClock};
 
     use super::*;
@@ -2184,8 +2184,11 @@ mod tests {
             Plain.personalisation(now)
         }
 
-        fn released_at(&self, _: &ClaimedMessage, _: &ContactView, _: i64) -> Option<i64> {
-            Some(self.0)
+        fn released_at(&self, _: &ClaimedMessage, _: &ContactView, _: i64) -> Option<Deferral> {
+            Some(Deferral {
+                at: self.0,
+                reason: "deferred (quiet hours)".into(),
+            })
         }
     }
 
@@ -2243,6 +2246,110 @@ mod tests {
             ]
         );
         assert_eq!(outbox_ids(&store).await.len(), 1);
+    }
+
+    /// [`Plain`] for a best-hour campaign whose templates read no best hour:
+    /// a held message waits `.0 + best hour` ms, when the contact has one.
+    struct BestHourOnRelease(i64);
+
+    impl MessageRenderer for BestHourOnRelease {
+        fn render(&self, msg: &ClaimedMessage, c: &ContactView) -> Result<RenderOutput, String> {
+            Plain.render(msg, c)
+        }
+
+        fn personalisation(&self, now: i64) -> PersonalisationRequest {
+            PersonalisationRequest {
+                best_hour: false,
+                ..Plain.personalisation(now)
+            }
+        }
+
+        fn released_at(&self, _: &ClaimedMessage, c: &ContactView, _: i64) -> Option<Deferral> {
+            c.personal.best_hour.map(|h| Deferral {
+                at: self.0 + i64::from(h),
+                reason: "best_hour".into(),
+            })
+        }
+
+        fn release_personalisation(&self, now: i64) -> Option<PersonalisationRequest> {
+            Some(PersonalisationRequest::best_hour(
+                now,
+                &herald_domain::config::HeraldConfig::default(),
+            ))
+        }
+    }
+
+    /// The dispatcher fetches what a release reads beyond the templates
+    /// (each held contact's best hour) before it asks where to move a held
+    /// message: contact 1, active at 07:00 UTC, waits for that hour; contact
+    /// 2, with no events and so no best hour, goes.
+    async fn a_released_message_reads_its_contacts_best_hour(db: &Db) {
+        const MIN: i64 = 60_000;
+        const DAY: i64 = 86_400_000;
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 2).await;
+        let now = SystemClock.now_ms();
+        let midnight = now - now.rem_euclid(DAY);
+        for d in 1..=3 {
+            let at = midnight - d * DAY + 7 * 60 * MIN + 5 * MIN;
+            let mut q = Sql::new();
+            q.push(
+                "INSERT INTO events (contact_id, name, at, received_at) VALUES (1, 'app_open', ",
+            )
+            .bind(at)
+            .push(", ")
+            .bind(at)
+            .push(")");
+            store.exec(q).await.unwrap();
+        }
+        for r in rows.iter_mut() {
+            r.send_at = now - 120 * MIN;
+        }
+        store
+            .insert_planned(run, campaign, &rows, now)
+            .await
+            .unwrap();
+        store.finish_planning(run).await.unwrap();
+        let route = Route::new(
+            Arc::new(OutboxChannel::new(Arc::new(store.clone()))),
+            Arc::new(Pacer::new(None)),
+            8,
+        );
+        route
+            .health
+            .answer(Some("authentication failed"), now - 90 * MIN);
+        route.health.answer(None, now - MIN);
+        let mut d = Dispatcher::new(
+            Arc::new(store.clone()),
+            Arc::new(SystemClock),
+            HashMap::from([(Channel::Email, route)]),
+            "test".into(),
+        );
+        d.poll = Duration::from_millis(10);
+        let later = now + 60 * MIN;
+        d.drain_run(run, &BestHourOnRelease(later)).await.unwrap();
+        let mut q = Sql::new();
+        q.push("SELECT contact_id, status, not_before, reason FROM messages WHERE run_id = ")
+            .bind(run)
+            .push(" ORDER BY contact_id");
+        type Got = (i64, String, Option<i64>, Option<String>);
+        let got: Vec<Got> = store
+            .all(q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_many_by_index().unwrap())
+            .collect();
+        assert_eq!(
+            got[0],
+            (
+                1,
+                "planned".to_string(),
+                Some(later + 7),
+                Some("best_hour after its route's block".to_string())
+            )
+        );
+        assert_eq!((got[1].0, got[1].1.as_str()), (2, "delivered"));
     }
 
     /// A message that comes due again behind a worker's cursor (a retry
@@ -3063,6 +3170,7 @@ mod tests {
         a_lane_takes_a_block_reported_by_a_status_callback,
         max_age_leaves_out_the_time_the_route_was_blocked,
         a_released_message_meets_quiet_hours_again,
+        a_released_message_reads_its_contacts_best_hour,
         a_large_plan_refreshes_the_statistics,
         a_shared_address_is_kept_once_per_step_across_pages,
         workers_send_pages_while_the_plan_goes_on,

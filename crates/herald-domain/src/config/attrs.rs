@@ -146,6 +146,74 @@ pub struct ContactsConfig {
     pub attrs: BTreeMap<String, AttrType>,
 }
 
+/// A set of attribute types: those the stored contacts were seen to hold
+/// for one attribute (`herald check` reads them from the database), or the
+/// one a declaration gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttrTypes(u8);
+
+impl AttrTypes {
+    const ALL: [AttrType; 4] = [
+        AttrType::Bool,
+        AttrType::Number,
+        AttrType::Date,
+        AttrType::String,
+    ];
+
+    fn bit(ty: AttrType) -> u8 {
+        match ty {
+            AttrType::Bool => 1,
+            AttrType::Number => 2,
+            AttrType::Date => 4,
+            AttrType::String => 8,
+        }
+    }
+
+    /// The set of `ty` alone.
+    pub fn one(ty: AttrType) -> Self {
+        Self(Self::bit(ty))
+    }
+
+    /// This set and `ty`.
+    pub fn with(self, ty: AttrType) -> Self {
+        Self(self.0 | Self::bit(ty))
+    }
+
+    /// Whether `ty` is in the set.
+    pub fn contains(self, ty: AttrType) -> bool {
+        self.0 & Self::bit(ty) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The types in the set, in a fixed order.
+    pub fn iter(self) -> impl Iterator<Item = AttrType> {
+        Self::ALL.into_iter().filter(move |t| self.contains(*t))
+    }
+
+    /// The one type of a set of one.
+    fn single(self) -> Option<AttrType> {
+        let mut it = self.iter();
+        match (it.next(), it.next()) {
+            (Some(t), None) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Whether a literal can ever equal a value of one of these types.
+    fn fits(self, lit: &Literal) -> bool {
+        self.iter().any(|ty| literal_fits(ty, lit))
+    }
+
+    /// "a boolean", or "a boolean or a number".
+    fn words(self) -> String {
+        self.iter().map(type_word).collect::<Vec<_>>().join(" or ")
+    }
+}
+
 /// Whether a literal can ever equal a value of type `ty`.
 fn literal_fits(ty: AttrType, lit: &Literal) -> bool {
     matches!(
@@ -196,40 +264,67 @@ pub fn check_filter(
     type_of: &dyn Fn(&str) -> Option<AttrType>,
     origin: &str,
 ) -> Result<(), FilterError> {
+    check_filter_types(
+        expr,
+        src,
+        &|path: &[String]| match path {
+            [name] => type_of(name).map(AttrTypes::one),
+            _ => None,
+        },
+        &|_: &[String]| origin.to_string(),
+    )
+}
+
+/// [`check_filter`] over sets of types, for any `attrs.PATH`: `types_of`
+/// gives the types the attribute at a path can have (`None`: unknown, all
+/// fit), `origin_of` where they come from for the message (e.g. "in all 33
+/// stored contacts that have it"). A literal that fits none of them is an
+/// error; with one type the help says how to write it.
+pub fn check_filter_types(
+    expr: &Expr,
+    src: &str,
+    types_of: &dyn Fn(&[String]) -> Option<AttrTypes>,
+    origin_of: &dyn Fn(&[String]) -> String,
+) -> Result<(), FilterError> {
     fn typed<'a>(
         field: &'a Located<Field>,
-        type_of: &dyn Fn(&str) -> Option<AttrType>,
-    ) -> Option<(&'a str, AttrType)> {
+        types_of: &dyn Fn(&[String]) -> Option<AttrTypes>,
+    ) -> Option<(&'a [String], AttrTypes)> {
         match &field.value {
-            Field::Attr(path) if path.len() == 1 => {
-                type_of(&path[0]).map(|t| (path[0].as_str(), t))
-            }
+            Field::Attr(path) => types_of(path.as_slice())
+                .filter(|t| !t.is_empty())
+                .map(|t| (path.as_slice(), t)),
             _ => None,
         }
     }
     let check = |field: &Located<Field>, lit: &Located<Literal>| -> Result<(), FilterError> {
-        let Some((name, ty)) = typed(field, type_of) else {
+        let Some((path, types)) = typed(field, types_of) else {
             return Ok(());
         };
-        if literal_fits(ty, &lit.value) {
+        if types.fits(&lit.value) {
             return Ok(());
         }
-        Err(FilterError::new(
+        let e = FilterError::new(
             lit.span.clone(),
             format!(
-                "`attrs.{name}` is {} ({origin}), so {} never matches it",
-                type_word(ty),
+                "`attrs.{}` is {} ({}), so {} never matches it",
+                path.join("."),
+                types.words(),
+                origin_of(path),
                 lit.value.type_name()
             ),
-        )
-        .with_help(suggestion(ty, src, lit)))
+        );
+        Err(match types.single() {
+            Some(ty) => e.with_help(suggestion(ty, src, lit)),
+            None => e,
+        })
     };
     match expr {
         Expr::And { lhs, rhs, .. } | Expr::Or { lhs, rhs, .. } => {
-            check_filter(lhs, src, type_of, origin)?;
-            check_filter(rhs, src, type_of, origin)
+            check_filter_types(lhs, src, types_of, origin_of)?;
+            check_filter_types(rhs, src, types_of, origin_of)
         }
-        Expr::Not { expr, .. } => check_filter(expr, src, type_of, origin),
+        Expr::Not { expr, .. } => check_filter_types(expr, src, types_of, origin_of),
         Expr::Compare { field, value, .. } => check(field, value),
         Expr::Between {
             field, low, high, ..
@@ -238,25 +333,35 @@ pub fn check_filter(
             check(field, high)
         }
         Expr::In { field, values, .. } => values.iter().try_for_each(|v| check(field, v)),
-        Expr::Contains { field, needle, .. } => match typed(field, type_of) {
-            Some((name, ty @ (AttrType::Bool | AttrType::Number))) => Err(FilterError::new(
-                needle.span.clone(),
-                format!(
-                    "`attrs.{name}` is {} ({origin}); `contains` only matches text",
-                    type_word(ty)
-                ),
-            )),
+        Expr::Contains { field, needle, .. } => match typed(field, types_of) {
+            Some((path, types))
+                if !types.contains(AttrType::String) && !types.contains(AttrType::Date) =>
+            {
+                Err(FilterError::new(
+                    needle.span.clone(),
+                    format!(
+                        "`attrs.{}` is {} ({}); `contains` only matches text",
+                        path.join("."),
+                        types.words(),
+                        origin_of(path)
+                    ),
+                ))
+            }
             _ => Ok(()),
         },
-        Expr::IsTrue { field, span } => match typed(field, type_of) {
-            Some((name, ty)) if ty != AttrType::Bool => Err(FilterError::new(
-                span.clone(),
-                format!(
-                    "a bare `attrs.{name}` is true only for the boolean true, but `attrs.{name}` is {} ({origin})",
-                    type_word(ty)
-                ),
-            )
-            .with_help(format!("compare it, e.g. `attrs.{name} == ...`"))),
+        Expr::IsTrue { field, span } => match typed(field, types_of) {
+            Some((path, types)) if !types.contains(AttrType::Bool) => {
+                let name = path.join(".");
+                Err(FilterError::new(
+                    span.clone(),
+                    format!(
+                        "a bare `attrs.{name}` is true only for the boolean true, but `attrs.{name}` is {} ({})",
+                        types.words(),
+                        origin_of(path)
+                    ),
+                )
+                .with_help(format!("compare it, e.g. `attrs.{name} == ...`")))
+            }
             _ => Ok(()),
         },
         Expr::HasTag { .. } | Expr::ChannelOk { .. } => Ok(()),
@@ -335,5 +440,50 @@ mod tests {
         let fine = r#"attrs.vip and attrs.ltv between 1 and 5 and attrs.other == "x""#;
         let expr = crate::segment::parse(fine).unwrap();
         check_filter(&expr, fine, &types, "declared").unwrap();
+    }
+
+    #[test]
+    fn a_literal_that_fits_none_of_the_observed_types_is_pointed_at() {
+        let observed = |path: &[String]| match path.join(".").as_str() {
+            "vip" => Some(AttrTypes::one(AttrType::Bool)),
+            "score" => Some(AttrTypes::one(AttrType::Number).with(AttrType::String)),
+            "geo.city" => Some(AttrTypes::one(AttrType::String)),
+            _ => None,
+        };
+        let origin = |_: &[String]| "in all 3 stored contacts that have it".to_string();
+        let check = |src: &str| {
+            let expr = crate::segment::parse(src).unwrap();
+            check_filter_types(&expr, src, &observed, &origin)
+                .map_err(|e| (src[e.span.clone()].to_string(), e.message, e.help))
+        };
+        let (at, message, help) = check(r#"attrs.x == 1 or attrs.vip == "true""#).unwrap_err();
+        assert_eq!(at, r#""true""#);
+        assert_eq!(
+            message,
+            "`attrs.vip` is a boolean (in all 3 stored contacts that have it), so a string never matches it"
+        );
+        assert_eq!(help.as_deref(), Some("write `true` without quotes"));
+        // Either of several types fits; none of them does not.
+        check(r#"attrs.score == 5 and attrs.score == "high""#).unwrap();
+        let (at, message, help) = check("attrs.score in [1, true]").unwrap_err();
+        assert_eq!(at, "true");
+        assert!(message.contains("is a number or a string"), "{message}");
+        assert_eq!(help, None);
+        // Nested paths, `contains` and a bare attribute.
+        let (at, message, _) = check("attrs.geo.city == 3").unwrap_err();
+        assert_eq!(at, "3");
+        assert!(
+            message.starts_with("`attrs.geo.city` is a string"),
+            "{message}"
+        );
+        let (at, _, _) = check(r#"attrs.vip contains "t""#).unwrap_err();
+        assert_eq!(at, r#""t""#);
+        let (at, message, _) = check("attrs.geo.city").unwrap_err();
+        assert_eq!(at, "attrs.geo.city");
+        assert!(
+            message.contains("true only for the boolean true"),
+            "{message}"
+        );
+        check(r#"attrs.vip and attrs.unknown == "x" and attrs.geo.city contains "a""#).unwrap();
     }
 }
