@@ -268,7 +268,10 @@ async fn a_send_says_where_its_time_went(backend: Backend) {
         .find(|l| l.starts_with("time: "))
         .unwrap_or_else(|| panic!("no stage line: {out}"));
     let seconds = |after: &str| -> f64 {
-        let at = line.find(after).unwrap_or_else(|| panic!("no `{after}`: {line}")) + after.len();
+        let at = line
+            .find(after)
+            .unwrap_or_else(|| panic!("no `{after}`: {line}"))
+            + after.len();
         line[at..]
             .split('s')
             .next()

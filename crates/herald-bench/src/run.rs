@@ -175,7 +175,11 @@ pub fn run(
                     "--events-per-contact",
                     &events_per_contact.to_string(),
                 ])
-                .args(batch.iter().flat_map(|b| ["--batch".to_string(), b.to_string()]))
+                .args(
+                    batch
+                        .iter()
+                        .flat_map(|b| ["--batch".to_string(), b.to_string()]),
+                )
                 .args(
                     workers
                         .iter()

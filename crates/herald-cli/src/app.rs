@@ -192,13 +192,16 @@ fn required_env(
 /// This process's `[dispatch] workers` dispatchers, named `{owner}/{i}`,
 /// with the campaigns' gate and fallback and `[dispatch]`'s batch and lease,
 /// and the hand-off they take batches from (the planner hands to it, under
-/// `owner`): what `herald run` and `herald send` both run.
+/// `owner`): what `herald run` and `herald send` both run. `lanes`: only
+/// these routes get workers (`herald send` of one campaign: its channels);
+/// `None`: every route (the daemon).
 pub fn workers(
     config: &Arc<ConfigSet>,
     store: &Arc<SqlStore>,
     clock: &Arc<dyn Clock>,
     routes: &HashMap<Channel, Route>,
     owner: &str,
+    lanes: Option<&[Channel]>,
 ) -> (Arc<Handoff>, Vec<Dispatcher>) {
     let d = &config.herald.dispatch;
     let batch = d.batch.max(1);
@@ -212,7 +215,15 @@ pub fn workers(
     let fallback = CampaignFallback::for_config(store.clone(), config.clone());
     // A lane per route: its own workers, claiming only its messages, so a
     // throttled or blocked route never holds another's.
-    let mut lanes: Vec<Channel> = routes.keys().copied().collect();
+    // A lane with nothing to send is not free: each of its workers asks the
+    // database how much of the run is left every poll (a count over the
+    // run's messages), which made a `herald send` of an email campaign
+    // spend most of its CPU on its SMS and push lanes.
+    let mut lanes: Vec<Channel> = routes
+        .keys()
+        .copied()
+        .filter(|c| lanes.is_none_or(|l| l.contains(c)))
+        .collect();
     lanes.sort_by_key(|c| c.as_str());
     let per_lane = d.workers.max(1);
     let dispatchers = lanes

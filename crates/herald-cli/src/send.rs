@@ -67,7 +67,11 @@ pub struct SendSummary {
 /// stages add up to its own wall time; `wait for the plan` is the planner's
 /// cost as the workers felt it), then `end` (the counts). The planner's own
 /// time runs alongside the workers and is given apart.
-pub fn stage_times(s: &SendSummary, started: Instant, wall: Duration) -> Vec<(&'static str, Duration)> {
+pub fn stage_times(
+    s: &SendSummary,
+    started: Instant,
+    wall: Duration,
+) -> Vec<(&'static str, Duration)> {
     let start = s.dispatch_started.saturating_duration_since(started);
     let end = wall.saturating_sub(start + s.dispatch_wall);
     let mut out = vec![("start", start)];
@@ -134,7 +138,8 @@ pub async fn send_campaign(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let routes = app::routes(&config, &store, secrets)?;
     let owner = format!("herald-send-{}", std::process::id());
-    let (handoff, workers) = app::workers(&config, &store, &clock, &routes, &owner);
+    let lanes = campaign_lanes(campaign);
+    let (handoff, workers) = app::workers(&config, &store, &clock, &routes, &owner, Some(&lanes));
     let engine = Engine::new(store.clone(), clock.clone(), config.clone()).with_handoff(handoff);
     let run = engine
         .create_run(campaign, clock.now_ms(), "manual")
@@ -171,6 +176,18 @@ pub async fn send_campaign(
         dispatch_wall,
         plan_wall,
     })
+}
+
+/// The routes a campaign's messages can take: its channels and its steps'
+/// (a permanent failure falls back along them).
+pub fn campaign_lanes(campaign: &Campaign) -> Vec<herald_domain::types::Channel> {
+    let mut lanes = campaign.channels.clone();
+    for step in &campaign.steps {
+        lanes.extend(step.channels.iter().flatten().copied());
+    }
+    lanes.sort_by_key(|c| c.as_str());
+    lanes.dedup();
+    lanes
 }
 
 /// Plans `run` while `workers` send it. When the plan stops early (another

@@ -1097,9 +1097,8 @@ impl Dispatcher {
         // its messages, once holding a concurrency permit, waited for the
         // pacer and for the adapter.
         let spent = t.elapsed();
-        let rate = spent.mul_f64(
-            paced.as_secs_f64() / (paced + sending).as_secs_f64().max(f64::MIN_POSITIVE),
-        );
+        let rate = spent
+            .mul_f64(paced.as_secs_f64() / (paced + sending).as_secs_f64().max(f64::MIN_POSITIVE));
         stats.stages.rate += rate;
         stats.stages.send += spent.saturating_sub(rate);
         let t = Instant::now();
