@@ -220,7 +220,80 @@ async fn a_refused_recipient_fails_and_is_suppressed(backend: Backend) {
     db.drop_db().await;
 }
 
+/// The stages `herald send` names at the end, in its order.
+const STAGES: [&str; 9] = [
+    "start",
+    "wait for the plan",
+    "claim",
+    "contacts",
+    "render",
+    "wait for rate",
+    "send",
+    "record",
+    "end",
+];
+
+/// `herald send` ends with where its time went: every stage, in seconds
+/// that add up to about the whole (here two seconds or so, most of it
+/// waiting for the route's rate of 100 a second).
+async fn a_send_says_where_its_time_went(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.write(
+        "config/herald.toml",
+        "[tracking]\npublic_url = \"https://t.example.com\"\n\n[channels.email]\nprovider = \"outbox\"\nrate = { per_second = 100, burst = 1 }\n",
+    );
+    p.write(
+        "config/campaigns/hello.toml",
+        "name = \"hello\"\nwhere = 'email contains \"@\"'\nchannels = [\"email\"]\n\n[[variants]]\nname = \"a\"\nemail = { subject = \"Hi\", template = \"shop/hello.email.hbs\" }\n",
+    );
+    p.write(
+        "templates/shop/hello.email.hbs",
+        "<p>Hello {{contact.external_id}}</p>\n<p><a href=\"{{unsubscribe_url}}\">Unsubscribe</a></p>\n",
+    );
+    let mut csv = String::from("external_id,email\n");
+    for i in 0..200 {
+        csv.push_str(&format!("c{i},c{i}@example.com\n"));
+    }
+    p.write("contacts.csv", &csv);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let run = p.herald(&db, &["send", "hello"]);
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains("dispatched 200 message(s)"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("time: "))
+        .unwrap_or_else(|| panic!("no stage line: {out}"));
+    let seconds = |after: &str| -> f64 {
+        let at = line
+            .find(after)
+            .unwrap_or_else(|| panic!("no `{after}`: {line}"))
+            + after.len();
+        line[at..]
+            .split('s')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no seconds after `{after}`: {line}"))
+    };
+    let wall = seconds("time: ");
+    let mut sum = 0.0;
+    for stage in STAGES {
+        sum += seconds(&format!(" {stage} "));
+    }
+    assert!(
+        (sum - wall).abs() <= (0.1 * wall).max(0.1),
+        "the stages add up to {sum:.2}s of {wall:.2}s: {line}"
+    );
+    // 200 at 100 a second: much of the send waits for the rate.
+    assert!(seconds(" wait for rate ") >= 0.5, "{line}");
+    db.drop_db().await;
+}
+
 on_both_databases!(
     emails_arrive_with_headers_and_both_parts,
-    a_refused_recipient_fails_and_is_suppressed
+    a_refused_recipient_fails_and_is_suppressed,
+    a_send_says_where_its_time_went
 );

@@ -55,7 +55,8 @@ enum BenchWhat {
         #[arg(long)]
         database: Option<String>,
     },
-    /// A whole run end to end to an unlimited outbox: plan, policies, render, record.
+    /// A whole run end to end to an unlimited outbox: the real `herald send`
+    /// as a child process, with the product's defaults, on generated contacts.
     Run {
         /// Audience sizes to measure (contacts generated per size).
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
@@ -63,21 +64,18 @@ enum BenchWhat {
         /// Also measure on this PostgreSQL database: EMPTIED first.
         #[arg(long)]
         postgres: Option<String>,
-        /// Messages a worker claims at once.
-        #[arg(long, default_value_t = 1000)]
-        batch: u32,
-        /// Dispatch workers.
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
+        /// `[dispatch] batch` (default: the product's default).
+        #[arg(long)]
+        batch: Option<u32>,
+        /// `[dispatch] workers` (default: the product's default).
+        #[arg(long)]
+        workers: Option<usize>,
         /// Events generated per contact (purchases, app opens): what RFM,
         /// lifecycle and best-hour queries would read. 0 keeps the load fast.
         #[arg(long, default_value_t = 0)]
         events_per_contact: usize,
-        /// Workers claim every batch: the planner hands none over (to compare).
-        #[arg(long)]
-        no_handoff: bool,
     },
-    /// One run in this process (used by `bench run`); prints one JSON line.
+    /// One run (used by `bench run`): generates the data, runs `herald send`; prints one JSON line.
     #[command(hide = true)]
     RunOne {
         #[arg(long)]
@@ -85,13 +83,11 @@ enum BenchWhat {
         #[arg(long)]
         database: String,
         #[arg(long)]
-        batch: u32,
+        batch: Option<u32>,
         #[arg(long)]
-        workers: usize,
+        workers: Option<usize>,
         #[arg(long, default_value_t = 0)]
         events_per_contact: usize,
-        #[arg(long)]
-        no_handoff: bool,
     },
     /// The A/B report over generated messages, half of them with outcomes.
     Report {
@@ -152,13 +148,6 @@ enum BenchWhat {
     },
 }
 
-/// Starts peak RSS afresh (Linux: `5` to `/proc/self/clear_refs` resets
-/// VmHWM to the current RSS), so a benchmark's figure is its measured part's,
-/// not the data generator's that ran before it in the same process.
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
 /// Peak resident memory of this process in bytes (Linux), if known.
 pub fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -200,14 +189,12 @@ async fn main() -> anyhow::Result<()> {
             batch,
             workers,
             events_per_contact,
-            no_handoff,
         } => run::run(
             recipients,
             postgres.as_deref(),
             *batch,
             *workers,
             *events_per_contact,
-            !*no_handoff,
         ),
         BenchWhat::RunOne {
             recipients,
@@ -215,18 +202,7 @@ async fn main() -> anyhow::Result<()> {
             batch,
             workers,
             events_per_contact,
-            no_handoff,
-        } => {
-            run::run_one(
-                *recipients,
-                database,
-                *batch,
-                *workers,
-                *events_per_contact,
-                !*no_handoff,
-            )
-            .await
-        }
+        } => run::run_one(*recipients, database, *batch, *workers, *events_per_contact).await,
         BenchWhat::Segments {
             contacts,
             events,

@@ -192,13 +192,16 @@ fn required_env(
 /// This process's `[dispatch] workers` dispatchers, named `{owner}/{i}`,
 /// with the campaigns' gate and fallback and `[dispatch]`'s batch and lease,
 /// and the hand-off they take batches from (the planner hands to it, under
-/// `owner`): what `herald run` and `herald send` both run.
+/// `owner`): what `herald run` and `herald send` both run. `lanes`: only
+/// these routes get workers (`herald send` of one campaign: its channels);
+/// `None`: every route (the daemon).
 pub fn workers(
     config: &Arc<ConfigSet>,
     store: &Arc<SqlStore>,
     clock: &Arc<dyn Clock>,
     routes: &HashMap<Channel, Route>,
     owner: &str,
+    lanes: Option<&[Channel]>,
 ) -> (Arc<Handoff>, Vec<Dispatcher>) {
     let d = &config.herald.dispatch;
     let batch = d.batch.max(1);
@@ -212,7 +215,15 @@ pub fn workers(
     let fallback = CampaignFallback::for_config(store.clone(), config.clone());
     // A lane per route: its own workers, claiming only its messages, so a
     // throttled or blocked route never holds another's.
-    let mut lanes: Vec<Channel> = routes.keys().copied().collect();
+    // A lane with nothing to send is not free: each of its workers asks the
+    // database how much of the run is left every poll (a count over the
+    // run's messages), which made a `herald send` of an email campaign
+    // spend most of its CPU on its SMS and push lanes.
+    let mut lanes: Vec<Channel> = routes
+        .keys()
+        .copied()
+        .filter(|c| lanes.is_none_or(|l| l.contains(c)))
+        .collect();
     lanes.sort_by_key(|c| c.as_str());
     let per_lane = d.workers.max(1);
     let dispatchers = lanes
@@ -302,11 +313,22 @@ pub fn routes(
         }
     };
     let mut routes = HashMap::new();
-    let mut add =
-        |c: Channel, adapter: Arc<dyn herald_channels::Channel>, rate, concurrency: usize| {
-            routes.insert(c, Route::new(adapter, pacer(rate), concurrency));
-        };
-    add(Channel::Email, email, ch.email.rate, ch.email.concurrency);
+    let batch = config.herald.dispatch.batch.max(1) as usize;
+    let mut add = |c: Channel,
+                   adapter: Arc<dyn herald_channels::Channel>,
+                   rate: Option<RateSpec>,
+                   concurrency: usize,
+                   outbox: bool| {
+        let width = outbox_width(outbox, rate.is_some(), concurrency, batch);
+        routes.insert(c, Route::new(adapter, pacer(rate), width));
+    };
+    add(
+        Channel::Email,
+        email,
+        ch.email.rate,
+        ch.email.concurrency,
+        ch.email.provider == EmailProvider::Outbox,
+    );
     let sms: Arc<dyn herald_channels::Channel> = match ch.sms.provider {
         SmsProvider::Outbox => outbox.clone(),
         SmsProvider::Twilio => {
@@ -346,7 +368,34 @@ pub fn routes(
             Arc::new(FcmChannel::new(s).context("the [channels.push] settings are unusable")?)
         }
     };
-    add(Channel::Sms, sms, ch.sms.rate, ch.sms.concurrency);
-    add(Channel::Push, push, ch.push.rate, ch.push.concurrency);
+    add(
+        Channel::Sms,
+        sms,
+        ch.sms.rate,
+        ch.sms.concurrency,
+        ch.sms.provider == SmsProvider::Outbox,
+    );
+    add(
+        Channel::Push,
+        push,
+        ch.push.rate,
+        ch.push.concurrency,
+        ch.push.provider == PushProvider::Outbox,
+    );
     Ok(routes)
+}
+
+/// How many sends a route has in flight. `concurrency` is a provider's
+/// (connections, requests); the outbox is herald's own database, where
+/// the sends in flight together are written by one INSERT (group commit):
+/// an unlimited outbox route sends a worker's whole batch at once, since
+/// 8 in flight made INSERTs of a few rows (and as many distinct statements
+/// for SQLite's statement cache). A rate-limited one keeps its
+/// `concurrency`, which bounds what a crash leaves `unknown` with its rate.
+pub fn outbox_width(outbox: bool, limited: bool, concurrency: usize, batch: usize) -> usize {
+    if outbox && !limited {
+        concurrency.max(batch)
+    } else {
+        concurrency
+    }
 }

@@ -183,7 +183,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     // A dead planner's run is taken over once its short, heartbeated lease
     // lapses (`PLAN_LEASE_MS`), within seconds, not after the workers' lease.
     // The planner hands batches due now straight to this daemon's free workers.
-    let (handoff, dispatchers) = app::workers(&config, &store, &clock, &routes, &owner);
+    let (handoff, dispatchers) = app::workers(&config, &store, &clock, &routes, &owner, None);
     let engine = Arc::new(engine.with_handoff(handoff.clone()));
     let scheduler = {
         let mut scheduler = Scheduler::new(engine, store.clone(), clock.clone());

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use comfy_table::Table;
@@ -54,6 +55,52 @@ pub struct SendSummary {
     pub counts: RunCounts,
     /// `[dispatch] blocked_wait`, seconds (for the words of a blocked route).
     pub dispatch_blocked_wait_secs: i64,
+    /// When planning and sending began (the workers started).
+    pub dispatch_started: Instant,
+    /// How long from then until the last worker ended.
+    pub dispatch_wall: Duration,
+    /// How long the planner ran (alongside the workers).
+    pub plan_wall: Duration,
+}
+
+/// Where a send's `wall` time went, in seconds that add up to about it:
+/// `start` (config, templates, the database, the template check, the run's
+/// row), then the stages of the workers that sent, averaged (each worker's
+/// stages add up to its own wall time; `wait for the plan` is the planner's
+/// cost as the workers felt it), then `end` (the counts). The planner's own
+/// time runs alongside the workers and is given apart.
+pub fn stage_times(
+    s: &SendSummary,
+    started: Instant,
+    wall: Duration,
+) -> Vec<(&'static str, Duration)> {
+    let start = s.dispatch_started.saturating_duration_since(started);
+    let end = wall.saturating_sub(start + s.dispatch_wall);
+    let mut out = vec![("start", start)];
+    out.extend(s.dispatch.stages.per(s.dispatch.workers).named());
+    out.push(("end", end));
+    out
+}
+
+/// The line that says where a send's time went.
+pub fn stage_line(s: &SendSummary, started: Instant, wall: Duration) -> String {
+    let parts: Vec<String> = stage_times(s, started, wall)
+        .into_iter()
+        .map(|(name, d)| {
+            format!(
+                "{name} {:.2}s ({:.0}%)",
+                d.as_secs_f64(),
+                100.0 * d.as_secs_f64() / wall.as_secs_f64().max(1e-9)
+            )
+        })
+        .collect();
+    format!(
+        "time: {:.2}s in all: {} (the stages of the {} worker(s) that sent, averaged; the planner ran {:.2}s alongside them)",
+        wall.as_secs_f64(),
+        parts.join(", "),
+        s.dispatch.workers,
+        s.plan_wall.as_secs_f64(),
+    )
 }
 
 /// Refuses to go on when any template fails for sample audience members.
@@ -93,21 +140,33 @@ pub async fn send_campaign(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let routes = app::routes(&config, &store, secrets)?;
     let owner = format!("herald-send-{}", std::process::id());
-    let (handoff, workers) = app::workers(&config, &store, &clock, &routes, &owner);
+    let lanes = campaign_lanes(campaign);
+    let (handoff, workers) = app::workers(&config, &store, &clock, &routes, &owner, Some(&lanes));
     let engine = Engine::new(store.clone(), clock.clone(), config.clone()).with_handoff(handoff);
     let run = engine
         .create_run(campaign, clock.now_ms(), "manual")
         .await?;
+    let dispatch_started = Instant::now();
+    let mut plan_wall = Duration::ZERO;
     // A run past planning (sent, or being sent by a daemon) is left to the daemon.
     let (plan, dispatch) = if run.state == "planning" {
         let renderer = CampaignRenderer::new(templates, campaign.clone(), &config.herald, signer);
         let progress = crate::progress::Progress::start(store.clone(), run.id);
-        let sent = plan_and_send(&engine, campaign, &run, workers, Arc::new(renderer)).await;
+        let sent = plan_and_send(
+            &engine,
+            campaign,
+            &run,
+            workers,
+            Arc::new(renderer),
+            &mut plan_wall,
+        )
+        .await;
         progress.finish().await;
         sent?
     } else {
         (PlanStats::default(), DispatchStats::default())
     };
+    let dispatch_wall = dispatch_started.elapsed();
     let counts = store.run_counts(run.id).await?;
     Ok(SendSummary {
         run,
@@ -115,7 +174,22 @@ pub async fn send_campaign(
         dispatch,
         counts,
         dispatch_blocked_wait_secs: config.herald.dispatch.blocked_wait.secs(),
+        dispatch_started,
+        dispatch_wall,
+        plan_wall,
     })
+}
+
+/// The routes a campaign's messages can take: its channels and its steps'
+/// (a permanent failure falls back along them).
+pub fn campaign_lanes(campaign: &Campaign) -> Vec<herald_domain::types::Channel> {
+    let mut lanes = campaign.channels.clone();
+    for step in &campaign.steps {
+        lanes.extend(step.channels.iter().flatten().copied());
+    }
+    lanes.sort_by_key(|c| c.as_str());
+    lanes.dedup();
+    lanes
 }
 
 /// Plans `run` while `workers` send it. When the plan stops early (another
@@ -128,6 +202,7 @@ async fn plan_and_send(
     run: &RunRecord,
     workers: Vec<Dispatcher>,
     renderer: Arc<CampaignRenderer>,
+    plan_wall: &mut Duration,
 ) -> anyhow::Result<(PlanStats, DispatchStats)> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let run_id = run.id;
@@ -141,7 +216,9 @@ async fn plan_and_send(
             })
         })
         .collect();
+    let planning = Instant::now();
     let plan = engine.plan(campaign, run).await;
+    *plan_wall = planning.elapsed();
     if !plan.as_ref().is_ok_and(|p| p.finished) {
         let _ = stop.send(true);
     }
@@ -476,6 +553,7 @@ pub fn shape_text(shape: &DryRunShape, calendar: &str) -> String {
 
 /// Runs the send command.
 pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     let config = Arc::new(app::load_config(cli)?);
     let campaign = config
         .campaigns
@@ -529,6 +607,7 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
     )
     .await?;
     print_summary(&campaign, &summary, args.wide);
+    println!("{}", stage_line(&summary, started, started.elapsed()));
     if let Some(blocked) = &summary.dispatch.blocked {
         // The provider refused the account: nothing failed, nothing fell
         // back; the messages wait, planned, for the credential to be fixed.

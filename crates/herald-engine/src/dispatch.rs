@@ -228,20 +228,31 @@ pub struct DispatchStats {
     pub blocked: Option<String>,
     /// Wall time of the drain.
     pub elapsed: Duration,
-    /// Where the time went.
+    /// Workers that handled a message (1 for such a drain; merged, they add up).
+    pub workers: u64,
+    /// Where the time went, summed over the workers that handled a message
+    /// (a lane with nothing to send only waits: it would hide the others).
     pub stages: StageTimes,
 }
 
-/// Time spent in each stage of dispatch, summed over batches.
+/// Time spent in each stage of dispatch, summed over batches: a worker's
+/// whole drain falls in one stage or another, so a worker's stages add up
+/// to about its wall time. Two clock reads a stage and batch, never one a
+/// message: cheap enough to keep on.
 #[derive(Debug, Clone, Default)]
 pub struct StageTimes {
-    /// Claiming due messages (and expiring leases).
+    /// Waiting for work: the planner's next page (or a poll) when nothing is due.
+    pub wait: Duration,
+    /// Claiming due messages (and expiring leases, the gate, asking whether the run is drained).
     pub claim: Duration,
     /// Reading contacts and personalisation data.
     pub contacts: Duration,
     /// Rendering templates.
     pub render: Duration,
-    /// Waiting on the channel adapters.
+    /// Waiting for the route's rate (the pacer): the batch's send time in
+    /// the proportion its messages waited for a permit rather than for the adapter.
+    pub rate: Duration,
+    /// Waiting on the channel adapters (and their concurrency).
     pub send: Duration,
     /// Recording outcomes, attempts and links.
     pub record: Duration,
@@ -250,11 +261,45 @@ pub struct StageTimes {
 impl StageTimes {
     /// Adds `other` into `self`.
     pub fn add(&mut self, other: &StageTimes) {
+        self.wait += other.wait;
         self.claim += other.claim;
         self.contacts += other.contacts;
         self.render += other.render;
+        self.rate += other.rate;
         self.send += other.send;
         self.record += other.record;
+    }
+
+    /// The stages by name, in the order a message meets them.
+    pub fn named(&self) -> [(&'static str, Duration); 7] {
+        [
+            ("wait for the plan", self.wait),
+            ("claim", self.claim),
+            ("contacts", self.contacts),
+            ("render", self.render),
+            ("wait for rate", self.rate),
+            ("send", self.send),
+            ("record", self.record),
+        ]
+    }
+
+    /// All the stages together.
+    pub fn total(&self) -> Duration {
+        self.named().iter().map(|(_, d)| *d).sum()
+    }
+
+    /// Each stage divided by `n` (the workers' average).
+    pub fn per(&self, n: u64) -> StageTimes {
+        let n = n.max(1) as u32;
+        StageTimes {
+            wait: self.wait / n,
+            claim: self.claim / n,
+            contacts: self.contacts / n,
+            render: self.render / n,
+            rate: self.rate / n,
+            send: self.send / n,
+            record: self.record / n,
+        }
     }
 }
 
@@ -275,13 +320,36 @@ impl DispatchStats {
         }
         self.later = self.later.max(other.later);
         self.elapsed = self.elapsed.max(other.elapsed);
-        self.stages.add(&other.stages);
+        self.workers += other.workers;
+        if other.workers > 0 {
+            self.stages.add(&other.stages);
+        }
+    }
+
+    /// Messages this drain took to the end of a batch, whatever their outcome.
+    pub fn handled(&self) -> u64 {
+        self.accepted
+            + self.failed
+            + self.unknown
+            + self.cancelled
+            + self.retried
+            + self.released
+            + self.deferred
     }
 
     /// Accepted messages per second.
     pub fn rate(&self) -> f64 {
         self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// How long one send, holding a concurrency permit, waited for its
+/// route's pacer and for the adapter. The wait for the permit is left
+/// out: it is the permit holders' time, which these two already split.
+#[derive(Debug, Clone, Copy, Default)]
+struct SendWaits {
+    rate: Duration,
+    send: Duration,
 }
 
 /// Finds the renderer of a campaign by name (the daemon's compiled campaigns).
@@ -383,8 +451,12 @@ pub struct Dispatcher {
     pub blocked_wait: Option<Duration>,
     /// When this worker last asked whether a probe was requested (clock ms).
     probe_checked: AtomicI64,
-    /// When this worker last looked for a block reported by a status callback (ms).
+    /// When this worker last looked for a block reported by a status callback
+    /// (ms), and for the open transactional runs.
     block_checked: AtomicI64,
+    /// The open transactional runs, as of `block_checked`: a lane claims
+    /// their messages before its route's queue.
+    transactional: Mutex<Vec<i64>>,
 }
 
 impl Dispatcher {
@@ -416,6 +488,7 @@ impl Dispatcher {
             blocked_wait: None,
             probe_checked: AtomicI64::new(i64::MIN),
             block_checked: AtomicI64::new(i64::MIN),
+            transactional: Mutex::new(Vec::new()),
         }
     }
 
@@ -480,15 +553,18 @@ impl Dispatcher {
         run: Option<i64>,
         stats: &mut DispatchStats,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        match &self.handoff {
-            Some(h) => match h.take_within(self.poll).await {
-                Some(batch) => taken(batch, run, stats),
-                None => Ok(Vec::new()),
-            },
+        let t = Instant::now();
+        let handed = match &self.handoff {
+            Some(h) => h.take_within(self.poll).await,
             None => {
                 tokio::time::sleep(self.poll).await;
-                Ok(Vec::new())
+                None
             }
+        };
+        stats.stages.wait += t.elapsed();
+        match handed {
+            Some(batch) => taken(batch, run, stats),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -545,9 +621,13 @@ impl Dispatcher {
             }
             let (claimed, probe) = self.claim_probe(Some(run_id), &mut stats).await?;
             if claimed.is_empty() {
+                let t = Instant::now();
                 let now = self.clock.now_ms();
                 match self.store.finish_run_if_drained(run_id, now).await? {
-                    RunDrain::Over => break,
+                    RunDrain::Over => {
+                        stats.stages.claim += t.elapsed();
+                        break;
+                    }
                     // The planner has not written the next page yet.
                     RunDrain::Planning => {}
                     RunDrain::Pending => {
@@ -558,10 +638,12 @@ impl Dispatcher {
                         let (due, later) = self.store.run_pending(run_id, now).await?;
                         if due <= stats.deferred as i64 {
                             stats.later = later as u64 + stats.deferred;
+                            stats.stages.claim += t.elapsed();
                             break;
                         }
                     }
                 }
+                stats.stages.claim += t.elapsed();
                 let handed = self.idle(Some(run_id), &mut stats).await?;
                 if !handed.is_empty() {
                     self.send_batch(handed, renderer, &mut stats).await?;
@@ -572,6 +654,7 @@ impl Dispatcher {
                 .await?;
         }
         stats.elapsed = started.elapsed();
+        stats.workers = u64::from(stats.handled() > 0);
         Ok(stats)
     }
 
@@ -659,6 +742,7 @@ impl Dispatcher {
             }
         }
         stats.elapsed = started.elapsed();
+        stats.workers = u64::from(stats.handled() > 0);
         Ok(stats)
     }
 
@@ -689,6 +773,11 @@ impl Dispatcher {
                 let last = self.block_checked.load(Ordering::Relaxed);
                 if last == i64::MIN || now - last >= PROBE_REQUEST_CHECK_MS {
                     self.block_checked.store(now, Ordering::Relaxed);
+                    // The transactional runs open now, looked up with the
+                    // block (not before every claim): a run opened since
+                    // waits at most this long to jump its route's queue.
+                    let first = self.store.transactional_runs().await?;
+                    *self.transactional.lock().expect("transactional lock") = first;
                     let since = if last == i64::MIN {
                         now - REPORTED_BLOCK_LOOKBACK_MS
                     } else {
@@ -805,8 +894,22 @@ impl Dispatcher {
     ) -> StoreResult<Vec<ClaimedMessage>> {
         match self.lane {
             Some(channel) => {
+                let first = self
+                    .transactional
+                    .lock()
+                    .expect("transactional lock")
+                    .clone();
                 self.store
-                    .claim_lane(&self.owner, run, channel, now, lease_until, limit, after)
+                    .claim_lane(
+                        &self.owner,
+                        run,
+                        channel,
+                        &first,
+                        now,
+                        lease_until,
+                        limit,
+                        after,
+                    )
                     .await
             }
             None => {
@@ -981,9 +1084,16 @@ impl Dispatcher {
         // fallback reads them afterwards without a copy of each.
         let (sent, outputs): (Vec<ClaimedMessage>, Vec<RenderOutput>) = ready.into_iter().unzip();
         let sent_ref = &sent;
+        let mut paced = Duration::ZERO;
+        let mut sending = Duration::ZERO;
         let mut results: Vec<Outcome> = futures::stream::iter(outputs.into_iter().enumerate())
             .map(|(i, out)| self.send_one(&sent_ref[i], out, probe))
             .buffer_unordered(width)
+            .map(|(o, waits)| {
+                paced += waits.rate;
+                sending += waits.send;
+                o
+            })
             .collect()
             .await;
         if let Some(fallback) = &self.fallback {
@@ -1002,7 +1112,14 @@ impl Dispatcher {
                 _ => {}
             }
         }
-        stats.stages.send += t.elapsed();
+        // Sends overlap: the batch's wall time is split in the proportion
+        // its messages, once holding a concurrency permit, waited for the
+        // pacer and for the adapter.
+        let spent = t.elapsed();
+        let rate = spent
+            .mul_f64(paced.as_secs_f64() / (paced + sending).as_secs_f64().max(f64::MIN_POSITIVE));
+        stats.stages.rate += rate;
+        stats.stages.send += spent.saturating_sub(rate);
         let t = Instant::now();
         outcomes.extend(results);
         self.record(&outcomes).await;
@@ -1098,7 +1215,26 @@ impl Dispatcher {
         }
     }
 
-    async fn send_one(&self, msg: &ClaimedMessage, out: RenderOutput, probe: bool) -> Outcome {
+    /// [`Dispatcher::send_timed`], with how long the message waited for
+    /// the pacer and for the adapter.
+    async fn send_one(
+        &self,
+        msg: &ClaimedMessage,
+        out: RenderOutput,
+        probe: bool,
+    ) -> (Outcome, SendWaits) {
+        let mut waits = SendWaits::default();
+        let outcome = self.send_timed(msg, out, probe, &mut waits).await;
+        (outcome, waits)
+    }
+
+    async fn send_timed(
+        &self,
+        msg: &ClaimedMessage,
+        out: RenderOutput,
+        probe: bool,
+        waits: &mut SendWaits,
+    ) -> Outcome {
         let mut outcome = Outcome {
             reason: None,
             links: out.links,
@@ -1118,7 +1254,9 @@ impl Dispatcher {
         };
         // Throttle inside retry: every attempt takes a fresh permit.
         let waited = Instant::now();
-        if self.unless_halted(route.pacer.acquire()).await.is_none() {
+        let paced = self.unless_halted(route.pacer.acquire()).await;
+        waits.rate += waited.elapsed();
+        if paced.is_none() {
             return released(msg);
         }
         if let Some(m) = &self.metrics {
@@ -1131,6 +1269,7 @@ impl Dispatcher {
         let at = self.clock.now_ms();
         let t0 = Instant::now();
         let result = route.adapter.send(&out.message).await;
+        waits.send += t0.elapsed();
         route.pacer.on_result(&result);
         let fault = match &result {
             Err(e @ DeliveryError::AccountFault { .. }) => Some(e.to_string()),

@@ -672,19 +672,29 @@ pub trait Store: Send + Sync {
     }
     /// [`Store::claim_sending_after`] of one route's messages (a lane's):
     /// only messages on `channel`, so a throttled or blocked route's queue
-    /// never holds another's. Required: a default that ignored the filter
-    /// would hand a lane other channels' messages.
+    /// never holds another's; the messages of the `first` runs (the open
+    /// transactional runs, [`Store::transactional_runs`], which the lane
+    /// keeps and refreshes about once a second) come before the queue.
+    /// Required: a default that ignored the filter would hand a lane other
+    /// channels' messages.
     #[allow(clippy::too_many_arguments)]
     async fn claim_lane(
         &self,
         owner: &str,
         run_id: Option<i64>,
         channel: Channel,
+        first: &[i64],
         now: i64,
         lease_until: i64,
         limit: u32,
         after: Option<(i64, i64)>,
     ) -> StoreResult<Vec<ClaimedMessage>>;
+    /// The runs of transactional campaigns still planning or sending, whose
+    /// messages a lane claims before its route's marketing queue. The
+    /// default knows none.
+    async fn transactional_runs(&self) -> StoreResult<Vec<i64>> {
+        Ok(Vec::new())
+    }
     /// Writes the block of `route` (`None`: the route works again), for
     /// `herald status` to show. The default keeps nothing.
     async fn set_route_block(

@@ -161,17 +161,6 @@ impl SqlStore {
         Ok(out)
     }
 
-    /// The runs of transactional campaigns still sending (of `run_id` only,
-    /// if given): a lane claims their messages before the marketing queue.
-    async fn transactional_runs(&self, run_id: Option<i64>) -> StoreResult<Vec<i64>> {
-        let mut q = Sql::new();
-        q.push("SELECT r.id FROM runs r JOIN campaigns c ON c.id = r.campaign_id WHERE c.kind = 'transactional' AND r.state IN ('planning', 'running')");
-        if let Some(r) = run_id {
-            q.push(" AND r.id = ").bind(r);
-        }
-        self.all(q).await?.iter().map(|r| get(r, 0)).collect()
-    }
-
     /// Fills each member's `history`: their messages planned after `since`
     /// in statuses that `reentry` and frequency caps count, in one query.
     async fn attach_history(&self, members: &mut [AudienceMember], since: i64) -> StoreResult<()> {
@@ -1128,14 +1117,21 @@ impl Store for SqlStore {
         owner: &str,
         run_id: Option<i64>,
         channel: Channel,
+        first: &[i64],
         now: i64,
         lease_until: i64,
         limit: u32,
         after: Option<(i64, i64)>,
     ) -> StoreResult<Vec<ClaimedMessage>> {
         // Transactional messages first (from the start: they are few), then
-        // the route's queue from the cursor with what room is left.
-        let first = self.transactional_runs(run_id).await?;
+        // the route's queue from the cursor with what room is left. With no
+        // transactional run open (of `run_id`, when draining one), the
+        // first claim would find nothing: it is not made.
+        let first: Vec<i64> = first
+            .iter()
+            .copied()
+            .filter(|r| run_id.is_none_or(|id| id == *r))
+            .collect();
         let mut out = if first.is_empty() {
             Vec::new()
         } else {
@@ -1148,7 +1144,7 @@ impl Store for SqlStore {
                 None,
                 true,
                 Some(channel),
-                Some(&first),
+                Some(first.as_slice()),
             )
             .await?
         };
@@ -1170,6 +1166,12 @@ impl Store for SqlStore {
             );
         }
         Ok(out)
+    }
+
+    async fn transactional_runs(&self) -> StoreResult<Vec<i64>> {
+        let mut q = Sql::new();
+        q.push("SELECT r.id FROM runs r JOIN campaigns c ON c.id = r.campaign_id WHERE c.kind = 'transactional' AND r.state IN ('planning', 'running')");
+        self.all(q).await?.iter().map(|r| get(r, 0)).collect()
     }
 
     async fn set_route_block(
