@@ -135,7 +135,10 @@ async fn scheduled_fire_is_sent_and_sigterm_exits_zero(backend: Backend) {
     assert!(metrics.contains("herald_send_duration_seconds_count{channel=\"email\"} 300"));
     // One exporter: the server's and the dispatcher's metrics in one
     // OpenMetrics exposition, ended once.
-    assert!(metrics.contains("herald_tracking_opens_written_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("herald_tracking_opens_written_total 0"),
+        "{metrics}"
+    );
     assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     let code = term(&mut daemon);

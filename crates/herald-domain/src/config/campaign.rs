@@ -958,7 +958,10 @@ metric = "conversion"
             ("expected_lift = 0", "write 0.1 for +10%"),
             ("expected_lift = -0.2", "write 0.1 for +10%"),
             ("cuped = { days = 0 }", "1 to 365 days"),
-            ("cuped = { days = 30 }", "cuped is not applied by this version"),
+            (
+                "cuped = { days = 30 }",
+                "cuped is not applied by this version",
+            ),
             ("cuped = { weeks = 2 }", "unknown field `weeks`"),
             ("sequential = \"yes\"", "sequential"),
         ] {
