@@ -247,7 +247,7 @@ impl Metrics {
             ),
         ];
         for (name, ty, help, v) in single {
-            let mut m = e.encode_descriptor(name, help, None, ty.clone())?;
+            let mut m = e.encode_descriptor(name, help, None, ty)?;
             match ty {
                 MetricType::Gauge => m.encode_gauge(&v)?,
                 _ => m.encode_counter::<NoLabelSet, _, u64>(&v, None)?,

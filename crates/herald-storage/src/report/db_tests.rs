@@ -1068,7 +1068,8 @@ async fn report_counts_retention_arpu_and_ltv(db: &Db) {
     }
     // ARPU and LTV are compared as means: their sums of squares are each
     // contact's own revenue squared (issue 33).
-    let metrics: [(&str, fn(&Expect) -> (f64, f64)); 2] = [
+    type Sums = fn(&Expect) -> (f64, f64);
+    let metrics: [(&str, Sums); 2] = [
         ("arpu", |e| (e.r30, e.r30_squares)),
         ("ltv", |e| (e.ltv, e.ltv_squares)),
     ];
