@@ -184,20 +184,24 @@ impl Table {
         self.lock().remove(&id);
     }
 
-    /// Asks one connection with no request in the router (other than
-    /// `except`) to close; false when every one is busy. Connections that
-    /// have sent no byte of a request go first, longest idle first; then
-    /// those in the middle of a request head, the oldest head first, so that
-    /// a newcomer whose request has just arrived outlives a flood of idle
-    /// and slowloris connections.
+    /// Makes room for a newcomer: asks one connection with no request in the
+    /// router (other than `except`) to close. Connections that have sent no
+    /// byte of a request go first, longest idle first; then those in the
+    /// middle of a request head, the oldest head first, so that a newcomer
+    /// whose request has just arrived outlives a flood of idle and slowloris
+    /// connections. A connection already asked is not asked again; when every
+    /// candidate has been asked, room is on its way and the newcomer stays.
+    /// False only when every other connection is in the router.
     fn shed_oldest_idle(&self, except: u64) -> bool {
         let m = self.lock();
+        let mut closing = false;
         let victim = m
             .values()
+            .filter(|c| c.id != except && c.busy.load(Ordering::Acquire) == 0)
             .filter(|c| {
-                c.id != except
-                    && c.busy.load(Ordering::Acquire) == 0
-                    && !c.closing.load(Ordering::Acquire)
+                let asked = c.closing.load(Ordering::Acquire);
+                closing |= asked;
+                !asked
             })
             .min_by_key(|c| match c.head_started.load(Ordering::Acquire) {
                 0 => (0, c.free_since.load(Ordering::Acquire)),
@@ -209,7 +213,7 @@ impl Table {
                 c.close.notify_one();
                 true
             }
-            None => false,
+            None => closing,
         }
     }
 
@@ -567,7 +571,13 @@ mod tests {
         assert_eq!(shed(&t), Some(3), "never the same one twice");
         assert_eq!(shed(&t), Some(4), "then the oldest unfinished head");
         assert_eq!(shed(&t), Some(1));
+        // Every candidate asked already: room is on its way, the newcomer stays.
+        assert!(t.shed_oldest_idle(0), "the newcomer must not be dropped");
         assert_eq!(shed(&t), None, "a connection in the router is never shed");
+        for c in [&c1, &c2, &c3, &c4] {
+            t.remove(c.id);
+        }
+        assert!(!t.shed_oldest_idle(0), "only busy connections: no room");
         drop((c1, c2, c3, c4, c5));
     }
 

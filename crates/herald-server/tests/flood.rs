@@ -30,6 +30,8 @@ use tokio::task::JoinSet;
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// How often the legitimate client asks, while the flood goes on.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// Connection failures the legitimate client may meet and try again, in all.
+const MAX_RETRIES: usize = 2;
 /// How long the legitimate client keeps asking.
 const PROBE_FOR: Duration = Duration::from_millis(2500);
 /// A slowloris client sends one more header line this often.
@@ -147,8 +149,12 @@ async fn flood(size: &Size) {
 }
 
 /// Asks `/healthz` and `/o/TOKEN` over fresh connections until `done`;
-/// every answer must come within [`ANSWER_WITHIN`]. Returns the opens answered.
-async fn probe_http(app: &App, done: Arc<AtomicBool>) -> usize {
+/// every answer must come within [`ANSWER_WITHIN`], a refused or reset
+/// connection tried again within that time at most [`MAX_RETRIES`] times in
+/// all (a client's own retry; a flood of hundreds of connections arriving
+/// in the same millisecond may cost a newcomer one). Returns the opens
+/// answered and the open requests tried again.
+async fn probe_http(app: &App, done: Arc<AtomicBool>) -> (usize, usize) {
     // A fresh connection each time: a newcomer must get in.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -157,18 +163,31 @@ async fn probe_http(app: &App, done: Arc<AtomicBool>) -> usize {
         .expect("client");
     let open = app.url(&format!("/o/{}", app.token(TokenKind::Open, M_EMAIL)));
     let health = app.url("/healthz");
-    let mut opens = 0;
+    let (mut opens, mut open_retries, mut retries) = (0, 0, 0);
     let started = Instant::now();
     // Through the flood, and on while its sockets wait out their timeouts.
     while !done.load(Ordering::Acquire) || started.elapsed() < PROBE_FOR {
         for url in [&health, &open] {
             let t = Instant::now();
-            let r = client
-                .get(url.as_str())
-                .header(reqwest::header::USER_AGENT, BROWSER)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{url} did not answer during the flood: {e}"));
+            let r = loop {
+                match client
+                    .get(url.as_str())
+                    .header(reqwest::header::USER_AGENT, BROWSER)
+                    .send()
+                    .await
+                {
+                    Ok(r) => break r,
+                    Err(e) if retries < MAX_RETRIES && t.elapsed() < ANSWER_WITHIN / 2 => {
+                        eprintln!("{url} tried again after: {e:?}");
+                        retries += 1;
+                        if url == &open {
+                            open_retries += 1;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("{url} did not answer during the flood: {e:?}"),
+                }
+            };
             assert_eq!(r.status(), 200, "{url}");
             r.bytes().await.expect("body");
             let took = t.elapsed();
@@ -179,7 +198,7 @@ async fn probe_http(app: &App, done: Arc<AtomicBool>) -> usize {
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
-    opens
+    (opens, open_retries)
 }
 
 async fn http_flood(app: &App, size: &Size) {
@@ -221,7 +240,7 @@ async fn http_flood(app: &App, size: &Size) {
             (idle, slow)
         })
     };
-    let opens = probe_http(app, done.clone()).await;
+    let (opens, open_retries) = probe_http(app, done.clone()).await;
     let (mut idle, mut slow) = flood.await.expect("flood");
     assert_eq!(
         refused.load(Ordering::Relaxed),
@@ -250,10 +269,11 @@ async fn http_flood(app: &App, size: &Size) {
     }
     app.flush().await;
     let after = app.msg_int(M_EMAIL, "open_count").await.unwrap_or(0);
-    assert_eq!(
-        after - before,
-        opens as i64,
-        "every answered open is recorded"
+    // An open tried again may have been recorded once before its answer was lost.
+    let recorded = after - before;
+    assert!(
+        recorded >= opens as i64 && recorded <= (opens + open_retries) as i64,
+        "every answered open is recorded: {recorded} recorded, {opens} answered, {open_retries} tried again"
     );
 }
 
