@@ -1255,12 +1255,13 @@ impl Dispatcher {
         // Throttle inside retry: every attempt takes a fresh permit.
         let waited = Instant::now();
         let paced = self.unless_halted(route.pacer.acquire()).await;
-        waits.rate += waited.elapsed();
+        let rate_wait = waited.elapsed();
+        waits.rate += rate_wait;
         if paced.is_none() {
             return released(msg);
         }
         if let Some(m) = &self.metrics {
-            m.limiter_wait(msg.channel, waited.elapsed());
+            m.limiter_wait(msg.channel, rate_wait);
         }
         // The route may have been blocked while this send waited its turn.
         if held(route) {
@@ -1269,14 +1270,17 @@ impl Dispatcher {
         let at = self.clock.now_ms();
         let t0 = Instant::now();
         let result = route.adapter.send(&out.message).await;
-        waits.send += t0.elapsed();
+        // One clock read for the stage, the attempt's row and the histogram:
+        // the provider's time, not the health bookkeeping after it.
+        let took = t0.elapsed();
+        waits.send += took;
         route.pacer.on_result(&result);
         let fault = match &result {
             Err(e @ DeliveryError::AccountFault { .. }) => Some(e.to_string()),
             _ => None,
         };
         self.learn(msg.channel, route, fault.as_deref()).await;
-        let duration_ms = t0.elapsed().as_millis() as i64;
+        let duration_ms = took.as_millis() as i64;
         let attempts = msg.attempts + 1;
         let (result_name, code, detail) = match &result {
             Ok(r) => ("accepted", None, r.detail.clone()),
@@ -1293,7 +1297,7 @@ impl Dispatcher {
             ),
         };
         if let Some(m) = &self.metrics {
-            m.attempt(msg.channel, result_name, t0.elapsed());
+            m.attempt(msg.channel, result_name, took);
         }
         outcome.attempt = Some(AttemptRecord {
             at,
