@@ -135,7 +135,8 @@ pub enum FcmConfigError {
 /// minute); `UNAVAILABLE`, `INTERNAL`, 5xx → `Transient`; a 401 refreshes the access token
 /// and resends once (a 401 means nothing was sent), then → `AccountFault`, as is a 403
 /// without FCM's own code; `SENDER_ID_MISMATCH` (403) → `Permanent`; `THIRD_PARTY_AUTH_ERROR`
-/// → `Transient` (only iOS/web tokens are refused); `INVALID_ARGUMENT`
+/// → `PlatformFault` (the APNs or web-push credential: only iOS/web tokens are refused, so
+/// only their part of the route blocks); `INVALID_ARGUMENT`
 /// and other 4xx → `Permanent`; a `200` without a message name → `Ambiguous`; no connection
 /// → `Transient`; no answer once written → `Ambiguous`. A failed token exchange sent
 /// nothing: `Transient`, or `AccountFault` when the token endpoint refuses the key (4xx:
@@ -566,14 +567,13 @@ impl FcmError {
                 detail,
                 retry_after: Some(retry_after.unwrap_or(DEFAULT_QUOTA_WAIT)),
             },
-            // The APNs or web-push credential behind FCM is refused: only iOS
-            // and web tokens are affected, and herald does not know a token's
-            // platform, so it is this message's temporary failure (retried),
-            // never a block of every Android send nor a permanent failure.
-            Some("THIRD_PARTY_AUTH_ERROR") => DeliveryError::Transient {
+            // The APNs or web-push credential behind FCM is refused: the
+            // sender's fault, not the token's, and only iOS and web tokens
+            // need it. Dispatch blocks the part of the push route of this
+            // token's platform; Android sends go on. Never the message's failure.
+            Some("THIRD_PARTY_AUTH_ERROR") => DeliveryError::PlatformFault {
+                detail: format!("FCM {code}: {detail}"),
                 code,
-                detail,
-                retry_after,
             },
             // The token belongs to another sender: the message's (the token's) fault.
             Some("SENDER_ID_MISMATCH") => DeliveryError::Permanent {
@@ -723,15 +723,25 @@ mod tests {
             classify(403, None, &error(403, "PERMISSION_DENIED", None)),
             DeliveryError::AccountFault { ref code, .. } if code == "PERMISSION_DENIED"
         ));
-        // Only iOS/web tokens are refused: the message's temporary failure, no block.
-        assert!(matches!(
-            classify(
-                401,
+        // Only iOS/web tokens are refused: their platform's fault, not the
+        // whole account's, not the message's; whatever the HTTP status.
+        for (status, name) in [(401, "UNAUTHENTICATED"), (400, "INVALID_ARGUMENT")] {
+            let e = classify(
+                status,
                 None,
-                &error(401, "UNAUTHENTICATED", Some("THIRD_PARTY_AUTH_ERROR"))
-            ),
-            DeliveryError::Transient { .. }
-        ));
+                &error(status, name, Some("THIRD_PARTY_AUTH_ERROR")),
+            );
+            assert_eq!(
+                e,
+                DeliveryError::PlatformFault {
+                    code: "THIRD_PARTY_AUTH_ERROR".into(),
+                    detail: format!(
+                        "FCM THIRD_PARTY_AUTH_ERROR: HTTP {status} THIRD_PARTY_AUTH_ERROR: m"
+                    ),
+                }
+            );
+            assert!(!e.is_retriable() && !e.is_account_fault());
+        }
         assert!(matches!(
             classify(
                 403,

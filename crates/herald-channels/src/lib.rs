@@ -117,6 +117,19 @@ pub enum DeliveryError {
         /// them: `Twilio 20003: Authenticate (HTTP 401)`.
         detail: String,
     },
+    /// The provider refused a credential of the sender's that only some of
+    /// the route's addresses need: FCM's `THIRD_PARTY_AUTH_ERROR`, the APNs
+    /// or web-push credential in the Firebase project is wrong, so iOS and
+    /// web tokens are refused while Android ones still go. The part of the
+    /// route the address belongs to (its token's platform) is blocked and
+    /// probed, the message stays planned; the rest of the route goes on.
+    #[error("authentication failed for iOS/web tokens ({detail})")]
+    PlatformFault {
+        /// Provider code (`THIRD_PARTY_AUTH_ERROR`).
+        code: String,
+        /// The provider's name, code and words.
+        detail: String,
+    },
 }
 
 impl DeliveryError {
@@ -140,7 +153,8 @@ impl DeliveryError {
             DeliveryError::Transient { code, .. }
             | DeliveryError::RateLimited { code, .. }
             | DeliveryError::Permanent { code, .. }
-            | DeliveryError::AccountFault { code, .. } => code,
+            | DeliveryError::AccountFault { code, .. }
+            | DeliveryError::PlatformFault { code, .. } => code,
             DeliveryError::Ambiguous { .. } => "no_answer",
         }
     }

@@ -187,7 +187,8 @@ impl<C: Clock + Clone> Pacer<C> {
             Err(
                 DeliveryError::Transient { .. }
                 | DeliveryError::Ambiguous { .. }
-                | DeliveryError::AccountFault { .. },
+                | DeliveryError::AccountFault { .. }
+                | DeliveryError::PlatformFault { .. },
             ) => {}
         }
     }

@@ -189,6 +189,27 @@ async fn fcm_401_refreshes_once_and_resends() {
 }
 
 #[tokio::test]
+async fn fcm_third_party_auth_error_is_the_platforms_not_the_accounts() {
+    // The APNs/web-push credential is wrong: iOS/web tokens are refused,
+    // Android ones go; the OAuth token is not refreshed for it (it works).
+    let sink = fcm_sink(FcmSinkConfig::default()).await;
+    sink.set_third_party_refused(&["ios-"]);
+    let channel = FcmChannel::new(common::fcm_settings(&sink, TIMEOUT)).unwrap();
+    let err = channel.send(&common::push(1, "ios-1")).await.unwrap_err();
+    assert!(
+        matches!(err, DeliveryError::PlatformFault { ref code, ref detail }
+            if code == "THIRD_PARTY_AUTH_ERROR" && detail.contains("Auth error from APNS")),
+        "{err:?}"
+    );
+    channel.send(&common::push(2, "android-1")).await.unwrap();
+    assert_eq!(sink.token_requests(), 1);
+    assert_eq!(sink.count(), 1);
+    sink.set_third_party_refused(&[]);
+    channel.send(&common::push(3, "ios-1")).await.unwrap();
+    assert_eq!(sink.count(), 2);
+}
+
+#[tokio::test]
 async fn fcm_token_endpoint_refusals_and_outages() {
     // A key the token endpoint does not know: the grant is refused, the account's fault.
     let sink = fcm_sink(FcmSinkConfig::default()).await;

@@ -4,6 +4,9 @@
 //! ([`FcmSink::credentials_json`]); `POST /token` verifies the RS256 JWT grant and issues
 //! bearer tokens; `POST /v1/projects/{id}/messages:send` checks them, then answers per its
 //! [`FaultPlan`], records each message it took and logs every arrival ([`RequestLog`]).
+//! [`FcmSink::set_third_party_refused`] makes it refuse some tokens with
+//! `THIRD_PARTY_AUTH_ERROR`, as FCM does for iOS/web tokens when the APNs or
+//! web-push credential in the Firebase project is wrong.
 
 use std::collections::HashMap;
 use std::io;
@@ -125,6 +128,8 @@ struct FcmState {
     next_id: AtomicU64,
     /// Refuse the service-account key at `/token` (as for a deleted key), until cleared.
     refuse_key: AtomicBool,
+    /// Tokens beginning with one of these are refused `THIRD_PARTY_AUTH_ERROR`.
+    third_party_refused: Mutex<Vec<String>>,
 }
 
 impl FcmSink {
@@ -157,6 +162,7 @@ impl FcmSink {
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             refuse_key: AtomicBool::new(false),
+            third_party_refused: Mutex::new(Vec::new()),
         });
         let handler: Arc<dyn Handler> = state.clone();
         let server = Server::serve(listener, handler, config.stall_for)?;
@@ -240,6 +246,16 @@ impl FcmSink {
         if refuse {
             lock(&self.state.tokens).clear();
         }
+    }
+
+    /// Tokens beginning with one of `prefixes` are refused `401
+    /// THIRD_PARTY_AUTH_ERROR` (and not taken), as FCM refuses the tokens of
+    /// iOS or web apps when the APNs or web-push credential in the Firebase
+    /// project is wrong; other tokens go on. The sink cannot tell a token's
+    /// platform, so the test names its iOS/web tokens by prefix. Empty: the
+    /// credential fixed.
+    pub fn set_third_party_refused(&self, prefixes: &[&str]) {
+        *lock(&self.state.third_party_refused) = prefixes.iter().map(|p| p.to_string()).collect();
     }
 
     /// Stops accepting, closes every connection and waits until they are gone.
@@ -421,6 +437,17 @@ impl FcmState {
                 "Request contains an invalid argument: message.token is required.",
             );
         };
+        if lock(&self.third_party_refused)
+            .iter()
+            .any(|p| token.starts_with(p.as_str()))
+        {
+            return fcm_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                Some("THIRD_PARTY_AUTH_ERROR"),
+                "Auth error from APNS or Web Push Service",
+            );
+        }
         let (title, text) = notification.map_or((None, None), |n| (n.title, n.body));
         let mut key = token.clone().into_bytes();
         key.push(0);
