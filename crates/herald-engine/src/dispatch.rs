@@ -11,7 +11,10 @@
 //! rate plus its concurrency, [`claim_horizon`]), so a throttled route holds
 //! only its own messages and a crash leaves at most that many `unknown`.
 //! An account fault blocks the route ([`crate::health`]): its messages go
-//! back to `planned`, the route sends only probes until one passes. A halt
+//! back to `planned`, the route sends only probes until one passes. FCM's
+//! refusal of one platform's credential blocks only that platform's
+//! sub-route of push ([`crate::platform`]): the lane's claim leaves its
+//! messages out and probes it on its own. A halt
 //! (graceful stop) releases what waits for a permit back to `planned`.
 //! Outcomes are written until the database takes them; the worker claims
 //! nothing meanwhile.
@@ -30,6 +33,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::clock::Clock;
 use crate::handoff::Handoff;
 use crate::health::{Admit, Change, RouteHealth};
+use crate::platform::{PlatformFilter, PlatformHealth, PushPlatform};
 use crate::render::{MessageRenderer, RenderOutput};
 use crate::store::{
     AttemptRecord, ClaimedMessage, Outcome, RunDrain, Store, StoreError, StoreResult,
@@ -69,6 +73,9 @@ pub struct Route {
     pub width: usize,
     /// Open, or blocked by an account fault (shared by the route's workers).
     pub health: Arc<RouteHealth>,
+    /// The health of each platform's sub-route (push: a third-party
+    /// credential refused blocks only its platform's tokens).
+    pub platforms: Arc<PlatformHealth>,
 }
 
 impl Route {
@@ -81,6 +88,7 @@ impl Route {
             concurrency: Arc::new(Semaphore::new(width)),
             width,
             health: Arc::new(RouteHealth::default()),
+            platforms: Arc::new(PlatformHealth::default()),
         }
     }
 }
@@ -382,14 +390,36 @@ fn failed(msg: &ClaimedMessage, reason: String) -> Outcome {
     }
 }
 
-/// A claimed message given back to `planned` as it was, without a request
-/// (its route is blocked, or the process stops): no attempt, no links.
-/// A message's age at `at` (ms) for `max_age`: from its send time, less
-/// the time its route was blocked meanwhile (it could not go out then).
-fn age(route: &Route, send_at: i64, at: i64) -> i64 {
-    at - send_at - route.health.blocked_within(send_at, at)
+/// What a claim is for: the lane's usual work, or a probe of its blocked
+/// route or of one blocked sub-route (one message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Probe {
+    /// Usual work.
+    #[default]
+    No,
+    /// The blocked route's probe.
+    Route,
+    /// The probe of a platform's blocked sub-route (the route is open).
+    Platform(PushPlatform),
 }
 
+/// How long (ms) between `from` and `to` a message could not go out: its
+/// route was blocked, or the sub-route of its token's platform (when
+/// known). The longer of the two: overlaps are not counted twice, which
+/// errs toward a message looking older, never younger.
+fn held_ms(route: &Route, platform: Option<PushPlatform>, from: i64, to: i64) -> i64 {
+    let sub = platform.map_or(0, |p| route.platforms.get(p).blocked_within(from, to));
+    route.health.blocked_within(from, to).max(sub)
+}
+
+/// A message's age at `at` (ms) for `max_age`: from its send time, less
+/// the time it was held by its route's block meanwhile ([`held_ms`]).
+fn age(route: &Route, platform: Option<PushPlatform>, send_at: i64, at: i64) -> i64 {
+    at - send_at - held_ms(route, platform, send_at, at)
+}
+
+/// A claimed message given back to `planned` as it was, without a request
+/// (its route is blocked, or the process stops): no attempt, no links.
 fn released(msg: &ClaimedMessage) -> Outcome {
     Outcome {
         status: MessageStatus::Planned,
@@ -528,15 +558,20 @@ impl Dispatcher {
         }
     }
 
-    /// The first route blocked at least `blocked_wait`, in words: `sms: authentication failed (...)`.
+    /// The first route (or platform sub-route) blocked at least
+    /// `blocked_wait`, in words: `sms: authentication failed (...)`,
+    /// `push:apns: authentication failed for iOS tokens: ...`.
     fn blocked_too_long(&self) -> Option<String> {
         let wait = self.blocked_wait?;
         let now = self.clock.now_ms();
         let mut routes: Vec<_> = self.routes.iter().collect();
         routes.sort_by_key(|(c, _)| c.as_str());
+        let too_long = |name: &dyn std::fmt::Display, h: &RouteHealth| {
+            let block = h.block()?;
+            (h.blocked_for(now)? >= wait).then(|| format!("{name}: {}", block.reason))
+        };
         routes.into_iter().find_map(|(c, r)| {
-            let block = r.health.block()?;
-            (r.health.blocked_for(now)? >= wait).then(|| format!("{c}: {}", block.reason))
+            too_long(c, &r.health).or_else(|| r.platforms.iter().find_map(|(p, h)| too_long(&p, h)))
         })
     }
 
@@ -671,7 +706,7 @@ impl Dispatcher {
         let mut stats = DispatchStats::default();
         let mut campaigns: HashMap<i64, Option<String>> = HashMap::new();
         loop {
-            let mut probe = false;
+            let mut probe = Probe::No;
             let mut claimed = if *stop.borrow() {
                 // Stopping: the batches handed over (one at most, and one
                 // being written) are sent, then nothing more is taken.
@@ -758,11 +793,12 @@ impl Dispatcher {
     }
 
     /// How many this worker may claim now, and whether that is a blocked
-    /// route's probe; `None`: its route is blocked and it is not probe time.
-    async fn lane_limit(&self) -> StoreResult<Option<(u32, bool)>> {
+    /// route's (or sub-route's) probe; `None`: its route is blocked and it is
+    /// not probe time.
+    async fn lane_limit(&self) -> StoreResult<Option<(u32, Probe)>> {
         let Some((channel, route)) = self.lane.and_then(|c| self.routes.get(&c).map(|r| (c, r)))
         else {
-            return Ok(Some((self.batch, false)));
+            return Ok(Some((self.batch, Probe::No)));
         };
         let now = self.clock.now_ms();
         match route.health.admit(now) {
@@ -792,6 +828,9 @@ impl Dispatcher {
                         return Ok(None);
                     }
                 }
+                if let Some(platform) = self.platform_probe(route, now).await? {
+                    return Ok(Some((1, Probe::Platform(platform))));
+                }
                 Ok(Some((
                     claim_horizon(
                         route.pacer.current_rate(),
@@ -799,10 +838,10 @@ impl Dispatcher {
                         self.lane_workers,
                         self.batch,
                     ),
-                    false,
+                    Probe::No,
                 )))
             }
-            Admit::Probe => Ok(Some((1, true))),
+            Admit::Probe => Ok(Some((1, Probe::Route))),
             Admit::Wait(_) => {
                 let last = self.probe_checked.load(Ordering::Relaxed);
                 if last == i64::MIN || now - last >= PROBE_REQUEST_CHECK_MS {
@@ -822,12 +861,51 @@ impl Dispatcher {
         }
     }
 
-    /// [`Dispatcher::claim`], saying whether the claim is a blocked route's probe.
+    /// The blocked sub-route of `route` whose probe may go now, if any
+    /// (given to one worker: the probe is then in the air). A blocked
+    /// sub-route also looks, about once a second, whether `herald runs
+    /// resume` asked for a probe at once.
+    async fn platform_probe(&self, route: &Route, now: i64) -> StoreResult<Option<PushPlatform>> {
+        let mut asked = None;
+        for (platform, health) in route.platforms.iter() {
+            match health.admit(now) {
+                Admit::Open => {}
+                Admit::Probe => return Ok(Some(platform)),
+                Admit::Wait(_) => {
+                    let last = *asked.get_or_insert_with(|| {
+                        let last = self.probe_checked.load(Ordering::Relaxed);
+                        if last == i64::MIN || now - last >= PROBE_REQUEST_CHECK_MS {
+                            self.probe_checked.store(now, Ordering::Relaxed);
+                            Some(if last == i64::MIN { now } else { last })
+                        } else {
+                            None
+                        }
+                    });
+                    if let Some(since) = last
+                        && self
+                            .store
+                            .route_probe_requested(platform.route(), since)
+                            .await?
+                    {
+                        tracing::info!(route = %platform, "a probe was asked for (herald runs resume)");
+                        health.probe_now(now);
+                        if health.admit(now) == Admit::Probe {
+                            return Ok(Some(platform));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Dispatcher::claim`], saying whether the claim is a blocked route's
+    /// (or sub-route's) probe.
     async fn claim_probe(
         &self,
         run: Option<i64>,
         stats: &mut DispatchStats,
-    ) -> StoreResult<(Vec<ClaimedMessage>, bool)> {
+    ) -> StoreResult<(Vec<ClaimedMessage>, Probe)> {
         let t = Instant::now();
         let now = self.clock.now_ms();
         // A lease cannot lapse sooner than a lease after it was taken: expiring
@@ -842,12 +920,32 @@ impl Dispatcher {
         }
         if let Some(batch) = self.handoff.as_ref().and_then(|h| h.try_take()) {
             stats.stages.claim += t.elapsed();
-            return Ok((taken(batch, run, stats)?, false));
+            return Ok((taken(batch, run, stats)?, Probe::No));
         }
         let Some((limit, probe)) = self.lane_limit().await? else {
             stats.stages.claim += t.elapsed();
-            return Ok((Vec::new(), false));
+            return Ok((Vec::new(), Probe::No));
         };
+        let route = self.lane.and_then(|c| self.routes.get(&c));
+        // A sub-route's probe takes the oldest due message of its platform,
+        // and is no position in the route's queue; otherwise the blocked
+        // sub-routes' messages are left where they are.
+        let platforms = match probe {
+            Probe::Platform(p) => PlatformFilter::Only(p),
+            _ => route.map_or(PlatformFilter::Any, |r| r.platforms.filter()),
+        };
+        if let Probe::Platform(p) = probe {
+            let claimed = self
+                .claim_from(run, now, now + self.lease.as_millis() as i64, None, 1, &platforms)
+                .await?;
+            if claimed.is_empty()
+                && let Some(r) = route
+            {
+                r.platforms.get(p).probe_unused(now);
+            }
+            stats.stages.claim += t.elapsed();
+            return Ok((claimed, probe));
+        }
         let lease_until = now + self.lease.as_millis() as i64;
         // Messages that come due behind the cursor (a retry's wait ended, a
         // lapsed claim) are found when a pass ends or after an expiry.
@@ -856,9 +954,13 @@ impl Dispatcher {
         } else {
             *self.cursor.lock().expect("cursor lock")
         };
-        let mut claimed = self.claim_from(run, now, lease_until, after, limit).await?;
+        let mut claimed = self
+            .claim_from(run, now, lease_until, after, limit, &platforms)
+            .await?;
         if claimed.is_empty() && after.is_some() {
-            claimed = self.claim_from(run, now, lease_until, None, limit).await?;
+            claimed = self
+                .claim_from(run, now, lease_until, None, limit, &platforms)
+                .await?;
         }
         // The cursor follows the route's queue only: a transactional message
         // claimed ahead of it is no position in it. A claim filled by those
@@ -872,9 +974,9 @@ impl Dispatcher {
             None if claimed.len() as u32 >= limit => after,
             last => last,
         };
-        if probe && claimed.is_empty() {
+        if probe == Probe::Route && claimed.is_empty() {
             // Nothing due to probe with: the probe is free again later.
-            if let Some(r) = self.lane.and_then(|c| self.routes.get(&c)) {
+            if let Some(r) = route {
                 r.health.probe_unused(now);
             }
         }
@@ -883,7 +985,8 @@ impl Dispatcher {
     }
 
     /// Claims (and marks `sending`) up to `limit` after the cursor `after`:
-    /// only the lane's route's messages, if this worker is a lane's.
+    /// only the lane's route's messages that `platforms` admits, if this
+    /// worker is a lane's.
     async fn claim_from(
         &self,
         run: Option<i64>,
@@ -891,6 +994,7 @@ impl Dispatcher {
         lease_until: i64,
         after: Option<(i64, i64)>,
         limit: u32,
+        platforms: &PlatformFilter,
     ) -> StoreResult<Vec<ClaimedMessage>> {
         match self.lane {
             Some(channel) => {
@@ -909,6 +1013,7 @@ impl Dispatcher {
                         lease_until,
                         limit,
                         after,
+                        platforms,
                     )
                     .await
             }
@@ -965,16 +1070,66 @@ impl Dispatcher {
         renderer: &dyn MessageRenderer,
         stats: &mut DispatchStats,
     ) -> StoreResult<()> {
-        self.send_batch_as(claimed, renderer, stats, false).await
+        self.send_batch_as(claimed, renderer, stats, Probe::No)
+            .await
     }
 
-    /// Sends a batch; `probe`: it is a blocked route's probe (one message).
+    /// The platform sub-route of each push token of `claimed` (`None`:
+    /// Android), read only when a sub-route was blocked since the oldest
+    /// push message's send time (their ages and send-time rules then
+    /// depend on it); otherwise nothing is read and the map is empty.
+    async fn batch_platforms(
+        &self,
+        claimed: &[ClaimedMessage],
+        now: i64,
+    ) -> HashMap<String, Option<PushPlatform>> {
+        let Some(route) = self.routes.get(&Channel::Push) else {
+            return HashMap::new();
+        };
+        let oldest = claimed
+            .iter()
+            .filter(|m| m.channel == Channel::Push)
+            .map(|m| m.send_at)
+            .min();
+        if !oldest.is_some_and(|from| route.platforms.any_blocked_within(from, now)) {
+            return HashMap::new();
+        }
+        let tokens: Vec<String> = claimed
+            .iter()
+            .filter(|m| m.channel == Channel::Push)
+            .map(|m| m.address.clone())
+            .collect();
+        self.platforms_of(&tokens).await
+    }
+
+    /// The platform sub-route of each of `tokens` (`None`: Android). A
+    /// token the database cannot tell counts as unlabelled: its message
+    /// then waits with the unlabelled ones rather than being refused again.
+    async fn platforms_of(&self, tokens: &[String]) -> HashMap<String, Option<PushPlatform>> {
+        let known: HashMap<String, Option<String>> = match self.store.push_platforms(tokens).await
+        {
+            Ok(rows) => rows.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!("cannot read the push tokens' platforms ({e}); taking them as unlabelled");
+                HashMap::new()
+            }
+        };
+        tokens
+            .iter()
+            .map(|t| {
+                let platform = known.get(t).and_then(|p| p.as_deref());
+                (t.clone(), PushPlatform::of(platform))
+            })
+            .collect()
+    }
+
+    /// Sends a batch; `probe`: it is a blocked route's or sub-route's probe (one message).
     async fn send_batch_as(
         &self,
         claimed: Vec<ClaimedMessage>,
         renderer: &dyn MessageRenderer,
         stats: &mut DispatchStats,
-        probe: bool,
+        probe: Probe,
     ) -> StoreResult<()> {
         let mut outcomes = Vec::with_capacity(claimed.len());
         let mut claimed = claimed;
@@ -1008,13 +1163,15 @@ impl Dispatcher {
             .map(|c| (c.id, c))
             .collect();
         let now = self.clock.now_ms();
+        let platforms = self.batch_platforms(&claimed, now).await;
+        let platform = |msg: &ClaimedMessage| platforms.get(&msg.address).copied().flatten();
         // A message its route held (blocked) meets the send-time rules and
         // quiet hours again: the block moved it out of the time it was
         // planned for.
         let held = |msg: &ClaimedMessage| {
             self.routes
                 .get(&msg.channel)
-                .is_some_and(|r| r.health.blocked_within(msg.send_at, now) > 0)
+                .is_some_and(|r| held_ms(r, platform(msg), msg.send_at, now) > 0)
         };
         let held_contacts: Vec<i64> = claimed
             .iter()
@@ -1084,10 +1241,11 @@ impl Dispatcher {
         // fallback reads them afterwards without a copy of each.
         let (sent, outputs): (Vec<ClaimedMessage>, Vec<RenderOutput>) = ready.into_iter().unzip();
         let sent_ref = &sent;
+        let platforms_ref = &platforms;
         let mut paced = Duration::ZERO;
         let mut sending = Duration::ZERO;
         let mut results: Vec<Outcome> = futures::stream::iter(outputs.into_iter().enumerate())
-            .map(|(i, out)| self.send_one(&sent_ref[i], out, probe))
+            .map(|(i, out)| self.send_one(&sent_ref[i], out, probe, platforms_ref))
             .buffer_unordered(width)
             .map(|(o, waits)| {
                 paced += waits.rate;
@@ -1096,6 +1254,17 @@ impl Dispatcher {
             })
             .collect()
             .await;
+        if probe != Probe::No && !results.iter().any(|o| o.attempt.is_some()) {
+            // The probe never reached the provider (cancelled, deferred, not
+            // rendered, released): it told nothing, the next one may go.
+            if let Some(r) = self.lane.and_then(|c| self.routes.get(&c)) {
+                match probe {
+                    Probe::Route => r.health.probe_unused(now),
+                    Probe::Platform(p) => r.platforms.get(p).probe_unused(now),
+                    Probe::No => {}
+                }
+            }
+        }
         if let Some(fallback) = &self.fallback {
             self.fall_back(fallback.as_ref(), &sent, &mut results)
                 .await?;
@@ -1183,36 +1352,67 @@ impl Dispatcher {
     /// What an answer means for the route's health: logged once, written
     /// for `herald status`, counted for `/metrics`.
     async fn learn(&self, channel: Channel, route: &Route, fault: Option<&str>) {
-        let now = self.clock.now_ms();
-        let change = route.health.answer(fault, now);
-        let row = match &change {
-            Change::None => return,
-            Change::Blocked(reason) => {
-                tracing::error!(
-                    route = %channel,
-                    "blocked: {channel}: {reason}; its messages stay planned, probing with backoff (`herald runs resume` probes at once)"
-                );
-                Some(route.health.block())
-            }
-            Change::StillBlocked => Some(route.health.block()),
-            Change::Unblocked(was) => {
-                tracing::warn!(route = %channel, "unblocked: {channel} works again after {was:?}");
-                Some(None)
-            }
-        };
-        if let Some(m) = &self.metrics {
+        let change = self
+            .note(channel.as_str(), &route.health, fault, "its messages stay planned")
+            .await;
+        if let (Some(m), Some(change)) = (&self.metrics, change) {
             m.route_state(channel, route.health.is_blocked(), &change);
         }
-        if let Some(block) = row {
-            // The row is for `herald status`; sending goes on without it.
-            if let Err(e) = self
-                .store
-                .set_route_block(channel.as_str(), &self.owner, block.as_ref(), now)
-                .await
-            {
-                tracing::warn!(route = %channel, "cannot write the route's block for `herald status`: {e}");
-            }
+    }
+
+    /// [`Dispatcher::learn`] for a platform's sub-route of `route`: its
+    /// tokens' messages wait, the route's others go on.
+    async fn learn_platform(&self, route: &Route, platform: PushPlatform, fault: Option<&str>) {
+        let health = route.platforms.get(platform);
+        let change = self
+            .note(
+                platform.route(),
+                health,
+                fault,
+                "these tokens' messages stay planned, the route's other messages go on",
+            )
+            .await;
+        if let (Some(m), Some(change)) = (&self.metrics, change) {
+            m.platform_state(platform, health.is_blocked(), &change);
         }
+    }
+
+    /// Applies an answer to `health` (of the route or sub-route `name`):
+    /// a change is logged once and written for `herald status`; returns it
+    /// (`None`: nothing changed).
+    async fn note(
+        &self,
+        name: &str,
+        health: &RouteHealth,
+        fault: Option<&str>,
+        held: &str,
+    ) -> Option<Change> {
+        let now = self.clock.now_ms();
+        let change = health.answer(fault, now);
+        let block = match &change {
+            Change::None => return None,
+            Change::Blocked(reason) => {
+                tracing::error!(
+                    route = %name,
+                    "blocked: {name}: {reason}; {held}, probing with backoff (`herald runs resume` probes at once)"
+                );
+                health.block()
+            }
+            Change::StillBlocked => health.block(),
+            Change::Unblocked(was) => {
+                tracing::warn!(route = %name, "unblocked: {name} works again after {was:?}");
+                None
+            }
+        };
+        // The row is for `herald status`; sending goes on without it.
+        if let Err(e) = self
+            .store
+            .set_route_block(name, &self.owner, block.as_ref(), now)
+            .await
+        {
+            tracing::warn!(route = %name, "cannot write the route's block for `herald status`: {e}");
+        }
+        Some(change)
     }
 
     /// [`Dispatcher::send_timed`], with how long the message waited for
@@ -1221,18 +1421,64 @@ impl Dispatcher {
         &self,
         msg: &ClaimedMessage,
         out: RenderOutput,
-        probe: bool,
+        probe: Probe,
+        platforms: &HashMap<String, Option<PushPlatform>>,
     ) -> (Outcome, SendWaits) {
         let mut waits = SendWaits::default();
-        let outcome = self.send_timed(msg, out, probe, &mut waits).await;
+        let outcome = self
+            .send_timed(msg, out, probe, platforms, &mut waits)
+            .await;
         (outcome, waits)
+    }
+
+    /// What a platform fault (FCM `THIRD_PARTY_AUTH_ERROR`) of `msg` means:
+    /// the sub-route of its token's platform blocks (`None` returned), or,
+    /// for a token imported as `android` (the label contradicts FCM), the
+    /// message's own temporary failure, returned in its place.
+    async fn platform_fault(
+        &self,
+        msg: &ClaimedMessage,
+        route: &Route,
+        probe: Probe,
+        platforms: &HashMap<String, Option<PushPlatform>>,
+        error: &DeliveryError,
+    ) -> Option<DeliveryError> {
+        let platform = match (probe, platforms.get(&msg.address)) {
+            // The probe's claim chose it by its platform.
+            (Probe::Platform(p), _) => Some(p),
+            (_, Some(known)) => *known,
+            (_, None) => self
+                .platforms_of(std::slice::from_ref(&msg.address))
+                .await
+                .remove(&msg.address)
+                .flatten(),
+        };
+        match platform {
+            Some(p) => {
+                let detail = match error {
+                    DeliveryError::PlatformFault { detail, .. } => detail.clone(),
+                    other => other.to_string(),
+                };
+                self.learn_platform(route, p, Some(&p.reason(&detail)))
+                    .await;
+                None
+            }
+            None => Some(DeliveryError::Transient {
+                code: error.code().to_string(),
+                detail: format!(
+                    "{error}; the token was imported as android, which needs no such credential: check its push_platform"
+                ),
+                retry_after: None,
+            }),
+        }
     }
 
     async fn send_timed(
         &self,
         msg: &ClaimedMessage,
         out: RenderOutput,
-        probe: bool,
+        probe: Probe,
+        platforms: &HashMap<String, Option<PushPlatform>>,
         waits: &mut SendWaits,
     ) -> Outcome {
         let mut outcome = Outcome {
@@ -1245,7 +1491,8 @@ impl Dispatcher {
             return outcome;
         };
         // A blocked route sends only its probe; a stop sends nothing new.
-        let held = |route: &Route| (!probe && route.health.is_blocked()) || self.halted();
+        let held =
+            |route: &Route| (probe != Probe::Route && route.health.is_blocked()) || self.halted();
         if held(route) {
             return released(msg);
         }
@@ -1269,7 +1516,7 @@ impl Dispatcher {
         }
         let at = self.clock.now_ms();
         let t0 = Instant::now();
-        let result = route.adapter.send(&out.message).await;
+        let mut result = route.adapter.send(&out.message).await;
         // One clock read for the stage, the attempt's row and the histogram:
         // the provider's time, not the health bookkeeping after it.
         let took = t0.elapsed();
@@ -1280,6 +1527,22 @@ impl Dispatcher {
             _ => None,
         };
         self.learn(msg.channel, route, fault.as_deref()).await;
+        match (&result, probe) {
+            (Err(e @ DeliveryError::PlatformFault { .. }), _) => {
+                if let Some(own) = self.platform_fault(msg, route, probe, platforms, e).await {
+                    result = Err(own);
+                }
+            }
+            // The whole account was refused: the sub-route's probe told
+            // nothing of its own credential; the next one may go.
+            (Err(DeliveryError::AccountFault { .. }), Probe::Platform(p)) => {
+                route.platforms.get(p).probe_unused(self.clock.now_ms());
+            }
+            // Not refused for its platform's credential: the sub-route works again.
+            (_, Probe::Platform(p)) => self.learn_platform(route, p, None).await,
+            _ => {}
+        }
+        let platform = platforms.get(&msg.address).copied().flatten();
         let duration_ms = took.as_millis() as i64;
         let attempts = msg.attempts + 1;
         let (result_name, code, detail) = match &result {
@@ -1290,7 +1553,9 @@ impl Dispatcher {
                     DeliveryError::RateLimited { .. } => "rate_limited",
                     DeliveryError::Permanent { .. } => "permanent",
                     DeliveryError::Ambiguous { .. } => "ambiguous",
-                    DeliveryError::AccountFault { .. } => "account_fault",
+                    DeliveryError::AccountFault { .. } | DeliveryError::PlatformFault { .. } => {
+                        "account_fault"
+                    }
                 },
                 Some(e.code().to_string()),
                 e.to_string(),
@@ -1323,7 +1588,7 @@ impl Dispatcher {
                 let now = self.clock.now_ms();
                 let wait = rate_limited_wait(&self.retry, msg.id, retry_after);
                 let retry_at = now + wait.as_millis() as i64;
-                if age(route, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64 {
+                if age(route, platform, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64 {
                     outcome.reason = Some(format!(
                         "expired: not accepted within {}h of its send time, throttled: {detail}",
                         self.retry.max_age.as_secs() / 3600
@@ -1339,7 +1604,7 @@ impl Dispatcher {
                 let retry_at = now + wait.as_millis() as i64;
                 if attempts >= self.retry.max_attempts {
                     outcome.reason = Some(format!("attempts exhausted after {attempts}: {detail}"));
-                } else if age(route, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64
+                } else if age(route, platform, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64
                 {
                     outcome.reason = Some(format!(
                         "expired: not accepted within {}h of its send time after {attempts} attempt(s): {detail}",
@@ -1363,10 +1628,11 @@ impl Dispatcher {
                 outcome.status = MessageStatus::Unknown;
                 outcome.reason = Some(detail);
             }
-            Err(DeliveryError::AccountFault { .. }) => {
-                // The route's fault: the message stays planned, due as it was
-                // (no fallback, no `failed`, the attempt logged but not counted);
-                // the route is blocked and sends it when a probe passes.
+            Err(DeliveryError::AccountFault { .. } | DeliveryError::PlatformFault { .. }) => {
+                // The route's fault (or its platform sub-route's): the message
+                // stays planned, due as it was (no fallback, no `failed`, the
+                // attempt logged but not counted); the route is blocked and
+                // sends it when a probe passes.
                 outcome.status = MessageStatus::Planned;
                 outcome.retry_at = None;
                 outcome.reason = None;

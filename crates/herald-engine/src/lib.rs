@@ -13,6 +13,7 @@ pub mod handoff;
 pub mod health;
 pub mod metrics;
 pub mod plan;
+pub mod platform;
 pub mod policy;
 pub mod render;
 pub mod reputation;

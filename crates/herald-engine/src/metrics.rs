@@ -1,6 +1,7 @@
 //! The dispatcher's Prometheus metrics: attempts by channel and result, a
 //! send latency histogram per channel, time spent waiting on rate
-//! limits, and whether each route is blocked by an account fault. Lock-free
+//! limits, and whether each route (and each platform sub-route of push,
+//! `push:apns`) is blocked by an account fault. Lock-free
 //! counters, read at each scrape by a [`DispatchCollector`] that the daemon
 //! registers with the tracking server's one exporter (`/metrics`).
 
@@ -15,6 +16,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use herald_domain::types::Channel;
+
+use crate::platform::PushPlatform;
 
 /// Upper bounds of the latency histogram, seconds.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -44,10 +47,20 @@ struct PerChannel {
     blocks: AtomicU64,
 }
 
+/// A platform sub-route's block ([`crate::platform`]).
+#[derive(Default)]
+struct PerPlatform {
+    /// 1 while the sub-route is blocked.
+    blocked: AtomicU64,
+    /// Times it turned blocked.
+    blocks: AtomicU64,
+}
+
 /// Counters shared by every worker of a daemon.
 #[derive(Default)]
 pub struct DispatchMetrics {
     channels: [PerChannel; 3],
+    platforms: [PerPlatform; 3],
 }
 
 fn index(channel: Channel) -> usize {
@@ -85,6 +98,24 @@ impl DispatchMetrics {
         c.blocked.store(u64::from(blocked), Ordering::Relaxed);
         if matches!(change, crate::health::Change::Blocked(_)) {
             c.blocks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// [`DispatchMetrics::route_state`] of a platform's sub-route of push.
+    pub fn platform_state(
+        &self,
+        platform: PushPlatform,
+        blocked: bool,
+        change: &crate::health::Change,
+    ) {
+        let i = PushPlatform::ALL
+            .iter()
+            .position(|p| *p == platform)
+            .unwrap_or(0);
+        let p = &self.platforms[i];
+        p.blocked.store(u64::from(blocked), Ordering::Relaxed);
+        if matches!(change, crate::health::Change::Blocked(_)) {
+            p.blocks.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -160,6 +191,10 @@ impl DispatchMetrics {
             let labels = [("route", ch.as_str())];
             m.encode_family(&labels)?.encode_gauge(&load(&c.blocked))?;
         }
+        for (p, c) in PushPlatform::ALL.iter().zip(&self.platforms) {
+            let labels = [("route", p.route())];
+            m.encode_family(&labels)?.encode_gauge(&load(&c.blocked))?;
+        }
         let mut m = e.encode_descriptor(
             "herald_route_blocks",
             "Times the route was blocked by an account fault.",
@@ -168,6 +203,11 @@ impl DispatchMetrics {
         )?;
         for (ch, c) in CHANNELS.iter().zip(&self.channels) {
             let labels = [("route", ch.as_str())];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&load(&c.blocks), None)?;
+        }
+        for (p, c) in PushPlatform::ALL.iter().zip(&self.platforms) {
+            let labels = [("route", p.route())];
             m.encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(&load(&c.blocks), None)?;
         }
@@ -270,6 +310,29 @@ mod tests {
         assert!(
             text.contains("herald_route_blocked{route=\"email\"} 0"),
             "{text}"
+        );
+        // A platform's sub-route of push has its own gauge and count.
+        assert!(
+            text.contains("herald_route_blocked{route=\"push:apns\"} 0"),
+            "{text}"
+        );
+        m.platform_state(
+            PushPlatform::Apns,
+            true,
+            &crate::health::Change::Blocked("iOS tokens".into()),
+        );
+        let text = m.render();
+        assert!(
+            text.contains("herald_route_blocked{route=\"push:apns\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_route_blocks_total{route=\"push:apns\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_route_blocked{route=\"push\"} 0"),
+            "the rest of push is open\n{text}"
         );
     }
 }

@@ -12,6 +12,8 @@ use herald_domain::types::{Channel, MessageStatus};
 use herald_templates::TemplateReads;
 use serde_json::Value;
 
+use crate::platform::PlatformFilter;
+
 /// A storage failure, with the database's words.
 #[derive(Debug, thiserror::Error)]
 #[error("database: {0}")]
@@ -677,6 +679,9 @@ pub trait Store: Send + Sync {
     /// keeps and refreshes about once a second) come before the queue.
     /// Required: a default that ignored the filter would hand a lane other
     /// channels' messages.
+    /// `platforms` leaves out (or, for a sub-route's probe, keeps only) the
+    /// push messages whose token's platform has a blocked sub-route
+    /// ([`crate::platform`]); [`PlatformFilter::Any`] joins nothing.
     #[allow(clippy::too_many_arguments)]
     async fn claim_lane(
         &self,
@@ -688,7 +693,16 @@ pub trait Store: Send + Sync {
         lease_until: i64,
         limit: u32,
         after: Option<(i64, i64)>,
+        platforms: &PlatformFilter,
     ) -> StoreResult<Vec<ClaimedMessage>>;
+    /// The imported platform (`push_tokens.platform`) of those of `tokens`
+    /// that are known: read only around a sub-route's block (FCM refused a
+    /// token for its platform's credential), never on the common path.
+    /// The default knows none (every token counts as unlabelled).
+    async fn push_platforms(&self, tokens: &[String]) -> StoreResult<Vec<(String, Option<String>)>> {
+        let _ = tokens;
+        Ok(Vec::new())
+    }
     /// The runs of transactional campaigns still planning or sending, whose
     /// messages a lane claims before its route's marketing queue. The
     /// default knows none.

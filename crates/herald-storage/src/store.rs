@@ -13,6 +13,7 @@ use herald_domain::config::{LifecycleConfig, RfmConfig};
 use herald_domain::segment::Expr;
 use herald_domain::types::{Channel, MessageStatus};
 use herald_engine::plan::AddressKey;
+use herald_engine::platform::{PlatformFilter, PushPlatform};
 use herald_engine::store::*;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait, Value};
 use serde_json::Value as Json;
@@ -95,6 +96,7 @@ impl SqlStore {
         sending: bool,
         channel: Option<Channel>,
         runs: Option<&[i64]>,
+        platforms: &PlatformFilter,
     ) -> StoreResult<Vec<ClaimedMessage>> {
         let mut q = Sql::new();
         q.push("UPDATE messages SET lease_owner = ")
@@ -117,6 +119,21 @@ impl SqlStore {
         if let Some(c) = channel {
             // A lane's claim: the (status, channel, send_at, id) index leads to its queue.
             q.push(" AND m.channel = ").bind(c.as_str().to_string());
+        }
+        match platforms {
+            PlatformFilter::Any => {}
+            // A platform sub-route is blocked (or probed): each candidate's
+            // token is looked up by the unique token index, only while so.
+            PlatformFilter::Except(out) => {
+                q.push(" AND ").push(PLATFORM_CLASS).push(" NOT IN (");
+                platform_list(&mut q, out);
+                q.push(")");
+            }
+            PlatformFilter::Only(p) => {
+                q.push(" AND ").push(PLATFORM_CLASS).push(" IN (");
+                platform_list(&mut q, std::slice::from_ref(p));
+                q.push(")");
+            }
         }
         if let Some(runs) = runs {
             // The transactional runs' messages, claimed ahead of the route's queue.
@@ -200,6 +217,22 @@ impl SqlStore {
             });
         }
         Ok(())
+    }
+}
+
+/// A push message's platform class (`herald_engine::platform::class`, in
+/// SQL): its token's imported platform as `apns`, `web` or `android`, else
+/// (no platform, one herald does not know, no token row) `unlabelled`.
+const PLATFORM_CLASS: &str = "COALESCE((SELECT CASE LOWER(TRIM(t.platform)) WHEN 'ios' THEN 'apns' WHEN 'web' THEN 'web' WHEN 'android' THEN 'android' END FROM push_tokens t WHERE t.token = m.address), 'unlabelled')";
+
+/// The class names of `platforms`, comma-separated literals (a fixed set of
+/// words, not input).
+fn platform_list(q: &mut Sql, platforms: &[PushPlatform]) {
+    for (i, p) in platforms.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.push("'").push(p.class()).push("'");
     }
 }
 
@@ -1085,6 +1118,7 @@ impl Store for SqlStore {
             false,
             None,
             None,
+            &PlatformFilter::Any,
         )
         .await
     }
@@ -1108,6 +1142,7 @@ impl Store for SqlStore {
             true,
             None,
             None,
+            &PlatformFilter::Any,
         )
         .await
     }
@@ -1122,6 +1157,7 @@ impl Store for SqlStore {
         lease_until: i64,
         limit: u32,
         after: Option<(i64, i64)>,
+        platforms: &PlatformFilter,
     ) -> StoreResult<Vec<ClaimedMessage>> {
         // Transactional messages first (from the start: they are few), then
         // the route's queue from the cursor with what room is left. With no
@@ -1145,6 +1181,7 @@ impl Store for SqlStore {
                 true,
                 Some(channel),
                 Some(first.as_slice()),
+                platforms,
             )
             .await?
         };
@@ -1161,9 +1198,33 @@ impl Store for SqlStore {
                     true,
                     Some(channel),
                     None,
+                    platforms,
                 )
                 .await?,
             );
+        }
+        Ok(out)
+    }
+
+    async fn push_platforms(
+        &self,
+        tokens: &[String],
+    ) -> StoreResult<Vec<(String, Option<String>)>> {
+        let mut out = Vec::new();
+        // A few at a time: this runs only around a sub-route's block.
+        for chunk in tokens.chunks(500) {
+            let mut q = Sql::new();
+            q.push("SELECT token, platform FROM push_tokens WHERE token IN (");
+            for (i, t) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.bind(t.clone());
+            }
+            q.push(")");
+            for r in &self.all(q).await? {
+                out.push((get(r, 0)?, get(r, 1)?));
+            }
         }
         Ok(out)
     }
@@ -2104,6 +2165,139 @@ mod tests {
             (blocks[0].owner.as_str(), blocks[0].reason.as_str()),
             ("test", reason)
         );
+    }
+
+    /// FCM whose APNs credential is wrong while `refusing`: tokens that
+    /// begin `i-` are refused `THIRD_PARTY_AUTH_ERROR`, the rest delivered.
+    struct ApnsRefused {
+        refusing: std::sync::atomic::AtomicBool,
+        sent: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl herald_channels::Channel for ApnsRefused {
+        async fn send(
+            &self,
+            m: &RenderedMessage,
+        ) -> Result<herald_channels::ProviderReceipt, herald_channels::DeliveryError> {
+            if m.to.starts_with("i-") && self.refusing.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(herald_channels::DeliveryError::PlatformFault {
+                    code: "THIRD_PARTY_AUTH_ERROR".into(),
+                    detail: "FCM THIRD_PARTY_AUTH_ERROR: HTTP 401".into(),
+                });
+            }
+            self.sent.lock().unwrap().push(m.to.clone());
+            Ok(herald_channels::ProviderReceipt::default())
+        }
+
+        fn delivered_on_accept(&self) -> bool {
+            true
+        }
+    }
+
+    /// FCM refusing the APNs credential blocks only the iOS tokens'
+    /// sub-route: Android, web and unlabelled pushes go at once, the iOS
+    /// one stays planned (its attempt not counted) and is left out of the
+    /// lane's claims, `push:apns` is in `route_blocks`; once the credential
+    /// works, the sub-route's probe sends it and the block goes.
+    async fn a_refused_platform_blocks_only_its_tokens(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, campaign, mut rows) = planning_run(&store, 5).await;
+        let now = SystemClock.now_ms();
+        let tokens = [
+            ("a-1", Some("android")),
+            // Case and blanks as an import may give them.
+            ("i-2", Some(" iOS ")),
+            ("w-3", Some("web")),
+            ("u-4", None),
+            ("m-5", Some("macos")),
+        ];
+        let mut q = Sql::new();
+        q.push("INSERT INTO push_tokens (contact_id, token, platform, created_at) VALUES ");
+        for (i, (token, platform)) in tokens.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .bind(i as i64 + 1)
+                .push(", ")
+                .bind(token.to_string())
+                .push(", ")
+                .bind_as(db.backend(), platform.map(str::to_string), "text")
+                .push(", ")
+                .bind(now)
+                .push(")");
+        }
+        store.exec(q).await.unwrap();
+        for (row, (token, _)) in rows.iter_mut().zip(tokens) {
+            row.channel = Some(Channel::Push);
+            row.address = Some(token.into());
+        }
+        store
+            .insert_planned(run, campaign, &rows, now)
+            .await
+            .unwrap();
+        store.finish_planning(run).await.unwrap();
+        let fcm = Arc::new(ApnsRefused {
+            refusing: true.into(),
+            sent: Default::default(),
+        });
+        let route = Route::new(fcm.clone(), Arc::new(Pacer::new(None)), 8);
+        let platforms = route.platforms.clone();
+        let mut d = Dispatcher::new(
+            Arc::new(store.clone()),
+            Arc::new(SystemClock),
+            HashMap::from([(Channel::Push, route)]),
+            "test".into(),
+        )
+        .with_lane(Channel::Push, 1);
+        d.poll = Duration::from_millis(10);
+        // `herald send` with no patience: the drain ends on the block.
+        d.blocked_wait = Some(Duration::ZERO);
+        let stats = d.drain_run(run, &Plain).await.unwrap();
+        let blocked = stats.blocked.unwrap_or_default();
+        assert!(
+            blocked.starts_with("push:apns: authentication failed for iOS tokens: the APNs credential in the Firebase project was refused (FCM THIRD_PARTY_AUTH_ERROR: HTTP 401)"),
+            "{blocked}"
+        );
+        let mut sent = fcm.sent.lock().unwrap().clone();
+        sent.sort();
+        assert_eq!(sent, ["a-1", "m-5", "u-4", "w-3"], "the others went at once");
+        let status_of = |token: &'static str| {
+            let store = store.clone();
+            async move {
+                let mut q = Sql::new();
+                q.push("SELECT status, attempts FROM messages WHERE address = ")
+                    .bind(token);
+                let r: (String, i32) = store.all(q).await.unwrap()[0]
+                    .try_get_many_by_index()
+                    .unwrap();
+                r
+            }
+        };
+        assert_eq!(status_of("i-2").await, ("planned".to_string(), 0));
+        assert!(platforms.get(PushPlatform::Apns).is_blocked());
+        assert!(!platforms.get(PushPlatform::Unlabelled).is_blocked());
+        let blocks = crate::routes::blocks(db, now).await.unwrap();
+        assert_eq!(
+            blocks.iter().map(|b| b.route.as_str()).collect::<Vec<_>>(),
+            ["push:apns"]
+        );
+        // The lane's claim leaves the blocked platform's message where it is.
+        let mut s = DispatchStats::default();
+        assert!(d.claim(Some(run), &mut s).await.unwrap().is_empty());
+        assert_eq!(status_of("i-2").await, ("planned".to_string(), 0));
+
+        // The credential fixed: the probe (a second after the block) sends it.
+        fcm.refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(herald_engine::health::PROBE_FIRST + Duration::from_millis(100)).await;
+        d.blocked_wait = None;
+        d.drain_run(run, &Plain).await.unwrap();
+        assert_eq!(status_of("i-2").await, ("delivered".to_string(), 1));
+        assert!(!platforms.get(PushPlatform::Apns).is_blocked());
+        assert!(crate::routes::blocks(db, now).await.unwrap().is_empty());
+        assert_eq!(fcm.sent.lock().unwrap().len(), 5, "each sent once");
     }
 
     /// A provider that answers every send "try again later".
@@ -3170,6 +3364,7 @@ mod tests {
         claims_find_messages_behind_the_cursor,
         a_lane_claims_transactional_messages_first,
         a_lane_takes_a_block_reported_by_a_status_callback,
+        a_refused_platform_blocks_only_its_tokens,
         max_age_leaves_out_the_time_the_route_was_blocked,
         a_released_message_meets_quiet_hours_again,
         a_released_message_reads_its_contacts_best_hour,
