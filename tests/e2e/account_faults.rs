@@ -6,6 +6,8 @@
 //! fixed), a probe opens the route and every message goes, once.
 //! `herald send` with a credential that stays wrong exits 1 with the
 //! provider's words after `[dispatch] blocked_wait`, its messages planned.
+//! FCM's `THIRD_PARTY_AUTH_ERROR` (the APNs credential wrong) blocks only
+//! the iOS tokens' sub-route, `push:apns`: Android pushes go at once.
 
 use std::time::{Duration, Instant};
 
@@ -263,6 +265,148 @@ async fn fcm_invalid_client_blocks_push_for_20_s(backend: Backend) {
     a_refused_credential_blocks_the_route_until_fixed(backend, "push", WRONG_FOR_FULL).await
 }
 
+/// The APNs credential in the Firebase project is wrong for `wrong_for`,
+/// then fixed: FCM refuses the iOS tokens (`THIRD_PARTY_AUTH_ERROR`) and
+/// takes the Android ones. The Android pushes are delivered at once while
+/// `herald status` shows `push:apns` blocked (and push itself not); the
+/// iOS ones stay planned, then go after the fix; nothing fails, nothing
+/// falls back, nothing is sent twice.
+async fn fcm_third_party_auth_error_blocks_only_ios_tokens_until_fixed(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let peers = Peers::start().await;
+    peers.fcm.set_third_party_refused(&["ios-"]);
+    project(&p, &peers, "push", "60s");
+    // Half the contacts on Android, half on iOS.
+    let mut csv = String::from("external_id,email,phone,consent_sms,push_token,push_platform\n");
+    for i in 0..CONTACTS {
+        let (token, platform) = if i % 2 == 0 {
+            (format!("android-{i}"), "android")
+        } else {
+            (format!("ios-{i}"), "ios")
+        };
+        csv.push_str(&format!(
+            "u{i},u{i}@example.com,+1415555010{i},true,{token},{platform}\n"
+        ));
+    }
+    p.write("contacts.csv", &csv);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let env = env(&peers);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon = p.spawn_with_env(&db, "daemon", &["run", "--no-server"], &env);
+    let android = (CONTACTS as usize).div_ceil(2);
+    let delivered = "SELECT COUNT(*) FROM messages WHERE status = 'delivered' AND NOT EXISTS (SELECT 1 FROM flights)";
+
+    // The block shows, naming the platform, and the Android pushes are delivered meanwhile.
+    let t0 = Instant::now();
+    let status = loop {
+        let status = p.herald(&db, &["status"]).stdout();
+        if status.contains("blocked: push:apns: authentication failed for iOS tokens")
+            && scalar(&db, delivered).await == android as i64
+        {
+            break status;
+        }
+        let (out, err) = p.output_of("daemon");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no block shown, or Android not delivered\n{status}\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        !status.contains("blocked: push: "),
+        "the push route itself is open\n{status}"
+    );
+    let shown = Instant::now();
+    while shown.elapsed() < WRONG_FOR {
+        let status = p.herald(&db, &["status"]).stdout();
+        assert!(
+            status.contains("blocked: push:apns:"),
+            "the block stays shown while it lasts\n{status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let taken: Vec<String> = peers.fcm.received().into_iter().map(|r| r.token).collect();
+    assert_eq!(taken.len(), android, "only the Android pushes taken: {taken:?}");
+    assert!(taken.iter().all(|t| t.starts_with("android-")), "{taken:?}");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE address LIKE 'ios-%' AND status NOT IN ('planned', 'sending')"
+        )
+        .await,
+        0,
+        "the iOS pushes wait, planned"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status NOT IN ('planned', 'sending', 'delivered') OR fallback_from IS NOT NULL"
+        )
+        .await,
+        0,
+        "nothing failed nor fell back while blocked"
+    );
+
+    // Fixed: the sub-route's probe passes and the iOS pushes go, once.
+    peers.fcm.set_third_party_refused(&[]);
+    let t1 = Instant::now();
+    while scalar(&db, delivered).await < CONTACTS {
+        let (out, err) = p.output_of("daemon");
+        assert!(
+            t1.elapsed() < Duration::from_secs(40),
+            "not all delivered after the fix\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    daemon.kill().expect("kill");
+    let _ = tokio::task::block_in_place(|| daemon.wait());
+
+    let mut taken: Vec<String> = peers.fcm.received().into_iter().map(|r| r.token).collect();
+    taken.sort();
+    taken.dedup();
+    assert_eq!(taken.len(), CONTACTS as usize, "each token once");
+    assert_eq!(peers.counts(), (0, 0, CONTACTS as usize), "none fell back");
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM messages").await, CONTACTS);
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE channel = 'push' AND fallback_from IS NULL AND status = 'delivered'"
+        )
+        .await,
+        CONTACTS
+    );
+    // The refusals are in the attempt log, counted against no message.
+    assert!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM attempts WHERE result = 'account_fault'"
+        )
+        .await
+            >= 1
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT CAST(COALESCE(MAX(attempts), 0) AS BIGINT) FROM messages"
+        )
+        .await,
+        1
+    );
+    let status = p.herald(&db, &["status"]).stdout();
+    assert!(!status.contains("blocked:"), "unblocked\n{status}");
+    let (_, err) = p.output_of("daemon");
+    assert_eq!(
+        err.matches("blocked: push:apns:").count(),
+        1,
+        "the block is logged once\n{err}"
+    );
+    assert!(!err.contains("blocked: push: "), "push itself never\n{err}");
+    db.drop_db().await;
+}
+
 /// `herald send` with a credential that stays wrong: exit 1 after
 /// `blocked_wait`, the provider's words on stderr, the messages planned.
 async fn send_with_a_wrong_credential_exits_1_in_the_providers_words(backend: Backend) {
@@ -381,6 +525,7 @@ on_both_databases!(
     twilio_20003_blocks_sms_until_fixed,
     smtp_535_blocks_email_until_fixed,
     fcm_invalid_client_blocks_push_until_fixed,
+    fcm_third_party_auth_error_blocks_only_ios_tokens_until_fixed,
     send_with_a_wrong_credential_exits_1_in_the_providers_words,
     runs_resume_makes_a_blocked_route_probe_at_once,
 );
