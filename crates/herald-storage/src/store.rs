@@ -1713,6 +1713,7 @@ mod tests {
     use herald_channels::pacer::Pacer;
     use herald_engine::dispatch::{DispatchStats, Dispatcher, Gate, Route};
     use herald_engine::handoff::Handoff;
+    use herald_engine::platform::PlatformHealth;
     use herald_engine::render::{Deferral, MessageRenderer, RenderOutput};
     use herald_engine::{Clock, SystemClock};
 
@@ -2201,18 +2202,15 @@ mod tests {
     /// one stays planned (its attempt not counted) and is left out of the
     /// lane's claims, `push:apns` is in `route_blocks`; once the credential
     /// works, the sub-route's probe sends it and the block goes.
-    async fn a_refused_platform_blocks_only_its_tokens(db: &Db) {
-        let store = SqlStore::new(db.clone());
-        let (run, campaign, mut rows) = planning_run(&store, 5).await;
+    /// A running push run, one message per token of `tokens` (token,
+    /// platform), due now, and a push lane over [`ApnsRefused`] (refusing):
+    /// (run, the adapter, the route's sub-route healths, the lane's worker).
+    async fn push_lane(
+        store: &SqlStore,
+        tokens: &[(&str, Option<&str>)],
+    ) -> (i64, Arc<ApnsRefused>, Arc<PlatformHealth>, Dispatcher) {
+        let (run, campaign, mut rows) = planning_run(store, tokens.len() as i64).await;
         let now = SystemClock.now_ms();
-        let tokens = [
-            ("a-1", Some("android")),
-            // Case and blanks as an import may give them.
-            ("i-2", Some(" iOS ")),
-            ("w-3", Some("web")),
-            ("u-4", None),
-            ("m-5", Some("macos")),
-        ];
         let mut q = Sql::new();
         q.push("INSERT INTO push_tokens (contact_id, token, platform, created_at) VALUES ");
         for (i, (token, platform)) in tokens.iter().enumerate() {
@@ -2224,7 +2222,7 @@ mod tests {
                 .push(", ")
                 .bind(token.to_string())
                 .push(", ")
-                .bind_as(db.backend(), platform.map(str::to_string), "text")
+                .bind_as(store.b(), platform.map(str::to_string), "text")
                 .push(", ")
                 .bind(now)
                 .push(")");
@@ -2232,7 +2230,7 @@ mod tests {
         store.exec(q).await.unwrap();
         for (row, (token, _)) in rows.iter_mut().zip(tokens) {
             row.channel = Some(Channel::Push);
-            row.address = Some(token.into());
+            row.address = Some(token.to_string());
         }
         store
             .insert_planned(run, campaign, &rows, now)
@@ -2253,6 +2251,34 @@ mod tests {
         )
         .with_lane(Channel::Push, 1);
         d.poll = Duration::from_millis(10);
+        (run, fcm, platforms, d)
+    }
+
+    /// (status, attempts) of the message to `token`.
+    async fn status_of(store: &SqlStore, token: &str) -> (String, i32) {
+        let mut q = Sql::new();
+        q.push("SELECT status, attempts FROM messages WHERE address = ")
+            .bind(token.to_string());
+        store.all(q).await.unwrap()[0]
+            .try_get_many_by_index()
+            .unwrap()
+    }
+
+    async fn a_refused_platform_blocks_only_its_tokens(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, fcm, platforms, mut d) = push_lane(
+            &store,
+            &[
+                ("a-1", Some("android")),
+                // Case and blanks as an import may give them.
+                ("i-2", Some(" iOS ")),
+                ("w-3", Some("web")),
+                ("u-4", None),
+                ("m-5", Some("macos")),
+            ],
+        )
+        .await;
+        let now = SystemClock.now_ms();
         // `herald send` with no patience: the drain ends on the block.
         d.blocked_wait = Some(Duration::ZERO);
         let stats = d.drain_run(run, &Plain).await.unwrap();
@@ -2264,19 +2290,7 @@ mod tests {
         let mut sent = fcm.sent.lock().unwrap().clone();
         sent.sort();
         assert_eq!(sent, ["a-1", "m-5", "u-4", "w-3"], "the others went at once");
-        let status_of = |token: &'static str| {
-            let store = store.clone();
-            async move {
-                let mut q = Sql::new();
-                q.push("SELECT status, attempts FROM messages WHERE address = ")
-                    .bind(token);
-                let r: (String, i32) = store.all(q).await.unwrap()[0]
-                    .try_get_many_by_index()
-                    .unwrap();
-                r
-            }
-        };
-        assert_eq!(status_of("i-2").await, ("planned".to_string(), 0));
+        assert_eq!(status_of(&store, "i-2").await, ("planned".to_string(), 0));
         assert!(platforms.get(PushPlatform::Apns).is_blocked());
         assert!(!platforms.get(PushPlatform::Unlabelled).is_blocked());
         let blocks = crate::routes::blocks(db, now).await.unwrap();
@@ -2287,17 +2301,72 @@ mod tests {
         // The lane's claim leaves the blocked platform's message where it is.
         let mut s = DispatchStats::default();
         assert!(d.claim(Some(run), &mut s).await.unwrap().is_empty());
-        assert_eq!(status_of("i-2").await, ("planned".to_string(), 0));
+        assert_eq!(status_of(&store, "i-2").await, ("planned".to_string(), 0));
 
         // The credential fixed: the probe (a second after the block) sends it.
         fcm.refusing.store(false, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(herald_engine::health::PROBE_FIRST + Duration::from_millis(100)).await;
         d.blocked_wait = None;
         d.drain_run(run, &Plain).await.unwrap();
-        assert_eq!(status_of("i-2").await, ("delivered".to_string(), 1));
+        assert_eq!(status_of(&store, "i-2").await, ("delivered".to_string(), 1));
         assert!(!platforms.get(PushPlatform::Apns).is_blocked());
         assert!(crate::routes::blocks(db, now).await.unwrap().is_empty());
         assert_eq!(fcm.sent.lock().unwrap().len(), 5, "each sent once");
+    }
+
+    /// A token without a platform that FCM refuses so blocks
+    /// `push:unlabelled` (tokens of a platform herald does not know wait
+    /// with it, Android ones go); one imported as `android` is its
+    /// message's temporary failure (counted, retried later). `herald runs
+    /// resume` makes the blocked sub-route probe at once.
+    async fn unlabelled_tokens_wait_together_and_resume_probes_them_at_once(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, fcm, platforms, mut d) = push_lane(
+            &store,
+            &[
+                ("a-1", Some("android")),
+                ("i-2", None),
+                ("i-3", Some("android")),
+            ],
+        )
+        .await;
+        d.blocked_wait = Some(Duration::ZERO);
+        let stats = d.drain_run(run, &Plain).await.unwrap();
+        let blocked = stats.blocked.unwrap_or_default();
+        assert!(
+            blocked.starts_with("push:unlabelled: authentication failed for tokens imported without a platform"),
+            "{blocked}"
+        );
+        assert!(platforms.get(PushPlatform::Unlabelled).is_blocked());
+        assert!(!platforms.get(PushPlatform::Apns).is_blocked());
+        assert_eq!(status_of(&store, "a-1").await, ("delivered".to_string(), 1));
+        assert_eq!(status_of(&store, "i-2").await, ("planned".to_string(), 0));
+        // The label contradicts FCM: a failure of this message, counted.
+        assert_eq!(status_of(&store, "i-3").await, ("planned".to_string(), 1));
+        let mut q = Sql::new();
+        q.push("SELECT a.result, a.detail FROM attempts a JOIN messages m ON m.id = a.message_id WHERE m.address = 'i-3'");
+        let (result, detail): (String, Option<String>) = store.all(q).await.unwrap()[0]
+            .try_get_many_by_index()
+            .unwrap();
+        assert_eq!(result, "transient");
+        assert!(
+            detail.unwrap_or_default().contains("imported as android"),
+            "says why"
+        );
+
+        // Fixed, and `herald runs resume` (stamped after the lane's last
+        // look): the probe goes now, not a second after the block.
+        fcm.refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+        crate::routes::request_probes(db, SystemClock.now_ms() + 1000)
+            .await
+            .unwrap();
+        let mut s = DispatchStats::default();
+        let probe = d.claim(Some(run), &mut s).await.unwrap();
+        assert_eq!(
+            probe.iter().map(|m| m.address.as_str()).collect::<Vec<_>>(),
+            ["i-2"],
+            "the unlabelled sub-route's probe, at once"
+        );
     }
 
     /// A provider that answers every send "try again later".
@@ -3365,6 +3434,7 @@ mod tests {
         a_lane_claims_transactional_messages_first,
         a_lane_takes_a_block_reported_by_a_status_callback,
         a_refused_platform_blocks_only_its_tokens,
+        unlabelled_tokens_wait_together_and_resume_probes_them_at_once,
         max_age_leaves_out_the_time_the_route_was_blocked,
         a_released_message_meets_quiet_hours_again,
         a_released_message_reads_its_contacts_best_hour,
