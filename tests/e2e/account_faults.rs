@@ -329,7 +329,11 @@ async fn fcm_third_party_auth_error_blocks_only_ios_tokens_until_fixed(backend: 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let taken: Vec<String> = peers.fcm.received().into_iter().map(|r| r.token).collect();
-    assert_eq!(taken.len(), android, "only the Android pushes taken: {taken:?}");
+    assert_eq!(
+        taken.len(),
+        android,
+        "only the Android pushes taken: {taken:?}"
+    );
     assert!(taken.iter().all(|t| t.starts_with("android-")), "{taken:?}");
     assert_eq!(
         scalar(

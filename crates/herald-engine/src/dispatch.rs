@@ -936,7 +936,14 @@ impl Dispatcher {
         };
         if let Probe::Platform(p) = probe {
             let claimed = self
-                .claim_from(run, now, now + self.lease.as_millis() as i64, None, 1, &platforms)
+                .claim_from(
+                    run,
+                    now,
+                    now + self.lease.as_millis() as i64,
+                    None,
+                    1,
+                    &platforms,
+                )
                 .await?;
             if claimed.is_empty()
                 && let Some(r) = route
@@ -1106,11 +1113,12 @@ impl Dispatcher {
     /// token the database cannot tell counts as unlabelled: its message
     /// then waits with the unlabelled ones rather than being refused again.
     async fn platforms_of(&self, tokens: &[String]) -> HashMap<String, Option<PushPlatform>> {
-        let known: HashMap<String, Option<String>> = match self.store.push_platforms(tokens).await
-        {
+        let known: HashMap<String, Option<String>> = match self.store.push_platforms(tokens).await {
             Ok(rows) => rows.into_iter().collect(),
             Err(e) => {
-                tracing::warn!("cannot read the push tokens' platforms ({e}); taking them as unlabelled");
+                tracing::warn!(
+                    "cannot read the push tokens' platforms ({e}); taking them as unlabelled"
+                );
                 HashMap::new()
             }
         };
@@ -1353,7 +1361,12 @@ impl Dispatcher {
     /// for `herald status`, counted for `/metrics`.
     async fn learn(&self, channel: Channel, route: &Route, fault: Option<&str>) {
         let change = self
-            .note(channel.as_str(), &route.health, fault, "its messages stay planned")
+            .note(
+                channel.as_str(),
+                &route.health,
+                fault,
+                "its messages stay planned",
+            )
             .await;
         if let (Some(m), Some(change)) = (&self.metrics, change) {
             m.route_state(channel, route.health.is_blocked(), &change);
@@ -1588,7 +1601,9 @@ impl Dispatcher {
                 let now = self.clock.now_ms();
                 let wait = rate_limited_wait(&self.retry, msg.id, retry_after);
                 let retry_at = now + wait.as_millis() as i64;
-                if age(route, platform, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64 {
+                if age(route, platform, msg.send_at, retry_at)
+                    > self.retry.max_age.as_millis() as i64
+                {
                     outcome.reason = Some(format!(
                         "expired: not accepted within {}h of its send time, throttled: {detail}",
                         self.retry.max_age.as_secs() / 3600
@@ -1604,7 +1619,8 @@ impl Dispatcher {
                 let retry_at = now + wait.as_millis() as i64;
                 if attempts >= self.retry.max_attempts {
                     outcome.reason = Some(format!("attempts exhausted after {attempts}: {detail}"));
-                } else if age(route, platform, msg.send_at, retry_at) > self.retry.max_age.as_millis() as i64
+                } else if age(route, platform, msg.send_at, retry_at)
+                    > self.retry.max_age.as_millis() as i64
                 {
                     outcome.reason = Some(format!(
                         "expired: not accepted within {}h of its send time after {attempts} attempt(s): {detail}",

@@ -699,7 +699,10 @@ pub trait Store: Send + Sync {
     /// that are known: read only around a sub-route's block (FCM refused a
     /// token for its platform's credential), never on the common path.
     /// The default knows none (every token counts as unlabelled).
-    async fn push_platforms(&self, tokens: &[String]) -> StoreResult<Vec<(String, Option<String>)>> {
+    async fn push_platforms(
+        &self,
+        tokens: &[String],
+    ) -> StoreResult<Vec<(String, Option<String>)>> {
         let _ = tokens;
         Ok(Vec::new())
     }

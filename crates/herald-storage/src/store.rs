@@ -2181,8 +2181,7 @@ mod tests {
             &self,
             m: &RenderedMessage,
         ) -> Result<herald_channels::ProviderReceipt, herald_channels::DeliveryError> {
-            if m.to.starts_with("i-") && self.refusing.load(std::sync::atomic::Ordering::SeqCst)
-            {
+            if m.to.starts_with("i-") && self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(herald_channels::DeliveryError::PlatformFault {
                     code: "THIRD_PARTY_AUTH_ERROR".into(),
                     detail: "FCM THIRD_PARTY_AUTH_ERROR: HTTP 401".into(),
@@ -2289,7 +2288,11 @@ mod tests {
         );
         let mut sent = fcm.sent.lock().unwrap().clone();
         sent.sort();
-        assert_eq!(sent, ["a-1", "m-5", "u-4", "w-3"], "the others went at once");
+        assert_eq!(
+            sent,
+            ["a-1", "m-5", "u-4", "w-3"],
+            "the others went at once"
+        );
         assert_eq!(status_of(&store, "i-2").await, ("planned".to_string(), 0));
         assert!(platforms.get(PushPlatform::Apns).is_blocked());
         assert!(!platforms.get(PushPlatform::Unlabelled).is_blocked());
@@ -2304,7 +2307,8 @@ mod tests {
         assert_eq!(status_of(&store, "i-2").await, ("planned".to_string(), 0));
 
         // The credential fixed: the probe (a second after the block) sends it.
-        fcm.refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+        fcm.refusing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(herald_engine::health::PROBE_FIRST + Duration::from_millis(100)).await;
         d.blocked_wait = None;
         d.drain_run(run, &Plain).await.unwrap();
@@ -2334,7 +2338,9 @@ mod tests {
         let stats = d.drain_run(run, &Plain).await.unwrap();
         let blocked = stats.blocked.unwrap_or_default();
         assert!(
-            blocked.starts_with("push:unlabelled: authentication failed for tokens imported without a platform"),
+            blocked.starts_with(
+                "push:unlabelled: authentication failed for tokens imported without a platform"
+            ),
             "{blocked}"
         );
         assert!(platforms.get(PushPlatform::Unlabelled).is_blocked());
@@ -2356,7 +2362,8 @@ mod tests {
 
         // Fixed, and `herald runs resume` (stamped after the lane's last
         // look): the probe goes now, not a second after the block.
-        fcm.refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+        fcm.refusing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         crate::routes::request_probes(db, SystemClock.now_ms() + 1000)
             .await
             .unwrap();
@@ -2444,7 +2451,17 @@ mod tests {
                 loop {
                     let now = SystemClock.now_ms();
                     let c = store
-                        .claim_lane("w", None, Channel::Push, &[], now, now + 60_000, 500, after, &filter)
+                        .claim_lane(
+                            "w",
+                            None,
+                            Channel::Push,
+                            &[],
+                            now,
+                            now + 60_000,
+                            500,
+                            after,
+                            &filter,
+                        )
                         .await
                         .unwrap();
                     if c.is_empty() {
