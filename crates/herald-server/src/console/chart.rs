@@ -157,6 +157,115 @@ pub fn intervals(title: &str, id: &str, arms: &[ArmRate]) -> String {
     out
 }
 
+/// The R x F grid as a heat map: R 5 (bought most recently) at the top,
+/// F 1 to 5 left to right, each cell shaded by its share of the fullest
+/// cell and labelled with its count; `id` names the title (unique on the
+/// page). Shading is a presentation attribute, not a style, so the
+/// console's CSP (no inline styles) lets it through.
+pub fn heatmap(title: &str, id: &str, grid: &std::collections::BTreeMap<(i64, i64), i64>) -> String {
+    const CELL: f64 = 56.0;
+    const LEFT_M: f64 = 64.0;
+    const TOP_M: f64 = 8.0;
+    let width = LEFT_M + 5.0 * CELL + 8.0;
+    let height = TOP_M + 5.0 * CELL + 40.0;
+    let max = grid.values().copied().max().unwrap_or(0).max(1);
+    let id = esc(id);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<svg role=\"img\" aria-labelledby=\"{id}\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <title id=\"{id}\">{}</title>",
+        esc(title)
+    );
+    for (row, r) in (1..=5i64).rev().enumerate() {
+        let y = TOP_M + row as f64 * CELL;
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">R {r}</text>",
+            LEFT_M - 6.0,
+            y + CELL / 2.0 + 4.0
+        );
+        for f in 1..=5i64 {
+            let n = grid.get(&(r, f)).copied().unwrap_or(0);
+            let share = n as f64 / max as f64;
+            let x = LEFT_M + (f - 1) as f64 * CELL;
+            let opacity = 0.08 + 0.92 * share;
+            // Dark cells carry light text: past this shade light text has
+            // the better contrast (about 4.5:1 on the light theme's accent).
+            let class = if opacity > 0.72 { "hot" } else { "cool" };
+            let _ = write!(
+                out,
+                "<g><title>R {r}, F {f}: {n} members</title>\
+                 <rect class=\"cell\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{w:.1}\" fill-opacity=\"{:.3}\"/>\
+                 <rect class=\"grid\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{w:.1}\"/>\
+                 <text class=\"{class}\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{n}</text></g>",
+                opacity,
+                x + CELL / 2.0,
+                y + CELL / 2.0 + 4.0,
+                w = CELL - 2.0,
+            );
+        }
+    }
+    let base = TOP_M + 5.0 * CELL;
+    for f in 1..=5i64 {
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">F {f}</text>",
+            LEFT_M + (f - 1) as f64 * CELL + CELL / 2.0,
+            base + 16.0
+        );
+    }
+    let _ = write!(
+        out,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">F: how often they bought (5 most)</text></svg>",
+        LEFT_M + 2.5 * CELL,
+        base + 34.0
+    );
+    out
+}
+
+/// A horizontal bar per (label, count), on one scale from 0 to the largest;
+/// `id` names the title (unique on the page).
+pub fn hbars(title: &str, id: &str, rows: &[(String, i64)]) -> String {
+    const ROW: f64 = 28.0;
+    const NAME_W: f64 = 110.0;
+    const PLOT_W: f64 = 420.0;
+    const WIDTH: f64 = 640.0;
+    let max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
+    let height = TOP + ROW * rows.len().max(1) as f64 + 4.0;
+    let id = esc(id);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<svg role=\"img\" aria-labelledby=\"{id}\" viewBox=\"0 0 {WIDTH} {height}\" width=\"{WIDTH}\" height=\"{height}\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <title id=\"{id}\">{}</title>\
+         <line class=\"axis\" x1=\"{NAME_W}\" y1=\"{TOP}\" x2=\"{NAME_W}\" y2=\"{:.1}\"/>",
+        esc(title),
+        height - 4.0
+    );
+    for (i, (label, n)) in rows.iter().enumerate() {
+        let top = TOP + ROW * i as f64;
+        let w = PLOT_W * (*n as f64) / (max as f64);
+        let _ = write!(
+            out,
+            "<g><title>{}: {n}</title>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
+             <rect class=\"bar\" x=\"{NAME_W}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\">{n}</text></g>",
+            esc(label),
+            NAME_W - 6.0,
+            top + ROW / 2.0 + 4.0,
+            esc(label),
+            top + 5.0,
+            ROW - 10.0,
+            NAME_W + w + 6.0,
+            top + ROW / 2.0 + 4.0,
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +305,38 @@ mod tests {
     fn no_bars_is_an_empty_chart() {
         let svg = bars("none", &[], "", "");
         assert!(!svg.contains("<rect"));
+    }
+
+    #[test]
+    fn the_heat_map_shades_by_share_and_puts_r5_on_top() {
+        let mut grid = std::collections::BTreeMap::new();
+        grid.insert((5, 1), 10);
+        grid.insert((1, 5), 5);
+        let svg = heatmap("R x F <grid>", "hm", &grid);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert!(svg.contains("R x F &lt;grid&gt;") && !svg.contains("<grid>"));
+        // 25 cells, each with its count in words.
+        assert_eq!(svg.matches("<rect class=\"cell\"").count(), 25);
+        assert!(svg.contains("<title>R 5, F 1: 10 members</title>"));
+        assert!(svg.contains("<title>R 3, F 3: 0 members</title>"));
+        // The fullest cell is fully shaded, half of it half-way, an empty one faintly.
+        assert!(svg.contains("fill-opacity=\"1.000\""), "{svg}");
+        assert!(svg.contains("fill-opacity=\"0.540\""), "{svg}");
+        assert!(svg.contains("fill-opacity=\"0.080\""), "{svg}");
+        // R 5 is the first row drawn (at the top).
+        assert!(svg.find(">R 5<").unwrap() < svg.find(">R 1<").unwrap());
+    }
+
+    #[test]
+    fn horizontal_bars_share_one_scale() {
+        let svg = hbars(
+            "stages",
+            "st",
+            &[("<new>".into(), 4), ("active".into(), 8), ("lapsed".into(), 0)],
+        );
+        assert!(svg.contains("width=\"210.0\""), "{svg}");
+        assert!(svg.contains("width=\"420.0\""), "{svg}");
+        assert!(svg.contains("width=\"0.0\""), "{svg}");
+        assert!(svg.contains("&lt;new&gt;: 4") && !svg.contains("<new>"));
     }
 }
