@@ -12,7 +12,7 @@ use herald_tests::Backend;
 use crate::common::*;
 use sea_orm::ConnectionTrait;
 
-use crate::console::{PASSWORD, StorageReport, admin, start};
+use crate::console::{PASSWORD, StorageReport, admin, config, preview_store, purchases, start};
 use crate::webdriver::{Browser, ONE_AT_A_TIME, driver};
 
 /// The rows of the table captioned `caption` on the page shown, each as
@@ -156,6 +156,17 @@ async fn with_javascript_off_every_page_reads(app: &App) {
     b.goto(&admin(app, "/console/status")).await;
     assert_eq!(b.title().await, "Status · herald");
     assert!(!table_rows(&b, "Recent runs").await.is_empty());
+    // The segments: the list, one segment's figures, the box's caret.
+    b.goto(&admin(app, "/console/segments/everyone")).await;
+    assert_eq!(table_rows(&b, "Lifecycle stages").await.len(), 5);
+    b.goto(&admin(app, "/console/segments?filter=lifecyle+%3D%3D+1"))
+        .await;
+    assert!(b.text_of("pre.diagnostic").await.contains("^^^^^^^^"));
+    b.goto(&admin(app, "/console/contacts/c4")).await;
+    assert!(
+        table_rows(&b, "Why they got nothing").await[0].contains("no consent"),
+        "the planner's reason"
+    );
 }
 
 /// Runs each scenario once per database, on a server with the console.
@@ -189,7 +200,157 @@ in_a_browser!(
     a_marketer_signs_in_reads_pauses_resumes_and_signs_out,
     with_javascript_off_every_page_reads,
     the_report_page_shows_the_figures_of_the_report_json,
+    the_segments_page_counts_as_segment_preview_and_a_typo_shows_its_caret,
+    forget_from_the_contact_page_erases_as_contacts_forget_does,
 );
+
+/// The segments pages in a browser: each segment's count, and one
+/// segment's members, stages and sample, are those of the function
+/// `herald segment preview` prints; a filter with a typo typed into the
+/// box comes back with `herald check`'s words and the caret under the typo.
+async fn the_segments_page_counts_as_segment_preview_and_a_typo_shows_its_caret(app: &App) {
+    use herald_storage::segment_preview::{count, preview};
+    let Some(driver) = driver() else { return };
+    purchases(app).await;
+    let store = preview_store(app);
+    let cfg = config();
+    let _one = ONE_AT_A_TIME.lock().await;
+    let b = Browser::open(&driver, true, 1000).await;
+    sign_in(&b, app, PASSWORD).await;
+    b.click_on("nav a[href=\"/console/segments\"]").await;
+    b.wait_for_url("/console/segments").await;
+    let rows = table_rows(&b, "Segments").await;
+    assert_eq!(rows.len(), cfg.segments.len(), "{rows:?}");
+    for (row, (name, seg)) in rows.iter().zip(&cfg.segments) {
+        let n = count(&store, &seg.filter, now_ms()).await.unwrap();
+        assert!(n > 0, "{name}");
+        assert!(
+            row.starts_with(name.as_str()) && row.ends_with(&format!(" {n}")),
+            "{row}: not {name} with {n} members"
+        );
+    }
+
+    b.click_on("a[href=\"/console/segments/buyers\"]").await;
+    b.wait_for_url("/console/segments/buyers").await;
+    let p = preview(&store, &cfg.segments["buyers"].filter, now_ms(), 20)
+        .await
+        .unwrap();
+    assert_eq!(b.text_of("#members-segment").await, p.members.to_string());
+    let stages: Vec<String> = p
+        .lifecycle
+        .iter()
+        .map(|(s, n)| format!("{} {n}", s.as_str()))
+        .collect();
+    assert_eq!(table_rows(&b, "Lifecycle stages").await, stages);
+    let sample: Vec<String> = table_rows(&b, "Sample: the first 2 members")
+        .await
+        .iter()
+        .map(|r| r.split(' ').next().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = p.sample.iter().map(|m| m.external_id.clone()).collect();
+    assert_eq!(sample, want);
+    assert!(b.find("figure svg rect.cell").await.is_some(), "the heat map");
+    // A member's link opens their page.
+    b.click_on("a[href=\"/console/contacts/c5\"]").await;
+    b.wait_for_url("/console/contacts/c5").await;
+
+    // A typo in the box.
+    b.goto(&admin(app, "/console/segments")).await;
+    let typo = "rfm.f >= 1 and lifecyle == \"active\"";
+    let field = b.the("#filter").await;
+    b.type_into(&field, typo).await;
+    b.click_on("form.try button[type=submit]").await;
+    b.wait_for("pre.diagnostic").await;
+    let said = herald_domain::config::check_filter_text(typo, &herald_domain::config::HeraldConfig::default())
+        .unwrap_err()
+        .into_diagnostic("filter", typo, 0)
+        .to_string();
+    let shown = b
+        .script("return document.querySelector('pre.diagnostic').textContent")
+        .await;
+    assert_eq!(shown.as_str(), Some(said.as_str()));
+    // The caret sits under the typo, 15 characters in, as `herald check` puts it.
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[1], " --> filter:1:16", "{said}");
+    assert_eq!(lines[3], "1 | rfm.f >= 1 and lifecyle == \"active\"", "{said}");
+    assert_eq!(
+        lines[4],
+        "  |                ^^^^^^^^ did you mean `lifecycle`?",
+        "{said}"
+    );
+    assert!(b.text_of("pre.diagnostic").await.contains("^^^^^^^^"));
+    // The box still holds it, to fix.
+    assert_eq!(
+        b.script("return document.querySelector('#filter').value").await.as_str(),
+        Some(typo)
+    );
+}
+
+/// Forget from a contact's page, through its confirmation: the contact is
+/// erased exactly as `herald contacts forget` (the storage function it
+/// calls) erases another.
+async fn forget_from_the_contact_page_erases_as_contacts_forget_does(app: &App) {
+    use herald_storage::contacts::{export_contact, forget_contact};
+    let Some(driver) = driver() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let b = Browser::open(&driver, true, 1000).await;
+    sign_in(&b, app, PASSWORD).await;
+    b.goto(&admin(app, "/console/contacts?id=c5")).await;
+    b.wait_for_url("/console/contacts/c5").await;
+    assert!(b.text_of("main").await.contains("bob@example.com"));
+    b.click_on("a.button[href=\"/console/contacts/c5/forget\"]")
+        .await;
+    b.wait_for_url("/console/contacts/c5/forget").await;
+    assert_eq!(b.title().await, "Forget c5? · herald");
+    // Nothing is erased until the confirmation is sent.
+    assert_eq!(app.count("contacts WHERE external_id = 'c5'").await, 1);
+    b.click_on("main form button[type=submit]").await;
+    b.wait_for_url("?done=forget").await;
+    assert!(b.text_of("[role=status]").await.starts_with("Forgotten"));
+    assert!(!b.source().await.contains("bob@example.com"));
+    let url = b.url().await;
+    let tombstone = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .replace("%3A", ":");
+
+    // `herald contacts forget c6`, for comparison.
+    let theirs = forget_contact(&app.db, "c6", now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    let page = export_contact(&app.db, &tombstone).await.unwrap().unwrap();
+    let cli = export_contact(&app.db, &theirs.tombstone)
+        .await
+        .unwrap()
+        .unwrap();
+    for key in [
+        "email",
+        "phone",
+        "timezone",
+        "locale",
+        "attrs",
+        "tags",
+        "consent",
+        "topic_subscriptions",
+        "push_tokens",
+        "suppressions",
+    ] {
+        assert_eq!(page[key], cli[key], "{key}");
+    }
+    assert!(page["email"].is_null() && page["forgotten_at"].is_string(), "{page}");
+    assert_eq!(app.count("contacts WHERE external_id IN ('c5', 'c6')").await, 0);
+    assert_eq!(
+        app.count("messages WHERE contact_id IN (5, 6) AND address IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(app.count("messages WHERE contact_id IN (5, 6)").await, 2, "counts stay");
+}
 
 /// The report page in a browser: its table and charts carry the figures of
 /// the report's JSON (the source `herald report --format json` prints), its
