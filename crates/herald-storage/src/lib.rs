@@ -11,6 +11,7 @@
 pub mod attribute;
 pub mod audience;
 pub mod contacts;
+pub mod conversions;
 pub mod db;
 pub mod decode;
 pub mod entry;

@@ -266,6 +266,76 @@ pub fn hbars(title: &str, id: &str, rows: &[(String, i64)]) -> String {
     out
 }
 
+/// One line of a [`lines`] chart: its name and its points (x, y), x rising.
+pub type Series = (String, Vec<(f64, f64)>);
+
+/// A step chart of running totals, one line per series from (0, 0) to
+/// `x_max`, told apart by dash pattern as well as colour (and named at
+/// the line's end), so it reads without colour; `x_unit` names the x axis.
+pub fn lines(title: &str, id: &str, series: &[Series], x_max: f64, x_unit: &str) -> String {
+    const WIDTH: f64 = 720.0;
+    const HEIGHT: f64 = 240.0;
+    const LEFT_M: f64 = 48.0;
+    const RIGHT_M: f64 = 120.0;
+    const BOTTOM_M: f64 = 36.0;
+    let x_max = x_max.max(1.0);
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(0.0_f64, f64::max)
+        .max(1.0);
+    let plot_w = WIDTH - LEFT_M - RIGHT_M;
+    let plot_h = HEIGHT - TOP - BOTTOM_M;
+    let px = |x: f64| LEFT_M + plot_w * (x / x_max).clamp(0.0, 1.0);
+    let py = |y: f64| TOP + plot_h * (1.0 - y / y_max);
+    let y0 = TOP + plot_h;
+    let id = esc(id);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<svg role=\"img\" aria-labelledby=\"{id}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" width=\"{WIDTH}\" height=\"{HEIGHT}\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <title id=\"{id}\">{}</title>\
+         <line class=\"axis\" x1=\"{LEFT_M}\" y1=\"{TOP}\" x2=\"{LEFT_M}\" y2=\"{y0}\"/>\
+         <line class=\"axis\" x1=\"{LEFT_M}\" y1=\"{y0}\" x2=\"{:.1}\" y2=\"{y0}\"/>\
+         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{y_max}</text>\
+         <text x=\"{:.1}\" y=\"{y0}\" text-anchor=\"end\">0</text>\
+         <text x=\"{LEFT_M}\" y=\"{:.1}\" text-anchor=\"middle\">0</text>\
+         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{x_max} {}</text>",
+        esc(title),
+        LEFT_M + plot_w,
+        LEFT_M - 4.0,
+        TOP + 10.0,
+        LEFT_M - 4.0,
+        y0 + 14.0,
+        LEFT_M + plot_w,
+        y0 + 14.0,
+        esc(x_unit),
+    );
+    for (i, (name, points)) in series.iter().enumerate() {
+        let mut d = format!("M{:.1},{y0:.1}", px(0.0));
+        let mut last_y = 0.0;
+        for &(x, y) in points {
+            let _ = write!(d, " H{:.1} V{:.1}", px(x), py(y));
+            last_y = y;
+        }
+        let _ = write!(d, " H{:.1}", px(x_max));
+        let _ = write!(
+            out,
+            "<g><title>{}: {last_y} by {x_max} {}</title>\
+             <path class=\"line line-{}\" d=\"{d}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" dy=\"4\">{}: {last_y}</text></g>",
+            esc(name),
+            esc(x_unit),
+            i % 4,
+            px(x_max) + 6.0,
+            py(last_y),
+            esc(name),
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +408,26 @@ mod tests {
         assert!(svg.contains("width=\"420.0\""), "{svg}");
         assert!(svg.contains("width=\"0.0\""), "{svg}");
         assert!(svg.contains("&lt;new&gt;: 4") && !svg.contains("<new>"));
+    }
+
+    #[test]
+    fn lines_step_up_to_each_arms_total() {
+        let svg = lines(
+            "conversions <so far>",
+            "cum",
+            &[
+                ("a".into(), vec![(1.0, 2.0), (3.0, 4.0)]),
+                ("<b>".into(), vec![(2.0, 1.0)]),
+            ],
+            4.0,
+            "hours",
+        );
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert!(svg.contains("&lt;so far&gt;") && svg.contains("&lt;b&gt;: 1"));
+        assert!(!svg.contains("<b>"));
+        // Arm a: flat at 0 to x 1, up to 2, along to x 3, up to 4 (the top), along to the end.
+        assert!(svg.contains("d=\"M48.0,204.0 H186.0 V106.0 H462.0 V8.0 H600.0\""), "{svg}");
+        assert!(svg.contains("class=\"line line-1\""));
+        assert!(svg.contains(">4 hours</text>"));
     }
 }

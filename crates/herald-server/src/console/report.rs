@@ -286,7 +286,110 @@ pub(crate) async fn report_page(
             )
         );
     }
+    body.push_str(&conversions_figure(&st, &name, &query, &arms).await);
     html(StatusCode::OK, page(&title, Some(&csrf), &body))
+}
+
+/// The report filter of the page's query (run, since, until); `None` when
+/// it does not parse (the report has refused it already).
+fn storage_filter(query: &[(String, String)]) -> Option<herald_storage::report::ReportFilter> {
+    use herald_storage::report::{Bound, ReportFilter, parse_instant};
+    let mut f = ReportFilter::default();
+    for (k, v) in query {
+        match k.as_str() {
+            "run" => f.run = Some(v.trim().parse().ok()?),
+            "since" => f.since = Some(parse_instant(v, Bound::Since).ok()?),
+            "until" => f.until = Some(parse_instant(v, Bound::Until).ok()?),
+            _ => {}
+        }
+    }
+    Some(f)
+}
+
+/// Hours in a day: past three days of them the chart counts in days.
+const HOURS_PER_DAY: i64 = 24;
+
+/// Each arm's conversions as running totals since the send, in hours (or
+/// days, past 72 hours), every arm of `arms` drawn (one without a
+/// conversion flat at 0).
+pub(crate) fn conversion_series(
+    arms: &[Value],
+    by_hour: &[herald_storage::conversions::ArmConversions],
+) -> (Vec<chart::Series>, f64, &'static str) {
+    let last_hour = by_hour
+        .iter()
+        .filter_map(|a| a.buckets.last().map(|b| b.0))
+        .max()
+        .unwrap_or(0);
+    let (per, unit) = if last_hour > 3 * HOURS_PER_DAY {
+        (HOURS_PER_DAY, "days since the send")
+    } else {
+        (1, "hours since the send")
+    };
+    let series = arms
+        .iter()
+        .map(|a| {
+            let name = a["arm"].as_str().unwrap_or("?").to_string();
+            let mut points: Vec<(f64, f64)> = Vec::new();
+            if let Some(c) = by_hour.iter().find(|c| c.arm == name) {
+                for (bucket, total) in c.cumulative() {
+                    // A conversion in bucket b is counted by the end of it.
+                    let x = (bucket / per + 1) as f64;
+                    match points.last_mut() {
+                        Some(p) if p.0 == x => p.1 = total as f64,
+                        _ => points.push((x, total as f64)),
+                    }
+                }
+            }
+            (name, points)
+        })
+        .collect();
+    (series, (last_hour / per + 1) as f64, unit)
+}
+
+/// The cumulative conversions chart, or a line saying why there is none.
+async fn conversions_figure(
+    st: &AppState,
+    name: &str,
+    query: &[(String, String)],
+    arms: &[Value],
+) -> String {
+    let Some(filter) = storage_filter(query) else {
+        return String::new();
+    };
+    let by_hour = match herald_storage::conversions::by_time_since_send(
+        st.db(),
+        name,
+        &filter,
+        3_600_000,
+    )
+    .await
+    {
+        Ok(Some(c)) => c,
+        Ok(None) => return String::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "counting conversions over time failed");
+            return String::new();
+        }
+    };
+    let mut out = "<h2 id=\"cumulative\">Conversions since the send</h2>".to_string();
+    if by_hour.is_empty() {
+        out.push_str("<p>No conversions yet.</p>");
+        return out;
+    }
+    let (series, x_max, unit) = conversion_series(arms, &by_hour);
+    let _ = write!(
+        out,
+        "<figure>{}<figcaption>Each arm's conversions so far, by {unit} (each message timed from its own send; a held-out one from when it would have gone).</figcaption></figure>",
+        chart::lines(
+            "Cumulative conversions of each arm since the send",
+            "chart-cumulative",
+            &series,
+            x_max,
+            unit
+        )
+    );
+    out
 }
 
 /// `GET /console/campaigns/{name}/report.json`: the report as the API gives it.
@@ -366,5 +469,32 @@ mod tests {
             vec![("since".to_string(), "2026-01-01".to_string())]
         );
         assert_eq!(segment("win back/<x>"), "win%20back%2F%3Cx%3E");
+    }
+
+    #[test]
+    fn conversion_series_draws_every_arm_in_hours_or_days() {
+        use herald_storage::conversions::ArmConversions;
+        let arms = vec![
+            serde_json::json!({"arm": "a"}),
+            serde_json::json!({"arm": "holdout"}),
+        ];
+        let hours = vec![ArmConversions {
+            arm: "a".into(),
+            buckets: vec![(0, 2), (5, 1)],
+        }];
+        let (series, x_max, unit) = conversion_series(&arms, &hours);
+        assert_eq!(unit, "hours since the send");
+        assert_eq!(x_max, 6.0);
+        assert_eq!(series[0].1, vec![(1.0, 2.0), (6.0, 3.0)]);
+        assert_eq!(series[1], ("holdout".to_string(), vec![]));
+        // Past three days, days: hours 0 and 5 are day 1, hour 100 day 5.
+        let days = vec![ArmConversions {
+            arm: "a".into(),
+            buckets: vec![(0, 2), (5, 1), (100, 4)],
+        }];
+        let (series, x_max, unit) = conversion_series(&arms, &days);
+        assert_eq!(unit, "days since the send");
+        assert_eq!(x_max, 5.0);
+        assert_eq!(series[0].1, vec![(1.0, 3.0), (5.0, 7.0)]);
     }
 }

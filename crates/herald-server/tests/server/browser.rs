@@ -365,6 +365,9 @@ async fn the_report_page_shows_the_figures_of_the_report_json(app: &App) {
     for sql in [
         format!("UPDATE messages SET opened_at = {now}, open_count = 1 WHERE id IN (1, 5)"),
         format!("UPDATE messages SET clicked_at = {now}, click_count = 1 WHERE id = 1"),
+        // Conversions an hour after the send (message 1) and just now (5).
+        format!("UPDATE messages SET converted_at = sent_at + 3600000 WHERE id = 1"),
+        format!("UPDATE messages SET converted_at = {now} WHERE id = 5"),
     ] {
         app.db.conn.execute_unprepared(&sql).await.unwrap();
     }
@@ -433,6 +436,17 @@ async fn the_report_page_shows_the_figures_of_the_report_json(app: &App) {
             }
         }
         assert!(drawn >= 6, "{drawn} rates drawn");
+        // The cumulative conversions end at each arm's `converted`.
+        assert!(b.find("#chart-cumulative").await.is_some());
+        let cumulative = &source_html[source_html.find("aria-labelledby=\"chart-cumulative\"").expect("the cumulative chart")..];
+        let mut converted = 0;
+        for a in arms {
+            let n = a["converted"].as_u64().unwrap();
+            converted += n;
+            let end = format!(">{}: {n}</text>", a["arm"].as_str().unwrap());
+            assert!(cumulative.contains(&end), "{end} not in {cumulative}");
+        }
+        assert!(converted >= 2, "{converted} conversions drawn");
         // The report's own words.
         let said = b.text_of("ul.said").await;
         for s in total["summary"].as_array().unwrap() {
