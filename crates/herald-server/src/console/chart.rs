@@ -228,9 +228,9 @@ pub fn heatmap(title: &str, id: &str, grid: &std::collections::BTreeMap<(i64, i6
 /// `id` names the title (unique on the page).
 pub fn hbars(title: &str, id: &str, rows: &[(String, i64)]) -> String {
     const ROW: f64 = 28.0;
-    const NAME_W: f64 = 110.0;
-    const PLOT_W: f64 = 420.0;
-    const WIDTH: f64 = 640.0;
+    const NAME_W: f64 = 90.0;
+    const PLOT_W: f64 = 300.0;
+    const WIDTH: f64 = 460.0;
     let max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
     let height = TOP + ROW * rows.len().max(1) as f64 + 4.0;
     let id = esc(id);
@@ -404,8 +404,8 @@ mod tests {
             "st",
             &[("<new>".into(), 4), ("active".into(), 8), ("lapsed".into(), 0)],
         );
-        assert!(svg.contains("width=\"210.0\""), "{svg}");
-        assert!(svg.contains("width=\"420.0\""), "{svg}");
+        assert!(svg.contains("width=\"150.0\""), "{svg}");
+        assert!(svg.contains("width=\"300.0\""), "{svg}");
         assert!(svg.contains("width=\"0.0\""), "{svg}");
         assert!(svg.contains("&lt;new&gt;: 4") && !svg.contains("<new>"));
     }

@@ -306,34 +306,29 @@ fn storage_filter(query: &[(String, String)]) -> Option<herald_storage::report::
     Some(f)
 }
 
-/// Hours in a day: past three days of them the chart counts in days.
-const HOURS_PER_DAY: i64 = 24;
-
-/// Each arm's conversions as running totals since the send, in hours (or
-/// days, past 72 hours), every arm of `arms` drawn (one without a
-/// conversion flat at 0).
+/// Each arm's conversions as running totals since the send, from counts in
+/// buckets of one time unit, drawn `per` buckets to a step of the x axis;
+/// every arm of `arms` drawn (one without a conversion flat at 0). The x
+/// axis ends at the step of the latest conversion.
 pub(crate) fn conversion_series(
     arms: &[Value],
-    by_hour: &[herald_storage::conversions::ArmConversions],
-) -> (Vec<chart::Series>, f64, &'static str) {
-    let last_hour = by_hour
+    buckets: &[herald_storage::conversions::ArmConversions],
+    per: i64,
+) -> (Vec<chart::Series>, f64) {
+    let per = per.max(1);
+    let last = buckets
         .iter()
         .filter_map(|a| a.buckets.last().map(|b| b.0))
         .max()
         .unwrap_or(0);
-    let (per, unit) = if last_hour > 3 * HOURS_PER_DAY {
-        (HOURS_PER_DAY, "days since the send")
-    } else {
-        (1, "hours since the send")
-    };
     let series = arms
         .iter()
         .map(|a| {
             let name = a["arm"].as_str().unwrap_or("?").to_string();
             let mut points: Vec<(f64, f64)> = Vec::new();
-            if let Some(c) = by_hour.iter().find(|c| c.arm == name) {
+            if let Some(c) = buckets.iter().find(|c| c.arm == name) {
                 for (bucket, total) in c.cumulative() {
-                    // A conversion in bucket b is counted by the end of it.
+                    // A conversion in a bucket is counted by the end of its step.
                     let x = (bucket / per + 1) as f64;
                     match points.last_mut() {
                         Some(p) if p.0 == x => p.1 = total as f64,
@@ -344,8 +339,11 @@ pub(crate) fn conversion_series(
             (name, points)
         })
         .collect();
-    (series, (last_hour / per + 1) as f64, unit)
+    (series, (last / per + 1) as f64)
 }
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
 
 /// The cumulative conversions chart, or a line saying why there is none.
 async fn conversions_figure(
@@ -357,14 +355,10 @@ async fn conversions_figure(
     let Some(filter) = storage_filter(query) else {
         return String::new();
     };
-    let by_hour = match herald_storage::conversions::by_time_since_send(
-        st.db(),
-        name,
-        &filter,
-        3_600_000,
-    )
-    .await
-    {
+    let count = |bucket_ms| {
+        herald_storage::conversions::by_time_since_send(st.db(), name, &filter, bucket_ms)
+    };
+    let by_hour = match count(HOUR_MS).await {
         Ok(Some(c)) => c,
         Ok(None) => return String::new(),
         Err(e) => {
@@ -377,7 +371,23 @@ async fn conversions_figure(
         out.push_str("<p>No conversions yet.</p>");
         return out;
     }
-    let (series, x_max, unit) = conversion_series(arms, &by_hour);
+    let last_hour = by_hour
+        .iter()
+        .filter_map(|a| a.buckets.last().map(|b| b.0))
+        .max()
+        .unwrap_or(0);
+    // Minutes within the first three hours, days past three days, else hours.
+    let (buckets, per, unit) = if last_hour < 3 {
+        match count(MINUTE_MS).await {
+            Ok(Some(c)) => (c, 1, "minutes since the send"),
+            _ => (by_hour, 1, "hours since the send"),
+        }
+    } else if last_hour > 72 {
+        (by_hour, 24, "days since the send")
+    } else {
+        (by_hour, 1, "hours since the send")
+    };
+    let (series, x_max) = conversion_series(arms, &buckets, per);
     let _ = write!(
         out,
         "<figure>{}<figcaption>Each arm's conversions so far, by {unit} (each message timed from its own send; a held-out one from when it would have gone).</figcaption></figure>",
@@ -472,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn conversion_series_draws_every_arm_in_hours_or_days() {
+    fn conversion_series_draws_every_arm_step_by_step() {
         use herald_storage::conversions::ArmConversions;
         let arms = vec![
             serde_json::json!({"arm": "a"}),
@@ -482,18 +492,16 @@ mod tests {
             arm: "a".into(),
             buckets: vec![(0, 2), (5, 1)],
         }];
-        let (series, x_max, unit) = conversion_series(&arms, &hours);
-        assert_eq!(unit, "hours since the send");
+        let (series, x_max) = conversion_series(&arms, &hours, 1);
         assert_eq!(x_max, 6.0);
         assert_eq!(series[0].1, vec![(1.0, 2.0), (6.0, 3.0)]);
         assert_eq!(series[1], ("holdout".to_string(), vec![]));
-        // Past three days, days: hours 0 and 5 are day 1, hour 100 day 5.
+        // Hours drawn as days: hours 0 and 5 are day 1, hour 100 day 5.
         let days = vec![ArmConversions {
             arm: "a".into(),
             buckets: vec![(0, 2), (5, 1), (100, 4)],
         }];
-        let (series, x_max, unit) = conversion_series(&arms, &days);
-        assert_eq!(unit, "days since the send");
+        let (series, x_max) = conversion_series(&arms, &days, 24);
         assert_eq!(x_max, 5.0);
         assert_eq!(series[0].1, vec![(1.0, 3.0), (5.0, 7.0)]);
     }

@@ -205,7 +205,95 @@ in_a_browser!(
     the_report_page_shows_the_figures_of_the_report_json,
     the_segments_page_counts_as_segment_preview_and_a_typo_shows_its_caret,
     forget_from_the_contact_page_erases_as_contacts_forget_does,
+    every_page_passes_axe_core_with_no_serious_violation,
 );
+
+/// axe-core's script, from `HERALD_AXE_JS` (`.ci/run` installs the pinned
+/// package from the npm registry and sets it); `None`, with a message,
+/// when it is not set, a panic when `HERALD_REQUIRE_AXE=1`.
+fn axe_source() -> Option<String> {
+    match std::env::var("HERALD_AXE_JS") {
+        Ok(path) => Some(
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("HERALD_AXE_JS={path}: {e}")),
+        ),
+        Err(_) if std::env::var("HERALD_REQUIRE_AXE").as_deref() == Ok("1") => {
+            panic!("HERALD_REQUIRE_AXE=1 but HERALD_AXE_JS is not set (see .ci/run)")
+        }
+        Err(_) => {
+            eprintln!(
+                "skipping the accessibility check: HERALD_AXE_JS is not set (.ci/run installs axe-core from npm and sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// Runs axe (`script`) over the page shown: its serious and critical violations, in words.
+async fn axe_violations(b: &Browser, script: &str) -> Vec<String> {
+    b.script(script)
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Every page of the console, signed in, through axe-core in the same
+/// Chromium: no violation of serious or critical impact (#31).
+async fn every_page_passes_axe_core_with_no_serious_violation(app: &App) {
+    let Some(driver) = driver() else { return };
+    let Some(axe) = axe_source() else { return };
+    purchases(app).await;
+    let now = now_ms();
+    app.db
+        .conn
+        .execute_unprepared(&format!(
+            "UPDATE messages SET converted_at = {now}, opened_at = {now} WHERE id IN (1, 5)"
+        ))
+        .await
+        .unwrap();
+    let _one = ONE_AT_A_TIME.lock().await;
+    let b = Browser::open(&driver, true, 1000).await;
+    let script = format!(
+        "{axe}\n;return axe.run(document, {{ resultTypes: ['violations'] }}).then(r => r.violations\
+         .filter(v => v.impact === 'serious' || v.impact === 'critical')\
+         .map(v => v.impact + ' ' + v.id + ': ' + v.help + ' at ' + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', ')));"
+    );
+    b.goto(&admin(app, "/console/sign-in")).await;
+    let mut problems: Vec<String> = axe_violations(&b, &script)
+        .await
+        .into_iter()
+        .map(|p| format!("/console/sign-in: {p}"))
+        .collect();
+    sign_in(&b, app, PASSWORD).await;
+    for path in [
+        "/console/",
+        "/console/status",
+        "/console/runs/1",
+        "/console/runs/1/pause",
+        "/console/campaigns/winback/report",
+        "/console/segments",
+        "/console/segments?filter=lifecyle+%3D%3D+1",
+        "/console/segments?filter=rfm.f+%3E%3D+1",
+        "/console/segments/buyers",
+        "/console/contacts",
+        "/console/contacts/c1",
+        "/console/contacts/c4",
+        "/console/contacts/c1/forget",
+    ] {
+        b.goto(&admin(app, path)).await;
+        problems.extend(
+            axe_violations(&b, &script)
+                .await
+                .into_iter()
+                .map(|p| format!("{path}: {p}")),
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
 
 /// The segments pages in a browser: each segment's count, and one
 /// segment's members, stages and sample, are those of the function
@@ -503,6 +591,11 @@ async fn screenshots_for_the_readme() {
     ];
     let app = crate::console::start_console(Backend::Sqlite, SECRET, move |c| {
         c.campaigns = Arc::new(entries);
+        let mut cfg = config();
+        if let Some(s) = cfg.segments.get_mut("everyone") {
+            s.description = "Everyone with an email address".into();
+        }
+        c.config = Some(Arc::new(cfg));
     })
     .await
     .unwrap();
@@ -528,18 +621,44 @@ async fn screenshots_for_the_readme() {
         format!(
             "INSERT INTO attempts (message_id, at, result, duration_ms) SELECT 1000 + i, {now} - (i * 7 % 3600) * 1000 * (1 + i % 2) / 2, 'accepted', 5 FROM ({series}) t WHERE i % 3 <> 2 AND i % 11 <> 0"
         ),
+        // Conversions over the first hours after each send, fewer in the holdout.
+        format!(
+            "UPDATE messages SET converted_at = sent_at + ({now} - sent_at) * (id % 7) / 7 WHERE id >= 1000 AND status = 'delivered' AND id * 7 % 100 < CASE arm WHEN 'discount' THEN 11 ELSE 7 END"
+        ),
+        format!(
+            "UPDATE messages SET send_at = {now} - 3600000, converted_at = {now} - 3600000 + 3600000 * (id % 7) / 7 WHERE id >= 1000 AND arm = 'holdout' AND id * 7 % 100 < 4"
+        ),
         // The report counts `delivered` etc. from the timestamps: planned and failed ones were never sent.
         "UPDATE messages SET sent_at = NULL, delivered_at = NULL, opened_at = NULL, clicked_at = NULL WHERE status IN ('planned', 'failed', 'held_out')".to_string(),
     ] {
         app.db.conn.execute_unprepared(&sql).await.expect(&sql);
     }
+    // Purchases: three in four contacts bought, 1 to 9 times, over the last
+    // 300 days, so the R x F grid has every shade.
+    for k in 0..9 {
+        let sql = format!(
+            "INSERT INTO events (contact_id, name, at, value, received_at) SELECT 1000 + i, 'order_placed', {now} - ((i * 37 + {k} * 11) % (30 + i % 330)) * 86400000, 20 + i % 80, {now} FROM ({series}) t WHERE i % 4 <> 0 AND i % 9 >= {k} AND (i % 5 <> 0 OR {k} < 2)"
+        );
+        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    // Contacts who came over the last 400 days, so every lifecycle stage has some.
+    let sql = format!(
+        "UPDATE contacts SET created_at = {now} - (id % 400) * 86400000, first_seen_at = {now} - (id % 400) * 86400000 WHERE id >= 1000"
+    );
+    app.db.conn.execute_unprepared(&sql).await.expect(&sql);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/console");
     std::fs::create_dir_all(&dir).unwrap();
     let _one = ONE_AT_A_TIME.lock().await;
     for (file, path, height) in [
         ("campaigns.png", "/console/", 640),
         ("run.png", "/console/runs/1", 1500),
-        ("report.png", "/console/campaigns/winback/report", 1500),
+        ("report.png", "/console/campaigns/winback/report", 1900),
+        ("segment.png", "/console/segments/everyone", 1500),
+        (
+            "segments-typo.png",
+            "/console/segments?filter=rfm.f+%3E%3D+2+and+lifecyle+%3D%3D+%22active%22",
+            760,
+        ),
     ] {
         let b = Browser::open(&driver, true, height).await;
         sign_in(&b, &app, PASSWORD).await;
