@@ -950,7 +950,8 @@ async fn the_sign_in_form_needs_its_own_token() {
 }
 
 /// How long each page takes with 100,000 contacts and as many messages in
-/// one run (most delivered, some failed, some planned). Ignored: run it by
+/// one run (most delivered, some failed, some planned), the segments pages
+/// counting all of them. Ignored: run it by
 /// name with `--ignored --nocapture` to read the figures.
 async fn page_times_at_100k(app: &App) {
     let now = now_ms();
@@ -976,7 +977,15 @@ async fn page_times_at_100k(app: &App) {
         app.db.conn.execute_unprepared(&sql).await.expect(&sql);
     }
     let b = sign_in(app).await;
-    for p in ["/console/", "/console/status", "/console/runs/1"] {
+    for p in [
+        "/console/",
+        "/console/status",
+        "/console/runs/1",
+        "/console/campaigns/winback/report",
+        "/console/segments",
+        "/console/segments/everyone",
+        "/console/contacts/x5",
+    ] {
         let mut times = Vec::new();
         for _ in 0..5 {
             let t = std::time::Instant::now();
