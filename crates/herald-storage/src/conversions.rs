@@ -50,7 +50,11 @@ pub async fn by_time_since_send(
     q.push("SELECT id FROM campaigns WHERE name = ")
         .bind(name.to_string());
     let rows = db.conn.query_all_raw(q.build(b)).await?;
-    let Some(id) = rows.first().map(|r| r.try_get_by_index::<i64>(0)).transpose()? else {
+    let Some(id) = rows
+        .first()
+        .map(|r| r.try_get_by_index::<i64>(0))
+        .transpose()?
+    else {
         return Ok(None);
     };
     let selected = runs(db, id, filter).await?;

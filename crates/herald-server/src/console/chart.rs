@@ -162,7 +162,11 @@ pub fn intervals(title: &str, id: &str, arms: &[ArmRate]) -> String {
 /// cell and labelled with its count; `id` names the title (unique on the
 /// page). Shading is a presentation attribute, not a style, so the
 /// console's CSP (no inline styles) lets it through.
-pub fn heatmap(title: &str, id: &str, grid: &std::collections::BTreeMap<(i64, i64), i64>) -> String {
+pub fn heatmap(
+    title: &str,
+    id: &str,
+    grid: &std::collections::BTreeMap<(i64, i64), i64>,
+) -> String {
     const CELL: f64 = 56.0;
     const LEFT_M: f64 = 64.0;
     const TOP_M: f64 = 8.0;
@@ -402,7 +406,11 @@ mod tests {
         let svg = hbars(
             "stages",
             "st",
-            &[("<new>".into(), 4), ("active".into(), 8), ("lapsed".into(), 0)],
+            &[
+                ("<new>".into(), 4),
+                ("active".into(), 8),
+                ("lapsed".into(), 0),
+            ],
         );
         assert!(svg.contains("width=\"150.0\""), "{svg}");
         assert!(svg.contains("width=\"300.0\""), "{svg}");
@@ -426,7 +434,10 @@ mod tests {
         assert!(svg.contains("&lt;so far&gt;") && svg.contains("&lt;b&gt;: 1"));
         assert!(!svg.contains("<b>"));
         // Arm a: flat at 0 to x 1, up to 2, along to x 3, up to 4 (the top), along to the end.
-        assert!(svg.contains("d=\"M48.0,204.0 H186.0 V106.0 H462.0 V8.0 H600.0\""), "{svg}");
+        assert!(
+            svg.contains("d=\"M48.0,204.0 H186.0 V106.0 H462.0 V8.0 H600.0\""),
+            "{svg}"
+        );
         assert!(svg.contains("class=\"line line-1\""));
         assert!(svg.contains(">4 hours</text>"));
     }

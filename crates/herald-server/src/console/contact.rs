@@ -368,11 +368,7 @@ async fn why_nothing(st: &AppState, cfg: &super::ConsoleSettings, id: &str, doc:
             ]
         })
         .collect();
-    table(
-        "Why they got nothing",
-        &["run", "campaign", "why"],
-        &rows,
-    )
+    table("Why they got nothing", &["run", "campaign", "why"], &rows)
 }
 
 /// `GET /console/contacts/{id}/export.json`: `herald contacts export`.

@@ -60,7 +60,10 @@ async fn check(st: &AppState, cfg: &ConfigSet, text: &str) -> Result<Expr, Strin
     let expr = check_filter_text(text, &cfg.herald)
         .map_err(|e| e.into_diagnostic(TRIED, text, 0).to_string())?;
     // It must compile for both databases, as `herald check` demands.
-    for b in [herald_storage::Backend::Sqlite, herald_storage::Backend::Postgres] {
+    for b in [
+        herald_storage::Backend::Sqlite,
+        herald_storage::Backend::Postgres,
+    ] {
         let ctx = SegmentContext::new(b, 0, &cfg.herald.rfm, &cfg.herald.lifecycle);
         if let Err(e) = compile(&expr, &ctx) {
             return Err(Diagnostic::new(TRIED, text, 0..text.len(), e.to_string()).to_string());

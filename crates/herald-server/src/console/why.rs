@@ -99,7 +99,9 @@ async fn replay(
     let planned = decide(&ctx, member);
     let status = planned.status.as_str();
     if let Some(words) = message_words(status, planned.reason.as_deref()) {
-        return Ok(format!("{words} (the planner's rules on their data as it stands now).{triggered}"));
+        return Ok(format!(
+            "{words} (the planner's rules on their data as it stands now).{triggered}"
+        ));
     }
     if created > at {
         return Ok(format!(
@@ -127,15 +129,9 @@ pub async fn explain(
     for m in doc["messages"].as_array().into_iter().flatten() {
         let run = m["run_id"].as_i64().unwrap_or(0);
         runs_in.push(run);
-        if let Some(words) = message_words(
-            m["status"].as_str().unwrap_or(""),
-            m["reason"].as_str(),
-        ) {
-            out.push((
-                run,
-                m["campaign"].as_str().unwrap_or("").to_string(),
-                words,
-            ));
+        if let Some(words) = message_words(m["status"].as_str().unwrap_or(""), m["reason"].as_str())
+        {
+            out.push((run, m["campaign"].as_str().unwrap_or("").to_string(), words));
         }
     }
     let status = runs::status_of(st.db(), crate::now_ms(), Which::LatestPerCampaign)
@@ -177,9 +173,16 @@ mod tests {
             "global_holdout",
         ] {
             let w = reason_words(r);
-            assert!(w.starts_with("suppressed: ") || w.starts_with("suppressed by"), "{w}");
+            assert!(
+                w.starts_with("suppressed: ") || w.starts_with("suppressed by"),
+                "{w}"
+            );
         }
-        assert!(message_words("suppressed", Some("cap")).unwrap().contains("frequency cap"));
+        assert!(
+            message_words("suppressed", Some("cap"))
+                .unwrap()
+                .contains("frequency cap")
+        );
         assert!(message_words("held_out", None).unwrap().contains("holdout"));
         assert_eq!(message_words("delivered", None), None);
         assert_eq!(message_words("planned", None), None);

@@ -214,8 +214,7 @@ in_a_browser!(
 fn axe_source() -> Option<String> {
     match std::env::var("HERALD_AXE_JS") {
         Ok(path) => Some(
-            std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("HERALD_AXE_JS={path}: {e}")),
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("HERALD_AXE_JS={path}: {e}")),
         ),
         Err(_) if std::env::var("HERALD_REQUIRE_AXE").as_deref() == Ok("1") => {
             panic!("HERALD_REQUIRE_AXE=1 but HERALD_AXE_JS is not set (see .ci/run)")
@@ -340,7 +339,10 @@ async fn the_segments_page_counts_as_segment_preview_and_a_typo_shows_its_caret(
         .collect();
     let want: Vec<String> = p.sample.iter().map(|m| m.external_id.clone()).collect();
     assert_eq!(sample, want);
-    assert!(b.find("figure svg rect.cell").await.is_some(), "the heat map");
+    assert!(
+        b.find("figure svg rect.cell").await.is_some(),
+        "the heat map"
+    );
     // A member's link opens their page.
     b.click_on("a[href=\"/console/contacts/c5\"]").await;
     b.wait_for_url("/console/contacts/c5").await;
@@ -352,10 +354,13 @@ async fn the_segments_page_counts_as_segment_preview_and_a_typo_shows_its_caret(
     b.type_into(&field, typo).await;
     b.click_on("form.try button[type=submit]").await;
     b.wait_for("pre.diagnostic").await;
-    let said = herald_domain::config::check_filter_text(typo, &herald_domain::config::HeraldConfig::default())
-        .unwrap_err()
-        .into_diagnostic("filter", typo, 0)
-        .to_string();
+    let said = herald_domain::config::check_filter_text(
+        typo,
+        &herald_domain::config::HeraldConfig::default(),
+    )
+    .unwrap_err()
+    .into_diagnostic("filter", typo, 0)
+    .to_string();
     let shown = b
         .script("return document.querySelector('pre.diagnostic').textContent")
         .await;
@@ -363,16 +368,20 @@ async fn the_segments_page_counts_as_segment_preview_and_a_typo_shows_its_caret(
     // The caret sits under the typo, 15 characters in, as `herald check` puts it.
     let lines: Vec<&str> = said.lines().collect();
     assert_eq!(lines[1], " --> filter:1:16", "{said}");
-    assert_eq!(lines[3], "1 | rfm.f >= 1 and lifecyle == \"active\"", "{said}");
     assert_eq!(
-        lines[4],
-        "  |                ^^^^^^^^ did you mean `lifecycle`?",
+        lines[3], "1 | rfm.f >= 1 and lifecyle == \"active\"",
+        "{said}"
+    );
+    assert_eq!(
+        lines[4], "  |                ^^^^^^^^ did you mean `lifecycle`?",
         "{said}"
     );
     assert!(b.text_of("pre.diagnostic").await.contains("^^^^^^^^"));
     // The box still holds it, to fix.
     assert_eq!(
-        b.script("return document.querySelector('#filter').value").await.as_str(),
+        b.script("return document.querySelector('#filter').value")
+            .await
+            .as_str(),
         Some(typo)
     );
 }
@@ -433,14 +442,25 @@ async fn forget_from_the_contact_page_erases_as_contacts_forget_does(app: &App) 
     ] {
         assert_eq!(page[key], cli[key], "{key}");
     }
-    assert!(page["email"].is_null() && page["forgotten_at"].is_string(), "{page}");
-    assert_eq!(app.count("contacts WHERE external_id IN ('c5', 'c6')").await, 0);
+    assert!(
+        page["email"].is_null() && page["forgotten_at"].is_string(),
+        "{page}"
+    );
+    assert_eq!(
+        app.count("contacts WHERE external_id IN ('c5', 'c6')")
+            .await,
+        0
+    );
     assert_eq!(
         app.count("messages WHERE contact_id IN (5, 6) AND address IS NOT NULL")
             .await,
         0
     );
-    assert_eq!(app.count("messages WHERE contact_id IN (5, 6)").await, 2, "counts stay");
+    assert_eq!(
+        app.count("messages WHERE contact_id IN (5, 6)").await,
+        2,
+        "counts stay"
+    );
 }
 
 /// The report page in a browser: its table and charts carry the figures of
@@ -454,7 +474,7 @@ async fn the_report_page_shows_the_figures_of_the_report_json(app: &App) {
         format!("UPDATE messages SET opened_at = {now}, open_count = 1 WHERE id IN (1, 5)"),
         format!("UPDATE messages SET clicked_at = {now}, click_count = 1 WHERE id = 1"),
         // Conversions an hour after the send (message 1) and just now (5).
-        format!("UPDATE messages SET converted_at = sent_at + 3600000 WHERE id = 1"),
+        "UPDATE messages SET converted_at = sent_at + 3600000 WHERE id = 1".to_string(),
         format!("UPDATE messages SET converted_at = {now} WHERE id = 5"),
     ] {
         app.db.conn.execute_unprepared(&sql).await.unwrap();
@@ -526,7 +546,9 @@ async fn the_report_page_shows_the_figures_of_the_report_json(app: &App) {
         assert!(drawn >= 6, "{drawn} rates drawn");
         // The cumulative conversions end at each arm's `converted`.
         assert!(b.find("#chart-cumulative").await.is_some());
-        let cumulative = &source_html[source_html.find("aria-labelledby=\"chart-cumulative\"").expect("the cumulative chart")..];
+        let cumulative = &source_html[source_html
+            .find("aria-labelledby=\"chart-cumulative\"")
+            .expect("the cumulative chart")..];
         let mut converted = 0;
         for a in arms {
             let n = a["converted"].as_u64().unwrap();

@@ -766,7 +766,11 @@ async fn the_segments_pages_count_as_segment_preview(app: &App) {
             .unwrap();
         let row = format!(
             "<a href=\"/console/segments/{name}\">{name}</a></td><td>{}</td><td><code>{}</code></td><td>{n}</td>",
-            if name == "everyone" { "&lt;img src=x onerror=alert(1)&gt;" } else { "" },
+            if name == "everyone" {
+                "&lt;img src=x onerror=alert(1)&gt;"
+            } else {
+                ""
+            },
             esc(&seg.source)
         );
         assert!(page.contains(&row), "{row} not in {page}");
@@ -800,7 +804,9 @@ async fn the_segments_pages_count_as_segment_preview(app: &App) {
     }
     assert!(!page.contains("/console/contacts/c2\""), "c2 never bought");
     assert_eq!(
-        get(app, "/console/segments/nobody", Some(&b.cookie)).await.0,
+        get(app, "/console/segments/nobody", Some(&b.cookie))
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
 }
@@ -831,21 +837,37 @@ async fn a_filter_is_checked_as_herald_check_does_and_counted(app: &App) {
         .unwrap_err()
         .into_diagnostic("filter", typo, 0)
         .to_string();
-    assert!(said.contains("^^^^^^^^ did you mean `lifecycle`?"), "{said}");
+    assert!(
+        said.contains("^^^^^^^^ did you mean `lifecycle`?"),
+        "{said}"
+    );
     let shown = esc(&said);
     assert!(
-        page.contains(&format!("<pre class=\"diagnostic\" role=\"alert\">{shown}</pre>")),
+        page.contains(&format!(
+            "<pre class=\"diagnostic\" role=\"alert\">{shown}</pre>"
+        )),
         "{shown} not in {page}"
     );
     // The box keeps what was typed, to fix it.
-    assert!(page.contains("value=\"lifecyle == &quot;active&quot;\""), "{page}");
+    assert!(
+        page.contains("value=\"lifecyle == &quot;active&quot;\""),
+        "{page}"
+    );
 
     // An undeclared attribute compared with a literal no stored value has.
     let (status, page) = get(app, &query("attrs.vip == \"yes\""), Some(&b.cookie)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
-    assert!(page.contains("in the 1 stored contact that has it"), "{page}");
+    assert!(
+        page.contains("in the 1 stored contact that has it"),
+        "{page}"
+    );
 
-    let (status, page) = get(app, &query("rfm.f >= 1 and email contains \"bob\""), Some(&b.cookie)).await;
+    let (status, page) = get(
+        app,
+        &query("rfm.f >= 1 and email contains \"bob\""),
+        Some(&b.cookie),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(page.contains("id=\"members-tried\">1</strong>"), "{page}");
     assert!(page.contains("/console/contacts/c5"), "{page}");
@@ -863,25 +885,49 @@ async fn a_contacts_page_says_why_they_got_nothing(app: &App) {
     // c6 was there before the runs were planned; c5, like the rest, came later.
     app.db
         .conn
-        .execute_unprepared(&format!("UPDATE contacts SET created_at = created_at - 3 * {DAY} WHERE id = 6"))
+        .execute_unprepared(&format!(
+            "UPDATE contacts SET created_at = created_at - 3 * {DAY} WHERE id = 6"
+        ))
         .await
         .unwrap();
     let b = sign_in(app).await;
     let why = |page: &str| -> String {
-        let at = page.find("<caption>Why they got nothing").unwrap_or_else(|| panic!("{page}"));
+        let at = page
+            .find("<caption>Why they got nothing")
+            .unwrap_or_else(|| panic!("{page}"));
         let end = page[at..].find("</table>").unwrap();
         page[at..at + end].to_string()
     };
     let cases = [
         // Suppressed in run 1 for want of consent; not in newsletter's audience.
-        ("c4", vec!["<td><a href=\"/console/runs/1\">1</a></td><td>winback</td><td>suppressed: no consent", "<td><a href=\"/console/runs/2\">2</a></td><td>newsletter</td><td>not in the audience (the campaign"]),
+        (
+            "c4",
+            vec![
+                "<td><a href=\"/console/runs/1\">1</a></td><td>winback</td><td>suppressed: no consent",
+                "<td><a href=\"/console/runs/2\">2</a></td><td>newsletter</td><td>not in the audience (the campaign",
+            ],
+        ),
         // The holdout arm of run 1.
-        ("c3", vec!["<td>winback</td><td>in the campaign", "holdout arm"]),
+        (
+            "c3",
+            vec!["<td>winback</td><td>in the campaign", "holdout arm"],
+        ),
         // In newsletter's audience, but it is email only and c2 has a phone.
-        ("c2", vec!["<td>newsletter</td><td>suppressed: no address on any of the campaign"]),
+        (
+            "c2",
+            vec!["<td>newsletter</td><td>suppressed: no address on any of the campaign"],
+        ),
         // In the audience with an email: the planner would send one now.
-        ("c6", vec!["<td>newsletter</td><td>on their data as it stands now the planner would send them one"]),
-        ("c5", vec!["<td>newsletter</td><td>they were added after the run was planned"]),
+        (
+            "c6",
+            vec![
+                "<td>newsletter</td><td>on their data as it stands now the planner would send them one",
+            ],
+        ),
+        (
+            "c5",
+            vec!["<td>newsletter</td><td>they were added after the run was planned"],
+        ),
     ];
     for (c, wants) in cases {
         let (status, page) = get(app, &format!("/console/contacts/{c}"), Some(&b.cookie)).await;
@@ -893,7 +939,10 @@ async fn a_contacts_page_says_why_they_got_nothing(app: &App) {
     }
     // c1 got both runs' messages.
     let (_, page) = get(app, "/console/contacts/c1", Some(&b.cookie)).await;
-    assert!(page.contains("Why they got nothing: every run they are in sent them something"), "{page}");
+    assert!(
+        page.contains("Why they got nothing: every run they are in sent them something"),
+        "{page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
