@@ -42,8 +42,7 @@ fn store(st: &AppState, cfg: &ConfigSet) -> SqlStore {
     )
 }
 
-fn no_config(st: &AppState, csrf: &str) -> Response {
-    let _ = st;
+fn no_config(csrf: &str) -> Response {
     html(
         StatusCode::OK,
         page(
@@ -196,7 +195,7 @@ pub(crate) async fn segments_page(
         return crate::not_found();
     };
     let Some(cfg) = console.config.clone() else {
-        return no_config(&st, &csrf);
+        return no_config(&csrf);
     };
     let tried = raw
         .and_then(|q| {
@@ -276,7 +275,7 @@ pub(crate) async fn segment_page(
         return crate::not_found();
     };
     let Some(cfg) = console.config.clone() else {
-        return no_config(&st, &csrf);
+        return no_config(&csrf);
     };
     let Some(seg) = cfg.segments.get(&name) else {
         return crate::not_found();
