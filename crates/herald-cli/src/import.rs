@@ -117,6 +117,7 @@ pub async fn run(cli: &Cli, what: &ImportWhat) -> anyhow::Result<()> {
     let options = ImportOptions {
         attr_types: config.herald.contacts.attrs.clone(),
         encoding,
+        ..ImportOptions::default()
     };
     let db = app::connect(cli, &config).await?;
     let pb = progress_bar(file);

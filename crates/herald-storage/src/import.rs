@@ -21,6 +21,9 @@ use crate::db::Db;
 use crate::sql::Sql;
 use crate::tracking::{GoalSpec, TrackingError, attribute_events};
 
+mod seen_ids;
+use seen_ids::SeenIds;
+
 /// Contact rows per INSERT on SQLite (12 values each; SQLite allows 32,766 parameters).
 pub const CONTACT_BATCH: usize = 1000;
 /// Contact rows per INSERT on PostgreSQL, where arrays carry them (no parameter limit).
@@ -70,30 +73,6 @@ impl ImportReport {
         if self.warnings.len() < MAX_REPORTED_WARNINGS {
             self.warnings.push(RowError { line, message });
         }
-    }
-}
-
-/// Where each external id of a contacts import was last seen, to say so
-/// when the file repeats one: the rows are merged (the later row's values
-/// win, its empty cells keep the earlier row's), which a marketer who
-/// exported one contact twice should hear about, not find out later.
-///
-/// Keyed by a 64-bit hash of the id, not the id: 16 bytes an entry
-/// whatever the id's length, but a hash map's growth makes it about 51 MB at
-/// its peak for a million rows and 407 MB for ten million (measured with
-/// std's `HashMap<u64, u64>`): memory that grows with the file, unlike the
-/// rest of the import. Bounding it is left open (see the closing note).
-/// Two different ids share a hash with odds of about one in 40 million at a
-/// million rows (n²/2^65), which would print one wrong warning and change no data.
-#[derive(Default)]
-struct SeenIds {
-    lines: HashMap<u64, u64, std::hash::BuildHasherDefault<Fnv>>,
-}
-
-impl SeenIds {
-    /// Records `id` on `line`; the line it was last seen on, if it was.
-    fn repeat(&mut self, id: &str, line: u64) -> Option<u64> {
-        self.lines.insert(lane_hash(id), line)
     }
 }
 
@@ -420,7 +399,7 @@ async fn stream_rows<T, F, J, S, Fut>(
     db: &Db,
     sink: S,
     encoding: Option<&'static crate::decode::Encoding>,
-    unique_keys: bool,
+    repeats_in_memory: Option<usize>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ImportReport, ImportError>
 where
@@ -461,14 +440,25 @@ where
         )
     };
     let mut report = ImportReport::default();
-    // With `unique_keys` (contacts), a key seen before is merged and warned of.
-    let mut seen = unique_keys.then(SeenIds::default);
+    // For contacts, a key seen before is merged and warned of; the ids seen
+    // are held in memory up to `repeats_in_memory`, then written out.
+    let mut seen = repeats_in_memory.map(SeenIds::new);
+    let spill_err = |e: std::io::Error| ImportError::Io {
+        path: format!(
+            "{} (its repeated-id list, written to the temporary directory {})",
+            path.display(),
+            std::env::temp_dir().display()
+        ),
+        source: e,
+    };
     let mut check_repeat = |report: &mut ImportReport, row: &T, line: u64| {
-        if let Some(seen) = seen.as_mut()
-            && let Some(earlier) = seen.repeat(key(row), line)
-        {
-            report.warn(line, repeated_id_warning(key(row), earlier, line));
+        if let Some(seen) = seen.as_mut() {
+            let id = key(row);
+            if let Some(earlier) = seen.repeat(lane_hash(id), id, line).map_err(spill_err)? {
+                report.warn(line, repeated_id_warning(id, earlier, line));
+            }
         }
+        Ok::<(), ImportError>(())
     };
     let mut rows = Lanes::new(lanes, batch, key, sink, db.clone());
     match Format::from_path(path) {
@@ -517,7 +507,7 @@ where
                         }
                         match parse_csv(&headers, &record) {
                             Ok(r) => {
-                                check_repeat(&mut report, &r, line);
+                                check_repeat(&mut report, &r, line)?;
                                 rows.push(r).await?
                             }
                             Err(m) => report.reject(line, m),
@@ -575,7 +565,7 @@ where
                 match serde_json::from_str::<Json>(text) {
                     Ok(Json::Object(map)) => match parse_json(map) {
                         Ok(r) => {
-                            check_repeat(&mut report, &r, line_no);
+                            check_repeat(&mut report, &r, line_no)?;
                             rows.push(r).await?
                         }
                         Err(m) => report.reject(line_no, m),
@@ -591,6 +581,20 @@ where
         }
     }
     report.accepted += rows.finish().await?;
+    if let Some(seen) = seen {
+        // Repeats across the stretches written out; the warnings stay in
+        // line order, the first MAX_REPORTED_WARNINGS of them kept.
+        let (count, first) = seen.finish(MAX_REPORTED_WARNINGS).map_err(spill_err)?;
+        if count > 0 {
+            report.warned += count;
+            report.warnings.extend(first.into_iter().map(|r| RowError {
+                line: r.line,
+                message: repeated_id_warning(&r.id, r.earlier, r.line),
+            }));
+            report.warnings.sort_by_key(|w| w.line);
+            report.warnings.truncate(MAX_REPORTED_WARNINGS);
+        }
+    }
     Ok(report)
 }
 
@@ -1376,6 +1380,10 @@ pub struct ImportOptions {
     /// The file's text encoding (`--encoding`); `None`: UTF-8. A byte-order
     /// mark decides over it (see [`crate::decode`]).
     pub encoding: Option<&'static crate::decode::Encoding>,
+    /// External ids held in memory to find a contact repeated in the file,
+    /// before they are written out to a temporary file; `None`: about
+    /// 250,000 (some 30 MB). Tests lower it to reach the written-out path.
+    pub repeats_in_memory: Option<usize>,
 }
 
 /// Imports contacts from a CSV or NDJSON file, attributes typed on their own.
@@ -1417,7 +1425,7 @@ pub async fn import_contacts_with(
         db,
         move |db, rows| flush_contacts(db, rows, shared.clone()),
         options.encoding,
-        true,
+        Some(options.repeats_in_memory.unwrap_or(seen_ids::IN_MEMORY)),
         progress,
     )
     .await?;
@@ -1490,7 +1498,7 @@ pub async fn import_events_with(
         db,
         move |db, rows| flush_events(db, rows, goals.clone()),
         options.encoding,
-        false,
+        None,
         progress,
     )
     .await?;
@@ -1652,4 +1660,69 @@ mod tests {
                 .contains("unknown key `emial`")
         );
     }
+}
+
+#[cfg(test)]
+mod repeated_id_tests {
+    use super::*;
+    use crate::test_db::on_both_databases;
+
+    /// A file longer than the ids held in memory: repeats within a stretch
+    /// and across stretches written out are both warned of, with the line
+    /// last seen, in line order, and the rows are merged as always.
+    async fn repeats_across_written_out_stretches_are_warned_of(db: &Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("contacts.csv");
+        let mut text = String::from("external_id,email\n");
+        for i in 0..300 {
+            text.push_str(&format!("c{i},c{i}@example.com\n"));
+        }
+        // Line 302: c0 again (first seen on line 2, far behind); line 303:
+        // c299 again (line 301, in the same stretch); line 304: c0 again.
+        text.push_str("c0,c0@work.example.com\nc299,\nc0,\n");
+        std::fs::write(&path, text).unwrap();
+        let options = ImportOptions {
+            repeats_in_memory: Some(50),
+            ..ImportOptions::default()
+        };
+        let report = import_contacts_with(db, &path, &options, &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.accepted, 303);
+        assert_eq!(report.warned, 3);
+        let lines: Vec<(u64, &str)> = report
+            .warnings
+            .iter()
+            .map(|w| (w.line, w.message.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    302,
+                    "external_id `c0` is also on line 2: line 302 is kept (its empty cells keep line 2's values)"
+                ),
+                (
+                    303,
+                    "external_id `c299` is also on line 301: line 303 is kept (its empty cells keep line 301's values)"
+                ),
+                (
+                    304,
+                    "external_id `c0` is also on line 302: line 304 is kept (its empty cells keep line 302's values)"
+                ),
+            ]
+        );
+        let mut q = Sql::new();
+        q.push("SELECT COUNT(*), MAX(CASE WHEN external_id = 'c0' THEN email END) FROM contacts");
+        let row = db
+            .conn
+            .query_one_raw(q.build(db.backend()))
+            .await
+            .unwrap()
+            .unwrap();
+        let (n, email): (i64, String) = row.try_get_many_by_index().unwrap();
+        assert_eq!((n, email.as_str()), (300, "c0@work.example.com"));
+    }
+
+    on_both_databases!(repeats_across_written_out_stretches_are_warned_of);
 }
