@@ -2,16 +2,10 @@
 //! count, the R x F grid of members, the lifecycle breakdown and a sample,
 //! as a table or as JSON.
 
-use std::collections::BTreeMap;
-
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use herald_domain::segment::{Expr, Lifecycle};
 use herald_engine::store::{PersonalisationRequest, Store};
-use herald_storage::segment_sql::{SegmentContext, append, compile, count_sql, rfm_scores_sql};
-use herald_storage::sql::Sql;
-use herald_storage::store::SqlStore;
-use sea_orm::ConnectionTrait;
+use herald_storage::segment_preview::preview;
 use serde_json::json;
 
 use crate::{Cli, EXIT_INVALID, Exit, app, output};
@@ -45,51 +39,6 @@ pub struct PreviewArgs {
     pub format: Format,
 }
 
-async fn scalar(store: &SqlStore, q: Sql) -> anyhow::Result<i64> {
-    let db = store.db();
-    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
-    Ok(rows
-        .first()
-        .map(|r| r.try_get_by_index::<i64>(0))
-        .transpose()?
-        .unwrap_or(0))
-}
-
-/// A score column: INT4 on PostgreSQL, INTEGER on SQLite.
-fn score(r: &sea_orm::QueryResult, i: usize) -> anyhow::Result<Option<i64>> {
-    if let Ok(v) = r.try_get_by_index::<Option<i32>>(i) {
-        return Ok(v.map(i64::from));
-    }
-    Ok(r.try_get_by_index::<Option<i64>>(i)?)
-}
-
-/// (r, f) -> members with those scores.
-async fn rf_grid(
-    store: &SqlStore,
-    expr: &Expr,
-    ctx: &SegmentContext<'_>,
-) -> anyhow::Result<BTreeMap<(i64, i64), i64>> {
-    let members = compile(expr, ctx)?;
-    let mut q = Sql::new();
-    q.push("SELECT s.r, s.f, COUNT(*) FROM (");
-    append(&mut q, rfm_scores_sql(ctx)?);
-    q.push(") s JOIN (SELECT c.id FROM contacts c");
-    append(&mut q, members.joins);
-    q.push(" WHERE c.forgotten_at IS NULL AND ");
-    append(&mut q, members.cond);
-    q.push(") m ON m.id = s.id GROUP BY s.r, s.f");
-    let db = store.db();
-    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
-    let mut grid = BTreeMap::new();
-    for r in rows {
-        let (rs, fs, n) = (score(&r, 0)?, score(&r, 1)?, r.try_get_by_index::<i64>(2)?);
-        if let (Some(rs), Some(fs)) = (rs, fs) {
-            *grid.entry((rs, fs)).or_insert(0) += n;
-        }
-    }
-    Ok(grid)
-}
-
 /// Runs `herald segment preview`.
 pub async fn run(cli: &Cli, cmd: &SegmentCmd) -> anyhow::Result<()> {
     let SegmentCmd::Preview(args) = cmd;
@@ -105,28 +54,11 @@ pub async fn run(cli: &Cli, cmd: &SegmentCmd) -> anyhow::Result<()> {
     };
     let store = app::store(cli, &config).await?;
     let now = chrono::Utc::now().timestamp_millis();
-    let ctx = store.segment_context(now);
-    let total = scalar(&store, count_sql(&segment.filter, &ctx)?).await?;
-    let mut stages = Vec::new();
-    for stage in Lifecycle::ALL {
-        let text = format!(
-            "({}) and lifecycle == \"{}\"",
-            segment.source,
-            stage.as_str()
-        );
-        let expr =
-            herald_domain::segment::parse(&text).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        stages.push((
-            stage.as_str(),
-            scalar(&store, count_sql(&expr, &ctx)?).await?,
-        ));
-    }
-    let grid = rf_grid(&store, &segment.filter, &ctx).await?;
-    let no_rfm = total - grid.values().sum::<i64>();
-    let members = store
-        .audience_page(&segment.filter, now, None, 0, args.limit, None)
-        .await?;
-    let ids: Vec<i64> = members.iter().map(|m| m.contact_id).collect();
+    // The console's segments page counts with the same function.
+    let p = preview(&store, &segment.filter, now, args.limit).await?;
+    let (total, grid, no_rfm) = (p.members, &p.rf_grid, p.without_rfm);
+    let stages: Vec<(&str, i64)> = p.lifecycle.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    let ids: Vec<i64> = p.sample.iter().map(|m| m.contact_id).collect();
     let sample = store
         .contacts(
             &ids,

@@ -192,6 +192,7 @@ fn console_settings(
             .collect(),
     );
     s.problems = Arc::new(general);
+    s.config = Some(Arc::new(config.clone()));
     let ch = &config.herald.channels;
     s.rates = vec![
         ("email".into(), ch.email.rate.map(|r| r.per_second.get())),

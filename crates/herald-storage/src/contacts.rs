@@ -255,6 +255,19 @@ async fn push_tokens(
     all(conn, b, q).await?.iter().map(|r| get(r, 0)).collect()
 }
 
+/// The contact id and creation instant (ms) of `external_id`, or `None`
+/// when there is no such contact: what the console needs to replay the
+/// planner for one contact (the export leaves internal ids out).
+pub async fn contact_key(db: &Db, external_id: &str) -> ContactsResult<Option<(i64, i64)>> {
+    let mut q = Sql::new();
+    q.push("SELECT id, created_at FROM contacts WHERE external_id = ")
+        .bind(external_id.to_string());
+    let rows = all(&db.conn, db.backend(), q).await?;
+    rows.first()
+        .map(|r| Ok((get(r, 0)?, get(r, 1)?)))
+        .transpose()
+}
+
 /// Everything herald keeps about the contact `external_id`, or `None` when
 /// there is no such contact. Instants are RFC 3339 UTC; the shape is
 /// documented in the README ("Data rights").

@@ -3,6 +3,7 @@
 //! [`Db`] connects and migrates; [`import`] streams contacts and events in;
 //! [`entry`] runs segment-entry passes;
 //! [`segment_sql`] compiles a segment filter into one parameterised query;
+//! [`segment_preview`] counts a segment's members, R x F grid and stages;
 //! [`store`] implements the engine's `Store` (planning, claiming, outcomes).
 //! Instants are BIGINT milliseconds since the epoch, so SQL time arithmetic
 //! is one dialect.
@@ -10,6 +11,7 @@
 pub mod attribute;
 pub mod audience;
 pub mod contacts;
+pub mod conversions;
 pub mod db;
 pub mod decode;
 pub mod entry;
@@ -26,6 +28,7 @@ pub mod reputation;
 pub mod rollout;
 pub mod routes;
 pub mod runs;
+pub mod segment_preview;
 pub mod segment_sql;
 pub mod sql;
 pub mod store;

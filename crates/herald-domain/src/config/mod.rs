@@ -211,6 +211,19 @@ fn segment_name(path: &Path) -> String {
         .unwrap_or(stem)
 }
 
+/// Parses and checks a filter typed outside any file (the console's box)
+/// as [`load`] checks a segment's `where`: the grammar and names, then each
+/// literal against the type `[contacts.attrs]` declares for its attribute.
+/// The error's span is in `text`.
+pub fn check_filter_text(
+    text: &str,
+    herald: &HeraldConfig,
+) -> Result<crate::segment::Expr, crate::segment::FilterError> {
+    let expr = crate::segment::parse(text)?;
+    declared_types_fit(&expr, text, &herald.contacts.attrs)?;
+    Ok(expr)
+}
+
 /// Checks a filter's literals against the types `[contacts.attrs]` declares.
 fn declared_types_fit(
     expr: &crate::segment::Expr,
@@ -254,4 +267,23 @@ pub fn did_you_mean<'a>(
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typed_filter_is_checked_like_a_segments_where() {
+        let herald =
+            HeraldConfig::parse("herald.toml", "[contacts.attrs]\nvip = \"bool\"\n").unwrap();
+        assert!(check_filter_text("attrs.vip == true", &herald).is_ok());
+        // A misspelt field: the span is the word, in the filter's own text.
+        let e = check_filter_text("lifecyle == \"active\"", &herald).unwrap_err();
+        assert_eq!(e.span, 0..8, "{e:?}");
+        // A literal of the wrong declared type, as `herald check` refuses it.
+        let text = "attrs.vip == \"yes\"";
+        let e = check_filter_text(text, &herald).unwrap_err();
+        assert_eq!(&text[e.span.clone()], "\"yes\"", "{e:?}");
+    }
 }

@@ -316,6 +316,7 @@ pub(crate) async fn contact_page(
         ],
         &rows,
     ));
+    body.push_str(&why_nothing(&st, cfg, &id, &doc).await);
     let rows: Vec<Vec<String>> = timeline(&doc)
         .into_iter()
         .map(|(at, kind, what)| vec![esc(&local(tz, &at)), kind.to_string(), what])
@@ -329,6 +330,45 @@ pub(crate) async fn contact_page(
         StatusCode::OK,
         page(&format!("Contact {id}"), Some(&csrf), &body),
     )
+}
+
+/// The "why they got nothing" table: empty when there is nothing to say
+/// (every message went out and every latest run reached them).
+async fn why_nothing(st: &AppState, cfg: &super::ConsoleSettings, id: &str, doc: &Value) -> String {
+    let Some(config) = &cfg.config else {
+        return String::new();
+    };
+    let key = match herald_storage::contacts::contact_key(st.db(), id).await {
+        Ok(Some(k)) => k,
+        Ok(None) => return String::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a contact's key failed");
+            return String::new();
+        }
+    };
+    let answers = match super::why::explain(st, config, doc, key.0, key.1).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "explaining a contact's runs failed");
+            return "<p class=\"error\">Why they got nothing could not be worked out (see the log).</p>"
+                .to_string();
+        }
+    };
+    if answers.is_empty() {
+        return "<p>Why they got nothing: every run they are in sent them something, or still may.</p>"
+            .to_string();
+    }
+    let rows: Vec<Vec<String>> = answers
+        .into_iter()
+        .map(|(run, campaign, why)| {
+            vec![
+                format!("<a href=\"/console/runs/{run}\">{run}</a>"),
+                esc(&campaign),
+                esc(&why),
+            ]
+        })
+        .collect();
+    table("Why they got nothing", &["run", "campaign", "why"], &rows)
 }
 
 /// `GET /console/contacts/{id}/export.json`: `herald contacts export`.

@@ -41,7 +41,7 @@ pub fn page(title: &str, csrf: Option<&str>, body: &str) -> String {
         let _ = write!(
             out,
             "<header><nav aria-label=\"console\"><a href=\"/console/\">Campaigns</a> \
-             <a href=\"/console/status\">Status</a> <a href=\"/console/contacts\">Contacts</a></nav>\
+             <a href=\"/console/status\">Status</a> <a href=\"/console/segments\">Segments</a> <a href=\"/console/contacts\">Contacts</a></nav>\
              <form method=\"post\" action=\"/console/sign-out\">{}<button type=\"submit\">Sign out</button></form></header>",
             csrf_field(csrf)
         );

@@ -14,6 +14,8 @@ mod contact;
 pub mod html;
 mod pages;
 pub mod report;
+mod segments;
+mod why;
 
 pub use pages::CampaignEntry;
 
@@ -59,6 +61,10 @@ pub struct ConsoleSettings {
     pub problems: std::sync::Arc<Vec<String>>,
     /// Each channel's configured rate (messages per second; `None`: unlimited).
     pub rates: Vec<(String, Option<u32>)>,
+    /// The whole config (segments, `[rfm]`, `[lifecycle]`, `[contacts.attrs]`,
+    /// the campaigns' rules): the segments page and a contact's "why nothing"
+    /// read it; `None` shows neither.
+    pub config: Option<std::sync::Arc<herald_domain::config::ConfigSet>>,
 }
 
 impl std::fmt::Debug for ConsoleSettings {
@@ -83,6 +89,7 @@ impl ConsoleSettings {
             campaigns: std::sync::Arc::default(),
             problems: std::sync::Arc::default(),
             rates: Vec::new(),
+            config: None,
         }
     }
 }
@@ -417,6 +424,8 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
             "/console/campaigns/{name}/report.csv",
             get(report::report_csv),
         )
+        .route("/console/segments", get(segments::segments_page))
+        .route("/console/segments/{name}", get(segments::segment_page))
         .route("/console/contacts", get(contact::lookup))
         .route("/console/contacts/{id}", get(contact::contact_page))
         .route(

@@ -286,7 +286,120 @@ pub(crate) async fn report_page(
             )
         );
     }
+    body.push_str(&conversions_figure(&st, &name, &query, &arms).await);
     html(StatusCode::OK, page(&title, Some(&csrf), &body))
+}
+
+/// The report filter of the page's query (run, since, until); `None` when
+/// it does not parse (the report has refused it already).
+fn storage_filter(query: &[(String, String)]) -> Option<herald_storage::report::ReportFilter> {
+    use herald_storage::report::{Bound, ReportFilter, parse_instant};
+    let mut f = ReportFilter::default();
+    for (k, v) in query {
+        match k.as_str() {
+            "run" => f.run = Some(v.trim().parse().ok()?),
+            "since" => f.since = Some(parse_instant(v, Bound::Since).ok()?),
+            "until" => f.until = Some(parse_instant(v, Bound::Until).ok()?),
+            _ => {}
+        }
+    }
+    Some(f)
+}
+
+/// Each arm's conversions as running totals since the send, from counts in
+/// buckets of one time unit, drawn `per` buckets to a step of the x axis;
+/// every arm of `arms` drawn (one without a conversion flat at 0). The x
+/// axis ends at the step of the latest conversion.
+pub(crate) fn conversion_series(
+    arms: &[Value],
+    buckets: &[herald_storage::conversions::ArmConversions],
+    per: i64,
+) -> (Vec<chart::Series>, f64) {
+    let per = per.max(1);
+    let last = buckets
+        .iter()
+        .filter_map(|a| a.buckets.last().map(|b| b.0))
+        .max()
+        .unwrap_or(0);
+    let series = arms
+        .iter()
+        .map(|a| {
+            let name = a["arm"].as_str().unwrap_or("?").to_string();
+            let mut points: Vec<(f64, f64)> = Vec::new();
+            if let Some(c) = buckets.iter().find(|c| c.arm == name) {
+                for (bucket, total) in c.cumulative() {
+                    // A conversion in a bucket is counted by the end of its step.
+                    let x = (bucket / per + 1) as f64;
+                    match points.last_mut() {
+                        Some(p) if p.0 == x => p.1 = total as f64,
+                        _ => points.push((x, total as f64)),
+                    }
+                }
+            }
+            (name, points)
+        })
+        .collect();
+    (series, (last / per + 1) as f64)
+}
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// The cumulative conversions chart, or a line saying why there is none.
+async fn conversions_figure(
+    st: &AppState,
+    name: &str,
+    query: &[(String, String)],
+    arms: &[Value],
+) -> String {
+    let Some(filter) = storage_filter(query) else {
+        return String::new();
+    };
+    let count = |bucket_ms| {
+        herald_storage::conversions::by_time_since_send(st.db(), name, &filter, bucket_ms)
+    };
+    let by_hour = match count(HOUR_MS).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return String::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "counting conversions over time failed");
+            return String::new();
+        }
+    };
+    let mut out = "<h2 id=\"cumulative\">Conversions since the send</h2>".to_string();
+    if by_hour.is_empty() {
+        out.push_str("<p>No conversions yet.</p>");
+        return out;
+    }
+    let last_hour = by_hour
+        .iter()
+        .filter_map(|a| a.buckets.last().map(|b| b.0))
+        .max()
+        .unwrap_or(0);
+    // Minutes within the first three hours, days past three days, else hours.
+    let (buckets, per, unit) = if last_hour < 3 {
+        match count(MINUTE_MS).await {
+            Ok(Some(c)) => (c, 1, "minutes since the send"),
+            _ => (by_hour, 1, "hours since the send"),
+        }
+    } else if last_hour > 72 {
+        (by_hour, 24, "days since the send")
+    } else {
+        (by_hour, 1, "hours since the send")
+    };
+    let (series, x_max) = conversion_series(arms, &buckets, per);
+    let _ = write!(
+        out,
+        "<figure>{}<figcaption>Each arm's conversions so far, by {unit} (each message timed from its own send; a held-out one from when it would have gone).</figcaption></figure>",
+        chart::lines(
+            "Cumulative conversions of each arm since the send",
+            "chart-cumulative",
+            &series,
+            x_max,
+            unit
+        )
+    );
+    out
 }
 
 /// `GET /console/campaigns/{name}/report.json`: the report as the API gives it.
@@ -366,5 +479,30 @@ mod tests {
             vec![("since".to_string(), "2026-01-01".to_string())]
         );
         assert_eq!(segment("win back/<x>"), "win%20back%2F%3Cx%3E");
+    }
+
+    #[test]
+    fn conversion_series_draws_every_arm_step_by_step() {
+        use herald_storage::conversions::ArmConversions;
+        let arms = vec![
+            serde_json::json!({"arm": "a"}),
+            serde_json::json!({"arm": "holdout"}),
+        ];
+        let hours = vec![ArmConversions {
+            arm: "a".into(),
+            buckets: vec![(0, 2), (5, 1)],
+        }];
+        let (series, x_max) = conversion_series(&arms, &hours, 1);
+        assert_eq!(x_max, 6.0);
+        assert_eq!(series[0].1, vec![(1.0, 2.0), (6.0, 3.0)]);
+        assert_eq!(series[1], ("holdout".to_string(), vec![]));
+        // Hours drawn as days: hours 0 and 5 are day 1, hour 100 day 5.
+        let days = vec![ArmConversions {
+            arm: "a".into(),
+            buckets: vec![(0, 2), (5, 1), (100, 4)],
+        }];
+        let (series, x_max) = conversion_series(&arms, &days, 24);
+        assert_eq!(x_max, 5.0);
+        assert_eq!(series[0].1, vec![(1.0, 3.0), (5.0, 7.0)]);
     }
 }

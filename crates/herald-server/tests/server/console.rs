@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use herald_domain::config::Campaign;
+use herald_domain::config::{Campaign, ConfigSet, HeraldConfig, Segment};
 use herald_server::console::{CampaignEntry, PRE_COOKIE, SESSION_COOKIE};
 use herald_server::{ConsoleSettings, ReportError, ReportSource};
 use herald_tests::Backend;
@@ -19,8 +19,11 @@ use crate::common::*;
 pub const PASSWORD: &str = "console-password-0123";
 
 /// Every page (GET) of the console.
-pub const PAGES: [&str; 13] = [
+pub const PAGES: [&str; 16] = [
     "/console/",
+    "/console/segments",
+    "/console/segments?filter=email%20contains%20%22%40%22",
+    "/console/segments/everyone",
     "/console/contacts",
     "/console/contacts/c1",
     "/console/contacts/c1/export.json",
@@ -59,6 +62,39 @@ fn campaigns() -> Vec<CampaignEntry> {
             "config/campaigns/winback.toml: template `{HOSTILE}` is not in templates"
         )],
     }]
+}
+
+/// The config the console reads for segments and "why nothing": two
+/// segments (one described in HTML) and the campaigns `winback` and
+/// `newsletter` (`attrs.x == 1`, email only).
+pub fn config() -> ConfigSet {
+    let segment = |name: &str, toml: &str| {
+        let s = Segment::parse(&format!("config/segments/{name}.toml"), toml).expect("segment");
+        (s.name.clone(), s)
+    };
+    let newsletter = Campaign::parse(
+        "config/campaigns/newsletter.toml",
+        "name = \"newsletter\"\nwhere = 'attrs.x == 1'\nchannels = [\"email\"]\n[[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"n.email.hbs\" }\n",
+    )
+    .expect("campaign");
+    ConfigSet {
+        herald: HeraldConfig::default(),
+        segments: [
+            segment(
+                "everyone",
+                &format!("name = \"everyone\"\ndescription = \"{HOSTILE}\"\nwhere = 'email contains \"@\"'\n"),
+            ),
+            segment("buyers", "name = \"buyers\"\nwhere = 'rfm.f >= 1'\n"),
+        ]
+        .into_iter()
+        .collect(),
+        campaigns: campaigns()
+            .into_iter()
+            .map(|e| e.campaign)
+            .chain([newsletter])
+            .map(|c| (c.name.clone(), c))
+            .collect(),
+    }
 }
 
 /// The report of `herald report`, made by the same storage function the
@@ -144,6 +180,7 @@ pub async fn start(backend: Backend) -> Option<App> {
 async fn start_with_secret(backend: Backend, secret: &'static [u8]) -> Option<App> {
     start_console(backend, secret, |console| {
         console.campaigns = Arc::new(campaigns());
+        console.config = Some(Arc::new(config()));
         console.problems = Arc::new(vec![format!("herald.toml: {HOSTILE}")]);
     })
     .await
@@ -681,7 +718,232 @@ with_console!(
     a_run_page_shows_status_figures_and_pauses_resumes_cancels,
     the_campaigns_page_lists_config_runs_and_problems,
     the_status_page_shows_routes_daemons_and_errors,
+    the_segments_pages_count_as_segment_preview,
+    a_filter_is_checked_as_herald_check_does_and_counted,
+    a_contacts_page_says_why_they_got_nothing,
 );
+
+/// Purchases (`order_placed`, the default `[rfm]` purchase event): c1
+/// twice lately, c5 once long ago; so `buyers` is c1 and c5 in two cells.
+pub async fn purchases(app: &App) {
+    let now = now_ms();
+    let ago = |days: i64| now - days * DAY;
+    let sql = format!(
+        "INSERT INTO events (contact_id, name, at, value, received_at) VALUES \
+         (1, 'order_placed', {}, 30, {now}), (1, 'order_placed', {}, 40, {now}), \
+         (5, 'order_placed', {}, 700, {now})",
+        ago(10),
+        ago(2),
+        ago(200)
+    );
+    app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+}
+
+/// `s` as the console writes text into HTML.
+pub fn esc(s: &str) -> String {
+    herald_server::console::html::esc(s)
+}
+
+/// The store `herald segment preview` counts with, over the test's database.
+pub fn preview_store(app: &App) -> herald_storage::store::SqlStore {
+    let h = HeraldConfig::default();
+    herald_storage::store::SqlStore::with_segment_config(app.db.clone(), h.rfm, h.lifecycle)
+}
+
+/// The segments list and one segment's page carry the figures of
+/// `herald segment preview` (its storage function), and escape the config's HTML.
+async fn the_segments_pages_count_as_segment_preview(app: &App) {
+    use herald_storage::segment_preview;
+    purchases(app).await;
+    let b = sign_in(app).await;
+    let store = preview_store(app);
+    let cfg = config();
+    let (status, page) = get(app, "/console/segments", Some(&b.cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for (name, seg) in &cfg.segments {
+        let n = segment_preview::count(&store, &seg.filter, now_ms())
+            .await
+            .unwrap();
+        let row = format!(
+            "<a href=\"/console/segments/{name}\">{name}</a></td><td>{}</td><td><code>{}</code></td><td>{n}</td>",
+            if name == "everyone" {
+                "&lt;img src=x onerror=alert(1)&gt;"
+            } else {
+                ""
+            },
+            esc(&seg.source)
+        );
+        assert!(page.contains(&row), "{row} not in {page}");
+    }
+    assert!(!page.contains("<img"), "escaped");
+
+    let (status, page) = get(app, "/console/segments/buyers", Some(&b.cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let p = segment_preview::preview(&store, &cfg.segments["buyers"].filter, now_ms(), 20)
+        .await
+        .unwrap();
+    assert_eq!(p.members, 2);
+    assert!(
+        page.contains(&format!("id=\"members-segment\">{}</strong>", p.members)),
+        "{page}"
+    );
+    for (stage, n) in &p.lifecycle {
+        let row = format!("<tr><td>{}</td><td>{n}</td></tr>", stage.as_str());
+        assert!(page.contains(&row), "{row} not in {page}");
+    }
+    assert_eq!(p.rf_grid.len(), 2, "{:?}", p.rf_grid);
+    for r in 1..=5 {
+        for f in 1..=5 {
+            let n = p.rf_grid.get(&(r, f)).copied().unwrap_or(0);
+            let cell = format!("<title>R {r}, F {f}: {n} members</title>");
+            assert!(page.contains(&cell), "{cell} not in the heat map");
+        }
+    }
+    for c in ["c1", "c5"] {
+        assert!(page.contains(&format!("<a href=\"/console/contacts/{c}\">{c}</a>")));
+    }
+    assert!(!page.contains("/console/contacts/c2\""), "c2 never bought");
+    assert_eq!(
+        get(app, "/console/segments/nobody", Some(&b.cookie))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// The box: a typo is refused with `herald check`'s words and a caret
+/// under it; a literal of the wrong stored type too; a good filter is counted.
+async fn a_filter_is_checked_as_herald_check_does_and_counted(app: &App) {
+    purchases(app).await;
+    app.db
+        .conn
+        .execute_unprepared("UPDATE contacts SET attrs = '{\"vip\": true}' WHERE id = 1")
+        .await
+        .unwrap();
+    let b = sign_in(app).await;
+    let query = |f: &str| {
+        format!(
+            "/console/segments?{}",
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("filter", f)
+                .finish()
+        )
+    };
+    let typo = "lifecyle == \"active\"";
+    let (status, page) = get(app, &query(typo), Some(&b.cookie)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    // What `herald check` prints for a segment file, for the text alone.
+    let said = herald_domain::config::check_filter_text(typo, &HeraldConfig::default())
+        .unwrap_err()
+        .into_diagnostic("filter", typo, 0)
+        .to_string();
+    assert!(
+        said.contains("^^^^^^^^ did you mean `lifecycle`?"),
+        "{said}"
+    );
+    let shown = esc(&said);
+    assert!(
+        page.contains(&format!(
+            "<pre class=\"diagnostic\" role=\"alert\">{shown}</pre>"
+        )),
+        "{shown} not in {page}"
+    );
+    // The box keeps what was typed, to fix it.
+    assert!(
+        page.contains("value=\"lifecyle == &quot;active&quot;\""),
+        "{page}"
+    );
+
+    // An undeclared attribute compared with a literal no stored value has.
+    let (status, page) = get(app, &query("attrs.vip == \"yes\""), Some(&b.cookie)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(
+        page.contains("in the 1 stored contact that has it"),
+        "{page}"
+    );
+
+    let (status, page) = get(
+        app,
+        &query("rfm.f >= 1 and email contains \"bob\""),
+        Some(&b.cookie),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("id=\"members-tried\">1</strong>"), "{page}");
+    assert!(page.contains("/console/contacts/c5"), "{page}");
+    assert!(!page.contains("class=\"diagnostic\""), "{page}");
+}
+
+/// "Why they got nothing": the planner's recorded reasons, and a replay of
+/// its rules for a run the contact has no message in.
+async fn a_contacts_page_says_why_they_got_nothing(app: &App) {
+    app.db
+        .conn
+        .execute_unprepared("UPDATE contacts SET attrs = '{\"x\": 1}' WHERE id IN (2, 5, 6)")
+        .await
+        .unwrap();
+    // c6 was there before the runs were planned; c5, like the rest, came later.
+    app.db
+        .conn
+        .execute_unprepared(&format!(
+            "UPDATE contacts SET created_at = created_at - 3 * {DAY} WHERE id = 6"
+        ))
+        .await
+        .unwrap();
+    let b = sign_in(app).await;
+    let why = |page: &str| -> String {
+        let at = page
+            .find("<caption>Why they got nothing")
+            .unwrap_or_else(|| panic!("{page}"));
+        let end = page[at..].find("</table>").unwrap();
+        page[at..at + end].to_string()
+    };
+    let cases = [
+        // Suppressed in run 1 for want of consent; not in newsletter's audience.
+        (
+            "c4",
+            vec![
+                "<td><a href=\"/console/runs/1\">1</a></td><td>winback</td><td>suppressed: no consent",
+                "<td><a href=\"/console/runs/2\">2</a></td><td>newsletter</td><td>not in the audience (the campaign",
+            ],
+        ),
+        // The holdout arm of run 1.
+        (
+            "c3",
+            vec!["<td>winback</td><td>in the campaign", "holdout arm"],
+        ),
+        // In newsletter's audience, but it is email only and c2 has a phone.
+        (
+            "c2",
+            vec!["<td>newsletter</td><td>suppressed: no address on any of the campaign"],
+        ),
+        // In the audience with an email: the planner would send one now.
+        (
+            "c6",
+            vec![
+                "<td>newsletter</td><td>on their data as it stands now the planner would send them one",
+            ],
+        ),
+        (
+            "c5",
+            vec!["<td>newsletter</td><td>they were added after the run was planned"],
+        ),
+    ];
+    for (c, wants) in cases {
+        let (status, page) = get(app, &format!("/console/contacts/{c}"), Some(&b.cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let table = why(&page);
+        for w in wants {
+            assert!(table.contains(w), "{c}: {w} not in {table}");
+        }
+    }
+    // c1 got both runs' messages.
+    let (_, page) = get(app, "/console/contacts/c1", Some(&b.cookie)).await;
+    assert!(
+        page.contains("Why they got nothing: every run they are in sent them something"),
+        "{page}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_signed_with_another_secret_is_refused() {
@@ -737,7 +999,8 @@ async fn the_sign_in_form_needs_its_own_token() {
 }
 
 /// How long each page takes with 100,000 contacts and as many messages in
-/// one run (most delivered, some failed, some planned). Ignored: run it by
+/// one run (most delivered, some failed, some planned), the segments pages
+/// counting all of them. Ignored: run it by
 /// name with `--ignored --nocapture` to read the figures.
 async fn page_times_at_100k(app: &App) {
     let now = now_ms();
@@ -763,7 +1026,15 @@ async fn page_times_at_100k(app: &App) {
         app.db.conn.execute_unprepared(&sql).await.expect(&sql);
     }
     let b = sign_in(app).await;
-    for p in ["/console/", "/console/status", "/console/runs/1"] {
+    for p in [
+        "/console/",
+        "/console/status",
+        "/console/runs/1",
+        "/console/campaigns/winback/report",
+        "/console/segments",
+        "/console/segments/everyone",
+        "/console/contacts/x5",
+    ] {
         let mut times = Vec::new();
         for _ in 0..5 {
             let t = std::time::Instant::now();
