@@ -4,7 +4,7 @@
 //! chance it is better").
 
 use herald_domain::stats::{
-    CONFIDENCE_LEVEL, Comparison, Correction, Estimate, Interval, MetricComparison,
+    CONFIDENCE_LEVEL, Comparison, Correction, Estimate, Interval, MetricComparison, MetricEstimate,
     SRM_P_THRESHOLD, Srm, TestKind,
 };
 
@@ -184,6 +184,28 @@ pub fn test_sentence(test: TestKind) -> String {
              them every day keeps the chance of a false win at 5%; they are wider than \
              fixed-horizon ones"
         ),
+    }
+}
+
+/// What `[results] cuped` does to the report.
+pub fn cuped_sentence(days: u32) -> String {
+    format!(
+        "CUPED is applied: conversion, ARPU and LTV are regression-adjusted by each contact's \
+         goal events and revenue in the {days} day(s) before the message (contacts without \
+         history count as zero); revenue per converting contact, clicks per delivered and \
+         retention are not adjusted"
+    )
+}
+
+/// `" (CUPED removed 31% of its variance)"` for an adjusted estimate; empty otherwise.
+pub fn variance_reduction_clause(e: &MetricEstimate) -> String {
+    match e.variance_reduction {
+        Some(v) if v >= 0.0 => format!(" (CUPED removed {} of its variance)", percent(v)),
+        Some(v) => format!(
+            " (CUPED added {} to its variance: the history barely predicts it)",
+            percent(-v)
+        ),
+        None => String::new(),
     }
 }
 
