@@ -1214,6 +1214,8 @@ pub async fn rollouts(db: &Db, campaign_id: i64) -> ReportResult<Vec<RolloutReco
 }
 
 #[cfg(test)]
+mod cuped_tests;
+#[cfg(test)]
 mod db_tests;
 
 #[cfg(test)]
