@@ -2599,6 +2599,7 @@ mod tests {
             [
                 "control",
                 "control_counts",
+                "cuped",
                 "metric",
                 "p_value_adjusted",
                 "result",
@@ -2612,6 +2613,9 @@ mod tests {
             json["total"]["comparisons"][0]["result"]["outcome"],
             "estimate"
         );
+        // Without `[results] cuped`: no adjustment, and the echo says so.
+        assert_eq!(json["total"]["comparisons"][0]["cuped"], Json::Null);
+        assert_eq!(json["statistics"]["cuped_days"], Json::Null);
         assert_eq!(
             keys(&json["total"]["srm"]),
             [
