@@ -1938,20 +1938,22 @@ mod tests {
     /// Contact `i` of arm `g` (0: `a`, the control; 1: `b`): (pre converted,
     /// pre revenue, converted, 30-day revenue, LTV revenue), as the script has it.
     fn cuped_contact(g: u64, i: u64) -> (u64, u64, u64, u64, u64) {
-        let pre_rev = if i % 3 != 0 {
+        let pre_rev = if !i.is_multiple_of(3) {
             (i * 37 + 11 + 5 * g) % 53
         } else {
             0
         };
         let pre_conv = u64::from((i * 7 + g) % 5 < 2);
-        let r30 = if (i + g) % 4 != 0 {
+        let r30 = if !(i + g).is_multiple_of(4) {
             (pre_rev * 3) / 4 + (i * 13 + 7 * g) % 19 + 4 * g
         } else {
             0
         };
         let rltv = r30 + (i * 5) % 11;
         let conv = u64::from(
-            (pre_conv == 1 && i % 3 != 1) || (i * 11 + 3 * g) % 7 == 0 || (g == 1 && i % 10 == 3),
+            (pre_conv == 1 && i % 3 != 1)
+                || (i * 11 + 3 * g).is_multiple_of(7)
+                || (g == 1 && i % 10 == 3),
         );
         (pre_conv, pre_rev, conv, r30, rltv)
     }

@@ -99,7 +99,7 @@ fn expected_covariates() -> BTreeMap<i64, (i64, f64)> {
 
 /// The post-period purchase of a contact, if any: correlated with its history.
 fn purchase(contact: i64, pre: f64) -> Option<f64> {
-    (pre > 0.0 && contact % 2 == 0 || contact % 7 == 0).then(|| pre + 5.0 + (contact % 3) as f64)
+    (pre > 0.0 && contact % 2 == 0 || contact % 7 == 0).then_some(pre + 5.0 + (contact % 3) as f64)
 }
 
 async fn cuped_covariates_are_planned_and_adjust_the_report(db: &Db) {

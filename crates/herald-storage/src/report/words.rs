@@ -200,7 +200,10 @@ pub fn cuped_sentence(days: u32) -> String {
 /// `" (CUPED removed 31% of its variance)"` for an adjusted estimate; empty otherwise.
 pub fn variance_reduction_clause(e: &MetricEstimate) -> String {
     match e.variance_reduction {
-        Some(v) if v >= 0.0 => format!(" (CUPED removed {} of its variance)", percent(v)),
+        // A reduction that rounds to nothing is not called an increase.
+        Some(v) if v >= -5e-4 => {
+            format!(" (CUPED removed {} of its variance)", percent(v.max(0.0)))
+        }
         Some(v) => format!(
             " (CUPED added {} to its variance: the history barely predicts it)",
             percent(-v)
@@ -244,6 +247,35 @@ pub fn srm_sentence(srm: &Srm) -> String {
 #[cfg(test)]
 mod tests {
     use herald_domain::stats::{ArmCounts, compare, srm};
+
+    #[test]
+    fn the_variance_cuped_removed_is_said_as_it_is() {
+        let mut e = herald_domain::stats::MetricEstimate {
+            control_mean: 1.0,
+            variant_mean: 1.1,
+            abs_lift: 0.1,
+            rel_lift: 0.1,
+            rel_lift_stddev: 0.05,
+            rel_ci: super::Interval {
+                lower: 0.0,
+                upper: 0.2,
+            },
+            df: None,
+            p_value: 0.04,
+            chance_to_beat: 0.98,
+            test: super::TestKind::FixedHorizon,
+            theta: Some(0.5),
+            variance_reduction: Some(0.31),
+        };
+        let said = |e: &herald_domain::stats::MetricEstimate| super::variance_reduction_clause(e);
+        assert_eq!(said(&e), " (CUPED removed 31% of its variance)");
+        e.variance_reduction = Some(-1e-6);
+        assert_eq!(said(&e), " (CUPED removed 0.0% of its variance)");
+        e.variance_reduction = Some(-0.02);
+        assert!(said(&e).contains("CUPED added 2.0% to its variance"));
+        e.variance_reduction = None;
+        assert_eq!(said(&e), "");
+    }
 
     use super::*;
 
