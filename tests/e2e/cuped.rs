@@ -154,3 +154,100 @@ async fn the_report_applies_cuped_from_purchases_before_the_send(backend: Backen
 }
 
 on_both_databases!(the_report_applies_cuped_from_purchases_before_the_send);
+
+/// A triggered campaign's messages take their history too, up to the
+/// triggering event: the purchase that triggers is not its own history.
+async fn a_triggered_message_takes_the_history_before_its_event(backend: Backend) {
+    use herald_engine::clock::FixedClock;
+    use herald_engine::store::Store;
+    use herald_engine::trigger::TriggerPlanner;
+    use sea_orm::ConnectionTrait;
+    use std::sync::Arc;
+
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    p.write(
+        "config/herald.toml",
+        "[channels.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = 2525\nfrom = \"Shop <news@example.com>\"\n",
+    );
+    p.write(
+        "config/campaigns/thanks.toml",
+        "name = \"thanks\"\nwhere = 'email contains \"@\"'\nchannels = [\"email\"]\n\
+         trigger = { event = \"order_placed\", delay = \"0s\" }\n\
+         goal = { event = \"order_placed\", within = \"3d\" }\n\n\
+         [[variants]]\nname = \"a\"\nemail = { subject = \"s\", template = \"t/a.email.hbs\" }\n\n\
+         [results]\nrevenue_event = \"order_placed\"\ncuped = { days = 30 }\n",
+    );
+    p.write("templates/t/a.email.hbs", "<p>Thanks</p>\n");
+    let mut contacts = String::from("external_id,email\n");
+    for i in 0..6 {
+        contacts.push_str(&format!("u{i},u{i}@example.com\n"));
+    }
+    p.write("contacts.csv", &contacts);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let config = Arc::new(herald_domain::config::load(&p.path().join("config")).expect("config"));
+    let storage = herald_storage::Db::connect(&db.url).await.expect("db");
+    let store: Arc<dyn Store> = Arc::new(herald_storage::store::SqlStore::new(storage.clone()));
+    let start = chrono::Utc::now();
+    let clock = Arc::new(FixedClock::new(start));
+    let at = start.timestamp_millis();
+    let event = |id: i64, who: i64, offset: i64, value: f64| {
+        let t = at + offset;
+        format!(
+            "INSERT INTO events (id, contact_id, name, at, value, received_at) SELECT {id}, id, 'order_placed', {t}, {value}, {t} FROM contacts WHERE external_id = 'u{who}'"
+        )
+    };
+    // The history, stored before the planner starts (it triggers nothing):
+    // u1 bought 40 and 2 in the window, u2 only long ago.
+    for (id, who, offset, value) in [
+        (1, 1, -5 * DAY, 40.0),
+        (2, 1, -DAY, 2.0),
+        (3, 2, -45 * DAY, 9.0),
+    ] {
+        let s = event(id, who, offset, value);
+        storage.conn.execute_unprepared(&s).await.expect(&s);
+    }
+    let mut planner = TriggerPlanner::new(store, clock.clone(), config);
+    planner.pass().await.expect("pass");
+    // Each of u1, u2 and u3 buys now: the purchase that triggers is not history.
+    for (id, who) in [(10, 1), (11, 2), (12, 3)] {
+        let s = event(id, who, 0, 15.0);
+        storage.conn.execute_unprepared(&s).await.expect(&s);
+    }
+    clock.advance(chrono::Duration::milliseconds(1100));
+    let r = planner.pass().await.expect("pass");
+    assert_eq!(r.planned, 3, "{r:?}");
+    let rows = storage
+        .conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            storage.backend(),
+            "SELECT c.external_id, m.pre_converted, CAST(m.pre_revenue AS DOUBLE PRECISION) \
+             FROM messages m JOIN contacts c ON c.id = m.contact_id ORDER BY c.external_id"
+                .to_string(),
+        ))
+        .await
+        .expect("messages");
+    let got: Vec<(String, Option<i32>, Option<f64>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.try_get_by_index(0).unwrap(),
+                r.try_get_by_index(1).unwrap(),
+                r.try_get_by_index(2).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("u1".to_string(), Some(1), Some(42.0)),
+            ("u2".to_string(), Some(0), Some(0.0)),
+            ("u3".to_string(), Some(0), Some(0.0)),
+        ]
+    );
+    db.drop_db().await;
+}
+
+on_both_databases!(a_triggered_message_takes_the_history_before_its_event);
