@@ -21,6 +21,7 @@ mod m20261207_000001_messages_run_fk;
 mod m20261207_000122_lanes;
 mod m20261207_000123_campaign_goals;
 mod m20261207_000124_provider_id_index;
+mod m20261207_000125_cuped_covariates;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000122_lanes::Migration),
             Box::new(m20261207_000123_campaign_goals::Migration),
             Box::new(m20261207_000124_provider_id_index::Migration),
+            Box::new(m20261207_000125_cuped_covariates::Migration),
         ]
     }
 }

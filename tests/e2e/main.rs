@@ -45,6 +45,7 @@ mod campaign_preview;
 mod check;
 mod contacts;
 mod crash;
+mod cuped;
 mod daemon;
 mod demo;
 mod fallback;

@@ -17,6 +17,23 @@ use sea_orm::{ConnectionTrait, DbBackend};
 /// How many times the report is timed; the best and the median are printed.
 const REPEATS: usize = 3;
 
+/// `[results]` as the report is timed with it: none (the grouped scan
+/// alone), ARPU and LTV (the per-message results statement too), and the
+/// same with CUPED (its covariates read from the messages, generated here
+/// for a quarter of them). Timed in turn, so a load that changes over the
+/// run weighs on each alike.
+const SETTINGS: [(&str, &str); 3] = [
+    ("no [results]", ""),
+    (
+        "[results] revenue_event",
+        "\n[results]\nrevenue_event = \"order_placed\"\n",
+    ),
+    (
+        "[results] revenue_event + cuped",
+        "\n[results]\nrevenue_event = \"order_placed\"\ncuped = { days = 30 }\n",
+    ),
+];
+
 /// The benchmark's campaign: the demo's arms (10% holdout, two variants).
 const CAMPAIGN: &str = r#"
 name = "bench"
@@ -94,7 +111,9 @@ fn messages_select(b: DbBackend) -> String {
            CASE WHEN hit AND cv < goal THEN t + 7200000 END, \
            CASE WHEN hit AND cv < goal THEN 20 + g % 380 ELSE 0 END, \
            CASE WHEN hit THEN {app_open} END, \
-           t, t \
+           t, t, \
+           CASE WHEN o2 < 0.25 THEN 1 ELSE 0 END, \
+           CAST(CASE WHEN o2 < 0.25 THEN 10 + g % 200 ELSE 0 END AS DOUBLE PRECISION) \
          FROM (SELECT g, run, t, arm, s, ch, o, o2, cv, hit, \
                  CASE arm WHEN 'holdout' THEN 0.08 WHEN 'discount' THEN 0.12 ELSE 0.10 END AS goal, \
                  CASE WHEN s < 0.0075 THEN 'suppressed' WHEN arm = 'holdout' THEN 'held_out' \
@@ -111,7 +130,7 @@ fn messages_select(b: DbBackend) -> String {
     )
 }
 
-const INSERT_COLUMNS: &str = "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, provider_id, sent_at, delivered_at, opened_at, machine_opened_at, open_count, clicked_at, click_count, unsubscribed_at, converted_at, revenue, secondary, created_at, updated_at) ";
+const INSERT_COLUMNS: &str = "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, provider_id, sent_at, delivered_at, opened_at, machine_opened_at, open_count, clicked_at, click_count, unsubscribed_at, converted_at, revenue, secondary, created_at, updated_at, pre_converted, pre_revenue) ";
 
 async fn exec(db: &Db, q: Sql) -> anyhow::Result<u64> {
     Ok(db
@@ -240,27 +259,36 @@ pub async fn run(url: &str, o: Options, keep: bool) -> anyhow::Result<()> {
         eprintln!("generated in {}", secs(t.elapsed()));
     }
     let outcomes = with_outcome(&db).await?;
+    let campaigns: Vec<Campaign> = SETTINGS
+        .iter()
+        .map(|(_, results)| {
+            Campaign::parse("bench.toml", &format!("{CAMPAIGN}{results}"))
+                .map_err(|e| anyhow::anyhow!("the bench campaign is invalid: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
 
     let mut baseline = Vec::new();
-    let mut times = Vec::new();
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); SETTINGS.len()];
     let mut last = None;
     for _ in 0..REPEATS {
         let t = Instant::now();
         let (n, _) = count_all(&db).await?;
         baseline.push((t.elapsed(), n));
-        let t = Instant::now();
-        let report = campaign_report(
-            &db,
-            "bench",
-            Some(&campaign),
-            0.0,
-            &ReportFilter::default(),
-            chrono::Utc::now().timestamp_millis(),
-        )
-        .await?
-        .context("the bench campaign is missing")?;
-        times.push(t.elapsed());
-        last = Some(report);
+        for (i, campaign) in campaigns.iter().enumerate() {
+            let t = Instant::now();
+            let report = campaign_report(
+                &db,
+                "bench",
+                Some(campaign),
+                0.0,
+                &ReportFilter::default(),
+                chrono::Utc::now().timestamp_millis(),
+            )
+            .await?
+            .context("the bench campaign is missing")?;
+            times[i].push(t.elapsed());
+            last = Some(report);
+        }
     }
     let report = last.context("no report was made")?;
     let messages = baseline.first().map_or(0, |b| b.1);
@@ -270,24 +298,29 @@ pub async fn run(url: &str, o: Options, keep: bool) -> anyhow::Result<()> {
         "the report counted {} messages, COUNT(*) {messages}",
         report.total.messages
     );
-    times.sort();
     let mut base: Vec<Duration> = baseline.iter().map(|b| b.0).collect();
     base.sort();
-    let (best, median) = (times[0], times[times.len() / 2]);
     println!(
-        "report of {messages} messages ({outcomes} with outcomes) in {} runs on {}: best {}, median {} of {REPEATS}",
+        "report of {messages} messages ({outcomes} with outcomes) in {} runs on {}, each setting timed {REPEATS} times in turn:",
         report.runs.len(),
         match backend {
             DbBackend::Postgres => "PostgreSQL",
             _ => "SQLite",
         },
-        secs(best),
-        secs(median)
     );
+    for ((name, _), times) in SETTINGS.iter().zip(&mut times) {
+        times.sort();
+        let (best, median) = (times[0], times[times.len() / 2]);
+        println!(
+            "  {name}: best {}, median {}; report / baseline = {:.2}",
+            secs(best),
+            secs(median),
+            best.as_secs_f64() / base[0].as_secs_f64()
+        );
+    }
     println!(
-        "baseline SELECT COUNT(*) over the same rows: best {}; report / baseline = {:.2}",
+        "baseline SELECT COUNT(*) over the same rows: best {}",
         secs(base[0]),
-        best.as_secs_f64() / base[0].as_secs_f64()
     );
     for a in &report.total.arms {
         println!(

@@ -387,6 +387,12 @@ fn estimate_header(r: &Report) -> Vec<&'static str> {
 }
 
 fn conversion_numbers(c: &ComparisonReport) -> Option<(f64, Interval, f64, f64)> {
+    // With CUPED the conversion's numbers are the adjusted ones.
+    if let Some(cuped) = &c.cuped {
+        return cuped
+            .estimate()
+            .map(|e| (e.rel_lift, e.rel_ci, e.p_value, e.chance_to_beat));
+    }
     match &c.result {
         Comparison::Estimate(e) => Some((e.rel_lift, e.rel_ci, e.p_value, e.chance_to_beat)),
         Comparison::NotEnoughData { .. } => None,
@@ -400,6 +406,25 @@ fn metric_numbers(c: &MetricComparisonReport) -> Option<(f64, Interval, f64, f64
     }
 }
 
+/// The share of a comparison's variance CUPED removed: conversion's.
+fn conversion_reduction(c: &ComparisonReport) -> Option<f64> {
+    c.cuped
+        .as_ref()
+        .and_then(|m| m.estimate())
+        .and_then(|e| e.variance_reduction)
+}
+
+/// A metric's (ARPU's, LTV's).
+fn metric_reduction(c: &MetricComparisonReport) -> Option<f64> {
+    c.result.estimate().and_then(|e| e.variance_reduction)
+}
+
+/// A variance-reduction cell: "-31%" of the variance, empty where not adjusted.
+fn reduction_cell(v: Option<f64>) -> String {
+    v.map(|v| format!("{:+.1}%", -v * 100.0))
+        .unwrap_or_default()
+}
+
 /// Each comparison's numbers, next to the sentences that say them in words.
 fn comparison_table(r: &Report, scope: &Scope, wide: bool) -> Table {
     // Narrow, the two rates are left out: the outcome table above has them.
@@ -408,6 +433,10 @@ fn comparison_table(r: &Report, scope: &Scope, wide: bool) -> Table {
         header.extend(["conversion", "control conversion"]);
     }
     header.extend(estimate_header(r));
+    let cuped = r.statistics.cuped_days.is_some();
+    if cuped {
+        header.push("CUPED variance");
+    }
     let corrected = r.statistics.correction != "none";
     let mut t = new_table(header.into_iter().map(String::from).collect(), wide);
     for c in &scope.comparisons {
@@ -420,6 +449,9 @@ fn comparison_table(r: &Report, scope: &Scope, wide: bool) -> Table {
             c.p_value_adjusted,
             corrected,
         ));
+        if cuped {
+            row.push(reduction_cell(conversion_reduction(c)));
+        }
         t.add_row(row);
     }
     t
@@ -456,6 +488,10 @@ fn metric_table(r: &Report, scope: &Scope, wide: bool) -> Table {
         header.extend(["value", "control value"]);
     }
     header.extend(estimate_header(r));
+    let cuped = r.statistics.cuped_days.is_some();
+    if cuped {
+        header.push("CUPED variance");
+    }
     let corrected = r.statistics.correction != "none";
     let mut t = new_table(header.into_iter().map(String::from).collect(), wide);
     for c in &scope.results_comparisons {
@@ -472,6 +508,9 @@ fn metric_table(r: &Report, scope: &Scope, wide: bool) -> Table {
             c.p_value_adjusted,
             corrected,
         ));
+        if cuped {
+            row.push(String::new());
+        }
         t.add_row(row);
     }
     for c in &scope.metric_comparisons {
@@ -491,6 +530,9 @@ fn metric_table(r: &Report, scope: &Scope, wide: bool) -> Table {
             c.p_value_adjusted,
             corrected,
         ));
+        if cuped {
+            row.push(reduction_cell(metric_reduction(c)));
+        }
         t.add_row(row);
     }
     t
@@ -812,6 +854,25 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
         }
     }
 
+    // CUPED last, and only with it: the adjusted numbers are in the columns
+    // above; these say it was applied and how much variance it removed.
+    let cuped = r.statistics.cuped_days.is_some();
+    if cuped {
+        header.extend(
+            [
+                "cuped_days",
+                "vs_control_variance_reduction",
+                "vs_first_variance_reduction",
+            ]
+            .map(String::from),
+        );
+        for m in CUPED_METRICS {
+            for prefix in ["vs_control", "vs_first"] {
+                header.push(format!("{m}_{prefix}_variance_reduction"));
+            }
+        }
+    }
+
     let mut w = ::csv::Writer::from_writer(Vec::new());
     w.write_record(&header)?;
     let scopes = std::iter::once(("total", None, &r.total))
@@ -869,20 +930,26 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
                         .find(|x| x.variant == a.arm && x.control == c)
                 });
                 let mut cells = vec![opt(found.map(|c| c.control.clone()))];
-                match found.map(|c| &c.result) {
-                    Some(Comparison::Estimate(e)) => cells.extend([
-                        e.rel_lift.to_string(),
-                        e.rel_ci.lower.to_string(),
-                        e.rel_ci.upper.to_string(),
-                        e.p_value.to_string(),
-                        e.chance_to_beat.to_string(),
+                // With CUPED, the adjusted numbers (the `cuped_days` column says so).
+                match (found.map(conversion_numbers), found) {
+                    (Some(Some((lift, ci, p, chance))), _) => cells.extend([
+                        lift.to_string(),
+                        ci.lower.to_string(),
+                        ci.upper.to_string(),
+                        p.to_string(),
+                        chance.to_string(),
                         String::new(),
                     ]),
-                    Some(Comparison::NotEnoughData { message, .. }) => {
+                    (Some(None), Some(c)) => {
+                        let message = match (&c.cuped, &c.result) {
+                            (Some(MetricComparison::NotEnoughData { message, .. }), _)
+                            | (None, Comparison::NotEnoughData { message, .. }) => *message,
+                            _ => "",
+                        };
                         cells.extend(std::iter::repeat_n(String::new(), 5));
-                        cells.push((*message).to_string());
+                        cells.push(message.to_string());
                     }
-                    None => cells.extend(std::iter::repeat_n(String::new(), 6)),
+                    _ => cells.extend(std::iter::repeat_n(String::new(), 6)),
                 }
                 cells
             };
@@ -927,12 +994,42 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
             for m in &metrics {
                 row.extend(csv_metric_cells(scope, &a.arm, m, first));
             }
+            if cuped {
+                let versus = |control: Option<&str>| {
+                    let found = control.and_then(|c| {
+                        scope
+                            .comparisons
+                            .iter()
+                            .find(|x| x.variant == a.arm && x.control == c)
+                    });
+                    opt(found.and_then(conversion_reduction))
+                };
+                row.extend([
+                    opt(r.statistics.cuped_days),
+                    versus(scope.control.as_deref()),
+                    versus(first),
+                ]);
+                for m in CUPED_METRICS {
+                    for control in [scope.control.as_deref(), first] {
+                        let found = control.and_then(|c| {
+                            scope
+                                .metric_comparisons
+                                .iter()
+                                .find(|x| x.metric == m && x.variant == a.arm && x.control == c)
+                        });
+                        row.push(opt(found.and_then(metric_reduction)));
+                    }
+                }
+            }
             w.write_record(&row)?;
         }
     }
     let bytes = w.into_inner().context("cannot finish the CSV")?;
     Ok(String::from_utf8(bytes)?)
 }
+
+/// The mean metrics CUPED adjusts besides conversion, in the CSV's order.
+const CUPED_METRICS: [&str; 2] = ["arpu", "ltv"];
 
 /// The metrics compared besides conversion, in the order the total shows them.
 fn csv_metrics(r: &Report) -> Vec<&'static str> {

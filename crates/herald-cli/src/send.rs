@@ -418,8 +418,18 @@ fn arm_sizes(counts: &RunCounts) -> BTreeMap<String, u64> {
 /// The smallest control size (with `n_variant` fixed) at which `lift` is
 /// detectable, if one up to a billion is.
 fn control_needed(baseline: f64, n_variant: u64, lift: f64, test: TestKind) -> Option<u64> {
-    let detects =
-        |n: u64| minimum_detectable_lift(baseline, n, n_variant, test).is_some_and(|m| m <= lift);
+    smallest(|n| minimum_detectable_lift(baseline, n, n_variant, test).is_some_and(|m| m <= lift))
+}
+
+/// The smallest size of two equal arms at which `lift` is detectable, if one
+/// up to a billion is.
+fn arms_needed(baseline: f64, lift: f64, test: TestKind) -> Option<u64> {
+    smallest(|n| minimum_detectable_lift(baseline, n, n, test).is_some_and(|m| m <= lift))
+}
+
+/// The smallest n in 1..=1e9 for which `detects` holds, `detects` being
+/// monotone (more contacts never detect less).
+fn smallest(detects: impl Fn(u64) -> bool) -> Option<u64> {
     let mut hi = 2;
     while !detects(hi) {
         hi *= 2;
@@ -503,6 +513,35 @@ pub fn power_text(
                  (`[results] expected_lift`) of {variant}{fix}\n",
                 lift * 100.0
             ));
+        }
+    }
+    // With a holdout the report also compares each variant with the first:
+    // which of them is better is a question of its own, with its own power.
+    if control == holdout
+        && let Some((first, rest)) = variants.split_first()
+    {
+        for variant in rest {
+            let (nf, nv) = (size(first), size(variant));
+            let mde = minimum_detectable_lift(baseline.rate, nf, nv, test);
+            let words = match mde {
+                Some(m) => format!("+{:.1}%", m * 100.0),
+                None => "none that is possible (the arms are too small)".to_string(),
+            };
+            out.push_str(&format!(
+                "  {variant} ({nv}) vs {first} ({nf}): minimum detectable lift {words}\n"
+            ));
+            if let Some(lift) = expected
+                && mde.is_none_or(|m| m > lift)
+            {
+                let fix = arms_needed(baseline.rate, lift, test)
+                    .map(|n| format!("; about {n} contacts in each would"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "  warning: {variant} and {first} are too small to tell apart by the \
+                     expected +{:.1}% lift (`[results] expected_lift`){fix}\n",
+                    lift * 100.0
+                ));
+            }
         }
     }
     out
@@ -670,6 +709,21 @@ mod tests {
             !text.contains("warning"),
             "no expected lift, no warning: {text}"
         );
+        // With a holdout, the variants are also compared with each other.
+        let between = minimum_detectable_lift(0.05, 4_500, 3_000, TestKind::FixedHorizon).unwrap();
+        let uneven = power_text(
+            &campaign(""),
+            &sizes(1_000, 4_500, 3_000),
+            Some(&baseline()),
+        );
+        assert!(
+            uneven.contains(&format!(
+                "b (3000) vs a (4500): minimum detectable lift +{:.1}%",
+                between * 100.0
+            )),
+            "{uneven}"
+        );
+        assert!(!uneven.contains("a (4500) vs b"), "{uneven}");
         let seq = power_text(
             &campaign("[results]\nsequential = true\n"),
             &sizes(1_000, 4_500, 4_500),
@@ -701,7 +755,23 @@ mod tests {
             "{hopeless}"
         );
         assert!(control_needed(0.05, 4_500, 0.1, TestKind::FixedHorizon).is_none());
-        assert!(!hopeless.contains("would"), "{hopeless}");
+        assert!(!hopeless.contains("a holdout of about"), "{hopeless}");
+        // The variants between them: too small for +10%, with the size that would do.
+        assert!(!text.contains("b and a are too small"), "{text}");
+        assert!(
+            hopeless.contains(
+                "warning: b and a are too small to tell apart by the expected +10.0% lift"
+            ),
+            "{hopeless}"
+        );
+        let each = arms_needed(0.05, 0.1, TestKind::FixedHorizon).unwrap();
+        assert!(
+            hopeless.contains(&format!("about {each} contacts in each")),
+            "{hopeless}"
+        );
+        let at = minimum_detectable_lift(0.05, each, each, TestKind::FixedHorizon).unwrap();
+        let below = minimum_detectable_lift(0.05, each - 1, each - 1, TestKind::FixedHorizon);
+        assert!(at <= 0.1 && below.is_none_or(|m| m > 0.1), "{at} {below:?}");
         let big = power_text(&c, &sizes(200_000, 200_000, 200_000), Some(&baseline()));
         assert!(!big.contains("warning"), "{big}");
         let none = power_text(&c, &sizes(1_000, 4_500, 4_500), None);

@@ -73,6 +73,7 @@ mod tests {
             send_at: DateTime::parse_from_rfc3339(at).unwrap().timestamp_millis(),
             status: MessageStatus::Planned,
             reason: reason.map(str::to_string),
+            pre: Default::default(),
         }
     }
 

@@ -151,6 +151,7 @@ mod tests {
             send_at,
             status,
             reason: None,
+            pre: Default::default(),
         }
     }
 

@@ -221,6 +221,7 @@ pub fn decide(ctx: &PlanContext<'_>, member: &AudienceMember) -> PlannedMessage 
         send_at: ctx.now,
         status: MessageStatus::Planned,
         reason: None,
+        pre: Default::default(),
     };
     let suppress = |mut p: PlannedMessage, why: SuppressReason| {
         p.status = MessageStatus::Suppressed;
@@ -380,6 +381,7 @@ mod tests {
             send_at: 0,
             status: MessageStatus::Planned,
             reason: None,
+            pre: Default::default(),
         }
     }
 

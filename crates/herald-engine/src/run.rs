@@ -15,8 +15,8 @@ use crate::handoff::Handoff;
 use crate::plan::{PlanContext, address_keys, decide, suppress_duplicate_addresses};
 use crate::series::Series;
 use crate::store::{
-    CampaignRecord, Handed, PersonalisationRequest, PlannedMessage, RunCounts, RunRecord, Scope,
-    Store, StoreError, StoreResult,
+    CampaignRecord, Handed, PersonalisationRequest, PlannedMessage, PrePeriodSpec, RunCounts,
+    RunRecord, Scope, Store, StoreError, StoreResult,
 };
 
 /// Audience members read and planned per page.
@@ -413,8 +413,28 @@ impl Engine {
         now: i64,
         after: i64,
     ) -> Result<Option<(i64, Vec<PlannedMessage>)>, EngineError> {
-        self.decide_page_in(campaign, scope, run_id, now, after, None)
-            .await
+        let page = self
+            .decide_page_in(campaign, scope, run_id, now, after, None)
+            .await?;
+        let (Some((_, rows)), Some(spec)) = (&page, PrePeriodSpec::of(campaign, now)) else {
+            return Ok(page);
+        };
+        // CUPED's covariates, read with the page (on the reader's connection,
+        // while the writer writes the page before) and stored with it: the
+        // window ends at the audience snapshot, before anything is sent.
+        let ids: Vec<i64> = rows
+            .iter()
+            .filter(|m| m.step == 0)
+            .map(|m| m.contact_id)
+            .collect();
+        let found = self.store.pre_period(&ids, &spec).await?;
+        let mut page = page;
+        if let Some((_, rows)) = &mut page {
+            for m in rows.iter_mut().filter(|m| m.step == 0) {
+                m.pre = spec.covariates(found.get(&m.contact_id).copied());
+            }
+        }
+        Ok(page)
     }
 
     /// [`Self::decide_page`], noting each member's time zone in `zones` (the dry run's hours).

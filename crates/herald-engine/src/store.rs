@@ -181,6 +181,63 @@ pub struct PlannedMessage {
     pub status: MessageStatus,
     /// Why, for suppressed messages.
     pub reason: Option<String>,
+    /// CUPED's covariates (`[results] cuped`), on a contact's first message.
+    pub pre: PrePeriod,
+}
+
+/// CUPED's covariates of one contact (issue 33): its same measures in the
+/// window before its message was planned, stored on the message so the report
+/// reads them in its scan. `None`: not measured (no CUPED, no goal, no
+/// revenue event); a contact without history has `Some(false)` and `Some(0.0)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrePeriod {
+    /// The goal event happened in the window.
+    pub converted: Option<bool>,
+    /// The sum of the revenue event's values in the window.
+    pub revenue: Option<f64>,
+}
+
+/// What [`Store::pre_period`] reads: a campaign's goal and revenue events
+/// over `[since, until)` (ms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrePeriodSpec {
+    /// The goal event, if the campaign has a goal.
+    pub goal: Option<String>,
+    /// `[results] revenue_event`.
+    pub revenue: Option<String>,
+    /// The window's start (inclusive).
+    pub since: i64,
+    /// Its end (exclusive): the planning instant.
+    pub until: i64,
+}
+
+impl PrePeriodSpec {
+    /// The window of `campaign`'s `[results] cuped` before `now`; `None`
+    /// without CUPED or with nothing to measure.
+    pub fn of(campaign: &Campaign, now: i64) -> Option<Self> {
+        let cuped = campaign.results.as_ref()?.cuped?;
+        let goal = campaign.goal.as_ref().map(|g| g.event.clone());
+        let revenue = campaign.results.as_ref()?.revenue_event.clone();
+        if goal.is_none() && revenue.is_none() {
+            return None;
+        }
+        Some(Self {
+            goal,
+            revenue,
+            since: now.saturating_sub(i64::from(cuped.days) * 86_400_000),
+            until: now,
+        })
+    }
+
+    /// The covariates of a contact whose history in the window is `found`
+    /// ((goal happened, revenue) as [`Store::pre_period`] returns; `None`: none).
+    pub fn covariates(&self, found: Option<(bool, f64)>) -> PrePeriod {
+        let (converted, revenue) = found.unwrap_or((false, 0.0));
+        PrePeriod {
+            converted: self.goal.as_ref().map(|_| converted),
+            revenue: self.revenue.as_ref().map(|_| revenue),
+        }
+    }
 }
 
 /// Which rows of a page [`Store::insert_handed`] hands to a worker, and under which lease.
@@ -811,4 +868,15 @@ pub trait Store: Send + Sync {
         filter: &Expr,
         now: i64,
     ) -> StoreResult<EntryPass>;
+    /// CUPED's history of `contacts` in `spec`'s window: for each contact with
+    /// a goal or revenue event there, (the goal event happened, the sum of the
+    /// revenue event's values). Contacts without either are left out.
+    async fn pre_period(
+        &self,
+        contacts: &[i64],
+        spec: &PrePeriodSpec,
+    ) -> StoreResult<std::collections::HashMap<i64, (bool, f64)>> {
+        let _ = (contacts, spec);
+        Ok(std::collections::HashMap::new())
+    }
 }

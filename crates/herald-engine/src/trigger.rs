@@ -26,8 +26,8 @@ use crate::plan::PlanContext;
 use crate::run::EngineError;
 use crate::series::Series;
 use crate::store::{
-    AudienceMember, CampaignRecord, ClaimedMessage, PastMessage, PersonalisationRequest, RunRecord,
-    Scope, Store, StoreResult, TriggerEvent, TriggeredMessage,
+    AudienceMember, CampaignRecord, ClaimedMessage, PastMessage, PersonalisationRequest,
+    PrePeriodSpec, RunRecord, Scope, Store, StoreResult, TriggerEvent, TriggeredMessage,
 };
 
 /// Events read per query.
@@ -295,6 +295,13 @@ impl TriggerPlanner {
             if members.is_empty() {
                 continue;
             }
+            // CUPED's history, up to the bucket's first event (the trigger
+            // itself, a purchase perhaps, is not before it): one read a bucket.
+            let pre = PrePeriodSpec::of(&p.campaign, before + 1);
+            let history = match &pre {
+                Some(spec) => self.store.pre_period(&ids, spec).await?,
+                None => HashMap::new(),
+            };
             if p.campaign.send_time == SendTime::BestHour {
                 let ids: Vec<i64> = members.keys().copied().collect();
                 let request = PersonalisationRequest::best_hour(before, herald);
@@ -324,6 +331,11 @@ impl TriggerPlanner {
                     continue;
                 };
                 let mut rows = p.series.decide(herald, 0, e.at + p.delay_ms, member);
+                if let Some(spec) = &pre {
+                    for m in rows.iter_mut().filter(|m| m.step == 0) {
+                        m.pre = spec.covariates(history.get(&e.contact_id).copied());
+                    }
+                }
                 if exited.contains(&(e.contact_id, e.at)) {
                     let exit = p.campaign.exit.as_ref().map_or("", |x| x.event.as_str());
                     for m in &mut rows {

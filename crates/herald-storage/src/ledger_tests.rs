@@ -89,6 +89,7 @@ fn email(i: i64, arm: &str, send_at: i64) -> PlannedMessage {
         send_at,
         status: MessageStatus::Planned,
         reason: None,
+        pre: Default::default(),
     }
 }
 

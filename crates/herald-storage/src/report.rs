@@ -267,6 +267,8 @@ pub struct ResultsSpec {
     pub revenue_event: Option<String>,
     /// LTV's horizon after the message (ms).
     pub ltv_horizon_ms: i64,
+    /// `[results] cuped`: read the covariates stored on the messages.
+    pub cuped: bool,
 }
 
 impl ResultsSpec {
@@ -277,6 +279,7 @@ impl ResultsSpec {
             retention_event: r.retention_event.clone(),
             revenue_event: r.revenue_event.clone(),
             ltv_horizon_ms: r.ltv_horizon.millis(),
+            cuped: r.cuped.is_some(),
         })
     }
 }
@@ -308,11 +311,50 @@ pub struct ResultsTally {
     pub revenue_ltv_squares: f64,
     /// The latest planned send time (ms).
     pub last_send_at: Option<i64>,
+    /// CUPED's sums (`[results] cuped`); zero without it.
+    pub cuped: CupedTally,
+}
+
+/// CUPED's sums over an arm's contacts: each message's covariates stored when
+/// it was planned (NULL, planned before CUPED was asked for, counts as zero)
+/// against its outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CupedTally {
+    /// Messages with their covariates recorded.
+    pub recorded: u64,
+    /// Converted on the goal (the same count as the scan's).
+    pub converted: u64,
+    /// Had the goal event in the window before.
+    pub pre_converted: u64,
+    /// Converted and had it before: conversion's sum of products.
+    pub both_converted: u64,
+    /// The revenue event's values in the window before.
+    pub pre_revenue: f64,
+    /// Sum of each contact's squared pre-period revenue.
+    pub pre_revenue_squares: f64,
+    /// Sum of pre-period revenue x 30-day revenue (ARPU's products).
+    pub pre_revenue_x_30d: f64,
+    /// Sum of pre-period revenue x LTV revenue.
+    pub pre_revenue_x_ltv: f64,
+}
+
+impl CupedTally {
+    fn add(&mut self, o: &CupedTally) {
+        self.recorded += o.recorded;
+        self.converted += o.converted;
+        self.pre_converted += o.pre_converted;
+        self.both_converted += o.both_converted;
+        self.pre_revenue += o.pre_revenue;
+        self.pre_revenue_squares += o.pre_revenue_squares;
+        self.pre_revenue_x_30d += o.pre_revenue_x_30d;
+        self.pre_revenue_x_ltv += o.pre_revenue_x_ltv;
+    }
 }
 
 impl ResultsTally {
     /// Adds `other` to this tally.
     pub fn add(&mut self, other: &ResultsTally) {
+        self.cuped.add(&other.cuped);
         self.messages += other.messages;
         self.retained_d1_7 += other.retained_d1_7;
         self.retained_d8_30 += other.retained_d8_30;
@@ -607,6 +649,17 @@ fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
     };
     revenue(&mut q, ARPU_DAYS * DAY_MS, "r30");
     revenue(&mut q, spec.ltv_horizon_ms, "rl");
+    // CUPED's covariates were stored on the message when it was planned: read
+    // with it, no probe of the history. A message without them counts as a
+    // contact without history.
+    q.push(if spec.cuped {
+        ", CASE WHEN m.converted_at IS NULL THEN 0 ELSE 1 END AS cv, \
+         COALESCE(m.pre_converted, 0) AS pc, \
+         CAST(COALESCE(m.pre_revenue, 0) AS DOUBLE PRECISION) AS pr, \
+         CASE WHEN m.pre_converted IS NULL AND m.pre_revenue IS NULL THEN 0 ELSE 1 END AS ph"
+    } else {
+        ", 0 AS cv, 0 AS pc, CAST(0 AS DOUBLE PRECISION) AS pr, 0 AS ph"
+    });
     q.push(" FROM messages m WHERE m.campaign_id = ")
         .bind(campaign_id)
         .push(" AND m.step = 0")
@@ -623,7 +676,13 @@ fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
          CAST(COALESCE(SUM(t.r30), 0) AS DOUBLE PRECISION), \
          CAST(COALESCE(SUM(t.rl), 0) AS DOUBLE PRECISION), MAX(t.send_at), \
          CAST(COALESCE(SUM(t.r30 * t.r30), 0) AS DOUBLE PRECISION), \
-         CAST(COALESCE(SUM(t.rl * t.rl), 0) AS DOUBLE PRECISION) FROM (",
+         CAST(COALESCE(SUM(t.rl * t.rl), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.ph), 0) AS BIGINT), CAST(COALESCE(SUM(t.cv), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(t.pc), 0) AS BIGINT), CAST(COALESCE(SUM(t.pc * t.cv), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(t.pr), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.pr * t.pr), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.pr * t.r30), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.pr * t.rl), 0) AS DOUBLE PRECISION) FROM (",
     );
     q.push(") t GROUP BY t.run_id, t.arm");
     q
@@ -671,6 +730,16 @@ async fn results_scan(
                     last_send_at: get(&r, 7)?,
                     revenue_30d_squares: get(&r, 8)?,
                     revenue_ltv_squares: get(&r, 9)?,
+                    cuped: CupedTally {
+                        recorded: count(&r, 10)?,
+                        converted: count(&r, 11)?,
+                        pre_converted: count(&r, 12)?,
+                        both_converted: count(&r, 13)?,
+                        pre_revenue: get(&r, 14)?,
+                        pre_revenue_squares: get(&r, 15)?,
+                        pre_revenue_x_30d: get(&r, 16)?,
+                        pre_revenue_x_ltv: get(&r, 17)?,
+                    },
                 },
             });
         }
@@ -1144,6 +1213,8 @@ pub async fn rollouts(db: &Db, campaign_id: i64) -> ReportResult<Vec<RolloutReco
         .collect()
 }
 
+#[cfg(test)]
+mod cuped_tests;
 #[cfg(test)]
 mod db_tests;
 

@@ -305,7 +305,7 @@ fn insert_messages_sql<'a>(
     let mut q = Sql::new();
     // column11 is a handed row's written status (`sent`, `delivered`): no
     // planned row has either.
-    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, attempts, open_count, click_count, revenue, created_at, updated_at, sent_at, delivered_at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, v.column10, CASE WHEN v.column11 IN ('sent', 'delivered') AND NOT r.live THEN 'planned' ELSE v.column11 END, v.column12, CASE WHEN v.column11 IN ('sent', 'delivered') AND r.live THEN 1 ELSE 0 END, 0, 0, 0, ")
+    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, pre_converted, pre_revenue, attempts, open_count, click_count, revenue, created_at, updated_at, sent_at, delivered_at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, v.column10, CASE WHEN v.column11 IN ('sent', 'delivered') AND NOT r.live THEN 'planned' ELSE v.column11 END, v.column12, v.column13, v.column14, CASE WHEN v.column11 IN ('sent', 'delivered') AND r.live THEN 1 ELSE 0 END, 0, 0, 0, ")
         .bind(now)
         .push(", ")
         .bind(now)
@@ -341,7 +341,11 @@ fn insert_messages_sql<'a>(
             .push(",");
         q.bind(status.as_str().to_string())
             .push(",")
-            .bind_as(b, m.reason.clone(), "text");
+            .bind_as(b, m.reason.clone(), "text")
+            .push(",")
+            .bind_as(b, m.pre.converted.map(i32::from), "int4")
+            .push(",")
+            .bind_as(b, m.pre.revenue, "float8");
         q.push(")");
     }
     // `r` has a row only while the run is open; `live`: it may send now.
@@ -1654,6 +1658,45 @@ impl Store for SqlStore {
             .await
             .map_err(err)
     }
+
+    async fn pre_period(
+        &self,
+        contacts: &[i64],
+        spec: &PrePeriodSpec,
+    ) -> StoreResult<std::collections::HashMap<i64, (bool, f64)>> {
+        let names: Vec<&String> = spec.goal.iter().chain(spec.revenue.iter()).collect();
+        if contacts.is_empty() || names.is_empty() {
+            return Ok(Default::default());
+        }
+        let b = self.b();
+        // One probe of `events_name_contact_at` (name, contact_id, at, value)
+        // a contact and event name: the whole page in one statement.
+        let mut q = Sql::new();
+        q.push("SELECT e.contact_id, CAST(MAX(CASE WHEN e.name = ")
+            .bind_as(b, spec.goal.clone(), "text")
+            .push(" THEN 1 ELSE 0 END) AS BIGINT), CAST(COALESCE(SUM(CASE WHEN e.name = ")
+            .bind_as(b, spec.revenue.clone(), "text")
+            .push(" THEN e.value END), 0) AS DOUBLE PRECISION) FROM events e WHERE e.name IN (");
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.bind((*name).clone());
+        }
+        q.push(") AND e.contact_id IN ");
+        id_set(&mut q, b, contacts);
+        q.push(" AND e.at >= ")
+            .bind(spec.since)
+            .push(" AND e.at < ")
+            .bind(spec.until)
+            .push(" GROUP BY e.contact_id");
+        let mut out = std::collections::HashMap::new();
+        for r in self.all(q).await? {
+            let converted: i64 = get(&r, 1)?;
+            out.insert(get(&r, 0)?, (converted > 0, get(&r, 2)?));
+        }
+        Ok(out)
+    }
 }
 
 #[async_trait]
@@ -1830,6 +1873,7 @@ mod tests {
                 send_at: now - 1000,
                 status: MessageStatus::Planned,
                 reason: None,
+                pre: Default::default(),
             })
             .collect();
         (run.id, campaign, rows)
@@ -2123,6 +2167,7 @@ mod tests {
             send_at: now - 10,
             status: MessageStatus::Planned,
             reason: None,
+            pre: Default::default(),
         };
         store
             .insert_planned(receipt, campaign, &[row], now)

@@ -310,13 +310,7 @@ pub struct Cuped {
 fn cuped_days<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let v = i64::deserialize(d)?;
     match u32::try_from(v) {
-        // Refused rather than ignored until the report applies it: a
-        // marketer who asks for variance reduction must not read an
-        // unadjusted report as an adjusted one.
-        Ok(1..=365) => Err(serde::de::Error::custom(
-            "cuped is not applied by this version of herald: the report cannot yet adjust \
-             by each contact's history before the message; remove the line",
-        )),
+        Ok(days @ 1..=365) => Ok(days),
         _ => Err(serde::de::Error::custom(format!(
             "cuped days {v} is out of range: the window before the message, 1 to 365 days"
         ))),
@@ -934,7 +928,7 @@ metric = "conversion"
     fn results_statistics_parse() {
         let src = format!(
             "{WINBACK}\n[results]\nsequential = true\ntuning = 20000\ncorrection = \"bh\"\n\
-             expected_lift = 0.1\n"
+             expected_lift = 0.1\ncuped = {{ days = 30 }}\n"
         );
         let r = Campaign::parse("c.toml", &src).unwrap().results.unwrap();
         assert_eq!(
@@ -946,7 +940,7 @@ metric = "conversion"
             crate::stats::Correction::BenjaminiHochberg
         );
         assert_eq!(r.expected_lift, Some(0.1));
-        assert_eq!(r.cuped, None);
+        assert_eq!(r.cuped, Some(Cuped { days: 30 }));
     }
 
     #[test]
@@ -958,10 +952,7 @@ metric = "conversion"
             ("expected_lift = 0", "write 0.1 for +10%"),
             ("expected_lift = -0.2", "write 0.1 for +10%"),
             ("cuped = { days = 0 }", "1 to 365 days"),
-            (
-                "cuped = { days = 30 }",
-                "cuped is not applied by this version",
-            ),
+            ("cuped = { days = 366 }", "1 to 365 days"),
             ("cuped = { weeks = 2 }", "unknown field `weeks`"),
             ("sequential = \"yes\"", "sequential"),
         ] {

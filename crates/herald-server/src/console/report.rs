@@ -3,7 +3,10 @@
 //! with links to the same report as JSON and CSV. It reads the report
 //! through the server's [`ReportSource`](crate::ReportSource) (the JSON of
 //! `herald report --format json`), so the page and the command line agree;
-//! only the per-arm intervals are worked out here, from the counts.
+//! only the per-arm intervals are worked out here, from the counts. The
+//! comparisons table shows every metric the report compares (conversion,
+//! retention, ARPU, LTV, the ratio metrics) with which interval it is
+//! (fixed-horizon or sequential) and, with CUPED, the variance it removed.
 
 use std::fmt::Write as _;
 
@@ -83,6 +86,131 @@ fn int(v: &Value, key: &str) -> u64 {
 
 fn rate_cell(v: &Value) -> String {
     v.as_f64().map(pct).unwrap_or_default()
+}
+
+/// A metric's name on the page.
+fn metric_label(metric: &str) -> &str {
+    match metric {
+        "conversion" => "conversion",
+        "retention_d1_7" => "retention d1-7",
+        "retention_d8_30" => "retention d8-30",
+        "arpu" => "ARPU 30d",
+        "ltv" => "LTV",
+        "revenue_per_converter" => "revenue per converter",
+        "clicks_per_delivered" => "clicks per delivered",
+        other => other,
+    }
+}
+
+/// A signed percentage with one decimal ("+12.3%").
+fn signed(x: f64) -> String {
+    format!("{:+.1}%", x * 100.0)
+}
+
+/// Every comparison of a scope of the report's JSON as one table: metric,
+/// variant, control, lift, interval (of the report's kind), p-value (the
+/// corrected one too with a correction), chance to beat and, with CUPED, the
+/// share of the variance it removed. The numbers are CUPED's where adjusted.
+pub fn comparisons_table(report: &Value, scope: &Value) -> String {
+    let stats = &report["statistics"];
+    let sequential = stats["test"] == "sequential";
+    let corrected = stats["correction"].as_str().is_some_and(|c| c != "none");
+    let cuped = stats["cuped_days"].is_u64();
+    let mut rows = Vec::new();
+    let all = ["comparisons", "results_comparisons", "metric_comparisons"]
+        .iter()
+        .flat_map(|k| scope[*k].as_array().into_iter().flatten());
+    for c in all {
+        // Conversion's CUPED comparison, where adjusted; else its own result.
+        let result = if c["cuped"].is_object() {
+            &c["cuped"]
+        } else {
+            &c["result"]
+        };
+        let mut row = vec![
+            esc(metric_label(c["metric"].as_str().unwrap_or("?"))),
+            esc(c["variant"].as_str().unwrap_or("?")),
+            esc(c["control"].as_str().unwrap_or("?")),
+        ];
+        if result["outcome"] == "estimate" {
+            let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
+            let ci = &result["rel_ci"];
+            let p = |v: &Value| {
+                v.as_f64()
+                    .map(|p| {
+                        if p < 1e-4 {
+                            format!("{p:.1e}")
+                        } else {
+                            format!("{p:.4}")
+                        }
+                    })
+                    .unwrap_or_default()
+            };
+            row.extend([
+                signed(f("rel_lift")),
+                format!(
+                    "{} to {}",
+                    signed(ci["lower"].as_f64().unwrap_or(f64::NAN)),
+                    signed(ci["upper"].as_f64().unwrap_or(f64::NAN))
+                ),
+                p(&result["p_value"]),
+            ]);
+            if corrected {
+                row.push(p(&c["p_value_adjusted"]));
+            }
+            row.push(pct(f("chance_to_beat")));
+        } else {
+            row.push(esc(result["message"].as_str().unwrap_or("not enough data")));
+            row.extend(std::iter::repeat_n(
+                String::new(),
+                3 + usize::from(corrected),
+            ));
+        }
+        if cuped {
+            row.push(
+                result["variance_reduction"]
+                    .as_f64()
+                    .map(|v| format!("{} of the variance", signed(-v)))
+                    .unwrap_or_default(),
+            );
+        }
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut head = vec![
+        "metric",
+        "variant",
+        "vs",
+        "lift",
+        if sequential {
+            "95% CI (sequential)"
+        } else {
+            "95% CI"
+        },
+        "p-value",
+    ];
+    if corrected {
+        head.push("corrected p");
+    }
+    head.push("chance to beat");
+    if cuped {
+        head.push("CUPED");
+    }
+    let kind = if sequential {
+        "sequential intervals and p-values: valid read every day"
+    } else {
+        "fixed-horizon intervals and p-values: valid read once, at the end"
+    };
+    let mut caption = format!("Comparisons: {kind}");
+    if let Some(days) = stats["cuped_days"].as_u64() {
+        let _ = write!(
+            caption,
+            "; CUPED-adjusted by each contact's {days} days before the message"
+        );
+    }
+    table(&caption, &head, &rows)
 }
 
 /// What went wrong making the report, as an answer.
@@ -244,6 +372,7 @@ pub(crate) async fn report_page(
         ],
         &rows,
     ));
+    body.push_str(&comparisons_table(&report, total));
     // What the report says, in its own words.
     let mut said: Vec<&str> = total["summary"]
         .as_array()
@@ -470,6 +599,82 @@ mod tests {
         let (lo, hi) = wilson(20, 20).unwrap();
         assert!(lo > 0.8 && hi == 1.0);
         assert_eq!(wilson(0, 0), None);
+    }
+
+    /// A report's JSON as `herald report --format json` shapes it, cut to
+    /// what the comparisons table reads.
+    fn report(statistics: Value) -> Value {
+        let estimate = |lift: f64, reduction: Value| {
+            serde_json::json!({
+                "outcome": "estimate", "rel_lift": lift,
+                "rel_ci": { "lower": lift - 0.1, "upper": lift + 0.1 },
+                "p_value": 0.0123, "chance_to_beat": 0.97,
+                "variance_reduction": reduction,
+            })
+        };
+        serde_json::json!({
+            "statistics": statistics,
+            "total": {
+                "comparisons": [{
+                    "metric": "conversion", "variant": "b", "control": "holdout",
+                    "result": estimate(0.2, Value::Null),
+                    "cuped": estimate(0.15, serde_json::json!(0.31)),
+                    "p_value_adjusted": 0.0369,
+                }],
+                "results_comparisons": [{
+                    "metric": "retention_d1_7", "variant": "b", "control": "holdout",
+                    "result": { "outcome": "not_enough_data", "message": "not enough conversions to compare: the control has no conversions" },
+                    "cuped": null, "p_value_adjusted": null,
+                }],
+                "metric_comparisons": [
+                    { "metric": "arpu", "variant": "b", "control": "holdout",
+                      "result": estimate(0.05, serde_json::json!(0.42)), "p_value_adjusted": 0.0369 },
+                    { "metric": "revenue_per_converter", "variant": "b", "control": "holdout",
+                      "result": estimate(-0.02, Value::Null), "p_value_adjusted": 0.0369 },
+                ],
+            },
+        })
+    }
+
+    #[test]
+    fn the_comparisons_table_shows_every_metric_its_interval_kind_and_cuped() {
+        let r = report(serde_json::json!({
+            "test": "sequential", "tuning": 5000.0, "correction": "bh", "cuped_days": 30,
+        }));
+        let html = comparisons_table(&r, &r["total"]);
+        for want in [
+            "sequential intervals and p-values: valid read every day",
+            "CUPED-adjusted by each contact&#39;s 30 days before the message",
+            "95% CI (sequential)",
+            "corrected p",
+            "<td>0.0369</td>",
+            // Conversion's numbers are CUPED's, with the variance it removed.
+            "<td>+15.0%</td><td>+5.0% to +25.0%</td>",
+            "-31.0% of the variance",
+            "ARPU 30d",
+            "-42.0% of the variance",
+            "revenue per converter",
+            "retention d1-7",
+            "the control has no conversions",
+        ] {
+            assert!(html.contains(want), "{want}: {html}");
+        }
+        assert!(
+            !html.contains("+20.0%"),
+            "the unadjusted lift is not shown: {html}"
+        );
+        // Fixed horizon, no correction, no CUPED: neither column.
+        let plain = report(serde_json::json!({
+            "test": "fixed_horizon", "tuning": null, "correction": "none", "cuped_days": null,
+        }));
+        let html = comparisons_table(&plain, &plain["total"]);
+        assert!(html.contains("fixed-horizon intervals"), "{html}");
+        assert!(html.contains(">95% CI<"), "{html}");
+        assert!(
+            !html.contains("corrected p") && !html.contains("CUPED"),
+            "{html}"
+        );
+        assert_eq!(comparisons_table(&plain, &serde_json::json!({})), "");
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct ReportSettings {
     pub test: TestKind,
     /// `[results] correction`: for the number of comparisons.
     pub correction: Correction,
+    /// `[results] cuped`: the pre-period window in days; `None` without CUPED.
+    pub cuped: Option<u32>,
     /// The report's instant (ms).
     pub now: i64,
 }
@@ -136,6 +138,10 @@ impl ReportSettings {
             correction: campaign
                 .and_then(|c| c.results.as_ref())
                 .map_or(Correction::None, |r| r.correction.get()),
+            cuped: campaign
+                .and_then(|c| c.results.as_ref())
+                .and_then(|r| r.cuped)
+                .map(|c| c.days),
             now,
         }
     }
@@ -152,6 +158,9 @@ pub struct StatisticsEcho {
     /// `none`, `holm` (Holm-Bonferroni) or `bh` (Benjamini-Hochberg), over
     /// each scope's comparisons: every variant-vs-control pair times every metric.
     pub correction: &'static str,
+    /// `[results] cuped`: the days before each message whose goal events and
+    /// revenue adjust conversion, ARPU and LTV; `null` without CUPED.
+    pub cuped_days: Option<u32>,
     /// In words.
     pub sentence: String,
 }
@@ -170,7 +179,15 @@ impl StatisticsEcho {
                 Correction::Holm => "holm",
                 Correction::BenjaminiHochberg => "bh",
             },
-            sentence: words::test_sentence(settings.test),
+            cuped_days: settings.cuped,
+            sentence: match settings.cuped {
+                Some(days) => format!(
+                    "{}; {}",
+                    words::test_sentence(settings.test),
+                    words::cuped_sentence(days)
+                ),
+                None => words::test_sentence(settings.test),
+            },
         }
     }
 }
@@ -515,6 +532,11 @@ pub struct ComparisonReport {
     /// The statistics (gbstats 0.8's), or why there are none; with
     /// `[results] sequential` the interval and p-value are the sequential ones.
     pub result: Comparison,
+    /// With `[results] cuped`, on conversion: the same comparison
+    /// regression-adjusted by each contact's goal events before the message
+    /// (gbstats' `RegressionAdjustedStatistic`), with its variance reduction;
+    /// the verdict, `p_value_adjusted` and the correction are then this one's.
+    pub cuped: Option<MetricComparison>,
     /// The p-value corrected for the number of comparisons (`[results]
     /// correction`; the p-value itself without one); `null` without an estimate.
     pub p_value_adjusted: Option<f64>,
@@ -715,11 +737,62 @@ impl ArmAcc {
         ArmCounts::new(r.messages, k).ok()
     }
 
+    /// Conversion's sums for CUPED: converted against the goal event in the
+    /// window before the message, over the `[results]` scan's contacts.
+    fn cuped_conversion(&self) -> MetricArm {
+        let (n, c) = (self.results.messages, &self.results.cuped);
+        MetricArm::Adjusted {
+            n,
+            post: Measure::Proportion {
+                n,
+                sum: c.converted as f64,
+            },
+            pre: Measure::Proportion {
+                n,
+                sum: c.pre_converted as f64,
+            },
+            sum_of_products: c.both_converted as f64,
+        }
+    }
+
     /// The sums of a mean or ratio metric (`ARPU`, `LTV`,
-    /// `REVENUE_PER_CONVERTER`, else clicks per delivered).
-    fn metric_arm(&self, metric: &str) -> MetricArm {
+    /// `REVENUE_PER_CONVERTER`, else clicks per delivered); with `cuped`,
+    /// ARPU and LTV are adjusted by the revenue before the message.
+    fn metric_arm(&self, metric: &str, cuped: bool) -> MetricArm {
         let r = &self.results;
         let t = &self.tally;
+        if cuped && matches!(metric, ARPU | LTV) {
+            let c = &r.cuped;
+            let (post, products) = if metric == ARPU {
+                (
+                    Measure::Mean {
+                        n: r.messages,
+                        sum: r.revenue_30d,
+                        sum_squares: r.revenue_30d_squares,
+                    },
+                    c.pre_revenue_x_30d,
+                )
+            } else {
+                (
+                    Measure::Mean {
+                        n: r.messages,
+                        sum: r.revenue_ltv,
+                        sum_squares: r.revenue_ltv_squares,
+                    },
+                    c.pre_revenue_x_ltv,
+                )
+            };
+            return MetricArm::Adjusted {
+                n: r.messages,
+                post,
+                pre: Measure::Mean {
+                    n: r.messages,
+                    sum: c.pre_revenue,
+                    sum_squares: c.pre_revenue_squares,
+                },
+                sum_of_products: products,
+            };
+        }
         let revenue = |sum: f64, sum_squares: f64| Measure::Mean {
             n: r.messages,
             sum,
@@ -864,6 +937,7 @@ fn comparison_on(
         variant_counts,
         control_counts,
         result,
+        cuped: None,
         p_value_adjusted: None,
         significant: false,
         sentence: String::new(),
@@ -873,6 +947,21 @@ fn comparison_on(
 }
 
 impl ComparisonReport {
+    /// The p-value the verdict is on: CUPED's when adjusted.
+    pub fn p_value(&self) -> Option<f64> {
+        match &self.cuped {
+            Some(c) => c.estimate().map(|e| e.p_value),
+            None => self.result.estimate().map(|e| e.p_value),
+        }
+    }
+
+    /// Adds CUPED's adjustment of this conversion comparison and judges on it.
+    fn adjust(&mut self, control: &MetricArm, variant: &MetricArm, test: TestKind) {
+        // Both arms' sums are built alike, so the domain never refuses them.
+        self.cuped = stats::compare_metric(control, variant, test).ok();
+        self.judge(self.p_value(), false);
+    }
+
     /// Sets the verdict on `adjusted` (the p-value, corrected if `corrected`).
     fn judge(&mut self, adjusted: Option<f64>, corrected: bool) {
         self.p_value_adjusted = adjusted;
@@ -882,13 +971,29 @@ impl ComparisonReport {
             RETENTION_D8_30 => "retention in days 8-30",
             _ => "conversions",
         };
-        self.sentence = words::comparison_sentence_adjusted(
-            &words::arm_name(&self.variant, self.variant == HOLDOUT_ARM),
-            &words::arm_name(&self.control, self.control == HOLDOUT_ARM),
-            &self.result,
-            what,
-            adjusted.filter(|_| corrected),
+        let (variant, control) = (
+            words::arm_name(&self.variant, self.variant == HOLDOUT_ARM),
+            words::arm_name(&self.control, self.control == HOLDOUT_ARM),
         );
+        self.sentence = match &self.cuped {
+            Some(cuped) => words::metric_sentence(
+                &variant,
+                &control,
+                cuped,
+                "conversions (CUPED-adjusted)",
+                adjusted.filter(|_| corrected),
+            ),
+            None => words::comparison_sentence_adjusted(
+                &variant,
+                &control,
+                &self.result,
+                what,
+                adjusted.filter(|_| corrected),
+            ),
+        };
+        if let Some(e) = self.cuped.as_ref().and_then(|c| c.estimate()) {
+            self.sentence.push_str(&words::variance_reduction_clause(e));
+        }
     }
 }
 
@@ -953,6 +1058,9 @@ impl MetricComparisonReport {
             what,
             adjusted.filter(|_| corrected),
         );
+        if let Some(e) = self.result.estimate() {
+            self.sentence.push_str(&words::variance_reduction_clause(e));
+        }
     }
 }
 
@@ -972,7 +1080,7 @@ fn correct(
     let mut ps: Vec<f64> = comparisons
         .iter()
         .chain(results.iter())
-        .map(|c| p(c.result.estimate().map(|e| e.p_value)))
+        .map(|c| p(c.p_value()))
         .collect();
     ps.extend(
         metrics
@@ -1067,7 +1175,15 @@ fn scope(
     if settings.goal.is_some() {
         for (variant, control) in &pairs {
             if let (Some(v), Some(c)) = (acc(variant).counts(), acc(control).counts()) {
-                comparisons.push(comparison(variant, control, v, c, settings.test));
+                let mut compared = comparison(variant, control, v, c, settings.test);
+                if settings.cuped.is_some() {
+                    compared.adjust(
+                        &acc(control).cuped_conversion(),
+                        &acc(variant).cuped_conversion(),
+                        settings.test,
+                    );
+                }
+                comparisons.push(compared);
             }
         }
     }
@@ -1114,10 +1230,11 @@ fn scope(
                 if metric == CLICKS_PER_DELIVERED && *control == HOLDOUT_ARM {
                     continue;
                 }
+                let cuped = settings.cuped.is_some();
                 metric_comparisons.extend(metric_comparison(
                     metric,
-                    (*variant, acc(variant).metric_arm(metric)),
-                    (*control, acc(control).metric_arm(metric)),
+                    (*variant, acc(variant).metric_arm(metric, cuped)),
+                    (*control, acc(control).metric_arm(metric, cuped)),
                     settings.test,
                 ));
             }
@@ -1216,6 +1333,19 @@ fn scope(
             summary.push(format!(
                 "retention, ARPU and LTV are still coming in: their windows close at {}",
                 rfc3339(last.saturating_add(span))
+            ));
+        }
+    }
+    if settings.cuped.is_some() {
+        let (contacts, recorded) = shown.iter().fold((0, 0), |(n, k), arm| {
+            let r = &acc(arm).results;
+            (n + r.messages, k + r.cuped.recorded)
+        });
+        if recorded < contacts {
+            summary.push(format!(
+                "CUPED: {} of {contacts} contact(s) have no history recorded (planned before \
+                 `cuped` was set): they count as having none, so their variance is not reduced",
+                contacts - recorded
             ));
         }
     }
@@ -1590,6 +1720,7 @@ mod tests {
             results: None,
             test: TestKind::FixedHorizon,
             correction: Correction::None,
+            cuped: None,
             now: NOW,
         }
     }
@@ -1760,6 +1891,244 @@ mod tests {
                 .any(|l| l.contains("Holm-Bonferroni") && l.contains("3 comparison(s)")),
             "{:?}",
             s.summary
+        );
+    }
+
+    /// gbstats 0.8.0's numbers for the fixed data set of
+    /// `crates/herald-domain/tests/gbstats_cuped_report_reference.py`.
+    struct Ref {
+        rel_lift: f64,
+        ci: (f64, f64),
+        p: f64,
+        seq_ci: (f64, f64),
+        seq_p: f64,
+        chance: f64,
+        reduction: f64,
+    }
+
+    // Printed by the script (theta 0.5083857442348008, 0.5658839915667133, 0.5600321849364662).
+    const CONVERSION: Ref = Ref {
+        rel_lift: 0.22580645161290314,
+        ci: (-0.15078192903549514, 0.6023948322613014),
+        p: 0.23802602722238286,
+        seq_ci: (-0.8304336325333622, 1.2820465357591684),
+        seq_p: 0.9714804176502411,
+        chance: 0.8819016703948113,
+        reduction: 0.2796837712980085,
+    };
+    const ARPU_REF: Ref = Ref {
+        rel_lift: 0.16005374087736415,
+        ci: (-0.0956151162210023, 0.41572259797573063),
+        p: 0.2181027499807704,
+        seq_ci: (-0.5571134157671562, 0.8772208975218845),
+        seq_p: 0.9591648493979896,
+        chance: 0.8918794075811325,
+        reduction: 0.39617883196627446,
+    };
+    const LTV_REF: Ref = Ref {
+        rel_lift: 0.12301767749086509,
+        ci: (-0.07876495728324309, 0.3248003122649733),
+        p: 0.2303075820871452,
+        seq_ci: (-0.44297292548986034, 0.6890082804715906),
+        seq_p: 0.9668480683587464,
+        chance: 0.8857643337912982,
+        reduction: 0.37011229297010706,
+    };
+
+    /// Contact `i` of arm `g` (0: `a`, the control; 1: `b`): (pre converted,
+    /// pre revenue, converted, 30-day revenue, LTV revenue), as the script has it.
+    fn cuped_contact(g: u64, i: u64) -> (u64, u64, u64, u64, u64) {
+        let pre_rev = if !i.is_multiple_of(3) {
+            (i * 37 + 11 + 5 * g) % 53
+        } else {
+            0
+        };
+        let pre_conv = u64::from((i * 7 + g) % 5 < 2);
+        let r30 = if !(i + g).is_multiple_of(4) {
+            (pre_rev * 3) / 4 + (i * 13 + 7 * g) % 19 + 4 * g
+        } else {
+            0
+        };
+        let rltv = r30 + (i * 5) % 11;
+        let conv = u64::from(
+            (pre_conv == 1 && i % 3 != 1)
+                || (i * 11 + 3 * g).is_multiple_of(7)
+                || (g == 1 && i % 10 == 3),
+        );
+        (pre_conv, pre_rev, conv, r30, rltv)
+    }
+
+    /// The fixed data set summed as the report's scan sums it.
+    fn cuped_data() -> ReportData {
+        let mut groups = Vec::new();
+        let mut results = Vec::new();
+        for (g, arm) in [(0, "a"), (1, "b")] {
+            let mut t = ResultsTally::default();
+            for i in 0..80 {
+                let (pc, pr, cv, r30, rl) = cuped_contact(g, i);
+                let f = |x: u64| x as f64;
+                t.messages += 1;
+                t.revenue_30d += f(r30);
+                t.revenue_ltv += f(rl);
+                t.revenue_30d_squares += f(r30 * r30);
+                t.revenue_ltv_squares += f(rl * rl);
+                let c = &mut t.cuped;
+                c.recorded += 1;
+                c.converted += cv;
+                c.pre_converted += pc;
+                c.both_converted += pc * cv;
+                c.pre_revenue += f(pr);
+                c.pre_revenue_squares += f(pr * pr);
+                c.pre_revenue_x_30d += f(pr * r30);
+                c.pre_revenue_x_ltv += f(pr * rl);
+            }
+            groups.push(group(1, arm, "delivered", t.messages, t.cuped.converted));
+            results.push(super::super::ResultsGroup {
+                run_id: 1,
+                arm: arm.to_string(),
+                tally: t,
+            });
+        }
+        let mut d = data(vec![run(1, "c;holdout=0;a=1,b=1")], groups);
+        d.results = results;
+        d
+    }
+
+    fn cuped_settings(test: TestKind) -> ReportSettings {
+        ReportSettings {
+            variants: vec!["a".into(), "b".into()],
+            shares: Some(shares_of(0.0, &[("a".into(), 1.0), ("b".into(), 1.0)])),
+            results: Some(ResultsEcho {
+                retention_event: None,
+                revenue_event: Some("order_placed".into()),
+                arpu_days: 30,
+                ltv_horizon: "90d".into(),
+                ltv_horizon_ms: 90 * DAY,
+            }),
+            test,
+            cuped: Some(30),
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn cuped_report_equals_gbstats_on_a_fixed_data_set() {
+        let rel = |got: f64, want: f64| (got - want).abs() <= 1e-6 * want.abs().max(1e-12);
+        let abs = |got: f64, want: f64| (got - want).abs() <= 1e-6;
+        for sequential in [false, true] {
+            let test = if sequential {
+                TestKind::Sequential { tuning: 5000.0 }
+            } else {
+                TestKind::FixedHorizon
+            };
+            let r = build(
+                &cuped_data(),
+                &cuped_settings(test),
+                &ReportFilter::default(),
+            );
+            assert_eq!(r.statistics.cuped_days, Some(30));
+            assert!(
+                r.statistics.sentence.contains("CUPED is applied"),
+                "{}",
+                r.statistics.sentence
+            );
+            let s = &r.total;
+            let conversion = s.comparisons.first().expect("a conversion comparison");
+            let conversion = conversion
+                .cuped
+                .as_ref()
+                .and_then(|c| c.estimate())
+                .copied();
+            let arpu = s
+                .metric_comparisons
+                .iter()
+                .find(|c| c.metric == ARPU)
+                .unwrap();
+            let ltv = s
+                .metric_comparisons
+                .iter()
+                .find(|c| c.metric == LTV)
+                .unwrap();
+            for (name, got, want) in [
+                ("conversion", conversion, &CONVERSION),
+                ("arpu", arpu.result.estimate().copied(), &ARPU_REF),
+                ("ltv", ltv.result.estimate().copied(), &LTV_REF),
+            ] {
+                let e = got.unwrap_or_else(|| panic!("{name}: no estimate"));
+                let (ci, p) = if sequential {
+                    (want.seq_ci, want.seq_p)
+                } else {
+                    (want.ci, want.p)
+                };
+                assert!(rel(e.rel_lift, want.rel_lift), "{name}: {e:?}");
+                assert!(
+                    rel(e.rel_ci.lower, ci.0) && rel(e.rel_ci.upper, ci.1),
+                    "{name}: {e:?}"
+                );
+                assert!(abs(e.p_value, p), "{name} p {} vs {p}", e.p_value);
+                assert!(abs(e.chance_to_beat, want.chance), "{name}: {e:?}");
+                let reduction = e.variance_reduction.expect("adjusted");
+                assert!(
+                    rel(reduction, want.reduction),
+                    "{name}: {reduction} vs {}",
+                    want.reduction
+                );
+            }
+            // The sentences say how much variance CUPED removed.
+            assert!(
+                s.summary
+                    .iter()
+                    .any(|l| l.contains("CUPED removed 28% of its variance")),
+                "{:?}",
+                s.summary
+            );
+            // Every contact has its history recorded: no note about missing ones.
+            assert!(
+                !s.summary.iter().any(|l| l.contains("no history recorded")),
+                "{:?}",
+                s.summary
+            );
+        }
+        // Without CUPED the same data is compared unadjusted.
+        let plain = build(
+            &cuped_data(),
+            &ReportSettings {
+                cuped: None,
+                ..cuped_settings(TestKind::FixedHorizon)
+            },
+            &ReportFilter::default(),
+        );
+        assert!(plain.total.comparisons[0].cuped.is_none());
+        let arpu = plain
+            .total
+            .metric_comparisons
+            .iter()
+            .find(|c| c.metric == ARPU)
+            .unwrap();
+        assert_eq!(arpu.result.estimate().unwrap().variance_reduction, None);
+        assert!(
+            !(arpu.result.estimate().unwrap().rel_lift - ARPU_REF.rel_lift)
+                .abs()
+                .lt(&1e-6)
+        );
+    }
+
+    #[test]
+    fn cuped_says_how_many_contacts_had_no_history_recorded() {
+        let mut d = cuped_data();
+        d.results[0].tally.cuped.recorded -= 30;
+        let r = build(
+            &d,
+            &cuped_settings(TestKind::FixedHorizon),
+            &ReportFilter::default(),
+        );
+        assert!(
+            r.total
+                .summary
+                .iter()
+                .any(|l| l.contains("30 of 160 contact(s) have no history recorded")),
+            "{:?}",
+            r.total.summary
         );
     }
 
@@ -2232,6 +2601,7 @@ mod tests {
             [
                 "control",
                 "control_counts",
+                "cuped",
                 "metric",
                 "p_value_adjusted",
                 "result",
@@ -2245,6 +2615,9 @@ mod tests {
             json["total"]["comparisons"][0]["result"]["outcome"],
             "estimate"
         );
+        // Without `[results] cuped`: no adjustment, and the echo says so.
+        assert_eq!(json["total"]["comparisons"][0]["cuped"], Json::Null);
+        assert_eq!(json["statistics"]["cuped_days"], Json::Null);
         assert_eq!(
             keys(&json["total"]["srm"]),
             [

@@ -4,7 +4,7 @@
 //! chance it is better").
 
 use herald_domain::stats::{
-    CONFIDENCE_LEVEL, Comparison, Correction, Estimate, Interval, MetricComparison,
+    CONFIDENCE_LEVEL, Comparison, Correction, Estimate, Interval, MetricComparison, MetricEstimate,
     SRM_P_THRESHOLD, Srm, TestKind,
 };
 
@@ -187,6 +187,31 @@ pub fn test_sentence(test: TestKind) -> String {
     }
 }
 
+/// What `[results] cuped` does to the report.
+pub fn cuped_sentence(days: u32) -> String {
+    format!(
+        "CUPED is applied: conversion, ARPU and LTV are regression-adjusted by each contact's \
+         goal events and revenue in the {days} day(s) before the message (contacts without \
+         history count as zero); revenue per converting contact, clicks per delivered and \
+         retention are not adjusted"
+    )
+}
+
+/// `" (CUPED removed 31% of its variance)"` for an adjusted estimate; empty otherwise.
+pub fn variance_reduction_clause(e: &MetricEstimate) -> String {
+    match e.variance_reduction {
+        // A reduction that rounds to nothing is not called an increase.
+        Some(v) if v >= -5e-4 => {
+            format!(" (CUPED removed {} of its variance)", percent(v.max(0.0)))
+        }
+        Some(v) => format!(
+            " (CUPED added {} to its variance: the history barely predicts it)",
+            percent(-v)
+        ),
+        None => String::new(),
+    }
+}
+
 /// How the p-values of a scope's `family` comparisons are corrected; `None` without correction.
 pub fn correction_sentence(correction: Correction, family: usize) -> Option<String> {
     let how = match correction {
@@ -222,6 +247,35 @@ pub fn srm_sentence(srm: &Srm) -> String {
 #[cfg(test)]
 mod tests {
     use herald_domain::stats::{ArmCounts, compare, srm};
+
+    #[test]
+    fn the_variance_cuped_removed_is_said_as_it_is() {
+        let mut e = herald_domain::stats::MetricEstimate {
+            control_mean: 1.0,
+            variant_mean: 1.1,
+            abs_lift: 0.1,
+            rel_lift: 0.1,
+            rel_lift_stddev: 0.05,
+            rel_ci: super::Interval {
+                lower: 0.0,
+                upper: 0.2,
+            },
+            df: None,
+            p_value: 0.04,
+            chance_to_beat: 0.98,
+            test: super::TestKind::FixedHorizon,
+            theta: Some(0.5),
+            variance_reduction: Some(0.31),
+        };
+        let said = |e: &herald_domain::stats::MetricEstimate| super::variance_reduction_clause(e);
+        assert_eq!(said(&e), " (CUPED removed 31% of its variance)");
+        e.variance_reduction = Some(-1e-6);
+        assert_eq!(said(&e), " (CUPED removed 0.0% of its variance)");
+        e.variance_reduction = Some(-0.02);
+        assert!(said(&e).contains("CUPED added 2.0% to its variance"));
+        e.variance_reduction = None;
+        assert_eq!(said(&e), "");
+    }
 
     use super::*;
 
