@@ -2476,6 +2476,7 @@ mod tests {
                 send_at: now - 1000,
                 status: MessageStatus::Planned,
                 reason: None,
+                pre: Default::default(),
             })
             .collect();
         for page in rows.chunks(1000) {
