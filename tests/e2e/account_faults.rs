@@ -20,6 +20,7 @@ use herald_sinks::{
 };
 use herald_tests::{Backend, Project, TestDb};
 
+use crate::daemon::scrape_metrics;
 use crate::{scalar, setup};
 
 /// Contacts in each run (CI-sized).
@@ -354,7 +355,8 @@ async fn a_refused_platform_credential_blocks_only_its_tokens(
         .expect_code(0);
     let env = env(&peers);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut daemon = p.spawn_with_env(&db, "daemon", &["run", "--no-server"], &env);
+    // With its server: `/metrics` shows the sub-route's block.
+    let mut daemon = p.spawn_with_env(&db, "daemon", &["run"], &env);
     let android = (CONTACTS as usize).div_ceil(2);
     let delivered = "SELECT COUNT(*) FROM messages WHERE status = 'delivered' AND NOT EXISTS (SELECT 1 FROM flights)";
 
@@ -378,6 +380,14 @@ async fn a_refused_platform_credential_blocks_only_its_tokens(
         "the push route itself is open\n{status}"
     );
     let blocked_after = t0.elapsed();
+    let metrics = scrape_metrics(&p, "daemon");
+    for shown in [
+        format!("herald_route_blocked{{route=\"{route}\"}} 1"),
+        format!("herald_route_blocks_total{{route=\"{route}\"}} 1"),
+        "herald_route_blocked{route=\"push\"} 0".to_string(),
+    ] {
+        assert!(metrics.contains(&shown), "{shown}\n{metrics}");
+    }
     let shown = Instant::now();
     while shown.elapsed() < wrong_for {
         let status = p.herald(&db, &["status"]).stdout();
@@ -423,6 +433,13 @@ async fn a_refused_platform_credential_blocks_only_its_tokens(
             "not all delivered after the fix\n{out}\n{err}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = scrape_metrics(&p, "daemon");
+    for shown in [
+        format!("herald_route_blocked{{route=\"{route}\"}} 0"),
+        format!("herald_route_blocks_total{{route=\"{route}\"}} 1"),
+    ] {
+        assert!(metrics.contains(&shown), "after the fix: {shown}\n{metrics}");
     }
     eprintln!(
         "{backend:?}: Android delivered and {route} shown blocked {blocked_after:?} after the daemon started (the run is due 2 s in); the {} pushes delivered {:?} after the fix",
