@@ -439,7 +439,10 @@ async fn a_refused_platform_credential_blocks_only_its_tokens(
         format!("herald_route_blocked{{route=\"{route}\"}} 0"),
         format!("herald_route_blocks_total{{route=\"{route}\"}} 1"),
     ] {
-        assert!(metrics.contains(&shown), "after the fix: {shown}\n{metrics}");
+        assert!(
+            metrics.contains(&shown),
+            "after the fix: {shown}\n{metrics}"
+        );
     }
     eprintln!(
         "{backend:?}: Android delivered and {route} shown blocked {blocked_after:?} after the daemon started (the run is due 2 s in); the {} pushes delivered {:?} after the fix",

@@ -147,7 +147,14 @@ async fn scheduled_fire_is_sent_and_sigterm_exits_zero(backend: Backend) {
     );
     // Every route's block gauge, push's sub-routes too (none blocked here;
     // account_faults.rs sees push:apns and push:web at 1).
-    for route in ["email", "sms", "push", "push:apns", "push:web", "push:unlabelled"] {
+    for route in [
+        "email",
+        "sms",
+        "push",
+        "push:apns",
+        "push:web",
+        "push:unlabelled",
+    ] {
         assert!(
             metrics.contains(&format!("herald_route_blocked{{route=\"{route}\"}} 0")),
             "{route}\n{metrics}"

@@ -669,7 +669,9 @@ mod tests {
             "{said}"
         );
         assert!(
-            said.contains("FCM refused the run's pushes to web tokens (sub-route push:web) for 60s"),
+            said.contains(
+                "FCM refused the run's pushes to web tokens (sub-route push:web) for 60s"
+            ),
             "{said}"
         );
         assert!(
