@@ -6,8 +6,11 @@
 //! fixed), a probe opens the route and every message goes, once.
 //! `herald send` with a credential that stays wrong exits 1 with the
 //! provider's words after `[dispatch] blocked_wait`, its messages planned.
-//! FCM's `THIRD_PARTY_AUTH_ERROR` (the APNs credential wrong) blocks only
-//! the iOS tokens' sub-route, `push:apns`: Android pushes go at once.
+//! FCM's `THIRD_PARTY_AUTH_ERROR` (the APNs or web push credential wrong)
+//! blocks only the iOS (web) tokens' sub-route, `push:apns` (`push:web`):
+//! Android pushes go at once, and `herald send` names the sub-route when
+//! it exits 1. FCM's `SENDER_ID_MISMATCH` is no account fault: the message
+//! fails and its token is invalidated.
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +18,9 @@ use herald_sinks::{
     DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, FcmSink, FcmSinkConfig, SmtpSink, SmtpSinkConfig,
     TwilioSink, TwilioSinkConfig,
 };
-use herald_tests::{Backend, Project};
+use herald_tests::{Backend, Project, TestDb};
 
+use crate::daemon::scrape_metrics;
 use crate::{scalar, setup};
 
 /// Contacts in each run (CI-sized).
@@ -265,6 +269,53 @@ async fn fcm_invalid_client_blocks_push_for_20_s(backend: Backend) {
     a_refused_credential_blocks_the_route_until_fixed(backend, "push", WRONG_FOR_FULL).await
 }
 
+/// A platform whose credential in the Firebase project FCM refuses with
+/// `THIRD_PARTY_AUTH_ERROR`, for its tokens only.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    /// `push_platform` as imported; the tokens are named `{platform}-N`.
+    platform: &'static str,
+    /// Its push sub-route.
+    route: &'static str,
+    /// The block's words in `herald status`.
+    words: &'static str,
+}
+
+/// iOS tokens: the APNs credential.
+const APNS: Refused = Refused {
+    platform: "ios",
+    route: "push:apns",
+    words: "authentication failed for iOS tokens",
+};
+
+/// Web tokens: the web push credential.
+const WEB: Refused = Refused {
+    platform: "web",
+    route: "push:web",
+    words: "authentication failed for web tokens",
+};
+
+impl Refused {
+    /// The prefix of this platform's tokens (what the FCM peer refuses).
+    fn prefix(self) -> String {
+        format!("{}-", self.platform)
+    }
+
+    /// `CONTACTS` contacts, half with Android tokens (`android-N`), half
+    /// with this platform's (`ios-N`), written as `contacts.csv`.
+    fn contacts(self, p: &Project) {
+        let mut csv =
+            String::from("external_id,email,phone,consent_sms,push_token,push_platform\n");
+        for i in 0..CONTACTS {
+            let platform = if i % 2 == 0 { "android" } else { self.platform };
+            csv.push_str(&format!(
+                "u{i},u{i}@example.com,+1415555010{i},true,{platform}-{i},{platform}\n"
+            ));
+        }
+        p.write("contacts.csv", &csv);
+    }
+}
+
 /// The APNs credential in the Firebase project is wrong for `wrong_for`,
 /// then fixed: FCM refuses the iOS tokens (`THIRD_PARTY_AUTH_ERROR`) and
 /// takes the Android ones. The Android pushes are delivered at once while
@@ -272,49 +323,49 @@ async fn fcm_invalid_client_blocks_push_for_20_s(backend: Backend) {
 /// iOS ones stay planned, then go after the fix; nothing fails, nothing
 /// falls back, nothing is sent twice.
 async fn fcm_third_party_auth_error_blocks_only_ios_tokens_until_fixed(backend: Backend) {
-    the_apns_credential_refused_blocks_only_ios_tokens(backend, WRONG_FOR).await
+    a_refused_platform_credential_blocks_only_its_tokens(backend, APNS, WRONG_FOR).await
 }
 
 /// The same with the credential wrong for the 20 s (run by hand).
 async fn fcm_third_party_auth_error_blocks_only_ios_tokens_for_20_s(backend: Backend) {
-    the_apns_credential_refused_blocks_only_ios_tokens(backend, WRONG_FOR_FULL).await
+    a_refused_platform_credential_blocks_only_its_tokens(backend, APNS, WRONG_FOR_FULL).await
 }
 
-async fn the_apns_credential_refused_blocks_only_ios_tokens(backend: Backend, wrong_for: Duration) {
+/// The same for the web push credential: web tokens refused, `push:web`
+/// blocked, Android pushes delivered meanwhile.
+async fn fcm_third_party_auth_error_blocks_only_web_tokens_until_fixed(backend: Backend) {
+    a_refused_platform_credential_blocks_only_its_tokens(backend, WEB, WRONG_FOR).await
+}
+
+async fn a_refused_platform_credential_blocks_only_its_tokens(
+    backend: Backend,
+    refused: Refused,
+    wrong_for: Duration,
+) {
     let Some((p, db)) = setup(backend).await else {
         return;
     };
     let peers = Peers::start().await;
-    peers.fcm.set_third_party_refused(&["ios-"]);
+    let prefix = refused.prefix();
+    let route = refused.route;
+    peers.fcm.set_third_party_refused(&[prefix.as_str()]);
     project(&p, &peers, "push", "60s");
-    // Half the contacts on Android, half on iOS.
-    let mut csv = String::from("external_id,email,phone,consent_sms,push_token,push_platform\n");
-    for i in 0..CONTACTS {
-        let (token, platform) = if i % 2 == 0 {
-            (format!("android-{i}"), "android")
-        } else {
-            (format!("ios-{i}"), "ios")
-        };
-        csv.push_str(&format!(
-            "u{i},u{i}@example.com,+1415555010{i},true,{token},{platform}\n"
-        ));
-    }
-    p.write("contacts.csv", &csv);
+    refused.contacts(&p);
     p.herald(&db, &["import", "contacts", "contacts.csv"])
         .expect_code(0);
     let env = env(&peers);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut daemon = p.spawn_with_env(&db, "daemon", &["run", "--no-server"], &env);
+    // With its server: `/metrics` shows the sub-route's block.
+    let mut daemon = p.spawn_with_env(&db, "daemon", &["run"], &env);
     let android = (CONTACTS as usize).div_ceil(2);
     let delivered = "SELECT COUNT(*) FROM messages WHERE status = 'delivered' AND NOT EXISTS (SELECT 1 FROM flights)";
 
     // The block shows, naming the platform, and the Android pushes are delivered meanwhile.
+    let shown_blocked = format!("blocked: {route}: {}", refused.words);
     let t0 = Instant::now();
     let status = loop {
         let status = p.herald(&db, &["status"]).stdout();
-        if status.contains("blocked: push:apns: authentication failed for iOS tokens")
-            && scalar(&db, delivered).await == android as i64
-        {
+        if status.contains(&shown_blocked) && scalar(&db, delivered).await == android as i64 {
             break status;
         }
         let (out, err) = p.output_of("daemon");
@@ -329,11 +380,19 @@ async fn the_apns_credential_refused_blocks_only_ios_tokens(backend: Backend, wr
         "the push route itself is open\n{status}"
     );
     let blocked_after = t0.elapsed();
+    let metrics = scrape_metrics(&p, "daemon");
+    for shown in [
+        format!("herald_route_blocked{{route=\"{route}\"}} 1"),
+        format!("herald_route_blocks_total{{route=\"{route}\"}} 1"),
+        "herald_route_blocked{route=\"push\"} 0".to_string(),
+    ] {
+        assert!(metrics.contains(&shown), "{shown}\n{metrics}");
+    }
     let shown = Instant::now();
     while shown.elapsed() < wrong_for {
         let status = p.herald(&db, &["status"]).stdout();
         assert!(
-            status.contains("blocked: push:apns:"),
+            status.contains(&format!("blocked: {route}:")),
             "the block stays shown while it lasts\n{status}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -348,11 +407,11 @@ async fn the_apns_credential_refused_blocks_only_ios_tokens(backend: Backend, wr
     assert_eq!(
         scalar(
             &db,
-            "SELECT COUNT(*) FROM messages WHERE address LIKE 'ios-%' AND status NOT IN ('planned', 'sending')"
+            &format!("SELECT COUNT(*) FROM messages WHERE address LIKE '{prefix}%' AND status NOT IN ('planned', 'sending')")
         )
         .await,
         0,
-        "the iOS pushes wait, planned"
+        "the refused platform's pushes wait, planned"
     );
     assert_eq!(
         scalar(
@@ -364,7 +423,7 @@ async fn the_apns_credential_refused_blocks_only_ios_tokens(backend: Backend, wr
         "nothing failed nor fell back while blocked"
     );
 
-    // Fixed: the sub-route's probe passes and the iOS pushes go, once.
+    // Fixed: the sub-route's probe passes and its pushes go, once.
     peers.fcm.set_third_party_refused(&[]);
     let t1 = Instant::now();
     while scalar(&db, delivered).await < CONTACTS {
@@ -375,8 +434,19 @@ async fn the_apns_credential_refused_blocks_only_ios_tokens(backend: Backend, wr
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let metrics = scrape_metrics(&p, "daemon");
+    for shown in [
+        format!("herald_route_blocked{{route=\"{route}\"}} 0"),
+        format!("herald_route_blocks_total{{route=\"{route}\"}} 1"),
+    ] {
+        assert!(
+            metrics.contains(&shown),
+            "after the fix: {shown}\n{metrics}"
+        );
+    }
     eprintln!(
-        "{backend:?}: Android delivered and push:apns shown blocked {blocked_after:?} after the daemon started (the run is due 2 s in); the iOS pushes delivered {:?} after the fix",
+        "{backend:?}: Android delivered and {route} shown blocked {blocked_after:?} after the daemon started (the run is due 2 s in); the {} pushes delivered {:?} after the fix",
+        refused.platform,
         t1.elapsed()
     );
     daemon.kill().expect("kill");
@@ -417,12 +487,24 @@ async fn the_apns_credential_refused_blocks_only_ios_tokens(backend: Backend, wr
     assert!(!status.contains("blocked:"), "unblocked\n{status}");
     let (_, err) = p.output_of("daemon");
     assert_eq!(
-        err.matches("blocked: push:apns:").count(),
+        err.matches(&format!("blocked: {route}:")).count(),
         1,
         "the block is logged once\n{err}"
     );
     assert!(!err.contains("blocked: push: "), "push itself never\n{err}");
     db.drop_db().await;
+}
+
+/// `herald send notice` in `p`, with the peers' credentials in its environment.
+fn herald_send(p: &Project, db: &TestDb, peers: &Peers) -> std::process::Output {
+    let env = env(peers);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.current_dir(p.path())
+        .env("HERALD_DATABASE_URL", &db.url)
+        .env("HERALD_SECRET", herald_tests::SECRET)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(["send", "notice"]);
+    tokio::task::block_in_place(|| cmd.output()).expect("herald send")
 }
 
 /// `herald send` with a credential that stays wrong: exit 1 after
@@ -436,15 +518,8 @@ async fn send_with_a_wrong_credential_exits_1_in_the_providers_words(backend: Ba
     project(&p, &peers, "sms", "2s");
     p.herald(&db, &["import", "contacts", "contacts.csv"])
         .expect_code(0);
-    let env = env(&peers);
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    cmd.current_dir(p.path())
-        .env("HERALD_DATABASE_URL", &db.url)
-        .env("HERALD_SECRET", herald_tests::SECRET)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .args(["send", "notice"]);
     let t0 = Instant::now();
-    let out = tokio::task::block_in_place(|| cmd.output()).expect("herald send");
+    let out = herald_send(&p, &db, &peers);
     let took = t0.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -463,6 +538,113 @@ async fn send_with_a_wrong_credential_exits_1_in_the_providers_words(backend: Ba
         CONTACTS,
         "the messages stay planned for later"
     );
+    db.drop_db().await;
+}
+
+/// `herald send` with the APNs credential refused for good: the Android
+/// pushes go, then after `blocked_wait` it exits 1 naming the sub-route
+/// (`push:apns`), the platform's tokens and the credential to fix, not
+/// "the sender's account"; the iOS pushes stay planned.
+async fn send_with_a_refused_apns_credential_exits_1_naming_the_sub_route(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let peers = Peers::start().await;
+    peers.fcm.set_third_party_refused(&[APNS.prefix().as_str()]);
+    project(&p, &peers, "push", "2s");
+    APNS.contacts(&p);
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let out = herald_send(&p, &db, &peers);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("blocked: push:apns: authentication failed for iOS tokens: the APNs credential in the Firebase project was refused (FCM THIRD_PARTY_AUTH_ERROR"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("FCM refused the run's pushes to iOS tokens (sub-route push:apns) for 2s"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("fix the APNs credential in the Firebase console"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sender's account"), "{stderr}");
+    let android = (CONTACTS as usize).div_ceil(2);
+    assert_eq!(peers.counts(), (0, 0, android), "the Android pushes went");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE status = 'planned' AND address LIKE 'ios-%' AND fallback_from IS NULL"
+        )
+        .await,
+        CONTACTS - android as i64,
+        "the iOS pushes stay planned for later"
+    );
+    db.drop_db().await;
+}
+
+/// FCM's `SENDER_ID_MISMATCH` (403) is no account fault: the token was
+/// registered for another Firebase project, so its message fails for good
+/// (and falls back, here to email), its token is invalidated
+/// (`push_tokens.invalid_at`) as an unregistered one is, and no route blocks.
+async fn fcm_sender_id_mismatch_fails_the_message_and_invalidates_its_token(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let peers = Peers::start().await;
+    // `project` names the tokens tok-0 .. tok-5.
+    peers.fcm.set_other_senders(&["tok-1"]);
+    project(&p, &peers, "push", "2s");
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let out = herald_send(&p, &db, &peers);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("blocked:"), "{stderr}");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM push_tokens WHERE token = 'tok-1' AND invalid_at IS NOT NULL"
+        )
+        .await,
+        1,
+        "the other sender's token is invalidated"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM push_tokens WHERE invalid_at IS NOT NULL"
+        )
+        .await,
+        1,
+        "the others stay valid"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM attempts WHERE result = 'permanent' AND provider_code = 'SENDER_ID_MISMATCH'"
+        )
+        .await,
+        1,
+        "its push failed for good, at the first answer"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE fallback_from = 'push' AND channel = 'email'"
+        )
+        .await,
+        1,
+        "and fell back once"
+    );
+    assert_eq!(
+        peers.counts(),
+        (1, 0, CONTACTS as usize - 1),
+        "the others' pushes went; tok-1's contact got the fallback email"
+    );
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM route_blocks").await, 0);
     db.drop_db().await;
 }
 
@@ -544,7 +726,10 @@ on_both_databases!(
     smtp_535_blocks_email_until_fixed,
     fcm_invalid_client_blocks_push_until_fixed,
     fcm_third_party_auth_error_blocks_only_ios_tokens_until_fixed,
+    fcm_third_party_auth_error_blocks_only_web_tokens_until_fixed,
     send_with_a_wrong_credential_exits_1_in_the_providers_words,
+    send_with_a_refused_apns_credential_exits_1_naming_the_sub_route,
+    fcm_sender_id_mismatch_fails_the_message_and_invalidates_its_token,
     runs_resume_makes_a_blocked_route_probe_at_once,
 );
 

@@ -63,6 +63,27 @@ pub(crate) async fn wait_started(p: &Project, name: &str) {
     }
 }
 
+/// `GET /metrics` from the tracking server of the daemon `name` (its
+/// address as the daemon printed it).
+pub(crate) fn scrape_metrics(p: &Project, name: &str) -> String {
+    let (out, _) = p.output_of(name);
+    let addr = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tracking server on http://"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the daemon prints its tracking address")
+        .to_string();
+    tokio::task::block_in_place(|| {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("read");
+        text
+    })
+}
+
 pub(crate) fn term(child: &mut std::process::Child) -> i32 {
     let ok = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -111,22 +132,7 @@ async fn scheduled_fire_is_sent_and_sigterm_exits_zero(backend: Backend) {
     let mut daemon = p.spawn(&db, "daemon", &["run"]);
     wait_done(&db, 300, Duration::from_secs(60)).await;
     // The daemon's tracking server serves its dispatcher metrics too.
-    let (out, _) = p.output_of("daemon");
-    let addr = out
-        .lines()
-        .find_map(|l| l.strip_prefix("tracking server on http://"))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("the daemon prints its tracking address")
-        .to_string();
-    let metrics = tokio::task::block_in_place(|| {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
-        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .expect("write");
-        let mut text = String::new();
-        conn.read_to_string(&mut text).expect("read");
-        text
-    });
+    let metrics = scrape_metrics(&p, "daemon");
     assert!(
         metrics
             .contains("herald_dispatch_attempts_total{channel=\"email\",result=\"accepted\"} 300"),
@@ -139,6 +145,21 @@ async fn scheduled_fire_is_sent_and_sigterm_exits_zero(backend: Backend) {
         metrics.contains("herald_tracking_opens_written_total 0"),
         "{metrics}"
     );
+    // Every route's block gauge, push's sub-routes too (none blocked here;
+    // account_faults.rs sees push:apns and push:web at 1).
+    for route in [
+        "email",
+        "sms",
+        "push",
+        "push:apns",
+        "push:web",
+        "push:unlabelled",
+    ] {
+        assert!(
+            metrics.contains(&format!("herald_route_blocked{{route=\"{route}\"}} 0")),
+            "{route}\n{metrics}"
+        );
+    }
     assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     let code = term(&mut daemon);

@@ -134,7 +134,8 @@ pub enum FcmConfigError {
 /// token is dead); `QUOTA_EXCEEDED` or HTTP 429 → `RateLimited` (`Retry-After`, else a
 /// minute); `UNAVAILABLE`, `INTERNAL`, 5xx → `Transient`; a 401 refreshes the access token
 /// and resends once (a 401 means nothing was sent), then → `AccountFault`, as is a 403
-/// without FCM's own code; `SENDER_ID_MISMATCH` (403) → `Permanent`; `THIRD_PARTY_AUTH_ERROR`
+/// without FCM's own code; `SENDER_ID_MISMATCH` (403) → `Permanent { suppress_address: true }`
+/// (the token is another sender's: invalidated, as an unregistered one); `THIRD_PARTY_AUTH_ERROR`
 /// → `PlatformFault` (the APNs or web-push credential: only iOS/web tokens are refused, so
 /// only their part of the route blocks); `INVALID_ARGUMENT`
 /// and other 4xx → `Permanent`; a `200` without a message name → `Ambiguous`; no connection
@@ -575,11 +576,13 @@ impl FcmError {
                 detail: format!("FCM {code}: {detail}"),
                 code,
             },
-            // The token belongs to another sender: the message's (the token's) fault.
+            // The token was registered for another sender (another Firebase
+            // project): it can never take this sender's pushes, so it is dead
+            // to herald as an unregistered one is (invalidated, not retried).
             Some("SENDER_ID_MISMATCH") => DeliveryError::Permanent {
                 code,
                 detail,
-                suppress_address: false,
+                suppress_address: true,
             },
             _ if status >= 500 => DeliveryError::Transient {
                 code,
@@ -749,7 +752,7 @@ mod tests {
                 &error(403, "PERMISSION_DENIED", Some("SENDER_ID_MISMATCH"))
             ),
             DeliveryError::Permanent {
-                suppress_address: false,
+                suppress_address: true,
                 ..
             }
         ));

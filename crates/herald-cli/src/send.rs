@@ -13,7 +13,7 @@ use comfy_table::Table;
 use herald_domain::config::{Campaign, ConfigSet, Trigger};
 use herald_domain::stats::{POWER, TestKind, minimum_detectable_lift};
 use herald_domain::types::{MessageStatus, SuppressReason};
-use herald_engine::dispatch::{DispatchStats, Dispatcher};
+use herald_engine::dispatch::{Blocked, DispatchStats, Dispatcher};
 use herald_engine::dry_run::DryRunShape;
 use herald_engine::render::CampaignRenderer;
 use herald_engine::run::PlanStats;
@@ -648,20 +648,77 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
     print_summary(&campaign, &summary, args.wide);
     println!("{}", stage_line(&summary, started, started.elapsed()));
     if let Some(blocked) = &summary.dispatch.blocked {
-        // The provider refused the account: nothing failed, nothing fell
-        // back; the messages wait, planned, for the credential to be fixed.
+        // The provider refused the account (or a platform's credential):
+        // nothing failed, nothing fell back; the messages wait, planned, for
+        // the credential to be fixed.
         eprintln!(
-            "error: blocked: {blocked}\nthe provider refused the sender's account for {}s of probing ([dispatch] blocked_wait); the run's messages stay planned: fix the credential, then `herald run` (or `herald send {}` again) sends them",
-            summary.dispatch_blocked_wait_secs, campaign.name
+            "{}",
+            blocked_message(blocked, summary.dispatch_blocked_wait_secs, &campaign.name)
         );
         return Err(Exit(EXIT_FAILURE).into());
     }
     Ok(())
 }
 
+/// What `herald send` says when it ends on a block: the provider's words
+/// (`blocked: ...`), then what was refused and what to fix. A push
+/// sub-route's block is not the sender's account but one platform's
+/// credential in the Firebase project, refused for those tokens only: the
+/// message names the sub-route, the platform and that credential.
+fn blocked_message(blocked: &Blocked, wait_secs: i64, campaign: &str) -> String {
+    let then = format!("then `herald run` (or `herald send {campaign}` again) sends them");
+    match blocked.platform {
+        None => format!(
+            "error: blocked: {blocked}\nthe provider refused the sender's account for {wait_secs}s of probing ([dispatch] blocked_wait); the run's messages stay planned: fix the credential, {then}"
+        ),
+        Some(platform) => {
+            let (tokens, credential) = (platform.tokens(), platform.credential());
+            format!(
+                "error: blocked: {blocked}\nFCM refused the run's pushes to {tokens} (sub-route {}) for {wait_secs}s of probing ([dispatch] blocked_wait): {credential} in the Firebase project is wrong, not the FCM account, and the other pushes went on. The run's messages not sent yet stay planned, those to {tokens} among them: fix {credential} in the Firebase console (Project settings > Cloud Messaging), {then}",
+                blocked.route
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sub_routes_block_names_its_platform_and_credential_not_the_account() {
+        use herald_engine::platform::PushPlatform;
+        let route = Blocked {
+            route: "sms".into(),
+            platform: None,
+            reason: "authentication failed (Twilio 20003: Authenticate)".into(),
+        };
+        let said = blocked_message(&route, 60, "notice");
+        assert!(said.starts_with("error: blocked: sms: authentication failed (Twilio 20003"));
+        assert!(said.contains("the provider refused the sender's account for 60s"));
+        let platform = PushPlatform::Web;
+        let sub = Blocked {
+            route: platform.route().into(),
+            platform: Some(platform),
+            reason: platform.reason("FCM THIRD_PARTY_AUTH_ERROR: HTTP 401"),
+        };
+        let said = blocked_message(&sub, 60, "notice");
+        assert!(
+            said.starts_with("error: blocked: push:web: authentication failed for web tokens"),
+            "{said}"
+        );
+        assert!(
+            said.contains(
+                "FCM refused the run's pushes to web tokens (sub-route push:web) for 60s"
+            ),
+            "{said}"
+        );
+        assert!(
+            said.contains("fix the web push credential in the Firebase console"),
+            "{said}"
+        );
+        assert!(!said.contains("sender's account"), "{said}");
+    }
 
     fn campaign(results: &str) -> Campaign {
         let src = format!(

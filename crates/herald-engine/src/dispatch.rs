@@ -208,6 +208,27 @@ pub fn rate_limited_wait(
     asked.mul_f64(1.0 + policy.jitter * draw(message_id, 0))
 }
 
+/// A route, or a push sub-route, blocked longer than a drain's
+/// `blocked_wait` (`herald send` then exits 1). Shown as `sms:
+/// authentication failed (...)` or `push:apns: authentication failed for
+/// iOS tokens: ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// The route's name: `sms`, or a push sub-route's: `push:apns`.
+    pub route: String,
+    /// The sub-route's platform when only those tokens are refused: the
+    /// remedy is then a credential in the Firebase project, not the account.
+    pub platform: Option<PushPlatform>,
+    /// Why, in the provider's words around herald's.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.route, self.reason)
+    }
+}
+
 /// Figures of one drain.
 #[derive(Debug, Clone, Default)]
 pub struct DispatchStats {
@@ -231,9 +252,9 @@ pub struct DispatchStats {
     pub handed: u64,
     /// Messages given back to `planned` without a request (a blocked route, a stop).
     pub released: u64,
-    /// A route blocked longer than the drain's `blocked_wait`: `sms:
-    /// authentication failed (...)`; the drain ended for it.
-    pub blocked: Option<String>,
+    /// A route (or push sub-route) blocked longer than the drain's
+    /// `blocked_wait`; the drain ended for it.
+    pub blocked: Option<Blocked>,
     /// Wall time of the drain.
     pub elapsed: Duration,
     /// Workers that handled a message (1 for such a drain; merged, they add up).
@@ -558,20 +579,26 @@ impl Dispatcher {
         }
     }
 
-    /// The first route (or platform sub-route) blocked at least
-    /// `blocked_wait`, in words: `sms: authentication failed (...)`,
-    /// `push:apns: authentication failed for iOS tokens: ...`.
-    fn blocked_too_long(&self) -> Option<String> {
+    /// The first route (or platform sub-route) blocked at least `blocked_wait`.
+    fn blocked_too_long(&self) -> Option<Blocked> {
         let wait = self.blocked_wait?;
         let now = self.clock.now_ms();
         let mut routes: Vec<_> = self.routes.iter().collect();
         routes.sort_by_key(|(c, _)| c.as_str());
-        let too_long = |name: &dyn std::fmt::Display, h: &RouteHealth| {
+        let too_long = |route: String, platform: Option<PushPlatform>, h: &RouteHealth| {
             let block = h.block()?;
-            (h.blocked_for(now)? >= wait).then(|| format!("{name}: {}", block.reason))
+            (h.blocked_for(now)? >= wait).then(|| Blocked {
+                route,
+                platform,
+                reason: block.reason.clone(),
+            })
         };
         routes.into_iter().find_map(|(c, r)| {
-            too_long(c, &r.health).or_else(|| r.platforms.iter().find_map(|(p, h)| too_long(&p, h)))
+            too_long(c.to_string(), None, &r.health).or_else(|| {
+                r.platforms
+                    .iter()
+                    .find_map(|(p, h)| too_long(p.route().to_owned(), Some(p), h))
+            })
         })
     }
 

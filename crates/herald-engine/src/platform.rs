@@ -68,15 +68,32 @@ impl PushPlatform {
         }
     }
 
+    /// The sub-route's tokens, in words: `iOS tokens`.
+    pub fn tokens(self) -> &'static str {
+        match self {
+            PushPlatform::Apns => "iOS tokens",
+            PushPlatform::Web => "web tokens",
+            PushPlatform::Unlabelled => "tokens imported without a platform",
+        }
+    }
+
+    /// The credential in the Firebase project that FCM refused for them.
+    pub fn credential(self) -> &'static str {
+        match self {
+            PushPlatform::Apns => "the APNs credential",
+            PushPlatform::Web => "the web push credential",
+            PushPlatform::Unlabelled => "the APNs or web push credential",
+        }
+    }
+
     /// Why the sub-route is blocked, in a marketer's words, around the
     /// provider's `detail`: `authentication failed for iOS tokens: ...`.
     pub fn reason(self, detail: &str) -> String {
         match self {
-            PushPlatform::Apns => format!(
-                "authentication failed for iOS tokens: the APNs credential in the Firebase project was refused ({detail})"
-            ),
-            PushPlatform::Web => format!(
-                "authentication failed for web tokens: the web push credential in the Firebase project was refused ({detail})"
+            PushPlatform::Apns | PushPlatform::Web => format!(
+                "authentication failed for {}: {} in the Firebase project was refused ({detail})",
+                self.tokens(),
+                self.credential()
             ),
             PushPlatform::Unlabelled => format!(
                 "authentication failed for tokens imported without a platform: the APNs or web push credential in the Firebase project was refused ({detail}); Android tokens without a platform wait with them (import push_platform to keep those going)"

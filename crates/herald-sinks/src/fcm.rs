@@ -6,7 +6,9 @@
 //! [`FaultPlan`], records each message it took and logs every arrival ([`RequestLog`]).
 //! [`FcmSink::set_third_party_refused`] makes it refuse some tokens with
 //! `THIRD_PARTY_AUTH_ERROR`, as FCM does for iOS/web tokens when the APNs or
-//! web-push credential in the Firebase project is wrong.
+//! web-push credential in the Firebase project is wrong;
+//! [`FcmSink::set_other_senders`] with `SENDER_ID_MISMATCH`, as FCM does for
+//! tokens registered for another Firebase project.
 
 use std::collections::HashMap;
 use std::io;
@@ -130,6 +132,8 @@ struct FcmState {
     refuse_key: AtomicBool,
     /// Tokens beginning with one of these are refused `THIRD_PARTY_AUTH_ERROR`.
     third_party_refused: Mutex<Vec<String>>,
+    /// Tokens beginning with one of these are refused `SENDER_ID_MISMATCH`.
+    other_senders: Mutex<Vec<String>>,
 }
 
 impl FcmSink {
@@ -163,6 +167,7 @@ impl FcmSink {
             next_id: AtomicU64::new(1),
             refuse_key: AtomicBool::new(false),
             third_party_refused: Mutex::new(Vec::new()),
+            other_senders: Mutex::new(Vec::new()),
         });
         let handler: Arc<dyn Handler> = state.clone();
         let server = Server::serve(listener, handler, config.stall_for)?;
@@ -256,6 +261,13 @@ impl FcmSink {
     /// credential fixed.
     pub fn set_third_party_refused(&self, prefixes: &[&str]) {
         *lock(&self.state.third_party_refused) = prefixes.iter().map(|p| p.to_string()).collect();
+    }
+
+    /// Tokens beginning with one of `prefixes` are refused `403
+    /// SENDER_ID_MISMATCH` (and not taken), as FCM refuses a token an app
+    /// registered for another Firebase project (another sender). Empty: none.
+    pub fn set_other_senders(&self, prefixes: &[&str]) {
+        *lock(&self.state.other_senders) = prefixes.iter().map(|p| p.to_string()).collect();
     }
 
     /// Stops accepting, closes every connection and waits until they are gone.
@@ -446,6 +458,17 @@ impl FcmState {
                 "UNAUTHENTICATED",
                 Some("THIRD_PARTY_AUTH_ERROR"),
                 "Auth error from APNS or Web Push Service",
+            );
+        }
+        if lock(&self.other_senders)
+            .iter()
+            .any(|p| token.starts_with(p.as_str()))
+        {
+            return fcm_error(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                Some("SENDER_ID_MISMATCH"),
+                "SenderId mismatch",
             );
         }
         let (title, text) = notification.map_or((None, None), |n| (n.title, n.body));

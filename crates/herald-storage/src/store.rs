@@ -2326,7 +2326,14 @@ mod tests {
         // `herald send` with no patience: the drain ends on the block.
         d.blocked_wait = Some(Duration::ZERO);
         let stats = d.drain_run(run, &Plain).await.unwrap();
-        let blocked = stats.blocked.unwrap_or_default();
+        // `herald send`'s words name the sub-route and its platform.
+        let (route, platform) = stats
+            .blocked
+            .as_ref()
+            .map(|b| (b.route.as_str(), b.platform))
+            .unwrap_or_default();
+        assert_eq!((route, platform), ("push:apns", Some(PushPlatform::Apns)));
+        let blocked = stats.blocked.map(|b| b.to_string()).unwrap_or_default();
         assert!(
             blocked.starts_with("push:apns: authentication failed for iOS tokens: the APNs credential in the Firebase project was refused (FCM THIRD_PARTY_AUTH_ERROR: HTTP 401)"),
             "{blocked}"
@@ -2381,7 +2388,7 @@ mod tests {
         .await;
         d.blocked_wait = Some(Duration::ZERO);
         let stats = d.drain_run(run, &Plain).await.unwrap();
-        let blocked = stats.blocked.unwrap_or_default();
+        let blocked = stats.blocked.map(|b| b.to_string()).unwrap_or_default();
         assert!(
             blocked.starts_with(
                 "push:unlabelled: authentication failed for tokens imported without a platform"
