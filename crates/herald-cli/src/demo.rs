@@ -426,7 +426,8 @@ fn dir_file(templates_dir: &Path, rel: &str) -> PathBuf {
 /// after the send. The discount truly works best, so the report has
 /// something to find; the holdout, never sent, still buys at the base rate.
 struct Behaviour {
-    /// Orders (the campaign's goal), of everyone in the arm.
+    /// Orders (the campaign's goal), of everyone in the arm, on average:
+    /// each contact's own chance follows their [`History`].
     order: f64,
     /// Email opens, of delivered emails.
     open: f64,
@@ -447,12 +448,52 @@ fn behaviour(arm: &str) -> Behaviour {
             click: 0.07,
         },
         _ => Behaviour {
-            order: 0.05,
+            order: HOLDOUT_ORDER,
             open: 0.0,
             click: 0.0,
         },
     }
 }
+
+/// A contact's purchases before the send, which the simulation's orders
+/// follow, as in life: frequent and recent buyers come back more often and
+/// spend what they used to. That history is what CUPED (`[results] cuped`
+/// in winback.toml) adjusts by, so the report can show the variance it removes.
+struct History {
+    /// Orders in the year before the send.
+    year_orders: i64,
+    /// Orders in the [`RECENT_DAYS`] before the send.
+    recent_orders: i64,
+    /// Their revenue in the year before the send.
+    year_revenue: f64,
+}
+
+impl History {
+    /// How much more than another contact this one is inclined to order:
+    /// each order of the year counts, a recent one forty times as much (one
+    /// who bought last month is far likelier to be back than one who
+    /// stopped in spring).
+    fn appetite(&self) -> f64 {
+        0.05 * self.year_orders as f64 + 2.0 * self.recent_orders as f64
+    }
+
+    /// The contact's average order value in the year (the demo data's
+    /// middle for one with none).
+    fn order_value(&self) -> f64 {
+        if self.year_orders > 0 {
+            self.year_revenue / self.year_orders as f64
+        } else {
+            210.0
+        }
+    }
+}
+
+/// The holdout's order rate: what the run's contacts buy on average unasked.
+const HOLDOUT_ORDER: f64 = 0.05;
+const YEAR_DAYS: i64 = 365;
+/// The window of "recent" orders, CUPED's window in winback.toml too.
+const RECENT_DAYS: i64 = 90;
+const DAY_MS: i64 = 86_400_000;
 
 /// Share of all contacts who open the app in those days (a secondary goal).
 const APP_OPEN: f64 = 0.25;
@@ -480,12 +521,36 @@ async fn simulate(db: &Db, run_id: i64, events: &Path, seed: u64) -> anyhow::Res
             db.backend(),
             herald_storage::sql::placeholders(
                 db.backend(),
-                "SELECT m.id, c.external_id, m.arm, m.channel, m.status, m.send_at, COALESCE(m.delivered_at, m.sent_at, m.send_at) \
+                "SELECT m.id, c.external_id, m.arm, m.channel, m.status, m.send_at, COALESCE(m.delivered_at, m.sent_at, m.send_at), \
+                 (SELECT COUNT(*) FROM events e WHERE e.name = 'order_placed' AND e.contact_id = m.contact_id \
+                   AND e.at >= m.send_at - $2 AND e.at < m.send_at), \
+                 (SELECT COUNT(*) FROM events e WHERE e.name = 'order_placed' AND e.contact_id = m.contact_id \
+                   AND e.at >= m.send_at - $3 AND e.at < m.send_at), \
+                 CAST(COALESCE((SELECT SUM(e.value) FROM events e WHERE e.name = 'order_placed' AND e.contact_id = m.contact_id \
+                   AND e.at >= m.send_at - $2 AND e.at < m.send_at), 0) AS DOUBLE PRECISION) \
                  FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.run_id = $1 ORDER BY m.id",
             ),
-            [run_id.into()],
+            [
+                run_id.into(),
+                (YEAR_DAYS * DAY_MS).into(),
+                (RECENT_DAYS * DAY_MS).into(),
+            ],
         ))
         .await?;
+    let history = rows
+        .iter()
+        .map(|r| {
+            Ok(History {
+                year_orders: r.try_get_by_index(7)?,
+                recent_orders: r.try_get_by_index(8)?,
+                year_revenue: r.try_get_by_index(9)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+    // Every arm holds the same mix of buyers: scaling by the run's mean
+    // keeps each arm's order rate where `behaviour` puts it.
+    let mean_appetite =
+        history.iter().map(History::appetite).sum::<f64>() / history.len().max(1) as f64;
     // Two streams: what people buy depends only on the seed and the message,
     // not on how many draws its opens and clicks took.
     let mut reads = StdRng::seed_from_u64(seed ^ 0x00a7_c0e5);
@@ -500,7 +565,7 @@ async fn simulate(db: &Db, run_id: i64, events: &Path, seed: u64) -> anyhow::Res
     };
     let mut w = std::io::BufWriter::new(std::fs::File::create(events)?);
     writeln!(w, "external_id,name,at,value,event_id")?;
-    for r in &rows {
+    for (r, past) in rows.iter().zip(&history) {
         let (id, external_id, arm): (i64, String, String) = (
             r.try_get_by_index(0)?,
             r.try_get_by_index(1)?,
@@ -550,12 +615,24 @@ async fn simulate(db: &Db, run_id: i64, events: &Path, seed: u64) -> anyhow::Res
                 sim.clicks += 1;
             }
         }
-        let (order, order_at, value) = (
+        let (order, order_at, share) = (
             buys.random::<f64>(),
             send_at + buys.random_range(HOUR_MS..70 * HOUR_MS),
-            buys.random_range(20..300),
+            buys.random_range(50..100),
         );
-        if order < b.order {
+        // What a contact spends is about what they spent before.
+        let value = (past.order_value() * share as f64 / 100.0).round() as i64;
+        // Everyone would buy at their own rate anyway (the holdout's); a
+        // message adds its arm's lift on top. Added, not multiplied: the
+        // history then predicts every arm alike, as CUPED's one theta for
+        // both arms of a comparison assumes.
+        let own = if mean_appetite > 0.0 {
+            HOLDOUT_ORDER * past.appetite() / mean_appetite
+        } else {
+            HOLDOUT_ORDER
+        };
+        let chance = (own + b.order - HOLDOUT_ORDER).min(0.9);
+        if order < chance {
             writeln!(
                 w,
                 "{external_id},order_placed,{},{value},sim-o-{id}",
