@@ -1171,12 +1171,21 @@ fn scope(
     {
         pairs.extend(rest.iter().map(|v| (*v, *first)));
     }
+    // CUPED only where every contact shown has its history stored. Those
+    // planned before `cuped` was set have none; counting them as zero would
+    // move the arms holding more of them (run 1 split 90/10, run 2 50/50):
+    // a biased lift, not merely a noisier one.
+    let (cuped_contacts, cuped_recorded) = shown.iter().fold((0, 0), |(n, k), arm| {
+        let r = &acc(arm).results;
+        (n + r.messages, k + r.cuped.recorded)
+    });
+    let cuped = settings.cuped.is_some() && cuped_recorded == cuped_contacts;
     let mut comparisons = Vec::new();
     if settings.goal.is_some() {
         for (variant, control) in &pairs {
             if let (Some(v), Some(c)) = (acc(variant).counts(), acc(control).counts()) {
                 let mut compared = comparison(variant, control, v, c, settings.test);
-                if settings.cuped.is_some() {
+                if cuped {
                     compared.adjust(
                         &acc(control).cuped_conversion(),
                         &acc(variant).cuped_conversion(),
@@ -1230,7 +1239,6 @@ fn scope(
                 if metric == CLICKS_PER_DELIVERED && *control == HOLDOUT_ARM {
                     continue;
                 }
-                let cuped = settings.cuped.is_some();
                 metric_comparisons.extend(metric_comparison(
                     metric,
                     (*variant, acc(variant).metric_arm(metric, cuped)),
@@ -1336,18 +1344,14 @@ fn scope(
             ));
         }
     }
-    if settings.cuped.is_some() {
-        let (contacts, recorded) = shown.iter().fold((0, 0), |(n, k), arm| {
-            let r = &acc(arm).results;
-            (n + r.messages, k + r.cuped.recorded)
-        });
-        if recorded < contacts {
-            summary.push(format!(
-                "CUPED: {} of {contacts} contact(s) have no history recorded (planned before \
-                 `cuped` was set): they count as having none, so their variance is not reduced",
-                contacts - recorded
-            ));
-        }
+    if settings.cuped.is_some() && !cuped {
+        summary.push(format!(
+            "CUPED is not applied: {} of {cuped_contacts} contact(s) have no history recorded \
+             (planned before `cuped` was set, or with neither a goal nor a revenue event to \
+             record), and counting them as having none would bias the lift; `--run` or \
+             `--since` runs planned with `cuped` show the adjusted figures",
+            cuped_contacts - cuped_recorded
+        ));
     }
     let pending: u64 = arms.iter().map(|a| a.pending).sum();
     if pending > 0 {
@@ -2114,7 +2118,7 @@ mod tests {
     }
 
     #[test]
-    fn cuped_says_how_many_contacts_had_no_history_recorded() {
+    fn cuped_is_not_applied_where_some_history_is_missing() {
         let mut d = cuped_data();
         d.results[0].tally.cuped.recorded -= 30;
         let r = build(
@@ -2123,12 +2127,25 @@ mod tests {
             &ReportFilter::default(),
         );
         assert!(
-            r.total
-                .summary
-                .iter()
-                .any(|l| l.contains("30 of 160 contact(s) have no history recorded")),
+            r.total.summary.iter().any(|l| l
+                .contains("CUPED is not applied: 30 of 160 contact(s) have no history recorded")),
             "{:?}",
             r.total.summary
+        );
+        // Nothing is adjusted where some history is missing: the figures are
+        // the unadjusted ones.
+        let unadjusted = build(
+            &cuped_data(),
+            &ReportSettings {
+                cuped: None,
+                ..cuped_settings(TestKind::FixedHorizon)
+            },
+            &ReportFilter::default(),
+        );
+        assert!(r.total.comparisons.iter().all(|c| c.cuped.is_none()));
+        assert_eq!(
+            serde_json::to_value(&r.total.metric_comparisons).unwrap(),
+            serde_json::to_value(&unadjusted.total.metric_comparisons).unwrap()
         );
     }
 
