@@ -64,7 +64,12 @@ pub async fn by_time_since_send(
         let mut q = Sql::new();
         q.push("SELECT m.arm, CASE WHEN m.converted_at < COALESCE(m.sent_at, m.send_at) THEN 0 ELSE (m.converted_at - COALESCE(m.sent_at, m.send_at)) / ")
             .bind(bucket_ms.max(1))
-            .push(" END AS bucket, COUNT(*) FROM messages m WHERE m.converted_at IS NOT NULL AND m.run_id IN (");
+            .push(" END AS bucket, COUNT(*) FROM messages m WHERE m.converted_at IS NOT NULL")
+            // As the report counts: a contact once (their first message holds
+            // the outcome), the global holdout outside the campaign's test.
+            .push(" AND m.step = 0 AND (m.status <> 'suppressed' OR m.reason IS NULL OR m.reason <> ")
+            .bind(herald_domain::types::SuppressReason::GlobalHoldout.as_str().to_string())
+            .push(") AND m.run_id IN (");
         for (i, r) in chunk.iter().enumerate() {
             if i > 0 {
                 q.push(", ");
@@ -130,10 +135,20 @@ mod tests {
             m(3, 1, "a", Some(NOW), None),
             m(4, 1, "holdout", None, Some(NOW + 2 * HOUR)),
             m(5, 2, "a", Some(NOW), Some(NOW + 10 * HOUR)),
+            // The global holdout keeps its assigned arm and may convert, and
+            // a later step carries no outcome of its own: neither is counted.
+            format!(
+                "(6, 1, 1, 6, 0, 'a', NULL, NULL, {NOW}, 'suppressed', 'global_holdout', 0, NULL, {}, 0, 0, 0, {NOW}, {NOW})",
+                NOW + 3 * HOUR
+            ),
+            format!(
+                "(7, 1, 1, 2, 1, 'a', NULL, NULL, {NOW}, 'delivered', NULL, 0, {NOW}, {}, 0, 0, 0, {NOW}, {NOW})",
+                NOW + 4 * HOUR
+            ),
         ];
         for sql in [
             format!(
-                "INSERT INTO contacts (id, external_id, attrs, created_at, updated_at) SELECT i, 'c' || i, '{{}}', {NOW}, {NOW} FROM (SELECT 1 AS i UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5) t"
+                "INSERT INTO contacts (id, external_id, attrs, created_at, updated_at) SELECT i, 'c' || i, '{{}}', {NOW}, {NOW} FROM (SELECT 1 AS i UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6) t"
             ),
             format!(
                 "INSERT INTO campaigns (id, name, kind, topic, fingerprint, created_at, updated_at) VALUES (1, 'c', 'marketing', NULL, 'f', {NOW}, {NOW})"
