@@ -182,6 +182,10 @@ pub struct RunStatus {
     pub scheduled_at: i64,
     /// `trigger` for a triggered campaign's run; `schedule`, `manual`... otherwise.
     pub origin: String,
+    /// The instant its audience was taken and its rules judged (ms): a
+    /// catch-up run planned late judges at the time it was planned, not
+    /// at its schedule.
+    pub planned_at: i64,
     /// (status, count) of its messages.
     pub counts: Vec<(String, i64)>,
     /// For a segment-entry campaign (`trigger = { enters = .. }`) in a list
@@ -277,6 +281,7 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
     } else {
         q.push("CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)");
     }
+    q.push(", r.now_at");
     q.push(" FROM runs r JOIN campaigns c ON c.id = r.campaign_id");
     match which {
         Which::Recent(limit) => {
@@ -309,6 +314,7 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
             state: get(&r, 2)?,
             scheduled_at: get(&r, 3)?,
             origin: get(&r, 4)?,
+            planned_at: get(&r, 8)?,
             counts: Vec::new(),
             passes,
         });

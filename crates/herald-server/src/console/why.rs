@@ -146,7 +146,7 @@ pub async fn explain(
         let why = match cfg.campaigns.get(&run.campaign) {
             None => "the campaign is no longer in the config, so herald cannot replay its rules."
                 .to_string(),
-            Some(c) => replay(&store, cfg, c, run.id, run.scheduled_at, id, created)
+            Some(c) => replay(&store, cfg, c, run.id, run.planned_at, id, created)
                 .await
                 .map_err(|e| e.to_string())?,
         };

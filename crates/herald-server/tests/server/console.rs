@@ -943,6 +943,25 @@ async fn a_contacts_page_says_why_they_got_nothing(app: &App) {
         page.contains("Why they got nothing: every run they are in sent them something"),
         "{page}"
     );
+    // A catch-up run: scheduled two days before it was planned. c5, added
+    // in between, was there when its audience was taken: the replay judges
+    // at the planning instant, not the schedule.
+    for sql in [
+        format!("UPDATE runs SET scheduled_at = now_at - 2 * {DAY} WHERE id = 2"),
+        format!(
+            "UPDATE contacts SET created_at = (SELECT now_at FROM runs WHERE id = 2) - {DAY} WHERE id = 5"
+        ),
+    ] {
+        app.db.conn.execute_unprepared(&sql).await.unwrap();
+    }
+    let (_, page) = get(app, "/console/contacts/c5", Some(&b.cookie)).await;
+    let table = why(&page);
+    assert!(
+        table.contains(
+            "<td>newsletter</td><td>on their data as it stands now the planner would send them one"
+        ),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
