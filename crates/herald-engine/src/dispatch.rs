@@ -1573,13 +1573,16 @@ impl Dispatcher {
                     result = Err(own);
                 }
             }
-            // The whole account was refused: the sub-route's probe told
-            // nothing of its own credential; the next one may go.
-            (Err(DeliveryError::AccountFault { .. }), Probe::Platform(p)) => {
+            // Accepted: the platform's credential works again.
+            (Ok(_), Probe::Platform(p)) => self.learn_platform(route, p, None).await,
+            // Refused for another reason (the whole account, the message's
+            // own token or payload, a timeout): the probe told nothing of
+            // the platform's credential, so the sub-route stays blocked and
+            // the next probe may go. Unblocking here let one bad message
+            // reopen it, and every blocked message behind it be refused again.
+            (Err(_), Probe::Platform(p)) => {
                 route.platforms.get(p).probe_unused(self.clock.now_ms());
             }
-            // Not refused for its platform's credential: the sub-route works again.
-            (_, Probe::Platform(p)) => self.learn_platform(route, p, None).await,
             _ => {}
         }
         let platform = platforms.get(&msg.address).copied().flatten();

@@ -2217,6 +2217,8 @@ mod tests {
     /// begin `i-` are refused `THIRD_PARTY_AUTH_ERROR`, the rest delivered.
     struct ApnsRefused {
         refusing: std::sync::atomic::AtomicBool,
+        /// Every message refused as malformed, whatever its platform.
+        malformed: std::sync::atomic::AtomicBool,
         sent: std::sync::Mutex<Vec<String>>,
     }
 
@@ -2226,6 +2228,13 @@ mod tests {
             &self,
             m: &RenderedMessage,
         ) -> Result<herald_channels::ProviderReceipt, herald_channels::DeliveryError> {
+            if self.malformed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(herald_channels::DeliveryError::Permanent {
+                    code: "INVALID_ARGUMENT".into(),
+                    detail: "FCM INVALID_ARGUMENT: HTTP 400".into(),
+                    suppress_address: false,
+                });
+            }
             if m.to.starts_with("i-") && self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(herald_channels::DeliveryError::PlatformFault {
                     code: "THIRD_PARTY_AUTH_ERROR".into(),
@@ -2283,6 +2292,7 @@ mod tests {
         store.finish_planning(run).await.unwrap();
         let fcm = Arc::new(ApnsRefused {
             refusing: true.into(),
+            malformed: false.into(),
             sent: Default::default(),
         });
         let route = Route::new(fcm.clone(), Arc::new(Pacer::new(None)), 8);
@@ -2368,6 +2378,38 @@ mod tests {
         assert!(!platforms.get(PushPlatform::Apns).is_blocked());
         assert!(crate::routes::blocks(db, now).await.unwrap().is_empty());
         assert_eq!(fcm.sent.lock().unwrap().len(), 5, "each sent once");
+    }
+
+    /// A sub-route's probe refused for the message's own reason (a bad
+    /// payload) says nothing of the platform's credential: the sub-route
+    /// stays blocked, and the next blocked message is not sent to be
+    /// refused again.
+    async fn a_probe_failing_for_its_own_reason_keeps_the_sub_route_blocked(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, fcm, platforms, mut d) =
+            push_lane(&store, &[("i-1", Some("ios")), ("i-2", Some("ios"))]).await;
+        d.blocked_wait = Some(Duration::ZERO);
+        d.drain_run(run, &Plain).await.unwrap();
+        assert!(platforms.get(PushPlatform::Apns).is_blocked());
+        // The probe's message is refused as malformed.
+        fcm.malformed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(herald_engine::health::PROBE_FIRST + Duration::from_millis(100)).await;
+        // Each blocked message goes out alone as a probe, a second apart,
+        // and fails for its own reason; none reopens the sub-route.
+        d.blocked_wait = None;
+        d.drain_run(run, &Plain).await.unwrap();
+        assert!(
+            platforms.get(PushPlatform::Apns).is_blocked(),
+            "a malformed probe reopened push:apns"
+        );
+        assert_eq!(
+            [
+                status_of(&store, "i-1").await,
+                status_of(&store, "i-2").await
+            ],
+            [("failed".to_string(), 1), ("failed".to_string(), 1)]
+        );
     }
 
     /// A token without a platform that FCM refuses so blocks
@@ -3607,6 +3649,7 @@ mod tests {
         a_lane_claims_transactional_messages_first,
         a_lane_takes_a_block_reported_by_a_status_callback,
         a_refused_platform_blocks_only_its_tokens,
+        a_probe_failing_for_its_own_reason_keeps_the_sub_route_blocked,
         unlabelled_tokens_wait_together_and_resume_probes_them_at_once,
         a_blocked_platforms_claims_take_every_other_message_once,
         max_age_leaves_out_the_time_the_route_was_blocked,
