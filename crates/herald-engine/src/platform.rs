@@ -109,10 +109,15 @@ impl fmt::Display for PushPlatform {
 }
 
 /// The class of an imported platform: `apns`, `web`, `android` or
-/// `unlabelled`; case and surrounding blanks do not matter. The storage's
-/// claim filter computes the same in SQL (`LOWER(TRIM(platform))`).
+/// `unlabelled`; case and surrounding spaces do not matter. The storage's
+/// claim filter computes the same in SQL (`LOWER(TRIM(platform))`), and
+/// SQL's `TRIM` strips spaces only: so does this, or a tab would class a
+/// token `apns` here and `unlabelled` in the claim.
 pub fn class(platform: Option<&str>) -> &'static str {
-    match platform.map(|p| p.trim().to_ascii_lowercase()).as_deref() {
+    match platform
+        .map(|p| p.trim_matches(' ').to_ascii_lowercase())
+        .as_deref()
+    {
         Some("ios") => "apns",
         Some("web") => "web",
         Some("android") => "android",
@@ -191,6 +196,11 @@ mod tests {
     fn a_tokens_platform_names_its_sub_route() {
         assert_eq!(PushPlatform::of(Some("ios")), Some(PushPlatform::Apns));
         assert_eq!(PushPlatform::of(Some(" iOS ")), Some(PushPlatform::Apns));
+        // As SQL's TRIM in the claim: spaces only, so a tab keeps it unknown.
+        assert_eq!(
+            PushPlatform::of(Some("ios\t")),
+            Some(PushPlatform::Unlabelled)
+        );
         assert_eq!(PushPlatform::of(Some("WEB")), Some(PushPlatform::Web));
         // Android needs no third-party credential: never blocked by one.
         assert_eq!(PushPlatform::of(Some("android")), None);
