@@ -954,24 +954,25 @@ impl Dispatcher {
             return Ok((Vec::new(), Probe::No));
         };
         let route = self.lane.and_then(|c| self.routes.get(&c));
-        // A sub-route's probe takes the oldest due message of its platform,
-        // and is no position in the route's queue; otherwise the blocked
+        // A sub-route's probe takes the oldest due message of its platform
+        // that was refused for the credential, else the oldest due one; it
+        // is no position in the route's queue. Otherwise the blocked
         // sub-routes' messages are left where they are.
         let platforms = match probe {
             Probe::Platform(p) => PlatformFilter::Only(p),
             _ => route.map_or(PlatformFilter::Any, |r| r.platforms.filter()),
         };
         if let Probe::Platform(p) = probe {
-            let claimed = self
-                .claim_from(
-                    run,
-                    now,
-                    now + self.lease.as_millis() as i64,
-                    None,
-                    1,
-                    &platforms,
-                )
+            let lease_until = now + self.lease.as_millis() as i64;
+            // A message refused for the credential first: it tests it.
+            let mut claimed = self
+                .claim_from(run, now, lease_until, None, 1, &PlatformFilter::Refused(p))
                 .await?;
+            if claimed.is_empty() {
+                claimed = self
+                    .claim_from(run, now, lease_until, None, 1, &platforms)
+                    .await?;
+            }
             if claimed.is_empty()
                 && let Some(r) = route
             {

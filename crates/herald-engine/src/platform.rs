@@ -135,6 +135,12 @@ pub enum PlatformFilter {
     Except(Vec<PushPlatform>),
     /// Only this sub-route's messages: its probe.
     Only(PushPlatform),
+    /// Only this sub-route's messages already refused for the credential:
+    /// the probe's first choice. A probe must test the credential, and in
+    /// `push:unlabelled` the oldest message may be an Android token, which
+    /// FCM accepts whatever the APNs key: it would reopen the sub-route
+    /// for every iOS token behind it to be refused again.
+    Refused(PushPlatform),
 }
 
 impl PlatformFilter {
@@ -143,7 +149,7 @@ impl PlatformFilter {
         match self {
             PlatformFilter::Any => true,
             PlatformFilter::Except(out) => platform.is_none_or(|p| !out.contains(&p)),
-            PlatformFilter::Only(p) => platform == Some(*p),
+            PlatformFilter::Only(p) | PlatformFilter::Refused(p) => platform == Some(*p),
         }
     }
 }

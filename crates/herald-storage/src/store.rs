@@ -134,6 +134,14 @@ impl SqlStore {
                 platform_list(&mut q, std::slice::from_ref(p));
                 q.push(")");
             }
+            // A probe's first choice: a message refused for the credential
+            // before (its attempt logged `account_fault`), by the attempts
+            // index; the oldest due is usually the one that blocked.
+            PlatformFilter::Refused(p) => {
+                q.push(" AND ").push(PLATFORM_CLASS).push(" IN (");
+                platform_list(&mut q, std::slice::from_ref(p));
+                q.push(") AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.result = 'account_fault')");
+            }
         }
         if let Some(runs) = runs {
             // The transactional runs' messages, claimed ahead of the route's queue.
@@ -2412,6 +2420,38 @@ mod tests {
         );
     }
 
+    /// `push:unlabelled` mixes Android tokens with iOS and web ones: its
+    /// probe takes a message FCM refused for the credential, not the oldest
+    /// due one, which may be an Android token that passes whatever the APNs
+    /// key and would reopen the sub-route for nothing.
+    async fn a_sub_routes_probe_tests_the_credential_not_an_android_token(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let (run, fcm, platforms, mut d) = push_lane(&store, &[("i-1", None), ("u-2", None)]).await;
+        d.blocked_wait = Some(Duration::ZERO);
+        d.drain_run(run, &Plain).await.unwrap();
+        assert!(platforms.get(PushPlatform::Unlabelled).is_blocked());
+        assert_eq!(fcm.sent.lock().unwrap().clone(), ["u-2"]);
+        // Another unlabelled Android push, due before the refused one.
+        let mut q = Sql::new();
+        q.push("UPDATE messages SET status = 'planned', attempts = 0, lease_owner = NULL, lease_until = NULL, send_at = send_at - 60000 WHERE address = 'u-2'");
+        store.exec(q).await.unwrap();
+        tokio::time::sleep(herald_engine::health::PROBE_FIRST + Duration::from_millis(100)).await;
+        // `herald send`'s patience counts from the block (1.1 s ago): one
+        // probe is due at once, the next (doubled) would come after 2 s.
+        d.blocked_wait = Some(Duration::from_secs(2));
+        d.drain_run(run, &Plain).await.unwrap();
+        assert!(
+            platforms.get(PushPlatform::Unlabelled).is_blocked(),
+            "the probe passed on an Android token"
+        );
+        assert_eq!(
+            fcm.sent.lock().unwrap().clone(),
+            ["u-2"],
+            "the Android push waits with its sub-route"
+        );
+        assert_eq!(status_of(&store, "u-2").await, ("planned".to_string(), 0));
+    }
+
     /// A token without a platform that FCM refuses so blocks
     /// `push:unlabelled` (tokens of a platform herald does not know wait
     /// with it, Android ones go); one imported as `android` is its
@@ -3650,6 +3690,7 @@ mod tests {
         a_lane_takes_a_block_reported_by_a_status_callback,
         a_refused_platform_blocks_only_its_tokens,
         a_probe_failing_for_its_own_reason_keeps_the_sub_route_blocked,
+        a_sub_routes_probe_tests_the_credential_not_an_android_token,
         unlabelled_tokens_wait_together_and_resume_probes_them_at_once,
         a_blocked_platforms_claims_take_every_other_message_once,
         max_age_leaves_out_the_time_the_route_was_blocked,
