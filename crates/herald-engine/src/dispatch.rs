@@ -870,22 +870,40 @@ impl Dispatcher {
             }
             Admit::Probe => Ok(Some((1, Probe::Route))),
             Admit::Wait(_) => {
-                let last = self.probe_checked.load(Ordering::Relaxed);
-                if last == i64::MIN || now - last >= PROBE_REQUEST_CHECK_MS {
-                    self.probe_checked.store(now, Ordering::Relaxed);
-                    let since = if last == i64::MIN { now } else { last };
-                    if self
-                        .store
-                        .route_probe_requested(channel.as_str(), since)
-                        .await?
-                    {
-                        tracing::info!(route = %channel, "a probe was asked for (herald runs resume)");
-                        route.health.probe_now(now);
-                    }
+                if let Some(since) = self.probe_request_due(now) {
+                    self.probe_if_asked(channel.as_str(), &route.health, since, now)
+                        .await?;
                 }
                 Ok(None)
             }
         }
+    }
+
+    /// Whether a blocked route (or sub-route) should look now if `herald
+    /// runs resume` asked for a probe: about once a second for the worker,
+    /// whatever is blocked. `Some(since)`: look for requests since then.
+    fn probe_request_due(&self, now: i64) -> Option<i64> {
+        let last = self.probe_checked.load(Ordering::Relaxed);
+        (last == i64::MIN || now - last >= PROBE_REQUEST_CHECK_MS).then(|| {
+            self.probe_checked.store(now, Ordering::Relaxed);
+            if last == i64::MIN { now } else { last }
+        })
+    }
+
+    /// Probes `health` (of the route or sub-route `name`) at once if
+    /// `herald runs resume` asked for it since `since`.
+    async fn probe_if_asked(
+        &self,
+        name: &str,
+        health: &RouteHealth,
+        since: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        if self.store.route_probe_requested(name, since).await? {
+            tracing::info!(route = %name, "a probe was asked for (herald runs resume)");
+            health.probe_now(now);
+        }
+        Ok(())
     }
 
     /// The blocked sub-route of `route` whose probe may go now, if any
@@ -899,23 +917,10 @@ impl Dispatcher {
                 Admit::Open => {}
                 Admit::Probe => return Ok(Some(platform)),
                 Admit::Wait(_) => {
-                    let last = *asked.get_or_insert_with(|| {
-                        let last = self.probe_checked.load(Ordering::Relaxed);
-                        if last == i64::MIN || now - last >= PROBE_REQUEST_CHECK_MS {
-                            self.probe_checked.store(now, Ordering::Relaxed);
-                            Some(if last == i64::MIN { now } else { last })
-                        } else {
-                            None
-                        }
-                    });
-                    if let Some(since) = last
-                        && self
-                            .store
-                            .route_probe_requested(platform.route(), since)
-                            .await?
-                    {
-                        tracing::info!(route = %platform, "a probe was asked for (herald runs resume)");
-                        health.probe_now(now);
+                    // One look a second for all the sub-routes.
+                    if let Some(since) = *asked.get_or_insert_with(|| self.probe_request_due(now)) {
+                        self.probe_if_asked(platform.route(), health, since, now)
+                            .await?;
                         if health.admit(now) == Admit::Probe {
                             return Ok(Some(platform));
                         }
@@ -954,24 +959,19 @@ impl Dispatcher {
             return Ok((Vec::new(), Probe::No));
         };
         let route = self.lane.and_then(|c| self.routes.get(&c));
+        let lease_until = now + self.lease.as_millis() as i64;
         // A sub-route's probe takes the oldest due message of its platform
-        // that was refused for the credential, else the oldest due one; it
-        // is no position in the route's queue. Otherwise the blocked
-        // sub-routes' messages are left where they are.
-        let platforms = match probe {
-            Probe::Platform(p) => PlatformFilter::Only(p),
-            _ => route.map_or(PlatformFilter::Any, |r| r.platforms.filter()),
-        };
+        // that was refused for the credential (it tests it), else the
+        // oldest due one; it is no position in the route's queue.
         if let Probe::Platform(p) = probe {
-            let lease_until = now + self.lease.as_millis() as i64;
-            // A message refused for the credential first: it tests it.
-            let mut claimed = self
-                .claim_from(run, now, lease_until, None, 1, &PlatformFilter::Refused(p))
-                .await?;
-            if claimed.is_empty() {
+            let mut claimed = Vec::new();
+            for only in [PlatformFilter::Refused(p), PlatformFilter::Only(p)] {
                 claimed = self
-                    .claim_from(run, now, lease_until, None, 1, &platforms)
+                    .claim_from(run, now, lease_until, None, 1, &only)
                     .await?;
+                if !claimed.is_empty() {
+                    break;
+                }
             }
             if claimed.is_empty()
                 && let Some(r) = route
@@ -981,7 +981,8 @@ impl Dispatcher {
             stats.stages.claim += t.elapsed();
             return Ok((claimed, probe));
         }
-        let lease_until = now + self.lease.as_millis() as i64;
+        // Otherwise the blocked sub-routes' messages are left where they are.
+        let platforms = route.map_or(PlatformFilter::Any, |r| r.platforms.filter());
         // Messages that come due behind the cursor (a retry's wait ended, a
         // lapsed claim) are found when a pass ends or after an expiry.
         let after = if expired {

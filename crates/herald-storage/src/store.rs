@@ -129,18 +129,17 @@ impl SqlStore {
                 platform_list(&mut q, out);
                 q.push(")");
             }
-            PlatformFilter::Only(p) => {
+            PlatformFilter::Only(p) | PlatformFilter::Refused(p) => {
                 q.push(" AND ").push(PLATFORM_CLASS).push(" IN (");
                 platform_list(&mut q, std::slice::from_ref(p));
                 q.push(")");
-            }
-            // A probe's first choice: a message refused for the credential
-            // before (its attempt logged `account_fault`), by the attempts
-            // index; the oldest due is usually the one that blocked.
-            PlatformFilter::Refused(p) => {
-                q.push(" AND ").push(PLATFORM_CLASS).push(" IN (");
-                platform_list(&mut q, std::slice::from_ref(p));
-                q.push(") AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.result = 'account_fault')");
+                // A probe's first choice: a message refused for the
+                // credential before (its attempt logged `account_fault`), by
+                // the attempts index; the oldest due is usually the one that
+                // blocked.
+                if matches!(platforms, PlatformFilter::Refused(_)) {
+                    q.push(" AND EXISTS (SELECT 1 FROM attempts a WHERE a.message_id = m.id AND a.result = 'account_fault')");
+                }
             }
         }
         if let Some(runs) = runs {
