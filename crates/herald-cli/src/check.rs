@@ -379,17 +379,12 @@ fn static_problems(
             _ => None,
         }))
     {
-        for b in [sea_orm::DbBackend::Sqlite, sea_orm::DbBackend::Postgres] {
-            let ctx = herald_storage::segment_sql::SegmentContext::new(
-                b,
-                0,
-                &config.herald.rfm,
-                &config.herald.lifecycle,
-            );
-            if let Err(e) = herald_storage::segment_sql::compile(expr, &ctx) {
-                problems.push(format!("{name}: {e}"));
-                break;
-            }
+        if let Err(e) = herald_storage::segment_sql::compiles_on_both(
+            expr,
+            &config.herald.rfm,
+            &config.herald.lifecycle,
+        ) {
+            problems.push(format!("{name}: {e}"));
         }
     }
     problems
@@ -405,8 +400,9 @@ pub async fn observed_type_problems(
     store: &SqlStore,
     config: &ConfigSet,
 ) -> anyhow::Result<Vec<herald_domain::diagnostic::Diagnostic>> {
-    use herald_domain::config::{AttrTypes, Audience, check_filter_types};
-    use herald_domain::segment::{Expr, Field};
+    use herald_domain::config::Audience;
+    use herald_domain::segment::Expr;
+    use herald_storage::observed::FilterTypes;
 
     // (file, filter, the text its spans index, the text's offset in the file)
     let mut filters: Vec<(&str, &Expr, Cow<'_, str>, usize)> = Vec::new();
@@ -425,33 +421,15 @@ pub async fn observed_type_problems(
             filters.push((c.file.as_str(), expr, Cow::Owned(text), c.filter_offset()));
         }
     }
-    let declared = &config.herald.contacts.attrs;
-    let mut paths: Vec<Vec<String>> = Vec::new();
-    for (_, expr, _, _) in &filters {
-        for f in expr.fields() {
-            if let Field::Attr(path) = f
-                && !declared.contains_key(&path[0])
-                && !paths.contains(path)
-            {
-                paths.push(path.clone());
-            }
-        }
-    }
-    if paths.is_empty() {
-        return Ok(Vec::new());
-    }
-    let observed = herald_storage::observed::observed_types(store.db(), &paths).await?;
-    let find = |path: &[String]| observed.iter().find(|o| o.path == path);
-    let types_of = |path: &[String]| -> Option<AttrTypes> {
-        find(path).map(|o| o.types).filter(|t| !t.is_empty())
-    };
-    let origin_of = |path: &[String]| match find(path).map_or(0, |o| o.contacts) {
-        1 => "in the 1 stored contact that has it".to_string(),
-        n => format!("in all {n} stored contacts that have it"),
-    };
+    let types = FilterTypes::of(
+        store.db(),
+        &config.herald.contacts.attrs,
+        filters.iter().map(|(_, expr, _, _)| *expr),
+    )
+    .await?;
     let mut out = Vec::new();
     for (file, expr, text, offset) in &filters {
-        if let Err(e) = check_filter_types(expr, text, &types_of, &origin_of) {
+        if let Err(e) = types.check(expr, text) {
             let src = std::fs::read_to_string(file).unwrap_or_default();
             out.push(e.into_diagnostic(file, &src, *offset));
         }

@@ -4,7 +4,10 @@
 //! another type (`attrs.vip == "true"`) silently matches nobody. One scan of
 //! the contacts answers for every attribute path asked about.
 
-use herald_domain::config::{AttrType, AttrTypes};
+use std::collections::BTreeMap;
+
+use herald_domain::config::{AttrType, AttrTypes, check_filter_types};
+use herald_domain::segment::{Expr, Field, FilterError};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 
 use crate::db::Db;
@@ -121,6 +124,52 @@ pub async fn observed_types(db: &Db, paths: &[Vec<String>]) -> Result<Vec<Observ
             out
         })
         .collect())
+}
+
+/// The stored types of the undeclared attributes some filters read: what
+/// `herald check` (and the console's filter box) checks their literals
+/// against. One scan of the contacts for every filter.
+pub struct FilterTypes(Vec<Observed>);
+
+impl FilterTypes {
+    /// Reads the types of the attributes of `filters` that `declared`
+    /// (`[contacts.attrs]`) does not type: those are checked when the config
+    /// loads.
+    pub async fn of<'a>(
+        db: &Db,
+        declared: &BTreeMap<String, AttrType>,
+        filters: impl IntoIterator<Item = &'a Expr>,
+    ) -> Result<FilterTypes, DbErr> {
+        let mut paths: Vec<Vec<String>> = Vec::new();
+        for expr in filters {
+            for f in expr.fields() {
+                if let Field::Attr(path) = f
+                    && !declared.contains_key(&path[0])
+                    && !paths.contains(path)
+                {
+                    paths.push(path.clone());
+                }
+            }
+        }
+        if paths.is_empty() {
+            return Ok(FilterTypes(Vec::new()));
+        }
+        Ok(FilterTypes(observed_types(db, &paths).await?))
+    }
+
+    /// A literal of `expr` (whose spans index `text`) that cannot match the
+    /// types stored at its attribute: such a filter silently matches nobody.
+    pub fn check(&self, expr: &Expr, text: &str) -> Result<(), FilterError> {
+        let find = |path: &[String]| self.0.iter().find(|o| o.path == path);
+        let types_of = |path: &[String]| -> Option<AttrTypes> {
+            find(path).map(|o| o.types).filter(|t| !t.is_empty())
+        };
+        let origin_of = |path: &[String]| match find(path).map_or(0, |o| o.contacts) {
+            1 => "in the 1 stored contact that has it".to_string(),
+            n => format!("in all {n} stored contacts that have it"),
+        };
+        check_filter_types(expr, text, &types_of, &origin_of)
+    }
 }
 
 #[cfg(test)]

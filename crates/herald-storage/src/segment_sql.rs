@@ -90,6 +90,19 @@ pub fn compile(expr: &Expr, ctx: &SegmentContext<'_>) -> Result<Compiled, Unsupp
     compile_range(expr, ctx, None)
 }
 
+/// Whether `expr` compiles for both databases, as `herald check` demands
+/// of every filter (a config may move from SQLite to PostgreSQL).
+pub fn compiles_on_both(
+    expr: &Expr,
+    rfm: &RfmConfig,
+    lifecycle: &LifecycleConfig,
+) -> Result<(), Unsupported> {
+    for b in [DbBackend::Sqlite, DbBackend::Postgres] {
+        compile(expr, &SegmentContext::new(b, 0, rfm, lifecycle))?;
+    }
+    Ok(())
+}
+
 /// Compiles `expr`; with `ids`, the derived tables aggregate only those contacts' events
 /// (the caller must restrict `c.id` to the same range).
 pub fn compile_range(

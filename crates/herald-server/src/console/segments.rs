@@ -14,11 +14,12 @@ use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use herald_domain::config::{AttrTypes, ConfigSet, check_filter_text, check_filter_types};
+use herald_domain::config::{ConfigSet, check_filter_text};
 use herald_domain::diagnostic::Diagnostic;
-use herald_domain::segment::{Expr, Field};
+use herald_domain::segment::Expr;
+use herald_storage::observed::FilterTypes;
 use herald_storage::segment_preview::{self, SegmentPreview};
-use herald_storage::segment_sql::{SegmentContext, compile};
+use herald_storage::segment_sql::compiles_on_both;
 use herald_storage::store::SqlStore;
 
 use super::chart;
@@ -54,48 +55,37 @@ fn no_config(csrf: &str) -> Response {
 }
 
 /// What `herald check` says of `text` as a segment's `where`, rustc-style
-/// (`filter:LINE:COL`, the line and a caret), or the checked filter.
-async fn check(st: &AppState, cfg: &ConfigSet, text: &str) -> Result<Expr, String> {
-    let expr = check_filter_text(text, &cfg.herald)
-        .map_err(|e| e.into_diagnostic(TRIED, text, 0).to_string())?;
-    // It must compile for both databases, as `herald check` demands.
-    for b in [
-        herald_storage::Backend::Sqlite,
-        herald_storage::Backend::Postgres,
-    ] {
-        let ctx = SegmentContext::new(b, 0, &cfg.herald.rfm, &cfg.herald.lifecycle);
-        if let Err(e) = compile(&expr, &ctx) {
-            return Err(Diagnostic::new(TRIED, text, 0..text.len(), e.to_string()).to_string());
-        }
+/// (`filter:LINE:COL`, the line and a caret), or the checked filter; the
+/// outer error is the database's (reading the stored types), not the
+/// filter's.
+async fn check(
+    st: &AppState,
+    cfg: &ConfigSet,
+    text: &str,
+) -> Result<Result<Expr, String>, Box<dyn std::error::Error + Send + Sync>> {
+    let refused =
+        |e: herald_domain::segment::FilterError| Err(e.into_diagnostic(TRIED, text, 0).to_string());
+    let expr = match check_filter_text(text, &cfg.herald) {
+        Ok(expr) => expr,
+        Err(e) => return Ok(refused(e)),
+    };
+    // The checks of `herald check`, for one filter: it compiles for both
+    // databases, and its literals can match the types the stored contacts
+    // hold for undeclared attributes.
+    if let Err(e) = compiles_on_both(&expr, &cfg.herald.rfm, &cfg.herald.lifecycle) {
+        return Ok(Err(Diagnostic::new(
+            TRIED,
+            text,
+            0..text.len(),
+            e.to_string(),
+        )
+        .to_string()));
     }
-    // Literals against the types the stored contacts hold for undeclared
-    // attributes (`herald check`'s observed-type check, for one filter).
-    let declared = &cfg.herald.contacts.attrs;
-    let mut paths: Vec<Vec<String>> = Vec::new();
-    for f in expr.fields() {
-        if let Field::Attr(path) = f
-            && !declared.contains_key(&path[0])
-            && !paths.contains(path)
-        {
-            paths.push(path.clone());
-        }
+    let types = FilterTypes::of(st.db(), &cfg.herald.contacts.attrs, [&expr]).await?;
+    if let Err(e) = types.check(&expr, text) {
+        return Ok(refused(e));
     }
-    if !paths.is_empty() {
-        let observed = herald_storage::observed::observed_types(st.db(), &paths)
-            .await
-            .map_err(|e| format!("error: the stored attribute types could not be read: {e}"))?;
-        let find = |path: &[String]| observed.iter().find(|o| o.path == path);
-        let types_of = |path: &[String]| -> Option<AttrTypes> {
-            find(path).map(|o| o.types).filter(|t| !t.is_empty())
-        };
-        let origin_of = |path: &[String]| match find(path).map_or(0, |o| o.contacts) {
-            1 => "in the 1 stored contact that has it".to_string(),
-            n => format!("in all {n} stored contacts that have it"),
-        };
-        check_filter_types(&expr, text, &types_of, &origin_of)
-            .map_err(|e| e.into_diagnostic(TRIED, text, 0).to_string())?;
-    }
-    Ok(expr)
+    Ok(Ok(expr))
 }
 
 /// The box that tries a filter, holding `value`.
@@ -219,7 +209,8 @@ pub(crate) async fn segments_page(
             );
         } else {
             match check(&st, &cfg, text).await {
-                Err(diagnostic) => {
+                Err(e) => return crate::internal_error(e),
+                Ok(Err(diagnostic)) => {
                     status = StatusCode::UNPROCESSABLE_ENTITY;
                     let _ = write!(
                         body,
@@ -227,7 +218,7 @@ pub(crate) async fn segments_page(
                         esc(&diagnostic)
                     );
                 }
-                Ok(expr) => match segment_preview::preview(&store, &expr, now, SAMPLE).await {
+                Ok(Ok(expr)) => match segment_preview::preview(&store, &expr, now, SAMPLE).await {
                     Ok(p) => body.push_str(&preview_html(&p, "tried", console.timezone, now)),
                     Err(e) => return crate::internal_error(e),
                 },
