@@ -213,14 +213,12 @@ pub struct PrePeriodSpec {
 
 impl PrePeriodSpec {
     /// The window of `campaign`'s `[results] cuped` before `now`; `None`
-    /// without CUPED or with nothing to measure.
+    /// without CUPED (a campaign with CUPED has a goal or a revenue event:
+    /// its config is refused otherwise).
     pub fn of(campaign: &Campaign, now: i64) -> Option<Self> {
         let cuped = campaign.results.as_ref()?.cuped?;
         let goal = campaign.goal.as_ref().map(|g| g.event.clone());
         let revenue = campaign.results.as_ref()?.revenue_event.clone();
-        if goal.is_none() && revenue.is_none() {
-            return None;
-        }
         Some(Self {
             goal,
             revenue,

@@ -722,6 +722,29 @@ impl Campaign {
                 ));
             }
         }
+        // CUPED adjusts by the goal events and revenue before the message:
+        // with neither, nothing would be stored and every report would say
+        // the history is missing.
+        if raw.results.as_ref().is_some_and(|r| r.cuped.is_some())
+            && raw.goal.is_none()
+            && raw
+                .results
+                .as_ref()
+                .is_some_and(|r| r.revenue_event.is_none())
+        {
+            let at = source
+                .match_indices("cuped")
+                .find(|(i, _)| source[..*i].ends_with('\n'))
+                .map_or(0..0, |(i, k)| i..i + k.len());
+            return Err(diag(
+                file,
+                source,
+                at,
+                "cuped adjusts by the goal events and revenue before each message, and this \
+                 campaign has neither: add `goal = { event = \"...\", within = \"3d\" }` or \
+                 `revenue_event = \"...\"` under [results], or remove cuped",
+            ));
+        }
         let weights: Vec<f64> = variants.iter().map(|v| v.weight).collect();
         let arms = Arms::new(raw.holdout.get(), &weights)
             .map_err(|e| diag(file, source, variants_span.clone(), e))?;
@@ -941,6 +964,28 @@ metric = "conversion"
         );
         assert_eq!(r.expected_lift, Some(0.1));
         assert_eq!(r.cuped, Some(Cuped { days: 30 }));
+    }
+
+    #[test]
+    fn cuped_without_a_goal_or_a_revenue_event_is_refused_at_its_line() {
+        let goal = WINBACK
+            .lines()
+            .find(|l| l.starts_with("goal"))
+            .expect("the example has a goal");
+        let src = format!(
+            "{}\n[results]\ncuped = {{ days = 30 }}\n",
+            WINBACK.replace(goal, "")
+        );
+        let e = Campaign::parse("c.toml", &src).unwrap_err();
+        assert!(e.to_string().contains("add `goal = "), "{e}");
+        let at = src.lines().position(|l| l.starts_with("cuped")).unwrap() + 1;
+        assert_eq!(e.line_col().0, at, "{e}");
+        // A revenue event is enough.
+        let ok = src.replace(
+            "[results]\n",
+            "[results]\nrevenue_event = \"order_placed\"\n",
+        );
+        assert!(Campaign::parse("c.toml", &ok).is_ok());
     }
 
     #[test]

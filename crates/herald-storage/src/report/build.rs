@@ -1347,9 +1347,8 @@ fn scope(
     if settings.cuped.is_some() && !cuped {
         summary.push(format!(
             "CUPED is not applied: {} of {cuped_contacts} contact(s) have no history recorded \
-             (planned before `cuped` was set, or with neither a goal nor a revenue event to \
-             record), and counting them as having none would bias the lift; `--run` or \
-             `--since` runs planned with `cuped` show the adjusted figures",
+             (planned before `cuped` was set), and counting them as having none would bias the \
+             lift; `--run` or `--since` runs planned with `cuped` show the adjusted figures",
             cuped_contacts - cuped_recorded
         ));
     }

@@ -190,10 +190,10 @@ pub fn test_sentence(test: TestKind) -> String {
 /// What `[results] cuped` does to the report.
 pub fn cuped_sentence(days: u32) -> String {
     format!(
-        "CUPED is applied: conversion, ARPU and LTV are regression-adjusted by each contact's \
-         goal events and revenue in the {days} day(s) before the message (contacts without \
-         history count as zero); revenue per converting contact, clicks per delivered and \
-         retention are not adjusted"
+        "CUPED is applied where every contact shown had its history recorded: conversion, \
+         ARPU and LTV are regression-adjusted by each contact's goal events and revenue in the \
+         {days} day(s) before the message (contacts without any count as zero); revenue per \
+         converting contact, clicks per delivered and retention are not adjusted"
     )
 }
 
