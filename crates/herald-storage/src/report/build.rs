@@ -761,51 +761,39 @@ impl ArmAcc {
     fn metric_arm(&self, metric: &str, cuped: bool) -> MetricArm {
         let r = &self.results;
         let t = &self.tally;
-        if cuped && matches!(metric, ARPU | LTV) {
-            let c = &r.cuped;
-            let (post, products) = if metric == ARPU {
-                (
-                    Measure::Mean {
-                        n: r.messages,
-                        sum: r.revenue_30d,
-                        sum_squares: r.revenue_30d_squares,
-                    },
-                    c.pre_revenue_x_30d,
-                )
-            } else {
-                (
-                    Measure::Mean {
-                        n: r.messages,
-                        sum: r.revenue_ltv,
-                        sum_squares: r.revenue_ltv_squares,
-                    },
-                    c.pre_revenue_x_ltv,
-                )
-            };
-            return MetricArm::Adjusted {
-                n: r.messages,
-                post,
-                pre: Measure::Mean {
-                    n: r.messages,
-                    sum: c.pre_revenue,
-                    sum_squares: c.pre_revenue_squares,
-                },
-                sum_of_products: products,
-            };
-        }
+        let c = &r.cuped;
         let revenue = |sum: f64, sum_squares: f64| Measure::Mean {
             n: r.messages,
             sum,
             sum_squares,
         };
+        // ARPU and LTV: the revenue after the message, and its product with
+        // the revenue before it (CUPED's covariate).
+        let after = match metric {
+            ARPU => Some((
+                revenue(r.revenue_30d, r.revenue_30d_squares),
+                c.pre_revenue_x_30d,
+            )),
+            LTV => Some((
+                revenue(r.revenue_ltv, r.revenue_ltv_squares),
+                c.pre_revenue_x_ltv,
+            )),
+            _ => None,
+        };
+        if let Some((post, products)) = after {
+            return if cuped {
+                MetricArm::Adjusted {
+                    n: r.messages,
+                    post,
+                    pre: revenue(c.pre_revenue, c.pre_revenue_squares),
+                    sum_of_products: products,
+                }
+            } else {
+                MetricArm::Plain { measure: post }
+            };
+        }
         let share = |n: u64, k: u64| Measure::Proportion { n, sum: k as f64 };
         match metric {
-            ARPU => MetricArm::Plain {
-                measure: revenue(r.revenue_30d, r.revenue_30d_squares),
-            },
-            LTV => MetricArm::Plain {
-                measure: revenue(r.revenue_ltv, r.revenue_ltv_squares),
-            },
             // A message has revenue only when it converted (attribution sets
             // both together), so revenue x converted sums to the revenue.
             REVENUE_PER_CONVERTER => MetricArm::Ratio {
