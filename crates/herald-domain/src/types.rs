@@ -149,6 +149,18 @@ pub enum SuppressReason {
 }
 
 impl SuppressReason {
+    /// Every reason, for code that must say each in words.
+    pub const ALL: [SuppressReason; 8] = [
+        SuppressReason::OptOut,
+        SuppressReason::Cap,
+        SuppressReason::NoAddress,
+        SuppressReason::NoConsent,
+        SuppressReason::InvalidAddress,
+        SuppressReason::DuplicateAddress,
+        SuppressReason::Reentry,
+        SuppressReason::GlobalHoldout,
+    ];
+
     /// The name stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {

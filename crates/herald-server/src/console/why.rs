@@ -162,21 +162,15 @@ mod tests {
 
     #[test]
     fn every_reason_the_planner_records_has_words() {
-        for r in [
-            "opt_out",
-            "cap",
-            "no_address",
-            "no_consent",
-            "invalid_address",
-            "duplicate_address",
-            "reentry",
-            "global_holdout",
-        ] {
+        // Every reason the planner can record, each in words of its own
+        // (not the fallback that repeats the code).
+        for r in herald_domain::types::SuppressReason::ALL.map(|r| r.as_str()) {
             let w = reason_words(r);
             assert!(
                 w.starts_with("suppressed: ") || w.starts_with("suppressed by"),
                 "{w}"
             );
+            assert_ne!(w, format!("suppressed: {r}"), "no words for {r}");
         }
         assert!(
             message_words("suppressed", Some("cap"))
