@@ -22,7 +22,32 @@ pub struct ArmConversions {
     pub buckets: Vec<(i64, i64)>,
 }
 
+/// The latest bucket holding a conversion, over every arm (0 for none).
+pub fn last_bucket(arms: &[ArmConversions]) -> i64 {
+    arms.iter()
+        .filter_map(|a| a.buckets.last().map(|b| b.0))
+        .max()
+        .unwrap_or(0)
+}
+
 impl ArmConversions {
+    /// The same counts in buckets `factor` times wider (minutes to hours:
+    /// 60), so one scan serves every scale.
+    pub fn coarsen(&self, factor: i64) -> ArmConversions {
+        let mut buckets: Vec<(i64, i64)> = Vec::new();
+        for &(b, n) in &self.buckets {
+            let wide = b / factor.max(1);
+            match buckets.last_mut() {
+                Some(last) if last.0 == wide => last.1 += n,
+                _ => buckets.push((wide, n)),
+            }
+        }
+        ArmConversions {
+            arm: self.arm.clone(),
+            buckets,
+        }
+    }
+
     /// Running totals: (bucket, conversions up to the end of it).
     pub fn cumulative(&self) -> Vec<(i64, i64)> {
         let mut sum = 0;
@@ -194,6 +219,17 @@ mod tests {
             by_time_since_send(db, "nobody", &one, HOUR).await.unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn minutes_coarsen_into_hours_as_an_hourly_count_would_give() {
+        let by_minute = ArmConversions {
+            arm: "a".into(),
+            buckets: vec![(0, 2), (59, 1), (60, 4), (185, 1)],
+        };
+        assert_eq!(by_minute.coarsen(60).buckets, vec![(0, 3), (1, 4), (3, 1)]);
+        assert_eq!(last_bucket(&[by_minute.coarsen(60)]), 3);
+        assert_eq!(last_bucket(&[]), 0);
     }
 
     #[test]

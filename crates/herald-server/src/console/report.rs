@@ -445,11 +445,7 @@ pub(crate) fn conversion_series(
     per: i64,
 ) -> (Vec<chart::Series>, f64) {
     let per = per.max(1);
-    let last = buckets
-        .iter()
-        .filter_map(|a| a.buckets.last().map(|b| b.0))
-        .max()
-        .unwrap_or(0);
+    let last = herald_storage::conversions::last_bucket(buckets);
     let series = arms
         .iter()
         .map(|a| {
@@ -484,37 +480,37 @@ async fn conversions_figure(
     let Some(filter) = storage_filter(query) else {
         return String::new();
     };
-    let count = |bucket_ms| {
-        herald_storage::conversions::by_time_since_send(st.db(), name, &filter, bucket_ms)
-    };
-    let by_hour = match count(HOUR_MS).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return String::new(),
-        Err(e) => {
-            tracing::warn!(error = %e, "counting conversions over time failed");
-            return String::new();
-        }
-    };
+    // One scan by minute; hours and days are those minutes summed.
+    let by_minute =
+        match herald_storage::conversions::by_time_since_send(st.db(), name, &filter, MINUTE_MS)
+            .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) => return String::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "counting conversions over time failed");
+                return String::new();
+            }
+        };
     let mut out = "<h2 id=\"cumulative\">Conversions since the send</h2>".to_string();
-    if by_hour.is_empty() {
+    if by_minute.is_empty() {
         out.push_str("<p>No conversions yet.</p>");
         return out;
     }
-    let last_hour = by_hour
-        .iter()
-        .filter_map(|a| a.buckets.last().map(|b| b.0))
-        .max()
-        .unwrap_or(0);
+    let last_hour = herald_storage::conversions::last_bucket(&by_minute) * MINUTE_MS / HOUR_MS;
+    let by_hour = || -> Vec<_> {
+        by_minute
+            .iter()
+            .map(|a| a.coarsen(HOUR_MS / MINUTE_MS))
+            .collect()
+    };
     // Minutes within the first three hours, days past three days, else hours.
     let (buckets, per, unit) = if last_hour < 3 {
-        match count(MINUTE_MS).await {
-            Ok(Some(c)) => (c, 1, "minutes since the send"),
-            _ => (by_hour, 1, "hours since the send"),
-        }
+        (by_minute, 1, "minutes since the send")
     } else if last_hour > 72 {
-        (by_hour, 24, "days since the send")
+        (by_hour(), 24, "days since the send")
     } else {
-        (by_hour, 1, "hours since the send")
+        (by_hour(), 1, "hours since the send")
     };
     let (series, x_max) = conversion_series(arms, &buckets, per);
     let _ = write!(
