@@ -35,7 +35,9 @@ const TRIED: &str = "filter";
 /// The longest filter the box takes (a form field, not a file).
 const MAX_FILTER: usize = 4096;
 
-fn store(st: &AppState, cfg: &ConfigSet) -> SqlStore {
+/// A store that counts with the config's `[rfm]` and `[lifecycle]`, as the
+/// planner does.
+pub(super) fn store(st: &AppState, cfg: &ConfigSet) -> SqlStore {
     SqlStore::with_segment_config(
         st.db().clone(),
         cfg.herald.rfm.clone(),

@@ -137,11 +137,7 @@ pub async fn explain(
     let status = runs::status_of(st.db(), crate::now_ms(), Which::LatestPerCampaign)
         .await
         .map_err(|e| e.to_string())?;
-    let store = SqlStore::with_segment_config(
-        st.db().clone(),
-        cfg.herald.rfm.clone(),
-        cfg.herald.lifecycle.clone(),
-    );
+    let store = super::segments::store(st, cfg);
     for run in status.runs.iter().filter(|r| !runs_in.contains(&r.id)) {
         let why = match cfg.campaigns.get(&run.campaign) {
             None => "the campaign is no longer in the config, so herald cannot replay its rules."
