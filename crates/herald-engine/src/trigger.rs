@@ -295,17 +295,19 @@ impl TriggerPlanner {
             if members.is_empty() {
                 continue;
             }
+            // The audience's members: the history and best hours are theirs.
+            let member_ids: Vec<i64> = members.keys().copied().collect();
             // CUPED's history, up to the bucket's first event (the trigger
             // itself, a purchase perhaps, is not before it): one read a bucket.
             let pre = PrePeriodSpec::of(&p.campaign, before + 1);
             let history = match &pre {
-                Some(spec) => self.store.pre_period(&ids, spec).await?,
+                Some(spec) => self.store.pre_period(&member_ids, spec).await?,
                 None => HashMap::new(),
             };
             if p.campaign.send_time == SendTime::BestHour {
-                let ids: Vec<i64> = members.keys().copied().collect();
+                let ids = &member_ids;
                 let request = PersonalisationRequest::best_hour(before, herald);
-                for c in self.store.contacts(&ids, &request).await? {
+                for c in self.store.contacts(ids, &request).await? {
                     if let Some(m) = members.get_mut(&c.id) {
                         m.best_hour = c.personal.best_hour;
                     }
