@@ -492,28 +492,35 @@ pub fn power_text(
         return out;
     };
     let expected = results.and_then(|r| r.expected_lift);
-    for variant in variants.iter().filter(|v| **v != control) {
-        let (nc, nv) = (size(control), size(variant));
-        let mde = minimum_detectable_lift(baseline.rate, nc, nv, test);
+    // One comparison's line, and its warning (`too_small(lift, nv)`) when
+    // `expected_lift` is out of its reach.
+    let mut compare = |variant: &str, other: &str, too_small: &dyn Fn(f64, u64) -> String| {
+        let (no, nv) = (size(other), size(variant));
+        let mde = minimum_detectable_lift(baseline.rate, no, nv, test);
         let words = match mde {
             Some(m) => format!("+{:.1}%", m * 100.0),
             None => "none that is possible (the arms are too small)".to_string(),
         };
         out.push_str(&format!(
-            "  {variant} ({nv}) vs {control} ({nc}): minimum detectable lift {words}\n"
+            "  {variant} ({nv}) vs {other} ({no}): minimum detectable lift {words}\n"
         ));
         if let Some(lift) = expected
             && mde.is_none_or(|m| m > lift)
         {
+            out.push_str(&too_small(lift, nv));
+        }
+    };
+    for variant in variants.iter().filter(|v| **v != control) {
+        compare(variant, control, &|lift, nv| {
             let fix = control_needed(baseline.rate, nv, lift, test)
                 .map(|n| format!("; a {control} of about {n} contacts would"))
                 .unwrap_or_default();
-            out.push_str(&format!(
+            format!(
                 "  warning: the {control} is too small to detect the expected +{:.1}% lift \
                  (`[results] expected_lift`) of {variant}{fix}\n",
                 lift * 100.0
-            ));
-        }
+            )
+        });
     }
     // With a holdout the report also compares each variant with the first:
     // which of them is better is a question of its own, with its own power.
@@ -521,27 +528,16 @@ pub fn power_text(
         && let Some((first, rest)) = variants.split_first()
     {
         for variant in rest {
-            let (nf, nv) = (size(first), size(variant));
-            let mde = minimum_detectable_lift(baseline.rate, nf, nv, test);
-            let words = match mde {
-                Some(m) => format!("+{:.1}%", m * 100.0),
-                None => "none that is possible (the arms are too small)".to_string(),
-            };
-            out.push_str(&format!(
-                "  {variant} ({nv}) vs {first} ({nf}): minimum detectable lift {words}\n"
-            ));
-            if let Some(lift) = expected
-                && mde.is_none_or(|m| m > lift)
-            {
+            compare(variant, first, &|lift, _| {
                 let fix = arms_needed(baseline.rate, lift, test)
                     .map(|n| format!("; about {n} contacts in each would"))
                     .unwrap_or_default();
-                out.push_str(&format!(
+                format!(
                     "  warning: {variant} and {first} are too small to tell apart by the \
                      expected +{:.1}% lift (`[results] expected_lift`){fix}\n",
                     lift * 100.0
-                ));
-            }
+                )
+            });
         }
     }
     out
