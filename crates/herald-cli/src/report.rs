@@ -386,19 +386,6 @@ fn estimate_header(r: &Report) -> Vec<&'static str> {
     header
 }
 
-fn conversion_numbers(c: &ComparisonReport) -> Option<(f64, Interval, f64, f64)> {
-    // With CUPED the conversion's numbers are the adjusted ones.
-    if let Some(cuped) = &c.cuped {
-        return cuped
-            .estimate()
-            .map(|e| (e.rel_lift, e.rel_ci, e.p_value, e.chance_to_beat));
-    }
-    match &c.result {
-        Comparison::Estimate(e) => Some((e.rel_lift, e.rel_ci, e.p_value, e.chance_to_beat)),
-        Comparison::NotEnoughData { .. } => None,
-    }
-}
-
 fn metric_numbers(c: &MetricComparisonReport) -> Option<(f64, Interval, f64, f64)> {
     match &c.result {
         MetricComparison::Estimate(e) => Some((e.rel_lift, e.rel_ci, e.p_value, e.chance_to_beat)),
@@ -444,11 +431,7 @@ fn comparison_table(r: &Report, scope: &Scope, wide: bool) -> Table {
         if wide {
             row.extend([rate(c.variant_counts.rate()), rate(c.control_counts.rate())]);
         }
-        row.extend(estimate_cells(
-            conversion_numbers(c),
-            c.p_value_adjusted,
-            corrected,
-        ));
+        row.extend(estimate_cells(c.numbers(), c.p_value_adjusted, corrected));
         if cuped {
             row.push(reduction_cell(conversion_reduction(c)));
         }
@@ -503,11 +486,7 @@ fn metric_table(r: &Report, scope: &Scope, wide: bool) -> Table {
         if wide {
             row.extend([rate(c.variant_counts.rate()), rate(c.control_counts.rate())]);
         }
-        row.extend(estimate_cells(
-            conversion_numbers(c),
-            c.p_value_adjusted,
-            corrected,
-        ));
+        row.extend(estimate_cells(c.numbers(), c.p_value_adjusted, corrected));
         if cuped {
             row.push(String::new());
         }
@@ -931,7 +910,7 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
                 });
                 let mut cells = vec![opt(found.map(|c| c.control.clone()))];
                 // With CUPED, the adjusted numbers (the `cuped_days` column says so).
-                match (found.map(conversion_numbers), found) {
+                match (found.map(ComparisonReport::numbers), found) {
                     (Some(Some((lift, ci, p, chance))), _) => cells.extend([
                         lift.to_string(),
                         ci.lower.to_string(),
@@ -1094,7 +1073,7 @@ fn csv_metric_cells(scope: &Scope, arm: &str, metric: &str, first: Option<&str>)
                         Comparison::NotEnoughData { message, .. } => Some(*message),
                         Comparison::Estimate(_) => None,
                     };
-                    (conversion_numbers(c), c.p_value_adjusted, why)
+                    (c.numbers(), c.p_value_adjusted, why)
                 })
                 .or_else(|| {
                     others

@@ -935,12 +935,24 @@ fn comparison_on(
 }
 
 impl ComparisonReport {
+    /// The numbers shown and judged: relative lift, its interval, p-value
+    /// and chance to beat; CUPED's when adjusted, else the comparison's own;
+    /// `None` without an estimate.
+    pub fn numbers(&self) -> Option<(f64, herald_domain::stats::Interval, f64, f64)> {
+        match &self.cuped {
+            Some(c) => c
+                .estimate()
+                .map(|e| (e.rel_lift, e.rel_ci, e.p_value, e.chance_to_beat)),
+            None => self
+                .result
+                .estimate()
+                .map(|e| (e.rel_lift, e.rel_ci, e.p_value, e.chance_to_beat)),
+        }
+    }
+
     /// The p-value the verdict is on: CUPED's when adjusted.
     pub fn p_value(&self) -> Option<f64> {
-        match &self.cuped {
-            Some(c) => c.estimate().map(|e| e.p_value),
-            None => self.result.estimate().map(|e| e.p_value),
-        }
+        self.numbers().map(|(_, _, p, _)| p)
     }
 
     /// Adds CUPED's adjustment of this conversion comparison and judges on it.
