@@ -49,3 +49,30 @@ impl Clock for FixedClock {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// A clock that follows tokio's time from a starting instant: under paused
+/// time (`#[tokio::test(start_paused = true)]`) it jumps as sleeps and
+/// timeouts advance it, so the dispatcher's polls, retries' waits, leases
+/// and probes' backoff come due in a test without anyone setting the clock.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start: DateTime<Utc>,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock that reads `start` now and moves with tokio's time.
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self {
+            start,
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = tokio::time::Instant::now() - self.origin;
+        self.start + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
+    }
+}

@@ -11,6 +11,7 @@ pub mod dry_run;
 pub mod fallback;
 pub mod handoff;
 pub mod health;
+pub mod memstore;
 pub mod metrics;
 pub mod plan;
 pub mod platform;
@@ -25,6 +26,6 @@ pub mod series;
 pub mod store;
 pub mod trigger;
 
-pub use clock::{Clock, FixedClock, SystemClock};
+pub use clock::{Clock, FixedClock, SystemClock, TokioClock};
 pub use run::Engine;
 pub use store::{Store, StoreError};
