@@ -33,6 +33,8 @@ pub mod segment_sql;
 pub mod sql;
 pub mod store;
 #[cfg(test)]
+mod store_contract;
+#[cfg(test)]
 pub(crate) mod test_db;
 pub mod tracking;
 
