@@ -167,6 +167,28 @@ async fn a_lapsed_lease_ends_unknown_and_the_message_is_never_sent_twice() {
     assert_eq!(store.run(run).unwrap().state, "done");
 }
 
+/// Outcomes are never dropped: while the database refuses them the worker
+/// keeps its batch and tries again (0.5 s, 1 s, 2 s...), claiming nothing
+/// meanwhile; once it is back they land, and nothing was sent twice.
+#[tokio::test(start_paused = true)]
+async fn outcomes_are_written_once_the_database_is_back_and_nothing_is_resent() {
+    let (store, clock, run) = planned(3).await;
+    let fake = Fake::new();
+    store.fail_records(3);
+    let d = dispatcher(&store, &clock, vec![(Channel::Email, route(&fake, 3))], "w");
+    let stats = d.drain_run(run, &Plain).await.unwrap();
+    assert_eq!(stats.accepted, 3);
+    for m in store.messages(run) {
+        assert_eq!((m.status, m.attempts), (MessageStatus::Delivered, 1));
+    }
+    assert_eq!(fake.calls_to(None), 3, "each sent once");
+    let waited = clock.now_ms() - T0;
+    assert!(
+        (3_500..4_000).contains(&waited),
+        "0.5 + 1 + 2 s of retries: {waited} ms"
+    );
+}
+
 const PUSH_THEN_EMAIL: &str = "name = \"news\"\nwhere = 'attrs.x == 1'\nchannels = [\"push\", \"email\"]\n\n[[variants]]\nname = \"a\"\npush = { title = \"t\", template = \"a.push.hbs\" }\nemail = { subject = \"s\", template = \"a.email.hbs\" }\n";
 
 #[tokio::test(start_paused = true)]
