@@ -11,10 +11,17 @@
 //! any look must stay valid however often it looked: the leader then wins
 //! when its always-valid p-value against each other variant is below
 //! [`SEQUENTIAL_MAX_P`] and its lift is positive (see [`decide_rollout_with`]).
+//!
+//! With CUPED (`[results] cuped`) the leader's chances and p-values come from
+//! the regression-adjusted comparison, as the report's do
+//! ([`decide_rollout_adjusted`]); the leader is still the variant with the
+//! highest observed rate.
 
 use serde::Serialize;
 
-use super::{ArmCounts, Comparison, TestKind, compare_with};
+use super::{
+    ArmCounts, Comparison, MetricArm, MetricComparison, TestKind, compare_metric, compare_with,
+};
 
 /// The leader must beat every other variant with at least this chance to win outright.
 pub const WINNER_MIN_CHANCE: f64 = 0.95;
@@ -45,6 +52,9 @@ pub struct RivalChance {
     /// against this rival; `null` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sequential_p: Option<f64>,
+    /// The chance and p-value are CUPED-adjusted (`[results] cuped`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cuped: bool,
 }
 
 impl RivalChance {
@@ -160,7 +170,23 @@ pub fn decide_rollout_with(
     last_call: bool,
     test: TestKind,
 ) -> Option<Rollout> {
+    decide_rollout_adjusted(variants, None, metric, last_call, test)
+}
+
+/// [`decide_rollout_with`], the leader's test against each rival on the
+/// CUPED-adjusted sums `adjusted` (one [`MetricArm::Adjusted`] a variant, in
+/// the order of `variants`) when given: its chance to beat and p-value are
+/// the adjusted ones, as in the report. Against a rival where the adjusted
+/// comparison has no estimate, the unadjusted one (or Fisher's) decides.
+pub fn decide_rollout_adjusted(
+    variants: &[(&str, ArmCounts)],
+    adjusted: Option<&[MetricArm]>,
+    metric: &str,
+    last_call: bool,
+    test: TestKind,
+) -> Option<Rollout> {
     variants.first()?;
+    let adjusted = adjusted.filter(|a| a.len() == variants.len());
     let mut leader = 0;
     for (index, (_, counts)) in variants.iter().enumerate().skip(1) {
         if counts.cmp_rate(variants[leader].1).is_gt() {
@@ -183,35 +209,56 @@ pub fn decide_rollout_with(
         .iter()
         .enumerate()
         .filter(|(index, _)| *index != leader)
-        .map(
-            |(index, (_, counts))| match compare_with(*counts, leader_counts, test) {
+        .map(|(index, (_, counts))| {
+            let sequential = matches!(test, TestKind::Sequential { .. });
+            let cuped = adjusted
+                .and_then(|arms| compare_metric(&arms[index], &arms[leader], test).ok())
+                .and_then(|c| match c {
+                    MetricComparison::Estimate(e) => Some(e),
+                    MetricComparison::NotEnoughData { .. } => None,
+                });
+            if let Some(e) = cuped {
+                return RivalChance {
+                    variant: index,
+                    chance_to_beat: Some(e.chance_to_beat),
+                    fisher_p: None,
+                    sequential_p: sequential.then_some(e.p_value),
+                    cuped: true,
+                };
+            }
+            match compare_with(*counts, leader_counts, test) {
                 Comparison::Estimate(estimate) => RivalChance {
                     variant: index,
                     chance_to_beat: Some(estimate.chance_to_beat),
                     fisher_p: None,
-                    sequential_p: matches!(test, TestKind::Sequential { .. })
-                        .then_some(estimate.p_value),
+                    sequential_p: sequential.then_some(estimate.p_value),
+                    cuped: false,
                 },
                 Comparison::NotEnoughData { .. } => RivalChance {
                     variant: index,
                     chance_to_beat: None,
                     fisher_p: Some(fisher_one_sided(leader_counts, *counts)),
                     sequential_p: None,
+                    cuped: false,
                 },
-            },
-        )
+            }
+        })
         .collect();
 
     let best = best_at(metric);
     let leader_rate = percent(leader_counts.rate().unwrap_or(0.0));
     let against = |rival: &RivalChance| {
         let (name, counts) = variants[rival.variant];
+        let adjusted = if rival.cuped { "CUPED-adjusted " } else { "" };
         match (rival.chance_to_beat, rival.fisher_p, rival.sequential_p) {
             (Some(_), _, Some(p)) => {
-                format!("its sequential p against {name} is {}", p_value(p))
+                format!(
+                    "its {adjusted}sequential p against {name} is {}",
+                    p_value(p)
+                )
             }
             (Some(chance), _, None) => {
-                format!("its chance to beat {name} is {}", percent(chance))
+                format!("its {adjusted}chance to beat {name} is {}", percent(chance))
             }
             (None, Some(p), _) => format!(
                 "against {name} ({}, where gbstats has no estimate) Fisher's exact test gives one-sided p = {}",
@@ -235,13 +282,18 @@ pub fn decide_rollout_with(
                 .map(against)
                 .collect();
             let mut words = format!("{leader_name} {best} ({leader_rate})");
+            let adjusted = if rivals.iter().any(|r| r.cuped) {
+                " CUPED-adjusted"
+            } else {
+                ""
+            };
             let sequential = rivals
                 .iter()
                 .filter_map(|rival| rival.sequential_p.map(|p| (rival.variant, p)))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
             if let Some((rival, p)) = sequential {
                 words.push_str(&format!(
-                    " with a sequential (always valid) p below {} against every other variant \
+                    " with a{adjusted} sequential (always valid) p below {} against every other variant \
                      (highest: {} against {})",
                     p_value(SEQUENTIAL_MAX_P),
                     p_value(p),
@@ -249,7 +301,7 @@ pub fn decide_rollout_with(
                 ));
             } else if let Some((rival, chance)) = estimated {
                 words.push_str(&format!(
-                    " with at least a {} chance to beat every other variant (lowest: {} against {})",
+                    " with at least a {}{adjusted} chance to beat every other variant (lowest: {} against {})",
                     percent(WINNER_MIN_CHANCE),
                     percent(chance),
                     variants[rival].0,
