@@ -188,9 +188,12 @@ fn conversion_history_arm(rng: &mut Rng, n: u64) -> MetricArm {
     }
 }
 
+/// Draws one A/A arm of `n` contacts.
+type DrawArm = fn(&mut Rng, u64) -> MetricArm;
+
 /// (coverage of the true lift 0, mean variance reduction) of `TESTS` A/A
 /// comparisons of arms drawn by `arm`, under `test`.
-fn aa_coverage(seed: u64, test: TestKind, arm: fn(&mut Rng, u64) -> MetricArm) -> (f64, f64) {
+fn aa_coverage(seed: u64, test: TestKind, arm: DrawArm) -> (f64, f64) {
     const TESTS: usize = 1_000;
     const N: u64 = 2_000;
     let mut rng = Rng(seed);
@@ -209,7 +212,7 @@ fn aa_coverage(seed: u64, test: TestKind, arm: fn(&mut Rng, u64) -> MetricArm) -
 
 #[test]
 fn cuped_on_ratios_and_conversion_keeps_coverage_fixed_and_sequential() {
-    let arms: [(&str, fn(&mut Rng, u64) -> MetricArm); 2] = [
+    let arms: [(&str, DrawArm); 2] = [
         ("revenue per converter", ratio_history_arm),
         ("conversion", conversion_history_arm),
     ];
