@@ -355,6 +355,54 @@ mod tests {
         ArmCounts::new(n, k).unwrap()
     }
 
+    /// Conversion's CUPED sums: `n` contacts, `pre` of them converted before,
+    /// `converted` after, `both` of them among the `pre`.
+    fn cuped(n: u64, pre: u64, converted: u64, both: u64) -> MetricArm {
+        let share = |k: u64| super::super::Measure::Proportion { n, sum: k as f64 };
+        MetricArm::Adjusted {
+            n,
+            post: share(converted),
+            pre: share(pre),
+            sum_of_products: both as f64,
+        }
+    }
+
+    #[test]
+    fn with_cuped_the_leaders_test_is_the_adjusted_one() {
+        // 30% of those who converted before convert again, 5% of the others,
+        // in both arms; B only has more of the former (500 against 200).
+        let variants = [("A", arm(1_000, 100)), ("B", arm(1_000, 175))];
+        let adjusted = [cuped(1_000, 200, 100, 60), cuped(1_000, 500, 175, 150)];
+        let plain = decide_rollout(&variants, "conversion", false).unwrap();
+        assert!(
+            plain.clear_winner && !plain.rivals[0].cuped,
+            "{}",
+            plain.reason
+        );
+        let test = TestKind::FixedHorizon;
+        let d =
+            decide_rollout_adjusted(&variants, Some(&adjusted), "conversion", false, test).unwrap();
+        assert_eq!(d.leader, 1);
+        assert!(
+            !d.clear_winner && !d.decided && d.rivals[0].cuped,
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.reason.contains("its CUPED-adjusted chance to beat A is"),
+            "{}",
+            d.reason
+        );
+        // Where the adjusted comparison has no estimate (A converted nobody),
+        // the unadjusted decision stands: Fisher's exact test.
+        let variants = [("A", arm(1_000, 0)), ("B", arm(1_000, 50))];
+        let adjusted = [cuped(1_000, 200, 0, 0), cuped(1_000, 500, 50, 40)];
+        let d =
+            decide_rollout_adjusted(&variants, Some(&adjusted), "conversion", false, test).unwrap();
+        assert!(d.clear_winner && !d.rivals[0].cuped, "{}", d.reason);
+        assert!(d.rivals[0].fisher_p.is_some(), "{:?}", d.rivals);
+    }
+
     #[test]
     fn no_variants_no_decision() {
         assert_eq!(pick_winner(&[]), None);
