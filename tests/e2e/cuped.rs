@@ -126,6 +126,25 @@ async fn the_report_applies_cuped_from_purchases_before_the_send(backend: Backen
     let pre = |sums: &Value| sums["pre"]["sum"].as_f64().unwrap();
     let all: f64 = (0..120).map(|i| before(i) as f64).sum();
     assert_eq!(pre(&arpu["variant_sums"]) + pre(&arpu["control_sums"]), all);
+    // Revenue per converting contact is adjusted as a ratio, by the goal's
+    // revenue and conversions before the message.
+    let per_converter = doc["total"]["metric_comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "revenue_per_converter")
+        .expect("revenue per converter compared");
+    let sums = &per_converter["variant_sums"];
+    assert_eq!(sums["kind"], "adjusted_ratio", "{per_converter}");
+    let pre_goal = |sums: &Value| sums["pre_numerator"]["sum"].as_f64().unwrap();
+    assert_eq!(
+        pre_goal(sums) + pre_goal(&per_converter["control_sums"]),
+        all
+    );
+    assert!(
+        per_converter["result"]["variance_reduction"].is_f64(),
+        "{per_converter}"
+    );
 
     let table = p.herald(&db, &["report", "cup"]);
     table.expect_code(0);
@@ -150,6 +169,7 @@ async fn the_report_applies_cuped_from_purchases_before_the_send(backend: Backen
     let cells: Vec<&str> = lines.next().unwrap().rsplit(',').collect();
     assert_eq!(cells[header.len() - 1 - at("cuped_days")], "30", "{text}");
     at("arpu_vs_control_variance_reduction");
+    at("revenue_per_converter_vs_control_variance_reduction");
     db.drop_db().await;
 }
 

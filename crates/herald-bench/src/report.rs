@@ -113,6 +113,7 @@ fn messages_select(b: DbBackend) -> String {
            CASE WHEN hit THEN {app_open} END, \
            t, t, \
            CASE WHEN o2 < 0.25 THEN 1 ELSE 0 END, \
+           CAST(CASE WHEN o2 < 0.25 THEN 10 + g % 200 ELSE 0 END AS DOUBLE PRECISION), \
            CAST(CASE WHEN o2 < 0.25 THEN 10 + g % 200 ELSE 0 END AS DOUBLE PRECISION) \
          FROM (SELECT g, run, t, arm, s, ch, o, o2, cv, hit, \
                  CASE arm WHEN 'holdout' THEN 0.08 WHEN 'discount' THEN 0.12 ELSE 0.10 END AS goal, \
@@ -130,7 +131,7 @@ fn messages_select(b: DbBackend) -> String {
     )
 }
 
-const INSERT_COLUMNS: &str = "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, provider_id, sent_at, delivered_at, opened_at, machine_opened_at, open_count, clicked_at, click_count, unsubscribed_at, converted_at, revenue, secondary, created_at, updated_at, pre_converted, pre_revenue) ";
+const INSERT_COLUMNS: &str = "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, attempts, provider_id, sent_at, delivered_at, opened_at, machine_opened_at, open_count, clicked_at, click_count, unsubscribed_at, converted_at, revenue, secondary, created_at, updated_at, pre_converted, pre_revenue, pre_goal_revenue) ";
 
 async fn exec(db: &Db, q: Sql) -> anyhow::Result<u64> {
     Ok(db

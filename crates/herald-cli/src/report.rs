@@ -1007,8 +1007,8 @@ pub fn csv(r: &Report) -> anyhow::Result<String> {
     Ok(String::from_utf8(bytes)?)
 }
 
-/// The mean metrics CUPED adjusts besides conversion, in the CSV's order.
-const CUPED_METRICS: [&str; 2] = ["arpu", "ltv"];
+/// The metrics CUPED adjusts besides conversion, in the CSV's order.
+const CUPED_METRICS: [&str; 3] = ["arpu", "ltv", "revenue_per_converter"];
 
 /// The metrics compared besides conversion, in the order the total shows them.
 fn csv_metrics(r: &Report) -> Vec<&'static str> {

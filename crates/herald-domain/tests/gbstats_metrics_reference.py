@@ -19,7 +19,10 @@ side sees only the sums. Every case goes through gbstats' own test classes:
 `EffectBayesianABTest` (chance to win), relative differences, alpha 0.05.
 
 gbstats 0.8.0 has no `RegressionAdjustedRatioStatistic` (it came in a later
-release), so CUPED is pinned here for mean and proportion metrics only.
+release), so CUPED is pinned here for mean and proportion metrics only; CUPED on
+ratio metrics has its own script, gbstats_ratio_cuped_reference.py. CUPED's
+degenerate cases (no spread, an arm or both without history, an arm of one
+contact) are here, from gbstats 0.8.0.
 """
 
 import importlib.metadata
@@ -144,6 +147,39 @@ def ratio_arm(rng, n, m_kind, d_kind, lift):
     return ("ratio", n, measure(m_kind, m), measure(d_kind, d), float((m * d).sum()))
 
 
+def cuped_of(post_kind, post, pre_kind, pre):
+    post, pre = np.asarray(post, dtype=float), np.asarray(pre, dtype=float)
+    return ("cuped", len(post), measure(post_kind, post), measure(pre_kind, pre), float((post * pre).sum()))
+
+
+def degenerate_cuped_cases(rng):
+    def conversion(n, rate, history=True):
+        pre = (rng.random(n) < 0.3).astype(float) if history else np.zeros(n)
+        return cuped_of("prop", (rng.random(n) < rate + 0.2 * pre).astype(float), "prop", pre)
+
+    spend = lambda n: rng.gamma(0.6, 80.0, n)  # noqa: E731
+    return [
+        # No spread after the message: every contact of an arm spent the same.
+        ("cuped_zero_variance_post", cuped_of("mean", np.full(200, 10.0), "mean", spend(200)),
+         cuped_of("mean", np.full(200, 12.0), "mean", spend(200))),
+        # Nor before it, and the arms equal: nothing varies at all.
+        ("cuped_zero_variance_everywhere", cuped_of("mean", np.full(200, 10.0), "mean", np.full(200, 5.0)),
+         cuped_of("mean", np.full(200, 10.0), "mean", np.full(200, 5.0))),
+        # Everyone had the same history: theta 0, the plain comparison.
+        ("cuped_constant_history", cuped_of("mean", spend(500), "mean", np.full(500, 30.0)),
+         cuped_of("mean", spend(500) * 1.1, "mean", np.full(500, 30.0))),
+        ("cuped_conversion_variant_without_history", conversion(3_000, 0.1), conversion(3_000, 0.12, history=False)),
+        ("cuped_conversion_control_without_history", conversion(3_000, 0.1, history=False), conversion(3_000, 0.12)),
+        ("cuped_conversion_no_history_at_all", conversion(3_000, 0.1, history=False),
+         conversion(3_000, 0.12, history=False)),
+        ("cuped_conversion_one_contact_control", cuped_of("prop", [1.0], "prop", [1.0]), conversion(400, 0.1)),
+        ("cuped_conversion_one_contact_variant", conversion(400, 0.1), cuped_of("prop", [1.0], "prop", [0.0])),
+        ("cuped_revenue_one_contact_variant", cuped_arm(rng, 300, "mean", "mean", 0.0),
+         cuped_of("mean", [55.0], "mean", [20.0])),
+        ("cuped_one_contact_each", cuped_of("mean", [40.0], "mean", [10.0]), cuped_of("mean", [55.0], "mean", [20.0])),
+    ]
+
+
 def cases():
     rng = np.random.default_rng(20261207)
     out = []
@@ -192,6 +228,9 @@ def cases():
             cuped_arm(rng, 300, "mean", "mean", 0.0),
         ),
     ]
+    # CUPED's degenerate cases (issue 33), from their own seed so that the
+    # cases above keep their values.
+    out += degenerate_cuped_cases(np.random.default_rng(20261208))
     # Proportions through the general path (as the conversion table does).
     out += [
         ("prop_typical", ("prop", 10_000, 500.0), ("prop", 10_000, 560.0)),

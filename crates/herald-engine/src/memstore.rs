@@ -445,6 +445,10 @@ impl State {
                     && channel.is_none_or(|c| m.channel == Some(c))
                     && runs.is_none_or(|rs| rs.contains(&m.run_id))
                     && after.is_none_or(|a| (m.send_at, m.id) > a)
+                    // A row without a channel or address is never sendable:
+                    // left alone rather than leased and skipped.
+                    && m.channel.is_some()
+                    && m.address.is_some()
             })
             .filter(|m| match platforms {
                 PlatformFilter::Any => true,
@@ -1578,9 +1582,9 @@ impl Store for MemStore {
         &self,
         contacts: &[i64],
         spec: &PrePeriodSpec,
-    ) -> StoreResult<HashMap<i64, (bool, f64)>> {
+    ) -> StoreResult<HashMap<i64, (bool, f64, f64)>> {
         let s = self.lock();
-        let mut out: HashMap<i64, (bool, f64)> = HashMap::new();
+        let mut out: HashMap<i64, (bool, f64, f64)> = HashMap::new();
         for e in s.events.values() {
             if !contacts.contains(&e.contact_id) || e.at < spec.since || e.at >= spec.until {
                 continue;
@@ -1590,10 +1594,15 @@ impl Store for MemStore {
             if !goal && !revenue {
                 continue;
             }
-            let entry = out.entry(e.contact_id).or_insert((false, 0.0));
+            // As the SQL store: (the goal happened, the revenue event's sum,
+            // the goal event's sum; ratio CUPED's numerator history).
+            let entry = out.entry(e.contact_id).or_insert((false, 0.0, 0.0));
             entry.0 |= goal;
             if revenue {
                 entry.1 += e.value.unwrap_or(0.0);
+            }
+            if goal {
+                entry.2 += e.value.unwrap_or(0.0);
             }
         }
         Ok(out)

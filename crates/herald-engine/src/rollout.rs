@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use herald_domain::assign::unit_hash;
 use herald_domain::config::{Campaign, ConfigSet, Rollout as RolloutConfig, RolloutMetric};
-use herald_domain::stats::{ArmCounts, Rollout, TestKind, decide_rollout_with};
+use herald_domain::stats::{
+    ArmCounts, Measure, MetricArm, Rollout, TestKind, decide_rollout_adjusted,
+};
 
 use crate::clock::Clock;
 use crate::plan::{HOLDOUT_ARM, PlanContext};
@@ -107,6 +109,27 @@ pub struct ArmOutcomes {
     pub converted: u64,
     /// The latest planned send time (ms).
     pub last_send_at: Option<i64>,
+    /// CUPED (`[results] cuped`): messages with their pre-period goal recorded.
+    pub pre_recorded: u64,
+    /// Had the goal event in the window before the message.
+    pub pre_converted: u64,
+    /// Converted and had it before: conversion's sum of products.
+    pub both_converted: u64,
+}
+
+impl ArmOutcomes {
+    /// Conversion's CUPED sums: converted against the goal in the window
+    /// before, as the report adjusts it.
+    fn cuped_conversion(&self) -> MetricArm {
+        let n = self.assigned;
+        let share = |k: u64| Measure::Proportion { n, sum: k as f64 };
+        MetricArm::Adjusted {
+            n,
+            post: share(self.converted),
+            pre: share(self.pre_converted),
+            sum_of_products: self.both_converted as f64,
+        }
+    }
 }
 
 /// A waiting message, to release.
@@ -214,12 +237,34 @@ pub fn decide(
         })
         .collect();
     let named: Vec<(&str, ArmCounts)> = variants.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    // With `[results] cuped` a conversion decision is taken on the adjusted
+    // comparison, as the report's, where every tested contact has its history
+    // recorded (the report's rule: a missing one would bias the lift). Clicks
+    // and opens have no pre-period measure in herald.
+    let cuped = campaign.results.as_ref().is_some_and(|r| r.cuped.is_some())
+        && metric == RolloutMetric::Conversion;
+    let adjusted: Option<Vec<MetricArm>> = cuped
+        .then(|| {
+            campaign
+                .variant_names()
+                .into_iter()
+                .map(|name| by_arm.get(name).copied().unwrap_or(&empty))
+                .map(|o| (o.pre_recorded == o.assigned).then(|| o.cuped_conversion()))
+                .collect()
+        })
+        .flatten();
     // With `[results] sequential`, a decision taken at any hourly look stays valid.
     let test = campaign
         .results
         .as_ref()
         .map_or(TestKind::FixedHorizon, |r| r.test());
-    let rollout = decide_rollout_with(&named, metric_name(metric), last_call, test)?;
+    let rollout = decide_rollout_adjusted(
+        &named,
+        adjusted.as_deref(),
+        metric_name(metric),
+        last_call,
+        test,
+    )?;
     let last_test_send = outcomes
         .iter()
         .filter(|o| !is_rollout_arm(&o.arm) && o.arm != HOLDOUT_ARM)

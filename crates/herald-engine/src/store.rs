@@ -195,6 +195,9 @@ pub struct PrePeriod {
     pub converted: Option<bool>,
     /// The sum of the revenue event's values in the window.
     pub revenue: Option<f64>,
+    /// The sum of the goal event's values in the window: with `converted`,
+    /// revenue per converting contact before the message.
+    pub goal_revenue: Option<f64>,
 }
 
 /// What [`Store::pre_period`] reads: a campaign's goal and revenue events
@@ -228,12 +231,14 @@ impl PrePeriodSpec {
     }
 
     /// The covariates of a contact whose history in the window is `found`
-    /// ((goal happened, revenue) as [`Store::pre_period`] returns; `None`: none).
-    pub fn covariates(&self, found: Option<(bool, f64)>) -> PrePeriod {
-        let (converted, revenue) = found.unwrap_or((false, 0.0));
+    /// ((goal happened, revenue, goal's revenue) as [`Store::pre_period`]
+    /// returns; `None`: none).
+    pub fn covariates(&self, found: Option<(bool, f64, f64)>) -> PrePeriod {
+        let (converted, revenue, goal_revenue) = found.unwrap_or((false, 0.0, 0.0));
         PrePeriod {
             converted: self.goal.as_ref().map(|_| converted),
             revenue: self.revenue.as_ref().map(|_| revenue),
+            goal_revenue: self.goal.as_ref().map(|_| goal_revenue),
         }
     }
 }
@@ -868,12 +873,13 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<EntryPass>;
     /// CUPED's history of `contacts` in `spec`'s window: for each contact with
     /// a goal or revenue event there, (the goal event happened, the sum of the
-    /// revenue event's values). Contacts without either are left out.
+    /// revenue event's values, the sum of the goal event's values). Contacts
+    /// without either are left out.
     async fn pre_period(
         &self,
         contacts: &[i64],
         spec: &PrePeriodSpec,
-    ) -> StoreResult<std::collections::HashMap<i64, (bool, f64)>> {
+    ) -> StoreResult<std::collections::HashMap<i64, (bool, f64, f64)>> {
         let _ = (contacts, spec);
         Ok(std::collections::HashMap::new())
     }

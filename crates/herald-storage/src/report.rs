@@ -11,6 +11,7 @@
 //! hours, and cutting a run by send time would cut its arms unevenly.
 
 mod build;
+mod ratio_cuped;
 mod words;
 
 use std::collections::BTreeSet;
@@ -27,6 +28,8 @@ pub use build::{
 };
 
 use herald_domain::types::SuppressReason;
+
+pub use ratio_cuped::{RatioCupedGroup, RatioCupedTally};
 
 use crate::db::Db;
 use crate::flights::{self, Flight, InTheAir};
@@ -392,6 +395,9 @@ pub struct ReportData {
     pub rollouts: Vec<RolloutRecord>,
     /// The seeds' metrics per (run, arm), when `[results]` asked for them.
     pub results: Vec<ResultsGroup>,
+    /// CUPED's sums of revenue per converting contact per (run, arm), with
+    /// `[results] cuped`.
+    pub ratio_cuped: Vec<RatioCupedGroup>,
 }
 
 fn get<T: sea_orm::TryGetable>(row: &QueryResult, i: usize) -> ReportResult<T> {
@@ -1036,6 +1042,12 @@ pub async fn load(
                 .await?;
         }
     }
+    let ratio_cuped = match results {
+        Some(spec) if spec.cuped => {
+            ratio_cuped::ratio_cuped_scan(db, row.id, filter, &scheduled, &triggered).await?
+        }
+        _ => Vec::new(),
+    };
     let results = match results {
         Some(spec) => results_scan(db, row.id, filter, &scheduled, &triggered, spec).await?,
         None => Vec::new(),
@@ -1052,6 +1064,7 @@ pub async fn load(
         secondary_goals: secondary.to_vec(),
         rollouts,
         results,
+        ratio_cuped,
     }))
 }
 
@@ -1082,6 +1095,7 @@ pub async fn campaign_report(
             secondary_goals: secondary,
             rollouts: Vec::new(),
             results: Vec::new(),
+            ratio_cuped: Vec::new(),
         },
         None => return Ok(None),
     };

@@ -73,7 +73,7 @@ impl SqlStore {
         let mut q = Sql::new();
         // The global holdout's messages carry an arm but are in no test, and a
         // series counts on its first message, as in the report.
-        q.push("SELECT arm, COUNT(*), COUNT(CASE WHEN status = 'delivered' THEN 1 END), COUNT(opened_at), COUNT(clicked_at), COUNT(converted_at), MAX(send_at) FROM messages WHERE run_id = ")
+        q.push("SELECT arm, COUNT(*), COUNT(CASE WHEN status = 'delivered' THEN 1 END), COUNT(opened_at), COUNT(clicked_at), COUNT(converted_at), MAX(send_at), COUNT(pre_converted), CAST(COALESCE(SUM(pre_converted), 0) AS BIGINT), COUNT(CASE WHEN pre_converted = 1 AND converted_at IS NOT NULL THEN 1 END) FROM messages WHERE run_id = ")
             .bind(run_id)
             .push(" AND step = 0 AND NOT (status = 'suppressed' AND reason IS NOT NULL AND reason = 'global_holdout') GROUP BY arm ORDER BY arm");
         let mut arms = txn
@@ -90,6 +90,10 @@ impl SqlStore {
                     clicked: count(r, 4)?,
                     converted: count(r, 5)?,
                     last_send_at: get(r, 6)?,
+                    // CUPED's covariate, stored at planning (NULL without `cuped`).
+                    pre_recorded: count(r, 7)?,
+                    pre_converted: count(r, 8)?,
+                    both_converted: count(r, 9)?,
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;

@@ -312,7 +312,7 @@ fn insert_messages_sql<'a>(
     let mut q = Sql::new();
     // column11 is a handed row's written status (`sent`, `delivered`): no
     // planned row has either.
-    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, pre_converted, pre_revenue, attempts, open_count, click_count, revenue, created_at, updated_at, sent_at, delivered_at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, v.column10, CASE WHEN v.column11 IN ('sent', 'delivered') AND NOT r.live THEN 'planned' ELSE v.column11 END, v.column12, v.column13, v.column14, CASE WHEN v.column11 IN ('sent', 'delivered') AND r.live THEN 1 ELSE 0 END, 0, 0, 0, ")
+    q.push("INSERT INTO messages (run_id, campaign_id, contact_id, step, trigger_id, trigger_at, arm, channel, address, send_at, status, reason, pre_converted, pre_revenue, pre_goal_revenue, attempts, open_count, click_count, revenue, created_at, updated_at, sent_at, delivered_at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, v.column10, CASE WHEN v.column11 IN ('sent', 'delivered') AND NOT r.live THEN 'planned' ELSE v.column11 END, v.column12, v.column13, v.column14, v.column15, CASE WHEN v.column11 IN ('sent', 'delivered') AND r.live THEN 1 ELSE 0 END, 0, 0, 0, ")
         .bind(now)
         .push(", ")
         .bind(now)
@@ -352,7 +352,9 @@ fn insert_messages_sql<'a>(
             .push(",")
             .bind_as(b, m.pre.converted.map(i32::from), "int4")
             .push(",")
-            .bind_as(b, m.pre.revenue, "float8");
+            .bind_as(b, m.pre.revenue, "float8")
+            .push(",")
+            .bind_as(b, m.pre.goal_revenue, "float8");
         q.push(")");
     }
     // `r` has a row only while the run is open; `live`: it may send now.
@@ -1670,7 +1672,7 @@ impl Store for SqlStore {
         &self,
         contacts: &[i64],
         spec: &PrePeriodSpec,
-    ) -> StoreResult<std::collections::HashMap<i64, (bool, f64)>> {
+    ) -> StoreResult<std::collections::HashMap<i64, (bool, f64, f64)>> {
         let names: Vec<&String> = spec.goal.iter().chain(spec.revenue.iter()).collect();
         if contacts.is_empty() || names.is_empty() {
             return Ok(Default::default());
@@ -1683,6 +1685,8 @@ impl Store for SqlStore {
             .bind_as(b, spec.goal.clone(), "text")
             .push(" THEN 1 ELSE 0 END) AS BIGINT), CAST(COALESCE(SUM(CASE WHEN e.name = ")
             .bind_as(b, spec.revenue.clone(), "text")
+            .push(" THEN e.value END), 0) AS DOUBLE PRECISION), CAST(COALESCE(SUM(CASE WHEN e.name = ")
+            .bind_as(b, spec.goal.clone(), "text")
             .push(" THEN e.value END), 0) AS DOUBLE PRECISION) FROM events e WHERE e.name IN (");
         for (i, name) in names.iter().enumerate() {
             if i > 0 {
@@ -1700,7 +1704,7 @@ impl Store for SqlStore {
         let mut out = std::collections::HashMap::new();
         for r in self.all(q).await? {
             let converted: i64 = get(&r, 1)?;
-            out.insert(get(&r, 0)?, (converted > 0, get(&r, 2)?));
+            out.insert(get(&r, 0)?, (converted > 0, get(&r, 2)?, get(&r, 3)?));
         }
         Ok(out)
     }

@@ -244,7 +244,7 @@ async fn claims_outcomes_and_a_lapsed_lease(store: &dyn Store, c: &[i64]) {
     assert_eq!(
         counts(store, run).await,
         after_one,
-        "the same outcome again changes nothing"
+        "the same outcome again leaves every status as it was"
     );
     assert_eq!(
         after_one,
@@ -465,4 +465,84 @@ async fn a_triggered_row_is_inserted_once_per_event(store: &dyn Store, c: &[i64]
             .state,
         "running"
     );
+}
+
+/// CUPED's history window, `[since, until)`, of [`pre_period_sums`].
+const PRE_SINCE: i64 = NOW - 100_000;
+
+/// The events [`pre_period_sums`] reads: (contact index, name, at, value).
+/// Contact 1 ordered and bought inside the window; contact 2 bought at its
+/// first instant and ordered at its end (outside: the end is exclusive);
+/// contact 3 only opened the app; contact 4 has nothing.
+const PRE_EVENTS: [(usize, &str, i64, f64); 5] = [
+    (0, "order_placed", NOW - 1_000, 20.0),
+    (0, "purchase", NOW - 2_000, 7.5),
+    (1, "order_placed", NOW, 5.0),
+    (1, "purchase", PRE_SINCE, 3.0),
+    (2, "app_open", NOW - 10, 1.0),
+];
+
+/// CUPED's history per contact, on every store: (the goal happened, the
+/// revenue event's sum, the goal event's sum), contacts with neither left out.
+async fn pre_period_sums(store: &dyn Store, c: &[i64]) {
+    let spec = herald_engine::store::PrePeriodSpec {
+        goal: Some("order_placed".into()),
+        revenue: Some("purchase".into()),
+        since: PRE_SINCE,
+        until: NOW,
+    };
+    let got = store.pre_period(c, &spec).await.unwrap();
+    let mut got: Vec<_> = got.into_iter().collect();
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(got, vec![(c[0], (true, 7.5, 20.0)), (c[1], (false, 3.0, 0.0))]);
+}
+
+mod pre_period_sums {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory() {
+        let store = MemStore::new();
+        let contacts = mem_contacts(&store);
+        for (i, name, at, value) in PRE_EVENTS {
+            store.add_event_valued(contacts[i], name, at, at, Some(value));
+        }
+        super::pre_period_sums(&store, &contacts).await;
+    }
+
+    async fn on_sql(db: &Db) {
+        let contacts = sql_contacts(db).await;
+        for (i, name, at, value) in PRE_EVENTS {
+            let mut q = Sql::new();
+            q.push("INSERT INTO events (contact_id, name, at, value, received_at) VALUES (")
+                .bind(contacts[i])
+                .push(",")
+                .bind(name.to_string())
+                .push(",")
+                .bind(at)
+                .push(",")
+                .bind(value)
+                .push(",")
+                .bind(at)
+                .push(")");
+            db.conn.execute_raw(q.build(db.backend())).await.unwrap();
+        }
+        super::pre_period_sums(&SqlStore::new(db.clone()), &contacts).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        crate::test_db::both(sea_orm::DbBackend::Sqlite, "c", |db| {
+            Box::pin(async move { on_sql(db).await })
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        crate::test_db::both(sea_orm::DbBackend::Postgres, "c", |db| {
+            Box::pin(async move { on_sql(db).await })
+        })
+        .await
+    }
 }

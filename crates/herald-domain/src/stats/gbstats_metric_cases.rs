@@ -1818,6 +1818,963 @@ pub(super) const METRIC: &[MetricCase] = &[
         expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_BASELINE_VARIATION"),
     },
     MetricCase {
+        name: "cuped_zero_variance_post",
+        control: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2000.0,
+                sum_squares: 20000.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 9352.580516036069,
+                sum_squares: 1329309.242011216,
+            },
+            sum_of_products: 93525.80516036067,
+        },
+        variant: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2400.0,
+                sum_squares: 28800.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 7832.986710719372,
+                sum_squares: 768196.3973741534,
+            },
+            sum_of_products: 93995.84052863247,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.19915050893708539,
+            rel_stddev: 0.0007404934301456581,
+            ci_lower: 0.19769429207402064,
+            ci_upper: 0.20060672580015013,
+            df: 361.4234391003457,
+            p_value: 0.0,
+            chance_to_beat: 1.0,
+            theta: -0.0011180501788603501,
+        },
+    },
+    MetricCase {
+        name: "cuped_zero_variance_post/sequential_5000",
+        control: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2000.0,
+                sum_squares: 20000.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 9352.580516036069,
+                sum_squares: 1329309.242011216,
+            },
+            sum_of_products: 93525.80516036067,
+        },
+        variant: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2400.0,
+                sum_squares: 28800.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 7832.986710719372,
+                sum_squares: 768196.3973741534,
+            },
+            sum_of_products: 93995.84052863247,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.19915050893708539,
+            rel_stddev: 0.0007404934301456581,
+            ci_lower: 0.19612495331712948,
+            ci_upper: 0.2021760645570413,
+            df: f64::NAN,
+            p_value: 0.0,
+            chance_to_beat: 1.0,
+            theta: -0.0011180501788603501,
+        },
+    },
+    MetricCase {
+        name: "cuped_zero_variance_post/sequential_500",
+        control: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2000.0,
+                sum_squares: 20000.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 9352.580516036069,
+                sum_squares: 1329309.242011216,
+            },
+            sum_of_products: 93525.80516036067,
+        },
+        variant: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2400.0,
+                sum_squares: 28800.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 7832.986710719372,
+                sum_squares: 768196.3973741534,
+            },
+            sum_of_products: 93995.84052863247,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.19915050893708539,
+            rel_stddev: 0.0007404934301456581,
+            ci_lower: 0.19689913217781968,
+            ci_upper: 0.2014018856963511,
+            df: f64::NAN,
+            p_value: 0.0,
+            chance_to_beat: 1.0,
+            theta: -0.0011180501788603501,
+        },
+    },
+    MetricCase {
+        name: "cuped_zero_variance_everywhere",
+        control: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2000.0,
+                sum_squares: 20000.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 1000.0,
+                sum_squares: 5000.0,
+            },
+            sum_of_products: 10000.0,
+        },
+        variant: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2000.0,
+                sum_squares: 20000.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 1000.0,
+                sum_squares: 5000.0,
+            },
+            sum_of_products: 10000.0,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_zero_variance_everywhere/sequential_5000",
+        control: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2000.0,
+                sum_squares: 20000.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 1000.0,
+                sum_squares: 5000.0,
+            },
+            sum_of_products: 10000.0,
+        },
+        variant: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2000.0,
+                sum_squares: 20000.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 1000.0,
+                sum_squares: 5000.0,
+            },
+            sum_of_products: 10000.0,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_zero_variance_everywhere/sequential_500",
+        control: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2000.0,
+                sum_squares: 20000.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 1000.0,
+                sum_squares: 5000.0,
+            },
+            sum_of_products: 10000.0,
+        },
+        variant: &A::Cuped {
+            n: 200,
+            post: &A::Mean {
+                n: 200,
+                sum: 2000.0,
+                sum_squares: 20000.0,
+            },
+            pre: &A::Mean {
+                n: 200,
+                sum: 1000.0,
+                sum_squares: 5000.0,
+            },
+            sum_of_products: 10000.0,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_constant_history",
+        control: &A::Cuped {
+            n: 500,
+            post: &A::Mean {
+                n: 500,
+                sum: 24266.117018650883,
+                sum_squares: 3452956.4059646246,
+            },
+            pre: &A::Mean {
+                n: 500,
+                sum: 15000.0,
+                sum_squares: 450000.0,
+            },
+            sum_of_products: 727983.5105595264,
+        },
+        variant: &A::Cuped {
+            n: 500,
+            post: &A::Mean {
+                n: 500,
+                sum: 28528.013627463377,
+                sum_squares: 4275279.794166733,
+            },
+            pre: &A::Mean {
+                n: 500,
+                sum: 15000.0,
+                sum_squares: 450000.0,
+            },
+            sum_of_products: 855840.4088239013,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.17563158561943848,
+            rel_stddev: 0.09927919214318083,
+            ci_lower: -0.01918967921899853,
+            ci_upper: 0.37045285045787546,
+            df: 992.3239537073032,
+            p_value: 0.07718974724721273,
+            chance_to_beat: 0.9615586890488789,
+            theta: 0.0,
+        },
+    },
+    MetricCase {
+        name: "cuped_constant_history/sequential_5000",
+        control: &A::Cuped {
+            n: 500,
+            post: &A::Mean {
+                n: 500,
+                sum: 24266.117018650883,
+                sum_squares: 3452956.4059646246,
+            },
+            pre: &A::Mean {
+                n: 500,
+                sum: 15000.0,
+                sum_squares: 450000.0,
+            },
+            sum_of_products: 727983.5105595264,
+        },
+        variant: &A::Cuped {
+            n: 500,
+            post: &A::Mean {
+                n: 500,
+                sum: 28528.013627463377,
+                sum_squares: 4275279.794166733,
+            },
+            pre: &A::Mean {
+                n: 500,
+                sum: 15000.0,
+                sum_squares: 450000.0,
+            },
+            sum_of_products: 855840.4088239013,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.17563158561943848,
+            rel_stddev: 0.09927919214318083,
+            ci_lower: -0.15833247025663788,
+            ci_upper: 0.5095956414955148,
+            df: f64::NAN,
+            p_value: 0.6158885406475422,
+            chance_to_beat: 0.9615586890488789,
+            theta: 0.0,
+        },
+    },
+    MetricCase {
+        name: "cuped_constant_history/sequential_500",
+        control: &A::Cuped {
+            n: 500,
+            post: &A::Mean {
+                n: 500,
+                sum: 24266.117018650883,
+                sum_squares: 3452956.4059646246,
+            },
+            pre: &A::Mean {
+                n: 500,
+                sum: 15000.0,
+                sum_squares: 450000.0,
+            },
+            sum_of_products: 727983.5105595264,
+        },
+        variant: &A::Cuped {
+            n: 500,
+            post: &A::Mean {
+                n: 500,
+                sum: 28528.013627463377,
+                sum_squares: 4275279.794166733,
+            },
+            pre: &A::Mean {
+                n: 500,
+                sum: 15000.0,
+                sum_squares: 450000.0,
+            },
+            sum_of_products: 855840.4088239013,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.17563158561943848,
+            rel_stddev: 0.09927919214318083,
+            ci_lower: -0.12830939943447067,
+            ci_upper: 0.47957257067334763,
+            df: f64::NAN,
+            p_value: 0.9425001108772729,
+            chance_to_beat: 0.9615586890488789,
+            theta: 0.0,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_variant_without_history",
+        control: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 522.0,
+            },
+            pre: &A::Prop {
+                n: 3000,
+                sum: 901.0,
+            },
+            sum_of_products: 277.0,
+        },
+        variant: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 325.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::Estimate {
+            rel_lift: -0.03963671270317647,
+            rel_stddev: 0.040549812351580436,
+            ci_lower: -0.1191293875518872,
+            ci_upper: 0.03985596214553427,
+            df: 5830.1181015327575,
+            p_value: 0.32837112930663137,
+            chance_to_beat: 0.16416528611463221,
+            theta: 0.19568217088672787,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_variant_without_history/sequential_5000",
+        control: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 522.0,
+            },
+            pre: &A::Prop {
+                n: 3000,
+                sum: 901.0,
+            },
+            sum_of_products: 277.0,
+        },
+        variant: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 325.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: -0.03963671270317647,
+            rel_stddev: 0.040549812351580436,
+            ci_lower: -0.1627729152008554,
+            ci_upper: 0.08349948979450245,
+            df: f64::NAN,
+            p_value: 1.0,
+            chance_to_beat: 0.16416528611463221,
+            theta: 0.19568217088672787,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_variant_without_history/sequential_500",
+        control: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 522.0,
+            },
+            pre: &A::Prop {
+                n: 3000,
+                sum: 901.0,
+            },
+            sum_of_products: 277.0,
+        },
+        variant: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 325.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: -0.03963671270317647,
+            rel_stddev: 0.040549812351580436,
+            ci_lower: -0.1720870265462229,
+            ci_upper: 0.09281360113986994,
+            df: f64::NAN,
+            p_value: 1.0,
+            chance_to_beat: 0.16416528611463221,
+            theta: 0.19568217088672787,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_control_without_history",
+        control: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 285.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        variant: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 588.0,
+            },
+            pre: &A::Prop {
+                n: 3000,
+                sum: 893.0,
+            },
+            sum_of_products: 326.0,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.2547682395449448,
+            rel_stddev: 0.13744630879218522,
+            ci_lower: -0.014679546214250438,
+            ci_upper: 0.5242160253041401,
+            df: 5625.752131678271,
+            p_value: 0.06385105430823801,
+            chance_to_beat: 0.9681006303368906,
+            theta: 0.25799669846549916,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_control_without_history/sequential_5000",
+        control: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 285.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        variant: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 588.0,
+            },
+            pre: &A::Prop {
+                n: 3000,
+                sum: 893.0,
+            },
+            sum_of_products: 326.0,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.2547682395449448,
+            rel_stddev: 0.13744630879218522,
+            ci_lower: -0.1626101780233275,
+            ci_upper: 0.6721466571132171,
+            df: f64::NAN,
+            p_value: 0.6853390052661311,
+            chance_to_beat: 0.9681006303368906,
+            theta: 0.25799669846549916,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_control_without_history/sequential_500",
+        control: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 285.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        variant: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 588.0,
+            },
+            pre: &A::Prop {
+                n: 3000,
+                sum: 893.0,
+            },
+            sum_of_products: 326.0,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.2547682395449448,
+            rel_stddev: 0.13744630879218522,
+            ci_lower: -0.19418098316048815,
+            ci_upper: 0.7037174622503778,
+            df: f64::NAN,
+            p_value: 1.0,
+            chance_to_beat: 0.9681006303368906,
+            theta: 0.25799669846549916,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_no_history_at_all",
+        control: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 299.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        variant: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 367.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.2274247491638796,
+            rel_stddev: 0.09021872978611513,
+            ci_lower: 0.050563312780804615,
+            ci_upper: 0.4042861855469546,
+            df: 5950.367850601239,
+            p_value: 0.011734258086614435,
+            chance_to_beat: 0.994145834500132,
+            theta: 0.0,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_no_history_at_all/sequential_5000",
+        control: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 299.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        variant: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 367.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.2274247491638796,
+            rel_stddev: 0.09021872978611513,
+            ci_lower: -0.04653932454640147,
+            ci_upper: 0.5013888228741608,
+            df: f64::NAN,
+            p_value: 0.1829519905726109,
+            chance_to_beat: 0.994145834500132,
+            theta: 0.0,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_no_history_at_all/sequential_500",
+        control: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 299.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        variant: &A::Cuped {
+            n: 3000,
+            post: &A::Prop {
+                n: 3000,
+                sum: 367.0,
+            },
+            pre: &A::Prop { n: 3000, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::Estimate {
+            rel_lift: 0.2274247491638796,
+            rel_stddev: 0.09021872978611513,
+            ci_lower: -0.06726216507103211,
+            ci_upper: 0.5221116633987913,
+            df: f64::NAN,
+            p_value: 0.4228033275219881,
+            chance_to_beat: 0.994145834500132,
+            theta: 0.0,
+        },
+    },
+    MetricCase {
+        name: "cuped_conversion_one_contact_control",
+        control: &A::Cuped {
+            n: 1,
+            post: &A::Prop { n: 1, sum: 1.0 },
+            pre: &A::Prop { n: 1, sum: 1.0 },
+            sum_of_products: 1.0,
+        },
+        variant: &A::Cuped {
+            n: 400,
+            post: &A::Prop { n: 400, sum: 62.0 },
+            pre: &A::Prop { n: 400, sum: 127.0 },
+            sum_of_products: 40.0,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_conversion_one_contact_control/sequential_5000",
+        control: &A::Cuped {
+            n: 1,
+            post: &A::Prop { n: 1, sum: 1.0 },
+            pre: &A::Prop { n: 1, sum: 1.0 },
+            sum_of_products: 1.0,
+        },
+        variant: &A::Cuped {
+            n: 400,
+            post: &A::Prop { n: 400, sum: 62.0 },
+            pre: &A::Prop { n: 400, sum: 127.0 },
+            sum_of_products: 40.0,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_conversion_one_contact_control/sequential_500",
+        control: &A::Cuped {
+            n: 1,
+            post: &A::Prop { n: 1, sum: 1.0 },
+            pre: &A::Prop { n: 1, sum: 1.0 },
+            sum_of_products: 1.0,
+        },
+        variant: &A::Cuped {
+            n: 400,
+            post: &A::Prop { n: 400, sum: 62.0 },
+            pre: &A::Prop { n: 400, sum: 127.0 },
+            sum_of_products: 40.0,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_conversion_one_contact_variant",
+        control: &A::Cuped {
+            n: 400,
+            post: &A::Prop { n: 400, sum: 57.0 },
+            pre: &A::Prop { n: 400, sum: 120.0 },
+            sum_of_products: 38.0,
+        },
+        variant: &A::Cuped {
+            n: 1,
+            post: &A::Prop { n: 1, sum: 1.0 },
+            pre: &A::Prop { n: 1, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_conversion_one_contact_variant/sequential_5000",
+        control: &A::Cuped {
+            n: 400,
+            post: &A::Prop { n: 400, sum: 57.0 },
+            pre: &A::Prop { n: 400, sum: 120.0 },
+            sum_of_products: 38.0,
+        },
+        variant: &A::Cuped {
+            n: 1,
+            post: &A::Prop { n: 1, sum: 1.0 },
+            pre: &A::Prop { n: 1, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_conversion_one_contact_variant/sequential_500",
+        control: &A::Cuped {
+            n: 400,
+            post: &A::Prop { n: 400, sum: 57.0 },
+            pre: &A::Prop { n: 400, sum: 120.0 },
+            sum_of_products: 38.0,
+        },
+        variant: &A::Cuped {
+            n: 1,
+            post: &A::Prop { n: 1, sum: 1.0 },
+            pre: &A::Prop { n: 1, sum: 0.0 },
+            sum_of_products: 0.0,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_revenue_one_contact_variant",
+        control: &A::Cuped {
+            n: 300,
+            post: &A::Mean {
+                n: 300,
+                sum: 5904.757986031664,
+                sum_squares: 560556.7546583925,
+            },
+            pre: &A::Mean {
+                n: 300,
+                sum: 5142.346364197227,
+                sum_squares: 750887.12328545,
+            },
+            sum_of_products: 544000.3676434882,
+        },
+        variant: &A::Cuped {
+            n: 1,
+            post: &A::Mean {
+                n: 1,
+                sum: 55.0,
+                sum_squares: 3025.0,
+            },
+            pre: &A::Mean {
+                n: 1,
+                sum: 20.0,
+                sum_squares: 400.0,
+            },
+            sum_of_products: 1100.0,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_revenue_one_contact_variant/sequential_5000",
+        control: &A::Cuped {
+            n: 300,
+            post: &A::Mean {
+                n: 300,
+                sum: 5904.757986031664,
+                sum_squares: 560556.7546583925,
+            },
+            pre: &A::Mean {
+                n: 300,
+                sum: 5142.346364197227,
+                sum_squares: 750887.12328545,
+            },
+            sum_of_products: 544000.3676434882,
+        },
+        variant: &A::Cuped {
+            n: 1,
+            post: &A::Mean {
+                n: 1,
+                sum: 55.0,
+                sum_squares: 3025.0,
+            },
+            pre: &A::Mean {
+                n: 1,
+                sum: 20.0,
+                sum_squares: 400.0,
+            },
+            sum_of_products: 1100.0,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_revenue_one_contact_variant/sequential_500",
+        control: &A::Cuped {
+            n: 300,
+            post: &A::Mean {
+                n: 300,
+                sum: 5904.757986031664,
+                sum_squares: 560556.7546583925,
+            },
+            pre: &A::Mean {
+                n: 300,
+                sum: 5142.346364197227,
+                sum_squares: 750887.12328545,
+            },
+            sum_of_products: 544000.3676434882,
+        },
+        variant: &A::Cuped {
+            n: 1,
+            post: &A::Mean {
+                n: 1,
+                sum: 55.0,
+                sum_squares: 3025.0,
+            },
+            pre: &A::Mean {
+                n: 1,
+                sum: 20.0,
+                sum_squares: 400.0,
+            },
+            sum_of_products: 1100.0,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_one_contact_each",
+        control: &A::Cuped {
+            n: 1,
+            post: &A::Mean {
+                n: 1,
+                sum: 40.0,
+                sum_squares: 1600.0,
+            },
+            pre: &A::Mean {
+                n: 1,
+                sum: 10.0,
+                sum_squares: 100.0,
+            },
+            sum_of_products: 400.0,
+        },
+        variant: &A::Cuped {
+            n: 1,
+            post: &A::Mean {
+                n: 1,
+                sum: 55.0,
+                sum_squares: 3025.0,
+            },
+            pre: &A::Mean {
+                n: 1,
+                sum: 20.0,
+                sum_squares: 400.0,
+            },
+            sum_of_products: 1100.0,
+        },
+        test: RefTest::Fixed,
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_one_contact_each/sequential_5000",
+        control: &A::Cuped {
+            n: 1,
+            post: &A::Mean {
+                n: 1,
+                sum: 40.0,
+                sum_squares: 1600.0,
+            },
+            pre: &A::Mean {
+                n: 1,
+                sum: 10.0,
+                sum_squares: 100.0,
+            },
+            sum_of_products: 400.0,
+        },
+        variant: &A::Cuped {
+            n: 1,
+            post: &A::Mean {
+                n: 1,
+                sum: 55.0,
+                sum_squares: 3025.0,
+            },
+            pre: &A::Mean {
+                n: 1,
+                sum: 20.0,
+                sum_squares: 400.0,
+            },
+            sum_of_products: 1100.0,
+        },
+        test: RefTest::Sequential(5000.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
+        name: "cuped_one_contact_each/sequential_500",
+        control: &A::Cuped {
+            n: 1,
+            post: &A::Mean {
+                n: 1,
+                sum: 40.0,
+                sum_squares: 1600.0,
+            },
+            pre: &A::Mean {
+                n: 1,
+                sum: 10.0,
+                sum_squares: 100.0,
+            },
+            sum_of_products: 400.0,
+        },
+        variant: &A::Cuped {
+            n: 1,
+            post: &A::Mean {
+                n: 1,
+                sum: 55.0,
+                sum_squares: 3025.0,
+            },
+            pre: &A::Mean {
+                n: 1,
+                sum: 20.0,
+                sum_squares: 400.0,
+            },
+            sum_of_products: 1100.0,
+        },
+        test: RefTest::Sequential(500.0),
+        expect: MetricExpect::NoEstimate("ZERO_NEGATIVE_VARIANCE"),
+    },
+    MetricCase {
         name: "prop_typical",
         control: &A::Prop {
             n: 10000,

@@ -2,7 +2,9 @@
 //! mean metrics (revenue per assigned contact, LTV: `SampleMeanStatistic`),
 //! ratio metrics (revenue per converting contact, clicks per delivered:
 //! `RatioStatistic`, delta method), CUPED (`RegressionAdjustedStatistic`: each
-//! contact's same measure before the message as the covariate), and the choice
+//! contact's same measure before the message as the covariate; for a ratio
+//! metric `RegressionAdjustedRatioStatistic`, which gbstats gained after 0.8),
+//! and the choice
 //! of test: fixed-horizon (`TwoSidedTTest`) or sequential, always valid
 //! (`SequentialTwoSidedTTest`, Waudby-Smith et al. 2023), for reports read every
 //! day. An arm is given as sums (n, sum, sum of squares, sum of products), which
@@ -152,6 +154,41 @@ pub enum MetricArm {
         /// Sum over contacts of post x pre.
         sum_of_products: f64,
     },
+    /// CUPED on a ratio metric (gbstats' `RegressionAdjustedRatioStatistic`,
+    /// GrowthBook commit 8724b39, after 0.8.0): numerator and denominator after
+    /// the message, adjusted by the same two measures in the window before it.
+    AdjustedRatio {
+        /// Contacts.
+        n: u64,
+        /// The numerator after the message (revenue).
+        numerator: Measure,
+        /// The denominator after the message (converted).
+        denominator: Measure,
+        /// The numerator before it.
+        pre_numerator: Measure,
+        /// The denominator before it.
+        pre_denominator: Measure,
+        /// The six sums of products of the four measures, over contacts.
+        products: RatioProducts,
+    },
+}
+
+/// Sums over an arm's contacts of the products of a ratio's four measures
+/// (m: numerator, d: denominator; post: after the message, pre: before it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RatioProducts {
+    /// m_post x d_post.
+    pub m_post_d_post: f64,
+    /// m_post x m_pre.
+    pub m_post_m_pre: f64,
+    /// d_post x d_pre.
+    pub d_post_d_pre: f64,
+    /// m_pre x d_pre.
+    pub m_pre_d_pre: f64,
+    /// m_post x d_pre.
+    pub m_post_d_pre: f64,
+    /// m_pre x d_post.
+    pub m_pre_d_post: f64,
 }
 
 /// Which test's intervals and p-values a comparison shows.
@@ -315,6 +352,135 @@ fn adjusted(n: u64, post: &Measure, pre: &Measure, sum_of_products: f64, theta: 
     }
 }
 
+/// One arm of a CUPED ratio metric, as gbstats' `RegressionAdjustedRatioStatistic`
+/// sees it: the vector of per-contact means (m_post, d_post, m_pre, d_pre) and
+/// their covariance matrix, the ratio's variance by the delta method.
+struct RatioArm<'a> {
+    n: u64,
+    measures: [&'a Measure; 4],
+    products: &'a RatioProducts,
+}
+
+impl RatioArm<'_> {
+    /// gbstats' `betahat`: the four per-contact means.
+    fn means(&self) -> [f64; 4] {
+        self.measures.map(Measure::mean)
+    }
+
+    /// gbstats' `lambda_matrix`: the four measures' covariance matrix.
+    fn lambda(&self) -> [[f64; 4]; 4] {
+        let [m, d, mp, dp] = self.measures;
+        let p = self.products;
+        let cov = |x: &Measure, y: &Measure, s: f64| covariance(self.n, x, y, s);
+        let (m_d, m_mp, m_dp) = (
+            cov(m, d, p.m_post_d_post),
+            cov(m, mp, p.m_post_m_pre),
+            cov(m, dp, p.m_post_d_pre),
+        );
+        let (d_mp, d_dp, mp_dp) = (
+            cov(d, mp, p.m_pre_d_post),
+            cov(d, dp, p.d_post_d_pre),
+            cov(mp, dp, p.m_pre_d_pre),
+        );
+        [
+            [m.variance(), m_d, m_mp, m_dp],
+            [m_d, d.variance(), d_mp, d_dp],
+            [m_mp, d_mp, mp.variance(), mp_dp],
+            [m_dp, d_dp, mp_dp, dp.variance()],
+        ]
+    }
+
+    /// gbstats' `nabla`: the gradient of m_post / d_post - theta m_pre / d_pre
+    /// in the four means; zero when either denominator's mean is.
+    fn nabla(&self, theta: f64) -> [f64; 4] {
+        let [m, d, mp, dp] = self.means();
+        if d == 0.0 || dp == 0.0 {
+            return [0.0; 4];
+        }
+        [1.0 / d, -m / (d * d), -theta / dp, theta * mp / (dp * dp)]
+    }
+
+    /// The ratio of sums after (`pre` false) or before the message; 0 over a zero sum.
+    fn ratio_of_sums(&self, pre: bool) -> f64 {
+        let k = if pre { 2 } else { 0 };
+        let (m, d) = (self.measures[k], self.measures[k + 1]);
+        if d.sum() == 0.0 {
+            0.0
+        } else {
+            m.sum() / d.sum()
+        }
+    }
+
+    fn summary(&self, theta: f64) -> Summary {
+        let [_, d, _, dp] = self.measures;
+        let nabla = self.nabla(theta);
+        Summary {
+            n: self.n,
+            // As gbstats: an arm without a pre-period denominator has mean 0.
+            mean: if d.sum() == 0.0 || dp.sum() == 0.0 {
+                0.0
+            } else {
+                self.ratio_of_sums(false) - theta * self.ratio_of_sums(true)
+            },
+            unadjusted_mean: self.ratio_of_sums(false),
+            variance: quadratic(&nabla, &self.lambda(), &nabla),
+        }
+    }
+
+    /// With theta 1: (the variance of the pre-period ratio, its covariance
+    /// with the post-period one), gbstats' `var_pre` and `covariance`.
+    fn pre_terms(&self) -> (f64, f64) {
+        let [n0, n1, n2, n3] = self.nabla(1.0);
+        let lambda = self.lambda();
+        let pre = [0.0, 0.0, n2, n3];
+        (
+            quadratic(&pre, &lambda, &pre),
+            quadratic(&pre, &lambda, &[n0, n1, 0.0, 0.0]),
+        )
+    }
+}
+
+/// x' L y.
+fn quadratic(x: &[f64; 4], l: &[[f64; 4]; 4], y: &[f64; 4]) -> f64 {
+    (0..4)
+        .map(|i| (0..4).map(|j| x[i] * l[i][j] * y[j]).sum::<f64>())
+        .sum()
+}
+
+/// gbstats' `compute_theta_regression_adjusted_ratio`: minus the pooled
+/// covariance of the pre- and post-period ratios over the pooled pre-period
+/// ratio's variance; 0 when that variance is.
+fn ratio_theta(a: &RatioArm<'_>, b: &RatioArm<'_>) -> f64 {
+    let ((va, ca), (vb, cb)) = (a.pre_terms(), b.pre_terms());
+    if va + vb == 0.0 {
+        return 0.0;
+    }
+    -(ca + cb) / (va + vb)
+}
+
+/// gbstats' `frequentist_variance_relative_cuped_ratio`: the delta-method
+/// variance of (adjusted b - adjusted a) / unadjusted a.
+fn ratio_relative_variance(a: &RatioArm<'_>, b: &RatioArm<'_>, theta: f64) -> f64 {
+    let (sa, sb) = (a.summary(theta), b.summary(theta));
+    let d = a.measures[1].mean();
+    if sa.unadjusted_mean == 0.0 || d == 0.0 {
+        return 0.0;
+    }
+    let m = a.measures[0].mean();
+    let g_abs = sb.mean - sa.mean;
+    let g = sa.unadjusted_mean.abs();
+    let na = a.nabla(theta);
+    let grad_a = [
+        -(g + g_abs) / d / (g * g),
+        (m * g / (d * d) + m * g_abs / (d * d)) / (g * g),
+        -na[2] / g,
+        -na[3] / g,
+    ];
+    let grad_b = b.nabla(theta).map(|x| x / g);
+    quadratic(&grad_a, &a.lambda(), &grad_a) / a.n as f64
+        + quadratic(&grad_b, &b.lambda(), &grad_b) / b.n as f64
+}
+
 /// CUPED's theta over both arms together (gbstats' `compute_theta`): the
 /// covariance of post and pre over their pooled contacts divided by the pooled
 /// pre variance; 0 when either pooled measure has no variance.
@@ -379,6 +545,9 @@ pub fn compare_metric(
     variant: &MetricArm,
     test: TestKind,
 ) -> Result<MetricComparison, StatsError> {
+    // The relative variance when it is not `relative_variance` of the two
+    // summaries (a CUPED ratio's own delta method).
+    let mut own_variance = None;
     let (a, b, theta, unadjusted) = match (control, variant) {
         (MetricArm::Plain { measure: ma }, MetricArm::Plain { measure: mb }) => {
             ma.joined(mb)?;
@@ -428,6 +597,55 @@ pub fn compare_metric(
                 Some(unadjusted),
             )
         }
+        (
+            MetricArm::AdjustedRatio {
+                n: na,
+                numerator: ma,
+                denominator: da,
+                pre_numerator: mpa,
+                pre_denominator: dpa,
+                products: pa,
+            },
+            MetricArm::AdjustedRatio {
+                n: nb,
+                numerator: mb,
+                denominator: db,
+                pre_numerator: mpb,
+                pre_denominator: dpb,
+                products: pb,
+            },
+        ) => {
+            for (x, y) in [(ma, mb), (da, db), (mpa, mpb), (dpa, dpb)] {
+                x.joined(y)?;
+            }
+            let arm_a = RatioArm {
+                n: *na,
+                measures: [ma, da, mpa, dpa],
+                products: pa,
+            };
+            let arm_b = RatioArm {
+                n: *nb,
+                measures: [mb, db, mpb, dpb],
+                products: pb,
+            };
+            let unadjusted = (
+                ratio(*na, ma, da, pa.m_post_d_post),
+                ratio(*nb, mb, db, pb.m_post_d_post),
+            );
+            let t = ratio_theta(&arm_a, &arm_b);
+            if t == 0.0 {
+                // As gbstats: no pre-period variance, so the plain ratio.
+                (unadjusted.0, unadjusted.1, Some(0.0), Some(unadjusted))
+            } else {
+                own_variance = Some(ratio_relative_variance(&arm_a, &arm_b, t));
+                (
+                    arm_a.summary(t),
+                    arm_b.summary(t),
+                    Some(t),
+                    Some(unadjusted),
+                )
+            }
+        }
         _ => return Err(StatsError::MismatchedArms),
     };
     if a.n == 0 || b.n == 0 {
@@ -440,7 +658,7 @@ pub fn compare_metric(
         return Ok(MetricComparison::not_enough(MetricNoEstimate::NoSpread));
     }
     let rel_lift = (b.mean - a.mean) / a.unadjusted_mean;
-    let variance = relative_variance(&a, &b);
+    let variance = own_variance.unwrap_or_else(|| relative_variance(&a, &b));
     let stddev = variance.sqrt();
     let alpha = 1.0 - CONFIDENCE_LEVEL;
     let (half_width, p_value, df) = match test {

@@ -18,6 +18,10 @@ mod gbstats_metric_cases;
 #[cfg(test)]
 mod gbstats_metric_tests;
 #[cfg(test)]
+mod gbstats_ratio_cuped_cases;
+#[cfg(test)]
+mod gbstats_ratio_cuped_tests;
+#[cfg(test)]
 mod gbstats_tests;
 #[cfg(test)]
 mod simulation_tests;
@@ -30,12 +34,12 @@ use thiserror::Error;
 pub use correction::{Correction, adjust_p_values};
 pub use metric::{
     DEFAULT_SEQUENTIAL_TUNING, Measure, MetricArm, MetricComparison, MetricEstimate,
-    MetricNoEstimate, TestKind, compare_metric,
+    MetricNoEstimate, RatioProducts, TestKind, compare_metric,
 };
 pub use power::{POWER, minimum_detectable_lift};
 pub use rollout::{
     FISHER_MAX_P, RivalChance, Rollout, SEQUENTIAL_MAX_P, WINNER_MIN_CHANCE, decide_rollout,
-    decide_rollout_with, fisher_one_sided, pick_winner,
+    decide_rollout_adjusted, decide_rollout_with, fisher_one_sided, pick_winner,
 };
 pub use srm::{SRM_P_THRESHOLD, Srm, srm};
 

@@ -11,10 +11,17 @@
 //! any look must stay valid however often it looked: the leader then wins
 //! when its always-valid p-value against each other variant is below
 //! [`SEQUENTIAL_MAX_P`] and its lift is positive (see [`decide_rollout_with`]).
+//!
+//! With CUPED (`[results] cuped`) the leader's chances and p-values come from
+//! the regression-adjusted comparison, as the report's do
+//! ([`decide_rollout_adjusted`]); the leader is still the variant with the
+//! highest observed rate.
 
 use serde::Serialize;
 
-use super::{ArmCounts, Comparison, TestKind, compare_with};
+use super::{
+    ArmCounts, Comparison, MetricArm, MetricComparison, TestKind, compare_metric, compare_with,
+};
 
 /// The leader must beat every other variant with at least this chance to win outright.
 pub const WINNER_MIN_CHANCE: f64 = 0.95;
@@ -45,6 +52,9 @@ pub struct RivalChance {
     /// against this rival; `null` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sequential_p: Option<f64>,
+    /// The chance and p-value are CUPED-adjusted (`[results] cuped`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cuped: bool,
 }
 
 impl RivalChance {
@@ -160,13 +170,47 @@ pub fn decide_rollout_with(
     last_call: bool,
     test: TestKind,
 ) -> Option<Rollout> {
+    decide_rollout_adjusted(variants, None, metric, last_call, test)
+}
+
+/// [`decide_rollout_with`], the leader's test against each rival on the
+/// CUPED-adjusted sums `adjusted` (one [`MetricArm::Adjusted`] a variant, in
+/// the order of `variants`) when given: its chance to beat and p-value are
+/// the adjusted ones, as in the report. Against a rival where the adjusted
+/// comparison has no estimate, the unadjusted one (or Fisher's) decides.
+pub fn decide_rollout_adjusted(
+    variants: &[(&str, ArmCounts)],
+    adjusted: Option<&[MetricArm]>,
+    metric: &str,
+    last_call: bool,
+    test: TestKind,
+) -> Option<Rollout> {
     variants.first()?;
+    let adjusted = adjusted.filter(|a| a.len() == variants.len());
+    // With CUPED's sums the leader is the variant ahead once adjusted (its
+    // adjusted lift over the first variant, the first's being zero), so a
+    // variant that converts more only because its contacts bought more before
+    // can't lead, and so can't go at the deadline either. Where any variant
+    // has no adjusted estimate, the observed rates pick it as before.
+    let adjusted_leader = adjusted.and_then(|arms| {
+        let mut best = (0, 0.0);
+        for (index, arm) in arms.iter().enumerate().skip(1) {
+            match compare_metric(&arms[0], arm, test).ok()? {
+                MetricComparison::Estimate(e) if e.abs_lift > best.1 => best = (index, e.abs_lift),
+                MetricComparison::Estimate(_) => {}
+                MetricComparison::NotEnoughData { .. } => return None,
+            }
+        }
+        Some(best.0)
+    });
     let mut leader = 0;
     for (index, (_, counts)) in variants.iter().enumerate().skip(1) {
         if counts.cmp_rate(variants[leader].1).is_gt() {
             leader = index;
         }
     }
+    let led_once_adjusted = adjusted_leader.is_some_and(|a| a != leader);
+    let leader = adjusted_leader.unwrap_or(leader);
     let (leader_name, leader_counts) = variants[leader];
     if variants.len() == 1 {
         return Some(Rollout {
@@ -183,35 +227,63 @@ pub fn decide_rollout_with(
         .iter()
         .enumerate()
         .filter(|(index, _)| *index != leader)
-        .map(
-            |(index, (_, counts))| match compare_with(*counts, leader_counts, test) {
+        .map(|(index, (_, counts))| {
+            let sequential = matches!(test, TestKind::Sequential { .. });
+            let cuped = adjusted
+                .and_then(|arms| compare_metric(&arms[index], &arms[leader], test).ok())
+                .and_then(|c| match c {
+                    MetricComparison::Estimate(e) => Some(e),
+                    MetricComparison::NotEnoughData { .. } => None,
+                });
+            if let Some(e) = cuped {
+                return RivalChance {
+                    variant: index,
+                    chance_to_beat: Some(e.chance_to_beat),
+                    fisher_p: None,
+                    sequential_p: sequential.then_some(e.p_value),
+                    cuped: true,
+                };
+            }
+            match compare_with(*counts, leader_counts, test) {
                 Comparison::Estimate(estimate) => RivalChance {
                     variant: index,
                     chance_to_beat: Some(estimate.chance_to_beat),
                     fisher_p: None,
-                    sequential_p: matches!(test, TestKind::Sequential { .. })
-                        .then_some(estimate.p_value),
+                    sequential_p: sequential.then_some(estimate.p_value),
+                    cuped: false,
                 },
                 Comparison::NotEnoughData { .. } => RivalChance {
                     variant: index,
                     chance_to_beat: None,
                     fisher_p: Some(fisher_one_sided(leader_counts, *counts)),
                     sequential_p: None,
+                    cuped: false,
                 },
-            },
-        )
+            }
+        })
         .collect();
 
     let best = best_at(metric);
-    let leader_rate = percent(leader_counts.rate().unwrap_or(0.0));
+    let leader_rate = if led_once_adjusted {
+        format!(
+            "{} observed, the highest once CUPED-adjusted",
+            percent(leader_counts.rate().unwrap_or(0.0))
+        )
+    } else {
+        percent(leader_counts.rate().unwrap_or(0.0))
+    };
     let against = |rival: &RivalChance| {
         let (name, counts) = variants[rival.variant];
+        let adjusted = if rival.cuped { "CUPED-adjusted " } else { "" };
         match (rival.chance_to_beat, rival.fisher_p, rival.sequential_p) {
             (Some(_), _, Some(p)) => {
-                format!("its sequential p against {name} is {}", p_value(p))
+                format!(
+                    "its {adjusted}sequential p against {name} is {}",
+                    p_value(p)
+                )
             }
             (Some(chance), _, None) => {
-                format!("its chance to beat {name} is {}", percent(chance))
+                format!("its {adjusted}chance to beat {name} is {}", percent(chance))
             }
             (None, Some(p), _) => format!(
                 "against {name} ({}, where gbstats has no estimate) Fisher's exact test gives one-sided p = {}",
@@ -235,13 +307,18 @@ pub fn decide_rollout_with(
                 .map(against)
                 .collect();
             let mut words = format!("{leader_name} {best} ({leader_rate})");
+            let adjusted = if rivals.iter().any(|r| r.cuped) {
+                " CUPED-adjusted"
+            } else {
+                ""
+            };
             let sequential = rivals
                 .iter()
                 .filter_map(|rival| rival.sequential_p.map(|p| (rival.variant, p)))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
             if let Some((rival, p)) = sequential {
                 words.push_str(&format!(
-                    " with a sequential (always valid) p below {} against every other variant \
+                    " with a{adjusted} sequential (always valid) p below {} against every other variant \
                      (highest: {} against {})",
                     p_value(SEQUENTIAL_MAX_P),
                     p_value(p),
@@ -249,7 +326,7 @@ pub fn decide_rollout_with(
                 ));
             } else if let Some((rival, chance)) = estimated {
                 words.push_str(&format!(
-                    " with at least a {} chance to beat every other variant (lowest: {} against {})",
+                    " with at least a {}{adjusted} chance to beat every other variant (lowest: {} against {})",
                     percent(WINNER_MIN_CHANCE),
                     percent(chance),
                     variants[rival].0,
@@ -273,8 +350,13 @@ pub fn decide_rollout_with(
             };
             if last_call {
                 format!(
-                    "no clear winner by the decision deadline: {leader_name} {best} ({leader_rate}), but {}{threshold}; so the variant with the higher observed rate, {leader_name}, goes",
-                    against(rival)
+                    "no clear winner by the decision deadline: {leader_name} {best} ({leader_rate}), but {}{threshold}; so the variant {}, {leader_name}, goes",
+                    against(rival),
+                    if adjusted_leader.is_some() {
+                        "ahead once CUPED-adjusted"
+                    } else {
+                        "with the higher observed rate"
+                    }
                 )
             } else {
                 format!(
@@ -301,6 +383,71 @@ mod tests {
 
     fn arm(n: u64, k: u64) -> ArmCounts {
         ArmCounts::new(n, k).unwrap()
+    }
+
+    /// Conversion's CUPED sums: `n` contacts, `pre` of them converted before,
+    /// `converted` after, `both` of them among the `pre`.
+    fn cuped(n: u64, pre: u64, converted: u64, both: u64) -> MetricArm {
+        let share = |k: u64| super::super::Measure::Proportion { n, sum: k as f64 };
+        MetricArm::Adjusted {
+            n,
+            post: share(converted),
+            pre: share(pre),
+            sum_of_products: both as f64,
+        }
+    }
+
+    #[test]
+    fn with_cuped_a_variant_behind_once_adjusted_never_goes_at_the_deadline() {
+        // B has more past buyers (500 against 200) but converts less within
+        // each group: 50% against 60% of them, 5% against 10% of the rest.
+        // Observed, B leads (27.5% against 20%); adjusted, A does.
+        let variants = [("A", arm(1_000, 200)), ("B", arm(1_000, 275))];
+        let adjusted = [cuped(1_000, 200, 200, 120), cuped(1_000, 500, 275, 250)];
+        let test = TestKind::FixedHorizon;
+        let plain = decide_rollout(&variants, "conversion", true).unwrap();
+        assert_eq!(plain.chosen, 1, "{}", plain.reason);
+        let d =
+            decide_rollout_adjusted(&variants, Some(&adjusted), "conversion", true, test).unwrap();
+        assert_eq!((d.leader, d.chosen), (0, 0), "{}", d.reason);
+        assert!(d.reason.contains("A"), "{}", d.reason);
+        assert!(!d.reason.contains("B goes"), "{}", d.reason);
+    }
+
+    #[test]
+    fn with_cuped_the_leaders_test_is_the_adjusted_one() {
+        // 30% of those who converted before convert again, 5% of the others,
+        // in both arms; B only has more of the former (500 against 200).
+        let variants = [("A", arm(1_000, 100)), ("B", arm(1_000, 175))];
+        let adjusted = [cuped(1_000, 200, 100, 60), cuped(1_000, 500, 175, 150)];
+        let plain = decide_rollout(&variants, "conversion", false).unwrap();
+        assert!(
+            plain.clear_winner && !plain.rivals[0].cuped,
+            "{}",
+            plain.reason
+        );
+        let test = TestKind::FixedHorizon;
+        let d =
+            decide_rollout_adjusted(&variants, Some(&adjusted), "conversion", false, test).unwrap();
+        assert_eq!(d.leader, 1);
+        assert!(
+            !d.clear_winner && !d.decided && d.rivals[0].cuped,
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.reason.contains("its CUPED-adjusted chance to beat A is"),
+            "{}",
+            d.reason
+        );
+        // Where the adjusted comparison has no estimate (A converted nobody),
+        // the unadjusted decision stands: Fisher's exact test.
+        let variants = [("A", arm(1_000, 0)), ("B", arm(1_000, 50))];
+        let adjusted = [cuped(1_000, 200, 0, 0), cuped(1_000, 500, 50, 40)];
+        let d =
+            decide_rollout_adjusted(&variants, Some(&adjusted), "conversion", false, test).unwrap();
+        assert!(d.clear_winner && !d.rivals[0].cuped, "{}", d.reason);
+        assert!(d.rivals[0].fisher_p.is_some(), "{:?}", d.rivals);
     }
 
     #[test]

@@ -356,5 +356,6 @@ async fn a_lane_claims_its_routes_horizon_and_keeps_its_rate() {
     let took = started.elapsed();
     // Eleven sends at 20/s: ten intervals of 50 ms.
     assert!(took >= Duration::from_millis(450), "{took:?}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Generous: the machine may be loaded; the pacer's own tests bound it tightly.
+    assert!(took < Duration::from_secs(30), "{took:?}");
 }

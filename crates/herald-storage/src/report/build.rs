@@ -22,7 +22,10 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::words;
-use super::{ARPU_DAYS, ReportData, ReportFilter, ResultsTally, RolloutRecord, RunRow, Tally};
+use super::{
+    ARPU_DAYS, RatioCupedTally, ReportData, ReportFilter, ResultsTally, RolloutRecord, RunRow,
+    Tally,
+};
 
 /// The metric every comparison is on (SPEC section 5: converted / assigned).
 const METRIC: &str = "conversion";
@@ -680,6 +683,8 @@ struct ArmAcc {
     results: ResultsTally,
     /// Clicked among the `delivered` messages: clicks per delivered's sum of products.
     clicked_delivered: u64,
+    /// CUPED's sums of revenue per converting contact (`[results] cuped`).
+    ratio_cuped: RatioCupedTally,
 }
 
 impl ArmAcc {
@@ -705,6 +710,7 @@ impl ArmAcc {
     fn merge(&mut self, other: &ArmAcc) {
         self.tally.add(&other.tally);
         self.results.add(&other.results);
+        self.ratio_cuped.add(&other.ratio_cuped);
         self.global.add(&other.global);
         self.clicked_delivered += other.clicked_delivered;
         for (mine, theirs) in [
@@ -757,8 +763,10 @@ impl ArmAcc {
 
     /// The sums of a mean or ratio metric (`ARPU`, `LTV`,
     /// `REVENUE_PER_CONVERTER`, else clicks per delivered); with `cuped`,
-    /// ARPU and LTV are adjusted by the revenue before the message.
-    fn metric_arm(&self, metric: &str, cuped: bool) -> MetricArm {
+    /// ARPU and LTV are adjusted by the revenue before the message, and with
+    /// `ratio_cuped` revenue per converting contact by the goal's revenue and
+    /// conversions before it.
+    fn metric_arm(&self, metric: &str, cuped: bool, ratio_cuped: bool) -> MetricArm {
         let r = &self.results;
         let t = &self.tally;
         let c = &r.cuped;
@@ -793,6 +801,23 @@ impl ArmAcc {
             };
         }
         let share = |n: u64, k: u64| Measure::Proportion { n, sum: k as f64 };
+        if metric == REVENUE_PER_CONVERTER && ratio_cuped {
+            let c = &self.ratio_cuped;
+            let n = c.contacts;
+            let spend = |sum: f64, sum_squares: f64| Measure::Mean {
+                n,
+                sum,
+                sum_squares,
+            };
+            return MetricArm::AdjustedRatio {
+                n,
+                numerator: spend(c.revenue, c.revenue_squares),
+                denominator: share(n, c.converted),
+                pre_numerator: spend(c.pre_revenue, c.pre_revenue_squares),
+                pre_denominator: share(n, c.pre_converted),
+                products: c.products,
+            };
+        }
         match metric {
             // A message has revenue only when it converted (attribution sets
             // both together), so revenue x converted sums to the revenue.
@@ -1007,6 +1032,11 @@ fn metric_value(arm: &MetricArm) -> Option<f64> {
             ..
         } => (denominator.sum() > 0.0).then(|| numerator.sum() / denominator.sum()),
         MetricArm::Adjusted { post, .. } => (post.n() > 0).then(|| post.mean()),
+        MetricArm::AdjustedRatio {
+            numerator,
+            denominator,
+            ..
+        } => (denominator.sum() > 0.0).then(|| numerator.sum() / denominator.sum()),
     }
 }
 
@@ -1180,6 +1210,13 @@ fn scope(
         (n + r.messages, k + r.cuped.recorded)
     });
     let cuped = settings.cuped.is_some() && cuped_recorded == cuped_contacts;
+    // Revenue per converting contact also needs the goal's revenue before the
+    // message, stored since migration m20261208_000130: the same rule.
+    let (ratio_contacts, ratio_recorded) = shown.iter().fold((0, 0), |(n, k), arm| {
+        let r = &acc(arm).ratio_cuped;
+        (n + r.contacts, k + r.recorded)
+    });
+    let ratio_cuped = cuped && ratio_recorded == ratio_contacts;
     let mut comparisons = Vec::new();
     if settings.goal.is_some() {
         for (variant, control) in &pairs {
@@ -1239,12 +1276,34 @@ fn scope(
                 if metric == CLICKS_PER_DELIVERED && *control == HOLDOUT_ARM {
                     continue;
                 }
-                metric_comparisons.extend(metric_comparison(
-                    metric,
-                    (*variant, acc(variant).metric_arm(metric, cuped)),
-                    (*control, acc(control).metric_arm(metric, cuped)),
-                    settings.test,
-                ));
+                let compare = |ratio_cuped: bool| {
+                    metric_comparison(
+                        metric,
+                        (
+                            *variant,
+                            acc(variant).metric_arm(metric, cuped, ratio_cuped),
+                        ),
+                        (
+                            *control,
+                            acc(control).metric_arm(metric, cuped, ratio_cuped),
+                        ),
+                        settings.test,
+                    )
+                };
+                let mut compared = compare(ratio_cuped);
+                // Where gbstats has no adjusted estimate of the ratio (mostly
+                // an arm without a converter in the window before: its
+                // pre-period ratio is undefined), the plain ratio is shown,
+                // marked unadjusted, as the report's CUPED sentence says.
+                if ratio_cuped
+                    && metric == REVENUE_PER_CONVERTER
+                    && compared
+                        .as_ref()
+                        .is_some_and(|c| c.result.estimate().is_none())
+                {
+                    compared = compare(false);
+                }
+                metric_comparisons.extend(compared);
             }
         }
     }
@@ -1350,6 +1409,12 @@ fn scope(
              (planned before `cuped` was set), and counting them as having none would bias the \
              lift; `--run` or `--since` runs planned with `cuped` show the adjusted figures",
             cuped_contacts - cuped_recorded
+        ));
+    } else if cuped && !ratio_cuped {
+        summary.push(format!(
+            "CUPED is not applied to revenue per converting contact: {} of {ratio_contacts} \
+             contact(s) were planned before herald stored the goal's revenue before the message",
+            ratio_contacts - ratio_recorded
         ));
     }
     let pending: u64 = arms.iter().map(|a| a.pending).sum();
@@ -1533,6 +1598,15 @@ pub fn build(data: &ReportData, settings: &ReportSettings, filter: &ReportFilter
             .entry(r.arm.clone())
             .or_default()
             .results
+            .add(&r.tally);
+    }
+    for r in &data.ratio_cuped {
+        per_run
+            .entry(r.run_id)
+            .or_default()
+            .entry(r.arm.clone())
+            .or_default()
+            .ratio_cuped
             .add(&r.tally);
     }
     let empty = Arms::new();
@@ -1772,6 +1846,7 @@ mod tests {
             secondary_goals: vec![],
             rollouts: vec![],
             results: vec![],
+            ratio_cuped: vec![],
         }
     }
 

@@ -149,7 +149,8 @@ async fn cuped_covariates_are_planned_and_adjust_the_report(db: &Db) {
     let got = rows(
         db,
         &format!(
-            "SELECT contact_id, pre_converted, CAST(pre_revenue AS DOUBLE PRECISION), arm FROM messages \
+            "SELECT contact_id, pre_converted, CAST(pre_revenue AS DOUBLE PRECISION), arm, \
+             CAST(pre_goal_revenue AS DOUBLE PRECISION) FROM messages \
              WHERE run_id = {} AND step = 0 ORDER BY contact_id",
             run.id
         ),
@@ -167,6 +168,9 @@ async fn cuped_covariates_are_planned_and_adjust_the_report(db: &Db) {
             "contact {contact}"
         );
         arms.insert(contact, r.try_get_by_index(3).unwrap());
+        // The goal is the revenue event here: its values before are the same.
+        let goal_revenue: Option<f64> = r.try_get_by_index(4).unwrap();
+        assert_eq!(goal_revenue, Some(pr), "contact {contact}");
     }
     assert_eq!(want[&2], (1, 7.0));
     assert_eq!(want[&4], (0, 0.0));
@@ -217,6 +221,7 @@ async fn cuped_covariates_are_planned_and_adjust_the_report(db: &Db) {
         let mut n = 0u64;
         let (mut conv, mut pre_conv, mut both) = (0.0, 0.0, 0.0);
         let (mut post, mut post2, mut pre, mut pre2, mut prod) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut products = stats::RatioProducts::default();
         for (c, a) in &arms {
             if a != arm {
                 continue;
@@ -233,7 +238,32 @@ async fn cuped_covariates_are_planned_and_adjust_the_report(db: &Db) {
             pre += pr;
             pre2 += pr * pr;
             prod += v * pr;
+            // Revenue per converting contact: (revenue, converted) after and
+            // (the goal's revenue, had the goal) before.
+            let (d, dp) = (cv, pc as f64);
+            products.m_post_d_post += v * d;
+            products.m_post_m_pre += v * pr;
+            products.d_post_d_pre += d * dp;
+            products.m_pre_d_pre += pr * dp;
+            products.m_post_d_pre += v * dp;
+            products.m_pre_d_post += pr * d;
         }
+        let per_converter = MetricArm::AdjustedRatio {
+            n,
+            numerator: Measure::Mean {
+                n,
+                sum: post,
+                sum_squares: post2,
+            },
+            denominator: Measure::Proportion { n, sum: conv },
+            pre_numerator: Measure::Mean {
+                n,
+                sum: pre,
+                sum_squares: pre2,
+            },
+            pre_denominator: Measure::Proportion { n, sum: pre_conv },
+            products,
+        };
         let conversion = MetricArm::Adjusted {
             n,
             post: Measure::Proportion { n, sum: conv },
@@ -254,10 +284,10 @@ async fn cuped_covariates_are_planned_and_adjust_the_report(db: &Db) {
             },
             sum_of_products: prod,
         };
-        (conversion, arpu)
+        (conversion, arpu, per_converter)
     };
-    let (conv_a, arpu_a) = arm_sums("a");
-    let (conv_b, arpu_b) = arm_sums("b");
+    let (conv_a, arpu_a, ratio_a) = arm_sums("a");
+    let (conv_b, arpu_b, ratio_b) = arm_sums("b");
     let test = TestKind::FixedHorizon;
     let s = &r.total;
     let conversion = &s.comparisons[0];
@@ -291,6 +321,21 @@ async fn cuped_covariates_are_planned_and_adjust_the_report(db: &Db) {
         assert!(reduction > 0.3, "{metric}: {reduction}");
         assert!(c.sentence.contains("CUPED removed"), "{}", c.sentence);
     }
+    // Revenue per converting contact, adjusted by the goal's revenue and
+    // conversions before the message (gbstats' RegressionAdjustedRatioStatistic).
+    let c = s
+        .metric_comparisons
+        .iter()
+        .find(|c| c.metric == "revenue_per_converter")
+        .unwrap();
+    assert_eq!((c.control_sums, c.variant_sums), (ratio_a, ratio_b));
+    assert_eq!(
+        c.result,
+        stats::compare_metric(&ratio_a, &ratio_b, test).unwrap()
+    );
+    let reduction = c.result.estimate().unwrap().variance_reduction.unwrap();
+    assert!(reduction > 0.1, "revenue per converter: {reduction}");
+    assert!(c.sentence.contains("CUPED removed"), "{}", c.sentence);
     assert!(
         !s.summary.iter().any(|l| l.contains("no history recorded")),
         "{:?}",
@@ -301,7 +346,8 @@ async fn cuped_covariates_are_planned_and_adjust_the_report(db: &Db) {
 /// The migration on a database made by the schema before it: rows already
 /// there get no covariates (NULL: planned before CUPED), new ones take them.
 async fn cuped_migration_upgrades_todays_schema(db: &Db) {
-    Migrator::down(&db.conn, Some(1)).await.unwrap();
+    // Down to before m20261207_000125 (m20261208_000130 came after it).
+    Migrator::down(&db.conn, Some(2)).await.unwrap();
     let columns = |db: &Db| {
         let db = db.clone();
         async move {
@@ -352,7 +398,62 @@ async fn cuped_migration_upgrades_todays_schema(db: &Db) {
     assert_eq!(got, [(1, None, None), (2, Some(1), Some(12.5))]);
 }
 
+/// m20261208_000130 on a database made by the schema before it: rows already
+/// there have no pre-period goal revenue (NULL), and the report then leaves
+/// revenue per converting contact unadjusted and says why.
+async fn goal_revenue_migration_upgrades_todays_schema(db: &Db) {
+    Migrator::down(&db.conn, Some(1)).await.unwrap();
+    let column = |db: &Db| {
+        let db = db.clone();
+        async move {
+            let q = Statement::from_string(db.backend(), "SELECT pre_goal_revenue FROM messages");
+            db.conn.query_all_raw(q).await.is_ok()
+        }
+    };
+    assert!(!column(db).await, "the column is gone before the migration");
+    exec(
+        db,
+        &format!(
+            "INSERT INTO campaigns (id, name, kind, topic, fingerprint, created_at, updated_at) VALUES (1, 'cup', 'marketing', NULL, 'cup;holdout=0;a=1,b=1', {T0}, {T0}); \
+             INSERT INTO runs (id, campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) VALUES (1, 1, {T0}, {T0}, 'done', 'manual', 'cup;holdout=0;a=1,b=1', {T0}); \
+             INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, attempts, pre_converted, pre_revenue, created_at, updated_at) VALUES (1, 1, 1, 1, 0, 'a', 'email', 'c1@example.com', {T0}, 'delivered', 1, 1, 3.5, {T0}, {T0})"
+        ),
+    )
+    .await;
+    Migrator::up(&db.conn, None).await.unwrap();
+    assert!(column(db).await);
+    let got = rows(
+        db,
+        "SELECT pre_converted, CAST(pre_goal_revenue AS DOUBLE PRECISION) FROM messages",
+    )
+    .await;
+    let got: (Option<i32>, Option<f64>) = (
+        got[0].try_get_by_index(0).unwrap(),
+        got[0].try_get_by_index(1).unwrap(),
+    );
+    assert_eq!(got, (Some(1), None));
+    let campaign = Campaign::parse("cup.toml", CAMPAIGN).unwrap();
+    let r = campaign_report(
+        db,
+        "cup",
+        Some(&campaign),
+        0.0,
+        &ReportFilter::default(),
+        T0 + 200 * DAY,
+    )
+    .await
+    .expect("report")
+    .expect("known campaign");
+    assert!(
+        r.total.summary.iter().any(|l| l
+            .contains("CUPED is not applied to revenue per converting contact: 1 of 1 contact(s)")),
+        "{:?}",
+        r.total.summary
+    );
+}
+
 on_both_databases!(
     cuped_covariates_are_planned_and_adjust_the_report,
-    cuped_migration_upgrades_todays_schema
+    cuped_migration_upgrades_todays_schema,
+    goal_revenue_migration_upgrades_todays_schema
 );

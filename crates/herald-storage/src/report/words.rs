@@ -191,9 +191,11 @@ pub fn test_sentence(test: TestKind) -> String {
 pub fn cuped_sentence(days: u32) -> String {
     format!(
         "CUPED is applied where every contact shown had its history recorded: conversion, \
-         ARPU and LTV are regression-adjusted by each contact's goal events and revenue in the \
-         {days} day(s) before the message (contacts without any count as zero); revenue per \
-         converting contact, clicks per delivered and retention are not adjusted"
+         ARPU, LTV and revenue per converting contact are regression-adjusted by each \
+         contact's goal events and revenue in the {days} day(s) before the message (contacts \
+         without any count as zero); revenue per converting contact is shown unadjusted \
+         where gbstats has no adjusted estimate (an arm without a converter before the \
+         message); clicks per delivered and retention are not adjusted"
     )
 }
 

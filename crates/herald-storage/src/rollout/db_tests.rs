@@ -404,4 +404,150 @@ async fn an_undecided_rollout_waits_until_decide_by_then_the_leader_goes(db: &Db
 on_both_databases!(
     rollout_decides_once_and_releases_the_rest_to_the_winner,
     an_undecided_rollout_waits_until_decide_by_then_the_leader_goes,
+    a_cuped_rollout_decides_on_the_adjusted_comparison,
 );
+
+/// A rollout on conversion with `[results] cuped`: the leader's test is the
+/// CUPED-adjusted one (issue 33), as the report's. Here `b` converts more only
+/// because more of its tested contacts had converted before (50% against
+/// 20%), and within each history both convert alike: unadjusted, `b` wins
+/// clearly; adjusted, there is no clear winner and nothing is decided.
+async fn a_cuped_rollout_decides_on_the_adjusted_comparison(db: &Db) {
+    const MANY: i64 = 2_000;
+    let rows: Vec<String> = (1..=MANY)
+        .map(|i| {
+            format!("({i}, 'u{i}', 'c{i}@example.com', 'UTC', '{{\"x\": 1}}', {T0}, {T0}, {T0})")
+        })
+        .collect();
+    exec(
+        db,
+        &format!(
+            "INSERT INTO contacts (id, external_id, email, timezone, attrs, first_seen_at, created_at, updated_at) VALUES {}",
+            rows.join(",")
+        ),
+    )
+    .await;
+    let source = |name: &str, cuped: &str| {
+        format!(
+            r#"
+name = "{name}"
+where = 'attrs.x == 1'
+channels = ["email"]
+goal = {{ event = "order_placed", within = "1d" }}
+
+[rollout]
+test_fraction = 0.5
+decide_after = "1h"
+metric = "conversion"
+
+[results]
+{cuped}
+
+[[variants]]
+name = "a"
+email = {{ subject = "s", template = "a.email.hbs" }}
+
+[[variants]]
+name = "b"
+email = {{ subject = "s", template = "b.email.hbs" }}
+"#
+        )
+    };
+    let adjusted =
+        Campaign::parse("rollc.toml", &source("rollc", "cuped = { days = 30 }")).unwrap();
+    let plain = Campaign::parse("rollp.toml", &source("rollp", "")).unwrap();
+    let config = Arc::new(ConfigSet {
+        herald: HeraldConfig::parse("herald.toml", "").unwrap(),
+        segments: Default::default(),
+        campaigns: [
+            ("rollc".to_string(), adjusted.clone()),
+            ("rollp".to_string(), plain.clone()),
+        ]
+        .into(),
+    });
+    let sql = Arc::new(SqlStore::new(db.clone()));
+    let store: Arc<dyn Store> = sql.clone();
+    let clock = Arc::new(FixedClock::new(at(T0)));
+    let engine = Engine::new(store.clone(), clock.clone(), config.clone());
+    let now = T0 + HOUR + 1000;
+    let mut decisions = Vec::new();
+    for campaign in [&adjusted, &plain] {
+        let (run, _) = engine.start_run(campaign, T0, "manual").await.unwrap();
+        let r = run.id;
+        // The history (as the planner would have stored it: here nobody has
+        // any, so it wrote 0 for every contact with `cuped`) and the outcomes:
+        // 60% of those with history convert, 10% of the others, in both arms.
+        exec(
+            db,
+            &format!(
+                "UPDATE messages SET status = 'delivered', sent_at = send_at, delivered_at = send_at, \
+                 pre_converted = CASE WHEN pre_converted IS NULL THEN NULL \
+                   WHEN (arm = 'a' AND id % 10 < 2) OR (arm = 'b' AND id % 10 < 5) THEN 1 ELSE 0 END \
+                 WHERE run_id = {r} AND arm IN ('a', 'b')"
+            ),
+        )
+        .await;
+        exec(
+            db,
+            &format!(
+                "UPDATE messages SET converted_at = CASE WHEN \
+                   ((arm = 'a' AND id % 10 < 2) OR (arm = 'b' AND id % 10 < 5)) AND (id / 10) % 10 < 6 \
+                   OR NOT ((arm = 'a' AND id % 10 < 2) OR (arm = 'b' AND id % 10 < 5)) AND (id / 10) % 10 < 1 \
+                 THEN send_at + 1000 END WHERE run_id = {r} AND arm IN ('a', 'b')"
+            ),
+        )
+        .await;
+        let outcomes = sql.arm_outcomes(r, now).await.unwrap();
+        let decision = herald_engine::rollout::decide(
+            campaign,
+            herald_domain::config::RolloutMetric::Conversion,
+            &outcomes,
+            r,
+            now,
+            false,
+        )
+        .unwrap();
+        decisions.push((r, outcomes, decision));
+    }
+    let [(rc, with_history, cuped), (rp, without, unadjusted)] = &decisions[..] else {
+        unreachable!()
+    };
+    // The planner stored the (empty) history only where `cuped` asked for it.
+    for o in with_history.iter().filter(|o| o.arm == "a" || o.arm == "b") {
+        assert_eq!(o.pre_recorded, o.assigned, "{o:?}");
+        assert!(o.pre_converted > 0 && o.both_converted > 0, "{o:?}");
+    }
+    assert!(without.iter().all(|o| o.pre_recorded == 0), "{without:?}");
+    // b leads on the observed rate under both.
+    assert_eq!(
+        unadjusted.rollout.leader, 1,
+        "{}",
+        unadjusted.rollout.reason
+    );
+    assert_eq!(cuped.rollout.leader, 1, "{}", cuped.rollout.reason);
+    assert!(
+        unadjusted.rollout.clear_winner && !unadjusted.rollout.rivals[0].cuped,
+        "{}",
+        unadjusted.rollout.reason
+    );
+    assert!(
+        !cuped.rollout.clear_winner && !cuped.rollout.decided && cuped.rollout.rivals[0].cuped,
+        "{}",
+        cuped.rollout.reason
+    );
+    assert!(
+        cuped
+            .rollout
+            .reason
+            .contains("its CUPED-adjusted chance to beat a is"),
+        "{}",
+        cuped.rollout.reason
+    );
+    // The daemon's pass goes the same ways: the plain run decides b, the CUPED one waits.
+    clock.set(at(now));
+    let roller = Roller::new(store.clone(), sql.clone(), clock.clone(), config.clone());
+    let rolled = roller.tick().await.unwrap();
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    assert_eq!((rolled[0].run_id, rolled[0].chosen.as_str()), (*rp, "b"));
+    assert_eq!(sql.recorded_choice(*rc).await.unwrap(), None);
+}

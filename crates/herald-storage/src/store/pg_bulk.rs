@@ -45,14 +45,14 @@ async fn execute(db: &Db, sql: &'static str, args: PgArguments) -> StoreResult<(
 macro_rules! insert_planned {
     ($on_conflict:literal) => {
         concat!(
-            "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, pre_converted, pre_revenue, attempts, open_count, click_count, revenue, created_at, updated_at, sent_at, delivered_at) \
+            "INSERT INTO messages (run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, reason, pre_converted, pre_revenue, pre_goal_revenue, attempts, open_count, click_count, revenue, created_at, updated_at, sent_at, delivered_at) \
          SELECT $1, $2, u.contact_id, u.step, u.arm, u.channel, u.address, u.send_at, \
            CASE WHEN u.status IN ('sent', 'delivered') AND NOT r.live THEN 'planned' ELSE u.status END, \
-           u.reason, u.pre_converted, u.pre_revenue, CASE WHEN u.status IN ('sent', 'delivered') AND r.live THEN 1 ELSE 0 END, 0, 0, 0, $3, $3, \
+           u.reason, u.pre_converted, u.pre_revenue, u.pre_goal_revenue, CASE WHEN u.status IN ('sent', 'delivered') AND r.live THEN 1 ELSE 0 END, 0, 0, 0, $3, $3, \
            CASE WHEN u.status IN ('sent', 'delivered') AND r.live THEN $3 END, \
            CASE WHEN u.status = 'delivered' AND r.live THEN $3 END \
-         FROM UNNEST($4::int8[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[], $12::int4[], $13::float8[]) \
-         AS u(contact_id, step, arm, channel, address, send_at, status, reason, pre_converted, pre_revenue), \
+         FROM UNNEST($4::int8[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[], $12::int4[], $13::float8[], $14::float8[]) \
+         AS u(contact_id, step, arm, channel, address, send_at, status, reason, pre_converted, pre_revenue, pre_goal_revenue), \
          (SELECT state IN ('planning', 'running') AS live FROM runs WHERE id = $1 AND state IN ('planning', 'running', 'paused') FOR SHARE) AS r",
             $on_conflict
         )
@@ -69,7 +69,7 @@ const INSERT_PLANNED: [&str; 2] = [
 ];
 
 /// [`INSERT_PLANNED`] and, in the same statement, the flight of the rows
-/// handed (lease owner $14, until $15); returns each handed row with the flight's id.
+/// handed (lease owner $15, until $16); returns each handed row with the flight's id.
 macro_rules! insert_handed {
     ($on_conflict:literal) => {
         concat!(
@@ -78,7 +78,7 @@ macro_rules! insert_handed {
             " RETURNING id, contact_id, step, status), \
      handed AS (SELECT id, contact_id, step FROM written WHERE status IN ('sent', 'delivered')), \
      flight AS (INSERT INTO flights (run_id, owner, lease_until, written_at, size, ids) \
-       SELECT $1, $14, $15, $3, COUNT(*), string_agg(id::text, ',') FROM handed HAVING COUNT(*) > 0 RETURNING id) \
+       SELECT $1, $15, $16, $3, COUNT(*), string_agg(id::text, ',') FROM handed HAVING COUNT(*) > 0 RETURNING id) \
      SELECT handed.id, handed.contact_id, handed.step, flight.id FROM handed, flight"
         )
     };
@@ -165,6 +165,10 @@ pub async fn insert_planned(
             .bind_iter(),
     )?;
     add(&mut args, rows.iter().map(|m| m.pre.revenue).bind_iter())?;
+    add(
+        &mut args,
+        rows.iter().map(|m| m.pre.goal_revenue).bind_iter(),
+    )?;
     let pool = db.conn.get_postgres_connection_pool();
     let Some(h) = handed else {
         execute_new_rows(db, INSERT_PLANNED, args).await?;
