@@ -494,7 +494,10 @@ async fn pre_period_sums(store: &dyn Store, c: &[i64]) {
     let got = store.pre_period(c, &spec).await.unwrap();
     let mut got: Vec<_> = got.into_iter().collect();
     got.sort_by_key(|(id, _)| *id);
-    assert_eq!(got, vec![(c[0], (true, 7.5, 20.0)), (c[1], (false, 3.0, 0.0))]);
+    assert_eq!(
+        got,
+        vec![(c[0], (true, 7.5, 20.0)), (c[1], (false, 3.0, 0.0))]
+    );
 }
 
 mod pre_period_sums {

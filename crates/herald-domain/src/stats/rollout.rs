@@ -429,14 +429,16 @@ mod tests {
         let test = TestKind::FixedHorizon;
         let d =
             decide_rollout_adjusted(&variants, Some(&adjusted), "conversion", false, test).unwrap();
-        assert_eq!(d.leader, 1);
+        // Adjusted, the two are level (B's lift is not above zero), so A,
+        // the first, leads; B only led on the observed rates.
+        assert_eq!(d.leader, 0, "{}", d.reason);
         assert!(
             !d.clear_winner && !d.decided && d.rivals[0].cuped,
             "{}",
             d.reason
         );
         assert!(
-            d.reason.contains("its CUPED-adjusted chance to beat A is"),
+            d.reason.contains("its CUPED-adjusted chance to beat B is"),
             "{}",
             d.reason
         );
