@@ -22,6 +22,7 @@ mod m20261207_000122_lanes;
 mod m20261207_000123_campaign_goals;
 mod m20261207_000124_provider_id_index;
 mod m20261207_000125_cuped_covariates;
+mod m20261208_000120_console_figures;
 
 /// Applies herald's migrations in order.
 pub struct Migrator;
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000123_campaign_goals::Migration),
             Box::new(m20261207_000124_provider_id_index::Migration),
             Box::new(m20261207_000125_cuped_covariates::Migration),
+            Box::new(m20261208_000120_console_figures::Migration),
         ]
     }
 }
