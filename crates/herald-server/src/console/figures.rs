@@ -428,7 +428,13 @@ pub async fn refresher(
         match stored::take_lease(st.db(), LEASE, &owner, now, LEASE_MS).await {
             Ok(true) => {
                 let t = Instant::now();
-                match refresh(&st).await {
+                // A pass over a large database takes a while: stopping does
+                // not wait for it (what it stored so far stays good).
+                let done = tokio::select! {
+                    r = refresh(&st) => r,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                match done {
                     Ok(r) => tracing::debug!(
                         stored = r.stored,
                         failed = r.failed,
