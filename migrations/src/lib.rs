@@ -22,6 +22,7 @@ mod m20261207_000122_lanes;
 mod m20261207_000123_campaign_goals;
 mod m20261207_000124_provider_id_index;
 mod m20261207_000125_cuped_covariates;
+mod m20261208_000120_console_figures;
 mod m20261208_000130_cuped_goal_revenue;
 
 /// Applies herald's migrations in order.
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000123_campaign_goals::Migration),
             Box::new(m20261207_000124_provider_id_index::Migration),
             Box::new(m20261207_000125_cuped_covariates::Migration),
+            Box::new(m20261208_000120_console_figures::Migration),
             Box::new(m20261208_000130_cuped_goal_revenue::Migration),
         ]
     }

@@ -15,13 +15,14 @@ use herald_storage::import::import_contacts;
 
 use herald_cli::datagen;
 
+mod console;
 mod entry;
 mod report;
 mod run;
 mod segments;
 mod trigger;
 
-/// herald's benchmarks: import, segments, a whole run, the report, triggers.
+/// herald's benchmarks: import, segments, a whole run, the report, triggers, the console.
 #[derive(Parser, Debug)]
 #[command(name = "herald-bench", version, about)]
 pub struct BenchArgs {
@@ -135,6 +136,28 @@ enum BenchWhat {
         #[arg(long)]
         database: Option<String>,
         /// Pass over the data a previous run left in `--database`.
+        #[arg(long, requires = "database")]
+        keep: bool,
+    },
+    /// The console's pages over a large database: each page's HTML timed
+    /// through the real admin router, before and after the stored figures.
+    Console {
+        /// Contacts to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        contacts: i64,
+        /// Messages to generate.
+        #[arg(long, default_value_t = 10_000_000)]
+        messages: i64,
+        /// Purchase events to generate (for the segments' R x F grid).
+        #[arg(long, default_value_t = 1_000_000)]
+        purchases: i64,
+        /// Requests a page with stored figures (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        requests: usize,
+        /// A scratch database: EMPTIED first (default: a temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+        /// Time the data a previous run left in `--database`.
         #[arg(long, requires = "database")]
         keep: bool,
     },
@@ -252,6 +275,25 @@ async fn main() -> anyhow::Result<()> {
                 keep: *keep,
             };
             entry::run(&url, options).await
+        }
+        BenchWhat::Console {
+            contacts,
+            messages,
+            purchases,
+            requests,
+            database,
+            keep,
+        } => {
+            let dir = tempfile::tempdir()?;
+            let url = database_or_scratch(database, dir.path(), "console");
+            let options = console::Options {
+                contacts: *contacts,
+                messages: *messages,
+                purchases: *purchases,
+                requests: *requests,
+                keep: *keep,
+            };
+            console::run(&url, options).await
         }
         BenchWhat::ImportOne { file, database } => {
             let db = Db::connect(database).await?;

@@ -24,6 +24,9 @@ mod serve;
 mod status;
 mod test_to;
 
+/// The report source `herald serve` gives the console and the API (the benchmark drives it too).
+pub use report::report_source;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -174,6 +174,9 @@ fn console_settings(
     }
     let mut s = herald_server::ConsoleSettings::new(secret.as_bytes(), password);
     s.timezone = c.timezone.0;
+    // The pages read stored figures; this process keeps them fresh (one
+    // process at a time on a shared database, by a lease).
+    s.refresh_every = Some(herald_server::console::figures::REFRESH_EVERY);
     s.password_env = c.password_env.clone();
     s.secure_cookie = c
         .url

@@ -342,7 +342,34 @@ async fn serve_limited(
             stop_rx.clone(),
         ))
     });
+    // The console's figures are refreshed where the console is served.
+    let every = state
+        .inner
+        .config
+        .console
+        .as_ref()
+        .and_then(|c| c.refresh_every)
+        .filter(|_| admin_task.is_some());
+    let refresher = every.map(|every| {
+        let owner = format!(
+            "{}-{}",
+            std::process::id(),
+            now_ms().rem_euclid(1_000_000_000)
+        );
+        tokio::spawn(console::figures::refresher(
+            state.clone(),
+            owner,
+            every,
+            stop_rx.clone(),
+        ))
+    });
     let served = listen::serve_http(http, router(state.clone()), limits, stop_rx.clone()).await;
+    if let Some(r) = refresher {
+        // It gives its lease up on the way out, so another process takes over at once.
+        if let Err(e) = r.await {
+            tracing::error!(error = %e, "the console's refresh job panicked");
+        }
+    }
     for (name, task) in [("SMTP receiver", smtp_task), ("admin listener", admin_task)] {
         if let Some(t) = task {
             match t.await {

@@ -14,7 +14,7 @@ use crate::report::{ReportFilter, ReportResult, runs};
 use crate::sql::Sql;
 
 /// One arm's conversions: (bucket since the send, conversions in it), by bucket.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ArmConversions {
     /// The arm.
     pub arm: String,

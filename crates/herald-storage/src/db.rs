@@ -158,7 +158,9 @@ impl Db {
 
     /// Deletes every row of every herald table (tests, the demo and benchmarks start clean).
     pub async fn truncate_all(&self) -> Result<(), DbError> {
-        const TABLES: [&str; 17] = [
+        const TABLES: [&str; 19] = [
+            "console_figures",
+            "console_lease",
             "flights",
             "trigger_cursors",
             "entry_passes",

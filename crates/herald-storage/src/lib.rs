@@ -4,12 +4,14 @@
 //! [`entry`] runs segment-entry passes;
 //! [`segment_sql`] compiles a segment filter into one parameterised query;
 //! [`segment_preview`] counts a segment's members, R x F grid and stages;
+//! [`console_figures`] keeps the console's expensive figures, counted ahead;
 //! [`store`] implements the engine's `Store` (planning, claiming, outcomes).
 //! Instants are BIGINT milliseconds since the epoch, so SQL time arithmetic
 //! is one dialect.
 
 pub mod attribute;
 pub mod audience;
+pub mod console_figures;
 pub mod contacts;
 pub mod conversions;
 pub mod db;
@@ -34,6 +36,7 @@ pub mod sql;
 pub mod store;
 #[cfg(test)]
 mod store_contract;
+pub mod synthetic;
 #[cfg(test)]
 pub(crate) mod test_db;
 pub mod tracking;

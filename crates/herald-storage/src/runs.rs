@@ -169,7 +169,7 @@ pub async fn leave(db: &Db, owner: &str, now: i64) -> Result<(), RunsError> {
 }
 
 /// One run, as `herald status` lists it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunStatus {
     /// Run id.
     pub id: i64,
@@ -195,7 +195,7 @@ pub struct RunStatus {
 }
 
 /// A segment-entry campaign's passes, as one row of `herald status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Passes {
     /// How many passes it has made.
     pub count: i64,
@@ -204,7 +204,7 @@ pub struct Passes {
 }
 
 /// Queue depth and pace of one channel.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ChannelStatus {
     /// The channel.
     pub channel: String,
@@ -236,7 +236,7 @@ fn channel_mut(channels: &mut Vec<ChannelStatus>, channel: String) -> &mut Chann
 }
 
 /// What `herald status` shows.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     /// The most recent runs, newest first.
     pub runs: Vec<RunStatus>,
@@ -405,6 +405,29 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
         run.counts.retain(|(_, count)| *count > 0);
         run.counts.sort();
     }
+    queue_and_daemons(db, now, &in_air, &mut out).await?;
+    let mut q = Sql::new();
+    q.push("SELECT COALESCE(reason, status), COUNT(*) FROM messages WHERE status IN ('failed', 'unknown') AND updated_at > ")
+        .bind(now - 86_400_000)
+        .push(" GROUP BY COALESCE(reason, status) ORDER BY COUNT(*) DESC LIMIT 10");
+    for r in all(db, q).await? {
+        out.failures.push((get(&r, 0)?, get(&r, 1)?));
+    }
+    txn.commit().await.map_err(db_err)?;
+    Ok(out)
+}
+
+/// The channels' queue depth and pace, and the live daemons, at `now`, into
+/// `out`; `in_air` are the flights in the air, counted as being sent. Each
+/// statement reads through an index (`messages_lane` by status, `attempts_at`
+/// by time, the small `daemons`), so its cost follows the queue, not the
+/// history.
+async fn queue_and_daemons(
+    db: &impl ConnectionTrait,
+    now: i64,
+    in_air: &[flights::InTheAirCount],
+    out: &mut Status,
+) -> Result<(), RunsError> {
     let mut q = Sql::new();
     q.push("SELECT m.channel, SUM(CASE WHEN m.status = 'planned' AND m.send_at <= ")
         .bind(now)
@@ -434,7 +457,7 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
         c.failed_last_hour = get::<Option<i64>>(&r, 2)?.unwrap_or(0);
     }
     // The messages of flights in the air (handed batches) are being sent.
-    for f in &in_air {
+    for f in in_air {
         if let (Some(channel), InTheAir::Sending) = (&f.channel, f.air) {
             channel_mut(&mut out.channels, channel.clone()).sending += f.n;
         }
@@ -447,19 +470,55 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
     for r in all(db, q).await? {
         out.daemons.push((get(&r, 0)?, get(&r, 1)?, get(&r, 2)?));
     }
-    let mut q = Sql::new();
-    q.push("SELECT COALESCE(reason, status), COUNT(*) FROM messages WHERE status IN ('failed', 'unknown') AND updated_at > ")
-        .bind(now - 86_400_000)
-        .push(" GROUP BY COALESCE(reason, status) ORDER BY COUNT(*) DESC LIMIT 10");
-    for r in all(db, q).await? {
-        out.failures.push((get(&r, 0)?, get(&r, 1)?));
-    }
+    Ok(())
+}
+
+/// What changes by the second on `herald status`, read live by the
+/// console beside stored figures: each channel's queue depth and pace, and
+/// the live daemons (no runs, no failures).
+pub async fn live_status(db: &Db, now: i64) -> Result<Status, RunsError> {
+    let mut out = Status::default();
+    let txn = flights::snapshot(&db.conn).await.map_err(db_err)?;
+    let in_air = flights::in_the_air(&txn, now, None).await.map_err(db_err)?;
+    queue_and_daemons(&txn, now, &in_air, &mut out).await?;
     txn.commit().await.map_err(db_err)?;
     Ok(out)
 }
 
+/// The runs `which` names without their message counts: one lookup of the
+/// runs table (the console adds stored counts, or counts live).
+pub async fn runs_of(db: &Db, which: Which) -> Result<Vec<RunStatus>, RunsError> {
+    let mut q = Sql::new();
+    q.push("SELECT r.id, c.name, r.state, CASE WHEN r.origin = 'trigger' THEN r.now_at ELSE r.scheduled_at END, r.origin, r.now_at FROM runs r JOIN campaigns c ON c.id = r.campaign_id");
+    match which {
+        Which::Recent(limit) => {
+            q.push(" ORDER BY r.id DESC LIMIT ").bind(i64::from(limit));
+        }
+        Which::One(id) => {
+            q.push(" WHERE r.id = ").bind(id);
+        }
+        Which::LatestPerCampaign => {
+            q.push(" WHERE r.id = (SELECT MAX(l.id) FROM runs l WHERE l.campaign_id = r.campaign_id) ORDER BY r.id DESC");
+        }
+    }
+    let mut out = Vec::new();
+    for r in all(&db.conn, q).await? {
+        out.push(RunStatus {
+            id: get(&r, 0)?,
+            campaign: get(&r, 1)?,
+            state: get(&r, 2)?,
+            scheduled_at: get(&r, 3)?,
+            origin: get(&r, 4)?,
+            planned_at: get(&r, 5)?,
+            counts: Vec::new(),
+            passes: None,
+        });
+    }
+    Ok(out)
+}
+
 /// One run in detail, for the console's run page.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunDetail {
     /// (channel, status, count) of its messages; flights in the air counted
     /// as `herald status` counts them (`sending`, or `unknown` once lapsed).

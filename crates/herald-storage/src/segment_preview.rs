@@ -106,6 +106,21 @@ pub async fn count(store: &SqlStore, filter: &Expr, now: i64) -> Result<i64, Pre
     Ok(scalar(store, count_sql(filter, &ctx)?).await?)
 }
 
+/// The first `limit` members of `filter` at `now`, in contact id order: a
+/// page of the planner's audience query, bounded by `limit` (the console
+/// reads it live beside stored counts, so a forgotten contact never shows
+/// from a stored copy).
+pub async fn sample(
+    store: &SqlStore,
+    filter: &Expr,
+    now: i64,
+    limit: u32,
+) -> Result<Vec<AudienceMember>, PreviewError> {
+    Ok(store
+        .audience_page(filter, now, None, 0, limit, None)
+        .await?)
+}
+
 /// The preview of `filter` at `now`, with a sample of at most `limit` members.
 pub async fn preview(
     store: &SqlStore,
@@ -122,9 +137,7 @@ pub async fn preview(
     }
     let rf_grid = rf_grid(store, filter, now).await?;
     let without_rfm = members - rf_grid.values().sum::<i64>();
-    let sample = store
-        .audience_page(filter, now, None, 0, limit, None)
-        .await?;
+    let sample = sample(store, filter, now, limit).await?;
     Ok(SegmentPreview {
         members,
         rf_grid,

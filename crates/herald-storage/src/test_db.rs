@@ -109,3 +109,21 @@ macro_rules! on_both_databases {
     )*};
 }
 pub(crate) use on_both_databases;
+
+/// Rolls `db` back to the schema just before migration `name` (e.g.
+/// `"m20261208_000120_console_figures"`), however many came after it, so a
+/// migration's upgrade test keeps working as later migrations land.
+pub async fn down_to_before(db: &Db, name: &str) {
+    use herald_migrations::{Migrator, MigratorTrait};
+    let names: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    let at = names
+        .iter()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no migration {name}"));
+    Migrator::down(&db.conn, Some((names.len() - at) as u32))
+        .await
+        .unwrap();
+}

@@ -11,6 +11,7 @@
 pub mod auth;
 mod chart;
 mod contact;
+pub mod figures;
 pub mod html;
 mod pages;
 pub mod report;
@@ -65,6 +66,10 @@ pub struct ConsoleSettings {
     /// the campaigns' rules): the segments page and a contact's "why nothing"
     /// read it; `None` shows neither.
     pub config: Option<std::sync::Arc<herald_domain::config::ConfigSet>>,
+    /// Run the refresh job of the stored figures ([`figures::refresher`])
+    /// this often while the admin listener serves; `None` runs none (the
+    /// pages then count live once and read what they stored).
+    pub refresh_every: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for ConsoleSettings {
@@ -90,6 +95,7 @@ impl ConsoleSettings {
             problems: std::sync::Arc::default(),
             rates: Vec::new(),
             config: None,
+            refresh_every: None,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The console's pages: campaigns, a run (with pause, resume and cancel),
 //! and status. Figures come from the storage queries `herald status` and
-//! `herald runs` use, so the page and the command line agree.
+//! `herald runs` use, so the page and the command line agree: the counts
+//! over messages as stored by the refresh job ([`super::figures`], their
+//! age shown), the queue, the daemons and a run's state read live.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,14 +15,10 @@ use chrono::{DateTime, Utc};
 use herald_domain::config::{Campaign, Schedule};
 use herald_storage::runs::{self, RunStatus, RunsError, Which};
 
+use super::figures::{self, BUCKET_MS, CHART_MINUTES, Key};
 use super::html::{csrf_field, esc, page, table};
 use super::{ConsoleSettings, Form, Signed, csrf_of, html, see_other, settings};
 use crate::AppState;
-
-/// Minutes of sends the run page's chart shows.
-const CHART_MINUTES: i64 = 60;
-/// Runs the status page lists.
-const STATUS_RUNS: u32 = 20;
 
 /// `ms` as a time in the console's zone.
 pub(crate) fn when(tz: chrono_tz::Tz, ms: i64) -> String {
@@ -93,13 +91,20 @@ pub(crate) async fn campaigns(
         return crate::not_found();
     };
     let now = crate::now_ms();
-    let latest = match runs::status_of(st.db(), now, Which::LatestPerCampaign).await {
-        Ok(v) => v.runs,
+    let latest = match figures::stored_or_live(&st, &Key::Campaigns, now, || {
+        figures::count_campaigns(&st, now)
+    })
+    .await
+    {
+        Ok(v) => v,
         Err(e) => return fail(e),
     };
-    let latest: BTreeMap<&str, &RunStatus> =
-        latest.iter().map(|r| (r.campaign.as_str(), r)).collect();
-    let mut body = String::new();
+    let mut body = figures::age_note(s.timezone, latest.counted_at, now);
+    let latest: BTreeMap<&str, &RunStatus> = latest
+        .value
+        .iter()
+        .map(|r| (r.campaign.as_str(), r))
+        .collect();
     if !s.problems.is_empty() {
         body.push_str("<section aria-labelledby=\"problems\"><h2 id=\"problems\">Problems found by <code>herald check</code></h2><ul class=\"error\">");
         for p in s.problems.iter() {
@@ -299,19 +304,28 @@ pub(crate) async fn run_page(
         return crate::not_found();
     };
     let now = crate::now_ms();
-    let status = match runs::status_of(st.db(), now, Which::One(id)).await {
+    // The run's state live (it changes by a click), its counts stored.
+    let run = match runs::runs_of(st.db(), Which::One(id)).await {
         Ok(v) => v,
         Err(e) => return run_error(e),
     };
-    let Some(run) = status.runs.first() else {
+    let Some(run) = run.first() else {
         return crate::not_found();
     };
-    let bucket = 60_000;
-    let span = CHART_MINUTES * bucket;
-    let detail = match runs::run_detail(st.db(), now, id, bucket, span).await {
-        Ok(d) => d,
+    let detail =
+        match figures::stored_or_live(&st, &Key::Run(id), now, || figures::count_run(&st, now, id))
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => return fail(e),
+        };
+    let status = match runs::live_status(st.db(), now).await {
+        Ok(v) => v,
         Err(e) => return fail(e),
     };
+    let counted_at = detail.counted_at;
+    let detail = detail.value;
+    let counts = figures::counts_by_status(&detail);
     let csrf = csrf_of(&st, &session);
     let mut body = String::new();
     if let Some(m) = done_message(query.as_deref()) {
@@ -341,8 +355,8 @@ pub(crate) async fn run_page(
         );
     }
     body.push_str("</p>");
-    let rows: Vec<Vec<String>> = run
-        .counts
+    body.push_str(&figures::age_note(s.timezone, counted_at, now));
+    let rows: Vec<Vec<String>> = counts
         .iter()
         .map(|(st, n)| vec![esc(st), num(*n)])
         .collect();
@@ -381,8 +395,10 @@ pub(crate) async fn run_page(
         "Failures of this run by reason",
         &detail.failures,
     ));
-    // Every minute of the last hour, empty ones too.
-    let from = now - span;
+    // Every minute of the hour before the count, empty ones too.
+    let (bucket, span) = (BUCKET_MS, CHART_MINUTES * BUCKET_MS);
+    let end = counted_at.unwrap_or(now);
+    let from = end - span;
     let bars: Vec<(String, i64)> = (0..CHART_MINUTES)
         .map(|i| {
             let start = from + i * bucket;
@@ -397,13 +413,14 @@ pub(crate) async fn run_page(
     let total: i64 = bars.iter().map(|b| b.1).sum();
     let _ = write!(
         body,
-        "<h2>Sends per minute, last hour</h2><figure>{}<figcaption>{total} sends accepted by providers in the last hour.</figcaption></figure>",
+        "<h2>Sends per minute, last hour</h2><figure>{}<figcaption>{total} sends accepted by providers in the hour to {}.</figcaption></figure>",
         super::chart::bars(
             "Sends accepted per minute over the last hour",
             &bars,
             &when(s.timezone, from),
-            &when(s.timezone, now)
-        )
+            &when(s.timezone, end)
+        ),
+        esc(&when(s.timezone, end))
     );
     html(
         StatusCode::OK,
@@ -439,9 +456,9 @@ pub(crate) async fn confirm(
     let Some((label, words)) = action_words(&action) else {
         return crate::not_found();
     };
-    if let Err(e) = runs::status_of(st.db(), crate::now_ms(), Which::One(id))
+    if let Err(e) = runs::runs_of(st.db(), Which::One(id))
         .await
-        .and_then(|s| s.runs.first().map(|_| ()).ok_or(RunsError::NoSuchRun(id)))
+        .and_then(|r| r.first().map(|_| ()).ok_or(RunsError::NoSuchRun(id)))
     {
         return run_error(e);
     }
@@ -510,9 +527,24 @@ pub(crate) async fn status_page(
         return crate::not_found();
     };
     let now = crate::now_ms();
-    let status = match runs::status_of(st.db(), now, Which::Recent(STATUS_RUNS)).await {
+    // The queue and daemons live, through their indexes; the recent runs'
+    // counts and the day's failures stored.
+    let live = match runs::live_status(st.db(), now).await {
         Ok(v) => v,
         Err(e) => return fail(e),
+    };
+    let stored =
+        match figures::stored_or_live(&st, &Key::Status, now, || figures::count_status(&st, now))
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+    let status = runs::Status {
+        runs: stored.value.runs,
+        failures: stored.value.failures,
+        channels: live.channels,
+        daemons: live.daemons,
     };
     let mut body = String::new();
     body.push_str(&channel_table(s, &status));
@@ -554,6 +586,7 @@ pub(crate) async fn status_page(
             &rows,
         ));
     }
+    body.push_str(&figures::age_note(s.timezone, stored.counted_at, now));
     body.push_str(&failures_table(
         "Recent errors: failures of the last day by reason",
         &status.failures,

@@ -18,9 +18,11 @@ use serde_json::Value;
 
 pub use super::chart::pct;
 use super::chart::{self, ArmRate};
+use super::figures::{self, Figures, Key, MINUTE_MS, ReportFigures};
 use super::html::{esc, page, table};
 use super::{Signed, csrf_of, html};
 use crate::{AppState, ReportError};
+use herald_storage::conversions::ArmConversions;
 
 /// The report's rates: (key in `rates`, name, numerator, denominator).
 pub const METRICS: [(&str, &str, &str, &str); 4] = [
@@ -229,7 +231,11 @@ fn report_error(e: ReportError) -> Response {
 }
 
 /// The report of `name` for `query`, or the answer to give instead.
-async fn fetch(st: &AppState, name: &str, query: &[(String, String)]) -> Result<Value, Response> {
+pub(crate) async fn fetch(
+    st: &AppState,
+    name: &str,
+    query: &[(String, String)],
+) -> Result<Value, Response> {
     let Some(source) = &st.inner.report else {
         return Err(html(
             StatusCode::NOT_IMPLEMENTED,
@@ -293,8 +299,25 @@ pub(crate) async fn report_page(
     let query = report_query(raw.as_deref());
     let csrf = csrf_of(&st, &session);
     let title = format!("Report: {name}");
-    let report = match fetch(&st, &name, &query).await {
-        Ok(r) => r,
+    let now = crate::now_ms();
+    let key = Key::Report(name.clone(), query.clone());
+    let stored = match figures::read::<ReportFigures>(&st, &key).await {
+        Ok(f) => f,
+        Err(e) => return crate::internal_error(e),
+    };
+    let t = std::time::Instant::now();
+    let live = match stored {
+        Some(f) => Ok(Some(f)),
+        None => figures::count_report(&st, &name, &query).await.map(|r| {
+            r.map(|value| Figures {
+                value,
+                counted_at: None,
+            })
+        }),
+    };
+    let figs = match live {
+        Ok(Some(f)) => f,
+        Ok(None) => return crate::not_found(),
         Err(r) if r.status() == StatusCode::BAD_REQUEST => {
             let body = format!(
                 "{}<p class=\"error\" role=\"alert\">That selection does not work. Change it and show again.</p>",
@@ -304,7 +327,15 @@ pub(crate) async fn report_page(
         }
         Err(r) => return r,
     };
-    let mut body = String::new();
+    if figs.counted_at.is_none() {
+        figures::keep(&st, &key, &figs.value, now, t.elapsed()).await;
+    }
+    let tz = super::settings(&st).map_or(chrono_tz::Tz::UTC, |s| s.timezone);
+    let mut body = figures::age_note(tz, figs.counted_at, now);
+    let ReportFigures {
+        report,
+        conversions,
+    } = figs.value;
     let links = encode(&query);
     let links = if links.is_empty() {
         String::new()
@@ -415,13 +446,15 @@ pub(crate) async fn report_page(
             )
         );
     }
-    body.push_str(&conversions_figure(&st, &name, &query, &arms).await);
+    body.push_str(&conversions_figure(conversions, &arms));
     html(StatusCode::OK, page(&title, Some(&csrf), &body))
 }
 
 /// The report filter of the page's query (run, since, until); `None` when
 /// it does not parse (the report has refused it already).
-fn storage_filter(query: &[(String, String)]) -> Option<herald_storage::report::ReportFilter> {
+pub(crate) fn storage_filter(
+    query: &[(String, String)],
+) -> Option<herald_storage::report::ReportFilter> {
     use herald_storage::report::{Bound, ReportFilter, parse_instant};
     let mut f = ReportFilter::default();
     for (k, v) in query {
@@ -467,31 +500,15 @@ pub(crate) fn conversion_series(
     (series, (last / per + 1) as f64)
 }
 
-const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
 
-/// The cumulative conversions chart, or a line saying why there is none.
-async fn conversions_figure(
-    st: &AppState,
-    name: &str,
-    query: &[(String, String)],
-    arms: &[Value],
-) -> String {
-    let Some(filter) = storage_filter(query) else {
+/// The cumulative conversions chart from each arm's conversions by minute
+/// since the send, or a line saying why there is none (`None`: the
+/// campaign never ran, or they could not be counted).
+fn conversions_figure(by_minute: Option<Vec<ArmConversions>>, arms: &[Value]) -> String {
+    let Some(by_minute) = by_minute else {
         return String::new();
     };
-    // One scan by minute; hours and days are those minutes summed.
-    let by_minute =
-        match herald_storage::conversions::by_time_since_send(st.db(), name, &filter, MINUTE_MS)
-            .await
-        {
-            Ok(Some(c)) => c,
-            Ok(None) => return String::new(),
-            Err(e) => {
-                tracing::warn!(error = %e, "counting conversions over time failed");
-                return String::new();
-            }
-        };
     let mut out = "<h2 id=\"cumulative\">Conversions since the send</h2>".to_string();
     if by_minute.is_empty() {
         out.push_str("<p>No conversions yet.</p>");

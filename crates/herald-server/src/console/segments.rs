@@ -6,7 +6,9 @@
 //! for both databases), its error shown rustc-style with the caret under
 //! the mistake, and counted. Every figure comes from
 //! [`herald_storage::segment_preview`], the function `herald segment
-//! preview` prints, so the page and the command agree.
+//! preview` prints, so the page and the command agree; a configured
+//! segment's count, grid and stages as stored by the refresh job
+//! ([`super::figures`], their age shown), its sample and a tried filter live.
 
 use std::fmt::Write as _;
 
@@ -17,12 +19,14 @@ use axum::response::Response;
 use herald_domain::config::{ConfigSet, check_filter_text};
 use herald_domain::diagnostic::Diagnostic;
 use herald_domain::segment::Expr;
+use herald_engine::store::AudienceMember;
 use herald_storage::observed::FilterTypes;
-use herald_storage::segment_preview::{self, SegmentPreview};
+use herald_storage::segment_preview;
 use herald_storage::segment_sql::compiles_on_both;
 use herald_storage::store::SqlStore;
 
 use super::chart;
+use super::figures::{self, Figures, Key, SegmentFigures};
 use super::html::{esc, page, table};
 use super::report::segment;
 use super::{Signed, csrf_of, html, settings};
@@ -90,6 +94,21 @@ async fn check(
     Ok(Ok(expr))
 }
 
+/// The stored shape of a preview (of the filter `source`).
+pub(super) fn figures_of(source: String, p: &segment_preview::SegmentPreview) -> SegmentFigures {
+    SegmentFigures {
+        source,
+        members: p.members,
+        grid: p.rf_grid.iter().map(|(&(r, f), &n)| (r, f, n)).collect(),
+        without_rfm: p.without_rfm,
+        stages: p
+            .lifecycle
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), *n))
+            .collect(),
+    }
+}
+
 /// The box that tries a filter, holding `value`.
 fn try_form(value: &str) -> String {
     format!(
@@ -102,9 +121,15 @@ fn try_form(value: &str) -> String {
     )
 }
 
-/// The figures of a preview: count, heat map, stages and sample. `key`
-/// keeps the charts' ids apart on one page.
-fn preview_html(p: &SegmentPreview, key: &str, tz: chrono_tz::Tz, at: i64) -> String {
+/// The figures of a segment: count, heat map, stages and sample. `key`
+/// keeps the charts' ids apart on one page; `at` is when they were counted.
+fn preview_html(
+    p: &SegmentFigures,
+    sample: &[AudienceMember],
+    key: &str,
+    tz: chrono_tz::Tz,
+    at: i64,
+) -> String {
     let mut out = String::new();
     let when = chrono::DateTime::from_timestamp_millis(at)
         .map(|d| {
@@ -121,6 +146,8 @@ fn preview_html(p: &SegmentPreview, key: &str, tz: chrono_tz::Tz, at: i64) -> St
         esc(&when),
         p.without_rfm
     );
+    let grid: std::collections::BTreeMap<(i64, i64), i64> =
+        p.grid.iter().map(|&(r, f, n)| ((r, f), n)).collect();
     let _ = write!(
         out,
         "<div class=\"pair\"><figure>{}<figcaption>R x F grid of members: R 5 bought most recently, F 5 most often; \
@@ -128,22 +155,18 @@ fn preview_html(p: &SegmentPreview, key: &str, tz: chrono_tz::Tz, at: i64) -> St
         chart::heatmap(
             "R x F grid of members as a heat map",
             &format!("grid-{key}"),
-            &p.rf_grid
+            &grid
         ),
         p.without_rfm
     );
-    let stages: Vec<(String, i64)> = p
-        .lifecycle
-        .iter()
-        .map(|(s, n)| (s.as_str().to_string(), *n))
-        .collect();
+    let stages = &p.stages;
     let _ = write!(
         out,
         "<figure>{}<figcaption>Members by lifecycle stage.</figcaption></figure></div>",
         chart::hbars(
             "Members by lifecycle stage",
             &format!("stages-{key}"),
-            &stages
+            stages
         )
     );
     let rows: Vec<Vec<String>> = stages
@@ -151,8 +174,7 @@ fn preview_html(p: &SegmentPreview, key: &str, tz: chrono_tz::Tz, at: i64) -> St
         .map(|(s, n)| vec![esc(s), n.to_string()])
         .collect();
     out.push_str(&table("Lifecycle stages", &["stage", "members"], &rows));
-    let rows: Vec<Vec<String>> = p
-        .sample
+    let rows: Vec<Vec<String>> = sample
         .iter()
         .map(|m| {
             vec![
@@ -168,7 +190,7 @@ fn preview_html(p: &SegmentPreview, key: &str, tz: chrono_tz::Tz, at: i64) -> St
         })
         .collect();
     out.push_str(&table(
-        &format!("Sample: the first {} members", p.sample.len()),
+        &format!("Sample: the first {} members", sample.len()),
         &["contact", "email", "phone", "time zone"],
         &rows,
     ));
@@ -221,7 +243,13 @@ pub(crate) async fn segments_page(
                     );
                 }
                 Ok(Ok(expr)) => match segment_preview::preview(&store, &expr, now, SAMPLE).await {
-                    Ok(p) => body.push_str(&preview_html(&p, "tried", console.timezone, now)),
+                    Ok(p) => body.push_str(&preview_html(
+                        &figures_of(String::new(), &p),
+                        &p.sample,
+                        "tried",
+                        console.timezone,
+                        now,
+                    )),
                     Err(e) => return crate::internal_error(e),
                 },
             }
@@ -229,11 +257,27 @@ pub(crate) async fn segments_page(
         body.push_str("</section>");
     }
     let mut rows = Vec::new();
+    // The page's age is its oldest figure's; any counted live makes it "just now".
+    let (mut oldest, mut live): (Option<i64>, bool) = (None, false);
     for s in cfg.segments.values() {
-        let n = match segment_preview::count(&store, &s.filter, now).await {
-            Ok(n) => n.to_string(),
+        // The stored count when it is of this filter; else counted live.
+        let stored = match figures::read::<SegmentFigures>(&st, &Key::Segment(s.name.clone())).await
+        {
+            Ok(f) => f.filter(|f| f.value.source == s.source),
             Err(e) => return crate::internal_error(e),
         };
+        let (n, at) = match stored {
+            Some(f) => (f.value.members, f.counted_at),
+            None => match segment_preview::count(&store, &s.filter, now).await {
+                Ok(n) => (n, None),
+                Err(e) => return crate::internal_error(e),
+            },
+        };
+        match at {
+            Some(at) => oldest = Some(oldest.map_or(at, |o: i64| o.min(at))),
+            None => live = true,
+        }
+        let n = n.to_string();
         rows.push(vec![
             format!(
                 "<a href=\"/console/segments/{}\">{}</a>",
@@ -248,6 +292,11 @@ pub(crate) async fn segments_page(
     if rows.is_empty() {
         body.push_str("<p>No segments are configured (<code>config/segments/*.toml</code>).</p>");
     } else {
+        body.push_str(&figures::age_note(
+            console.timezone,
+            oldest.filter(|_| !live),
+            now,
+        ));
         body.push_str(&table(
             "Segments",
             &["segment", "what for", "where", "members"],
@@ -274,11 +323,34 @@ pub(crate) async fn segment_page(
         return crate::not_found();
     };
     let now = crate::now_ms();
-    let p = match segment_preview::preview(&store(&st, &cfg), &seg.filter, now, SAMPLE).await {
-        Ok(p) => p,
+    let key = Key::Segment(name.clone());
+    let stored = match figures::read::<SegmentFigures>(&st, &key).await {
+        Ok(f) => f.filter(|f| f.value.source == seg.source),
         Err(e) => return crate::internal_error(e),
     };
-    let mut body = String::new();
+    let p = match stored {
+        Some(f) => f,
+        None => {
+            let t = std::time::Instant::now();
+            match figures::count_segment(&st, &name, now).await {
+                Ok(Some(value)) => {
+                    figures::keep(&st, &key, &value, now, t.elapsed()).await;
+                    Figures {
+                        value,
+                        counted_at: None,
+                    }
+                }
+                Ok(None) => return crate::not_found(),
+                Err(e) => return crate::internal_error(e),
+            }
+        }
+    };
+    // The sample live: one page of the audience query, `SAMPLE` long.
+    let sample = match segment_preview::sample(&store(&st, &cfg), &seg.filter, now, SAMPLE).await {
+        Ok(s) => s,
+        Err(e) => return crate::internal_error(e),
+    };
+    let mut body = figures::age_note(console.timezone, p.counted_at, now);
     if !seg.description.is_empty() {
         let _ = write!(body, "<p>{}</p>", esc(&seg.description));
     }
@@ -288,7 +360,13 @@ pub(crate) async fn segment_page(
         esc(&seg.source),
         esc(&seg.file)
     );
-    body.push_str(&preview_html(&p, "segment", console.timezone, now));
+    body.push_str(&preview_html(
+        &p.value,
+        &sample,
+        "segment",
+        console.timezone,
+        p.counted_at.unwrap_or(now),
+    ));
     body.push_str(&try_form(&seg.source));
     html(
         StatusCode::OK,

@@ -134,11 +134,13 @@ pub async fn explain(
             out.push((run, m["campaign"].as_str().unwrap_or("").to_string(), words));
         }
     }
-    let status = runs::status_of(st.db(), crate::now_ms(), Which::LatestPerCampaign)
+    // The runs alone, not their counts: a lookup of the runs table, so a
+    // contact's page costs their own rows, not every message of the runs.
+    let latest = runs::runs_of(st.db(), Which::LatestPerCampaign)
         .await
         .map_err(|e| e.to_string())?;
     let store = super::segments::store(st, cfg);
-    for run in status.runs.iter().filter(|r| !runs_in.contains(&r.id)) {
+    for run in latest.iter().filter(|r| !runs_in.contains(&r.id)) {
         let why = match cfg.campaigns.get(&run.campaign) {
             None => "the campaign is no longer in the config, so herald cannot replay its rules."
                 .to_string(),

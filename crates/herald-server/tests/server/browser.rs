@@ -241,7 +241,8 @@ async fn axe_violations(b: &Browser, script: &str) -> Vec<String> {
 }
 
 /// Every page of the console, signed in, through axe-core in the same
-/// Chromium: no violation of serious or critical impact (#31).
+/// Chromium, in the light and the dark theme: no violation of serious or
+/// critical impact (#31).
 async fn every_page_passes_axe_core_with_no_serious_violation(app: &App) {
     let Some(driver) = driver() else { return };
     let Some(axe) = axe_source() else { return };
@@ -268,28 +269,39 @@ async fn every_page_passes_axe_core_with_no_serious_violation(app: &App) {
         .map(|p| format!("/console/sign-in: {p}"))
         .collect();
     sign_in(&b, app, PASSWORD).await;
-    for path in [
-        "/console/",
-        "/console/status",
-        "/console/runs/1",
-        "/console/runs/1/pause",
-        "/console/campaigns/winback/report",
-        "/console/segments",
-        "/console/segments?filter=lifecyle+%3D%3D+1",
-        "/console/segments?filter=rfm.f+%3E%3D+1",
-        "/console/segments/buyers",
-        "/console/contacts",
-        "/console/contacts/c1",
-        "/console/contacts/c4",
-        "/console/contacts/c1/forget",
-    ] {
-        b.goto(&admin(app, path)).await;
-        problems.extend(
-            axe_violations(&b, &script)
-                .await
-                .into_iter()
-                .map(|p| format!("{path}: {p}")),
+    // Each page in the light theme, then in the dark one (the stylesheet's
+    // `prefers-color-scheme: dark` colours must contrast as well).
+    for scheme in ["light", "dark"] {
+        b.color_scheme(scheme).await;
+        assert_eq!(
+            b.script("return window.matchMedia('(prefers-color-scheme: dark)').matches;")
+                .await,
+            serde_json::json!(scheme == "dark"),
+            "the browser shows the {scheme} theme"
         );
+        for path in [
+            "/console/",
+            "/console/status",
+            "/console/runs/1",
+            "/console/runs/1/pause",
+            "/console/campaigns/winback/report",
+            "/console/segments",
+            "/console/segments?filter=lifecyle+%3D%3D+1",
+            "/console/segments?filter=rfm.f+%3E%3D+1",
+            "/console/segments/buyers",
+            "/console/contacts",
+            "/console/contacts/c1",
+            "/console/contacts/c4",
+            "/console/contacts/c1/forget",
+        ] {
+            b.goto(&admin(app, path)).await;
+            problems.extend(
+                axe_violations(&b, &script)
+                    .await
+                    .into_iter()
+                    .map(|p| format!("{path} ({scheme}): {p}")),
+            );
+        }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

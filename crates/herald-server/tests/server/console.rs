@@ -708,7 +708,143 @@ async fn a_contacts_page_tells_their_story_and_forgets_them(app: &App) {
     );
 }
 
+/// A page's figures come from the stored aggregates with their age: the
+/// first visit counts live and says so, the next reads what was stored
+/// (a change to the messages does not show), and a refresh counts again
+/// (it shows, with a new age). The run, report and segment pages alike.
+async fn pages_show_stored_figures_with_their_age_until_a_refresh(app: &App) {
+    use herald_server::console::figures::refresh;
+    let b = sign_in(app).await;
+    let cell =
+        |status: &str, n: i64| format!("<td>{status}</td><td><span class=\"n\">{n}</span></td>");
+    let pages = [
+        "/console/runs/1",
+        "/console/campaigns/winback/report",
+        "/console/segments/everyone",
+        "/console/status",
+    ];
+    for p in pages {
+        let (status, page) = get(app, p, Some(&b.cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{p}: {page}");
+        assert!(
+            page.contains("Figures counted just now: none were stored yet"),
+            "{p}: {page}"
+        );
+    }
+    let (_, page) = get(app, "/console/runs/1", Some(&b.cookie)).await;
+    assert!(page.contains("Figures as of <time"), "{page}");
+    assert!(page.contains(&cell("delivered", 2)), "{page}");
+    let (_, report) = get(app, "/console/campaigns/winback/report", Some(&b.cookie)).await;
+    assert!(report.contains("Figures as of <time"), "{report}");
+    assert!(report.contains("Arms: 6 messages in 1 runs"), "{report}");
+    // The messages change: the stored figures still show the old counts.
+    let now = now_ms();
+    for sql in [
+        format!("UPDATE messages SET status = 'delivered', delivered_at = {now} WHERE id = 6"),
+        format!(
+            "INSERT INTO contacts (id, external_id, email, attrs, created_at, updated_at) VALUES (7, 'c7', 'eve@example.com', '{{}}', {now}, {now})"
+        ),
+        format!(
+            "INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, attempts, open_count, click_count, revenue, created_at, updated_at) VALUES \
+             (8, 1, 1, 7, 0, 'discount', 'email', 'eve@example.com', {now}, 'delivered', 1, 0, 0, 0, {now}, {now})"
+        ),
+    ] {
+        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    let (_, page) = get(app, "/console/runs/1", Some(&b.cookie)).await;
+    assert!(page.contains(&cell("delivered", 2)), "stored: {page}");
+    let (_, seg) = get(app, "/console/segments/everyone", Some(&b.cookie)).await;
+    assert!(
+        seg.contains("id=\"members-segment\">5</strong>"),
+        "stored: {seg}"
+    );
+    // The sample is live: the new contact is in it already.
+    assert!(seg.contains("/console/contacts/c7"), "{seg}");
+    let done = refresh(&app.state).await.unwrap();
+    assert_eq!(done.failed, 0, "{done:?}");
+    assert!(done.stored >= 4, "{done:?}");
+    let (_, page) = get(app, "/console/runs/1", Some(&b.cookie)).await;
+    assert!(page.contains(&cell("delivered", 4)), "refreshed: {page}");
+    assert!(page.contains(&cell("sent", 1)), "refreshed: {page}");
+    assert!(page.contains("Figures as of <time"), "{page}");
+    let (_, seg) = get(app, "/console/segments/everyone", Some(&b.cookie)).await;
+    assert!(
+        seg.contains("id=\"members-segment\">6</strong>"),
+        "refreshed: {seg}"
+    );
+    let (_, report) = get(app, "/console/campaigns/winback/report", Some(&b.cookie)).await;
+    assert!(
+        report.contains("Arms: 7 messages in 1 runs"),
+        "refreshed: {report}"
+    );
+    let (_, list) = get(app, "/console/segments", Some(&b.cookie)).await;
+    assert!(list.contains("Figures as of <time"), "{list}");
+}
+
+/// The refresh job counts only while it holds the lease: with another
+/// process's lease running it stores nothing; once that one gives it up,
+/// it stores the figures, and gives its own up when stopped.
+async fn the_refresh_job_refreshes_under_its_lease(app: &App) {
+    use herald_server::console::figures::refresher;
+    use herald_storage::console_figures as stored;
+    let now = now_ms();
+    assert!(
+        stored::take_lease(&app.db, "console_figures", "other", now, 60_000)
+            .await
+            .unwrap()
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let job = tokio::spawn(refresher(
+        app.state.clone(),
+        "this".into(),
+        std::time::Duration::from_millis(50),
+        stopped,
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        stored::keys(&app.db).await.unwrap().is_empty(),
+        "another holds the lease"
+    );
+    stored::release_lease(&app.db, "console_figures", "other")
+        .await
+        .unwrap();
+    let mut keys = Vec::new();
+    for _ in 0..100 {
+        keys = stored::keys(&app.db).await.unwrap();
+        if keys.iter().any(|k| k.0 == "segment:everyone") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let keys: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    for k in [
+        "campaigns",
+        "status",
+        "run:1",
+        "run:2",
+        "segment:everyone",
+        "segment:buyers",
+    ] {
+        assert!(keys.contains(&k), "{k} not in {keys:?}");
+    }
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("report:campaign=winback")),
+        "{keys:?}"
+    );
+    stop.send(true).unwrap();
+    job.await.unwrap();
+    // Given up: another process takes it at once.
+    assert!(
+        stored::take_lease(&app.db, "console_figures", "other", now_ms(), 60_000)
+            .await
+            .unwrap()
+    );
+}
+
 with_console!(
+    pages_show_stored_figures_with_their_age_until_a_refresh,
+    the_refresh_job_refreshes_under_its_lease,
     a_contacts_page_tells_their_story_and_forgets_them,
     signed_out_everything_is_refused,
     an_action_without_its_csrf_token_is_refused,

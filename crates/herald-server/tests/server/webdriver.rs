@@ -187,6 +187,20 @@ impl Browser {
         self.call(reqwest::Method::GET, path, None).await
     }
 
+    /// Shows pages as a browser set to a dark theme does
+    /// (`prefers-color-scheme: dark`, by Chromium's DevTools protocol), or
+    /// back to light.
+    pub async fn color_scheme(&self, scheme: &str) {
+        self.post(
+            "/goog/cdp/execute",
+            json!({ "cmd": "Emulation.setEmulatedMedia", "params": {
+                "features": [{ "name": "prefers-color-scheme", "value": scheme }]
+            }}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("emulate prefers-color-scheme: {scheme}: {e}"));
+    }
+
     /// Opens `url` and waits for it to load.
     pub async fn goto(&self, url: &str) {
         self.post("/url", json!({ "url": url }))

@@ -346,8 +346,7 @@ async fn cuped_covariates_are_planned_and_adjust_the_report(db: &Db) {
 /// The migration on a database made by the schema before it: rows already
 /// there get no covariates (NULL: planned before CUPED), new ones take them.
 async fn cuped_migration_upgrades_todays_schema(db: &Db) {
-    // Down to before m20261207_000125 (m20261208_000130 came after it).
-    Migrator::down(&db.conn, Some(2)).await.unwrap();
+    crate::test_db::down_to_before(db, "m20261207_000125_cuped_covariates").await;
     let columns = |db: &Db| {
         let db = db.clone();
         async move {
@@ -402,7 +401,7 @@ async fn cuped_migration_upgrades_todays_schema(db: &Db) {
 /// there have no pre-period goal revenue (NULL), and the report then leaves
 /// revenue per converting contact unadjusted and says why.
 async fn goal_revenue_migration_upgrades_todays_schema(db: &Db) {
-    Migrator::down(&db.conn, Some(1)).await.unwrap();
+    crate::test_db::down_to_before(db, "m20261208_000130_cuped_goal_revenue").await;
     let column = |db: &Db| {
         let db = db.clone();
         async move {
