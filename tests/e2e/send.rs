@@ -133,8 +133,7 @@ async fn emails_arrive_with_headers_and_both_parts(backend: Backend) {
     // Every message ends in a recorded status, with its attempt and link.
     let store = Db::connect(&db.url).await.expect("connect");
     let q = |sql: &str| Statement::from_string(store.backend(), sql.to_string());
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(q(
             "SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY status",
         ))
@@ -153,8 +152,7 @@ async fn emails_arrive_with_headers_and_both_parts(backend: Backend) {
         counts,
         vec![("delivered".to_string(), 2), ("suppressed".to_string(), 1)]
     );
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(q("SELECT COUNT(*) FROM attempts WHERE result = 'accepted'"))
         .await
         .expect("q");
@@ -169,8 +167,7 @@ async fn emails_arrive_with_headers_and_both_parts(backend: Backend) {
         .verify_link(token)
         .expect("a genuine link token");
     assert_eq!(link.url, "https://shop.example.com/new");
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(q("SELECT COUNT(*) FROM links"))
         .await
         .expect("q");
@@ -204,8 +201,7 @@ async fn a_refused_recipient_fails_and_is_suppressed(backend: Backend) {
     assert!(run.stdout().contains("1 failed"), "{}", run.stdout());
     assert_eq!(sink.count(), 1);
     let store = Db::connect(&db.url).await.expect("connect");
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(Statement::from_string(
             store.backend(),
             "SELECT channel, address, source FROM suppressions".to_string(),

@@ -10,6 +10,7 @@
 
 pub mod attribute;
 pub mod audience;
+pub mod bench;
 pub mod contacts;
 pub mod conversions;
 pub mod db;
@@ -34,6 +35,8 @@ pub mod sql;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod test_db;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod tracking;
 
 pub use db::{Backend, Db};

@@ -65,6 +65,117 @@ pub(crate) async fn state_of(db: &Db, run: i64) -> Result<String, RunsError> {
         .ok_or(RunsError::NoSuchRun(run))
 }
 
+/// Every campaign with runs: its name, the assignment fingerprint its runs
+/// were planned under, and how many runs it has. `herald check` compares the
+/// fingerprints with the config's to warn before arms reshuffle.
+pub async fn campaign_fingerprints(db: &Db) -> Result<Vec<(String, String, i64)>, RunsError> {
+    let mut q = Sql::new();
+    q.push("SELECT c.name, c.fingerprint, COUNT(r.id) FROM campaigns c JOIN runs r ON r.campaign_id = c.id GROUP BY c.name, c.fingerprint");
+    all(&db.conn, q)
+        .await?
+        .iter()
+        .map(|r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?)))
+        .collect()
+}
+
+/// The external ids of the contacts of run `run`'s messages, in message order
+/// (the demo picks who comes back to the app among them).
+pub async fn recipients(db: &Db, run: i64) -> Result<Vec<String>, RunsError> {
+    let mut q = Sql::new();
+    q.push("SELECT c.external_id FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.run_id = ")
+        .bind(run)
+        .push(" ORDER BY m.id");
+    all(&db.conn, q).await?.iter().map(|r| get(r, 0)).collect()
+}
+
+/// One message of a run, with its contact's purchase history before it was
+/// planned: what the demo's simulated customers act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageHistory {
+    /// Message id.
+    pub id: i64,
+    /// The contact's external id.
+    pub external_id: String,
+    /// Arm.
+    pub arm: String,
+    /// Channel, if the message had one.
+    pub channel: Option<String>,
+    /// Status.
+    pub status: String,
+    /// Planned send time (ms).
+    pub send_at: i64,
+    /// When it reached the contact, as near as known: delivered, else sent,
+    /// else planned (ms).
+    pub reached_at: i64,
+    /// `event`s in the long window before `send_at`.
+    pub long_count: i64,
+    /// `event`s in the short window before `send_at`.
+    pub short_count: i64,
+    /// The sum of the `event`s' values in the long window.
+    pub long_value: f64,
+}
+
+/// Every message of run `run` in id order, with how often its contact did
+/// `event` in the `long_ms` and `short_ms` before its send time, and the
+/// value of those in the long window.
+pub async fn message_histories(
+    db: &Db,
+    run: i64,
+    event: &str,
+    long_ms: i64,
+    short_ms: i64,
+) -> Result<Vec<MessageHistory>, RunsError> {
+    let mut q = Sql::new();
+    let window = |q: &mut Sql, what: &str, ms: i64| {
+        q.push("(SELECT ")
+            .push(what)
+            .push(" FROM events e WHERE e.name = ")
+            .bind(event.to_string())
+            .push(" AND e.contact_id = m.contact_id AND e.at >= m.send_at - ")
+            .bind(ms)
+            .push(" AND e.at < m.send_at)");
+    };
+    q.push("SELECT m.id, c.external_id, m.arm, m.channel, m.status, m.send_at, COALESCE(m.delivered_at, m.sent_at, m.send_at), ");
+    window(&mut q, "COUNT(*)", long_ms);
+    q.push(", ");
+    window(&mut q, "COUNT(*)", short_ms);
+    q.push(", CAST(COALESCE(");
+    window(&mut q, "SUM(e.value)", long_ms);
+    q.push(", 0) AS DOUBLE PRECISION) FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.run_id = ")
+        .bind(run)
+        .push(" ORDER BY m.id");
+    all(&db.conn, q)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(MessageHistory {
+                id: get(r, 0)?,
+                external_id: get(r, 1)?,
+                arm: get(r, 2)?,
+                channel: get(r, 3)?,
+                status: get(r, 4)?,
+                send_at: get(r, 5)?,
+                reached_at: get(r, 6)?,
+                long_count: get(r, 7)?,
+                short_count: get(r, 8)?,
+                long_value: get(r, 9)?,
+            })
+        })
+        .collect()
+}
+
+/// How many messages run `run` has, whatever their status.
+pub async fn message_count(db: &Db, run: i64) -> Result<i64, RunsError> {
+    let mut q = Sql::new();
+    q.push("SELECT COUNT(*) FROM messages WHERE run_id = ")
+        .bind(run);
+    let rows = all(&db.conn, q).await?;
+    rows.first()
+        .map(|r| get(r, 0))
+        .transpose()
+        .map(|n| n.unwrap_or(0))
+}
+
 /// Stops claiming a run's messages; what is in flight finishes. A run still
 /// being planned also stops planning at its next page (`resume_to` keeps
 /// that its plan is unfinished).
