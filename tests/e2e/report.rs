@@ -104,14 +104,14 @@ fn order_rate(arm: &str, global_holdout: bool) -> f64 {
 }
 
 async fn rows(db: &Db, sql: &str) -> Vec<sea_orm::QueryResult> {
-    herald_storage::test_support::conn(&db)
+    herald_storage::test_support::conn(db)
         .query_all_raw(Statement::from_string(db.backend(), sql.to_string()))
         .await
         .expect(sql)
 }
 
 async fn exec(db: &Db, sql: &str) {
-    herald_storage::test_support::conn(&db)
+    herald_storage::test_support::conn(db)
         .execute_unprepared(sql)
         .await
         .expect(sql);

@@ -412,3 +412,71 @@ pub async fn total_opens(db: &Db) -> Result<i64, DbErr> {
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_db::on_both_databases;
+
+    /// 2026-11-30T00:00:00Z.
+    const NOW: i64 = 1_795_996_800_000;
+
+    fn contact(id: i64) -> BenchContact {
+        BenchContact {
+            id,
+            email: Some(format!("c{id}@example.com")),
+            phone: None,
+            timezone: "Asia/Shanghai",
+            locale: "zh-CN",
+            attrs: "{\"region\": \"guangdong\"}".into(),
+            tags: None,
+            consent_sms: false,
+            first_seen_at: None,
+            created_at: NOW - 400 * DAY_MS,
+        }
+    }
+
+    fn purchase(contact_id: i64, days_ago: i64) -> BenchEvent {
+        BenchEvent {
+            contact_id,
+            name: "order_placed",
+            at: NOW - days_ago * DAY_MS,
+            value: Some(20.0),
+            sku: Some(7),
+        }
+    }
+
+    /// The loader writes what the generator made (COPY or INSERTs), the
+    /// reference query reads it, and the counts the benches wait on see it.
+    async fn generated_rows_load_and_read_back(db: &Db) {
+        let contacts: Vec<BenchContact> = (1..=3).map(contact).collect();
+        // Contact 1 bought 100 and 120 days ago: a lapsed buyer.
+        let events = vec![purchase(1, 100), purchase(1, 120), purchase(2, 10)];
+        load_rows(db, &contacts, &events).await.unwrap();
+        reset_contact_ids(db).await.unwrap();
+        analyze(db).await.unwrap();
+        assert_eq!(live_contacts(db).await.unwrap(), 3);
+        let mut q = Sql::new();
+        q.push(&hand_written(db.backend(), "lapsed_buyers", NOW));
+        assert_eq!(answer(db, q).await.unwrap(), vec!["1".to_string()]);
+        assert_eq!(message_counts(db).await.unwrap(), (0, 0));
+        assert_eq!(trigger_cursors(db).await.unwrap(), 0);
+    }
+
+    /// The opens bench's fixture: n delivered messages of campaign `bench`,
+    /// no opens yet; clearing the campaign's runs removes its messages.
+    async fn the_opens_fixture_and_clearing_a_campaign(db: &Db) {
+        delivered_messages(db, 3, NOW).await.unwrap();
+        assert_eq!(message_counts(db).await.unwrap(), (3, 0));
+        assert_eq!(total_opens(db).await.unwrap(), 0);
+        clear_entry_state(db).await.unwrap();
+        clear_campaign_runs(db, "bench").await.unwrap();
+        assert_eq!(message_counts(db).await.unwrap(), (0, 0));
+        assert_eq!(live_contacts(db).await.unwrap(), 3);
+    }
+
+    on_both_databases!(
+        generated_rows_load_and_read_back,
+        the_opens_fixture_and_clearing_a_campaign
+    );
+}

@@ -778,8 +778,76 @@ mod tests {
         assert_eq!(one.runs[0].counts, vec![("delivered".to_string(), 1)]);
     }
 
+    /// What the CLI reads of a run through named functions: its
+    /// recipients in message order, each message with its contact's
+    /// purchases in two windows before its send time (events at or after
+    /// it do not count), its message count, and each campaign's
+    /// fingerprint with its runs.
+    async fn a_runs_messages_and_histories_read_back(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let campaign = CampaignRecord {
+            name: "winback".into(),
+            kind: "marketing".into(),
+            topic: None,
+            fingerprint: "winback;a".into(),
+            goal: None,
+        };
+        let id = store.upsert_campaign(&campaign, T0).await.unwrap();
+        let run = store
+            .create_run(id, T0, T0, "manual", "winback;a")
+            .await
+            .unwrap();
+        for c in 1..=2 {
+            exec(db, format!("INSERT INTO contacts (id, external_id, email, attrs, created_at, updated_at) VALUES ({c}, 'u{c}', 'u{c}@example.com', '{{}}', {T0}, {T0})")).await;
+        }
+        // u2's message first: message order, not contact order.
+        for (m, c, status) in [(1, 2, "delivered"), (2, 1, "failed")] {
+            exec(db, format!("INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, attempts, delivered_at, created_at, updated_at) VALUES ({m}, {}, {id}, {c}, 0, 'a', 'email', 'u{c}@example.com', {T0}, '{status}', 1, {}, {T0}, {T0})", run.id, if status == "delivered" { (T0 + 5).to_string() } else { "NULL".into() })).await;
+        }
+        let day = 86_400_000;
+        // u2: 40 and 3 days before (value 10 and 5), one at the send, one another event.
+        for (c, name, at, value) in [
+            (2, "order_placed", T0 - 40 * day, 10.0),
+            (2, "order_placed", T0 - 3 * day, 5.0),
+            (2, "order_placed", T0, 99.0),
+            (2, "app_open", T0 - day, 1.0),
+        ] {
+            exec(db, format!("INSERT INTO events (contact_id, name, at, value, received_at) VALUES ({c}, '{name}', {at}, {value}, {at})")).await;
+        }
+        assert_eq!(
+            super::recipients(db, run.id).await.unwrap(),
+            vec!["u2".to_string(), "u1".into()]
+        );
+        assert_eq!(super::message_count(db, run.id).await.unwrap(), 2);
+        let h = super::message_histories(db, run.id, "order_placed", 365 * day, 30 * day)
+            .await
+            .unwrap();
+        let seen: Vec<(i64, &str, i64, i64, i64, f64)> = h
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    m.external_id.as_str(),
+                    m.reached_at,
+                    m.long_count,
+                    m.short_count,
+                    m.long_value,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![(1, "u2", T0 + 5, 2, 1, 15.0), (2, "u1", T0, 0, 0, 0.0)]
+        );
+        assert_eq!(
+            super::campaign_fingerprints(db).await.unwrap(),
+            vec![("winback".to_string(), "winback;a".to_string(), 1)]
+        );
+    }
+
     on_both_databases!(
         a_triggered_run_shows_its_real_start,
-        segment_entry_passes_are_one_row
+        segment_entry_passes_are_one_row,
+        a_runs_messages_and_histories_read_back
     );
 }

@@ -103,7 +103,7 @@ async fn fixture(db: &Db, now: i64, send_at: i64) {
         ),
     ];
     for s in sql {
-        herald_storage::test_support::conn(&db)
+        herald_storage::test_support::conn(db)
             .execute_unprepared(&s)
             .await
             .expect("fixture");
@@ -111,7 +111,7 @@ async fn fixture(db: &Db, now: i64, send_at: i64) {
     if db.backend() == DbBackend::Postgres {
         // Explicit ids leave the sequences behind; later inserts need fresh ones.
         for t in ["contacts", "campaigns", "runs", "messages"] {
-            herald_storage::test_support::conn(&db)
+            herald_storage::test_support::conn(db)
                 .execute_unprepared(&format!(
                     "SELECT setval(pg_get_serial_sequence('{t}', 'id'), 1000)"
                 ))
