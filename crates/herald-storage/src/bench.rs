@@ -450,8 +450,14 @@ mod tests {
     /// reference query reads it, and the counts the benches wait on see it.
     async fn generated_rows_load_and_read_back(db: &Db) {
         let contacts: Vec<BenchContact> = (1..=3).map(contact).collect();
-        // Contact 1 bought 100 and 120 days ago: a lapsed buyer.
-        let events = vec![purchase(1, 100), purchase(1, 120), purchase(2, 10)];
+        // Contact 1 bought 100 and 120 days ago: a lapsed buyer; contact 3
+        // bought before the year the question looks at.
+        let events = vec![
+            purchase(1, 100),
+            purchase(1, 120),
+            purchase(2, 10),
+            purchase(3, 500),
+        ];
         load_rows(db, &contacts, &events).await.unwrap();
         reset_contact_ids(db).await.unwrap();
         analyze(db).await.unwrap();
