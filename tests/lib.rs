@@ -142,12 +142,18 @@ impl Project {
 
     /// Runs `herald ARGS` in the project against `db`, with a tracking secret set.
     pub fn herald(&self, db: &TestDb, args: &[&str]) -> Run {
+        self.herald_with_env(db, args, &[])
+    }
+
+    /// [`Project::herald`] with extra environment variables (`RUST_LOG`).
+    pub fn herald_with_env(&self, db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(&self.bin);
         cmd.current_dir(self.path())
             .env("HERALD_DATABASE_URL", &db.url)
             .env("HERALD_SECRET", SECRET)
             .env_remove("HERALD_CONFIG")
             .env_remove("HERALD_TEMPLATES")
+            .envs(env.iter().copied())
             .args(args);
         // The test's own servers run on the runtime's other threads meanwhile.
         let out = match tokio::runtime::Handle::try_current() {

@@ -56,7 +56,7 @@ fn shop(p: &Project, port: u16) {
 }
 
 async fn rows(db: &Db, sql: &str, values: Vec<Value>) -> Vec<sea_orm::QueryResult> {
-    db.conn
+    herald_storage::test_support::conn(db)
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             herald_storage::sql::placeholders(db.backend(), sql),

@@ -65,8 +65,7 @@ async fn the_report_applies_cuped_from_purchases_before_the_send(backend: Backen
     // Each message holds its contact's spend before the send.
     let store = herald_storage::Db::connect(&db.url).await.expect("connect");
     use sea_orm::ConnectionTrait;
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(sea_orm::Statement::from_string(
             store.backend(),
             "SELECT c.external_id, m.pre_converted, CAST(m.pre_revenue AS DOUBLE PRECISION), m.send_at \
@@ -95,8 +94,7 @@ async fn the_report_applies_cuped_from_purchases_before_the_send(backend: Backen
             later.push_str(&format!("{who},order_placed,{at},{v},post{i}\n"));
         }
     }
-    store
-        .conn
+    herald_storage::test_support::conn(&store)
         .execute_unprepared(&format!(
             "UPDATE messages SET send_at = send_at - {}",
             7 * DAY
@@ -227,20 +225,25 @@ async fn a_triggered_message_takes_the_history_before_its_event(backend: Backend
         (3, 2, -45 * DAY, 9.0),
     ] {
         let s = event(id, who, offset, value);
-        storage.conn.execute_unprepared(&s).await.expect(&s);
+        herald_storage::test_support::conn(&storage)
+            .execute_unprepared(&s)
+            .await
+            .expect(&s);
     }
     let mut planner = TriggerPlanner::new(store, clock.clone(), config);
     planner.pass().await.expect("pass");
     // Each of u1, u2 and u3 buys now: the purchase that triggers is not history.
     for (id, who) in [(10, 1), (11, 2), (12, 3)] {
         let s = event(id, who, 0, 15.0);
-        storage.conn.execute_unprepared(&s).await.expect(&s);
+        herald_storage::test_support::conn(&storage)
+            .execute_unprepared(&s)
+            .await
+            .expect(&s);
     }
     clock.advance(chrono::Duration::milliseconds(1100));
     let r = planner.pass().await.expect("pass");
     assert_eq!(r.planned, 3, "{r:?}");
-    let rows = storage
-        .conn
+    let rows = herald_storage::test_support::conn(&storage)
         .query_all_raw(sea_orm::Statement::from_string(
             storage.backend(),
             "SELECT c.external_id, m.pre_converted, CAST(m.pre_revenue AS DOUBLE PRECISION) \

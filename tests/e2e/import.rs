@@ -11,8 +11,7 @@ use crate::send::start_sink;
 use crate::setup;
 
 async fn scalar(db: &Db, sql: &str) -> Vec<Vec<String>> {
-    let rows = db
-        .conn
+    let rows = herald_storage::test_support::conn(db)
         .query_all_raw(Statement::from_string(db.backend(), sql.to_string()))
         .await
         .expect("query");
@@ -205,8 +204,7 @@ fn rfc3339(ms: i64) -> String {
 
 /// (external_id, status, send_at, converted_at, revenue) of every message, by external_id.
 async fn outcomes(db: &Db) -> Vec<(String, String, i64, Option<i64>, f64)> {
-    let rows = db
-        .conn
+    let rows = herald_storage::test_support::conn(db)
         .query_all_raw(Statement::from_string(
             db.backend(),
             "SELECT c.external_id, m.status, m.send_at, m.converted_at, m.revenue FROM messages m JOIN contacts c ON c.id = m.contact_id ORDER BY c.external_id".to_string(),
@@ -227,8 +225,7 @@ async fn outcomes(db: &Db) -> Vec<(String, String, i64, Option<i64>, f64)> {
 }
 
 async fn count(db: &Db, sql: &str) -> i64 {
-    let rows = db
-        .conn
+    let rows = herald_storage::test_support::conn(db)
         .query_all_raw(Statement::from_string(db.backend(), sql.to_string()))
         .await
         .expect("query");

@@ -333,13 +333,11 @@ async fn the_report_shows_retention_arpu_and_ltv_per_arm(backend: Backend) {
     let store = herald_storage::Db::connect(&db.url).await.expect("connect");
     use sea_orm::ConnectionTrait;
     let back = 60 * DAY;
-    store
-        .conn
+    herald_storage::test_support::conn(&store)
         .execute_unprepared(&format!("UPDATE messages SET send_at = send_at - {back}"))
         .await
         .expect("move the run back");
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(sea_orm::Statement::from_string(
             store.backend(),
             "SELECT c.external_id, m.arm, m.send_at FROM messages m JOIN contacts c ON c.id = m.contact_id"

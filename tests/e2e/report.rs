@@ -104,14 +104,17 @@ fn order_rate(arm: &str, global_holdout: bool) -> f64 {
 }
 
 async fn rows(db: &Db, sql: &str) -> Vec<sea_orm::QueryResult> {
-    db.conn
+    herald_storage::test_support::conn(db)
         .query_all_raw(Statement::from_string(db.backend(), sql.to_string()))
         .await
         .expect(sql)
 }
 
 async fn exec(db: &Db, sql: &str) {
-    db.conn.execute_unprepared(sql).await.expect(sql);
+    herald_storage::test_support::conn(db)
+        .execute_unprepared(sql)
+        .await
+        .expect(sql);
 }
 
 /// Imports, sends the campaign `runs` times, then imports the outcomes of

@@ -316,7 +316,7 @@ async fn connect(backend: Backend) -> Option<(tempfile::TempDir, TestDb, Db)> {
 }
 
 async fn exec(db: &Db, q: Sql) {
-    db.conn
+    herald_storage::test_support::conn(db)
         .execute_raw(q.build(db.backend()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -463,8 +463,7 @@ async fn count(store: &SqlStore, src: &str) -> Result<usize, String> {
     let ctx: SegmentContext<'_> = store.segment_context(NOW);
     let q = count_sql(&expr, &ctx).map_err(|e| e.to_string())?;
     let db = store.db();
-    let rows = db
-        .conn
+    let rows = herald_storage::test_support::conn(db)
         .query_all_raw(q.build(db.backend()))
         .await
         .map_err(|e| format!("{src}: {e}"))?;
@@ -762,8 +761,7 @@ async fn injection_matches_literally(backend: Backend) {
     }
     let mut q = Sql::new();
     q.push("SELECT COUNT(*) FROM contacts");
-    let rows = db
-        .conn
+    let rows = herald_storage::test_support::conn(&db)
         .query_all_raw(q.build(db.backend()))
         .await
         .expect("contacts still there");

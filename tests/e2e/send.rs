@@ -133,8 +133,7 @@ async fn emails_arrive_with_headers_and_both_parts(backend: Backend) {
     // Every message ends in a recorded status, with its attempt and link.
     let store = Db::connect(&db.url).await.expect("connect");
     let q = |sql: &str| Statement::from_string(store.backend(), sql.to_string());
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(q(
             "SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY status",
         ))
@@ -153,8 +152,7 @@ async fn emails_arrive_with_headers_and_both_parts(backend: Backend) {
         counts,
         vec![("delivered".to_string(), 2), ("suppressed".to_string(), 1)]
     );
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(q("SELECT COUNT(*) FROM attempts WHERE result = 'accepted'"))
         .await
         .expect("q");
@@ -169,8 +167,7 @@ async fn emails_arrive_with_headers_and_both_parts(backend: Backend) {
         .verify_link(token)
         .expect("a genuine link token");
     assert_eq!(link.url, "https://shop.example.com/new");
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(q("SELECT COUNT(*) FROM links"))
         .await
         .expect("q");
@@ -204,8 +201,7 @@ async fn a_refused_recipient_fails_and_is_suppressed(backend: Backend) {
     assert!(run.stdout().contains("1 failed"), "{}", run.stdout());
     assert_eq!(sink.count(), 1);
     let store = Db::connect(&db.url).await.expect("connect");
-    let rows = store
-        .conn
+    let rows = herald_storage::test_support::conn(&store)
         .query_all_raw(Statement::from_string(
             store.backend(),
             "SELECT channel, address, source FROM suppressions".to_string(),
@@ -292,8 +288,99 @@ async fn a_send_says_where_its_time_went(backend: Backend) {
     db.drop_db().await;
 }
 
+/// The events of a JSON log (one object a line) whose message is `what`.
+fn events<'a>(log: &'a [serde_json::Value], what: &str) -> Vec<&'a serde_json::Value> {
+    log.iter()
+        .filter(|e| e["fields"]["message"] == what)
+        .collect()
+}
+
+/// The field `name` of the span `span` an event is in (`spans` lists them, outermost first).
+fn span_field<'a>(event: &'a serde_json::Value, span: &str, name: &str) -> &'a serde_json::Value {
+    event["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().rev().find(|s| s["name"] == span))
+        .map_or(&serde_json::Value::Null, |s| &s[name])
+}
+
+/// `RUST_LOG=herald=debug herald send --log-format json` tells each
+/// message's story as JSON lines: planned (by run, contact and step, the
+/// row's id being the database's), claimed (which joins them to the id),
+/// sent with the provider's answer inside the run's, batch's and message's
+/// spans (run, message id, channel, route), and recorded.
+async fn a_debug_log_tells_one_messages_story_in_json(backend: Backend) {
+    let Some((p, db)) = setup(backend).await else {
+        return;
+    };
+    let sink = start_sink().await;
+    shop_project(&p, sink.addr().port());
+    p.herald(&db, &["import", "contacts", "contacts.csv"])
+        .expect_code(0);
+    let run = p.herald_with_env(
+        &db,
+        &["send", "hello", "--log-format", "json"],
+        &[("RUST_LOG", "herald=debug")],
+    );
+    run.expect_code(0);
+    let stderr = run.stderr();
+    let log: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let sent = events(&log, "sent");
+    assert_eq!(sent.len(), 2, "c1 and c2 are sent:\n{stderr}");
+    let one = sent[0];
+    let id = one["fields"]["message_id"].as_i64().expect("message_id");
+    let run_id = span_field(one, "run", "run").as_i64().expect("run span");
+    let contact = span_field(one, "message", "contact").clone();
+    assert_eq!(span_field(one, "message", "message_id").as_i64(), Some(id));
+    assert_eq!(span_field(one, "message", "run").as_i64(), Some(run_id));
+    assert_eq!(span_field(one, "message", "channel"), "email");
+    assert_eq!(span_field(one, "message", "route"), "email");
+    assert_eq!(one["fields"]["result"], "accepted", "{one}");
+    assert!(
+        one["fields"]["detail"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "the provider's answer: {one}"
+    );
+    let claimed = events(&log, "claimed");
+    let claim = claimed
+        .iter()
+        .find(|e| e["fields"]["message_id"].as_i64() == Some(id))
+        .unwrap_or_else(|| panic!("message {id} claimed:\n{stderr}"));
+    assert_eq!(claim["fields"]["contact"], contact);
+    let planned = events(&log, "planned");
+    assert!(
+        planned.iter().any(|e| e["fields"]["contact"] == contact
+            && e["fields"]["status"] == "planned"
+            && span_field(e, "run", "run").as_i64() == Some(run_id)
+            && span_field(e, "page", "rows").is_number()),
+        "contact {contact} planned in run {run_id}:\n{stderr}"
+    );
+    let recorded = events(&log, "recorded");
+    assert!(
+        recorded
+            .iter()
+            .any(|e| e["fields"]["message_id"].as_i64() == Some(id)
+                && e["fields"]["status"] == "delivered"),
+        "message {id} recorded delivered (SMTP's 250):\n{stderr}"
+    );
+    // Without RUST_LOG the default is quiet, and text.
+    let quiet = p.herald(&db, &["send", "hello"]);
+    quiet.expect_code(0);
+    assert!(
+        !quiet.stderr().contains("\"message_id\""),
+        "{}",
+        quiet.stderr()
+    );
+    db.drop_db().await;
+}
+
 on_both_databases!(
     emails_arrive_with_headers_and_both_parts,
     a_refused_recipient_fails_and_is_suppressed,
-    a_send_says_where_its_time_went
+    a_send_says_where_its_time_went,
+    a_debug_log_tells_one_messages_story_in_json
 );

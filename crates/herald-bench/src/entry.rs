@@ -12,9 +12,9 @@ use crate::segments::{self, BENCH_NOW, BenchOptions};
 use herald_domain::config::{LifecycleConfig, RfmConfig};
 use herald_domain::segment::parse;
 use herald_storage::Db;
-use herald_storage::segment_sql::{DAY_MS, SegmentContext, count_sql};
-use herald_storage::sql::Sql;
-use sea_orm::ConnectionTrait;
+use herald_storage::bench;
+use herald_storage::segment_preview::count_in;
+use herald_storage::segment_sql::{DAY_MS, SegmentContext};
 
 /// Steady passes timed per segment (nothing changes between them).
 const STEADY_PASSES: i64 = 2;
@@ -61,21 +61,6 @@ fn secs(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-async fn scalar(db: &Db, q: Sql) -> anyhow::Result<i64> {
-    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
-    let row = rows
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("no row from a COUNT"))?;
-    Ok(row.try_get_by_index(0)?)
-}
-
-async fn exec_text(db: &Db, text: &str) -> anyhow::Result<()> {
-    let mut q = Sql::new();
-    q.push(text);
-    db.conn.execute_raw(q.build(db.backend())).await?;
-    Ok(())
-}
-
 /// Runs the benchmark on `url` (EMPTIED first unless `keep`).
 pub async fn run(url: &str, o: Options) -> anyhow::Result<()> {
     let db = Db::connect(url).await?;
@@ -103,12 +88,7 @@ pub async fn run(url: &str, o: Options) -> anyhow::Result<()> {
         segments::analyze(&db).await?;
         eprintln!("analyzed in {:.1} s", secs(t));
     }
-    let contacts = scalar(&db, {
-        let mut q = Sql::new();
-        q.push("SELECT COUNT(*) FROM contacts WHERE forgotten_at IS NULL");
-        q
-    })
-    .await?;
+    let contacts = bench::live_contacts(&db).await?;
     println!(
         "{backend}: segment-entry passes over {contacts} contacts (evaluate + diff + store, one transaction each)"
     );
@@ -116,16 +96,12 @@ pub async fn run(url: &str, o: Options) -> anyhow::Result<()> {
     let lifecycle = LifecycleConfig::default();
     for case in &CASES {
         let filter = parse(case.filter).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        exec_text(&db, "DELETE FROM entry_members").await?;
-        exec_text(&db, "DELETE FROM entry_passes").await?;
-        if db.backend() == sea_orm::DbBackend::Postgres {
-            exec_text(&db, "VACUUM ANALYZE entry_members").await?;
-        }
+        bench::clear_entry_state(&db).await?;
         println!("segment {} = '{}'", case.name, case.filter);
 
         let ctx = SegmentContext::new(db.backend(), BENCH_NOW, &rfm, &lifecycle);
         let t = Instant::now();
-        let members = scalar(&db, count_sql(&filter, &ctx)?).await?;
+        let members = count_in(&db, &filter, &ctx).await?;
         let floor = secs(t);
         println!("  the segment query alone (COUNT): {members} members in {floor:.2} s");
 
@@ -216,21 +192,7 @@ async fn plan_end_to_end(db: &Db, case: &Case) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("the bench campaign is invalid: {}", e[0]))?,
     );
     // A previous bench's run of this campaign would be found, not planned again.
-    for table in [
-        "messages",
-        "entry_members",
-        "entry_passes",
-        "trigger_cursors",
-        "runs",
-    ] {
-        exec_text(
-            db,
-            &format!(
-                "DELETE FROM {table} WHERE campaign_id IN (SELECT id FROM campaigns WHERE name = '{campaign}')"
-            ),
-        )
-        .await?;
-    }
+    bench::clear_campaign_runs(db, &campaign).await?;
     let store = Arc::new(herald_storage::store::SqlStore::new(db.clone()));
     let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
     let clock = Arc::new(FixedClock::new(at(BENCH_NOW)));
@@ -243,13 +205,7 @@ async fn plan_end_to_end(db: &Db, case: &Case) -> anyhow::Result<()> {
     let t = Instant::now();
     let (run, plan) = engine.start_run(c, clock.now_ms(), "schedule").await?;
     let whole = secs(t);
-    let planned = scalar(db, {
-        let mut q = Sql::new();
-        q.push("SELECT COUNT(*) FROM messages WHERE run_id = ")
-            .bind(run.id);
-        q
-    })
-    .await?;
+    let planned = herald_storage::runs::message_count(db, run.id).await?;
     println!(
         "segment {} end to end (engine, {} days later): evaluate + diff + plan {} entrants into {planned} messages in {whole:.2} s (baseline pass {baseline:.2} s, {} planned)",
         case.name, case.advance_days, plan.members, base.members

@@ -26,6 +26,9 @@ mod trigger;
 #[derive(Parser, Debug)]
 #[command(name = "herald-bench", version, about)]
 pub struct BenchArgs {
+    /// How log lines (stderr, filtered by RUST_LOG) are written: `text` or `json`.
+    #[arg(long, global = true, value_enum, default_value_t = herald_cli::LogFormat::Text)]
+    log_format: herald_cli::LogFormat,
     #[command(subcommand)]
     what: BenchWhat,
 }
@@ -192,13 +195,8 @@ fn parse_only_rate(file: &PathBuf) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = BenchArgs::parse();
+    herald_cli::init_logging(args.log_format);
     match &args.what {
         BenchWhat::Trigger {
             contacts,

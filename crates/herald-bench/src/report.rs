@@ -135,14 +135,14 @@ const INSERT_COLUMNS: &str = "INSERT INTO messages (run_id, campaign_id, contact
 
 async fn exec(db: &Db, q: Sql) -> anyhow::Result<u64> {
     Ok(db
-        .conn
+        .conn_for_report_bench()
         .execute_raw(q.build(db.backend()))
         .await?
         .rows_affected())
 }
 
 async fn exec_text(db: &Db, text: &str) -> anyhow::Result<()> {
-    db.conn
+    db.conn_for_report_bench()
         .execute_unprepared(text)
         .await
         .with_context(|| text.to_string())?;
@@ -220,7 +220,7 @@ async fn generate(db: &Db, campaign: &Campaign, o: Options) -> anyhow::Result<()
 
 async fn count_all(db: &Db) -> anyhow::Result<(i64, i64)> {
     let rows = db
-        .conn
+        .conn_for_report_bench()
         .query_all_raw(sea_orm::Statement::from_string(
             db.backend(),
             "SELECT COUNT(*), COUNT(opened_at) + COUNT(machine_opened_at) + COUNT(clicked_at) + COUNT(converted_at) + COUNT(secondary) FROM messages WHERE campaign_id = 1",
@@ -232,7 +232,7 @@ async fn count_all(db: &Db) -> anyhow::Result<(i64, i64)> {
 
 async fn with_outcome(db: &Db) -> anyhow::Result<i64> {
     let rows = db
-        .conn
+        .conn_for_report_bench()
         .query_all_raw(sea_orm::Statement::from_string(
             db.backend(),
             "SELECT COUNT(*) FROM messages WHERE campaign_id = 1 AND (opened_at IS NOT NULL OR machine_opened_at IS NOT NULL OR clicked_at IS NOT NULL OR unsubscribed_at IS NOT NULL OR converted_at IS NOT NULL OR secondary IS NOT NULL)",

@@ -10,11 +10,12 @@ use std::time::Instant;
 use herald_domain::config::{LifecycleConfig, RfmConfig};
 use herald_domain::segment::{Expr, parse};
 use herald_engine::store::Store;
-use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait};
+use sea_orm::DbBackend;
 
 use herald_storage::Db;
+use herald_storage::bench::{self, BenchContact as ContactOut, BenchEvent as EventOut};
 use herald_storage::segment_sql::{DAY_MS, SegmentContext, count_sql, rfm_grid_sql};
-use herald_storage::sql::{Sql, stmt};
+use herald_storage::sql::Sql;
 use herald_storage::store::SqlStore;
 
 /// The snapshot instant every bench query uses (2026-11-30T00:00:00Z), so a seed gives the same answers.
@@ -23,8 +24,6 @@ pub const BENCH_NOW: i64 = 1_795_996_800_000;
 const HISTORY_DAYS: f64 = 3.0 * 365.0;
 /// Contacts generated and loaded per chunk.
 const CHUNK_CONTACTS: usize = 20_000;
-/// Rows per multi-row INSERT on SQLite (6 values each).
-const SQLITE_ROWS: usize = 500;
 /// Timed runs per query; the fastest counts (the first warms the cache).
 const RUNS: usize = 3;
 /// Page size of the audience scan (the engine's planning page).
@@ -249,29 +248,6 @@ fn plan(seed: u64, i: usize) -> Plan {
     Plan { rng, buyer, weight }
 }
 
-/// A generated contact row.
-struct ContactOut {
-    id: i64,
-    email: Option<String>,
-    phone: Option<String>,
-    timezone: &'static str,
-    locale: &'static str,
-    attrs: String,
-    tags: Option<&'static str>,
-    consent_sms: bool,
-    first_seen_at: Option<i64>,
-    created_at: i64,
-}
-
-/// A generated event row.
-struct EventOut {
-    contact_id: i64,
-    name: &'static str,
-    at: i64,
-    value: Option<f64>,
-    sku: Option<u32>,
-}
-
 /// How much more likely an instant is than average: November and December sales, a June bump.
 fn season(at: i64) -> f64 {
     let day_of_year = (at / DAY_MS).rem_euclid(365) as f64;
@@ -421,249 +397,32 @@ pub async fn load(db: &Db, o: &BenchOptions) -> Result<u64, BenchError> {
         contacts.push(generate(&mut p, i as i64 + 1, n, &mut events));
         if contacts.len() == CHUNK_CONTACTS || i + 1 == o.contacts {
             purchases += events.iter().filter(|e| e.name == PURCHASE).count() as u64;
-            write_chunk(db, &contacts, &events).await?;
+            bench::load_rows(db, &contacts, &events)
+                .await
+                .map_err(db_err)?;
             contacts.clear();
             events.clear();
         }
     }
-    if db.backend() == DbBackend::Postgres {
-        exec(
-            db,
-            "SELECT setval(pg_get_serial_sequence('contacts', 'id'), GREATEST((SELECT MAX(id) FROM contacts), 1))",
-        )
-        .await?;
-    }
+    bench::reset_contact_ids(db).await.map_err(db_err)?;
     Ok(purchases)
-}
-
-async fn exec(db: &Db, sql: &str) -> Result<(), BenchError> {
-    db.conn
-        .execute_raw(stmt(db.backend(), sql, vec![]))
-        .await
-        .map_err(db_err)?;
-    Ok(())
-}
-
-async fn write_chunk(
-    db: &Db,
-    contacts: &[ContactOut],
-    events: &[EventOut],
-) -> Result<(), BenchError> {
-    if db.backend() == DbBackend::Postgres {
-        copy_pg(db, contacts, events).await
-    } else {
-        insert_sqlite(db, contacts, events).await
-    }
-}
-
-/// COPY text format: tab-separated, `\N` for NULL (generated text never holds tabs or backslashes).
-async fn copy_pg(db: &Db, contacts: &[ContactOut], events: &[EventOut]) -> Result<(), BenchError> {
-    use sea_orm::sqlx::postgres::PgPoolCopyExt;
-    use std::fmt::Write;
-    let pool = db.conn.get_postgres_connection_pool();
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "\\N".into());
-    let mut buf = String::with_capacity(contacts.len() * 160);
-    for c in contacts {
-        let _ = writeln!(
-            buf,
-            "{}\tc{}\t{}\t{}\t{}\t{}\t{}\t{}\t\\N\t{}\t\\N\t{}\t{}\t{}",
-            c.id,
-            c.id,
-            opt(c.email.clone()),
-            opt(c.phone.clone()),
-            c.timezone,
-            c.locale,
-            c.attrs,
-            c.tags.unwrap_or("\\N"),
-            c.consent_sms,
-            opt(c.first_seen_at.map(|v| v.to_string())),
-            c.created_at,
-            c.created_at
-        );
-    }
-    let mut copy = pool
-        .copy_in_raw("COPY contacts (id, external_id, email, phone, timezone, locale, attrs, tags, consent_email, consent_sms, consent_push, first_seen_at, created_at, updated_at) FROM STDIN")
-        .await
-        .map_err(db_err)?;
-    copy.send(buf.as_bytes()).await.map_err(db_err)?;
-    copy.finish().await.map_err(db_err)?;
-
-    let mut buf = String::with_capacity(events.len() * 80);
-    for e in events {
-        let _ = writeln!(
-            buf,
-            "{}\t{}\t{}\t{}\t{}\t{}",
-            e.contact_id,
-            e.name,
-            e.at,
-            opt(e.value.map(|v| v.to_string())),
-            opt(e.sku.map(|s| format!("{{\"sku\": \"SKU-{s}\"}}"))),
-            e.at
-        );
-    }
-    let mut copy = pool
-        .copy_in_raw(
-            "COPY events (contact_id, name, at, value, properties, received_at) FROM STDIN",
-        )
-        .await
-        .map_err(db_err)?;
-    copy.send(buf.as_bytes()).await.map_err(db_err)?;
-    copy.finish().await.map_err(db_err)?;
-    Ok(())
-}
-
-async fn insert_sqlite(
-    db: &Db,
-    contacts: &[ContactOut],
-    events: &[EventOut],
-) -> Result<(), BenchError> {
-    let b = DbBackend::Sqlite;
-    let txn = db.conn.begin().await.map_err(db_err)?;
-    for chunk in contacts.chunks(SQLITE_ROWS / 2) {
-        let mut q = Sql::new();
-        q.push("INSERT INTO contacts (id, external_id, email, phone, timezone, locale, attrs, tags, consent_sms, first_seen_at, created_at, updated_at) VALUES ");
-        for (i, c) in chunk.iter().enumerate() {
-            if i > 0 {
-                q.push(",");
-            }
-            q.push("(").bind(c.id).push(",").bind(format!("c{}", c.id));
-            q.push(",")
-                .bind(c.email.clone())
-                .push(",")
-                .bind(c.phone.clone());
-            q.push(",").bind(c.timezone).push(",").bind(c.locale);
-            q.push(",")
-                .bind(c.attrs.clone())
-                .push(",")
-                .bind(c.tags.map(str::to_string));
-            q.push(",")
-                .bind(c.consent_sms)
-                .push(",")
-                .bind(c.first_seen_at);
-            q.push(",")
-                .bind(c.created_at)
-                .push(",")
-                .bind(c.created_at)
-                .push(")");
-        }
-        txn.execute_raw(q.build(b)).await.map_err(db_err)?;
-    }
-    for chunk in events.chunks(SQLITE_ROWS) {
-        let mut q = Sql::new();
-        q.push("INSERT INTO events (contact_id, name, at, value, properties, received_at) VALUES ");
-        for (i, e) in chunk.iter().enumerate() {
-            if i > 0 {
-                q.push(",");
-            }
-            q.push("(").bind(e.contact_id).push(",").bind(e.name);
-            q.push(",").bind(e.at).push(",").bind(e.value).push(",");
-            q.bind(e.sku.map(|s| format!("{{\"sku\": \"SKU-{s}\"}}")));
-            q.push(",").bind(e.at).push(")");
-        }
-        txn.execute_raw(q.build(b)).await.map_err(db_err)?;
-    }
-    txn.commit().await.map_err(db_err)
-}
-
-/// Statistics for the planners (and, on PostgreSQL, the visibility map for index-only scans).
-pub async fn analyze(db: &Db) -> Result<(), BenchError> {
-    if db.backend() == DbBackend::Postgres {
-        exec(db, "VACUUM ANALYZE contacts").await?;
-        exec(db, "VACUUM ANALYZE events").await
-    } else {
-        exec(db, "ANALYZE").await
-    }
-}
-
-/// Hand-written SQL for the same questions, as a DBA would write them for this schema
-/// (literals inline, each database's own idioms).
-fn hand_sql(b: DbBackend, name: &str) -> String {
-    let now = BENCH_NOW;
-    let day = DAY_MS;
-    let pg = b == DbBackend::Postgres;
-    let region = if pg {
-        "c.attrs->>'region' = 'guangdong'"
-    } else {
-        "c.attrs->>'$.region' = 'guangdong'"
-    };
-    let not_wholesale = if pg {
-        "NOT COALESCE(c.tags @> '[\"wholesale\"]'::jsonb, FALSE)"
-    } else {
-        "NOT EXISTS (SELECT 1 FROM json_each(c.tags) WHERE value = 'wholesale')"
-    };
-    let in_window = |w: i64| {
-        if pg {
-            format!("COUNT(*) FILTER (WHERE at > {})", now - w * day)
-        } else {
-            format!("SUM(at > {})", now - w * day)
-        }
-    };
-    match name {
-        // Only purchases of the last year matter: the last one must be 90-150 days old.
-        "lapsed_buyers" => format!(
-            "SELECT COUNT(*) FROM contacts c JOIN (SELECT contact_id FROM events WHERE name = 'order_placed' AND at > {y} AND at <= {now} GROUP BY contact_id HAVING COUNT(*) >= 2 AND MAX(at) > {lo} AND MAX(at) <= {hi}) p ON p.contact_id = c.id WHERE c.forgotten_at IS NULL AND {region} AND {not_wholesale}",
-            y = now - 365 * day,
-            lo = now - 151 * day,
-            hi = now - 90 * day,
-        ),
-        // r >= 4: bought in the last 90 days; f >= 4: more than 4 purchases in the year.
-        "rfm" => format!(
-            "SELECT COUNT(*) FROM contacts c JOIN (SELECT contact_id FROM events WHERE name = 'order_placed' AND at > {y} AND at <= {now} GROUP BY contact_id HAVING COUNT(*) > 4 AND MAX(at) > {r}) p ON p.contact_id = c.id WHERE c.forgotten_at IS NULL",
-            y = now - 365 * day,
-            r = now - 91 * day,
-        ),
-        "overdue" if pg => format!(
-            "SELECT COUNT(*) FROM contacts c JOIN (SELECT contact_id, MAX(last_at) AS last_at, percentile_cont(0.5) WITHIN GROUP (ORDER BY gap) AS median FROM (SELECT contact_id, MAX(at) OVER w AS last_at, at - LAG(at) OVER w AS gap FROM events WHERE name = 'order_placed' AND at <= {now} WINDOW w AS (PARTITION BY contact_id ORDER BY at ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) g WHERE gap IS NOT NULL GROUP BY contact_id) m ON m.contact_id = c.id WHERE c.forgotten_at IS NULL AND m.median > 0 AND ({now} - m.last_at) > 2 * m.median"
-        ),
-        // SQLite has no percentile: each contact's gaps sorted into a JSON array, the middle read.
-        "overdue" => format!(
-            "SELECT COUNT(*) FROM contacts c JOIN (SELECT contact_id, last_at, json_extract(g, '$[' || ((n - 1) / 2) || ']') + json_extract(g, '$[' || (n / 2) || ']') AS two_medians FROM (SELECT contact_id, MAX(at) AS last_at, json_group_array(gap ORDER BY gap) FILTER (WHERE gap IS NOT NULL) AS g, COUNT(gap) AS n FROM (SELECT contact_id, at, at - LAG(at) OVER (PARTITION BY contact_id ORDER BY at) AS gap FROM events WHERE name = 'order_placed' AND at <= {now}) GROUP BY contact_id HAVING COUNT(gap) > 0)) m ON m.contact_id = c.id WHERE c.forgotten_at IS NULL AND m.two_medians > 0 AND ({now} - m.last_at) > m.two_medians"
-        ),
-        _ => {
-            let r = "CASE WHEN d <= 30 THEN 5 WHEN d <= 90 THEN 4 WHEN d <= 150 THEN 3 WHEN d <= 270 THEN 2 ELSE 1 END";
-            let f = "CASE WHEN n <= 1 THEN 1 WHEN n <= 2 THEN 2 WHEN n <= 4 THEN 3 WHEN n <= 8 THEN 4 ELSE 5 END";
-            let m = "CASE WHEN s <= 100 THEN 1 WHEN s <= 500 THEN 2 WHEN s <= 1000 THEN 3 WHEN s <= 5000 THEN 4 ELSE 5 END";
-            let spend = if pg {
-                format!(
-                    "COALESCE(SUM(value) FILTER (WHERE at > {}), 0)",
-                    now - 365 * day
-                )
-            } else {
-                format!("TOTAL(CASE WHEN at > {} THEN value END)", now - 365 * day)
-            };
-            format!(
-                "SELECT {r} AS r, {f} AS f, {m} AS m, COUNT(*) FROM (SELECT ({now} - p.last_at) / {day} AS d, p.n, p.s FROM (SELECT contact_id, MAX(at) AS last_at, {cnt} AS n, {spend} AS s FROM events WHERE name = 'order_placed' AND at <= {now} GROUP BY contact_id) p JOIN contacts c ON c.id = p.contact_id WHERE c.forgotten_at IS NULL) x GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-                cnt = in_window(365),
-            )
-        }
-    }
 }
 
 /// The rows of `q` as text, for comparing answers.
 async fn answer(db: &Db, q: Sql) -> Result<(Vec<String>, f64), BenchError> {
     let t = Instant::now();
-    let rows = db
-        .conn
-        .query_all_raw(q.build(db.backend()))
-        .await
-        .map_err(db_err)?;
+    let rows = bench::answer(db, q).await.map_err(db_err)?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
-    Ok((rows.iter().map(row_text).collect(), ms))
+    Ok((rows, ms))
 }
 
-fn row_text(r: &QueryResult) -> String {
-    (0..)
-        .map_while(|i| {
-            r.try_get_by_index::<Option<i64>>(i)
-                .map(|v| v.map_or("-".to_string(), |n| n.to_string()))
-                .or_else(|_| {
-                    r.try_get_by_index::<Option<i32>>(i)
-                        .map(|v| v.map_or("-".to_string(), |n| n.to_string()))
-                })
-                .ok()
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+/// Statistics for the planners (and, on PostgreSQL, the visibility map for index-only scans).
+pub async fn analyze(db: &Db) -> Result<(), BenchError> {
+    bench::analyze(db).await.map_err(db_err)
+}
+
+fn hand_sql(b: DbBackend, name: &str) -> String {
+    bench::hand_written(b, name, BENCH_NOW)
 }
 
 /// Times herald's query and the hand-written one, `RUNS` times each, alternating.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use herald_sinks::{SmtpSink, SmtpSinkConfig};
 use herald_storage::Db;
+use herald_storage::bench;
 use herald_storage::import::import_contacts;
-use sea_orm::{ConnectionTrait, Statement};
 
 use herald_cli::datagen;
 
@@ -80,7 +80,7 @@ pub async fn run(
         .context("the daemon did not print its tracking address")?;
     // The daemon reacts to events that arrive once it has seen the campaign.
     let t0 = Instant::now();
-    while scalar(&db, "SELECT COUNT(*) FROM trigger_cursors").await? == 0 {
+    while bench::trigger_cursors(&db).await? == 0 {
         anyhow::ensure!(
             t0.elapsed() < Duration::from_secs(30),
             "the daemon never saw the campaign"
@@ -127,12 +127,7 @@ pub async fn run(
     let t0 = Instant::now();
     let mut last = (-1, 0);
     loop {
-        let pending = scalar(
-            &db,
-            "SELECT COUNT(*) FROM messages WHERE status IN ('planned', 'sending')",
-        )
-        .await?;
-        let planned = scalar(&db, "SELECT COUNT(*) FROM messages").await?;
+        let (planned, pending) = bench::message_counts(&db).await?;
         last = if planned == last.0 {
             (planned, last.1 + 1)
         } else {
@@ -152,17 +147,7 @@ pub async fn run(
         .status();
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 
-    let rows = db
-        .conn
-        .query_all_raw(Statement::from_string(
-            db.backend(),
-            "SELECT m.sent_at - e.received_at FROM messages m JOIN events e ON e.id = m.trigger_id WHERE m.sent_at IS NOT NULL",
-        ))
-        .await?;
-    let mut lat: Vec<i64> = rows
-        .iter()
-        .filter_map(|r| r.try_get_by_index::<i64>(0).ok())
-        .collect();
+    let mut lat = bench::event_to_send_ms(&db).await?;
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
@@ -193,15 +178,6 @@ pub async fn run(
 
 fn requests_len(total: usize) -> usize {
     total.div_ceil(PER_REQUEST)
-}
-
-async fn scalar(db: &Db, sql: &str) -> anyhow::Result<i64> {
-    let row = db
-        .conn
-        .query_one_raw(Statement::from_string(db.backend(), sql))
-        .await?
-        .context("no row")?;
-    Ok(row.try_get_by_index::<i64>(0)?)
 }
 
 fn write_project(dir: &Path, url: &str, smtp_port: u16) -> anyhow::Result<()> {

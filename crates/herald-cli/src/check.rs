@@ -261,23 +261,9 @@ pub async fn reshuffle_warnings(
     store: &SqlStore,
     config: &ConfigSet,
 ) -> anyhow::Result<Vec<String>> {
-    use sea_orm::ConnectionTrait;
-    let db = store.db();
-    let rows = db
-        .conn
-        .query_all_raw(herald_storage::sql::stmt(
-            db.backend(),
-            "SELECT c.name, c.fingerprint, COUNT(r.id) FROM campaigns c JOIN runs r ON r.campaign_id = c.id GROUP BY c.name, c.fingerprint",
-            vec![],
-        ))
-        .await?;
     let mut warnings = Vec::new();
-    for r in rows {
-        let (name, fingerprint, runs): (String, String, i64) = (
-            r.try_get_by_index(0)?,
-            r.try_get_by_index(1)?,
-            r.try_get_by_index(2)?,
-        );
+    for (name, fingerprint, runs) in herald_storage::runs::campaign_fingerprints(store.db()).await?
+    {
         match config.campaigns.get(&name) {
             Some(c) if c.assignment_fingerprint() != fingerprint => warnings.push(format!(
                 "{}: campaign `{name}` has {runs} run(s), and its holdout or variant weights changed since: contacts will be reassigned to other arms, and reports across these runs mix assignments",

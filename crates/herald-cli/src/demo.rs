@@ -26,7 +26,6 @@ use herald_storage::store::SqlStore;
 use herald_storage::tracking::{Hit, HitKind, record_hits};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use sea_orm::ConnectionTrait;
 
 use herald_engine::clock::{Clock, SystemClock};
 use herald_engine::dispatch::Dispatcher;
@@ -318,25 +317,13 @@ async fn comeback(
     let mut planner = TriggerPlanner::new(store.clone(), clock.clone(), cfg.clone());
     // The first pass starts the campaign's cursor at the newest event: history triggers nothing.
     planner.pass().await?;
-    let db = store.db();
-    let rows = db
-        .conn
-        .query_all_raw(sea_orm::Statement::from_sql_and_values(
-            db.backend(),
-            herald_storage::sql::placeholders(
-                db.backend(),
-                "SELECT c.external_id FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.run_id = $1 ORDER BY m.id",
-            ),
-            [winback.run.id.into()],
-        ))
-        .await?;
+    let recipients = herald_storage::runs::recipients(store.db(), winback.run.id).await?;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x00c0_3eba);
     let now = chrono::Utc::now().timestamp_millis();
     let visits = dir_file(&templates_dir, "data/comeback.csv");
     let mut csv = String::from("external_id,name,at,event_id\n");
     let mut n = 0;
-    for r in &rows {
-        let id: String = r.try_get_by_index(0)?;
+    for id in &recipients {
         if rng.random_bool(0.05) {
             n += 1;
             csv.push_str(&format!("{id},app_open,{},visit-{id}\n", iso(now)));
@@ -365,7 +352,7 @@ async fn comeback(
         TWILIO_TOKEN_VAR => Some(DEMO_AUTH_TOKEN.to_string()),
         _ => None,
     };
-    let imported = import_events(db, &visits, &|_| {}).await?;
+    let imported = import_events(store.db(), &visits, &|_| {}).await?;
     anyhow::ensure!(
         imported.rejected == 0,
         "the demo's app opens were rejected: a bug in the demo"
@@ -515,38 +502,22 @@ struct Simulated {
 /// import; every contact of the run, held out and suppressed ones too,
 /// may buy, as in life.
 async fn simulate(db: &Db, run_id: i64, events: &Path, seed: u64) -> anyhow::Result<Simulated> {
-    let rows = db
-        .conn
-        .query_all_raw(sea_orm::Statement::from_sql_and_values(
-            db.backend(),
-            herald_storage::sql::placeholders(
-                db.backend(),
-                "SELECT m.id, c.external_id, m.arm, m.channel, m.status, m.send_at, COALESCE(m.delivered_at, m.sent_at, m.send_at), \
-                 (SELECT COUNT(*) FROM events e WHERE e.name = 'order_placed' AND e.contact_id = m.contact_id \
-                   AND e.at >= m.send_at - $2 AND e.at < m.send_at), \
-                 (SELECT COUNT(*) FROM events e WHERE e.name = 'order_placed' AND e.contact_id = m.contact_id \
-                   AND e.at >= m.send_at - $3 AND e.at < m.send_at), \
-                 CAST(COALESCE((SELECT SUM(e.value) FROM events e WHERE e.name = 'order_placed' AND e.contact_id = m.contact_id \
-                   AND e.at >= m.send_at - $2 AND e.at < m.send_at), 0) AS DOUBLE PRECISION) \
-                 FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.run_id = $1 ORDER BY m.id",
-            ),
-            [
-                run_id.into(),
-                (YEAR_DAYS * DAY_MS).into(),
-                (RECENT_DAYS * DAY_MS).into(),
-            ],
-        ))
-        .await?;
-    let history = rows
+    let rows = herald_storage::runs::message_histories(
+        db,
+        run_id,
+        "order_placed",
+        YEAR_DAYS * DAY_MS,
+        RECENT_DAYS * DAY_MS,
+    )
+    .await?;
+    let history: Vec<History> = rows
         .iter()
-        .map(|r| {
-            Ok(History {
-                year_orders: r.try_get_by_index(7)?,
-                recent_orders: r.try_get_by_index(8)?,
-                year_revenue: r.try_get_by_index(9)?,
-            })
+        .map(|r| History {
+            year_orders: r.long_count,
+            recent_orders: r.short_count,
+            year_revenue: r.long_value,
         })
-        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+        .collect();
     // Every arm holds the same mix of buyers: scaling by the run's mean
     // keeps each arm's order rate where `behaviour` puts it.
     let mean_appetite =
@@ -566,15 +537,10 @@ async fn simulate(db: &Db, run_id: i64, events: &Path, seed: u64) -> anyhow::Res
     let mut w = std::io::BufWriter::new(std::fs::File::create(events)?);
     writeln!(w, "external_id,name,at,value,event_id")?;
     for (r, past) in rows.iter().zip(&history) {
-        let (id, external_id, arm): (i64, String, String) = (
-            r.try_get_by_index(0)?,
-            r.try_get_by_index(1)?,
-            r.try_get_by_index(2)?,
-        );
-        let channel: Option<String> = r.try_get_by_index(3)?;
-        let status: String = r.try_get_by_index(4)?;
-        let (send_at, delivered_at): (i64, i64) = (r.try_get_by_index(5)?, r.try_get_by_index(6)?);
-        let b = behaviour(&arm);
+        let (id, external_id, arm) = (r.id, &r.external_id, r.arm.as_str());
+        let (channel, status) = (&r.channel, r.status.as_str());
+        let (send_at, delivered_at) = (r.send_at, r.reached_at);
+        let b = behaviour(arm);
         let email = channel.as_deref() == Some("email");
         // Without a status callback server an SMS stays `sent`; it arrived all the same.
         let received = status == "delivered" || (status == "sent" && !email);

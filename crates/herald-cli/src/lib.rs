@@ -71,6 +71,16 @@ pub struct Cli {
     /// Overrides [database].url of herald.toml.
     #[arg(long, global = true, env = "HERALD_DATABASE_URL")]
     pub database: Option<String>,
+    /// How log lines (stderr, filtered by RUST_LOG) are written: `text` for
+    /// people, `json` (one object a line, with the span fields) for a log pipeline.
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,17 +127,38 @@ enum Command {
     Serve,
 }
 
+/// How log lines are written (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text an event, for people.
+    #[default]
+    Text,
+    /// One JSON object an event: its fields, its span and every span it is
+    /// in with their fields (run, message, channel, route...), for a log pipeline.
+    Json,
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `warn`):
+/// `RUST_LOG=herald=debug` tells each message's story (planned, claimed,
+/// rendered, sent or failed with the provider's answer, recorded) inside
+/// spans for the run, the page, the batch and the message.
+pub fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // A log file or a pipe gets no escape codes; nor does anyone with NO_COLOR.
+        LogFormat::Text => builder.with_ansi(output::stderr_colour()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
 /// The `herald` binary: parses the command line, runs it, maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // A log file or a pipe gets no escape codes; nor does anyone with NO_COLOR.
-        .with_ansi(output::stderr_colour())
-        .init();
+    init_logging(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -20,11 +20,8 @@ use herald_engine::render::{CampaignRenderer, MessageRenderer, RenderOutput};
 use herald_engine::store::{
     ClaimedMessage, ContactView, Personalisation, PersonalisationRequest, Store,
 };
-use herald_storage::segment_sql::{IdRange, append, compile_range};
-use herald_storage::sql::Sql;
 use herald_storage::store::SqlStore;
 use herald_templates::sms_segments;
-use sea_orm::ConnectionTrait;
 
 use crate::{Cli, EXIT_INVALID, Exit, app, check};
 
@@ -180,19 +177,10 @@ pub async fn run(cli: &Cli, args: &PreviewArgs) -> anyhow::Result<()> {
 
 /// The id of the (not forgotten) contact with this external id.
 async fn contact_id(store: &SqlStore, external_id: &str) -> anyhow::Result<Option<i64>> {
-    let mut q = Sql::new();
-    q.push("SELECT id FROM contacts WHERE forgotten_at IS NULL AND external_id = ")
-        .bind(external_id.to_string());
-    let db = store.db();
-    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
-    Ok(rows
-        .first()
-        .map(|r| r.try_get_by_index::<i64>(0))
-        .transpose()?)
+    Ok(herald_storage::contacts::live_contact_id(store.db(), external_id).await?)
 }
 
-/// Whether contact `id` is in the campaign's audience at `now`: the segment's query
-/// restricted to that one contact.
+/// Whether contact `id` is in the campaign's audience at `now`.
 async fn in_audience(
     store: &SqlStore,
     config: &ConfigSet,
@@ -200,26 +188,10 @@ async fn in_audience(
     id: i64,
     now: i64,
 ) -> anyhow::Result<bool> {
-    let ctx = store.segment_context(now);
-    let only = IdRange {
-        after: id - 1,
-        up_to: id,
-    };
-    let compiled = compile_range(config.audience_of(campaign), &ctx, Some(only))?;
-    let mut q = Sql::new();
-    q.push("SELECT COUNT(*) FROM contacts c");
-    append(&mut q, compiled.joins);
-    q.push(" WHERE c.forgotten_at IS NULL AND c.id = ")
-        .bind(id)
-        .push(" AND ");
-    append(&mut q, compiled.cond);
-    let db = store.db();
-    let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
-    let n = rows
-        .first()
-        .map(|r| r.try_get_by_index::<i64>(0))
-        .transpose()?;
-    Ok(n == Some(1))
+    Ok(
+        herald_storage::segment_preview::contains(store, config.audience_of(campaign), id, now)
+            .await?,
+    )
 }
 
 /// Who the preview is for, where they stand, and what their templates see.

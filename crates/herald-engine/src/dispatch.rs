@@ -29,6 +29,7 @@ use herald_channels::pacer::Pacer;
 use herald_channels::{Channel as ChannelAdapter, DeliveryError};
 use herald_domain::types::{Channel, MessageStatus, SuppressReason};
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::handoff::Handoff;
@@ -393,6 +394,42 @@ impl RendererSource for HashMap<String, Arc<dyn MessageRenderer>> {
     }
 }
 
+/// One debug event a claimed message (inside the batch's span): joins the
+/// message's id to the run, contact and step it was planned as.
+fn log_claimed(claimed: &[ClaimedMessage]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for m in claimed {
+        tracing::debug!(
+            message_id = m.id,
+            run = m.run_id,
+            contact = m.contact_id,
+            step = m.step,
+            channel = m.channel.as_str(),
+            attempts = m.attempts,
+            "claimed"
+        );
+    }
+}
+
+/// One debug event an outcome written: the last line of a message's story.
+fn log_recorded(outcomes: &[Outcome]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for o in outcomes {
+        tracing::debug!(
+            message_id = o.message_id,
+            status = o.status.as_str(),
+            reason = o.reason.as_deref(),
+            retry_at = o.retry_at,
+            rerouted_to = o.reroute.as_ref().map(|(c, _)| c.as_str()),
+            "recorded"
+        );
+    }
+}
+
 /// A failed outcome of `msg` with no attempt at a provider; it carries how
 /// the message's row was written in advance (a handed message's flight), so
 /// that recording writes only what differs.
@@ -664,6 +701,18 @@ impl Dispatcher {
         renderer: &dyn MessageRenderer,
         stop: Option<&tokio::sync::watch::Receiver<bool>>,
     ) -> StoreResult<DispatchStats> {
+        let span = tracing::info_span!("run", run = run_id);
+        self.drain_run_in(run_id, renderer, stop)
+            .instrument(span)
+            .await
+    }
+
+    async fn drain_run_in(
+        &self,
+        run_id: i64,
+        renderer: &dyn MessageRenderer,
+        stop: Option<&tokio::sync::watch::Receiver<bool>>,
+    ) -> StoreResult<DispatchStats> {
         let started = Instant::now();
         let mut stats = DispatchStats::default();
         loop {
@@ -781,7 +830,9 @@ impl Dispatcher {
                     .and_then(|c| renderers.renderer(c));
                 match renderer {
                     Some(r) => {
+                        let span = tracing::info_span!("run", run = run_id);
                         self.send_batch_as(batch, r.as_ref(), &mut stats, probe)
+                            .instrument(span)
                             .await?
                     }
                     None => {
@@ -1076,6 +1127,7 @@ impl Dispatcher {
                 .await
             {
                 Ok(()) => {
+                    log_recorded(outcomes);
                     if failures > 0 {
                         tracing::info!(
                             outcomes = outcomes.len(),
@@ -1168,6 +1220,25 @@ impl Dispatcher {
         stats: &mut DispatchStats,
         probe: Probe,
     ) -> StoreResult<()> {
+        let span = tracing::debug_span!(
+            "batch",
+            messages = claimed.len(),
+            lane = self.lane.map(|c| c.as_str()),
+            probe = probe != Probe::No
+        );
+        self.send_batch_in(claimed, renderer, stats, probe)
+            .instrument(span)
+            .await
+    }
+
+    async fn send_batch_in(
+        &self,
+        claimed: Vec<ClaimedMessage>,
+        renderer: &dyn MessageRenderer,
+        stats: &mut DispatchStats,
+        probe: Probe,
+    ) -> StoreResult<()> {
+        log_claimed(&claimed);
         let mut outcomes = Vec::with_capacity(claimed.len());
         let mut claimed = claimed;
         if let Some(gate) = &self.gate {
@@ -1249,8 +1320,12 @@ impl Dispatcher {
                 None => Err("the contact was erased before the message was sent".into()),
             };
             match rendered {
-                Ok(out) => ready.push((msg, out)),
+                Ok(out) => {
+                    tracing::debug!(message_id = msg.id, "rendered");
+                    ready.push((msg, out))
+                }
                 Err(why) => {
+                    tracing::debug!(message_id = msg.id, why = %why, "not rendered");
                     stats.failed += 1;
                     let reason = format!("render_error: {why}");
                     outcomes.push(Outcome {
@@ -1467,8 +1542,22 @@ impl Dispatcher {
         platforms: &HashMap<String, Option<PushPlatform>>,
     ) -> (Outcome, SendWaits) {
         let mut waits = SendWaits::default();
+        // The message's span (debug: nothing is built unless it is on).
+        let span = tracing::debug_span!(
+            "message",
+            message_id = msg.id,
+            run = msg.run_id,
+            contact = msg.contact_id,
+            channel = msg.channel.as_str(),
+            route = platforms
+                .get(&msg.address)
+                .copied()
+                .flatten()
+                .map_or(msg.channel.as_str(), PushPlatform::route)
+        );
         let outcome = self
             .send_timed(msg, out, probe, platforms, &mut waits)
+            .instrument(span)
             .await;
         (outcome, waits)
     }
@@ -1608,6 +1697,25 @@ impl Dispatcher {
         };
         if let Some(m) = &self.metrics {
             m.attempt(msg.channel, result_name, took);
+        }
+        // The provider's answer, whatever it was.
+        match &result {
+            Ok(r) => tracing::debug!(
+                message_id = msg.id,
+                result = result_name,
+                provider_id = r.provider_id.as_deref(),
+                detail = %detail,
+                duration_ms,
+                "sent"
+            ),
+            Err(_) => tracing::debug!(
+                message_id = msg.id,
+                result = result_name,
+                code = code.as_deref(),
+                detail = %detail,
+                duration_ms,
+                "send failed"
+            ),
         }
         outcome.attempt = Some(AttemptRecord {
             at,

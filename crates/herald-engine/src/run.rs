@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use herald_domain::config::{Campaign, ConfigSet, SendTime, Trigger};
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::dry_run::DryRunShape;
@@ -56,6 +57,29 @@ pub enum EngineError {
     /// The campaign does not exist in the config.
     #[error("no campaign named `{0}` in config/campaigns/")]
     UnknownCampaign(String),
+}
+
+/// One debug event a message written by a page, inside the run's and the
+/// page's spans: the first line of a message's story. Its id is the
+/// database's, given as the page is written, so the event names the
+/// message by run, contact and step; the `claimed` event joins those to
+/// the id. Nothing is done unless debug is on for the engine.
+fn log_planned(rows: &[PlannedMessage]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for m in rows {
+        tracing::debug!(
+            contact = m.contact_id,
+            step = m.step,
+            arm = %m.arm,
+            channel = m.channel.map(|c| c.as_str()),
+            status = m.status.as_str(),
+            reason = m.reason.as_deref(),
+            send_at = m.send_at,
+            "planned"
+        );
+    }
 }
 
 /// Figures of one planning pass.
@@ -163,6 +187,16 @@ impl Engine {
                     .insert_handed(run.id, run.campaign_id, rows, handed, now)
                     .await?;
                 if !claimed.is_empty() {
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        for m in &claimed {
+                            tracing::debug!(
+                                message_id = m.id,
+                                contact = m.contact_id,
+                                step = m.step,
+                                "handed to a worker as it was written"
+                            );
+                        }
+                    }
                     permit.send(claimed);
                 }
                 return Ok(());
@@ -210,6 +244,16 @@ impl Engine {
     /// last stopped. Holds the run's planning lease, renewed every second or so, so two
     /// daemons never plan one run at once; returns `None` when another holds it.
     pub async fn plan(
+        &self,
+        campaign: &Campaign,
+        run: &RunRecord,
+    ) -> Result<PlanStats, EngineError> {
+        // The run's span: every page, and every message planned, carries its id.
+        let span = tracing::info_span!("run", run = run.id, campaign = %campaign.name);
+        self.plan_in(campaign, run).instrument(span).await
+    }
+
+    async fn plan_in(
         &self,
         campaign: &Campaign,
         run: &RunRecord,
@@ -283,6 +327,8 @@ impl Engine {
             let mut refreshed = false;
             // From the claim: a long segment-entry pass is followed by a renewal.
             let (mut renewed_at, mut pages) = (claimed_at, 0u32);
+            // Pages written by this pass, for the page span.
+            let mut page_no = 0u64;
             let renew_ms = (self.plan_lease_ms / 4).clamp(1, RENEW_MS);
             while let Some(mut rows) = rx.recv().await {
                 // The lease is renewed every second or every few pages, not
@@ -308,13 +354,26 @@ impl Engine {
                 }
                 // Each page is claimable once written, so its duplicate
                 // addresses are decided now, against the pages before it.
-                let keys = address_keys(&rows);
-                if !keys.is_empty() {
-                    let first = rows.iter().map(|m| m.contact_id).min().unwrap_or(0);
-                    let taken = self.store.addresses_taken(run.id, first, &keys).await?;
-                    suppress_duplicate_addresses(&mut rows, &taken);
+                page_no += 1;
+                let page = tracing::debug_span!(
+                    "page",
+                    page = page_no,
+                    first_contact = rows.first().map_or(0, |m| m.contact_id),
+                    rows = rows.len()
+                );
+                async {
+                    let keys = address_keys(&rows);
+                    if !keys.is_empty() {
+                        let first = rows.iter().map(|m| m.contact_id).min().unwrap_or(0);
+                        let taken = self.store.addresses_taken(run.id, first, &keys).await?;
+                        suppress_duplicate_addresses(&mut rows, &taken);
+                    }
+                    self.write_page(run, &rows).await?;
+                    log_planned(&rows);
+                    Ok::<(), EngineError>(())
                 }
-                self.write_page(run, &rows).await?;
+                .instrument(page)
+                .await?;
                 stats.members += rows.len() as u64;
                 if !refreshed && stats.members >= REFRESH_STATISTICS_AFTER {
                     // Workers claim while the plan goes on: they need it now.

@@ -13,7 +13,6 @@ use herald_domain::token::{TokenKind, TokenSigner};
 use herald_server::{AppState, ServerConfig};
 use herald_storage::Db;
 use herald_tests::{Backend, TestDb};
-use sea_orm::{ConnectionTrait, Statement};
 
 const BROWSER: &str =
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 (KHTML, like Gecko)";
@@ -98,38 +97,9 @@ fn wrk(url: &str, script: &std::path::Path, seconds: u64, connections: u64) -> W
 
 async fn fixture(db: &Db, n: i64) {
     let now = chrono::Utc::now().timestamp_millis();
-    let day_ago = now - 86_400_000;
-    let run = |sql: String| async move {
-        db.conn
-            .execute_raw(Statement::from_string(db.backend(), sql))
-            .await
-            .expect("fixture");
-    };
-    run(format!("INSERT INTO campaigns (id, name, kind, topic, fingerprint, created_at, updated_at) VALUES (1, 'bench', 'marketing', NULL, 'f', {now}, {now})")).await;
-    run(format!("INSERT INTO runs (id, campaign_id, scheduled_at, now_at, state, origin, fingerprint, created_at) VALUES (1, 1, {day_ago}, {day_ago}, 'done', 'manual', 'f', {now})")).await;
-    for start in (1..=n).step_by(1000) {
-        let end = (start + 999).min(n);
-        let contacts: Vec<String> = (start..=end)
-            .map(|i| format!("({i}, 'b{i}', 'b{i}@example.com', '{{}}', {now}, {now})"))
-            .collect();
-        run(format!("INSERT INTO contacts (id, external_id, email, attrs, created_at, updated_at) VALUES {}", contacts.join(","))).await;
-        let msgs: Vec<String> = (start..=end)
-            .map(|i| format!("({i}, 1, 1, {i}, 0, 'a', 'email', 'b{i}@example.com', {day_ago}, 'delivered', 1, {day_ago}, {day_ago}, 0, 0, 0, {now}, {now})"))
-            .collect();
-        run(format!("INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, attempts, sent_at, delivered_at, open_count, click_count, revenue, created_at, updated_at) VALUES {}", msgs.join(","))).await;
-    }
-}
-
-async fn scalar(db: &Db, sql: &str) -> i64 {
-    let row = db
-        .conn
-        .query_one_raw(Statement::from_string(db.backend(), sql.to_string()))
+    herald_storage::bench::delivered_messages(db, n, now)
         .await
-        .expect(sql)
-        .expect("a row");
-    row.try_get_by_index::<Option<i64>>(0)
-        .expect(sql)
-        .unwrap_or(0)
+        .expect("fixture");
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -215,7 +185,9 @@ async fn bench(backend: Backend, seconds: u64, connections: u64, messages: i64) 
         "herald_tracking_requests_total{kind=\"open\",status=\"200\"}",
     );
     let batches = metric(&metrics, "herald_tracking_batches_total");
-    let recorded = scalar(&db, "SELECT CAST(SUM(open_count) AS BIGINT) FROM messages").await as u64;
+    let recorded = herald_storage::bench::total_opens(&db)
+        .await
+        .expect("opens recorded") as u64;
     let _ = stop.send(());
     server.await.expect("server").expect("serve");
     test_db.drop_db().await;

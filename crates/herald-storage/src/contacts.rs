@@ -268,6 +268,16 @@ pub async fn contact_key(db: &Db, external_id: &str) -> ContactsResult<Option<(i
         .transpose()
 }
 
+/// The id of the contact `external_id`, unless there is none or it was
+/// forgotten: whom `herald preview --contact` renders for.
+pub async fn live_contact_id(db: &Db, external_id: &str) -> ContactsResult<Option<i64>> {
+    let mut q = Sql::new();
+    q.push("SELECT id FROM contacts WHERE forgotten_at IS NULL AND external_id = ")
+        .bind(external_id.to_string());
+    let rows = all(&db.conn, db.backend(), q).await?;
+    rows.first().map(|r| get(r, 0)).transpose()
+}
+
 /// Everything herald keeps about the contact `external_id`, or `None` when
 /// there is no such contact. Instants are RFC 3339 UTC; the shape is
 /// documented in the README ("Data rights").

@@ -11,6 +11,7 @@
 
 pub mod attribute;
 pub mod audience;
+pub mod bench;
 pub mod console_figures;
 pub mod contacts;
 pub mod conversions;
@@ -39,6 +40,8 @@ mod store_contract;
 pub mod synthetic;
 #[cfg(test)]
 pub(crate) mod test_db;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod tracking;
 
 pub use db::{Backend, Db};

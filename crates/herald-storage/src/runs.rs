@@ -65,6 +65,117 @@ pub(crate) async fn state_of(db: &Db, run: i64) -> Result<String, RunsError> {
         .ok_or(RunsError::NoSuchRun(run))
 }
 
+/// Every campaign with runs: its name, the assignment fingerprint its runs
+/// were planned under, and how many runs it has. `herald check` compares the
+/// fingerprints with the config's to warn before arms reshuffle.
+pub async fn campaign_fingerprints(db: &Db) -> Result<Vec<(String, String, i64)>, RunsError> {
+    let mut q = Sql::new();
+    q.push("SELECT c.name, c.fingerprint, COUNT(r.id) FROM campaigns c JOIN runs r ON r.campaign_id = c.id GROUP BY c.name, c.fingerprint");
+    all(&db.conn, q)
+        .await?
+        .iter()
+        .map(|r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?)))
+        .collect()
+}
+
+/// The external ids of the contacts of run `run`'s messages, in message order
+/// (the demo picks who comes back to the app among them).
+pub async fn recipients(db: &Db, run: i64) -> Result<Vec<String>, RunsError> {
+    let mut q = Sql::new();
+    q.push("SELECT c.external_id FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.run_id = ")
+        .bind(run)
+        .push(" ORDER BY m.id");
+    all(&db.conn, q).await?.iter().map(|r| get(r, 0)).collect()
+}
+
+/// One message of a run, with its contact's purchase history before it was
+/// planned: what the demo's simulated customers act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageHistory {
+    /// Message id.
+    pub id: i64,
+    /// The contact's external id.
+    pub external_id: String,
+    /// Arm.
+    pub arm: String,
+    /// Channel, if the message had one.
+    pub channel: Option<String>,
+    /// Status.
+    pub status: String,
+    /// Planned send time (ms).
+    pub send_at: i64,
+    /// When it reached the contact, as near as known: delivered, else sent,
+    /// else planned (ms).
+    pub reached_at: i64,
+    /// `event`s in the long window before `send_at`.
+    pub long_count: i64,
+    /// `event`s in the short window before `send_at`.
+    pub short_count: i64,
+    /// The sum of the `event`s' values in the long window.
+    pub long_value: f64,
+}
+
+/// Every message of run `run` in id order, with how often its contact did
+/// `event` in the `long_ms` and `short_ms` before its send time, and the
+/// value of those in the long window.
+pub async fn message_histories(
+    db: &Db,
+    run: i64,
+    event: &str,
+    long_ms: i64,
+    short_ms: i64,
+) -> Result<Vec<MessageHistory>, RunsError> {
+    let mut q = Sql::new();
+    let window = |q: &mut Sql, what: &str, ms: i64| {
+        q.push("(SELECT ")
+            .push(what)
+            .push(" FROM events e WHERE e.name = ")
+            .bind(event.to_string())
+            .push(" AND e.contact_id = m.contact_id AND e.at >= m.send_at - ")
+            .bind(ms)
+            .push(" AND e.at < m.send_at)");
+    };
+    q.push("SELECT m.id, c.external_id, m.arm, m.channel, m.status, m.send_at, COALESCE(m.delivered_at, m.sent_at, m.send_at), ");
+    window(&mut q, "COUNT(*)", long_ms);
+    q.push(", ");
+    window(&mut q, "COUNT(*)", short_ms);
+    q.push(", CAST(COALESCE(");
+    window(&mut q, "SUM(e.value)", long_ms);
+    q.push(", 0) AS DOUBLE PRECISION) FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.run_id = ")
+        .bind(run)
+        .push(" ORDER BY m.id");
+    all(&db.conn, q)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(MessageHistory {
+                id: get(r, 0)?,
+                external_id: get(r, 1)?,
+                arm: get(r, 2)?,
+                channel: get(r, 3)?,
+                status: get(r, 4)?,
+                send_at: get(r, 5)?,
+                reached_at: get(r, 6)?,
+                long_count: get(r, 7)?,
+                short_count: get(r, 8)?,
+                long_value: get(r, 9)?,
+            })
+        })
+        .collect()
+}
+
+/// How many messages run `run` has, whatever their status.
+pub async fn message_count(db: &Db, run: i64) -> Result<i64, RunsError> {
+    let mut q = Sql::new();
+    q.push("SELECT COUNT(*) FROM messages WHERE run_id = ")
+        .bind(run);
+    let rows = all(&db.conn, q).await?;
+    rows.first()
+        .map(|r| get(r, 0))
+        .transpose()
+        .map(|n| n.unwrap_or(0))
+}
+
 /// Stops claiming a run's messages; what is in flight finishes. A run still
 /// being planned also stops planning at its next page (`resume_to` keeps
 /// that its plan is unfinished).
@@ -726,8 +837,76 @@ mod tests {
         assert_eq!(one.runs[0].counts, vec![("delivered".to_string(), 1)]);
     }
 
+    /// What the CLI reads of a run through named functions: its
+    /// recipients in message order, each message with its contact's
+    /// purchases in two windows before its send time (events at or after
+    /// it do not count), its message count, and each campaign's
+    /// fingerprint with its runs.
+    async fn a_runs_messages_and_histories_read_back(db: &Db) {
+        let store = SqlStore::new(db.clone());
+        let campaign = CampaignRecord {
+            name: "winback".into(),
+            kind: "marketing".into(),
+            topic: None,
+            fingerprint: "winback;a".into(),
+            goal: None,
+        };
+        let id = store.upsert_campaign(&campaign, T0).await.unwrap();
+        let run = store
+            .create_run(id, T0, T0, "manual", "winback;a")
+            .await
+            .unwrap();
+        for c in 1..=2 {
+            exec(db, format!("INSERT INTO contacts (id, external_id, email, attrs, created_at, updated_at) VALUES ({c}, 'u{c}', 'u{c}@example.com', '{{}}', {T0}, {T0})")).await;
+        }
+        // u2's message first: message order, not contact order.
+        for (m, c, status) in [(1, 2, "delivered"), (2, 1, "failed")] {
+            exec(db, format!("INSERT INTO messages (id, run_id, campaign_id, contact_id, step, arm, channel, address, send_at, status, attempts, delivered_at, created_at, updated_at) VALUES ({m}, {}, {id}, {c}, 0, 'a', 'email', 'u{c}@example.com', {T0}, '{status}', 1, {}, {T0}, {T0})", run.id, if status == "delivered" { (T0 + 5).to_string() } else { "NULL".into() })).await;
+        }
+        let day = 86_400_000;
+        // u2: 40 and 3 days before (value 10 and 5), one at the send, one another event.
+        for (c, name, at, value) in [
+            (2, "order_placed", T0 - 40 * day, 10.0),
+            (2, "order_placed", T0 - 3 * day, 5.0),
+            (2, "order_placed", T0, 99.0),
+            (2, "app_open", T0 - day, 1.0),
+        ] {
+            exec(db, format!("INSERT INTO events (contact_id, name, at, value, received_at) VALUES ({c}, '{name}', {at}, {value}, {at})")).await;
+        }
+        assert_eq!(
+            super::recipients(db, run.id).await.unwrap(),
+            vec!["u2".to_string(), "u1".into()]
+        );
+        assert_eq!(super::message_count(db, run.id).await.unwrap(), 2);
+        let h = super::message_histories(db, run.id, "order_placed", 365 * day, 30 * day)
+            .await
+            .unwrap();
+        let seen: Vec<(i64, &str, i64, i64, i64, f64)> = h
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    m.external_id.as_str(),
+                    m.reached_at,
+                    m.long_count,
+                    m.short_count,
+                    m.long_value,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![(1, "u2", T0 + 5, 2, 1, 15.0), (2, "u1", T0, 0, 0, 0.0)]
+        );
+        assert_eq!(
+            super::campaign_fingerprints(db).await.unwrap(),
+            vec![("winback".to_string(), "winback;a".to_string(), 1)]
+        );
+    }
+
     on_both_databases!(
         a_triggered_run_shows_its_real_start,
-        segment_entry_passes_are_one_row
+        segment_entry_passes_are_one_row,
+        a_runs_messages_and_histories_read_back
     );
 }

@@ -10,7 +10,10 @@ use herald_domain::segment::{Expr, Lifecycle};
 use herald_engine::store::{AudienceMember, Store, StoreError};
 use sea_orm::ConnectionTrait;
 
-use crate::segment_sql::{Unsupported, append, compile, count_sql, rfm_scores_sql};
+use crate::Db;
+use crate::segment_sql::{
+    IdRange, SegmentContext, Unsupported, append, compile, compile_range, count_sql, rfm_scores_sql,
+};
 use crate::sql::Sql;
 use crate::store::SqlStore;
 
@@ -45,7 +48,10 @@ pub enum PreviewError {
 }
 
 async fn scalar(store: &SqlStore, q: Sql) -> Result<i64, sea_orm::DbErr> {
-    let db = store.db();
+    scalar_on(store.db(), q).await
+}
+
+async fn scalar_on(db: &Db, q: Sql) -> Result<i64, sea_orm::DbErr> {
     let rows = db.conn.query_all_raw(q.build(db.backend())).await?;
     rows.first()
         .map(|r| r.try_get_by_index::<i64>(0))
@@ -119,6 +125,40 @@ pub async fn sample(
     Ok(store
         .audience_page(filter, now, None, 0, limit, None)
         .await?)
+}
+
+/// How many contacts `filter` takes under `ctx` (an instant and RFM and
+/// lifecycle settings of the caller's choosing: the benchmarks' fixed ones).
+pub async fn count_in(
+    db: &Db,
+    filter: &Expr,
+    ctx: &SegmentContext<'_>,
+) -> Result<i64, PreviewError> {
+    Ok(scalar_on(db, count_sql(filter, ctx)?).await?)
+}
+
+/// Whether contact `id` is in `filter` at `now`: the segment's query
+/// restricted to that one contact (`herald preview` says so above the messages).
+pub async fn contains(
+    store: &SqlStore,
+    filter: &Expr,
+    id: i64,
+    now: i64,
+) -> Result<bool, PreviewError> {
+    let ctx = store.segment_context(now);
+    let only = IdRange {
+        after: id - 1,
+        up_to: id,
+    };
+    let compiled = compile_range(filter, &ctx, Some(only))?;
+    let mut q = Sql::new();
+    q.push("SELECT COUNT(*) FROM contacts c");
+    append(&mut q, compiled.joins);
+    q.push(" WHERE c.forgotten_at IS NULL AND c.id = ")
+        .bind(id)
+        .push(" AND ");
+    append(&mut q, compiled.cond);
+    Ok(scalar(store, q).await? == 1)
 }
 
 /// The preview of `filter` at `now`, with a sample of at most `limit` members.

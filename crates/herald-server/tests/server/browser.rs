@@ -248,8 +248,7 @@ async fn every_page_passes_axe_core_with_no_serious_violation(app: &App) {
     let Some(axe) = axe_source() else { return };
     purchases(app).await;
     let now = now_ms();
-    app.db
-        .conn
+    herald_storage::test_support::conn(&app.db)
         .execute_unprepared(&format!(
             "UPDATE messages SET converted_at = {now}, opened_at = {now} WHERE id IN (1, 5)"
         ))
@@ -489,7 +488,10 @@ async fn the_report_page_shows_the_figures_of_the_report_json(app: &App) {
         "UPDATE messages SET converted_at = sent_at + 3600000 WHERE id = 1".to_string(),
         format!("UPDATE messages SET converted_at = {now} WHERE id = 5"),
     ] {
-        app.db.conn.execute_unprepared(&sql).await.unwrap();
+        herald_storage::test_support::conn(&app.db)
+            .execute_unprepared(&sql)
+            .await
+            .unwrap();
     }
     let source = StorageReport::default();
     let _ = source.db.set(app.db.clone());
@@ -665,7 +667,7 @@ async fn screenshots_for_the_readme() {
         // The report counts `delivered` etc. from the timestamps: planned and failed ones were never sent.
         "UPDATE messages SET sent_at = NULL, delivered_at = NULL, opened_at = NULL, clicked_at = NULL WHERE status IN ('planned', 'failed', 'held_out')".to_string(),
     ] {
-        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+        herald_storage::test_support::conn(&app.db).execute_unprepared(&sql).await.expect(&sql);
     }
     // Purchases: three in four contacts bought, 1 to 9 times, over the last
     // 300 days, so the R x F grid has every shade.
@@ -673,13 +675,19 @@ async fn screenshots_for_the_readme() {
         let sql = format!(
             "INSERT INTO events (contact_id, name, at, value, received_at) SELECT 1000 + i, 'order_placed', {now} - ((i * 37 + {k} * 11) % (30 + i % 330)) * 86400000, 20 + i % 80, {now} FROM ({series}) t WHERE i % 4 <> 0 AND i % 9 >= {k} AND (i % 5 <> 0 OR {k} < 2)"
         );
-        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+        herald_storage::test_support::conn(&app.db)
+            .execute_unprepared(&sql)
+            .await
+            .expect(&sql);
     }
     // Contacts who came over the last 400 days, so every lifecycle stage has some.
     let sql = format!(
         "UPDATE contacts SET created_at = {now} - (id % 400) * 86400000, first_seen_at = {now} - (id % 400) * 86400000 WHERE id >= 1000"
     );
-    app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    herald_storage::test_support::conn(&app.db)
+        .execute_unprepared(&sql)
+        .await
+        .expect(&sql);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/console");
     std::fs::create_dir_all(&dir).unwrap();
     let _one = ONE_AT_A_TIME.lock().await;

@@ -103,12 +103,15 @@ async fn fixture(db: &Db, now: i64, send_at: i64) {
         ),
     ];
     for s in sql {
-        db.conn.execute_unprepared(&s).await.expect("fixture");
+        herald_storage::test_support::conn(db)
+            .execute_unprepared(&s)
+            .await
+            .expect("fixture");
     }
     if db.backend() == DbBackend::Postgres {
         // Explicit ids leave the sequences behind; later inserts need fresh ones.
         for t in ["contacts", "campaigns", "runs", "messages"] {
-            db.conn
+            herald_storage::test_support::conn(db)
                 .execute_unprepared(&format!(
                     "SELECT setval(pg_get_serial_sequence('{t}', 'id'), 1000)"
                 ))
@@ -257,9 +260,7 @@ impl App {
 
     /// The first column of the first row of `sql`, as an optional integer.
     pub async fn int(&self, sql: &str) -> Option<i64> {
-        let row = self
-            .db
-            .conn
+        let row = herald_storage::test_support::conn(&self.db)
             .query_one_raw(Statement::from_string(self.db.backend(), sql.to_string()))
             .await
             .expect(sql)?;
@@ -268,9 +269,7 @@ impl App {
 
     /// The first column of the first row of `sql`, as a number.
     pub async fn float(&self, sql: &str) -> f64 {
-        let row = self
-            .db
-            .conn
+        let row = herald_storage::test_support::conn(&self.db)
             .query_one_raw(Statement::from_string(self.db.backend(), sql.to_string()))
             .await
             .expect(sql)
@@ -280,9 +279,7 @@ impl App {
 
     /// The first column of the first row of `sql`, as text.
     pub async fn text(&self, sql: &str) -> Option<String> {
-        let row = self
-            .db
-            .conn
+        let row = herald_storage::test_support::conn(&self.db)
             .query_one_raw(Statement::from_string(self.db.backend(), sql.to_string()))
             .await
             .expect(sql)?;

@@ -469,7 +469,10 @@ async fn html_in_names_and_reasons_is_escaped(app: &App) {
         ),
         format!("UPDATE contacts SET attrs = '{{\"name\": \"{HOSTILE}\"}}' WHERE id = 1"),
     ] {
-        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+        herald_storage::test_support::conn(&app.db)
+            .execute_unprepared(&sql)
+            .await
+            .expect(&sql);
     }
     let b = sign_in(app).await;
     let escaped = "&lt;img src=x onerror=alert(1)&gt;";
@@ -586,8 +589,7 @@ async fn the_status_page_shows_routes_daemons_and_errors(app: &App) {
     herald_storage::runs::heartbeat(&app.db, "host-a:1", now)
         .await
         .unwrap();
-    app.db
-        .conn
+    herald_storage::test_support::conn(&app.db)
         .execute_unprepared(&format!("UPDATE messages SET status = 'failed', reason = 'mailbox full', updated_at = {now} WHERE id = 6"))
         .await
         .unwrap();
@@ -619,7 +621,10 @@ async fn a_contacts_page_tells_their_story_and_forgets_them(app: &App) {
             "INSERT INTO suppressions (channel, address, contact_id, topic, reason, source, created_at) VALUES ('email', 'ann@example.com', 1, NULL, 'unsubscribed', 'link', {now})"
         ),
     ] {
-        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+        herald_storage::test_support::conn(&app.db)
+            .execute_unprepared(&sql)
+            .await
+            .expect(&sql);
     }
     let b = sign_in(app).await;
     assert_eq!(
@@ -749,7 +754,10 @@ async fn pages_show_stored_figures_with_their_age_until_a_refresh(app: &App) {
              (8, 1, 1, 7, 0, 'discount', 'email', 'eve@example.com', {now}, 'delivered', 1, 0, 0, 0, {now}, {now})"
         ),
     ] {
-        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+        herald_storage::test_support::conn(&app.db)
+            .execute_unprepared(&sql)
+            .await
+            .expect(&sql);
     }
     let (_, page) = get(app, "/console/runs/1", Some(&b.cookie)).await;
     assert!(page.contains(&cell("delivered", 2)), "stored: {page}");
@@ -872,7 +880,10 @@ pub async fn purchases(app: &App) {
         ago(2),
         ago(200)
     );
-    app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+    herald_storage::test_support::conn(&app.db)
+        .execute_unprepared(&sql)
+        .await
+        .expect(&sql);
 }
 
 /// `s` as the console writes text into HTML.
@@ -951,8 +962,7 @@ async fn the_segments_pages_count_as_segment_preview(app: &App) {
 /// under it; a literal of the wrong stored type too; a good filter is counted.
 async fn a_filter_is_checked_as_herald_check_does_and_counted(app: &App) {
     purchases(app).await;
-    app.db
-        .conn
+    herald_storage::test_support::conn(&app.db)
         .execute_unprepared("UPDATE contacts SET attrs = '{\"vip\": true}' WHERE id = 1")
         .await
         .unwrap();
@@ -1013,14 +1023,12 @@ async fn a_filter_is_checked_as_herald_check_does_and_counted(app: &App) {
 /// "Why they got nothing": the planner's recorded reasons, and a replay of
 /// its rules for a run the contact has no message in.
 async fn a_contacts_page_says_why_they_got_nothing(app: &App) {
-    app.db
-        .conn
+    herald_storage::test_support::conn(&app.db)
         .execute_unprepared("UPDATE contacts SET attrs = '{\"x\": 1}' WHERE id IN (2, 5, 6)")
         .await
         .unwrap();
     // c6 was there before the runs were planned; c5, like the rest, came later.
-    app.db
-        .conn
+    herald_storage::test_support::conn(&app.db)
         .execute_unprepared(&format!(
             "UPDATE contacts SET created_at = created_at - 3 * {DAY} WHERE id = 6"
         ))
@@ -1088,7 +1096,10 @@ async fn a_contacts_page_says_why_they_got_nothing(app: &App) {
             "UPDATE contacts SET created_at = (SELECT now_at FROM runs WHERE id = 2) - {DAY} WHERE id = 5"
         ),
     ] {
-        app.db.conn.execute_unprepared(&sql).await.unwrap();
+        herald_storage::test_support::conn(&app.db)
+            .execute_unprepared(&sql)
+            .await
+            .unwrap();
     }
     let (_, page) = get(app, "/console/contacts/c5", Some(&b.cookie)).await;
     let table = why(&page);
@@ -1178,7 +1189,10 @@ async fn page_times_at_100k(app: &App) {
             "INSERT INTO attempts (message_id, at, result, duration_ms) SELECT 1000 + i, {now} - (i % 3600) * 1000, 'accepted', 5 FROM ({series}) t WHERE i % 10 <> 0 AND i % 7 <> 0"
         ),
     ] {
-        app.db.conn.execute_unprepared(&sql).await.expect(&sql);
+        herald_storage::test_support::conn(&app.db)
+            .execute_unprepared(&sql)
+            .await
+            .expect(&sql);
     }
     let b = sign_in(app).await;
     for p in [

@@ -207,8 +207,7 @@ fn sns(message: &Value) -> Value {
 /// only by herald's Message-ID in `commonHeaders`, one names ann's message by the tag
 /// herald set; the documented example itself names nothing of herald's.
 async fn ses_events_as_documented(app: &App) {
-    app.db
-        .conn
+    herald_storage::test_support::conn(&app.db)
         .execute_unprepared(&format!(
             "UPDATE messages SET provider_id = '{SES_ID}' WHERE id = {M_CAT}"
         ))
