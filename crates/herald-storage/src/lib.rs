@@ -10,6 +10,7 @@
 
 pub mod attribute;
 pub mod audience;
+pub mod bench_data;
 pub mod contacts;
 pub mod conversions;
 pub mod db;
