@@ -205,7 +205,11 @@ pub async fn generate_report_data(
     }
     let refresh: &[&str] = if b == DbBackend::Postgres {
         // Fresh statistics and a visibility map, as autovacuum would leave them.
-        &["VACUUM ANALYZE messages", "VACUUM ANALYZE events", "ANALYZE runs"]
+        &[
+            "VACUUM ANALYZE messages",
+            "VACUUM ANALYZE events",
+            "ANALYZE runs",
+        ]
     } else {
         &["ANALYZE", "PRAGMA wal_checkpoint(TRUNCATE)"]
     };
