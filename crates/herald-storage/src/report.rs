@@ -601,27 +601,163 @@ fn scan_sql(
     q
 }
 
-/// The seeds' metrics of the messages `runs` selects, per (run, arm): one
-/// statement of two parts added up. The first reads the messages alone: how
-/// many, the latest send, and CUPED's covariates (stored on each message
-/// when it was planned). The second is one join of the named events to the
-/// messages by contact, every event between the send and the last instant
-/// of the longest window, each message's windows then summed at once by
-/// conditional aggregates (retained: any event in the window; revenue: the
-/// sum of the values), so the sums of squares (the spread of ARPU and LTV)
-/// cost a multiplication. A message none of whose events fall in a window
-/// never reaches the second part; its zeros are the first part's.
+/// The seeds' metrics of the messages `runs` selects, per (run, arm), in
+/// one statement that joins the named events to the messages by contact
+/// (every event between the send and the last instant of the longest
+/// window) and sums each message's windows at once by conditional
+/// aggregates (retained: any event in the window; revenue: the sum of the
+/// values), so the sums of squares (the spread of ARPU and LTV) cost a
+/// multiplication. CUPED's covariates were stored on each message when it
+/// was planned: read with it, no look at the history.
 ///
 /// This replaced four correlated probes of the events index a message
-/// (issue 33): the database now chooses how to join (PostgreSQL by hash,
-/// SQLite by one index seek a message and event name instead of four), and
-/// nothing is kept that an event arriving late, out of order or through an
+/// (issue 33), and was chosen over keeping the values on the message: it
+/// keeps nothing that an event arriving late, out of order or through an
 /// import could make stale, or that a change of `[results]` could leave
-/// answering another question: the numbers are always the events' as they
-/// are now. Kept apart from the grouped scan so that a campaign without
+/// answering another question; the numbers are always the events' as they
+/// are now. Each database gets the form it runs fastest (measured, see
+/// docs/benchmarks.md): PostgreSQL a hash join, SQLite one pass over the
+/// messages. Kept apart from the grouped scan so that a campaign without
 /// `[results]` pays nothing, and SQLite's covering indexes of that scan stay
-/// covering. One statement, so both parts read one snapshot.
-fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
+/// covering.
+fn results_sql(b: DbBackend, campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
+    match b {
+        DbBackend::Postgres => results_sql_hash(campaign_id, runs, spec),
+        _ => results_sql_one_pass(campaign_id, runs, spec),
+    }
+}
+
+const ZERO: &str = "CAST(0 AS DOUBLE PRECISION)";
+
+/// The event names `[results]` reads, each once.
+fn results_events(spec: &ResultsSpec) -> Vec<&String> {
+    let mut names: Vec<&String> = [&spec.retention_event, &spec.revenue_event]
+        .into_iter()
+        .flatten()
+        .collect();
+    names.dedup();
+    names
+}
+
+/// ` AND e.name IN (...) AND e.at > m.send_at AND e.at <= ...`: the events
+/// that can fall in a window of message `m`. Retention's windows end before
+/// day 31, ARPU's and LTV's at their ends.
+fn push_event_window(q: &mut Sql, spec: &ResultsSpec, names: &[&String]) {
+    let mut last = 0;
+    if spec.retention_event.is_some() {
+        last = 31 * DAY_MS - 1;
+    }
+    if spec.revenue_event.is_some() {
+        last = last.max(ARPU_DAYS * DAY_MS).max(spec.ltv_horizon_ms);
+    }
+    q.push(" AND e.name IN (");
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.bind((*name).clone());
+    }
+    q.push(") AND e.at > m.send_at AND e.at <= m.send_at + ")
+        .bind(last);
+}
+
+/// `, ... AS d1, ... AS d8, ... AS r30, ... AS rl`: one message's windows
+/// over its joined events `e` (constants for a metric without its event).
+/// `e.at > m.send_at` is the join's.
+fn push_windows(q: &mut Sql, spec: &ResultsSpec) {
+    for (from_day, to_day, name) in [(1, 8, "d1"), (8, 31, "d8")] {
+        match &spec.retention_event {
+            Some(event) => {
+                q.push(", MAX(CASE WHEN e.name = ")
+                    .bind(event.clone())
+                    .push(" AND e.at >= m.send_at + ")
+                    .bind(from_day * DAY_MS)
+                    .push(" AND e.at < m.send_at + ")
+                    .bind(to_day * DAY_MS)
+                    .push(" THEN 1 ELSE 0 END) AS ");
+            }
+            None => {
+                q.push(", 0 AS ");
+            }
+        }
+        q.push(name);
+    }
+    for (span_ms, name) in [(ARPU_DAYS * DAY_MS, "r30"), (spec.ltv_horizon_ms, "rl")] {
+        match &spec.revenue_event {
+            Some(event) => {
+                q.push(", CAST(COALESCE(SUM(CASE WHEN e.name = ")
+                    .bind(event.clone())
+                    .push(" AND e.at <= m.send_at + ")
+                    .bind(span_ms)
+                    .push(" THEN e.value END), 0) AS DOUBLE PRECISION) AS ");
+            }
+            None => {
+                q.push(", ").push(ZERO).push(" AS ");
+            }
+        }
+        q.push(name);
+    }
+}
+
+/// SQLite's form: one pass over the messages, each message left-joined to
+/// its events in the windows (one seek of the covering index
+/// `events_name_contact_at` per event name) and grouped by its id, which
+/// the scan already delivers in order, so nothing is sorted. Reading the
+/// messages a second time for those without events (PostgreSQL's form) cost
+/// SQLite more than the join.
+fn results_sql_one_pass(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
+    let mut q = Sql::new();
+    q.push(
+        "SELECT t.run_id, t.arm, COUNT(*), CAST(COALESCE(SUM(t.d1), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(t.d8), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(t.r30), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.rl), 0) AS DOUBLE PRECISION), MAX(t.send_at), \
+         CAST(COALESCE(SUM(t.r30 * t.r30), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.rl * t.rl), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.ph), 0) AS BIGINT), CAST(COALESCE(SUM(t.cv), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(t.pc), 0) AS BIGINT), CAST(COALESCE(SUM(t.pc * t.cv), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(t.pr), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.pr * t.pr), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.pr * t.r30), 0) AS DOUBLE PRECISION), \
+         CAST(COALESCE(SUM(t.pr * t.rl), 0) AS DOUBLE PRECISION) \
+         FROM (SELECT m.run_id, m.arm, m.send_at",
+    );
+    // A message without covariates (planned before CUPED was asked for)
+    // counts as a contact without history.
+    q.push(if spec.cuped {
+        ", CASE WHEN m.converted_at IS NULL THEN 0 ELSE 1 END AS cv, \
+         COALESCE(m.pre_converted, 0) AS pc, \
+         CAST(COALESCE(m.pre_revenue, 0) AS DOUBLE PRECISION) AS pr, \
+         CASE WHEN m.pre_converted IS NULL AND m.pre_revenue IS NULL THEN 0 ELSE 1 END AS ph"
+    } else {
+        ", 0 AS cv, 0 AS pc, CAST(0 AS DOUBLE PRECISION) AS pr, 0 AS ph"
+    });
+    let names = results_events(spec);
+    if names.is_empty() {
+        q.push(", 0 AS d1, 0 AS d8, ")
+            .push(ZERO)
+            .push(" AS r30, ")
+            .push(ZERO)
+            .push(" AS rl FROM messages m");
+        push_results_messages(&mut q, campaign_id, runs);
+    } else {
+        push_windows(&mut q, spec);
+        q.push(" FROM messages m LEFT JOIN events e ON e.contact_id = m.contact_id");
+        push_event_window(&mut q, spec, &names);
+        push_results_messages(&mut q, campaign_id, runs);
+        q.push(" GROUP BY m.id");
+    }
+    q.push(") t GROUP BY t.run_id, t.arm");
+    q
+}
+
+/// PostgreSQL's form: two parts added up in one statement (one snapshot).
+/// The first reads the messages alone: how many, the latest send, CUPED's
+/// covariates. The second hash-joins the events to the messages and groups
+/// by message; a message none of whose events fall in a window never
+/// reaches it, its zeros are the first part's. Grouping every message
+/// instead (SQLite's form) cost PostgreSQL half as much again.
+fn results_sql_hash(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
     let mut q = Sql::new();
     q.push(
         "SELECT u.run_id, u.arm, CAST(SUM(u.n) AS BIGINT), CAST(SUM(u.d1) AS BIGINT), \
@@ -633,9 +769,6 @@ fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
          CAST(SUM(u.prsq) AS DOUBLE PRECISION), CAST(SUM(u.prx30) AS DOUBLE PRECISION), \
          CAST(SUM(u.prxl) AS DOUBLE PRECISION) FROM (",
     );
-    const ZERO: &str = "CAST(0 AS DOUBLE PRECISION)";
-    // The messages alone. A message without covariates (planned before CUPED
-    // was asked for) counts as a contact without history.
     q.push("SELECT m.run_id, m.arm, COUNT(*) AS n, 0 AS d1, 0 AS d8, ")
         .push(ZERO)
         .push(" AS r30, ")
@@ -662,86 +795,27 @@ fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
     .push(" AS prxl FROM messages m");
     push_results_messages(&mut q, campaign_id, runs);
     q.push(" GROUP BY m.run_id, m.arm");
-
-    let names: Vec<&String> = {
-        let mut names: Vec<&String> = [&spec.retention_event, &spec.revenue_event]
-            .into_iter()
-            .flatten()
-            .collect();
-        names.dedup();
-        names
-    };
+    let names = results_events(spec);
     if !names.is_empty() {
-        // The last instant any window reaches: retention's ends before day
-        // 31, ARPU's and LTV's at their ends.
-        let mut last = 0;
-        if spec.retention_event.is_some() {
-            last = 31 * DAY_MS - 1;
-        }
-        if spec.revenue_event.is_some() {
-            last = last.max(ARPU_DAYS * DAY_MS).max(spec.ltv_horizon_ms);
-        }
-        q.push(" UNION ALL SELECT p.run_id, p.arm, 0, SUM(p.d1), SUM(p.d8), SUM(p.r30), SUM(p.rl), NULL, \
-                SUM(p.r30 * p.r30), SUM(p.rl * p.rl), 0, 0, 0, 0, ")
-            .push(ZERO)
-            .push(", ")
-            .push(ZERO)
-            .push(", SUM(p.pr * p.r30), SUM(p.pr * p.rl) FROM (SELECT m.id, m.run_id, m.arm, ")
-            .push(if spec.cuped {
-                "CAST(COALESCE(m.pre_revenue, 0) AS DOUBLE PRECISION)"
-            } else {
-                ZERO
-            })
-            .push(" AS pr");
-        let retained = |q: &mut Sql, from_day: i64, to_day: i64, name: &str| {
-            match &spec.retention_event {
-                Some(event) => {
-                    q.push(", MAX(CASE WHEN e.name = ")
-                        .bind(event.clone())
-                        .push(" AND e.at >= m.send_at + ")
-                        .bind(from_day * DAY_MS)
-                        .push(" AND e.at < m.send_at + ")
-                        .bind(to_day * DAY_MS)
-                        .push(" THEN 1 ELSE 0 END) AS ");
-                }
-                None => {
-                    q.push(", 0 AS ");
-                }
-            }
-            q.push(name);
-        };
-        retained(&mut q, 1, 8, "d1");
-        retained(&mut q, 8, 31, "d8");
-        // `e.at > m.send_at` is the join's.
-        let revenue = |q: &mut Sql, span_ms: i64, name: &str| {
-            match &spec.revenue_event {
-                Some(event) => {
-                    q.push(", CAST(COALESCE(SUM(CASE WHEN e.name = ")
-                        .bind(event.clone())
-                        .push(" AND e.at <= m.send_at + ")
-                        .bind(span_ms)
-                        .push(" THEN e.value END), 0) AS DOUBLE PRECISION) AS ");
-                }
-                None => {
-                    q.push(", ").push(ZERO).push(" AS ");
-                }
-            }
-            q.push(name);
-        };
-        revenue(&mut q, ARPU_DAYS * DAY_MS, "r30");
-        revenue(&mut q, spec.ltv_horizon_ms, "rl");
+        q.push(
+            " UNION ALL SELECT p.run_id, p.arm, 0, SUM(p.d1), SUM(p.d8), SUM(p.r30), SUM(p.rl), NULL, \
+             SUM(p.r30 * p.r30), SUM(p.rl * p.rl), 0, 0, 0, 0, ",
+        )
+        .push(ZERO)
+        .push(", ")
+        .push(ZERO)
+        .push(", SUM(p.pr * p.r30), SUM(p.pr * p.rl) FROM (SELECT m.id, m.run_id, m.arm, ")
+        .push(if spec.cuped {
+            "CAST(COALESCE(m.pre_revenue, 0) AS DOUBLE PRECISION)"
+        } else {
+            ZERO
+        })
+        .push(" AS pr");
+        push_windows(&mut q, spec);
         q.push(" FROM messages m JOIN events e ON e.contact_id = m.contact_id");
         push_results_messages(&mut q, campaign_id, runs);
-        q.push(" AND e.name IN (");
-        for (i, name) in names.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
-            q.bind((*name).clone());
-        }
-        q.push(") AND e.at > m.send_at AND e.at <= m.send_at + ")
-            .bind(last)
-            .push(" GROUP BY m.id, m.run_id, m.arm");
+        push_event_window(&mut q, spec, &names);
+        q.push(" GROUP BY m.id, m.run_id, m.arm");
         if spec.cuped {
             q.push(", m.pre_revenue");
         }
@@ -788,7 +862,7 @@ async fn results_scan(
             Runs::Triggered(ids, ..) => ids.iter().copied().collect(),
             _ => scheduled.iter().copied().collect(),
         };
-        let q = results_sql(campaign_id, runs, spec);
+        let q = results_sql(b, campaign_id, runs, spec);
         for r in db.conn.query_all_raw(q.build(b)).await? {
             let run_id: i64 = get(&r, 0)?;
             if !wanted.contains(&run_id) {

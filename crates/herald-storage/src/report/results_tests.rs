@@ -253,7 +253,8 @@ async fn assert_statements_agree(db: &Db, when: &str) -> BTreeMap<(i64, String),
     let mut first = BTreeMap::new();
     for (name, spec) in specs() {
         for (selected, runs) in selections {
-            let one_pass = results_of(db, results_sql(CAMPAIGN_ID, runs, &spec)).await;
+            let one_pass =
+                results_of(db, results_sql(db.backend(), CAMPAIGN_ID, runs, &spec)).await;
             let probed = results_of(db, probing_results_sql(CAMPAIGN_ID, runs, &spec)).await;
             assert_eq!(
                 one_pass.keys().collect::<Vec<_>>(),
