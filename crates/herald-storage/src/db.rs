@@ -153,14 +153,6 @@ impl Db {
         self.digest_keys.as_deref()
     }
 
-    /// The raw connection, for `crates/herald-bench/src/report.rs` alone
-    /// until the onescan branch moves its SQL into this crate; remove it then
-    /// (nothing else may call it: `tests/house_rules.rs` keeps SQL here).
-    #[doc(hidden)]
-    pub fn conn_for_report_bench(&self) -> &DatabaseConnection {
-        &self.conn
-    }
-
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.conn.get_database_backend()

@@ -12,6 +12,7 @@
 pub mod attribute;
 pub mod audience;
 pub mod bench;
+pub mod bench_data;
 pub mod console_figures;
 pub mod contacts;
 pub mod conversions;

@@ -607,76 +607,113 @@ fn scan_sql(
     q
 }
 
-/// The seeds' metrics of the messages `runs` selects, per (run, arm): one
-/// statement, each message probing the events index (`name, contact_id, at,
-/// value`) once per metric. Kept apart from the grouped scan so that a
-/// campaign without `[results]` pays nothing, and SQLite's covering indexes
-/// of that scan stay covering. Each contact's values are computed once in a
-/// derived table, so the sums of squares (the spread of ARPU and LTV) cost a
-/// multiplication, not another probe.
-fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
-    let mut q = Sql::new();
-    q.push("SELECT m.run_id, m.arm, m.send_at");
-    let retained = |q: &mut Sql, from_day: i64, to_day: i64, name: &str| {
+/// The seeds' metrics of the messages `runs` selects, per (run, arm), in
+/// one statement that joins the named events to the messages by contact
+/// (every event between the send and the last instant of the longest
+/// window) and sums each message's windows at once by conditional
+/// aggregates (retained: any event in the window; revenue: the sum of the
+/// values), so the sums of squares (the spread of ARPU and LTV) cost a
+/// multiplication. CUPED's covariates were stored on each message when it
+/// was planned: read with it, no look at the history.
+///
+/// This replaced four correlated probes of the events index a message
+/// (issue 33), and was chosen over keeping the values on the message: it
+/// keeps nothing that an event arriving late, out of order or through an
+/// import could make stale, or that a change of `[results]` could leave
+/// answering another question; the numbers are always the events' as they
+/// are now. Each database gets the form it runs fastest (measured, see
+/// docs/benchmarks.md): PostgreSQL a hash join, SQLite one pass over the
+/// messages. Kept apart from the grouped scan so that a campaign without
+/// `[results]` pays nothing, and SQLite's covering indexes of that scan stay
+/// covering.
+fn results_sql(b: DbBackend, campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
+    match b {
+        DbBackend::Postgres => results_sql_hash(campaign_id, runs, spec),
+        _ => results_sql_one_pass(campaign_id, runs, spec),
+    }
+}
+
+const ZERO: &str = "CAST(0 AS DOUBLE PRECISION)";
+
+/// The event names `[results]` reads, each once.
+fn results_events(spec: &ResultsSpec) -> Vec<&String> {
+    let mut names: Vec<&String> = [&spec.retention_event, &spec.revenue_event]
+        .into_iter()
+        .flatten()
+        .collect();
+    names.dedup();
+    names
+}
+
+/// ` AND e.name IN (...) AND e.at > m.send_at AND e.at <= ...`: the events
+/// that can fall in a window of message `m`. Retention's windows end before
+/// day 31, ARPU's and LTV's at their ends.
+fn push_event_window(q: &mut Sql, spec: &ResultsSpec, names: &[&String]) {
+    let mut last = 0;
+    if spec.retention_event.is_some() {
+        last = 31 * DAY_MS - 1;
+    }
+    if spec.revenue_event.is_some() {
+        last = last.max(ARPU_DAYS * DAY_MS).max(spec.ltv_horizon_ms);
+    }
+    q.push(" AND e.name IN (");
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.bind((*name).clone());
+    }
+    q.push(") AND e.at > m.send_at AND e.at <= m.send_at + ")
+        .bind(last);
+}
+
+/// `, ... AS d1, ... AS d8, ... AS r30, ... AS rl`: one message's windows
+/// over its joined events `e` (constants for a metric without its event).
+/// `e.at > m.send_at` is the join's.
+fn push_windows(q: &mut Sql, spec: &ResultsSpec) {
+    for (from_day, to_day, name) in [(1, 8, "d1"), (8, 31, "d8")] {
         match &spec.retention_event {
             Some(event) => {
-                q.push(", CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.name = ")
+                q.push(", MAX(CASE WHEN e.name = ")
                     .bind(event.clone())
-                    .push(" AND e.contact_id = m.contact_id AND e.at >= m.send_at + ")
+                    .push(" AND e.at >= m.send_at + ")
                     .bind(from_day * DAY_MS)
                     .push(" AND e.at < m.send_at + ")
                     .bind(to_day * DAY_MS)
-                    .push(") THEN 1 ELSE 0 END AS ");
+                    .push(" THEN 1 ELSE 0 END) AS ");
             }
             None => {
                 q.push(", 0 AS ");
             }
         }
         q.push(name);
-    };
-    retained(&mut q, 1, 8, "d1");
-    retained(&mut q, 8, 31, "d8");
-    let revenue = |q: &mut Sql, span_ms: i64, name: &str| {
+    }
+    for (span_ms, name) in [(ARPU_DAYS * DAY_MS, "r30"), (spec.ltv_horizon_ms, "rl")] {
         match &spec.revenue_event {
             Some(event) => {
-                q.push(", CAST(COALESCE((SELECT SUM(e.value) FROM events e WHERE e.name = ")
+                q.push(", CAST(COALESCE(SUM(CASE WHEN e.name = ")
                     .bind(event.clone())
-                    .push(
-                        " AND e.contact_id = m.contact_id AND e.at > m.send_at AND e.at <= m.send_at + ",
-                    )
+                    .push(" AND e.at <= m.send_at + ")
                     .bind(span_ms)
-                    .push("), 0) AS DOUBLE PRECISION) AS ");
+                    .push(" THEN e.value END), 0) AS DOUBLE PRECISION) AS ");
             }
             None => {
-                q.push(", CAST(0 AS DOUBLE PRECISION) AS ");
+                q.push(", ").push(ZERO).push(" AS ");
             }
         }
         q.push(name);
-    };
-    revenue(&mut q, ARPU_DAYS * DAY_MS, "r30");
-    revenue(&mut q, spec.ltv_horizon_ms, "rl");
-    // CUPED's covariates were stored on the message when it was planned: read
-    // with it, no probe of the history. A message without them counts as a
-    // contact without history.
-    q.push(if spec.cuped {
-        ", CASE WHEN m.converted_at IS NULL THEN 0 ELSE 1 END AS cv, \
-         COALESCE(m.pre_converted, 0) AS pc, \
-         CAST(COALESCE(m.pre_revenue, 0) AS DOUBLE PRECISION) AS pr, \
-         CASE WHEN m.pre_converted IS NULL AND m.pre_revenue IS NULL THEN 0 ELSE 1 END AS ph"
-    } else {
-        ", 0 AS cv, 0 AS pc, CAST(0 AS DOUBLE PRECISION) AS pr, 0 AS ph"
-    });
-    q.push(" FROM messages m WHERE m.campaign_id = ")
-        .bind(campaign_id)
-        .push(" AND m.step = 0")
-        // The global holdout is outside the campaign's experiment, as in the scan.
-        .push(" AND (m.status <> 'suppressed' OR m.reason IS NULL OR m.reason <> ")
-        .bind(SuppressReason::GlobalHoldout.as_str().to_string())
-        .push(")");
-    push_runs(&mut q, campaign_id, runs);
-    // The outer query binds nothing, so the inner one's placeholders keep their numbers.
-    q.text.insert_str(
-        0,
+    }
+}
+
+/// SQLite's form: one pass over the messages, each message left-joined to
+/// its events in the windows (one seek of the covering index
+/// `events_name_contact_at` per event name) and grouped by its id, which
+/// the scan already delivers in order, so nothing is sorted. Reading the
+/// messages a second time for those without events (PostgreSQL's form) cost
+/// SQLite more than the join.
+fn results_sql_one_pass(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
+    let mut q = Sql::new();
+    q.push(
         "SELECT t.run_id, t.arm, COUNT(*), CAST(COALESCE(SUM(t.d1), 0) AS BIGINT), \
          CAST(COALESCE(SUM(t.d8), 0) AS BIGINT), \
          CAST(COALESCE(SUM(t.r30), 0) AS DOUBLE PRECISION), \
@@ -688,10 +725,123 @@ fn results_sql(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
          CAST(COALESCE(SUM(t.pr), 0) AS DOUBLE PRECISION), \
          CAST(COALESCE(SUM(t.pr * t.pr), 0) AS DOUBLE PRECISION), \
          CAST(COALESCE(SUM(t.pr * t.r30), 0) AS DOUBLE PRECISION), \
-         CAST(COALESCE(SUM(t.pr * t.rl), 0) AS DOUBLE PRECISION) FROM (",
+         CAST(COALESCE(SUM(t.pr * t.rl), 0) AS DOUBLE PRECISION) \
+         FROM (SELECT m.run_id, m.arm, m.send_at",
     );
+    // A message without covariates (planned before CUPED was asked for)
+    // counts as a contact without history.
+    q.push(if spec.cuped {
+        ", CASE WHEN m.converted_at IS NULL THEN 0 ELSE 1 END AS cv, \
+         COALESCE(m.pre_converted, 0) AS pc, \
+         CAST(COALESCE(m.pre_revenue, 0) AS DOUBLE PRECISION) AS pr, \
+         CASE WHEN m.pre_converted IS NULL AND m.pre_revenue IS NULL THEN 0 ELSE 1 END AS ph"
+    } else {
+        ", 0 AS cv, 0 AS pc, CAST(0 AS DOUBLE PRECISION) AS pr, 0 AS ph"
+    });
+    let names = results_events(spec);
+    if names.is_empty() {
+        q.push(", 0 AS d1, 0 AS d8, ")
+            .push(ZERO)
+            .push(" AS r30, ")
+            .push(ZERO)
+            .push(" AS rl FROM messages m");
+        push_results_messages(&mut q, campaign_id, runs);
+    } else {
+        push_windows(&mut q, spec);
+        q.push(" FROM messages m LEFT JOIN events e ON e.contact_id = m.contact_id");
+        push_event_window(&mut q, spec, &names);
+        push_results_messages(&mut q, campaign_id, runs);
+        q.push(" GROUP BY m.id");
+    }
     q.push(") t GROUP BY t.run_id, t.arm");
     q
+}
+
+/// PostgreSQL's form: two parts added up in one statement (one snapshot).
+/// The first reads the messages alone: how many, the latest send, CUPED's
+/// covariates. The second hash-joins the events to the messages and groups
+/// by message; a message none of whose events fall in a window never
+/// reaches it, its zeros are the first part's. Grouping every message
+/// instead (SQLite's form) cost PostgreSQL half as much again.
+fn results_sql_hash(campaign_id: i64, runs: Runs<'_>, spec: &ResultsSpec) -> Sql {
+    let mut q = Sql::new();
+    q.push(
+        "SELECT u.run_id, u.arm, CAST(SUM(u.n) AS BIGINT), CAST(SUM(u.d1) AS BIGINT), \
+         CAST(SUM(u.d8) AS BIGINT), CAST(SUM(u.r30) AS DOUBLE PRECISION), \
+         CAST(SUM(u.rl) AS DOUBLE PRECISION), MAX(u.last), \
+         CAST(SUM(u.r30sq) AS DOUBLE PRECISION), CAST(SUM(u.rlsq) AS DOUBLE PRECISION), \
+         CAST(SUM(u.ph) AS BIGINT), CAST(SUM(u.cv) AS BIGINT), CAST(SUM(u.pc) AS BIGINT), \
+         CAST(SUM(u.pcv) AS BIGINT), CAST(SUM(u.pr) AS DOUBLE PRECISION), \
+         CAST(SUM(u.prsq) AS DOUBLE PRECISION), CAST(SUM(u.prx30) AS DOUBLE PRECISION), \
+         CAST(SUM(u.prxl) AS DOUBLE PRECISION) FROM (",
+    );
+    q.push("SELECT m.run_id, m.arm, COUNT(*) AS n, 0 AS d1, 0 AS d8, ")
+        .push(ZERO)
+        .push(" AS r30, ")
+        .push(ZERO)
+        .push(" AS rl, MAX(m.send_at) AS last, ")
+        .push(ZERO)
+        .push(" AS r30sq, ")
+        .push(ZERO)
+        .push(" AS rlsq, ");
+    q.push(if spec.cuped {
+        "SUM(CASE WHEN m.pre_converted IS NULL AND m.pre_revenue IS NULL THEN 0 ELSE 1 END) AS ph, \
+         SUM(CASE WHEN m.converted_at IS NULL THEN 0 ELSE 1 END) AS cv, \
+         SUM(COALESCE(m.pre_converted, 0)) AS pc, \
+         SUM(CASE WHEN m.converted_at IS NULL THEN 0 ELSE COALESCE(m.pre_converted, 0) END) AS pcv, \
+         CAST(SUM(COALESCE(m.pre_revenue, 0)) AS DOUBLE PRECISION) AS pr, \
+         CAST(SUM(COALESCE(m.pre_revenue, 0) * COALESCE(m.pre_revenue, 0)) AS DOUBLE PRECISION) AS prsq, "
+    } else {
+        "0 AS ph, 0 AS cv, 0 AS pc, 0 AS pcv, CAST(0 AS DOUBLE PRECISION) AS pr, \
+         CAST(0 AS DOUBLE PRECISION) AS prsq, "
+    })
+    .push(ZERO)
+    .push(" AS prx30, ")
+    .push(ZERO)
+    .push(" AS prxl FROM messages m");
+    push_results_messages(&mut q, campaign_id, runs);
+    q.push(" GROUP BY m.run_id, m.arm");
+    let names = results_events(spec);
+    if !names.is_empty() {
+        q.push(
+            " UNION ALL SELECT p.run_id, p.arm, 0, SUM(p.d1), SUM(p.d8), SUM(p.r30), SUM(p.rl), NULL, \
+             SUM(p.r30 * p.r30), SUM(p.rl * p.rl), 0, 0, 0, 0, ",
+        )
+        .push(ZERO)
+        .push(", ")
+        .push(ZERO)
+        .push(", SUM(p.pr * p.r30), SUM(p.pr * p.rl) FROM (SELECT m.id, m.run_id, m.arm, ")
+        .push(if spec.cuped {
+            "CAST(COALESCE(m.pre_revenue, 0) AS DOUBLE PRECISION)"
+        } else {
+            ZERO
+        })
+        .push(" AS pr");
+        push_windows(&mut q, spec);
+        q.push(" FROM messages m JOIN events e ON e.contact_id = m.contact_id");
+        push_results_messages(&mut q, campaign_id, runs);
+        push_event_window(&mut q, spec, &names);
+        q.push(" GROUP BY m.id, m.run_id, m.arm");
+        if spec.cuped {
+            q.push(", m.pre_revenue");
+        }
+        q.push(") p GROUP BY p.run_id, p.arm");
+    }
+    q.push(") u GROUP BY u.run_id, u.arm");
+    q
+}
+
+/// ` WHERE ...` selecting, as `m`, the messages of `runs` that `[results]`
+/// counts: each contact's first message, the global holdout left out (it is
+/// outside the campaign's experiment, as in the scan).
+fn push_results_messages(q: &mut Sql, campaign_id: i64, runs: Runs<'_>) {
+    q.push(" WHERE m.campaign_id = ")
+        .bind(campaign_id)
+        .push(" AND m.step = 0")
+        .push(" AND (m.status <> 'suppressed' OR m.reason IS NULL OR m.reason <> ")
+        .bind(SuppressReason::GlobalHoldout.as_str().to_string())
+        .push(")");
+    push_runs(q, campaign_id, runs);
 }
 
 /// The seeds' metrics of the runs `run_ids` (of which `triggered` are cut
@@ -718,7 +868,7 @@ async fn results_scan(
             Runs::Triggered(ids, ..) => ids.iter().copied().collect(),
             _ => scheduled.iter().copied().collect(),
         };
-        let q = results_sql(campaign_id, runs, spec);
+        let q = results_sql(b, campaign_id, runs, spec);
         for r in db.conn.query_all_raw(q.build(b)).await? {
             let run_id: i64 = get(&r, 0)?;
             if !wanted.contains(&run_id) {
@@ -1231,6 +1381,10 @@ pub async fn rollouts(db: &Db, campaign_id: i64) -> ReportResult<Vec<RolloutReco
 mod cuped_tests;
 #[cfg(test)]
 mod db_tests;
+#[cfg(test)]
+mod probing;
+#[cfg(test)]
+mod results_tests;
 
 #[cfg(test)]
 mod tests {

@@ -13,13 +13,7 @@
 use std::path::{Path, PathBuf};
 
 /// Files allowed to hold SQL for now, each with why.
-const EXEMPT: &[(&str, &str)] = &[
-    // Moved by the onescan branch: the lead removes this exemption at merge.
-    (
-        "crates/herald-bench/src/report.rs",
-        "moved by the onescan branch",
-    ),
-];
+const EXEMPT: &[(&str, &str)] = &[];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -59,9 +53,6 @@ fn sql_in(line: &str, next: &[&str]) -> Option<&'static str> {
     }
     if line.contains("Statement::from_sql") || line.contains("Statement::from_string") {
         return Some("a raw sea-orm Statement");
-    }
-    if line.contains("conn_for_report_bench") {
-        return Some("the report bench's raw connection (report.rs's alone, until onescan)");
     }
     if line.contains("ConnectionTrait") {
         return Some("sea-orm's ConnectionTrait (raw statements)");
