@@ -3,7 +3,9 @@
 //! contacts as CSV, then imports them into a fresh SQLite file and (with
 //! `--postgres`) a PostgreSQL database, each in a child process so its peak
 //! memory is its own; it prints rows/s, peak RSS, and the rate of parsing the
-//! CSV alone, so the figure means something on another machine.
+//! CSV alone, so the figure means something on another machine. `herald-bench
+//! adapters` sets `herald send` through the real adapters beside the bare
+//! transport to the same local peers.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,6 +17,7 @@ use herald_storage::import::import_contacts;
 
 use herald_cli::datagen;
 
+mod adapters;
 mod console;
 mod entry;
 mod report;
@@ -78,6 +81,32 @@ enum BenchWhat {
         /// lifecycle and best-hour queries would read. 0 keeps the load fast.
         #[arg(long, default_value_t = 0)]
         events_per_contact: usize,
+    },
+    /// `herald send` through the Twilio and SMTP adapters to fast local
+    /// peers, alternated with the bare transport (reqwest, 16 in flight;
+    /// lettre, TCP_NODELAY, 8 connections) to the same peers: messages/s and the ratio.
+    Adapters {
+        /// Contacts generated (about 27% get an SMS, 92% an email).
+        #[arg(long, default_value_t = 40_000)]
+        contacts: usize,
+        /// Messages each bare loop sends per round.
+        #[arg(long, default_value_t = 10_000)]
+        bare_messages: usize,
+        /// Rounds per adapter, each the bare loop then `herald send`.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Which adapters.
+        #[arg(long, value_delimiter = ',', default_value = "twilio,smtp")]
+        adapters: Vec<String>,
+        /// `[channels.sms] concurrency` (default: the product's).
+        #[arg(long)]
+        sms_concurrency: Option<usize>,
+        /// `[channels.email] concurrency` (default: the product's).
+        #[arg(long)]
+        email_concurrency: Option<usize>,
+        /// Extra lines at the end of `config/herald.toml` (to try a setting before making it the default).
+        #[arg(long)]
+        extra_config: Option<String>,
     },
     /// One run (used by `bench run`): generates the data, runs `herald send`; prints one JSON line.
     #[command(hide = true)]
@@ -217,6 +246,26 @@ async fn main() -> anyhow::Result<()> {
             *workers,
             *events_per_contact,
         ),
+        BenchWhat::Adapters {
+            contacts,
+            bare_messages,
+            rounds,
+            adapters,
+            sms_concurrency,
+            email_concurrency,
+            extra_config,
+        } => {
+            adapters::run(adapters::Options {
+                contacts: *contacts,
+                bare_messages: *bare_messages,
+                rounds: *rounds,
+                adapters: adapters.clone(),
+                sms_concurrency: *sms_concurrency,
+                email_concurrency: *email_concurrency,
+                extra_config: extra_config.clone(),
+            })
+            .await
+        }
         BenchWhat::RunOne {
             recipients,
             database,

@@ -57,7 +57,7 @@ fn write_project(
 
 /// The user and system seconds and the peak resident memory (bytes) of
 /// this process's children that ended (here: the one `herald send`).
-fn children_usage() -> (f64, f64, u64) {
+pub(crate) fn children_usage() -> (f64, f64, u64) {
     // SAFETY: getrusage only writes the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
@@ -70,7 +70,7 @@ fn children_usage() -> (f64, f64, u64) {
 }
 
 /// The number after `prefix` in `text` (`dispatched 82735 message(s)`).
-fn number_after(text: &str, prefix: &str) -> Option<f64> {
+pub(crate) fn number_after(text: &str, prefix: &str) -> Option<f64> {
     let at = text.find(prefix)? + prefix.len();
     text[at..]
         .split(|c: char| !c.is_ascii_digit() && c != '.')
