@@ -56,9 +56,17 @@ pub struct Stored {
     pub took_ms: i64,
 }
 
-/// Stores `figures` under `key`, counted at `counted_at` in `took_ms`;
-/// figures already stored from a later count are kept (a slow refresher
-/// finishing after a faster one never puts older figures back).
+/// The key of the marker a forget leaves (never a page's key: pages'
+/// keys start with a letter): its `counted_at` is the forget's instant, and
+/// figures counted before it are refused, so a refresh pass that read a
+/// forgotten contact's address before the forget can't store it after.
+pub const FORGOTTEN_MARKER: &str = "~forgotten";
+
+/// Stores `figures` under `key`, counted at `counted_at` (the instant the
+/// count started) in `took_ms`; figures already stored from a later count
+/// are kept (a slow refresher finishing after a faster one never puts older
+/// figures back), and figures counted before the latest forget are refused
+/// (they may quote the forgotten contact: [`forget_all`]).
 pub async fn put(
     db: &Db,
     key: &str,
@@ -67,7 +75,7 @@ pub async fn put(
     took_ms: i64,
 ) -> Result<(), FiguresError> {
     let mut q = Sql::new();
-    q.push("INSERT INTO console_figures (key, figures, counted_at, took_ms) VALUES (")
+    q.push("INSERT INTO console_figures (key, figures, counted_at, took_ms) SELECT ")
         .bind(key.to_string())
         .push(", ")
         .bind(figures.to_string())
@@ -75,12 +83,43 @@ pub async fn put(
         .bind(counted_at)
         .push(", ")
         .bind(took_ms)
+        // SQLite needs the WHERE to read ON CONFLICT as the upsert's.
+        .push(" WHERE NOT EXISTS (SELECT 1 FROM console_figures f WHERE f.key = ")
+        .bind(FORGOTTEN_MARKER.to_string())
+        .push(" AND f.counted_at >= ")
+        .bind(counted_at)
         .push(
             ") ON CONFLICT (key) DO UPDATE SET figures = excluded.figures, \
              counted_at = excluded.counted_at, took_ms = excluded.took_ms \
              WHERE console_figures.counted_at <= excluded.counted_at",
         );
     exec(db, q).await?;
+    Ok(())
+}
+
+/// In a forget's transaction: deletes every stored figure (a run's failure
+/// reasons or a report may hold the contact's address or their numbers;
+/// each page counts live again, without them, and stores that) and leaves
+/// the marker at `now`, so figures a refresh counted before it are refused.
+pub(crate) async fn forget_all(
+    conn: &impl ConnectionTrait,
+    b: sea_orm::DbBackend,
+    now: i64,
+) -> Result<(), sea_orm::DbErr> {
+    let mut q = Sql::new();
+    q.push("DELETE FROM console_figures WHERE key <> ")
+        .bind(FORGOTTEN_MARKER.to_string());
+    conn.execute_raw(q.build(b)).await?;
+    let mut q = Sql::new();
+    q.push("INSERT INTO console_figures (key, figures, counted_at, took_ms) VALUES (")
+        .bind(FORGOTTEN_MARKER.to_string())
+        .push(", '{}', ")
+        .bind(now)
+        .push(
+            ", 0) ON CONFLICT (key) DO UPDATE SET counted_at = excluded.counted_at \
+             WHERE console_figures.counted_at < excluded.counted_at",
+        );
+    conn.execute_raw(q.build(b)).await?;
     Ok(())
 }
 
@@ -249,9 +288,38 @@ mod tests {
         );
     }
 
+    /// A forget deletes every stored figure (they may quote the contact)
+    /// and refuses figures counted before it: a refresh pass that read the
+    /// address before the forget and writes after it stores nothing.
+    async fn a_forget_clears_the_figures_and_refuses_older_counts(db: &Db) {
+        let quoting = json!({"failures": [["550 <alice@example.com> unknown", 1]]});
+        put(db, "status", &quoting, 1_000, 1).await.unwrap();
+        put(db, "run:1", &quoting, 1_000, 1).await.unwrap();
+        forget_all(&db.conn, db.backend(), 2_000).await.unwrap();
+        assert_eq!(get_figures(db, "status").await.unwrap(), None);
+        assert_eq!(get_figures(db, "run:1").await.unwrap(), None);
+        // Counted at 1_500 (before the forget), written after it: refused,
+        // as is a count that started in the forget's very millisecond.
+        put(db, "status", &quoting, 1_500, 1).await.unwrap();
+        put(db, "status", &quoting, 2_000, 1).await.unwrap();
+        assert_eq!(get_figures(db, "status").await.unwrap(), None);
+        put(db, "status", &json!({"failures": []}), 2_001, 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            get_figures(db, "status").await.unwrap().unwrap().figures,
+            json!({"failures": []})
+        );
+        // An earlier forget's instant never moves the marker back.
+        forget_all(&db.conn, db.backend(), 1_800).await.unwrap();
+        put(db, "run:1", &quoting, 1_900, 1).await.unwrap();
+        assert_eq!(get_figures(db, "run:1").await.unwrap(), None);
+    }
+
     on_both_databases!(
         figures_are_stored_and_the_newer_count_wins,
         one_refresher_holds_the_lease,
         the_migration_upgrades_todays_schema,
+        a_forget_clears_the_figures_and_refuses_older_counts,
     );
 }

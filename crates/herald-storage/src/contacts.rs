@@ -695,6 +695,9 @@ pub async fn forget_contact(
         .push(") WHERE id = ")
         .bind(id);
     exec(&txn, b, q).await?;
+    // The console's stored figures may quote them (a failure's reason, a
+    // report's counts): gone with the rest, in the same transaction.
+    crate::console_figures::forget_all(&txn, b, now).await?;
     txn.commit().await?;
     Ok(Some(report))
 }
@@ -919,8 +922,19 @@ mod db_tests {
         ));
         let keys = DigestKeys::from_secrets(b"contacts-test-secret-0123", &[]);
         let db = &db.clone().with_digest_keys(keys.clone());
+        let failures = serde_json::json!({"failures": [[PHONE, 1]]});
+        crate::console_figures::put(db, "status", &failures, NOW - 1, 1)
+            .await
+            .unwrap();
         let r = forget_contact(db, "p1", NOW).await.unwrap().unwrap();
         assert_eq!(r.digested, 2);
+        assert_eq!(
+            crate::console_figures::get_figures(db, "status")
+                .await
+                .unwrap(),
+            None,
+            "the console's stored figures go with the contact"
+        );
         let stored = stored_addresses(db).await;
         assert_eq!(stored.len(), 2, "{stored:?}");
         // An attacker with the database: every number of the range, hashed

@@ -501,7 +501,17 @@ pub(crate) async fn act(
         _ => return crate::not_found(),
     };
     match done {
-        Ok(()) => see_other(&format!("/console/runs/{id}?done={action}")),
+        Ok(()) => {
+            // The run's stored counts were counted before the action: the
+            // page would show "cancelled" beside "planned 500". Counted
+            // live on the next view, and stored again.
+            for key in [Key::Run(id), Key::Campaigns, Key::Status] {
+                if let Err(e) = herald_storage::console_figures::delete(db, &key.text()).await {
+                    tracing::warn!(error = %e, key = %key.text(), "dropping stored console figures failed");
+                }
+            }
+            see_other(&format!("/console/runs/{id}?done={action}"))
+        }
         Err(RunsError::NoSuchRun(_)) => crate::not_found(),
         Err(e @ RunsError::WrongState { .. }) => html(
             StatusCode::CONFLICT,

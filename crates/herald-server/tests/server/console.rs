@@ -525,6 +525,18 @@ async fn a_run_page_shows_status_figures_and_pauses_resumes_cancels(app: &App) {
             .await,
         Some(1)
     );
+    // The counts stored by the first view predate the pause: dropped, so
+    // the page counts live beside the live state rather than contradict it.
+    for key in ["run:1", "campaigns", "status"] {
+        assert_eq!(
+            herald_storage::console_figures::get_figures(&app.db, key)
+                .await
+                .unwrap()
+                .map(|s| s.counted_at),
+            None,
+            "{key}"
+        );
+    }
     let (_, page) = get(app, "/console/runs/1?done=pause", Some(&b.cookie)).await;
     assert!(page.contains("Paused:"));
     // Pausing twice says why not, as `herald runs` does.
