@@ -23,6 +23,7 @@ mod m20261207_000123_campaign_goals;
 mod m20261207_000124_provider_id_index;
 mod m20261207_000125_cuped_covariates;
 mod m20261208_000120_console_figures;
+mod m20261208_000121_console_figures_read_at;
 mod m20261208_000130_cuped_goal_revenue;
 
 /// Applies herald's migrations in order.
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000124_provider_id_index::Migration),
             Box::new(m20261207_000125_cuped_covariates::Migration),
             Box::new(m20261208_000120_console_figures::Migration),
+            Box::new(m20261208_000121_console_figures_read_at::Migration),
             Box::new(m20261208_000130_cuped_goal_revenue::Migration),
         ]
     }

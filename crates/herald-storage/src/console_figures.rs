@@ -66,7 +66,9 @@ pub const FORGOTTEN_MARKER: &str = "~forgotten";
 /// count started) in `took_ms`; figures already stored from a later count
 /// are kept (a slow refresher finishing after a faster one never puts older
 /// figures back), and figures counted before the latest forget are refused
-/// (they may quote the forgotten contact: [`forget_all`]).
+/// (they may quote the forgotten contact: [`forget_all`]). New figures
+/// count as read when counted (a page counted them for itself, or the
+/// refresher for a page it always keeps); a refresh leaves `read_at`.
 pub async fn put(
     db: &Db,
     key: &str,
@@ -75,7 +77,7 @@ pub async fn put(
     took_ms: i64,
 ) -> Result<(), FiguresError> {
     let mut q = Sql::new();
-    q.push("INSERT INTO console_figures (key, figures, counted_at, took_ms) SELECT ")
+    q.push("INSERT INTO console_figures (key, figures, counted_at, took_ms, read_at) SELECT ")
         .bind(key.to_string())
         .push(", ")
         .bind(figures.to_string())
@@ -83,6 +85,8 @@ pub async fn put(
         .bind(counted_at)
         .push(", ")
         .bind(took_ms)
+        .push(", ")
+        .bind(counted_at)
         // SQLite needs the WHERE to read ON CONFLICT as the upsert's.
         .push(" WHERE NOT EXISTS (SELECT 1 FROM console_figures f WHERE f.key = ")
         .bind(FORGOTTEN_MARKER.to_string())
@@ -146,6 +150,38 @@ pub async fn get_figures(db: &Db, key: &str) -> Result<Option<Stored>, FiguresEr
         counted_at: get(row, 1)?,
         took_ms: get(row, 2)?,
     }))
+}
+
+/// Notes that a page read `key`'s figures at `now`. At most one write a
+/// minute a key: a busy page does not turn each view into an update.
+pub async fn mark_read(db: &Db, key: &str, now: i64) -> Result<(), FiguresError> {
+    let mut q = Sql::new();
+    q.push("UPDATE console_figures SET read_at = ")
+        .bind(now)
+        .push(" WHERE key = ")
+        .bind(key.to_string())
+        .push(" AND read_at < ")
+        .bind(now - 60_000);
+    exec(db, q).await?;
+    Ok(())
+}
+
+/// The keys whose figures no page has read since `before` (ms): what the
+/// refresh job stops counting and deletes.
+pub async fn unread_since(db: &Db, before: i64) -> Result<Vec<String>, FiguresError> {
+    let mut q = Sql::new();
+    // A forget's marker is not a page's figures: it stays.
+    q.push("SELECT key FROM console_figures WHERE read_at < ")
+        .bind(before)
+        .push(" AND key <> ")
+        .bind(FORGOTTEN_MARKER.to_string())
+        .push(" ORDER BY key");
+    let rows = db
+        .conn
+        .query_all_raw(q.build(db.backend()))
+        .await
+        .map_err(db_err)?;
+    rows.iter().map(|r| get(r, 0)).collect()
 }
 
 /// Deletes the figures stored under `key` (what they counted is gone).
@@ -316,7 +352,53 @@ mod tests {
         assert_eq!(get_figures(db, "run:1").await.unwrap(), None);
     }
 
+    /// A forget's marker is never pruned as an unread figure: deleting
+    /// it would let a pass counted before the forget store again.
+    async fn the_forget_marker_is_never_unread(db: &Db) {
+        forget_all(&db.conn, db.backend(), 2_000).await.unwrap();
+        assert_eq!(
+            unread_since(db, 10_000).await.unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    /// A key's figures are read when stored and when a page marks them;
+    /// a refresh (a newer put) does not make them read.
+    async fn figures_remember_when_they_were_read(db: &Db) {
+        put(db, "a", &json!(1), 1_000, 1).await.unwrap();
+        put(db, "b", &json!(1), 1_000, 1).await.unwrap();
+        assert_eq!(unread_since(db, 1_000).await.unwrap(), Vec::<String>::new());
+        assert_eq!(unread_since(db, 1_001).await.unwrap(), ["a", "b"]);
+        put(db, "a", &json!(2), 500_000, 1).await.unwrap();
+        mark_read(db, "b", 500_000).await.unwrap();
+        assert_eq!(unread_since(db, 400_000).await.unwrap(), ["a"]);
+        // Within a minute of the last mark, nothing is written.
+        mark_read(db, "b", 530_000).await.unwrap();
+        assert_eq!(unread_since(db, 500_001).await.unwrap(), ["a", "b"]);
+    }
+
+    /// The read_at migration on a database made by the schema before it:
+    /// stored figures survive and count as read when they were counted.
+    async fn the_read_at_migration_upgrades_the_previous_schema(db: &Db) {
+        crate::test_db::down_to_before(db, "m20261208_000121_console_figures_read_at").await;
+        assert!(
+            unread_since(db, 0).await.is_err(),
+            "the column is not there yet"
+        );
+        let mut q = Sql::new();
+        q.push("INSERT INTO console_figures (key, figures, counted_at, took_ms) VALUES ('old', '[1]', 7000, 1)");
+        exec(db, q).await.unwrap();
+        Migrator::up(&db.conn, None).await.unwrap();
+        assert_eq!(unread_since(db, 7_000).await.unwrap(), Vec::<String>::new());
+        assert_eq!(unread_since(db, 7_001).await.unwrap(), ["old"]);
+        mark_read(db, "old", 100_000).await.unwrap();
+        assert_eq!(unread_since(db, 7_001).await.unwrap(), Vec::<String>::new());
+    }
+
     on_both_databases!(
+        the_forget_marker_is_never_unread,
+        figures_remember_when_they_were_read,
+        the_read_at_migration_upgrades_the_previous_schema,
         figures_are_stored_and_the_newer_count_wins,
         one_refresher_holds_the_lease,
         the_migration_upgrades_todays_schema,

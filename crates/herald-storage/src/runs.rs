@@ -517,6 +517,7 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
         run.counts.sort();
     }
     queue_and_daemons(db, now, &in_air, &mut out).await?;
+    pace_into(db, now, &mut out.channels).await?;
     let mut q = Sql::new();
     q.push("SELECT COALESCE(reason, status), COUNT(*) FROM messages WHERE status IN ('failed', 'unknown') AND updated_at > ")
         .bind(now - 86_400_000)
@@ -528,11 +529,10 @@ pub async fn status_of(db: &Db, now: i64, which: Which) -> Result<Status, RunsEr
     Ok(out)
 }
 
-/// The channels' queue depth and pace, and the live daemons, at `now`, into
-/// `out`; `in_air` are the flights in the air, counted as being sent. Each
-/// statement reads through an index (`messages_lane` by status, `attempts_at`
-/// by time, the small `daemons`), so its cost follows the queue, not the
-/// history.
+/// The channels' queue depth and the live daemons, at `now`, into `out`;
+/// `in_air` are the flights in the air, counted as being sent. Each
+/// statement reads through an index (`messages_lane` by status, the small
+/// `daemons`), so its cost follows the queue, not the history.
 async fn queue_and_daemons(
     db: &impl ConnectionTrait,
     now: i64,
@@ -554,19 +554,6 @@ async fn queue_and_daemons(
             ..ChannelStatus::default()
         });
     }
-    let mut q = Sql::new();
-    q.push("SELECT m.channel, SUM(CASE WHEN a.result = 'accepted' AND a.at > ")
-        .bind(now - 60_000)
-        .push(" THEN 1 ELSE 0 END), SUM(CASE WHEN a.result <> 'accepted' THEN 1 ELSE 0 END) FROM attempts a JOIN messages m ON m.id = a.message_id WHERE a.at > ")
-        .bind(now - 3_600_000)
-        .push(" GROUP BY m.channel");
-    for r in all(db, q).await? {
-        let channel: Option<String> = get(&r, 0)?;
-        let Some(channel) = channel else { continue };
-        let c = channel_mut(&mut out.channels, channel);
-        c.sent_last_minute = get::<Option<i64>>(&r, 1)?.unwrap_or(0);
-        c.failed_last_hour = get::<Option<i64>>(&r, 2)?.unwrap_or(0);
-    }
     // The messages of flights in the air (handed batches) are being sent.
     for f in in_air {
         if let (Some(channel), InTheAir::Sending) = (&f.channel, f.air) {
@@ -584,9 +571,55 @@ async fn queue_and_daemons(
     Ok(())
 }
 
+/// Each route's achieved pace at `now`, into `out`: accepted in the last
+/// minute, failed attempts in the last hour. It reads the last hour's
+/// attempts (through `attempts_at`) joined to their messages, so it costs
+/// what a busy hour sent: the console keeps it with its stored figures.
+async fn pace_into(
+    db: &impl ConnectionTrait,
+    now: i64,
+    out: &mut Vec<ChannelStatus>,
+) -> Result<(), RunsError> {
+    let mut q = Sql::new();
+    q.push("SELECT m.channel, SUM(CASE WHEN a.result = 'accepted' AND a.at > ")
+        .bind(now - 60_000)
+        .push(" THEN 1 ELSE 0 END), SUM(CASE WHEN a.result <> 'accepted' THEN 1 ELSE 0 END) FROM attempts a JOIN messages m ON m.id = a.message_id WHERE a.at > ")
+        .bind(now - 3_600_000)
+        .push(" GROUP BY m.channel");
+    for r in all(db, q).await? {
+        let channel: Option<String> = get(&r, 0)?;
+        let Some(channel) = channel else { continue };
+        let c = channel_mut(out, channel);
+        c.sent_last_minute = get::<Option<i64>>(&r, 1)?.unwrap_or(0);
+        c.failed_last_hour = get::<Option<i64>>(&r, 2)?.unwrap_or(0);
+    }
+    out.sort_by(|a, b| a.channel.cmp(&b.channel));
+    Ok(())
+}
+
+/// Each route's achieved pace at `now` (only `sent_last_minute` and
+/// `failed_last_hour` are set): what the console stores beside its figures.
+pub async fn route_pace(db: &Db, now: i64) -> Result<Vec<ChannelStatus>, RunsError> {
+    let mut out = Vec::new();
+    pace_into(&db.conn, now, &mut out).await?;
+    Ok(out)
+}
+
+/// `channels` (read live: the queue) with the achieved pace of `pace`
+/// (stored), a route of either added.
+pub fn with_pace(mut channels: Vec<ChannelStatus>, pace: &[ChannelStatus]) -> Vec<ChannelStatus> {
+    for p in pace {
+        let c = channel_mut(&mut channels, p.channel.clone());
+        c.sent_last_minute = p.sent_last_minute;
+        c.failed_last_hour = p.failed_last_hour;
+    }
+    channels.sort_by(|a, b| a.channel.cmp(&b.channel));
+    channels
+}
+
 /// What changes by the second on `herald status`, read live by the
-/// console beside stored figures: each channel's queue depth and pace, and
-/// the live daemons (no runs, no failures).
+/// console beside stored figures: each channel's queue depth and the live
+/// daemons (no runs, no failures, no pace: see [`route_pace`]).
 pub async fn live_status(db: &Db, now: i64) -> Result<Status, RunsError> {
     let mut out = Status::default();
     let txn = flights::snapshot(&db.conn).await.map_err(db_err)?;

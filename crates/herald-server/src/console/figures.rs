@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use herald_storage::console_figures::{self as stored, FiguresError};
 use herald_storage::conversions::ArmConversions;
-use herald_storage::runs::{self, RunDetail, RunStatus, Status, Which};
+use herald_storage::runs::{self, ChannelStatus, RunDetail, RunStatus, Status, Which};
 use herald_storage::segment_preview;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,10 @@ const LEASE_MS: i64 = 5 * 60_000;
 pub(crate) const BUCKET_MS: i64 = 60_000;
 /// Minutes of sends the run page's chart shows.
 pub(crate) const CHART_MINUTES: i64 = 60;
+/// Figures no page has read for this long are no longer counted, and are
+/// deleted (each report selection visited once would otherwise be counted
+/// every 30 s forever); the next visit counts them live again.
+pub const UNREAD_FOR_MS: i64 = 24 * 3_600_000;
 /// Runs the status page lists.
 pub(crate) const STATUS_RUNS: u32 = 20;
 /// The report's conversions chart counts in minutes since the send.
@@ -49,6 +53,9 @@ pub(crate) enum Key {
     Campaigns,
     /// `herald status`'s recent runs and failures (the status page).
     Status,
+    /// Each route's achieved pace (the status and run pages): it reads the
+    /// last hour's attempts, too many to count on each view.
+    Pace,
     /// One run's counts by channel and status, failures and sends.
     Run(i64),
     /// A campaign's report for a query (run, since, until).
@@ -63,6 +70,7 @@ impl Key {
         match self {
             Key::Campaigns => "campaigns".into(),
             Key::Status => "status".into(),
+            Key::Pace => "pace".into(),
             Key::Run(id) => format!("run:{id}"),
             Key::Report(name, query) => {
                 let mut s = form_urlencoded::Serializer::new(String::new());
@@ -81,6 +89,9 @@ impl Key {
         }
         if text == "status" {
             return Some(Key::Status);
+        }
+        if text == "pace" {
+            return Some(Key::Pace);
         }
         if let Some(id) = text.strip_prefix("run:") {
             return id.parse().ok().map(Key::Run);
@@ -133,6 +144,15 @@ fn span_words(ms: i64) -> String {
     }
 }
 
+/// When the oldest of a page's figures were counted (`None` when all were
+/// counted just now): what its age line says.
+pub(crate) fn oldest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The line a page shows under its title: how old its figures are.
 pub(crate) fn age_note(tz: chrono_tz::Tz, counted_at: Option<i64>, now: i64) -> String {
     match counted_at {
@@ -154,7 +174,8 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 /// The stored figures of `key`, decoded; `None` when none are stored (or
-/// they are of an older shape, which the next refresh replaces).
+/// they are of an older shape, which the next refresh replaces). Notes
+/// the read, so the refresh job keeps counting them.
 pub(crate) async fn read<T: DeserializeOwned>(
     st: &AppState,
     key: &Key,
@@ -162,6 +183,7 @@ pub(crate) async fn read<T: DeserializeOwned>(
     let Some(s) = stored::get_figures(st.db(), &key.text()).await? else {
         return Ok(None);
     };
+    stored::mark_read(st.db(), &key.text(), crate::now_ms()).await?;
     Ok(serde_json::from_value(s.figures).ok().map(|value| Figures {
         value,
         counted_at: Some(s.counted_at),
@@ -232,6 +254,11 @@ pub(crate) async fn count_status(st: &AppState, now: i64) -> Result<Status, Stri
     s.channels.clear();
     s.daemons.clear();
     Ok(s)
+}
+
+/// Each route's achieved pace, counted now (the pages add the queue live).
+pub(crate) async fn count_pace(st: &AppState, now: i64) -> Result<Vec<ChannelStatus>, String> {
+    runs::route_pace(st.db(), now).await.map_err(err)
 }
 
 /// One run's figures, counted now.
@@ -314,6 +341,7 @@ async fn count(st: &AppState, key: &Key, now: i64) -> Result<Option<Value>, Stri
     let v = match key {
         Key::Campaigns => serde_json::to_value(count_campaigns(st, now).await?),
         Key::Status => serde_json::to_value(count_status(st, now).await?),
+        Key::Pace => serde_json::to_value(count_pace(st, now).await?),
         Key::Run(id) => {
             if runs::runs_of(st.db(), Which::One(*id))
                 .await
@@ -337,11 +365,13 @@ async fn count(st: &AppState, key: &Key, now: i64) -> Result<Option<Value>, Stri
     v.map(Some).map_err(err)
 }
 
-/// The keys a refresh counts: the campaigns and status pages, the runs
-/// they list, each configured campaign's report and segment, and every
-/// key stored already (pages visited since).
-async fn keys_to_count(st: &AppState) -> Result<Vec<Key>, String> {
-    let mut keys = vec![Key::Campaigns, Key::Status];
+/// The keys a refresh counts: the campaigns and status pages, the routes'
+/// pace, the runs they list, each configured campaign's report and
+/// segment (a bounded set, always kept), and every other key stored and
+/// read by a page within [`UNREAD_FOR_MS`] of `now`; the other keys not
+/// read since then are returned apart, to delete.
+async fn keys_to_count(st: &AppState, now: i64) -> Result<(Vec<Key>, Vec<String>), String> {
+    let mut keys = vec![Key::Campaigns, Key::Status, Key::Pace];
     let mut ids: Vec<i64> = runs::runs_of(st.db(), Which::LatestPerCampaign)
         .await
         .map_err(err)?
@@ -367,14 +397,27 @@ async fn keys_to_count(st: &AppState) -> Result<Vec<Key>, String> {
             keys.extend(cfg.segments.keys().map(|n| Key::Segment(n.clone())));
         }
     }
+    let mut seen: std::collections::HashSet<String> = keys.iter().map(Key::text).collect();
+    let unread: std::collections::HashSet<String> =
+        stored::unread_since(st.db(), now - UNREAD_FOR_MS)
+            .await
+            .map_err(err)?
+            .into_iter()
+            .filter(|k| !seen.contains(k))
+            .collect();
     for (text, _) in stored::keys(st.db()).await.map_err(err)? {
+        if unread.contains(&text) {
+            continue;
+        }
         if let Some(k) = Key::parse(&text) {
             keys.push(k);
         }
     }
-    let mut seen = std::collections::HashSet::new();
+    seen.clear();
     keys.retain(|k| seen.insert(k.text()));
-    Ok(keys)
+    let mut unread: Vec<String> = unread.into_iter().collect();
+    unread.sort();
+    Ok((keys, unread))
 }
 
 /// What one refresh did.
@@ -386,6 +429,8 @@ pub struct Refreshed {
     pub deleted: usize,
     /// Figures that failed to count (logged).
     pub failed: usize,
+    /// Figures no page read for [`UNREAD_FOR_MS`], deleted uncounted.
+    pub pruned: usize,
 }
 
 /// Counts every figure the console shows again and stores it, counted at
@@ -393,7 +438,12 @@ pub struct Refreshed {
 /// callable directly (tests, a one-off refresh).
 pub async fn refresh(st: &AppState) -> Result<Refreshed, String> {
     let mut done = Refreshed::default();
-    for key in keys_to_count(st).await? {
+    let (keys, unread) = keys_to_count(st, crate::now_ms()).await?;
+    for key in unread {
+        stored::delete(st.db(), &key).await.map_err(err)?;
+        done.pruned += 1;
+    }
+    for key in keys {
         let at = crate::now_ms();
         let t = Instant::now();
         match count(st, &key, at).await {
@@ -437,6 +487,7 @@ pub async fn refresher(
                 match done {
                     Ok(r) => tracing::debug!(
                         stored = r.stored,
+                        pruned = r.pruned,
                         failed = r.failed,
                         took_ms = t.elapsed().as_millis() as u64,
                         "console figures refreshed"
@@ -466,6 +517,7 @@ mod tests {
         for k in [
             Key::Campaigns,
             Key::Status,
+            Key::Pace,
             Key::Run(42),
             Key::Segment("a:b c".into()),
             Key::Report("win&back".into(), Vec::new()),

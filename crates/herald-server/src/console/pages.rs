@@ -319,11 +319,20 @@ pub(crate) async fn run_page(
             Ok(d) => d,
             Err(e) => return fail(e),
         };
-    let status = match runs::live_status(st.db(), now).await {
+    // The queue live (through its index), the routes' pace stored.
+    let mut status = match runs::live_status(st.db(), now).await {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
+    let pace = match figures::stored_or_live(&st, &Key::Pace, now, || figures::count_pace(&st, now))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    status.channels = runs::with_pace(status.channels, &pace.value);
     let counted_at = detail.counted_at;
+    let age = figures::oldest(counted_at, pace.counted_at);
     let detail = detail.value;
     let counts = figures::counts_by_status(&detail);
     let csrf = csrf_of(&st, &session);
@@ -355,7 +364,7 @@ pub(crate) async fn run_page(
         );
     }
     body.push_str("</p>");
-    body.push_str(&figures::age_note(s.timezone, counted_at, now));
+    body.push_str(&figures::age_note(s.timezone, age, now));
     let rows: Vec<Vec<String>> = counts
         .iter()
         .map(|(st, n)| vec![esc(st), num(*n)])
@@ -538,7 +547,7 @@ pub(crate) async fn status_page(
     };
     let now = crate::now_ms();
     // The queue and daemons live, through their indexes; the recent runs'
-    // counts and the day's failures stored.
+    // counts, the day's failures and the routes' pace stored.
     let live = match runs::live_status(st.db(), now).await {
         Ok(v) => v,
         Err(e) => return fail(e),
@@ -550,10 +559,16 @@ pub(crate) async fn status_page(
             Ok(v) => v,
             Err(e) => return fail(e),
         };
+    let pace = match figures::stored_or_live(&st, &Key::Pace, now, || figures::count_pace(&st, now))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
     let status = runs::Status {
         runs: stored.value.runs,
         failures: stored.value.failures,
-        channels: live.channels,
+        channels: runs::with_pace(live.channels, &pace.value),
         daemons: live.daemons,
     };
     let mut body = String::new();
@@ -596,7 +611,11 @@ pub(crate) async fn status_page(
             &rows,
         ));
     }
-    body.push_str(&figures::age_note(s.timezone, stored.counted_at, now));
+    body.push_str(&figures::age_note(
+        s.timezone,
+        figures::oldest(stored.counted_at, pace.counted_at),
+        now,
+    ));
     body.push_str(&failures_table(
         "Recent errors: failures of the last day by reason",
         &status.failures,

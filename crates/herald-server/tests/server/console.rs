@@ -734,11 +734,12 @@ async fn pages_show_stored_figures_with_their_age_until_a_refresh(app: &App) {
     let b = sign_in(app).await;
     let cell =
         |status: &str, n: i64| format!("<td>{status}</td><td><span class=\"n\">{n}</span></td>");
+    // The status page is not among them: the routes' pace it shows was
+    // stored by the run page's visit (see the pace test below).
     let pages = [
         "/console/runs/1",
         "/console/campaigns/winback/report",
         "/console/segments/everyone",
-        "/console/status",
     ];
     for p in pages {
         let (status, page) = get(app, p, Some(&b.cookie)).await;
@@ -799,6 +800,115 @@ async fn pages_show_stored_figures_with_their_age_until_a_refresh(app: &App) {
     );
     let (_, list) = get(app, "/console/segments", Some(&b.cookie)).await;
     assert!(list.contains("Figures as of <time"), "{list}");
+}
+
+/// `n` attempts of message 2 (an SMS) accepted `ago_ms` before now.
+async fn accepted_sms(app: &App, n: usize, ago_ms: i64) {
+    let at = now_ms() - ago_ms;
+    for _ in 0..n {
+        let sql = format!(
+            "INSERT INTO attempts (message_id, at, result, duration_ms) VALUES (2, {at}, 'accepted', 5)"
+        );
+        herald_storage::test_support::conn(&app.db)
+            .execute_unprepared(&sql)
+            .await
+            .expect(&sql);
+    }
+}
+
+/// The routes' achieved pace is a stored figure: the status and run pages
+/// show what was counted, with its age, while new attempts do not show;
+/// a refresh counts them (the queue beside it stays live).
+async fn the_status_and_run_pages_show_the_stored_pace_until_a_refresh(app: &App) {
+    use herald_server::console::figures::refresh;
+    let b = sign_in(app).await;
+    accepted_sms(app, 30, 5_000).await;
+    let (status, page) = get(app, "/console/status", Some(&b.cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("<td>sms</td>"), "{page}");
+    assert!(page.contains("0.5/s"), "counted: {page}");
+    accepted_sms(app, 90, 5_000).await;
+    for p in ["/console/status", "/console/runs/1"] {
+        let (_, page) = get(app, p, Some(&b.cookie)).await;
+        assert!(page.contains("0.5/s"), "{p} stored: {page}");
+        assert!(!page.contains("2.0/s"), "{p} stored: {page}");
+        assert!(page.contains("Figures as of <time"), "{p}: {page}");
+    }
+    let done = refresh(&app.state).await.unwrap();
+    assert_eq!(done.failed, 0, "{done:?}");
+    for p in ["/console/status", "/console/runs/1"] {
+        let (_, page) = get(app, p, Some(&b.cookie)).await;
+        assert!(page.contains("2.0/s"), "{p} refreshed: {page}");
+        assert!(page.contains("Figures as of <time"), "{p}: {page}");
+    }
+}
+
+/// A stored key no page has read for a day is deleted by the refresh,
+/// not counted; one read since is counted and kept; the pages the
+/// console always shows are kept however long unread.
+async fn the_refresh_prunes_figures_no_page_reads(app: &App) {
+    use herald_server::console::figures::{UNREAD_FOR_MS, refresh};
+    use herald_storage::console_figures as stored;
+    let b = sign_in(app).await;
+    for p in [
+        "/console/campaigns/winback/report?run=1",
+        "/console/campaigns/winback/report?since=2026-01-01",
+        "/console/status",
+    ] {
+        let (status, page) = get(app, p, Some(&b.cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{p}: {page}");
+    }
+    async fn keys(app: &App) -> Vec<String> {
+        stored::keys(&app.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.0)
+            .collect()
+    }
+    let old = keys(app).await;
+    let (read, unread) = (
+        old.iter()
+            .find(|k| k.contains("run=1"))
+            .expect("stored")
+            .clone(),
+        old.iter()
+            .find(|k| k.contains("since="))
+            .expect("stored")
+            .clone(),
+    );
+    // A day and a bit passes without a read of any of them...
+    let long_ago = now_ms() - UNREAD_FOR_MS - 60_000;
+    let sql = format!("UPDATE console_figures SET read_at = {long_ago}");
+    herald_storage::test_support::conn(&app.db)
+        .execute_unprepared(&sql)
+        .await
+        .expect(&sql);
+    // ...then one report is read again.
+    let (status, _) = get(
+        app,
+        "/console/campaigns/winback/report?run=1",
+        Some(&b.cookie),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = refresh(&app.state).await.unwrap();
+    assert_eq!(done.failed, 0, "{done:?}");
+    assert_eq!(done.pruned, 1, "{done:?}");
+    let now = keys(app).await;
+    assert!(!now.contains(&unread), "{unread} pruned: {now:?}");
+    assert!(now.contains(&read), "{read} kept: {now:?}");
+    for k in ["status", "pace", "campaigns"] {
+        assert!(now.iter().any(|n| n == k), "{k} kept: {now:?}");
+    }
+    // A pruned page counts live again when opened.
+    let (_, page) = get(
+        app,
+        "/console/campaigns/winback/report?since=2026-01-01",
+        Some(&b.cookie),
+    )
+    .await;
+    assert!(page.contains("Figures counted just now"), "{page}");
 }
 
 /// The refresh job counts only while it holds the lease: with another
@@ -864,6 +974,8 @@ async fn the_refresh_job_refreshes_under_its_lease(app: &App) {
 
 with_console!(
     pages_show_stored_figures_with_their_age_until_a_refresh,
+    the_status_and_run_pages_show_the_stored_pace_until_a_refresh,
+    the_refresh_prunes_figures_no_page_reads,
     the_refresh_job_refreshes_under_its_lease,
     a_contacts_page_tells_their_story_and_forgets_them,
     signed_out_everything_is_refused,
