@@ -4,15 +4,16 @@
 //!
 //! The peers are herald's own sinks (`herald-sinks`), served by this
 //! process: a Twilio-compatible HTTP server answering `201` with a message
-//! resource, and an SMTP server that accepts every message. Each round runs,
-//! one after the other:
+//! resource, and an SMTP server that accepts every message. Each round runs
+//! these two one after the other, the bare transport first in odd rounds and
+//! `herald send` first in even ones:
 //! - the bare transport: a reqwest loop with 16 requests in flight posting
 //!   Twilio's form; lettre over 8 TCP_NODELAY connections, one message
 //!   formatted once;
 //! - `herald send` as a child process, with a fresh campaign of the round
 //!   on generated contacts, its `[channels.sms]` or `[channels.email]`
 //!   pointing at the sink and the product's defaults otherwise (no rate:
-//!   only the route's concurrency bounds it).
+//!   only the route's concurrency bounds it; `RUST_LOG` is not passed on).
 //!
 //! It prints messages/s of each and the ratio, both for the whole `herald
 //! send` process (start, planning and the last write included) and for its
@@ -122,13 +123,23 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         };
         let mut ratios = Vec::new();
         for round in 1..=o.rounds {
-            let bare = match channel {
-                "sms" => bare_twilio(&twilio.base_url(), o.bare_messages).await?,
-                _ => bare_smtp(smtp.addr().port(), o.bare_messages).await?,
+            let bare_loop = async {
+                match channel {
+                    "sms" => bare_twilio(&twilio.base_url(), o.bare_messages).await,
+                    _ => bare_smtp(smtp.addr().port(), o.bare_messages).await,
+                }
             };
             let campaign = format!("{channel}-{round}");
             write_campaign(dir.path(), &campaign, channel)?;
-            let send = herald_send(&herald, dir.path(), &campaign).await?;
+            // The order alternates by round, so a load that climbs or falls
+            // over a round weighs on both sides alike.
+            let (bare, send) = if round % 2 == 1 {
+                let bare = bare_loop.await?;
+                (bare, herald_send(&herald, dir.path(), &campaign).await?)
+            } else {
+                let send = herald_send(&herald, dir.path(), &campaign).await?;
+                (bare_loop.await?, send)
+            };
             let whole = send.sent / send.seconds;
             ratios.push((whole / bare, send.dispatch_rate / bare));
             println!(
@@ -234,6 +245,9 @@ async fn herald_send(
             .env_remove("HERALD_DATABASE_URL")
             .env_remove("HERALD_CONFIG")
             .env_remove("HERALD_TEMPLATES")
+            // The product's default logging: a RUST_LOG=debug in the
+            // caller's shell would log every message and measure that.
+            .env_remove("RUST_LOG")
             .output()?;
         let seconds = started.elapsed().as_secs_f64();
         let (u1, s1, _) = crate::run::children_usage();
