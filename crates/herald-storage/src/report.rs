@@ -844,6 +844,41 @@ fn push_results_messages(q: &mut Sql, campaign_id: i64, runs: Runs<'_>) {
     push_runs(q, campaign_id, runs);
 }
 
+/// Runs the statement `sql` makes for each part of a report's selection
+/// (the scheduled runs, then the triggered ones cut by trigger instant under
+/// `filter`) and keeps the rows (run id in column 0) of that part's runs:
+/// the per-(run, arm) statements beside the grouped scan share it.
+async fn rows_of_runs(
+    db: &Db,
+    filter: &ReportFilter,
+    scheduled: &[i64],
+    triggered: &[i64],
+    sql: impl Fn(Runs<'_>) -> Sql,
+) -> ReportResult<Vec<(i64, QueryResult)>> {
+    let mut parts = Vec::new();
+    if !scheduled.is_empty() {
+        parts.push(Runs::of(filter, scheduled));
+    }
+    if !triggered.is_empty() {
+        parts.push(Runs::Triggered(triggered, filter.since, filter.until));
+    }
+    let mut out = Vec::new();
+    for runs in parts {
+        let wanted: BTreeSet<i64> = match runs {
+            Runs::Triggered(ids, ..) => ids.iter().copied().collect(),
+            _ => scheduled.iter().copied().collect(),
+        };
+        let q = sql(runs);
+        for r in db.conn.query_all_raw(q.build(db.backend())).await? {
+            let run_id: i64 = get(&r, 0)?;
+            if wanted.contains(&run_id) {
+                out.push((run_id, r));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The seeds' metrics of the runs `run_ids` (of which `triggered` are cut
 /// by trigger instant under `filter`).
 async fn results_scan(
@@ -855,50 +890,36 @@ async fn results_scan(
     spec: &ResultsSpec,
 ) -> ReportResult<Vec<ResultsGroup>> {
     let b = db.backend();
-    let mut out = Vec::new();
-    let mut parts = Vec::new();
-    if !scheduled.is_empty() {
-        parts.push(Runs::of(filter, scheduled));
-    }
-    if !triggered.is_empty() {
-        parts.push(Runs::Triggered(triggered, filter.since, filter.until));
-    }
-    for runs in parts {
-        let wanted: BTreeSet<i64> = match runs {
-            Runs::Triggered(ids, ..) => ids.iter().copied().collect(),
-            _ => scheduled.iter().copied().collect(),
-        };
-        let q = results_sql(b, campaign_id, runs, spec);
-        for r in db.conn.query_all_raw(q.build(b)).await? {
-            let run_id: i64 = get(&r, 0)?;
-            if !wanted.contains(&run_id) {
-                continue;
-            }
-            out.push(ResultsGroup {
-                run_id,
-                arm: get(&r, 1)?,
-                tally: ResultsTally {
-                    messages: count(&r, 2)?,
-                    retained_d1_7: count(&r, 3)?,
-                    retained_d8_30: count(&r, 4)?,
-                    revenue_30d: get(&r, 5)?,
-                    revenue_ltv: get(&r, 6)?,
-                    last_send_at: get(&r, 7)?,
-                    revenue_30d_squares: get(&r, 8)?,
-                    revenue_ltv_squares: get(&r, 9)?,
-                    cuped: CupedTally {
-                        recorded: count(&r, 10)?,
-                        converted: count(&r, 11)?,
-                        pre_converted: count(&r, 12)?,
-                        both_converted: count(&r, 13)?,
-                        pre_revenue: get(&r, 14)?,
-                        pre_revenue_squares: get(&r, 15)?,
-                        pre_revenue_x_30d: get(&r, 16)?,
-                        pre_revenue_x_ltv: get(&r, 17)?,
-                    },
+    let rows = rows_of_runs(db, filter, scheduled, triggered, |runs| {
+        results_sql(b, campaign_id, runs, spec)
+    })
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (run_id, r) in rows {
+        out.push(ResultsGroup {
+            run_id,
+            arm: get(&r, 1)?,
+            tally: ResultsTally {
+                messages: count(&r, 2)?,
+                retained_d1_7: count(&r, 3)?,
+                retained_d8_30: count(&r, 4)?,
+                revenue_30d: get(&r, 5)?,
+                revenue_ltv: get(&r, 6)?,
+                last_send_at: get(&r, 7)?,
+                revenue_30d_squares: get(&r, 8)?,
+                revenue_ltv_squares: get(&r, 9)?,
+                cuped: CupedTally {
+                    recorded: count(&r, 10)?,
+                    converted: count(&r, 11)?,
+                    pre_converted: count(&r, 12)?,
+                    both_converted: count(&r, 13)?,
+                    pre_revenue: get(&r, 14)?,
+                    pre_revenue_squares: get(&r, 15)?,
+                    pre_revenue_x_30d: get(&r, 16)?,
+                    pre_revenue_x_ltv: get(&r, 17)?,
                 },
-            });
-        }
+            },
+        });
     }
     Ok(out)
 }

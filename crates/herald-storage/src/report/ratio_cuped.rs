@@ -12,11 +12,8 @@
 //! content on other channels, and most contacts had none in the window, so it
 //! stays unadjusted.
 
-use std::collections::BTreeSet;
-
 use herald_domain::stats::RatioProducts;
 use herald_domain::types::SuppressReason;
-use sea_orm::ConnectionTrait;
 
 use super::{ReportFilter, ReportResult, Runs, count, get, push_runs};
 use crate::db::Db;
@@ -121,49 +118,34 @@ pub(super) async fn ratio_cuped_scan(
     scheduled: &[i64],
     triggered: &[i64],
 ) -> ReportResult<Vec<RatioCupedGroup>> {
-    let b = db.backend();
-    let mut out = Vec::new();
-    let mut parts = Vec::new();
-    if !scheduled.is_empty() {
-        parts.push(Runs::of(filter, scheduled));
-    }
-    if !triggered.is_empty() {
-        parts.push(Runs::Triggered(triggered, filter.since, filter.until));
-    }
-    for runs in parts {
-        let wanted: BTreeSet<i64> = match runs {
-            Runs::Triggered(ids, ..) => ids.iter().copied().collect(),
-            _ => scheduled.iter().copied().collect(),
-        };
-        let q = ratio_cuped_sql(campaign_id, runs);
-        for r in db.conn.query_all_raw(q.build(b)).await? {
-            let run_id: i64 = get(&r, 0)?;
-            if !wanted.contains(&run_id) {
-                continue;
-            }
-            out.push(RatioCupedGroup {
-                run_id,
-                arm: get(&r, 1)?,
-                tally: RatioCupedTally {
-                    contacts: count(&r, 2)?,
-                    recorded: count(&r, 3)?,
-                    revenue: get(&r, 4)?,
-                    revenue_squares: get(&r, 5)?,
-                    converted: count(&r, 6)?,
-                    pre_revenue: get(&r, 7)?,
-                    pre_revenue_squares: get(&r, 8)?,
-                    pre_converted: count(&r, 9)?,
-                    products: RatioProducts {
-                        m_post_d_post: get(&r, 10)?,
-                        m_post_m_pre: get(&r, 11)?,
-                        d_post_d_pre: get(&r, 12)?,
-                        m_pre_d_pre: get(&r, 13)?,
-                        m_post_d_pre: get(&r, 14)?,
-                        m_pre_d_post: get(&r, 15)?,
-                    },
+    let rows = super::rows_of_runs(db, filter, scheduled, triggered, |runs| {
+        ratio_cuped_sql(campaign_id, runs)
+    })
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (run_id, r) in rows {
+        out.push(RatioCupedGroup {
+            run_id,
+            arm: get(&r, 1)?,
+            tally: RatioCupedTally {
+                contacts: count(&r, 2)?,
+                recorded: count(&r, 3)?,
+                revenue: get(&r, 4)?,
+                revenue_squares: get(&r, 5)?,
+                converted: count(&r, 6)?,
+                pre_revenue: get(&r, 7)?,
+                pre_revenue_squares: get(&r, 8)?,
+                pre_converted: count(&r, 9)?,
+                products: RatioProducts {
+                    m_post_d_post: get(&r, 10)?,
+                    m_post_m_pre: get(&r, 11)?,
+                    d_post_d_pre: get(&r, 12)?,
+                    m_pre_d_pre: get(&r, 13)?,
+                    m_post_d_pre: get(&r, 14)?,
+                    m_pre_d_post: get(&r, 15)?,
                 },
-            });
-        }
+            },
+        });
     }
     Ok(out)
 }
