@@ -724,19 +724,6 @@ impl Store for MemStore {
         })
     }
 
-    async fn audience_page(
-        &self,
-        filter: &Expr,
-        now: i64,
-        topic: Option<&str>,
-        after: i64,
-        limit: u32,
-        history_since: Option<i64>,
-    ) -> StoreResult<Vec<AudienceMember>> {
-        self.audience_in(filter, now, topic, &Scope::All, after, limit, history_since)
-            .await
-    }
-
     async fn audience_in(
         &self,
         _filter: &Expr,

@@ -606,7 +606,10 @@ pub trait Store: Send + Sync {
         after: i64,
         limit: u32,
         history_since: Option<i64>,
-    ) -> StoreResult<Vec<AudienceMember>>;
+    ) -> StoreResult<Vec<AudienceMember>> {
+        self.audience_in(filter, now, topic, &Scope::All, after, limit, history_since)
+            .await
+    }
     /// [`Store::audience_page`] restricted to `scope`.
     #[allow(clippy::too_many_arguments)]
     async fn audience_in(
